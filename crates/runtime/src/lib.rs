@@ -1,0 +1,402 @@
+//! The job runtime: the one entrypoint every job's life passes through.
+//!
+//! [`run_job`] implements OSCAR's FaaS-supervisor contract: it stages the input object into
+//! `TMP_INPUT_DIR`, runs the service's `script.sh` under `/bin/sh` with the contract's
+//! environment, captures its output as timestamped log lines, and uploads every regular file
+//! left in `TMP_OUTPUT_DIR` to each output target whose filters it passes. The job's process
+//! lives in its own process group with memory/CPU limits (cgroups where writable, `RLIMIT_AS`
+//! otherwise) and a wall-clock timeout.
+//!
+//! Storage is reached through [`JobIo`], so the same runtime serves the in-process local
+//! executor (direct access to the embedded store) and, later, a runtime process inside a TEE
+//! that talks S3 over the network.
+
+mod sandbox;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+pub use sandbox::{CgroupSupport, Limits};
+
+/// Errors raised by [`JobIo`] implementations; the message is shown in the job's log.
+pub type IoError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a job reaches object storage.
+#[async_trait::async_trait]
+pub trait JobIo: Send + Sync {
+    /// Downloads `bucket/key` into the local file `dest`.
+    async fn fetch(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, IoError>;
+    /// Uploads the local file `src` as `bucket/key`.
+    async fn upload(&self, bucket: &str, key: &str, src: &Path) -> Result<(), IoError>;
+}
+
+/// Where a job's input comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobInput {
+    /// No input file (an event without an object).
+    None,
+    /// An object in storage.
+    Object {
+        /// Bucket name.
+        bucket: String,
+        /// Object key.
+        key: String,
+    },
+    /// Bytes handed over directly (synchronous invocations).
+    Inline(Vec<u8>),
+}
+
+/// A place outputs are uploaded to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputTarget {
+    /// Bucket name.
+    pub bucket: String,
+    /// Folder inside the bucket ("" for the bucket root).
+    pub folder: String,
+    /// Upload only files whose name starts with one of these (all when empty).
+    pub prefix: Vec<String>,
+    /// Upload only files whose name ends with one of these (all when empty).
+    pub suffix: Vec<String>,
+}
+
+impl OutputTarget {
+    /// Whether a file name passes this target's prefix and suffix filters.
+    pub fn accepts(&self, file_name: &str) -> bool {
+        (self.prefix.is_empty() || self.prefix.iter().any(|p| file_name.starts_with(p.as_str())))
+            && (self.suffix.is_empty() || self.suffix.iter().any(|s| file_name.ends_with(s.as_str())))
+    }
+
+    /// The object key for an output file at `relative` (a `/`-separated path).
+    pub fn key_for(&self, relative: &str) -> String {
+        if self.folder.is_empty() { relative.to_owned() } else { format!("{}/{relative}", self.folder) }
+    }
+}
+
+/// Everything the runtime needs to run one job.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// Job name as listed by the API.
+    pub job_name: String,
+    /// The job's UUID (`JOB_UUID`).
+    pub job_uuid: String,
+    /// Service name (`OSCAR_SERVICE_NAME`).
+    pub service: String,
+    /// Service token (`OSCAR_SERVICE_TOKEN`).
+    pub service_token: String,
+    /// The script's content.
+    pub script: String,
+    /// Environment from the service definition (variables and secrets).
+    pub environment: BTreeMap<String, String>,
+    /// The input.
+    pub input: JobInput,
+    /// The event that started the job (`EVENT`), as JSON text.
+    pub event: String,
+    /// When the event happened (`EVENT_TIME`).
+    pub event_time: OffsetDateTime,
+    /// Upload targets; empty for synchronous invocations, whose outputs are returned instead.
+    pub outputs: Vec<OutputTarget>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Most bytes of log kept; later lines are dropped with a note.
+    pub log_limit: usize,
+}
+
+/// Final state of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// The script exited with 0 and every output was uploaded.
+    Succeeded,
+    /// Anything else.
+    Failed,
+}
+
+/// One line of a job's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// When the line was read.
+    pub time: OffsetDateTime,
+    /// The line without its newline (invalid UTF-8 replaced).
+    pub text: String,
+}
+
+/// What a finished job produced.
+#[derive(Debug)]
+pub struct JobOutcome {
+    /// Succeeded or Failed.
+    pub status: Status,
+    /// Exit code of the script, if it exited normally.
+    pub exit_code: Option<i32>,
+    /// Why the job failed, without any content of the job's data.
+    pub reason: Option<String>,
+    /// stdout and stderr as they arrived, then the runtime's own notes.
+    pub log: Vec<LogLine>,
+    /// The script's stdout alone (kept for synchronous invocations).
+    pub stdout: Vec<u8>,
+    /// Output files as `(relative path, content)`; filled only when there are no output targets.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Keys uploaded, as `bucket/key`.
+    pub uploaded: Vec<String>,
+}
+
+/// Options that depend on where the runtime runs rather than on the job.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Parent directory for the job's private work directory (removed afterwards).
+    pub work_root: PathBuf,
+    /// Cgroup hierarchy to place jobs in, if the host allows.
+    pub cgroups: CgroupSupport,
+    /// Keep stdout separately and return output files instead of uploading them.
+    pub synchronous: bool,
+    /// Most bytes of output files returned by a synchronous invocation.
+    pub max_sync_output: u64,
+}
+
+/// Runs one job to completion. `on_start` is called once the script's process exists.
+///
+/// Never returns an error: every failure becomes a `Failed` outcome with a reason and a log
+/// line, because a job record must always reach a final state.
+pub async fn run_job(
+    spec: &JobSpec,
+    io: &dyn JobIo,
+    options: &RunOptions,
+    cancel: impl std::future::Future<Output = ()> + Send,
+    on_start: impl FnOnce() + Send,
+) -> JobOutcome {
+    let mut outcome = JobOutcome {
+        status: Status::Failed,
+        exit_code: None,
+        reason: None,
+        log: Vec::new(),
+        stdout: Vec::new(),
+        files: Vec::new(),
+        uploaded: Vec::new(),
+    };
+    let work = match tempdir_in(&options.work_root, &spec.job_uuid).await {
+        Ok(w) => w,
+        Err(e) => {
+            outcome.fail(format!("cannot create the job's work directory: {e}"));
+            return outcome;
+        }
+    };
+    run_in(spec, io, options, &work, cancel, on_start, &mut outcome).await;
+    if let Err(e) = tokio::fs::remove_dir_all(&work).await {
+        tracing::warn!(job = %spec.job_name, error = %e, "cannot remove job work directory");
+    }
+    outcome
+}
+
+impl JobOutcome {
+    fn fail(&mut self, reason: String) {
+        self.note(format!("cloister: {reason}"));
+        self.status = Status::Failed;
+        self.reason.get_or_insert(reason);
+    }
+
+    fn note(&mut self, text: String) {
+        self.log.push(LogLine { time: OffsetDateTime::now_utc(), text });
+    }
+}
+
+async fn tempdir_in(root: &Path, job_uuid: &str) -> std::io::Result<PathBuf> {
+    tokio::fs::create_dir_all(root).await?;
+    let dir = root.join(format!("job-{job_uuid}"));
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.mode(0o700);
+    builder.create(&dir).await?;
+    Ok(dir)
+}
+
+async fn run_in(
+    spec: &JobSpec,
+    io: &dyn JobIo,
+    options: &RunOptions,
+    work: &Path,
+    cancel: impl std::future::Future<Output = ()> + Send,
+    on_start: impl FnOnce() + Send,
+    outcome: &mut JobOutcome,
+) {
+    let input_dir = work.join("input");
+    let output_dir = work.join("output");
+    let tmp_dir = work.join("tmp");
+    for dir in [&input_dir, &output_dir, &tmp_dir] {
+        if let Err(e) = tokio::fs::create_dir(dir).await {
+            outcome.fail(format!("cannot prepare the job's directories: {e}"));
+            return;
+        }
+    }
+    let script_path = work.join("script.sh");
+    if let Err(e) = tokio::fs::write(&script_path, spec.script.as_bytes()).await {
+        outcome.fail(format!("cannot write the script: {e}"));
+        return;
+    }
+
+    let input_path = match stage_input(spec, io, &input_dir).await {
+        Ok(p) => p,
+        Err(reason) => {
+            outcome.fail(reason);
+            return;
+        }
+    };
+
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ("HOME".into(), work.display().to_string()),
+        ("TMPDIR".into(), tmp_dir.display().to_string()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ];
+    env.extend(spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // The contract's variables come last so a service cannot shadow them by accident.
+    let event_time = spec
+        .event_time
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    env.extend([
+        ("TMP_INPUT_DIR".into(), input_dir.display().to_string()),
+        ("TMP_OUTPUT_DIR".into(), output_dir.display().to_string()),
+        ("EVENT".into(), spec.event.clone()),
+        ("EVENT_TIME".into(), event_time),
+        ("JOB_UUID".into(), spec.job_uuid.clone()),
+        ("JOB_NAME".into(), spec.job_name.clone()),
+        ("OSCAR_SERVICE_NAME".into(), spec.service.clone()),
+        ("OSCAR_SERVICE_TOKEN".into(), spec.service_token.clone()),
+    ]);
+    if let Some(path) = &input_path {
+        env.push(("INPUT_FILE_PATH".into(), path.display().to_string()));
+    }
+    if let JobInput::Object { key, .. } = &spec.input {
+        env.push(("STORAGE_OBJECT_KEY".into(), key.clone()));
+    }
+
+    let run = sandbox::run_script(
+        &script_path,
+        work,
+        &env,
+        &spec.limits,
+        &options.cgroups,
+        &spec.job_uuid,
+        spec.log_limit,
+        options.synchronous,
+        cancel,
+        on_start,
+    )
+    .await;
+    outcome.log.extend(run.log);
+    outcome.stdout = run.stdout;
+    outcome.exit_code = run.exit_code;
+    if let Some(reason) = run.failure {
+        outcome.fail(reason);
+        return;
+    }
+    if run.exit_code != Some(0) {
+        let code = run.exit_code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        outcome.fail(format!("script exited with code {code}"));
+        return;
+    }
+
+    let files = match collect_outputs(&output_dir).await {
+        Ok(f) => f,
+        Err(e) => {
+            outcome.fail(format!("cannot read the output directory: {e}"));
+            return;
+        }
+    };
+    if options.synchronous {
+        let mut total = 0u64;
+        for (relative, path) in files {
+            match tokio::fs::read(&path).await {
+                Ok(content) => {
+                    total += content.len() as u64;
+                    if total > options.max_sync_output {
+                        outcome.fail(format!(
+                            "outputs exceed the synchronous limit of {} bytes",
+                            options.max_sync_output
+                        ));
+                        return;
+                    }
+                    outcome.files.push((relative, content));
+                }
+                Err(e) => {
+                    outcome.fail(format!("cannot read output {relative}: {e}"));
+                    return;
+                }
+            }
+        }
+    } else {
+        for (relative, path) in &files {
+            let name = relative.rsplit('/').next().unwrap_or(relative);
+            for target in spec.outputs.iter().filter(|t| t.accepts(name)) {
+                let key = target.key_for(relative);
+                if let Err(e) = io.upload(&target.bucket, &key, path).await {
+                    outcome.fail(format!("cannot upload output {relative} to {}/{key}: {e}", target.bucket));
+                    return;
+                }
+                outcome.uploaded.push(format!("{}/{key}", target.bucket));
+            }
+        }
+        if !outcome.uploaded.is_empty() {
+            let note = format!("cloister: uploaded {} output object(s)", outcome.uploaded.len());
+            outcome.note(note);
+        }
+    }
+    outcome.status = Status::Succeeded;
+}
+
+async fn stage_input(spec: &JobSpec, io: &dyn JobIo, input_dir: &Path) -> Result<Option<PathBuf>, String> {
+    match &spec.input {
+        JobInput::None => Ok(None),
+        JobInput::Inline(bytes) => {
+            let path = input_dir.join("input");
+            tokio::fs::write(&path, bytes).await.map_err(|e| format!("cannot stage the input: {e}"))?;
+            Ok(Some(path))
+        }
+        JobInput::Object { bucket, key } => {
+            // Keys are validated by the storage layer, so the last segment is a plain name.
+            let name = key.rsplit('/').next().filter(|n| !n.is_empty() && *n != "..").unwrap_or("input");
+            let path = input_dir.join(name);
+            io.fetch(bucket, key, &path)
+                .await
+                .map_err(|e| format!("cannot fetch input {bucket}/{key}: {e}"))?;
+            Ok(Some(path))
+        }
+    }
+}
+
+/// Regular files under `dir` as `(relative path, absolute path)`, sorted. Symbolic links and
+/// other special files are skipped, so a script cannot make the runtime upload host files.
+async fn collect_outputs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    let mut pending = vec![(dir.to_path_buf(), String::new())];
+    while let Some((path, relative)) = pending.pop() {
+        let mut entries = tokio::fs::read_dir(&path).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            let Ok(name) = entry.file_name().into_string() else {
+                tracing::warn!("skipping an output whose name is not UTF-8");
+                continue;
+            };
+            let child_relative = if relative.is_empty() { name } else { format!("{relative}/{name}") };
+            let kind = entry.file_type().await?;
+            if kind.is_dir() {
+                pending.push((entry.path(), child_relative));
+            } else if kind.is_file() {
+                files.push((child_relative, entry.path()));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Default timeout when a caller does not choose one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests;

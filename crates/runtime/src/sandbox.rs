@@ -1,0 +1,317 @@
+//! Running a script as a contained process: own process group, cleared environment, memory
+//! and CPU limits, a timeout, and line-wise capture of its output.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::LogLine;
+
+/// Resource limits of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in thousandths of a core (enforced only with cgroups).
+    pub cpu_millis: Option<u64>,
+    /// Wall-clock limit; the whole process group is killed when it passes.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory_bytes: None, cpu_millis: None, timeout: crate::DEFAULT_TIMEOUT }
+    }
+}
+
+/// Which cgroup hierarchy jobs can be placed in on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupSupport {
+    /// No writable cgroups: memory is limited with `RLIMIT_AS`, CPU is not limited.
+    None,
+    /// cgroup v1, with our parent groups in the `cpu` and `memory` hierarchies.
+    V1 {
+        /// `<cpu hierarchy>/cloister`
+        cpu: PathBuf,
+        /// `<memory hierarchy>/cloister`
+        memory: PathBuf,
+    },
+    /// cgroup v2 (unified), with our parent group.
+    V2 {
+        /// `<unified root>/cloister`
+        parent: PathBuf,
+    },
+}
+
+impl CgroupSupport {
+    /// Finds a writable hierarchy under `/sys/fs/cgroup`, creating our parent groups.
+    pub fn detect() -> Self {
+        Self::detect_at(Path::new("/sys/fs/cgroup"))
+    }
+
+    fn detect_at(root: &Path) -> Self {
+        if root.join("cgroup.controllers").exists() {
+            let parent = root.join("cloister");
+            let ok = std::fs::create_dir_all(&parent).is_ok()
+                && std::fs::write(root.join("cgroup.subtree_control"), "+cpu +memory").is_ok()
+                && std::fs::write(parent.join("cgroup.subtree_control"), "+cpu +memory").is_ok();
+            return if ok { Self::V2 { parent } } else { Self::None };
+        }
+        let cpu = root.join("cpu").join("cloister");
+        let memory = root.join("memory").join("cloister");
+        if std::fs::create_dir_all(&cpu).is_ok()
+            && std::fs::create_dir_all(&memory).is_ok()
+            && cpu.join("cpu.cfs_quota_us").exists()
+            && memory.join("memory.limit_in_bytes").exists()
+        {
+            Self::V1 { cpu, memory }
+        } else {
+            Self::None
+        }
+    }
+
+    /// Creates the job's groups with its limits; returns the `cgroup.procs` files to join.
+    fn create(&self, job: &str, limits: &Limits) -> std::io::Result<Vec<PathBuf>> {
+        let period = 100_000u64;
+        let quota = limits.cpu_millis.map(|m| (m * period / 1000).max(1000));
+        match self {
+            Self::None => Ok(Vec::new()),
+            Self::V1 { cpu, memory } => {
+                let (cpu, memory) = (cpu.join(job), memory.join(job));
+                std::fs::create_dir_all(&cpu)?;
+                std::fs::create_dir_all(&memory)?;
+                if let Some(quota) = quota {
+                    std::fs::write(cpu.join("cpu.cfs_period_us"), period.to_string())?;
+                    std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string())?;
+                }
+                if let Some(bytes) = limits.memory_bytes {
+                    std::fs::write(memory.join("memory.limit_in_bytes"), bytes.to_string())?;
+                    // Without this the job could swap instead of being held to its limit.
+                    let _ = std::fs::write(memory.join("memory.memsw.limit_in_bytes"), bytes.to_string());
+                }
+                Ok(vec![cpu.join("cgroup.procs"), memory.join("cgroup.procs")])
+            }
+            Self::V2 { parent } => {
+                let group = parent.join(job);
+                std::fs::create_dir_all(&group)?;
+                if let Some(quota) = quota {
+                    std::fs::write(group.join("cpu.max"), format!("{quota} {period}"))?;
+                }
+                if let Some(bytes) = limits.memory_bytes {
+                    std::fs::write(group.join("memory.max"), bytes.to_string())?;
+                    let _ = std::fs::write(group.join("memory.swap.max"), "0");
+                }
+                Ok(vec![group.join("cgroup.procs")])
+            }
+        }
+    }
+
+    fn remove(&self, job: &str) {
+        let dirs: Vec<PathBuf> = match self {
+            Self::None => return,
+            Self::V1 { cpu, memory } => vec![cpu.join(job), memory.join(job)],
+            Self::V2 { parent } => vec![parent.join(job)],
+        };
+        for dir in dirs {
+            // The group empties once the killed processes are reaped; give the kernel a moment.
+            for _ in 0..50 {
+                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Whether jobs get a cgroup.
+    pub fn enabled(&self) -> bool {
+        !matches!(self, Self::None)
+    }
+}
+
+/// The shell run before the script: it joins the job's cgroups (so that nothing the script
+/// starts escapes them), applies `RLIMIT_AS` when there are no cgroups, then becomes the script.
+const PRELUDE: &str = r#"m=$1; s=$2; shift 2
+for f do echo $$ > "$f" || { echo "cloister: cannot join cgroup $f" >&2; exit 125; }; done
+if [ "$m" -gt 0 ]; then ulimit -v "$m" || exit 125; fi
+exec /bin/sh "$s""#;
+
+/// Longest line kept in the log; longer lines are split.
+const MAX_LINE: usize = 64 * 1024;
+/// Most stdout kept for a synchronous invocation's answer.
+const MAX_STDOUT: usize = 16 * 1024 * 1024;
+
+pub(crate) struct ScriptRun {
+    pub log: Vec<LogLine>,
+    pub stdout: Vec<u8>,
+    pub exit_code: Option<i32>,
+    pub failure: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_script(
+    script: &Path,
+    work: &Path,
+    env: &[(String, String)],
+    limits: &Limits,
+    cgroups: &CgroupSupport,
+    job: &str,
+    log_limit: usize,
+    keep_stdout: bool,
+    cancel: impl std::future::Future<Output = ()> + Send,
+    on_start: impl FnOnce() + Send,
+) -> ScriptRun {
+    let mut run = ScriptRun { log: Vec::new(), stdout: Vec::new(), exit_code: None, failure: None };
+    let procs = match cgroups.create(job, limits) {
+        Ok(p) => p,
+        Err(e) => {
+            run.failure = Some(format!("cannot create the job's cgroup: {e}"));
+            cgroups.remove(job);
+            return run;
+        }
+    };
+    let rlimit_kib = if procs.is_empty() { limits.memory_bytes.map_or(0, |b| b / 1024) } else { 0 };
+
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(PRELUDE)
+        .arg("cloister-job")
+        .arg(rlimit_kib.to_string())
+        .arg(script)
+        .args(&procs)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            run.failure = Some(format!("cannot start /bin/sh: {e}"));
+            cgroups.remove(job);
+            return run;
+        }
+    };
+    on_start();
+    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+
+    let (tx, mut rx) = mpsc::channel::<(Stream, OffsetDateTime, Vec<u8>)>(256);
+    let readers = [
+        child.stdout.take().map(|s| tokio::spawn(read_lines(s, Stream::Out, tx.clone()))),
+        child.stderr.take().map(|s| tokio::spawn(read_lines(s, Stream::Err, tx.clone()))),
+    ];
+    drop(tx);
+
+    let mut logged = 0usize;
+    let mut truncated = false;
+    let mut collect = |run: &mut ScriptRun, (stream, time, line): (Stream, OffsetDateTime, Vec<u8>)| {
+        if keep_stdout && matches!(stream, Stream::Out) && run.stdout.len() + line.len() < MAX_STDOUT {
+            run.stdout.extend_from_slice(&line);
+        }
+        if logged + line.len() > log_limit {
+            if !truncated {
+                truncated = true;
+                run.log.push(LogLine { time, text: format!("cloister: log truncated at {log_limit} bytes") });
+            }
+            return;
+        }
+        logged += line.len();
+        let text = String::from_utf8_lossy(&line);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        run.log.push(LogLine { time, text: text.to_owned() });
+    };
+
+    let deadline = tokio::time::sleep(limits.timeout);
+    tokio::pin!(deadline, cancel);
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break Some(status),
+            Some(line) = rx.recv() => collect(&mut run, line),
+            () = &mut deadline => {
+                run.failure = Some(format!("timed out after {} s", limits.timeout.as_secs()));
+                break None;
+            }
+            () = &mut cancel => {
+                run.failure = Some("cancelled".to_owned());
+                break None;
+            }
+        }
+    };
+    // Whatever the script left behind in its process group goes with it.
+    if let Some(pgid) = pgid {
+        // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+    if status.is_none() {
+        let _ = child.wait().await;
+    }
+    // Pipes close once every process holding them is gone; bound the wait regardless.
+    let drain = async {
+        while let Some(line) = rx.recv().await {
+            collect(&mut run, line);
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    for reader in readers.into_iter().flatten() {
+        reader.abort();
+    }
+    cgroups.remove(job);
+
+    match status {
+        Some(Ok(status)) => {
+            run.exit_code = status.code();
+            if let Some(signal) = status.signal() {
+                let hint = if signal == libc::SIGKILL { " (memory limit or killed)" } else { "" };
+                run.failure = Some(format!("script killed by signal {signal}{hint}"));
+            } else if status.code() == Some(125) && run.log.iter().any(|l| l.text.starts_with("cloister:")) {
+                run.failure = Some("cannot apply the job's resource limits".to_owned());
+            }
+        }
+        Some(Err(e)) => run.failure = Some(format!("cannot wait for the script: {e}")),
+        None => {}
+    }
+    run
+}
+
+async fn read_lines(
+    mut source: impl tokio::io::AsyncRead + Unpin,
+    stream: Stream,
+    tx: mpsc::Sender<(Stream, OffsetDateTime, Vec<u8>)>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut line = Vec::new();
+    loop {
+        let n = match source.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &byte in &buf[..n] {
+            line.push(byte);
+            if byte == b'\n' || line.len() >= MAX_LINE {
+                if tx.send((stream, OffsetDateTime::now_utc(), std::mem::take(&mut line))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    if !line.is_empty() {
+        let _ = tx.send((stream, OffsetDateTime::now_utc(), line)).await;
+    }
+}

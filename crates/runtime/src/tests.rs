@@ -1,0 +1,215 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::*;
+
+/// Storage as plain directories: `<root>/<bucket>/<key>`.
+struct DirIo {
+    root: PathBuf,
+    uploads: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl JobIo for DirIo {
+    async fn fetch(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, IoError> {
+        Ok(tokio::fs::copy(self.root.join(bucket).join(key), dest).await?)
+    }
+    async fn upload(&self, bucket: &str, key: &str, src: &Path) -> Result<(), IoError> {
+        let dest = self.root.join(bucket).join(key);
+        tokio::fs::create_dir_all(dest.parent().ok_or("no parent")?).await?;
+        tokio::fs::copy(src, dest).await?;
+        self.uploads.lock().map_err(|_| "poisoned")?.push(format!("{bucket}/{key}"));
+        Ok(())
+    }
+}
+
+fn spec(script: &str) -> JobSpec {
+    JobSpec {
+        job_name: "svc-job".into(),
+        job_uuid: "0196b0c8-0000-7000-8000-000000000001".into(),
+        service: "svc".into(),
+        service_token: "t".repeat(64),
+        script: script.into(),
+        environment: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
+        input: JobInput::None,
+        event: "{}".into(),
+        event_time: OffsetDateTime::UNIX_EPOCH,
+        outputs: Vec::new(),
+        limits: Limits::default(),
+        log_limit: 1 << 20,
+    }
+}
+
+fn options(dir: &Path, cgroups: CgroupSupport) -> RunOptions {
+    RunOptions { work_root: dir.join("work"), cgroups, synchronous: false, max_sync_output: 1 << 20 }
+}
+
+async fn run(spec: &JobSpec, io: &DirIo, options: &RunOptions) -> JobOutcome {
+    run_job(spec, io, options, std::future::pending(), || {}).await
+}
+
+fn log_text(outcome: &JobOutcome) -> String {
+    outcome.log.iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test]
+async fn contract_environment_input_and_filtered_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    std::fs::create_dir_all(io.root.join("in/folder")).unwrap();
+    std::fs::write(io.root.join("in/folder/data.txt"), "abc\n").unwrap();
+    let mut spec = spec(
+        r#"set -e
+echo "name=$OSCAR_SERVICE_NAME uuid=$JOB_UUID key=$STORAGE_OBJECT_KEY greet=$GREETING"
+test "$(basename "$INPUT_FILE_PATH")" = data.txt
+tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/result.txt"
+mkdir "$TMP_OUTPUT_DIR/sub"
+echo nested > "$TMP_OUTPUT_DIR/sub/result.txt"
+echo skip > "$TMP_OUTPUT_DIR/other.log"
+ln -s /etc/passwd "$TMP_OUTPUT_DIR/result-link.txt"
+echo to-stderr >&2
+"#,
+    );
+    spec.input = JobInput::Object { bucket: "in".into(), key: "folder/data.txt".into() };
+    spec.outputs = vec![OutputTarget {
+        bucket: "out".into(),
+        folder: "res".into(),
+        prefix: vec!["result".into()],
+        suffix: vec![".txt".into()],
+    }];
+    let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
+    let log = log_text(&outcome);
+    assert_eq!(outcome.status, Status::Succeeded, "{log}");
+    assert!(log.contains("name=svc uuid=0196b0c8-0000-7000-8000-000000000001 key=folder/data.txt greet=hello"));
+    assert!(log.contains("to-stderr"));
+    assert_eq!(std::fs::read_to_string(io.root.join("out/res/result.txt")).unwrap(), "ABC\n");
+    assert_eq!(std::fs::read_to_string(io.root.join("out/res/sub/result.txt")).unwrap(), "nested\n");
+    let mut uploads = io.uploads.lock().unwrap().clone();
+    uploads.sort();
+    assert_eq!(uploads, ["out/res/result.txt", "out/res/sub/result.txt"], "symlink or filtered file uploaded");
+    assert!(!dir.path().join("work/job-0196b0c8-0000-7000-8000-000000000001").exists(), "work dir kept");
+}
+
+#[tokio::test]
+async fn environment_is_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    // SAFETY: test-only; no other thread of this test reads the environment concurrently.
+    unsafe { std::env::set_var("CLOISTER_TEST_HOST_SECRET", "leak") };
+    let outcome = run(&spec("env"), &io, &options(dir.path(), CgroupSupport::None)).await;
+    assert_eq!(outcome.status, Status::Succeeded);
+    let log = log_text(&outcome);
+    assert!(!log.contains("CLOISTER_TEST_HOST_SECRET"), "host environment leaked into the job");
+    assert!(log.contains("GREETING=hello"));
+}
+
+#[tokio::test]
+async fn non_zero_exit_fails_with_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let outcome = run(&spec("echo before; exit 3"), &io, &options(dir.path(), CgroupSupport::None)).await;
+    assert_eq!(outcome.status, Status::Failed);
+    assert_eq!(outcome.exit_code, Some(3));
+    assert_eq!(outcome.reason.as_deref(), Some("script exited with code 3"));
+}
+
+#[tokio::test]
+async fn missing_input_fails_before_the_script_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let mut spec = spec("echo ran");
+    spec.input = JobInput::Object { bucket: "in".into(), key: "absent".into() };
+    let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
+    assert_eq!(outcome.status, Status::Failed);
+    assert!(outcome.reason.as_deref().unwrap_or("").contains("cannot fetch input in/absent"));
+    assert!(!log_text(&outcome).contains("ran"));
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let marker = dir.path().join("survivor");
+    let mut spec = spec(&format!("(sleep 2; touch {}) & sleep 30", marker.display()));
+    spec.limits.timeout = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
+    assert_eq!(outcome.status, Status::Failed);
+    assert!(outcome.reason.unwrap().starts_with("timed out"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!marker.exists(), "a background process of the job survived the timeout");
+}
+
+#[tokio::test]
+async fn memory_limit_is_enforced_with_rlimit() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let mut spec = spec("python3 -c 'x = bytearray(512 * 1024 * 1024); print(\"allocated\")'");
+    spec.limits.memory_bytes = Some(128 * 1024 * 1024);
+    let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
+    assert_eq!(outcome.status, Status::Failed, "{}", log_text(&outcome));
+    assert!(!log_text(&outcome).contains("allocated"));
+    // The same script runs without the limit, so the failure above is the limit's doing.
+    spec.limits.memory_bytes = None;
+    let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
+    assert_eq!(outcome.status, Status::Succeeded, "{}", log_text(&outcome));
+}
+
+#[tokio::test]
+async fn memory_limit_is_enforced_with_cgroups_where_writable() {
+    let cgroups = CgroupSupport::detect();
+    if !cgroups.enabled() {
+        eprintln!("no writable cgroup hierarchy on this host; covered by the rlimit test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let mut spec = spec("python3 -c 'x = bytearray(512 * 1024 * 1024); print(\"allocated\")'");
+    spec.job_uuid = "cgroup-test-job".into();
+    spec.limits.memory_bytes = Some(64 * 1024 * 1024);
+    let outcome = run(&spec, &io, &options(dir.path(), cgroups)).await;
+    assert_eq!(outcome.status, Status::Failed, "{}", log_text(&outcome));
+    assert!(!log_text(&outcome).contains("allocated"));
+}
+
+#[tokio::test]
+async fn synchronous_run_returns_files_and_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let mut spec = spec("echo out; echo err >&2; cp \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR/copy\"");
+    spec.input = JobInput::Inline(b"payload".to_vec());
+    let mut options = options(dir.path(), CgroupSupport::None);
+    options.synchronous = true;
+    let outcome = run(&spec, &io, &options).await;
+    assert_eq!(outcome.status, Status::Succeeded);
+    assert_eq!(outcome.stdout, b"out\n");
+    assert_eq!(outcome.files, vec![("copy".to_owned(), b"payload".to_vec())]);
+    assert!(io.uploads.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn log_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let mut spec = spec("i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done");
+    spec.log_limit = 1000;
+    let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
+    assert_eq!(outcome.status, Status::Succeeded);
+    let log = log_text(&outcome);
+    assert!(log.len() < 2000 && log.contains("log truncated at 1000 bytes"), "{}", log.len());
+}
+
+#[test]
+fn output_filters() {
+    let target = OutputTarget {
+        bucket: "b".into(),
+        folder: String::new(),
+        prefix: vec!["a".into(), "b".into()],
+        suffix: vec![".png".into()],
+    };
+    assert!(target.accepts("a1.png") && target.accepts("b.png"));
+    assert!(!target.accepts("c.png") && !target.accepts("a.jpg"));
+    assert_eq!(target.key_for("x/y"), "x/y");
+}

@@ -1,0 +1,484 @@
+//! The embedded S3 endpoint: `s3s-fs` for the protocol and the on-disk layout, wrapped so that
+//! every operation validates names first and every object write raises events.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
+use time::OffsetDateTime;
+use tokio::io::AsyncWriteExt;
+
+use crate::events::{ObjectCreated, ObjectEvents, WriteIntent};
+use crate::names::{validate_bucket_name, validate_object_key};
+use crate::{BucketInfo, ObjectInfo, ObjectPage, StorageError};
+
+/// The S3 implementation served on the S3 port and used in-process through [`Store`].
+struct EmbeddedS3 {
+    fs: s3s_fs::FileSystem,
+    root: PathBuf,
+    events: Arc<dyn ObjectEvents>,
+}
+
+fn check_bucket(bucket: &str) -> S3Result<()> {
+    validate_bucket_name(bucket).map_err(|e| S3Error::with_message(S3ErrorCode::InvalidBucketName, e.to_string()))
+}
+
+fn check_key(bucket: &str, key: &str) -> S3Result<()> {
+    check_bucket(bucket)?;
+    validate_object_key(key).map_err(|e| S3Error::with_message(S3ErrorCode::InvalidArgument, e.to_string()))
+}
+
+impl EmbeddedS3 {
+    fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        // Only called after `check_key`, so the key cannot leave the bucket directory.
+        self.root.join(bucket).join(key)
+    }
+
+    async fn before_write(&self, bucket: &str, key: &str) -> S3Result<Option<WriteIntent>> {
+        let events = self.events.clone();
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        tokio::task::spawn_blocking(move || events.before_write(&bucket, &key))
+            .await
+            .map_err(|e| s3_error!(InternalError, "event hook panicked: {e}"))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot record upload intent");
+                s3_error!(InternalError, "cannot record upload intent")
+            })
+    }
+
+    /// Reports a finished write. The caller answers the client only after this returns, so an
+    /// acknowledged write always has its consequences (jobs) recorded.
+    async fn after_write(
+        &self,
+        intent: Option<WriteIntent>,
+        bucket: &str,
+        key: &str,
+        etag: Option<&ETag>,
+        principal: Option<&str>,
+    ) -> S3Result<()> {
+        let Some(intent) = intent else { return Ok(()) };
+        let meta = tokio::fs::metadata(self.object_path(bucket, key)).await;
+        let (size, modified) = match meta {
+            Ok(m) => (m.len(), m.modified().map(OffsetDateTime::from).unwrap_or_else(|_| OffsetDateTime::now_utc())),
+            Err(e) => return Err(s3_error!(InternalError, "object vanished after write: {e}")),
+        };
+        let created = ObjectCreated {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            size,
+            etag: etag.map(|e| e.value().to_owned()).unwrap_or_default(),
+            time: modified,
+            principal: principal.unwrap_or("cloister").to_owned(),
+        };
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || events.object_created(intent, &created))
+            .await
+            .map_err(|e| s3_error!(InternalError, "event hook panicked: {e}"))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot record object-created event");
+                s3_error!(InternalError, "cannot record object-created event")
+            })
+    }
+
+    async fn write_failed(&self, intent: Option<WriteIntent>) {
+        if let Some(intent) = intent {
+            let events = self.events.clone();
+            let _ = tokio::task::spawn_blocking(move || events.write_failed(intent)).await;
+        }
+    }
+}
+
+/// Forwards an operation to `s3s-fs` after checking the bucket name.
+macro_rules! bucket_op {
+    ($name:ident, $input:ty, $output:ty) => {
+        fn $name<'a, 'b>(&'a self, req: S3Request<$input>) -> BoxFuture<'b, S3Result<S3Response<$output>>>
+        where
+            'a: 'b,
+            Self: 'b,
+        {
+            Box::pin(async move {
+                check_bucket(&req.input.bucket)?;
+                self.fs.$name(req).await
+            })
+        }
+    };
+}
+
+/// Forwards an operation to `s3s-fs` after checking the bucket name and object key.
+macro_rules! key_op {
+    ($name:ident, $input:ty, $output:ty) => {
+        fn $name<'a, 'b>(&'a self, req: S3Request<$input>) -> BoxFuture<'b, S3Result<S3Response<$output>>>
+        where
+            'a: 'b,
+            Self: 'b,
+        {
+            Box::pin(async move {
+                check_key(&req.input.bucket, &req.input.key)?;
+                self.fs.$name(req).await
+            })
+        }
+    };
+}
+
+#[async_trait::async_trait]
+impl S3 for EmbeddedS3 {
+    bucket_op!(create_bucket, CreateBucketInput, CreateBucketOutput);
+    bucket_op!(get_bucket_location, GetBucketLocationInput, GetBucketLocationOutput);
+    bucket_op!(head_bucket, HeadBucketInput, HeadBucketOutput);
+    bucket_op!(list_objects, ListObjectsInput, ListObjectsOutput);
+    bucket_op!(list_objects_v2, ListObjectsV2Input, ListObjectsV2Output);
+    key_op!(get_object, GetObjectInput, GetObjectOutput);
+    key_op!(head_object, HeadObjectInput, HeadObjectOutput);
+    key_op!(delete_object, DeleteObjectInput, DeleteObjectOutput);
+    key_op!(create_multipart_upload, CreateMultipartUploadInput, CreateMultipartUploadOutput);
+    key_op!(upload_part, UploadPartInput, UploadPartOutput);
+    key_op!(list_parts, ListPartsInput, ListPartsOutput);
+    key_op!(abort_multipart_upload, AbortMultipartUploadInput, AbortMultipartUploadOutput);
+
+    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        self.fs.list_buckets(req).await
+    }
+
+    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        check_bucket(&req.input.bucket)?;
+        // s3s-fs deletes a bucket with everything in it; S3 refuses a non-empty bucket.
+        let dir = self.root.join(&req.input.bucket);
+        let mut entries = tokio::fs::read_dir(&dir).await.map_err(|_| s3_error!(NoSuchBucket))?;
+        if entries.next_entry().await.ok().flatten().is_some() {
+            return Err(s3_error!(BucketNotEmpty));
+        }
+        self.fs.delete_bucket(req).await
+    }
+
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        for object in &req.input.delete.objects {
+            check_key(&req.input.bucket, &object.key)?;
+        }
+        self.fs.delete_objects(req).await
+    }
+
+    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        check_key(&req.input.bucket, &req.input.key)?;
+        if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
+            check_key(bucket, key)?;
+        }
+        self.fs.upload_part_copy(req).await
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        check_key(&bucket, &key)?;
+        let principal = req.credentials.as_ref().map(|c| c.access_key.clone());
+        let intent = self.before_write(&bucket, &key).await?;
+        match self.fs.put_object(req).await {
+            Ok(resp) => {
+                self.after_write(intent, &bucket, &key, resp.output.e_tag.as_ref(), principal.as_deref())
+                    .await?;
+                Ok(resp)
+            }
+            Err(e) => {
+                self.write_failed(intent).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        check_key(&bucket, &key)?;
+        if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
+            check_key(bucket, key)?;
+        }
+        let principal = req.credentials.as_ref().map(|c| c.access_key.clone());
+        let intent = self.before_write(&bucket, &key).await?;
+        match self.fs.copy_object(req).await {
+            Ok(resp) => {
+                let etag = resp.output.copy_object_result.as_ref().and_then(|r| r.e_tag.clone());
+                self.after_write(intent, &bucket, &key, etag.as_ref(), principal.as_deref()).await?;
+                Ok(resp)
+            }
+            Err(e) => {
+                self.write_failed(intent).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        check_key(&bucket, &key)?;
+        let principal = req.credentials.as_ref().map(|c| c.access_key.clone());
+        let intent = self.before_write(&bucket, &key).await?;
+        match self.fs.complete_multipart_upload(req).await {
+            Ok(resp) => {
+                self.after_write(intent, &bucket, &key, resp.output.e_tag.as_ref(), principal.as_deref())
+                    .await?;
+                Ok(resp)
+            }
+            Err(e) => {
+                self.write_failed(intent).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn request<T>(input: T) -> S3Request<T> {
+    S3Request {
+        input,
+        method: http::Method::GET,
+        uri: http::Uri::from_static("/"),
+        headers: http::HeaderMap::new(),
+        extensions: http::Extensions::new(),
+        credentials: None,
+        region: None,
+        service: None,
+        trailing_headers: None,
+    }
+}
+
+fn storage_error(e: S3Error) -> StorageError {
+    match e.code() {
+        S3ErrorCode::NoSuchBucket => StorageError::NoSuchBucket,
+        S3ErrorCode::NoSuchKey => StorageError::NoSuchKey,
+        S3ErrorCode::BucketAlreadyExists | S3ErrorCode::BucketAlreadyOwnedByYou => StorageError::BucketExists,
+        S3ErrorCode::BucketNotEmpty => StorageError::BucketNotEmpty,
+        S3ErrorCode::InvalidBucketName | S3ErrorCode::InvalidArgument => {
+            StorageError::InvalidName(e.message().unwrap_or("invalid name").to_owned())
+        }
+        _ => StorageError::Backend(e.message().unwrap_or(e.code().as_str()).to_owned()),
+    }
+}
+
+/// An in-process handle on the embedded object store. Cheap to clone.
+///
+/// Writes made through it raise the same events as writes made over the S3 port, so a job's
+/// outputs can trigger the next service in a pipeline.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<EmbeddedS3>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store rooted at `root`.
+    pub fn open(root: &Path, events: Arc<dyn ObjectEvents>) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(root)?;
+        let root = root.canonicalize()?;
+        let fs = s3s_fs::FileSystem::new(&root).map_err(|e| StorageError::Backend(format!("{e:?}")))?;
+        Ok(Self { inner: Arc::new(EmbeddedS3 { fs, root, events }) })
+    }
+
+    /// The S3 HTTP service (SigV4 with one access/secret key pair) for [`crate::serve`].
+    pub fn s3_service(&self, access_key: &str, secret_key: &str) -> s3s::service::S3Service {
+        let mut builder = s3s::service::S3ServiceBuilder::new(SharedS3(self.inner.clone()));
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
+        builder.build()
+    }
+
+    /// Creates a bucket; an existing bucket is not an error when `exist_ok`.
+    pub async fn create_bucket(&self, bucket: &str, exist_ok: bool) -> Result<(), StorageError> {
+        validate_bucket_name(bucket)?;
+        let input = CreateBucketInput { bucket: bucket.to_owned(), ..Default::default() };
+        match self.inner.create_bucket(request(input)).await.map_err(storage_error) {
+            Err(StorageError::BucketExists) if exist_ok => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Whether the bucket exists.
+    pub async fn bucket_exists(&self, bucket: &str) -> Result<bool, StorageError> {
+        validate_bucket_name(bucket)?;
+        Ok(tokio::fs::metadata(self.inner.root.join(bucket)).await.is_ok_and(|m| m.is_dir()))
+    }
+
+    /// Deletes a bucket; with `force` its objects go too, otherwise it must be empty.
+    pub async fn delete_bucket(&self, bucket: &str, force: bool) -> Result<(), StorageError> {
+        validate_bucket_name(bucket)?;
+        let input = DeleteBucketInput { bucket: bucket.to_owned(), ..Default::default() };
+        if force {
+            self.inner.fs.delete_bucket(request(input)).await.map_err(storage_error)?;
+        } else {
+            self.inner.delete_bucket(request(input)).await.map_err(storage_error)?;
+        }
+        Ok(())
+    }
+
+    /// All buckets, sorted by name.
+    pub async fn list_buckets(&self) -> Result<Vec<BucketInfo>, StorageError> {
+        let out = self.inner.list_buckets(request(ListBucketsInput::default())).await.map_err(storage_error)?;
+        let mut buckets: Vec<BucketInfo> = out
+            .output
+            .buckets
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|b| {
+                Some(BucketInfo { name: b.name?, created: b.creation_date.map(OffsetDateTime::from) })
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(buckets)
+    }
+
+    /// One page of the objects under `prefix`, continuing after the `continuation` token.
+    pub async fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        continuation: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ObjectPage, StorageError> {
+        validate_bucket_name(bucket)?;
+        let input = ListObjectsV2Input {
+            bucket: bucket.to_owned(),
+            prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
+            continuation_token: continuation.map(str::to_owned),
+            max_keys: Some(i32::try_from(max_keys.clamp(1, 1000)).unwrap_or(1000)),
+            ..Default::default()
+        };
+        let out = self.inner.list_objects_v2(request(input)).await.map_err(storage_error)?.output;
+        let objects = out
+            .contents
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key?,
+                    size: u64::try_from(o.size.unwrap_or(0)).unwrap_or(0),
+                    etag: o.e_tag.map(|e| e.value().to_owned()).unwrap_or_default(),
+                    last_modified: o.last_modified.map(OffsetDateTime::from),
+                })
+            })
+            .collect();
+        Ok(ObjectPage { objects, next: out.next_continuation_token })
+    }
+
+    /// Metadata of one object, `None` when it does not exist.
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        validate_bucket_name(bucket)?;
+        validate_object_key(key)?;
+        let input = HeadObjectInput { bucket: bucket.to_owned(), key: key.to_owned(), ..Default::default() };
+        match self.inner.head_object(request(input)).await {
+            Ok(out) => Ok(Some(ObjectInfo {
+                key: key.to_owned(),
+                size: u64::try_from(out.output.content_length.unwrap_or(0)).unwrap_or(0),
+                etag: out.output.e_tag.map(|e| e.value().to_owned()).unwrap_or_default(),
+                last_modified: out.output.last_modified.map(OffsetDateTime::from),
+            })),
+            Err(e) if matches!(e.code(), S3ErrorCode::NoSuchKey) => Ok(None),
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
+    /// Uploads a local file as an object (raising events) and returns its metadata.
+    pub async fn put_file(&self, bucket: &str, key: &str, path: &Path) -> Result<(), StorageError> {
+        let file = tokio::fs::File::open(path).await?;
+        let len = file.metadata().await?.len();
+        let stream = tokio_util_stream(file);
+        self.put_stream(bucket, key, StreamingBlob::wrap(stream), len).await
+    }
+
+    /// Uploads bytes as an object (raising events).
+    pub async fn put_bytes(&self, bucket: &str, key: &str, data: bytes::Bytes) -> Result<(), StorageError> {
+        let len = data.len() as u64;
+        let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(data) });
+        self.put_stream(bucket, key, StreamingBlob::wrap(stream), len).await
+    }
+
+    async fn put_stream(&self, bucket: &str, key: &str, body: StreamingBlob, len: u64) -> Result<(), StorageError> {
+        validate_bucket_name(bucket)?;
+        validate_object_key(key)?;
+        let input = PutObjectInput {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            body: Some(body),
+            content_length: Some(i64::try_from(len).unwrap_or(i64::MAX)),
+            ..Default::default()
+        };
+        self.inner.put_object(request(input)).await.map_err(storage_error)?;
+        Ok(())
+    }
+
+    /// Downloads an object into a local file; returns its size.
+    pub async fn get_to_file(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, StorageError> {
+        validate_bucket_name(bucket)?;
+        validate_object_key(key)?;
+        let input = GetObjectInput { bucket: bucket.to_owned(), key: key.to_owned(), ..Default::default() };
+        let out = self.inner.get_object(request(input)).await.map_err(storage_error)?.output;
+        let mut file = tokio::fs::File::create(dest).await?;
+        let mut written = 0u64;
+        if let Some(mut body) = out.body {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| StorageError::Backend(e.to_string()))?;
+                file.write_all(&chunk).await?;
+                written += chunk.len() as u64;
+            }
+        }
+        file.flush().await?;
+        Ok(written)
+    }
+
+    /// Deletes an object; a missing object is not an error (as in S3).
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        validate_bucket_name(bucket)?;
+        validate_object_key(key)?;
+        let input = DeleteObjectInput { bucket: bucket.to_owned(), key: key.to_owned(), ..Default::default() };
+        self.inner.delete_object(request(input)).await.map_err(storage_error)?;
+        Ok(())
+    }
+}
+
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync + 'static {
+    use tokio::io::AsyncReadExt;
+    futures::stream::try_unfold(file, |mut file| async move {
+        let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
+        let n = file.read_buf(&mut buf).await?;
+        Ok((n > 0).then(|| (buf.freeze(), file)))
+    })
+}
+
+/// `S3ServiceBuilder` takes the implementation by value; this shares it with [`Store`].
+struct SharedS3(Arc<EmbeddedS3>);
+
+macro_rules! shared_ops {
+    ($($name:ident($input:ty) -> $output:ty;)*) => {
+        impl S3 for SharedS3 {
+            $(fn $name<'a, 'b>(&'a self, req: S3Request<$input>) -> BoxFuture<'b, S3Result<S3Response<$output>>>
+            where
+                'a: 'b,
+                Self: 'b,
+            {
+                self.0.$name(req)
+            })*
+        }
+    };
+}
+
+shared_ops! {
+    create_bucket(CreateBucketInput) -> CreateBucketOutput;
+    get_bucket_location(GetBucketLocationInput) -> GetBucketLocationOutput;
+    head_bucket(HeadBucketInput) -> HeadBucketOutput;
+    list_objects(ListObjectsInput) -> ListObjectsOutput;
+    list_objects_v2(ListObjectsV2Input) -> ListObjectsV2Output;
+    get_object(GetObjectInput) -> GetObjectOutput;
+    head_object(HeadObjectInput) -> HeadObjectOutput;
+    delete_object(DeleteObjectInput) -> DeleteObjectOutput;
+    create_multipart_upload(CreateMultipartUploadInput) -> CreateMultipartUploadOutput;
+    upload_part(UploadPartInput) -> UploadPartOutput;
+    list_parts(ListPartsInput) -> ListPartsOutput;
+    abort_multipart_upload(AbortMultipartUploadInput) -> AbortMultipartUploadOutput;
+    list_buckets(ListBucketsInput) -> ListBucketsOutput;
+    delete_bucket(DeleteBucketInput) -> DeleteBucketOutput;
+    delete_objects(DeleteObjectsInput) -> DeleteObjectsOutput;
+    upload_part_copy(UploadPartCopyInput) -> UploadPartCopyOutput;
+    put_object(PutObjectInput) -> PutObjectOutput;
+    copy_object(CopyObjectInput) -> CopyObjectOutput;
+    complete_multipart_upload(CompleteMultipartUploadInput) -> CompleteMultipartUploadOutput;
+}
