@@ -13,7 +13,7 @@ mod presign;
 mod serve;
 
 pub use embedded::Store;
-pub use events::{NoEvents, ObjectCreated, ObjectEvents, WriteIntent};
+pub use events::{EventError, NoEvents, ObjectCreated, ObjectEvents, WriteIntent};
 pub use presign::{PresignError, Presigner};
 pub use serve::serve;
 

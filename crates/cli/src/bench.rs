@@ -1,0 +1,262 @@
+//! `cloister bench`: starts a private server on loopback ports and a temporary data directory,
+//! then measures upload→job-start latency, sustained trivial jobs per second and `/run` round
+//! trips, each next to the process-spawn floor measured in the same run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use base64::Engine;
+use futures::StreamExt;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::client::{Client, ClientConfig};
+
+/// Sizes of the benchmark.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Process spawns measured for the floor.
+    #[arg(long, default_value_t = 500)]
+    pub spawns: usize,
+    /// Sequential uploads measured for upload→job-start latency.
+    #[arg(long, default_value_t = 200)]
+    pub latency_jobs: usize,
+    /// Uploads for the sustained-throughput run.
+    #[arg(long, default_value_t = 2000)]
+    pub throughput_jobs: usize,
+    /// Sequential `/run` invocations.
+    #[arg(long, default_value_t = 300)]
+    pub runs: usize,
+    /// Jobs running at once (default: the server's default).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    Stats { p50: percentile(&samples, 50.0), p99: percentile(&samples, 99.0) }
+}
+
+fn spinner(json: bool, message: &str) -> indicatif::ProgressBar {
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("bench: {message}");
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    let server_args = crate::server::ServerArgs {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse()?,
+        s3_listen: "127.0.0.1:0".parse()?,
+        admin_user: None,
+        admin_password: None,
+        s3_access_key: None,
+        s3_secret_key: None,
+        s3_region: "us-east-1".into(),
+        concurrency: args.concurrency,
+        job_timeout: Duration::from_secs(60),
+        log_retention: None,
+        max_body_mib: 64,
+        log_limit_kib: 64,
+    };
+    let config = crate::server::platform_config(&server_args)?;
+    let concurrency = config.concurrency;
+    let running = cloister_platform::start(config.clone()).await?;
+    let client = Arc::new(Client::new(ClientConfig {
+        endpoint: format!("http://{}", running.api_addr),
+        user: config.admin_user.clone(),
+        password: config.admin_password.clone(),
+        s3_endpoint: None,
+    })?);
+    for (name, script) in [("bench-lat", ":"), ("bench-tp", ":"), ("bench-run", "cat \"$INPUT_FILE_PATH\"")] {
+        let body = json!({"name": name, "image": "none", "script": script,
+            "input": [{"storage_provider": "minio.default", "path": format!("{name}/in")}]});
+        client.system(reqwest::Method::POST, "/system/services", Some(&body)).await?;
+    }
+
+    let bar = spinner(json, "measuring the process-spawn floor");
+    let mut floor = Vec::with_capacity(args.spawns);
+    for _ in 0..args.spawns {
+        let started = Instant::now();
+        std::process::Command::new("/bin/sh").args(["-c", "true"]).status()?;
+        floor.push(started.elapsed());
+    }
+    let floor = stats(floor);
+    bar.finish_and_clear();
+
+    let bar = spinner(json, "measuring upload→job-start latency");
+    let latency = stats(start_latency(&client, args.latency_jobs).await?);
+    bar.finish_and_clear();
+
+    let bar = spinner(json, "measuring sustained trivial jobs/s");
+    let (jobs_per_s, tp_elapsed) = throughput(&client, args.throughput_jobs).await?;
+    bar.finish_and_clear();
+
+    let bar = spinner(json, "measuring /run round trips");
+    let run_rtt = stats(run_round_trips(&client, args.runs).await?);
+    bar.finish_and_clear();
+    running.shutdown().await;
+
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let start_ratio = ms(latency.p50) / ms(floor.p50).max(1e-9);
+    let run_over_floor = ms(run_rtt.p50) - ms(floor.p50);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "cpus": cpus,
+                "concurrency": concurrency,
+                "spawn_floor_ms": {"p50": ms(floor.p50), "p99": ms(floor.p99)},
+                "job_start_ms": {"p50": ms(latency.p50), "p99": ms(latency.p99), "p50_over_floor": start_ratio},
+                "jobs_per_second": jobs_per_s,
+                "throughput_jobs": args.throughput_jobs,
+                "throughput_seconds": tp_elapsed.as_secs_f64(),
+                "run_round_trip_ms": {"p50": ms(run_rtt.p50), "p99": ms(run_rtt.p99), "p50_minus_floor": run_over_floor},
+            }))?
+        );
+        return Ok(());
+    }
+    println!("cloister bench — {cpus} CPUs, {concurrency} concurrent jobs");
+    println!("{:<34} {:>10} {:>10} {:>22} {:>8}", "measure", "p50", "p99", "target", "");
+    println!("{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}", "process spawn floor (sh -c true)", ms(floor.p50), ms(floor.p99), "", "");
+    println!(
+        "{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}",
+        "upload → job start",
+        ms(latency.p50),
+        ms(latency.p99),
+        format!("p50 ≤ 3× floor ({start_ratio:.2}×)"),
+        verdict(start_ratio <= 3.0)
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>22} {:>8}",
+        "sustained trivial jobs",
+        format!("{jobs_per_s:.0}/s"),
+        "",
+        "≥ 300/s",
+        verdict(jobs_per_s >= 300.0)
+    );
+    println!(
+        "{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}",
+        "/run round trip",
+        ms(run_rtt.p50),
+        ms(run_rtt.p99),
+        format!("p50 ≤ floor+2 ms (+{run_over_floor:.2})"),
+        verdict(run_over_floor <= 2.0)
+    );
+    Ok(())
+}
+
+fn parse_time(v: &Value) -> Option<OffsetDateTime> {
+    v.as_str().and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+}
+
+/// Jobs of a service listed after `after`.
+async fn jobs_after(client: &Client, service: &str, after: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let answer = client.get_json(&format!("/system/logs/{service}?page={after}&limit=1000")).await?;
+    Ok(answer["jobs"].as_object().cloned().unwrap_or_default())
+}
+
+async fn start_latency(client: &Client, count: usize) -> anyhow::Result<Vec<Duration>> {
+    let store = client.s3("bench-lat").await?;
+    let mut samples = Vec::with_capacity(count);
+    let mut last = String::new();
+    for i in 0..count {
+        let path = object_store::path::Path::from(format!("in/lat-{i}"));
+        let sent = OffsetDateTime::now_utc();
+        store.put(&path, PutPayload::from_static(b"x")).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let jobs = jobs_after(client, "bench-lat", &last).await?;
+            let done = jobs.iter().find(|(_, j)| matches!(j["status"].as_str(), Some("Succeeded" | "Failed")));
+            if let Some((name, job)) = done {
+                let started = parse_time(&job["start_time"]).context("job without start time")?;
+                samples.push(Duration::try_from(started - sent).unwrap_or_default());
+                last.clone_from(name);
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "a benchmark job did not finish in 30 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(samples)
+}
+
+async fn throughput(client: &Client, count: usize) -> anyhow::Result<(f64, Duration)> {
+    let store = Arc::new(client.s3("bench-tp").await?);
+    let started_at = OffsetDateTime::now_utc();
+    let uploads = futures::stream::iter(0..count).map(|i| {
+        let store = store.clone();
+        async move { store.put(&object_store::path::Path::from(format!("in/tp-{i}")), PutPayload::from_static(b"x")).await }
+    });
+    let results: Vec<_> = uploads.buffer_unordered(16).collect().await;
+    for result in results {
+        result?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut finished = 0usize;
+        let mut last_finish = started_at;
+        let mut page = String::new();
+        loop {
+            let answer = client.get_json(&format!("/system/logs/bench-tp?page={page}&limit=1000")).await?;
+            for job in answer["jobs"].as_object().into_iter().flat_map(|m| m.values()) {
+                if let Some(t) = parse_time(&job["finish_time"]) {
+                    finished += 1;
+                    last_finish = last_finish.max(t);
+                }
+            }
+            match answer["next_page"].as_str() {
+                Some(next) if !next.is_empty() => page = next.to_owned(),
+                _ => break,
+            }
+        }
+        if finished >= count {
+            let elapsed = Duration::try_from(last_finish - started_at).unwrap_or_default();
+            return Ok((count as f64 / elapsed.as_secs_f64().max(1e-9), elapsed));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "throughput jobs did not finish in 10 minutes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn run_round_trips(client: &Client, count: usize) -> anyhow::Result<Vec<Duration>> {
+    let svc = client.get_json("/system/services/bench-run").await?;
+    let token = svc["token"].as_str().context("no token")?.to_owned();
+    let body = base64::engine::general_purpose::STANDARD.encode(b"hello");
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let response = client.invoke("/run/bench-run", &token, body.clone().into_bytes()).await?;
+        let answer = response.bytes().await?;
+        samples.push(started.elapsed());
+        anyhow::ensure!(!answer.is_empty(), "empty /run answer");
+    }
+    Ok(samples)
+}

@@ -1,0 +1,299 @@
+//! The client commands.
+
+use std::path::Path;
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::client::{Client, exit, fail, split_object_path};
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn apply(client: &Client, fdl_path: &Path, json: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(fdl_path).with_context(|| format!("cannot read {}", fdl_path.display()))?;
+    let base = fdl_path.parent().unwrap_or(Path::new("."));
+    let fdl = cloister_platform::fdl::parse_fdl(&text, Some(base))
+        .map_err(|e| fail(exit::INVALID, format!("{}: {e}", fdl_path.display())))?;
+    for warning in &fdl.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let mut results = Vec::new();
+    for service in &fdl.services {
+        let body = serde_json::to_value(service)?;
+        let action = if client.service_exists(&service.name).await? {
+            client.system(Method::PUT, "/system/services", Some(&body)).await?;
+            "updated"
+        } else {
+            client.system(Method::POST, "/system/services", Some(&body)).await?;
+            "created"
+        };
+        if !json {
+            println!("{action} service {}", service.name);
+        }
+        results.push(json!({"service": service.name, "action": action}));
+    }
+    if json {
+        print_json(&Value::Array(results))?;
+    }
+    Ok(())
+}
+
+pub async fn service_ls(client: &Client, json: bool) -> anyhow::Result<()> {
+    let services = client.get_json("/system/services").await?;
+    if json {
+        return print_json(&services);
+    }
+    println!("{:<40} {:<8} {:<8} {:<12} IMAGE", "NAME", "CPU", "MEMORY", "INPUTS");
+    for s in services.as_array().into_iter().flatten() {
+        let inputs: Vec<&str> =
+            s["input"].as_array().into_iter().flatten().filter_map(|i| i["path"].as_str()).collect();
+        println!(
+            "{:<40} {:<8} {:<8} {:<12} {}",
+            s["name"].as_str().unwrap_or(""),
+            s["cpu"].as_str().unwrap_or(""),
+            s["memory"].as_str().unwrap_or(""),
+            inputs.join(","),
+            s["image"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub async fn service_get(client: &Client, name: &str) -> anyhow::Result<()> {
+    print_json(&client.get_json(&format!("/system/services/{name}")).await?)
+}
+
+pub async fn service_rm(client: &Client, name: &str) -> anyhow::Result<()> {
+    client.system(Method::DELETE, &format!("/system/services/{name}"), None).await?;
+    eprintln!("deleted service {name}");
+    Ok(())
+}
+
+pub async fn run(client: &Client, service: &str, input: Option<&Path>, output: Option<&Path>) -> anyhow::Result<()> {
+    let svc = client.get_json(&format!("/system/services/{service}")).await?;
+    let token = svc["token"].as_str().ok_or_else(|| fail(exit::FAILURE, "the service has no token"))?;
+    let body = match input {
+        Some(path) => {
+            let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            B64.encode(raw).into_bytes()
+        }
+        None => Vec::new(),
+    };
+    let response = match client.invoke(&format!("/run/{service}"), token, body).await {
+        Err(e) if e.downcast_ref::<crate::client::Exit>().is_some_and(|x| x.code == exit::UNAVAILABLE) => {
+            return Err(fail(exit::JOB_FAILED, format!("the invocation failed: {e}")));
+        }
+        other => other?,
+    };
+    let kind = response
+        .headers()
+        .get("x-cloister-output")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("file")
+        .to_owned();
+    let text = response.bytes().await.context("cannot read the answer")?;
+    let content = if kind == "stdout" {
+        text.to_vec()
+    } else {
+        let compact: Vec<u8> = text.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+        B64.decode(compact).context("the answer is not base64")?
+    };
+    match output {
+        Some(path) => std::fs::write(path, &content).with_context(|| format!("cannot write {}", path.display()))?,
+        None => std::io::Write::write_all(&mut std::io::stdout(), &content)?,
+    }
+    Ok(())
+}
+
+pub async fn job_ls(client: &Client, service: &str, json: bool) -> anyhow::Result<()> {
+    let mut all = serde_json::Map::new();
+    let mut page = String::new();
+    loop {
+        let answer = client.get_json(&format!("/system/logs/{service}?page={page}&limit=1000")).await?;
+        if let Some(jobs) = answer["jobs"].as_object() {
+            all.extend(jobs.clone());
+        }
+        match answer["next_page"].as_str() {
+            Some(next) if !next.is_empty() => page = next.to_owned(),
+            _ => break,
+        }
+    }
+    if json {
+        return print_json(&Value::Object(all));
+    }
+    println!("{:<75} {:<10} {:<26} {:<26} FINISHED", "JOB", "STATUS", "CREATED", "STARTED");
+    for (name, job) in &all {
+        println!(
+            "{:<75} {:<10} {:<26} {:<26} {}",
+            name,
+            job["status"].as_str().unwrap_or(""),
+            job["creation_time"].as_str().unwrap_or("-"),
+            job["start_time"].as_str().unwrap_or("-"),
+            job["finish_time"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
+pub async fn job_logs(client: &Client, service: &str, job: &str, timestamps: bool) -> anyhow::Result<()> {
+    let response = client
+        .system(Method::GET, &format!("/system/logs/{service}/{job}?timestamps={timestamps}"), None)
+        .await?;
+    print!("{}", response.text().await?);
+    Ok(())
+}
+
+pub async fn job_rm(client: &Client, service: &str, job: Option<&str>, all: bool) -> anyhow::Result<()> {
+    let path = match job {
+        Some(job) => format!("/system/logs/{service}/{job}"),
+        None => format!("/system/logs/{service}?all={all}"),
+    };
+    client.system(Method::DELETE, &path, None).await?;
+    Ok(())
+}
+
+fn progress(total: u64, json: bool) -> ProgressBar {
+    // Small transfers and scripted runs get no bar.
+    if json || total < 8 * 1024 * 1024 || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn object_path(key: &str) -> anyhow::Result<object_store::path::Path> {
+    object_store::path::Path::parse(key).map_err(|e| fail(exit::INVALID, format!("invalid object key {key:?}: {e}")))
+}
+
+/// Parts of this size go up in parallel for large files.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+pub async fn put(client: &Client, local: &Path, remote: &str, json: bool) -> anyhow::Result<()> {
+    let (bucket, key) = split_object_path(remote);
+    let file_name = local.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let key = if key.is_empty() || key.ends_with('/') { format!("{key}{file_name}") } else { key.to_owned() };
+    let store = client.s3(bucket).await?;
+    let path = object_path(&key)?;
+    let mut file =
+        tokio::fs::File::open(local).await.with_context(|| format!("cannot open {}", local.display()))?;
+    let size = file.metadata().await?.len();
+    let bar = progress(size, json);
+    if size <= PART_SIZE as u64 {
+        let content = tokio::fs::read(local).await?;
+        store.put(&path, PutPayload::from(content)).await.map_err(s3_error)?;
+    } else {
+        use tokio::io::AsyncReadExt;
+        let upload = store.put_multipart(&path).await.map_err(s3_error)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(4).await.map_err(s3_error)?;
+            writer.write(&buf[..n]);
+            bar.inc(n as u64);
+        }
+        writer.finish().await.map_err(s3_error)?;
+    }
+    bar.finish_and_clear();
+    if json {
+        print_json(&json!({"bucket": bucket, "key": key, "size": size}))?;
+    } else {
+        eprintln!("uploaded {} to {bucket}/{key} ({size} bytes)", local.display());
+    }
+    Ok(())
+}
+
+fn s3_error(e: object_store::Error) -> anyhow::Error {
+    match e {
+        object_store::Error::NotFound { .. } => fail(exit::NOT_FOUND, "no such object or bucket"),
+        other => fail(exit::UNAVAILABLE, format!("S3 request failed: {other}")),
+    }
+}
+
+pub async fn get(client: &Client, remote: &str, local: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let (bucket, key) = split_object_path(remote);
+    if key.is_empty() {
+        return Err(fail(exit::INVALID, "give bucket/key"));
+    }
+    let store = client.s3(bucket).await?;
+    let result = store.get(&object_path(key)?).await.map_err(s3_error)?;
+    let size = result.meta.size;
+    let default_name = key.rsplit('/').next().unwrap_or(key);
+    let to_stdout = local.is_some_and(|p| p == Path::new("-"));
+    let bar = progress(size, json || to_stdout);
+    let mut stream = result.into_stream();
+    if to_stdout {
+        let mut out = tokio::io::stdout();
+        while let Some(chunk) = stream.next().await {
+            out.write_all(&chunk.map_err(s3_error)?).await?;
+        }
+        out.flush().await?;
+        return Ok(());
+    }
+    let dest = local.map_or_else(|| Path::new(default_name).to_path_buf(), Path::to_path_buf);
+    // Written beside the destination and renamed, so a failed download leaves no partial file.
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let mut out = tokio::fs::File::from_std(tmp.reopen()?);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(s3_error)?;
+        out.write_all(&chunk).await?;
+        bar.inc(chunk.len() as u64);
+    }
+    out.flush().await?;
+    out.sync_all().await?;
+    tmp.persist(&dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    bar.finish_and_clear();
+    if json {
+        print_json(&json!({"bucket": bucket, "key": key, "size": size, "file": dest}))?;
+    } else {
+        eprintln!("downloaded {bucket}/{key} to {} ({size} bytes)", dest.display());
+    }
+    Ok(())
+}
+
+pub async fn ls(client: &Client, path: &str, json: bool) -> anyhow::Result<()> {
+    let (bucket, prefix) = split_object_path(path);
+    let store = client.s3(bucket).await?;
+    let prefix = (!prefix.is_empty()).then(|| object_path(prefix.trim_end_matches('/'))).transpose()?;
+    let mut listing = store.list(prefix.as_ref());
+    let mut rows = Vec::new();
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(s3_error)?;
+        rows.push(json!({
+            "key": meta.location.to_string(),
+            "size": meta.size,
+            "last_modified": meta.last_modified.to_rfc3339(),
+        }));
+    }
+    if json {
+        return print_json(&Value::Array(rows));
+    }
+    for row in rows {
+        println!(
+            "{:>12}  {}  {}",
+            row["size"].as_u64().unwrap_or(0),
+            row["last_modified"].as_str().unwrap_or(""),
+            row["key"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}

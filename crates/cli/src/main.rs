@@ -1,0 +1,180 @@
+//! `cloister`: run the platform, and drive it from the command line.
+
+mod bench;
+mod client;
+mod commands;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{ConnectArgs, Exit};
+
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 failure, 2 usage error, 3 not found, 4 missing or wrong \
+credentials, 5 conflict (already exists / in use), 6 input refused by the server, 7 server failed or \
+unreachable, 8 the job or invocation failed.";
+
+/// Cloister: serverless file processing that is OSCAR-compatible and can run confidentially.
+#[derive(Parser)]
+#[command(name = "cloister", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform: REST API, embedded S3 endpoint and local executor.
+    Server(server::ServerArgs),
+    /// Create or update the services of an FDL file.
+    Apply {
+        /// The FDL file (script paths are relative to it).
+        fdl: PathBuf,
+    },
+    /// List, show and delete services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Invoke a service synchronously and print or save its output.
+    Run {
+        /// Service name.
+        service: String,
+        /// Input file (sent base64-encoded); no input when absent.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Where to write the output (stdout when absent).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// List jobs, read their logs, delete them.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Upload a local file to `bucket/key`.
+    Put {
+        /// Local file.
+        local: PathBuf,
+        /// Destination `bucket/key` (a trailing `/` appends the file name).
+        remote: String,
+    },
+    /// Download `bucket/key` to a local file (`-` for stdout).
+    Get {
+        /// Source `bucket/key`.
+        remote: String,
+        /// Local file; the key's file name when absent.
+        local: Option<PathBuf>,
+    },
+    /// List objects under `bucket[/prefix]`.
+    Ls {
+        /// `bucket` or `bucket/prefix`.
+        path: String,
+    },
+    /// Measure the platform on this machine and print a table.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// List services.
+    Ls,
+    /// Show one service (with its token; secrets hidden).
+    Get {
+        /// Service name.
+        name: String,
+    },
+    /// Delete a service and its jobs.
+    Rm {
+        /// Service name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// List a service's jobs.
+    Ls {
+        /// Service name.
+        service: String,
+    },
+    /// Print a job's log.
+    Logs {
+        /// Service name.
+        service: String,
+        /// Job name.
+        job: String,
+        /// Prefix each line with its time.
+        #[arg(long)]
+        timestamps: bool,
+    },
+    /// Delete one job, or the succeeded jobs of a service (all with --all).
+    Rm {
+        /// Service name.
+        service: String,
+        /// Job name; all succeeded jobs when absent.
+        job: Option<String>,
+        /// With no job: delete every job, not only succeeded ones.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOISTER_LOG").unwrap_or_else(|_| {
+        let default = if matches!(cli.command, Command::Server(_)) { "info" } else { "warn" };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = error.downcast_ref::<Exit>().map_or(client::exit::FAILURE, |e| e.code);
+            eprintln!("error: {error:#}");
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    match cli.command {
+        Command::Server(args) => server::run(args).await,
+        Command::Bench(args) => bench::run(args, json).await,
+        command => {
+            let client = client::Client::new(cli.connect.resolve()?)?;
+            match command {
+                Command::Apply { fdl } => commands::apply(&client, &fdl, json).await,
+                Command::Service(ServiceCommand::Ls) => commands::service_ls(&client, json).await,
+                Command::Service(ServiceCommand::Get { name }) => commands::service_get(&client, &name).await,
+                Command::Service(ServiceCommand::Rm { name }) => commands::service_rm(&client, &name).await,
+                Command::Run { service, input, output } => {
+                    commands::run(&client, &service, input.as_deref(), output.as_deref()).await
+                }
+                Command::Job(JobCommand::Ls { service }) => commands::job_ls(&client, &service, json).await,
+                Command::Job(JobCommand::Logs { service, job, timestamps }) => {
+                    commands::job_logs(&client, &service, &job, timestamps).await
+                }
+                Command::Job(JobCommand::Rm { service, job, all }) => {
+                    commands::job_rm(&client, &service, job.as_deref(), all).await
+                }
+                Command::Put { local, remote } => commands::put(&client, &local, &remote, json).await,
+                Command::Get { remote, local } => commands::get(&client, &remote, local.as_deref(), json).await,
+                Command::Ls { path } => commands::ls(&client, &path, json).await,
+                Command::Server(_) | Command::Bench(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}

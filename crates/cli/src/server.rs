@@ -1,0 +1,173 @@
+//! `cloister server`: settings, generated credentials, and the client file for the CLI.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::client::ClientConfig;
+
+/// Settings of `cloister server`; every flag can also come from its `CLOISTER_…` variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Where state, objects and job work directories live.
+    #[arg(long, env = "CLOISTER_DATA_DIR", default_value = "cloister-data")]
+    pub data_dir: PathBuf,
+    /// REST API address.
+    #[arg(long, env = "CLOISTER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Embedded S3 endpoint address.
+    #[arg(long, env = "CLOISTER_S3_LISTEN", default_value = "127.0.0.1:9000")]
+    pub s3_listen: SocketAddr,
+    /// Admin user for /system/* (generated on first start when absent).
+    #[arg(long, env = "CLOISTER_ADMIN_USER")]
+    pub admin_user: Option<String>,
+    /// Admin password (generated on first start when absent).
+    #[arg(long, env = "CLOISTER_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// S3 access key (generated on first start when absent).
+    #[arg(long, env = "CLOISTER_S3_ACCESS_KEY")]
+    pub s3_access_key: Option<String>,
+    /// S3 secret key (generated on first start when absent).
+    #[arg(long, env = "CLOISTER_S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<String>,
+    /// S3 region reported to clients.
+    #[arg(long, env = "CLOISTER_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Jobs running at once (default: twice the number of CPUs).
+    #[arg(long, env = "CLOISTER_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Wall-clock limit of a job, e.g. `10m`.
+    #[arg(long, env = "CLOISTER_JOB_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub job_timeout: Duration,
+    /// Delete finished jobs and their logs after this long, e.g. `7d` (kept forever when absent).
+    #[arg(long, env = "CLOISTER_LOG_RETENTION", value_parser = humantime::parse_duration)]
+    pub log_retention: Option<Duration>,
+    /// Largest request body of the REST API, in MiB.
+    #[arg(long, env = "CLOISTER_MAX_BODY_MIB", default_value_t = 64)]
+    pub max_body_mib: usize,
+    /// Most log kept per job, in KiB.
+    #[arg(long, env = "CLOISTER_LOG_LIMIT_KIB", default_value_t = 1024)]
+    pub log_limit_kib: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Credentials {
+    admin_user: String,
+    admin_password: String,
+    s3_access_key: String,
+    s3_secret_key: String,
+}
+
+fn random_token(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    rand::fill(raw.as_mut_slice());
+    hex::encode(raw)
+}
+
+/// Writes a file readable only by its owner, atomically (write, sync, rename).
+fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(content)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Credentials from flags, else from the data directory, else generated and saved there.
+fn credentials(args: &ServerArgs) -> anyhow::Result<Credentials> {
+    let path = args.data_dir.join("credentials.json");
+    let saved: Option<Credentials> = match std::fs::read(&path) {
+        Ok(raw) => Some(serde_json::from_slice(&raw).with_context(|| format!("{} is corrupt", path.display()))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let generated = saved.is_none();
+    let saved = saved.unwrap_or_else(|| Credentials {
+        admin_user: "admin".to_owned(),
+        admin_password: random_token(16),
+        s3_access_key: format!("cloister{}", &random_token(6)),
+        s3_secret_key: random_token(20),
+    });
+    if generated {
+        write_private(&path, &serde_json::to_vec_pretty(&saved)?)?;
+    }
+    Ok(Credentials {
+        admin_user: args.admin_user.clone().unwrap_or(saved.admin_user),
+        admin_password: args.admin_password.clone().unwrap_or(saved.admin_password),
+        s3_access_key: args.s3_access_key.clone().unwrap_or(saved.s3_access_key),
+        s3_secret_key: args.s3_secret_key.clone().unwrap_or(saved.s3_secret_key),
+    })
+}
+
+pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::Config> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let creds = credentials(args)?;
+    for (name, value) in [
+        ("admin user", &creds.admin_user),
+        ("admin password", &creds.admin_password),
+        ("S3 access key", &creds.s3_access_key),
+        ("S3 secret key", &creds.s3_secret_key),
+    ] {
+        anyhow::ensure!(!value.is_empty(), "the {name} must not be empty");
+    }
+    anyhow::ensure!(!creds.admin_user.contains(':'), "the admin user must not contain ':'");
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Ok(cloister_platform::Config {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        s3_listen: args.s3_listen,
+        admin_user: creds.admin_user,
+        admin_password: creds.admin_password,
+        s3_access_key: creds.s3_access_key,
+        s3_secret_key: creds.s3_secret_key,
+        s3_region: args.s3_region.clone(),
+        concurrency: args.concurrency.unwrap_or(cpus * 2).max(1),
+        job_timeout: args.job_timeout,
+        log_retention: args.log_retention,
+        max_body: args.max_body_mib.saturating_mul(1024 * 1024),
+        log_limit: args.log_limit_kib.saturating_mul(1024),
+    })
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let config = platform_config(&args)?;
+    let mut running = cloister_platform::start(config.clone()).await?;
+    // The CLI (and tests) find the server and its credentials here; ports may have been 0.
+    let client = ClientConfig {
+        endpoint: format!("http://{}", running.api_addr),
+        user: config.admin_user.clone(),
+        password: config.admin_password.clone(),
+        s3_endpoint: Some(format!("http://{}", running.s3_addr)),
+    };
+    let client_file = args.data_dir.join("client.json");
+    write_private(&client_file, &serde_json::to_vec_pretty(&client)?)?;
+    println!("cloister: REST API on http://{}  S3 endpoint on http://{}", running.api_addr, running.s3_addr);
+    println!(
+        "cloister: admin user {:?}; credentials for the CLI are in {} (use --config or CLOISTER_CONFIG)",
+        config.admin_user,
+        client_file.display()
+    );
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+        () = running.wait() => anyhow::bail!("the servers stopped unexpectedly"),
+    }
+    tracing::info!("shutting down; queued jobs resume at the next start");
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! A real `cloister server` process on loopback ports with a temporary data directory.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use serde_json::Value;
+
+pub const USER: &str = "admin";
+pub const PASSWORD: &str = "test-password-0123456789";
+pub const ACCESS_KEY: &str = "testaccesskey";
+pub const SECRET_KEY: &str = "test-secret-key-0123456789abcdef";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cloister")
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+pub struct Server {
+    pub dir: PathBuf,
+    pub api: String,
+    pub s3: String,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server on `dir` with fixed credentials and any extra flags.
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        let mut server = Self {
+            dir: dir.to_path_buf(),
+            api: String::new(),
+            s3: String::new(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let client_file = self.dir.join("client.json");
+        let _ = std::fs::remove_file(&client_file);
+        let child = Command::new(bin())
+            .args(["server", "--listen", "127.0.0.1:0", "--s3-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--admin-user", USER, "--admin-password", PASSWORD])
+            .args(["--s3-access-key", ACCESS_KEY, "--s3-secret-key", SECRET_KEY])
+            .args(&self.extra)
+            .env("CLOISTER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cloister server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !client_file.exists() {
+            assert!(Instant::now() < deadline, "server did not start");
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("server exited early: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let client: Value = serde_json::from_slice(&std::fs::read(&client_file).unwrap()).unwrap();
+        self.api = client["endpoint"].as_str().unwrap().to_owned();
+        self.s3 = client["s3_endpoint"].as_str().unwrap().to_owned();
+    }
+
+    /// Stops the server as an operator would (SIGTERM) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server without warning (kill -9).
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn restart_after_crash(&mut self) {
+        self.crash();
+        self.spawn();
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http().get(self.url(path)).basic_auth(USER, Some(PASSWORD)).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let resp = self.get(path).await;
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http().post(self.url(path)).basic_auth(USER, Some(PASSWORD)).json(body).send().await.unwrap()
+    }
+
+    pub fn s3_client(&self, bucket: &str) -> AmazonS3 {
+        AmazonS3Builder::new()
+            .with_endpoint(&self.s3)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_region("us-east-1")
+            .with_bucket_name(bucket)
+            .with_allow_http(true)
+            .build()
+            .unwrap()
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .env("CLOISTER_CONFIG", self.dir.join("client.json"))
+            .output()
+            .expect("run cloister")
+    }
+
+    pub async fn token(&self, service: &str) -> String {
+        self.get_json(&format!("/system/services/{service}")).await["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until `service` has `count` finished jobs and returns all its jobs.
+    pub async fn wait_jobs(&self, service: &str, count: usize) -> serde_json::Map<String, Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let jobs = self.get_json(&format!("/system/logs/{service}?page=")).await["jobs"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let finished =
+                jobs.values().filter(|j| matches!(j["status"].as_str(), Some("Succeeded" | "Failed"))).count();
+            if finished >= count {
+                return jobs;
+            }
+            assert!(Instant::now() < deadline, "{service}: {finished}/{count} jobs finished: {jobs:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}

@@ -1,0 +1,89 @@
+//! Executors: where a job's runtime runs. Every executor hands the job to
+//! [`cloister_runtime::run_job`], the single entrypoint of a job's life; they differ in where
+//! that happens (this process for [`LocalExecutor`]; a Kubernetes pod later).
+
+use std::path::{Path, PathBuf};
+
+use cloister_runtime::{CgroupSupport, IoError, JobIo, JobOutcome, JobSpec, RunOptions};
+use cloister_storage::Store;
+use futures::future::BoxFuture;
+
+/// Runs jobs.
+#[async_trait::async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// A short name for `/system/info`.
+    fn name(&self) -> &'static str;
+
+    /// Runs an asynchronous job: outputs go to the spec's output targets.
+    async fn run(
+        &self,
+        spec: JobSpec,
+        cancel: BoxFuture<'static, ()>,
+        on_start: Box<dyn FnOnce() + Send>,
+    ) -> JobOutcome;
+
+    /// Runs a synchronous invocation: output files come back in the outcome.
+    async fn run_sync(&self, spec: JobSpec, max_output: u64) -> JobOutcome;
+}
+
+/// Runs jobs as processes on this host, reading and writing the embedded store directly.
+///
+/// The script runs on the host, not in the service's container image (the image is recorded
+/// only); its isolation is a private work directory, a cleared environment, its own process
+/// group, resource limits and a timeout.
+pub struct LocalExecutor {
+    io: StoreIo,
+    work_root: PathBuf,
+    cgroups: CgroupSupport,
+}
+
+impl LocalExecutor {
+    /// An executor keeping job work directories under `work_root`.
+    pub fn new(store: Store, work_root: &Path) -> Self {
+        let cgroups = CgroupSupport::detect();
+        if cgroups.enabled() {
+            tracing::info!(?cgroups, "jobs get cgroups for CPU and memory limits");
+        } else {
+            tracing::info!("no writable cgroups: memory limited with RLIMIT_AS, CPU not limited");
+        }
+        Self { io: StoreIo(store), work_root: work_root.to_path_buf(), cgroups }
+    }
+
+    fn options(&self, synchronous: bool, max_sync_output: u64) -> RunOptions {
+        RunOptions { work_root: self.work_root.clone(), cgroups: self.cgroups.clone(), synchronous, max_sync_output }
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for LocalExecutor {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn run(
+        &self,
+        spec: JobSpec,
+        cancel: BoxFuture<'static, ()>,
+        on_start: Box<dyn FnOnce() + Send>,
+    ) -> JobOutcome {
+        cloister_runtime::run_job(&spec, &self.io, &self.options(false, 0), cancel, on_start).await
+    }
+
+    async fn run_sync(&self, spec: JobSpec, max_output: u64) -> JobOutcome {
+        let options = self.options(true, max_output);
+        cloister_runtime::run_job(&spec, &self.io, &options, std::future::pending(), || {}).await
+    }
+}
+
+struct StoreIo(Store);
+
+#[async_trait::async_trait]
+impl JobIo for StoreIo {
+    async fn fetch(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, IoError> {
+        Ok(self.0.get_to_file(bucket, key, dest).await?)
+    }
+
+    async fn upload(&self, bucket: &str, key: &str, src: &Path) -> Result<(), IoError> {
+        Ok(self.0.put_file(bucket, key, src).await?)
+    }
+}

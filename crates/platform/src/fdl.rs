@@ -1,0 +1,623 @@
+//! OSCAR's Functions Definition Language: service definitions, as YAML files and as the JSON
+//! bodies of the REST API (the same types serve both).
+//!
+//! Parsing never silently drops anything: fields this version does not know are kept (so a
+//! service round-trips unchanged) and reported as warnings; invalid values are errors that
+//! name the field and the reason.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+/// Errors of FDL parsing and validation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FdlError {
+    /// The document is not well-formed YAML/JSON or does not have the expected shape.
+    #[error("malformed service definition: {0}")]
+    Syntax(String),
+    /// A field has an invalid value.
+    #[error("invalid field `{field}`: {reason}")]
+    Invalid {
+        /// Path of the field, e.g. `functions.oscar[0].c1.memory`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl FdlError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid { field: field.into(), reason: reason.into() }
+    }
+
+    fn prefixed(self, prefix: &str) -> Self {
+        match self {
+            Self::Invalid { field, reason } => Self::Invalid { field: format!("{prefix}.{field}"), reason },
+            other => other,
+        }
+    }
+}
+
+/// Where a service reads or writes objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StorageIo {
+    /// `minio` or `minio.<id>` (the embedded store is `minio.default`).
+    #[serde(default = "default_provider")]
+    pub storage_provider: String,
+    /// `bucket` or `bucket/folder/...`.
+    #[serde(default)]
+    pub path: String,
+    /// Only objects/files whose name starts with one of these (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix: Vec<String>,
+    /// Only objects/files whose name ends with one of these (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suffix: Vec<String>,
+}
+
+fn default_provider() -> String {
+    "minio.default".to_owned()
+}
+
+impl StorageIo {
+    /// The bucket and folder of `path` (folder without leading/trailing `/`).
+    pub fn bucket_and_folder(&self) -> (&str, &str) {
+        let path = self.path.trim_matches('/');
+        match path.split_once('/') {
+            Some((bucket, folder)) => (bucket, folder.trim_matches('/')),
+            None => (path, ""),
+        }
+    }
+
+    /// Whether an object key in this path's bucket is under its folder and passes the filters.
+    pub fn matches(&self, bucket: &str, key: &str) -> bool {
+        let (own_bucket, folder) = self.bucket_and_folder();
+        if own_bucket != bucket {
+            return false;
+        }
+        let relative = if folder.is_empty() {
+            key
+        } else {
+            match key.strip_prefix(folder).and_then(|rest| rest.strip_prefix('/')) {
+                Some(rest) => rest,
+                None => return false,
+            }
+        };
+        let name = relative.rsplit('/').next().unwrap_or(relative);
+        (self.prefix.is_empty() || self.prefix.iter().any(|p| name.starts_with(p.as_str())))
+            && (self.suffix.is_empty() || self.suffix.iter().any(|s| name.ends_with(s.as_str())))
+    }
+}
+
+/// A service's environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Environment {
+    /// Plain variables.
+    #[serde(default, alias = "Variables")]
+    pub variables: BTreeMap<String, String>,
+    /// Secret variables: given to the job like variables, never listed by the API.
+    #[serde(default, alias = "Secrets")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Scaling bounds of synchronous services (recorded; the local executor runs on demand).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Synchronous {
+    /// Minimum replicas.
+    #[serde(default)]
+    pub min_scale: u32,
+    /// Maximum replicas.
+    #[serde(default)]
+    pub max_scale: u32,
+}
+
+/// A service: the unit users deploy. Field names and shapes are OSCAR's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Service {
+    /// DNS-label-safe name, 1–39 characters.
+    #[serde(default)]
+    pub name: String,
+    /// The cluster the FDL assigned it to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_id: String,
+    /// Container image. The local executor records it but runs the script on the host.
+    #[serde(default)]
+    pub image: String,
+    /// The script's content (in an FDL file: a path, inlined when the file is read).
+    #[serde(default)]
+    pub script: String,
+    /// CPU request in cores ("0.5") or millicores ("500m").
+    #[serde(default = "default_cpu", deserialize_with = "string_or_number")]
+    pub cpu: String,
+    /// Memory in Kubernetes quantity syntax ("256Mi").
+    #[serde(default = "default_memory", deserialize_with = "string_or_number")]
+    pub memory: String,
+    /// Request a GPU.
+    #[serde(default)]
+    pub enable_gpu: bool,
+    /// Run in an Intel SGX enclave.
+    #[serde(default)]
+    pub enable_sgx: bool,
+    /// Input paths: uploads here start jobs.
+    #[serde(default)]
+    pub input: Vec<StorageIo>,
+    /// Output paths: files a job leaves in `TMP_OUTPUT_DIR` go here.
+    #[serde(default)]
+    pub output: Vec<StorageIo>,
+    /// Environment variables and secrets.
+    #[serde(default)]
+    pub environment: Environment,
+    /// Log level of the supervisor.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log_level: String,
+    /// Image pull secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
+    /// Annotations for the job.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Labels for the job.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `private` (default), `public` or `restricted`.
+    #[serde(default = "default_visibility")]
+    pub visibility: String,
+    /// Users allowed for `restricted` services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_users: Vec<String>,
+    /// Synchronous scaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<Synchronous>,
+    /// Exposed-service settings (recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<Value>,
+    /// A bucket mounted into the job (recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<StorageIo>,
+    /// Stage the input file before the script runs (always true for the local executor).
+    #[serde(default)]
+    pub file_stage_in: bool,
+    /// Storage providers (filled by the server on GET with the embedded endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_providers: Option<Value>,
+    /// The service's token for `/job` and `/run` (generated by the server).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    /// Fields this version does not know, kept as they came.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+fn default_cpu() -> String {
+    "0.2".to_owned()
+}
+
+fn default_memory() -> String {
+    "256Mi".to_owned()
+}
+
+fn default_visibility() -> String {
+    "private".to_owned()
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        S(String),
+        F(f64),
+        I(i64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::S(s) => s,
+        Either::F(f) => f.to_string(),
+        Either::I(i) => i.to_string(),
+    })
+}
+
+/// Fields OSCAR clients send that Cloister accepts without acting on them; no warning for these.
+const KNOWN_OSCAR_EXTRAS: &[&str] = &[
+    "alpine",
+    "total_memory",
+    "total_cpu",
+    "replicas",
+    "rescheduler_threshold",
+    "clusters",
+    "vo",
+    "interlink_node_name",
+    "owner",
+    "isolation_level",
+    "lifecycle",
+    "creation_time",
+];
+
+impl Service {
+    /// Parses one service from a JSON body of the REST API.
+    pub fn from_json(body: &[u8]) -> Result<Self, FdlError> {
+        serde_json::from_slice(body).map_err(|e| FdlError::Syntax(e.to_string()))
+    }
+
+    /// Warnings about fields this version does not know (they are kept, not acted on).
+    pub fn warnings(&self) -> Vec<String> {
+        self.extra
+            .keys()
+            .filter(|k| !KNOWN_OSCAR_EXTRAS.contains(&k.as_str()))
+            .map(|k| format!("unknown field `{k}` in service {:?} is kept but ignored", self.name))
+            .collect()
+    }
+
+    /// Checks every field; the error names the first invalid one.
+    pub fn validate(&self) -> Result<(), FdlError> {
+        validate_service_name(&self.name).map_err(|reason| FdlError::invalid("name", reason))?;
+        if self.script.trim().is_empty() {
+            return Err(FdlError::invalid("script", "must not be empty"));
+        }
+        parse_cpu_millis(&self.cpu).map_err(|reason| FdlError::invalid("cpu", reason))?;
+        parse_quantity(&self.memory).map_err(|reason| FdlError::invalid("memory", reason))?;
+        if !["private", "public", "restricted"].contains(&self.visibility.as_str()) {
+            return Err(FdlError::invalid("visibility", "must be private, public or restricted"));
+        }
+        for (list, ios) in [("input", &self.input), ("output", &self.output)] {
+            for (i, io) in ios.iter().enumerate() {
+                validate_io(io).map_err(|e| e.prefixed(&format!("{list}[{i}]")))?;
+            }
+        }
+        if let Some(mount) = &self.mount {
+            validate_io(mount).map_err(|e| e.prefixed("mount"))?;
+        }
+        let env = self.environment.variables.iter().chain(&self.environment.secrets);
+        for (name, value) in env {
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(FdlError::invalid(
+                    format!("environment.{name}"),
+                    "variable names must be letters, digits and '_', not starting with a digit",
+                ));
+            }
+            if value.contains('\0') {
+                return Err(FdlError::invalid(format!("environment.{name}"), "must not contain NUL"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Normalises input paths the way OSCAR does: a path without a `/` is a folder of a bucket
+    /// named after the service.
+    pub fn normalize(&mut self) {
+        for io in self.input.iter_mut().chain(self.output.iter_mut()) {
+            let trimmed = io.path.trim_matches('/');
+            io.path = if trimmed.contains('/') { trimmed.to_owned() } else { format!("{}/{trimmed}", self.name) };
+            if io.storage_provider == "minio" {
+                io.storage_provider = default_provider();
+            }
+        }
+    }
+
+    /// Memory limit in bytes.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        parse_quantity(&self.memory).ok()
+    }
+
+    /// CPU limit in thousandths of a core.
+    pub fn cpu_millis(&self) -> Option<u64> {
+        parse_cpu_millis(&self.cpu).ok()
+    }
+
+    /// The service as the API lists it: secrets' values are never shown.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        for value in shown.environment.secrets.values_mut() {
+            *value = "********".to_owned();
+        }
+        shown
+    }
+}
+
+fn validate_io(io: &StorageIo) -> Result<(), FdlError> {
+    if io.storage_provider != "minio" && io.storage_provider != "minio.default" {
+        return Err(FdlError::invalid(
+            "storage_provider",
+            format!(
+                "{:?} is not available: this server's storage is the embedded store, `minio.default`",
+                io.storage_provider
+            ),
+        ));
+    }
+    let (bucket, folder) = io.bucket_and_folder();
+    cloister_storage::names::validate_bucket_name(bucket)
+        .map_err(|e| FdlError::invalid("path", e.to_string()))?;
+    if !folder.is_empty() {
+        cloister_storage::names::validate_object_key(folder)
+            .map_err(|e| FdlError::invalid("path", e.to_string()))?;
+    }
+    for (name, filters) in [("prefix", &io.prefix), ("suffix", &io.suffix)] {
+        if filters.iter().any(|f| f.is_empty() || f.contains('\0')) {
+            return Err(FdlError::invalid(name, "filters must be non-empty and free of NUL"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a service name: 1–39 characters, lowercase letters, digits and `-`, starting and
+/// ending with a letter or digit (a DNS label, short enough for Kubernetes' derived names).
+pub fn validate_service_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 39 {
+        return Err("must be 1 to 39 characters long".to_owned());
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err("only lowercase letters, digits and '-' are allowed".to_owned());
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("must start and end with a letter or digit".to_owned());
+    }
+    Ok(())
+}
+
+/// Parses a CPU amount: cores as a decimal ("0.5", "2") or millicores ("500m").
+pub fn parse_cpu_millis(cpu: &str) -> Result<u64, String> {
+    let cpu = cpu.trim();
+    let millis = if let Some(m) = cpu.strip_suffix('m') {
+        m.parse::<u64>().map_err(|_| format!("{cpu:?} is not a CPU amount like \"0.5\" or \"500m\""))?
+    } else {
+        let cores: f64 =
+            cpu.parse().map_err(|_| format!("{cpu:?} is not a CPU amount like \"0.5\" or \"500m\""))?;
+        if !cores.is_finite() || cores < 0.0 || cores > 1024.0 {
+            return Err(format!("{cpu:?} is out of range"));
+        }
+        (cores * 1000.0).round() as u64
+    };
+    if millis == 0 {
+        return Err("must be more than zero".to_owned());
+    }
+    Ok(millis)
+}
+
+/// Parses a Kubernetes quantity ("256Mi", "1G", "1.5Gi", "128974848", "129e6") into bytes.
+pub fn parse_quantity(quantity: &str) -> Result<u64, String> {
+    let q = quantity.trim();
+    let err = || format!("{q:?} is not a Kubernetes quantity like \"256Mi\" or \"1G\"");
+    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    if number.is_empty() || number.matches('.').count() > 1 || number.starts_with('.') || number.ends_with('.') {
+        return Err(err());
+    }
+    let value: f64 = number.parse().map_err(|_| err())?;
+    let multiplier: f64 = match suffix {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "m" => 1e-3,
+        s if s.starts_with(['e', 'E']) => {
+            let exp: i32 = s[1..].parse().map_err(|_| err())?;
+            if !(0..=18).contains(&exp) {
+                return Err(err());
+            }
+            10f64.powi(exp)
+        }
+        _ => return Err(err()),
+    };
+    let bytes = value * multiplier;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(format!("{q:?} is too large"));
+    }
+    let bytes = bytes.ceil() as u64;
+    if bytes < 1024 * 1024 {
+        return Err(format!("{q:?} is below the minimum of 1Mi"));
+    }
+    Ok(bytes)
+}
+
+/// A parsed FDL file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FdlFile {
+    /// Services with their cluster id set.
+    pub services: Vec<Service>,
+    /// Warnings (unknown fields and the like).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFdl {
+    functions: RawFunctions,
+    #[serde(default)]
+    storage_providers: Option<Value>,
+    #[serde(default)]
+    clusters: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct RawFunctions {
+    #[serde(default)]
+    oscar: Vec<BTreeMap<String, Service>>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// Parses an FDL file. `base_dir` is where relative `script` paths are read from; `None`
+/// takes `script` values as the scripts' content.
+pub fn parse_fdl(text: &str, base_dir: Option<&Path>) -> Result<FdlFile, FdlError> {
+    let raw: RawFdl = serde_saphyr::from_str(text).map_err(|e| FdlError::Syntax(e.to_string()))?;
+    let mut warnings = Vec::new();
+    for key in raw.functions.other.keys() {
+        warnings.push(format!("functions.{key}: only `oscar` functions are deployed; this section is ignored"));
+    }
+    if raw.functions.oscar.is_empty() {
+        return Err(FdlError::invalid("functions.oscar", "no services defined"));
+    }
+    let _ = (&raw.storage_providers, &raw.clusters);
+    let mut services = Vec::new();
+    for (i, entry) in raw.functions.oscar.into_iter().enumerate() {
+        if entry.len() != 1 {
+            return Err(FdlError::invalid(
+                format!("functions.oscar[{i}]"),
+                "each entry must be a single `<cluster-id>: <service>` mapping",
+            ));
+        }
+        for (cluster, mut service) in entry {
+            let field = format!("functions.oscar[{i}].{cluster}");
+            if let Some(dir) = base_dir {
+                if service.script.trim().is_empty() {
+                    return Err(FdlError::invalid(format!("{field}.script"), "must name the script file"));
+                }
+                let path = dir.join(&service.script);
+                service.script = std::fs::read_to_string(&path).map_err(|e| {
+                    FdlError::invalid(format!("{field}.script"), format!("cannot read {}: {e}", path.display()))
+                })?;
+            }
+            service.cluster_id = cluster.clone();
+            service.validate().map_err(|e| e.prefixed(&field))?;
+            warnings.extend(service.warnings().into_iter().map(|w| format!("{field}: {w}")));
+            services.push(service);
+        }
+    }
+    Ok(FdlFile { services, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FDL: &str = r#"
+functions:
+  oscar:
+  - my-cluster:
+      name: grayify
+      image: ghcr.io/example/imagemagick
+      cpu: 0.5
+      memory: 1Gi
+      script: echo hi
+      enable_sgx: true
+      favourite_colour: blue
+      input:
+      - storage_provider: minio.default
+        path: grayify/in
+        suffix: [".png"]
+      output:
+      - storage_provider: minio
+        path: grayify/out
+      environment:
+        variables:
+          MODE: fast
+        secrets:
+          API_KEY: s3cret
+storage_providers:
+  minio:
+    default:
+      endpoint: http://localhost:9000
+clusters:
+  my-cluster:
+    endpoint: http://localhost:8080
+"#;
+
+    #[test]
+    fn parses_oscar_fdl_with_warnings() {
+        let fdl = parse_fdl(FDL, None).unwrap();
+        let svc = &fdl.services[0];
+        assert_eq!(svc.name, "grayify");
+        assert_eq!(svc.cluster_id, "my-cluster");
+        assert_eq!(svc.cpu, "0.5");
+        assert_eq!(svc.cpu_millis(), Some(500));
+        assert_eq!(svc.memory_bytes(), Some(1 << 30));
+        assert!(svc.enable_sgx);
+        assert_eq!(svc.input[0].suffix, [".png"]);
+        assert_eq!(svc.environment.secrets["API_KEY"], "s3cret");
+        assert_eq!(fdl.warnings.len(), 1);
+        assert!(fdl.warnings[0].contains("favourite_colour"), "{:?}", fdl.warnings);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let svc = Service::from_json(br#"{"name":"a","script":"true"}"#).unwrap();
+        assert_eq!((svc.cpu.as_str(), svc.memory.as_str(), svc.visibility.as_str()), ("0.2", "256Mi", "private"));
+        svc.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = FDL.replace("memory: 1Gi", "memory: lots");
+        let err = parse_fdl(&bad, None).unwrap_err();
+        assert!(matches!(&err, FdlError::Invalid { field, .. } if field == "functions.oscar[0].my-cluster.memory"), "{err}");
+        let bad = FDL.replace("path: grayify/in", "path: Bad_Bucket/in");
+        let err = parse_fdl(&bad, None).unwrap_err();
+        assert!(matches!(&err, FdlError::Invalid { field, .. } if field == "functions.oscar[0].my-cluster.input[0].path"), "{err}");
+        let bad = FDL.replace("name: grayify", "name: ../etc");
+        assert!(matches!(parse_fdl(&bad, None), Err(FdlError::Invalid { field, .. }) if field.ends_with(".name")));
+        assert!(matches!(parse_fdl("functions: [", None), Err(FdlError::Syntax(_))));
+        assert!(matches!(parse_fdl("nothing: here", None), Err(FdlError::Syntax(_))));
+    }
+
+    #[test]
+    fn scripts_are_read_relative_to_the_fdl() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("script.sh"), "echo from file\n").unwrap();
+        let fdl = parse_fdl(&FDL.replace("script: echo hi", "script: script.sh"), Some(dir.path())).unwrap();
+        assert_eq!(fdl.services[0].script, "echo from file\n");
+        let err = parse_fdl(&FDL.replace("script: echo hi", "script: missing.sh"), Some(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("missing.sh"));
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("256Mi"), Ok(256 << 20));
+        assert_eq!(parse_quantity("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_quantity("1.5Gi"), Ok(3 << 29));
+        assert_eq!(parse_quantity("129e6"), Ok(129_000_000));
+        for bad in ["", "Mi", "1.2.3Mi", "12XB", "-5Mi", "1e99", "10", ".5Gi"] {
+            assert!(parse_quantity(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_cpu_millis("500m"), Ok(500));
+        assert_eq!(parse_cpu_millis("2"), Ok(2000));
+        for bad in ["0", "abc", "-1", "NaN", "1e9"] {
+            assert!(parse_cpu_millis(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_matching_honours_folder_and_filters() {
+        let io = StorageIo {
+            storage_provider: "minio.default".into(),
+            path: "b/in".into(),
+            prefix: vec!["img".into()],
+            suffix: vec![".png".into(), ".jpg".into()],
+        };
+        assert!(io.matches("b", "in/img1.png"));
+        assert!(io.matches("b", "in/sub/img2.jpg"));
+        assert!(!io.matches("b", "in/doc.png"));
+        assert!(!io.matches("b", "in/img1.gif"));
+        assert!(!io.matches("b", "inside/img1.png"));
+        assert!(!io.matches("c", "in/img1.png"));
+        let whole = StorageIo { path: "b".into(), ..Default::default() };
+        assert!(whole.matches("b", "anything/at/all"));
+    }
+
+    #[test]
+    fn normalize_prefixes_bare_paths_with_the_service_name() {
+        let mut svc = Service::from_json(br#"{"name":"s","script":"true","input":[{"storage_provider":"minio","path":"in"}]}"#).unwrap();
+        svc.normalize();
+        assert_eq!(svc.input[0].path, "s/in");
+        assert_eq!(svc.input[0].storage_provider, "minio.default");
+    }
+
+    #[test]
+    fn redaction_hides_secret_values() {
+        let fdl = parse_fdl(FDL, None).unwrap();
+        let shown = serde_json::to_string(&fdl.services[0].redacted()).unwrap();
+        assert!(!shown.contains("s3cret"));
+        assert!(shown.contains("API_KEY"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The Cloister platform: OSCAR-compatible services on one machine.
+//!
+//! [`start`] opens the durable [`state::State`], the embedded object store, and an executor,
+//! then serves the REST API and the S3 endpoint. Uploads under a service's input path become
+//! job records through [`dispatch::Dispatcher`] (the store's event sink) before the upload is
+//! acknowledged; a pool of workers runs queued jobs through the executor.
+
+mod api;
+pub mod dispatch;
+pub mod executor;
+pub mod fdl;
+pub mod state;
+mod workers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cloister_storage::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::dispatch::Dispatcher;
+use crate::executor::{Executor, LocalExecutor};
+use crate::state::State;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where state, objects and job work directories live.
+    pub data_dir: PathBuf,
+    /// REST API address.
+    pub listen: SocketAddr,
+    /// S3 endpoint address.
+    pub s3_listen: SocketAddr,
+    /// Basic-auth user for `/system/*`.
+    pub admin_user: String,
+    /// Basic-auth password for `/system/*`.
+    pub admin_password: String,
+    /// S3 access key.
+    pub s3_access_key: String,
+    /// S3 secret key.
+    pub s3_secret_key: String,
+    /// Region reported to S3 clients.
+    pub s3_region: String,
+    /// Jobs running at once.
+    pub concurrency: usize,
+    /// Wall-clock limit of a job.
+    pub job_timeout: Duration,
+    /// Finished jobs older than this are deleted (with their logs); `None` keeps them.
+    pub log_retention: Option<Duration>,
+    /// Largest request body accepted by the REST API.
+    pub max_body: usize,
+    /// Most bytes of log kept per job.
+    pub log_limit: usize,
+}
+
+/// Shared by the API handlers, the dispatcher and the workers.
+pub(crate) struct Platform {
+    pub config: Config,
+    pub state: Arc<State>,
+    pub store: Store,
+    pub dispatcher: Arc<Dispatcher>,
+    pub executor: Arc<dyn Executor>,
+    pub workers: workers::Workers,
+    pub s3_endpoint: String,
+    pub presigner: cloister_storage::Presigner,
+    pub sync_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// A running server.
+pub struct Running {
+    /// Where the REST API listens.
+    pub api_addr: SocketAddr,
+    /// Where the S3 endpoint listens.
+    pub s3_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests and waits for the servers to close.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the servers stop (they stop only on shutdown or a fatal error).
+    pub async fn wait(&mut self) {
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the platform: binds both ports, recovers unfinished work, and serves.
+pub async fn start(mut config: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    // Jobs run in their own working directories, so every path handed to them is absolute.
+    config.data_dir = config.data_dir.canonicalize()?;
+    let state = Arc::new(
+        State::open(&config.data_dir.join("state.redb")).context("cannot open the state database")?,
+    );
+    let (queue_tx, queue_rx) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher = Arc::new(Dispatcher::new(state.clone(), queue_tx)?);
+    let store = Store::open(&config.data_dir.join("objects"), dispatcher.clone())
+        .context("cannot open the object store")?;
+
+    let api_listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let s3_listener = TcpListener::bind(config.s3_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.s3_listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let s3_addr = s3_listener.local_addr()?;
+    let s3_endpoint = format!("http://{s3_addr}");
+
+    let executor: Arc<dyn Executor> = Arc::new(LocalExecutor::new(store.clone(), &config.data_dir.join("work")));
+    let presigner = cloister_storage::Presigner::new(
+        &s3_endpoint,
+        &config.s3_region,
+        &config.s3_access_key,
+        &config.s3_secret_key,
+    );
+    let platform = Arc::new(Platform {
+        state: state.clone(),
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
+        executor,
+        workers: workers::Workers::default(),
+        s3_endpoint,
+        presigner,
+        sync_slots: Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1))),
+        config: config.clone(),
+    });
+
+    // Jobs already on disk are queued first, then uploads interrupted by a crash are resolved
+    // (which queues their new jobs), all before anything new is accepted.
+    workers::requeue_unfinished(&platform)?;
+    dispatcher.recover(&store).await.context("cannot recover interrupted uploads")?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(workers::run(platform.clone(), queue_rx, shutdown_rx.clone())));
+    if let Some(retention) = config.log_retention {
+        tasks.push(tokio::spawn(workers::expire(platform.clone(), retention, shutdown_rx.clone())));
+    }
+
+    let s3_service = store.s3_service(&config.s3_access_key, &config.s3_secret_key);
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        cloister_storage::serve(s3_listener, s3_service, async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        })
+        .await;
+    }));
+    let router = api::router(platform.clone());
+    let mut rx = shutdown_rx;
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(api_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "REST API server failed");
+        }
+    }));
+    tracing::info!(%api_addr, %s3_addr, executor = platform.executor.name(), "cloister is serving");
+    Ok(Running { api_addr, s3_addr, shutdown, tasks })
+}
