@@ -3,6 +3,7 @@
 //! that happens (this process for [`LocalExecutor`]; a Kubernetes pod later).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use cloister_runtime::{CgroupSupport, IoError, JobIo, JobOutcome, JobSpec, RunOptions};
 use cloister_storage::Store;
@@ -35,6 +36,27 @@ pub struct LocalExecutor {
     io: StoreIo,
     work_root: PathBuf,
     cgroups: CgroupSupport,
+    slots: Arc<Mutex<SlotPool>>,
+}
+
+/// Cgroup slots: one per job running at once, reused from job to job.
+#[derive(Default)]
+struct SlotPool {
+    free: Vec<usize>,
+    created: usize,
+}
+
+struct Slot {
+    id: usize,
+    pool: Arc<Mutex<SlotPool>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.free.push(self.id);
+        }
+    }
 }
 
 impl LocalExecutor {
@@ -46,11 +68,29 @@ impl LocalExecutor {
         } else {
             tracing::info!("no writable cgroups: memory limited with RLIMIT_AS, CPU not limited");
         }
-        Self { io: StoreIo(store), work_root: work_root.to_path_buf(), cgroups }
+        Self { io: StoreIo(store), work_root: work_root.to_path_buf(), cgroups, slots: Arc::default() }
     }
 
-    fn options(&self, synchronous: bool, max_sync_output: u64) -> RunOptions {
-        RunOptions { work_root: self.work_root.clone(), cgroups: self.cgroups.clone(), synchronous, max_sync_output }
+    fn slot(&self) -> Slot {
+        let id = match self.slots.lock() {
+            Ok(mut pool) => pool.free.pop().unwrap_or_else(|| {
+                pool.created += 1;
+                pool.created - 1
+            }),
+            // A poisoned pool only loses reuse; a fresh id is still exclusive.
+            Err(_) => usize::MAX - (std::process::id() as usize),
+        };
+        Slot { id, pool: self.slots.clone() }
+    }
+
+    fn options(&self, slot: &Slot, synchronous: bool, max_sync_output: u64) -> RunOptions {
+        RunOptions {
+            work_root: self.work_root.clone(),
+            cgroups: self.cgroups.clone(),
+            slot: format!("slot-{}", slot.id),
+            synchronous,
+            max_sync_output,
+        }
     }
 }
 
@@ -66,11 +106,13 @@ impl Executor for LocalExecutor {
         cancel: BoxFuture<'static, ()>,
         on_start: Box<dyn FnOnce() + Send>,
     ) -> JobOutcome {
-        cloister_runtime::run_job(&spec, &self.io, &self.options(false, 0), cancel, on_start).await
+        let slot = self.slot();
+        cloister_runtime::run_job(&spec, &self.io, &self.options(&slot, false, 0), cancel, on_start).await
     }
 
     async fn run_sync(&self, spec: JobSpec, max_output: u64) -> JobOutcome {
-        let options = self.options(true, max_output);
+        let slot = self.slot();
+        let options = self.options(&slot, true, max_output);
         cloister_runtime::run_job(&spec, &self.io, &options, std::future::pending(), || {}).await
     }
 }

@@ -149,6 +149,8 @@ pub struct RunOptions {
     pub work_root: PathBuf,
     /// Cgroup hierarchy to place jobs in, if the host allows.
     pub cgroups: CgroupSupport,
+    /// Name of the cgroup this run uses; runs sharing a slot must not overlap in time.
+    pub slot: String,
     /// Keep stdout separately and return output files instead of uploading them.
     pub synchronous: bool,
     /// Most bytes of output files returned by a synchronous invocation.
@@ -175,15 +177,20 @@ pub async fn run_job(
         files: Vec::new(),
         uploaded: Vec::new(),
     };
-    let work = match tempdir_in(&options.work_root, &spec.job_uuid).await {
-        Ok(w) => w,
-        Err(e) => {
-            outcome.fail(format!("cannot create the job's work directory: {e}"));
-            return outcome;
-        }
+    let work = options.work_root.join(format!("job-{}", spec.job_uuid));
+    let prepared = {
+        let (work, script) = (work.clone(), spec.script.clone());
+        tokio::task::spawn_blocking(move || prepare_work_dir(&work, &script)).await
     };
-    run_in(spec, io, options, &work, cancel, on_start, &mut outcome).await;
-    if let Err(e) = tokio::fs::remove_dir_all(&work).await {
+    match prepared {
+        Ok(Ok(())) => run_in(spec, io, options, &work, cancel, on_start, &mut outcome).await,
+        Ok(Err(e)) => outcome.fail(format!("cannot prepare the job's work directory: {e}")),
+        Err(e) => outcome.fail(format!("cannot prepare the job's work directory: {e}")),
+    }
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&work)).await;
+    if let Ok(Err(e)) = removed
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
         tracing::warn!(job = %spec.job_name, error = %e, "cannot remove job work directory");
     }
     outcome
@@ -201,18 +208,25 @@ impl JobOutcome {
     }
 }
 
-async fn tempdir_in(root: &Path, job_uuid: &str) -> std::io::Result<PathBuf> {
-    tokio::fs::create_dir_all(root).await?;
-    let dir = root.join(format!("job-{job_uuid}"));
-    match tokio::fs::remove_dir_all(&dir).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut builder = tokio::fs::DirBuilder::new();
+/// Creates `work` (private to the job) with its input, output and tmp folders and the script,
+/// in one blocking call: this is on the path between an upload and its job's start.
+fn prepare_work_dir(work: &Path, script: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::create_dir_all(work.parent().unwrap_or(work))?;
+    let mut builder = std::fs::DirBuilder::new();
     builder.mode(0o700);
-    builder.create(&dir).await?;
-    Ok(dir)
+    if let Err(e) = builder.create(work) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        // Left by a run that was interrupted (the server died); start clean.
+        std::fs::remove_dir_all(work)?;
+        builder.create(work)?;
+    }
+    for dir in ["input", "output", "tmp"] {
+        std::fs::create_dir(work.join(dir))?;
+    }
+    std::fs::write(work.join("script.sh"), script)
 }
 
 async fn run_in(
@@ -227,17 +241,7 @@ async fn run_in(
     let input_dir = work.join("input");
     let output_dir = work.join("output");
     let tmp_dir = work.join("tmp");
-    for dir in [&input_dir, &output_dir, &tmp_dir] {
-        if let Err(e) = tokio::fs::create_dir(dir).await {
-            outcome.fail(format!("cannot prepare the job's directories: {e}"));
-            return;
-        }
-    }
     let script_path = work.join("script.sh");
-    if let Err(e) = tokio::fs::write(&script_path, spec.script.as_bytes()).await {
-        outcome.fail(format!("cannot write the script: {e}"));
-        return;
-    }
 
     let input_path = match stage_input(spec, io, &input_dir).await {
         Ok(p) => p,
@@ -282,7 +286,7 @@ async fn run_in(
         &env,
         &spec.limits,
         &options.cgroups,
-        &spec.job_uuid,
+        &options.slot,
         spec.log_limit,
         options.synchronous,
         cancel,

@@ -75,55 +75,53 @@ impl CgroupSupport {
         }
     }
 
-    /// Creates the job's groups with its limits; returns the `cgroup.procs` files to join.
-    fn create(&self, job: &str, limits: &Limits) -> std::io::Result<Vec<PathBuf>> {
+    /// Prepares the group `slot` (created on first use, then reused) with a job's limits and
+    /// returns the `cgroup.procs` files the job joins. A slot serves one job at a time, so the
+    /// per-job cost is a few small writes instead of creating and removing groups.
+    fn prepare(&self, slot: &str, limits: &Limits) -> std::io::Result<Vec<PathBuf>> {
         let period = 100_000u64;
         let quota = limits.cpu_millis.map(|m| (m * period / 1000).max(1000));
+        let ensure = |dir: &Path| if dir.is_dir() { Ok(()) } else { std::fs::create_dir_all(dir) };
         match self {
             Self::None => Ok(Vec::new()),
             Self::V1 { cpu, memory } => {
-                let (cpu, memory) = (cpu.join(job), memory.join(job));
-                std::fs::create_dir_all(&cpu)?;
-                std::fs::create_dir_all(&memory)?;
-                if let Some(quota) = quota {
-                    std::fs::write(cpu.join("cpu.cfs_period_us"), period.to_string())?;
-                    std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string())?;
-                }
-                if let Some(bytes) = limits.memory_bytes {
-                    std::fs::write(memory.join("memory.limit_in_bytes"), bytes.to_string())?;
-                    // Without this the job could swap instead of being held to its limit.
-                    let _ = std::fs::write(memory.join("memory.memsw.limit_in_bytes"), bytes.to_string());
-                }
+                let (cpu, memory) = (cpu.join(slot), memory.join(slot));
+                ensure(&cpu)?;
+                ensure(&memory)?;
+                std::fs::write(cpu.join("cpu.cfs_period_us"), period.to_string())?;
+                std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.map_or("-1".to_owned(), |q| q.to_string()))?;
+                let bytes = limits.memory_bytes.map_or("-1".to_owned(), |b| b.to_string());
+                // memsw must stay >= the memory limit, so the order of the writes depends on the
+                // direction of the change; writing memory first, then memsw, then memory again
+                // covers both. Without memsw the job could swap instead of being held.
+                let _ = std::fs::write(memory.join("memory.limit_in_bytes"), &bytes);
+                let _ = std::fs::write(memory.join("memory.memsw.limit_in_bytes"), &bytes);
+                std::fs::write(memory.join("memory.limit_in_bytes"), &bytes)?;
                 Ok(vec![cpu.join("cgroup.procs"), memory.join("cgroup.procs")])
             }
             Self::V2 { parent } => {
-                let group = parent.join(job);
-                std::fs::create_dir_all(&group)?;
-                if let Some(quota) = quota {
-                    std::fs::write(group.join("cpu.max"), format!("{quota} {period}"))?;
-                }
-                if let Some(bytes) = limits.memory_bytes {
-                    std::fs::write(group.join("memory.max"), bytes.to_string())?;
-                    let _ = std::fs::write(group.join("memory.swap.max"), "0");
-                }
+                let group = parent.join(slot);
+                ensure(&group)?;
+                let cpu_max = quota.map_or_else(|| format!("max {period}"), |q| format!("{q} {period}"));
+                std::fs::write(group.join("cpu.max"), cpu_max)?;
+                let bytes = limits.memory_bytes.map_or("max".to_owned(), |b| b.to_string());
+                std::fs::write(group.join("memory.max"), &bytes)?;
+                let _ = std::fs::write(group.join("memory.swap.max"), "0");
                 Ok(vec![group.join("cgroup.procs")])
             }
         }
     }
 
-    fn remove(&self, job: &str) {
-        let dirs: Vec<PathBuf> = match self {
-            Self::None => return,
-            Self::V1 { cpu, memory } => vec![cpu.join(job), memory.join(job)],
-            Self::V2 { parent } => vec![parent.join(job)],
-        };
-        for dir in dirs {
-            // The group empties once the killed processes are reaped; give the kernel a moment.
-            for _ in 0..50 {
-                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
-                    break;
+    /// Kills whatever is still in the slot's groups: processes that left the job's process
+    /// group (`setsid`, double forks) cannot outlive the job.
+    fn clear(&self, procs: &[PathBuf]) {
+        for file in procs {
+            let Ok(list) = std::fs::read_to_string(file) else { continue };
+            for pid in list.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) on a pid read from the job's own cgroup; no memory involved.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
                 }
-                std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
@@ -166,18 +164,17 @@ pub(crate) async fn run_script(
     env: &[(String, String)],
     limits: &Limits,
     cgroups: &CgroupSupport,
-    job: &str,
+    slot: &str,
     log_limit: usize,
     keep_stdout: bool,
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
 ) -> ScriptRun {
     let mut run = ScriptRun { log: Vec::new(), stdout: Vec::new(), exit_code: None, failure: None };
-    let procs = match cgroups.create(job, limits) {
+    let procs = match cgroups.prepare(slot, limits) {
         Ok(p) => p,
         Err(e) => {
-            run.failure = Some(format!("cannot create the job's cgroup: {e}"));
-            cgroups.remove(job);
+            run.failure = Some(format!("cannot prepare the job's cgroup: {e}"));
             return run;
         }
     };
@@ -203,7 +200,6 @@ pub(crate) async fn run_script(
         Ok(c) => c,
         Err(e) => {
             run.failure = Some(format!("cannot start /bin/sh: {e}"));
-            cgroups.remove(job);
             return run;
         }
     };
@@ -272,7 +268,7 @@ pub(crate) async fn run_script(
     for reader in readers.into_iter().flatten() {
         reader.abort();
     }
-    cgroups.remove(job);
+    cgroups.clear(&procs);
 
     match status {
         Some(Ok(status)) => {

@@ -42,7 +42,13 @@ fn spec(script: &str) -> JobSpec {
 }
 
 fn options(dir: &Path, cgroups: CgroupSupport) -> RunOptions {
-    RunOptions { work_root: dir.join("work"), cgroups, synchronous: false, max_sync_output: 1 << 20 }
+    RunOptions {
+        work_root: dir.join("work"),
+        cgroups,
+        slot: "runtime-test".into(),
+        synchronous: false,
+        max_sync_output: 1 << 20,
+    }
 }
 
 async fn run(spec: &JobSpec, io: &DirIo, options: &RunOptions) -> JobOutcome {
@@ -167,11 +173,36 @@ async fn memory_limit_is_enforced_with_cgroups_where_writable() {
     let dir = tempfile::tempdir().unwrap();
     let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
     let mut spec = spec("python3 -c 'x = bytearray(512 * 1024 * 1024); print(\"allocated\")'");
-    spec.job_uuid = "cgroup-test-job".into();
     spec.limits.memory_bytes = Some(64 * 1024 * 1024);
-    let outcome = run(&spec, &io, &options(dir.path(), cgroups)).await;
+    let mut options = options(dir.path(), cgroups);
+    options.slot = "runtime-test-memory".into();
+    let outcome = run(&spec, &io, &options).await;
     assert_eq!(outcome.status, Status::Failed, "{}", log_text(&outcome));
     assert!(!log_text(&outcome).contains("allocated"));
+    // The slot is reused with other limits: no limit now, so the same script succeeds.
+    spec.limits.memory_bytes = None;
+    let outcome = run(&spec, &io, &options).await;
+    assert_eq!(outcome.status, Status::Succeeded, "{}", log_text(&outcome));
+}
+
+#[tokio::test]
+async fn processes_that_leave_the_process_group_die_with_the_job_where_cgroups_exist() {
+    let cgroups = CgroupSupport::detect();
+    if !cgroups.enabled() {
+        eprintln!("no writable cgroup hierarchy on this host; nothing to check");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let marker = dir.path().join("escaped");
+    // setsid puts the sleeper in a new session: killing the job's process group misses it.
+    let spec = spec(&format!("setsid sh -c 'sleep 1; touch {}' >/dev/null 2>&1 < /dev/null &", marker.display()));
+    let mut options = options(dir.path(), cgroups);
+    options.slot = "runtime-test-escape".into();
+    let outcome = run(&spec, &io, &options).await;
+    assert_eq!(outcome.status, Status::Succeeded, "{}", log_text(&outcome));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!marker.exists(), "a process that left the job's process group outlived the job");
 }
 
 #[tokio::test]

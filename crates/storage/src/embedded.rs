@@ -4,12 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt;
 
 use crate::events::{ObjectCreated, ObjectEvents, WriteIntent};
 use crate::names::{validate_bucket_name, validate_object_key};
@@ -404,23 +402,34 @@ impl Store {
         Ok(())
     }
 
-    /// Downloads an object into a local file; returns its size.
+    /// Copies an object into a local file; returns its size. Objects are plain files in this
+    /// store, so this is one kernel-side copy rather than a stream through the S3 layer.
     pub async fn get_to_file(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, StorageError> {
         validate_bucket_name(bucket)?;
         validate_object_key(key)?;
-        let input = GetObjectInput { bucket: bucket.to_owned(), key: key.to_owned(), ..Default::default() };
-        let out = self.inner.get_object(request(input)).await.map_err(storage_error)?.output;
-        let mut file = tokio::fs::File::create(dest).await?;
-        let mut written = 0u64;
-        if let Some(mut body) = out.body {
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| StorageError::Backend(e.to_string()))?;
-                file.write_all(&chunk).await?;
-                written += chunk.len() as u64;
+        let bucket_dir = self.inner.root.join(bucket);
+        let source = self.inner.object_path(bucket, key);
+        let dest = dest.to_path_buf();
+        let copied = tokio::task::spawn_blocking(move || {
+            // A key that is a folder of other keys is not an object.
+            if std::fs::metadata(&source).is_ok_and(|m| m.is_dir()) {
+                return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
             }
+            std::fs::copy(&source, &dest)
+        })
+        .await
+        .map_err(|e| StorageError::Backend(e.to_string()))?;
+        match copied {
+            Ok(size) => Ok(size),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if tokio::fs::metadata(&bucket_dir).await.is_ok() {
+                    Err(StorageError::NoSuchKey)
+                } else {
+                    Err(StorageError::NoSuchBucket)
+                }
+            }
+            Err(e) => Err(e.into()),
         }
-        file.flush().await?;
-        Ok(written)
     }
 
     /// Deletes an object; a missing object is not an error (as in S3).
