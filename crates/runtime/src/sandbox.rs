@@ -29,6 +29,12 @@ impl Default for Limits {
     }
 }
 
+/// Limits last written to each slot (keyed by its first `cgroup.procs` path), so that a slot
+/// reused with the same limits costs no cgroup writes. Slots are used by one job at a time.
+type SlotLimits = (Option<u64>, Option<u64>);
+static LIMITS_WRITTEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PathBuf, SlotLimits>>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Which cgroup hierarchy jobs can be placed in on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupSupport {
@@ -79,6 +85,30 @@ impl CgroupSupport {
     /// returns the `cgroup.procs` files the job joins. A slot serves one job at a time, so the
     /// per-job cost is a few small writes instead of creating and removing groups.
     fn prepare(&self, slot: &str, limits: &Limits) -> std::io::Result<Vec<PathBuf>> {
+        let procs = self.procs(slot);
+        let wanted = (limits.cpu_millis, limits.memory_bytes);
+        let cache_key = procs.first().cloned().unwrap_or_default();
+        if procs.is_empty() || LIMITS_WRITTEN.lock().is_ok_and(|m| m.get(&cache_key) == Some(&wanted)) {
+            return Ok(procs);
+        }
+        let written = self.write_limits(slot, limits)?;
+        if let Ok(mut cache) = LIMITS_WRITTEN.lock() {
+            cache.insert(cache_key, wanted);
+        }
+        Ok(written)
+    }
+
+    fn procs(&self, slot: &str) -> Vec<PathBuf> {
+        match self {
+            Self::None => Vec::new(),
+            Self::V1 { cpu, memory } => {
+                vec![cpu.join(slot).join("cgroup.procs"), memory.join(slot).join("cgroup.procs")]
+            }
+            Self::V2 { parent } => vec![parent.join(slot).join("cgroup.procs")],
+        }
+    }
+
+    fn write_limits(&self, slot: &str, limits: &Limits) -> std::io::Result<Vec<PathBuf>> {
         let period = 100_000u64;
         let quota = limits.cpu_millis.map(|m| (m * period / 1000).max(1000));
         let ensure = |dir: &Path| if dir.is_dir() { Ok(()) } else { std::fs::create_dir_all(dir) };
@@ -133,11 +163,13 @@ impl CgroupSupport {
 }
 
 /// The shell run before the script: it joins the job's cgroups (so that nothing the script
-/// starts escapes them), applies `RLIMIT_AS` when there are no cgroups, then becomes the script.
-const PRELUDE: &str = r#"m=$1; s=$2; shift 2
-for f do echo $$ > "$f" || { echo "cloister: cannot join cgroup $f" >&2; exit 125; }; done
-if [ "$m" -gt 0 ]; then ulimit -v "$m" || exit 125; fi
-exec /bin/sh "$s""#;
+/// starts escapes them) and applies `RLIMIT_AS` when there are no cgroups, then runs the script
+/// in the same process (`.`) rather than exec'ing a second shell: one exec fewer per job.
+const PRELUDE: &str = r#"cloister_m=$1; cloister_s=$2; shift 2
+for cloister_f do echo $$ > "$cloister_f" || { echo "cloister: cannot join cgroup $cloister_f" >&2; exit 125; }; done
+if [ "$cloister_m" -gt 0 ]; then ulimit -v "$cloister_m" || exit 125; fi
+set -- "$cloister_s"; unset cloister_m cloister_s cloister_f
+. "$1""#;
 
 /// Longest line kept in the log; longer lines are split.
 const MAX_LINE: usize = 64 * 1024;
