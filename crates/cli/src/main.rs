@@ -1,5 +1,6 @@
 //! `cloister`: run the platform, and drive it from the command line.
 
+mod attest;
 mod bench;
 mod client;
 mod commands;
@@ -14,7 +15,7 @@ use crate::client::{ConnectArgs, Exit};
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 failure, 2 usage error, 3 not found, 4 missing or wrong \
 credentials, 5 conflict (already exists / in use), 6 input refused by the server, 7 server failed or \
-unreachable, 8 the job or invocation failed.";
+unreachable, 8 the job or invocation failed, 9 evidence not authentic or refused by the policy.";
 
 /// Cloister: serverless file processing that is OSCAR-compatible and can run confidentially.
 #[derive(Parser)]
@@ -76,6 +77,9 @@ enum Command {
     },
     /// Measure the platform on this machine and print a table.
     Bench(bench::BenchArgs),
+    /// Inspect and verify TEE evidence (SGX/TDX DCAP quotes, SEV-SNP reports, simulation).
+    #[command(subcommand)]
+    Attest(attest::AttestCommand),
 }
 
 #[derive(Subcommand)]
@@ -153,6 +157,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server::run(args).await,
         Command::Bench(args) => bench::run(args, json).await,
+        Command::Attest(command) => attest::run(command, json),
         command => {
             let client = client::Client::new(cli.connect.resolve()?)?;
             match command {
@@ -173,7 +178,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Command::Put { local, remote } => commands::put(&client, &local, &remote, json).await,
                 Command::Get { remote, local } => commands::get(&client, &remote, local.as_deref(), json).await,
                 Command::Ls { path } => commands::ls(&client, &path, json).await,
-                Command::Server(_) | Command::Bench(_) => unreachable!("handled above"),
+                Command::Server(_) | Command::Bench(_) | Command::Attest(_) => unreachable!("handled above"),
             }
         }
     }

@@ -1,0 +1,104 @@
+//! The crate's single error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while parsing, verifying or collecting evidence.
+///
+/// Messages are written for operators: they name the part of the evidence or endorsement that
+/// was rejected and, where useful, the expected and actual values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes are not any evidence format this crate knows.
+    #[error("unrecognised evidence: {0}")]
+    UnknownFormat(String),
+
+    /// The evidence or an endorsement could be identified but not parsed.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// Which structure was malformed (e.g. "SGX quote", "DCAP collateral").
+        what: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// The verifier needs endorsements (collateral, VCEK, ...) that were not supplied.
+    #[error("missing endorsements: {0}")]
+    MissingEndorsements(String),
+
+    /// The verification time is after the end of the collateral's validity window.
+    #[error("collateral expired: verification time {at} is after the collateral's next update {valid_until}")]
+    CollateralExpired {
+        /// Verification time (RFC 3339).
+        at: String,
+        /// Earliest nextUpdate / notAfter of the collateral (RFC 3339).
+        valid_until: String,
+    },
+
+    /// The verification time is before the start of the collateral's validity window.
+    #[error("collateral not yet valid: verification time {at} is before {valid_from}")]
+    CollateralNotYetValid {
+        /// Verification time (RFC 3339).
+        at: String,
+        /// Latest issueDate / thisUpdate / notBefore of the collateral (RFC 3339).
+        valid_from: String,
+    },
+
+    /// A signature, certificate chain, revocation or binding check failed.
+    #[error("verification failed: {0}")]
+    Verification(String),
+
+    /// Simulation evidence was signed by a platform key that is not registered.
+    #[error("unknown simulation platform key {0}")]
+    UnknownSimKey(String),
+
+    /// The evidence's report data does not match the expected binding.
+    #[error("report data mismatch: expected {expected}, got {actual}")]
+    ReportDataMismatch {
+        /// Expected report data (hex).
+        expected: String,
+        /// Report data found in the evidence (hex).
+        actual: String,
+    },
+
+    /// A policy or policy input could not be understood.
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
+
+    /// Invalid argument from the caller (e.g. a time before 1970).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// Collecting evidence inside the workload failed.
+    #[error("evidence collection failed: {0}")]
+    Collection(String),
+
+    /// A file-system operation failed while collecting evidence.
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        /// The path that was being accessed.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn malformed(what: &'static str, reason: impl std::fmt::Display) -> Self {
+        Error::Malformed {
+            what,
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn verification(reason: impl std::fmt::Display) -> Self {
+        Error::Verification(reason.to_string())
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

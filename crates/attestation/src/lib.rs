@@ -1,0 +1,108 @@
+//! # cloister-attestation
+//!
+//! Parse, verify and collect TEE evidence for Cloister: Intel SGX DCAP quotes (v3), Intel TDX
+//! quotes (v4/v5), AMD SEV-SNP attestation reports and a software *simulation* TEE.
+//!
+//! ## Public surface
+//!
+//! * [`inspect`] — parse-only summary of any supported evidence (raw bytes or hex text);
+//!   never verifies anything and never panics.
+//! * [`EvidenceVerifier`] — the one verification trait. Each TEE family has a module with one
+//!   implementation: [`DcapVerifier`] (SGX and TDX share Intel's DCAP quote format and
+//!   collateral), [`SnpVerifier`] and [`SimVerifier`]. [`Verifier`] dispatches on the detected
+//!   evidence kind, so the CLI and CAS need only one object. Adding a TEE means adding a module
+//!   with its parser and verifier, a [`Tee`] variant and, if it needs them, an [`Endorsements`]
+//!   variant.
+//! * [`appraise`] — runs a verifier at a caller-supplied time and, optionally, a [`Policy`],
+//!   and returns a serialisable [`Verdict`] (`authentic`, TCB status, advisories, measurement,
+//!   debug flag, `policy_ok` and refusal reasons). The library never reads the wall clock:
+//!   every verification takes the time as an argument so results are reproducible.
+//! * [`EvidenceSource`] — collection inside a workload: [`SimSource`], [`GramineSource`]
+//!   (`/dev/attestation`) and [`TsmSource`] (Linux configfs-tsm for TDX and SEV-SNP). All take a
+//!   configurable root directory so that tests run against a fake tree.
+//! * [`report_data_for`] / [`check_report_data`] — binding of a nonce and a public key into the
+//!   64-byte report data: `SHA-512(nonce ‖ public_key)`.
+//!
+//! ## DCAP caching and why it is sound
+//!
+//! A full DCAP verification (as done by `dcap-qvl`) re-verifies, for every quote, the same
+//! collateral: the root CA CRL signature, the TCB-info and QE-identity signing chains and
+//! signatures, and the PCK certificate chain of the platform. Only four checks really depend on
+//! the quote: the QE report signature (by the PCK key), the QE report data binding of the
+//! attestation key, the quote signature (by the attestation key), and the TCB level matching of
+//! the quote's SVNs. [`DcapVerifier::new`] therefore keeps two caches:
+//!
+//! * **collateral entries**, keyed by SHA-256 over a length-prefixed encoding of every collateral
+//!   field: the verified CRLs, the signature-checked and canonically ordered TCB info and the
+//!   signature-checked QE identity;
+//! * **PCK entries**, keyed by SHA-256 over the collateral key and the PCK chain bytes: the
+//!   chain-verified (with CRLs) PCK leaf certificate and its SGX extension values.
+//!
+//! Each entry records a validity window: the latest of every `notBefore`, CRL `thisUpdate` and
+//! JSON `issueDate` it depends on, and the earliest of every `notAfter`, CRL `nextUpdate` and JSON
+//! `nextUpdate` (over *all* certificates supplied, not only those on the chosen path). An entry is
+//! created only after a successful verification at a time strictly inside its window and is used
+//! only for times strictly inside it. The only time-dependent steps of the verification are
+//! comparisons of the verification time against exactly those bounds, so every such comparison
+//! has the same outcome anywhere strictly inside the window, and the cached result equals what a
+//! full verification would compute. Outside the window the full path runs (and reports the
+//! expiry). Failures are never cached. All per-quote checks are still executed for every quote.
+//! [`DcapVerifier::reference`] runs `dcap-qvl`'s own complete verification for every quote; the
+//! test-suite checks that both paths agree on every vector, on tampered copies and at times
+//! outside the windows.
+//!
+//! ## Decisions worth knowing
+//!
+//! * **Below every TCB level.** Intel's QVL (and dcap-qvl) reject a platform whose SVNs are
+//!   below every level of the TCB info ("TCB not supported"). Cloister instead treats it as at
+//!   least as bad as the lowest listed level converged with `OutOfDate` (so `OutOfDate`,
+//!   `OutOfDateConfigurationNeeded` or `Revoked`), with that level's advisories, and lets the
+//!   policy decide; `testdata/tdx/quote-outdated-tcb.bin` is such a platform. Both DCAP paths do
+//!   this, after the TCB info signature has been verified.
+//! * **Debug.** SGX: ATTRIBUTES.DEBUG. TDX: TD_ATTRIBUTES.TUD DEBUG or the profiling bits that
+//!   dcap-qvl also treats as debug. SNP: guest policy bit 19. Verifiers accept debug evidence as
+//!   authentic and report it; the policy refuses it unless `debug-mode` is tolerated.
+//! * **SEV-SNP TCB.** AMD publishes no TCB status, so SNP evidence has status `NotEvaluated`
+//!   (accepted by the policy); the VCEK's TCB extensions must equal the report's REPORTED_TCB.
+//!
+//! ## Simulation evidence layout (version 1)
+//!
+//! All integers little-endian; total 204 bytes.
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0 | 8 | magic `b"CLSIMATT"` |
+//! | 8 | 2 | format version = 1 |
+//! | 10 | 2 | flags: bit 0 = debug; other bits must be zero |
+//! | 12 | 32 | measurement (see [`sim_measurement`]) |
+//! | 44 | 64 | report data |
+//! | 108 | 32 | Ed25519 platform public key |
+//! | 140 | 64 | Ed25519 signature over `b"cloister/sim-evidence/v1\0"` ‖ bytes 0..140 |
+//!
+//! The simulation TEE gives **no** confidentiality: it only lets the rest of the platform be
+//! developed and tested without TEE hardware. Its TCB status is `Simulated`, which a [`Policy`]
+//! accepts only when it tolerates `simulation`.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod binding;
+mod collect;
+mod dcap;
+mod error;
+mod evidence;
+mod policy;
+mod sim;
+mod snp;
+mod time_util;
+mod verify;
+
+pub use binding::{check_report_data, report_data_for};
+pub use collect::{EvidenceSource, GramineSource, SimSource, TsmProvider, TsmReport, TsmSource};
+pub use dcap::{CollateralWindow, DcapCollateral, DcapVerifier, SgxDetails, TdxDetails};
+pub use error::Error;
+pub use evidence::{EvidenceSummary, Tee, TeeDetails, decode_input, detect, inspect};
+pub use policy::{Policy, PolicyOutcome, Tolerance};
+pub use sim::{SIM_EVIDENCE_LEN, SimDetails, SimPlatform, SimVerifier, sim_measurement};
+pub use snp::{SnpDetails, SnpEndorsements, SnpTcb, SnpVerifier};
+pub use verify::{Endorsements, EvidenceVerifier, Verdict, VerifiedEvidence, Verifier, appraise};

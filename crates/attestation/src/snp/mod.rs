@@ -1,0 +1,722 @@
+//! AMD SEV-SNP attestation reports (ABI spec table "ATTESTATION_REPORT", versions 2–5).
+//!
+//! The report is parsed here at its fixed offsets and its signature is checked over the raw
+//! bytes 0x000..0x2A0 (the `sev` crate verifies a re-encoding of its parsed structure, which
+//! would not notice changes to reserved bytes). The `sev` crate checks the RSA-PSS signatures of
+//! the ARK → ASK/ASVK → VCEK/VLEK chain.
+
+use der::{Decode as _, Encode as _};
+use p384::ecdsa::signature::Verifier as _;
+use serde::{Deserialize, Serialize};
+use sev::certs::snp::{Certificate as SevCertificate, Verifiable as _};
+use time::OffsetDateTime;
+use x509_cert::Certificate;
+
+use crate::evidence::{EvidenceSummary, Tee, TeeDetails, hex};
+use crate::verify::{Endorsements, EvidenceVerifier, VerifiedEvidence};
+use crate::{Error, time_util};
+
+/// Size of an SEV-SNP attestation report.
+pub(crate) const REPORT_LEN: usize = 0x4A0;
+/// The signature covers bytes 0x000..0x2A0.
+const SIGNED_LEN: usize = 0x2A0;
+const OFF_SIGNATURE: usize = 0x2A0;
+/// SIGNATURE_ALGO 1: ECDSA P-384 with SHA-384.
+const SIG_ALGO_ECDSA_P384_SHA384: u32 = 1;
+/// Guest policy bit 19: DEBUG.
+const POLICY_DEBUG: u64 = 1 << 19;
+/// TCB status for SNP: AMD publishes no status comparable to Intel's.
+const SNP_TCB_STATUS: &str = "NotEvaluated";
+
+/// AMD's built-in root (ARK) and signing (ASK) certificates, copied from the `sev` crate
+/// (virtee/sev 8.0.0, src/certs/snp/builtin). AMD's VLEK signing keys (ASVK) are not shipped by
+/// any locally available source; a VLEK needs its ASVK/ARK chain supplied, and the ARK must
+/// still be one of these.
+const BUILTIN: [(Generation, &str, &str); 3] = [
+    (
+        Generation::Milan,
+        include_str!("certs/milan-ark.pem"),
+        include_str!("certs/milan-ask.pem"),
+    ),
+    (
+        Generation::Genoa,
+        include_str!("certs/genoa-ark.pem"),
+        include_str!("certs/genoa-ask.pem"),
+    ),
+    (
+        Generation::Turin,
+        include_str!("certs/turin-ark.pem"),
+        include_str!("certs/turin-ask.pem"),
+    ),
+];
+
+// AMD's VCEK/VLEK certificate extensions (VCEK spec 57230, table "VCEK extensions").
+const OID_BL_SPL: &str = "1.3.6.1.4.1.3704.1.3.1";
+const OID_TEE_SPL: &str = "1.3.6.1.4.1.3704.1.3.2";
+const OID_SNP_SPL: &str = "1.3.6.1.4.1.3704.1.3.3";
+const OID_UCODE_SPL: &str = "1.3.6.1.4.1.3704.1.3.8";
+const OID_FMC_SPL: &str = "1.3.6.1.4.1.3704.1.3.9";
+const OID_HWID: &str = "1.3.6.1.4.1.3704.1.4";
+
+/// Processor generation; it decides the TCB_VERSION layout and the root certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Generation {
+    Milan,
+    Genoa,
+    Turin,
+    Venice,
+}
+
+impl Generation {
+    fn name(self) -> &'static str {
+        match self {
+            Generation::Milan => "Milan",
+            Generation::Genoa => "Genoa",
+            Generation::Turin => "Turin",
+            Generation::Venice => "Venice",
+        }
+    }
+
+    /// Turin and later lay TCB_VERSION out differently and add an FMC SPL.
+    fn turin_layout(self) -> bool {
+        matches!(self, Generation::Turin | Generation::Venice)
+    }
+
+    /// From the report's CPUID fields (report version 3 and later), as the `sev` crate does.
+    fn from_cpuid(family: u8, model: u8) -> Option<Generation> {
+        match (family, model) {
+            (0x19, 0x00..=0x0F) => Some(Generation::Milan),
+            (0x19, 0x10..=0x1F | 0xA0..=0xAF) => Some(Generation::Genoa),
+            (0x1A, 0x00..=0x11) => Some(Generation::Turin),
+            (0x1A, 0x50..=0x57 | 0x90..=0x9F | 0xA0..=0xAF | 0xC0..=0xC7) => Some(Generation::Venice),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded TCB_VERSION.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnpTcb {
+    /// The raw 64-bit value, as 16 hex digits (little-endian bytes rendered as a number).
+    pub raw: String,
+    /// PSP bootloader SPL.
+    pub bootloader: u8,
+    /// PSP OS (TEE) SPL.
+    pub tee: u8,
+    /// SNP firmware SPL.
+    pub snp: u8,
+    /// CPU microcode SPL.
+    pub microcode: u8,
+    /// FMC SPL (Turin and later).
+    pub fmc: Option<u8>,
+}
+
+impl SnpTcb {
+    fn decode(b: [u8; 8], turin_layout: bool) -> Self {
+        let raw = format!("{:016x}", u64::from_le_bytes(b));
+        if turin_layout {
+            SnpTcb {
+                raw,
+                fmc: Some(b[0]),
+                bootloader: b[1],
+                tee: b[2],
+                snp: b[3],
+                microcode: b[7],
+            }
+        } else {
+            SnpTcb {
+                raw,
+                fmc: None,
+                bootloader: b[0],
+                tee: b[1],
+                snp: b[6],
+                microcode: b[7],
+            }
+        }
+    }
+}
+
+/// Parsed fields of an SEV-SNP attestation report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnpDetails {
+    /// Processor generation (from the trusted root when verified, else guessed from CPUID or
+    /// CHIP_ID); decides how TCB values are decoded.
+    pub generation: Option<String>,
+    /// MEASUREMENT: launch digest of the guest (hex, 48 bytes).
+    pub measurement: String,
+    /// HOST_DATA supplied by the host at launch (hex).
+    pub host_data: String,
+    /// Guest POLICY as 0x-prefixed hex.
+    pub policy: String,
+    /// GUEST_SVN.
+    pub guest_svn: u32,
+    /// VMPL that requested the report.
+    pub vmpl: u32,
+    /// SIGNATURE_ALGO (1 = ECDSA P-384 with SHA-384).
+    pub signature_algorithm: u32,
+    /// Which key signed the report: `vcek`, `vlek` or `none`.
+    pub signing_key: String,
+    /// FAMILY_ID (hex).
+    pub family_id: String,
+    /// IMAGE_ID (hex).
+    pub image_id: String,
+    /// ID_KEY_DIGEST (hex).
+    pub id_key_digest: String,
+    /// AUTHOR_KEY_DIGEST (hex).
+    pub author_key_digest: String,
+    /// REPORT_ID (hex).
+    pub report_id: String,
+    /// REPORT_ID_MA (hex).
+    pub report_id_ma: String,
+    /// PLATFORM_INFO as 0x-prefixed hex.
+    pub platform_info: String,
+    /// CHIP_ID (hex); `None` when masked (all zero).
+    pub chip_id: Option<String>,
+    /// REPORTED_TCB: the TCB the VCEK was derived for.
+    pub reported_tcb: SnpTcb,
+    /// CURRENT_TCB.
+    pub current_tcb: SnpTcb,
+    /// COMMITTED_TCB.
+    pub committed_tcb: SnpTcb,
+    /// LAUNCH_TCB.
+    pub launch_tcb: SnpTcb,
+    /// Firmware version `major.minor.build` (CURRENT_*).
+    pub current_version: String,
+    /// CPUID family (report version 3 and later).
+    pub cpuid_family: Option<u8>,
+    /// CPUID model (report version 3 and later).
+    pub cpuid_model: Option<u8>,
+    /// CPUID stepping (report version 3 and later).
+    pub cpuid_stepping: Option<u8>,
+}
+
+/// Accessors over the raw report at the ABI's offsets; every read is bounds-checked.
+struct Report<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Report<'a> {
+    fn parse(b: &'a [u8]) -> Result<Self, Error> {
+        if b.len() != REPORT_LEN {
+            return Err(Error::malformed(
+                "SEV-SNP report",
+                format!("{} bytes, expected {REPORT_LEN}", b.len()),
+            ));
+        }
+        let r = Report { b };
+        let version = r.u32(0x00)?;
+        if !(2..=5).contains(&version) {
+            return Err(Error::malformed(
+                "SEV-SNP report",
+                format!("unsupported version {version}"),
+            ));
+        }
+        Ok(r)
+    }
+
+    fn bytes(&self, at: usize, len: usize) -> Result<&'a [u8], Error> {
+        self.b
+            .get(at..at.saturating_add(len))
+            .ok_or_else(|| Error::malformed("SEV-SNP report", "truncated"))
+    }
+
+    fn arr<const N: usize>(&self, at: usize) -> Result<[u8; N], Error> {
+        self.bytes(at, N)?
+            .try_into()
+            .map_err(|_| Error::malformed("SEV-SNP report", "truncated"))
+    }
+
+    fn u32(&self, at: usize) -> Result<u32, Error> {
+        Ok(u32::from_le_bytes(self.arr(at)?))
+    }
+
+    fn u64(&self, at: usize) -> Result<u64, Error> {
+        Ok(u64::from_le_bytes(self.arr(at)?))
+    }
+
+    fn version(&self) -> Result<u32, Error> {
+        self.u32(0x00)
+    }
+
+    fn policy(&self) -> Result<u64, Error> {
+        self.u64(0x08)
+    }
+
+    fn signing_key(&self) -> Result<u32, Error> {
+        Ok((self.u32(0x48)? >> 2) & 0x7)
+    }
+
+    fn report_data(&self) -> Result<&'a [u8], Error> {
+        self.bytes(0x50, 64)
+    }
+
+    fn measurement(&self) -> Result<&'a [u8], Error> {
+        self.bytes(0x90, 48)
+    }
+
+    fn reported_tcb(&self) -> Result<[u8; 8], Error> {
+        self.arr(0x180)
+    }
+
+    fn chip_id(&self) -> Result<&'a [u8], Error> {
+        self.bytes(0x1A0, 64)
+    }
+
+    /// The generation implied by the report alone (CPUID fields from version 3; a CHIP_ID
+    /// heuristic for version 2, as the `sev` crate uses).
+    fn guess_generation(&self) -> Result<Option<Generation>, Error> {
+        if self.version()? >= 3 {
+            let [family, model]: [u8; 2] = self.arr(0x188)?;
+            return Ok(Generation::from_cpuid(family, model));
+        }
+        let chip_id = self.chip_id()?;
+        if chip_id.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        // Turin's CHIP_ID is 8 bytes; older generations fill all 64.
+        if chip_id.get(8..).is_some_and(|rest| rest.iter().all(|&b| b == 0)) {
+            Ok(Some(Generation::Turin))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn summarize(&self, generation: Option<Generation>) -> Result<EvidenceSummary, Error> {
+        let turin = generation.is_some_and(Generation::turin_layout);
+        let tcb = |at: usize| -> Result<SnpTcb, Error> { Ok(SnpTcb::decode(self.arr(at)?, turin)) };
+        let version = self.version()?;
+        let policy = self.policy()?;
+        let chip_id = self.chip_id()?;
+        let cpuid = |at: usize| -> Result<Option<u8>, Error> {
+            Ok(if version >= 3 {
+                Some(self.arr::<1>(at)?[0])
+            } else {
+                None
+            })
+        };
+        let [build, minor, major]: [u8; 3] = self.arr(0x1E8)?;
+        let details = SnpDetails {
+            generation: generation.map(|g| g.name().to_string()),
+            measurement: hex(self.measurement()?),
+            host_data: hex(self.bytes(0xC0, 32)?),
+            policy: format!("{policy:#018x}"),
+            guest_svn: self.u32(0x04)?,
+            vmpl: self.u32(0x30)?,
+            signature_algorithm: self.u32(0x34)?,
+            signing_key: match self.signing_key()? {
+                0 => "vcek".to_string(),
+                1 => "vlek".to_string(),
+                7 => "none".to_string(),
+                other => format!("reserved({other})"),
+            },
+            family_id: hex(self.bytes(0x10, 16)?),
+            image_id: hex(self.bytes(0x20, 16)?),
+            id_key_digest: hex(self.bytes(0xE0, 48)?),
+            author_key_digest: hex(self.bytes(0x110, 48)?),
+            report_id: hex(self.bytes(0x140, 32)?),
+            report_id_ma: hex(self.bytes(0x160, 32)?),
+            platform_info: format!("{:#018x}", self.u64(0x40)?),
+            chip_id: (!chip_id.iter().all(|&b| b == 0)).then(|| hex(chip_id)),
+            reported_tcb: tcb(0x180)?,
+            current_tcb: tcb(0x38)?,
+            committed_tcb: tcb(0x1E0)?,
+            launch_tcb: tcb(0x1F0)?,
+            current_version: format!("{major}.{minor}.{build}"),
+            cpuid_family: cpuid(0x188)?,
+            cpuid_model: cpuid(0x189)?,
+            cpuid_stepping: cpuid(0x18A)?,
+        };
+        Ok(EvidenceSummary {
+            tee: Tee::Snp,
+            version,
+            measurement: details.measurement.clone(),
+            report_data: hex(self.report_data()?),
+            debug: policy & POLICY_DEBUG != 0,
+            details: TeeDetails::Snp(details),
+        })
+    }
+}
+
+pub(crate) fn looks_like_report(b: &[u8]) -> bool {
+    b.len() == REPORT_LEN
+        && b.get(0..4)
+            .and_then(|v| v.try_into().ok())
+            .map(u32::from_le_bytes)
+            .is_some_and(|v| (2..=5).contains(&v))
+}
+
+pub(crate) fn inspect(b: &[u8]) -> Result<EvidenceSummary, Error> {
+    let report = Report::parse(b)?;
+    report.summarize(report.guess_generation()?)
+}
+
+/// The endorsement of one SEV-SNP report: the VCEK (or VLEK) certificate and optionally the
+/// ASK (or ASVK) + ARK chain.
+#[derive(Debug, Clone)]
+pub struct SnpEndorsements {
+    vek_der: Vec<u8>,
+    chain: Option<Vec<Vec<u8>>>,
+}
+
+impl SnpEndorsements {
+    /// `vek` is the VCEK or VLEK certificate, DER or PEM. `chain_pem` is AMD's `cert_chain`
+    /// (ASK or ASVK, and ARK, in either order); without it the built-in certificates are used.
+    pub fn new(vek: &[u8], chain_pem: Option<&[u8]>) -> Result<Self, Error> {
+        let vek_der = if Certificate::from_der(vek).is_ok() {
+            vek.to_vec()
+        } else {
+            let der = pem::parse(vek)
+                .map_err(|e| Error::malformed("VCEK/VLEK certificate", format!("neither DER nor PEM: {e}")))?
+                .into_contents();
+            Certificate::from_der(&der).map_err(|e| Error::malformed("VCEK/VLEK certificate", e))?;
+            der
+        };
+        let chain = match chain_pem {
+            None => None,
+            Some(pem_text) => {
+                let certs = crate::dcap::pem_certs(pem_text, "AMD certificate chain")?;
+                if certs.len() != 2 {
+                    return Err(Error::malformed(
+                        "AMD certificate chain",
+                        format!(
+                            "{} certificates, expected the ASK (or ASVK) and the ARK",
+                            certs.len()
+                        ),
+                    ));
+                }
+                Some(certs)
+            }
+        };
+        Ok(SnpEndorsements { vek_der, chain })
+    }
+}
+
+/// One trusted AMD root with its signing key certificate.
+#[derive(Debug, Clone)]
+struct Root {
+    generation: Generation,
+    ark_der: Vec<u8>,
+    ask_der: Vec<u8>,
+}
+
+/// Verifies SEV-SNP reports: the report signature with the VCEK/VLEK, the VCEK/VLEK chain to
+/// AMD's ARK (self-signed and one of the built-in roots), certificate validity at the
+/// verification time, and that the certificate's TCB and hardware ID extensions match the
+/// report's REPORTED_TCB and CHIP_ID.
+///
+/// AMD publishes no TCB status like Intel's, so the TCB status is `NotEvaluated`; a relying
+/// party that needs minimum SPLs checks [`SnpDetails::reported_tcb`].
+#[derive(Debug, Clone)]
+pub struct SnpVerifier {
+    roots: Vec<Root>,
+}
+
+impl Default for SnpVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn pem_to_der(text: &str) -> Option<Vec<u8>> {
+    pem::parse(text).ok().map(pem::Pem::into_contents)
+}
+
+fn parse_cert(der: &[u8], what: &'static str) -> Result<Certificate, Error> {
+    Certificate::from_der(der).map_err(|e| Error::malformed(what, e))
+}
+
+fn spki_der(cert: &Certificate) -> Result<Vec<u8>, Error> {
+    cert.tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| Error::malformed("certificate", e))
+}
+
+/// The full distinguished name (RFC 4514 text), for comparing issuers with subjects.
+fn dn(cert: &Certificate, subject: bool) -> String {
+    let name = if subject {
+        cert.tbs_certificate().subject()
+    } else {
+        cert.tbs_certificate().issuer()
+    };
+    name.to_string()
+}
+
+fn sev_cert(der: &[u8], what: &'static str) -> Result<SevCertificate, Error> {
+    SevCertificate::from_der(der).map_err(|e| Error::malformed(what, e))
+}
+
+fn check_validity(cert: &Certificate, at: u64, what: &str) -> Result<(), Error> {
+    let v = cert.tbs_certificate().validity();
+    let not_before = v.not_before.to_unix_duration().as_secs();
+    let not_after = v.not_after.to_unix_duration().as_secs();
+    if at < not_before || at > not_after {
+        return Err(Error::verification(format!(
+            "{what} certificate is not valid at {} (valid {} .. {})",
+            time_util::rfc3339(at),
+            time_util::rfc3339(not_before),
+            time_util::rfc3339(not_after)
+        )));
+    }
+    Ok(())
+}
+
+/// The DER contents of a certificate extension, if present exactly once.
+fn extension(cert: &Certificate, oid: &str) -> Result<Option<Vec<u8>>, Error> {
+    let oid = const_oid_parse(oid)?;
+    let mut found = cert
+        .tbs_certificate()
+        .extensions()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter(|e| e.extn_id == oid);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(Error::verification(format!(
+            "certificate extension {oid} appears more than once"
+        )));
+    }
+    Ok(first.map(|e| e.extn_value.as_bytes().to_vec()))
+}
+
+fn const_oid_parse(oid: &str) -> Result<der::asn1::ObjectIdentifier, Error> {
+    der::asn1::ObjectIdentifier::new(oid).map_err(|e| Error::malformed("OID", e))
+}
+
+fn spl_extension(cert: &Certificate, oid: &str, name: &str) -> Result<u8, Error> {
+    let value = extension(cert, oid)?
+        .ok_or_else(|| Error::verification(format!("VCEK/VLEK certificate lacks the {name} extension")))?;
+    let int = der::asn1::Uint::from_der(&value)
+        .map_err(|e| Error::malformed("VCEK/VLEK certificate", format!("{name} extension: {e}")))?;
+    match int.as_bytes() {
+        [] => Ok(0),
+        [b] => Ok(*b),
+        _ => Err(Error::malformed(
+            "VCEK/VLEK certificate",
+            format!("{name} extension out of range"),
+        )),
+    }
+}
+
+impl SnpVerifier {
+    /// A verifier that trusts AMD's Milan, Genoa and Turin roots.
+    pub fn new() -> Self {
+        let roots = BUILTIN
+            .iter()
+            .filter_map(|(generation, ark, ask)| {
+                Some(Root {
+                    generation: *generation,
+                    ark_der: pem_to_der(ark)?,
+                    ask_der: pem_to_der(ask)?,
+                })
+            })
+            .collect();
+        SnpVerifier { roots }
+    }
+
+    /// Finds the trusted root and the signing certificate (ASK/ASVK) for `vek`.
+    fn chain_for(
+        &self,
+        vek: &Certificate,
+        supplied: Option<&[Vec<u8>]>,
+    ) -> Result<(Generation, Vec<u8>, Vec<u8>), Error> {
+        let vek_issuer = dn(vek, false);
+        match supplied {
+            None => self
+                .roots
+                .iter()
+                .find(|root| {
+                    parse_cert(&root.ask_der, "built-in ASK").is_ok_and(|ask| dn(&ask, true) == vek_issuer)
+                })
+                .map(|root| (root.generation, root.ark_der.clone(), root.ask_der.clone()))
+                .ok_or_else(|| {
+                    Error::verification(format!(
+                        "no built-in AMD signing certificate for issuer '{vek_issuer}' (a VLEK needs its ASVK/ARK chain supplied)"
+                    ))
+                }),
+            Some(certs) => {
+                let parsed: Vec<Certificate> = certs
+                    .iter()
+                    .map(|der| parse_cert(der, "AMD certificate chain"))
+                    .collect::<Result<_, _>>()?;
+                let ark_index = parsed
+                    .iter()
+                    .position(|c| dn(c, true) == dn(c, false))
+                    .ok_or_else(|| Error::verification("supplied AMD chain has no self-issued ARK"))?;
+                let (ark, ark_der) = parsed
+                    .get(ark_index)
+                    .zip(certs.get(ark_index))
+                    .ok_or_else(|| Error::verification("supplied AMD chain has no ARK"))?;
+                let (_, ask_der) = parsed
+                    .iter()
+                    .zip(certs)
+                    .enumerate()
+                    .find(|(i, _)| *i != ark_index)
+                    .map(|(_, pair)| pair)
+                    .ok_or_else(|| Error::verification("supplied AMD chain has no ASK/ASVK"))?;
+                let ark_spki = spki_der(ark)?;
+                let root = self
+                    .roots
+                    .iter()
+                    .find(|root| {
+                        parse_cert(&root.ark_der, "built-in ARK")
+                            .and_then(|a| spki_der(&a))
+                            .is_ok_and(|spki| spki == ark_spki)
+                    })
+                    .ok_or_else(|| Error::verification("supplied ARK is not one of AMD's built-in root keys"))?;
+                Ok((root.generation, ark_der.clone(), ask_der.clone()))
+            }
+        }
+    }
+}
+
+impl EvidenceVerifier for SnpVerifier {
+    fn verify(
+        &self,
+        evidence: &[u8],
+        endorsements: &Endorsements,
+        at: OffsetDateTime,
+    ) -> Result<VerifiedEvidence, Error> {
+        let report = Report::parse(evidence)?;
+        let Endorsements::Snp(endorsements) = endorsements else {
+            return Err(Error::MissingEndorsements(
+                "SEV-SNP reports are verified with the chip's VCEK (or VLEK) certificate".into(),
+            ));
+        };
+        let now = time_util::unix_secs(at)?;
+        let sig_algo = report.u32(0x34)?;
+        if sig_algo != SIG_ALGO_ECDSA_P384_SHA384 {
+            return Err(Error::verification(format!(
+                "unsupported SEV-SNP signature algorithm {sig_algo}"
+            )));
+        }
+        let (expected_cn, vlek) = match report.signing_key()? {
+            0 => ("SEV-VCEK", false),
+            1 => ("SEV-VLEK", true),
+            other => {
+                return Err(Error::verification(format!(
+                    "report is not signed by a VCEK or VLEK (SIGNING_KEY {other})"
+                )));
+            }
+        };
+
+        let vek = parse_cert(&endorsements.vek_der, "VCEK/VLEK certificate")?;
+        let vek_cn = vek
+            .tbs_certificate()
+            .subject()
+            .common_name()
+            .ok()
+            .flatten()
+            .map(String::from)
+            .unwrap_or_default();
+        if vek_cn != expected_cn {
+            return Err(Error::verification(format!(
+                "report is signed by a {expected_cn} but the certificate is for '{vek_cn}'"
+            )));
+        }
+
+        // Chain: ARK self-signed, ARK signs ASK/ASVK, which signs the VCEK/VLEK.
+        let (generation, ark_der, ask_der) = self.chain_for(&vek, endorsements.chain.as_deref())?;
+        let ark = parse_cert(&ark_der, "ARK certificate")?;
+        let ask = parse_cert(&ask_der, "ASK certificate")?;
+        if dn(&ask, false) != dn(&ark, true) || dn(&vek, false) != dn(&ask, true) {
+            return Err(Error::verification(
+                "certificate names do not chain VCEK/VLEK -> ASK/ASVK -> ARK",
+            ));
+        }
+        let sev_ark = sev_cert(&ark_der, "ARK certificate")?;
+        let sev_ask = sev_cert(&ask_der, "ASK certificate")?;
+        let sev_vek = sev_cert(&endorsements.vek_der, "VCEK/VLEK certificate")?;
+        (&sev_ark, &sev_ark)
+            .verify()
+            .map_err(|e| Error::verification(format!("ARK is not validly self-signed: {e}")))?;
+        (&sev_ark, &sev_ask)
+            .verify()
+            .map_err(|e| Error::verification(format!("ARK does not sign the ASK/ASVK: {e}")))?;
+        (&sev_ask, &sev_vek)
+            .verify()
+            .map_err(|e| Error::verification(format!("ASK/ASVK does not sign the VCEK/VLEK: {e}")))?;
+        check_validity(&ark, now, "ARK")?;
+        check_validity(&ask, now, "ASK/ASVK")?;
+        check_validity(&vek, now, "VCEK/VLEK")?;
+
+        // Report signature over the raw signed bytes.
+        let key_bytes = vek
+            .tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes();
+        let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes)
+            .map_err(|e| Error::verification(format!("VCEK/VLEK key is not a P-384 key: {e}")))?;
+        let signature = report_signature(&report)?;
+        let signed = report.bytes(0, SIGNED_LEN)?;
+        key.verify(signed, &signature)
+            .map_err(|_| Error::verification("VCEK/VLEK does not sign the attestation report"))?;
+
+        // The certificate is for exactly the TCB (and, for a VCEK, the chip) in the report.
+        let tcb = SnpTcb::decode(report.reported_tcb()?, generation.turin_layout());
+        let mut expected = vec![
+            ("blSPL", OID_BL_SPL, tcb.bootloader),
+            ("teeSPL", OID_TEE_SPL, tcb.tee),
+            ("snpSPL", OID_SNP_SPL, tcb.snp),
+            ("ucodeSPL", OID_UCODE_SPL, tcb.microcode),
+        ];
+        if let Some(fmc) = tcb.fmc {
+            expected.push(("fmcSPL", OID_FMC_SPL, fmc));
+        }
+        for (name, oid, value) in expected {
+            let cert_value = spl_extension(&vek, oid, name)?;
+            if cert_value != value {
+                return Err(Error::verification(format!(
+                    "REPORTED_TCB {name} is {value} but the certificate is for {cert_value}"
+                )));
+            }
+        }
+        if !vlek {
+            let chip_id = report.chip_id()?;
+            if !chip_id.iter().all(|&b| b == 0) {
+                let hwid_der = extension(&vek, OID_HWID)?
+                    .ok_or_else(|| Error::verification("VCEK certificate lacks the hwID extension"))?;
+                let hwid = der::asn1::OctetString::from_der(&hwid_der)
+                    .map(|o| o.as_bytes().to_vec())
+                    .unwrap_or(hwid_der);
+                if chip_id.get(..hwid.len()) != Some(hwid.as_slice()) || hwid.is_empty() {
+                    return Err(Error::verification("report CHIP_ID does not match the VCEK hwID"));
+                }
+            }
+        }
+
+        Ok(VerifiedEvidence {
+            summary: report.summarize(Some(generation))?,
+            tcb_status: SNP_TCB_STATUS.into(),
+            advisories: Vec::new(),
+            collateral_window: None,
+        })
+    }
+}
+
+/// The report's r and s are 72-byte little-endian fields of which P-384 uses 48 bytes.
+fn report_signature(report: &Report<'_>) -> Result<p384::ecdsa::Signature, Error> {
+    let r_le = report.bytes(OFF_SIGNATURE, 72)?;
+    let s_le = report.bytes(OFF_SIGNATURE + 72, 72)?;
+    let (r_low, r_high) = r_le.split_at(48);
+    let (s_low, s_high) = s_le.split_at(48);
+    if r_high.iter().chain(s_high).any(|&b| b != 0) {
+        return Err(Error::verification("report signature component out of range"));
+    }
+    // The rest of the signature field is reserved and unsigned; requiring zeros means no byte
+    // of an accepted report can be changed.
+    let padding = report.bytes(OFF_SIGNATURE + 144, REPORT_LEN - OFF_SIGNATURE - 144)?;
+    if padding.iter().any(|&b| b != 0) {
+        return Err(Error::verification(
+            "reserved bytes after the report signature are not zero",
+        ));
+    }
+    let r: Vec<u8> = r_low.iter().rev().copied().collect();
+    let s: Vec<u8> = s_low.iter().rev().copied().collect();
+    p384::ecdsa::Signature::from_scalars(
+        p384::FieldBytes::clone_from_slice(&r),
+        p384::FieldBytes::clone_from_slice(&s),
+    )
+    .map_err(|e| Error::verification(format!("invalid report signature encoding: {e}")))
+}
