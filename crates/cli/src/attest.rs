@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use cloister_attestation::{
-    DcapCollateral, Endorsements, Policy, SimVerifier, SnpEndorsements, Tolerance, Verifier, appraise, inspect,
+    DcapCollateral, Endorsements, Policy, SimVerifier, SnpEndorsements, Tolerance, Verifier, appraise,
+    inspect,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -67,7 +68,8 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 pub fn run(command: AttestCommand, json: bool) -> anyhow::Result<()> {
     match command {
         AttestCommand::Inspect { file } => {
-            let summary = inspect(&read(&file)?).map_err(|e| fail(REFUSED, format!("{}: {e}", file.display())))?;
+            let summary =
+                inspect(&read(&file)?).map_err(|e| fail(REFUSED, format!("{}: {e}", file.display())))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
@@ -89,13 +91,19 @@ fn verify(args: VerifyArgs, json: bool) -> anyhow::Result<()> {
         Endorsements::Dcap(DcapCollateral::from_json(&read(path)?).map_err(|e| fail(REFUSED, e.to_string()))?)
     } else if let Some(vcek) = &args.vcek {
         let chain = args.chain.as_deref().map(read).transpose()?;
-        Endorsements::Snp(SnpEndorsements::new(&read(vcek)?, chain.as_deref()).map_err(|e| fail(REFUSED, e.to_string()))?)
+        Endorsements::Snp(
+            SnpEndorsements::new(&read(vcek)?, chain.as_deref()).map_err(|e| fail(REFUSED, e.to_string()))?,
+        )
     } else {
         Endorsements::None
     };
     let at = match &args.at {
-        Some(text) => OffsetDateTime::parse(text, &Rfc3339)
-            .map_err(|e| fail(crate::client::exit::FAILURE, format!("--at {text:?} is not RFC 3339: {e}")))?,
+        Some(text) => OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+            fail(
+                crate::client::exit::FAILURE,
+                format!("--at {text:?} is not RFC 3339: {e}"),
+            )
+        })?,
         None => OffsetDateTime::now_utc(),
     };
     let mut sim_keys = Vec::new();
@@ -103,7 +111,12 @@ fn verify(args: VerifyArgs, json: bool) -> anyhow::Result<()> {
         let bytes: [u8; 32] = hex::decode(key.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| fail(crate::client::exit::FAILURE, format!("--sim-key {key:?} is not 32 bytes of hex")))?;
+            .ok_or_else(|| {
+                fail(
+                    crate::client::exit::FAILURE,
+                    format!("--sim-key {key:?} is not 32 bytes of hex"),
+                )
+            })?;
         sim_keys.push(bytes);
     }
     let verifier = Verifier::new().with_sim(SimVerifier::new(sim_keys));
@@ -112,7 +125,10 @@ fn verify(args: VerifyArgs, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&verdict)?);
     } else {
-        println!("tee           {}", verdict.tee.map_or("unknown".to_owned(), |t| t.to_string()));
+        println!(
+            "tee           {}",
+            verdict.tee.map_or("unknown".to_owned(), |t| t.to_string())
+        );
         println!("authentic     {}", verdict.authentic);
         if let Some(failure) = &verdict.failure {
             println!("failure       {failure}");
@@ -147,15 +163,29 @@ fn policy(args: &VerifyArgs) -> anyhow::Result<Option<Policy>> {
         return Ok(None);
     }
     let tolerate: BTreeSet<Tolerance> = match &args.tolerate {
-        Some(list) => Tolerance::parse_list(list).map_err(|e| fail(crate::client::exit::FAILURE, e.to_string()))?,
+        Some(list) => {
+            Tolerance::parse_list(list).map_err(|e| fail(crate::client::exit::FAILURE, e.to_string()))?
+        }
         None => BTreeSet::new(),
     };
     let ignore_advisories = args
         .ignore_advisories
         .as_deref()
-        .map(|l| l.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+        .map(|l| {
+            l.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
-    let policy = Policy { tolerate, ignore_advisories, expected_measurement: args.expect_measurement.clone(), expected_report_data: None };
-    policy.validate().map_err(|e| fail(crate::client::exit::FAILURE, e.to_string()))?;
+    let policy = Policy {
+        tolerate,
+        ignore_advisories,
+        expected_measurement: args.expect_measurement.clone(),
+        expected_report_data: None,
+    };
+    policy
+        .validate()
+        .map_err(|e| fail(crate::client::exit::FAILURE, e.to_string()))?;
     Ok(Some(policy))
 }

@@ -37,7 +37,8 @@ pub struct BenchArgs {
 
 /// Echoes the input with shell builtins only, so the round trip measures the platform and one
 /// process, not the cost of extra programs the script might start.
-const RUN_SCRIPT: &str = r#"while IFS= read -r line || [ -n "$line" ]; do printf '%s\n' "$line"; done < "$INPUT_FILE_PATH""#;
+const RUN_SCRIPT: &str =
+    r#"while IFS= read -r line || [ -n "$line" ]; do printf '%s\n' "$line"; done < "$INPUT_FILE_PATH""#;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -58,7 +59,10 @@ struct Stats {
 
 fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
-    Stats { p50: percentile(&samples, 50.0), p99: percentile(&samples, 99.0) }
+    Stats {
+        p50: percentile(&samples, 50.0),
+        p99: percentile(&samples, 99.0),
+    }
 }
 
 fn spinner(json: bool, message: &str) -> indicatif::ProgressBar {
@@ -101,14 +105,18 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
     for (name, script) in [("bench-lat", ":"), ("bench-tp", ":"), ("bench-run", RUN_SCRIPT)] {
         let body = json!({"name": name, "image": "none", "script": script,
             "input": [{"storage_provider": "minio.default", "path": format!("{name}/in")}]});
-        client.system(reqwest::Method::POST, "/system/services", Some(&body)).await?;
+        client
+            .system(reqwest::Method::POST, "/system/services", Some(&body))
+            .await?;
     }
 
     let bar = spinner(json, "measuring the process-spawn floor");
     let mut floor = Vec::with_capacity(args.spawns);
     for _ in 0..args.spawns {
         let started = Instant::now();
-        std::process::Command::new("/bin/sh").args(["-c", "true"]).status()?;
+        std::process::Command::new("/bin/sh")
+            .args(["-c", "true"])
+            .status()?;
         floor.push(started.elapsed());
     }
     let floor = stats(floor);
@@ -148,8 +156,18 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("cloister bench — {cpus} CPUs, {concurrency} concurrent jobs");
-    println!("{:<34} {:>10} {:>10} {:>22} {:>8}", "measure", "p50", "p99", "target", "");
-    println!("{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}", "process spawn floor (sh -c true)", ms(floor.p50), ms(floor.p99), "", "");
+    println!(
+        "{:<34} {:>10} {:>10} {:>22} {:>8}",
+        "measure", "p50", "p99", "target", ""
+    );
+    println!(
+        "{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}",
+        "process spawn floor (sh -c true)",
+        ms(floor.p50),
+        ms(floor.p99),
+        "",
+        ""
+    );
     println!(
         "{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}",
         "upload → job start",
@@ -182,8 +200,14 @@ fn parse_time(v: &Value) -> Option<OffsetDateTime> {
 }
 
 /// Jobs of a service listed after `after`.
-async fn jobs_after(client: &Client, service: &str, after: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
-    let answer = client.get_json(&format!("/system/logs/{service}?page={after}&limit=1000")).await?;
+async fn jobs_after(
+    client: &Client,
+    service: &str,
+    after: &str,
+) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let answer = client
+        .get_json(&format!("/system/logs/{service}?page={after}&limit=1000"))
+        .await?;
     Ok(answer["jobs"].as_object().cloned().unwrap_or_default())
 }
 
@@ -201,14 +225,19 @@ async fn start_latency(client: &Client, count: usize) -> anyhow::Result<Vec<Dura
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let jobs = jobs_after(client, "bench-lat", &last).await?;
-            let done = jobs.iter().find(|(_, j)| matches!(j["status"].as_str(), Some("Succeeded" | "Failed")));
+            let done = jobs
+                .iter()
+                .find(|(_, j)| matches!(j["status"].as_str(), Some("Succeeded" | "Failed")));
             if let Some((name, job)) = done {
                 let started = parse_time(&job["start_time"]).context("job without start time")?;
                 samples.push(Duration::try_from(started - sent).unwrap_or_default());
                 last.clone_from(name);
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "a benchmark job did not finish in 30 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "a benchmark job did not finish in 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -220,7 +249,14 @@ async fn throughput(client: &Client, count: usize) -> anyhow::Result<(f64, Durat
     let started_at = OffsetDateTime::now_utc();
     let uploads = futures::stream::iter(0..count).map(|i| {
         let store = store.clone();
-        async move { store.put(&object_store::path::Path::from(format!("in/tp-{i}")), PutPayload::from_static(b"x")).await }
+        async move {
+            store
+                .put(
+                    &object_store::path::Path::from(format!("in/tp-{i}")),
+                    PutPayload::from_static(b"x"),
+                )
+                .await
+        }
     });
     let results: Vec<_> = uploads.buffer_unordered(16).collect().await;
     for result in results {
@@ -232,7 +268,9 @@ async fn throughput(client: &Client, count: usize) -> anyhow::Result<(f64, Durat
         let mut last_finish = started_at;
         let mut page = String::new();
         loop {
-            let answer = client.get_json(&format!("/system/logs/bench-tp?page={page}&limit=1000")).await?;
+            let answer = client
+                .get_json(&format!("/system/logs/bench-tp?page={page}&limit=1000"))
+                .await?;
             for job in answer["jobs"].as_object().into_iter().flat_map(|m| m.values()) {
                 if let Some(t) = parse_time(&job["finish_time"]) {
                     finished += 1;
@@ -248,7 +286,10 @@ async fn throughput(client: &Client, count: usize) -> anyhow::Result<(f64, Durat
             let elapsed = Duration::try_from(last_finish - started_at).unwrap_or_default();
             return Ok((count as f64 / elapsed.as_secs_f64().max(1e-9), elapsed));
         }
-        anyhow::ensure!(Instant::now() < deadline, "throughput jobs did not finish in 10 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "throughput jobs did not finish in 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -260,7 +301,9 @@ async fn run_round_trips(client: &Client, count: usize) -> anyhow::Result<Vec<Du
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();
-        let response = client.invoke("/run/bench-run", &token, body.clone().into_bytes()).await?;
+        let response = client
+            .invoke("/run/bench-run", &token, body.clone().into_bytes())
+            .await?;
         let answer = response.bytes().await?;
         samples.push(started.elapsed());
         anyhow::ensure!(!answer.is_empty(), "empty /run answer");

@@ -42,7 +42,10 @@ impl std::fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 pub fn fail(code: i32, message: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(Exit { code, message: message.into() })
+    anyhow::Error::new(Exit {
+        code,
+        message: message.into(),
+    })
 }
 
 /// Endpoint and credentials, as the server writes them to `<data-dir>/client.json`.
@@ -87,7 +90,12 @@ impl ConnectArgs {
                     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/cloister/config.json")),
                     Some(PathBuf::from("cloister-data/client.json")),
                 ];
-                candidates.into_iter().flatten().find(|p| p.exists()).map(|p| read_config(&p)).transpose()?
+                candidates
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p.exists())
+                    .map(|p| read_config(&p))
+                    .transpose()?
             }
         };
         let pick = |flag: &Option<String>, from_file: Option<&String>, what: &str| {
@@ -123,7 +131,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(config: ClientConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().build().context("cannot create the HTTP client")?;
+        let http = reqwest::Client::builder()
+            .build()
+            .context("cannot create the HTTP client")?;
         Ok(Self { http, config })
     }
 
@@ -132,9 +142,16 @@ impl Client {
     }
 
     /// Sends a request with Basic auth; non-2xx answers become [`Exit`] errors.
-    pub async fn system(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<reqwest::Response> {
-        let mut request =
-            self.http.request(method, self.url(path)).basic_auth(&self.config.user, Some(&self.config.password));
+    pub async fn system(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut request = self
+            .http
+            .request(method, self.url(path))
+            .basic_auth(&self.config.user, Some(&self.config.password));
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -160,9 +177,17 @@ impl Client {
 
     /// Whether a service exists (OSCAR clients decide create-vs-update this way).
     pub async fn service_exists(&self, name: &str) -> anyhow::Result<bool> {
-        match self.system(Method::GET, &format!("/system/services/{name}"), None).await {
+        match self
+            .system(Method::GET, &format!("/system/services/{name}"), None)
+            .await
+        {
             Ok(_) => Ok(true),
-            Err(e) if e.downcast_ref::<Exit>().is_some_and(|x| x.code == exit::NOT_FOUND) => Ok(false),
+            Err(e)
+                if e.downcast_ref::<Exit>()
+                    .is_some_and(|x| x.code == exit::NOT_FOUND) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -172,12 +197,17 @@ impl Client {
         let config = self.get_json("/system/config/").await?;
         let provider = &config["minio_provider"];
         let field = |name: &str| {
-            provider[name]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| fail(exit::FAILURE, format!("/system/config has no minio_provider.{name}")))
+            provider[name].as_str().map(str::to_owned).ok_or_else(|| {
+                fail(
+                    exit::FAILURE,
+                    format!("/system/config has no minio_provider.{name}"),
+                )
+            })
         };
-        let region = provider["region"].as_str().filter(|r| !r.is_empty()).unwrap_or("us-east-1");
+        let region = provider["region"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .unwrap_or("us-east-1");
         AmazonS3Builder::new()
             .with_endpoint(field("endpoint")?)
             .with_access_key_id(field("access_key")?)

@@ -20,7 +20,8 @@ fn print_json(value: &Value) -> anyhow::Result<()> {
 }
 
 pub async fn apply(client: &Client, fdl_path: &Path, json: bool) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(fdl_path).with_context(|| format!("cannot read {}", fdl_path.display()))?;
+    let text =
+        std::fs::read_to_string(fdl_path).with_context(|| format!("cannot read {}", fdl_path.display()))?;
     let base = fdl_path.parent().unwrap_or(Path::new("."));
     let fdl = cloister_platform::fdl::parse_fdl(&text, Some(base))
         .map_err(|e| fail(exit::INVALID, format!("{}: {e}", fdl_path.display())))?;
@@ -31,10 +32,14 @@ pub async fn apply(client: &Client, fdl_path: &Path, json: bool) -> anyhow::Resu
     for service in &fdl.services {
         let body = serde_json::to_value(service)?;
         let action = if client.service_exists(&service.name).await? {
-            client.system(Method::PUT, "/system/services", Some(&body)).await?;
+            client
+                .system(Method::PUT, "/system/services", Some(&body))
+                .await?;
             "updated"
         } else {
-            client.system(Method::POST, "/system/services", Some(&body)).await?;
+            client
+                .system(Method::POST, "/system/services", Some(&body))
+                .await?;
             "created"
         };
         if !json {
@@ -53,10 +58,17 @@ pub async fn service_ls(client: &Client, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&services);
     }
-    println!("{:<40} {:<8} {:<8} {:<12} IMAGE", "NAME", "CPU", "MEMORY", "INPUTS");
+    println!(
+        "{:<40} {:<8} {:<8} {:<12} IMAGE",
+        "NAME", "CPU", "MEMORY", "INPUTS"
+    );
     for s in services.as_array().into_iter().flatten() {
-        let inputs: Vec<&str> =
-            s["input"].as_array().into_iter().flatten().filter_map(|i| i["path"].as_str()).collect();
+        let inputs: Vec<&str> = s["input"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["path"].as_str())
+            .collect();
         println!(
             "{:<40} {:<8} {:<8} {:<12} {}",
             s["name"].as_str().unwrap_or(""),
@@ -74,14 +86,23 @@ pub async fn service_get(client: &Client, name: &str) -> anyhow::Result<()> {
 }
 
 pub async fn service_rm(client: &Client, name: &str) -> anyhow::Result<()> {
-    client.system(Method::DELETE, &format!("/system/services/{name}"), None).await?;
+    client
+        .system(Method::DELETE, &format!("/system/services/{name}"), None)
+        .await?;
     eprintln!("deleted service {name}");
     Ok(())
 }
 
-pub async fn run(client: &Client, service: &str, input: Option<&Path>, output: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run(
+    client: &Client,
+    service: &str,
+    input: Option<&Path>,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
     let svc = client.get_json(&format!("/system/services/{service}")).await?;
-    let token = svc["token"].as_str().ok_or_else(|| fail(exit::FAILURE, "the service has no token"))?;
+    let token = svc["token"]
+        .as_str()
+        .ok_or_else(|| fail(exit::FAILURE, "the service has no token"))?;
     let body = match input {
         Some(path) => {
             let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -90,7 +111,10 @@ pub async fn run(client: &Client, service: &str, input: Option<&Path>, output: O
         None => Vec::new(),
     };
     let response = match client.invoke(&format!("/run/{service}"), token, body).await {
-        Err(e) if e.downcast_ref::<crate::client::Exit>().is_some_and(|x| x.code == exit::UNAVAILABLE) => {
+        Err(e)
+            if e.downcast_ref::<crate::client::Exit>()
+                .is_some_and(|x| x.code == exit::UNAVAILABLE) =>
+        {
             return Err(fail(exit::JOB_FAILED, format!("the invocation failed: {e}")));
         }
         other => other?,
@@ -105,11 +129,17 @@ pub async fn run(client: &Client, service: &str, input: Option<&Path>, output: O
     let content = if kind == "stdout" {
         text.to_vec()
     } else {
-        let compact: Vec<u8> = text.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+        let compact: Vec<u8> = text
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
         B64.decode(compact).context("the answer is not base64")?
     };
     match output {
-        Some(path) => std::fs::write(path, &content).with_context(|| format!("cannot write {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, &content).with_context(|| format!("cannot write {}", path.display()))?
+        }
         None => std::io::Write::write_all(&mut std::io::stdout(), &content)?,
     }
     Ok(())
@@ -119,7 +149,9 @@ pub async fn job_ls(client: &Client, service: &str, json: bool) -> anyhow::Resul
     let mut all = serde_json::Map::new();
     let mut page = String::new();
     loop {
-        let answer = client.get_json(&format!("/system/logs/{service}?page={page}&limit=1000")).await?;
+        let answer = client
+            .get_json(&format!("/system/logs/{service}?page={page}&limit=1000"))
+            .await?;
         if let Some(jobs) = answer["jobs"].as_object() {
             all.extend(jobs.clone());
         }
@@ -131,7 +163,10 @@ pub async fn job_ls(client: &Client, service: &str, json: bool) -> anyhow::Resul
     if json {
         return print_json(&Value::Object(all));
     }
-    println!("{:<75} {:<10} {:<26} {:<26} FINISHED", "JOB", "STATUS", "CREATED", "STARTED");
+    println!(
+        "{:<75} {:<10} {:<26} {:<26} FINISHED",
+        "JOB", "STATUS", "CREATED", "STARTED"
+    );
     for (name, job) in &all {
         println!(
             "{:<75} {:<10} {:<26} {:<26} {}",
@@ -147,7 +182,11 @@ pub async fn job_ls(client: &Client, service: &str, json: bool) -> anyhow::Resul
 
 pub async fn job_logs(client: &Client, service: &str, job: &str, timestamps: bool) -> anyhow::Result<()> {
     let response = client
-        .system(Method::GET, &format!("/system/logs/{service}/{job}?timestamps={timestamps}"), None)
+        .system(
+            Method::GET,
+            &format!("/system/logs/{service}/{job}?timestamps={timestamps}"),
+            None,
+        )
         .await?;
     print!("{}", response.text().await?);
     Ok(())
@@ -177,7 +216,8 @@ fn progress(total: u64, json: bool) -> ProgressBar {
 }
 
 fn object_path(key: &str) -> anyhow::Result<object_store::path::Path> {
-    object_store::path::Path::parse(key).map_err(|e| fail(exit::INVALID, format!("invalid object key {key:?}: {e}")))
+    object_store::path::Path::parse(key)
+        .map_err(|e| fail(exit::INVALID, format!("invalid object key {key:?}: {e}")))
 }
 
 /// Parts of this size go up in parallel for large files.
@@ -186,16 +226,24 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 pub async fn put(client: &Client, local: &Path, remote: &str, json: bool) -> anyhow::Result<()> {
     let (bucket, key) = split_object_path(remote);
     let file_name = local.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let key = if key.is_empty() || key.ends_with('/') { format!("{key}{file_name}") } else { key.to_owned() };
+    let key = if key.is_empty() || key.ends_with('/') {
+        format!("{key}{file_name}")
+    } else {
+        key.to_owned()
+    };
     let store = client.s3(bucket).await?;
     let path = object_path(&key)?;
-    let mut file =
-        tokio::fs::File::open(local).await.with_context(|| format!("cannot open {}", local.display()))?;
+    let mut file = tokio::fs::File::open(local)
+        .await
+        .with_context(|| format!("cannot open {}", local.display()))?;
     let size = file.metadata().await?.len();
     let bar = progress(size, json);
     if size <= PART_SIZE as u64 {
         let content = tokio::fs::read(local).await?;
-        store.put(&path, PutPayload::from(content)).await.map_err(s3_error)?;
+        store
+            .put(&path, PutPayload::from(content))
+            .await
+            .map_err(s3_error)?;
     } else {
         use tokio::io::AsyncReadExt;
         let upload = store.put_multipart(&path).await.map_err(s3_error)?;
@@ -250,8 +298,12 @@ pub async fn get(client: &Client, remote: &str, local: Option<&Path>, json: bool
     }
     let dest = local.map_or_else(|| Path::new(default_name).to_path_buf(), Path::to_path_buf);
     // Written beside the destination and renamed, so a failed download leaves no partial file.
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
     let mut out = tokio::fs::File::from_std(tmp.reopen()?);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(s3_error)?;
@@ -260,7 +312,8 @@ pub async fn get(client: &Client, remote: &str, local: Option<&Path>, json: bool
     }
     out.flush().await?;
     out.sync_all().await?;
-    tmp.persist(&dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    tmp.persist(&dest)
+        .with_context(|| format!("cannot write {}", dest.display()))?;
     bar.finish_and_clear();
     if json {
         print_json(&json!({"bucket": bucket, "key": key, "size": size, "file": dest}))?;
@@ -273,7 +326,9 @@ pub async fn get(client: &Client, remote: &str, local: Option<&Path>, json: bool
 pub async fn ls(client: &Client, path: &str, json: bool) -> anyhow::Result<()> {
     let (bucket, prefix) = split_object_path(path);
     let store = client.s3(bucket).await?;
-    let prefix = (!prefix.is_empty()).then(|| object_path(prefix.trim_end_matches('/'))).transpose()?;
+    let prefix = (!prefix.is_empty())
+        .then(|| object_path(prefix.trim_end_matches('/')))
+        .transpose()?;
     let mut listing = store.list(prefix.as_ref());
     let mut rows = Vec::new();
     while let Some(meta) = listing.next().await {

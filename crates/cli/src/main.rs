@@ -130,10 +130,17 @@ enum JobCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLOISTER_LOG").unwrap_or_else(|_| {
-        let default = if matches!(cli.command, Command::Server(_)) { "info" } else { "warn" };
+        let default = if matches!(cli.command, Command::Server(_)) {
+            "info"
+        } else {
+            "warn"
+        };
         tracing_subscriber::EnvFilter::new(default)
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -145,7 +152,9 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let code = error.downcast_ref::<Exit>().map_or(client::exit::FAILURE, |e| e.code);
+            let code = error
+                .downcast_ref::<Exit>()
+                .map_or(client::exit::FAILURE, |e| e.code);
             eprintln!("error: {error:#}");
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
@@ -165,18 +174,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Command::Service(ServiceCommand::Ls) => commands::service_ls(&client, json).await,
                 Command::Service(ServiceCommand::Get { name }) => commands::service_get(&client, &name).await,
                 Command::Service(ServiceCommand::Rm { name }) => commands::service_rm(&client, &name).await,
-                Command::Run { service, input, output } => {
-                    commands::run(&client, &service, input.as_deref(), output.as_deref()).await
-                }
+                Command::Run {
+                    service,
+                    input,
+                    output,
+                } => commands::run(&client, &service, input.as_deref(), output.as_deref()).await,
                 Command::Job(JobCommand::Ls { service }) => commands::job_ls(&client, &service, json).await,
-                Command::Job(JobCommand::Logs { service, job, timestamps }) => {
-                    commands::job_logs(&client, &service, &job, timestamps).await
-                }
+                Command::Job(JobCommand::Logs {
+                    service,
+                    job,
+                    timestamps,
+                }) => commands::job_logs(&client, &service, &job, timestamps).await,
                 Command::Job(JobCommand::Rm { service, job, all }) => {
                     commands::job_rm(&client, &service, job.as_deref(), all).await
                 }
                 Command::Put { local, remote } => commands::put(&client, &local, &remote, json).await,
-                Command::Get { remote, local } => commands::get(&client, &remote, local.as_deref(), json).await,
+                Command::Get { remote, local } => {
+                    commands::get(&client, &remote, local.as_deref(), json).await
+                }
                 Command::Ls { path } => commands::ls(&client, &path, json).await,
                 Command::Server(_) | Command::Bench(_) | Command::Attest(_) => unreachable!("handled above"),
             }

@@ -89,7 +89,9 @@ fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
 fn credentials(args: &ServerArgs) -> anyhow::Result<Credentials> {
     let path = args.data_dir.join("credentials.json");
     let saved: Option<Credentials> = match std::fs::read(&path) {
-        Ok(raw) => Some(serde_json::from_slice(&raw).with_context(|| format!("{} is corrupt", path.display()))?),
+        Ok(raw) => {
+            Some(serde_json::from_slice(&raw).with_context(|| format!("{} is corrupt", path.display()))?)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
@@ -123,7 +125,10 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
     ] {
         anyhow::ensure!(!value.is_empty(), "the {name} must not be empty");
     }
-    anyhow::ensure!(!creds.admin_user.contains(':'), "the admin user must not contain ':'");
+    anyhow::ensure!(
+        !creds.admin_user.contains(':'),
+        "the admin user must not contain ':'"
+    );
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     Ok(cloister_platform::Config {
         data_dir: args.data_dir.clone(),
@@ -154,7 +159,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let client_file = args.data_dir.join("client.json");
     write_private(&client_file, &serde_json::to_vec_pretty(&client)?)?;
-    println!("cloister: REST API on http://{}  S3 endpoint on http://{}", running.api_addr, running.s3_addr);
+    println!(
+        "cloister: REST API on http://{}  S3 endpoint on http://{}",
+        running.api_addr, running.s3_addr
+    );
     println!(
         "cloister: admin user {:?}; credentials for the CLI are in {} (use --config or CLOISTER_CONFIG)",
         config.admin_user,

@@ -21,7 +21,14 @@ async fn read_object(server: &Server, bucket: &str, key: &str) -> Option<Vec<u8>
 }
 
 async fn put_object(server: &Server, bucket: &str, key: &str, content: &'static [u8]) {
-    server.s3_client(bucket).put(&object_store::path::Path::from(key), PutPayload::from_static(content)).await.unwrap();
+    server
+        .s3_client(bucket)
+        .put(
+            &object_store::path::Path::from(key),
+            PutPayload::from_static(content),
+        )
+        .await
+        .unwrap();
 }
 
 fn assert_ok(out: &std::process::Output) -> String {
@@ -58,15 +65,31 @@ async fn upload_runs_a_job_and_everything_survives_restart() {
     let (job_name, job) = jobs.iter().next().unwrap();
     assert_eq!(job["status"], "Succeeded", "{job}");
     for field in ["creation_time", "start_time", "finish_time"] {
-        assert!(job[field].as_str().is_some_and(|t| t.len() >= 20), "{field} missing: {job}");
+        assert!(
+            job[field].as_str().is_some_and(|t| t.len() >= 20),
+            "{field} missing: {job}"
+        );
     }
-    assert_eq!(read_object(&server, "uppercase", "out/note.txt").await.as_deref(), Some(&b"HELLO CLOISTER\n"[..]));
+    assert_eq!(
+        read_object(&server, "uppercase", "out/note.txt").await.as_deref(),
+        Some(&b"HELLO CLOISTER\n"[..])
+    );
 
     // The log is readable, with and without timestamps.
     let log = assert_ok(&server.cli(&["job", "logs", "uppercase", job_name]));
     assert!(log.contains("upper-casing note.txt"), "{log}");
-    let stamped = server.get(&format!("/system/logs/uppercase/{job_name}?timestamps=true")).await.text().await.unwrap();
-    assert!(stamped.lines().any(|l| l.starts_with("20") && l.ends_with("upper-casing note.txt")), "{stamped}");
+    let stamped = server
+        .get(&format!("/system/logs/uppercase/{job_name}?timestamps=true"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        stamped
+            .lines()
+            .any(|l| l.starts_with("20") && l.ends_with("upper-casing note.txt")),
+        "{stamped}"
+    );
 
     // Uploads outside the input path start nothing.
     put_object(&server, "uppercase", "elsewhere/x.txt", b"x").await;
@@ -95,12 +118,22 @@ async fn upload_runs_a_job_and_everything_survives_restart() {
     std::fs::write(&local, "put by the cli\n").unwrap();
     assert_ok(&server.cli(&["put", local.to_str().unwrap(), "uppercase/in/"]));
     let jobs = server.wait_jobs("uppercase", 2).await;
-    assert_eq!(jobs.len(), 2, "the elsewhere/ upload must not start a job: {jobs:?}");
+    assert_eq!(
+        jobs.len(),
+        2,
+        "the elsewhere/ upload must not start a job: {jobs:?}"
+    );
     let fetched = dir.path().join("fetched.txt");
     assert_ok(&server.cli(&["get", "uppercase/out/cli-put.txt", fetched.to_str().unwrap()]));
     assert_eq!(std::fs::read_to_string(&fetched).unwrap(), "PUT BY THE CLI\n");
-    let listing: Value = serde_json::from_str(&assert_ok(&server.cli(&["ls", "uppercase/out", "--json"]))).unwrap();
-    let keys: Vec<&str> = listing.as_array().unwrap().iter().filter_map(|o| o["key"].as_str()).collect();
+    let listing: Value =
+        serde_json::from_str(&assert_ok(&server.cli(&["ls", "uppercase/out", "--json"]))).unwrap();
+    let keys: Vec<&str> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["key"].as_str())
+        .collect();
     assert_eq!(keys, ["out/cli-put.txt", "out/note.txt"]);
 
     // Everything is still there after a restart.
@@ -113,11 +146,20 @@ async fn upload_runs_a_job_and_everything_survives_restart() {
     assert_eq!(jobs["jobs"][job_name]["status"], "Succeeded");
     let log = assert_ok(&server.cli(&["job", "logs", "uppercase", job_name]));
     assert!(log.contains("upper-casing note.txt"));
-    assert_eq!(read_object(&server, "uppercase", "out/note.txt").await.as_deref(), Some(&b"HELLO CLOISTER\n"[..]));
+    assert_eq!(
+        read_object(&server, "uppercase", "out/note.txt").await.as_deref(),
+        Some(&b"HELLO CLOISTER\n"[..])
+    );
 
     // Deleting succeeded jobs empties the list; the service then goes too.
     assert_ok(&server.cli(&["job", "rm", "uppercase"]));
-    assert_eq!(server.get_json("/system/logs/uppercase").await["jobs"].as_object().unwrap().len(), 0);
+    assert_eq!(
+        server.get_json("/system/logs/uppercase").await["jobs"]
+            .as_object()
+            .unwrap()
+            .len(),
+        0
+    );
     assert_ok(&server.cli(&["service", "rm", "uppercase"]));
     assert_eq!(server.get("/system/services/uppercase").await.status(), 404);
 }
@@ -136,16 +178,41 @@ async fn failing_script_marks_the_job_failed() {
     let (name, job) = jobs.iter().next().unwrap();
     assert_eq!(job["status"], "Failed");
     assert_eq!(job["exit_code"], 7);
-    let log = server.get(&format!("/system/logs/broken/{name}")).await.text().await.unwrap();
-    assert!(log.contains("about to fail") && log.contains("script exited with code 7"), "{log}");
+    let log = server
+        .get(&format!("/system/logs/broken/{name}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("about to fail") && log.contains("script exited with code 7"),
+        "{log}"
+    );
     // A failing synchronous invocation answers 500 and the CLI exits with 8.
     let out = server.cli(&["run", "broken"]);
-    assert_eq!(out.status.code(), Some(8), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Failed jobs are kept by a plain delete and go with --all.
     assert_ok(&server.cli(&["job", "rm", "broken"]));
-    assert_eq!(server.get_json("/system/logs/broken").await["jobs"].as_object().unwrap().len(), 1);
+    assert_eq!(
+        server.get_json("/system/logs/broken").await["jobs"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1
+    );
     assert_ok(&server.cli(&["job", "rm", "broken", "--all"]));
-    assert_eq!(server.get_json("/system/logs/broken").await["jobs"].as_object().unwrap().len(), 0);
+    assert_eq!(
+        server.get_json("/system/logs/broken").await["jobs"]
+            .as_object()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,17 +232,30 @@ async fn queued_jobs_run_after_a_kill_9() {
     put_object(&server, "gated", "in/second", b"2").await;
     // With one slot, the first job runs (waiting at the gate) and the second waits in the queue.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let jobs = server.get_json("/system/logs/gated").await["jobs"].as_object().cloned().unwrap();
+    let jobs = server.get_json("/system/logs/gated").await["jobs"]
+        .as_object()
+        .cloned()
+        .unwrap();
     let statuses: Vec<&str> = jobs.values().filter_map(|j| j["status"].as_str()).collect();
     assert_eq!(statuses, ["Running", "Pending"], "{jobs:?}");
 
     server.restart_after_crash();
     std::fs::write(&gate, "").unwrap();
     let jobs = server.wait_jobs("gated", 2).await;
-    assert_eq!(jobs.len(), 2, "acknowledged uploads must yield exactly one job each: {jobs:?}");
+    assert_eq!(
+        jobs.len(),
+        2,
+        "acknowledged uploads must yield exactly one job each: {jobs:?}"
+    );
     assert!(jobs.values().all(|j| j["status"] == "Succeeded"), "{jobs:?}");
-    assert_eq!(read_object(&server, "gated", "out/first").await.as_deref(), Some(&b"1"[..]));
-    assert_eq!(read_object(&server, "gated", "out/second").await.as_deref(), Some(&b"2"[..]));
+    assert_eq!(
+        read_object(&server, "gated", "out/first").await.as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        read_object(&server, "gated", "out/second").await.as_deref(),
+        Some(&b"2"[..])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -184,13 +264,20 @@ async fn pipeline_and_filters() {
     let server = Server::start(dir.path(), &[]);
     let root = repo_root();
     assert_ok(&server.cli(&["apply", root.join("examples/pipeline/fdl.yaml").to_str().unwrap()]));
-    assert_ok(&server.cli(&["apply", root.join("examples/wordcount/fdl.yaml").to_str().unwrap()]));
+    assert_ok(&server.cli(&[
+        "apply",
+        root.join("examples/wordcount/fdl.yaml").to_str().unwrap(),
+    ]));
     put_object(&server, "pipeline", "in/data.txt", b"some data to compress\n").await;
     server.wait_jobs("compress", 1).await;
     let jobs = server.wait_jobs("checksum", 1).await;
     assert!(jobs.values().all(|j| j["status"] == "Succeeded"), "{jobs:?}");
-    let gz = read_object(&server, "pipeline", "stage/data.txt.gz").await.unwrap();
-    let digest = read_object(&server, "pipeline", "out/data.txt.gz.sha256").await.unwrap();
+    let gz = read_object(&server, "pipeline", "stage/data.txt.gz")
+        .await
+        .unwrap();
+    let digest = read_object(&server, "pipeline", "out/data.txt.gz.sha256")
+        .await
+        .unwrap();
     let expected = std::process::Command::new("sh")
         .arg("-c")
         .arg("sha256sum | cut -d' ' -f1")
@@ -211,10 +298,24 @@ async fn pipeline_and_filters() {
     put_object(&server, "wordcount", "in/words.txt", b"the cat and the hat\n").await;
     let jobs = server.wait_jobs("wordcount", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(server.get_json("/system/logs/wordcount").await["jobs"].as_object().unwrap().len(), 1, "{jobs:?}");
-    let counts = read_object(&server, "wordcount", "out/words/counts.txt").await.unwrap();
+    assert_eq!(
+        server.get_json("/system/logs/wordcount").await["jobs"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1,
+        "{jobs:?}"
+    );
+    let counts = read_object(&server, "wordcount", "out/words/counts.txt")
+        .await
+        .unwrap();
     assert_eq!(String::from_utf8(counts).unwrap(), "lines 1\nwords 5\nbytes 20\n");
-    let top = String::from_utf8(read_object(&server, "wordcount", "out/words/top-words.txt").await.unwrap()).unwrap();
+    let top = String::from_utf8(
+        read_object(&server, "wordcount", "out/words/top-words.txt")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert!(top.lines().next().unwrap().trim().starts_with("2 the"), "{top}");
 }
 
@@ -233,7 +334,14 @@ async fn job_endpoint_takes_events_and_payloads() {
     // A MinIO event naming an object under the input path runs on that object.
     let event = json!({"EventName": "s3:ObjectCreated:Put", "Key": "echo/in/with space.txt",
         "Records": [{"s3": {"bucket": {"name": "echo"}, "object": {"key": "in%2Fwith+space.txt"}}}]});
-    let response = server.http().post(server.url("/job/echo")).bearer_auth(&token).json(&event).send().await.unwrap();
+    let response = server
+        .http()
+        .post(server.url("/job/echo"))
+        .bearer_auth(&token)
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
     // Plain base64 payloads become the input file.
     let response = server
@@ -249,12 +357,28 @@ async fn job_endpoint_takes_events_and_payloads() {
     let jobs = server.wait_jobs("echo", 3).await;
     let mut logs = Vec::new();
     for name in jobs.keys() {
-        logs.push(server.get(&format!("/system/logs/echo/{name}")).await.text().await.unwrap());
+        logs.push(
+            server
+                .get(&format!("/system/logs/echo/{name}"))
+                .await
+                .text()
+                .await
+                .unwrap(),
+        );
     }
-    assert_eq!(logs.iter().filter(|l| l.contains("key=in/with space.txt\nobject content")).count(), 2, "{logs:?}");
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.contains("key=in/with space.txt\nobject content"))
+            .count(),
+        2,
+        "{logs:?}"
+    );
     assert!(logs.iter().any(|l| l.contains("payload content")), "{logs:?}");
     // The upload's event has MinIO's shape.
-    assert!(logs.iter().any(|l| l.contains("\"eventSource\":\"minio:s3\"")), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l.contains("\"eventSource\":\"minio:s3\"")),
+        "{logs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -268,7 +392,10 @@ async fn log_retention_expires_finished_jobs() {
     server.wait_jobs("quick", 1).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let jobs = server.get_json("/system/logs/quick").await["jobs"].as_object().cloned().unwrap();
+        let jobs = server.get_json("/system/logs/quick").await["jobs"]
+            .as_object()
+            .cloned()
+            .unwrap();
         if jobs.is_empty() {
             break;
         }
@@ -281,11 +408,25 @@ async fn log_retention_expires_finished_jobs() {
 async fn buckets_api_and_presigned_urls() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let created = server.post_json("/system/buckets", &json!({"bucket_name": "shared-data"})).await;
+    let created = server
+        .post_json("/system/buckets", &json!({"bucket_name": "shared-data"}))
+        .await;
     assert_eq!(created.status(), 201);
-    assert_eq!(server.post_json("/system/buckets", &json!({"bucket_name": "shared-data"})).await.status(), 409);
+    assert_eq!(
+        server
+            .post_json("/system/buckets", &json!({"bucket_name": "shared-data"}))
+            .await
+            .status(),
+        409
+    );
     let buckets = server.get_json("/system/buckets").await;
-    assert!(buckets.as_array().unwrap().iter().any(|b| b["bucket_name"] == "shared-data" && b["visibility"] == "private"));
+    assert!(
+        buckets
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["bucket_name"] == "shared-data" && b["visibility"] == "private")
+    );
     let updated = server
         .http()
         .put(server.url("/system/buckets"))
@@ -296,21 +437,47 @@ async fn buckets_api_and_presigned_urls() {
         .unwrap();
     assert_eq!(updated.status(), 204);
     let buckets = server.get_json("/system/buckets").await;
-    assert!(buckets.as_array().unwrap().iter().any(|b| b["bucket_name"] == "shared-data" && b["visibility"] == "public"));
+    assert!(
+        buckets
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["bucket_name"] == "shared-data" && b["visibility"] == "public")
+    );
 
     // A presigned upload URL works without credentials; so does the download URL.
     let presigned = server
-        .post_json("/system/buckets/shared-data/presign", &json!({"object_key": "docs/readme.txt", "operation": "upload"}))
+        .post_json(
+            "/system/buckets/shared-data/presign",
+            &json!({"object_key": "docs/readme.txt", "operation": "upload"}),
+        )
         .await;
     assert_eq!(presigned.status(), 200);
-    let url = presigned.json::<Value>().await.unwrap()["url"].as_str().unwrap().to_owned();
-    let put = reqwest::Client::new().put(&url).body("presigned content").send().await.unwrap();
+    let url = presigned.json::<Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let put = reqwest::Client::new()
+        .put(&url)
+        .body("presigned content")
+        .send()
+        .await
+        .unwrap();
     assert!(put.status().is_success(), "{}", put.status());
     let presigned = server
-        .post_json("/system/buckets/shared-data/presign", &json!({"object_key": "docs/readme.txt", "operation": "download"}))
+        .post_json(
+            "/system/buckets/shared-data/presign",
+            &json!({"object_key": "docs/readme.txt", "operation": "download"}),
+        )
         .await;
-    let url = presigned.json::<Value>().await.unwrap()["url"].as_str().unwrap().to_owned();
-    assert_eq!(reqwest::get(&url).await.unwrap().text().await.unwrap(), "presigned content");
+    let url = presigned.json::<Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().text().await.unwrap(),
+        "presigned content"
+    );
     // Tampering with the signed URL is refused.
     let tampered = url.replace("docs/readme.txt", "docs/other.txt");
     assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 403);
@@ -325,12 +492,19 @@ async fn buckets_api_and_presigned_urls() {
     assert_eq!(page["returned_items"], 2);
     assert_eq!(page["is_truncated"], true);
     let next = page["next_page"].as_str().unwrap();
-    let page2 = server.get_json(&format!("/system/buckets/shared-data?limit=2&page={next}")).await;
+    let page2 = server
+        .get_json(&format!("/system/buckets/shared-data?limit=2&page={next}"))
+        .await;
     assert_eq!(page2["returned_items"], 2);
     assert_eq!(page2["is_truncated"], false);
 
-    let deleted =
-        server.http().delete(server.url("/system/buckets/shared-data")).basic_auth(USER, Some(PASSWORD)).send().await.unwrap();
+    let deleted = server
+        .http()
+        .delete(server.url("/system/buckets/shared-data"))
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(deleted.status(), 204);
     assert_eq!(server.get("/system/buckets/shared-data").await.status(), 404);
 }

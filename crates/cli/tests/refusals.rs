@@ -15,41 +15,108 @@ async fn credentials_and_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let http = server.http();
-    assert_eq!(server.post_json("/system/services", &service("guarded")).await.status(), 201);
+    assert_eq!(
+        server
+            .post_json("/system/services", &service("guarded"))
+            .await
+            .status(),
+        201
+    );
     let token = server.token("guarded").await;
 
     // /system/*: no credentials, wrong password, wrong user, a Bearer token.
-    assert_eq!(http.get(server.url("/system/services")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http.get(server.url("/system/services"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     for (user, password) in [(USER, "wrong"), ("root", PASSWORD), (USER, "")] {
-        let status = http.get(server.url("/system/services")).basic_auth(user, Some(password)).send().await.unwrap().status();
+        let status = http
+            .get(server.url("/system/services"))
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .unwrap()
+            .status();
         assert_eq!(status, 401, "{user}:{password}");
     }
-    let status = http.get(server.url("/system/services")).bearer_auth(&token).send().await.unwrap().status();
+    let status = http
+        .get(server.url("/system/services"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(status, 401);
     // Health needs nothing.
-    assert_eq!(http.get(server.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(server.url("/health")).send().await.unwrap().status(),
+        200
+    );
 
     // /run and /job: Basic is refused, a wrong or missing token too, the right one works.
     for path in ["/run/guarded", "/job/guarded"] {
-        let basic = http.post(server.url(path)).basic_auth(USER, Some(PASSWORD)).body("aGk=").send().await.unwrap();
+        let basic = http
+            .post(server.url(path))
+            .basic_auth(USER, Some(PASSWORD))
+            .body("aGk=")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(basic.status(), 401, "{path} with Basic");
         let none = http.post(server.url(path)).body("aGk=").send().await.unwrap();
         assert_eq!(none.status(), 401, "{path} without auth");
-        let wrong = http.post(server.url(path)).bearer_auth("0".repeat(64)).body("aGk=").send().await.unwrap();
+        let wrong = http
+            .post(server.url(path))
+            .bearer_auth("0".repeat(64))
+            .body("aGk=")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(wrong.status(), 401, "{path} with a wrong token");
     }
-    let ok = http.post(server.url("/run/guarded")).bearer_auth(&token).body("aGk=").send().await.unwrap();
+    let ok = http
+        .post(server.url("/run/guarded"))
+        .bearer_auth(&token)
+        .body("aGk=")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.text().await.unwrap(), "hi");
     // Another service's token does not open this one.
-    assert_eq!(server.post_json("/system/services", &service("other")).await.status(), 201);
+    assert_eq!(
+        server
+            .post_json("/system/services", &service("other"))
+            .await
+            .status(),
+        201
+    );
     let other = server.token("other").await;
-    let cross = http.post(server.url("/run/guarded")).bearer_auth(&other).body("aGk=").send().await.unwrap();
+    let cross = http
+        .post(server.url("/run/guarded"))
+        .bearer_auth(&other)
+        .body("aGk=")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cross.status(), 401);
 
     // The CLI maps a wrong password to exit code 4.
     let out = std::process::Command::new(bin())
-        .args(["service", "ls", "--endpoint", &server.api, "--user", USER, "--password", "nope"])
+        .args([
+            "service",
+            "ls",
+            "--endpoint",
+            &server.api,
+            "--user",
+            USER,
+            "--password",
+            "nope",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4));
@@ -61,16 +128,34 @@ async fn malformed_bodies_name_the_field() {
     let server = Server::start(dir.path(), &[]);
     let cases = [
         (json!({"name": 5, "script": "true"}), "`name`"),
-        (json!({"name": "ok", "script": "true", "memory": "lots"}), "`memory`"),
+        (
+            json!({"name": "ok", "script": "true", "memory": "lots"}),
+            "`memory`",
+        ),
         (json!({"name": "ok", "script": "true", "cpu": "-1"}), "`cpu`"),
         (json!({"name": "Bad_Name", "script": "true"}), "`name`"),
         (json!({"name": "../etc", "script": "true"}), "`name`"),
         (json!({"name": "ok", "script": ""}), "`script`"),
-        (json!({"name": "ok", "script": "true", "input": [{"path": "../up"}]}), "`input[0].path`"),
-        (json!({"name": "ok", "script": "true", "input": [{"path": "b/in/../../x"}]}), "`input[0].path`"),
-        (json!({"name": "ok", "script": "true", "input": [{"path": "b/in", "storage_provider": "s3.aws"}]}), "`input[0].storage_provider`"),
-        (json!({"name": "ok", "script": "true", "input": "notalist"}), "`input`"),
-        (json!({"name": "ok", "script": "true", "environment": {"variables": {"BAD-NAME": "x"}}}), "`environment.BAD-NAME`"),
+        (
+            json!({"name": "ok", "script": "true", "input": [{"path": "../up"}]}),
+            "`input[0].path`",
+        ),
+        (
+            json!({"name": "ok", "script": "true", "input": [{"path": "b/in/../../x"}]}),
+            "`input[0].path`",
+        ),
+        (
+            json!({"name": "ok", "script": "true", "input": [{"path": "b/in", "storage_provider": "s3.aws"}]}),
+            "`input[0].storage_provider`",
+        ),
+        (
+            json!({"name": "ok", "script": "true", "input": "notalist"}),
+            "`input`",
+        ),
+        (
+            json!({"name": "ok", "script": "true", "environment": {"variables": {"BAD-NAME": "x"}}}),
+            "`environment.BAD-NAME`",
+        ),
     ];
     for (body, field) in cases {
         let response = server.post_json("/system/services", &body).await;
@@ -89,25 +174,57 @@ async fn malformed_bodies_name_the_field() {
         .unwrap();
     assert_eq!(raw.status(), 400);
     // Nothing half-made: no service appeared.
-    assert_eq!(server.get_json("/system/services").await.as_array().unwrap().len(), 0);
+    assert_eq!(
+        server
+            .get_json("/system/services")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 
     // Malformed FDL through the CLI: exit code 6 and the field's path.
     let fdl = dir.path().join("bad.yaml");
-    std::fs::write(&fdl, "functions:\n  oscar:\n  - c1:\n      name: x\n      memory: 12XB\n      script: s.sh\n").unwrap();
+    std::fs::write(
+        &fdl,
+        "functions:\n  oscar:\n  - c1:\n      name: x\n      memory: 12XB\n      script: s.sh\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("s.sh"), "true\n").unwrap();
     let out = server.cli(&["apply", fdl.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("functions.oscar[0].c1.memory"));
     std::fs::write(&fdl, "functions: [unclosed").unwrap();
-    assert_eq!(server.cli(&["apply", fdl.to_str().unwrap()]).status.code(), Some(6));
+    assert_eq!(
+        server.cli(&["apply", fdl.to_str().unwrap()]).status.code(),
+        Some(6)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn conflicts_missing_things_and_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-body-mib", "1"]);
-    assert_eq!(server.post_json("/system/services", &service("dup")).await.status(), 201);
-    assert_eq!(server.post_json("/system/services", &service("dup")).await.status(), 409);
+    assert_eq!(
+        server
+            .post_json("/system/services", &service("dup"))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        server
+            .post_json("/system/services", &service("dup"))
+            .await
+            .status(),
+        409
+    );
     assert_eq!(server.get("/system/services/nope").await.status(), 404);
     assert_eq!(server.get("/system/logs/nope").await.status(), 404);
     assert_eq!(server.get("/system/logs/dup/nope-job").await.status(), 404);
@@ -134,7 +251,14 @@ async fn conflicts_missing_things_and_sizes() {
     // Oversize bodies get 413 on every body-taking route.
     let token = server.token("dup").await;
     let big = "A".repeat(2 * 1024 * 1024);
-    let run = server.http().post(server.url("/run/dup")).bearer_auth(&token).body(big.clone()).send().await.unwrap();
+    let run = server
+        .http()
+        .post(server.url("/run/dup"))
+        .bearer_auth(&token)
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(run.status(), 413);
     let create = server
         .http()
@@ -147,7 +271,14 @@ async fn conflicts_missing_things_and_sizes() {
         .unwrap();
     assert_eq!(create.status(), 413);
     // Not base64, not JSON.
-    let junk = server.http().post(server.url("/run/dup")).bearer_auth(&token).body("%%%not base64").send().await.unwrap();
+    let junk = server
+        .http()
+        .post(server.url("/run/dup"))
+        .bearer_auth(&token)
+        .body("%%%not base64")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(junk.status(), 400);
 }
 
@@ -155,26 +286,66 @@ async fn conflicts_missing_things_and_sizes() {
 async fn hostile_object_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    assert_eq!(server.post_json("/system/services", &service("keys")).await.status(), 201);
+    assert_eq!(
+        server
+            .post_json("/system/services", &service("keys"))
+            .await
+            .status(),
+        201
+    );
     let token = server.token("keys").await;
-    for key in ["in%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "in%2Fnul%00byte", "in%2F.%2Fx", "in%2F%2Fx"] {
+    for key in [
+        "in%2F..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+        "in%2Fnul%00byte",
+        "in%2F.%2Fx",
+        "in%2F%2Fx",
+    ] {
         let event = json!({"Records": [{"s3": {"bucket": {"name": "keys"}, "object": {"key": key}}}]});
-        let response = server.http().post(server.url("/job/keys")).bearer_auth(&token).json(&event).send().await.unwrap();
+        let response = server
+            .http()
+            .post(server.url("/job/keys"))
+            .bearer_auth(&token)
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 400, "{key}");
     }
     // An event naming an object outside the service's inputs is refused: a token is not a key
     // to the whole store.
     let event = json!({"Records": [{"s3": {"bucket": {"name": "keys"}, "object": {"key": "secret%2Fx"}}}]});
-    let response = server.http().post(server.url("/job/keys")).bearer_auth(&token).json(&event).send().await.unwrap();
+    let response = server
+        .http()
+        .post(server.url("/job/keys"))
+        .bearer_auth(&token)
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 403);
     // Presign and bucket routes validate too.
     for key in ["../x", "/abs", "a/../../b", "nul\u{0}"] {
-        let response = server.post_json("/system/buckets/keys/presign", &json!({"object_key": key})).await;
+        let response = server
+            .post_json("/system/buckets/keys/presign", &json!({"object_key": key}))
+            .await;
         assert_eq!(response.status(), 400, "{key:?}");
     }
-    assert_eq!(server.post_json("/system/buckets", &json!({"bucket_name": "../etc"})).await.status(), 400);
+    assert_eq!(
+        server
+            .post_json("/system/buckets", &json!({"bucket_name": "../etc"}))
+            .await
+            .status(),
+        400
+    );
     // Nothing ran.
-    assert_eq!(server.get_json("/system/logs/keys").await["jobs"].as_object().unwrap().len(), 0);
+    assert_eq!(
+        server.get_json("/system/logs/keys").await["jobs"]
+            .as_object()
+            .unwrap()
+            .len(),
+        0
+    );
     // No file escaped the data directory.
     assert!(!dir.path().join("etc").exists());
 }

@@ -54,7 +54,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.0, format!("{}\n", self.1)).into_response();
         if self.0 == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"cloister\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"cloister\""),
+            );
         }
         resp
     }
@@ -93,7 +96,9 @@ impl From<FdlError> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs blocking state-store work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StateError> + Send + 'static) -> ApiResult<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal task failed"))?
@@ -105,12 +110,21 @@ pub(crate) fn router(platform: Arc<Platform>) -> Router {
         .route("/system/info", get(info))
         .route("/system/config", get(config))
         .route("/system/config/", get(config))
-        .route("/system/services", get(list_services).post(create_service).put(update_service))
+        .route(
+            "/system/services",
+            get(list_services).post(create_service).put(update_service),
+        )
         .route("/system/services/{name}", get(get_service).delete(delete_service))
         .route("/system/logs/{svc}", get(list_jobs).delete(delete_jobs))
         .route("/system/logs/{svc}/{job}", get(job_log).delete(delete_job))
-        .route("/system/buckets", get(list_buckets).post(create_bucket).put(update_bucket))
-        .route("/system/buckets/{bucket}", get(list_objects).delete(delete_bucket))
+        .route(
+            "/system/buckets",
+            get(list_buckets).post(create_bucket).put(update_bucket),
+        )
+        .route(
+            "/system/buckets/{bucket}",
+            get(list_objects).delete(delete_bucket),
+        )
         .route("/system/buckets/{bucket}/presign", post(presign))
         .route_layer(middleware::from_fn_with_state(platform.clone(), basic_auth));
     Router::new()
@@ -164,12 +178,18 @@ async fn service_for_token(platform: &Arc<Platform>, name: &str, headers: &Heade
     // An unknown service and a wrong token look the same, so tokens cannot probe names.
     match service {
         Some(service) if constant_time_eq(token, &service.token) => Ok(service),
-        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong service token")),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong service token",
+        )),
     }
 }
 
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
 }
 
 async fn info(State(platform): AppState) -> impl IntoResponse {
@@ -244,7 +264,9 @@ async fn ensure_buckets(platform: &Platform, service: &Service) -> ApiResult<()>
 async fn list_services(State(platform): AppState) -> ApiResult<impl IntoResponse> {
     let state = platform.state.clone();
     let services = blocking(move || state.services()).await?;
-    Ok(axum::Json(services.iter().map(|s| shown(&platform, s)).collect::<Vec<_>>()))
+    Ok(axum::Json(
+        services.iter().map(|s| shown(&platform, s)).collect::<Vec<_>>(),
+    ))
 }
 
 async fn get_service(State(platform): AppState, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
@@ -263,13 +285,19 @@ async fn create_service(State(platform): AppState, body: Bytes) -> ApiResult<imp
     let state = platform.state.clone();
     let name = service.name.clone();
     if blocking(move || state.service(&name)).await?.is_some() {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("service {:?} already exists", service.name)));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("service {:?} already exists", service.name),
+        ));
     }
     ensure_buckets(&platform, &service).await?;
     let state = platform.state.clone();
     let stored = service.clone();
     if !blocking(move || state.put_service(&stored, true)).await? {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("service {:?} already exists", service.name)));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("service {:?} already exists", service.name),
+        ));
     }
     platform.dispatcher.refresh()?;
     tracing::info!(service = %service.name, "service created");
@@ -297,7 +325,10 @@ async fn update_service(State(platform): AppState, body: Bytes) -> ApiResult<imp
     let state = platform.state.clone();
     let stored = service.clone();
     if !blocking(move || state.put_service(&stored, false)).await? {
-        return Err(ApiError::not_found(format!("service {:?} not found", service.name)));
+        return Err(ApiError::not_found(format!(
+            "service {:?} not found",
+            service.name
+        )));
     }
     platform.dispatcher.refresh()?;
     tracing::info!(service = %service.name, "service updated");
@@ -328,26 +359,41 @@ fn decode_payload(body: &[u8]) -> ApiResult<Vec<u8>> {
     if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
         return Ok(body.to_vec());
     }
-    let text: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
-    B64.decode(&text).map_err(|_| ApiError::bad_request("the body is neither JSON nor base64"))
+    let text: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    B64.decode(&text)
+        .map_err(|_| ApiError::bad_request("the body is neither JSON nor base64"))
 }
 
 /// The object an OSCAR/MinIO event names, if the body is such an event.
 fn event_object(body: &[u8]) -> ApiResult<Option<(String, String)>> {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else { return Ok(None) };
-    let Some(s3) = value.pointer("/Records/0/s3") else { return Ok(None) };
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Ok(None);
+    };
+    let Some(s3) = value.pointer("/Records/0/s3") else {
+        return Ok(None);
+    };
     let bucket = s3.pointer("/bucket/name").and_then(Value::as_str);
     let key = s3.pointer("/object/key").and_then(Value::as_str);
     match (bucket, key) {
         (Some(bucket), Some(key)) => {
-            let key = decode_event_key(key).ok_or_else(|| ApiError::bad_request("invalid field `Records[0].s3.object.key`: not URL-encoded UTF-8"))?;
-            cloister_storage::names::validate_bucket_name(bucket)
-                .map_err(|e| ApiError::bad_request(format!("invalid field `Records[0].s3.bucket.name`: {e}")))?;
-            cloister_storage::names::validate_object_key(&key)
-                .map_err(|e| ApiError::bad_request(format!("invalid field `Records[0].s3.object.key`: {e}")))?;
+            let key = decode_event_key(key).ok_or_else(|| {
+                ApiError::bad_request("invalid field `Records[0].s3.object.key`: not URL-encoded UTF-8")
+            })?;
+            cloister_storage::names::validate_bucket_name(bucket).map_err(|e| {
+                ApiError::bad_request(format!("invalid field `Records[0].s3.bucket.name`: {e}"))
+            })?;
+            cloister_storage::names::validate_object_key(&key).map_err(|e| {
+                ApiError::bad_request(format!("invalid field `Records[0].s3.object.key`: {e}"))
+            })?;
             Ok(Some((bucket.to_owned(), key)))
         }
-        _ => Err(ApiError::bad_request("invalid field `Records[0].s3`: bucket.name and object.key are required")),
+        _ => Err(ApiError::bad_request(
+            "invalid field `Records[0].s3`: bucket.name and object.key are required",
+        )),
     }
 }
 
@@ -369,12 +415,18 @@ async fn invoke_async(
                 ));
             }
             let event = String::from_utf8_lossy(&body).into_owned();
-            NewJob { record: new_job(&service, JobSource::Object { bucket, key }, event), payload: None }
+            NewJob {
+                record: new_job(&service, JobSource::Object { bucket, key }, event),
+                payload: None,
+            }
         }
         None => {
             let payload = decode_payload(&body)?;
             let event = String::from_utf8_lossy(&body).into_owned();
-            NewJob { record: new_job(&service, JobSource::Payload, event), payload: Some(payload) }
+            NewJob {
+                record: new_job(&service, JobSource::Payload, event),
+                payload: Some(payload),
+            }
         }
     };
     let dispatcher = platform.dispatcher.clone();
@@ -410,10 +462,19 @@ async fn invoke_sync(
     let max_output = platform.config.max_body as u64;
     let outcome = platform.executor.run_sync(spec, max_output).await;
     if outcome.status != Status::Succeeded {
-        let tail: Vec<&str> = outcome.log.iter().rev().take(20).map(|l| l.text.as_str()).collect();
+        let tail: Vec<&str> = outcome
+            .log
+            .iter()
+            .rev()
+            .take(20)
+            .map(|l| l.text.as_str())
+            .collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         let reason = outcome.reason.as_deref().unwrap_or("failed");
-        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{reason}\n{}", tail.join("\n"))));
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{reason}\n{}", tail.join("\n")),
+        ));
     }
     let (kind, content) = match outcome.files.len() {
         0 => ("stdout", outcome.stdout),
@@ -421,7 +482,9 @@ async fn invoke_sync(
         _ => ("zip", B64.encode(zip_files(&outcome.files)?).into_bytes()),
     };
     let mut response = (StatusCode::OK, content).into_response();
-    response.headers_mut().insert("x-cloister-output", HeaderValue::from_static(kind));
+    response
+        .headers_mut()
+        .insert("x-cloister-output", HeaderValue::from_static(kind));
     if let Some((name, _)) = outcome.files.first().filter(|_| kind == "file")
         && let Ok(value) = HeaderValue::from_str(name)
     {
@@ -433,10 +496,12 @@ async fn invoke_sync(
 fn zip_files(files: &[(String, Vec<u8>)]) -> ApiResult<Vec<u8>> {
     let failed = |_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot build the zip answer");
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     for (name, content) in files {
         zip.start_file(name.as_str(), options).map_err(failed)?;
-        zip.write_all(content).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "zip"))?;
+        zip.write_all(content)
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "zip"))?;
     }
     Ok(zip.finish().map_err(failed)?.into_inner())
 }
@@ -450,7 +515,8 @@ struct PageQuery {
 }
 
 fn rfc3339(t: Option<OffsetDateTime>) -> Value {
-    t.and_then(|t| t.format(&Rfc3339).ok()).map_or(Value::Null, Value::String)
+    t.and_then(|t| t.format(&Rfc3339).ok())
+        .map_or(Value::Null, Value::String)
 }
 
 async fn require_service(platform: &Platform, name: &str) -> ApiResult<()> {
@@ -516,11 +582,13 @@ async fn job_log(
     let body: String = if timestamps {
         text.into_owned()
     } else {
-        text.lines().map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest)).fold(String::new(), |mut acc, l| {
-            acc.push_str(l);
-            acc.push('\n');
-            acc
-        })
+        text.lines()
+            .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest))
+            .fold(String::new(), |mut acc, l| {
+                acc.push_str(l);
+                acc.push('\n');
+                acc
+            })
     };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body))
 }
@@ -540,7 +608,13 @@ async fn delete_jobs(
     let state = platform.state.clone();
     let owned = svc.clone();
     let deleted = blocking(move || {
-        state.delete_jobs(&owned, |j| if all { true } else { j.status == JobStatus::Succeeded })
+        state.delete_jobs(&owned, |j| {
+            if all {
+                true
+            } else {
+                j.status == JobStatus::Succeeded
+            }
+        })
     })
     .await?;
     for job in deleted.iter().filter(|j| !j.status.is_final()) {
@@ -584,7 +658,9 @@ fn parse_bucket_body(body: &[u8]) -> ApiResult<BucketBody> {
     if let Some(v) = &parsed.visibility
         && !["private", "public", "restricted"].contains(&v.as_str())
     {
-        return Err(ApiError::bad_request("invalid field `visibility`: must be private, public or restricted"));
+        return Err(ApiError::bad_request(
+            "invalid field `visibility`: must be private, public or restricted",
+        ));
     }
     Ok(parsed)
 }
@@ -649,7 +725,15 @@ async fn list_objects(
         return Err(ApiError::not_found("bucket not found"));
     }
     let limit = u32::try_from(query.limit.unwrap_or(1000).clamp(1, 1000)).unwrap_or(1000);
-    let page = platform.store.list_objects(&bucket, "", query.page.as_deref().filter(|p| !p.is_empty()), limit).await?;
+    let page = platform
+        .store
+        .list_objects(
+            &bucket,
+            "",
+            query.page.as_deref().filter(|p| !p.is_empty()),
+            limit,
+        )
+        .await?;
     let objects: Vec<Value> = page
         .objects
         .iter()
@@ -663,15 +747,23 @@ async fn list_objects(
     })))
 }
 
-async fn delete_bucket(State(platform): AppState, Path(bucket): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn delete_bucket(
+    State(platform): AppState,
+    Path(bucket): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     cloister_storage::names::validate_bucket_name(&bucket)?;
     let state = platform.state.clone();
     let services = blocking(move || state.services()).await?;
-    if let Some(user) = services
-        .iter()
-        .find(|s| s.input.iter().chain(&s.output).any(|io| io.bucket_and_folder().0 == bucket))
-    {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("bucket is used by service {:?}", user.name)));
+    if let Some(user) = services.iter().find(|s| {
+        s.input
+            .iter()
+            .chain(&s.output)
+            .any(|io| io.bucket_and_folder().0 == bucket)
+    }) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("bucket is used by service {:?}", user.name),
+        ));
     }
     if !platform.store.bucket_exists(&bucket).await? {
         return Err(ApiError::not_found("bucket not found"));
@@ -710,11 +802,17 @@ async fn presign(
     let upload = match parsed.operation.as_str() {
         "upload" | "put" | "PUT" => true,
         "download" | "get" | "GET" => false,
-        _ => return Err(ApiError::bad_request("invalid field `operation`: must be upload or download")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid field `operation`: must be upload or download",
+            ));
+        }
     };
     let expires = parsed.expires_in.unwrap_or(3600);
     if expires == 0 || expires > MAX_PRESIGN {
-        return Err(ApiError::bad_request(format!("invalid field `expires_in`: must be 1 to {MAX_PRESIGN} seconds")));
+        return Err(ApiError::bad_request(format!(
+            "invalid field `expires_in`: must be 1 to {MAX_PRESIGN} seconds"
+        )));
     }
     cloister_storage::names::validate_object_key(&parsed.object_key)
         .map_err(|e| ApiError::bad_request(format!("invalid field `object_key`: {e}")))?;

@@ -28,17 +28,27 @@ pub struct Dispatcher {
 
 /// `url.QueryEscape`, as MinIO encodes keys in events: everything but `A-Za-z0-9-_.~` is
 /// escaped (`/` included) and spaces become `+`.
-const QUERY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Encodes an object key the way MinIO does in event records.
 pub fn encode_event_key(key: &str) -> String {
-    key.split(' ').map(|part| utf8_percent_encode(part, QUERY_ESCAPE).to_string()).collect::<Vec<_>>().join("+")
+    key.split(' ')
+        .map(|part| utf8_percent_encode(part, QUERY_ESCAPE).to_string())
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
 /// Decodes an event key (`+` is a space, then percent-decoding).
 pub fn decode_event_key(key: &str) -> Option<String> {
     let spaced = key.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced).decode_utf8().ok().map(|s| s.into_owned())
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 /// The MinIO-shaped `s3:ObjectCreated:Put` event OSCAR delivers to jobs.
@@ -102,7 +112,11 @@ impl Dispatcher {
     /// A dispatcher sending new jobs to `queue`.
     pub fn new(state: Arc<State>, queue: UnboundedSender<JobRecord>) -> Result<Self, StateError> {
         let services = RwLock::new(Arc::new(state.services()?));
-        Ok(Self { state, services, queue })
+        Ok(Self {
+            state,
+            services,
+            queue,
+        })
     }
 
     /// Reloads the service list after a service changed.
@@ -143,7 +157,10 @@ impl Dispatcher {
             .map(|service| NewJob {
                 record: new_job(
                     service,
-                    JobSource::Object { bucket: object.bucket.clone(), key: object.key.clone() },
+                    JobSource::Object {
+                        bucket: object.bucket.clone(),
+                        key: object.key.clone(),
+                    },
                     event.clone(),
                 ),
                 payload: None,
@@ -226,7 +243,10 @@ mod tests {
     #[test]
     fn event_keys_are_encoded_like_minio() {
         assert_eq!(encode_event_key("in/a b+c.png"), "in%2Fa+b%2Bc.png");
-        assert_eq!(decode_event_key("in%2Fa+b%2Bc.png").as_deref(), Some("in/a b+c.png"));
+        assert_eq!(
+            decode_event_key("in%2Fa+b%2Bc.png").as_deref(),
+            Some("in/a b+c.png")
+        );
         assert_eq!(decode_event_key("in/plain.txt").as_deref(), Some("in/plain.txt"));
     }
 }

@@ -68,7 +68,12 @@ impl LocalExecutor {
         } else {
             tracing::info!("no writable cgroups: memory limited with RLIMIT_AS, CPU not limited");
         }
-        Self { io: StoreIo(store), work_root: work_root.to_path_buf(), cgroups, slots: Arc::default() }
+        Self {
+            io: StoreIo(store),
+            work_root: work_root.to_path_buf(),
+            cgroups,
+            slots: Arc::default(),
+        }
     }
 
     fn slot(&self) -> Slot {
@@ -80,7 +85,10 @@ impl LocalExecutor {
             // A poisoned pool only loses reuse; a fresh id is still exclusive.
             Err(_) => usize::MAX - (std::process::id() as usize),
         };
-        Slot { id, pool: self.slots.clone() }
+        Slot {
+            id,
+            pool: self.slots.clone(),
+        }
     }
 
     fn options(&self, slot: &Slot, synchronous: bool, max_sync_output: u64) -> RunOptions {

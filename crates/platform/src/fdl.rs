@@ -29,12 +29,18 @@ pub enum FdlError {
 
 impl FdlError {
     fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid { field: field.into(), reason: reason.into() }
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     fn prefixed(self, prefix: &str) -> Self {
         match self {
-            Self::Invalid { field, reason } => Self::Invalid { field: format!("{prefix}.{field}"), reason },
+            Self::Invalid { field, reason } => Self::Invalid {
+                field: format!("{prefix}.{field}"),
+                reason,
+            },
             other => other,
         }
     }
@@ -244,7 +250,12 @@ impl Service {
         self.extra
             .keys()
             .filter(|k| !KNOWN_OSCAR_EXTRAS.contains(&k.as_str()))
-            .map(|k| format!("unknown field `{k}` in service {:?} is kept but ignored", self.name))
+            .map(|k| {
+                format!(
+                    "unknown field `{k}` in service {:?} is kept but ignored",
+                    self.name
+                )
+            })
             .collect()
     }
 
@@ -257,7 +268,10 @@ impl Service {
         parse_cpu_millis(&self.cpu).map_err(|reason| FdlError::invalid("cpu", reason))?;
         parse_quantity(&self.memory).map_err(|reason| FdlError::invalid("memory", reason))?;
         if !["private", "public", "restricted"].contains(&self.visibility.as_str()) {
-            return Err(FdlError::invalid("visibility", "must be private, public or restricted"));
+            return Err(FdlError::invalid(
+                "visibility",
+                "must be private, public or restricted",
+            ));
         }
         for (list, ios) in [("input", &self.input), ("output", &self.output)] {
             for (i, io) in ios.iter().enumerate() {
@@ -279,7 +293,10 @@ impl Service {
                 ));
             }
             if value.contains('\0') {
-                return Err(FdlError::invalid(format!("environment.{name}"), "must not contain NUL"));
+                return Err(FdlError::invalid(
+                    format!("environment.{name}"),
+                    "must not contain NUL",
+                ));
             }
         }
         Ok(())
@@ -290,7 +307,11 @@ impl Service {
     pub fn normalize(&mut self) {
         for io in self.input.iter_mut().chain(self.output.iter_mut()) {
             let trimmed = io.path.trim_matches('/');
-            io.path = if trimmed.contains('/') { trimmed.to_owned() } else { format!("{}/{trimmed}", self.name) };
+            io.path = if trimmed.contains('/') {
+                trimmed.to_owned()
+            } else {
+                format!("{}/{trimmed}", self.name)
+            };
             if io.storage_provider == "minio" {
                 io.storage_provider = default_provider();
             }
@@ -336,7 +357,10 @@ fn validate_io(io: &StorageIo) -> Result<(), FdlError> {
     }
     for (name, filters) in [("prefix", &io.prefix), ("suffix", &io.suffix)] {
         if filters.iter().any(|f| f.is_empty() || f.contains('\0')) {
-            return Err(FdlError::invalid(name, "filters must be non-empty and free of NUL"));
+            return Err(FdlError::invalid(
+                name,
+                "filters must be non-empty and free of NUL",
+            ));
         }
     }
     Ok(())
@@ -348,7 +372,10 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 39 {
         return Err("must be 1 to 39 characters long".to_owned());
     }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err("only lowercase letters, digits and '-' are allowed".to_owned());
     }
     if name.starts_with('-') || name.ends_with('-') {
@@ -361,11 +388,13 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
 pub fn parse_cpu_millis(cpu: &str) -> Result<u64, String> {
     let cpu = cpu.trim();
     let millis = if let Some(m) = cpu.strip_suffix('m') {
-        m.parse::<u64>().map_err(|_| format!("{cpu:?} is not a CPU amount like \"0.5\" or \"500m\""))?
+        m.parse::<u64>()
+            .map_err(|_| format!("{cpu:?} is not a CPU amount like \"0.5\" or \"500m\""))?
     } else {
-        let cores: f64 =
-            cpu.parse().map_err(|_| format!("{cpu:?} is not a CPU amount like \"0.5\" or \"500m\""))?;
-        if !cores.is_finite() || cores < 0.0 || cores > 1024.0 {
+        let cores: f64 = cpu
+            .parse()
+            .map_err(|_| format!("{cpu:?} is not a CPU amount like \"0.5\" or \"500m\""))?;
+        if !cores.is_finite() || !(0.0..=1024.0).contains(&cores) {
             return Err(format!("{cpu:?} is out of range"));
         }
         (cores * 1000.0).round() as u64
@@ -380,9 +409,15 @@ pub fn parse_cpu_millis(cpu: &str) -> Result<u64, String> {
 pub fn parse_quantity(quantity: &str) -> Result<u64, String> {
     let q = quantity.trim();
     let err = || format!("{q:?} is not a Kubernetes quantity like \"256Mi\" or \"1G\"");
-    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
     let (number, suffix) = q.split_at(split);
-    if number.is_empty() || number.matches('.').count() > 1 || number.starts_with('.') || number.ends_with('.') {
+    if number.is_empty()
+        || number.matches('.').count() > 1
+        || number.starts_with('.')
+        || number.ends_with('.')
+    {
         return Err(err());
     }
     let value: f64 = number.parse().map_err(|_| err())?;
@@ -454,7 +489,9 @@ pub fn parse_fdl(text: &str, base_dir: Option<&Path>) -> Result<FdlFile, FdlErro
     let raw: RawFdl = serde_saphyr::from_str(text).map_err(|e| FdlError::Syntax(e.to_string()))?;
     let mut warnings = Vec::new();
     for key in raw.functions.other.keys() {
-        warnings.push(format!("functions.{key}: only `oscar` functions are deployed; this section is ignored"));
+        warnings.push(format!(
+            "functions.{key}: only `oscar` functions are deployed; this section is ignored"
+        ));
     }
     if raw.functions.oscar.is_empty() {
         return Err(FdlError::invalid("functions.oscar", "no services defined"));
@@ -472,11 +509,17 @@ pub fn parse_fdl(text: &str, base_dir: Option<&Path>) -> Result<FdlFile, FdlErro
             let field = format!("functions.oscar[{i}].{cluster}");
             if let Some(dir) = base_dir {
                 if service.script.trim().is_empty() {
-                    return Err(FdlError::invalid(format!("{field}.script"), "must name the script file"));
+                    return Err(FdlError::invalid(
+                        format!("{field}.script"),
+                        "must name the script file",
+                    ));
                 }
                 let path = dir.join(&service.script);
                 service.script = std::fs::read_to_string(&path).map_err(|e| {
-                    FdlError::invalid(format!("{field}.script"), format!("cannot read {}: {e}", path.display()))
+                    FdlError::invalid(
+                        format!("{field}.script"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
                 })?;
             }
             service.cluster_id = cluster.clone();
@@ -543,7 +586,10 @@ clusters:
     #[test]
     fn defaults_apply() {
         let svc = Service::from_json(br#"{"name":"a","script":"true"}"#).unwrap();
-        assert_eq!((svc.cpu.as_str(), svc.memory.as_str(), svc.visibility.as_str()), ("0.2", "256Mi", "private"));
+        assert_eq!(
+            (svc.cpu.as_str(), svc.memory.as_str(), svc.visibility.as_str()),
+            ("0.2", "256Mi", "private")
+        );
         svc.validate().unwrap();
     }
 
@@ -551,23 +597,45 @@ clusters:
     fn errors_name_the_field() {
         let bad = FDL.replace("memory: 1Gi", "memory: lots");
         let err = parse_fdl(&bad, None).unwrap_err();
-        assert!(matches!(&err, FdlError::Invalid { field, .. } if field == "functions.oscar[0].my-cluster.memory"), "{err}");
+        assert!(
+            matches!(&err, FdlError::Invalid { field, .. } if field == "functions.oscar[0].my-cluster.memory"),
+            "{err}"
+        );
         let bad = FDL.replace("path: grayify/in", "path: Bad_Bucket/in");
         let err = parse_fdl(&bad, None).unwrap_err();
-        assert!(matches!(&err, FdlError::Invalid { field, .. } if field == "functions.oscar[0].my-cluster.input[0].path"), "{err}");
+        assert!(
+            matches!(&err, FdlError::Invalid { field, .. } if field == "functions.oscar[0].my-cluster.input[0].path"),
+            "{err}"
+        );
         let bad = FDL.replace("name: grayify", "name: ../etc");
-        assert!(matches!(parse_fdl(&bad, None), Err(FdlError::Invalid { field, .. }) if field.ends_with(".name")));
-        assert!(matches!(parse_fdl("functions: [", None), Err(FdlError::Syntax(_))));
-        assert!(matches!(parse_fdl("nothing: here", None), Err(FdlError::Syntax(_))));
+        assert!(
+            matches!(parse_fdl(&bad, None), Err(FdlError::Invalid { field, .. }) if field.ends_with(".name"))
+        );
+        assert!(matches!(
+            parse_fdl("functions: [", None),
+            Err(FdlError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse_fdl("nothing: here", None),
+            Err(FdlError::Syntax(_))
+        ));
     }
 
     #[test]
     fn scripts_are_read_relative_to_the_fdl() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("script.sh"), "echo from file\n").unwrap();
-        let fdl = parse_fdl(&FDL.replace("script: echo hi", "script: script.sh"), Some(dir.path())).unwrap();
+        let fdl = parse_fdl(
+            &FDL.replace("script: echo hi", "script: script.sh"),
+            Some(dir.path()),
+        )
+        .unwrap();
         assert_eq!(fdl.services[0].script, "echo from file\n");
-        let err = parse_fdl(&FDL.replace("script: echo hi", "script: missing.sh"), Some(dir.path())).unwrap_err();
+        let err = parse_fdl(
+            &FDL.replace("script: echo hi", "script: missing.sh"),
+            Some(dir.path()),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("missing.sh"));
     }
 
@@ -601,13 +669,19 @@ clusters:
         assert!(!io.matches("b", "in/img1.gif"));
         assert!(!io.matches("b", "inside/img1.png"));
         assert!(!io.matches("c", "in/img1.png"));
-        let whole = StorageIo { path: "b".into(), ..Default::default() };
+        let whole = StorageIo {
+            path: "b".into(),
+            ..Default::default()
+        };
         assert!(whole.matches("b", "anything/at/all"));
     }
 
     #[test]
     fn normalize_prefixes_bare_paths_with_the_service_name() {
-        let mut svc = Service::from_json(br#"{"name":"s","script":"true","input":[{"storage_provider":"minio","path":"in"}]}"#).unwrap();
+        let mut svc = Service::from_json(
+            br#"{"name":"s","script":"true","input":[{"storage_provider":"minio","path":"in"}]}"#,
+        )
+        .unwrap();
         svc.normalize();
         assert_eq!(svc.input[0].path, "s/in");
         assert_eq!(svc.input[0].storage_provider, "minio.default");

@@ -103,16 +103,16 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     // Jobs run in their own working directories, so every path handed to them is absolute.
     config.data_dir = config.data_dir.canonicalize()?;
-    let state = Arc::new(
-        State::open(&config.data_dir.join("state.redb")).context("cannot open the state database")?,
-    );
+    let state =
+        Arc::new(State::open(&config.data_dir.join("state.redb")).context("cannot open the state database")?);
     let (queue_tx, queue_rx) = tokio::sync::mpsc::unbounded_channel();
     let dispatcher = Arc::new(Dispatcher::new(state.clone(), queue_tx)?);
     let store = Store::open(&config.data_dir.join("objects"), dispatcher.clone())
         .context("cannot open the object store")?;
 
-    let api_listener =
-        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let api_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let s3_listener = TcpListener::bind(config.s3_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.s3_listen))?;
@@ -120,7 +120,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let s3_addr = s3_listener.local_addr()?;
     let s3_endpoint = format!("http://{s3_addr}");
 
-    let executor: Arc<dyn Executor> = Arc::new(LocalExecutor::new(store.clone(), &config.data_dir.join("work")));
+    let executor: Arc<dyn Executor> =
+        Arc::new(LocalExecutor::new(store.clone(), &config.data_dir.join("work")));
     let presigner = cloister_storage::Presigner::new(
         &s3_endpoint,
         &config.s3_region,
@@ -142,13 +143,24 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     // Jobs already on disk are queued first, then uploads interrupted by a crash are resolved
     // (which queues their new jobs), all before anything new is accepted.
     workers::requeue_unfinished(&platform)?;
-    dispatcher.recover(&store).await.context("cannot recover interrupted uploads")?;
+    dispatcher
+        .recover(&store)
+        .await
+        .context("cannot recover interrupted uploads")?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(workers::run(platform.clone(), queue_rx, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(workers::run(
+        platform.clone(),
+        queue_rx,
+        shutdown_rx.clone(),
+    )));
     if let Some(retention) = config.log_retention {
-        tasks.push(tokio::spawn(workers::expire(platform.clone(), retention, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(workers::expire(
+            platform.clone(),
+            retention,
+            shutdown_rx.clone(),
+        )));
     }
 
     let s3_service = store.s3_service(&config.s3_access_key, &config.s3_secret_key);
@@ -172,5 +184,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         }
     }));
     tracing::info!(%api_addr, %s3_addr, executor = platform.executor.name(), "cloister is serving");
-    Ok(Running { api_addr, s3_addr, shutdown, tasks })
+    Ok(Running {
+        api_addr,
+        s3_addr,
+        shutdown,
+        tasks,
+    })
 }

@@ -203,7 +203,11 @@ impl State {
 
     fn write(&self, durable: bool) -> Result<redb::WriteTransaction, StateError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
         Ok(txn)
     }
 
@@ -257,8 +261,10 @@ impl State {
             }
             let mut jobs = txn.open_table(JOBS)?;
             jobs.retain_in(service_range(name), |_, _| false)?;
-            txn.open_table(LOGS)?.retain_in(service_range(name), |_, _| false)?;
-            txn.open_table(PAYLOADS)?.retain_in(service_range(name), |_, _| false)?;
+            txn.open_table(LOGS)?
+                .retain_in(service_range(name), |_, _| false)?;
+            txn.open_table(PAYLOADS)?
+                .retain_in(service_range(name), |_, _| false)?;
             txn.open_table(QUEUE)?.retain(|_, (svc, _)| svc != name)?;
         }
         txn.commit()?;
@@ -280,7 +286,8 @@ impl State {
     /// Records a bucket's settings.
     pub fn put_bucket(&self, name: &str, settings: &BucketSettings) -> Result<(), StateError> {
         let txn = self.write(true)?;
-        txn.open_table(BUCKETS)?.insert(name, serde_json::to_vec(settings)?.as_slice())?;
+        txn.open_table(BUCKETS)?
+            .insert(name, serde_json::to_vec(settings)?.as_slice())?;
         txn.commit()?;
         Ok(())
     }
@@ -300,7 +307,8 @@ impl State {
         let txn = self.write(true)?;
         let id = {
             let id = next_counter(&mut txn.open_table(COUNTERS)?, "intent")?;
-            txn.open_table(INTENTS)?.insert(id, serde_json::to_vec(intent)?.as_slice())?;
+            txn.open_table(INTENTS)?
+                .insert(id, serde_json::to_vec(intent)?.as_slice())?;
             id
         };
         txn.commit()?;
@@ -453,8 +461,16 @@ impl State {
                 remaining += 1;
             }
         }
-        let next = if remaining > 0 { jobs.last().map(|j| j.name.clone()) } else { None };
-        Ok(JobPage { jobs, next, remaining })
+        let next = if remaining > 0 {
+            jobs.last().map(|j| j.name.clone())
+        } else {
+            None
+        };
+        Ok(JobPage {
+            jobs,
+            next,
+            remaining,
+        })
     }
 
     /// A job's log.
@@ -505,7 +521,9 @@ impl State {
         let mut total = 0;
         for service in self.services()? {
             total += self
-                .delete_jobs(&service.name, |j| j.status.is_final() && j.finish_time.is_some_and(|t| t < cutoff))?
+                .delete_jobs(&service.name, |j| {
+                    j.status.is_final() && j.finish_time.is_some_and(|t| t < cutoff)
+                })?
                 .len();
         }
         Ok(total)

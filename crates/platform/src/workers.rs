@@ -14,16 +14,21 @@ use crate::Platform;
 use crate::fdl::Service;
 use crate::state::{JobRecord, JobSource, JobStatus, StateError};
 
-/// Jobs running now, with the means to cancel each.
+/// A job's (service, name).
+type JobKey = (String, String);
+
+/// Jobs running now, with the means to cancel each (taken once it has been used).
 #[derive(Default)]
 pub(crate) struct Workers {
-    running: Mutex<HashMap<(String, String), Option<oneshot::Sender<()>>>>,
+    running: Mutex<HashMap<JobKey, Option<oneshot::Sender<()>>>>,
 }
 
 impl Workers {
     /// Cancels a running job; false if it is not running here.
     pub fn cancel(&self, service: &str, job: &str) -> bool {
-        let Ok(mut running) = self.running.lock() else { return false };
+        let Ok(mut running) = self.running.lock() else {
+            return false;
+        };
         match running.get_mut(&(service.to_owned(), job.to_owned())) {
             Some(slot) => slot.take().map(|tx| tx.send(())).is_some(),
             None => false,
@@ -75,7 +80,9 @@ pub(crate) async fn run(
             },
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let platform = platform.clone();
         tokio::spawn(async move {
             if let Err(e) = execute(&platform, record).await {
@@ -144,17 +151,36 @@ pub(crate) fn render_log(outcome: &JobOutcome) -> Vec<u8> {
 
 async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), StateError> {
     let state = &platform.state;
-    let Some(mut record) = state.job(&queued.service, &queued.name)? else { return Ok(()) };
+    let Some(mut record) = state.job(&queued.service, &queued.name)? else {
+        return Ok(());
+    };
     if record.status.is_final() {
         return Ok(());
     }
-    let Some(service) = state.service(&record.service)? else { return Ok(()) };
-    let input = match &record.source {
-        JobSource::Object { bucket, key } => JobInput::Object { bucket: bucket.clone(), key: key.clone() },
-        JobSource::Payload => JobInput::Inline(state.payload(&record.service, &record.name)?.unwrap_or_default()),
+    let Some(service) = state.service(&record.service)? else {
+        return Ok(());
     };
-    let spec = spec_for(platform, &service, &record.name, &record.uuid, input, record.event.clone(), record.creation_time);
-    let Some(cancelled) = platform.workers.claim(&record.service, &record.name) else { return Ok(()) };
+    let input = match &record.source {
+        JobSource::Object { bucket, key } => JobInput::Object {
+            bucket: bucket.clone(),
+            key: key.clone(),
+        },
+        JobSource::Payload => {
+            JobInput::Inline(state.payload(&record.service, &record.name)?.unwrap_or_default())
+        }
+    };
+    let spec = spec_for(
+        platform,
+        &service,
+        &record.name,
+        &record.uuid,
+        input,
+        record.event.clone(),
+        record.creation_time,
+    );
+    let Some(cancelled) = platform.workers.claim(&record.service, &record.name) else {
+        return Ok(());
+    };
     let cancel = Box::pin(async move {
         if cancelled.await.is_err() {
             std::future::pending::<()>().await;
@@ -183,7 +209,9 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
         Status::Failed => JobStatus::Failed,
     };
     record.finish_time = Some(OffsetDateTime::now_utc());
-    record.start_time.get_or_insert(record.finish_time.unwrap_or(record.creation_time));
+    record
+        .start_time
+        .get_or_insert(record.finish_time.unwrap_or(record.creation_time));
     record.exit_code = outcome.exit_code;
     record.reason = outcome.reason.clone();
     tracing::info!(job = %record.name, status = ?record.status, "job finished");
@@ -193,7 +221,11 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
 
 /// Deletes finished jobs older than `retention`, once a minute (or more often for short
 /// retentions).
-pub(crate) async fn expire(platform: Arc<Platform>, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn expire(
+    platform: Arc<Platform>,
+    retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let period = (retention / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
     loop {
         tokio::select! {

@@ -35,8 +35,16 @@ async fn interrupted_uploads_are_resolved_exactly_once() {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let before_crash = Dispatcher::new(state.clone(), tx).unwrap();
     // Written, then the crash: the intent is on disk, the job is not.
-    assert!(before_crash.before_write("bucket", "in/written").unwrap().is_some());
-    store.put_bytes("bucket", "in/written", "data".into()).await.unwrap();
+    assert!(
+        before_crash
+            .before_write("bucket", "in/written")
+            .unwrap()
+            .is_some()
+    );
+    store
+        .put_bytes("bucket", "in/written", "data".into())
+        .await
+        .unwrap();
     // The crash came before the write.
     assert!(before_crash.before_write("bucket", "in/never").unwrap().is_some());
     // The crash came before an overwrite of an old object.
@@ -53,7 +61,13 @@ async fn interrupted_uploads_are_resolved_exactly_once() {
 
     let jobs = state.jobs("svc", None, 100).unwrap().jobs;
     assert_eq!(jobs.len(), 1, "{jobs:?}");
-    assert_eq!(jobs[0].source, JobSource::Object { bucket: "bucket".into(), key: "in/written".into() });
+    assert_eq!(
+        jobs[0].source,
+        JobSource::Object {
+            bucket: "bucket".into(),
+            key: "in/written".into()
+        }
+    );
     assert!(jobs[0].event.contains("in%2Fwritten"));
     assert!(state.intents().unwrap().is_empty());
     assert_eq!(state.queued().unwrap().len(), 1);
@@ -74,7 +88,10 @@ async fn acknowledged_writes_create_their_job_before_returning() {
     // No waiting: the record exists the moment the write returns.
     assert_eq!(state.jobs("svc", None, 10).unwrap().jobs.len(), 1);
     assert!(rx.try_recv().is_ok());
-    store.put_bytes("bucket", "elsewhere/b", "b".into()).await.unwrap();
+    store
+        .put_bytes("bucket", "elsewhere/b", "b".into())
+        .await
+        .unwrap();
     assert_eq!(state.jobs("svc", None, 10).unwrap().jobs.len(), 1);
     assert!(state.intents().unwrap().is_empty());
 }

@@ -72,7 +72,11 @@ impl OutputTarget {
 
     /// The object key for an output file at `relative` (a `/`-separated path).
     pub fn key_for(&self, relative: &str) -> String {
-        if self.folder.is_empty() { relative.to_owned() } else { format!("{}/{relative}", self.folder) }
+        if self.folder.is_empty() {
+            relative.to_owned()
+        } else {
+            format!("{}/{relative}", self.folder)
+        }
     }
 }
 
@@ -204,7 +208,10 @@ impl JobOutcome {
     }
 
     fn note(&mut self, text: String) {
-        self.log.push(LogLine { time: OffsetDateTime::now_utc(), text });
+        self.log.push(LogLine {
+            time: OffsetDateTime::now_utc(),
+            text,
+        });
     }
 }
 
@@ -252,7 +259,10 @@ async fn run_in(
     };
 
     let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
         ("HOME".into(), work.display().to_string()),
         ("TMPDIR".into(), tmp_dir.display().to_string()),
         ("LANG".into(), "C.UTF-8".into()),
@@ -340,7 +350,10 @@ async fn run_in(
             for target in spec.outputs.iter().filter(|t| t.accepts(name)) {
                 let key = target.key_for(relative);
                 if let Err(e) = io.upload(&target.bucket, &key, path).await {
-                    outcome.fail(format!("cannot upload output {relative} to {}/{key}: {e}", target.bucket));
+                    outcome.fail(format!(
+                        "cannot upload output {relative} to {}/{key}: {e}",
+                        target.bucket
+                    ));
                     return;
                 }
                 outcome.uploaded.push(format!("{}/{key}", target.bucket));
@@ -359,12 +372,18 @@ async fn stage_input(spec: &JobSpec, io: &dyn JobIo, input_dir: &Path) -> Result
         JobInput::None => Ok(None),
         JobInput::Inline(bytes) => {
             let path = input_dir.join("input");
-            tokio::fs::write(&path, bytes).await.map_err(|e| format!("cannot stage the input: {e}"))?;
+            tokio::fs::write(&path, bytes)
+                .await
+                .map_err(|e| format!("cannot stage the input: {e}"))?;
             Ok(Some(path))
         }
         JobInput::Object { bucket, key } => {
             // Keys are validated by the storage layer, so the last segment is a plain name.
-            let name = key.rsplit('/').next().filter(|n| !n.is_empty() && *n != "..").unwrap_or("input");
+            let name = key
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty() && *n != "..")
+                .unwrap_or("input");
             let path = input_dir.join(name);
             io.fetch(bucket, key, &path)
                 .await
@@ -386,7 +405,11 @@ async fn collect_outputs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> 
                 tracing::warn!("skipping an output whose name is not UTF-8");
                 continue;
             };
-            let child_relative = if relative.is_empty() { name } else { format!("{relative}/{name}") };
+            let child_relative = if relative.is_empty() {
+                name
+            } else {
+                format!("{relative}/{name}")
+            };
             let kind = entry.file_type().await?;
             if kind.is_dir() {
                 pending.push((entry.path(), child_relative));

@@ -25,7 +25,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_bytes: None, cpu_millis: None, timeout: crate::DEFAULT_TIMEOUT }
+        Self {
+            memory_bytes: None,
+            cpu_millis: None,
+            timeout: crate::DEFAULT_TIMEOUT,
+        }
     }
 }
 
@@ -88,7 +92,11 @@ impl CgroupSupport {
         let procs = self.procs(slot);
         let wanted = (limits.cpu_millis, limits.memory_bytes);
         let cache_key = procs.first().cloned().unwrap_or_default();
-        if procs.is_empty() || LIMITS_WRITTEN.lock().is_ok_and(|m| m.get(&cache_key) == Some(&wanted)) {
+        if procs.is_empty()
+            || LIMITS_WRITTEN
+                .lock()
+                .is_ok_and(|m| m.get(&cache_key) == Some(&wanted))
+        {
             return Ok(procs);
         }
         let written = self.write_limits(slot, limits)?;
@@ -102,7 +110,10 @@ impl CgroupSupport {
         match self {
             Self::None => Vec::new(),
             Self::V1 { cpu, memory } => {
-                vec![cpu.join(slot).join("cgroup.procs"), memory.join(slot).join("cgroup.procs")]
+                vec![
+                    cpu.join(slot).join("cgroup.procs"),
+                    memory.join(slot).join("cgroup.procs"),
+                ]
             }
             Self::V2 { parent } => vec![parent.join(slot).join("cgroup.procs")],
         }
@@ -111,7 +122,13 @@ impl CgroupSupport {
     fn write_limits(&self, slot: &str, limits: &Limits) -> std::io::Result<Vec<PathBuf>> {
         let period = 100_000u64;
         let quota = limits.cpu_millis.map(|m| (m * period / 1000).max(1000));
-        let ensure = |dir: &Path| if dir.is_dir() { Ok(()) } else { std::fs::create_dir_all(dir) };
+        let ensure = |dir: &Path| {
+            if dir.is_dir() {
+                Ok(())
+            } else {
+                std::fs::create_dir_all(dir)
+            }
+        };
         match self {
             Self::None => Ok(Vec::new()),
             Self::V1 { cpu, memory } => {
@@ -119,7 +136,10 @@ impl CgroupSupport {
                 ensure(&cpu)?;
                 ensure(&memory)?;
                 std::fs::write(cpu.join("cpu.cfs_period_us"), period.to_string())?;
-                std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.map_or("-1".to_owned(), |q| q.to_string()))?;
+                std::fs::write(
+                    cpu.join("cpu.cfs_quota_us"),
+                    quota.map_or("-1".to_owned(), |q| q.to_string()),
+                )?;
                 let bytes = limits.memory_bytes.map_or("-1".to_owned(), |b| b.to_string());
                 // memsw must stay >= the memory limit, so the order of the writes depends on the
                 // direction of the change; writing memory first, then memsw, then memory again
@@ -146,7 +166,9 @@ impl CgroupSupport {
     /// group (`setsid`, double forks) cannot outlive the job.
     fn clear(&self, procs: &[PathBuf]) {
         for file in procs {
-            let Ok(list) = std::fs::read_to_string(file) else { continue };
+            let Ok(list) = std::fs::read_to_string(file) else {
+                continue;
+            };
             for pid in list.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                 // SAFETY: kill(2) on a pid read from the job's own cgroup; no memory involved.
                 unsafe {
@@ -202,7 +224,12 @@ pub(crate) async fn run_script(
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
 ) -> ScriptRun {
-    let mut run = ScriptRun { log: Vec::new(), stdout: Vec::new(), exit_code: None, failure: None };
+    let mut run = ScriptRun {
+        log: Vec::new(),
+        stdout: Vec::new(),
+        exit_code: None,
+        failure: None,
+    };
     let procs = match cgroups.prepare(slot, limits) {
         Ok(p) => p,
         Err(e) => {
@@ -210,7 +237,11 @@ pub(crate) async fn run_script(
             return run;
         }
     };
-    let rlimit_kib = if procs.is_empty() { limits.memory_bytes.map_or(0, |b| b / 1024) } else { 0 };
+    let rlimit_kib = if procs.is_empty() {
+        limits.memory_bytes.map_or(0, |b| b / 1024)
+    } else {
+        0
+    };
 
     let mut command = tokio::process::Command::new("/bin/sh");
     command
@@ -240,8 +271,14 @@ pub(crate) async fn run_script(
 
     let (tx, mut rx) = mpsc::channel::<(Stream, OffsetDateTime, Vec<u8>)>(256);
     let readers = [
-        child.stdout.take().map(|s| tokio::spawn(read_lines(s, Stream::Out, tx.clone()))),
-        child.stderr.take().map(|s| tokio::spawn(read_lines(s, Stream::Err, tx.clone()))),
+        child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(read_lines(s, Stream::Out, tx.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(read_lines(s, Stream::Err, tx.clone()))),
     ];
     drop(tx);
 
@@ -254,14 +291,20 @@ pub(crate) async fn run_script(
         if logged + line.len() > log_limit {
             if !truncated {
                 truncated = true;
-                run.log.push(LogLine { time, text: format!("cloister: log truncated at {log_limit} bytes") });
+                run.log.push(LogLine {
+                    time,
+                    text: format!("cloister: log truncated at {log_limit} bytes"),
+                });
             }
             return;
         }
         logged += line.len();
         let text = String::from_utf8_lossy(&line);
         let text = text.strip_suffix('\n').unwrap_or(&text);
-        run.log.push(LogLine { time, text: text.to_owned() });
+        run.log.push(LogLine {
+            time,
+            text: text.to_owned(),
+        });
     };
 
     let deadline = tokio::time::sleep(limits.timeout);
@@ -306,7 +349,11 @@ pub(crate) async fn run_script(
         Some(Ok(status)) => {
             run.exit_code = status.code();
             if let Some(signal) = status.signal() {
-                let hint = if signal == libc::SIGKILL { " (memory limit or killed)" } else { "" };
+                let hint = if signal == libc::SIGKILL {
+                    " (memory limit or killed)"
+                } else {
+                    ""
+                };
                 run.failure = Some(format!("script killed by signal {signal}{hint}"));
             } else if status.code() == Some(125) && run.log.iter().any(|l| l.text.starts_with("cloister:")) {
                 run.failure = Some("cannot apply the job's resource limits".to_owned());
@@ -332,10 +379,14 @@ async fn read_lines(
         };
         for &byte in &buf[..n] {
             line.push(byte);
-            if byte == b'\n' || line.len() >= MAX_LINE {
-                if tx.send((stream, OffsetDateTime::now_utc(), std::mem::take(&mut line))).await.is_err() {
-                    return;
-                }
+            let complete = byte == b'\n' || line.len() >= MAX_LINE;
+            if complete
+                && tx
+                    .send((stream, OffsetDateTime::now_utc(), std::mem::take(&mut line)))
+                    .await
+                    .is_err()
+            {
+                return;
             }
         }
     }

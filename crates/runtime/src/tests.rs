@@ -19,7 +19,10 @@ impl JobIo for DirIo {
         let dest = self.root.join(bucket).join(key);
         tokio::fs::create_dir_all(dest.parent().ok_or("no parent")?).await?;
         tokio::fs::copy(src, dest).await?;
-        self.uploads.lock().map_err(|_| "poisoned")?.push(format!("{bucket}/{key}"));
+        self.uploads
+            .lock()
+            .map_err(|_| "poisoned")?
+            .push(format!("{bucket}/{key}"));
         Ok(())
     }
 }
@@ -56,13 +59,21 @@ async fn run(spec: &JobSpec, io: &DirIo, options: &RunOptions) -> JobOutcome {
 }
 
 fn log_text(outcome: &JobOutcome) -> String {
-    outcome.log.iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("\n")
+    outcome
+        .log
+        .iter()
+        .map(|l| l.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test]
 async fn contract_environment_input_and_filtered_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
     std::fs::create_dir_all(io.root.join("in/folder")).unwrap();
     std::fs::write(io.root.join("in/folder/data.txt"), "abc\n").unwrap();
     let mut spec = spec(
@@ -77,7 +88,10 @@ ln -s /etc/passwd "$TMP_OUTPUT_DIR/result-link.txt"
 echo to-stderr >&2
 "#,
     );
-    spec.input = JobInput::Object { bucket: "in".into(), key: "folder/data.txt".into() };
+    spec.input = JobInput::Object {
+        bucket: "in".into(),
+        key: "folder/data.txt".into(),
+    };
     spec.outputs = vec![OutputTarget {
         bucket: "out".into(),
         folder: "res".into(),
@@ -87,34 +101,65 @@ echo to-stderr >&2
     let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
     let log = log_text(&outcome);
     assert_eq!(outcome.status, Status::Succeeded, "{log}");
-    assert!(log.contains("name=svc uuid=0196b0c8-0000-7000-8000-000000000001 key=folder/data.txt greet=hello"));
+    assert!(
+        log.contains("name=svc uuid=0196b0c8-0000-7000-8000-000000000001 key=folder/data.txt greet=hello")
+    );
     assert!(log.contains("to-stderr"));
-    assert_eq!(std::fs::read_to_string(io.root.join("out/res/result.txt")).unwrap(), "ABC\n");
-    assert_eq!(std::fs::read_to_string(io.root.join("out/res/sub/result.txt")).unwrap(), "nested\n");
+    assert_eq!(
+        std::fs::read_to_string(io.root.join("out/res/result.txt")).unwrap(),
+        "ABC\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(io.root.join("out/res/sub/result.txt")).unwrap(),
+        "nested\n"
+    );
     let mut uploads = io.uploads.lock().unwrap().clone();
     uploads.sort();
-    assert_eq!(uploads, ["out/res/result.txt", "out/res/sub/result.txt"], "symlink or filtered file uploaded");
-    assert!(!dir.path().join("work/job-0196b0c8-0000-7000-8000-000000000001").exists(), "work dir kept");
+    assert_eq!(
+        uploads,
+        ["out/res/result.txt", "out/res/sub/result.txt"],
+        "symlink or filtered file uploaded"
+    );
+    assert!(
+        !dir.path()
+            .join("work/job-0196b0c8-0000-7000-8000-000000000001")
+            .exists(),
+        "work dir kept"
+    );
 }
 
 #[tokio::test]
 async fn environment_is_cleared() {
     let dir = tempfile::tempdir().unwrap();
-    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
     // SAFETY: test-only; no other thread of this test reads the environment concurrently.
     unsafe { std::env::set_var("CLOISTER_TEST_HOST_SECRET", "leak") };
     let outcome = run(&spec("env"), &io, &options(dir.path(), CgroupSupport::None)).await;
     assert_eq!(outcome.status, Status::Succeeded);
     let log = log_text(&outcome);
-    assert!(!log.contains("CLOISTER_TEST_HOST_SECRET"), "host environment leaked into the job");
+    assert!(
+        !log.contains("CLOISTER_TEST_HOST_SECRET"),
+        "host environment leaked into the job"
+    );
     assert!(log.contains("GREETING=hello"));
 }
 
 #[tokio::test]
 async fn non_zero_exit_fails_with_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
-    let outcome = run(&spec("echo before; exit 3"), &io, &options(dir.path(), CgroupSupport::None)).await;
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
+    let outcome = run(
+        &spec("echo before; exit 3"),
+        &io,
+        &options(dir.path(), CgroupSupport::None),
+    )
+    .await;
     assert_eq!(outcome.status, Status::Failed);
     assert_eq!(outcome.exit_code, Some(3));
     assert_eq!(outcome.reason.as_deref(), Some("script exited with code 3"));
@@ -123,19 +168,34 @@ async fn non_zero_exit_fails_with_reason() {
 #[tokio::test]
 async fn missing_input_fails_before_the_script_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
     let mut spec = spec("echo ran");
-    spec.input = JobInput::Object { bucket: "in".into(), key: "absent".into() };
+    spec.input = JobInput::Object {
+        bucket: "in".into(),
+        key: "absent".into(),
+    };
     let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
     assert_eq!(outcome.status, Status::Failed);
-    assert!(outcome.reason.as_deref().unwrap_or("").contains("cannot fetch input in/absent"));
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("cannot fetch input in/absent")
+    );
     assert!(!log_text(&outcome).contains("ran"));
 }
 
 #[tokio::test]
 async fn timeout_kills_the_whole_process_group() {
     let dir = tempfile::tempdir().unwrap();
-    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
     let marker = dir.path().join("survivor");
     let mut spec = spec(&format!("(sleep 2; touch {}) & sleep 30", marker.display()));
     spec.limits.timeout = Duration::from_millis(300);
@@ -145,13 +205,19 @@ async fn timeout_kills_the_whole_process_group() {
     assert!(outcome.reason.unwrap().starts_with("timed out"));
     assert!(started.elapsed() < Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(!marker.exists(), "a background process of the job survived the timeout");
+    assert!(
+        !marker.exists(),
+        "a background process of the job survived the timeout"
+    );
 }
 
 #[tokio::test]
 async fn memory_limit_is_enforced_with_rlimit() {
     let dir = tempfile::tempdir().unwrap();
-    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
     let mut spec = spec("python3 -c 'x = bytearray(512 * 1024 * 1024); print(\"allocated\")'");
     spec.limits.memory_bytes = Some(128 * 1024 * 1024);
     let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
@@ -171,7 +237,10 @@ async fn memory_limit_is_enforced_with_cgroups_where_writable() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
     let mut spec = spec("python3 -c 'x = bytearray(512 * 1024 * 1024); print(\"allocated\")'");
     spec.limits.memory_bytes = Some(64 * 1024 * 1024);
     let mut options = options(dir.path(), cgroups);
@@ -193,22 +262,34 @@ async fn processes_that_leave_the_process_group_die_with_the_job_where_cgroups_e
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
     let marker = dir.path().join("escaped");
     // setsid puts the sleeper in a new session: killing the job's process group misses it.
-    let spec = spec(&format!("setsid sh -c 'sleep 1; touch {}' >/dev/null 2>&1 < /dev/null &", marker.display()));
+    let spec = spec(&format!(
+        "setsid sh -c 'sleep 1; touch {}' >/dev/null 2>&1 < /dev/null &",
+        marker.display()
+    ));
     let mut options = options(dir.path(), cgroups);
     options.slot = "runtime-test-escape".into();
     let outcome = run(&spec, &io, &options).await;
     assert_eq!(outcome.status, Status::Succeeded, "{}", log_text(&outcome));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!marker.exists(), "a process that left the job's process group outlived the job");
+    assert!(
+        !marker.exists(),
+        "a process that left the job's process group outlived the job"
+    );
 }
 
 #[tokio::test]
 async fn synchronous_run_returns_files_and_stdout() {
     let dir = tempfile::tempdir().unwrap();
-    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
     let mut spec = spec("echo out; echo err >&2; cp \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR/copy\"");
     spec.input = JobInput::Inline(b"payload".to_vec());
     let mut options = options(dir.path(), CgroupSupport::None);
@@ -223,13 +304,20 @@ async fn synchronous_run_returns_files_and_stdout() {
 #[tokio::test]
 async fn log_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let io = DirIo { root: dir.path().join("s3"), uploads: Mutex::new(Vec::new()) };
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
     let mut spec = spec("i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done");
     spec.log_limit = 1000;
     let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
     assert_eq!(outcome.status, Status::Succeeded);
     let log = log_text(&outcome);
-    assert!(log.len() < 2000 && log.contains("log truncated at 1000 bytes"), "{}", log.len());
+    assert!(
+        log.len() < 2000 && log.contains("log truncated at 1000 bytes"),
+        "{}",
+        log.len()
+    );
 }
 
 #[test]

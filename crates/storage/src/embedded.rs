@@ -21,7 +21,8 @@ struct EmbeddedS3 {
 }
 
 fn check_bucket(bucket: &str) -> S3Result<()> {
-    validate_bucket_name(bucket).map_err(|e| S3Error::with_message(S3ErrorCode::InvalidBucketName, e.to_string()))
+    validate_bucket_name(bucket)
+        .map_err(|e| S3Error::with_message(S3ErrorCode::InvalidBucketName, e.to_string()))
 }
 
 fn check_key(bucket: &str, key: &str) -> S3Result<()> {
@@ -60,7 +61,12 @@ impl EmbeddedS3 {
         let Some(intent) = intent else { return Ok(()) };
         let meta = tokio::fs::metadata(self.object_path(bucket, key)).await;
         let (size, modified) = match meta {
-            Ok(m) => (m.len(), m.modified().map(OffsetDateTime::from).unwrap_or_else(|_| OffsetDateTime::now_utc())),
+            Ok(m) => (
+                m.len(),
+                m.modified()
+                    .map(OffsetDateTime::from)
+                    .unwrap_or_else(|_| OffsetDateTime::now_utc()),
+            ),
             Err(e) => return Err(s3_error!(InternalError, "object vanished after write: {e}")),
         };
         let created = ObjectCreated {
@@ -124,41 +130,67 @@ macro_rules! key_op {
 #[async_trait::async_trait]
 impl S3 for EmbeddedS3 {
     bucket_op!(create_bucket, CreateBucketInput, CreateBucketOutput);
-    bucket_op!(get_bucket_location, GetBucketLocationInput, GetBucketLocationOutput);
+    bucket_op!(
+        get_bucket_location,
+        GetBucketLocationInput,
+        GetBucketLocationOutput
+    );
     bucket_op!(head_bucket, HeadBucketInput, HeadBucketOutput);
     bucket_op!(list_objects, ListObjectsInput, ListObjectsOutput);
     bucket_op!(list_objects_v2, ListObjectsV2Input, ListObjectsV2Output);
     key_op!(get_object, GetObjectInput, GetObjectOutput);
     key_op!(head_object, HeadObjectInput, HeadObjectOutput);
     key_op!(delete_object, DeleteObjectInput, DeleteObjectOutput);
-    key_op!(create_multipart_upload, CreateMultipartUploadInput, CreateMultipartUploadOutput);
+    key_op!(
+        create_multipart_upload,
+        CreateMultipartUploadInput,
+        CreateMultipartUploadOutput
+    );
     key_op!(upload_part, UploadPartInput, UploadPartOutput);
     key_op!(list_parts, ListPartsInput, ListPartsOutput);
-    key_op!(abort_multipart_upload, AbortMultipartUploadInput, AbortMultipartUploadOutput);
+    key_op!(
+        abort_multipart_upload,
+        AbortMultipartUploadInput,
+        AbortMultipartUploadOutput
+    );
 
-    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
         self.fs.list_buckets(req).await
     }
 
-    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
         check_bucket(&req.input.bucket)?;
         // s3s-fs deletes a bucket with everything in it; S3 refuses a non-empty bucket.
         let dir = self.root.join(&req.input.bucket);
-        let mut entries = tokio::fs::read_dir(&dir).await.map_err(|_| s3_error!(NoSuchBucket))?;
+        let mut entries = tokio::fs::read_dir(&dir)
+            .await
+            .map_err(|_| s3_error!(NoSuchBucket))?;
         if entries.next_entry().await.ok().flatten().is_some() {
             return Err(s3_error!(BucketNotEmpty));
         }
         self.fs.delete_bucket(req).await
     }
 
-    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         for object in &req.input.delete.objects {
             check_key(&req.input.bucket, &object.key)?;
         }
         self.fs.delete_objects(req).await
     }
 
-    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         check_key(&req.input.bucket, &req.input.key)?;
         if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
             check_key(bucket, key)?;
@@ -173,8 +205,14 @@ impl S3 for EmbeddedS3 {
         let intent = self.before_write(&bucket, &key).await?;
         match self.fs.put_object(req).await {
             Ok(resp) => {
-                self.after_write(intent, &bucket, &key, resp.output.e_tag.as_ref(), principal.as_deref())
-                    .await?;
+                self.after_write(
+                    intent,
+                    &bucket,
+                    &key,
+                    resp.output.e_tag.as_ref(),
+                    principal.as_deref(),
+                )
+                .await?;
                 Ok(resp)
             }
             Err(e) => {
@@ -194,8 +232,13 @@ impl S3 for EmbeddedS3 {
         let intent = self.before_write(&bucket, &key).await?;
         match self.fs.copy_object(req).await {
             Ok(resp) => {
-                let etag = resp.output.copy_object_result.as_ref().and_then(|r| r.e_tag.clone());
-                self.after_write(intent, &bucket, &key, etag.as_ref(), principal.as_deref()).await?;
+                let etag = resp
+                    .output
+                    .copy_object_result
+                    .as_ref()
+                    .and_then(|r| r.e_tag.clone());
+                self.after_write(intent, &bucket, &key, etag.as_ref(), principal.as_deref())
+                    .await?;
                 Ok(resp)
             }
             Err(e) => {
@@ -215,8 +258,14 @@ impl S3 for EmbeddedS3 {
         let intent = self.before_write(&bucket, &key).await?;
         match self.fs.complete_multipart_upload(req).await {
             Ok(resp) => {
-                self.after_write(intent, &bucket, &key, resp.output.e_tag.as_ref(), principal.as_deref())
-                    .await?;
+                self.after_write(
+                    intent,
+                    &bucket,
+                    &key,
+                    resp.output.e_tag.as_ref(),
+                    principal.as_deref(),
+                )
+                .await?;
                 Ok(resp)
             }
             Err(e) => {
@@ -269,7 +318,9 @@ impl Store {
         std::fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
         let fs = s3s_fs::FileSystem::new(&root).map_err(|e| StorageError::Backend(format!("{e:?}")))?;
-        Ok(Self { inner: Arc::new(EmbeddedS3 { fs, root, events }) })
+        Ok(Self {
+            inner: Arc::new(EmbeddedS3 { fs, root, events }),
+        })
     }
 
     /// The S3 HTTP service (SigV4 with one access/secret key pair) for [`crate::serve`].
@@ -282,8 +333,16 @@ impl Store {
     /// Creates a bucket; an existing bucket is not an error when `exist_ok`.
     pub async fn create_bucket(&self, bucket: &str, exist_ok: bool) -> Result<(), StorageError> {
         validate_bucket_name(bucket)?;
-        let input = CreateBucketInput { bucket: bucket.to_owned(), ..Default::default() };
-        match self.inner.create_bucket(request(input)).await.map_err(storage_error) {
+        let input = CreateBucketInput {
+            bucket: bucket.to_owned(),
+            ..Default::default()
+        };
+        match self
+            .inner
+            .create_bucket(request(input))
+            .await
+            .map_err(storage_error)
+        {
             Err(StorageError::BucketExists) if exist_ok => Ok(()),
             other => other.map(|_| ()),
         }
@@ -292,31 +351,50 @@ impl Store {
     /// Whether the bucket exists.
     pub async fn bucket_exists(&self, bucket: &str) -> Result<bool, StorageError> {
         validate_bucket_name(bucket)?;
-        Ok(tokio::fs::metadata(self.inner.root.join(bucket)).await.is_ok_and(|m| m.is_dir()))
+        Ok(tokio::fs::metadata(self.inner.root.join(bucket))
+            .await
+            .is_ok_and(|m| m.is_dir()))
     }
 
     /// Deletes a bucket; with `force` its objects go too, otherwise it must be empty.
     pub async fn delete_bucket(&self, bucket: &str, force: bool) -> Result<(), StorageError> {
         validate_bucket_name(bucket)?;
-        let input = DeleteBucketInput { bucket: bucket.to_owned(), ..Default::default() };
+        let input = DeleteBucketInput {
+            bucket: bucket.to_owned(),
+            ..Default::default()
+        };
         if force {
-            self.inner.fs.delete_bucket(request(input)).await.map_err(storage_error)?;
+            self.inner
+                .fs
+                .delete_bucket(request(input))
+                .await
+                .map_err(storage_error)?;
         } else {
-            self.inner.delete_bucket(request(input)).await.map_err(storage_error)?;
+            self.inner
+                .delete_bucket(request(input))
+                .await
+                .map_err(storage_error)?;
         }
         Ok(())
     }
 
     /// All buckets, sorted by name.
     pub async fn list_buckets(&self) -> Result<Vec<BucketInfo>, StorageError> {
-        let out = self.inner.list_buckets(request(ListBucketsInput::default())).await.map_err(storage_error)?;
+        let out = self
+            .inner
+            .list_buckets(request(ListBucketsInput::default()))
+            .await
+            .map_err(storage_error)?;
         let mut buckets: Vec<BucketInfo> = out
             .output
             .buckets
             .unwrap_or_default()
             .into_iter()
             .filter_map(|b| {
-                Some(BucketInfo { name: b.name?, created: b.creation_date.map(OffsetDateTime::from) })
+                Some(BucketInfo {
+                    name: b.name?,
+                    created: b.creation_date.map(OffsetDateTime::from),
+                })
             })
             .collect();
         buckets.sort_by(|a, b| a.name.cmp(&b.name));
@@ -339,7 +417,12 @@ impl Store {
             max_keys: Some(i32::try_from(max_keys.clamp(1, 1000)).unwrap_or(1000)),
             ..Default::default()
         };
-        let out = self.inner.list_objects_v2(request(input)).await.map_err(storage_error)?.output;
+        let out = self
+            .inner
+            .list_objects_v2(request(input))
+            .await
+            .map_err(storage_error)?
+            .output;
         let objects = out
             .contents
             .unwrap_or_default()
@@ -353,14 +436,21 @@ impl Store {
                 })
             })
             .collect();
-        Ok(ObjectPage { objects, next: out.next_continuation_token })
+        Ok(ObjectPage {
+            objects,
+            next: out.next_continuation_token,
+        })
     }
 
     /// Metadata of one object, `None` when it does not exist.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
         validate_bucket_name(bucket)?;
         validate_object_key(key)?;
-        let input = HeadObjectInput { bucket: bucket.to_owned(), key: key.to_owned(), ..Default::default() };
+        let input = HeadObjectInput {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            ..Default::default()
+        };
         match self.inner.head_object(request(input)).await {
             Ok(out) => Ok(Some(ObjectInfo {
                 key: key.to_owned(),
@@ -378,17 +468,25 @@ impl Store {
         let file = tokio::fs::File::open(path).await?;
         let len = file.metadata().await?.len();
         let stream = tokio_util_stream(file);
-        self.put_stream(bucket, key, StreamingBlob::wrap(stream), len).await
+        self.put_stream(bucket, key, StreamingBlob::wrap(stream), len)
+            .await
     }
 
     /// Uploads bytes as an object (raising events).
     pub async fn put_bytes(&self, bucket: &str, key: &str, data: bytes::Bytes) -> Result<(), StorageError> {
         let len = data.len() as u64;
         let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(data) });
-        self.put_stream(bucket, key, StreamingBlob::wrap(stream), len).await
+        self.put_stream(bucket, key, StreamingBlob::wrap(stream), len)
+            .await
     }
 
-    async fn put_stream(&self, bucket: &str, key: &str, body: StreamingBlob, len: u64) -> Result<(), StorageError> {
+    async fn put_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: StreamingBlob,
+        len: u64,
+    ) -> Result<(), StorageError> {
         validate_bucket_name(bucket)?;
         validate_object_key(key)?;
         let input = PutObjectInput {
@@ -398,7 +496,10 @@ impl Store {
             content_length: Some(i64::try_from(len).unwrap_or(i64::MAX)),
             ..Default::default()
         };
-        self.inner.put_object(request(input)).await.map_err(storage_error)?;
+        self.inner
+            .put_object(request(input))
+            .await
+            .map_err(storage_error)?;
         Ok(())
     }
 
@@ -436,8 +537,15 @@ impl Store {
     pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
         validate_bucket_name(bucket)?;
         validate_object_key(key)?;
-        let input = DeleteObjectInput { bucket: bucket.to_owned(), key: key.to_owned(), ..Default::default() };
-        self.inner.delete_object(request(input)).await.map_err(storage_error)?;
+        let input = DeleteObjectInput {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            ..Default::default()
+        };
+        self.inner
+            .delete_object(request(input))
+            .await
+            .map_err(storage_error)?;
         Ok(())
     }
 }

@@ -79,7 +79,14 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_keys() {
-        for key in ["a", "in/photo.jpg", "x/y/z.tar.gz", "..hidden", "a..b/c", "ünïcode/ключ"] {
+        for key in [
+            "a",
+            "in/photo.jpg",
+            "x/y/z.tar.gz",
+            "..hidden",
+            "a..b/c",
+            "ünïcode/ключ",
+        ] {
             assert!(validate_object_key(key).is_ok(), "{key}");
         }
     }
@@ -87,7 +94,16 @@ mod tests {
     #[test]
     fn refuses_escaping_or_aliasing_keys() {
         for key in [
-            "", "/etc/passwd", "../x", "a/../b", "a/./b", ".", "a//b", "a/", "nul\0byte", "tab\tkey",
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a/./b",
+            ".",
+            "a//b",
+            "a/",
+            "nul\0byte",
+            "tab\tkey",
             "back\\slash",
         ] {
             assert!(validate_object_key(key).is_err(), "{key:?} accepted");
@@ -101,7 +117,17 @@ mod tests {
         for ok in ["abc", "my-bucket.1", "0day"] {
             assert!(validate_bucket_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["ab", "Abc", "-abc", "abc-", "a..b", "192.168.1.1", "a_b", "a/b", &"a".repeat(64)] {
+        for bad in [
+            "ab",
+            "Abc",
+            "-abc",
+            "abc-",
+            "a..b",
+            "192.168.1.1",
+            "a_b",
+            "a/b",
+            &"a".repeat(64),
+        ] {
             assert!(validate_bucket_name(bad).is_err(), "{bad} accepted");
         }
     }

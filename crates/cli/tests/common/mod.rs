@@ -19,7 +19,10 @@ pub fn bin() -> &'static str {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 pub struct Server {
@@ -109,7 +112,12 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http().get(self.url(path)).basic_auth(USER, Some(PASSWORD)).send().await.unwrap()
+        self.http()
+            .get(self.url(path))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
@@ -119,7 +127,13 @@ impl Server {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.http().post(self.url(path)).basic_auth(USER, Some(PASSWORD)).json(body).send().await.unwrap()
+        self.http()
+            .post(self.url(path))
+            .basic_auth(USER, Some(PASSWORD))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub fn s3_client(&self, bucket: &str) -> AmazonS3 {
@@ -144,7 +158,10 @@ impl Server {
     }
 
     pub async fn token(&self, service: &str) -> String {
-        self.get_json(&format!("/system/services/{service}")).await["token"].as_str().unwrap().to_owned()
+        self.get_json(&format!("/system/services/{service}")).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Waits until `service` has `count` finished jobs and returns all its jobs.
@@ -155,12 +172,17 @@ impl Server {
                 .as_object()
                 .cloned()
                 .unwrap_or_default();
-            let finished =
-                jobs.values().filter(|j| matches!(j["status"].as_str(), Some("Succeeded" | "Failed"))).count();
+            let finished = jobs
+                .values()
+                .filter(|j| matches!(j["status"].as_str(), Some("Succeeded" | "Failed")))
+                .count();
             if finished >= count {
                 return jobs;
             }
-            assert!(Instant::now() < deadline, "{service}: {finished}/{count} jobs finished: {jobs:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{service}: {finished}/{count} jobs finished: {jobs:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
