@@ -132,6 +132,11 @@ impl Dispatcher {
         self.services.read().map(|g| g.clone()).unwrap_or_default()
     }
 
+    /// A service from the in-memory copy of the registry (kept current by [`Self::refresh`]).
+    pub fn service(&self, name: &str) -> Option<Service> {
+        self.services().iter().find(|s| s.name == name).cloned()
+    }
+
     /// Records jobs and queues them.
     pub fn submit(&self, intent: Option<u64>, jobs: Vec<NewJob>) -> Result<Vec<JobRecord>, StateError> {
         let created = self.state.create_jobs(intent, jobs)?;

@@ -95,7 +95,8 @@ impl LocalExecutor {
         RunOptions {
             work_root: self.work_root.clone(),
             cgroups: self.cgroups.clone(),
-            slot: format!("slot-{}", slot.id),
+            // Several servers (or test instances) may share a host's cgroup hierarchy.
+            slot: format!("slot-{}-{}", std::process::id(), slot.id),
             synchronous,
             max_sync_output,
         }
@@ -135,5 +136,9 @@ impl JobIo for StoreIo {
 
     async fn upload(&self, bucket: &str, key: &str, src: &Path) -> Result<(), IoError> {
         Ok(self.0.put_file(bucket, key, src).await?)
+    }
+
+    fn local_path(&self, bucket: &str, key: &str) -> Option<PathBuf> {
+        self.0.object_file(bucket, key).ok()
     }
 }

@@ -151,13 +151,9 @@ pub(crate) fn render_log(outcome: &JobOutcome) -> Vec<u8> {
 
 async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), StateError> {
     let state = &platform.state;
-    let Some(mut record) = state.job(&queued.service, &queued.name)? else {
-        return Ok(());
-    };
-    if record.status.is_final() {
-        return Ok(());
-    }
-    let Some(service) = state.service(&record.service)? else {
+    // Queued records are what was committed; a job deleted meanwhile is noticed by `finish`.
+    let mut record = queued;
+    let Some(service) = platform.dispatcher.service(&record.service) else {
         return Ok(());
     };
     let input = match &record.source {

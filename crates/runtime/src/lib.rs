@@ -32,6 +32,12 @@ pub trait JobIo: Send + Sync {
     async fn fetch(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, IoError>;
     /// Uploads the local file `src` as `bucket/key`.
     async fn upload(&self, bucket: &str, key: &str, src: &Path) -> Result<(), IoError>;
+
+    /// The object as a local file, when storage is on this host: the runtime then copies it
+    /// while preparing the work directory instead of fetching it afterwards.
+    fn local_path(&self, _bucket: &str, _key: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Where a job's input comes from.
@@ -182,13 +188,25 @@ pub async fn run_job(
         uploaded: Vec::new(),
     };
     let work = options.work_root.join(format!("job-{}", spec.job_uuid));
+    let local_input = match &spec.input {
+        JobInput::Object { bucket, key } => io.local_path(bucket, key).map(|path| (path, input_name(key))),
+        _ => None,
+    };
     let prepared = {
-        let (work, script) = (work.clone(), spec.script.clone());
-        tokio::task::spawn_blocking(move || prepare_work_dir(&work, &script)).await
+        let (work, script, local_input) = (work.clone(), spec.script.clone(), local_input.clone());
+        tokio::task::spawn_blocking(move || prepare_work_dir(&work, &script, local_input.as_ref())).await
     };
     match prepared {
-        Ok(Ok(())) => run_in(spec, io, options, &work, cancel, on_start, &mut outcome).await,
-        Ok(Err(e)) => outcome.fail(format!("cannot prepare the job's work directory: {e}")),
+        Ok(Ok(())) => {
+            let staged = local_input.map(|(_, name)| work.join("input").join(name));
+            run_in(spec, io, options, &work, staged, cancel, on_start, &mut outcome).await;
+        }
+        Ok(Err(e)) => match e.kind() {
+            std::io::ErrorKind::NotFound if local_input.is_some() => {
+                outcome.fail(input_missing(&spec.input));
+            }
+            _ => outcome.fail(format!("cannot prepare the job's work directory: {e}")),
+        },
         Err(e) => outcome.fail(format!("cannot prepare the job's work directory: {e}")),
     }
     let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&work)).await;
@@ -217,7 +235,7 @@ impl JobOutcome {
 
 /// Creates `work` (private to the job) with its input, output and tmp folders and the script,
 /// in one blocking call: this is on the path between an upload and its job's start.
-fn prepare_work_dir(work: &Path, script: &str) -> std::io::Result<()> {
+fn prepare_work_dir(work: &Path, script: &str, input: Option<&(PathBuf, String)>) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::create_dir_all(work.parent().unwrap_or(work))?;
     let mut builder = std::fs::DirBuilder::new();
@@ -233,7 +251,32 @@ fn prepare_work_dir(work: &Path, script: &str) -> std::io::Result<()> {
     for dir in ["input", "output", "tmp"] {
         std::fs::create_dir(work.join(dir))?;
     }
-    std::fs::write(work.join("script.sh"), script)
+    std::fs::write(work.join("script.sh"), script)?;
+    if let Some((source, name)) = input {
+        // A folder of other keys is not an object.
+        if std::fs::metadata(source)?.is_dir() {
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        std::fs::copy(source, work.join("input").join(name))?;
+    }
+    Ok(())
+}
+
+/// The input file's name: the key's last segment (keys are validated by the storage layer, so
+/// it is a plain name).
+fn input_name(key: &str) -> String {
+    key.rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && *n != ".." && *n != ".")
+        .unwrap_or("input")
+        .to_owned()
+}
+
+fn input_missing(input: &JobInput) -> String {
+    match input {
+        JobInput::Object { bucket, key } => format!("cannot fetch input {bucket}/{key}: no such object"),
+        _ => "cannot stage the input".to_owned(),
+    }
 }
 
 async fn run_in(
@@ -241,6 +284,7 @@ async fn run_in(
     io: &dyn JobIo,
     options: &RunOptions,
     work: &Path,
+    staged: Option<PathBuf>,
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
     outcome: &mut JobOutcome,
@@ -250,12 +294,15 @@ async fn run_in(
     let tmp_dir = work.join("tmp");
     let script_path = work.join("script.sh");
 
-    let input_path = match stage_input(spec, io, &input_dir).await {
-        Ok(p) => p,
-        Err(reason) => {
-            outcome.fail(reason);
-            return;
-        }
+    let input_path = match staged {
+        Some(path) => Some(path),
+        None => match stage_input(spec, io, &input_dir).await {
+            Ok(p) => p,
+            Err(reason) => {
+                outcome.fail(reason);
+                return;
+            }
+        },
     };
 
     let mut env: Vec<(String, String)> = vec![

@@ -39,6 +39,13 @@ type SlotLimits = (Option<u64>, Option<u64>);
 static LIMITS_WRITTEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PathBuf, SlotLimits>>> =
     std::sync::LazyLock::new(Default::default);
 
+/// The process that owns a slot group named `<prefix>-<pid>-<n>`.
+fn slot_owner(name: &str) -> Option<u32> {
+    let mut parts = name.rsplitn(3, '-');
+    let _index: u64 = parts.next()?.parse().ok()?;
+    parts.next()?.parse().ok()
+}
+
 /// Which cgroup hierarchy jobs can be placed in on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupSupport {
@@ -59,9 +66,28 @@ pub enum CgroupSupport {
 }
 
 impl CgroupSupport {
-    /// Finds a writable hierarchy under `/sys/fs/cgroup`, creating our parent groups.
+    /// Finds a writable hierarchy under `/sys/fs/cgroup`, creating our parent groups and
+    /// removing slot groups that processes which have ended left behind.
     pub fn detect() -> Self {
-        Self::detect_at(Path::new("/sys/fs/cgroup"))
+        let found = Self::detect_at(Path::new("/sys/fs/cgroup"));
+        let parents: Vec<&PathBuf> = match &found {
+            Self::None => Vec::new(),
+            Self::V1 { cpu, memory } => vec![cpu, memory],
+            Self::V2 { parent } => vec![parent],
+        };
+        for parent in parents {
+            for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+                let name = entry.file_name();
+                let Some(owner) = name.to_str().and_then(slot_owner) else {
+                    continue;
+                };
+                // A live owner may be between creating its group and joining it.
+                if !Path::new("/proc").join(owner.to_string()).exists() {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+        found
     }
 
     fn detect_at(root: &Path) -> Self {

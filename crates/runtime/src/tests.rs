@@ -10,6 +10,22 @@ struct DirIo {
     uploads: Mutex<Vec<String>>,
 }
 
+/// The same storage, offering its files for direct copies as the local executor's does.
+struct LocalDirIo(DirIo);
+
+#[async_trait::async_trait]
+impl JobIo for LocalDirIo {
+    async fn fetch(&self, _: &str, _: &str, _: &Path) -> Result<u64, IoError> {
+        Err("fetch must not be used when a local path is offered".into())
+    }
+    async fn upload(&self, bucket: &str, key: &str, src: &Path) -> Result<(), IoError> {
+        self.0.upload(bucket, key, src).await
+    }
+    fn local_path(&self, bucket: &str, key: &str) -> Option<PathBuf> {
+        Some(self.0.root.join(bucket).join(key))
+    }
+}
+
 #[async_trait::async_trait]
 impl JobIo for DirIo {
     async fn fetch(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, IoError> {
@@ -44,17 +60,24 @@ fn spec(script: &str) -> JobSpec {
     }
 }
 
+/// Tests run concurrently (threads and processes); each run needs a cgroup slot of its own.
+fn unique_slot() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("runtime-test-{}-{n}", std::process::id())
+}
+
 fn options(dir: &Path, cgroups: CgroupSupport) -> RunOptions {
     RunOptions {
         work_root: dir.join("work"),
         cgroups,
-        slot: "runtime-test".into(),
+        slot: unique_slot(),
         synchronous: false,
         max_sync_output: 1 << 20,
     }
 }
 
-async fn run(spec: &JobSpec, io: &DirIo, options: &RunOptions) -> JobOutcome {
+async fn run(spec: &JobSpec, io: &dyn JobIo, options: &RunOptions) -> JobOutcome {
     run_job(spec, io, options, std::future::pending(), || {}).await
 }
 
@@ -190,6 +213,42 @@ async fn missing_input_fails_before_the_script_runs() {
 }
 
 #[tokio::test]
+async fn local_inputs_are_copied_while_preparing() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = LocalDirIo(DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    });
+    std::fs::create_dir_all(io.0.root.join("in/deep")).unwrap();
+    std::fs::write(io.0.root.join("in/deep/file.bin"), "local content").unwrap();
+    let mut spec = spec("cat \"$INPUT_FILE_PATH\"; echo; basename \"$INPUT_FILE_PATH\"");
+    spec.input = JobInput::Object {
+        bucket: "in".into(),
+        key: "deep/file.bin".into(),
+    };
+    let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
+    assert_eq!(outcome.status, Status::Succeeded, "{}", log_text(&outcome));
+    assert!(
+        log_text(&outcome).contains("local content\nfile.bin"),
+        "{}",
+        log_text(&outcome)
+    );
+    // A missing object, and a "folder" key, fail before the script runs.
+    for key in ["deep/absent", "deep"] {
+        spec.input = JobInput::Object {
+            bucket: "in".into(),
+            key: key.into(),
+        };
+        let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
+        assert_eq!(outcome.status, Status::Failed, "{key}");
+        assert_eq!(
+            outcome.reason.as_deref(),
+            Some(format!("cannot fetch input in/{key}: no such object").as_str())
+        );
+    }
+}
+
+#[tokio::test]
 async fn timeout_kills_the_whole_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let io = DirIo {
@@ -244,7 +303,7 @@ async fn memory_limit_is_enforced_with_cgroups_where_writable() {
     let mut spec = spec("python3 -c 'x = bytearray(512 * 1024 * 1024); print(\"allocated\")'");
     spec.limits.memory_bytes = Some(64 * 1024 * 1024);
     let mut options = options(dir.path(), cgroups);
-    options.slot = "runtime-test-memory".into();
+    options.slot = unique_slot();
     let outcome = run(&spec, &io, &options).await;
     assert_eq!(outcome.status, Status::Failed, "{}", log_text(&outcome));
     assert!(!log_text(&outcome).contains("allocated"));
@@ -273,7 +332,7 @@ async fn processes_that_leave_the_process_group_die_with_the_job_where_cgroups_e
         marker.display()
     ));
     let mut options = options(dir.path(), cgroups);
-    options.slot = "runtime-test-escape".into();
+    options.slot = unique_slot();
     let outcome = run(&spec, &io, &options).await;
     assert_eq!(outcome.status, Status::Succeeded, "{}", log_text(&outcome));
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -503,6 +503,13 @@ impl Store {
         Ok(())
     }
 
+    /// The file holding an object (which may not exist); names are validated first.
+    pub fn object_file(&self, bucket: &str, key: &str) -> Result<PathBuf, StorageError> {
+        validate_bucket_name(bucket)?;
+        validate_object_key(key)?;
+        Ok(self.inner.object_path(bucket, key))
+    }
+
     /// Copies an object into a local file; returns its size. Objects are plain files in this
     /// store, so this is one kernel-side copy rather than a stream through the S3 layer.
     pub async fn get_to_file(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64, StorageError> {
