@@ -198,8 +198,11 @@ pub async fn run_job(
     };
     match prepared {
         Ok(Ok(())) => {
-            let staged = local_input.map(|(_, name)| work.join("input").join(name));
-            run_in(spec, io, options, &work, staged, cancel, on_start, &mut outcome).await;
+            let prepared = Prepared {
+                staged_input: local_input.map(|(_, name)| work.join("input").join(name)),
+                dir: work.clone(),
+            };
+            run_in(spec, io, options, &prepared, cancel, on_start, &mut outcome).await;
         }
         Ok(Err(e)) => match e.kind() {
             std::io::ErrorKind::NotFound if local_input.is_some() => {
@@ -231,6 +234,13 @@ impl JobOutcome {
             text,
         });
     }
+}
+
+/// A job's work directory, ready for the script.
+struct Prepared {
+    dir: PathBuf,
+    /// The input, when it was copied in while preparing.
+    staged_input: Option<PathBuf>,
 }
 
 /// Creates `work` (private to the job) with its input, output and tmp folders and the script,
@@ -283,18 +293,18 @@ async fn run_in(
     spec: &JobSpec,
     io: &dyn JobIo,
     options: &RunOptions,
-    work: &Path,
-    staged: Option<PathBuf>,
+    prepared: &Prepared,
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
     outcome: &mut JobOutcome,
 ) {
+    let work = prepared.dir.as_path();
     let input_dir = work.join("input");
     let output_dir = work.join("output");
     let tmp_dir = work.join("tmp");
     let script_path = work.join("script.sh");
 
-    let input_path = match staged {
+    let input_path = match prepared.staged_input.clone() {
         Some(path) => Some(path),
         None => match stage_input(spec, io, &input_dir).await {
             Ok(p) => p,
