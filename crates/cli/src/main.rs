@@ -2,6 +2,7 @@
 
 mod attest;
 mod bench;
+mod cas;
 mod client;
 mod commands;
 mod server;
@@ -77,6 +78,9 @@ enum Command {
     },
     /// Measure the platform on this machine and print a table.
     Bench(bench::BenchArgs),
+    /// The configuration and attestation service: run it, unseal it, manage sessions.
+    #[command(subcommand)]
+    Cas(cas::CasCommand),
     /// Inspect and verify TEE evidence (SGX/TDX DCAP quotes, SEV-SNP reports, simulation).
     #[command(subcommand)]
     Attest(attest::AttestCommand),
@@ -167,6 +171,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args).await,
         Command::Bench(args) => bench::run(args, json).await,
         Command::Attest(command) => attest::run(command, json),
+        Command::Cas(command) => cas::run(command, json).await,
         command => {
             let client = client::Client::new(cli.connect.resolve()?)?;
             match command {
@@ -193,7 +198,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     commands::get(&client, &remote, local.as_deref(), json).await
                 }
                 Command::Ls { path } => commands::ls(&client, &path, json).await,
-                Command::Server(_) | Command::Bench(_) | Command::Attest(_) => unreachable!("handled above"),
+                Command::Server(_) | Command::Bench(_) | Command::Attest(_) | Command::Cas(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

@@ -1,0 +1,123 @@
+//! # cloister-cas-session
+//!
+//! The policy language of Cloister's configuration and attestation service (CAS), modelled on
+//! SCONE CAS sessions v0.3: which code, identified by its TEE measurement, receives which
+//! configuration and secrets.
+//!
+//! * [`parse_session`] reads YAML (unknown fields anywhere are errors that name the field's
+//!   path), validates and normalizes it; [`Session::validate`] re-checks a stored session.
+//! * [`Session::hash`] identifies a session version; [`Session::check_predecessor`] enforces
+//!   that an update names the hash of the version it replaces.
+//! * [`AccessPolicy::may_read`] / [`AccessPolicy::may_update`] decide who may read or
+//!   update a session.
+//! * [`materialize_secrets`] generates, carries over and imports secret values
+//!   ([`Secrets`]); [`check_export`] is the exporter's side of an import.
+//! * [`match_evidence`] decides whether verified evidence identifies a service;
+//!   [`render_service`] then produces its [`ServiceConfig`], with placeholders replaced.
+//! * [`secret_bytes`] (owner reads) and [`public_part`] (`export_public` reads) format a
+//!   secret.
+//!
+//! ## Example
+//!
+//! ```yaml
+//! name: hospital/inference
+//! security:
+//!   attestation:
+//!     tolerate: [outdated-tcb]
+//! services:
+//! - name: model-runner
+//!   command: python3 /app/run.py --key $$CLOISTER::model_key:hex$$
+//!   environment: {API_KEY: "$$CLOISTER::api_key$$"}
+//!   attestation:
+//!   - tee: sgx
+//!     mrenclave: 9f8e…(64 hex)
+//! secrets:
+//! - name: api_key
+//!   kind: ascii
+//! - name: model_key
+//!   kind: binary
+//!   size: 32
+//! files:
+//! - path: /etc/app/config.json
+//!   content: '{"key": "$$CLOISTER::api_key$$"}'
+//! ```
+//!
+//! ## Placeholders
+//!
+//! `$$CLOISTER::name$$` or `$$CLOISTER::name:format$$` in a command word, an environment
+//! value, `pwd` or a file's content. Formats: none (the kind's natural form: the characters
+//! of an `ascii` secret, base64 of a `binary` one, PEM for keys and certificates), `hex`,
+//! `base64`, `crt`, `chain`, `privatekey`, `publickey`; [`secret_bytes`] has the full table.
+//! Validation rejects placeholders naming unknown secrets or formats that do not apply to
+//! the secret's kind. There is no escape: the text `$$CLOISTER::` always starts a
+//! placeholder.
+//!
+//! ## Normalization and the canonical form
+//!
+//! [`parse_session`] returns the session in normalized form, and
+//! [`Session::canonical_bytes`] normalizes a copy before encoding, so the canonical bytes do
+//! not depend on how a session was written or obtained. Normalization:
+//!
+//! * makes defaults explicit: `version: "0.3"`, `access_policy` `[CREATOR]`, attestation
+//!   `mode: hardware`; `ascii`/`binary` `size` (32, or the explicit value's length);
+//!   `algorithm: p256` for key kinds; for certificates `common_name` (the secret's name) and
+//!   `valid_for` (`365d`, or `3650d` for `x509-ca`, written in the largest exact unit);
+//!   file `permission` as four octal digits (`"0600"` by default);
+//! * writes each value one way: hex in lowercase, principals as `CREATOR`/`ANY`/`NONE`/
+//!   `ed25519:<hex>`/`p256:<hex of the compressed point>`, advisory IDs in upper case, a
+//!   `command` string as the list of words it splits into, binary values in padded
+//!   standard base64, `rsa` as `rsa-3072`;
+//! * orders what has no meaningful order: services and secrets by name, files by path,
+//!   principals, export lists and a file's `services` sorted and de-duplicated, `tolerate`
+//!   in [`cloister_attestation::Tolerance`] order. The order of attestation alternatives
+//!   (reported by [`match_evidence`]), of command words and of SANs is kept.
+//!
+//! The canonical bytes are the normalized session serialized as JSON with the field names
+//! of the YAML form, then written canonically: no insignificant whitespace, object keys
+//! sorted by their UTF-8 bytes, strings escaped as `serde_json` escapes them (`"`, `\` and
+//! control characters only; other characters as UTF-8), integers in decimal. Absent
+//! optional values (`predecessor`, `pwd`, unused alternative or secret fields) are omitted;
+//! every other field, including empty lists and `false`, is present. [`Session::hash`] is
+//! the lowercase hex SHA-256 of these bytes; it covers `predecessor`, so the versions of a
+//! session form a hash chain.
+//!
+//! ## Secrets across updates
+//!
+//! [`materialize_secrets`] documents the exact carry-over rule. In short: imported secrets
+//! always follow their exporter, explicit values are used as given, and a generated secret
+//! keeps its value while its name, kind and generation parameters (`size`, `algorithm`) are
+//! unchanged; certificates keep their key but are re-issued when their subject, validity,
+//! issuer (or the issuer's certificate) change or when they have expired.
+//!
+//! ## Attestation mode `none`
+//!
+//! `security.attestation.mode: none` lets the server release configuration without
+//! evidence. It is for development only and is accepted only together with
+//! `tolerate: [simulation]`; services may then have no attestation alternatives.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod access;
+mod error;
+mod keys;
+mod matching;
+mod model;
+mod placeholder;
+mod render;
+mod secrets;
+mod session;
+mod validate;
+
+pub use access::{AccessPolicy, ClientKey, Principal};
+pub use error::SessionError;
+pub use matching::match_evidence;
+pub use model::{
+    AttestationAlternative, AttestationMode, AttestationPolicy, FileSpec, ImportSpec, KeyAlgorithm, Lifetime,
+    SESSION_VERSION, SecretKind, SecretSpec, Security, ServiceSpec, Session,
+};
+pub use render::{RenderedFile, ServiceConfig, render_service};
+pub use secrets::{
+    ImportResolver, SecretValue, Secrets, check_export, materialize_secrets, public_part, secret_bytes,
+};
+pub use session::parse_session;

@@ -1,0 +1,10 @@
+//! Integration tests of cloister-cas-session, in one binary to keep link time low.
+
+mod access;
+mod common;
+mod evidence;
+mod hash;
+mod parse;
+mod props;
+mod render;
+mod secrets;

@@ -1,0 +1,350 @@
+//! Clients of the CAS: the network client (pinned TLS, signed requests, the attestation flow)
+//! and the operator's client on the local socket.
+
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use cloister_attestation::EvidenceSource;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use crate::auth::ClientIdentity;
+use crate::protocol::*;
+
+/// Errors of the clients.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The CAS answered with an error status.
+    #[error("{status}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: StatusCode,
+        /// The CAS's reason.
+        message: String,
+    },
+    /// The CAS could not be reached, or TLS failed (for instance a pin mismatch).
+    #[error("cannot reach the CAS: {0}")]
+    Transport(String),
+    /// A request needs a client key.
+    #[error("this request must be signed: give a client key (--key / CLOISTER_CAS_KEY)")]
+    NoIdentity,
+    /// Local trouble (bad pin, evidence collection, decryption).
+    #[error("{0}")]
+    Local(String),
+}
+
+fn transport(e: reqwest::Error) -> ClientError {
+    // The chain carries the TLS cause (e.g. the pin mismatch); show all of it.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ClientError::Transport(message)
+}
+
+async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(transport)?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        return Err(ClientError::Refused { status, message });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Local(format!("unexpected answer: {e}")))
+}
+
+/// The released configuration of a service, decrypted.
+pub type ReleasedConfig = serde_json::Value;
+
+/// A client of the CAS's network port.
+pub struct CasClient {
+    http: reqwest::Client,
+    base: String,
+    identity: Option<ClientIdentity>,
+}
+
+impl CasClient {
+    /// A client for `url` (`https://host:port`) that accepts only the CAS whose identity has
+    /// `pin`, signing with `identity` when given.
+    pub fn new(url: &str, pin: &str, identity: Option<ClientIdentity>) -> Result<Self, ClientError> {
+        let pin = crate::tls::parse_pin(pin).map_err(|e| ClientError::Local(e.to_string()))?;
+        let tls = crate::tls::client_config(pin).map_err(|e| ClientError::Local(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .map_err(|e| ClientError::Local(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base: url.trim_end_matches('/').to_owned(),
+            identity,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        sign: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
+        if sign {
+            let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            for (name, value) in identity.sign(method.as_str(), path, now, &body) {
+                request = request.header(name, value);
+            }
+        }
+        request.body(body).send().await.map_err(transport)
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        answer(self.send(Method::GET, "/v1/status", Vec::new(), false).await?).await
+    }
+
+    /// Creates a session from its YAML.
+    pub async fn create_session(&self, yaml: &str) -> Result<SessionWritten, ClientError> {
+        answer(
+            self.send(Method::POST, "/v1/sessions", yaml.as_bytes().to_vec(), true)
+                .await?,
+        )
+        .await
+    }
+
+    /// Updates a session (its YAML must name the current hash as `predecessor`).
+    pub async fn update_session(&self, name: &str, yaml: &str) -> Result<SessionWritten, ClientError> {
+        answer(
+            self.send(
+                Method::PUT,
+                &format!("/v1/sessions/{name}"),
+                yaml.as_bytes().to_vec(),
+                true,
+            )
+            .await?,
+        )
+        .await
+    }
+
+    /// Reads a session.
+    pub async fn get_session(&self, name: &str) -> Result<SessionRecord, ClientError> {
+        answer(
+            self.send(Method::GET, &format!("/v1/sessions/{name}"), Vec::new(), true)
+                .await?,
+        )
+        .await
+    }
+
+    /// Names and hashes of the sessions this client may read.
+    pub async fn list_sessions(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+        let path = format!("/v1/sessions?prefix={}", query_escape(prefix));
+        answer(self.send(Method::GET, &path, Vec::new(), true).await?).await
+    }
+
+    /// Reads a secret (or, without read access, its exported public part).
+    pub async fn read_secret(
+        &self,
+        session: &str,
+        name: &str,
+        format: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let mut path = format!(
+            "/v1/secret?session={}&name={}",
+            query_escape(session),
+            query_escape(name)
+        );
+        if let Some(format) = format {
+            path.push_str(&format!("&format={}", query_escape(format)));
+        }
+        let response = self.send(Method::GET, &path, Vec::new(), true).await?;
+        let status = response.status();
+        let bytes = Zeroizing::new(response.bytes().await.map_err(transport)?.to_vec());
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.error)
+                .unwrap_or_default();
+            return Err(ClientError::Refused { status, message });
+        }
+        Ok(bytes)
+    }
+
+    /// Registers a simulation platform key (administrators only).
+    pub async fn add_platform(&self, public_key: &str, name: &str) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(&PlatformRequest {
+            public_key: public_key.to_owned(),
+            name: name.to_owned(),
+        })
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+        let response = self.send(Method::POST, "/v1/platforms", body, true).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let message = response
+            .json::<ErrorBody>()
+            .await
+            .map(|b| b.error)
+            .unwrap_or_default();
+        Err(ClientError::Refused { status, message })
+    }
+
+    /// Audit entries from `from` on (administrators only).
+    pub async fn audit(&self, from: u64) -> Result<Vec<cloister_cas_store::AuditEntry>, ClientError> {
+        answer(
+            self.send(Method::GET, &format!("/v1/audit?from={from}"), Vec::new(), true)
+                .await?,
+        )
+        .await
+    }
+
+    /// Attests as `service` of `session` with evidence from `source` and returns the released
+    /// configuration. `endorse` adds collateral/VCEK fields to the request for hardware TEEs.
+    pub async fn attest(
+        &self,
+        session: &str,
+        service: &str,
+        source: &dyn EvidenceSource,
+        endorse: impl FnOnce(&mut AttestRequest),
+    ) -> Result<ReleasedConfig, ClientError> {
+        let nonce: NonceResponse = answer(
+            self.send(Method::POST, "/v1/attest/nonce", Vec::new(), false)
+                .await?,
+        )
+        .await?;
+        let nonce_bytes =
+            hex::decode(&nonce.nonce).map_err(|_| ClientError::Local("malformed nonce".into()))?;
+        let key = crate::seal::WorkloadKey::generate();
+        let report_data = cloister_attestation::report_data_for(&nonce_bytes, &key.public_bytes());
+        let evidence = source
+            .collect(&report_data)
+            .map_err(|e| ClientError::Local(format!("cannot collect evidence: {e}")))?;
+        let mut request = AttestRequest {
+            session: session.to_owned(),
+            service: service.to_owned(),
+            nonce: nonce.nonce.clone(),
+            public_key: hex::encode(key.public_bytes()),
+            evidence: B64.encode(&evidence),
+            collateral: None,
+            vcek: None,
+            chain: None,
+        };
+        endorse(&mut request);
+        let body = serde_json::to_vec(&request).map_err(|e| ClientError::Local(e.to_string()))?;
+        let released: AttestResponse =
+            answer(self.send(Method::POST, "/v1/attest", body, false).await?).await?;
+        let enc = B64
+            .decode(&released.enc)
+            .map_err(|_| ClientError::Local("malformed answer".into()))?;
+        let ciphertext = B64
+            .decode(&released.ciphertext)
+            .map_err(|_| ClientError::Local("malformed answer".into()))?;
+        let plaintext = key
+            .open(
+                &enc,
+                &ciphertext,
+                &crate::seal::config_info(&released.session_hash),
+                &nonce_bytes,
+            )
+            .map_err(|e| ClientError::Local(e.to_string()))?;
+        serde_json::from_slice(&plaintext)
+            .map_err(|e| ClientError::Local(format!("malformed configuration: {e}")))
+    }
+
+    /// Sends a raw attestation request (for tests of refusals: replays, wrong bindings).
+    pub async fn attest_raw(&self, request: &AttestRequest) -> Result<AttestResponse, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Local(e.to_string()))?;
+        answer(self.send(Method::POST, "/v1/attest", body, false).await?).await
+    }
+
+    /// A fresh nonce.
+    pub async fn nonce(&self) -> Result<NonceResponse, ClientError> {
+        answer(
+            self.send(Method::POST, "/v1/attest/nonce", Vec::new(), false)
+                .await?,
+        )
+        .await
+    }
+}
+
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The operator's client on the CAS host's socket.
+pub struct LocalClient {
+    http: reqwest::Client,
+}
+
+impl LocalClient {
+    /// A client of the socket in `data_dir`.
+    pub fn new(data_dir: &Path) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .unix_socket(crate::server::socket_path(data_dir))
+            .build()
+            .map_err(|e| ClientError::Local(format!("cannot set up the socket client: {e}")))?;
+        Ok(Self { http })
+    }
+
+    /// The CAS's status.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        answer(
+            self.http
+                .get("http://cas/v1/status")
+                .send()
+                .await
+                .map_err(transport)?,
+        )
+        .await
+    }
+
+    /// Submits one unseal share.
+    pub async fn unseal(&self, share: &str) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::to_vec(&UnsealRequest {
+            share: share.to_owned(),
+        })
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+        answer(
+            self.http
+                .post("http://cas/v1/unseal")
+                .body(body)
+                .send()
+                .await
+                .map_err(transport)?,
+        )
+        .await
+    }
+
+    /// Seals the CAS.
+    pub async fn seal(&self) -> Result<(), ClientError> {
+        let response = self
+            .http
+            .post("http://cas/v1/seal")
+            .send()
+            .await
+            .map_err(transport)?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(ClientError::Refused {
+                status: response.status(),
+                message: "seal refused".into(),
+            })
+        }
+    }
+}

@@ -1,0 +1,930 @@
+//! The CAS server.
+//!
+//! Two listeners serve one state:
+//! - a Unix socket in the data directory (mode 0600), for the operator on the CAS host:
+//!   status, unseal and seal. Unseal shares never cross the network.
+//! - the network port, TLS 1.3 with the CAS identity (pinned by clients), opened once the
+//!   vault is unsealed: sessions, secrets, platforms, attestation, audit.
+//!
+//! While sealed, every route but status and unseal answers 503.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use cloister_attestation::{
+    DcapCollateral, DcapVerifier, Endorsements, EvidenceVerifier, SimVerifier, SnpEndorsements, SnpVerifier,
+    Tee,
+};
+use cloister_cas_session::{ClientKey, ImportResolver, SecretValue, Secrets, Session, SessionError};
+use cloister_cas_store::{Share, StoreError, Vault};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+use crate::auth::Authenticator;
+use crate::nonce::Nonces;
+use crate::protocol::*;
+
+const SESSIONS: &str = "sessions";
+const SECRETS: &str = "secrets";
+const PLATFORMS: &str = "platforms";
+
+/// Settings of `cloister cas serve`.
+#[derive(Debug, Clone)]
+pub struct CasConfig {
+    /// The vault's directory; the operator socket `cas.sock` is created here.
+    pub data_dir: PathBuf,
+    /// Network address (TLS).
+    pub listen: SocketAddr,
+    /// Extra DNS names / IPs for the self-signed certificate (clients pin the key anyway).
+    pub tls_names: Vec<String>,
+    /// Client keys (`ed25519:<hex>`) allowed to register simulation platforms and read the
+    /// audit log.
+    pub admins: Vec<String>,
+    /// How long an attestation nonce stays valid.
+    pub nonce_ttl: Duration,
+}
+
+/// A running CAS.
+pub struct RunningCas {
+    /// The operator socket.
+    pub socket: PathBuf,
+    /// The network address once bound (it binds when unsealed).
+    pub addr: watch::Receiver<Option<SocketAddr>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningCas {
+    /// Waits until the network port is open (the CAS is unsealed) and returns its address.
+    pub async fn network_addr(&mut self) -> Option<SocketAddr> {
+        let addr = self.addr.wait_for(Option::is_some).await.ok()?;
+        *addr
+    }
+
+    /// Stops both listeners.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the server stops.
+    pub async fn wait(&mut self) {
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Cas {
+    config: CasConfig,
+    vault: Arc<Vault>,
+    auth: Authenticator,
+    nonces: Nonces,
+    dcap: DcapVerifier,
+    snp: SnpVerifier,
+    sim: RwLock<SimVerifier>,
+    unsealed: watch::Sender<bool>,
+}
+
+/// Errors answered to clients: a status and a reason without secret content.
+struct CasError(StatusCode, String);
+
+impl IntoResponse for CasError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<StoreError> for CasError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Sealed => CasError(StatusCode::SERVICE_UNAVAILABLE, sealed_message()),
+            other => {
+                tracing::error!(error = %other, "vault failure");
+                CasError(StatusCode::INTERNAL_SERVER_ERROR, "vault failure".into())
+            }
+        }
+    }
+}
+
+impl From<SessionError> for CasError {
+    fn from(e: SessionError) -> Self {
+        let status = match e {
+            SessionError::StalePredecessor { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        CasError(status, e.to_string())
+    }
+}
+
+fn sealed_message() -> String {
+    "the CAS is sealed: it answers only status and unseal".into()
+}
+
+type CasResult<T> = Result<T, CasError>;
+
+fn bad(msg: impl Into<String>) -> CasError {
+    CasError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn forbidden(msg: impl Into<String>) -> CasError {
+    CasError(StatusCode::FORBIDDEN, msg.into())
+}
+
+/// The stored form of a session.
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    yaml: String,
+    hash: String,
+    creator: String,
+    #[serde(with = "time::serde::rfc3339")]
+    updated: OffsetDateTime,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredPlatform {
+    name: String,
+    added_by: String,
+}
+
+/// Starts the CAS on an initialized vault.
+pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> anyhow::Result<RunningCas> {
+    let socket = config.data_dir.join("cas.sock");
+    let _ = std::fs::remove_file(&socket);
+    let unix = UnixListener::bind(&socket)?;
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let (unsealed, mut unsealed_rx) = watch::channel(!vault.status().sealed);
+    let cas = Arc::new(Cas {
+        vault: vault.clone(),
+        auth: Authenticator::default(),
+        nonces: Nonces::new(config.nonce_ttl, 100_000),
+        dcap: DcapVerifier::new(),
+        snp: SnpVerifier::new(),
+        sim: RwLock::new(SimVerifier::new(Vec::<[u8; 32]>::new())),
+        unsealed,
+        config: config.clone(),
+    });
+    if !vault.status().sealed {
+        cas.load_platforms()
+            .map_err(|e| anyhow::anyhow!("cannot load platforms: {}", e.1))?;
+    }
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (addr_tx, addr_rx) = watch::channel(None);
+    let mut tasks = Vec::new();
+
+    let local = local_router(cas.clone());
+    let mut stop = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = axum::serve(unix, local)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+    }));
+
+    let network = network_router(cas.clone());
+    let mut stop = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        // The identity key is sealed: TLS can start only once the vault is open.
+        tokio::select! {
+            ready = unsealed_rx.wait_for(|open| *open) => if ready.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let tls =
+            match cas.vault.identity().map_err(|e| e.to_string()).and_then(|key| {
+                crate::tls::server_config(&key, &cas.config.tls_names).map_err(|e| e.to_string())
+            }) {
+                Ok(tls) => Arc::new(tls),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up TLS");
+                    return;
+                }
+            };
+        let listener = match TcpListener::bind(cas.config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, addr = %cas.config.listen, "cannot listen");
+                return;
+            }
+        };
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "CAS network port open (TLS 1.3)");
+        let _ = addr_tx.send(addr);
+        serve_tls(listener, tls, network, stop).await;
+    }));
+    Ok(RunningCas {
+        socket,
+        addr: addr_rx,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let http = http.clone();
+        tokio::spawn(async move {
+            // A client that fails the handshake (e.g. a wrong pin on its side) just goes away.
+            let Ok(stream) = acceptor.accept(stream).await else {
+                return;
+            };
+            let _ = http
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn local_router(cas: Arc<Cas>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/unseal", post(unseal))
+        .route("/v1/seal", post(seal))
+        .with_state(cas)
+}
+
+fn network_router(cas: Arc<Cas>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/sessions/{*name}", get(get_session).put(update_session))
+        .route("/v1/secret", get(read_secret))
+        .route("/v1/platforms", post(add_platform).get(list_platforms))
+        .route("/v1/attest/nonce", post(issue_nonce))
+        .route("/v1/attest", post(attest))
+        .route("/v1/audit", get(audit))
+        .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
+        .with_state(cas)
+}
+
+type CasState = State<Arc<Cas>>;
+
+impl Cas {
+    fn require_unsealed(&self) -> CasResult<()> {
+        if self.vault.status().sealed {
+            Err(CasError(StatusCode::SERVICE_UNAVAILABLE, sealed_message()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Authenticates a signed request; returns the client's key.
+    fn client(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> CasResult<ClientKey> {
+        self.require_unsealed()?;
+        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let key = self
+            .auth
+            .verify(
+                |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
+                method.as_str(),
+                path,
+                body,
+                now,
+            )
+            .map_err(|e| CasError(StatusCode::UNAUTHORIZED, e.to_string()))?;
+        let bytes = crate::auth::parse_public_key(&key)
+            .map_err(|e| CasError(StatusCode::UNAUTHORIZED, e.to_string()))?;
+        ClientKey::ed25519(bytes.as_bytes()).map_err(|e| CasError(StatusCode::UNAUTHORIZED, e))
+    }
+
+    fn is_admin(&self, key: &ClientKey) -> bool {
+        let shown = key.to_string();
+        self.config.admins.iter().any(|a| a.trim() == shown)
+    }
+
+    fn load_session(&self, name: &str) -> CasResult<Option<(Session, StoredSession)>> {
+        let Some(raw) = self.vault.get(SESSIONS, name)? else {
+            return Ok(None);
+        };
+        let stored: StoredSession = serde_json::from_slice(&raw)
+            .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt session".into()))?;
+        let session = cloister_cas_session::parse_session(&stored.yaml)?;
+        Ok(Some((session, stored)))
+    }
+
+    fn load_secrets(&self, name: &str) -> CasResult<Secrets> {
+        let raw = self.vault.get(SECRETS, name)?.ok_or_else(|| {
+            CasError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "session without secrets".into(),
+            )
+        })?;
+        serde_json::from_slice(&raw)
+            .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt secrets".into()))
+    }
+
+    fn load_platforms(&self) -> CasResult<()> {
+        let mut keys = Vec::new();
+        for hex_key in self.vault.keys(PLATFORMS, "")? {
+            let mut key = [0u8; 32];
+            if hex::decode_to_slice(&hex_key, &mut key).is_ok() {
+                keys.push(key);
+            }
+        }
+        if let Ok(mut sim) = self.sim.write() {
+            *sim = SimVerifier::new(keys);
+        }
+        Ok(())
+    }
+
+    fn audit(&self, kind: &str, actor: &str, subject: &str, detail: serde_json::Value) {
+        if let Err(e) = self.vault.audit_append(kind, actor, subject, detail) {
+            tracing::error!(error = %e, kind, "cannot append to the audit log");
+        }
+    }
+}
+
+async fn status(State(cas): CasState) -> impl IntoResponse {
+    let status = cas.vault.status();
+    let public = cas.vault.identity_public();
+    axum::Json(StatusResponse {
+        initialized: status.initialized,
+        sealed: status.sealed,
+        sealing: status.sealing,
+        threshold: status.threshold,
+        shares_provided: status.shares_provided,
+        identity_pin: public.map(|k| format!("sha256:{}", crate::tls::pin_of(&k))),
+        identity_public_key: public.map(hex::encode),
+    })
+}
+
+async fn unseal(State(cas): CasState, body: Bytes) -> CasResult<impl IntoResponse> {
+    let request: UnsealRequest =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("malformed unseal request: {e}")))?;
+    let share: Share = request
+        .share
+        .parse()
+        .map_err(|e: StoreError| bad(e.to_string()))?;
+    let vault = cas.vault.clone();
+    let outcome = tokio::task::spawn_blocking(move || vault.unseal(&share))
+        .await
+        .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "unseal task failed".into()))?;
+    match outcome {
+        Ok(status) => {
+            if !status.sealed {
+                cas.load_platforms()?;
+                cas.audit(
+                    "unseal",
+                    "operator",
+                    "vault",
+                    json!({"shares": status.shares_provided}),
+                );
+                let _ = cas.unsealed.send(true);
+                tracing::info!("CAS unsealed");
+            }
+            Ok(axum::Json(
+                json!({"sealed": status.sealed, "shares_provided": status.shares_provided, "threshold": status.threshold}),
+            ))
+        }
+        // The vault itself records rejected shares (queued until the next unseal).
+        Err(e @ (StoreError::WrongKey | StoreError::BadShare(_))) => Err(bad(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn seal(State(cas): CasState) -> impl IntoResponse {
+    // The vault audits its own sealing.
+    cas.vault.seal();
+    StatusCode::NO_CONTENT
+}
+
+fn session_text(body: &[u8]) -> CasResult<&str> {
+    std::str::from_utf8(body).map_err(|_| bad("the session must be UTF-8 YAML"))
+}
+
+/// Resolves `import`s from other sessions' exported secrets.
+struct Imports<'a>(&'a Cas);
+
+impl ImportResolver for Imports<'_> {
+    fn resolve(
+        &self,
+        from_session: &str,
+        secret: &str,
+        importing: &str,
+    ) -> Result<SecretValue, SessionError> {
+        let missing = || SessionError::Invalid {
+            field: "secrets.import".into(),
+            reason: format!("session {from_session:?} does not export secret {secret:?}"),
+        };
+        let Ok(Some((exporting, _))) = self.0.load_session(from_session) else {
+            return Err(missing());
+        };
+        cloister_cas_session::check_export(&exporting, secret, importing)?;
+        let secrets = self.0.load_secrets(from_session).map_err(|_| missing())?;
+        secrets.get(secret).cloned().ok_or_else(missing)
+    }
+}
+
+async fn write_session(
+    cas: &Cas,
+    client: &ClientKey,
+    body: &[u8],
+    path_name: Option<&str>,
+) -> CasResult<SessionWritten> {
+    let session = cloister_cas_session::parse_session(session_text(body)?)?;
+    if let Some(name) = path_name
+        && name != session.name
+    {
+        return Err(bad(format!(
+            "the URL names session {name:?} but the body defines {:?}",
+            session.name
+        )));
+    }
+    let current = cas.load_session(&session.name)?;
+    if path_name.is_none() && current.is_some() {
+        return Err(CasError(
+            StatusCode::CONFLICT,
+            format!(
+                "session {:?} exists; update it with its predecessor",
+                session.name
+            ),
+        ));
+    }
+    if path_name.is_some() && current.is_none() {
+        return Err(CasError(
+            StatusCode::NOT_FOUND,
+            format!("no session {:?}", session.name),
+        ));
+    }
+    let creator = match &current {
+        Some((old, stored)) => {
+            let creator: ClientKey = stored
+                .creator
+                .parse()
+                .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt creator".into()))?;
+            if !old.access_policy.may_update(client, &creator) {
+                cas.audit(
+                    "session-update-refused",
+                    &client.to_string(),
+                    &session.name,
+                    json!({"reason": "not allowed by the access policy"}),
+                );
+                return Err(forbidden(format!(
+                    "not allowed to update session {:?}",
+                    session.name
+                )));
+            }
+            creator
+        }
+        None => client.clone(),
+    };
+    if let Err(e) = session.check_predecessor(current.as_ref().map(|(s, _)| s)) {
+        cas.audit(
+            "session-update-refused",
+            &client.to_string(),
+            &session.name,
+            json!({"reason": e.to_string()}),
+        );
+        return Err(e.into());
+    }
+    let previous_secrets = match &current {
+        Some(_) => Some(cas.load_secrets(&session.name)?),
+        None => None,
+    };
+    let previous = current.as_ref().map(|(s, _)| s).zip(previous_secrets.as_ref());
+    let secrets = cloister_cas_session::materialize_secrets(
+        &session,
+        previous,
+        &Imports(cas),
+        OffsetDateTime::now_utc(),
+    )?;
+    let hash = session.hash();
+    let stored = StoredSession {
+        yaml: session_text(body)?.to_owned(),
+        hash: hash.clone(),
+        creator: creator.to_string(),
+        updated: OffsetDateTime::now_utc(),
+    };
+    let stored = serde_json::to_vec(&stored)
+        .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?;
+    let sealed_secrets = zeroize::Zeroizing::new(
+        serde_json::to_vec(&secrets)
+            .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?,
+    );
+    let name = session.name.clone();
+    cas.vault.write(|txn| {
+        txn.put(SESSIONS, &name, &stored)?;
+        txn.put(SECRETS, &name, &sealed_secrets)
+    })?;
+    let kind = if current.is_some() {
+        "session-update"
+    } else {
+        "session-create"
+    };
+    let predecessor = current.as_ref().map(|(_, s)| s.hash.clone());
+    cas.audit(
+        kind,
+        &client.to_string(),
+        &name,
+        json!({"hash": hash, "predecessor": predecessor}),
+    );
+    Ok(SessionWritten { name, hash })
+}
+
+async fn create_session(
+    State(cas): CasState,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> CasResult<impl IntoResponse> {
+    let client = cas.client(&method, &uri, &headers, &body)?;
+    let written = write_session(&cas, &client, &body, None).await?;
+    Ok((StatusCode::CREATED, axum::Json(written)))
+}
+
+async fn update_session(
+    State(cas): CasState,
+    UrlPath(name): UrlPath<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> CasResult<impl IntoResponse> {
+    let client = cas.client(&method, &uri, &headers, &body)?;
+    Ok(axum::Json(
+        write_session(&cas, &client, &body, Some(&name)).await?,
+    ))
+}
+
+async fn get_session(
+    State(cas): CasState,
+    UrlPath(name): UrlPath<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> CasResult<impl IntoResponse> {
+    let client = cas.client(&method, &uri, &headers, b"")?;
+    let (session, stored) = cas
+        .load_session(&name)?
+        .ok_or_else(|| CasError(StatusCode::NOT_FOUND, format!("no session {name:?}")))?;
+    let creator: ClientKey = stored
+        .creator
+        .parse()
+        .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt creator".into()))?;
+    if !session.access_policy.may_read(&client, &creator) {
+        cas.audit("session-read-refused", &client.to_string(), &name, json!({}));
+        return Err(forbidden(format!("not allowed to read session {name:?}")));
+    }
+    Ok(axum::Json(SessionRecord {
+        name,
+        hash: stored.hash,
+        yaml: stored.yaml,
+        creator: stored.creator,
+    }))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+async fn list_sessions(
+    State(cas): CasState,
+    Query(query): Query<ListQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> CasResult<impl IntoResponse> {
+    let client = cas.client(&method, &uri, &headers, b"")?;
+    let mut readable = BTreeMap::new();
+    for name in cas.vault.keys(SESSIONS, &query.prefix)? {
+        if let Some((session, stored)) = cas.load_session(&name)?
+            && let Ok(creator) = stored.creator.parse::<ClientKey>()
+            && session.access_policy.may_read(&client, &creator)
+        {
+            readable.insert(name, stored.hash);
+        }
+    }
+    Ok(axum::Json(readable))
+}
+
+#[derive(Deserialize)]
+struct SecretQuery {
+    session: String,
+    name: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn read_secret(
+    State(cas): CasState,
+    Query(query): Query<SecretQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> CasResult<Response> {
+    let client = cas.client(&method, &uri, &headers, b"")?;
+    let not_found = || {
+        CasError(
+            StatusCode::NOT_FOUND,
+            format!("no secret {:?} in session {:?}", query.name, query.session),
+        )
+    };
+    let (session, stored) = cas.load_session(&query.session)?.ok_or_else(not_found)?;
+    let creator: ClientKey = stored
+        .creator
+        .parse()
+        .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt creator".into()))?;
+    let spec = session
+        .secrets
+        .iter()
+        .find(|s| s.name == query.name)
+        .ok_or_else(not_found)?;
+    let secrets = cas.load_secrets(&query.session)?;
+    let value = secrets.get(&query.name).ok_or_else(not_found)?;
+    let may_read = session.access_policy.may_read(&client, &creator);
+    let bytes = if may_read {
+        cloister_cas_session::secret_bytes(value, query.format.as_deref())?
+    } else if spec.export_public {
+        cloister_cas_session::public_part(value, query.format.as_deref()).ok_or_else(not_found)?
+    } else {
+        cas.audit(
+            "secret-read-refused",
+            &client.to_string(),
+            &query.session,
+            json!({"secret": query.name}),
+        );
+        return Err(forbidden(format!(
+            "not allowed to read secrets of session {:?}",
+            query.session
+        )));
+    };
+    let part = if may_read { "secret" } else { "public part" };
+    cas.audit(
+        "secret-read",
+        &client.to_string(),
+        &query.session,
+        json!({"secret": query.name, "part": part}),
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn add_platform(
+    State(cas): CasState,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> CasResult<impl IntoResponse> {
+    let client = cas.client(&method, &uri, &headers, &body)?;
+    if !cas.is_admin(&client) {
+        return Err(forbidden("only CAS administrators register platforms"));
+    }
+    let request: PlatformRequest =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("malformed platform request: {e}")))?;
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(request.public_key.trim(), &mut key)
+        .map_err(|_| bad("public_key must be 64 hex digits"))?;
+    let record = serde_json::to_vec(&StoredPlatform {
+        name: request.name.clone(),
+        added_by: client.to_string(),
+    })
+    .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?;
+    let id = hex::encode(key);
+    cas.vault.write(|txn| txn.put(PLATFORMS, &id, &record))?;
+    if let Ok(mut sim) = cas.sim.write() {
+        sim.add_key(key);
+    }
+    cas.audit(
+        "platform-add",
+        &client.to_string(),
+        &id,
+        json!({"name": request.name, "tee": "sim"}),
+    );
+    Ok(StatusCode::CREATED)
+}
+
+async fn list_platforms(
+    State(cas): CasState,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> CasResult<impl IntoResponse> {
+    cas.client(&method, &uri, &headers, b"")?;
+    Ok(axum::Json(cas.vault.keys(PLATFORMS, "")?))
+}
+
+async fn issue_nonce(State(cas): CasState) -> CasResult<impl IntoResponse> {
+    cas.require_unsealed()?;
+    let nonce = cas
+        .nonces
+        .issue()
+        .map_err(|e| CasError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(axum::Json(NonceResponse {
+        nonce: hex::encode(nonce),
+        expires_in: cas.config.nonce_ttl.as_secs(),
+    }))
+}
+
+fn endorsements(request: &AttestRequest) -> CasResult<Endorsements> {
+    if let Some(collateral) = &request.collateral {
+        let raw = serde_json::to_vec(collateral).map_err(|_| bad("malformed collateral"))?;
+        return Ok(Endorsements::Dcap(
+            DcapCollateral::from_json(&raw).map_err(|e| bad(format!("collateral: {e}")))?,
+        ));
+    }
+    if let Some(vcek) = &request.vcek {
+        let der = B64
+            .decode(vcek.trim())
+            .unwrap_or_else(|_| vcek.as_bytes().to_vec());
+        let endorsement = SnpEndorsements::new(&der, request.chain.as_deref().map(str::as_bytes))
+            .map_err(|e| bad(format!("vcek: {e}")))?;
+        return Ok(Endorsements::Snp(endorsement));
+    }
+    Ok(Endorsements::None)
+}
+
+/// One attestation: every refusal is audited with its reason and answered 403.
+async fn attest(State(cas): CasState, body: Bytes) -> CasResult<impl IntoResponse> {
+    cas.require_unsealed()?;
+    let request: AttestRequest =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("malformed attestation request: {e}")))?;
+    let cas2 = cas.clone();
+    tokio::task::spawn_blocking(move || attest_blocking(&cas2, &request))
+        .await
+        .map_err(|_| {
+            CasError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "attestation task failed".into(),
+            )
+        })?
+        .map(axum::Json)
+}
+
+fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestResponse> {
+    let subject = format!("{}#{}", request.session, request.service);
+    let refuse = |tee: Option<Tee>, measurement: Option<&str>, reason: String| {
+        cas.audit(
+            "attest-fail",
+            &format!("workload:{}", tee.map_or("unknown".to_owned(), |t| t.to_string())),
+            &subject,
+            json!({"reason": reason, "measurement": measurement}),
+        );
+        forbidden(reason)
+    };
+    // The nonce is used up first, so a failed attempt cannot be retried with it.
+    let nonce =
+        hex::decode(request.nonce.trim()).map_err(|_| refuse(None, None, "malformed nonce".into()))?;
+    cas.nonces
+        .take(&nonce)
+        .map_err(|e| refuse(None, None, e.to_string()))?;
+    let public_key = hex::decode(request.public_key.trim())
+        .map_err(|_| refuse(None, None, "malformed public key".into()))?;
+    let evidence = B64
+        .decode(request.evidence.trim())
+        .map_err(|_| refuse(None, None, "evidence is not base64".into()))?;
+    let tee = cloister_attestation::detect(&evidence)
+        .map_err(|e| refuse(None, None, format!("unrecognised evidence: {e}")))?;
+    let endorsements = endorsements(request).map_err(|e| refuse(Some(tee), None, e.1))?;
+    let now = OffsetDateTime::now_utc();
+    let verified = match tee {
+        Tee::Sgx | Tee::Tdx => cas.dcap.verify(&evidence, &endorsements, now),
+        Tee::Snp => cas.snp.verify(&evidence, &endorsements, now),
+        Tee::Sim => match cas.sim.read() {
+            Ok(sim) => sim.verify(&evidence, &endorsements, now),
+            Err(_) => {
+                return Err(CasError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "verifier unavailable".into(),
+                ));
+            }
+        },
+    }
+    .map_err(|e| refuse(Some(tee), None, format!("evidence not authentic: {e}")))?;
+    let measurement = verified.summary.measurement.clone();
+    verified.check_binding(&nonce, &public_key).map_err(|_| {
+        refuse(
+            Some(tee),
+            Some(&measurement),
+            "report data does not bind the nonce and the public key".into(),
+        )
+    })?;
+    let (session, _) = cas.load_session(&request.session)?.ok_or_else(|| {
+        refuse(
+            Some(tee),
+            Some(&measurement),
+            format!("no session {:?}", request.session),
+        )
+    })?;
+    if session.service(&request.service).is_none() {
+        return Err(refuse(
+            Some(tee),
+            Some(&measurement),
+            format!("session has no service {:?}", request.service),
+        ));
+    }
+    if tee == Tee::Sim
+        && !session
+            .security
+            .attestation
+            .tolerate
+            .contains(&cloister_attestation::Tolerance::Simulation)
+    {
+        return Err(refuse(
+            Some(tee),
+            Some(&measurement),
+            "simulation evidence is not tolerated by this session".into(),
+        ));
+    }
+    let alternative = cloister_cas_session::match_evidence(&session, &request.service, &verified)
+        .map_err(|reasons| refuse(Some(tee), Some(&measurement), reasons.join("; ")))?;
+    let secrets = cas.load_secrets(&request.session)?;
+    let config = cloister_cas_session::render_service(&session, &request.service, &secrets)?;
+    let plaintext = zeroize::Zeroizing::new(
+        serde_json::to_vec(&config)
+            .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?,
+    );
+    let hash = session.hash();
+    let (enc, ciphertext) =
+        crate::seal::seal(&public_key, &crate::seal::config_info(&hash), &nonce, &plaintext)
+            .map_err(|e| refuse(Some(tee), Some(&measurement), e.to_string()))?;
+    let actor = format!("workload:{tee}");
+    cas.audit(
+        "attest-ok",
+        &actor,
+        &subject,
+        json!({"measurement": measurement, "alternative": alternative, "tcb_status": verified.tcb_status, "simulation": tee == Tee::Sim}),
+    );
+    let released: Vec<&str> = session.secrets.iter().map(|s| s.name.as_str()).collect();
+    cas.audit(
+        "secret-release",
+        &actor,
+        &subject,
+        json!({"session_hash": hash, "secrets": released, "simulation": tee == Tee::Sim}),
+    );
+    Ok(AttestResponse {
+        session_hash: hash,
+        enc: B64.encode(enc),
+        ciphertext: B64.encode(ciphertext),
+    })
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(cas): CasState,
+    Query(query): Query<AuditQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> CasResult<impl IntoResponse> {
+    let client = cas.client(&method, &uri, &headers, b"")?;
+    if !cas.is_admin(&client) {
+        return Err(forbidden("only CAS administrators read the audit log"));
+    }
+    Ok(axum::Json(cas.vault.audit_entries(
+        query.from,
+        query.limit.unwrap_or(10_000).min(100_000),
+    )?))
+}
+
+/// Whether a path is the operator socket of a data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("cas.sock")
+}

@@ -1,0 +1,530 @@
+//! `cloister cas`: run the configuration and attestation service, and talk to it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cloister_cas::auth::ClientIdentity;
+use cloister_cas::client::{CasClient, ClientError, LocalClient};
+use cloister_cas_store::{InitOutput, SealingConfig, Vault};
+
+use crate::client::{exit, fail};
+
+/// Exit code when the CAS refused (policy, attestation, access).
+const REFUSED: i32 = 9;
+
+#[derive(clap::Subcommand)]
+pub enum CasCommand {
+    /// Initialize a CAS data directory: master key, identity, and how the key is sealed.
+    Init {
+        #[arg(long, env = "CLOISTER_CAS_DATA_DIR", default_value = "cas-data")]
+        data_dir: PathBuf,
+        /// Split the master key into this many Shamir shares (printed once, never stored).
+        #[arg(long, default_value_t = 5)]
+        shares: u8,
+        /// Shares needed to unseal.
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+        /// Development: keep the master key in this file instead (mode 0600); the CAS then
+        /// starts unsealed.
+        #[arg(long, conflicts_with_all = ["shares", "threshold"])]
+        key_file: Option<PathBuf>,
+    },
+    /// Run the CAS: operator socket in the data directory, TLS port once unsealed.
+    Serve {
+        #[arg(long, env = "CLOISTER_CAS_DATA_DIR", default_value = "cas-data")]
+        data_dir: PathBuf,
+        /// Network address (TLS 1.3).
+        #[arg(long, env = "CLOISTER_CAS_LISTEN", default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Client keys (`ed25519:<hex>`) that may register platforms and read the audit log.
+        #[arg(long = "admin", env = "CLOISTER_CAS_ADMINS", value_delimiter = ',')]
+        admins: Vec<String>,
+        /// Seconds an attestation nonce stays valid.
+        #[arg(long, default_value_t = 60)]
+        nonce_ttl: u64,
+    },
+    /// Status of the local CAS (operator socket).
+    Status {
+        #[arg(long, env = "CLOISTER_CAS_DATA_DIR", default_value = "cas-data")]
+        data_dir: PathBuf,
+    },
+    /// Give one unseal share to the local CAS.
+    Unseal {
+        /// A share as printed by `cloister cas init`.
+        share: String,
+        #[arg(long, env = "CLOISTER_CAS_DATA_DIR", default_value = "cas-data")]
+        data_dir: PathBuf,
+    },
+    /// Seal the local CAS (forget the master key until unsealed again).
+    Seal {
+        #[arg(long, env = "CLOISTER_CAS_DATA_DIR", default_value = "cas-data")]
+        data_dir: PathBuf,
+    },
+    /// Print the CAS identity pin (clients pin it) and public key (verifies audit logs).
+    Identity {
+        #[arg(long, env = "CLOISTER_CAS_DATA_DIR", default_value = "cas-data")]
+        data_dir: PathBuf,
+    },
+    /// Make a client key (Ed25519) and print its public key.
+    Keygen {
+        /// Where to write the key (mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sessions: create, update, read, hash, list.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Read a secret of a session (or its public part when exported so).
+    Secret {
+        session: String,
+        name: String,
+        /// hex, base64, crt, chain, privatekey, publickey.
+        #[arg(long)]
+        format: Option<String>,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// Simulation platforms.
+    #[command(subcommand)]
+    Platform(PlatformCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Attest with the simulation TEE and print the released configuration (development).
+    Attest {
+        #[arg(long)]
+        session: String,
+        #[arg(long)]
+        service: String,
+        /// Simulation platform key file (see `cas platform keygen`).
+        #[arg(long)]
+        platform: PathBuf,
+        /// Measurement to claim (64 hex).
+        #[arg(long)]
+        measurement: String,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum SessionCommand {
+    /// Create a session from a YAML file.
+    Create {
+        file: PathBuf,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// Update a session (the file names the current hash as `predecessor`).
+    Update {
+        file: PathBuf,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// Print a session.
+    Get {
+        name: String,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// Print the hash of a session file (offline), or of a stored session with --name.
+    Verify {
+        /// Session YAML file.
+        file: Option<PathBuf>,
+        /// A stored session instead.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// List the sessions this key may read.
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum PlatformCommand {
+    /// Make a simulation platform key for this host and print its public key.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Register a simulation platform's public key (administrators).
+    Add {
+        public_key: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AuditCommand {
+    /// Print the audit log as JSON lines (administrators).
+    Export {
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// Check an exported audit log offline: any edited, removed or reordered entry is found.
+    Verify {
+        file: PathBuf,
+        /// The CAS public key (hex), from `cloister cas identity`.
+        #[arg(long)]
+        identity: String,
+    },
+}
+
+/// Where the CAS is and who we are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CasConnect {
+    /// CAS URL.
+    #[arg(long, env = "CLOISTER_CAS", default_value = "https://127.0.0.1:8081")]
+    cas: String,
+    /// The CAS identity pin (`cloister cas identity`).
+    #[arg(long, env = "CLOISTER_CAS_PIN")]
+    pin: String,
+    /// Client key file (`cloister cas keygen`).
+    #[arg(long, env = "CLOISTER_CAS_KEY")]
+    key: Option<PathBuf>,
+}
+
+impl CasConnect {
+    fn client(&self) -> anyhow::Result<CasClient> {
+        let identity = self
+            .key
+            .as_deref()
+            .map(ClientIdentity::load)
+            .transpose()
+            .map_err(|e| fail(exit::FAILURE, e.to_string()))?;
+        CasClient::new(&self.cas, &self.pin, identity).map_err(client_error)
+    }
+}
+
+fn client_error(e: ClientError) -> anyhow::Error {
+    let code = match &e {
+        ClientError::Refused { status, .. } => match status.as_u16() {
+            400 | 413 => exit::INVALID,
+            401 => exit::UNAUTHORIZED,
+            403 => REFUSED,
+            404 => exit::NOT_FOUND,
+            409 => exit::CONFLICT,
+            _ => exit::UNAVAILABLE,
+        },
+        ClientError::Transport(_) => exit::UNAVAILABLE,
+        ClientError::NoIdentity | ClientError::Local(_) => exit::FAILURE,
+    };
+    fail(code, e.to_string())
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        CasCommand::Init {
+            data_dir,
+            shares,
+            threshold,
+            key_file,
+        } => {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))?;
+            let sealing = match key_file {
+                Some(path) => SealingConfig::KeyFile(path),
+                None => SealingConfig::Shamir { shares, threshold },
+            };
+            let (vault, output) =
+                Vault::init(&data_dir, sealing).map_err(|e| fail(exit::FAILURE, e.to_string()))?;
+            let public = vault.identity_public().map(hex::encode).unwrap_or_default();
+            let pin = vault
+                .identity_public()
+                .map(|k| format!("sha256:{}", cloister_cas::tls::pin_of(&k)))
+                .unwrap_or_default();
+            match output {
+                InitOutput::Shares(shares) => {
+                    let shares: Vec<String> = shares.iter().map(ToString::to_string).collect();
+                    if json {
+                        print_json(
+                            &serde_json::json!({"shares": shares, "identity_pin": pin, "identity_public_key": public}),
+                        )?;
+                    } else {
+                        println!("Unseal shares — give one to each operator; they are not stored anywhere:");
+                        for share in &shares {
+                            println!("  {share}");
+                        }
+                        println!("identity pin: {pin}\npublic key:   {public}");
+                    }
+                }
+                other => {
+                    if json {
+                        print_json(&serde_json::json!({"identity_pin": pin, "identity_public_key": public}))?;
+                    } else {
+                        println!(
+                            "initialized ({}); identity pin: {pin}",
+                            match other {
+                                InitOutput::KeyFile(p) => format!("master key in {}", p.display()),
+                                _ => "sealed by the TEE".to_owned(),
+                            }
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        CasCommand::Serve {
+            data_dir,
+            listen,
+            admins,
+            nonce_ttl,
+        } => {
+            let vault = Arc::new(
+                Vault::open(&data_dir, None)
+                    .map_err(|e| fail(exit::FAILURE, format!("{}: {e}", data_dir.display())))?,
+            );
+            let config = cloister_cas::server::CasConfig {
+                data_dir: data_dir.clone(),
+                listen,
+                tls_names: Vec::new(),
+                admins,
+                nonce_ttl: Duration::from_secs(nonce_ttl.max(1)),
+            };
+            let sealed = vault.status().sealed;
+            let mut running = cloister_cas::server::serve(config, vault.clone()).await?;
+            println!("cloister cas: operator socket {}", running.socket.display());
+            if sealed {
+                println!(
+                    "cloister cas: sealed — give shares with `cloister cas unseal SHARE --data-dir {}`",
+                    data_dir.display()
+                );
+            }
+            let mut addr = running.addr.clone();
+            tokio::spawn(async move {
+                if let Ok(open) = addr.wait_for(Option::is_some).await
+                    && let Some(addr) = *open
+                {
+                    println!("cloister cas: listening on https://{addr}");
+                }
+            });
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+                () = running.wait() => anyhow::bail!("the CAS stopped unexpectedly"),
+            }
+            running.shutdown().await;
+            Ok(())
+        }
+        CasCommand::Status { data_dir } => {
+            let status = LocalClient::new(&data_dir)
+                .map_err(client_error)?
+                .status()
+                .await
+                .map_err(client_error)?;
+            print_json(&status)
+        }
+        CasCommand::Unseal { share, data_dir } => {
+            let answer = LocalClient::new(&data_dir)
+                .map_err(client_error)?
+                .unseal(&share)
+                .await
+                .map_err(client_error)?;
+            print_json(&answer)
+        }
+        CasCommand::Seal { data_dir } => LocalClient::new(&data_dir)
+            .map_err(client_error)?
+            .seal()
+            .await
+            .map_err(client_error),
+        CasCommand::Identity { data_dir } => {
+            let status = LocalClient::new(&data_dir)
+                .map_err(client_error)?
+                .status()
+                .await
+                .map_err(client_error)?;
+            if json {
+                print_json(&status)
+            } else {
+                println!("pin        {}", status.identity_pin.unwrap_or_default());
+                println!("public key {}", status.identity_public_key.unwrap_or_default());
+                Ok(())
+            }
+        }
+        CasCommand::Keygen { out } => {
+            let identity = ClientIdentity::generate();
+            identity
+                .save(&out)
+                .map_err(|e| fail(exit::FAILURE, e.to_string()))?;
+            println!("{}", identity.public());
+            Ok(())
+        }
+        CasCommand::Session(command) => session(command, json).await,
+        CasCommand::Secret {
+            session,
+            name,
+            format,
+            connect,
+        } => {
+            let bytes = connect
+                .client()?
+                .read_secret(&session, &name, format.as_deref())
+                .await
+                .map_err(client_error)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
+            Ok(())
+        }
+        CasCommand::Platform(PlatformCommand::Keygen { out }) => {
+            anyhow::ensure!(
+                !out.exists(),
+                "{} exists; not overwriting a platform key",
+                out.display()
+            );
+            let platform = cloister_attestation::SimPlatform::load_or_generate(&out)
+                .map_err(|e| fail(exit::FAILURE, e.to_string()))?;
+            println!("{}", hex::encode(platform.public_key()));
+            Ok(())
+        }
+        CasCommand::Platform(PlatformCommand::Add {
+            public_key,
+            name,
+            connect,
+        }) => connect
+            .client()?
+            .add_platform(&public_key, &name)
+            .await
+            .map_err(client_error),
+        CasCommand::Audit(AuditCommand::Export { connect }) => {
+            let entries = connect.client()?.audit(0).await.map_err(client_error)?;
+            print!(
+                "{}",
+                cloister_cas_store::export_jsonl(&entries).map_err(|e| fail(exit::FAILURE, e.to_string()))?
+            );
+            Ok(())
+        }
+        CasCommand::Audit(AuditCommand::Verify { file, identity }) => audit_verify(&file, &identity, json),
+        CasCommand::Attest {
+            session,
+            service,
+            platform,
+            measurement,
+            connect,
+        } => {
+            let platform = cloister_attestation::SimPlatform::load_or_generate(&platform)
+                .map_err(|e| fail(exit::FAILURE, e.to_string()))?;
+            let mut m = [0u8; 32];
+            hex::decode_to_slice(measurement.trim(), &mut m)
+                .map_err(|_| fail(exit::FAILURE, "--measurement is 64 hex digits"))?;
+            let source = cloister_attestation::SimSource::new(platform, m);
+            let config = connect
+                .client()?
+                .attest(&session, &service, &source, |_| {})
+                .await
+                .map_err(client_error)?;
+            print_json(&config)
+        }
+    }
+}
+
+async fn session(command: SessionCommand, json: bool) -> anyhow::Result<()> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    match command {
+        SessionCommand::Create { file, connect } => {
+            let written = connect
+                .client()?
+                .create_session(&read(&file)?)
+                .await
+                .map_err(client_error)?;
+            if json {
+                print_json(&written)
+            } else {
+                println!("created {} {}", written.name, written.hash);
+                Ok(())
+            }
+        }
+        SessionCommand::Update { file, connect } => {
+            let yaml = read(&file)?;
+            let parsed =
+                cloister_cas_session::parse_session(&yaml).map_err(|e| fail(exit::INVALID, e.to_string()))?;
+            let written = connect
+                .client()?
+                .update_session(&parsed.name, &yaml)
+                .await
+                .map_err(client_error)?;
+            if json {
+                print_json(&written)
+            } else {
+                println!("updated {} {}", written.name, written.hash);
+                Ok(())
+            }
+        }
+        SessionCommand::Get { name, connect } => {
+            let record = connect.client()?.get_session(&name).await.map_err(client_error)?;
+            if json {
+                print_json(&record)
+            } else {
+                print!("{}", record.yaml);
+                Ok(())
+            }
+        }
+        SessionCommand::Verify { file, name, connect } => {
+            let hash = match (file, name) {
+                (Some(file), None) => cloister_cas_session::parse_session(&read(&file)?)
+                    .map_err(|e| fail(exit::INVALID, e.to_string()))?
+                    .hash(),
+                (None, Some(name)) => {
+                    connect
+                        .client()?
+                        .get_session(&name)
+                        .await
+                        .map_err(client_error)?
+                        .hash
+                }
+                _ => return Err(fail(exit::FAILURE, "give a session file or --name")),
+            };
+            println!("{hash}");
+            Ok(())
+        }
+        SessionCommand::Ls { prefix, connect } => {
+            let sessions = connect
+                .client()?
+                .list_sessions(&prefix)
+                .await
+                .map_err(client_error)?;
+            if json {
+                print_json(&sessions)
+            } else {
+                for (name, hash) in sessions {
+                    println!("{name}  {hash}");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn audit_verify(file: &Path, identity: &str, json: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(identity.trim(), &mut key)
+        .map_err(|_| fail(exit::FAILURE, "--identity is 64 hex digits"))?;
+    let entries = cloister_cas_store::parse_jsonl(&text).map_err(|e| fail(REFUSED, e.to_string()))?;
+    let report =
+        cloister_cas_store::verify_audit(&entries, &key).map_err(|e| fail(REFUSED, e.to_string()))?;
+    if json {
+        print_json(&report)
+    } else {
+        println!("audit log intact: {} entries", entries.len());
+        Ok(())
+    }
+}
