@@ -8,7 +8,7 @@
 //!
 //! While sealed, every route but status and unseal answers 503.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -100,6 +100,70 @@ struct Cas {
     snp: SnpVerifier,
     sim: RwLock<SimVerifier>,
     unsealed: watch::Sender<bool>,
+    /// Parsed sessions with their secrets, so an attestation does not re-parse YAML; replaced
+    /// on every write and emptied when the vault is sealed.
+    cache: RwLock<HashMap<String, Arc<Loaded>>>,
+    releases: ReleaseLog,
+}
+
+/// A session ready for attestation.
+struct Loaded {
+    session: Session,
+    hash: String,
+    secrets: Secrets,
+}
+
+/// One release's audit entries, waiting for their group commit.
+type AuditRecord = (String, String, String, serde_json::Value);
+type ReleaseJob = (Vec<AuditRecord>, std::sync::mpsc::SyncSender<Result<(), String>>);
+
+/// Group commit of release audit entries: concurrent attestations share one durable
+/// transaction, and each waits until its entries are on disk before its configuration goes out.
+struct ReleaseLog {
+    queue: std::sync::Mutex<std::sync::mpsc::Sender<ReleaseJob>>,
+}
+
+impl ReleaseLog {
+    fn start(vault: Arc<Vault>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<ReleaseJob>();
+        std::thread::spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                    if batch.len() >= 256 {
+                        break;
+                    }
+                }
+                let written = vault.write(|txn| {
+                    for (records, _) in &batch {
+                        for (kind, actor, subject, detail) in records {
+                            txn.audit_append(kind, actor, subject, detail.clone())?;
+                        }
+                    }
+                    Ok(())
+                });
+                let result = written.map_err(|e| e.to_string());
+                for (_, reply) in batch {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        });
+        Self {
+            queue: std::sync::Mutex::new(tx),
+        }
+    }
+
+    /// Appends the records durably (blocking until committed).
+    fn append(&self, records: Vec<AuditRecord>) -> Result<(), String> {
+        let (reply, wait) = std::sync::mpsc::sync_channel(1);
+        self.queue
+            .lock()
+            .map_err(|_| "audit queue poisoned".to_owned())?
+            .send((records, reply))
+            .map_err(|_| "audit writer stopped".to_owned())?;
+        wait.recv().map_err(|_| "audit writer stopped".to_owned())?
+    }
 }
 
 /// Errors answered to clients: a status and a reason without secret content.
@@ -178,6 +242,8 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> anyhow::Result<Runni
         snp: SnpVerifier::new(),
         sim: RwLock::new(SimVerifier::new(Vec::<[u8; 32]>::new())),
         unsealed,
+        cache: RwLock::default(),
+        releases: ReleaseLog::start(vault.clone()),
         config: config.clone(),
     });
     if !vault.status().sealed {
@@ -347,6 +413,32 @@ impl Cas {
             .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt secrets".into()))
     }
 
+    /// The session and its secrets, from the cache or the vault.
+    fn loaded(&self, name: &str) -> CasResult<Option<Arc<Loaded>>> {
+        self.require_unsealed()?;
+        if let Some(hit) = self.cache.read().ok().and_then(|c| c.get(name).cloned()) {
+            return Ok(Some(hit));
+        }
+        let Some((session, stored)) = self.load_session(name)? else {
+            return Ok(None);
+        };
+        let loaded = Arc::new(Loaded {
+            session,
+            hash: stored.hash,
+            secrets: self.load_secrets(name)?,
+        });
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(name.to_owned(), loaded.clone());
+        }
+        Ok(Some(loaded))
+    }
+
+    fn forget(&self, name: &str) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(name);
+        }
+    }
+
     fn load_platforms(&self) -> CasResult<()> {
         let mut keys = Vec::new();
         for hex_key in self.vault.keys(PLATFORMS, "")? {
@@ -419,6 +511,9 @@ async fn unseal(State(cas): CasState, body: Bytes) -> CasResult<impl IntoRespons
 async fn seal(State(cas): CasState) -> impl IntoResponse {
     // The vault audits its own sealing.
     cas.vault.seal();
+    if let Ok(mut cache) = cas.cache.write() {
+        cache.clear();
+    }
     StatusCode::NO_CONTENT
 }
 
@@ -540,6 +635,7 @@ async fn write_session(
         txn.put(SESSIONS, &name, &stored)?;
         txn.put(SECRETS, &name, &sealed_secrets)
     })?;
+    cas.forget(&name);
     let kind = if current.is_some() {
         "session-update"
     } else {
@@ -839,13 +935,14 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
             "report data does not bind the nonce and the public key".into(),
         )
     })?;
-    let (session, _) = cas.load_session(&request.session)?.ok_or_else(|| {
+    let loaded = cas.loaded(&request.session)?.ok_or_else(|| {
         refuse(
             Some(tee),
             Some(&measurement),
             format!("no session {:?}", request.session),
         )
     })?;
+    let session = &loaded.session;
     if session.service(&request.service).is_none() {
         return Err(refuse(
             Some(tee),
@@ -866,32 +963,41 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
             "simulation evidence is not tolerated by this session".into(),
         ));
     }
-    let alternative = cloister_cas_session::match_evidence(&session, &request.service, &verified)
+    let alternative = cloister_cas_session::match_evidence(session, &request.service, &verified)
         .map_err(|reasons| refuse(Some(tee), Some(&measurement), reasons.join("; ")))?;
-    let secrets = cas.load_secrets(&request.session)?;
-    let config = cloister_cas_session::render_service(&session, &request.service, &secrets)?;
+    let config = cloister_cas_session::render_service(session, &request.service, &loaded.secrets)?;
     let plaintext = zeroize::Zeroizing::new(
         serde_json::to_vec(&config)
             .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?,
     );
-    let hash = session.hash();
+    let hash = loaded.hash.clone();
     let (enc, ciphertext) =
         crate::seal::seal(&public_key, &crate::seal::config_info(&hash), &nonce, &plaintext)
             .map_err(|e| refuse(Some(tee), Some(&measurement), e.to_string()))?;
     let actor = format!("workload:{tee}");
-    cas.audit(
-        "attest-ok",
-        &actor,
-        &subject,
-        json!({"measurement": measurement, "alternative": alternative, "tcb_status": verified.tcb_status, "simulation": tee == Tee::Sim}),
-    );
     let released: Vec<&str> = session.secrets.iter().map(|s| s.name.as_str()).collect();
-    cas.audit(
-        "secret-release",
-        &actor,
-        &subject,
-        json!({"session_hash": hash, "secrets": released, "simulation": tee == Tee::Sim}),
-    );
+    let simulation = tee == Tee::Sim;
+    // Both entries reach the disk (in a group commit shared with concurrent attestations)
+    // before the configuration goes out: never a release without its record.
+    cas.releases
+        .append(vec![
+            (
+                "attest-ok".into(),
+                actor.clone(),
+                subject.clone(),
+                json!({"measurement": measurement, "alternative": alternative, "tcb_status": verified.tcb_status, "simulation": simulation}),
+            ),
+            (
+                "secret-release".into(),
+                actor,
+                subject.clone(),
+                json!({"session_hash": hash, "secrets": released, "simulation": simulation}),
+            ),
+        ])
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot record a release");
+            CasError(StatusCode::INTERNAL_SERVER_ERROR, "cannot record the release".into())
+        })?;
     Ok(AttestResponse {
         session_hash: hash,
         enc: B64.encode(enc),

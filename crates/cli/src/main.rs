@@ -3,6 +3,7 @@
 mod attest;
 mod bench;
 mod cas;
+mod cas_bench;
 mod client;
 mod commands;
 mod server;

@@ -392,6 +392,24 @@ async fn cas_end_to_end() {
         "simulation",
     );
 
+    // Real DCAP evidence through the CAS: its 2025 collateral has expired by now.
+    let vectors = common::repo_root().join("crates/attestation/testdata");
+    let quote = std::fs::read(vectors.join("sgx/quote.bin")).unwrap();
+    let collateral: Value =
+        serde_json::from_slice(&std::fs::read(vectors.join("sgx/collateral.json")).unwrap()).unwrap();
+    let nonce = owner.nonce().await.unwrap();
+    let dcap = AttestRequest {
+        session: strict.into(),
+        service: "worker".into(),
+        nonce: nonce.nonce,
+        public_key: hex::encode(workload.public_bytes()),
+        evidence: base64::engine::general_purpose::STANDARD.encode(&quote),
+        collateral: Some(collateral),
+        vcek: None,
+        chain: None,
+    };
+    refused(owner.attest_raw(&dcap).await, 403, "expired");
+
     // The audit log: complete, verifiable offline, tamper-evident.
     let out = Command::new(common::bin())
         .args([
