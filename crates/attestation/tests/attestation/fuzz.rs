@@ -121,7 +121,13 @@ proptest! {
         let key = |r: &Result<cloister_attestation::VerifiedEvidence, _>| {
             r.as_ref().ok().map(|v| (v.tcb_status.clone(), v.advisories.clone()))
         };
-        prop_assert_eq!(key(&a), key(&b));
+        // Soundness: the cached path never accepts what the reference refuses, and when both
+        // accept they agree. The cached path may be stricter: dcap-qvl ignores bytes of the PCK
+        // chain it does not use (e.g. a flipped character in the embedded root CA's PEM, found
+        // by this test), which the cached path refuses.
+        if b.is_ok() {
+            prop_assert_eq!(key(&a), key(&b));
+        }
     }
 
     #[test]
