@@ -221,6 +221,14 @@ struct StoredSession {
     updated: OffsetDateTime,
 }
 
+impl StoredSession {
+    fn creator(&self) -> CasResult<ClientKey> {
+        self.creator
+            .parse()
+            .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt creator".into()))
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredPlatform {
     name: String,
@@ -357,6 +365,22 @@ fn network_router(cas: Arc<Cas>) -> Router {
 }
 
 type CasState = State<Arc<Cas>>;
+
+/// A request signed by a client key (see [`crate::auth`]): the key and the body it signed.
+struct Signed(ClientKey, Bytes);
+
+impl axum::extract::FromRequest<Arc<Cas>> for Signed {
+    type Rejection = CasError;
+
+    async fn from_request(request: axum::extract::Request, cas: &Arc<Cas>) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 8 * 1024 * 1024)
+            .await
+            .map_err(|_| CasError(StatusCode::PAYLOAD_TOO_LARGE, "request body too large".into()))?;
+        let client = cas.client(&parts.method, &parts.uri, &parts.headers, &body)?;
+        Ok(Self(client, body))
+    }
+}
 
 impl Cas {
     fn require_unsealed(&self) -> CasResult<()> {
@@ -577,10 +601,7 @@ async fn write_session(
     }
     let creator = match &current {
         Some((old, stored)) => {
-            let creator: ClientKey = stored
-                .creator
-                .parse()
-                .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt creator".into()))?;
+            let creator = stored.creator()?;
             if !old.access_policy.may_update(client, &creator) {
                 cas.audit(
                     "session-update-refused",
@@ -651,14 +672,7 @@ async fn write_session(
     Ok(SessionWritten { name, hash })
 }
 
-async fn create_session(
-    State(cas): CasState,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> CasResult<impl IntoResponse> {
-    let client = cas.client(&method, &uri, &headers, &body)?;
+async fn create_session(State(cas): CasState, Signed(client, body): Signed) -> CasResult<impl IntoResponse> {
     let written = write_session(&cas, &client, &body, None).await?;
     Ok((StatusCode::CREATED, axum::Json(written)))
 }
@@ -666,12 +680,8 @@ async fn create_session(
 async fn update_session(
     State(cas): CasState,
     UrlPath(name): UrlPath<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed(client, body): Signed,
 ) -> CasResult<impl IntoResponse> {
-    let client = cas.client(&method, &uri, &headers, &body)?;
     Ok(axum::Json(
         write_session(&cas, &client, &body, Some(&name)).await?,
     ))
@@ -680,18 +690,12 @@ async fn update_session(
 async fn get_session(
     State(cas): CasState,
     UrlPath(name): UrlPath<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    Signed(client, _): Signed,
 ) -> CasResult<impl IntoResponse> {
-    let client = cas.client(&method, &uri, &headers, b"")?;
     let (session, stored) = cas
         .load_session(&name)?
         .ok_or_else(|| CasError(StatusCode::NOT_FOUND, format!("no session {name:?}")))?;
-    let creator: ClientKey = stored
-        .creator
-        .parse()
-        .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt creator".into()))?;
+    let creator = stored.creator()?;
     if !session.access_policy.may_read(&client, &creator) {
         cas.audit("session-read-refused", &client.to_string(), &name, json!({}));
         return Err(forbidden(format!("not allowed to read session {name:?}")));
@@ -713,15 +717,12 @@ struct ListQuery {
 async fn list_sessions(
     State(cas): CasState,
     Query(query): Query<ListQuery>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    Signed(client, _): Signed,
 ) -> CasResult<impl IntoResponse> {
-    let client = cas.client(&method, &uri, &headers, b"")?;
     let mut readable = BTreeMap::new();
     for name in cas.vault.keys(SESSIONS, &query.prefix)? {
         if let Some((session, stored)) = cas.load_session(&name)?
-            && let Ok(creator) = stored.creator.parse::<ClientKey>()
+            && let Ok(creator) = stored.creator()
             && session.access_policy.may_read(&client, &creator)
         {
             readable.insert(name, stored.hash);
@@ -741,11 +742,8 @@ struct SecretQuery {
 async fn read_secret(
     State(cas): CasState,
     Query(query): Query<SecretQuery>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    Signed(client, _): Signed,
 ) -> CasResult<Response> {
-    let client = cas.client(&method, &uri, &headers, b"")?;
     let not_found = || {
         CasError(
             StatusCode::NOT_FOUND,
@@ -753,10 +751,7 @@ async fn read_secret(
         )
     };
     let (session, stored) = cas.load_session(&query.session)?.ok_or_else(not_found)?;
-    let creator: ClientKey = stored
-        .creator
-        .parse()
-        .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt creator".into()))?;
+    let creator = stored.creator()?;
     let spec = session
         .secrets
         .iter()
@@ -795,14 +790,7 @@ async fn read_secret(
         .into_response())
 }
 
-async fn add_platform(
-    State(cas): CasState,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> CasResult<impl IntoResponse> {
-    let client = cas.client(&method, &uri, &headers, &body)?;
+async fn add_platform(State(cas): CasState, Signed(client, body): Signed) -> CasResult<impl IntoResponse> {
     if !cas.is_admin(&client) {
         return Err(forbidden("only CAS administrators register platforms"));
     }
@@ -830,13 +818,7 @@ async fn add_platform(
     Ok(StatusCode::CREATED)
 }
 
-async fn list_platforms(
-    State(cas): CasState,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> CasResult<impl IntoResponse> {
-    cas.client(&method, &uri, &headers, b"")?;
+async fn list_platforms(State(cas): CasState, _: Signed) -> CasResult<impl IntoResponse> {
     Ok(axum::Json(cas.vault.keys(PLATFORMS, "")?))
 }
 
@@ -1016,11 +998,8 @@ struct AuditQuery {
 async fn audit(
     State(cas): CasState,
     Query(query): Query<AuditQuery>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    Signed(client, _): Signed,
 ) -> CasResult<impl IntoResponse> {
-    let client = cas.client(&method, &uri, &headers, b"")?;
     if !cas.is_admin(&client) {
         return Err(forbidden("only CAS administrators read the audit log"));
     }
