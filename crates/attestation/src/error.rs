@@ -73,7 +73,12 @@ pub enum Error {
     #[error("evidence collection failed: {0}")]
     Collection(String),
 
-    /// A file-system operation failed while collecting evidence.
+    /// Collateral could not be fetched from a PCCS / Intel PCS (network, HTTP status, size
+    /// limit, malformed response) or found in an offline collateral cache.
+    #[error("collateral fetch failed: {0}")]
+    CollateralFetch(String),
+
+    /// A file-system operation failed while collecting evidence or caching collateral.
     #[error("I/O error on {}: {source}", path.display())]
     Io {
         /// The path that was being accessed.

@@ -20,6 +20,9 @@
 //! * [`EvidenceSource`] — collection inside a workload: [`SimSource`], [`GramineSource`]
 //!   (`/dev/attestation`) and [`TsmSource`] (Linux configfs-tsm for TDX and SEV-SNP). All take a
 //!   configurable root directory so that tests run against a fake tree.
+//! * [`CollateralSource`] — obtains the DCAP collateral of a quote from a PCCS or Intel's PCS
+//!   (v4 API, blocking, 10 s timeout, 4 MiB responses) through an on-disk cache, or offline from
+//!   files an operator placed; [`DcapPlatform`] is what selects it (TEE, FMSPC, PCK CA).
 //! * [`report_data_for`] / [`check_report_data`] — binding of a nonce and a public key into the
 //!   64-byte report data: `SHA-512(nonce ‖ public_key)`.
 //!
@@ -99,7 +102,10 @@ mod verify;
 
 pub use binding::{check_report_data, report_data_for};
 pub use collect::{EvidenceSource, GramineSource, SimSource, TsmProvider, TsmReport, TsmSource};
-pub use dcap::{CollateralWindow, DcapCollateral, DcapVerifier, SgxDetails, TdxDetails};
+pub use dcap::{
+    CollateralSource, CollateralWindow, DEFAULT_REFRESH_MARGIN, DcapCollateral, DcapPlatform, DcapVerifier,
+    INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL, MAX_RESPONSE_BYTES, PckCaKind, SgxDetails, TdxDetails,
+};
 pub use error::Error;
 pub use evidence::{EvidenceSummary, Tee, TeeDetails, decode_input, detect, inspect};
 pub use policy::{Policy, PolicyOutcome, Tolerance};

@@ -1,9 +1,11 @@
 //! Durable platform state in one redb database: services, job records, job logs, the queue of
 //! jobs waiting to run, and upload intents (see `cloister_storage::events`).
 //!
-//! Every change that answers a client (service changes, new jobs, final job states) commits
-//! with `Durability::Immediate`, so an acknowledged change survives a crash. Only the
-//! Pending→Running transition is committed lazily: losing it means the job runs again.
+//! Every change that answers a client (service changes, upload intents, new jobs from
+//! `POST /job`, final job states) commits with `Durability::Immediate`, so an acknowledged
+//! change survives a crash. Two transitions are committed lazily because something durable
+//! already stands for them: jobs created from an upload (their intent is durable and recovery
+//! re-creates them) and Pending→Running (losing it means the job runs again).
 
 use std::path::Path;
 
@@ -347,10 +349,14 @@ impl State {
 
     // ---- jobs ----
 
-    /// Records new jobs and resolves `intent`, in one durable transaction. Returns the
-    /// records with their queue positions.
+    /// Records new jobs and resolves `intent`, in one transaction. Returns the records with
+    /// their queue positions.
+    ///
+    /// With an intent, the commit is not forced to disk: until some later commit is, the
+    /// durable intent still stands for these jobs, and recovery re-creates them from it if the
+    /// process dies. Without one (a `POST /job`), the commit is durable before it returns.
     pub fn create_jobs(&self, intent: Option<u64>, jobs: Vec<NewJob>) -> Result<Vec<JobRecord>, StateError> {
-        let txn = self.write(true)?;
+        let txn = self.write(intent.is_none())?;
         let mut created = Vec::with_capacity(jobs.len());
         {
             let mut counters = txn.open_table(COUNTERS)?;

@@ -352,6 +352,13 @@ fn verify_signed_json(
 }
 
 /// Steps 0–2 of the DCAP flow: CRLs, root revocation, TCB info and QE identity.
+/// Verifies the collateral on its own (window, CRLs, signing chains, TCB info and QE identity
+/// signatures) at `now`, as the first step of every verification does; used before fetched
+/// collateral is written to the disk cache.
+pub(crate) fn check_collateral(c: &QuoteCollateralV3, now: u64) -> Result<(), Error> {
+    verify_collateral(c, now).map(|_| ())
+}
+
 fn verify_collateral(c: &QuoteCollateralV3, now: u64) -> Result<CollateralEntry, Error> {
     let window = collateral_bounds(c)?;
     window.check(now)?;

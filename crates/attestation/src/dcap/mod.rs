@@ -2,6 +2,12 @@
 //! collateral format and one verifier.
 
 mod cached;
+mod fetch;
+
+pub use fetch::{
+    CollateralSource, DEFAULT_REFRESH_MARGIN, DcapPlatform, INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL, MAX_RESPONSE_BYTES,
+    PckCaKind,
+};
 
 use std::time::Duration;
 
