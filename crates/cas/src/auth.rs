@@ -1,7 +1,7 @@
 //! Client identity and signed requests.
 //!
-//! A CAS client is an Ed25519 key. Every request that acts on sessions carries four headers:
-//! `x-cloister-key: ed25519:<hex public key>`, `x-cloister-time: <unix seconds>`,
+//! A CAS client is an Ed25519 or a P-256 key. Every request that acts on sessions carries four headers:
+//! `x-cloister-key: ed25519:<hex public key>` (or `p256:<hex compressed SEC1 point>`), `x-cloister-time: <unix seconds>`,
 //! `x-cloister-nonce: <32 hex>` (random, so two identical requests in one second differ) and
 //! `x-cloister-signature: <hex>`, the signature over [`signing_payload`] — a domain tag, the
 //! method, the path with query, the time, the nonce and the SHA-256 of the body. The server accepts a time
@@ -58,9 +58,23 @@ pub fn signing_payload(method: &str, path_and_query: &str, time: i64, nonce: &st
     format!("cloister-cas-request-v2\n{method}\n{path_and_query}\n{time}\n{nonce}\n{body_hash}").into_bytes()
 }
 
+/// Signature algorithms of client keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    /// Ed25519 (the default).
+    Ed25519,
+    /// ECDSA over P-256 with SHA-256; signatures are the 64-byte `r ‖ s`.
+    P256,
+}
+
+enum Key {
+    Ed25519(SigningKey),
+    P256(p256::ecdsa::SigningKey),
+}
+
 /// A client's key pair.
 pub struct ClientIdentity {
-    key: SigningKey,
+    key: Key,
 }
 
 impl std::fmt::Debug for ClientIdentity {
@@ -70,43 +84,71 @@ impl std::fmt::Debug for ClientIdentity {
 }
 
 impl ClientIdentity {
-    /// A fresh random key.
+    /// A fresh random Ed25519 key.
     pub fn generate() -> Self {
-        let mut seed = Zeroizing::new([0u8; 32]);
-        rand::fill(&mut seed[..]);
-        Self {
-            key: SigningKey::from_bytes(&seed),
+        Self::generate_with(KeyAlgorithm::Ed25519)
+    }
+
+    /// A fresh random key of the given algorithm.
+    pub fn generate_with(algorithm: KeyAlgorithm) -> Self {
+        loop {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            rand::fill(&mut seed[..]);
+            match algorithm {
+                KeyAlgorithm::Ed25519 => return Self::from_seed(&seed),
+                // A random 32-byte string is a valid P-256 scalar except with negligible
+                // probability; draw again in that case.
+                KeyAlgorithm::P256 => {
+                    if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&seed[..]) {
+                        return Self { key: Key::P256(key) };
+                    }
+                }
+            }
         }
     }
 
-    /// The key from a 32-byte seed.
+    /// The Ed25519 key from a 32-byte seed.
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         Self {
-            key: SigningKey::from_bytes(seed),
+            key: Key::Ed25519(SigningKey::from_bytes(seed)),
         }
     }
 
-    /// Loads a key file (`ed25519-seed:<hex>`).
+    /// Loads a key file (`ed25519-seed:<hex>` or `p256-secret:<hex>`).
     pub fn load(path: &Path) -> Result<Self, AuthError> {
         let text = Zeroizing::new(
             std::fs::read_to_string(path)
                 .map_err(|e| AuthError::KeyFile(format!("{}: {e}", path.display())))?,
         );
-        let hex_seed = text
-            .trim()
-            .strip_prefix("ed25519-seed:")
-            .ok_or_else(|| AuthError::KeyFile(format!("{} is not a Cloister key file", path.display())))?;
-        let mut seed = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(hex_seed, &mut seed[..])
-            .map_err(|_| AuthError::KeyFile(format!("{} holds a malformed key", path.display())))?;
-        Ok(Self::from_seed(&seed))
+        let malformed = || AuthError::KeyFile(format!("{} holds a malformed key", path.display()));
+        let (algorithm, hex_secret) = match text.trim().split_once(':') {
+            Some(("ed25519-seed", hex)) => (KeyAlgorithm::Ed25519, hex),
+            Some(("p256-secret", hex)) => (KeyAlgorithm::P256, hex),
+            _ => {
+                return Err(AuthError::KeyFile(format!(
+                    "{} is not a Cloister key file",
+                    path.display()
+                )));
+            }
+        };
+        let mut secret = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(hex_secret, &mut secret[..]).map_err(|_| malformed())?;
+        match algorithm {
+            KeyAlgorithm::Ed25519 => Ok(Self::from_seed(&secret)),
+            KeyAlgorithm::P256 => p256::ecdsa::SigningKey::from_slice(&secret[..])
+                .map(|key| Self { key: Key::P256(key) })
+                .map_err(|_| malformed()),
+        }
     }
 
     /// Writes the key file, readable only by its owner; refuses to overwrite.
     pub fn save(&self, path: &Path) -> Result<(), AuthError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let text = Zeroizing::new(format!("ed25519-seed:{}\n", hex::encode(self.key.to_bytes())));
+        let text = Zeroizing::new(match &self.key {
+            Key::Ed25519(key) => format!("ed25519-seed:{}\n", hex::encode(key.to_bytes())),
+            Key::P256(key) => format!("p256-secret:{}\n", hex::encode(key.to_bytes())),
+        });
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -118,9 +160,15 @@ impl ClientIdentity {
         file.sync_all().map_err(|e| AuthError::KeyFile(e.to_string()))
     }
 
-    /// The public key as `ed25519:<hex>`.
+    /// The public key as `ed25519:<hex>` or `p256:<hex compressed point>`.
     pub fn public(&self) -> String {
-        format!("ed25519:{}", hex::encode(self.key.verifying_key().as_bytes()))
+        match &self.key {
+            Key::Ed25519(key) => format!("ed25519:{}", hex::encode(key.verifying_key().as_bytes())),
+            Key::P256(key) => format!(
+                "p256:{}",
+                hex::encode(key.verifying_key().to_encoded_point(true).as_bytes())
+            ),
+        }
     }
 
     /// The authentication headers for a request.
@@ -134,24 +182,68 @@ impl ClientIdentity {
         let mut nonce = [0u8; 16];
         rand::fill(&mut nonce);
         let nonce = hex::encode(nonce);
-        let signature = self
-            .key
-            .sign(&signing_payload(method, path_and_query, time, &nonce, body));
+        let payload = signing_payload(method, path_and_query, time, &nonce, body);
+        let signature: [u8; 64] = match &self.key {
+            Key::Ed25519(key) => key.sign(&payload).to_bytes(),
+            Key::P256(key) => {
+                let signature: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(key, &payload);
+                signature.to_bytes().into()
+            }
+        };
         [
             (KEY_HEADER, self.public()),
             (TIME_HEADER, time.to_string()),
             (NONCE_HEADER, nonce),
-            (SIGNATURE_HEADER, hex::encode(signature.to_bytes())),
+            (SIGNATURE_HEADER, hex::encode(signature)),
         ]
     }
 }
 
-/// Parses `ed25519:<hex>` (or bare hex) into a verifying key.
-pub fn parse_public_key(text: &str) -> Result<VerifyingKey, AuthError> {
-    let hex_key = text.trim().strip_prefix("ed25519:").unwrap_or(text.trim());
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex_key, &mut bytes).map_err(|_| AuthError::Malformed(KEY_HEADER))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| AuthError::Malformed(KEY_HEADER))
+/// A client's public key, as it verifies signatures.
+enum PublicKey {
+    Ed25519(VerifyingKey),
+    P256(p256::ecdsa::VerifyingKey),
+}
+
+impl PublicKey {
+    /// Parses `ed25519:<hex>` (or bare hex) or `p256:<hex SEC1 point>`.
+    fn parse(text: &str) -> Result<Self, AuthError> {
+        let text = text.trim();
+        if let Some(hex_key) = text.strip_prefix("p256:") {
+            let bytes = hex::decode(hex_key).map_err(|_| AuthError::Malformed(KEY_HEADER))?;
+            return p256::ecdsa::VerifyingKey::from_sec1_bytes(&bytes)
+                .map(Self::P256)
+                .map_err(|_| AuthError::Malformed(KEY_HEADER));
+        }
+        let hex_key = text.strip_prefix("ed25519:").unwrap_or(text);
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_key, &mut bytes).map_err(|_| AuthError::Malformed(KEY_HEADER))?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(Self::Ed25519)
+            .map_err(|_| AuthError::Malformed(KEY_HEADER))
+    }
+
+    fn verify(&self, payload: &[u8], signature: &[u8; 64]) -> Result<(), AuthError> {
+        match self {
+            Self::Ed25519(key) => key
+                .verify(payload, &Signature::from_bytes(signature))
+                .map_err(|_| AuthError::BadSignature),
+            Self::P256(key) => {
+                let signature =
+                    p256::ecdsa::Signature::from_slice(signature).map_err(|_| AuthError::BadSignature)?;
+                p256::ecdsa::signature::Verifier::verify(key, payload, &signature)
+                    .map_err(|_| AuthError::BadSignature)
+            }
+        }
+    }
+
+    /// The canonical text form (`p256` keys compressed), as sessions name principals.
+    fn canonical(&self) -> String {
+        match self {
+            Self::Ed25519(key) => format!("ed25519:{}", hex::encode(key.as_bytes())),
+            Self::P256(key) => format!("p256:{}", hex::encode(key.to_encoded_point(true).as_bytes())),
+        }
+    }
 }
 
 /// Verifies signed requests and remembers recent signatures.
@@ -177,7 +269,7 @@ impl Authenticator {
         if nonce.len() != 32 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(AuthError::Malformed(NONCE_HEADER));
         }
-        let key = parse_public_key(&key_text)?;
+        let key = PublicKey::parse(&key_text)?;
         let time: i64 = time_text
             .trim()
             .parse()
@@ -188,11 +280,7 @@ impl Authenticator {
         let mut sig = [0u8; 64];
         hex::decode_to_slice(sig_text.trim(), &mut sig)
             .map_err(|_| AuthError::Malformed(SIGNATURE_HEADER))?;
-        key.verify(
-            &signing_payload(method, path_and_query, time, &nonce, body),
-            &Signature::from_bytes(&sig),
-        )
-        .map_err(|_| AuthError::BadSignature)?;
+        key.verify(&signing_payload(method, path_and_query, time, &nonce, body), &sig)?;
         let mut seen = self.seen.lock().map_err(|_| AuthError::Replayed)?;
         if seen.len() > 100_000 {
             seen.retain(|_, t| now - *t <= MAX_SKEW);
@@ -200,7 +288,7 @@ impl Authenticator {
         if seen.insert(sig, time).is_some() {
             return Err(AuthError::Replayed);
         }
-        Ok(format!("ed25519:{}", hex::encode(key.as_bytes())))
+        Ok(key.canonical())
     }
 }
 
@@ -271,6 +359,27 @@ mod tests {
         assert_eq!(
             auth.verify(|_| None, "PUT", "/", b"", 0),
             Err(AuthError::Missing(KEY_HEADER))
+        );
+    }
+
+    #[test]
+    fn p256_keys_sign_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = ClientIdentity::generate_with(KeyAlgorithm::P256);
+        assert!(client.public().starts_with("p256:02") || client.public().starts_with("p256:03"));
+        client.save(&dir.path().join("p256")).unwrap();
+        let loaded = ClientIdentity::load(&dir.path().join("p256")).unwrap();
+        assert_eq!(loaded.public(), client.public());
+        let auth = Authenticator::default();
+        let signed = loaded.sign("GET", "/v1/sessions/x", 50, b"");
+        assert_eq!(
+            auth.verify(headers(&signed), "GET", "/v1/sessions/x", b"", 50),
+            Ok(client.public())
+        );
+        let tampered = loaded.sign("GET", "/v1/sessions/x", 50, b"");
+        assert_eq!(
+            auth.verify(headers(&tampered), "GET", "/v1/sessions/y", b"", 50),
+            Err(AuthError::BadSignature)
         );
     }
 

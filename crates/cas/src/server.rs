@@ -406,9 +406,8 @@ impl Cas {
                 now,
             )
             .map_err(|e| CasError(StatusCode::UNAUTHORIZED, e.to_string()))?;
-        let bytes = crate::auth::parse_public_key(&key)
-            .map_err(|e| CasError(StatusCode::UNAUTHORIZED, e.to_string()))?;
-        ClientKey::ed25519(bytes.as_bytes()).map_err(|e| CasError(StatusCode::UNAUTHORIZED, e))
+        key.parse::<ClientKey>()
+            .map_err(|e| CasError(StatusCode::UNAUTHORIZED, e))
     }
 
     fn is_admin(&self, key: &ClientKey) -> bool {

@@ -68,11 +68,14 @@ pub enum CasCommand {
         #[arg(long, env = "CLOISTER_CAS_DATA_DIR", default_value = "cas-data")]
         data_dir: PathBuf,
     },
-    /// Make a client key (Ed25519) and print its public key.
+    /// Make a client key and print its public key.
     Keygen {
         /// Where to write the key (mode 0600; never overwritten).
         #[arg(long)]
         out: PathBuf,
+        /// ed25519 or p256.
+        #[arg(long, default_value = "ed25519", value_parser = ["ed25519", "p256"])]
+        algorithm: String,
     },
     /// Sessions: create, update, read, hash, list.
     #[command(subcommand)]
@@ -361,8 +364,13 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-        CasCommand::Keygen { out } => {
-            let identity = ClientIdentity::generate();
+        CasCommand::Keygen { out, algorithm } => {
+            let algorithm = if algorithm == "p256" {
+                cloister_cas::auth::KeyAlgorithm::P256
+            } else {
+                cloister_cas::auth::KeyAlgorithm::Ed25519
+            };
+            let identity = ClientIdentity::generate_with(algorithm);
             identity
                 .save(&out)
                 .map_err(|e| fail(exit::FAILURE, e.to_string()))?;

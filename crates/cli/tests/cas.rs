@@ -315,6 +315,30 @@ async fn cas_end_to_end() {
         Err(ClientError::NoIdentity)
     ));
 
+    // A P-256 client key works the same way.
+    let p256_public = ok(&cli(&[
+        "cas",
+        "keygen",
+        "--algorithm",
+        "p256",
+        "--out",
+        key("p256").to_str().unwrap(),
+    ]))
+    .trim()
+    .to_owned();
+    assert!(p256_public.starts_with("p256:"));
+    let p256_owner = client("p256");
+    let written = p256_owner
+        .create_session(&session_yaml("p256/own", &measurement, "simulation", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        p256_owner.get_session("p256/own").await.unwrap().creator,
+        p256_public
+    );
+    refused(owner.get_session("p256/own").await, 403, "not allowed");
+    assert_eq!(written.name, "p256/own");
+
     // Attestation with the simulation TEE: unknown platform first.
 
     let mut m = [0u8; 32];
