@@ -56,6 +56,9 @@ pub struct CasConfig {
     pub admins: Vec<String>,
     /// How long an attestation nonce stays valid.
     pub nonce_ttl: Duration,
+    /// Where DCAP collateral comes from when a request carries none (a PCCS / Intel PCS with
+    /// a disk cache, or an offline directory).
+    pub collateral: Option<Arc<cloister_attestation::CollateralSource>>,
 }
 
 /// A running CAS.
@@ -833,7 +836,7 @@ async fn issue_nonce(State(cas): CasState) -> CasResult<impl IntoResponse> {
     }))
 }
 
-fn endorsements(request: &AttestRequest) -> CasResult<Endorsements> {
+fn endorsements(cas: &Cas, request: &AttestRequest, tee: Tee, evidence: &[u8]) -> CasResult<Endorsements> {
     if let Some(collateral) = &request.collateral {
         let raw = serde_json::to_vec(collateral).map_err(|_| bad("malformed collateral"))?;
         return Ok(Endorsements::Dcap(
@@ -847,6 +850,14 @@ fn endorsements(request: &AttestRequest) -> CasResult<Endorsements> {
         let endorsement = SnpEndorsements::new(&der, request.chain.as_deref().map(str::as_bytes))
             .map_err(|e| bad(format!("vcek: {e}")))?;
         return Ok(Endorsements::Snp(endorsement));
+    }
+    if matches!(tee, Tee::Sgx | Tee::Tdx)
+        && let Some(source) = &cas.config.collateral
+    {
+        let collateral = source
+            .collateral_for(evidence, OffsetDateTime::now_utc())
+            .map_err(|e| bad(format!("no collateral for this platform: {e}")))?;
+        return Ok(Endorsements::Dcap(collateral));
     }
     Ok(Endorsements::None)
 }
@@ -892,7 +903,8 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
         .map_err(|_| refuse(None, None, "evidence is not base64".into()))?;
     let tee = cloister_attestation::detect(&evidence)
         .map_err(|e| refuse(None, None, format!("unrecognised evidence: {e}")))?;
-    let endorsements = endorsements(request).map_err(|e| refuse(Some(tee), None, e.1))?;
+    let endorsements =
+        endorsements(cas, request, tee, &evidence).map_err(|e| refuse(Some(tee), None, e.1))?;
     let now = OffsetDateTime::now_utc();
     let verified = match tee {
         Tee::Sgx | Tee::Tdx => cas.dcap.verify(&evidence, &endorsements, now),

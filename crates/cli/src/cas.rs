@@ -45,6 +45,12 @@ pub enum CasCommand {
         /// Seconds an attestation nonce stays valid.
         #[arg(long, default_value_t = 60)]
         nonce_ttl: u64,
+        /// PCCS or Intel PCS base URL for DCAP collateral (cached under --collateral-dir).
+        #[arg(long, env = "CLOISTER_CAS_PCCS_URL", requires = "collateral_dir")]
+        pccs_url: Option<String>,
+        /// Collateral cache; without --pccs-url, an offline directory of collateral files.
+        #[arg(long, env = "CLOISTER_CAS_COLLATERAL_DIR")]
+        collateral_dir: Option<PathBuf>,
     },
     /// Status of the local CAS (operator socket).
     Status {
@@ -291,7 +297,17 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             listen,
             admins,
             nonce_ttl,
+            pccs_url,
+            collateral_dir,
         } => {
+            let collateral = match (pccs_url, collateral_dir) {
+                (Some(url), Some(dir)) => Some(cloister_attestation::CollateralSource::pccs(&url, &dir)),
+                (None, Some(dir)) => Some(cloister_attestation::CollateralSource::offline(&dir)),
+                _ => None,
+            }
+            .transpose()
+            .map_err(|e| fail(exit::FAILURE, format!("collateral source: {e}")))?
+            .map(Arc::new);
             let vault = Arc::new(
                 Vault::open(&data_dir, None)
                     .map_err(|e| fail(exit::FAILURE, format!("{}: {e}", data_dir.display())))?,
@@ -302,6 +318,7 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
                 tls_names: Vec::new(),
                 admins,
                 nonce_ttl: Duration::from_secs(nonce_ttl.max(1)),
+                collateral,
             };
             let sealed = vault.status().sealed;
             let mut running = cloister_cas::server::serve(config, vault.clone()).await?;

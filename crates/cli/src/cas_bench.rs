@@ -62,6 +62,7 @@ pub async fn run(args: CasBenchArgs, json_out: bool) -> anyhow::Result<()> {
         tls_names: Vec::new(),
         admins: vec![admin.public()],
         nonce_ttl: Duration::from_secs(60),
+        collateral: None,
     };
     let mut running = cloister_cas::server::serve(config, Arc::new(vault)).await?;
     let url = format!(

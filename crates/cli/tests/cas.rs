@@ -66,6 +66,18 @@ fn start_sealed(dir: &Path, admin: &str) -> (Cas, Vec<String>) {
         .iter()
         .map(|s| s.as_str().unwrap().to_owned())
         .collect();
+    // An offline collateral directory with the SGX vector's collateral, named as the CAS
+    // looks it up.
+    let collateral_dir = dir.with_extension("collateral");
+    std::fs::create_dir_all(&collateral_dir).unwrap();
+    let vectors = common::repo_root().join("crates/attestation/testdata");
+    let quote = std::fs::read(vectors.join("sgx/quote.bin")).unwrap();
+    let key = cloister_attestation::CollateralSource::cache_key(&quote).unwrap();
+    std::fs::copy(
+        vectors.join("sgx/collateral.json"),
+        collateral_dir.join(format!("{key}.json")),
+    )
+    .unwrap();
     let mut child = Command::new(common::bin())
         .args([
             "cas",
@@ -77,6 +89,8 @@ fn start_sealed(dir: &Path, admin: &str) -> (Cas, Vec<String>) {
             "--admin",
             admin,
         ])
+        .arg("--collateral-dir")
+        .arg(&collateral_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -433,6 +447,15 @@ async fn cas_end_to_end() {
         chain: None,
     };
     refused(owner.attest_raw(&dcap).await, 403, "expired");
+    // Without collateral in the request, the CAS takes it from its collateral directory — and
+    // finds the same expiry, not a missing-collateral error.
+    let nonce = owner.nonce().await.unwrap();
+    let from_dir = AttestRequest {
+        nonce: nonce.nonce,
+        collateral: None,
+        ..dcap
+    };
+    refused(owner.attest_raw(&from_dir).await, 403, "expired");
 
     // The audit log: complete, verifiable offline, tamper-evident.
     let out = Command::new(common::bin())

@@ -83,9 +83,9 @@ impl DcapPlatform {
         let parsed = parse_quote(quote)?;
         let chain = dcap_qvl::intel::extract_cert_chain(&parsed)
             .map_err(|e| Error::malformed("DCAP quote certification data", format!("{e:#}")))?;
-        let leaf = chain
-            .first()
-            .ok_or_else(|| Error::malformed("DCAP quote certification data", "empty PCK certificate chain"))?;
+        let leaf = chain.first().ok_or_else(|| {
+            Error::malformed("DCAP quote certification data", "empty PCK certificate chain")
+        })?;
         let ext = dcap_qvl::intel::parse_pck_extension(leaf)
             .map_err(|e| Error::malformed("PCK certificate", format!("{e:#}")))?;
         let cert = <DefaultConfig as dcap_qvl::config::Config>::X509::from_der(leaf)
@@ -116,7 +116,12 @@ impl DcapPlatform {
             _ => "sgx",
         };
         let mut h = Sha256::new();
-        for field in ["cloister/dcap-collateral-cache/v1", tee, &self.fmspc, self.ca.as_str()] {
+        for field in [
+            "cloister/dcap-collateral-cache/v1",
+            tee,
+            &self.fmspc,
+            self.ca.as_str(),
+        ] {
             h.update((field.len() as u64).to_le_bytes());
             h.update(field.as_bytes());
         }
@@ -159,7 +164,8 @@ impl CollateralSource {
             .trim_end_matches("/sgx/certification/v4")
             .trim_end_matches("/tdx/certification/v4")
             .to_owned();
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) || base_url.contains(['?', '#'])
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://"))
+            || base_url.contains(['?', '#'])
         {
             return Err(Error::InvalidArgument(format!(
                 "PCCS base URL must be an http(s) URL without query: {base_url:?}"
@@ -195,7 +201,10 @@ impl CollateralSource {
         if !cache_dir.is_dir() {
             return Err(Error::io(
                 cache_dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "offline collateral directory does not exist"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "offline collateral directory does not exist",
+                ),
             ));
         }
         Ok(CollateralSource {
@@ -323,7 +332,9 @@ impl Response {
         let value = value
             .to_str()
             .map_err(|_| Error::CollateralFetch(format!("{} header is not ASCII", names[0])))?;
-        percent_decode(value).ok_or_else(|| Error::CollateralFetch(format!("{} header is not valid percent-encoding", names[0])))
+        percent_decode(value).ok_or_else(|| {
+            Error::CollateralFetch(format!("{} header is not valid percent-encoding", names[0]))
+        })
     }
 }
 
@@ -399,7 +410,8 @@ impl Online {
             qe_identity_signature,
             pck_certificate_chain: None,
         };
-        let json = serde_json::to_vec(&assembled).map_err(|e| Error::CollateralFetch(format!("encoding collateral: {e}")))?;
+        let json = serde_json::to_vec(&assembled)
+            .map_err(|e| Error::CollateralFetch(format!("encoding collateral: {e}")))?;
         let collateral = DcapCollateral::from_json(&json)?;
         cached::check_collateral(&collateral.inner, now)?;
         Ok((collateral, json))
@@ -438,7 +450,11 @@ fn percent_decode(s: &str) -> Option<String> {
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("collateral");
-    let tmp = dir.join(format!(".{name}.{}.{:016x}.tmp", std::process::id(), rand::random::<u64>()));
+    let tmp = dir.join(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -481,12 +497,20 @@ mod tests {
         assert!(CollateralSource::pccs("https://x/?a", &dir).is_err());
         let s = CollateralSource::pccs("https://pccs.example/sgx/certification/v4/", &dir).ok();
         let online = s.and_then(|s| s.online);
-        assert_eq!(online.as_ref().map(|o| o.base_url.as_str()), Some("https://pccs.example"));
+        assert_eq!(
+            online.as_ref().map(|o| o.base_url.as_str()),
+            Some("https://pccs.example")
+        );
         assert_eq!(
             online.map(|o| o.root_crl_url),
             Some("https://pccs.example/sgx/certification/v4/rootcacrl".to_owned())
         );
-        let pcs = CollateralSource::pccs(INTEL_PCS_URL, &dir).ok().and_then(|s| s.online);
-        assert_eq!(pcs.map(|o| o.root_crl_url), Some(INTEL_ROOT_CA_CRL_URL.to_owned()));
+        let pcs = CollateralSource::pccs(INTEL_PCS_URL, &dir)
+            .ok()
+            .and_then(|s| s.online);
+        assert_eq!(
+            pcs.map(|o| o.root_crl_url),
+            Some(INTEL_ROOT_CA_CRL_URL.to_owned())
+        );
     }
 }

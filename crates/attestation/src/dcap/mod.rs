@@ -5,8 +5,8 @@ mod cached;
 mod fetch;
 
 pub use fetch::{
-    CollateralSource, DEFAULT_REFRESH_MARGIN, DcapPlatform, INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL, MAX_RESPONSE_BYTES,
-    PckCaKind,
+    CollateralSource, DEFAULT_REFRESH_MARGIN, DcapPlatform, INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL,
+    MAX_RESPONSE_BYTES, PckCaKind,
 };
 
 use std::time::Duration;

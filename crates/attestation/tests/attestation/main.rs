@@ -1,5 +1,6 @@
 //! Integration tests of cloister-attestation against the real vectors in `testdata/`.
 
+mod collateral_source;
 mod collect;
 mod common;
 mod dcap;
