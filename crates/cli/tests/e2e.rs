@@ -508,3 +508,32 @@ async fn buckets_api_and_presigned_urls() {
     assert_eq!(deleted.status(), 204);
     assert_eq!(server.get("/system/buckets/shared-data").await.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sgx_services_do_not_run_without_sgx() {
+    if std::path::Path::new("/dev/sgx_enclave").exists() {
+        eprintln!("this host has SGX; the refusal cannot be observed here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let service = json!({"name": "enclave", "image": "registry/scone-app", "script": "echo ran",
+        "enable_sgx": true, "sgx_epc": "128Mi",
+        "input": [{"storage_provider": "minio.default", "path": "enclave/in"}]});
+    assert_eq!(server.post_json("/system/services", &service).await.status(), 201);
+    let shown = server.get_json("/system/services/enclave").await;
+    assert_eq!(shown["enable_sgx"], true);
+    assert_eq!(shown["sgx_epc"], "128Mi");
+    put_object(&server, "enclave", "in/x", b"x").await;
+    let jobs = server.wait_jobs("enclave", 1).await;
+    let (name, job) = jobs.iter().next().unwrap();
+    assert_eq!(job["status"], "Failed");
+    assert!(job["reason"].as_str().unwrap().contains("no SGX device"), "{job}");
+    let log = server
+        .get(&format!("/system/logs/enclave/{name}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!log.contains("ran"), "the script ran outside SGX: {log}");
+}

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use cloister_runtime::{CgroupSupport, IoError, JobIo, JobOutcome, JobSpec, RunOptions};
+use cloister_runtime::{CgroupSupport, IoError, JobIo, JobOutcome, JobSpec, RunOptions, TeeKind};
 use cloister_storage::Store;
 use futures::future::BoxFuture;
 
@@ -115,15 +115,54 @@ impl Executor for LocalExecutor {
         cancel: BoxFuture<'static, ()>,
         on_start: Box<dyn FnOnce() + Send>,
     ) -> JobOutcome {
+        if let Some(refusal) = unavailable_tee(&spec) {
+            return refusal;
+        }
         let slot = self.slot();
         cloister_runtime::run_job(&spec, &self.io, &self.options(&slot, false, 0), cancel, on_start).await
     }
 
     async fn run_sync(&self, spec: JobSpec, max_output: u64) -> JobOutcome {
+        if let Some(refusal) = unavailable_tee(&spec) {
+            return refusal;
+        }
         let slot = self.slot();
         let options = self.options(&slot, true, max_output);
         cloister_runtime::run_job(&spec, &self.io, &options, std::future::pending(), || {}).await
     }
+}
+
+/// A failed outcome when the job needs a TEE this host cannot give it: running it without one
+/// would silently drop the protection the service asked for.
+fn unavailable_tee(spec: &JobSpec) -> Option<JobOutcome> {
+    let reason = match spec.placement.tee? {
+        TeeKind::Sgx
+            if ["/dev/sgx_enclave", "/dev/sgx/enclave"]
+                .iter()
+                .any(|d| Path::new(d).exists()) =>
+        {
+            return None;
+        }
+        TeeKind::Sgx => {
+            "the service needs SGX (enable_sgx) but this host has no SGX device (/dev/sgx_enclave)"
+        }
+        TeeKind::Tdx | TeeKind::Snp => {
+            "TDX and SEV-SNP services run in confidential VMs, which the local executor cannot start"
+        }
+        TeeKind::Sim => return None,
+    };
+    Some(JobOutcome {
+        status: cloister_runtime::Status::Failed,
+        exit_code: None,
+        reason: Some(reason.to_owned()),
+        log: vec![cloister_runtime::LogLine {
+            time: time::OffsetDateTime::now_utc(),
+            text: format!("cloister: {reason}"),
+        }],
+        stdout: Vec::new(),
+        files: Vec::new(),
+        uploaded: Vec::new(),
+    })
 }
 
 struct StoreIo(Store);

@@ -108,6 +108,27 @@ pub struct Environment {
     pub secrets: BTreeMap<String, String>,
 }
 
+/// The `confidential` block of a service (a Cloister addition to OSCAR's FDL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confidential {
+    /// `sgx`, `tdx`, `snp` or `sim`.
+    pub tee: cloister_runtime::TeeKind,
+    /// The CAS URL (`https://…`).
+    pub cas: String,
+    /// The CAS identity pin (`sha256:<64 hex>`), from `cloister cas identity`.
+    pub cas_pin: String,
+    /// The CAS session holding this service's policy.
+    pub session: String,
+    /// The service's name within the session (the service's own name when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Kubernetes runtime class for confidential VMs (TDX: `kata-qemu-tdx`, SEV-SNP:
+    /// `kata-qemu-snp` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class: Option<String>,
+}
+
 /// Scaling bounds of synchronous services (recorded; the local executor runs on demand).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Synchronous {
@@ -146,6 +167,13 @@ pub struct Service {
     /// Run in an Intel SGX enclave.
     #[serde(default)]
     pub enable_sgx: bool,
+    /// SGX enclave page cache to request (Kubernetes quantity); the service's `memory` when
+    /// absent. A Cloister addition to OSCAR's FDL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sgx_epc: Option<String>,
+    /// Confidential execution: which TEE, and where and as what the runtime attests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidential: Option<Confidential>,
     /// Input paths: uploads here start jobs.
     #[serde(default)]
     pub input: Vec<StorageIo>,
@@ -267,6 +295,12 @@ impl Service {
         }
         parse_cpu_millis(&self.cpu).map_err(|reason| FdlError::invalid("cpu", reason))?;
         parse_quantity(&self.memory).map_err(|reason| FdlError::invalid("memory", reason))?;
+        if let Some(epc) = &self.sgx_epc {
+            parse_quantity(epc).map_err(|reason| FdlError::invalid("sgx_epc", reason))?;
+        }
+        if let Some(confidential) = &self.confidential {
+            validate_confidential(confidential, self.enable_sgx).map_err(|e| e.prefixed("confidential"))?;
+        }
         if !["private", "public", "restricted"].contains(&self.visibility.as_str()) {
             return Err(FdlError::invalid(
                 "visibility",
@@ -336,6 +370,56 @@ impl Service {
         }
         shown
     }
+}
+
+fn validate_confidential(c: &Confidential, enable_sgx: bool) -> Result<(), FdlError> {
+    use cloister_runtime::TeeKind;
+    if enable_sgx && c.tee != TeeKind::Sgx {
+        return Err(FdlError::invalid(
+            "tee",
+            "enable_sgx: true asks for SGX; set tee: sgx or drop enable_sgx",
+        ));
+    }
+    if !c.cas.starts_with("https://") || c.cas.len() <= "https://".len() {
+        return Err(FdlError::invalid(
+            "cas",
+            "must be an https:// URL (the CAS speaks TLS only)",
+        ));
+    }
+    let pin = c.cas_pin.strip_prefix("sha256:").unwrap_or(&c.cas_pin);
+    if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(FdlError::invalid(
+            "cas_pin",
+            "must be sha256:<64 hex digits> as `cloister cas identity` prints",
+        ));
+    }
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 128
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    };
+    if !name_ok(&c.session) {
+        return Err(FdlError::invalid(
+            "session",
+            "must be a CAS session name like team/app",
+        ));
+    }
+    if let Some(service) = &c.service
+        && !name_ok(service)
+    {
+        return Err(FdlError::invalid(
+            "service",
+            "must be a service name of the session",
+        ));
+    }
+    if c.runtime_class.is_some() && matches!(c.tee, TeeKind::Sgx | TeeKind::Sim) {
+        return Err(FdlError::invalid(
+            "runtime_class",
+            "only TDX and SEV-SNP services run in a runtime class",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_io(io: &StorageIo) -> Result<(), FdlError> {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloister_runtime::{JobInput, JobOutcome, JobSpec, Limits, OutputTarget, Status};
+use cloister_runtime::{JobInput, JobOutcome, JobSpec, Limits, OutputTarget, Placement, Status, TeeKind};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -134,6 +134,77 @@ pub(crate) fn spec_for(
             timeout: platform.config.job_timeout,
         },
         log_limit: platform.config.log_limit,
+        placement: placement_for(service),
+    }
+}
+
+/// Where a service's jobs must run: OSCAR's `enable_sgx` translation (the SGX device-plugin
+/// resource and `SYS_RAWIO`), plus an EPC request, runtime classes for confidential VMs, and
+/// the attestation wiring the runtime reads.
+pub(crate) fn placement_for(service: &Service) -> Placement {
+    let mut resources = std::collections::BTreeMap::from([
+        ("cpu".to_owned(), service.cpu.clone()),
+        ("memory".to_owned(), service.memory.clone()),
+    ]);
+    if service.enable_gpu {
+        resources.insert("nvidia.com/gpu".to_owned(), "1".to_owned());
+    }
+    let tee = match (&service.confidential, service.enable_sgx) {
+        (Some(c), _) => Some(c.tee),
+        (None, true) => Some(TeeKind::Sgx),
+        (None, false) => None,
+    };
+    let mut capabilities = Vec::new();
+    let mut runtime_class = None;
+    match tee {
+        Some(TeeKind::Sgx) => {
+            resources.insert("sgx.intel.com/enclave".to_owned(), "1".to_owned());
+            let epc = service.sgx_epc.clone().unwrap_or_else(|| service.memory.clone());
+            resources.insert("sgx.intel.com/epc".to_owned(), epc);
+            capabilities.push("SYS_RAWIO".to_owned());
+        }
+        Some(TeeKind::Tdx) => {
+            runtime_class = Some(
+                service
+                    .confidential
+                    .as_ref()
+                    .and_then(|c| c.runtime_class.clone())
+                    .unwrap_or_else(|| "kata-qemu-tdx".to_owned()),
+            );
+        }
+        Some(TeeKind::Snp) => {
+            runtime_class = Some(
+                service
+                    .confidential
+                    .as_ref()
+                    .and_then(|c| c.runtime_class.clone())
+                    .unwrap_or_else(|| "kata-qemu-snp".to_owned()),
+            );
+        }
+        Some(TeeKind::Sim) | None => {}
+    }
+    let mut attestation = std::collections::BTreeMap::new();
+    if let Some(c) = &service.confidential {
+        let tee_name = serde_json::to_value(c.tee)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        attestation.insert("CLOISTER_TEE".to_owned(), tee_name);
+        attestation.insert("CLOISTER_CAS".to_owned(), c.cas.clone());
+        attestation.insert("CLOISTER_CAS_PIN".to_owned(), c.cas_pin.clone());
+        attestation.insert("CLOISTER_SESSION".to_owned(), c.session.clone());
+        attestation.insert(
+            "CLOISTER_SERVICE".to_owned(),
+            c.service.clone().unwrap_or_else(|| service.name.clone()),
+        );
+    }
+    Placement {
+        image: service.image.clone(),
+        resources,
+        capabilities,
+        runtime_class,
+        tee,
+        attestation,
     }
 }
 
@@ -236,5 +307,85 @@ pub(crate) async fn expire(
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot expire old jobs"),
             Err(e) => tracing::warn!(error = %e, "job expiry task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(json: &str) -> Service {
+        let mut service = Service::from_json(json.as_bytes()).unwrap();
+        service.validate().unwrap();
+        service.normalize();
+        service
+    }
+
+    /// The job description executors receive for SGX, TDX and plain services, against golden
+    /// files (update them deliberately when the description changes).
+    #[test]
+    fn placements_match_the_golden_files() {
+        let cases = [
+            (
+                r#"{"name":"oscar-sgx","image":"registry/scone-app:1","script":"run","enable_sgx":true,"memory":"1Gi"}"#,
+                include_str!("../tests/golden/placement-oscar-sgx.json"),
+            ),
+            (
+                r#"{"name":"model","image":"registry/model:2","script":"run","cpu":"2","memory":"4Gi","enable_sgx":true,"sgx_epc":"2Gi",
+                    "confidential":{"tee":"sgx","cas":"https://cas.example:8081","cas_pin":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","session":"hospital/inference","service":"runner"}}"#,
+                include_str!("../tests/golden/placement-confidential-sgx.json"),
+            ),
+            (
+                r#"{"name":"vm-job","image":"registry/tool:1","script":"run",
+                    "confidential":{"tee":"tdx","cas":"https://cas.example:8081","cas_pin":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","session":"lab/tdx"}}"#,
+                include_str!("../tests/golden/placement-tdx.json"),
+            ),
+            (
+                r#"{"name":"plain","image":"debian","script":"run"}"#,
+                include_str!("../tests/golden/placement-plain.json"),
+            ),
+        ];
+        for (json, golden) in cases {
+            let placement = placement_for(&service(json));
+            let expected: Placement = serde_json::from_str(golden).unwrap();
+            assert_eq!(
+                placement,
+                expected,
+                "{}",
+                serde_json::to_string_pretty(&placement).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn confidential_blocks_are_validated() {
+        let base = r#"{"name":"x","script":"run","confidential":{"tee":"sgx","cas":"https://c","cas_pin":"sha256:PIN","session":"a/b"}}"#;
+        let pin = "0".repeat(64);
+        let ok = base.replace("PIN", &pin);
+        Service::from_json(ok.as_bytes()).unwrap().validate().unwrap();
+        for (from, to, field) in [
+            ("https://c", "http://c", "confidential.cas"),
+            ("sha256:PIN", "sha256:abc", "confidential.cas_pin"),
+            ("a/b", "", "confidential.session"),
+        ] {
+            let bad = base.replace(from, to).replace("PIN", &pin);
+            let err = Service::from_json(bad.as_bytes())
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let mismatch = ok
+            .replace("\"tee\":\"sgx\"", "\"tee\":\"tdx\"")
+            .replace("\"name\":\"x\"", "\"name\":\"x\",\"enable_sgx\":true");
+        assert!(
+            Service::from_json(mismatch.as_bytes())
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+        assert!(
+            Service::from_json(br#"{"name":"x","script":"r","confidential":{"tee":"quantum"}}"#).is_err()
+        );
     }
 }

@@ -113,6 +113,42 @@ pub struct JobSpec {
     pub limits: Limits,
     /// Most bytes of log kept; later lines are dropped with a note.
     pub log_limit: usize,
+    /// Where the job must run: resources, TEE, attestation wiring.
+    pub placement: Placement,
+}
+
+/// The trusted execution environment a job needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeKind {
+    /// Intel SGX enclave.
+    Sgx,
+    /// Intel TDX confidential VM.
+    Tdx,
+    /// AMD SEV-SNP confidential VM.
+    Snp,
+    /// The simulation TEE (development; CAS accepts it only where a session tolerates it).
+    Sim,
+}
+
+/// What an executor must provide for a job, in the terms a Kubernetes executor uses: resource
+/// limits (including device-plugin resources), added capabilities, a runtime class, and the
+/// environment that tells the runtime where to attest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The container image (recorded; the local executor runs on the host).
+    pub image: String,
+    /// Resource limits, e.g. `cpu`, `memory`, `sgx.intel.com/enclave`, `sgx.intel.com/epc`.
+    pub resources: BTreeMap<String, String>,
+    /// Linux capabilities added to the job's container (`SYS_RAWIO` for SGX, as OSCAR does).
+    pub capabilities: Vec<String>,
+    /// Kubernetes runtime class for confidential VMs (TDX, SEV-SNP).
+    pub runtime_class: Option<String>,
+    /// The TEE the job needs, if any.
+    pub tee: Option<TeeKind>,
+    /// Attestation wiring for the runtime (`CLOISTER_CAS`, `CLOISTER_CAS_PIN`,
+    /// `CLOISTER_SESSION`, `CLOISTER_SERVICE`, `CLOISTER_TEE`); no secrets.
+    pub attestation: BTreeMap<String, String>,
 }
 
 /// Final state of a job.
@@ -325,6 +361,12 @@ async fn run_in(
         ("LANG".into(), "C.UTF-8".into()),
     ];
     env.extend(spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(
+        spec.placement
+            .attestation
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     // The contract's variables come last so a service cannot shadow them by accident.
     let event_time = spec
         .event_time

@@ -57,6 +57,7 @@ fn spec(script: &str) -> JobSpec {
         outputs: Vec::new(),
         limits: Limits::default(),
         log_limit: 1 << 20,
+        placement: Placement::default(),
     }
 }
 
