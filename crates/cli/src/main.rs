@@ -6,6 +6,7 @@ mod cas;
 mod cas_bench;
 mod client;
 mod commands;
+mod crypt;
 mod server;
 
 use std::path::PathBuf;
@@ -64,6 +65,10 @@ enum Command {
         local: PathBuf,
         /// Destination `bucket/key` (a trailing `/` appends the file name).
         remote: String,
+        /// Encrypt on this computer first, to these recipients (`cloister1x25519:…`), bound to
+        /// the destination bucket and key.
+        #[arg(long = "encrypt", value_name = "RECIPIENT")]
+        encrypt: Vec<String>,
     },
     /// Download `bucket/key` to a local file (`-` for stdout).
     Get {
@@ -71,7 +76,23 @@ enum Command {
         remote: String,
         /// Local file; the key's file name when absent.
         local: Option<PathBuf>,
+        /// Decrypt with this identity file after downloading (the object must be bound to
+        /// this bucket and key).
+        #[arg(long = "decrypt", value_name = "IDENTITY")]
+        decrypt: Option<PathBuf>,
     },
+    /// Make a data key pair for encrypted objects; prints its recipient.
+    Keygen {
+        /// Where to write the identity (mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Encrypt a file for recipients, bound to the bucket and key it will be stored under.
+    Encrypt(crypt::EncryptArgs),
+    /// Decrypt a file made by `encrypt` (or `put --encrypt`).
+    Decrypt(crypt::DecryptArgs),
+    /// Measure the encrypted object format against raw AES-256-GCM and print a table.
+    CryptBench(crypt::BenchArgs),
     /// List objects under `bucket[/prefix]`.
     Ls {
         /// `bucket` or `bucket/prefix`.
@@ -172,6 +193,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args).await,
         Command::Bench(args) => bench::run(args, json).await,
         Command::Attest(command) => attest::run(command, json),
+        Command::Keygen { out } => crypt::keygen(&out),
+        Command::Encrypt(args) => crypt::encrypt(args),
+        Command::Decrypt(args) => crypt::decrypt(args),
+        Command::CryptBench(args) => crypt::bench(args, json),
         Command::Cas(command) => cas::run(command, json).await,
         command => {
             let client = client::Client::new(cli.connect.resolve()?)?;
@@ -194,12 +219,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Command::Job(JobCommand::Rm { service, job, all }) => {
                     commands::job_rm(&client, &service, job.as_deref(), all).await
                 }
-                Command::Put { local, remote } => commands::put(&client, &local, &remote, json).await,
-                Command::Get { remote, local } => {
-                    commands::get(&client, &remote, local.as_deref(), json).await
-                }
+                Command::Put {
+                    local,
+                    remote,
+                    encrypt,
+                } => crypt::put(&client, &local, &remote, &encrypt, json).await,
+                Command::Get {
+                    remote,
+                    local,
+                    decrypt,
+                } => crypt::get(&client, &remote, local.as_deref(), decrypt.as_deref(), json).await,
                 Command::Ls { path } => commands::ls(&client, &path, json).await,
-                Command::Server(_) | Command::Bench(_) | Command::Attest(_) | Command::Cas(_) => {
+                Command::Server(_)
+                | Command::Bench(_)
+                | Command::Attest(_)
+                | Command::Cas(_)
+                | Command::Keygen { .. }
+                | Command::Encrypt(_)
+                | Command::Decrypt(_)
+                | Command::CryptBench(_) => {
                     unreachable!("handled above")
                 }
             }

@@ -537,3 +537,159 @@ async fn sgx_services_do_not_run_without_sgx() {
         .unwrap();
     assert!(!log.contains("ran"), "the script ran outside SGX: {log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn encrypted_objects_stay_ciphertext_in_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(
+        server
+            .post_json("/system/buckets", &json!({"bucket_name": "vault"}))
+            .await
+            .status(),
+        201
+    );
+    let identity = dir.path().join("owner.key");
+    let recipient = assert_ok(&server.cli(&["keygen", "--out", identity.to_str().unwrap()]))
+        .trim()
+        .to_owned();
+    assert!(recipient.starts_with("cloister1x25519:"), "{recipient}");
+    let canary = "CANARY-7f3a9c1e-patient-record";
+    let plain = dir.path().join("record.txt");
+    std::fs::write(&plain, format!("{canary}\n").repeat(5000)).unwrap();
+
+    assert_ok(&server.cli(&[
+        "put",
+        plain.to_str().unwrap(),
+        "vault/in/record.txt",
+        "--encrypt",
+        &recipient,
+    ]));
+    // What the storage holds is ciphertext: no canary in the object or anywhere in the data dir.
+    let stored = read_object(&server, "vault", "in/record.txt").await.unwrap();
+    assert!(!stored.windows(canary.len()).any(|w| w == canary.as_bytes()));
+    for entry in walkdir(dir.path().join("objects")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+            "{} holds plaintext",
+            entry.display()
+        );
+    }
+    let back = dir.path().join("back.txt");
+    assert_ok(&server.cli(&[
+        "get",
+        "vault/in/record.txt",
+        back.to_str().unwrap(),
+        "--decrypt",
+        identity.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&plain).unwrap());
+
+    // A swapped object (the same ciphertext under another key) is detected, and no plaintext
+    // file is left behind.
+    server
+        .s3_client("vault")
+        .put(
+            &object_store::path::Path::from("in/other.txt"),
+            PutPayload::from(stored.clone()),
+        )
+        .await
+        .unwrap();
+    let swapped = dir.path().join("swapped.txt");
+    let out = server.cli(&[
+        "get",
+        "vault/in/other.txt",
+        swapped.to_str().unwrap(),
+        "--decrypt",
+        identity.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!swapped.exists());
+    // A flipped byte is detected.
+    let mut tampered = stored.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 1;
+    server
+        .s3_client("vault")
+        .put(
+            &object_store::path::Path::from("in/record.txt"),
+            PutPayload::from(tampered),
+        )
+        .await
+        .unwrap();
+    let out = server.cli(&[
+        "get",
+        "vault/in/record.txt",
+        back.to_str().unwrap(),
+        "--decrypt",
+        identity.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(6));
+
+    // Export for stock age, when the age tool is installed (CI installs it and requires it).
+    let age_available = std::process::Command::new("age")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if std::env::var_os("CLOISTER_REQUIRE_AGE").is_some() {
+        assert!(
+            age_available,
+            "CLOISTER_REQUIRE_AGE is set but `age` is not installed"
+        );
+    }
+    if age_available {
+        let age_file = dir.path().join("record.age");
+        let age_identity = dir.path().join("age.key");
+        let keygen = std::process::Command::new("age-keygen")
+            .arg("-o")
+            .arg(&age_identity)
+            .output()
+            .unwrap();
+        assert!(keygen.status.success());
+        let age_recipient = String::from_utf8_lossy(&keygen.stderr)
+            .trim()
+            .trim_start_matches("Public key: ")
+            .to_owned();
+        assert_ok(&server.cli(&[
+            "encrypt",
+            plain.to_str().unwrap(),
+            age_file.to_str().unwrap(),
+            "--format",
+            "age",
+            "-r",
+            &age_recipient,
+        ]));
+        let decrypted = std::process::Command::new("age")
+            .arg("-d")
+            .arg("-i")
+            .arg(&age_identity)
+            .arg(&age_file)
+            .output()
+            .unwrap();
+        assert!(
+            decrypted.status.success(),
+            "{}",
+            String::from_utf8_lossy(&decrypted.stderr)
+        );
+        assert_eq!(decrypted.stdout, std::fs::read(&plain).unwrap());
+    }
+}
+
+fn walkdir(dir: std::path::PathBuf) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walkdir(path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

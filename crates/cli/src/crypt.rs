@@ -1,0 +1,254 @@
+//! Encrypted objects on the command line: keys, `encrypt`/`decrypt`, and `put --encrypt` /
+//! `get --decrypt`, which encrypt and decrypt on this computer so storage sees only ciphertext.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cloister_crypt::{AgeRecipient, EncryptOptions, Identity, ObjectBinding, Recipient};
+
+use crate::client::{Client, exit, fail, split_object_path};
+
+#[derive(clap::Args)]
+pub struct EncryptArgs {
+    /// Plaintext file (`-` for stdin).
+    input: PathBuf,
+    /// Ciphertext file (`-` for stdout).
+    output: PathBuf,
+    /// A recipient (`cloister1x25519:…`, or `age1…` with `--format age`); repeatable.
+    #[arg(long = "recipient", short = 'r', required = true)]
+    recipients: Vec<String>,
+    /// The bucket the object will be stored in (bound into the ciphertext).
+    #[arg(long, required_unless_present = "format")]
+    bucket: Option<String>,
+    /// The object key it will be stored under (bound into the ciphertext).
+    #[arg(long, required_unless_present = "format")]
+    key: Option<String>,
+    /// `age` writes a stock age file instead (no bucket/key binding), for recipients using
+    /// `age`/`rage`.
+    #[arg(long, value_parser = ["cloister", "age"])]
+    format: Option<String>,
+    /// Plaintext bytes per chunk.
+    #[arg(long, default_value_t = 64 * 1024)]
+    chunk_size: u32,
+}
+
+#[derive(clap::Args)]
+pub struct DecryptArgs {
+    /// Ciphertext file (`-` for stdin).
+    input: PathBuf,
+    /// Plaintext file (`-` for stdout).
+    output: PathBuf,
+    /// Identity file (from `cloister keygen`).
+    #[arg(long, short = 'i')]
+    identity: PathBuf,
+    /// The bucket the object was stored in.
+    #[arg(long)]
+    bucket: String,
+    /// The object key it was stored under.
+    #[arg(long)]
+    key: String,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Plaintext size in MiB.
+    #[arg(long, default_value_t = 256)]
+    size_mib: usize,
+    /// Chunk size in KiB.
+    #[arg(long, default_value_t = 64)]
+    chunk_kib: u32,
+    /// Runs; the best is kept.
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
+}
+
+fn crypt_error(e: cloister_crypt::CryptError) -> anyhow::Error {
+    fail(exit::INVALID, e.to_string())
+}
+
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn std::io::Read>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+}
+
+/// Writes to `path` through a temporary file renamed into place on success, so a failed
+/// decryption never leaves partial plaintext behind under the final name.
+fn write_output(path: &Path, f: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    if path == Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        f(&mut out)?;
+        return Ok(out.flush()?);
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    {
+        let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        f(&mut out)?;
+        out.flush()?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn recipients(list: &[String]) -> anyhow::Result<Vec<Recipient>> {
+    list.iter()
+        .map(|r| {
+            r.parse::<Recipient>()
+                .map_err(|e| fail(exit::INVALID, format!("recipient {r:?}: {e}")))
+        })
+        .collect()
+}
+
+pub fn keygen(out: &Path) -> anyhow::Result<()> {
+    let identity = Identity::generate();
+    identity.save(out).map_err(crypt_error)?;
+    println!("{}", identity.public());
+    Ok(())
+}
+
+pub fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
+    let input = open_input(&args.input)?;
+    if args.format.as_deref() == Some("age") {
+        let recipients: Vec<AgeRecipient> = args
+            .recipients
+            .iter()
+            .map(|r| {
+                r.parse::<AgeRecipient>()
+                    .ok()
+                    .or_else(|| {
+                        r.parse::<Recipient>()
+                            .ok()
+                            .and_then(|c| AgeRecipient::from_recipient(&c))
+                    })
+                    .ok_or_else(|| fail(exit::INVALID, format!("{r:?} is not an age or X25519 recipient")))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        return write_output(&args.output, |out| {
+            cloister_crypt::encrypt_age(input, out, &recipients)
+                .map(|_| ())
+                .map_err(crypt_error)
+        });
+    }
+    let binding = ObjectBinding {
+        bucket: args.bucket.unwrap_or_default(),
+        key: args.key.unwrap_or_default(),
+    };
+    let recipients = recipients(&args.recipients)?;
+    let options = EncryptOptions {
+        chunk_size: args.chunk_size,
+    };
+    write_output(&args.output, |out| {
+        cloister_crypt::encrypt(input, out, &recipients, &binding, &options)
+            .map(|_| ())
+            .map_err(crypt_error)
+    })
+}
+
+pub fn decrypt(args: DecryptArgs) -> anyhow::Result<()> {
+    let identity = Identity::load(&args.identity).map_err(crypt_error)?;
+    let binding = ObjectBinding {
+        bucket: args.bucket,
+        key: args.key,
+    };
+    let input = open_input(&args.input)?;
+    write_output(&args.output, |out| {
+        cloister_crypt::decrypt(input, out, &identity, &binding)
+            .map(|_| ())
+            .map_err(crypt_error)
+    })
+}
+
+pub async fn put(
+    client: &Client,
+    local: &Path,
+    remote: &str,
+    encrypt_to: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    if encrypt_to.is_empty() {
+        return crate::commands::put(client, local, remote, json).await;
+    }
+    let (bucket, key) = split_object_path(remote);
+    let file_name = local.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let key = if key.is_empty() || key.ends_with('/') {
+        format!("{key}{file_name}")
+    } else {
+        key.to_owned()
+    };
+    let recipients = recipients(encrypt_to)?;
+    let binding = ObjectBinding {
+        bucket: bucket.to_owned(),
+        key: key.clone(),
+    };
+    let sealed = tempfile::Builder::new().prefix(".cloister-sealed-").tempfile()?;
+    {
+        let input = open_input(local)?;
+        let mut out = BufWriter::with_capacity(1 << 20, sealed.as_file());
+        cloister_crypt::encrypt(input, &mut out, &recipients, &binding, &EncryptOptions::default())
+            .map_err(crypt_error)?;
+        out.flush()?;
+    }
+    crate::commands::put(client, sealed.path(), &format!("{bucket}/{key}"), json).await
+}
+
+pub async fn get(
+    client: &Client,
+    remote: &str,
+    local: Option<&Path>,
+    decrypt_with: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let Some(identity_file) = decrypt_with else {
+        return crate::commands::get(client, remote, local, json).await;
+    };
+    let identity = Identity::load(identity_file).map_err(crypt_error)?;
+    let (bucket, key) = split_object_path(remote);
+    let sealed = tempfile::Builder::new().prefix(".cloister-sealed-").tempfile()?;
+    let sealed_path = sealed.path().to_path_buf();
+    crate::commands::get(client, remote, Some(&sealed_path), true).await?;
+    let default_name = PathBuf::from(key.rsplit('/').next().unwrap_or(key));
+    let dest = local.map_or(default_name, Path::to_path_buf);
+    let binding = ObjectBinding {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+    };
+    write_output(&dest, |out| {
+        let input = open_input(&sealed_path)?;
+        cloister_crypt::decrypt(input, out, &identity, &binding)
+            .map(|_| ())
+            .map_err(crypt_error)
+    })?;
+    if !json && dest != Path::new("-") {
+        eprintln!("downloaded and decrypted {bucket}/{key} to {}", dest.display());
+    }
+    Ok(())
+}
+
+pub fn bench(args: BenchArgs, json: bool) -> anyhow::Result<()> {
+    let report = cloister_crypt::bench::run(args.size_mib << 20, args.chunk_kib << 10, args.iterations)
+        .map_err(crypt_error)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "size": report.size, "chunk_size": report.chunk_size,
+                "raw_seal_gbps": report.raw_seal, "raw_open_gbps": report.raw_open,
+                "encrypt_gbps": report.encrypt, "decrypt_gbps": report.decrypt,
+                "decryptor_read_gbps": report.decryptor_read,
+            }))?
+        );
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

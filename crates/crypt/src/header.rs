@@ -1,0 +1,469 @@
+//! The object header: constants, key derivation, recipient stanzas, header MAC, and `inspect`.
+//!
+//! Byte layout is documented in `docs/encrypted-object-format.md`; the comments here say why.
+
+use std::io::{self, Read};
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::{hkdf, hmac};
+use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
+use zeroize::Zeroizing;
+
+use crate::CryptError;
+use crate::keys::{DecryptionKey, Kem, ObjectBinding, RecipientKind, SymmetricKey};
+
+/// Magic bytes that start every object.
+pub const MAGIC: [u8; 8] = *b"CLSTROBJ";
+/// Format version written by this build.
+pub const VERSION: u8 = 1;
+/// Length of the per-object random HKDF salt.
+pub const SALT_LEN: usize = 32;
+/// Length of the per-object random nonce prefix (Tink's AES-GCM-HKDF streaming layout).
+pub const NONCE_PREFIX_LEN: usize = 7;
+/// AES-GCM tag length appended to every chunk.
+pub const TAG_LEN: usize = 16;
+/// Header MAC length (HMAC-SHA256).
+pub const MAC_LEN: usize = 32;
+/// Smallest allowed chunk size (plaintext bytes per chunk).
+pub const MIN_CHUNK_SIZE: u32 = 16;
+/// Largest allowed chunk size: bounds the memory a hostile header can make a decryptor allocate.
+pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+/// Default chunk size (64 KiB: fits L2 cache, so the streaming copies stay cheap).
+pub const DEFAULT_CHUNK_SIZE: u32 = 64 << 10;
+/// Most recipient stanzas a header may carry.
+pub const MAX_STANZAS: usize = 256;
+/// Largest stanza body accepted (unknown kinds are skipped, but bounded).
+pub const MAX_STANZA_BODY: usize = 4096;
+
+/// Stanza kind: file key wrapped with HPKE to an X25519 public key.
+pub const STANZA_X25519_HPKE: u8 = 1;
+/// Stanza kind: file key wrapped under a key derived from a CAS-held symmetric key.
+pub const STANZA_SYMMETRIC: u8 = 2;
+
+const FILE_KEY_LEN: usize = 32;
+/// magic(8) version(1) chunk_size(4) salt(32) nonce_prefix(7) stanza_count(2)
+const FIXED_LEN: usize = 8 + 1 + 4 + SALT_LEN + NONCE_PREFIX_LEN + 2;
+const HPKE_ENC_LEN: usize = 32;
+const WRAPPED_LEN: usize = FILE_KEY_LEN + TAG_LEN;
+
+const LABEL_HPKE: &[u8] = b"cloister-object-v1/hpke";
+const LABEL_SYMMETRIC: &[u8] = b"cloister-object-v1/symmetric-wrap";
+const LABEL_HEADER: &[u8] = b"cloister-object-v1/header";
+const LABEL_PAYLOAD: &[u8] = b"cloister-object-v1/payload";
+
+type HpkeAead = hpke::aead::ChaCha20Poly1305;
+type HpkeKdf = hpke::kdf::HkdfSha256;
+
+/// Fills `buf` from the system CSPRNG.
+pub(crate) fn random(buf: &mut [u8]) -> Result<(), CryptError> {
+    aws_lc_rs::rand::fill(buf).map_err(|_| CryptError::Crypto("system RNG failed"))
+}
+
+struct OutLen(usize);
+impl hkdf::KeyType for OutLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-SHA256 (RFC 5869): Extract(salt, ikm) then Expand(info, out.len()).
+pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) -> Result<(), CryptError> {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
+    prk.expand(info, OutLen(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .map_err(|_| CryptError::Crypto("HKDF expand failed"))
+}
+
+/// Per-object secrets derived from the file key.
+pub(crate) struct ObjectKeys {
+    pub(crate) payload: LessSafeKey,
+    pub(crate) mac: hmac::Key,
+}
+
+/// Derives the header MAC key and the payload key. Both `info`s carry the binding so that a
+/// different (bucket, key) yields unrelated keys: the MAC then fails before any chunk is read.
+fn derive_object_keys(
+    file_key: &[u8; FILE_KEY_LEN],
+    salt: &[u8; SALT_LEN],
+    binding: &[u8],
+) -> Result<ObjectKeys, CryptError> {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(file_key);
+    let mut mac_key = Zeroizing::new([0u8; 32]);
+    let mut payload_key = Zeroizing::new([0u8; 32]);
+    let fill = |label: &[u8], out: &mut [u8]| {
+        prk.expand(&[label, binding], OutLen(out.len()))
+            .and_then(|okm| okm.fill(out))
+            .map_err(|_| CryptError::Crypto("HKDF expand failed"))
+    };
+    fill(LABEL_HEADER, &mut mac_key[..])?;
+    fill(LABEL_PAYLOAD, &mut payload_key[..])?;
+    let payload = UnboundKey::new(&AES_256_GCM, &payload_key[..])
+        .map_err(|_| CryptError::Crypto("AES-256-GCM key setup failed"))?;
+    Ok(ObjectKeys {
+        payload: LessSafeKey::new(payload),
+        mac: hmac::Key::new(hmac::HMAC_SHA256, &mac_key[..]),
+    })
+}
+
+/// Wrap key for a symmetric stanza. The salt is the object's random salt, so the key is fresh
+/// per object and the all-zero AES-GCM nonce is used exactly once under it.
+fn symmetric_wrap_key(
+    key: &SymmetricKey,
+    salt: &[u8; SALT_LEN],
+    binding: &[u8],
+) -> Result<LessSafeKey, CryptError> {
+    let mut k = Zeroizing::new([0u8; 32]);
+    let id = key.id().as_bytes();
+    let id_len =
+        [u8::try_from(id.len()).map_err(|_| CryptError::InvalidArgument("symmetric key id too long"))?];
+    hkdf_sha256(
+        salt,
+        key.secret(),
+        &[LABEL_SYMMETRIC, &id_len, id, binding],
+        &mut k[..],
+    )?;
+    let unbound = UnboundKey::new(&AES_256_GCM, &k[..])
+        .map_err(|_| CryptError::Crypto("AES-256-GCM key setup failed"))?;
+    Ok(LessSafeKey::new(unbound))
+}
+
+/// A built header ready to be written, with the keys the encryptor needs.
+pub(crate) struct NewHeader {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) payload: LessSafeKey,
+    pub(crate) nonce_prefix: [u8; NONCE_PREFIX_LEN],
+}
+
+/// Builds a fresh header: random file key, salt and nonce prefix; one stanza per recipient;
+/// HMAC over everything before the MAC.
+pub(crate) fn build_header(
+    recipients: &[crate::Recipient],
+    binding: &ObjectBinding,
+    chunk_size: u32,
+) -> Result<NewHeader, CryptError> {
+    if recipients.is_empty() {
+        return Err(CryptError::InvalidArgument("at least one recipient is required"));
+    }
+    if recipients.len() > MAX_STANZAS {
+        return Err(CryptError::InvalidArgument("too many recipients (max 256)"));
+    }
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(CryptError::InvalidArgument(
+            "chunk size must be between 16 bytes and 16 MiB",
+        ));
+    }
+    let binding_enc = binding.encode()?;
+    let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
+    let mut salt = [0u8; SALT_LEN];
+    let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
+    random(&mut file_key[..])?;
+    random(&mut salt)?;
+    random(&mut nonce_prefix)?;
+
+    let mut out = Vec::with_capacity(FIXED_LEN + recipients.len() * 100 + MAC_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&chunk_size.to_be_bytes());
+    out.extend_from_slice(&salt);
+    out.extend_from_slice(&nonce_prefix);
+    // Cannot fail: checked against MAX_STANZAS above.
+    let count =
+        u16::try_from(recipients.len()).map_err(|_| CryptError::InvalidArgument("too many recipients"))?;
+    out.extend_from_slice(&count.to_be_bytes());
+
+    let mut body = Vec::with_capacity(2 + 255 + WRAPPED_LEN);
+    for r in recipients {
+        body.clear();
+        let kind = match &r.0 {
+            RecipientKind::X25519(pk) => {
+                let (enc, ct) = hpke::single_shot_seal::<HpkeAead, HpkeKdf, Kem>(
+                    &OpModeS::Base,
+                    pk,
+                    &[LABEL_HPKE, &binding_enc].concat(),
+                    &file_key[..],
+                    &salt,
+                )
+                .map_err(|_| CryptError::InvalidRecipient(r.to_string(), "HPKE encapsulation failed"))?;
+                body.extend_from_slice(&enc.to_bytes());
+                body.extend_from_slice(&ct);
+                STANZA_X25519_HPKE
+            }
+            RecipientKind::Symmetric(k) => {
+                let wrap = symmetric_wrap_key(k, &salt, &binding_enc)?;
+                let mut buf = Zeroizing::new(*file_key);
+                let tag = wrap
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key([0u8; 12]),
+                        Aad::empty(),
+                        &mut buf[..],
+                    )
+                    .map_err(|_| CryptError::Crypto("AES-GCM seal failed"))?;
+                let id = k.id().as_bytes();
+                body.push(
+                    u8::try_from(id.len())
+                        .map_err(|_| CryptError::InvalidArgument("symmetric key id too long"))?,
+                );
+                body.extend_from_slice(id);
+                body.extend_from_slice(&buf[..]);
+                body.extend_from_slice(tag.as_ref());
+                STANZA_SYMMETRIC
+            }
+        };
+        out.push(kind);
+        let len = u16::try_from(body.len()).map_err(|_| CryptError::InvalidArgument("stanza too large"))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&body);
+    }
+
+    let keys = derive_object_keys(&file_key, &salt, &binding_enc)?;
+    let mac = hmac::sign(&keys.mac, &out);
+    out.extend_from_slice(mac.as_ref());
+    Ok(NewHeader {
+        bytes: out,
+        payload: keys.payload,
+        nonce_prefix,
+    })
+}
+
+/// One recipient stanza as read from a header.
+#[derive(Clone, Debug)]
+pub(crate) struct Stanza {
+    pub(crate) kind: u8,
+    pub(crate) body: Vec<u8>,
+}
+
+/// A parsed (not yet authenticated) header.
+#[derive(Clone, Debug)]
+pub(crate) struct ParsedHeader {
+    pub(crate) version: u8,
+    pub(crate) chunk_size: u32,
+    pub(crate) salt: [u8; SALT_LEN],
+    pub(crate) nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    pub(crate) stanzas: Vec<Stanza>,
+    /// Header bytes covered by the MAC (everything before it).
+    pub(crate) authenticated: Vec<u8>,
+    pub(crate) mac: [u8; MAC_LEN],
+}
+
+impl ParsedHeader {
+    /// Total header length in bytes, MAC included.
+    pub(crate) fn len(&self) -> usize {
+        self.authenticated.len() + MAC_LEN
+    }
+}
+
+fn read_exact_header<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), CryptError> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            CryptError::MalformedHeader("header truncated")
+        } else {
+            CryptError::Io(e)
+        }
+    })
+}
+
+/// Reads and parses a header from a stream, consuming exactly the header bytes. All lengths
+/// are bounded before anything is allocated, so hostile input cannot make us allocate much.
+pub(crate) fn read_header<R: Read>(r: &mut R) -> Result<ParsedHeader, CryptError> {
+    let mut fixed = [0u8; FIXED_LEN];
+    read_exact_header(r, &mut fixed)?;
+    let (magic, rest) = fixed.split_at(8);
+    if magic != MAGIC {
+        return Err(CryptError::NotAnObject);
+    }
+    let (version, rest) = rest.split_at(1);
+    let version = version.first().copied().unwrap_or(0);
+    if version != VERSION {
+        return Err(CryptError::UnsupportedVersion(version));
+    }
+    let (cs, rest) = rest.split_at(4);
+    let chunk_size = u32::from_be_bytes(cs.try_into().map_err(|_| bad("chunk size"))?);
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(bad("chunk size out of range"));
+    }
+    let (salt, rest) = rest.split_at(SALT_LEN);
+    let (prefix, count) = rest.split_at(NONCE_PREFIX_LEN);
+    let salt: [u8; SALT_LEN] = salt.try_into().map_err(|_| bad("salt"))?;
+    let nonce_prefix: [u8; NONCE_PREFIX_LEN] = prefix.try_into().map_err(|_| bad("nonce"))?;
+    let count = usize::from(u16::from_be_bytes(
+        count.try_into().map_err(|_| bad("stanza count"))?,
+    ));
+    if count == 0 || count > MAX_STANZAS {
+        return Err(bad("stanza count must be 1..=256"));
+    }
+
+    let mut authenticated = Vec::with_capacity(FIXED_LEN + count * 100);
+    authenticated.extend_from_slice(&fixed);
+    let mut stanzas = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut sh = [0u8; 3];
+        read_exact_header(r, &mut sh)?;
+        let [kind, l0, l1] = sh;
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        if len > MAX_STANZA_BODY {
+            return Err(bad("stanza body too large"));
+        }
+        let mut body = vec![0u8; len];
+        read_exact_header(r, &mut body)?;
+        authenticated.extend_from_slice(&sh);
+        authenticated.extend_from_slice(&body);
+        stanzas.push(Stanza { kind, body });
+    }
+    let mut mac = [0u8; MAC_LEN];
+    read_exact_header(r, &mut mac)?;
+    Ok(ParsedHeader {
+        version,
+        chunk_size,
+        salt,
+        nonce_prefix,
+        stanzas,
+        authenticated,
+        mac,
+    })
+}
+
+fn bad(what: &'static str) -> CryptError {
+    CryptError::MalformedHeader(what)
+}
+
+/// Opens the header with `key`: finds a stanza that unwraps the file key, then verifies the
+/// header MAC. Returns the payload key only if both succeed.
+pub(crate) fn open_header(
+    header: &ParsedHeader,
+    key: DecryptionKey<'_>,
+    binding: &ObjectBinding,
+) -> Result<LessSafeKey, CryptError> {
+    let binding_enc = binding.encode()?;
+    let file_key = unwrap_file_key(header, key, &binding_enc)?;
+    let keys = derive_object_keys(&file_key, &header.salt, &binding_enc)?;
+    // Constant-time comparison inside aws-lc-rs.
+    hmac::verify(&keys.mac, &header.authenticated, &header.mac).map_err(|_| CryptError::HeaderMac)?;
+    Ok(keys.payload)
+}
+
+fn unwrap_file_key(
+    header: &ParsedHeader,
+    key: DecryptionKey<'_>,
+    binding_enc: &[u8],
+) -> Result<Zeroizing<[u8; FILE_KEY_LEN]>, CryptError> {
+    let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
+    match key {
+        DecryptionKey::X25519(identity) => {
+            let info = [LABEL_HPKE, binding_enc].concat();
+            // Stanzas carry no key id (like age's X25519 stanzas), so try each in turn.
+            for s in header.stanzas.iter().filter(|s| s.kind == STANZA_X25519_HPKE) {
+                let Some((enc, ct)) = s.body.split_at_checked(HPKE_ENC_LEN) else {
+                    continue;
+                };
+                if ct.len() != WRAPPED_LEN {
+                    continue;
+                }
+                let Ok(enc) = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc) else {
+                    continue;
+                };
+                if let Ok(pt) = hpke::single_shot_open::<HpkeAead, HpkeKdf, Kem>(
+                    &OpModeR::Base,
+                    &identity.sk,
+                    &enc,
+                    &info,
+                    ct,
+                    &header.salt,
+                ) {
+                    let pt = Zeroizing::new(pt);
+                    if pt.len() == FILE_KEY_LEN {
+                        file_key.copy_from_slice(&pt);
+                        return Ok(file_key);
+                    }
+                }
+            }
+        }
+        DecryptionKey::Symmetric(sym) => {
+            let want = sym.id().as_bytes();
+            for s in header.stanzas.iter().filter(|s| s.kind == STANZA_SYMMETRIC) {
+                let Some((&id_len, rest)) = s.body.split_first() else {
+                    continue;
+                };
+                let Some((id, wrapped)) = rest.split_at_checked(usize::from(id_len)) else {
+                    continue;
+                };
+                if id != want || wrapped.len() != WRAPPED_LEN {
+                    continue;
+                }
+                let wrap = symmetric_wrap_key(sym, &header.salt, binding_enc)?;
+                let mut buf = Zeroizing::new([0u8; WRAPPED_LEN]);
+                buf.copy_from_slice(wrapped);
+                if let Ok(pt) = wrap.open_in_place(
+                    Nonce::assume_unique_for_key([0u8; 12]),
+                    Aad::empty(),
+                    &mut buf[..],
+                ) && pt.len() == FILE_KEY_LEN
+                {
+                    file_key.copy_from_slice(pt);
+                    return Ok(file_key);
+                }
+            }
+        }
+    }
+    Err(CryptError::NoMatchingRecipient)
+}
+
+/// Public facts about an object's header, readable without any key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderInfo {
+    /// Format version.
+    pub version: u8,
+    /// Plaintext bytes per chunk (the last chunk may be shorter).
+    pub chunk_size: u32,
+    /// Length of the header in bytes (the first chunk starts here).
+    pub header_len: usize,
+    /// One entry per recipient stanza, in header order.
+    pub recipients: Vec<RecipientInfo>,
+}
+
+/// What `inspect` can tell about one recipient stanza.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecipientInfo {
+    /// An HPKE/X25519 stanza (anonymous: the public key is not recorded).
+    X25519,
+    /// A symmetric stanza and its key id.
+    Symmetric {
+        /// The key id as stored (lossily decoded as UTF-8).
+        key_id: String,
+    },
+    /// A stanza of a kind this build does not know (skipped when decrypting).
+    Unknown {
+        /// The stanza kind byte.
+        kind: u8,
+    },
+}
+
+/// Parses the header at the start of `bytes` (which may continue with chunks) and reports its
+/// public facts. No key is needed and nothing is authenticated.
+pub fn inspect(bytes: &[u8]) -> Result<HeaderInfo, CryptError> {
+    let mut r = bytes;
+    let h = read_header(&mut r)?;
+    let recipients = h
+        .stanzas
+        .iter()
+        .map(|s| match s.kind {
+            STANZA_X25519_HPKE => RecipientInfo::X25519,
+            STANZA_SYMMETRIC => {
+                let id = s
+                    .body
+                    .split_first()
+                    .and_then(|(&n, rest)| rest.get(..usize::from(n)))
+                    .unwrap_or_default();
+                RecipientInfo::Symmetric {
+                    key_id: String::from_utf8_lossy(id).into_owned(),
+                }
+            }
+            kind => RecipientInfo::Unknown { kind },
+        })
+        .collect();
+    Ok(HeaderInfo {
+        version: h.version,
+        chunk_size: h.chunk_size,
+        header_len: h.len(),
+        recipients,
+    })
+}
