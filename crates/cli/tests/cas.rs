@@ -390,6 +390,15 @@ async fn cas_end_to_end() {
     let content = String::from_utf8(content).unwrap();
     assert!(content.contains("correct-horse-battery"), "{content}");
 
+    // Debug-mode evidence from the same platform: the session does not tolerate debug-mode.
+    let debug = SimSource::new(
+        SimPlatform::load_or_generate(&platform_file)
+            .unwrap()
+            .with_debug(true),
+        m,
+    );
+    refused(owner.attest(name, "worker", &debug, |_| {}).await, 403, "debug");
+
     // Wrong measurement: refused with the reason.
     let wrong = SimSource::new(SimPlatform::load_or_generate(&platform_file).unwrap(), [8u8; 32]);
     refused(
@@ -473,6 +482,10 @@ async fn cas_end_to_end() {
         .output()
         .unwrap();
     let log = ok(&out);
+    assert!(
+        log.contains("debug"),
+        "the debug refusal must be audited with its reason"
+    );
     for kind in [
         "session-create",
         "session-update",
