@@ -557,7 +557,7 @@ async fn cas_end_to_end() {
 
     // Nothing secret on disk in the clear.
     let marker = token.clone();
-    for entry in walk(&cas.dir) {
+    for entry in common::files_under(&cas.dir) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
         assert!(
             !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
@@ -570,17 +570,4 @@ async fn cas_end_to_end() {
             entry.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else if path.is_file() {
-            out.push(path);
-        }
-    }
-    out
 }

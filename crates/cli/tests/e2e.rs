@@ -568,7 +568,7 @@ async fn encrypted_objects_stay_ciphertext_in_storage() {
     // What the storage holds is ciphertext: no canary in the object or anywhere in the data dir.
     let stored = read_object(&server, "vault", "in/record.txt").await.unwrap();
     assert!(!stored.windows(canary.len()).any(|w| w == canary.as_bytes()));
-    for entry in walkdir(dir.path().join("objects")) {
+    for entry in files_under(&dir.path().join("objects")) {
         let bytes = std::fs::read(&entry).unwrap();
         assert!(
             !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
@@ -679,17 +679,4 @@ async fn encrypted_objects_stay_ciphertext_in_storage() {
         );
         assert_eq!(decrypted.stdout, std::fs::read(&plain).unwrap());
     }
-}
-
-fn walkdir(dir: std::path::PathBuf) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walkdir(path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

@@ -193,3 +193,17 @@ impl Drop for Server {
         self.crash();
     }
 }
+
+/// Every regular file under `dir`, recursively (for scans that look for leaked plaintext).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if path.is_file() {
+            out.push(path);
+        }
+    }
+    out
+}
