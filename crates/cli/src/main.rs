@@ -2,6 +2,7 @@
 
 mod attest;
 mod bench;
+mod canary;
 mod cas;
 mod cas_bench;
 mod client;
@@ -18,7 +19,8 @@ use crate::client::{ConnectArgs, Exit};
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 failure, 2 usage error, 3 not found, 4 missing or wrong \
 credentials, 5 conflict (already exists / in use), 6 input refused by the server, 7 server failed or \
-unreachable, 8 the job or invocation failed, 9 evidence not authentic or refused by the policy.";
+unreachable, 8 the job or invocation failed, 9 evidence not authentic or refused by the policy, 10 the canary \
+scan found the canary.";
 
 /// Cloister: serverless file processing that is OSCAR-compatible and can run confidentially.
 #[derive(Parser)]
@@ -93,6 +95,9 @@ enum Command {
     Decrypt(crypt::DecryptArgs),
     /// Measure the encrypted object format against raw AES-256-GCM and print a table.
     CryptBench(crypt::BenchArgs),
+    /// Look for a canary (plain, hex, base64) in data directories, API answers and process
+    /// environments; exit code 10 when it is found.
+    CanaryScan(canary::CanaryArgs),
     /// List objects under `bucket[/prefix]`.
     Ls {
         /// `bucket` or `bucket/prefix`.
@@ -197,6 +202,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Encrypt(args) => crypt::encrypt(args),
         Command::Decrypt(args) => crypt::decrypt(args),
         Command::CryptBench(args) => crypt::bench(args, json),
+        Command::CanaryScan(args) => {
+            let client = if args.api {
+                Some(client::Client::new(cli.connect.resolve()?)?)
+            } else {
+                None
+            };
+            canary::run(args, client, json).await
+        }
         Command::Cas(command) => cas::run(command, json).await,
         command => {
             let client = client::Client::new(cli.connect.resolve()?)?;
@@ -237,7 +250,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 | Command::Keygen { .. }
                 | Command::Encrypt(_)
                 | Command::Decrypt(_)
-                | Command::CryptBench(_) => {
+                | Command::CryptBench(_)
+                | Command::CanaryScan(_) => {
                     unreachable!("handled above")
                 }
             }

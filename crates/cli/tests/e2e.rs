@@ -680,3 +680,94 @@ async fn encrypted_objects_stay_ciphertext_in_storage() {
         assert_eq!(decrypted.stdout, std::fs::read(&plain).unwrap());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_scan_finds_plain_data_and_not_encrypted_data() {
+    let canary = "CANARY4F1D9E7B2C0A";
+    // A plain service: the canary passes through storage and the scan must find it.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = Server::start(plain_dir.path(), &[]);
+    assert_ok(&plain.cli(&[
+        "apply",
+        repo_root().join("examples/uppercase/fdl.yaml").to_str().unwrap(),
+    ]));
+    put_object(
+        &plain,
+        "uppercase",
+        "in/record.txt",
+        b"patient CANARY4F1D9E7B2C0A heart rate 72\n",
+    )
+    .await;
+    plain.wait_jobs("uppercase", 1).await;
+    let data = plain_dir.path().to_str().unwrap().to_owned();
+    let out = plain.cli(&[
+        "canary-scan",
+        "--canary",
+        canary,
+        "--dir",
+        &data,
+        "--api",
+        "--processes",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["where"] == "file"),
+        "{report}"
+    );
+
+    // Encrypted on the owner's side: nothing on the platform side holds the canary.
+    let sealed_dir = tempfile::tempdir().unwrap();
+    let sealed = Server::start(sealed_dir.path(), &[]);
+    assert_eq!(
+        sealed
+            .post_json("/system/buckets", &json!({"bucket_name": "vault"}))
+            .await
+            .status(),
+        201
+    );
+    let owner = tempfile::tempdir().unwrap();
+    let identity = owner.path().join("owner.key");
+    let recipient = assert_ok(&sealed.cli(&["keygen", "--out", identity.to_str().unwrap()]))
+        .trim()
+        .to_owned();
+    let input = owner.path().join("record.txt");
+    std::fs::write(&input, format!("patient {canary} heart rate 72\n")).unwrap();
+    assert_ok(&sealed.cli(&[
+        "put",
+        input.to_str().unwrap(),
+        "vault/in/record.txt",
+        "--encrypt",
+        &recipient,
+    ]));
+    let data = sealed_dir.path().to_str().unwrap().to_owned();
+    let out = sealed.cli(&[
+        "canary-scan",
+        "--canary",
+        canary,
+        "--dir",
+        &data,
+        "--api",
+        "--processes",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["scanned"].as_u64().unwrap() > 5, "{report}");
+}
