@@ -259,6 +259,13 @@ impl CasClient {
             .map_err(|e| ClientError::Local(format!("malformed configuration: {e}")))
     }
 
+    /// Records a volume's new ciphertext (see [`crate::volumes`]); answers the new state, or
+    /// `409` when the volume moved on since `from_version`.
+    pub async fn commit_volume(&self, commit: &VolumeCommit) -> Result<VolumeState, ClientError> {
+        let body = serde_json::to_vec(commit).map_err(|e| ClientError::Local(e.to_string()))?;
+        answer(self.send(Method::POST, "/v1/volumes/commit", body, false).await?).await
+    }
+
     /// Sends a raw attestation request (for tests of refusals: replays, wrong bindings).
     pub async fn attest_raw(&self, request: &AttestRequest) -> Result<AttestResponse, ClientError> {
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Local(e.to_string()))?;

@@ -16,3 +16,4 @@ pub mod protocol;
 pub mod seal;
 pub mod server;
 pub mod tls;
+pub mod volumes;

@@ -113,3 +113,32 @@ pub struct ErrorBody {
     /// What went wrong (never secret content).
     pub error: String,
 }
+
+/// The recorded state of an encrypted volume: which ciphertext is current.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeState {
+    /// Version, starting at 1 with the first commit; 0 means "never written".
+    pub version: u64,
+    /// SHA-256 of the current ciphertext (hex); empty for version 0.
+    #[serde(default)]
+    pub tag: String,
+}
+
+/// `POST /v1/volumes/commit`: an attested workload records a volume's new ciphertext.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCommit {
+    /// Session name.
+    pub session: String,
+    /// Service within the session.
+    pub service: String,
+    /// Volume name (`[a-z0-9][a-z0-9-_.]*`, at most 64 characters).
+    pub volume: String,
+    /// The volume grant released with the configuration (`volume_grant`).
+    pub grant: String,
+    /// The version the workload started from; the commit is refused if it moved since.
+    pub from_version: u64,
+    /// SHA-256 of the new ciphertext (hex); it becomes version `from_version + 1`.
+    pub tag: String,
+}

@@ -41,6 +41,7 @@ use crate::protocol::*;
 const SESSIONS: &str = "sessions";
 const SECRETS: &str = "secrets";
 const PLATFORMS: &str = "platforms";
+const VOLUMES: &str = "volumes";
 
 /// Settings of `cloister cas serve`.
 #[derive(Debug, Clone)]
@@ -362,6 +363,7 @@ fn network_router(cas: Arc<Cas>) -> Router {
         .route("/v1/platforms", post(add_platform).get(list_platforms))
         .route("/v1/attest/nonce", post(issue_nonce))
         .route("/v1/attest", post(attest))
+        .route("/v1/volumes/commit", post(commit_volume))
         .route("/v1/audit", get(audit))
         .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
         .with_state(cas)
@@ -959,11 +961,17 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
     let alternative = cloister_cas_session::match_evidence(session, &request.service, &verified)
         .map_err(|reasons| refuse(Some(tee), Some(&measurement), reasons.join("; ")))?;
     let config = cloister_cas_session::render_service(session, &request.service, &loaded.secrets)?;
-    let plaintext = zeroize::Zeroizing::new(
-        serde_json::to_vec(&config)
-            .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?,
-    );
     let hash = loaded.hash.clone();
+    let plaintext = zeroize::Zeroizing::new(
+        serde_json::to_vec(&released_config(
+            cas,
+            &request.session,
+            &request.service,
+            &hash,
+            config,
+        )?)
+        .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?,
+    );
     let (enc, ciphertext) =
         crate::seal::seal(&public_key, &crate::seal::config_info(&hash), &nonce, &plaintext)
             .map_err(|e| refuse(Some(tee), Some(&measurement), e.to_string()))?;
@@ -996,6 +1004,101 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
         enc: B64.encode(enc),
         ciphertext: B64.encode(ciphertext),
     })
+}
+
+/// The sealed answer to an attestation: the rendered service configuration, plus the records
+/// of the service's encrypted volumes and the grant that lets this workload commit new ones.
+fn released_config(
+    cas: &Cas,
+    session: &str,
+    service: &str,
+    session_hash: &str,
+    config: cloister_cas_session::ServiceConfig,
+) -> CasResult<serde_json::Value> {
+    let internal = |_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into());
+    let mut value = serde_json::to_value(&config).map_err(internal)?;
+    let prefix = crate::volumes::service_prefix(session, service);
+    let mut volumes = serde_json::Map::new();
+    for key in cas.vault.keys(VOLUMES, &prefix)? {
+        let state = cas
+            .vault
+            .get(VOLUMES, &key)?
+            .and_then(|bytes| crate::volumes::parse_state(&bytes))
+            .unwrap_or_default();
+        let name = key[prefix.len()..].to_owned();
+        volumes.insert(name, serde_json::to_value(state).map_err(internal)?);
+    }
+    let expires = OffsetDateTime::now_utc().unix_timestamp() + crate::volumes::GRANT_LIFETIME_SECS;
+    let grant = crate::volumes::issue_grant(&cas.vault.identity()?, session, service, session_hash, expires);
+    if let Some(object) = value.as_object_mut() {
+        object.insert("volumes".into(), serde_json::Value::Object(volumes));
+        object.insert("volume_grant".into(), serde_json::Value::String(grant));
+    }
+    Ok(value)
+}
+
+async fn commit_volume(State(cas): CasState, body: Bytes) -> CasResult<impl IntoResponse> {
+    cas.require_unsealed()?;
+    let request: VolumeCommit =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("malformed volume commit: {e}")))?;
+    if !crate::volumes::valid_volume_name(&request.volume) {
+        return Err(bad("invalid volume name"));
+    }
+    if !crate::volumes::valid_tag(&request.tag) {
+        return Err(bad("the tag must be a SHA-256 in lowercase hex"));
+    }
+    let loaded = cas
+        .loaded(&request.session)?
+        .ok_or_else(|| forbidden(format!("no session {:?}", request.session)))?;
+    let identity = cas
+        .vault
+        .identity_public()
+        .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+        .ok_or_else(|| CasError(StatusCode::SERVICE_UNAVAILABLE, "no identity".into()))?;
+    crate::volumes::check_grant(
+        &identity,
+        &request.grant,
+        &request.session,
+        &request.service,
+        &loaded.hash,
+        OffsetDateTime::now_utc().unix_timestamp(),
+    )
+    .map_err(forbidden)?;
+    let key = crate::volumes::record_key(&request.session, &request.service, &request.volume);
+    let subject = format!("{}#{}", request.session, request.service);
+    let committed = cas.vault.write(|txn| {
+        let current = txn
+            .get(VOLUMES, &key)?
+            .and_then(|bytes| crate::volumes::parse_state(&bytes))
+            .unwrap_or_default();
+        if current.version != request.from_version {
+            return Ok(Err(current));
+        }
+        let next = VolumeState {
+            version: current.version + 1,
+            tag: request.tag.clone(),
+        };
+        let encoded =
+            serde_json::to_vec(&next).map_err(|e| cloister_cas_store::StoreError::Corrupt(e.to_string()))?;
+        txn.put(VOLUMES, &key, &encoded)?;
+        txn.audit_append(
+            "volume-commit",
+            "workload",
+            &subject,
+            json!({"volume": request.volume, "version": next.version, "tag": next.tag}),
+        )?;
+        Ok(Ok(next))
+    })?;
+    match committed {
+        Ok(state) => Ok(axum::Json(state)),
+        Err(current) => Err(CasError(
+            StatusCode::CONFLICT,
+            format!(
+                "volume {:?} is at version {}, not {}: it changed since this workload started",
+                request.volume, current.version, request.from_version
+            ),
+        )),
+    }
 }
 
 #[derive(Deserialize)]

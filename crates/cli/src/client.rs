@@ -12,6 +12,8 @@ use serde_json::Value;
 pub mod exit {
     /// Any failure not listed below.
     pub const FAILURE: i32 = 1;
+    /// The command line is incomplete or contradictory.
+    pub const USAGE: i32 = 2;
     /// The server said the thing does not exist (404).
     pub const NOT_FOUND: i32 = 3;
     /// Missing or wrong credentials (401/403).

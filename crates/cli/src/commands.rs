@@ -19,7 +19,13 @@ fn print_json(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn apply(client: &Client, fdl_path: &Path, json: bool) -> anyhow::Result<()> {
+pub async fn apply(
+    client: &Client,
+    fdl_path: &Path,
+    cas_key: Option<&Path>,
+    keys_dir: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(fdl_path).with_context(|| format!("cannot read {}", fdl_path.display()))?;
     let base = fdl_path.parent().unwrap_or(Path::new("."));
@@ -28,9 +34,34 @@ pub async fn apply(client: &Client, fdl_path: &Path, json: bool) -> anyhow::Resu
     for warning in &fdl.warnings {
         eprintln!("warning: {warning}");
     }
+    let sessions: Vec<&str> = fdl
+        .services
+        .iter()
+        .filter_map(|s| s.confidential.as_ref().map(|c| c.session.as_str()))
+        .collect();
+    if let Some(dup) = sessions
+        .iter()
+        .enumerate()
+        .find(|(i, s)| sessions[..*i].contains(s))
+    {
+        return Err(fail(
+            exit::INVALID,
+            format!(
+                "two confidential services name the session {:?}; give each its own",
+                dup.1
+            ),
+        ));
+    }
     let mut results = Vec::new();
     for service in &fdl.services {
-        let body = serde_json::to_value(service)?;
+        // Confidential services get their session first: the platform copy carries no secret.
+        let (service, applied) = if service.confidential.is_some() {
+            let (copy, applied) = crate::confidential::apply_session(service, cas_key, keys_dir).await?;
+            (std::borrow::Cow::Owned(copy), Some(applied))
+        } else {
+            (std::borrow::Cow::Borrowed(service), None)
+        };
+        let body = serde_json::to_value(&*service)?;
         let action = if client.service_exists(&service.name).await? {
             client
                 .system(Method::PUT, "/system/services", Some(&body))
@@ -42,10 +73,24 @@ pub async fn apply(client: &Client, fdl_path: &Path, json: bool) -> anyhow::Resu
                 .await?;
             "created"
         };
+        let mut result = json!({"service": service.name, "action": action});
+        if let Some(a) = &applied {
+            result["session"] = json!({
+                "name": a.session, "hash": a.hash, "action": a.action, "measurement": a.measurement,
+            });
+            result["input_recipient"] = json!(a.input_recipient);
+        }
         if !json {
             println!("{action} service {}", service.name);
+            if let Some(a) = &applied {
+                println!(
+                    "  CAS session {} {} (measurement {}); secrets and keys are held by the CAS only",
+                    a.session, a.action, a.measurement
+                );
+                println!("  data owners encrypt inputs to: {}", a.input_recipient);
+            }
         }
-        results.push(json!({"service": service.name, "action": action}));
+        results.push(result);
     }
     if json {
         print_json(&Value::Array(results))?;

@@ -7,6 +7,7 @@ mod cas;
 mod cas_bench;
 mod client;
 mod commands;
+mod confidential;
 mod crypt;
 mod server;
 
@@ -40,9 +41,21 @@ enum Command {
     /// Run the platform: REST API, embedded S3 endpoint and local executor.
     Server(server::ServerArgs),
     /// Create or update the services of an FDL file.
+    ///
+    /// For a service with a `confidential` block (run this on your trusted computer) it first
+    /// creates or updates the service's CAS session: the expected measurement, the service's
+    /// input identity (kept in --keys-dir; its recipient is printed), the output recipients,
+    /// volume keys and the FDL's secrets go to the CAS, and the platform gets the service
+    /// without its secrets.
     Apply {
         /// The FDL file (script paths are relative to it).
         fdl: PathBuf,
+        /// CAS client key that owns the sessions of confidential services (`cloister cas keygen`).
+        #[arg(long, env = "CLOISTER_CAS_KEY")]
+        cas_key: Option<PathBuf>,
+        /// Where input identities of confidential services are kept (on this computer).
+        #[arg(long, env = "CLOISTER_KEYS_DIR", default_value = "cloister-keys")]
+        keys_dir: PathBuf,
     },
     /// List, show and delete services.
     #[command(subcommand)]
@@ -102,6 +115,13 @@ enum Command {
     Ls {
         /// `bucket` or `bucket/prefix`.
         path: String,
+    },
+    /// Run one confidential job (the first program of the job, inside its TEE): attest to the
+    /// CAS, decrypt the input, run the script, encrypt the outputs. Started by executors.
+    Runtime {
+        /// The job directory prepared by the executor (job.json, script.sh).
+        #[arg(long)]
+        job: PathBuf,
     },
     /// Measure the platform on this machine and print a table.
     Bench(bench::BenchArgs),
@@ -211,10 +231,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             canary::run(args, client, json).await
         }
         Command::Cas(command) => cas::run(command, json).await,
+        Command::Runtime { job } => confidential::runtime(&job).await,
         command => {
             let client = client::Client::new(cli.connect.resolve()?)?;
             match command {
-                Command::Apply { fdl } => commands::apply(&client, &fdl, json).await,
+                Command::Apply {
+                    fdl,
+                    cas_key,
+                    keys_dir,
+                } => commands::apply(&client, &fdl, cas_key.as_deref(), &keys_dir, json).await,
                 Command::Service(ServiceCommand::Ls) => commands::service_ls(&client, json).await,
                 Command::Service(ServiceCommand::Get { name }) => commands::service_get(&client, &name).await,
                 Command::Service(ServiceCommand::Rm { name }) => commands::service_rm(&client, &name).await,
@@ -247,6 +272,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 | Command::Bench(_)
                 | Command::Attest(_)
                 | Command::Cas(_)
+                | Command::Runtime { .. }
                 | Command::Keygen { .. }
                 | Command::Encrypt(_)
                 | Command::Decrypt(_)

@@ -53,6 +53,19 @@ pub struct ServerArgs {
     /// Most log kept per job, in KiB.
     #[arg(long, env = "CLOISTER_LOG_LIMIT_KIB", default_value_t = 1024)]
     pub log_limit_kib: usize,
+    /// Where confidential jobs keep plaintext while they run: a memory-backed folder (tmpfs)
+    /// outside the data directory (default: /dev/shm/cloister-plain).
+    #[arg(long, env = "CLOISTER_PLAIN_DIR")]
+    pub plain_dir: Option<PathBuf>,
+}
+
+fn default_plain_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.join("cloister-plain")
+    } else {
+        std::env::temp_dir().join("cloister-plain")
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -144,6 +157,9 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
         log_retention: args.log_retention,
         max_body: args.max_body_mib.saturating_mul(1024 * 1024),
         log_limit: args.log_limit_kib.saturating_mul(1024),
+        // Confidential jobs run in a `cloister runtime` process: this very binary.
+        runtime_binary: std::env::current_exe().ok(),
+        plain_dir: args.plain_dir.clone().unwrap_or_else(default_plain_dir),
     })
 }
 

@@ -199,6 +199,7 @@ async fn info(State(platform): AppState) -> impl IntoResponse {
         "architecture": std::env::consts::ARCH,
         "kubernetes_version": "",
         "serverless_backend": {"name": platform.executor.name(), "version": env!("CARGO_PKG_VERSION")},
+        "simulation_platform_key": platform.sim_platform_public,
     }))
 }
 

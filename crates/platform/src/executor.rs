@@ -37,6 +37,7 @@ pub struct LocalExecutor {
     work_root: PathBuf,
     cgroups: CgroupSupport,
     slots: Arc<Mutex<SlotPool>>,
+    confidential: Option<crate::confidential::ConfidentialHost>,
 }
 
 /// Cgroup slots: one per job running at once, reused from job to job.
@@ -73,7 +74,14 @@ impl LocalExecutor {
             work_root: work_root.to_path_buf(),
             cgroups,
             slots: Arc::default(),
+            confidential: None,
         }
+    }
+
+    /// Lets this executor run confidential jobs (see [`crate::confidential`]).
+    pub fn with_confidential(mut self, host: crate::confidential::ConfidentialHost) -> Self {
+        self.confidential = Some(host);
+        self
     }
 
     fn slot(&self) -> Slot {
@@ -119,12 +127,28 @@ impl Executor for LocalExecutor {
             return refusal;
         }
         let slot = self.slot();
+        if spec.placement.tee.is_some() {
+            let Some(host) = &self.confidential else {
+                return refused("this server is not set up to run confidential jobs");
+            };
+            let options = self.options(&slot, false, 0);
+            let slot = crate::confidential::Slot {
+                cgroups: &self.cgroups,
+                name: options.slot,
+            };
+            return crate::confidential::run(host, &spec, &self.io, &self.work_root, slot, cancel, on_start)
+                .await;
+        }
         cloister_runtime::run_job(&spec, &self.io, &self.options(&slot, false, 0), cancel, on_start).await
     }
 
     async fn run_sync(&self, spec: JobSpec, max_output: u64) -> JobOutcome {
-        if let Some(refusal) = unavailable_tee(&spec) {
-            return refusal;
+        if spec.placement.tee.is_some() {
+            // A synchronous body travels through the platform in plaintext.
+            return refused(
+                "confidential services process encrypted objects uploaded to their input bucket; \
+                 synchronous invocations would hand plaintext to the platform",
+            );
         }
         let slot = self.slot();
         let options = self.options(&slot, true, max_output);
@@ -151,7 +175,11 @@ fn unavailable_tee(spec: &JobSpec) -> Option<JobOutcome> {
         }
         TeeKind::Sim => return None,
     };
-    Some(JobOutcome {
+    Some(refused(reason))
+}
+
+fn refused(reason: &str) -> JobOutcome {
+    JobOutcome {
         status: cloister_runtime::Status::Failed,
         exit_code: None,
         reason: Some(reason.to_owned()),
@@ -162,7 +190,7 @@ fn unavailable_tee(spec: &JobSpec) -> Option<JobOutcome> {
         stdout: Vec::new(),
         files: Vec::new(),
         uploaded: Vec::new(),
-    })
+    }
 }
 
 struct StoreIo(Store);

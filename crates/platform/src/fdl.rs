@@ -127,6 +127,23 @@ pub struct Confidential {
     /// `kata-qemu-snp` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_class: Option<String>,
+    /// The data owners' public keys (`cloister1x25519:…`, from `cloister keygen`) every
+    /// output is encrypted to. `cloister apply` puts them in the CAS session; the runtime
+    /// takes them from there, never from the platform.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_recipients: Vec<String>,
+    /// Encrypted volumes: names of folders that persist across jobs (rollback-protected by
+    /// the CAS). The script finds each at `$CLOISTER_VOLUME_<NAME>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Expected measurement for hardware TEEs (SGX MRENCLAVE, TDX MRTD, SEV-SNP
+    /// MEASUREMENT, hex). Under simulation `cloister apply` computes it from the script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<String>,
+    /// The service's input recipient, written by `cloister apply` for reference. Data owners
+    /// should take it from `apply`'s output or the CAS, not from the platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_recipient: Option<String>,
 }
 
 /// Scaling bounds of synchronous services (recorded; the local executor runs on demand).
@@ -412,6 +429,34 @@ fn validate_confidential(c: &Confidential, enable_sgx: bool) -> Result<(), FdlEr
             "service",
             "must be a service name of the session",
         ));
+    }
+    for (i, recipient) in c.output_recipients.iter().enumerate() {
+        let hexpart = recipient.strip_prefix("cloister1x25519:").unwrap_or("");
+        if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(FdlError::invalid(
+                format!("output_recipients[{i}]"),
+                "must be a recipient cloister1x25519:<64 hex digits> (cloister keygen prints one)",
+            ));
+        }
+    }
+    for (i, volume) in c.volumes.iter().enumerate() {
+        let b = volume.as_bytes();
+        let valid = !b.is_empty()
+            && b.len() <= 64
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_.".contains(c));
+        if !valid || c.volumes[..i].contains(volume) {
+            return Err(FdlError::invalid(
+                format!("volumes[{i}]"),
+                "volume names are unique, 1-64 characters of a-z, 0-9, '-', '_', '.'",
+            ));
+        }
+    }
+    if let Some(m) = &c.measurement
+        && (m.is_empty() || m.len() > 96 || !m.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(FdlError::invalid("measurement", "must be hex (64 or 96 digits)"));
     }
     if c.runtime_class.is_some() && matches!(c.tee, TeeKind::Sgx | TeeKind::Sim) {
         return Err(FdlError::invalid(

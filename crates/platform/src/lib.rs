@@ -6,6 +6,7 @@
 //! acknowledged; a pool of workers runs queued jobs through the executor.
 
 mod api;
+pub mod confidential;
 pub mod dispatch;
 pub mod executor;
 pub mod fdl;
@@ -55,6 +56,11 @@ pub struct Config {
     pub max_body: usize,
     /// Most bytes of log kept per job.
     pub log_limit: usize,
+    /// The `cloister` binary whose `runtime` subcommand runs confidential jobs; `None`
+    /// refuses them.
+    pub runtime_binary: Option<PathBuf>,
+    /// Memory-backed directory (tmpfs) where confidential jobs keep plaintext.
+    pub plain_dir: PathBuf,
 }
 
 /// Shared by the API handlers, the dispatcher and the workers.
@@ -68,6 +74,8 @@ pub(crate) struct Platform {
     pub s3_endpoint: String,
     pub presigner: cloister_storage::Presigner,
     pub sync_slots: Arc<tokio::sync::Semaphore>,
+    /// This host's simulated TEE platform key (public, hex): CAS administrators register it.
+    pub sim_platform_public: String,
 }
 
 /// A running server.
@@ -120,8 +128,19 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let s3_addr = s3_listener.local_addr()?;
     let s3_endpoint = format!("http://{s3_addr}");
 
-    let executor: Arc<dyn Executor> =
-        Arc::new(LocalExecutor::new(store.clone(), &config.data_dir.join("work")));
+    let sim_platform_key = config.data_dir.join("sim-platform.key");
+    let sim_platform = cloister_attestation::SimPlatform::load_or_generate(&sim_platform_key)
+        .context("cannot load the simulation platform key")?;
+    let mut local = LocalExecutor::new(store.clone(), &config.data_dir.join("work"));
+    if let Some(runtime_binary) = &config.runtime_binary {
+        local = local.with_confidential(confidential::ConfidentialHost {
+            runtime_binary: runtime_binary.clone(),
+            sim_platform_key,
+            plain_root: config.plain_dir.clone(),
+            volumes_root: config.data_dir.join("volumes"),
+        });
+    }
+    let executor: Arc<dyn Executor> = Arc::new(local);
     let presigner = cloister_storage::Presigner::new(
         &s3_endpoint,
         &config.s3_region,
@@ -137,6 +156,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         s3_endpoint,
         presigner,
         sync_slots: Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1))),
+        sim_platform_public: hex::encode(sim_platform.public_key()),
         config: config.clone(),
     });
 

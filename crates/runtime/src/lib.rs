@@ -12,6 +12,7 @@
 //! that talks S3 over the network.
 
 mod sandbox;
+pub mod tee;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use sandbox::{CgroupSupport, Limits};
+pub use sandbox::{CgroupSupport, Limits, ScriptRun, run_script};
 
 /// Errors raised by [`JobIo`] implementations; the message is shown in the job's log.
 pub type IoError = Box<dyn std::error::Error + Send + Sync>;
@@ -494,7 +495,7 @@ async fn stage_input(spec: &JobSpec, io: &dyn JobIo, input_dir: &Path) -> Result
 
 /// Regular files under `dir` as `(relative path, absolute path)`, sorted. Symbolic links and
 /// other special files are skipped, so a script cannot make the runtime upload host files.
-async fn collect_outputs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+pub async fn collect_outputs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut files = Vec::new();
     let mut pending = vec![(dir.to_path_buf(), String::new())];
     while let Some((path, relative)) = pending.pop() {

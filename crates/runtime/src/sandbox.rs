@@ -114,7 +114,7 @@ impl CgroupSupport {
     /// Prepares the group `slot` (created on first use, then reused) with a job's limits and
     /// returns the `cgroup.procs` files the job joins. A slot serves one job at a time, so the
     /// per-job cost is a few small writes instead of creating and removing groups.
-    fn prepare(&self, slot: &str, limits: &Limits) -> std::io::Result<Vec<PathBuf>> {
+    pub fn prepare(&self, slot: &str, limits: &Limits) -> std::io::Result<Vec<PathBuf>> {
         let procs = self.procs(slot);
         let wanted = (limits.cpu_millis, limits.memory_bytes);
         let cache_key = procs.first().cloned().unwrap_or_default();
@@ -190,7 +190,7 @@ impl CgroupSupport {
 
     /// Kills whatever is still in the slot's groups: processes that left the job's process
     /// group (`setsid`, double forks) cannot outlive the job.
-    fn clear(&self, procs: &[PathBuf]) {
+    pub fn clear(&self, procs: &[PathBuf]) {
         for file in procs {
             let Ok(list) = std::fs::read_to_string(file) else {
                 continue;
@@ -224,10 +224,16 @@ const MAX_LINE: usize = 64 * 1024;
 /// Most stdout kept for a synchronous invocation's answer.
 const MAX_STDOUT: usize = 16 * 1024 * 1024;
 
-pub(crate) struct ScriptRun {
+/// What running a script produced.
+#[derive(Debug)]
+pub struct ScriptRun {
+    /// stdout and stderr lines as they arrived (bounded by the log limit).
     pub log: Vec<LogLine>,
+    /// stdout alone, when asked to keep it.
     pub stdout: Vec<u8>,
+    /// Exit code, if the script exited normally.
     pub exit_code: Option<i32>,
+    /// Why the script could not run to its end (timeout, cancel, start failure).
     pub failure: Option<String>,
 }
 
@@ -237,8 +243,12 @@ enum Stream {
     Err,
 }
 
+/// Runs `script` under `/bin/sh` in `work` with exactly `env`, in its own process group, in the
+/// cgroup slot `slot` (or under `RLIMIT_AS` without cgroups), until it exits, `limits.timeout`
+/// passes or `cancel` resolves; then kills whatever the job left. `on_start` is called once
+/// the process exists.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn run_script(
+pub async fn run_script(
     script: &Path,
     work: &Path,
     env: &[(String, String)],

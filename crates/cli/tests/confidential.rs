@@ -1,0 +1,462 @@
+//! Confidential services end to end: a dev CAS and `cloister server` as real processes, the
+//! FDL applied from the "trusted computer" (sessions created at the CAS), inputs encrypted on
+//! the owner's side, jobs run by `cloister runtime` under the simulation TEE, outputs
+//! decrypted by the owner — and every refusal the issue lists.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cloister_cas::auth::ClientIdentity;
+use cloister_cas::client::CasClient;
+use common::{Server, repo_root};
+use object_store::{ObjectStoreExt, PutPayload};
+use serde_json::{Value, json};
+
+struct Cas {
+    child: Child,
+    url: String,
+    pin: String,
+}
+
+impl Drop for Cas {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(common::bin()).args(args).output().unwrap()
+}
+
+/// A development CAS (key-file sealing: it starts unsealed) with `admin` as administrator.
+fn start_cas(dir: &Path, admin: &str) -> Cas {
+    let data = dir.join("cas");
+    let init: Value = serde_json::from_str(&ok(&cli(&[
+        "cas",
+        "init",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--key-file",
+        dir.join("cas.master").to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    let mut child = Command::new(common::bin())
+        .args(["cas", "serve", "--listen", "127.0.0.1:0", "--admin", admin])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("CAS did not open its port");
+    Cas {
+        child,
+        url,
+        pin: init["identity_pin"].as_str().unwrap().to_owned(),
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    cas: Cas,
+    server: Server,
+    admin_key: PathBuf,
+    owner_key: PathBuf,
+    fdl: PathBuf,
+    recipients: std::collections::BTreeMap<String, String>,
+}
+
+impl World {
+    async fn start() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let admin_key = dir.path().join("admin.key");
+        let admin = ok(&cli(&["cas", "keygen", "--out", admin_key.to_str().unwrap()]))
+            .trim()
+            .to_owned();
+        let cas = start_cas(dir.path(), &admin);
+        let plain = dir.path().join("plain");
+        let server = Server::start(
+            &dir.path().join("data"),
+            &["--plain-dir", plain.to_str().unwrap()],
+        );
+        // The CAS administrator registers this host's simulated TEE.
+        let info = server.get_json("/system/info").await;
+        let platform_key = info["simulation_platform_key"].as_str().unwrap().to_owned();
+        ok(&cli(&[
+            "cas",
+            "platform",
+            "add",
+            &platform_key,
+            "--name",
+            "test-host",
+            "--cas",
+            &cas.url,
+            "--pin",
+            &cas.pin,
+            "--key",
+            admin_key.to_str().unwrap(),
+        ]));
+        // The data owner's key, and the FDL filled in on the trusted computer.
+        let owner_key = dir.path().join("owner.key");
+        let owner = ok(&cli(&["keygen", "--out", owner_key.to_str().unwrap()]))
+            .trim()
+            .to_owned();
+        let example = repo_root().join("examples/confidential");
+        let fdl_dir = dir.path().join("fdl");
+        std::fs::create_dir(&fdl_dir).unwrap();
+        for script in ["upper.sh", "tally.sh"] {
+            std::fs::copy(example.join(script), fdl_dir.join(script)).unwrap();
+        }
+        let fdl = std::fs::read_to_string(example.join("fdl.yaml"))
+            .unwrap()
+            .replace("CAS_URL", &cas.url)
+            .replace("CAS_PIN", &cas.pin)
+            .replace("OWNER_RECIPIENT", &owner);
+        let fdl_path = fdl_dir.join("fdl.yaml");
+        std::fs::write(&fdl_path, fdl).unwrap();
+        let mut world = World {
+            dir,
+            cas,
+            server,
+            admin_key,
+            owner_key,
+            fdl: fdl_path,
+            recipients: Default::default(),
+        };
+        world.apply();
+        world
+    }
+
+    fn apply(&mut self) {
+        let keys = self.dir.path().join("keys");
+        let applied: Value = serde_json::from_str(&ok(&self.server.cli(&[
+            "apply",
+            self.fdl.to_str().unwrap(),
+            "--cas-key",
+            self.admin_key.to_str().unwrap(),
+            "--keys-dir",
+            keys.to_str().unwrap(),
+            "--json",
+        ])))
+        .unwrap();
+        for service in applied.as_array().unwrap() {
+            self.recipients.insert(
+                service["service"].as_str().unwrap().to_owned(),
+                service["input_recipient"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+
+    /// Encrypts `content` on the owner's side and uploads it to `bucket/key`.
+    fn put_encrypted(&self, service: &str, content: &[u8], remote: &str) {
+        let local = self.dir.path().join("owner-input");
+        std::fs::write(&local, content).unwrap();
+        ok(&self.server.cli(&[
+            "put",
+            local.to_str().unwrap(),
+            remote,
+            "--encrypt",
+            &self.recipients[service],
+        ]));
+        std::fs::remove_file(&local).unwrap();
+    }
+
+    /// Downloads and decrypts `remote` with the owner's key.
+    fn get_decrypted(&self, remote: &str) -> Vec<u8> {
+        let local = self.dir.path().join("owner-output");
+        let _ = std::fs::remove_file(&local);
+        ok(&self.server.cli(&[
+            "get",
+            remote,
+            local.to_str().unwrap(),
+            "--decrypt",
+            self.owner_key.to_str().unwrap(),
+        ]));
+        std::fs::read(&local).unwrap()
+    }
+
+    async fn raw_put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
+        self.server
+            .s3_client(bucket)
+            .put(&key.into(), PutPayload::from(bytes))
+            .await
+            .unwrap();
+    }
+
+    async fn raw_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let got = self.server.s3_client(bucket).get(&key.into()).await.ok()?;
+        Some(got.bytes().await.unwrap().to_vec())
+    }
+
+    /// The job that processed `key` (by its event), once finished.
+    async fn job_for(&self, service: &str, expected_jobs: usize, key: &str) -> (String, Value, String) {
+        let jobs = self.server.wait_jobs(service, expected_jobs).await;
+        for (name, job) in jobs {
+            let log = self
+                .server
+                .get(&format!("/system/logs/{service}/{name}"))
+                .await
+                .text()
+                .await
+                .unwrap();
+            if log.contains(key) {
+                return (name, job, log);
+            }
+        }
+        panic!("no job of {service} mentions {key}");
+    }
+
+    fn scan(&self, canary: &str) -> std::process::Output {
+        self.server.cli(&[
+            "canary-scan",
+            "--canary",
+            canary,
+            "--dir",
+            self.server.dir.to_str().unwrap(),
+            "--api",
+            "--processes",
+            "--json",
+        ])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn confidential_jobs_end_to_end_with_every_refusal() {
+    let world = World::start().await;
+    let canary = format!("CANARY{}", uuid_like());
+
+    // The platform holds no secret of a confidential service: the FDL's secret went to the CAS.
+    let service = world.server.get_json("/system/services/secure-upper").await;
+    assert!(
+        service["environment"]["secrets"]
+            .as_object()
+            .is_none_or(|s| s.is_empty()),
+        "{service}"
+    );
+    assert!(!service.to_string().contains("s3cr3t-stamp-0c5e"));
+
+    // 1. A job on encrypted input gives encrypted output the owner decrypts.
+    let input = format!("patient {canary} heart rate 72\nsecond line\n");
+    world.put_encrypted("secure-upper", input.as_bytes(), "secure/in/record.txt");
+    let (_, job, log) = world.job_for("secure-upper", 1, "secure/in/record.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert!(log.contains("attested to the CAS"), "{log}");
+    assert!(!log.contains(&canary), "{log}");
+    let output = world.get_decrypted("secure/out/record.txt");
+    assert_eq!(
+        String::from_utf8(output).unwrap(),
+        format!("{}label=reviewed stamp=s3cr3t-stamp-0c5e\n", input.to_uppercase())
+    );
+    // The stored output is ciphertext: without the owner's key it is noise.
+    let stored = world.raw_get("secure", "out/record.txt").await.unwrap();
+    assert!(!String::from_utf8_lossy(&stored).contains(&canary.to_uppercase()));
+
+    // 2. Nothing on the platform side holds the canary or the secret, in any encoding.
+    for needle in [canary.as_str(), &canary.to_uppercase(), "s3cr3t-stamp-0c5e"] {
+        let scan = world.scan(needle);
+        assert_eq!(
+            scan.status.code(),
+            Some(0),
+            "{needle}: {}{}",
+            String::from_utf8_lossy(&scan.stdout),
+            String::from_utf8_lossy(&scan.stderr)
+        );
+    }
+    // Plaintext was wiped from the memory-backed folder.
+    assert!(common::files_under(&world.dir.path().join("plain")).is_empty());
+
+    // 3. A tampered ciphertext: Failed with a clear reason, no output.
+    let mut tampered = world.raw_get("secure", "in/record.txt").await.unwrap();
+    let middle = tampered.len() - 20;
+    tampered[middle] ^= 0x01;
+    world.raw_put("secure", "in/tampered.txt", tampered).await;
+    let (_, job, log) = world.job_for("secure-upper", 2, "secure/in/tampered.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("input secure/in/tampered.txt rejected"), "{log}");
+    assert!(world.raw_get("secure", "out/tampered.txt").await.is_none());
+
+    // 4. A swapped object (a valid ciphertext stored under another key): detected.
+    let original = world.raw_get("secure", "in/record.txt").await.unwrap();
+    world.raw_put("secure", "in/swapped.txt", original).await;
+    let (_, job, log) = world.job_for("secure-upper", 3, "secure/in/swapped.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("rejected"), "{log}");
+    assert!(world.raw_get("secure", "out/swapped.txt").await.is_none());
+
+    // 5. The script changed on the platform after the session was made: the measurement no
+    //    longer matches, nothing is released, the job fails.
+    let mut changed = world.server.get_json("/system/services/secure-upper").await;
+    changed["script"] = json!("cat \"$INPUT_FILE_PATH\" > /tmp/stolen\n");
+    let put = world
+        .server
+        .http()
+        .put(world.server.url("/system/services"))
+        .basic_auth(common::USER, Some(common::PASSWORD))
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    world.put_encrypted("secure-upper", b"after the change\n", "secure/in/changed.txt");
+    let (_, job, log) = world.job_for("secure-upper", 4, "secure/in/changed.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("attestation refused"), "{log}");
+    assert!(log.contains("measurement"), "{log}");
+    assert!(world.raw_get("secure", "out/changed.txt").await.is_none());
+
+    // 6. A session that does not tolerate simulation: refused.
+    let admin = ClientIdentity::load(&world.admin_key).unwrap();
+    let cas = CasClient::new(&world.cas.url, &world.cas.pin, Some(admin)).unwrap();
+    let record = cas.get_session("examples/secure-tally").await.unwrap();
+    let mut strict: Value = serde_json::from_str(&record.yaml).unwrap();
+    // The hardened session wants SGX hardware (the CAS refuses a sim alternative without
+    // tolerating simulation, so the alternative moves to sgx with the same measurement).
+    strict.as_object_mut().unwrap().remove("security");
+    let measurement = strict["services"][0]["attestation"][0]["measurement"].clone();
+    strict["services"][0]["attestation"] = json!([{"tee": "sgx", "mrenclave": measurement}]);
+    strict["predecessor"] = json!(record.hash);
+    cas.update_session("examples/secure-tally", &strict.to_string())
+        .await
+        .unwrap();
+    world.put_encrypted("secure-tally", b"a\n", "tally/in/strict.txt");
+    let (_, job, log) = world.job_for("secure-tally", 1, "tally/in/strict.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("simulation evidence is not tolerated"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn encrypted_volumes_survive_restarts_and_refuse_rollback() {
+    let mut world = World::start().await;
+    let volumes = world.server.dir.join("volumes/secure-tally");
+    let mut finished = 0;
+    let mut run = |world: &World, name: &str, lines: usize| {
+        finished += 1;
+        let content = "x\n".repeat(lines);
+        world.put_encrypted("secure-tally", content.as_bytes(), &format!("tally/in/{name}"));
+        finished
+    };
+
+    let n = run(&world, "one.txt", 2);
+    let (_, job, log) = world.job_for("secure-tally", n, "tally/in/one.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert_eq!(
+        world.get_decrypted("tally/out/one.txt.tally"),
+        b"jobs=1 lines=2\n"
+    );
+    let snapshot = world.dir.path().join("volume-snapshot");
+    copy_dir(&volumes, &snapshot);
+
+    // Across a server restart the volume carries on (its version lives in the CAS).
+    world.server.restart();
+    let n = run(&world, "two.txt", 3);
+    let (_, job, log) = world.job_for("secure-tally", n, "tally/in/two.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert!(log.contains("at version 1"), "{log}");
+    assert_eq!(
+        world.get_decrypted("tally/out/two.txt.tally"),
+        b"jobs=2 lines=5\n"
+    );
+    // No plaintext of the volume on the platform side.
+    for file in common::files_under(&volumes) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!bytes.windows(7).any(|w| w == b"lines=5"), "{}", file.display());
+    }
+
+    // The platform rolls the volume back to the snapshot: refused, nothing written.
+    std::fs::remove_dir_all(&volumes).unwrap();
+    copy_dir(&snapshot, &volumes);
+    let n = run(&world, "three.txt", 1);
+    let (_, job, log) = world.job_for("secure-tally", n, "tally/in/three.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("rollback"), "{log}");
+    assert!(world.raw_get("tally", "out/three.txt.tally").await.is_none());
+
+    // The old ciphertext renamed to the current version's file: refused as well.
+    let current = std::fs::read_dir(&volumes)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains(".v1."))
+        .unwrap();
+    std::fs::remove_dir_all(&volumes).unwrap();
+    std::fs::create_dir_all(&volumes).unwrap();
+    let v2_name = world.last_volume_name(2).await;
+    std::fs::copy(
+        snapshot.join(current.file_name().unwrap()),
+        volumes.join(&v2_name),
+    )
+    .unwrap();
+    let n = run(&world, "four.txt", 1);
+    let (_, job, log) = world.job_for("secure-tally", n, "tally/in/four.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("rollback or tampering"), "{log}");
+
+    // A re-apply (same keys dir) keeps the input identity and the volume key.
+    let before = world.recipients.clone();
+    world.apply();
+    assert_eq!(before, world.recipients);
+}
+
+impl World {
+    /// The file name the runtime expects for `version` of the tally volume, from the CAS's
+    /// audit log (administrators read it).
+    async fn last_volume_name(&self, version: u64) -> String {
+        let admin = ClientIdentity::load(&self.admin_key).unwrap();
+        let cas = CasClient::new(&self.cas.url, &self.cas.pin, Some(admin)).unwrap();
+        let entries = cas.audit(0).await.unwrap();
+        let entry = entries
+            .iter()
+            .rev()
+            .find(|e| e.kind == "volume-commit" && e.detail["version"] == version)
+            .expect("volume commit in the audit log");
+        cloister_tee_runtime::volume_file_name("state", version, entry.detail["tag"].as_str().unwrap())
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn uuid_like() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(buf)
+        .unwrap();
+}

@@ -1,0 +1,344 @@
+//! The local executor's side of confidential jobs: it hands the job to a `cloister runtime`
+//! process (the code that would run inside the TEE) and only ever touches ciphertext.
+//!
+//! The contract is [`cloister_runtime::tee`]: a job directory with `job.json` and the
+//! service's `script.sh`; the runtime's standard output is the job's log (status lines, no
+//! content); `result.json` lists the sealed outputs, which this side uploads.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use cloister_runtime::tee::{TeeInput, TeeJob, TeeResult};
+use cloister_runtime::{CgroupSupport, JobInput, JobIo, JobOutcome, JobSpec, LogLine, Status};
+use futures::future::BoxFuture;
+use time::OffsetDateTime;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// What the local executor needs to run confidential jobs on this host.
+#[derive(Debug, Clone)]
+pub struct ConfidentialHost {
+    /// The `cloister` binary; its `runtime` subcommand runs each confidential job.
+    pub runtime_binary: PathBuf,
+    /// Seed file of this host's simulated TEE platform key (simulation TEE).
+    pub sim_platform_key: PathBuf,
+    /// Memory-backed directory (tmpfs) for plaintext, outside the data directory.
+    pub plain_root: PathBuf,
+    /// Where services' encrypted volumes are kept (`<root>/<service>/`).
+    pub volumes_root: PathBuf,
+}
+
+/// Extra time the runtime gets beyond the script's own timeout (attestation, crypto).
+const RUNTIME_GRACE: Duration = Duration::from_secs(120);
+
+pub(crate) struct Slot<'a> {
+    pub cgroups: &'a CgroupSupport,
+    pub name: String,
+}
+
+pub(crate) async fn run(
+    host: &ConfidentialHost,
+    spec: &JobSpec,
+    io: &dyn JobIo,
+    work_root: &Path,
+    slot: Slot<'_>,
+    cancel: BoxFuture<'static, ()>,
+    on_start: Box<dyn FnOnce() + Send>,
+) -> JobOutcome {
+    let mut outcome = JobOutcome {
+        status: Status::Failed,
+        exit_code: None,
+        reason: None,
+        log: Vec::new(),
+        stdout: Vec::new(),
+        files: Vec::new(),
+        uploaded: Vec::new(),
+    };
+    let work = work_root.join(format!("job-{}", spec.job_uuid));
+    let subject = match &spec.input {
+        JobInput::Object { bucket, key } => format!("on {bucket}/{key}"),
+        _ => "without input".to_owned(),
+    };
+    outcome.log.push(LogLine {
+        time: OffsetDateTime::now_utc(),
+        text: format!(
+            "cloister: confidential job {subject}; the runtime attests to {} as {}/{}",
+            spec.placement
+                .attestation
+                .get("CLOISTER_CAS")
+                .map_or("?", String::as_str),
+            spec.placement
+                .attestation
+                .get("CLOISTER_SESSION")
+                .map_or("?", String::as_str),
+            spec.placement
+                .attestation
+                .get("CLOISTER_SERVICE")
+                .map_or("?", String::as_str),
+        ),
+    });
+    let procs = match slot.cgroups.prepare(&slot.name, &spec.limits) {
+        Ok(p) => p,
+        Err(e) => {
+            fail(&mut outcome, format!("cannot prepare the job's cgroup: {e}"));
+            return outcome;
+        }
+    };
+    match prepare(host, spec, io, &work, procs.clone()).await {
+        Ok(()) => execute(host, spec, io, &work, cancel, on_start, &mut outcome).await,
+        Err(reason) => fail(&mut outcome, reason),
+    }
+    slot.cgroups.clear(&procs);
+    let removed = tokio::fs::remove_dir_all(&work).await;
+    if let Err(e) = removed
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(job = %spec.job_name, error = %e, "cannot remove job work directory");
+    }
+    outcome
+}
+
+fn fail(outcome: &mut JobOutcome, reason: String) {
+    outcome.log.push(LogLine {
+        time: OffsetDateTime::now_utc(),
+        text: format!("cloister: {reason}"),
+    });
+    outcome.status = Status::Failed;
+    outcome.reason.get_or_insert(reason);
+}
+
+async fn prepare(
+    host: &ConfidentialHost,
+    spec: &JobSpec,
+    io: &dyn JobIo,
+    work: &Path,
+    cgroup_procs: Vec<PathBuf>,
+) -> Result<(), String> {
+    let prepare_dir = || -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        if work.exists() {
+            std::fs::remove_dir_all(work)?;
+        }
+        std::fs::create_dir_all(work.parent().unwrap_or(work))?;
+        std::fs::DirBuilder::new().mode(0o700).create(work)?;
+        std::fs::write(work.join("script.sh"), &spec.script)
+    };
+    prepare_dir().map_err(|e| format!("cannot prepare the job's work directory: {e}"))?;
+    let attestation = &spec.placement.attestation;
+    let wiring = |name: &str| {
+        attestation
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("the service's confidential block gives no {name}"))
+    };
+    let input = match &spec.input {
+        JobInput::Object { bucket, key } => {
+            // The runtime reads the ciphertext where it is stored when storage is local.
+            let file = match io.local_path(bucket, key).filter(|p| p.is_file()) {
+                Some(path) => path,
+                None => {
+                    let dest = work.join("input.cvol");
+                    io.fetch(bucket, key, &dest)
+                        .await
+                        .map_err(|e| format!("cannot fetch input {bucket}/{key}: {e}"))?;
+                    dest
+                }
+            };
+            Some(TeeInput {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                file,
+            })
+        }
+        JobInput::None => None,
+        JobInput::Inline(_) => {
+            return Err("confidential services take encrypted objects, not inline bodies".into());
+        }
+    };
+    let job = TeeJob {
+        job_name: spec.job_name.clone(),
+        job_uuid: spec.job_uuid.clone(),
+        service: spec.service.clone(),
+        image: spec.placement.image.clone(),
+        tee: spec.placement.tee.ok_or("the job needs no TEE")?,
+        cas: wiring("CLOISTER_CAS")?,
+        cas_pin: wiring("CLOISTER_CAS_PIN")?,
+        session: wiring("CLOISTER_SESSION")?,
+        cas_service: wiring("CLOISTER_SERVICE")?,
+        sim_platform_key: Some(host.sim_platform_key.clone()),
+        input,
+        event: spec.event.clone(),
+        event_time: spec
+            .event_time
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        outputs: spec.outputs.clone(),
+        memory_bytes: spec.limits.memory_bytes,
+        timeout_secs: spec.limits.timeout.as_secs(),
+        cgroup_procs,
+        plain_root: host.plain_root.clone(),
+        volumes_dir: host.volumes_root.join(&spec.service),
+    };
+    let bytes = serde_json::to_vec_pretty(&job).map_err(|e| format!("cannot describe the job: {e}"))?;
+    std::fs::write(work.join("job.json"), bytes).map_err(|e| format!("cannot describe the job: {e}"))
+}
+
+async fn execute(
+    host: &ConfidentialHost,
+    spec: &JobSpec,
+    io: &dyn JobIo,
+    work: &Path,
+    cancel: BoxFuture<'static, ()>,
+    on_start: Box<dyn FnOnce() + Send>,
+    outcome: &mut JobOutcome,
+) {
+    let mut command = tokio::process::Command::new(&host.runtime_binary);
+    command
+        .arg("runtime")
+        .arg("--job")
+        .arg(work)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir(work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            fail(
+                outcome,
+                format!("cannot start {}: {e}", host.runtime_binary.display()),
+            );
+            return;
+        }
+    };
+    on_start();
+    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(OffsetDateTime, String)>(64);
+    let mut readers = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        readers.push(tokio::spawn(forward_lines(BufReader::new(stdout), tx.clone())));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        readers.push(tokio::spawn(forward_lines(BufReader::new(stderr), tx.clone())));
+    }
+    drop(tx);
+    let limit = spec.limits.timeout + RUNTIME_GRACE;
+    let mut log_bytes = 0usize;
+    let waited = {
+        let wait = async {
+            let status = child.wait().await;
+            while let Some((time, text)) = rx.recv().await {
+                push_line(outcome, &mut log_bytes, spec.log_limit, time, text);
+            }
+            status
+        };
+        tokio::select! {
+            status = wait => Some(status),
+            _ = tokio::time::sleep(limit) => None,
+            _ = cancel => None,
+        }
+    };
+    if let Some(pgid) = pgid {
+        // SAFETY: kill(2) on the runtime's own process group; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+    for reader in readers {
+        reader.abort();
+    }
+    match waited {
+        None => {
+            let _ = child.kill().await;
+            fail(outcome, "the job was stopped (timeout or deleted)".into());
+            return;
+        }
+        Some(Err(e)) => {
+            fail(outcome, format!("cannot wait for the runtime: {e}"));
+            return;
+        }
+        Some(Ok(_)) => {}
+    }
+    let result: TeeResult = match std::fs::read(work.join("result.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            fail(outcome, format!("the runtime left no result ({e})"));
+            return;
+        }
+    };
+    outcome.exit_code = result.exit_code;
+    if result.status != Status::Succeeded {
+        // The runtime already logged its reason.
+        outcome.status = Status::Failed;
+        outcome.reason = result
+            .reason
+            .or_else(|| Some("the confidential runtime failed".into()));
+        return;
+    }
+    for output in &result.outputs {
+        let Some(file) = sealed_file(work, &output.file) else {
+            fail(
+                outcome,
+                format!("the runtime named an invalid output file {:?}", output.file),
+            );
+            return;
+        };
+        if let Err(e) = io.upload(&output.bucket, &output.key, &file).await {
+            fail(
+                outcome,
+                format!("cannot upload output {}/{}: {e}", output.bucket, output.key),
+            );
+            return;
+        }
+        outcome.uploaded.push(format!("{}/{}", output.bucket, output.key));
+    }
+    if !outcome.uploaded.is_empty() {
+        outcome.log.push(LogLine {
+            time: OffsetDateTime::now_utc(),
+            text: format!(
+                "cloister: uploaded {} encrypted output object(s)",
+                outcome.uploaded.len()
+            ),
+        });
+    }
+    outcome.status = Status::Succeeded;
+}
+
+/// The runtime names sealed files by number; anything else could point outside the job dir.
+fn sealed_file(work: &Path, name: &str) -> Option<PathBuf> {
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())).then(|| work.join("sealed").join(name))
+}
+
+fn push_line(outcome: &mut JobOutcome, used: &mut usize, limit: usize, time: OffsetDateTime, text: String) {
+    if *used > limit {
+        return;
+    }
+    *used += text.len() + 1;
+    if *used > limit {
+        outcome.log.push(LogLine {
+            time,
+            text: "cloister: log limit reached; later lines dropped".into(),
+        });
+        return;
+    }
+    outcome.log.push(LogLine { time, text });
+}
+
+async fn forward_lines<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: R,
+    tx: tokio::sync::mpsc::Sender<(OffsetDateTime, String)>,
+) {
+    let mut lines = reader.lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if tx.send((OffsetDateTime::now_utc(), line)).await.is_err() {
+            break;
+        }
+    }
+}

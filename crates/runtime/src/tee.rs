@@ -1,0 +1,108 @@
+//! The contract between an executor and `cloister runtime`, the process that runs a
+//! confidential job inside its TEE.
+//!
+//! The executor (untrusted) prepares a job directory holding only ciphertext and public facts:
+//! `job.json` ([`TeeJob`]) and `script.sh` (the service's script as the platform has it; the
+//! runtime measures exactly these bytes). It starts `cloister runtime --job <dir>`, reads the
+//! runtime's standard output as the job's log (status lines, never content), and after it exits
+//! reads `result.json` ([`TeeResult`]) and uploads the ciphertexts it lists.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{OutputTarget, Status, TeeKind};
+
+/// `job.json`: a confidential job as the executor describes it. Nothing here is secret, and
+/// the runtime trusts none of it beyond where to find things: every decision that matters
+/// (keys, recipients, environment, volumes) comes from the CAS after attestation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeeJob {
+    /// Job name as listed by the API.
+    pub job_name: String,
+    /// The job's UUID.
+    pub job_uuid: String,
+    /// Platform service name (`OSCAR_SERVICE_NAME`).
+    pub service: String,
+    /// The container image reference (part of the measurement).
+    pub image: String,
+    /// The TEE the evidence comes from.
+    pub tee: TeeKind,
+    /// CAS URL (`https://host:port`).
+    pub cas: String,
+    /// Pin of the CAS identity (`sha256:<hex>`).
+    pub cas_pin: String,
+    /// CAS session name.
+    pub session: String,
+    /// Service name within the session.
+    pub cas_service: String,
+    /// Seed file of the simulated platform key (simulation TEE only).
+    #[serde(default)]
+    pub sim_platform_key: Option<PathBuf>,
+    /// The input object: where it is stored (its binding) and a local file holding its
+    /// ciphertext.
+    #[serde(default)]
+    pub input: Option<TeeInput>,
+    /// The triggering event (`EVENT`), JSON text.
+    #[serde(default)]
+    pub event: String,
+    /// `EVENT_TIME`, RFC 3339.
+    #[serde(default)]
+    pub event_time: String,
+    /// Where outputs go; each output file is encrypted separately for each target it passes.
+    #[serde(default)]
+    pub outputs: Vec<OutputTarget>,
+    /// Memory limit applied with `RLIMIT_AS` when the runtime is not in a cgroup.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Wall-clock limit of the script, seconds.
+    pub timeout_secs: u64,
+    /// `cgroup.procs` files the runtime joins first thing, so that it and the script share
+    /// the job's limits.
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Where plaintext may live while the job runs: memory-backed (tmpfs), outside the
+    /// platform's data directory.
+    pub plain_root: PathBuf,
+    /// Where the service's encrypted volumes are kept (ciphertext, untrusted storage).
+    pub volumes_dir: PathBuf,
+}
+
+/// The input of a confidential job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeeInput {
+    /// Bucket (part of the ciphertext's binding).
+    pub bucket: String,
+    /// Object key (part of the binding; its last segment names the plaintext file).
+    pub key: String,
+    /// Local file holding the ciphertext.
+    pub file: PathBuf,
+}
+
+/// `result.json`: what the runtime reports. No content of the job's data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeeResult {
+    /// Succeeded or Failed.
+    pub status: Status,
+    /// The script's exit code, if it ran and exited normally.
+    pub exit_code: Option<i32>,
+    /// Why the job failed.
+    pub reason: Option<String>,
+    /// Encrypted outputs to upload, in order.
+    pub outputs: Vec<TeeOutput>,
+}
+
+/// One encrypted output, bound to where it must be stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeeOutput {
+    /// Target bucket.
+    pub bucket: String,
+    /// Target key.
+    pub key: String,
+    /// File name of the ciphertext inside the job directory's `sealed/` folder.
+    pub file: String,
+}
