@@ -1,7 +1,8 @@
 //! Throughput benchmark of the encrypted object format against raw AES-256-GCM.
 //!
 //! `cargo run --release -p cloister-crypt --example crypt_bench -- [SIZE_MIB] [ITERATIONS]`
-//! runs 64 KiB and 1 MiB chunks on one thread (defaults: 256 MiB, 3 iterations, best kept).
+//! runs 64 KiB, 256 KiB and 1 MiB chunks on one thread (defaults: 256 MiB, 3 iterations, best
+//! kept), through the `Read`/`Write`, slice and in-place APIs.
 
 fn main() -> Result<(), cloister_crypt::CryptError> {
     let mut args = std::env::args().skip(1);

@@ -54,9 +54,10 @@ const LABEL_PAYLOAD: &[u8] = b"cloister-object-v1/payload";
 type HpkeAead = hpke::aead::ChaCha20Poly1305;
 type HpkeKdf = hpke::kdf::HkdfSha256;
 
-/// Fills `buf` from the system CSPRNG.
+/// Fills `buf` from the OS CSPRNG. Not aws-lc's RNG: it seeds itself with CPU-jitter entropy
+/// on first use (10–20 ms here), a cost every short-lived runtime process would pay.
 pub(crate) fn random(buf: &mut [u8]) -> Result<(), CryptError> {
-    aws_lc_rs::rand::fill(buf).map_err(|_| CryptError::Crypto("system RNG failed"))
+    getrandom::fill(buf).map_err(|_| CryptError::Crypto("system RNG failed"))
 }
 
 struct OutLen(usize);
@@ -125,6 +126,23 @@ fn symmetric_wrap_key(
     let unbound = UnboundKey::new(&AES_256_GCM, &k[..])
         .map_err(|_| CryptError::Crypto("AES-256-GCM key setup failed"))?;
     Ok(LessSafeKey::new(unbound))
+}
+
+/// Length of the header [`build_header`] writes for `recipients`. Stanza sizes depend only on
+/// the recipient kinds and symmetric key ids, so callers can size a buffer for a whole object
+/// before any key is generated.
+pub(crate) fn header_len_for(recipients: &[crate::Recipient]) -> usize {
+    let stanzas: usize = recipients
+        .iter()
+        .map(|r| {
+            // kind(1) ‖ body_len(2) ‖ body
+            3 + match &r.0 {
+                RecipientKind::X25519(_) => HPKE_ENC_LEN + WRAPPED_LEN,
+                RecipientKind::Symmetric(k) => 1 + k.id().len() + WRAPPED_LEN,
+            }
+        })
+        .sum();
+    FIXED_LEN + stanzas + MAC_LEN
 }
 
 /// A built header ready to be written, with the keys the encryptor needs.

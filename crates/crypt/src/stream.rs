@@ -39,7 +39,11 @@ impl Default for EncryptOptions {
 
 /// The 12-byte chunk nonce: prefix(7) ‖ u32be(index) ‖ last-flag(1), Tink's layout.
 #[inline]
-fn chunk_nonce(prefix: &[u8; NONCE_PREFIX_LEN], index: u64, last: bool) -> Result<Nonce, CryptError> {
+pub(crate) fn chunk_nonce(
+    prefix: &[u8; NONCE_PREFIX_LEN],
+    index: u64,
+    last: bool,
+) -> Result<Nonce, CryptError> {
     let idx = u32::try_from(index).map_err(|_| CryptError::TooManyChunks)?;
     let mut n = [0u8; 12];
     let (p, rest) = n.split_at_mut(NONCE_PREFIX_LEN);
@@ -68,9 +72,14 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Seals `buf[..len]` in place as chunk `index` and appends the tag at `buf[len..len + 16]`.
-/// `buf` must be at least `len + 16` long (the callers allocate `chunk_size + 16`).
+/// `buf` must be at least `len + 16` long.
 #[inline]
-fn seal_chunk(key: &LessSafeKey, nonce: Nonce, buf: &mut [u8], len: usize) -> Result<usize, CryptError> {
+pub(crate) fn seal_chunk(
+    key: &LessSafeKey,
+    nonce: Nonce,
+    buf: &mut [u8],
+    len: usize,
+) -> Result<usize, CryptError> {
     let (pt, tail) = buf.split_at_mut(len);
     let tag = key
         .seal_in_place_separate_tag(nonce, Aad::empty(), pt)
@@ -449,4 +458,11 @@ pub fn payload_len(plaintext_len: u64, chunk_size: u32) -> u64 {
         plaintext_len.div_ceil(cs)
     };
     plaintext_len + chunks * TAG_LEN as u64
+}
+
+/// Length of the whole encrypted object (header and payload) for `plaintext_len` bytes sealed
+/// to `recipients`: what [`encrypt`] writes, and the capacity [`crate::seal_in_place`] and
+/// [`crate::encrypt_into`] need to run without reallocating.
+pub fn encrypted_len(plaintext_len: u64, recipients: &[Recipient], chunk_size: u32) -> u64 {
+    header::header_len_for(recipients) as u64 + payload_len(plaintext_len, chunk_size)
 }
