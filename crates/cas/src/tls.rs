@@ -53,6 +53,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The client's provider is *ring*: aws-lc seeds its RNG with CPU-jitter entropy on first use
+/// (10–20 ms measured here), which every short-lived `cloister runtime` process would pay on
+/// its one handshake; ring reads the OS RNG directly.
+fn client_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// A TLS 1.3 server configuration presenting a fresh self-signed certificate for `identity`.
 pub fn server_config(
     identity: &ed25519_dalek::SigningKey,
@@ -82,7 +89,7 @@ pub fn server_config(
 
 /// A TLS 1.3 client configuration that accepts exactly the server whose key has `pin`.
 pub fn client_config(pin: [u8; 32]) -> Result<rustls::ClientConfig, TlsError> {
-    let provider = provider();
+    let provider = client_provider();
     let verifier = Arc::new(PinnedKey {
         pin,
         provider: provider.clone(),

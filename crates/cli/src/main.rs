@@ -8,6 +8,7 @@ mod cas_bench;
 mod client;
 mod commands;
 mod confidential;
+mod confidential_bench;
 mod crypt;
 mod server;
 
@@ -123,6 +124,9 @@ enum Command {
         #[arg(long)]
         job: PathBuf,
     },
+    /// Measure confidential against plain jobs (1 MiB and 256 MiB inputs) and the runtime's
+    /// attestation and key release, with a private CAS and server; prints a table.
+    ConfidentialBench(confidential_bench::ConfidentialBenchArgs),
     /// Measure the platform on this machine and print a table.
     Bench(bench::BenchArgs),
     /// The configuration and attestation service: run it, unseal it, manage sessions.
@@ -232,6 +236,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cas(command) => cas::run(command, json).await,
         Command::Runtime { job } => confidential::runtime(&job).await,
+        Command::ConfidentialBench(args) => confidential_bench::run(args, json).await,
         command => {
             let client = client::Client::new(cli.connect.resolve()?)?;
             match command {
@@ -273,6 +278,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 | Command::Attest(_)
                 | Command::Cas(_)
                 | Command::Runtime { .. }
+                | Command::ConfidentialBench(_)
                 | Command::Keygen { .. }
                 | Command::Encrypt(_)
                 | Command::Decrypt(_)

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use cloister_attestation::{SimPlatform, SimSource};
 use cloister_cas::auth::ClientIdentity;
 use cloister_cas::client::CasClient;
+use cloister_cas::protocol::VolumeCommit;
 use common::{Server, repo_root};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
@@ -417,6 +419,53 @@ async fn encrypted_volumes_survive_restarts_and_refuse_rollback() {
     let (_, job, log) = world.job_for("secure-tally", n, "tally/in/four.txt").await;
     assert_eq!(job["status"], "Failed", "{log}");
     assert!(log.contains("rollback or tampering"), "{log}");
+
+    // Commits need the grant released with the configuration, and the current version.
+    let admin = ClientIdentity::load(&world.admin_key).unwrap();
+    let cas = CasClient::new(&world.cas.url, &world.cas.pin, Some(admin)).unwrap();
+    let mut commit = VolumeCommit {
+        session: "examples/secure-tally".into(),
+        service: "secure-tally".into(),
+        volume: "state".into(),
+        grant: "AAAA".into(),
+        from_version: 2,
+        tag: "ab".repeat(32),
+    };
+    let refused = cas.commit_volume(&commit).await.unwrap_err().to_string();
+    assert!(refused.contains("403") && refused.contains("grant"), "{refused}");
+    let seed: [u8; 32] = std::fs::read(world.server.dir.join("sim-platform.key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let script = std::fs::read(repo_root().join("examples/confidential/tally.sh")).unwrap();
+    let source = SimSource::new(
+        SimPlatform::from_seed(seed),
+        cloister_tee_runtime::sim_measurement(&script, "debian:stable-slim"),
+    );
+    let released = cas
+        .attest("examples/secure-tally", "secure-tally", &source, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        released["volumes"]["state"]["version"], 2,
+        "{}",
+        released["volumes"]
+    );
+    commit.grant = released["volume_grant"].as_str().unwrap().to_owned();
+    commit.from_version = 1;
+    let refused = cas.commit_volume(&commit).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("409") && refused.contains("version 2"),
+        "{refused}"
+    );
+    commit.from_version = 2;
+    commit.service = "other".into();
+    let refused = cas.commit_volume(&commit).await.unwrap_err().to_string();
+    assert!(refused.contains("403"), "{refused}");
+    commit.service = "secure-tally".into();
+    commit.tag = "not-a-tag".into();
+    let refused = cas.commit_volume(&commit).await.unwrap_err().to_string();
+    assert!(refused.contains("400"), "{refused}");
 
     // A re-apply (same keys dir) keeps the input identity and the volume key.
     let before = world.recipients.clone();

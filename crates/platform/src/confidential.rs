@@ -40,7 +40,6 @@ pub(crate) async fn run(
     host: &ConfidentialHost,
     spec: &JobSpec,
     io: &dyn JobIo,
-    work_root: &Path,
     slot: Slot<'_>,
     cancel: BoxFuture<'static, ()>,
     on_start: Box<dyn FnOnce() + Send>,
@@ -54,7 +53,12 @@ pub(crate) async fn run(
         files: Vec::new(),
         uploaded: Vec::new(),
     };
-    let work = work_root.join(format!("job-{}", spec.job_uuid));
+    // The job directory holds only ciphertext and public facts, so it may live anywhere; in
+    // the memory-backed folder the sealed outputs cost no disk write before their upload.
+    let work = host
+        .plain_root
+        .join("jobs")
+        .join(format!("job-{}", spec.job_uuid));
     let subject = match &spec.input {
         JobInput::Object { bucket, key } => format!("on {bucket}/{key}"),
         _ => "without input".to_owned(),
@@ -263,13 +267,26 @@ async fn execute(
         }
         Some(Ok(_)) => {}
     }
+    let exit = waited.and_then(Result::ok);
     let result: TeeResult = match std::fs::read(work.join("result.json"))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
         Ok(r) => r,
         Err(e) => {
-            fail(outcome, format!("the runtime left no result ({e})"));
+            use std::os::unix::process::ExitStatusExt;
+            let reason = match exit.and_then(|s| s.signal()) {
+                // Plaintext lives in memory (tmpfs) charged to the job, so a large input
+                // needs a memory limit above its size.
+                Some(libc::SIGKILL) => {
+                    "the runtime was killed (SIGKILL): most likely the job's memory limit, \
+                                        which must hold the plaintext input, outputs and volumes"
+                        .to_owned()
+                }
+                Some(signal) => format!("the runtime died of signal {signal}"),
+                None => format!("the runtime left no result ({e})"),
+            };
+            fail(outcome, reason);
             return;
         }
     };

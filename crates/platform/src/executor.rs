@@ -136,8 +136,7 @@ impl Executor for LocalExecutor {
                 cgroups: &self.cgroups,
                 name: options.slot,
             };
-            return crate::confidential::run(host, &spec, &self.io, &self.work_root, slot, cancel, on_start)
-                .await;
+            return crate::confidential::run(host, &spec, &self.io, slot, cancel, on_start).await;
         }
         cloister_runtime::run_job(&spec, &self.io, &self.options(&slot, false, 0), cancel, on_start).await
     }

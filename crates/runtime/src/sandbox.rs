@@ -63,6 +63,9 @@ pub enum CgroupSupport {
         /// `<unified root>/cloister`
         parent: PathBuf,
     },
+    /// A slot another process prepared with the job's limits (the executor, for a runtime
+    /// process): scripts join these `cgroup.procs` files; the slot name is ignored.
+    Prepared(Vec<PathBuf>),
 }
 
 impl CgroupSupport {
@@ -71,7 +74,7 @@ impl CgroupSupport {
     pub fn detect() -> Self {
         let found = Self::detect_at(Path::new("/sys/fs/cgroup"));
         let parents: Vec<&PathBuf> = match &found {
-            Self::None => Vec::new(),
+            Self::None | Self::Prepared(_) => Vec::new(),
             Self::V1 { cpu, memory } => vec![cpu, memory],
             Self::V2 { parent } => vec![parent],
         };
@@ -115,6 +118,9 @@ impl CgroupSupport {
     /// returns the `cgroup.procs` files the job joins. A slot serves one job at a time, so the
     /// per-job cost is a few small writes instead of creating and removing groups.
     pub fn prepare(&self, slot: &str, limits: &Limits) -> std::io::Result<Vec<PathBuf>> {
+        if let Self::Prepared(procs) = self {
+            return Ok(procs.clone());
+        }
         let procs = self.procs(slot);
         let wanted = (limits.cpu_millis, limits.memory_bytes);
         let cache_key = procs.first().cloned().unwrap_or_default();
@@ -135,6 +141,7 @@ impl CgroupSupport {
     fn procs(&self, slot: &str) -> Vec<PathBuf> {
         match self {
             Self::None => Vec::new(),
+            Self::Prepared(procs) => procs.clone(),
             Self::V1 { cpu, memory } => {
                 vec![
                     cpu.join(slot).join("cgroup.procs"),
@@ -157,6 +164,7 @@ impl CgroupSupport {
         };
         match self {
             Self::None => Ok(Vec::new()),
+            Self::Prepared(procs) => Ok(procs.clone()),
             Self::V1 { cpu, memory } => {
                 let (cpu, memory) = (cpu.join(slot), memory.join(slot));
                 ensure(&cpu)?;

@@ -53,13 +53,13 @@ pub struct TeeJob {
     /// Where outputs go; each output file is encrypted separately for each target it passes.
     #[serde(default)]
     pub outputs: Vec<OutputTarget>,
-    /// Memory limit applied with `RLIMIT_AS` when the runtime is not in a cgroup.
+    /// Memory limit of the script, applied with `RLIMIT_AS` when there is no cgroup slot.
     #[serde(default)]
     pub memory_bytes: Option<u64>,
     /// Wall-clock limit of the script, seconds.
     pub timeout_secs: u64,
-    /// `cgroup.procs` files the runtime joins first thing, so that it and the script share
-    /// the job's limits.
+    /// `cgroup.procs` files of the slot the executor prepared with the job's limits; the
+    /// script joins them.
     #[serde(default)]
     pub cgroup_procs: Vec<PathBuf>,
     /// Where plaintext may live while the job runs: memory-backed (tmpfs), outside the

@@ -107,12 +107,6 @@ async fn run(
     log: &mut (dyn FnMut(&str) + Send),
     result: &mut TeeResult,
 ) -> Step<()> {
-    // The runtime and the script share the job's cgroup, as an enclave shares its limits.
-    for procs in &job.cgroup_procs {
-        std::fs::write(procs, std::process::id().to_string())
-            .map_err(|e| format!("cannot join the job's cgroup {}: {e}", procs.display()))?;
-    }
-
     // 1. Attest: evidence over exactly the script bytes that will run.
     let measurement = crate::sim_measurement(script, &job.image);
     let source = evidence_source(job, measurement)?;
@@ -212,22 +206,25 @@ async fn run(
         &volume_dirs,
         !released.config.files.is_empty(),
     );
+    // The script runs under the job's limits, in the cgroup slot the executor prepared (or
+    // under RLIMIT_AS without one); the runtime's own staging and crypto are not charged to
+    // them, just as a plain job's staging and uploads are not.
     let limits = Limits {
-        // Inside a cgroup the limit already holds for the runtime and everything it starts.
-        memory_bytes: if job.cgroup_procs.is_empty() {
-            job.memory_bytes
-        } else {
-            None
-        },
+        memory_bytes: job.memory_bytes,
         cpu_millis: None,
         timeout: Duration::from_secs(job.timeout_secs.max(1)),
+    };
+    let cgroups = if job.cgroup_procs.is_empty() {
+        CgroupSupport::None
+    } else {
+        CgroupSupport::Prepared(job.cgroup_procs.clone())
     };
     let run = cloister_runtime::run_script(
         &script_path,
         plain,
         &env,
         &limits,
-        &CgroupSupport::None,
+        &cgroups,
         "",
         usize::MAX,
         false,
@@ -566,9 +563,34 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(temp, path)
 }
 
-/// Overwrites every regular file under `dir` with zeros, then removes the tree: plaintext is
-/// not left for whoever gets the memory (or disk blocks) next.
+/// Removes the plaintext tree. On a disk-backed file system every file is overwritten with
+/// zeros first, so its blocks do not keep plaintext; on tmpfs the freed pages are zeroed by
+/// the kernel before anyone else gets them, and overwriting would only cost time.
 fn wipe(dir: &Path) {
+    if !on_tmpfs(dir) {
+        overwrite_and_remove(dir);
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn on_tmpfs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: statfs(2) writes into the buffer we own; it is read only when the call succeeds.
+    let ok = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) } == 0;
+    // SAFETY: initialised by the successful call above.
+    // `f_type` is i64 on x86-64 but narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let kind = ok.then(|| i64::from(unsafe { stat.assume_init() }.f_type));
+    kind == Some(TMPFS_MAGIC)
+}
+
+fn overwrite_and_remove(dir: &Path) {
     fn zero_files(dir: &Path) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -651,5 +673,13 @@ mod tests {
         std::fs::write(dir.join("sub/f"), b"secret").unwrap();
         wipe(&dir);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn tmpfs_is_recognised() {
+        if Path::new("/dev/shm").is_dir() {
+            assert!(on_tmpfs(Path::new("/dev/shm")));
+        }
+        assert!(!on_tmpfs(Path::new("/proc/self")));
     }
 }
