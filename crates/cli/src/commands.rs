@@ -269,6 +269,18 @@ fn object_path(key: &str) -> anyhow::Result<object_store::path::Path> {
 const PART_SIZE: usize = 8 * 1024 * 1024;
 
 pub async fn put(client: &Client, local: &Path, remote: &str, json: bool) -> anyhow::Result<()> {
+    let (bucket, key) = object_target(local, remote);
+    let size = upload(client, local, bucket, &key, json).await?;
+    if json {
+        print_json(&json!({"bucket": bucket, "key": key, "size": size}))?;
+    } else {
+        eprintln!("uploaded {} to {bucket}/{key} ({size} bytes)", local.display());
+    }
+    Ok(())
+}
+
+/// `bucket/key` for uploading `local` to `remote`; a key ending in `/` takes the file's name.
+pub fn object_target<'a>(local: &Path, remote: &'a str) -> (&'a str, String) {
     let (bucket, key) = split_object_path(remote);
     let file_name = local.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let key = if key.is_empty() || key.ends_with('/') {
@@ -276,13 +288,24 @@ pub async fn put(client: &Client, local: &Path, remote: &str, json: bool) -> any
     } else {
         key.to_owned()
     };
+    (bucket, key)
+}
+
+/// Uploads `local` as `bucket/key` (multipart with a progress bar when large); returns its size.
+pub async fn upload(
+    client: &Client,
+    local: &Path,
+    bucket: &str,
+    key: &str,
+    quiet: bool,
+) -> anyhow::Result<u64> {
     let store = client.s3(bucket).await?;
-    let path = object_path(&key)?;
+    let path = object_path(key)?;
     let mut file = tokio::fs::File::open(local)
         .await
         .with_context(|| format!("cannot open {}", local.display()))?;
     let size = file.metadata().await?.len();
-    let bar = progress(size, json);
+    let bar = progress(size, quiet);
     if size <= PART_SIZE as u64 {
         let content = tokio::fs::read(local).await?;
         store
@@ -306,12 +329,7 @@ pub async fn put(client: &Client, local: &Path, remote: &str, json: bool) -> any
         writer.finish().await.map_err(s3_error)?;
     }
     bar.finish_and_clear();
-    if json {
-        print_json(&json!({"bucket": bucket, "key": key, "size": size}))?;
-    } else {
-        eprintln!("uploaded {} to {bucket}/{key} ({size} bytes)", local.display());
-    }
-    Ok(())
+    Ok(size)
 }
 
 fn s3_error(e: object_store::Error) -> anyhow::Error {
@@ -323,6 +341,26 @@ fn s3_error(e: object_store::Error) -> anyhow::Error {
 
 pub async fn get(client: &Client, remote: &str, local: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let (bucket, key) = split_object_path(remote);
+    let Some((size, dest)) = download(client, remote, local, json).await? else {
+        return Ok(());
+    };
+    if json {
+        print_json(&json!({"bucket": bucket, "key": key, "size": size, "file": dest}))?;
+    } else {
+        eprintln!("downloaded {bucket}/{key} to {} ({size} bytes)", dest.display());
+    }
+    Ok(())
+}
+
+/// Downloads `bucket/key` to `local` (the key's file name when absent; `-` streams to stdout
+/// and answers `None`), through a temporary file renamed into place. Returns size and path.
+pub async fn download(
+    client: &Client,
+    remote: &str,
+    local: Option<&Path>,
+    quiet: bool,
+) -> anyhow::Result<Option<(u64, std::path::PathBuf)>> {
+    let (bucket, key) = split_object_path(remote);
     if key.is_empty() {
         return Err(fail(exit::INVALID, "give bucket/key"));
     }
@@ -331,7 +369,7 @@ pub async fn get(client: &Client, remote: &str, local: Option<&Path>, json: bool
     let size = result.meta.size;
     let default_name = key.rsplit('/').next().unwrap_or(key);
     let to_stdout = local.is_some_and(|p| p == Path::new("-"));
-    let bar = progress(size, json || to_stdout);
+    let bar = progress(size, quiet || to_stdout);
     let mut stream = result.into_stream();
     if to_stdout {
         let mut out = tokio::io::stdout();
@@ -339,7 +377,7 @@ pub async fn get(client: &Client, remote: &str, local: Option<&Path>, json: bool
             out.write_all(&chunk.map_err(s3_error)?).await?;
         }
         out.flush().await?;
-        return Ok(());
+        return Ok(None);
     }
     let dest = local.map_or_else(|| Path::new(default_name).to_path_buf(), Path::to_path_buf);
     // Written beside the destination and renamed, so a failed download leaves no partial file.
@@ -360,12 +398,7 @@ pub async fn get(client: &Client, remote: &str, local: Option<&Path>, json: bool
     tmp.persist(&dest)
         .with_context(|| format!("cannot write {}", dest.display()))?;
     bar.finish_and_clear();
-    if json {
-        print_json(&json!({"bucket": bucket, "key": key, "size": size, "file": dest}))?;
-    } else {
-        eprintln!("downloaded {bucket}/{key} to {} ({size} bytes)", dest.display());
-    }
-    Ok(())
+    Ok(Some((size, dest)))
 }
 
 pub async fn ls(client: &Client, path: &str, json: bool) -> anyhow::Result<()> {

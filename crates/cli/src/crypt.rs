@@ -178,13 +178,7 @@ pub async fn put(
     if encrypt_to.is_empty() {
         return crate::commands::put(client, local, remote, json).await;
     }
-    let (bucket, key) = split_object_path(remote);
-    let file_name = local.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let key = if key.is_empty() || key.ends_with('/') {
-        format!("{key}{file_name}")
-    } else {
-        key.to_owned()
-    };
+    let (bucket, key) = crate::commands::object_target(local, remote);
     let recipients = recipients(encrypt_to)?;
     let binding = ObjectBinding {
         bucket: bucket.to_owned(),
@@ -198,7 +192,21 @@ pub async fn put(
             .map_err(crypt_error)?;
         out.flush()?;
     }
-    crate::commands::put(client, sealed.path(), &format!("{bucket}/{key}"), json).await
+    let size = crate::commands::upload(client, sealed.path(), bucket, &key, json).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"bucket": bucket, "key": key, "size": size, "encrypted": true})
+            )?
+        );
+    } else {
+        eprintln!(
+            "encrypted {} and uploaded it to {bucket}/{key} ({size} bytes)",
+            local.display()
+        );
+    }
+    Ok(())
 }
 
 pub async fn get(
@@ -215,7 +223,7 @@ pub async fn get(
     let (bucket, key) = split_object_path(remote);
     let sealed = tempfile::Builder::new().prefix(".cloister-sealed-").tempfile()?;
     let sealed_path = sealed.path().to_path_buf();
-    crate::commands::get(client, remote, Some(&sealed_path), true).await?;
+    crate::commands::download(client, remote, Some(&sealed_path), true).await?;
     let default_name = PathBuf::from(key.rsplit('/').next().unwrap_or(key));
     let dest = local.map_or(default_name, Path::to_path_buf);
     let binding = ObjectBinding {
@@ -228,7 +236,14 @@ pub async fn get(
             .map(|_| ())
             .map_err(crypt_error)
     })?;
-    if !json && dest != Path::new("-") {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"bucket": bucket, "key": key, "file": dest, "decrypted": true})
+            )?
+        );
+    } else if dest != Path::new("-") {
         eprintln!("downloaded and decrypted {bucket}/{key} to {}", dest.display());
     }
     Ok(())
@@ -245,6 +260,10 @@ pub fn bench(args: BenchArgs, json: bool) -> anyhow::Result<()> {
                 "raw_seal_gbps": report.raw_seal, "raw_open_gbps": report.raw_open,
                 "encrypt_gbps": report.encrypt, "decrypt_gbps": report.decrypt,
                 "decryptor_read_gbps": report.decryptor_read,
+                "raw_seal_out_of_place_gbps": report.raw_seal_out_of_place,
+                "raw_open_out_of_place_gbps": report.raw_open_out_of_place,
+                "encrypt_into_gbps": report.encrypt_into, "decrypt_into_gbps": report.decrypt_into,
+                "seal_in_place_gbps": report.seal_in_place, "open_in_place_gbps": report.open_in_place,
             }))?
         );
     } else {
