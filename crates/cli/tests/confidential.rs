@@ -509,3 +509,64 @@ fn getrandom(buf: &mut [u8]) {
         .read_exact(buf)
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_confidential_job_killed_midway_leaves_no_plaintext() {
+    let mut world = World::start().await;
+    let fdl_dir = world.fdl.parent().unwrap().to_path_buf();
+    std::fs::write(
+        fdl_dir.join("slow.sh"),
+        "cp \"$INPUT_FILE_PATH\" \"$TMPDIR/copy\"\nsleep 60\n",
+    )
+    .unwrap();
+    let fdl = std::fs::read_to_string(&world.fdl).unwrap();
+    let slow = fdl
+        .replace("secure-upper", "secure-slow")
+        .replace("upper.sh", "slow.sh")
+        .replace("path: secure/", "path: slow/")
+        .replace("examples/secure-tally", "examples/unused-tally")
+        .replace("secure-tally", "unused-tally")
+        .replace("path: tally/", "path: unused/");
+    world.fdl = fdl_dir.join("slow.yaml");
+    std::fs::write(&world.fdl, slow).unwrap();
+    world.apply();
+
+    world.put_encrypted("secure-slow", b"slow secret\n", "slow/in/a.txt");
+    let plain = world.dir.path().join("plain");
+    // While the script runs, its plaintext exists only in the memory-backed folder.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let jobs = world.server.get_json("/system/logs/secure-slow?page=").await["jobs"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let running = jobs.iter().find(|(_, j)| j["status"] == "Running").map(|(n, _)| n.clone());
+        if let Some(name) = running
+            && common::files_under(&plain)
+                .iter()
+                .any(|f| f.ends_with("tmp/copy"))
+        {
+            break name;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slow job did not start: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let deleted = world
+        .server
+        .http()
+        .delete(world.server.url(&format!("/system/logs/secure-slow/{job}")))
+        .basic_auth(common::USER, Some(common::PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !common::files_under(&plain).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plaintext left behind: {:?}",
+            common::files_under(&plain)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

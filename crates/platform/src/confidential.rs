@@ -93,6 +93,12 @@ pub(crate) async fn run(
         Err(reason) => fail(&mut outcome, reason),
     }
     slot.cgroups.clear(&procs);
+    // A runtime killed mid-job (timeout, deletion, memory limit) cannot remove its plaintext.
+    let plain = host.plain_root.join(format!("job-{}", spec.job_uuid));
+    if tokio::fs::try_exists(&plain).await.unwrap_or(false) {
+        tracing::warn!(job = %spec.job_name, "removing the plaintext folder of a runtime that did not finish");
+        let _ = tokio::fs::remove_dir_all(&plain).await;
+    }
     let removed = tokio::fs::remove_dir_all(&work).await;
     if let Err(e) = removed
         && e.kind() != std::io::ErrorKind::NotFound
