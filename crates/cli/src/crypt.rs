@@ -264,6 +264,8 @@ pub fn bench(args: BenchArgs, json: bool) -> anyhow::Result<()> {
                 "raw_open_out_of_place_gbps": report.raw_open_out_of_place,
                 "encrypt_into_gbps": report.encrypt_into, "decrypt_into_gbps": report.decrypt_into,
                 "seal_in_place_gbps": report.seal_in_place, "open_in_place_gbps": report.open_in_place,
+                "file_threads": report.threads,
+                "file_encrypt_gbps": report.file_encrypt, "file_decrypt_gbps": report.file_decrypt,
             }))?
         );
     } else {

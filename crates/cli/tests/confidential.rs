@@ -540,7 +540,10 @@ async fn a_confidential_job_killed_midway_leaves_no_plaintext() {
             .as_object()
             .cloned()
             .unwrap_or_default();
-        let running = jobs.iter().find(|(_, j)| j["status"] == "Running").map(|(n, _)| n.clone());
+        let running = jobs
+            .iter()
+            .find(|(_, j)| j["status"] == "Running")
+            .map(|(n, _)| n.clone());
         if let Some(name) = running
             && common::files_under(&plain)
                 .iter()
@@ -548,7 +551,10 @@ async fn a_confidential_job_killed_midway_leaves_no_plaintext() {
         {
             break name;
         }
-        assert!(std::time::Instant::now() < deadline, "the slow job did not start: {jobs:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow job did not start: {jobs:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let deleted = world

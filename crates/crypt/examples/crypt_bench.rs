@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p cloister-crypt --example crypt_bench -- [SIZE_MIB] [ITERATIONS]`
 //! runs 64 KiB, 256 KiB and 1 MiB chunks on one thread (defaults: 256 MiB, 3 iterations, best
-//! kept), through the `Read`/`Write`, slice and in-place APIs.
+//! kept), through the `Read`/`Write`, slice and in-place APIs, then file to file through
+//! `encrypt_file`/`decrypt_file` on temporary files with one thread per available CPU.
 
 fn main() -> Result<(), cloister_crypt::CryptError> {
     let mut args = std::env::args().skip(1);

@@ -1,6 +1,7 @@
 //! Throughput benchmark: the encrypted object format, through each API, against the raw
 //! AES-256-GCM ceiling of the same library, on the same data, in the same run, on the calling
-//! thread.
+//! thread; and the file-to-file API ([`encrypt_file`], [`decrypt_file`]) on real temporary files
+//! with one thread per available CPU.
 //!
 //! The reference is raw AES-256-GCM sealing (opening) the same bytes in place, chunk by chunk,
 //! with the same chunk size: the least memory traffic any implementation can have (every byte
@@ -10,18 +11,28 @@
 //! leaves its input intact: on large buffers it moves half as many bytes again (the output lines
 //! are fetched before they are written), so it runs well below in place.
 //!
+//! The file rows go from a plaintext file to an object file and back, in the system's temporary
+//! directory (`TMPDIR`), with `threads` = [`std::thread::available_parallelism`]. Files are not
+//! synced, so they measure the page cache (reads of cached data, writes of dirty pages), as a
+//! job reading its input and writing its outputs sees it; the kernel writes the dirty pages back
+//! in the background meanwhile. The output files are reused across iterations, like the output
+//! buffers of the other rows.
+//!
 //! Call it from release builds (`cargo run --release -p cloister-crypt --example crypt_bench`);
 //! the CLI can call [`run`] too.
 
 use std::fmt;
+use std::fs::File;
 use std::io::Read;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use crate::{
-    CryptError, Decryptor, EncryptOptions, Identity, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, ObjectBinding, TAG_LEN,
-    decrypt, decrypt_into, encrypt, encrypt_into, encrypted_len, open_in_place, seal_in_place,
+    CryptError, DecryptionKey, Decryptor, EncryptOptions, Identity, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+    ObjectBinding, TAG_LEN, decrypt, decrypt_file, decrypt_into, encrypt, encrypt_file, encrypt_into,
+    encrypted_len, open_in_place, seal_in_place,
 };
 
 /// Results of one benchmark run; rates are in GB/s (10^9 bytes per second) of plaintext.
@@ -53,11 +64,19 @@ pub struct BenchReport {
     pub seal_in_place: f64,
     /// [`open_in_place`] of that object.
     pub open_in_place: f64,
+    /// Threads used by the file rows ([`std::thread::available_parallelism`]).
+    pub threads: usize,
+    /// [`encrypt_file`] from a plaintext file to an object file, on `threads` threads.
+    pub file_encrypt: f64,
+    /// [`decrypt_file`] from that object file to a plaintext file, on `threads` threads.
+    pub file_decrypt: f64,
 }
 
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // (label, rate, whether it is encryption); percentages are of the in-place raw rate.
+        let file_encrypt = format!("file encrypt ({} threads)", self.threads);
+        let file_decrypt = format!("file decrypt ({} threads)", self.threads);
         let rows = [
             (
                 "raw AES-256-GCM seal, out of place",
@@ -76,12 +95,16 @@ impl fmt::Display for BenchReport {
             ("slice decrypt_into (&[u8] -> Vec)", self.decrypt_into, false),
             ("in place seal_in_place (Vec)", self.seal_in_place, true),
             ("in place open_in_place (Vec)", self.open_in_place, false),
+            (&file_encrypt, self.file_encrypt, true),
+            (&file_decrypt, self.file_decrypt, false),
         ];
         write!(
             f,
-            "size {} MiB, chunk {} KiB, one thread\n  {:<36} {:6.2} GB/s\n  {:<36} {:6.2} GB/s",
+            "size {} MiB, chunk {} KiB, one thread (file rows: {} threads)\n  {:<36} {:6.2} GB/s\n  \
+             {:<36} {:6.2} GB/s",
             self.size >> 20,
             self.chunk_size >> 10,
+            self.threads,
             "raw AES-256-GCM seal, in place",
             self.raw_seal,
             "raw AES-256-GCM open, in place",
@@ -257,6 +280,10 @@ pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchRepor
         }
     }
 
+    drop((ct2, pt2, buf));
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let (file_enc, file_dec) = bench_files(&data, &id, &binding, &opts, threads, iterations)?;
+
     Ok(BenchReport {
         size,
         chunk_size,
@@ -271,5 +298,71 @@ pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchRepor
         decrypt_into: gbps(size, dec2),
         seal_in_place: gbps(size, seal),
         open_in_place: gbps(size, open),
+        threads,
+        file_encrypt: gbps(size, file_enc),
+        file_decrypt: gbps(size, file_dec),
     })
+}
+
+/// Temporary files of the file rows, removed when dropped (also when the benchmark fails).
+struct TempFiles(Vec<PathBuf>);
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Best times of [`encrypt_file`] and [`decrypt_file`] over real files holding `data`.
+fn bench_files(
+    data: &[u8],
+    id: &Identity,
+    binding: &ObjectBinding,
+    opts: &EncryptOptions,
+    threads: usize,
+    iterations: usize,
+) -> Result<(Duration, Duration), CryptError> {
+    let dir = std::env::temp_dir();
+    let name = |what: &str| dir.join(format!("cloister-crypt-bench-{}-{what}", std::process::id()));
+    let files = TempFiles(vec![name("plain"), name("object"), name("opened")]);
+    let [plain_path, object_path, opened_path] = &files.0[..] else {
+        return Err(CryptError::Crypto("benchmark file list"));
+    };
+    let open_rw = |path: &PathBuf| {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+    };
+    // The plaintext is written and synced before any timing, so it is cached and clean.
+    std::fs::write(plain_path, data)?;
+    let plain = File::open(plain_path)?;
+    plain.sync_all()?;
+    let object = open_rw(object_path)?;
+    let opened = open_rw(opened_path)?;
+    let recipients = [id.public()];
+    let (mut enc, mut dec) = (Duration::MAX, Duration::MAX);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let n = encrypt_file(&plain, &object, &recipients, binding, opts, threads)?;
+        enc = enc.min(t.elapsed());
+        if n != data.len() as u64 {
+            return Err(CryptError::Crypto("benchmark encrypt_file length mismatch"));
+        }
+
+        let t = Instant::now();
+        let n = decrypt_file(&object, &opened, DecryptionKey::X25519(id), binding, threads)?;
+        dec = dec.min(t.elapsed());
+        if n != data.len() as u64 {
+            return Err(CryptError::Crypto("benchmark decrypt_file length mismatch"));
+        }
+    }
+    if std::fs::read(opened_path)? != data {
+        return Err(CryptError::Crypto("benchmark file round trip mismatch"));
+    }
+    Ok((enc, dec))
 }

@@ -18,6 +18,35 @@
 //! [`seal_in_place`], [`open_in_place`] within one `Vec`), which avoids the `Read`/`Write`
 //! copies; in place it runs close to raw AES-256-GCM (see [`mod@bench`]).
 //!
+//! For objects in files, [`encrypt_file`] and [`decrypt_file`] go from one `std::fs::File` to
+//! another on several threads: chunks are independent given the payload key and their index, so
+//! each thread seals (opens) its own contiguous range of chunks, reading and writing them with
+//! positional I/O at their offsets in both files. They write and accept the same bytes as the
+//! other APIs, give the same errors as [`decrypt`], and [`decrypt_file`] truncates its output to
+//! length 0 on any error, so no plaintext of an object that fails to verify is left on disk.
+//!
+//! ```
+//! use cloister_crypt::{DecryptionKey, EncryptOptions, Identity, ObjectBinding, decrypt_file, encrypt_file};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = std::env::temp_dir().join(format!("cloister-crypt-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! let id = Identity::generate();
+//! let binding = ObjectBinding::new("input", "scan-001.dcm");
+//! std::fs::write(dir.join("scan.dcm"), b"patient data")?;
+//! let plain = std::fs::File::open(dir.join("scan.dcm"))?;
+//! let sealed = std::fs::File::options().read(true).write(true).create(true).truncate(true)
+//!     .open(dir.join("scan.dcm.clst"))?;
+//! let threads = std::thread::available_parallelism().map_or(1, usize::from);
+//! encrypt_file(&plain, &sealed, &[id.public()], &binding, &EncryptOptions::default(), threads)?;
+//! let opened = std::fs::File::create(dir.join("scan.out"))?;
+//! let n = decrypt_file(&sealed, &opened, DecryptionKey::X25519(&id), &binding, threads)?;
+//! assert_eq!(n, 12);
+//! assert_eq!(std::fs::read(dir.join("scan.out"))?, b"patient data");
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The byte-level format is in `docs/encrypted-object-format.md`. For export to people outside
 //! Cloister, [`encrypt_age`] writes the age v1 format that stock `age`/`rage` decrypt.
 //!
@@ -42,6 +71,7 @@
 mod age;
 pub mod bench;
 mod error;
+mod file;
 mod header;
 mod keys;
 mod slice;
@@ -49,6 +79,7 @@ mod stream;
 
 pub use age::{AgeRecipient, encrypt_age};
 pub use error::CryptError;
+pub use file::{decrypt_file, encrypt_file};
 pub use header::{
     DEFAULT_CHUNK_SIZE, HeaderInfo, MAGIC, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RecipientInfo, TAG_LEN, VERSION,
     inspect,

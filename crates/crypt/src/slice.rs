@@ -18,7 +18,7 @@ use crate::keys::{DecryptionKey, ObjectBinding, Recipient};
 use crate::stream::{EncryptOptions, chunk_nonce, seal_chunk};
 
 /// The chunk counter is 32 bits wide (format rule `n ≤ 2^32`).
-const MAX_CHUNKS: u64 = 1 << 32;
+pub(crate) const MAX_CHUNKS: u64 = 1 << 32;
 
 /// Number of chunks for `plaintext_len` bytes: an empty object still has one (empty) chunk.
 fn chunk_count(plaintext_len: usize, cs: usize) -> Result<usize, CryptError> {
@@ -140,20 +140,12 @@ fn seal_in_place_with(h: &NewHeader, cs: usize, buf: &mut Vec<u8>) -> Result<(),
     let hl = h.bytes.len();
     let n = chunk_count(pt_len, cs)?;
     buf.resize(object_len(hl, pt_len, n)?, 0);
-    let sealed = (0..n).rev().try_for_each(|i| {
-        // Chunk i moves from i·cs to hl + i·(cs + 16): to the right, past the plaintext of every
-        // earlier chunk, so going backwards never overwrites plaintext not yet sealed.
-        let src = i * cs;
-        let len = cs.min(pt_len - src);
-        let dst = hl + i * (cs + TAG_LEN);
-        buf.copy_within(src..src + len, dst);
-        let chunk = buf
-            .get_mut(dst..dst + len + TAG_LEN)
-            .ok_or(CryptError::Crypto("object buffer too small"))?;
-        let nonce = chunk_nonce(&h.nonce_prefix, i as u64, i + 1 == n)?;
-        seal_chunk(&h.payload, nonce, chunk, len).map(|_| ())
-    });
-    if let Err(e) = sealed {
+    let payload = PayloadKey {
+        key: &h.payload,
+        prefix: &h.nonce_prefix,
+        chunk_size: cs,
+    };
+    if let Err(e) = payload.seal_in_place(buf, pt_len, hl, 0, n as u64) {
         buf.zeroize();
         return Err(e);
     }
@@ -163,13 +155,114 @@ fn seal_in_place_with(h: &NewHeader, cs: usize, buf: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
+/// An object's payload key, nonce prefix and chunk size: all it takes to seal or open any run of
+/// its chunks in place within a buffer. Shared by the in-place API (the whole object at once)
+/// and [`crate::encrypt_file`] / [`crate::decrypt_file`] (one batch of chunks at a time).
+pub(crate) struct PayloadKey<'a> {
+    pub(crate) key: &'a LessSafeKey,
+    pub(crate) prefix: &'a [u8; NONCE_PREFIX_LEN],
+    pub(crate) chunk_size: usize,
+}
+
+impl PayloadKey<'_> {
+    /// Seals the plaintext in `buf[..pt_len]` in place as chunks `first..` of an object of
+    /// `total` chunks: chunk `first + j` moves from `j·chunk_size` to `base + j·(chunk_size + 16)`
+    /// and is sealed there. The run's chunks are full but for the last one (an empty run is one
+    /// empty chunk); `buf` must be at least `base + pt_len + 16·chunks` long.
+    pub(crate) fn seal_in_place(
+        &self,
+        buf: &mut [u8],
+        pt_len: usize,
+        base: usize,
+        first: u64,
+        total: u64,
+    ) -> Result<(), CryptError> {
+        let cs = self.chunk_size;
+        let n = pt_len.div_ceil(cs).max(1);
+        (0..n).rev().try_for_each(|j| {
+            // Chunk j moves from j·cs to base + j·(cs + 16): to the right, past the plaintext of
+            // every earlier chunk, so going backwards never overwrites plaintext not yet sealed.
+            let src = j * cs;
+            let len = cs.min(pt_len - src);
+            let dst = base + j * (cs + TAG_LEN);
+            if buf.len() < dst + len + TAG_LEN {
+                return Err(CryptError::Crypto("object buffer too small"));
+            }
+            if dst != src {
+                buf.copy_within(src..src + len, dst);
+            }
+            let chunk = buf
+                .get_mut(dst..dst + len + TAG_LEN)
+                .ok_or(CryptError::Crypto("object buffer too small"))?;
+            let index = first + j as u64;
+            let nonce = chunk_nonce(self.prefix, index, index + 1 == total)?;
+            seal_chunk(self.key, nonce, chunk, len).map(|_| ())
+        })
+    }
+
+    /// Opens the chunks described by `spans` (their `start` relative to `base` in `buf`) in
+    /// place and compacts their plaintext to `buf[..len]`; returns `len`. The errors are those of
+    /// the streaming reader, for the first chunk that fails; on error `buf` may hold plaintext of
+    /// the chunks before it and must be wiped or discarded by the caller.
+    pub(crate) fn open_in_place(
+        &self,
+        buf: &mut [u8],
+        spans: impl Iterator<Item = ChunkSpan>,
+        base: usize,
+    ) -> Result<usize, CryptError> {
+        let (key, prefix, cs) = (self.key, self.prefix, self.chunk_size);
+        let mut plain = 0;
+        for span in spans {
+            let start = base + span.start;
+            let chunk = buf
+                .get_mut(start..start + span.len)
+                .ok_or(CryptError::Crypto("chunk out of bounds"))?;
+            // A failed open may leave the chunk overwritten, so keep a copy of the one chunk that
+            // can be opened a second time (the full last one, once per object) to tell truncation
+            // from tampering.
+            let mut backup = (span.last && span.len == cs + TAG_LEN).then(|| Zeroizing::new(chunk.to_vec()));
+            let ct_len = span.len.saturating_sub(TAG_LEN);
+            let (ct, tag) = chunk.split_at_mut(ct_len);
+            open_chunk(prefix, &span, cs, |nonce, retry| {
+                if !retry {
+                    return key
+                        .open_in_place_separate_tag(nonce, Aad::empty(), tag, ct)
+                        .is_ok();
+                }
+                let Some(mut copy) = backup.take() else {
+                    return false;
+                };
+                let (c, t) = copy.split_at_mut(ct_len);
+                key.open_in_place_separate_tag(nonce, Aad::empty(), t, c).is_ok()
+            })?;
+            // The plaintext moves left (plain ≤ start), below the ciphertext of every later chunk;
+            // the source range was bounds-checked by `get_mut` above.
+            if plain != start {
+                buf.copy_within(start..start + ct_len, plain);
+            }
+            plain += ct_len;
+        }
+        Ok(plain)
+    }
+}
+
 /// What decrypting the payload needs from an authenticated header.
-struct OpenedHeader {
-    key: LessSafeKey,
-    prefix: [u8; NONCE_PREFIX_LEN],
-    chunk_size: usize,
+pub(crate) struct OpenedHeader {
+    pub(crate) key: LessSafeKey,
+    pub(crate) prefix: [u8; NONCE_PREFIX_LEN],
+    pub(crate) chunk_size: usize,
     /// Header length: the payload starts here.
-    len: usize,
+    pub(crate) len: usize,
+}
+
+impl OpenedHeader {
+    pub(crate) fn payload_key(&self) -> PayloadKey<'_> {
+        PayloadKey {
+            key: &self.key,
+            prefix: &self.prefix,
+            chunk_size: self.chunk_size,
+        }
+    }
 }
 
 /// Parses the header at the start of `object` and authenticates it with `key` and `binding`.
@@ -179,7 +272,17 @@ fn open_object_header(
     binding: &ObjectBinding,
 ) -> Result<OpenedHeader, CryptError> {
     let mut input = object;
-    let header = read_header(&mut input)?;
+    read_and_open_header(&mut input, key, binding)
+}
+
+/// Reads the header from `input` (all the streaming reader's checks) and authenticates it with
+/// `key` and `binding`.
+pub(crate) fn read_and_open_header<R: std::io::Read>(
+    input: &mut R,
+    key: DecryptionKey<'_>,
+    binding: &ObjectBinding,
+) -> Result<OpenedHeader, CryptError> {
+    let header = read_header(input)?;
     Ok(OpenedHeader {
         key: open_header(&header, key, binding)?,
         prefix: header.nonce_prefix,
@@ -189,13 +292,13 @@ fn open_object_header(
 }
 
 /// Where chunk `index` of a payload lies and whether it is the last one.
-struct ChunkSpan {
-    index: u64,
-    /// Offset of the chunk in the payload.
-    start: usize,
+pub(crate) struct ChunkSpan {
+    pub(crate) index: u64,
+    /// Offset of the chunk in the payload (or in the buffer holding it).
+    pub(crate) start: usize,
     /// Ciphertext + tag length.
-    len: usize,
-    last: bool,
+    pub(crate) len: usize,
+    pub(crate) last: bool,
 }
 
 /// Splits a payload of `payload_len` bytes into chunks the way the streaming reader does:
@@ -323,7 +426,10 @@ pub fn open_in_place<'k>(
     binding: &ObjectBinding,
 ) -> Result<(), CryptError> {
     let h = open_object_header(buf, key.into(), binding)?;
-    match open_payload_in_place(&h, buf) {
+    let payload = h.payload_key();
+    let opened = chunk_spans(buf.len().saturating_sub(h.len), h.chunk_size)
+        .and_then(|spans| payload.open_in_place(buf, spans, h.len));
+    match opened {
         Ok(len) => {
             buf.truncate(len);
             Ok(())
@@ -333,42 +439,6 @@ pub fn open_in_place<'k>(
             Err(e)
         }
     }
-}
-
-/// Opens every chunk after the header in place and compacts the plaintext to `buf[..len]`;
-/// returns `len`.
-fn open_payload_in_place(h: &OpenedHeader, buf: &mut [u8]) -> Result<usize, CryptError> {
-    let (key, prefix, cs, hl) = (&h.key, &h.prefix, h.chunk_size, h.len);
-    let mut plain = 0;
-    for span in chunk_spans(buf.len().saturating_sub(hl), cs)? {
-        let start = hl + span.start;
-        let chunk = buf
-            .get_mut(start..start + span.len)
-            .ok_or(CryptError::Crypto("chunk out of bounds"))?;
-        // A failed open may leave the chunk overwritten, so keep a copy of the one chunk that
-        // can be opened a second time (the full last one, once per object) to tell truncation
-        // from tampering.
-        let mut backup = (span.last && span.len == cs + TAG_LEN).then(|| Zeroizing::new(chunk.to_vec()));
-        let ct_len = span.len.saturating_sub(TAG_LEN);
-        let (ct, tag) = chunk.split_at_mut(ct_len);
-        open_chunk(prefix, &span, cs, |nonce, retry| {
-            if !retry {
-                return key
-                    .open_in_place_separate_tag(nonce, Aad::empty(), tag, ct)
-                    .is_ok();
-            }
-            let Some(mut copy) = backup.take() else {
-                return false;
-            };
-            let (c, t) = copy.split_at_mut(ct_len);
-            key.open_in_place_separate_tag(nonce, Aad::empty(), t, c).is_ok()
-        })?;
-        // The plaintext moves left (plain ≤ start), below the ciphertext of every later chunk;
-        // the source range was bounds-checked by `get_mut` above.
-        buf.copy_within(start..start + ct_len, plain);
-        plain += ct_len;
-    }
-    Ok(plain)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write as _};
+use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -494,18 +494,11 @@ fn decrypt_file(
 ) -> Result<u64, String> {
     let input = File::open(src).map_err(|e| format!("cannot open the ciphertext: {e}"))?;
     let output = create_private(dest, 0o600).map_err(|e| format!("cannot write the plaintext: {e}"))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, output);
-    let n = cloister_crypt::decrypt(
-        BufReader::with_capacity(1 << 20, input),
-        &mut writer,
-        identity,
-        binding,
-    )
-    .map_err(|e| e.to_string())?;
-    writer
-        .flush()
-        .map_err(|e| format!("cannot write the plaintext: {e}"))?;
-    Ok(n)
+    // One thread per available CPU. On any failure the plaintext file is left empty: nothing of
+    // an unverified object remains.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    cloister_crypt::decrypt_file(&input, &output, identity.into(), binding, threads)
+        .map_err(|e| e.to_string())
 }
 
 fn encrypt_file(
@@ -516,18 +509,10 @@ fn encrypt_file(
 ) -> Result<u64, String> {
     let input = File::open(src).map_err(|e| e.to_string())?;
     let output = File::create(dest).map_err(|e| e.to_string())?;
-    let mut writer = BufWriter::with_capacity(1 << 20, output);
     let options = EncryptOptions { chunk_size: 1 << 20 };
-    let n = cloister_crypt::encrypt(
-        BufReader::with_capacity(1 << 20, input),
-        &mut writer,
-        recipients,
-        binding,
-        &options,
-    )
-    .map_err(|e| e.to_string())?;
-    writer.flush().map_err(|e| e.to_string())?;
-    Ok(n)
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    cloister_crypt::encrypt_file(&input, &output, recipients, binding, &options, threads)
+        .map_err(|e| e.to_string())
 }
 
 fn make_private_dir(dir: &Path) -> std::io::Result<()> {
