@@ -120,6 +120,7 @@ pub async fn apply_session(
         "version": "0.3",
         "services": [{
             "name": cas_service,
+            "command": c.args,
             "environment": environment,
             "attestation": [alternative],
         }],

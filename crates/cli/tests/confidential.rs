@@ -274,7 +274,10 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     let output = world.get_decrypted("secure/out/record.txt");
     assert_eq!(
         String::from_utf8(output).unwrap(),
-        format!("{}label=reviewed stamp=s3cr3t-stamp-0c5e\n", input.to_uppercase())
+        format!(
+            "{}label=reviewed stamp=s3cr3t-stamp-0c5e\nargs=v2 s3cr3t-stamp-0c5e\n",
+            input.to_uppercase()
+        )
     );
     // The stored output is ciphertext: without the owner's key it is noise.
     let stored = world.raw_get("secure", "out/record.txt").await.unwrap();

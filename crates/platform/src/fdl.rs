@@ -136,6 +136,11 @@ pub struct Confidential {
     /// the CAS). The script finds each at `$CLOISTER_VOLUME_<NAME>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// The script's arguments (`$1`, `$2`, …). They go into the CAS session with the rest of
+    /// the policy, so the platform cannot change them; `$$CLOISTER::env-NAME$$` in an
+    /// argument is replaced by the CAS with the secret `NAME` of `environment.secrets`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
     /// Expected measurement for hardware TEEs (SGX MRENCLAVE, TDX MRTD, SEV-SNP
     /// MEASUREMENT, hex). Under simulation `cloister apply` computes it from the script.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,6 +394,9 @@ impl Service {
     }
 }
 
+/// Most script arguments a confidential service may declare.
+const MAX_ARGS: usize = 64;
+
 fn validate_confidential(c: &Confidential, enable_sgx: bool) -> Result<(), FdlError> {
     use cloister_runtime::TeeKind;
     if enable_sgx && c.tee != TeeKind::Sgx {
@@ -450,6 +458,17 @@ fn validate_confidential(c: &Confidential, enable_sgx: bool) -> Result<(), FdlEr
             return Err(FdlError::invalid(
                 format!("volumes[{i}]"),
                 "volume names are unique, 1-64 characters of a-z, 0-9, '-', '_', '.'",
+            ));
+        }
+    }
+    if c.args.len() > MAX_ARGS {
+        return Err(FdlError::invalid("args", format!("at most {MAX_ARGS} arguments")));
+    }
+    for (i, arg) in c.args.iter().enumerate() {
+        if arg.len() > 4096 || arg.contains('\0') {
+            return Err(FdlError::invalid(
+                format!("args[{i}]"),
+                "arguments are at most 4096 bytes, without NUL",
             ));
         }
     }

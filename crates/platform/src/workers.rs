@@ -375,6 +375,21 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains(field), "{err}");
         }
+        let nul = ok.replace("\"session\"", "\"args\":[\"a\",\"b\\u0000\"],\"session\"");
+        let err = Service::from_json(nul.as_bytes())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("confidential.args[1]"), "{err}");
+        let many = ok.replace(
+            "\"session\"",
+            &format!("\"args\":{:?},\"session\"", vec!["x"; 65]),
+        );
+        let err = Service::from_json(many.as_bytes())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("confidential.args"), "{err}");
         let mismatch = ok
             .replace("\"tee\":\"sgx\"", "\"tee\":\"tdx\"")
             .replace("\"name\":\"x\"", "\"name\":\"x\",\"enable_sgx\":true");

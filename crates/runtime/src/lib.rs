@@ -392,6 +392,7 @@ async fn run_in(
 
     let run = sandbox::run_script(
         &script_path,
+        &[],
         work,
         &env,
         &spec.limits,

@@ -220,12 +220,16 @@ impl CgroupSupport {
 
 /// The shell run before the script: it joins the job's cgroups (so that nothing the script
 /// starts escapes them) and applies `RLIMIT_AS` when there are no cgroups, then runs the script
-/// in the same process (`.`) rather than exec'ing a second shell: one exec fewer per job.
-const PRELUDE: &str = r#"cloister_m=$1; cloister_s=$2; shift 2
-for cloister_f do echo $$ > "$cloister_f" || { echo "cloister: cannot join cgroup $cloister_f" >&2; exit 125; }; done
+/// in the same process (`.`) rather than exec'ing a second shell: one exec fewer per job. The
+/// script sees only its own arguments (`$#` is 0 for OSCAR jobs, as under `sh script.sh`).
+const PRELUDE: &str = r#"cloister_m=$1; cloister_script=$2; cloister_n=$3; shift 3
+while [ "$cloister_n" -gt 0 ]; do
+  echo $$ > "$1" || { echo "cloister: cannot join cgroup $1" >&2; exit 125; }
+  shift; cloister_n=$((cloister_n - 1))
+done
 if [ "$cloister_m" -gt 0 ]; then ulimit -v "$cloister_m" || exit 125; fi
-set -- "$cloister_s"; unset cloister_m cloister_s cloister_f
-. "$1""#;
+unset cloister_m cloister_n
+. "$cloister_script""#;
 
 /// Longest line kept in the log; longer lines are split.
 const MAX_LINE: usize = 64 * 1024;
@@ -253,11 +257,12 @@ enum Stream {
 
 /// Runs `script` under `/bin/sh` in `work` with exactly `env`, in its own process group, in the
 /// cgroup slot `slot` (or under `RLIMIT_AS` without cgroups), until it exits, `limits.timeout`
-/// passes or `cancel` resolves; then kills whatever the job left. `on_start` is called once
-/// the process exists.
+/// passes or `cancel` resolves; then kills whatever the job left. `args` are the script's
+/// positional parameters. `on_start` is called once the process exists.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_script(
     script: &Path,
+    args: &[String],
     work: &Path,
     env: &[(String, String)],
     limits: &Limits,
@@ -294,7 +299,9 @@ pub async fn run_script(
         .arg("cloister-job")
         .arg(rlimit_kib.to_string())
         .arg(script)
+        .arg(procs.len().to_string())
         .args(&procs)
+        .args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(work)

@@ -361,6 +361,48 @@ async fn synchronous_run_returns_files_and_stdout() {
     assert!(io.uploads.lock().unwrap().is_empty());
 }
 
+/// OSCAR jobs see no positional parameters (as under `sh script.sh`); confidential jobs get
+/// the session's arguments verbatim, spaces and quotes included, with or without cgroups.
+#[tokio::test]
+async fn scripts_see_exactly_their_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
+    let mut options = options(dir.path(), CgroupSupport::None);
+    options.synchronous = true;
+    let outcome = run(&spec("echo \"$#:$*\""), &io, &options).await;
+    assert_eq!(outcome.stdout, b"0:\n");
+
+    let work = dir.path().join("direct");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = work.join("script.sh");
+    std::fs::write(&script, "for a do printf '[%s]' \"$a\"; done; echo \" $#\"").unwrap();
+    let args = ["two words".to_owned(), "it's \"q\"".to_owned(), String::new()];
+    for cgroups in [CgroupSupport::None, CgroupSupport::detect()] {
+        let run = run_script(
+            &script,
+            &args,
+            &work,
+            &[],
+            &Limits::default(),
+            &cgroups,
+            &unique_slot(),
+            1 << 20,
+            true,
+            std::future::pending(),
+            || {},
+        )
+        .await;
+        assert_eq!(run.exit_code, Some(0), "{:?}", run.log);
+        assert_eq!(
+            String::from_utf8_lossy(&run.stdout),
+            "[two words][it's \"q\"][] 3\n"
+        );
+    }
+}
+
 #[tokio::test]
 async fn log_is_bounded() {
     let dir = tempfile::tempdir().unwrap();

@@ -195,7 +195,7 @@ async fn run(
         volume_dirs.push((name.clone(), state, dir));
     }
 
-    // 3. Run the script, unmodified, with the released environment.
+    // 3. Run the script, unmodified, with the released environment and arguments.
     let script_path = plain.join("script.sh");
     write_private(&script_path, script, 0o600).map_err(|e| format!("cannot stage the script: {e}"))?;
     let env = script_environment(
@@ -219,8 +219,10 @@ async fn run(
     } else {
         CgroupSupport::Prepared(job.cgroup_procs.clone())
     };
+    // Arguments come from the session, like the environment: the platform cannot change them.
     let run = cloister_runtime::run_script(
         &script_path,
+        &released.config.command,
         plain,
         &env,
         &limits,
