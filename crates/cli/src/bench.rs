@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Jobs running at once (default: the server's default).
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// The server's `--work-dir` (default: in its data directory, on disk).
+    #[arg(long)]
+    pub work_dir: Option<std::path::PathBuf>,
 }
 
 /// Echoes the input with shell builtins only, so the round trip measures the platform and one
@@ -108,6 +111,11 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
                 "64",
             ])
             .args(["--concurrency", &concurrency.to_string()])
+            .args(
+                args.work_dir
+                    .iter()
+                    .flat_map(|dir| [std::ffi::OsStr::new("--work-dir"), dir.as_os_str()]),
+            )
             .env("CLOISTER_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
@@ -167,6 +175,7 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "cpus": cpus,
+                "work_dir": args.work_dir.as_ref().map(|d| d.display().to_string()),
                 "concurrency": concurrency,
                 "spawn_floor_ms": {"p50": ms(floor.p50), "p99": ms(floor.p99)},
                 "job_start_ms": {"p50": ms(latency.p50), "p99": ms(latency.p99), "p50_over_floor": start_ratio},
@@ -179,7 +188,11 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("cloister bench — {cpus} CPUs, {concurrency} concurrent jobs");
+    let work_dirs = args.work_dir.as_ref().map_or_else(
+        || "in the data directory".to_owned(),
+        |d| format!("in {}", d.display()),
+    );
+    println!("cloister bench — {cpus} CPUs, {concurrency} concurrent jobs, work directories {work_dirs}");
     println!(
         "{:<34} {:>10} {:>10} {:>22} {:>8}",
         "measure", "p50", "p99", "target", ""

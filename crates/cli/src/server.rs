@@ -57,6 +57,12 @@ pub struct ServerArgs {
     /// outside the data directory (default: /dev/shm/cloister-plain).
     #[arg(long, env = "CLOISTER_PLAIN_DIR")]
     pub plain_dir: Option<PathBuf>,
+    /// Where plain jobs' work directories (staged input, outputs, tmp) live while they run
+    /// (default: <data-dir>/work). A tmpfs such as /dev/shm/cloister-work starts jobs sooner:
+    /// creating them never waits behind the state store's fsyncs in the file system journal.
+    /// Staged inputs then take memory.
+    #[arg(long, env = "CLOISTER_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
 }
 
 fn default_plain_dir() -> PathBuf {
@@ -160,6 +166,7 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
         // Confidential jobs run in a `cloister runtime` process: this very binary.
         runtime_binary: std::env::current_exe().ok(),
         plain_dir: args.plain_dir.clone().unwrap_or_else(default_plain_dir),
+        work_dir: args.work_dir.clone(),
     })
 }
 

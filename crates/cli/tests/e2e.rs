@@ -382,6 +382,38 @@ async fn job_endpoint_takes_events_and_payloads() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn work_dir_option_moves_job_scratch_out_of_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let work = scratch.path().join("work");
+    let server = Server::start(dir.path(), &["--work-dir", work.to_str().unwrap()]);
+    let service = json!({"name": "scratch", "image": "none",
+        "script": "echo \"home=$HOME\"; cp \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR/copy.txt\"",
+        "input": [{"storage_provider": "minio.default", "path": "scratch/in"}],
+        "output": [{"storage_provider": "minio.default", "path": "scratch/out"}]});
+    assert_eq!(server.post_json("/system/services", &service).await.status(), 201);
+    put_object(&server, "scratch", "in/a.txt", b"scratch content").await;
+    let jobs = server.wait_jobs("scratch", 1).await;
+    let (name, job) = jobs.iter().next().unwrap();
+    assert_eq!(job["status"], "Succeeded", "{job}");
+    let log = server
+        .get(&format!("/system/logs/scratch/{name}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let expected = format!("home={}/job-", work.canonicalize().unwrap().display());
+    assert!(log.contains(&expected), "{log}");
+    assert_eq!(
+        read_object(&server, "scratch", "out/copy.txt").await.as_deref(),
+        Some(&b"scratch content"[..])
+    );
+    // Work directories are removed after the job, and none was made in the data directory.
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    assert!(!dir.path().join("work").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn log_retention_expires_finished_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--log-retention", "1s"]);

@@ -1,7 +1,8 @@
 //! Turning object-created events into jobs, exactly once per acknowledged upload.
 //!
-//! Before an object is written, [`Dispatcher::before_write`] finds the services whose input
-//! path matches and durably records an intent naming them. After the write, the intent is
+//! As an object is written, [`Dispatcher::before_write`] finds the services whose input path
+//! matches and durably records an intent naming them (the storage runs it alongside the write;
+//! the intent's time is taken before the write begins). After the write, the intent is
 //! replaced by one job record per service in a single transaction; only then is the upload
 //! acknowledged. At start-up, [`Dispatcher::recover`] resolves intents left by a crash: if the
 //! object is there and was written after the intent, the jobs are created; otherwise the write

@@ -61,6 +61,8 @@ pub struct Config {
     pub runtime_binary: Option<PathBuf>,
     /// Memory-backed directory (tmpfs) where confidential jobs keep plaintext.
     pub plain_dir: PathBuf,
+    /// Where plain jobs' work directories live while they run; `None` is `<data_dir>/work`.
+    pub work_dir: Option<PathBuf>,
 }
 
 /// Shared by the API handlers, the dispatcher and the workers.
@@ -131,7 +133,19 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let sim_platform_key = config.data_dir.join("sim-platform.key");
     let sim_platform = cloister_attestation::SimPlatform::load_or_generate(&sim_platform_key)
         .context("cannot load the simulation platform key")?;
-    let mut local = LocalExecutor::new(store.clone(), &config.data_dir.join("work"));
+    let work_dir = match &config.work_dir {
+        Some(dir) => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create work directory {}", dir.display()))?;
+            dir.canonicalize()?
+        }
+        None => config.data_dir.join("work"),
+    };
+    let mut local = LocalExecutor::new(store.clone(), &work_dir);
     if let Some(runtime_binary) = &config.runtime_binary {
         local = local.with_confidential(confidential::ConfidentialHost {
             runtime_binary: runtime_binary.clone(),

@@ -310,8 +310,15 @@ pub async fn run_script(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(c) => c,
+    // Started from a blocking-pool thread: the vfork parent must run again as soon as the child
+    // has exec'd, and a busy async worker thread was often not scheduled until the script had
+    // finished, because the new process ran on its CPU first (seen with `perf sched`).
+    let mut child = match tokio::task::spawn_blocking(move || command.spawn()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            run.failure = Some(format!("cannot start /bin/sh: {e}"));
+            return run;
+        }
         Err(e) => {
             run.failure = Some(format!("cannot start /bin/sh: {e}"));
             return run;

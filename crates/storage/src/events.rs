@@ -35,7 +35,9 @@ pub type EventError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Receives object-created events from the store. Methods are called from blocking threads.
 pub trait ObjectEvents: Send + Sync + 'static {
-    /// Called before a write; returns an intent when the write has consequences to record.
+    /// Called as a write starts (possibly while it runs); returns an intent when the write has
+    /// consequences to record. It must be durable when this returns: the write is acknowledged
+    /// only after both have finished.
     fn before_write(&self, bucket: &str, key: &str) -> Result<Option<WriteIntent>, EventError>;
     /// Called after the object is in place; must record the consequences durably.
     fn object_created(&self, intent: WriteIntent, object: &ObjectCreated) -> Result<(), EventError>;
