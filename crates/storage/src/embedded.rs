@@ -18,6 +18,8 @@ struct EmbeddedS3 {
     fs: s3s_fs::FileSystem,
     root: PathBuf,
     events: Arc<dyn ObjectEvents>,
+    /// Names the temporary files of [`crate::small_put`].
+    small_puts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn check_bucket(bucket: &str) -> S3Result<()> {
@@ -119,6 +121,45 @@ impl EmbeddedS3 {
         Ok(resp)
     }
 
+    /// Writes a PUT that [`crate::small_put::applies`] to in one blocking call.
+    async fn put_small(&self, mut input: PutObjectInput) -> S3Result<S3Response<PutObjectOutput>> {
+        let length = input
+            .content_length
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
+        let Some(body) = input.body.take() else {
+            return Err(s3_error!(IncompleteBody));
+        };
+        let body = crate::small_put::read_body(body, length).await?;
+        let (root, counter) = (self.root.clone(), self.small_puts.clone());
+        let (bucket, key, content_type) = (input.bucket, input.key, input.content_type);
+        let written = tokio::task::spawn_blocking(move || {
+            crate::small_put::write(&root, &counter, &bucket, &key, &body, content_type.as_deref())
+        })
+        .await
+        .map_err(|e| s3_error!(InternalError, "object write panicked: {e}"))?;
+        match written {
+            Ok(Some(etag)) => Ok(S3Response::new(PutObjectOutput {
+                e_tag: Some(ETag::Strong(etag)),
+                ..Default::default()
+            })),
+            Ok(None) => Err(s3_error!(NoSuchBucket)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write an object");
+                Err(s3_error!(InternalError, "cannot write the object"))
+            }
+        }
+    }
+
+    /// s3s-fs creates a missing bucket when an object is written into it; S3 answers
+    /// `NoSuchBucket`, and so do we.
+    async fn require_bucket(&self, bucket: &str) -> S3Result<()> {
+        match tokio::fs::metadata(self.root.join(bucket)).await {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            _ => Err(s3_error!(NoSuchBucket)),
+        }
+    }
+
     async fn write_failed(&self, intent: Option<WriteIntent>) {
         if let Some(intent) = intent {
             let events = self.events.clone();
@@ -173,11 +214,6 @@ impl S3 for EmbeddedS3 {
     key_op!(get_object, GetObjectInput, GetObjectOutput);
     key_op!(head_object, HeadObjectInput, HeadObjectOutput);
     key_op!(delete_object, DeleteObjectInput, DeleteObjectOutput);
-    key_op!(
-        create_multipart_upload,
-        CreateMultipartUploadInput,
-        CreateMultipartUploadOutput
-    );
     key_op!(upload_part, UploadPartInput, UploadPartOutput);
     key_op!(list_parts, ListPartsInput, ListPartsOutput);
     key_op!(
@@ -234,6 +270,13 @@ impl S3 for EmbeddedS3 {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         check_key(&bucket, &key)?;
         let principal = req.credentials.as_ref().map(|c| c.access_key.clone());
+        if crate::small_put::applies(&req.input, req.trailing_headers.is_some()) {
+            let write = self.put_small(req.input);
+            return self
+                .recorded_write(&bucket, &key, principal, write, |out| out.e_tag.clone())
+                .await;
+        }
+        self.require_bucket(&bucket).await?;
         self.recorded_write(&bucket, &key, principal, self.fs.put_object(req), |out| {
             out.e_tag.clone()
         })
@@ -247,10 +290,20 @@ impl S3 for EmbeddedS3 {
             check_key(bucket, key)?;
         }
         let principal = req.credentials.as_ref().map(|c| c.access_key.clone());
+        self.require_bucket(&bucket).await?;
         self.recorded_write(&bucket, &key, principal, self.fs.copy_object(req), |out| {
             out.copy_object_result.as_ref().and_then(|r| r.e_tag.clone())
         })
         .await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        check_key(&req.input.bucket, &req.input.key)?;
+        self.require_bucket(&req.input.bucket).await?;
+        self.fs.create_multipart_upload(req).await
     }
 
     async fn complete_multipart_upload(
@@ -260,6 +313,7 @@ impl S3 for EmbeddedS3 {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         check_key(&bucket, &key)?;
         let principal = req.credentials.as_ref().map(|c| c.access_key.clone());
+        self.require_bucket(&bucket).await?;
         self.recorded_write(
             &bucket,
             &key,
@@ -314,7 +368,12 @@ impl Store {
         let root = root.canonicalize()?;
         let fs = s3s_fs::FileSystem::new(&root).map_err(|e| StorageError::Backend(format!("{e:?}")))?;
         Ok(Self {
-            inner: Arc::new(EmbeddedS3 { fs, root, events }),
+            inner: Arc::new(EmbeddedS3 {
+                fs,
+                root,
+                events,
+                small_puts: Arc::default(),
+            }),
         })
     }
 
@@ -600,4 +659,125 @@ shared_ops! {
     put_object(PutObjectInput) -> PutObjectOutput;
     copy_object(CopyObjectInput) -> CopyObjectOutput;
     complete_multipart_upload(CompleteMultipartUploadInput) -> CompleteMultipartUploadOutput;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::NoEvents;
+
+    fn put_input(key: &str, body: &'static [u8], content_type: Option<&str>) -> PutObjectInput {
+        let stream =
+            futures::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from_static(body)) });
+        PutObjectInput {
+            bucket: "bkt".to_owned(),
+            key: key.to_owned(),
+            body: Some(StreamingBlob::wrap(stream)),
+            content_length: Some(body.len() as i64),
+            content_type: content_type.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    fn companion(root: &Path, key: &str, kind: &str) -> Vec<u8> {
+        use base64::Engine;
+        let encode = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        std::fs::read(root.join(format!(
+            ".bucket-{}.object-{}.{kind}.json",
+            encode("bkt"),
+            encode(key)
+        )))
+        .unwrap()
+    }
+
+    /// Small PUTs must leave on disk exactly what s3s-fs would, or GET and HEAD would read them
+    /// differently; this also catches a change of s3s-fs's layout when it is upgraded.
+    #[tokio::test]
+    async fn small_puts_are_written_exactly_as_s3s_fs_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Arc::new(NoEvents)).unwrap();
+        store.create_bucket("bkt", false).await.unwrap();
+        let root = store.inner.root.clone();
+        for (i, content_type) in [None, Some("text/plain; charset=utf-8")].into_iter().enumerate() {
+            let (fast, slow) = (format!("fast/{i}.txt"), format!("slow/{i}.txt"));
+            let input = put_input(&fast, b"hello small world", content_type);
+            assert!(crate::small_put::applies(&input, false));
+            let fast_out = store.inner.put_object(request(input)).await.unwrap().output;
+            let slow_out = store
+                .inner
+                .fs
+                .put_object(request(put_input(&slow, b"hello small world", content_type)))
+                .await
+                .unwrap()
+                .output;
+            assert_eq!(fast_out.e_tag, slow_out.e_tag);
+            assert_eq!(
+                std::fs::read(root.join("bkt").join(&fast)).unwrap(),
+                std::fs::read(root.join("bkt").join(&slow)).unwrap()
+            );
+            for kind in ["metadata", "internal"] {
+                assert_eq!(
+                    companion(&root, &fast, kind),
+                    companion(&root, &slow, kind),
+                    "{kind}"
+                );
+            }
+            let got = store
+                .inner
+                .get_object(request(
+                    GetObjectInput::builder()
+                        .bucket("bkt".into())
+                        .key(fast)
+                        .build()
+                        .unwrap(),
+                ))
+                .await
+                .unwrap()
+                .output;
+            assert_eq!(got.content_type.as_deref(), content_type);
+            assert_eq!(got.e_tag, slow_out.e_tag);
+            assert_eq!(got.content_length, Some(17));
+        }
+        // Nothing temporary is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".part"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn small_puts_refuse_bodies_of_the_wrong_length_and_missing_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Arc::new(NoEvents)).unwrap();
+        let err = store
+            .inner
+            .put_object(request(put_input("k", b"data", None)))
+            .await
+            .unwrap_err();
+        assert_eq!(*err.code(), S3ErrorCode::NoSuchBucket);
+        // Large bodies (s3s-fs's path) too: it would create the bucket.
+        let large = store
+            .put_bytes("bkt", "k", bytes::Bytes::from(vec![0u8; 2 << 20]))
+            .await;
+        assert!(matches!(large, Err(StorageError::NoSuchBucket)), "{large:?}");
+        assert!(!store.inner.root.join("bkt").exists());
+        store.create_bucket("bkt", false).await.unwrap();
+        for announced in [3, 5] {
+            let mut input = put_input("k", b"data", None);
+            input.content_length = Some(announced);
+            let err = store.inner.put_object(request(input)).await.unwrap_err();
+            assert_eq!(*err.code(), S3ErrorCode::IncompleteBody, "{announced}");
+            assert!(!store.inner.root.join("bkt/k").exists());
+        }
+        // Conditions, checksums and metadata go to s3s-fs.
+        let mut input = put_input("k", b"data", None);
+        input.if_none_match = Some(IfNoneMatch::Any);
+        assert!(!crate::small_put::applies(&input, false));
+        let mut input = put_input("k", b"data", None);
+        input.metadata = Some([("a".to_owned(), "b".to_owned())].into());
+        assert!(!crate::small_put::applies(&input, false));
+        assert!(!crate::small_put::applies(&put_input("k", b"data", None), true));
+    }
 }

@@ -11,6 +11,7 @@ pub mod events;
 pub mod names;
 mod presign;
 mod serve;
+mod small_put;
 
 pub use embedded::Store;
 pub use events::{EventError, NoEvents, ObjectCreated, ObjectEvents, WriteIntent};
