@@ -240,6 +240,24 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configuration `cloister cas serve` (and `cloister server --with-cas`) runs with.
+pub fn cas_config(
+    data_dir: &Path,
+    listen: SocketAddr,
+    admins: Vec<String>,
+    nonce_ttl: u64,
+    collateral: Option<Arc<cloister_attestation::CollateralSource>>,
+) -> cloister_cas::server::CasConfig {
+    cloister_cas::server::CasConfig {
+        data_dir: data_dir.to_path_buf(),
+        listen,
+        tls_names: Vec::new(),
+        admins,
+        nonce_ttl: Duration::from_secs(nonce_ttl.max(1)),
+        collateral,
+    }
+}
+
 pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
     match command {
         CasCommand::Init {
@@ -312,15 +330,8 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
                 Vault::open(&data_dir, None)
                     .map_err(|e| fail(exit::FAILURE, format!("{}: {e}", data_dir.display())))?,
             );
-            let config = cloister_cas::server::CasConfig {
-                data_dir: data_dir.clone(),
-                listen,
-                tls_names: Vec::new(),
-                admins,
-                nonce_ttl: Duration::from_secs(nonce_ttl.max(1)),
-                collateral,
-            };
             let sealed = vault.status().sealed;
+            let config = cas_config(&data_dir, listen, admins, nonce_ttl, collateral);
             let mut running = cloister_cas::server::serve(config, vault.clone()).await?;
             println!("cloister cas: operator socket {}", running.socket.display());
             if sealed {

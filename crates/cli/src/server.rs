@@ -63,6 +63,18 @@ pub struct ServerArgs {
     /// Staged inputs then take memory.
     #[arg(long, env = "CLOISTER_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Also run a development CAS in this process, for one-machine setups: its state in
+    /// --cas-data-dir (initialised on first start with its master key in a file there), its
+    /// TLS port on --cas-listen, this host's simulated TEE registered with it. A production CAS
+    /// runs apart, under the data owners' control (`cloister cas serve`).
+    #[arg(long, env = "CLOISTER_WITH_CAS")]
+    pub with_cas: bool,
+    /// The embedded CAS's directory (default: `<data-dir>-cas`, outside the platform's data).
+    #[arg(long, env = "CLOISTER_CAS_DATA_DIR")]
+    pub cas_data_dir: Option<PathBuf>,
+    /// The embedded CAS's TLS address.
+    #[arg(long, env = "CLOISTER_CAS_LISTEN", default_value = "127.0.0.1:8081")]
+    pub cas_listen: SocketAddr,
 }
 
 fn default_plain_dir() -> PathBuf {
@@ -192,13 +204,99 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         client_file.display()
     );
 
+    let mut cas = if args.with_cas {
+        Some(start_embedded_cas(&args).await?)
+    } else {
+        None
+    };
+
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let cas_stopped = async {
+        match &mut cas {
+            Some(cas) => cas.wait().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
         () = running.wait() => anyhow::bail!("the servers stopped unexpectedly"),
+        () = cas_stopped => anyhow::bail!("the embedded CAS stopped unexpectedly"),
     }
     tracing::info!("shutting down; queued jobs resume at the next start");
     running.shutdown().await;
+    if let Some(cas) = cas {
+        cas.shutdown().await;
+    }
     Ok(())
+}
+
+/// Starts the development CAS of `--with-cas` (initialising it on first use) and registers
+/// this host's simulated TEE with it, as its administrator would.
+async fn start_embedded_cas(args: &ServerArgs) -> anyhow::Result<cloister_cas::server::RunningCas> {
+    use cloister_cas_store::{SealingConfig, StoreError, Vault};
+    let dir = args.cas_data_dir.clone().unwrap_or_else(|| {
+        let mut name = args.data_dir.file_name().unwrap_or_default().to_os_string();
+        name.push("-cas");
+        args.data_dir.with_file_name(name)
+    });
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create the CAS directory {}", dir.display()))?;
+    }
+    let vault = match Vault::open(&dir, None) {
+        Ok(vault) => vault,
+        Err(StoreError::NotInitialized(_)) => {
+            let (vault, _) = Vault::init(&dir, SealingConfig::KeyFile(dir.join("master.key")))
+                .with_context(|| format!("cannot initialise a CAS in {}", dir.display()))?;
+            println!(
+                "cloister: initialised a development CAS in {} (its master key is a file there: not for production)",
+                dir.display()
+            );
+            vault
+        }
+        Err(e) => return Err(anyhow::anyhow!("the CAS in {}: {e}", dir.display())),
+    };
+    anyhow::ensure!(
+        !vault.status().sealed,
+        "the CAS in {} is sealed; run it apart with `cloister cas serve` and unseal it",
+        dir.display()
+    );
+    let identity = vault.identity_public().context("the CAS has no identity")?;
+    let pin = format!("sha256:{}", cloister_cas::tls::pin_of(&identity));
+    let admin_key = dir.join("admin.key");
+    let admin = if admin_key.exists() {
+        cloister_cas::auth::ClientIdentity::load(&admin_key)?
+    } else {
+        let admin = cloister_cas::auth::ClientIdentity::generate();
+        admin.save(&admin_key)?;
+        admin
+    };
+    let config = crate::cas::cas_config(&dir, args.cas_listen, vec![admin.public()], 60, None);
+    let mut cas = cloister_cas::server::serve(config, std::sync::Arc::new(vault)).await?;
+    let addr = cas
+        .network_addr()
+        .await
+        .context("the CAS did not open its port")?;
+    let url = format!("https://{addr}");
+    let platform =
+        cloister_attestation::SimPlatform::load_or_generate(&args.data_dir.join("sim-platform.key"))
+            .context("cannot load this host's simulation platform key")?;
+    cloister_cas::client::CasClient::new(&url, &pin, Some(admin))?
+        .add_platform(&hex::encode(platform.public_key()), "this host (cloister server)")
+        .await
+        .context("cannot register this host with the CAS")?;
+    // Clients (and tests) find the CAS here: its port may have been 0.
+    let found = serde_json::json!({"url": url, "pin": pin, "admin_key": admin_key});
+    write_private(&dir.join("cas.json"), &serde_json::to_vec_pretty(&found)?)?;
+    println!("cloister: CAS on {url}  pin {pin}");
+    println!(
+        "cloister: CAS administrator key in {} (for `cloister apply --cas-key`)",
+        admin_key.display()
+    );
+    Ok(cas)
 }

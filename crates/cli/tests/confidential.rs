@@ -87,7 +87,10 @@ fn start_cas(dir: &Path, admin: &str) -> Cas {
 
 struct World {
     dir: tempfile::TempDir,
-    cas: Cas,
+    /// The separately run CAS; `None` when the server runs its own (`--with-cas`).
+    _cas: Option<Cas>,
+    cas_url: String,
+    cas_pin: String,
     server: Server,
     admin_key: PathBuf,
     owner_key: PathBuf,
@@ -96,6 +99,7 @@ struct World {
 }
 
 impl World {
+    /// The production layout: the CAS runs apart and its administrator registers the host.
     async fn start() -> World {
         let dir = tempfile::tempdir().unwrap();
         let admin_key = dir.path().join("admin.key");
@@ -125,6 +129,52 @@ impl World {
             "--key",
             admin_key.to_str().unwrap(),
         ]));
+        let (url, pin) = (cas.url.clone(), cas.pin.clone());
+        Self::finish(dir, Some(cas), url, pin, server, admin_key)
+    }
+
+    /// One machine: `cloister server --with-cas` runs the CAS and registers itself.
+    async fn start_embedded() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        let cas_dir = dir.path().join("cas");
+        let server = Server::start(
+            &dir.path().join("data"),
+            &[
+                "--plain-dir",
+                plain.to_str().unwrap(),
+                "--with-cas",
+                "--cas-data-dir",
+                cas_dir.to_str().unwrap(),
+                "--cas-listen",
+                "127.0.0.1:0",
+            ],
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !cas_dir.join("cas.json").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the embedded CAS did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let found: Value = serde_json::from_slice(&std::fs::read(cas_dir.join("cas.json")).unwrap()).unwrap();
+        let (url, pin) = (
+            found["url"].as_str().unwrap().to_owned(),
+            found["pin"].as_str().unwrap().to_owned(),
+        );
+        let admin_key = PathBuf::from(found["admin_key"].as_str().unwrap());
+        Self::finish(dir, None, url, pin, server, admin_key)
+    }
+
+    fn finish(
+        dir: tempfile::TempDir,
+        cas: Option<Cas>,
+        cas_url: String,
+        cas_pin: String,
+        server: Server,
+        admin_key: PathBuf,
+    ) -> World {
         // The data owner's key, and the FDL filled in on the trusted computer.
         let owner_key = dir.path().join("owner.key");
         let owner = ok(&cli(&["keygen", "--out", owner_key.to_str().unwrap()]))
@@ -138,14 +188,16 @@ impl World {
         }
         let fdl = std::fs::read_to_string(example.join("fdl.yaml"))
             .unwrap()
-            .replace("CAS_URL", &cas.url)
-            .replace("CAS_PIN", &cas.pin)
+            .replace("CAS_URL", &cas_url)
+            .replace("CAS_PIN", &cas_pin)
             .replace("OWNER_RECIPIENT", &owner);
         let fdl_path = fdl_dir.join("fdl.yaml");
         std::fs::write(&fdl_path, fdl).unwrap();
         let mut world = World {
             dir,
-            cas,
+            _cas: cas,
+            cas_url,
+            cas_pin,
             server,
             admin_key,
             owner_key,
@@ -338,7 +390,7 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
 
     // 6. A session that does not tolerate simulation: refused.
     let admin = ClientIdentity::load(&world.admin_key).unwrap();
-    let cas = CasClient::new(&world.cas.url, &world.cas.pin, Some(admin)).unwrap();
+    let cas = CasClient::new(&world.cas_url, &world.cas_pin, Some(admin)).unwrap();
     let record = cas.get_session("examples/secure-tally").await.unwrap();
     let mut strict: Value = serde_json::from_str(&record.yaml).unwrap();
     // The hardened session wants SGX hardware (the CAS refuses a sim alternative without
@@ -354,6 +406,57 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     let (_, job, log) = world.job_for("secure-tally", 1, "tally/in/strict.txt").await;
     assert_eq!(job["status"], "Failed", "{log}");
     assert!(log.contains("simulation evidence is not tolerated"), "{log}");
+}
+
+/// `cloister server --with-cas` on its own: the host registered itself, a confidential job runs
+/// on encrypted input, the canary stays out of the platform, and the CAS comes back (same
+/// identity) after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_machine_with_the_servers_own_cas() {
+    let mut world = World::start_embedded().await;
+    let canary = format!("CANARY{}", uuid_like());
+    let input = format!("record {canary}\n");
+    world.put_encrypted("secure-upper", input.as_bytes(), "secure/in/one.txt");
+    let (_, job, log) = world.job_for("secure-upper", 1, "secure/in/one.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert!(log.contains("attested to the CAS"), "{log}");
+    let output = String::from_utf8(world.get_decrypted("secure/out/one.txt")).unwrap();
+    assert!(output.starts_with(&input.to_uppercase()), "{output}");
+    assert!(output.ends_with("args=v2 s3cr3t-stamp-0c5e\n"), "{output}");
+    let scan = world.scan(&canary);
+    assert_eq!(
+        scan.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&scan.stdout)
+    );
+
+    let cas_json = world.dir.path().join("cas/cas.json");
+    let before: Value = serde_json::from_slice(&std::fs::read(&cas_json).unwrap()).unwrap();
+    std::fs::remove_file(&cas_json).unwrap();
+    world.server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cas_json.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the embedded CAS did not restart"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after: Value = serde_json::from_slice(&std::fs::read(&cas_json).unwrap()).unwrap();
+    assert_eq!(before["pin"], after["pin"]);
+    // The CAS listens on a new port; the session still names the old one, so re-apply as the
+    // owner would after moving the CAS.
+    world.cas_url = after["url"].as_str().unwrap().to_owned();
+    let fdl = std::fs::read_to_string(&world.fdl)
+        .unwrap()
+        .replace(before["url"].as_str().unwrap(), &world.cas_url);
+    std::fs::write(&world.fdl, fdl).unwrap();
+    world.apply();
+    world.put_encrypted("secure-upper", b"again\n", "secure/in/two.txt");
+    let (_, job, log) = world.job_for("secure-upper", 2, "secure/in/two.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert!(world.get_decrypted("secure/out/two.txt").starts_with(b"AGAIN\n"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -425,7 +528,7 @@ async fn encrypted_volumes_survive_restarts_and_refuse_rollback() {
 
     // Commits need the grant released with the configuration, and the current version.
     let admin = ClientIdentity::load(&world.admin_key).unwrap();
-    let cas = CasClient::new(&world.cas.url, &world.cas.pin, Some(admin)).unwrap();
+    let cas = CasClient::new(&world.cas_url, &world.cas_pin, Some(admin)).unwrap();
     let mut commit = VolumeCommit {
         session: "examples/secure-tally".into(),
         service: "secure-tally".into(),
@@ -481,7 +584,7 @@ impl World {
     /// audit log (administrators read it).
     async fn last_volume_name(&self, version: u64) -> String {
         let admin = ClientIdentity::load(&self.admin_key).unwrap();
-        let cas = CasClient::new(&self.cas.url, &self.cas.pin, Some(admin)).unwrap();
+        let cas = CasClient::new(&self.cas_url, &self.cas_pin, Some(admin)).unwrap();
         let entries = cas.audit(0).await.unwrap();
         let entry = entries
             .iter()
