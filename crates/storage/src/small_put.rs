@@ -5,8 +5,8 @@
 //! blocking pool, about 0.6 ms for a one-byte object on a 2-core VM, which was the largest part
 //! of the time between an upload and its job's start. PUTs of up to [`MAX_SIZE`] bytes without
 //! conditions, checksums, trailers or metadata other than a content type are written here with
-//! the same files, names and contents (s3s-fs reads them back for GET, HEAD and listings);
-//! every other PUT goes to s3s-fs.
+//! the same files, names and contents (s3s-fs reads them back for GET, HEAD and listings),
+//! except that an empty attributes file is not written; every other PUT goes to s3s-fs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,6 @@ pub(crate) async fn read_body(mut body: StreamingBlob, length: u64) -> S3Result<
 /// An object's attributes file, as s3s-fs serialises it (absent fields are omitted).
 #[derive(serde::Serialize)]
 struct Attributes<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
     content_type: Option<&'a str>,
 }
 
@@ -134,8 +133,22 @@ pub(crate) fn write(
         placed
     };
     replace(&paths.object, body)?;
-    let attributes = serde_json::to_vec(&Attributes { content_type }).map_err(std::io::Error::other)?;
-    replace(&paths.attributes, &attributes)?;
+    match content_type {
+        Some(content_type) => {
+            let attributes = serde_json::to_vec(&Attributes {
+                content_type: Some(content_type),
+            })
+            .map_err(std::io::Error::other)?;
+            replace(&paths.attributes, &attributes)?;
+        }
+        // s3s-fs would write `{}`, which reads back the same as no file at all; not creating
+        // one saves a file creation (a journal entry) per upload. One left by an earlier
+        // version of the object must go.
+        None => match std::fs::remove_file(&paths.attributes) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        },
+    }
     let internal =
         serde_json::to_vec(&serde_json::json!({ "e_tag": etag })).map_err(std::io::Error::other)?;
     replace(&paths.internal, &internal)?;
