@@ -248,6 +248,9 @@ async fn start_embedded_cas(args: &ServerArgs) -> anyhow::Result<cloister_cas::s
             .create(&dir)
             .with_context(|| format!("cannot create the CAS directory {}", dir.display()))?;
     }
+    // The vault records its key file's path; relative paths would depend on the directory the
+    // server is started from.
+    let dir = dir.canonicalize()?;
     let vault = match Vault::open(&dir, None) {
         Ok(vault) => vault,
         Err(StoreError::NotInitialized(_)) => {

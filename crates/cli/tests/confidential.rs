@@ -459,6 +459,43 @@ async fn one_machine_with_the_servers_own_cas() {
     assert!(world.get_decrypted("secure/out/two.txt").starts_with(b"AGAIN\n"));
 }
 
+/// The defaults of `--with-cas`, from a relative data directory: the CAS lives beside it.
+#[test]
+fn with_cas_defaults_beside_a_relative_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new(common::bin())
+        .current_dir(dir.path())
+        .args([
+            "server",
+            "--data-dir",
+            "data",
+            "--listen",
+            "127.0.0.1:0",
+            "--s3-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--with-cas", "--cas-listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let found = dir.path().join("data-cas/cas.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !found.exists() {
+        if std::time::Instant::now() > deadline || server.try_wait().unwrap().is_some() {
+            let _ = server.kill();
+            panic!("the server with its CAS did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let found: Value = serde_json::from_slice(&std::fs::read(found).unwrap()).unwrap();
+    assert!(found["pin"].as_str().unwrap().starts_with("sha256:"));
+    assert!(dir.path().join("data-cas/master.key").exists());
+    assert!(!dir.path().join("data/master.key").exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn encrypted_volumes_survive_restarts_and_refuse_rollback() {
     let mut world = World::start().await;
