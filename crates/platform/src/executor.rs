@@ -63,6 +63,7 @@ impl Drop for Slot {
 impl LocalExecutor {
     /// An executor keeping job work directories under `work_root`.
     pub fn new(store: Store, work_root: &Path) -> Self {
+        cloister_runtime::remove_stale_work_dirs(work_root);
         let cgroups = CgroupSupport::detect();
         if cgroups.enabled() {
             tracing::info!(?cgroups, "jobs get cgroups for CPU and memory limits");

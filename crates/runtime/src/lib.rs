@@ -196,7 +196,8 @@ pub struct RunOptions {
     pub work_root: PathBuf,
     /// Cgroup hierarchy to place jobs in, if the host allows.
     pub cgroups: CgroupSupport,
-    /// Name of the cgroup this run uses; runs sharing a slot must not overlap in time.
+    /// Name of the cgroup and work directory this run uses; runs sharing a slot must not
+    /// overlap in time.
     pub slot: String,
     /// Keep stdout separately and return output files instead of uploading them.
     pub synchronous: bool,
@@ -224,7 +225,12 @@ pub async fn run_job(
         files: Vec::new(),
         uploaded: Vec::new(),
     };
-    let work = options.work_root.join(format!("job-{}", spec.job_uuid));
+    // A slot runs one job at a time, so its directory is the job's own while it runs.
+    let work = if options.slot.is_empty() {
+        options.work_root.join(format!("job-{}", spec.job_uuid))
+    } else {
+        options.work_root.join(&options.slot)
+    };
     let local_input = match &spec.input {
         JobInput::Object { bucket, key } => io.local_path(bucket, key).map(|path| (path, input_name(key))),
         _ => None,
@@ -249,11 +255,9 @@ pub async fn run_job(
         },
         Err(e) => outcome.fail(format!("cannot prepare the job's work directory: {e}")),
     }
-    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&work)).await;
-    if let Ok(Err(e)) = removed
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(job = %spec.job_name, error = %e, "cannot remove job work directory");
+    let reset = tokio::task::spawn_blocking(move || reset_work_dir(&work)).await;
+    if let Ok(Err(e)) = reset {
+        tracing::warn!(job = %spec.job_name, error = %e, "cannot reset the job's work directory");
     }
     outcome
 }
@@ -280,33 +284,148 @@ struct Prepared {
     staged_input: Option<PathBuf>,
 }
 
-/// Creates `work` (private to the job) with its input, output and tmp folders and the script,
-/// in one blocking call: this is on the path between an upload and its job's start.
+/// The folders of a work directory, kept between the jobs of a slot.
+const WORK_FOLDERS: [&str; 3] = ["input", "output", "tmp"];
+
+/// Readies `work` (private to the job: the slot's directory, reused from its previous job when
+/// that left it clean) with its input, output and tmp folders, the script and the input, in one
+/// blocking call: this is on the path between an upload and its job's start, and on a busy
+/// journal every directory created costs.
 fn prepare_work_dir(work: &Path, script: &str, input: Option<&(PathBuf, String)>) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::create_dir_all(work.parent().unwrap_or(work))?;
-    let mut builder = std::fs::DirBuilder::new();
-    builder.mode(0o700);
-    if let Err(e) = builder.create(work) {
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(e);
-        }
-        // Left by a run that was interrupted (the server died); start clean.
-        std::fs::remove_dir_all(work)?;
-        builder.create(work)?;
+    if !work_dir_is_clean(work) {
+        create_work_dir(work)?;
     }
-    for dir in ["input", "output", "tmp"] {
-        std::fs::create_dir(work.join(dir))?;
-    }
-    std::fs::write(work.join("script.sh"), script)?;
+    // Files are created, never opened if present, so nothing left in the folder is written
+    // through (a symbolic or hard link).
+    let create = |path: PathBuf| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    std::io::Write::write_all(&mut create(work.join("script.sh"))?, script.as_bytes())?;
     if let Some((source, name)) = input {
+        let mut source = std::fs::File::open(source)?;
         // A folder of other keys is not an object.
-        if std::fs::metadata(source)?.is_dir() {
+        if source.metadata()?.is_dir() {
             return Err(std::io::ErrorKind::NotFound.into());
         }
-        std::fs::copy(source, work.join("input").join(name))?;
+        std::io::copy(&mut source, &mut create(work.join("input").join(name))?)?;
     }
     Ok(())
+}
+
+/// Whether `work` holds exactly its three folders, empty, as its last job's reset left it.
+fn work_dir_is_clean(work: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return false;
+    };
+    let mut folders = 0;
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        let is_folder = entry.file_type().is_ok_and(|t| t.is_dir())
+            && entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| WORK_FOLDERS.contains(&n));
+        if !is_folder || std::fs::read_dir(entry.path()).map_or(true, |mut d| d.next().is_some()) {
+            return false;
+        }
+        folders += 1;
+    }
+    folders == WORK_FOLDERS.len()
+}
+
+/// Makes `work` afresh (mode 0700) with empty folders, discarding whatever was there.
+fn create_work_dir(work: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    discard_work_dir(work)?;
+    std::fs::create_dir_all(work.parent().unwrap_or(work))?;
+    std::fs::DirBuilder::new().mode(0o700).create(work)?;
+    for folder in WORK_FOLDERS {
+        std::fs::create_dir(work.join(folder))?;
+    }
+    Ok(())
+}
+
+/// Removes `work`; when something in it cannot be removed (a job made a folder unwritable),
+/// moves it aside under a name [`remove_stale_work_dirs`] cleans up.
+fn discard_work_dir(work: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(work) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            let aside = work.with_file_name(format!(
+                "discarded-{}-{}",
+                std::process::id(),
+                DISCARDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            tracing::warn!(dir = %work.display(), error = %e, "cannot empty a work directory; moving it aside");
+            std::fs::rename(work, aside)
+        }
+        _ => Ok(()),
+    }
+}
+
+static DISCARDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Empties a slot's work directory after its job: everything goes but the three folders, which
+/// are emptied, so the next job starts without creating directories. Anything that resists is
+/// discarded with the directory.
+fn reset_work_dir(work: &Path) -> std::io::Result<()> {
+    let emptied = (|| -> std::io::Result<()> {
+        for entry in std::fs::read_dir(work)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let keep = kind.is_dir()
+                && entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| WORK_FOLDERS.contains(&n));
+            if keep {
+                for inner in std::fs::read_dir(entry.path())? {
+                    let inner = inner?;
+                    remove_entry(&inner.path(), inner.file_type()?)?;
+                }
+            } else {
+                remove_entry(&entry.path(), kind)?;
+            }
+        }
+        Ok(())
+    })();
+    match emptied {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => discard_work_dir(work),
+        Ok(()) => Ok(()),
+    }
+}
+
+fn remove_entry(path: &Path, kind: std::fs::FileType) -> std::io::Result<()> {
+    if kind.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Removes work directories no running job uses: those of slots whose server process has
+/// ended (`slot-<pid>-<n>`), directories moved aside, and per-job directories of earlier
+/// versions. Called when an executor starts.
+pub fn remove_stale_work_dirs(root: &Path) {
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let owner = name
+            .strip_prefix("slot-")
+            .or_else(|| name.strip_prefix("discarded-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let stale = match owner {
+            Some(pid) => pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists(),
+            None => name.starts_with("job-"),
+        };
+        if stale && let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove a stale work directory");
+        }
+    }
 }
 
 /// The input file's name: the key's last segment (keys are validated by the storage layer, so

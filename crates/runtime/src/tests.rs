@@ -434,3 +434,80 @@ fn output_filters() {
     assert!(!target.accepts("c.png") && !target.accepts("a.jpg"));
     assert_eq!(target.key_for("x/y"), "x/y");
 }
+
+/// A slot's work directory is reused, so what one job leaves must not reach the next: the next
+/// job sees only its empty folders, its script and its input, and nothing left in the folder
+/// is written through (a link planted where the next script or input goes).
+#[tokio::test]
+async fn the_next_job_in_a_slot_finds_nothing_of_the_last() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let io = LocalDirIo(DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    });
+    std::fs::create_dir_all(io.0.root.join("in")).unwrap();
+    std::fs::write(io.0.root.join("in/data.txt"), "input\n").unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    let options = options(dir.path(), CgroupSupport::None);
+    let slot_dir = options.work_root.join(&options.slot);
+    // Left by a crash: an unexpected file means the directory is made afresh.
+    std::fs::create_dir_all(slot_dir.join("tmp")).unwrap();
+    std::fs::write(slot_dir.join("stray"), "x").unwrap();
+    let job = |script: &str| {
+        let mut spec = spec(script);
+        spec.input = JobInput::Object {
+            bucket: "in".into(),
+            key: "data.txt".into(),
+        };
+        spec
+    };
+
+    let messy = job(&format!(
+        r#"set -e
+touch "$HOME/.dotfile"
+mkdir -p "$TMPDIR/a/b" "$TMP_OUTPUT_DIR/sub"
+echo x > "$TMPDIR/a/b/f"
+echo y > "$TMP_OUTPUT_DIR/sub/o"
+rm "$INPUT_FILE_PATH" "$HOME/script.sh"
+ln -s {victim} "$INPUT_FILE_PATH"
+ln -s {victim} "$HOME/script.sh"
+"#,
+        victim = victim.display()
+    ));
+    let outcome = run(&messy, &io, &options).await;
+    assert_eq!(outcome.status, Status::Succeeded, "{}", log_text(&outcome));
+    assert!(!slot_dir.join("stray").exists());
+    // Reset for the next job: the three folders, empty, kept.
+    assert!(work_dir_is_clean(&slot_dir));
+    let folder = std::fs::metadata(slot_dir.join("input")).unwrap().ino();
+
+    let listing = job(r#"cd "$HOME" && find . | sort | tr '\n' ' '"#);
+    let outcome = run(&listing, &io, &options).await;
+    let log = log_text(&outcome);
+    assert_eq!(outcome.status, Status::Succeeded, "{log}");
+    assert!(
+        log.contains(". ./input ./input/data.txt ./output ./script.sh ./tmp "),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::metadata(slot_dir.join("input")).unwrap().ino(),
+        folder,
+        "not reused"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+
+    // A stale slot of a process that has ended, a directory moved aside and a per-job
+    // directory of an older version are removed when an executor starts; live slots stay.
+    let stale = options.work_root.join("slot-4294967290-0");
+    let aside = options.work_root.join("discarded-4294967290-3");
+    let old = options.work_root.join("job-0196b0c8-0000-7000-8000-000000000009");
+    let live = options.work_root.join(format!("slot-{}-7", std::process::id()));
+    for d in [&stale, &aside, &old, &live] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    remove_stale_work_dirs(&options.work_root);
+    assert!(!stale.exists() && !aside.exists() && !old.exists());
+    assert!(live.exists() && slot_dir.exists());
+}
