@@ -413,12 +413,8 @@ pub fn remove_stale_work_dirs(root: &Path) {
     for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let owner = name
-            .strip_prefix("slot-")
-            .or_else(|| name.strip_prefix("discarded-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok());
-        let stale = match owner {
+        let owned = name.starts_with("slot-") || name.starts_with("discarded-");
+        let stale = match owned.then(|| sandbox::slot_owner(name)).flatten() {
             Some(pid) => pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists(),
             None => name.starts_with("job-"),
         };

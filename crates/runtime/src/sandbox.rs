@@ -40,7 +40,7 @@ static LIMITS_WRITTEN: std::sync::LazyLock<std::sync::Mutex<std::collections::Ha
     std::sync::LazyLock::new(Default::default);
 
 /// The process that owns a slot group named `<prefix>-<pid>-<n>`.
-fn slot_owner(name: &str) -> Option<u32> {
+pub(crate) fn slot_owner(name: &str) -> Option<u32> {
     let mut parts = name.rsplitn(3, '-');
     let _index: u64 = parts.next()?.parse().ok()?;
     parts.next()?.parse().ok()
@@ -362,12 +362,10 @@ pub async fn run_script(
         command.spawn()
     })
     .await
+    .map_err(std::io::Error::other)
+    .and_then(|spawned| spawned)
     {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            run.failure = Some(format!("cannot start /bin/sh: {e}"));
-            return run;
-        }
+        Ok(c) => c,
         Err(e) => {
             run.failure = Some(format!("cannot start /bin/sh: {e}"));
             return run;
