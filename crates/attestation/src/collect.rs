@@ -56,26 +56,32 @@ fn write_existing(path: &Path, data: &[u8]) -> Result<(), Error> {
     f.write_all(data).map_err(|e| Error::io(path, e))
 }
 
-/// Simulation evidence from a [`SimPlatform`] for a fixed workload measurement.
+/// Simulation evidence from a [`SimPlatform`] for a workload with a fixed measurement, launched
+/// with a fixed configuration register (the simulated MRCONFIGID / HOST_DATA).
 #[derive(Debug)]
 pub struct SimSource {
     platform: SimPlatform,
     measurement: [u8; 32],
+    config_id: [u8; 32],
 }
 
 impl SimSource {
-    /// Evidence for `measurement` (see [`crate::sim_measurement`]) signed by `platform`.
-    pub fn new(platform: SimPlatform, measurement: [u8; 32]) -> Self {
+    /// Evidence for `measurement` (see [`crate::sim_measurement`]) and `config_id`, signed by
+    /// `platform`.
+    pub fn new(platform: SimPlatform, measurement: [u8; 32], config_id: [u8; 32]) -> Self {
         SimSource {
             platform,
             measurement,
+            config_id,
         }
     }
 }
 
 impl EvidenceSource for SimSource {
     fn collect(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, Error> {
-        Ok(self.platform.produce_evidence(&self.measurement, report_data))
+        Ok(self
+            .platform
+            .produce_evidence(&self.measurement, &self.config_id, report_data))
     }
 }
 

@@ -79,6 +79,21 @@ pub struct EvidenceSummary {
     pub details: TeeDetails,
 }
 
+impl EvidenceSummary {
+    /// The launch configuration register, lowercase hex: what the host launched the TEE for,
+    /// fixed before the workload's first instruction and covered by the evidence signature
+    /// (TDX MRCONFIGID, SEV-SNP HOST_DATA, the simulation TEE's config id). `None` for SGX, whose
+    /// enclaves under Gramine have none.
+    pub fn launch_config(&self) -> Option<&str> {
+        match &self.details {
+            TeeDetails::Tdx(d) => Some(&d.mrconfigid),
+            TeeDetails::Snp(d) => Some(&d.host_data),
+            TeeDetails::Sim(d) => Some(&d.config_id),
+            TeeDetails::Sgx(_) => None,
+        }
+    }
+}
+
 /// TEE-specific parsed fields of an [`EvidenceSummary`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

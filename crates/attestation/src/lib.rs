@@ -68,19 +68,22 @@
 //! * **SEV-SNP TCB.** AMD publishes no TCB status, so SNP evidence has status `NotEvaluated`
 //!   (accepted by the policy); the VCEK's TCB extensions must equal the report's REPORTED_TCB.
 //!
-//! ## Simulation evidence layout (version 1)
+//! ## Simulation evidence layout (version 2)
 //!
-//! All integers little-endian; total 204 bytes.
+//! All integers little-endian; total 236 bytes.
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0 | 8 | magic `b"CLSIMATT"` |
-//! | 8 | 2 | format version = 1 |
+//! | 8 | 2 | format version = 2 |
 //! | 10 | 2 | flags: bit 0 = debug; other bits must be zero |
 //! | 12 | 32 | measurement (see [`sim_measurement`]) |
-//! | 44 | 64 | report data |
-//! | 108 | 32 | Ed25519 platform public key |
-//! | 140 | 64 | Ed25519 signature over `b"cloister/sim-evidence/v1\0"` ‖ bytes 0..140 |
+//! | 44 | 32 | config id: the launch configuration register (as TDX MRCONFIGID, SNP HOST_DATA) |
+//! | 76 | 64 | report data |
+//! | 140 | 32 | Ed25519 platform public key |
+//! | 172 | 64 | Ed25519 signature over `b"cloister/sim-evidence/v2\0"` ‖ bytes 0..172 |
+//!
+//! Version 1 (no config id) is no longer accepted.
 //!
 //! The simulation TEE gives **no** confidentiality: it only lets the rest of the platform be
 //! developed and tested without TEE hardware. Its TCB status is `Simulated`, which a [`Policy`]

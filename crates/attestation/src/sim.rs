@@ -17,39 +17,39 @@ use crate::verify::{Endorsements, EvidenceVerifier, VerifiedEvidence};
 
 /// Magic at the start of simulation evidence.
 pub(crate) const SIM_MAGIC: [u8; 8] = *b"CLSIMATT";
-const SIM_VERSION: u16 = 1;
+const SIM_VERSION: u16 = 2;
 const FLAG_DEBUG: u16 = 0x0001;
 const KNOWN_FLAGS: u16 = FLAG_DEBUG;
 /// Domain separation: a signature over simulation evidence can never be mistaken for a
 /// signature over anything else made with the same key.
-const SIGNATURE_CONTEXT: &[u8] = b"cloister/sim-evidence/v1\0";
-const MEASUREMENT_CONTEXT: &[u8] = b"cloister/sim-measurement/v1\0";
+const SIGNATURE_CONTEXT: &[u8] = b"cloister/sim-evidence/v2\0";
+const MEASUREMENT_CONTEXT: &[u8] = b"cloister/sim-measurement/v2\0";
 
 const OFF_VERSION: usize = 8;
 const OFF_FLAGS: usize = 10;
 const OFF_MEASUREMENT: usize = 12;
-const OFF_REPORT_DATA: usize = 44;
-const OFF_KEY: usize = 108;
-const OFF_SIGNATURE: usize = 140;
-/// Length in bytes of version-1 simulation evidence.
-pub const SIM_EVIDENCE_LEN: usize = 204;
+const OFF_CONFIG_ID: usize = 44;
+const OFF_REPORT_DATA: usize = 76;
+const OFF_KEY: usize = 140;
+const OFF_SIGNATURE: usize = 172;
+/// Length in bytes of version-2 simulation evidence.
+pub const SIM_EVIDENCE_LEN: usize = 236;
 
 /// TCB status of simulation evidence.
 const SIM_TCB_STATUS: &str = "Simulated";
 
 /// The measurement of a simulated workload:
-/// `SHA-256("cloister/sim-measurement/v1\0" ‖ u64le(len(runtime)) ‖ runtime ‖
-/// u64le(len(script)) ‖ script ‖ u64le(len(image_ref)) ‖ image_ref)`.
+/// `SHA-256("cloister/sim-measurement/v2\0" ‖ u64le(len(runtime)) ‖ runtime)`, where `runtime`
+/// identifies the program that runs first in the simulated TEE.
 ///
-/// The length prefixes make the encoding injective, so two different (runtime, script, image)
-/// triples never hash the same input.
-pub fn sim_measurement(runtime: &[u8], script: &[u8], image_ref: &str) -> [u8; 32] {
+/// Like an enclave or VM measurement, it covers that program only: what the program then runs
+/// (a service's script) comes from the CAS, never from the host, so one measurement serves
+/// every service.
+pub fn sim_measurement(runtime: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(MEASUREMENT_CONTEXT);
-    for part in [runtime, script, image_ref.as_bytes()] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
+    h.update((runtime.len() as u64).to_le_bytes());
+    h.update(runtime);
     h.finalize().into()
 }
 
@@ -60,6 +60,9 @@ pub struct SimDetails {
     pub platform_key: String,
     /// Raw flags word.
     pub flags: u16,
+    /// The launch configuration register (hex, 32 bytes): what the host launched the workload
+    /// for, the simulated counterpart of TDX's MRCONFIGID and SEV-SNP's HOST_DATA.
+    pub config_id: String,
 }
 
 /// A host's simulated TEE: an Ed25519 platform key that signs evidence.
@@ -130,14 +133,20 @@ impl SimPlatform {
         self
     }
 
-    /// Signed evidence for `measurement` and `report_data`.
-    pub fn produce_evidence(&self, measurement: &[u8; 32], report_data: &[u8; 64]) -> Vec<u8> {
+    /// Signed evidence for `measurement`, the launch configuration `config_id` and `report_data`.
+    pub fn produce_evidence(
+        &self,
+        measurement: &[u8; 32],
+        config_id: &[u8; 32],
+        report_data: &[u8; 64],
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(SIM_EVIDENCE_LEN);
         out.extend_from_slice(&SIM_MAGIC);
         out.extend_from_slice(&SIM_VERSION.to_le_bytes());
         let flags = if self.debug { FLAG_DEBUG } else { 0 };
         out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(measurement);
+        out.extend_from_slice(config_id);
         out.extend_from_slice(report_data);
         out.extend_from_slice(&self.public_key());
         let signature = self.key.sign(&signed_message(&out));
@@ -174,6 +183,7 @@ fn signed_message(body: &[u8]) -> Vec<u8> {
 struct SimEvidence<'a> {
     flags: u16,
     measurement: &'a [u8],
+    config_id: &'a [u8],
     report_data: &'a [u8],
     key: [u8; 32],
     signature: [u8; 64],
@@ -216,7 +226,8 @@ fn parse(b: &[u8]) -> Result<SimEvidence<'_>, Error> {
     };
     Ok(SimEvidence {
         flags,
-        measurement: slice(OFF_MEASUREMENT, OFF_REPORT_DATA)?,
+        measurement: slice(OFF_MEASUREMENT, OFF_CONFIG_ID)?,
+        config_id: slice(OFF_CONFIG_ID, OFF_REPORT_DATA)?,
         report_data: slice(OFF_REPORT_DATA, OFF_KEY)?,
         key: field(b, OFF_KEY)?,
         signature: field(b, OFF_SIGNATURE)?,
@@ -234,6 +245,7 @@ fn summarize(e: &SimEvidence<'_>) -> EvidenceSummary {
         details: TeeDetails::Sim(SimDetails {
             platform_key: hex(&e.key),
             flags: e.flags,
+            config_id: hex(e.config_id),
         }),
     }
 }

@@ -34,9 +34,10 @@ use time::OffsetDateTime;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+use cloister_cas_client::protocol::*;
+
 use crate::auth::Authenticator;
 use crate::nonce::Nonces;
-use crate::protocol::*;
 
 const SESSIONS: &str = "sessions";
 const SECRETS: &str = "secrets";
@@ -930,6 +931,8 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
             "report data does not bind the nonce and the public key".into(),
         )
     })?;
+    check_launch(cas, request, &verified.summary)
+        .map_err(|reason| refuse(Some(tee), Some(&measurement), reason))?;
     let loaded = cas.loaded(&request.session)?.ok_or_else(|| {
         refuse(
             Some(tee),
@@ -972,9 +975,13 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
         )?)
         .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?,
     );
-    let (enc, ciphertext) =
-        crate::seal::seal(&public_key, &crate::seal::config_info(&hash), &nonce, &plaintext)
-            .map_err(|e| refuse(Some(tee), Some(&measurement), e.to_string()))?;
+    let (enc, ciphertext) = cloister_cas_client::seal::seal(
+        &public_key,
+        &cloister_cas_client::seal::config_info(&hash),
+        &nonce,
+        &plaintext,
+    )
+    .map_err(|e| refuse(Some(tee), Some(&measurement), e.to_string()))?;
     let actor = format!("workload:{tee}");
     let released: Vec<&str> = session.secrets.iter().map(|s| s.name.as_str()).collect();
     let simulation = tee == Tee::Sim;
@@ -1006,6 +1013,37 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
     })
 }
 
+/// Checks that the evidence's launch configuration register names this CAS, the session and
+/// the service asked for (see [`InitData`]): a TEE the host launched for another CAS (one that
+/// could hand its runtime other code to run), another session or another service gets nothing.
+fn check_launch(
+    cas: &Cas,
+    request: &AttestRequest,
+    summary: &cloister_attestation::EvidenceSummary,
+) -> Result<(), String> {
+    let identity = cas
+        .vault
+        .identity_public()
+        .ok_or_else(|| "the CAS identity is unavailable".to_owned())?;
+    let init = InitData::new(&crate::tls::pin_of(&identity), &request.session, &request.service)
+        .map_err(|e| e.to_string())?;
+    let Some(expected) = init.config_id(summary.tee).map_err(|e| e.to_string())? else {
+        // SGX under Gramine: the init-data is a trusted file, covered by MRENCLAVE.
+        return Ok(());
+    };
+    match summary.launch_config() {
+        Some(actual) if actual.eq_ignore_ascii_case(&hex::encode(&expected)) => Ok(()),
+        actual => Err(format!(
+            "the TEE was launched for another CAS, session or service: its launch configuration \
+             register holds {}, {}#{} at this CAS needs {}",
+            actual.unwrap_or("nothing"),
+            request.session,
+            request.service,
+            hex::encode(expected)
+        )),
+    }
+}
+
 /// The sealed answer to an attestation: the rendered service configuration, plus the records
 /// of the service's encrypted volumes and the grant that lets this workload commit new ones.
 fn released_config(
@@ -1014,27 +1052,37 @@ fn released_config(
     service: &str,
     session_hash: &str,
     config: cloister_cas_session::ServiceConfig,
-) -> CasResult<serde_json::Value> {
-    let internal = |_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into());
-    let mut value = serde_json::to_value(&config).map_err(internal)?;
+) -> CasResult<ReleasedConfig> {
     let prefix = crate::volumes::service_prefix(session, service);
-    let mut volumes = serde_json::Map::new();
+    let mut volumes = BTreeMap::new();
     for key in cas.vault.keys(VOLUMES, &prefix)? {
         let state = cas
             .vault
             .get(VOLUMES, &key)?
             .and_then(|bytes| crate::volumes::parse_state(&bytes))
             .unwrap_or_default();
-        let name = key[prefix.len()..].to_owned();
-        volumes.insert(name, serde_json::to_value(state).map_err(internal)?);
+        volumes.insert(key[prefix.len()..].to_owned(), state);
     }
     let expires = OffsetDateTime::now_utc().unix_timestamp() + crate::volumes::GRANT_LIFETIME_SECS;
-    let grant = crate::volumes::issue_grant(&cas.vault.identity()?, session, service, session_hash, expires);
-    if let Some(object) = value.as_object_mut() {
-        object.insert("volumes".into(), serde_json::Value::Object(volumes));
-        object.insert("volume_grant".into(), serde_json::Value::String(grant));
-    }
-    Ok(value)
+    let volume_grant =
+        crate::volumes::issue_grant(&cas.vault.identity()?, session, service, session_hash, expires);
+    Ok(ReleasedConfig {
+        session_hash: session_hash.to_owned(),
+        command: config.command,
+        environment: config.environment,
+        pwd: config.pwd,
+        files: config
+            .files
+            .into_iter()
+            .map(|f| ReleasedFile {
+                path: f.path,
+                content: f.content,
+                mode: f.mode,
+            })
+            .collect(),
+        volumes,
+        volume_grant,
+    })
 }
 
 async fn commit_volume(State(cas): CasState, body: Bytes) -> CasResult<impl IntoResponse> {

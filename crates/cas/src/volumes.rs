@@ -14,7 +14,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
-use crate::protocol::VolumeState;
+use cloister_cas_client::protocol::VolumeState;
+pub use cloister_cas_client::protocol::valid_volume_name;
 
 const GRANT_CONTEXT: &[u8] = b"cloister/volume-grant/v1\0";
 /// How long a grant stays usable: longer than any job may run.
@@ -28,17 +29,6 @@ pub fn record_key(session: &str, service: &str, volume: &str) -> String {
 /// The vault key prefix of all volumes of a service.
 pub fn service_prefix(session: &str, service: &str) -> String {
     format!("{session}#{service}#")
-}
-
-/// Whether `name` is a valid volume name.
-pub fn valid_volume_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 64
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn grant_message(session: &str, service: &str, session_hash: &str, expires: i64) -> Vec<u8> {

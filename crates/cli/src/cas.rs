@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cloister_cas::auth::ClientIdentity;
-use cloister_cas::client::{CasClient, ClientError, LocalClient};
+use cloister_cas_client::client::{CasClient, ClientError, LocalClient};
+use cloister_cas_client::sign::ClientIdentity;
 use cloister_cas_store::{InitOutput, SealingConfig, Vault};
 
 use crate::client::{exit, fail};
@@ -277,7 +277,7 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             let public = vault.identity_public().map(hex::encode).unwrap_or_default();
             let pin = vault
                 .identity_public()
-                .map(|k| format!("sha256:{}", cloister_cas::tls::pin_of(&k)))
+                .map(|k| format!("sha256:{}", cloister_cas_client::pin::pin_of(&k)))
                 .unwrap_or_default();
             match output {
                 InitOutput::Shares(shares) => {
@@ -394,9 +394,9 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
         }
         CasCommand::Keygen { out, algorithm } => {
             let algorithm = if algorithm == "p256" {
-                cloister_cas::auth::KeyAlgorithm::P256
+                cloister_cas_client::sign::KeyAlgorithm::P256
             } else {
-                cloister_cas::auth::KeyAlgorithm::Ed25519
+                cloister_cas_client::sign::KeyAlgorithm::Ed25519
             };
             let identity = ClientIdentity::generate_with(algorithm);
             identity
@@ -462,10 +462,14 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             let mut m = [0u8; 32];
             hex::decode_to_slice(measurement.trim(), &mut m)
                 .map_err(|_| fail(exit::FAILURE, "--measurement is 64 hex digits"))?;
-            let source = cloister_attestation::SimSource::new(platform, m);
+            let init = cloister_cas_client::protocol::InitData::new(&connect.pin, &session, &service)
+                .map_err(|e| fail(exit::USAGE, e.to_string()))?;
+            let source = init
+                .simulated(platform, m)
+                .map_err(|e| fail(exit::USAGE, e.to_string()))?;
             let config = connect
                 .client()?
-                .attest(&session, &service, &source, |_| {})
+                .attest(&init, &source, |_| {})
                 .await
                 .map_err(client_error)?;
             print_json(&config)

@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cloister_attestation::{
-    DcapCollateral, DcapVerifier, Endorsements, EvidenceVerifier, SimPlatform, SimSource,
-};
-use cloister_cas::auth::ClientIdentity;
-use cloister_cas::client::CasClient;
+use cloister_attestation::{DcapCollateral, DcapVerifier, Endorsements, EvidenceVerifier, SimPlatform};
+use cloister_cas_client::client::CasClient;
+use cloister_cas_client::protocol::InitData;
+use cloister_cas_client::sign::ClientIdentity;
 use cloister_cas_store::{SealingConfig, Vault};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -54,7 +53,7 @@ pub async fn run(args: CasBenchArgs, json_out: bool) -> anyhow::Result<()> {
     };
     let pin = vault
         .identity_public()
-        .map(|k| cloister_cas::tls::pin_of(&k))
+        .map(|k| cloister_cas_client::pin::pin_of(&k))
         .context("no identity")?;
     let config = cloister_cas::server::CasConfig {
         data_dir: dir.path().to_path_buf(),
@@ -97,15 +96,20 @@ pub async fn run(args: CasBenchArgs, json_out: bool) -> anyhow::Result<()> {
     for _ in 0..args.clients.max(1) {
         let client = CasClient::new(&url, &pin, None)?;
         let platform = SimPlatform::load_or_generate(&platform_file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pin = pin.clone();
         tasks.push(tokio::spawn(async move {
-            let source = SimSource::new(platform, measurement);
+            let init = InitData::new(&pin, "bench/session", "svc")
+                .map_err(|e| cloister_cas_client::client::ClientError::Local(e.to_string()))?;
+            let source = init
+                .simulated(platform, measurement)
+                .map_err(|e| cloister_cas_client::client::ClientError::Local(e.to_string()))?;
             let mut samples = Vec::with_capacity(per_client);
             for _ in 0..per_client {
                 let t = Instant::now();
-                client.attest("bench/session", "svc", &source, |_| {}).await?;
+                client.attest(&init, &source, |_| {}).await?;
                 samples.push(t.elapsed());
             }
-            Ok::<_, cloister_cas::client::ClientError>(samples)
+            Ok::<_, cloister_cas_client::client::ClientError>(samples)
         }));
     }
     let mut attest = Vec::new();

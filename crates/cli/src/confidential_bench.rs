@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cloister_cas::auth::ClientIdentity;
-use cloister_cas::client::CasClient;
+use cloister_cas_client::client::CasClient;
+use cloister_cas_client::sign::ClientIdentity;
 use cloister_crypt::{EncryptOptions, Identity, ObjectBinding};
 use cloister_platform::fdl::Service;
 use object_store::{ObjectStoreExt, PutPayload};

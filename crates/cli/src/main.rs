@@ -117,13 +117,6 @@ enum Command {
         /// `bucket` or `bucket/prefix`.
         path: String,
     },
-    /// Run one confidential job (the first program of the job, inside its TEE): attest to the
-    /// CAS, decrypt the input, run the script, encrypt the outputs. Started by executors.
-    Runtime {
-        /// The job directory prepared by the executor (job.json, script.sh).
-        #[arg(long)]
-        job: PathBuf,
-    },
     /// Measure confidential against plain jobs (1 MiB and 256 MiB inputs) and the runtime's
     /// attestation and key release, with a private CAS and server; prints a table.
     ConfidentialBench(confidential_bench::ConfidentialBenchArgs),
@@ -235,7 +228,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             canary::run(args, client, json).await
         }
         Command::Cas(command) => cas::run(command, json).await,
-        Command::Runtime { job } => confidential::runtime(&job).await,
         Command::ConfidentialBench(args) => confidential_bench::run(args, json).await,
         command => {
             let client = client::Client::new(cli.connect.resolve()?)?;
@@ -277,7 +269,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 | Command::Bench(_)
                 | Command::Attest(_)
                 | Command::Cas(_)
-                | Command::Runtime { .. }
                 | Command::ConfidentialBench(_)
                 | Command::Keygen { .. }
                 | Command::Encrypt(_)

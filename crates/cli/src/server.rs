@@ -63,6 +63,10 @@ pub struct ServerArgs {
     /// Staged inputs then take memory.
     #[arg(long, env = "CLOISTER_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// The `cloister-runtime` binary that runs confidential jobs (default: next to this
+    /// binary, else on PATH). Without one, confidential jobs are refused.
+    #[arg(long, env = "CLOISTER_RUNTIME_BINARY")]
+    pub runtime_binary: Option<PathBuf>,
     /// Also run a development CAS in this process, for one-machine setups: its state in
     /// --cas-data-dir (initialised on first start with its master key in a file there), its
     /// TLS port on --cas-listen, this host's simulated TEE registered with it. A production CAS
@@ -75,6 +79,21 @@ pub struct ServerArgs {
     /// The embedded CAS's TLS address.
     #[arg(long, env = "CLOISTER_CAS_LISTEN", default_value = "127.0.0.1:8081")]
     pub cas_listen: SocketAddr,
+}
+
+/// `cloister-runtime` beside this binary (both come out of one `cargo build`), else on PATH.
+fn default_runtime_binary() -> Option<PathBuf> {
+    const NAME: &str = "cloister-runtime";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(NAME)));
+    beside.filter(|p| p.is_file()).or_else(|| {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(NAME))
+                .find(|p| p.is_file())
+        })
+    })
 }
 
 fn default_plain_dir() -> PathBuf {
@@ -175,8 +194,7 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
         log_retention: args.log_retention,
         max_body: args.max_body_mib.saturating_mul(1024 * 1024),
         log_limit: args.log_limit_kib.saturating_mul(1024),
-        // Confidential jobs run in a `cloister runtime` process: this very binary.
-        runtime_binary: std::env::current_exe().ok(),
+        runtime_binary: args.runtime_binary.clone().or_else(default_runtime_binary),
         plain_dir: args.plain_dir.clone().unwrap_or_else(default_plain_dir),
         work_dir: args.work_dir.clone(),
     })
@@ -270,12 +288,12 @@ async fn start_embedded_cas(args: &ServerArgs) -> anyhow::Result<cloister_cas::s
         dir.display()
     );
     let identity = vault.identity_public().context("the CAS has no identity")?;
-    let pin = format!("sha256:{}", cloister_cas::tls::pin_of(&identity));
+    let pin = format!("sha256:{}", cloister_cas_client::pin::pin_of(&identity));
     let admin_key = dir.join("admin.key");
     let admin = if admin_key.exists() {
-        cloister_cas::auth::ClientIdentity::load(&admin_key)?
+        cloister_cas_client::sign::ClientIdentity::load(&admin_key)?
     } else {
-        let admin = cloister_cas::auth::ClientIdentity::generate();
+        let admin = cloister_cas_client::sign::ClientIdentity::generate();
         admin.save(&admin_key)?;
         admin
     };
@@ -289,7 +307,7 @@ async fn start_embedded_cas(args: &ServerArgs) -> anyhow::Result<cloister_cas::s
     let platform =
         cloister_attestation::SimPlatform::load_or_generate(&args.data_dir.join("sim-platform.key"))
             .context("cannot load this host's simulation platform key")?;
-    cloister_cas::client::CasClient::new(&url, &pin, Some(admin))?
+    cloister_cas_client::client::CasClient::new(&url, &pin, Some(admin))?
         .add_platform(&hex::encode(platform.public_key()), "this host (cloister server)")
         .await
         .context("cannot register this host with the CAS")?;

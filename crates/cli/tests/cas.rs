@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use cloister_attestation::{SimPlatform, SimSource};
-use cloister_cas::auth::ClientIdentity;
-use cloister_cas::client::{CasClient, ClientError, LocalClient};
-use cloister_cas::protocol::AttestRequest;
+use cloister_attestation::SimPlatform;
+use cloister_cas_client::client::{CasClient, ClientError, LocalClient};
+use cloister_cas_client::protocol::{AttestRequest, InitData};
+use cloister_cas_client::sign::ClientIdentity;
 use serde_json::Value;
 
 struct Cas {
@@ -173,6 +173,10 @@ files:
   permission: "0600"
 "#
     )
+}
+
+fn strict_name() -> &'static str {
+    "hospital/strict"
 }
 
 fn refused(result: Result<impl std::fmt::Debug, ClientError>, status: u16, reason: &str) {
@@ -357,9 +361,12 @@ async fn cas_end_to_end() {
 
     let mut m = [0u8; 32];
     m.copy_from_slice(&hex::decode(&measurement).unwrap());
-    let source = SimSource::new(SimPlatform::load_or_generate(&platform_file).unwrap(), m);
+    let init = InitData::new(&cas.pin, name, "worker").unwrap();
+    let source = init
+        .simulated(SimPlatform::load_or_generate(&platform_file).unwrap(), m)
+        .unwrap();
     refused(
-        owner.attest(name, "worker", &source, |_| {}).await,
+        owner.attest(&init, &source, |_| {}).await,
         403,
         "unknown simulation platform",
     );
@@ -370,45 +377,75 @@ async fn cas_end_to_end() {
     );
     admin.add_platform(&platform_public, "dev box").await.unwrap();
 
-    let config = owner.attest(name, "worker", &source, |_| {}).await.unwrap();
-    assert_eq!(config["environment"]["API_TOKEN"], token.as_str());
-    assert_eq!(config["environment"]["MODE"], "fast");
-    assert!(
-        config["command"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a == token.as_str()),
-        "{config}"
-    );
-    let file = &config["files"][0];
-    assert_eq!(file["path"], "/etc/worker/config.json");
-    // File contents travel base64-encoded in the released JSON.
-    let content = base64::engine::general_purpose::STANDARD
-        .decode(file["content"].as_str().unwrap())
-        .unwrap();
-    let content = String::from_utf8(content).unwrap();
+    let config = owner.attest(&init, &source, |_| {}).await.unwrap();
+    assert_eq!(config.environment["API_TOKEN"], token.as_str());
+    assert_eq!(config.environment["MODE"], "fast");
+    assert!(config.command.iter().any(|a| a == token.as_str()));
+    let file = &config.files[0];
+    assert_eq!(file.path, "/etc/worker/config.json");
+    let content = String::from_utf8(file.content.clone()).unwrap();
     assert!(content.contains("correct-horse-battery"), "{content}");
 
     // Debug-mode evidence from the same platform: the session does not tolerate debug-mode.
-    let debug = SimSource::new(
-        SimPlatform::load_or_generate(&platform_file)
-            .unwrap()
-            .with_debug(true),
-        m,
-    );
-    refused(owner.attest(name, "worker", &debug, |_| {}).await, 403, "debug");
+    let debug = init
+        .simulated(
+            SimPlatform::load_or_generate(&platform_file)
+                .unwrap()
+                .with_debug(true),
+            m,
+        )
+        .unwrap();
+    refused(owner.attest(&init, &debug, |_| {}).await, 403, "debug");
 
     // Wrong measurement: refused with the reason.
-    let wrong = SimSource::new(SimPlatform::load_or_generate(&platform_file).unwrap(), [8u8; 32]);
-    refused(
-        owner.attest(name, "worker", &wrong, |_| {}).await,
-        403,
-        "measurement",
-    );
+    let wrong = init
+        .simulated(SimPlatform::load_or_generate(&platform_file).unwrap(), [8u8; 32])
+        .unwrap();
+    refused(owner.attest(&init, &wrong, |_| {}).await, 403, "measurement");
+
+    // Evidence from a TEE launched for another CAS, session or service gets nothing, even with
+    // the right measurement from a registered platform: the launch register names what it may
+    // run. (The runtime refuses such a mismatch itself; a hostile host sends it raw.)
+    let other_cas = format!("sha256:{}", "ee".repeat(32));
+    for launched_for in [
+        InitData::new(&other_cas, name, "worker").unwrap(),
+        InitData::new(&cas.pin, strict_name(), "worker").unwrap(),
+        InitData::new(&cas.pin, name, "other-worker").unwrap(),
+    ] {
+        let source = launched_for
+            .simulated(SimPlatform::load_or_generate(&platform_file).unwrap(), m)
+            .unwrap();
+        let nonce = owner.nonce().await.unwrap();
+        let workload = cloister_cas_client::seal::WorkloadKey::generate();
+        let nonce_bytes = hex::decode(&nonce.nonce).unwrap();
+        let report = cloister_attestation::report_data_for(&nonce_bytes, &workload.public_bytes());
+        let evidence = cloister_attestation::EvidenceSource::collect(&source, &report).unwrap();
+        let request = AttestRequest {
+            session: name.into(),
+            service: "worker".into(),
+            nonce: nonce.nonce.clone(),
+            public_key: hex::encode(workload.public_bytes()),
+            evidence: base64::engine::general_purpose::STANDARD.encode(&evidence),
+            collateral: None,
+            vcek: None,
+            chain: None,
+        };
+        refused(
+            owner.attest_raw(&request).await,
+            403,
+            "launched for another CAS, session or service",
+        );
+        // The client refuses to send such evidence in the first place.
+        let err = owner
+            .attest(&init, &source, |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("launched for another"), "{err}");
+    }
     // Replayed nonce and unbound report data.
     let nonce = owner.nonce().await.unwrap();
-    let workload = cloister_cas::seal::WorkloadKey::generate();
+    let workload = cloister_cas_client::seal::WorkloadKey::generate();
     let nonce_bytes = hex::decode(&nonce.nonce).unwrap();
     let report = cloister_attestation::report_data_for(&nonce_bytes, &workload.public_bytes());
     let evidence = cloister_attestation::EvidenceSource::collect(&source, &report).unwrap();
@@ -428,13 +465,17 @@ async fn cas_end_to_end() {
     request.nonce = fresh.nonce;
     refused(owner.attest_raw(&request).await, 403, "report data does not bind");
     // A session that does not tolerate simulation.
-    let strict = "hospital/strict";
+    let strict = strict_name();
     owner
         .create_session(&session_yaml(strict, &measurement, "debug-mode", None))
         .await
         .unwrap();
+    let strict_init = InitData::new(&cas.pin, strict, "worker").unwrap();
+    let strict_source = strict_init
+        .simulated(SimPlatform::load_or_generate(&platform_file).unwrap(), m)
+        .unwrap();
     refused(
-        owner.attest(strict, "worker", &source, |_| {}).await,
+        owner.attest(&strict_init, &strict_source, |_| {}).await,
         403,
         "simulation",
     );
@@ -547,7 +588,7 @@ async fn cas_end_to_end() {
         .code(),
         Some(9)
     );
-    refused(owner.audit(0).await, 403, "administrators");
+    refused(owner.audit::<Value>(0).await, 403, "administrators");
 
     // Sealed again: every request but status is refused with a clear reason.
     local.seal().await.unwrap();

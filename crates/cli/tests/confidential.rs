@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cloister_attestation::{SimPlatform, SimSource};
-use cloister_cas::auth::ClientIdentity;
-use cloister_cas::client::CasClient;
-use cloister_cas::protocol::VolumeCommit;
+use cloister_attestation::SimPlatform;
+use cloister_cas_client::client::CasClient;
+use cloister_cas_client::protocol::InitData;
+use cloister_cas_client::protocol::VolumeCommit;
+use cloister_cas_client::sign::ClientIdentity;
 use common::{Server, repo_root};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
@@ -367,10 +368,11 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     assert!(log.contains("rejected"), "{log}");
     assert!(world.raw_get("secure", "out/swapped.txt").await.is_none());
 
-    // 5. The script changed on the platform after the session was made: the measurement no
-    //    longer matches, nothing is released, the job fails.
+    // 5. The script changed on the platform after the session was made: the platform's copy is
+    //    never run (it does not even reach the runtime); the job runs the session's script.
+    let stolen = world.dir.path().join("stolen");
     let mut changed = world.server.get_json("/system/services/secure-upper").await;
-    changed["script"] = json!("cat \"$INPUT_FILE_PATH\" > /tmp/stolen\n");
+    changed["script"] = json!(format!("cat \"$INPUT_FILE_PATH\" > {}\n", stolen.display()));
     let put = world
         .server
         .http()
@@ -383,10 +385,14 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     assert_eq!(put.status(), 204);
     world.put_encrypted("secure-upper", b"after the change\n", "secure/in/changed.txt");
     let (_, job, log) = world.job_for("secure-upper", 4, "secure/in/changed.txt").await;
-    assert_eq!(job["status"], "Failed", "{log}");
-    assert!(log.contains("attestation refused"), "{log}");
-    assert!(log.contains("measurement"), "{log}");
-    assert!(world.raw_get("secure", "out/changed.txt").await.is_none());
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert!(!stolen.exists(), "the platform's script ran");
+    let output = world.get_decrypted("secure/out/changed.txt");
+    assert!(
+        String::from_utf8(output)
+            .unwrap()
+            .starts_with("AFTER THE CHANGE\n")
+    );
 
     // 6. A session that does not tolerate simulation: refused.
     let admin = ClientIdentity::load(&world.admin_key).unwrap();
@@ -580,21 +586,16 @@ async fn encrypted_volumes_survive_restarts_and_refuse_rollback() {
         .unwrap()
         .try_into()
         .unwrap();
-    let script = std::fs::read(repo_root().join("examples/confidential/tally.sh")).unwrap();
-    let source = SimSource::new(
-        SimPlatform::from_seed(seed),
-        cloister_tee_runtime::sim_measurement(&script, "debian:stable-slim"),
-    );
-    let released = cas
-        .attest("examples/secure-tally", "secure-tally", &source, |_| {})
-        .await
+    let init = InitData::new(&world.cas_pin, "examples/secure-tally", "secure-tally").unwrap();
+    let source = init
+        .simulated(
+            SimPlatform::from_seed(seed),
+            cloister_tee_runtime::sim_measurement(),
+        )
         .unwrap();
-    assert_eq!(
-        released["volumes"]["state"]["version"], 2,
-        "{}",
-        released["volumes"]
-    );
-    commit.grant = released["volume_grant"].as_str().unwrap().to_owned();
+    let released = cas.attest(&init, &source, |_| {}).await.unwrap();
+    assert_eq!(released.volumes["state"].version, 2, "{:?}", released.volumes);
+    commit.grant = released.volume_grant.clone();
     commit.from_version = 1;
     let refused = cas.commit_volume(&commit).await.unwrap_err().to_string();
     assert!(
@@ -622,7 +623,7 @@ impl World {
     async fn last_volume_name(&self, version: u64) -> String {
         let admin = ClientIdentity::load(&self.admin_key).unwrap();
         let cas = CasClient::new(&self.cas_url, &self.cas_pin, Some(admin)).unwrap();
-        let entries = cas.audit(0).await.unwrap();
+        let entries: Vec<cloister_cas_store::AuditEntry> = cas.audit(0).await.unwrap();
         let entry = entries
             .iter()
             .rev()

@@ -1,9 +1,10 @@
-//! The local executor's side of confidential jobs: it hands the job to a `cloister runtime`
+//! The local executor's side of confidential jobs: it hands the job to a `cloister-runtime`
 //! process (the code that would run inside the TEE) and only ever touches ciphertext.
 //!
-//! The contract is [`cloister_runtime::tee`]: a job directory with `job.json` and the
-//! service's `script.sh`; the runtime's standard output is the job's log (status lines, no
-//! content); `result.json` lists the sealed outputs, which this side uploads.
+//! The contract is [`cloister_runtime::tee`]: a job directory with `job.json` (no script: the
+//! program comes from the CAS session); the runtime's standard output is the job's log (status
+//! lines, no content); `result.json` lists the sealed outputs, which this side uploads, and the
+//! sealed log of the program.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// What the local executor needs to run confidential jobs on this host.
 #[derive(Debug, Clone)]
 pub struct ConfidentialHost {
-    /// The `cloister` binary; its `runtime` subcommand runs each confidential job.
+    /// The `cloister-runtime` binary, which runs each confidential job.
     pub runtime_binary: PathBuf,
     /// Seed file of this host's simulated TEE platform key (simulation TEE).
     pub sim_platform_key: PathBuf,
@@ -26,6 +27,27 @@ pub struct ConfidentialHost {
     pub plain_root: PathBuf,
     /// Where services' encrypted volumes are kept (`<root>/<service>/`).
     pub volumes_root: PathBuf,
+}
+
+impl ConfidentialHost {
+    /// Removes what runtimes that died (with this server, or killed) left in the plaintext
+    /// folder; a folder that fails its ownership and mode checks is reported and left alone
+    /// (the runtime refuses it too).
+    pub fn sweep(&self) {
+        match cloister_runtime::plain::PlainRoot::open(&self.plain_root, false) {
+            Ok(root) => {
+                let removed = root.sweep();
+                if removed > 0 {
+                    tracing::warn!(
+                        removed,
+                        "removed plaintext left by confidential jobs that did not finish"
+                    );
+                }
+                let _ = std::fs::remove_dir_all(root.path().join("jobs"));
+            }
+            Err(reason) => tracing::warn!(%reason, "confidential jobs will fail until this is fixed"),
+        }
+    }
 }
 
 /// Extra time the runtime gets beyond the script's own timeout (attestation, crypto).
@@ -97,7 +119,7 @@ pub(crate) async fn run(
     let plain = host.plain_root.join(format!("job-{}", spec.job_uuid));
     if tokio::fs::try_exists(&plain).await.unwrap_or(false) {
         tracing::warn!(job = %spec.job_name, "removing the plaintext folder of a runtime that did not finish");
-        let _ = tokio::fs::remove_dir_all(&plain).await;
+        let _ = tokio::task::spawn_blocking(move || cloister_runtime::plain::wipe(&plain)).await;
     }
     let removed = tokio::fs::remove_dir_all(&work).await;
     if let Err(e) = removed
@@ -130,8 +152,7 @@ async fn prepare(
             std::fs::remove_dir_all(work)?;
         }
         std::fs::create_dir_all(work.parent().unwrap_or(work))?;
-        std::fs::DirBuilder::new().mode(0o700).create(work)?;
-        std::fs::write(work.join("script.sh"), &spec.script)
+        std::fs::DirBuilder::new().mode(0o700).create(work)
     };
     prepare_dir().map_err(|e| format!("cannot prepare the job's work directory: {e}"))?;
     let attestation = &spec.placement.attestation;
@@ -169,7 +190,6 @@ async fn prepare(
         job_name: spec.job_name.clone(),
         job_uuid: spec.job_uuid.clone(),
         service: spec.service.clone(),
-        image: spec.placement.image.clone(),
         tee: spec.placement.tee.ok_or("the job needs no TEE")?,
         cas: wiring("CLOISTER_CAS")?,
         cas_pin: wiring("CLOISTER_CAS_PIN")?,
@@ -182,7 +202,6 @@ async fn prepare(
             .event_time
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
-        outputs: spec.outputs.clone(),
         memory_bytes: spec.limits.memory_bytes,
         timeout_secs: spec.limits.timeout.as_secs(),
         cgroup_procs,
@@ -204,7 +223,6 @@ async fn execute(
 ) {
     let mut command = tokio::process::Command::new(&host.runtime_binary);
     command
-        .arg("runtime")
         .arg("--job")
         .arg(work)
         .env_clear()

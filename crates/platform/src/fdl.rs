@@ -141,10 +141,22 @@ pub struct Confidential {
     /// argument is replaced by the CAS with the secret `NAME` of `environment.secrets`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Expected measurement for hardware TEEs (SGX MRENCLAVE, TDX MRTD, SEV-SNP
-    /// MEASUREMENT, hex). Under simulation `cloister apply` computes it from the script.
+    /// Expected measurement of the runtime's enclave or VM for hardware TEEs: SGX MRENCLAVE or
+    /// SEV-SNP MEASUREMENT (hex). TDX needs more than one register: use `attestation`. Under
+    /// simulation `cloister apply` uses the runtime's simulation measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measurement: Option<String>,
+    /// Further attestation requirements, with the field names of a CAS session's attestation
+    /// alternative (TDX: `mrtd`, `rtmr0`…`rtmr3`; SGX: `mrsigner`, `isvprodid`,
+    /// `isvsvn_min`; SEV-SNP: `min_tcb`, `allow_smt`, `vmpl`, …). `cloister apply` checks them
+    /// when it builds the session; the platform only keeps them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attestation: BTreeMap<String, serde_json::Value>,
+    /// Data owners (`cloister1x25519:…`) whose sender authentication an input must carry
+    /// (`cloister put --encrypt R --sender KEY`); when empty, any holder of the service's
+    /// input recipient can submit inputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_senders: Vec<String>,
     /// The service's input recipient, written by `cloister apply` for reference. Data owners
     /// should take it from `apply`'s output or the CAS, not from the platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -438,14 +450,25 @@ fn validate_confidential(c: &Confidential, enable_sgx: bool) -> Result<(), FdlEr
             "must be a service name of the session",
         ));
     }
-    for (i, recipient) in c.output_recipients.iter().enumerate() {
-        let hexpart = recipient.strip_prefix("cloister1x25519:").unwrap_or("");
-        if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(FdlError::invalid(
-                format!("output_recipients[{i}]"),
-                "must be a recipient cloister1x25519:<64 hex digits> (cloister keygen prints one)",
-            ));
+    for (field, list) in [
+        ("output_recipients", &c.output_recipients),
+        ("input_senders", &c.input_senders),
+    ] {
+        for (i, recipient) in list.iter().enumerate() {
+            let hexpart = recipient.strip_prefix("cloister1x25519:").unwrap_or("");
+            if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(FdlError::invalid(
+                    format!("{field}[{i}]"),
+                    "must be a recipient cloister1x25519:<64 hex digits> (cloister keygen prints one)",
+                ));
+            }
         }
+    }
+    if c.attestation.len() > 32 || c.attestation.contains_key("tee") {
+        return Err(FdlError::invalid(
+            "attestation",
+            "at most 32 fields of an attestation alternative; the TEE is `tee`",
+        ));
     }
     for (i, volume) in c.volumes.iter().enumerate() {
         let b = volume.as_bytes();

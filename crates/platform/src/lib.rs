@@ -56,8 +56,7 @@ pub struct Config {
     pub max_body: usize,
     /// Most bytes of log kept per job.
     pub log_limit: usize,
-    /// The `cloister` binary whose `runtime` subcommand runs confidential jobs; `None`
-    /// refuses them.
+    /// The `cloister-runtime` binary that runs confidential jobs; `None` refuses them.
     pub runtime_binary: Option<PathBuf>,
     /// Memory-backed directory (tmpfs) where confidential jobs keep plaintext.
     pub plain_dir: PathBuf,
@@ -147,12 +146,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     };
     let mut local = LocalExecutor::new(store.clone(), &work_dir);
     if let Some(runtime_binary) = &config.runtime_binary {
-        local = local.with_confidential(confidential::ConfidentialHost {
+        let host = confidential::ConfidentialHost {
             runtime_binary: runtime_binary.clone(),
             sim_platform_key,
             plain_root: config.plain_dir.clone(),
             volumes_root: config.data_dir.join("volumes"),
-        });
+        };
+        host.sweep();
+        local = local.with_confidential(host);
     }
     let executor: Arc<dyn Executor> = Arc::new(local);
     let presigner = cloister_storage::Presigner::new(

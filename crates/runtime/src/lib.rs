@@ -11,6 +11,7 @@
 //! executor (direct access to the embedded store) and, later, a runtime process inside a TEE
 //! that talks S3 over the network.
 
+pub mod plain;
 mod sandbox;
 pub mod tee;
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use sandbox::{CgroupSupport, Limits, ScriptRun, run_script};
+pub use sandbox::{CgroupSupport, Limits, Program, ScriptRun, run_program, run_script};
 
 /// Errors raised by [`JobIo`] implementations; the message is shown in the job's log.
 pub type IoError = Box<dyn std::error::Error + Send + Sync>;
@@ -75,6 +76,26 @@ impl OutputTarget {
     pub fn accepts(&self, file_name: &str) -> bool {
         (self.prefix.is_empty() || self.prefix.iter().any(|p| file_name.starts_with(p.as_str())))
             && (self.suffix.is_empty() || self.suffix.iter().any(|s| file_name.ends_with(s.as_str())))
+    }
+
+    /// Whether the object `bucket/key` is under this path (its bucket and folder) and its name
+    /// passes the filters: the same rule as for input paths, so one type describes both.
+    pub fn contains(&self, bucket: &str, key: &str) -> bool {
+        if bucket != self.bucket {
+            return false;
+        }
+        let relative = if self.folder.is_empty() {
+            Some(key)
+        } else {
+            key.strip_prefix(self.folder.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+        };
+        match relative {
+            Some(relative) if !relative.is_empty() => {
+                self.accepts(relative.rsplit('/').next().unwrap_or(relative))
+            }
+            _ => false,
+        }
     }
 
     /// The object key for an output file at `relative` (a `/`-separated path).

@@ -218,18 +218,40 @@ impl CgroupSupport {
     }
 }
 
-/// The shell run before the script: it joins the job's cgroups (so that nothing the script
-/// starts escapes them) and applies `RLIMIT_AS` when there are no cgroups, then runs the script
-/// in the same process (`.`) rather than exec'ing a second shell: one exec fewer per job. The
-/// script sees only its own arguments (`$#` is 0 for OSCAR jobs, as under `sh script.sh`).
-const PRELUDE: &str = r#"cloister_m=$1; cloister_script=$2; cloister_n=$3; shift 3
+/// The shell run before the job: it joins the job's cgroups (so that nothing the job starts
+/// escapes them) and applies `RLIMIT_AS` when there are no cgroups, then runs the job (one of the
+/// two endings below).
+macro_rules! prelude {
+    ($ending:literal) => {
+        concat!(
+            r#"cloister_m=$1; cloister_script=$2; cloister_n=$3; shift 3
 while [ "$cloister_n" -gt 0 ]; do
   echo $$ > "$1" || { echo "cloister: cannot join cgroup $1" >&2; exit 125; }
   shift; cloister_n=$((cloister_n - 1))
 done
 if [ "$cloister_m" -gt 0 ]; then ulimit -v "$cloister_m" || exit 125; fi
 unset cloister_m cloister_n
-. "$cloister_script""#;
+"#,
+            $ending
+        )
+    };
+}
+
+/// A script runs in the prelude's own process (`.`) rather than in a second shell: one exec
+/// fewer per job. It sees only its own arguments (`$#` is 0 for OSCAR jobs, as under
+/// `sh script.sh`).
+const PRELUDE_SCRIPT: &str = prelude!(r#". "$cloister_script""#);
+/// A program replaces the prelude's shell, with its arguments.
+const PRELUDE_EXEC: &str = prelude!(r#"exec "$cloister_script" "$@""#);
+
+/// What runs in the sandbox after the prelude.
+#[derive(Debug, Clone, Copy)]
+pub enum Program<'a> {
+    /// A shell script, sourced by the sandbox's `/bin/sh`.
+    Script(&'a Path),
+    /// A program (an absolute path, or a name looked up in the job's `PATH`), exec'd by it.
+    Exec(&'a Path),
+}
 
 /// Longest line kept in the log; longer lines are split.
 const MAX_LINE: usize = 64 * 1024;
@@ -317,6 +339,37 @@ pub async fn run_script(
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
 ) -> ScriptRun {
+    run_program(
+        Program::Script(script),
+        args,
+        work,
+        env,
+        limits,
+        cgroups,
+        slot,
+        log_limit,
+        keep_stdout,
+        cancel,
+        on_start,
+    )
+    .await
+}
+
+/// [`run_script`] for any [`Program`].
+#[allow(clippy::too_many_arguments)]
+pub async fn run_program(
+    program: Program<'_>,
+    args: &[String],
+    work: &Path,
+    env: &[(String, String)],
+    limits: &Limits,
+    cgroups: &CgroupSupport,
+    slot: &str,
+    log_limit: usize,
+    keep_stdout: bool,
+    cancel: impl std::future::Future<Output = ()> + Send,
+    on_start: impl FnOnce() + Send,
+) -> ScriptRun {
     let mut run = ScriptRun {
         log: Vec::new(),
         stdout: Vec::new(),
@@ -336,13 +389,17 @@ pub async fn run_script(
         0
     };
 
+    let (prelude, target) = match program {
+        Program::Script(path) => (PRELUDE_SCRIPT, path),
+        Program::Exec(path) => (PRELUDE_EXEC, path),
+    };
     let mut command = tokio::process::Command::new("/bin/sh");
     command
         .arg("-c")
-        .arg(PRELUDE)
+        .arg(prelude)
         .arg("cloister-job")
         .arg(rlimit_kib.to_string())
-        .arg(script)
+        .arg(target)
         .arg(procs.len().to_string())
         .args(&procs)
         .args(args)

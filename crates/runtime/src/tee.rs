@@ -2,20 +2,24 @@
 //! confidential job inside its TEE.
 //!
 //! The executor (untrusted) prepares a job directory holding only ciphertext and public facts:
-//! `job.json` ([`TeeJob`]) and `script.sh` (the service's script as the platform has it; the
-//! runtime measures exactly these bytes). It starts `cloister runtime --job <dir>`, reads the
-//! runtime's standard output as the job's log (status lines, never content), and after it exits
-//! reads `result.json` ([`TeeResult`]) and uploads the ciphertexts it lists.
+//! `job.json` ([`TeeJob`]). It starts `cloister-runtime --job <dir>`, reads the runtime's
+//! standard output as the job's log (status lines, never content), and after it exits reads
+//! `result.json` ([`TeeResult`]) and uploads the ciphertexts it lists. The program the job runs
+//! is not in the job directory: it comes from the CAS session, released after attestation.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{OutputTarget, Status, TeeKind};
+use crate::{Status, TeeKind};
 
 /// `job.json`: a confidential job as the executor describes it. Nothing here is secret, and
-/// the runtime trusts none of it beyond where to find things: every decision that matters
-/// (keys, recipients, environment, volumes) comes from the CAS after attestation.
+/// the runtime trusts none of it: the CAS, session and service are checked against the TEE's
+/// launch configuration register; the program, its arguments and environment, the keys,
+/// recipients, allowed input paths, output targets and volume versions come from the CAS after
+/// attestation; the input is authenticated ciphertext bound to its location; the plaintext
+/// folder must pass ownership and mode checks. What remains (names, the event, limits) can only
+/// make the job fail or describe it wrongly to its own script.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeeJob {
@@ -25,8 +29,6 @@ pub struct TeeJob {
     pub job_uuid: String,
     /// Platform service name (`OSCAR_SERVICE_NAME`).
     pub service: String,
-    /// The container image reference (part of the measurement).
-    pub image: String,
     /// The TEE the evidence comes from.
     pub tee: TeeKind,
     /// CAS URL (`https://host:port`).
@@ -50,9 +52,6 @@ pub struct TeeJob {
     /// `EVENT_TIME`, RFC 3339.
     #[serde(default)]
     pub event_time: String,
-    /// Where outputs go; each output file is encrypted separately for each target it passes.
-    #[serde(default)]
-    pub outputs: Vec<OutputTarget>,
     /// Memory limit of the script, applied with `RLIMIT_AS` when there is no cgroup slot.
     #[serde(default)]
     pub memory_bytes: Option<u64>,
@@ -93,6 +92,16 @@ pub struct TeeResult {
     pub reason: Option<String>,
     /// Encrypted outputs to upload, in order.
     pub outputs: Vec<TeeOutput>,
+    /// File name, inside `sealed/`, of the script's output encrypted to the data owners
+    /// (binding: [`sealed_log_binding`]).
+    #[serde(default)]
+    pub sealed_log: Option<String>,
+}
+
+/// Where a confidential job's encrypted log is bound to (bucket, key): it decrypts only as the log
+/// of this job of this service.
+pub fn sealed_log_binding(service: &str, job: &str) -> (String, String) {
+    ("cloister-job-logs".to_owned(), format!("{service}/{job}"))
 }
 
 /// One encrypted output, bound to where it must be stored.

@@ -6,14 +6,14 @@ use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cloister_attestation::{EvidenceSource, GramineSource, SimPlatform, SimSource, TsmProvider, TsmSource};
-use cloister_cas::client::CasClient;
-use cloister_cas::protocol::{VolumeCommit, VolumeState};
-use cloister_cas_session::ServiceConfig;
+use cloister_attestation::{EvidenceSource, GramineSource, SimPlatform, TsmProvider, TsmSource};
+use cloister_cas_client::client::CasClient;
+use cloister_cas_client::protocol::{InitData, ReleasedConfig, VolumeCommit, VolumeState, valid_volume_name};
 use cloister_crypt::{EncryptOptions, Identity, ObjectBinding, Recipient, SymmetricKey};
-use cloister_runtime::tee::{TeeJob, TeeOutput, TeeResult};
-use cloister_runtime::{CgroupSupport, Limits, Status, TeeKind};
-use serde::Deserialize;
+use cloister_runtime::plain::PlainRoot;
+use cloister_runtime::tee::{TeeJob, TeeOutput, TeeResult, sealed_log_binding};
+use cloister_runtime::{CgroupSupport, Limits, LogLine, OutputTarget, Program, Status, TeeKind};
+use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
 
 use crate::reserved;
@@ -21,19 +21,10 @@ use crate::volumes::{self, VolumeContext};
 
 /// Largest `job.json` accepted (it holds names and paths, not data).
 const MAX_JOB_FILE: u64 = 1024 * 1024;
-/// Largest script accepted.
-const MAX_SCRIPT: u64 = 16 * 1024 * 1024;
-
-/// The configuration the CAS releases to an attested runtime.
-#[derive(Deserialize)]
-struct Released {
-    #[serde(flatten)]
-    config: ServiceConfig,
-    #[serde(default)]
-    volumes: BTreeMap<String, VolumeState>,
-    #[serde(default)]
-    volume_grant: String,
-}
+/// Largest event handed to the program (`EVENT`).
+const MAX_EVENT: usize = 64 * 1024;
+/// Most bytes of the program's output kept in its encrypted log.
+const MAX_SEALED_LOG: usize = 4 * 1024 * 1024;
 
 /// A job's failure: the reason is reported; it never contains data content.
 type Step<T> = Result<T, String>;
@@ -46,21 +37,29 @@ pub async fn run_job_dir(job_dir: &Path, log: &mut (dyn FnMut(&str) + Send)) -> 
         exit_code: None,
         reason: None,
         outputs: Vec::new(),
+        sealed_log: None,
     };
-    match load_job(job_dir) {
-        Ok((job, script)) => {
-            let plain = job.plain_root.join(format!("job-{}", job.job_uuid));
-            match make_private_dir(&plain) {
-                Ok(()) => {
-                    if let Err(reason) = run(&job, &script, job_dir, &plain, log, &mut result).await {
-                        result.status = Status::Failed;
-                        result.outputs.clear();
-                        result.reason = Some(reason);
-                    }
-                    wipe(&plain);
-                }
-                Err(e) => result.reason = Some(format!("cannot create the plaintext directory: {e}")),
+    let prepared = load_job(job_dir).and_then(|job| {
+        // Hardware TEEs keep plaintext in their own memory; a disk-backed folder in a
+        // confidential VM may be storage the host reads.
+        let root = PlainRoot::open(&job.plain_root, job.tee != TeeKind::Sim)?;
+        let swept = root.sweep();
+        if swept > 0 {
+            log(&format!(
+                "cloister: removed {swept} plaintext folder(s) left by runtimes that did not finish"
+            ));
+        }
+        let plain = root.create_job_dir(&job.job_uuid)?;
+        Ok((job, plain))
+    });
+    match prepared {
+        Ok((job, plain)) => {
+            if let Err(reason) = run(&job, job_dir, plain.path(), log, &mut result).await {
+                result.status = Status::Failed;
+                result.outputs.clear();
+                result.reason = Some(reason);
             }
+            plain.wipe();
         }
         Err(reason) => result.reason = Some(reason),
     }
@@ -76,14 +75,38 @@ pub async fn run_job_dir(job_dir: &Path, log: &mut (dyn FnMut(&str) + Send)) -> 
     result
 }
 
-fn load_job(job_dir: &Path) -> Step<(TeeJob, Vec<u8>)> {
+fn load_job(job_dir: &Path) -> Step<TeeJob> {
     let job_bytes = read_limited(&job_dir.join("job.json"), MAX_JOB_FILE)?;
     let job: TeeJob = serde_json::from_slice(&job_bytes).map_err(|e| format!("malformed job.json: {e}"))?;
     if uuid::Uuid::parse_str(&job.job_uuid).is_err() {
         return Err("malformed job.json: job_uuid is not a UUID".into());
     }
-    let script = read_limited(&job_dir.join("script.sh"), MAX_SCRIPT)?;
-    Ok((job, script))
+    for (what, name) in [("job_name", &job.job_name), ("service", &job.service)] {
+        if name.is_empty()
+            || name.len() > 128
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(format!("malformed job.json: invalid {what}"));
+        }
+    }
+    // The program joins these cgroups: only real cgroup membership files are written to.
+    for procs in &job.cgroup_procs {
+        let normal = procs
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !normal || !procs.starts_with("/sys/fs/cgroup") || !procs.ends_with("cgroup.procs") {
+            return Err(format!(
+                "malformed job.json: {} is not a cgroup.procs file",
+                procs.display()
+            ));
+        }
+    }
+    if job.event.len() > MAX_EVENT || serde_json::from_str::<serde_json::Value>(&job.event).is_err() {
+        return Err("malformed job.json: the event is not a JSON document of at most 64 KiB".into());
+    }
+    Ok(job)
 }
 
 fn read_limited(path: &Path, limit: u64) -> Step<Vec<u8>> {
@@ -99,53 +122,81 @@ fn read_limited(path: &Path, limit: u64) -> Step<Vec<u8>> {
     Ok(bytes)
 }
 
+/// What this runtime was launched for. Under SGX it comes from the manifest's trusted file;
+/// elsewhere from `job.json`, and the evidence's launch register vouches for it (checked in
+/// [`CasClient::attest`] before anything is sent).
+fn init_data(job: &TeeJob) -> Step<InitData> {
+    if job.tee == TeeKind::Sgx {
+        let bytes = read_limited(Path::new(crate::SGX_INIT_DATA), 64 * 1024)?;
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| format!("malformed {}: {e}", crate::SGX_INIT_DATA));
+    }
+    InitData::new(&job.cas_pin, &job.session, &job.cas_service)
+        .map_err(|e| format!("malformed job.json: {e}"))
+}
+
 async fn run(
     job: &TeeJob,
-    script: &[u8],
     job_dir: &Path,
     plain: &Path,
     log: &mut (dyn FnMut(&str) + Send),
     result: &mut TeeResult,
 ) -> Step<()> {
-    // 1. Attest: evidence over exactly the script bytes that will run.
-    let measurement = crate::sim_measurement(script, &job.image);
-    let source = evidence_source(job, measurement)?;
-    let client = CasClient::new(&job.cas, &job.cas_pin, None).map_err(|e| format!("CAS client: {e}"))?;
+    // 1. Attest: evidence over this runtime, launched for this CAS, session and service.
+    let init = init_data(job)?;
+    let source = evidence_source(job, &init)?;
+    let client = CasClient::new(&job.cas, &init.cas_pin, None).map_err(|e| format!("CAS client: {e}"))?;
     let started = Instant::now();
     let released = client
-        .attest(&job.session, &job.cas_service, source.as_ref(), |_| {})
+        .attest(&init, source.as_ref(), |_| {})
         .await
         .map_err(|e| format!("attestation refused: {e}"))?;
-    let released: Released = serde_json::from_value(released)
-        .map_err(|e| format!("the CAS released a malformed configuration: {e}"))?;
     log(&format!(
-        "cloister: attested to the CAS as {}/{} ({} evidence, measurement {}) in {:.1} ms; configuration received",
-        job.session,
-        job.cas_service,
-        job.tee_name(),
-        hex::encode(measurement),
-        started.elapsed().as_secs_f64() * 1000.0
+        "cloister: attested to the CAS as {}/{} ({} evidence) in {:.1} ms; configuration of session \
+         version {} received",
+        init.session,
+        init.service,
+        tee_name(job.tee),
+        started.elapsed().as_secs_f64() * 1000.0,
+        short(&released.session_hash),
     ));
-    let mut environment = released.config.environment.clone();
+    let ReleasedConfig {
+        command,
+        mut environment,
+        files,
+        volumes: volume_states,
+        volume_grant,
+        session_hash: _,
+        pwd,
+    } = released;
     let keys = Keys::take(&mut environment)?;
 
     // 2. Stage: injected files, the decrypted input, the volumes — all in the private dir.
     for dir in ["input", "output", "tmp", "files", "volumes"] {
         std::fs::create_dir(plain.join(dir))
-            .map_err(|e| format!("cannot prepare the plaintext directory: {e}"))?;
+            .map_err(|e| format!("cannot prepare the plaintext folder: {e}"))?;
     }
-    for file in &released.config.files {
+    let mut staged_files = BTreeMap::new();
+    for file in &files {
         let relative = safe_relative(&file.path)
             .ok_or_else(|| format!("the CAS released an unsafe file path {:?}", file.path))?;
         let dest = plain.join("files").join(relative);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("cannot inject {}: {e}", file.path))?;
         }
-        write_private(&dest, &file.content, file.mode)
+        write_private(&dest, &file.content, file.mode & 0o700)
             .map_err(|e| format!("cannot inject {}: {e}", file.path))?;
+        staged_files.insert(file.path.clone(), dest);
     }
+    drop(files);
     let mut input_path = None;
     if let Some(input) = &job.input {
+        if !keys.inputs.is_empty() && !keys.inputs.iter().any(|p| p.contains(&input.bucket, &input.key)) {
+            return Err(format!(
+                "input {}/{} is not under an input path of the session",
+                input.bucket, input.key
+            ));
+        }
         let identity = keys
             .input
             .as_ref()
@@ -166,7 +217,7 @@ async fn run(
         )
         .map_err(|e| format!("input {}/{} rejected: {e}", input.bucket, input.key))?;
         log(&format!(
-            "cloister: input {}/{} authenticated and decrypted ({bytes} bytes, {:.1} ms)",
+            "cloister: input {}/{} decrypted ({bytes} bytes, {:.1} ms; its sender is not authenticated)",
             input.bucket,
             input.key,
             started.elapsed().as_secs_f64() * 1000.0
@@ -175,8 +226,8 @@ async fn run(
     }
     let volume_ctx = match &keys.volume {
         Some(key) => Some(VolumeContext {
-            session: &job.session,
-            service: &job.cas_service,
+            session: &init.session,
+            service: &init.service,
             key,
             store: &job.volumes_dir,
         }),
@@ -185,7 +236,7 @@ async fn run(
     };
     let mut volume_dirs = Vec::new();
     for name in &keys.volumes {
-        let state = released.volumes.get(name).cloned().unwrap_or_default();
+        let state = volume_states.get(name).cloned().unwrap_or_default();
         let dir = plain.join("volumes").join(name);
         std::fs::create_dir(&dir).map_err(|e| format!("cannot prepare volume {name:?}: {e}"))?;
         if let Some(ctx) = &volume_ctx {
@@ -195,18 +246,26 @@ async fn run(
         volume_dirs.push((name.clone(), state, dir));
     }
 
-    // 3. Run the script, unmodified, with the released environment and arguments.
-    let script_path = plain.join("script.sh");
-    write_private(&script_path, script, 0o600).map_err(|e| format!("cannot stage the script: {e}"))?;
+    // 3. Run the program the session names, with the released environment and arguments only.
+    let (program, args) = resolve_command(&command, &staged_files)?;
+    let workdir = match &pwd {
+        Some(pwd) => staged_files
+            .get(pwd)
+            .cloned()
+            .or_else(|| safe_relative(pwd).map(|r| plain.join("files").join(r)))
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| plain.to_owned()),
+        None => plain.to_owned(),
+    };
     let env = script_environment(
         job,
         plain,
         environment,
         input_path.as_deref(),
         &volume_dirs,
-        !released.config.files.is_empty(),
+        !staged_files.is_empty(),
     );
-    // The script runs under the job's limits, in the cgroup slot the executor prepared (or
+    // The program runs under the job's limits, in the cgroup slot the executor prepared (or
     // under RLIMIT_AS without one); the runtime's own staging and crypto are not charged to
     // them, just as a plain job's staging and uploads are not.
     let limits = Limits {
@@ -219,41 +278,63 @@ async fn run(
     } else {
         CgroupSupport::Prepared(job.cgroup_procs.clone())
     };
-    // Arguments come from the session, like the environment: the platform cannot change them.
-    let run = cloister_runtime::run_script(
-        &script_path,
-        &released.config.command,
-        plain,
+    let run = cloister_runtime::run_program(
+        Program::Exec(&program),
+        &args,
+        &workdir,
         &env,
         &limits,
         &cgroups,
         "",
-        usize::MAX,
+        MAX_SEALED_LOG,
         false,
         std::future::pending(),
         || {},
     )
     .await;
-    let withheld: usize = run.log.iter().map(|l| l.text.len() + 1).sum();
-    log(&format!(
-        "cloister: script finished (exit code {}); {withheld} bytes of its output withheld (confidential service)",
-        run.exit_code.map_or_else(|| "none".to_owned(), |c| c.to_string())
-    ));
+    let code = run.exit_code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+    if keys.recipients.is_empty() {
+        log(&format!(
+            "cloister: program finished (exit code {code}); its output is withheld (the session names no \
+             recipient)"
+        ));
+    } else {
+        let started = Instant::now();
+        let (bucket, key) = sealed_log_binding(&job.service, &job.job_name);
+        let sealed = job_dir.join("sealed");
+        std::fs::create_dir_all(&sealed).map_err(|e| format!("cannot create {}: {e}", sealed.display()))?;
+        let text = Zeroizing::new(log_text(&run.log));
+        encrypt_bytes(
+            &text,
+            &sealed.join("log"),
+            &keys.recipients,
+            &ObjectBinding::new(&bucket, &key),
+        )
+        .map_err(|e| format!("cannot encrypt the program's log: {e}"))?;
+        result.sealed_log = Some("log".into());
+        log(&format!(
+            "cloister: program finished (exit code {code}); its output ({} bytes) is encrypted to the \
+             owners ({:.1} ms): `cloister job logs {} {} --decrypt KEY`",
+            text.len(),
+            started.elapsed().as_secs_f64() * 1000.0,
+            job.service,
+            job.job_name
+        ));
+    }
     drop(run.log);
     result.exit_code = run.exit_code;
     if let Some(failure) = run.failure {
         return Err(failure);
     }
     if run.exit_code != Some(0) {
-        let code = run.exit_code.map_or_else(|| "none".to_owned(), |c| c.to_string());
-        return Err(format!("script exited with code {code}"));
+        return Err(format!("the program exited with code {code}"));
     }
 
-    // 4. Seal: every output for every target, then the volumes.
-    let files = cloister_runtime::collect_outputs(&plain.join("output"))
+    // 4. Seal: every output for every target the session names, then the volumes.
+    let outputs = cloister_runtime::collect_outputs(&plain.join("output"))
         .await
         .map_err(|e| format!("cannot read the output directory: {e}"))?;
-    if !files.is_empty() && !job.outputs.is_empty() && keys.recipients.is_empty() {
+    if !outputs.is_empty() && !keys.outputs.is_empty() && keys.recipients.is_empty() {
         return Err(
             "the session names no output recipient (CLOISTER_OUTPUT_RECIPIENTS): outputs cannot leave".into(),
         );
@@ -262,9 +343,9 @@ async fn run(
     std::fs::create_dir_all(&sealed_dir)
         .map_err(|e| format!("cannot create {}: {e}", sealed_dir.display()))?;
     let started = Instant::now();
-    for (relative, path) in &files {
+    for (relative, path) in &outputs {
         let name = relative.rsplit('/').next().unwrap_or(relative);
-        for target in job.outputs.iter().filter(|t| t.accepts(name)) {
+        for target in keys.outputs.iter().filter(|t| t.accepts(name)) {
             let key = target.key_for(relative);
             let file = format!("{}", result.outputs.len());
             encrypt_file(
@@ -293,10 +374,10 @@ async fn run(
         for (name, state, dir) in &volume_dirs {
             let (tag, stored) = volumes::seal(ctx, name, state.version, dir)?;
             let commit = VolumeCommit {
-                session: job.session.clone(),
-                service: job.cas_service.clone(),
+                session: init.session.clone(),
+                service: init.service.clone(),
                 volume: name.clone(),
-                grant: released.volume_grant.clone(),
+                grant: volume_grant.clone(),
                 from_version: state.version,
                 tag,
             };
@@ -319,10 +400,30 @@ async fn run(
     Ok(())
 }
 
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// The program and its arguments: words naming an injected file name its staged copy.
+fn resolve_command(command: &[String], staged: &BTreeMap<String, PathBuf>) -> Step<(PathBuf, Vec<String>)> {
+    let resolve = |word: &String| {
+        staged
+            .get(word)
+            .map_or_else(|| word.clone(), |p| p.display().to_string())
+    };
+    let Some(first) = command.first() else {
+        return Err("the session names no command for this service: nothing to run".into());
+    };
+    let program = PathBuf::from(resolve(first));
+    Ok((program, command[1..].iter().map(resolve).collect()))
+}
+
 /// Keys and settings the runtime takes out of the released environment.
 struct Keys {
     input: Option<Identity>,
     recipients: Vec<Recipient>,
+    inputs: Vec<OutputTarget>,
+    outputs: Vec<OutputTarget>,
     volume: Option<SymmetricKey>,
     volumes: Vec<String>,
 }
@@ -337,16 +438,28 @@ impl Keys {
                 Identity::from_secret_bytes(&bytes).map_err(|e| format!("{}: {e}", reserved::INPUT_KEY))
             })
             .transpose()?;
-        let recipients = environment
-            .remove(reserved::OUTPUT_RECIPIENTS)
-            .unwrap_or_default()
-            .split([' ', ',', '\n'])
-            .filter(|r| !r.trim().is_empty())
-            .map(|r| {
-                r.parse::<Recipient>()
-                    .map_err(|e| format!("{}: {e}", reserved::OUTPUT_RECIPIENTS))
+        let recipients = parse_recipients(
+            environment.remove(reserved::OUTPUT_RECIPIENTS),
+            reserved::OUTPUT_RECIPIENTS,
+        )?;
+        // Inputs are accepted from anyone holding the service's recipient until sender
+        // authentication is wired; refuse a session that asks for it rather than ignore it.
+        if environment
+            .remove(reserved::INPUT_SENDERS)
+            .is_some_and(|s| !s.trim().is_empty())
+        {
+            return Err(format!(
+                "{} is not supported by this runtime",
+                reserved::INPUT_SENDERS
+            ));
+        }
+        let targets = |name: &str, value: Option<String>| -> Step<Vec<OutputTarget>> {
+            value.map_or(Ok(Vec::new()), |json| {
+                serde_json::from_str(&json).map_err(|e| format!("{name}: {e}"))
             })
-            .collect::<Step<Vec<_>>>()?;
+        };
+        let inputs = targets(reserved::INPUTS, environment.remove(reserved::INPUTS))?;
+        let outputs = targets(reserved::OUTPUTS, environment.remove(reserved::OUTPUTS))?;
         let volume = environment
             .remove(reserved::VOLUME_KEY)
             .map(|hex_key| parse_key32(&hex_key, reserved::VOLUME_KEY))
@@ -365,7 +478,7 @@ impl Keys {
             if name.is_empty() {
                 continue;
             }
-            if !cloister_cas::volumes::valid_volume_name(name) {
+            if !valid_volume_name(name) {
                 return Err(format!("{}: invalid volume name {name:?}", reserved::VOLUMES));
             }
             volumes.push(name.to_owned());
@@ -373,10 +486,21 @@ impl Keys {
         Ok(Keys {
             input,
             recipients,
+            inputs,
+            outputs,
             volume,
             volumes,
         })
     }
+}
+
+fn parse_recipients(value: Option<String>, what: &str) -> Step<Vec<Recipient>> {
+    value
+        .unwrap_or_default()
+        .split([' ', ',', '\n'])
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| r.parse::<Recipient>().map_err(|e| format!("{what}: {e}")))
+        .collect()
 }
 
 fn parse_key32(text: &str, what: &str) -> Step<Zeroizing<[u8; 32]>> {
@@ -385,7 +509,7 @@ fn parse_key32(text: &str, what: &str) -> Step<Zeroizing<[u8; 32]>> {
     Ok(bytes)
 }
 
-fn evidence_source(job: &TeeJob, measurement: [u8; 32]) -> Step<Box<dyn EvidenceSource>> {
+fn evidence_source(job: &TeeJob, init: &InitData) -> Step<Box<dyn EvidenceSource>> {
     Ok(match job.tee {
         TeeKind::Sim => {
             let path = job
@@ -397,7 +521,10 @@ fn evidence_source(job: &TeeJob, measurement: [u8; 32]) -> Step<Box<dyn Evidence
                 .as_slice()
                 .try_into()
                 .map_err(|_| format!("{} is not a 32-byte platform key", path.display()))?;
-            Box::new(SimSource::new(SimPlatform::from_seed(seed), measurement))
+            Box::new(
+                init.simulated(SimPlatform::from_seed(seed), crate::sim_measurement())
+                    .map_err(|e| e.to_string())?,
+            )
         }
         TeeKind::Sgx => Box::new(GramineSource::new()),
         TeeKind::Tdx => Box::new(TsmSource::new(TsmProvider::Tdx)),
@@ -405,18 +532,12 @@ fn evidence_source(job: &TeeJob, measurement: [u8; 32]) -> Step<Box<dyn Evidence
     })
 }
 
-trait TeeName {
-    fn tee_name(&self) -> &'static str;
-}
-
-impl TeeName for TeeJob {
-    fn tee_name(&self) -> &'static str {
-        match self.tee {
-            TeeKind::Sgx => "sgx",
-            TeeKind::Tdx => "tdx",
-            TeeKind::Snp => "snp",
-            TeeKind::Sim => "simulation",
-        }
+fn tee_name(tee: TeeKind) -> &'static str {
+    match tee {
+        TeeKind::Sgx => "sgx",
+        TeeKind::Tdx => "tdx",
+        TeeKind::Snp => "snp",
+        TeeKind::Sim => "simulation",
     }
 }
 
@@ -438,8 +559,8 @@ fn script_environment(
         ("TMPDIR".into(), path(&plain.join("tmp"))),
         ("LANG".into(), "C.UTF-8".into()),
     ];
-    // Only the CAS decides the script's environment: variables from the platform could
-    // change what the measured script does (LD_PRELOAD, BASH_ENV, …).
+    // Only the CAS decides the program's environment: variables from the platform could
+    // change what the program does (LD_PRELOAD, BASH_ENV, …).
     env.extend(released);
     if has_files {
         env.push(("CLOISTER_FILES".into(), path(&plain.join("files"))));
@@ -457,6 +578,8 @@ fn script_environment(
             .collect();
         env.push((format!("CLOISTER_VOLUME_{var}"), path(dir)));
     }
+    // OSCAR's contract. The event, names and times are the host's description of the job:
+    // information for the program, not instructions (the input itself is authenticated).
     env.extend([
         ("TMP_INPUT_DIR".into(), path(&plain.join("input"))),
         ("TMP_OUTPUT_DIR".into(), path(&plain.join("output"))),
@@ -473,6 +596,19 @@ fn script_environment(
         env.push(("STORAGE_OBJECT_KEY".into(), input.key.clone()));
     }
     env
+}
+
+/// The program's output as text lines, each with its time.
+fn log_text(lines: &[LogLine]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in lines {
+        let time = line.time.format(&Rfc3339).unwrap_or_default();
+        out.extend_from_slice(time.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(line.text.as_bytes());
+        out.push(b'\n');
+    }
+    out
 }
 
 /// `path` (absolute, from the CAS) as a relative path with only normal components.
@@ -517,18 +653,22 @@ fn encrypt_file(
         .map_err(|e| e.to_string())
 }
 
-fn make_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)?;
-    }
-    if dir.exists() {
-        wipe(dir);
-    }
-    std::fs::DirBuilder::new().mode(0o700).create(dir)
+fn encrypt_bytes(
+    plain: &[u8],
+    dest: &Path,
+    recipients: &[Recipient],
+    binding: &ObjectBinding,
+) -> Result<(), String> {
+    let mut output = std::io::BufWriter::new(File::create(dest).map_err(|e| e.to_string())?);
+    cloister_crypt::encrypt(
+        plain,
+        &mut output,
+        recipients,
+        binding,
+        &EncryptOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    output.flush().map_err(|e| e.to_string())
 }
 
 fn create_private(path: &Path, mode: u32) -> std::io::Result<File> {
@@ -550,70 +690,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(temp, path)
 }
 
-/// Removes the plaintext tree. On a disk-backed file system every file is overwritten with
-/// zeros first, so its blocks do not keep plaintext; on tmpfs the freed pages are zeroed by
-/// the kernel before anyone else gets them, and overwriting would only cost time.
-fn wipe(dir: &Path) {
-    if !on_tmpfs(dir) {
-        overwrite_and_remove(dir);
-    } else {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-fn on_tmpfs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: statfs(2) writes into the buffer we own; it is read only when the call succeeds.
-    let ok = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) } == 0;
-    // SAFETY: initialised by the successful call above.
-    // `f_type` is i64 on x86-64 but narrower elsewhere.
-    #[allow(clippy::useless_conversion)]
-    let kind = ok.then(|| i64::from(unsafe { stat.assume_init() }.f_type));
-    kind == Some(TMPFS_MAGIC)
-}
-
-fn overwrite_and_remove(dir: &Path) {
-    fn zero_files(dir: &Path) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
-            if kind.is_dir() {
-                zero_files(&entry.path());
-            } else if kind.is_file() {
-                zero_file(&entry.path());
-            }
-        }
-    }
-    fn zero_file(path: &Path) {
-        use std::io::{Seek as _, SeekFrom};
-        let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(path) else {
-            return;
-        };
-        let Ok(len) = file.metadata().map(|m| m.len()) else {
-            return;
-        };
-        let zeros = vec![0u8; (len.min(1 << 20)) as usize];
-        let _ = file.seek(SeekFrom::Start(0));
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            if file.write_all(&zeros[..n]).is_err() {
-                break;
-            }
-            left -= n as u64;
-        }
-    }
-    zero_files(dir);
-    let _ = std::fs::remove_dir_all(dir);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,8 +703,22 @@ mod tests {
     }
 
     #[test]
+    fn command_words_naming_injected_files_point_at_their_staged_copies() {
+        let staged = BTreeMap::from([(
+            "/cloister/script.sh".to_owned(),
+            PathBuf::from("/plain/files/cloister/script.sh"),
+        )]);
+        let command = ["/bin/sh", "/cloister/script.sh", "a", "/cloister/other"].map(String::from);
+        let (program, args) = resolve_command(&command, &staged).unwrap();
+        assert_eq!(program, PathBuf::from("/bin/sh"));
+        assert_eq!(args, ["/plain/files/cloister/script.sh", "a", "/cloister/other"]);
+        assert!(resolve_command(&[], &staged).is_err());
+    }
+
+    #[test]
     fn reserved_variables_are_taken_out_and_checked() {
         let id = Identity::generate();
+        let target = r#"[{"bucket":"b","folder":"out","prefix":[],"suffix":[]}]"#;
         let mut env: BTreeMap<String, String> = [
             (reserved::INPUT_KEY.to_owned(), hex::encode(*id.secret_bytes())),
             (
@@ -636,6 +726,8 @@ mod tests {
                 format!("{} ", id.public()),
             ),
             (reserved::VOLUMES.to_owned(), "state, model".to_owned()),
+            (reserved::OUTPUTS.to_owned(), target.to_owned()),
+            (reserved::INPUTS.to_owned(), target.replace("out", "in")),
             ("KEEP".to_owned(), "1".to_owned()),
         ]
         .into_iter()
@@ -644,29 +736,18 @@ mod tests {
         assert!(keys.input.is_some());
         assert_eq!(keys.recipients.len(), 1);
         assert_eq!(keys.volumes, ["state", "model"]);
+        assert_eq!(keys.outputs[0].folder, "out");
+        assert!(keys.inputs[0].contains("b", "in/x.txt"));
+        assert!(!keys.inputs[0].contains("b", "out/x.txt"));
         assert_eq!(env.keys().collect::<Vec<_>>(), ["KEEP"]);
-        let mut bad = BTreeMap::from([(reserved::INPUT_KEY.to_owned(), "zz".to_owned())]);
-        assert!(Keys::take(&mut bad).is_err());
-        let mut bad = BTreeMap::from([(reserved::VOLUMES.to_owned(), "../x".to_owned())]);
-        assert!(Keys::take(&mut bad).is_err());
-    }
-
-    #[test]
-    fn wipe_removes_everything() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("p");
-        make_private_dir(&dir).unwrap();
-        std::fs::create_dir(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("sub/f"), b"secret").unwrap();
-        wipe(&dir);
-        assert!(!dir.exists());
-    }
-
-    #[test]
-    fn tmpfs_is_recognised() {
-        if Path::new("/dev/shm").is_dir() {
-            assert!(on_tmpfs(Path::new("/dev/shm")));
+        for (name, value) in [
+            (reserved::INPUT_KEY, "zz"),
+            (reserved::VOLUMES, "../x"),
+            (reserved::OUTPUTS, "{not json"),
+            (reserved::OUTPUT_RECIPIENTS, "cloister1nope"),
+        ] {
+            let mut bad = BTreeMap::from([(name.to_owned(), value.to_owned())]);
+            assert!(Keys::take(&mut bad).is_err(), "{name}={value}");
         }
-        assert!(!on_tmpfs(Path::new("/proc/self")));
     }
 }

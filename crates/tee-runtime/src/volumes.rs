@@ -3,10 +3,10 @@
 //! by the CAS.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use cloister_cas::protocol::VolumeState;
+use cloister_cas_client::protocol::VolumeState;
 use cloister_crypt::{DecryptionKey, EncryptOptions, ObjectBinding, Recipient, SymmetricKey};
 use sha2::{Digest, Sha256};
 
@@ -123,32 +123,27 @@ pub(crate) fn seal(
     builder.append_dir_all(".", dir).map_err(|e| fail("pack", &e))?;
     let tar_bytes = zeroize::Zeroizing::new(builder.into_inner().map_err(|e| fail("pack", &e))?);
     std::fs::create_dir_all(ctx.store).map_err(|e| fail("create the volume store", &e))?;
+    // The tag is the hash of the ciphertext as produced here, in memory: hashing the file after
+    // writing it would hash whatever the host (who owns the storage) put there meanwhile.
+    let recipients = [Recipient::symmetric(ctx.key.clone())];
+    let binding = volume_binding(ctx.session, ctx.service, volume, from + 1);
+    let mut ciphertext = Vec::with_capacity(tar_bytes.len() + 4096);
+    cloister_crypt::encrypt(
+        &tar_bytes[..],
+        &mut ciphertext,
+        &recipients,
+        &binding,
+        &EncryptOptions::default(),
+    )
+    .map_err(|e| fail("encrypt", &e))?;
+    let tag = hex::encode(Sha256::digest(&ciphertext));
+    let path = ctx.store.join(volume_file_name(volume, from + 1, &tag));
     let temp = ctx.store.join(format!(".tmp-{volume}-{}", uuid::Uuid::new_v4()));
     let result = (|| {
-        let file = File::create(&temp).map_err(|e| fail("write", &e))?;
-        let mut out = BufWriter::new(file);
-        let recipients = [Recipient::symmetric(ctx.key.clone())];
-        let binding = volume_binding(ctx.session, ctx.service, volume, from + 1);
-        cloister_crypt::encrypt(
-            &tar_bytes[..],
-            &mut out,
-            &recipients,
-            &binding,
-            &EncryptOptions::default(),
-        )
-        .map_err(|e| fail("encrypt", &e))?;
-        out.flush().map_err(|e| fail("write", &e))?;
-        let file = out.into_inner().map_err(|e| fail("write", &e))?;
+        let mut file = File::create(&temp).map_err(|e| fail("write", &e))?;
+        file.write_all(&ciphertext).map_err(|e| fail("write", &e))?;
         file.sync_all().map_err(|e| fail("sync", &e))?;
         drop(file);
-        let mut hasher = Sha256::new();
-        std::io::copy(
-            &mut BufReader::new(File::open(&temp).map_err(|e| fail("read back", &e))?),
-            &mut hasher,
-        )
-        .map_err(|e| fail("read back", &e))?;
-        let tag = hex::encode(hasher.finalize());
-        let path = ctx.store.join(volume_file_name(volume, from + 1, &tag));
         std::fs::rename(&temp, &path).map_err(|e| fail("store", &e))?;
         Ok((tag, path))
     })();

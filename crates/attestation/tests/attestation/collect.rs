@@ -181,11 +181,15 @@ fn tsm_fresh_entry_is_created_and_removed() {
 fn sim_source_produces_verifiable_evidence() {
     let platform = SimPlatform::from_seed([5; 32]);
     let key = platform.public_key();
-    let source = SimSource::new(platform, [6; 32]);
+    let source = SimSource::new(platform, [6; 32], [8; 32]);
     let evidence = source.collect(&[7; 64]).expect("collects");
     let verified = SimVerifier::new([key])
         .verify(&evidence, &Endorsements::None, AT_2025)
         .expect("verifies");
     assert_eq!(verified.summary.report_data, hex::encode([7; 64]));
     assert_eq!(verified.summary.measurement, hex::encode([6; 32]));
+    assert_eq!(
+        verified.summary.launch_config(),
+        Some(hex::encode([8; 32]).as_str())
+    );
 }

@@ -140,7 +140,7 @@ proptest! {
         let _ = inspect(&report);
         let r = SnpVerifier::new().verify(&report, &f.snp, AT_2025);
         prop_assert_eq!(r.is_ok(), report == snp_report());
-        let sim = SimPlatform::from_seed([1; 32]).produce_evidence(&[2; 32], &[3; 64]);
+        let sim = SimPlatform::from_seed([1; 32]).produce_evidence(&[2; 32], &[4; 32], &[3; 64]);
         let m = mutate(&sim, &edits, cut, &[]);
         let r = SimVerifier::new([f.sim_key]).verify(&m, &Endorsements::None, AT_2025);
         prop_assert_eq!(r.is_ok(), m == sim);

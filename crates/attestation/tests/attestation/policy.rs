@@ -17,6 +17,7 @@ fn evidence(tcb_status: &str, advisories: &[&str], debug: bool) -> VerifiedEvide
             details: TeeDetails::Sim(SimDetails {
                 platform_key: String::new(),
                 flags: 0,
+                config_id: String::new(),
             }),
         },
         tcb_status: tcb_status.into(),

@@ -13,18 +13,16 @@ fn platform() -> SimPlatform {
 }
 
 fn measurement() -> [u8; 32] {
-    sim_measurement(
-        b"runtime binary",
-        b"#!/bin/sh\necho hi\n",
-        "registry.example/app:1",
-    )
+    sim_measurement(b"runtime binary")
 }
+
+const CONFIG: [u8; 32] = [0xC0; 32];
 
 #[test]
 fn round_trip() {
     let p = platform();
     let rd = report_data_for(b"nonce-0123456789abcdef0123456789", b"workload public key");
-    let evidence = p.produce_evidence(&measurement(), &rd);
+    let evidence = p.produce_evidence(&measurement(), &CONFIG, &rd);
     assert_eq!(evidence.len(), SIM_EVIDENCE_LEN);
     let v = SimVerifier::new([p.public_key()]);
     let r = v
@@ -39,6 +37,8 @@ fn round_trip() {
         panic!("not sim")
     };
     assert_eq!(d.platform_key, hex::encode(p.public_key()));
+    assert_eq!(d.config_id, hex::encode(CONFIG));
+    assert_eq!(r.summary.launch_config(), Some(hex::encode(CONFIG).as_str()));
     r.check_binding(b"nonce-0123456789abcdef0123456789", b"workload public key")
         .expect("binding holds");
     assert_eq!(inspect(&evidence).expect("inspects"), r.summary);
@@ -47,17 +47,19 @@ fn round_trip() {
 #[test]
 fn layout_is_as_documented() {
     let p = platform();
-    let evidence = p.produce_evidence(&[0xAA; 32], &[0xBB; 64]);
+    let evidence = p.produce_evidence(&[0xAA; 32], &[0xCC; 32], &[0xBB; 64]);
+    assert_eq!(evidence.len(), 236);
     assert_eq!(&evidence[0..8], b"CLSIMATT");
-    assert_eq!(&evidence[8..10], &[1, 0]);
+    assert_eq!(&evidence[8..10], &[2, 0]);
     assert_eq!(&evidence[10..12], &[0, 0]);
     assert_eq!(&evidence[12..44], &[0xAA; 32]);
-    assert_eq!(&evidence[44..108], &[0xBB; 64]);
-    assert_eq!(&evidence[108..140], &p.public_key());
+    assert_eq!(&evidence[44..76], &[0xCC; 32]);
+    assert_eq!(&evidence[76..140], &[0xBB; 64]);
+    assert_eq!(&evidence[140..172], &p.public_key());
     let key = ed25519_dalek::VerifyingKey::from_bytes(&p.public_key()).expect("key");
-    let mut msg = b"cloister/sim-evidence/v1\0".to_vec();
-    msg.extend_from_slice(&evidence[..140]);
-    let sig = ed25519_dalek::Signature::from_bytes(evidence[140..204].try_into().expect("64 bytes"));
+    let mut msg = b"cloister/sim-evidence/v2\0".to_vec();
+    msg.extend_from_slice(&evidence[..172]);
+    let sig = ed25519_dalek::Signature::from_bytes(evidence[172..236].try_into().expect("64 bytes"));
     key.verify_strict(&msg, &sig)
         .expect("signature over the documented message");
 }
@@ -65,18 +67,12 @@ fn layout_is_as_documented() {
 #[test]
 fn measurement_is_length_prefixed_sha256() {
     let mut h = Sha256::new();
-    h.update(b"cloister/sim-measurement/v1\0");
-    for part in [&b"ab"[..], b"c", b"img"] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
+    h.update(b"cloister/sim-measurement/v2\0");
+    h.update(2u64.to_le_bytes());
+    h.update(b"ab");
     let expected: [u8; 32] = h.finalize().into();
-    assert_eq!(sim_measurement(b"ab", b"c", "img"), expected);
-    assert_ne!(
-        sim_measurement(b"ab", b"c", "img"),
-        sim_measurement(b"a", b"bc", "img")
-    );
-    assert_ne!(sim_measurement(b"", b"", "x"), sim_measurement(b"", b"x", ""));
+    assert_eq!(sim_measurement(b"ab"), expected);
+    assert_ne!(sim_measurement(b"ab"), sim_measurement(b"ab "));
 }
 
 #[test]
@@ -91,7 +87,7 @@ fn report_data_binding_is_sha512_of_nonce_and_key() {
 #[test]
 fn wrong_report_data_binding_is_refused() {
     let p = platform();
-    let evidence = p.produce_evidence(&measurement(), &report_data_for(b"nonce A", b"key"));
+    let evidence = p.produce_evidence(&measurement(), &CONFIG, &report_data_for(b"nonce A", b"key"));
     let v = SimVerifier::new([p.public_key()]);
     let r = v
         .verify(&evidence, &Endorsements::None, AT_2025)
@@ -118,7 +114,7 @@ fn wrong_report_data_binding_is_refused() {
 
 #[test]
 fn unknown_platform_key_is_rejected() {
-    let evidence = platform().produce_evidence(&measurement(), &[0; 64]);
+    let evidence = platform().produce_evidence(&measurement(), &CONFIG, &[0; 64]);
     let v = SimVerifier::new([SimPlatform::from_seed([8; 32]).public_key()]);
     let err = v
         .verify(&evidence, &Endorsements::None, AT_2025)
@@ -142,7 +138,7 @@ fn unknown_platform_key_is_rejected() {
 #[test]
 fn every_tampered_byte_is_rejected() {
     let p = platform();
-    let evidence = p.produce_evidence(&measurement(), &[3; 64]);
+    let evidence = p.produce_evidence(&measurement(), &CONFIG, &[3; 64]);
     let v = SimVerifier::new([p.public_key()]);
     for pos in 0..evidence.len() {
         for bit in [0x01u8, 0x80] {
@@ -166,7 +162,7 @@ fn every_tampered_byte_is_rejected() {
 #[test]
 fn simulation_and_debug_need_tolerances() {
     let p = platform().with_debug(true);
-    let evidence = p.produce_evidence(&measurement(), &[0; 64]);
+    let evidence = p.produce_evidence(&measurement(), &CONFIG, &[0; 64]);
     let v = Verifier::new().with_sim(SimVerifier::new([p.public_key()]));
 
     let verdict = appraise(

@@ -17,11 +17,7 @@ pub const H96: &str =
 
 /// The simulated workload every sim test attests as.
 pub fn sim_workload() -> [u8; 32] {
-    sim_measurement(
-        b"cloister-runtime",
-        b"#!/bin/sh\necho hi\n",
-        "registry.local/app:1",
-    )
+    sim_measurement(b"cloister-runtime")
 }
 
 /// A full example session using every feature.
@@ -201,7 +197,7 @@ pub fn materialize(s: &Session) -> Secrets {
 /// Verified simulation evidence for `measurement`, from a platform in debug mode or not.
 pub fn sim_evidence(measurement: [u8; 32], debug: bool) -> VerifiedEvidence {
     let platform = SimPlatform::from_seed([7; 32]).with_debug(debug);
-    let evidence = platform.produce_evidence(&measurement, &[0x5a; 64]);
+    let evidence = platform.produce_evidence(&measurement, &[0x3c; 32], &[0x5a; 64]);
     SimVerifier::new([platform.public_key()])
         .verify(&evidence, &Endorsements::None, NOW)
         .expect("sim evidence verifies")

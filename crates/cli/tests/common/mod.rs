@@ -18,6 +18,32 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cloister")
 }
 
+/// The `cloister-runtime` binary beside `cloister` (where the server looks for it). It belongs
+/// to another package, so `cargo test -p cloister-cli` alone does not build it: then, or when it
+/// is older than `cloister`, it is built here once.
+pub fn runtime_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cloister = Path::new(bin());
+            let dir = cloister.parent().expect("target dir");
+            let runtime = dir.join("cloister-runtime");
+            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            if modified(&runtime).is_none() || modified(&runtime) < modified(cloister) {
+                let release = dir.file_name().is_some_and(|n| n == "release");
+                let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+                cargo.args(["build", "-p", "cloister-tee-runtime", "--bin", "cloister-runtime"]);
+                if release {
+                    cargo.arg("--release");
+                }
+                let status = cargo.current_dir(repo_root()).status().expect("run cargo");
+                assert!(status.success(), "cannot build cloister-runtime");
+            }
+            runtime
+        })
+        .clone()
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -56,6 +82,8 @@ impl Server {
             .arg(&self.dir)
             .args(["--admin-user", USER, "--admin-password", PASSWORD])
             .args(["--s3-access-key", ACCESS_KEY, "--s3-secret-key", SECRET_KEY])
+            .arg("--runtime-binary")
+            .arg(runtime_bin())
             .args(&self.extra)
             .env("CLOISTER_LOG", "info")
             .stdout(Stdio::piped())

@@ -10,8 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::auth::ClientIdentity;
 use crate::protocol::*;
+use crate::sign::ClientIdentity;
 
 /// Errors of the clients.
 #[derive(Debug, thiserror::Error)]
@@ -59,13 +59,11 @@ async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, C
     serde_json::from_slice(&bytes).map_err(|e| ClientError::Local(format!("unexpected answer: {e}")))
 }
 
-/// The released configuration of a service, decrypted.
-pub type ReleasedConfig = serde_json::Value;
-
 /// A client of the CAS's network port.
 pub struct CasClient {
     http: reqwest::Client,
     base: String,
+    pin: [u8; 32],
     identity: Option<ClientIdentity>,
 }
 
@@ -73,8 +71,8 @@ impl CasClient {
     /// A client for `url` (`https://host:port`) that accepts only the CAS whose identity has
     /// `pin`, signing with `identity` when given.
     pub fn new(url: &str, pin: &str, identity: Option<ClientIdentity>) -> Result<Self, ClientError> {
-        let pin = crate::tls::parse_pin(pin).map_err(|e| ClientError::Local(e.to_string()))?;
-        let tls = crate::tls::client_config(pin).map_err(|e| ClientError::Local(e.to_string()))?;
+        let pin = crate::pin::parse_pin(pin).map_err(|e| ClientError::Local(e.to_string()))?;
+        let tls = crate::pin::client_config(pin).map_err(|e| ClientError::Local(e.to_string()))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .build()
@@ -82,6 +80,7 @@ impl CasClient {
         Ok(Self {
             http,
             base: url.trim_end_matches('/').to_owned(),
+            pin,
             identity,
         })
     }
@@ -197,8 +196,8 @@ impl CasClient {
         Err(ClientError::Refused { status, message })
     }
 
-    /// Audit entries from `from` on (administrators only).
-    pub async fn audit(&self, from: u64) -> Result<Vec<cloister_cas_store::AuditEntry>, ClientError> {
+    /// Audit entries from `from` on (administrators only), as the caller's entry type.
+    pub async fn audit<T: DeserializeOwned>(&self, from: u64) -> Result<Vec<T>, ClientError> {
         answer(
             self.send(Method::GET, &format!("/v1/audit?from={from}"), Vec::new(), true)
                 .await?,
@@ -206,15 +205,22 @@ impl CasClient {
         .await
     }
 
-    /// Attests as `service` of `session` with evidence from `source` and returns the released
-    /// configuration. `endorse` adds collateral/VCEK fields to the request for hardware TEEs.
+    /// Attests as the service `init` names, with evidence from `source`, and returns the released
+    /// configuration. Before anything is sent, the evidence's launch configuration register must
+    /// hold `init`'s digest ([`InitData::config_id`]): a TEE launched for another CAS, session or
+    /// service refuses to act on this `init` (whoever handed it over). The CAS's pin must be
+    /// `init.cas_pin`. `endorse` adds collateral to the request for hardware TEEs.
     pub async fn attest(
         &self,
-        session: &str,
-        service: &str,
+        init: &InitData,
         source: &dyn EvidenceSource,
         endorse: impl FnOnce(&mut AttestRequest),
     ) -> Result<ReleasedConfig, ClientError> {
+        if self.pin != crate::pin::parse_pin(&init.cas_pin).map_err(|e| ClientError::Local(e.to_string()))? {
+            return Err(ClientError::Local(
+                "the init-data names another CAS than this client's pin".into(),
+            ));
+        }
         let nonce: NonceResponse = answer(
             self.send(Method::POST, "/v1/attest/nonce", Vec::new(), false)
                 .await?,
@@ -227,9 +233,10 @@ impl CasClient {
         let evidence = source
             .collect(&report_data)
             .map_err(|e| ClientError::Local(format!("cannot collect evidence: {e}")))?;
+        check_launch(init, &evidence)?;
         let mut request = AttestRequest {
-            session: session.to_owned(),
-            service: service.to_owned(),
+            session: init.session.clone(),
+            service: init.service.clone(),
             nonce: nonce.nonce.clone(),
             public_key: hex::encode(key.public_bytes()),
             evidence: B64.encode(&evidence),
@@ -255,8 +262,14 @@ impl CasClient {
                 &nonce_bytes,
             )
             .map_err(|e| ClientError::Local(e.to_string()))?;
-        serde_json::from_slice(&plaintext)
-            .map_err(|e| ClientError::Local(format!("malformed configuration: {e}")))
+        let config: ReleasedConfig = serde_json::from_slice(&plaintext)
+            .map_err(|e| ClientError::Local(format!("malformed configuration: {e}")))?;
+        if config.session_hash != released.session_hash {
+            return Err(ClientError::Local(
+                "the configuration names another session version than its envelope".into(),
+            ));
+        }
+        Ok(config)
     }
 
     /// Records a volume's new ciphertext (see [`crate::volumes`]); answers the new state, or
@@ -293,6 +306,32 @@ fn query_escape(text: &str) -> String {
         .collect()
 }
 
+/// Checks that `evidence` was produced by a TEE launched for `init` (see [`InitData`]).
+pub fn check_launch(init: &InitData, evidence: &[u8]) -> Result<(), ClientError> {
+    let summary = cloister_attestation::inspect(evidence)
+        .map_err(|e| ClientError::Local(format!("collected evidence does not parse: {e}")))?;
+    let Some(expected) = init
+        .config_id(summary.tee)
+        .map_err(|e| ClientError::Local(e.to_string()))?
+    else {
+        return Ok(());
+    };
+    match summary.launch_config() {
+        Some(actual) if actual.eq_ignore_ascii_case(&hex::encode(&expected)) => Ok(()),
+        actual => Err(ClientError::Local(format!(
+            "this TEE was launched for another CAS, session or service: its launch configuration \
+             register holds {}, the init-data needs {}",
+            actual.unwrap_or("nothing"),
+            hex::encode(expected)
+        ))),
+    }
+}
+
+/// The operator socket of a CAS data directory.
+pub fn socket_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("cas.sock")
+}
+
 /// The operator's client on the CAS host's socket.
 pub struct LocalClient {
     http: reqwest::Client,
@@ -302,7 +341,7 @@ impl LocalClient {
     /// A client of the socket in `data_dir`.
     pub fn new(data_dir: &Path) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
-            .unix_socket(crate::server::socket_path(data_dir))
+            .unix_socket(socket_path(data_dir))
             .build()
             .map_err(|e| ClientError::Local(format!("cannot set up the socket client: {e}")))?;
         Ok(Self { http })

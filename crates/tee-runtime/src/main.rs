@@ -1,0 +1,58 @@
+//! `cloister-runtime`: runs one confidential job inside its TEE (see the library docs).
+//!
+//! Usage: `cloister-runtime --job DIR` (the job directory an executor prepared). Status lines,
+//! never content, go to standard output. Exit codes: 0 the job succeeded, 8 it failed (the
+//! reason is in `DIR/result.json` and on standard output), 2 usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+cloister-runtime: the first program of a confidential job, inside its TEE.
+
+It attests to the CAS named by the job (and by the TEE's launch configuration), receives the
+service's program, configuration and keys, decrypts the input, runs the program, and encrypts
+its outputs and log to the data owners. The executor starts it; people rarely do.
+
+Usage:
+  cloister-runtime --job DIR      run the job described by DIR/job.json
+  cloister-runtime --measurement  print the simulation measurement of this runtime (hex)
+  cloister-runtime --version      print the runtime's identity
+
+Exit codes: 0 the job succeeded, 8 it failed (reason in DIR/result.json), 2 usage.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let job_dir = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["--job", dir] => PathBuf::from(dir),
+        ["--measurement"] => {
+            println!("{}", hex::encode(cloister_tee_runtime::sim_measurement()));
+            return ExitCode::SUCCESS;
+        }
+        ["--version"] => {
+            println!("{}", cloister_tee_runtime::RUNTIME_ID);
+            return ExitCode::SUCCESS;
+        }
+        ["--help" | "-h"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            println!("cloister: cannot start: {e}");
+            return ExitCode::from(8);
+        }
+    };
+    let mut print = |line: &str| println!("{line}");
+    let result = runtime.block_on(cloister_tee_runtime::run_job_dir(&job_dir, &mut print));
+    match result.status {
+        cloister_runtime::Status::Succeeded => ExitCode::SUCCESS,
+        cloister_runtime::Status::Failed => ExitCode::from(8),
+    }
+}
