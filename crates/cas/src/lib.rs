@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod client;
+mod dcap_collateral;
 pub mod nonce;
 pub mod protocol;
 pub mod seal;
