@@ -123,7 +123,10 @@ impl CollateralChoice {
         }
         let mut floor = self.floor.write().unwrap_or_else(PoisonError::into_inner);
         let mut raised = floor.clone();
-        raised.observe(&verified);
+        if !raised.observe(&verified) {
+            // Another attestation stored the same rise meanwhile.
+            return Ok(());
+        }
         let stored = vault
             .write(|txn| {
                 let mut stored =
