@@ -44,6 +44,17 @@ pub enum Error {
         valid_from: String,
     },
 
+    /// DCAP collateral is older than collateral already seen for the same platform (see
+    /// [`crate::CollateralFloor`]): it may predate a TCB recovery or a revocation.
+    #[error("collateral for {platform} is older than collateral already seen: {detail}")]
+    StaleCollateral {
+        /// The collateral's TEE and FMSPC, e.g. `TDX FMSPC B0C06F000000`.
+        platform: String,
+        /// Every older part with its value and the newest seen, e.g.
+        /// `TCB info evaluation number 17 < 18`.
+        detail: String,
+    },
+
     /// A signature, certificate chain, revocation or binding check failed.
     #[error("verification failed: {0}")]
     Verification(String),

@@ -23,8 +23,39 @@
 //! * [`CollateralSource`] — obtains the DCAP collateral of a quote from a PCCS or Intel's PCS
 //!   (v4 API, blocking, 10 s timeout, 4 MiB responses) through an on-disk cache, or offline from
 //!   files an operator placed; [`DcapPlatform`] is what selects it (TEE, FMSPC, PCK CA).
+//! * [`CollateralFloor`] — the newest DCAP collateral seen, per part; refuses older collateral.
+//!   Raised only by [`VerifiedCollateral`] from [`DcapVerifier::verify_collateral`].
 //! * [`report_data_for`] / [`check_report_data`] — binding of a nonce and a public key into the
 //!   64-byte report data: `SHA-512(nonce ‖ public_key)`.
+//!
+//! ## Whose DCAP collateral, and how old it may be
+//!
+//! Every genuine piece of Intel collateral verifies until its `nextUpdate`, including collateral
+//! from *before* a TCB recovery (a TCB info or QE identity with a lower
+//! `tcbEvaluationDataNumber`, under which an unpatched platform is still `UpToDate`) or before a
+//! PCK certificate was revoked (an older PCK CRL). Signatures alone therefore do not stop whoever
+//! picks the collateral from picking an old one, and the attesting host must not be the one who
+//! picks. The rule for a relying party such as the CAS:
+//!
+//! 1. Use its **own** [`CollateralSource`] (PCCS / Intel PCS, or an operator's offline
+//!    directory). Collateral sent along with the evidence is a fallback only, when there is no
+//!    source or the source has nothing for the platform.
+//! 2. Keep a [`CollateralFloor`]: per TCB info (TEE and FMSPC), QE identity (`QE`, `TD_QE`),
+//!    PCK CRL (processor or platform CA) and root CA CRL, the highest evaluation number and
+//!    latest `issueDate` / `thisUpdate` seen. Collateral with any part below its floor is refused
+//!    ([`Error::StaleCollateral`], naming the part) — whoever supplied it, the own source
+//!    included, since its cache or directory may sit on a disk the host controls. An online
+//!    source whose cached copy is below the floor is asked for a fresh copy
+//!    ([`CollateralSource::refresh`]) first.
+//! 3. Raise the floor with every collateral used, but only once every part is authenticated
+//!    ([`DcapVerifier::verify_collateral`]): a forged part dated in the future would otherwise
+//!    lock out all genuine collateral. Store it so that a restart cannot lower it.
+//!
+//! The floor compares each field separately, so collateral fetched at different times for
+//! different platforms can refuse each other's shared parts (QE identity, PCK CRL) until both
+//! are fetched again: offline directories should be filled from one fetch. Genuine but
+//! early-release collateral (the PCS `update=early` channel) is newer than the standard
+//! channel's and raises the floor like any other.
 //!
 //! ## DCAP caching and why it is sound
 //!
@@ -106,8 +137,9 @@ mod verify;
 pub use binding::{check_report_data, report_data_for};
 pub use collect::{EvidenceSource, GramineSource, SimSource, TsmProvider, TsmReport, TsmSource};
 pub use dcap::{
-    CollateralSource, CollateralWindow, DEFAULT_REFRESH_MARGIN, DcapCollateral, DcapPlatform, DcapVerifier,
-    INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL, MAX_RESPONSE_BYTES, PckCaKind, SgxDetails, TdxDetails,
+    CollateralFloor, CollateralSource, CollateralWindow, DEFAULT_REFRESH_MARGIN, DcapCollateral,
+    DcapPlatform, DcapVerifier, INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL, MAX_RESPONSE_BYTES, PckCaKind,
+    SgxDetails, TdxDetails, VerifiedCollateral,
 };
 pub use error::Error;
 pub use evidence::{EvidenceSummary, Tee, TeeDetails, decode_input, detect, inspect};

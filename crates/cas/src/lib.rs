@@ -5,9 +5,11 @@
 //!
 //! - [`server`]: the service (operator socket + TLS network port).
 //! - [`auth`]: verification of signed requests; [`tls`]: the CAS's TLS identity;
-//!   [`nonce`]: attestation nonces; [`volumes`]: volume records and grants.
+//!   [`nonce`]: attestation nonces; [`volumes`]: volume records and grants; which DCAP
+//!   collateral an attestation is judged with is decided in `dcap_collateral`.
 
 pub mod auth;
+mod dcap_collateral;
 pub mod nonce;
 pub mod server;
 pub mod tls;

@@ -23,8 +23,7 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloister_attestation::{
-    DcapCollateral, DcapVerifier, Endorsements, EvidenceVerifier, SimVerifier, SnpEndorsements, SnpVerifier,
-    Tee,
+    DcapVerifier, Endorsements, EvidenceVerifier, SimVerifier, SnpEndorsements, SnpVerifier, Tee,
 };
 use cloister_cas_session::{ClientKey, ImportResolver, SecretValue, Secrets, Session, SessionError};
 use cloister_cas_store::{Share, StoreError, Vault};
@@ -58,8 +57,9 @@ pub struct CasConfig {
     pub admins: Vec<String>,
     /// How long an attestation nonce stays valid.
     pub nonce_ttl: Duration,
-    /// Where DCAP collateral comes from when a request carries none (a PCCS / Intel PCS with
-    /// a disk cache, or an offline directory).
+    /// Where DCAP collateral comes from (a PCCS / Intel PCS with a disk cache, or an offline
+    /// directory). Collateral in a request is used only when this is unset or has nothing for
+    /// the platform (see `dcap_collateral`).
     pub collateral: Option<Arc<cloister_attestation::CollateralSource>>,
 }
 
@@ -102,6 +102,7 @@ struct Cas {
     auth: Authenticator,
     nonces: Nonces,
     dcap: DcapVerifier,
+    dcap_collateral: crate::dcap_collateral::CollateralChoice,
     snp: SnpVerifier,
     sim: RwLock<SimVerifier>,
     unsealed: watch::Sender<bool>,
@@ -252,6 +253,7 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> anyhow::Result<Runni
         auth: Authenticator::default(),
         nonces: Nonces::new(config.nonce_ttl, 100_000),
         dcap: DcapVerifier::new(),
+        dcap_collateral: Default::default(),
         snp: SnpVerifier::new(),
         sim: RwLock::new(SimVerifier::new(Vec::<[u8; 32]>::new())),
         unsealed,
@@ -262,6 +264,9 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> anyhow::Result<Runni
     if !vault.status().sealed {
         cas.load_platforms()
             .map_err(|e| anyhow::anyhow!("cannot load platforms: {}", e.1))?;
+        cas.dcap_collateral
+            .load(&vault)
+            .map_err(|e| anyhow::anyhow!("cannot load the DCAP collateral floor: {e}"))?;
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (addr_tx, addr_rx) = watch::channel(None);
@@ -518,6 +523,7 @@ async fn unseal(State(cas): CasState, body: Bytes) -> CasResult<impl IntoRespons
         Ok(status) => {
             if !status.sealed {
                 cas.load_platforms()?;
+                cas.dcap_collateral.load(&cas.vault)?;
                 cas.audit(
                     "unseal",
                     "operator",
@@ -840,11 +846,8 @@ async fn issue_nonce(State(cas): CasState) -> CasResult<impl IntoResponse> {
 }
 
 fn endorsements(cas: &Cas, request: &AttestRequest, tee: Tee, evidence: &[u8]) -> CasResult<Endorsements> {
-    if let Some(collateral) = &request.collateral {
-        let raw = serde_json::to_vec(collateral).map_err(|_| bad("malformed collateral"))?;
-        return Ok(Endorsements::Dcap(
-            DcapCollateral::from_json(&raw).map_err(|e| bad(format!("collateral: {e}")))?,
-        ));
+    if matches!(tee, Tee::Sgx | Tee::Tdx) {
+        return dcap_endorsements(cas, request, evidence);
     }
     if let Some(vcek) = &request.vcek {
         let der = B64
@@ -854,15 +857,24 @@ fn endorsements(cas: &Cas, request: &AttestRequest, tee: Tee, evidence: &[u8]) -
             .map_err(|e| bad(format!("vcek: {e}")))?;
         return Ok(Endorsements::Snp(endorsement));
     }
-    if matches!(tee, Tee::Sgx | Tee::Tdx)
-        && let Some(source) = &cas.config.collateral
-    {
-        let collateral = source
-            .collateral_for(evidence, OffsetDateTime::now_utc())
-            .map_err(|e| bad(format!("no collateral for this platform: {e}")))?;
-        return Ok(Endorsements::Dcap(collateral));
-    }
     Ok(Endorsements::None)
+}
+
+/// The CAS's own DCAP collateral first, the request's only as a fallback, and neither older
+/// than what the CAS has already seen (see `dcap_collateral`).
+fn dcap_endorsements(cas: &Cas, request: &AttestRequest, evidence: &[u8]) -> CasResult<Endorsements> {
+    let chosen = cas
+        .dcap_collateral
+        .choose(
+            &cas.vault,
+            &cas.dcap,
+            cas.config.collateral.as_deref(),
+            request.collateral.as_ref(),
+            evidence,
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(bad)?;
+    Ok(chosen.map_or(Endorsements::None, Endorsements::Dcap))
 }
 
 /// One attestation: every refusal is audited with its reason and answered 403.

@@ -135,26 +135,47 @@ impl DcapCache {
         self.pck.write().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
+    fn collateral_entry(&self, collateral: &DcapCollateral, now: u64) -> Result<Arc<CollateralEntry>, Error> {
+        if let Some(entry) = lookup(&self.collateral, &collateral.digest, now) {
+            return Ok(entry);
+        }
+        let entry = Arc::new(verify_collateral(&collateral.inner, now)?);
+        insert(
+            &self.collateral,
+            self.capacity,
+            collateral.digest,
+            entry.clone(),
+            now,
+        );
+        Ok(entry)
+    }
+
+    /// Steps 0–3 only: the collateral on its own and the quote's PCK chain against its CRLs.
+    /// With `UnknownStatusPolicy::Deny` the chain verifies only if the PCK CRL is the one of
+    /// the leaf's issuing CA and carries that CA's signature, so success authenticates every
+    /// part of the collateral.
+    pub(crate) fn authenticate(
+        &self,
+        raw_quote: &[u8],
+        collateral: &DcapCollateral,
+        now: u64,
+    ) -> Result<(), Error> {
+        let entry = self.collateral_entry(collateral, now)?;
+        let quote = Quote::parse(raw_quote).map_err(|e| Error::malformed("DCAP quote", format!("{e:#}")))?;
+        let cert_data = match &quote.auth_data {
+            dcap_qvl::quote::AuthData::V3(a) => &a.certification_data,
+            dcap_qvl::quote::AuthData::V4(a) => &a.qe_report_data.certification_data,
+        };
+        self.pck_entry(&entry, collateral, cert_data, now).map(|_| ())
+    }
+
     pub(crate) fn verify(
         &self,
         raw_quote: &[u8],
         collateral: &DcapCollateral,
         now: u64,
     ) -> Result<DcapOutcome, Error> {
-        let entry = match lookup(&self.collateral, &collateral.digest, now) {
-            Some(entry) => entry,
-            None => {
-                let entry = Arc::new(verify_collateral(&collateral.inner, now)?);
-                insert(
-                    &self.collateral,
-                    self.capacity,
-                    collateral.digest,
-                    entry.clone(),
-                    now,
-                );
-                entry
-            }
-        };
+        let entry = self.collateral_entry(collateral, now)?;
 
         // Quote header checks, as in dcap-qvl.
         let quote = Quote::parse(raw_quote).map_err(|e| Error::malformed("DCAP quote", format!("{e:#}")))?;

@@ -249,6 +249,23 @@ impl CollateralSource {
     /// returned. If fetching fails and the cached copy is still valid at `now`, the cached copy
     /// is returned. Offline: the placed file, or an error when there is none.
     pub fn collateral_for(&self, quote: &[u8], now: OffsetDateTime) -> Result<DcapCollateral, Error> {
+        self.collateral(quote, now, true)
+    }
+
+    /// The collateral for `quote` at time `now`, never from the cache: online, it is fetched,
+    /// verified and stored even while the cached copy is fresh, and a failed fetch is an error
+    /// (no cached fallback). For when the cached copy turned out older than collateral seen
+    /// elsewhere (see [`crate::CollateralFloor`]). Offline: the placed file, read again.
+    pub fn refresh(&self, quote: &[u8], now: OffsetDateTime) -> Result<DcapCollateral, Error> {
+        self.collateral(quote, now, false)
+    }
+
+    fn collateral(
+        &self,
+        quote: &[u8],
+        now: OffsetDateTime,
+        use_cache: bool,
+    ) -> Result<DcapCollateral, Error> {
         let platform = DcapPlatform::from_quote(quote)?;
         let now = time_util::unix_secs(now)?;
         let path = self.dir.join(format!("{}.json", platform.cache_key()));
@@ -267,9 +284,10 @@ impl CollateralSource {
             return DcapCollateral::from_json(&bytes);
         };
 
-        // A missing, unreadable or corrupt cache file is simply replaced.
-        let cached = fs::read(&path)
-            .ok()
+        // A missing, unreadable or corrupt cache file is simply replaced; a refresh ignores it.
+        let cached = use_cache
+            .then(|| fs::read(&path).ok())
+            .flatten()
             .and_then(|bytes| DcapCollateral::from_json(&bytes).ok())
             .and_then(|c| collateral_bounds(&c.inner).ok().map(|b| (c, b)));
         if let Some((c, b)) = &cached

@@ -3,6 +3,9 @@
 
 mod cached;
 mod fetch;
+mod floor;
+
+pub use floor::{CollateralFloor, VerifiedCollateral};
 
 pub use fetch::{
     CollateralSource, DEFAULT_REFRESH_MARGIN, DcapPlatform, INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL,
@@ -467,6 +470,29 @@ impl DcapVerifier {
     /// Number of cached (collateral, PCK chain) entries; `(0, 0)` for the reference verifier.
     pub fn cached_entries(&self) -> (usize, usize) {
         self.cache.as_ref().map_or((0, 0), cached::DcapCache::len)
+    }
+
+    /// Authenticates every part of `collateral` at `at`, the way verifying `quote` against it
+    /// does: the TCB info and QE identity signatures and signing chains, the root CA CRL, and
+    /// the quote's PCK certificate chain, whose revocation check verifies the PCK CRL's
+    /// signature by its PCK CA. The quote's own signatures and TCB level are not checked here.
+    ///
+    /// The result is what may raise a [`CollateralFloor`]. The caching verifier keeps what it
+    /// verified, so verifying the quote afterwards repeats none of this work.
+    pub fn verify_collateral(
+        &self,
+        quote: &[u8],
+        collateral: &DcapCollateral,
+        at: OffsetDateTime,
+    ) -> Result<VerifiedCollateral, Error> {
+        let now = time_util::unix_secs(at)?;
+        match &self.cache {
+            Some(cache) => cache.authenticate(quote, collateral, now)?,
+            // The reference verifier keeps nothing between calls, so neither does this; the
+            // steps are the cached path's, which the tests hold equal to dcap-qvl's.
+            None => cached::DcapCache::new(1).authenticate(quote, collateral, now)?,
+        }
+        VerifiedCollateral::new(collateral)
     }
 
     /// Verifies a binary quote against `collateral` at unix time `now` and returns the TCB

@@ -337,6 +337,31 @@ fn server_down_falls_back_to_a_still_valid_cache_only() {
 }
 
 #[test]
+fn refresh_fetches_past_a_fresh_cache_and_never_falls_back_to_it() {
+    let pcs = FakePcs::start("sgx", SGX_COLLATERAL);
+    let dir = tempfile::tempdir().unwrap();
+    let src = CollateralSource::pccs(&pcs.base, dir.path()).unwrap();
+    src.collateral_for(SGX_QUOTE, AT_2025).unwrap();
+    src.collateral_for(SGX_QUOTE, AT_2025).unwrap();
+    assert_eq!(pcs.requests().len(), 4, "the second came from the cache");
+    let c = src.refresh(SGX_QUOTE, AT_2025).unwrap();
+    assert_eq!(pcs.requests().len(), 8, "a refresh always fetches");
+    assert_eq!(c.digest(), collateral(SGX_COLLATERAL).digest());
+
+    // Server down: the fresh cached copy still serves `collateral_for`, but not a refresh,
+    // whose caller has just found that copy wanting.
+    let down = CollateralSource::pccs(&dead_base(), dir.path()).unwrap();
+    down.collateral_for(SGX_QUOTE, AT_2025).unwrap();
+    let e = down.refresh(SGX_QUOTE, AT_2025).unwrap_err();
+    assert!(matches!(e, Error::CollateralFetch(_)), "{e}");
+
+    // Offline, a refresh reads the placed file again.
+    let offline = CollateralSource::offline(dir.path()).unwrap();
+    let c = offline.refresh(SGX_QUOTE, AT_2025).unwrap();
+    assert_eq!(c.digest(), collateral(SGX_COLLATERAL).digest());
+}
+
+#[test]
 fn bad_responses_are_errors_and_never_cached() {
     let pcs = FakePcs::start("sgx", SGX_COLLATERAL);
     let dir = tempfile::tempdir().unwrap();

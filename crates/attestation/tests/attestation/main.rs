@@ -4,6 +4,7 @@ mod collateral_source;
 mod collect;
 mod common;
 mod dcap;
+mod floor;
 mod fuzz;
 mod policy;
 mod sim;
