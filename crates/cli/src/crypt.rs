@@ -5,7 +5,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cloister_crypt::{AgeRecipient, EncryptOptions, Identity, ObjectBinding, Recipient};
+use cloister_crypt::{AgeRecipient, Decrypted, EncryptOptions, Identity, ObjectBinding, Recipient};
 
 use crate::client::{Client, exit, fail, split_object_path};
 
@@ -31,6 +31,10 @@ pub struct EncryptArgs {
     /// Plaintext bytes per chunk.
     #[arg(long, default_value_t = 64 * 1024)]
     chunk_size: u32,
+    /// Authenticate the object as sent by this identity file (`cloister keygen`): recipients
+    /// can then require it (`decrypt --expect-sender`). Not with `--format age`.
+    #[arg(long, value_name = "KEYFILE")]
+    sender: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -48,6 +52,10 @@ pub struct DecryptArgs {
     /// The object key it was stored under.
     #[arg(long)]
     key: String,
+    /// Refuse the object unless it is authenticated by this sender (`cloister1x25519:…`);
+    /// repeatable, any one of them suffices.
+    #[arg(long = "expect-sender", value_name = "RECIPIENT")]
+    expect_senders: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -100,13 +108,42 @@ fn write_output(path: &Path, f: impl FnOnce(&mut dyn Write) -> anyhow::Result<()
     Ok(())
 }
 
-fn recipients(list: &[String]) -> anyhow::Result<Vec<Recipient>> {
+fn parse_recipients(list: &[String], what: &str) -> anyhow::Result<Vec<Recipient>> {
     list.iter()
         .map(|r| {
             r.parse::<Recipient>()
-                .map_err(|e| fail(exit::INVALID, format!("recipient {r:?}: {e}")))
+                .map_err(|e| fail(exit::INVALID, format!("{what} {r:?}: {e}")))
         })
         .collect()
+}
+
+/// The recipients of `list`, each authenticating the identity in `sender` when there is one.
+fn recipients(list: &[String], sender: Option<&Path>) -> anyhow::Result<Vec<Recipient>> {
+    let recipients = parse_recipients(list, "recipient")?;
+    let Some(path) = sender else {
+        return Ok(recipients);
+    };
+    let sender =
+        Identity::load(path).map_err(|e| fail(exit::INVALID, format!("sender {}: {e}", path.display())))?;
+    recipients
+        .iter()
+        .map(|r| r.authenticated_by(&sender).map_err(crypt_error))
+        .collect()
+}
+
+/// How a decryption's sender reads in messages: `authenticated from <key>` or not.
+fn sender_report(decrypted: &Decrypted) -> String {
+    match &decrypted.sender {
+        Some(sender) => format!("authenticated from {sender}"),
+        None => "sender not authenticated".to_owned(),
+    }
+}
+
+fn sender_json(decrypted: &Decrypted) -> serde_json::Value {
+    decrypted
+        .sender
+        .as_ref()
+        .map_or(serde_json::Value::Null, |s| s.to_string().into())
 }
 
 pub fn keygen(out: &Path) -> anyhow::Result<()> {
@@ -119,6 +156,12 @@ pub fn keygen(out: &Path) -> anyhow::Result<()> {
 pub fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
     let input = open_input(&args.input)?;
     if args.format.as_deref() == Some("age") {
+        if args.sender.is_some() {
+            return Err(fail(
+                exit::USAGE,
+                "--sender cannot be used with --format age: age files cannot authenticate a sender",
+            ));
+        }
         let recipients: Vec<AgeRecipient> = args
             .recipients
             .iter()
@@ -143,7 +186,7 @@ pub fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
         bucket: args.bucket.unwrap_or_default(),
         key: args.key.unwrap_or_default(),
     };
-    let recipients = recipients(&args.recipients)?;
+    let recipients = recipients(&args.recipients, args.sender.as_deref())?;
     let options = EncryptOptions {
         chunk_size: args.chunk_size,
     };
@@ -154,18 +197,44 @@ pub fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
     })
 }
 
-pub fn decrypt(args: DecryptArgs) -> anyhow::Result<()> {
+pub fn decrypt(args: DecryptArgs, json: bool) -> anyhow::Result<()> {
     let identity = Identity::load(&args.identity).map_err(crypt_error)?;
+    let expected = parse_recipients(&args.expect_senders, "expected sender")?;
     let binding = ObjectBinding {
         bucket: args.bucket,
         key: args.key,
     };
     let input = open_input(&args.input)?;
+    let mut decrypted = None;
     write_output(&args.output, |out| {
-        cloister_crypt::decrypt(input, out, &identity, &binding)
-            .map(|_| ())
-            .map_err(crypt_error)
-    })
+        decrypted = Some(decrypt_from(input, out, &identity, &binding, &expected)?);
+        Ok(())
+    })?;
+    let Some(decrypted) = decrypted else {
+        return Err(fail(exit::FAILURE, "decryption did not run"));
+    };
+    // The plaintext may be on stdout: the report then goes to stderr only.
+    if json && args.output != Path::new("-") {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"decrypted": true, "size": decrypted.len, "sender": sender_json(&decrypted)})
+            )?
+        );
+    } else {
+        eprintln!("decrypted {} bytes, {}", decrypted.len, sender_report(&decrypted));
+    }
+    Ok(())
+}
+
+fn decrypt_from(
+    input: impl std::io::Read,
+    out: &mut dyn Write,
+    identity: &Identity,
+    binding: &ObjectBinding,
+    expected: &[Recipient],
+) -> anyhow::Result<Decrypted> {
+    cloister_crypt::decrypt_from(input, out, identity.into(), binding, expected).map_err(crypt_error)
 }
 
 pub async fn put(
@@ -173,13 +242,14 @@ pub async fn put(
     local: &Path,
     remote: &str,
     encrypt_to: &[String],
+    sender: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
     if encrypt_to.is_empty() {
         return crate::commands::put(client, local, remote, json).await;
     }
     let (bucket, key) = crate::commands::object_target(local, remote);
-    let recipients = recipients(encrypt_to)?;
+    let recipients = recipients(encrypt_to, sender)?;
     let binding = ObjectBinding {
         bucket: bucket.to_owned(),
         key: key.clone(),
@@ -197,7 +267,8 @@ pub async fn put(
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"bucket": bucket, "key": key, "size": size, "encrypted": true})
+                &serde_json::json!({"bucket": bucket, "key": key, "size": size, "encrypted": true,
+                    "authenticated": sender.is_some()})
             )?
         );
     } else {
@@ -214,12 +285,14 @@ pub async fn get(
     remote: &str,
     local: Option<&Path>,
     decrypt_with: Option<&Path>,
+    expect_senders: &[String],
     json: bool,
 ) -> anyhow::Result<()> {
     let Some(identity_file) = decrypt_with else {
         return crate::commands::get(client, remote, local, json).await;
     };
     let identity = Identity::load(identity_file).map_err(crypt_error)?;
+    let expected = parse_recipients(expect_senders, "expected sender")?;
     let (bucket, key) = split_object_path(remote);
     let sealed = tempfile::Builder::new().prefix(".cloister-sealed-").tempfile()?;
     let sealed_path = sealed.path().to_path_buf();
@@ -230,21 +303,29 @@ pub async fn get(
         bucket: bucket.to_owned(),
         key: key.to_owned(),
     };
+    let mut decrypted = None;
     write_output(&dest, |out| {
         let input = open_input(&sealed_path)?;
-        cloister_crypt::decrypt(input, out, &identity, &binding)
-            .map(|_| ())
-            .map_err(crypt_error)
+        decrypted = Some(decrypt_from(input, out, &identity, &binding, &expected)?);
+        Ok(())
     })?;
+    let Some(decrypted) = decrypted else {
+        return Err(fail(exit::FAILURE, "decryption did not run"));
+    };
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"bucket": bucket, "key": key, "file": dest, "decrypted": true})
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({"bucket": bucket, "key": key, "file": dest,
+                "decrypted": true, "sender": sender_json(&decrypted)}))?
         );
     } else if dest != Path::new("-") {
-        eprintln!("downloaded and decrypted {bucket}/{key} to {}", dest.display());
+        eprintln!(
+            "downloaded and decrypted {bucket}/{key} to {} ({})",
+            dest.display(),
+            sender_report(&decrypted)
+        );
+    } else {
+        eprintln!("{}", sender_report(&decrypted));
     }
     Ok(())
 }

@@ -85,6 +85,10 @@ enum Command {
         /// the destination bucket and key.
         #[arg(long = "encrypt", value_name = "RECIPIENT")]
         encrypt: Vec<String>,
+        /// With --encrypt: authenticate the object as sent by this identity file (`cloister
+        /// keygen`), so a recipient can require it (`--expect-sender`).
+        #[arg(long, value_name = "KEYFILE", requires = "encrypt")]
+        sender: Option<PathBuf>,
     },
     /// Download `bucket/key` to a local file (`-` for stdout).
     Get {
@@ -96,6 +100,10 @@ enum Command {
         /// this bucket and key).
         #[arg(long = "decrypt", value_name = "IDENTITY")]
         decrypt: Option<PathBuf>,
+        /// With --decrypt: refuse the object unless it is authenticated by this sender
+        /// (`cloister1x25519:…`); repeatable, any one of them suffices.
+        #[arg(long = "expect-sender", value_name = "RECIPIENT", requires = "decrypt")]
+        expect_sender: Vec<String>,
     },
     /// Make a data key pair for encrypted objects; prints its recipient.
     Keygen {
@@ -217,7 +225,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Attest(command) => attest::run(command, json),
         Command::Keygen { out } => crypt::keygen(&out),
         Command::Encrypt(args) => crypt::encrypt(args),
-        Command::Decrypt(args) => crypt::decrypt(args),
+        Command::Decrypt(args) => crypt::decrypt(args, json),
         Command::CryptBench(args) => crypt::bench(args, json),
         Command::CanaryScan(args) => {
             let client = if args.api {
@@ -258,12 +266,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     local,
                     remote,
                     encrypt,
-                } => crypt::put(&client, &local, &remote, &encrypt, json).await,
+                    sender,
+                } => crypt::put(&client, &local, &remote, &encrypt, sender.as_deref(), json).await,
                 Command::Get {
                     remote,
                     local,
                     decrypt,
-                } => crypt::get(&client, &remote, local.as_deref(), decrypt.as_deref(), json).await,
+                    expect_sender,
+                } => {
+                    let decrypt = decrypt.as_deref();
+                    crypt::get(&client, &remote, local.as_deref(), decrypt, &expect_sender, json).await
+                }
                 Command::Ls { path } => commands::ls(&client, &path, json).await,
                 Command::Server(_)
                 | Command::Bench(_)

@@ -620,6 +620,64 @@ async fn encrypted_objects_stay_ciphertext_in_storage() {
     ]));
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&plain).unwrap());
 
+    // The owner authenticates an upload as theirs; a reader can require it.
+    let sender_key = dir.path().join("sender.key");
+    let sender = assert_ok(&server.cli(&["keygen", "--out", sender_key.to_str().unwrap()]))
+        .trim()
+        .to_owned();
+    assert_ok(&server.cli(&[
+        "put",
+        plain.to_str().unwrap(),
+        "vault/in/sent.txt",
+        "--encrypt",
+        &recipient,
+        "--sender",
+        sender_key.to_str().unwrap(),
+    ]));
+    let sent_back = dir.path().join("sent-back.txt");
+    let report: Value = serde_json::from_str(&assert_ok(&server.cli(&[
+        "get",
+        "vault/in/sent.txt",
+        sent_back.to_str().unwrap(),
+        "--decrypt",
+        identity.to_str().unwrap(),
+        "--expect-sender",
+        &sender,
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(report["sender"], sender.as_str(), "{report}");
+    assert_eq!(std::fs::read(&sent_back).unwrap(), std::fs::read(&plain).unwrap());
+    // The object uploaded without a sender is refused when one is required.
+    let unsent = dir.path().join("unsent.txt");
+    let out = server.cli(&[
+        "get",
+        "vault/in/record.txt",
+        unsent.to_str().unwrap(),
+        "--decrypt",
+        identity.to_str().unwrap(),
+        "--expect-sender",
+        &sender,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!unsent.exists());
+    // --sender only makes sense with --encrypt, --expect-sender with --decrypt.
+    let out = server.cli(&[
+        "put",
+        plain.to_str().unwrap(),
+        "vault/in/x.txt",
+        "--sender",
+        sender_key.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = server.cli(&["get", "vault/in/sent.txt", "--expect-sender", &sender]);
+    assert_eq!(out.status.code(), Some(2));
+
     // A swapped object (the same ciphertext under another key) is detected, and no plaintext
     // file is left behind.
     server

@@ -35,10 +35,16 @@ impl AgeRecipient {
         AgeRecipient(bytes)
     }
 
-    /// The same X25519 key as a Cloister recipient, if it is an X25519 one. An identity's key
-    /// can thus receive both formats; age export then decrypts with
+    /// The same X25519 key as a Cloister recipient, if it is a plain X25519 one. An identity's
+    /// key can thus receive both formats; age export then decrypts with
     /// [`Identity::to_age_secret_key`].
+    ///
+    /// `None` for a symmetric recipient, and for one made with [`Recipient::authenticated_by`]:
+    /// age X25519 stanzas cannot authenticate a sender, and exporting would silently drop it.
     pub fn from_recipient(r: &Recipient) -> Option<Self> {
+        if r.has_sender() {
+            return None;
+        }
         r.x25519_bytes().map(AgeRecipient)
     }
 }

@@ -33,6 +33,11 @@ pub enum CryptError {
     )]
     NoMatchingRecipient,
 
+    /// Senders were required, and the object is not authenticated by any of them for this key
+    /// (the reason is a fixed description). Nothing of the object was decrypted.
+    #[error("sender not authenticated: {0}")]
+    SenderNotAuthenticated(&'static str),
+
     /// The header MAC did not verify: the header was modified, or the binding differs.
     #[error("header authentication failed: header tampered or bucket/key binding differs")]
     HeaderMac,

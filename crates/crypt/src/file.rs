@@ -28,7 +28,7 @@ use crate::CryptError;
 use crate::header::{TAG_LEN, build_header};
 use crate::keys::{DecryptionKey, ObjectBinding, Recipient};
 use crate::slice::{ChunkSpan, MAX_CHUNKS, PayloadKey, read_and_open_header};
-use crate::stream::EncryptOptions;
+use crate::stream::{Decrypted, EncryptOptions};
 
 /// Bytes each thread reads, seals or opens, and writes at a time (at least one chunk): large
 /// enough that the system calls cost nothing next to AES, small enough to stay in L2 cache
@@ -136,7 +136,21 @@ pub fn decrypt_file(
     binding: &ObjectBinding,
     threads: usize,
 ) -> Result<u64, CryptError> {
-    let result = decrypt_file_inner(input, output, key, binding, threads);
+    decrypt_file_from(input, output, key, binding, &[], threads).map(|d| d.len)
+}
+
+/// Like [`decrypt_file`], and reports the object's authenticated sender; when `senders` is not
+/// empty, the object must be authenticated by one of them (the rules of
+/// [`crate::decrypt_from`]): otherwise nothing is written and `output` is truncated to length 0.
+pub fn decrypt_file_from(
+    input: &File,
+    output: &File,
+    key: DecryptionKey<'_>,
+    binding: &ObjectBinding,
+    senders: &[Recipient],
+    threads: usize,
+) -> Result<Decrypted, CryptError> {
+    let result = decrypt_file_inner(input, output, key, binding, senders, threads);
     if result.is_err() {
         // Best effort: the documented contract tells the caller what to do if it fails.
         let _ = output.set_len(0);
@@ -149,10 +163,16 @@ fn decrypt_file_inner(
     output: &File,
     key: DecryptionKey<'_>,
     binding: &ObjectBinding,
+    senders: &[Recipient],
     threads: usize,
-) -> Result<u64, CryptError> {
+) -> Result<Decrypted, CryptError> {
     let file_len = regular_file_len(input, "the input must be a regular file")?;
-    let h = read_and_open_header(&mut BufReader::new(ReadAt { file: input, pos: 0 }), key, binding)?;
+    let h = read_and_open_header(
+        &mut BufReader::new(ReadAt { file: input, pos: 0 }),
+        key,
+        binding,
+        senders,
+    )?;
     let hl = h.len as u64;
     let payload_len = file_len.saturating_sub(hl);
     // Nothing after the header: cut at the first chunk boundary, as the streaming reader says.
@@ -196,7 +216,10 @@ fn decrypt_file_inner(
         .ok_or(CryptError::Crypto("chunk layout mismatch"))?;
     // Also cuts whatever `output` held beyond the plaintext.
     output.set_len(plaintext_len)?;
-    Ok(plaintext_len)
+    Ok(Decrypted {
+        len: plaintext_len,
+        sender: h.sender,
+    })
 }
 
 /// The length of `file`, which must be a regular file (positional I/O and a length known in

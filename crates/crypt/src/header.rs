@@ -10,7 +10,7 @@ use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use zeroize::Zeroizing;
 
 use crate::CryptError;
-use crate::keys::{DecryptionKey, Kem, ObjectBinding, RecipientKind, SymmetricKey};
+use crate::keys::{DecryptionKey, Kem, ObjectBinding, PublicKey, Recipient, RecipientKind, SymmetricKey};
 
 /// Magic bytes that start every object.
 pub const MAGIC: [u8; 8] = *b"CLSTROBJ";
@@ -39,14 +39,21 @@ pub const MAX_STANZA_BODY: usize = 4096;
 pub const STANZA_X25519_HPKE: u8 = 1;
 /// Stanza kind: file key wrapped under a key derived from a CAS-held symmetric key.
 pub const STANZA_SYMMETRIC: u8 = 2;
+/// Stanza kind: file key wrapped with HPKE in Auth mode to an X25519 public key, from the
+/// sender's X25519 key named in the stanza.
+pub const STANZA_X25519_HPKE_AUTH: u8 = 3;
 
 const FILE_KEY_LEN: usize = 32;
 /// magic(8) version(1) chunk_size(4) salt(32) nonce_prefix(7) stanza_count(2)
 const FIXED_LEN: usize = 8 + 1 + 4 + SALT_LEN + NONCE_PREFIX_LEN + 2;
 const HPKE_ENC_LEN: usize = 32;
 const WRAPPED_LEN: usize = FILE_KEY_LEN + TAG_LEN;
+const SENDER_KEY_LEN: usize = 32;
+/// sender(32) ‖ enc(32) ‖ ct(48)
+const AUTH_BODY_LEN: usize = SENDER_KEY_LEN + HPKE_ENC_LEN + WRAPPED_LEN;
 
 const LABEL_HPKE: &[u8] = b"cloister-object-v1/hpke";
+const LABEL_HPKE_AUTH: &[u8] = b"cloister-object-v1/hpke-auth";
 const LABEL_SYMMETRIC: &[u8] = b"cloister-object-v1/symmetric-wrap";
 const LABEL_HEADER: &[u8] = b"cloister-object-v1/header";
 const LABEL_PAYLOAD: &[u8] = b"cloister-object-v1/payload";
@@ -138,6 +145,7 @@ pub(crate) fn header_len_for(recipients: &[crate::Recipient]) -> usize {
             // kind(1) ‖ body_len(2) ‖ body
             3 + match &r.0 {
                 RecipientKind::X25519(_) => HPKE_ENC_LEN + WRAPPED_LEN,
+                RecipientKind::X25519Auth { .. } => AUTH_BODY_LEN,
                 RecipientKind::Symmetric(k) => 1 + k.id().len() + WRAPPED_LEN,
             }
         })
@@ -205,6 +213,22 @@ pub(crate) fn build_header(
                 body.extend_from_slice(&enc.to_bytes());
                 body.extend_from_slice(&ct);
                 STANZA_X25519_HPKE
+            }
+            RecipientKind::X25519Auth { recipient, sender } => {
+                // The sender's key pair enters the KEM (RFC 9180 §5.1.3, AuthEncap): only its
+                // holder (or the recipient) can make a stanza that opens with this sender named.
+                let (enc, ct) = hpke::single_shot_seal::<HpkeAead, HpkeKdf, Kem>(
+                    &OpModeS::Auth((sender.sk.clone(), sender.pk.clone())),
+                    recipient,
+                    &[LABEL_HPKE_AUTH, &binding_enc].concat(),
+                    &file_key[..],
+                    &salt,
+                )
+                .map_err(|_| CryptError::InvalidRecipient(r.to_string(), "HPKE encapsulation failed"))?;
+                body.extend_from_slice(&crate::keys::key_bytes(&sender.pk));
+                body.extend_from_slice(&enc.to_bytes());
+                body.extend_from_slice(&ct);
+                STANZA_X25519_HPKE_AUTH
             }
             RecipientKind::Symmetric(k) => {
                 let wrap = symmetric_wrap_key(k, &salt, &binding_enc)?;
@@ -345,57 +369,131 @@ fn bad(what: &'static str) -> CryptError {
 }
 
 /// Opens the header with `key`: finds a stanza that unwraps the file key, then verifies the
-/// header MAC. Returns the payload key only if both succeed.
+/// header MAC. Returns the payload key, and the sender if an Auth-mode stanza opened, only if
+/// both succeed; with `senders` non-empty, only Auth stanzas naming one of them are tried.
 pub(crate) fn open_header(
     header: &ParsedHeader,
     key: DecryptionKey<'_>,
     binding: &ObjectBinding,
-) -> Result<LessSafeKey, CryptError> {
+    senders: &[Recipient],
+) -> Result<(LessSafeKey, Option<Recipient>), CryptError> {
     let binding_enc = binding.encode()?;
-    let file_key = unwrap_file_key(header, key, &binding_enc)?;
+    let (file_key, sender) = unwrap_file_key(header, key, &binding_enc, senders)?;
     let keys = derive_object_keys(&file_key, &header.salt, &binding_enc)?;
-    // Constant-time comparison inside aws-lc-rs.
+    // Constant-time comparison inside aws-lc-rs. A stanza that opened but whose header fails
+    // here is a refusal: no other stanza is tried.
     hmac::verify(&keys.mac, &header.authenticated, &header.mac).map_err(|_| CryptError::HeaderMac)?;
-    Ok(keys.payload)
+    Ok((
+        keys.payload,
+        sender.map(|pk| Recipient(RecipientKind::X25519(pk))),
+    ))
 }
 
+/// Opens one HPKE stanza body `enc ‖ ct` with `identity` in `mode`; `None` if it does not open.
+fn open_hpke(
+    mode: &OpModeR<'_, Kem>,
+    identity: &crate::Identity,
+    body: &[u8],
+    info: &[u8],
+    salt: &[u8; SALT_LEN],
+) -> Option<Zeroizing<[u8; FILE_KEY_LEN]>> {
+    let (enc, ct) = body.split_at_checked(HPKE_ENC_LEN)?;
+    if ct.len() != WRAPPED_LEN {
+        return None;
+    }
+    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).ok()?;
+    let pt = Zeroizing::new(
+        hpke::single_shot_open::<HpkeAead, HpkeKdf, Kem>(mode, &identity.sk, &enc, info, ct, salt).ok()?,
+    );
+    if pt.len() != FILE_KEY_LEN {
+        return None;
+    }
+    let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
+    file_key.copy_from_slice(&pt);
+    Some(file_key)
+}
+
+/// Splits an Auth stanza body into the sender's raw key and `enc ‖ ct`.
+fn split_auth_body(body: &[u8]) -> Option<([u8; SENDER_KEY_LEN], &[u8])> {
+    if body.len() != AUTH_BODY_LEN {
+        return None;
+    }
+    let (sender, rest) = body.split_at_checked(SENDER_KEY_LEN)?;
+    Some((sender.try_into().ok()?, rest))
+}
+
+type FileKey = Zeroizing<[u8; FILE_KEY_LEN]>;
+
+/// Finds the stanza that gives `key` the file key, and the sender it authenticates, if any.
+///
+/// Stanzas are anonymous (as in age), so every candidate is tried. With `senders` non-empty the
+/// only candidates are Auth stanzas naming one of them: Base-mode, symmetric and other senders'
+/// stanzas are never tried, so adding or damaging stanzas cannot downgrade the object to one
+/// that is accepted without the sender. Several stanzas may name an expected sender (one per
+/// recipient of the object): one that does not open for this key is not the end, another of
+/// them still may; none of them opening is a refusal. With no senders required, Auth stanzas
+/// come first, so the sender is reported whenever one of them opens for this key.
 fn unwrap_file_key(
     header: &ParsedHeader,
     key: DecryptionKey<'_>,
     binding_enc: &[u8],
-) -> Result<Zeroizing<[u8; FILE_KEY_LEN]>, CryptError> {
-    let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
+    senders: &[Recipient],
+) -> Result<(FileKey, Option<PublicKey>), CryptError> {
+    let expected = senders
+        .iter()
+        .map(Recipient::sender_key)
+        .collect::<Result<Vec<_>, _>>()?;
     match key {
         DecryptionKey::X25519(identity) => {
-            let info = [LABEL_HPKE, binding_enc].concat();
-            // Stanzas carry no key id (like age's X25519 stanzas), so try each in turn.
-            for s in header.stanzas.iter().filter(|s| s.kind == STANZA_X25519_HPKE) {
-                let Some((enc, ct)) = s.body.split_at_checked(HPKE_ENC_LEN) else {
+            let auth_info = [LABEL_HPKE_AUTH, binding_enc].concat();
+            let (mut saw_expected, mut saw_other) = (false, false);
+            for s in header
+                .stanzas
+                .iter()
+                .filter(|s| s.kind == STANZA_X25519_HPKE_AUTH)
+            {
+                let Some((sender, sealed)) = split_auth_body(&s.body) else {
                     continue;
                 };
-                if ct.len() != WRAPPED_LEN {
-                    continue;
-                }
-                let Ok(enc) = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc) else {
-                    continue;
-                };
-                if let Ok(pt) = hpke::single_shot_open::<HpkeAead, HpkeKdf, Kem>(
-                    &OpModeR::Base,
-                    &identity.sk,
-                    &enc,
-                    &info,
-                    ct,
-                    &header.salt,
-                ) {
-                    let pt = Zeroizing::new(pt);
-                    if pt.len() == FILE_KEY_LEN {
-                        file_key.copy_from_slice(&pt);
-                        return Ok(file_key);
+                if !expected.is_empty() {
+                    if !expected.contains(&sender) {
+                        saw_other = true;
+                        continue;
                     }
+                    saw_expected = true;
+                }
+                let Ok(sender_pk) = PublicKey::from_bytes(&sender) else {
+                    continue;
+                };
+                let mode = OpModeR::Auth(sender_pk.clone());
+                if let Some(file_key) = open_hpke(&mode, identity, sealed, &auth_info, &header.salt) {
+                    return Ok((file_key, Some(sender_pk)));
+                }
+            }
+            if !expected.is_empty() {
+                return Err(CryptError::SenderNotAuthenticated(if saw_expected {
+                    "no stanza naming an expected sender opens with this key \
+                     (tampered, sender key substituted, or not encrypted to this key)"
+                } else if saw_other {
+                    "the object is authenticated by a sender that is not expected"
+                } else {
+                    "the object carries no sender authentication (encrypted without a sender)"
+                }));
+            }
+            let info = [LABEL_HPKE, binding_enc].concat();
+            for s in header.stanzas.iter().filter(|s| s.kind == STANZA_X25519_HPKE) {
+                if let Some(file_key) = open_hpke(&OpModeR::Base, identity, &s.body, &info, &header.salt) {
+                    return Ok((file_key, None));
                 }
             }
         }
+        DecryptionKey::Symmetric(_) if !expected.is_empty() => {
+            return Err(CryptError::SenderNotAuthenticated(
+                "a symmetric key cannot authenticate a sender",
+            ));
+        }
         DecryptionKey::Symmetric(sym) => {
+            let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
             let want = sym.id().as_bytes();
             for s in header.stanzas.iter().filter(|s| s.kind == STANZA_SYMMETRIC) {
                 let Some((&id_len, rest)) = s.body.split_first() else {
@@ -417,7 +515,7 @@ fn unwrap_file_key(
                 ) && pt.len() == FILE_KEY_LEN
                 {
                     file_key.copy_from_slice(pt);
-                    return Ok(file_key);
+                    return Ok((file_key, None));
                 }
             }
         }
@@ -443,12 +541,19 @@ pub struct HeaderInfo {
 pub enum RecipientInfo {
     /// An HPKE/X25519 stanza (anonymous: the public key is not recorded).
     X25519,
+    /// An HPKE Auth-mode X25519 stanza: the recipient is anonymous, the sender is named. The
+    /// name is not authenticated here: only a decryption that opens the stanza proves it.
+    X25519Auth {
+        /// The sender's public key as the stanza names it (`cloister1x25519:…`).
+        sender: String,
+    },
     /// A symmetric stanza and its key id.
     Symmetric {
         /// The key id as stored (lossily decoded as UTF-8).
         key_id: String,
     },
-    /// A stanza of a kind this build does not know (skipped when decrypting).
+    /// A stanza of a kind this build does not know, or of a known kind with a malformed body
+    /// (skipped when decrypting).
     Unknown {
         /// The stanza kind byte.
         kind: u8,
@@ -465,6 +570,12 @@ pub fn inspect(bytes: &[u8]) -> Result<HeaderInfo, CryptError> {
         .iter()
         .map(|s| match s.kind {
             STANZA_X25519_HPKE => RecipientInfo::X25519,
+            STANZA_X25519_HPKE_AUTH => match split_auth_body(&s.body) {
+                Some((sender, _)) => RecipientInfo::X25519Auth {
+                    sender: format!("{}{}", crate::RECIPIENT_PREFIX, hex::encode(sender)),
+                },
+                None => RecipientInfo::Unknown { kind: s.kind },
+            },
             STANZA_SYMMETRIC => {
                 let id = s
                     .body

@@ -116,13 +116,20 @@ impl fmt::Debug for SymmetricKey {
 /// Someone an object is encrypted to: an X25519 public key (file key wrapped with HPKE) or a
 /// CAS-held symmetric key.
 ///
-/// X25519 recipients parse from and display as `cloister1x25519:<64 hex digits>`.
+/// X25519 recipients parse from and display as `cloister1x25519:<64 hex digits>`. An X25519
+/// recipient made with [`Recipient::authenticated_by`] also carries the sender's identity: its
+/// stanza proves to the recipient that the sender wrote the object.
 #[derive(Clone, Debug)]
 pub struct Recipient(pub(crate) RecipientKind);
 
 #[derive(Clone, Debug)]
 pub(crate) enum RecipientKind {
     X25519(PublicKey),
+    /// The file key is wrapped to `recipient` in HPKE Auth mode with `sender`'s static key.
+    X25519Auth {
+        recipient: PublicKey,
+        sender: Box<Identity>,
+    },
     Symmetric(SymmetricKey),
 }
 
@@ -139,25 +146,72 @@ impl Recipient {
         Recipient(RecipientKind::Symmetric(key))
     }
 
-    /// The raw X25519 public key, or `None` for a symmetric recipient.
+    /// The same X25519 recipient, whose stanza will also authenticate `sender` (HPKE Auth mode,
+    /// stanza kind `0x03`): the recipient's decryption then reports `sender.public()` as the
+    /// object's sender, and can require it (see [`crate::decrypt_from`]). Replaces any sender set
+    /// before. Symmetric recipients cannot authenticate a sender (anyone holding the key could
+    /// have written the object), so they are refused.
+    ///
+    /// Each recipient of an object learns its file key; any of them could therefore make
+    /// another object, under the same bucket and key, that the *other* recipients accept as
+    /// coming from `sender` (see stanza kind `0x03` in `docs/encrypted-object-format.md`).
+    pub fn authenticated_by(&self, sender: &Identity) -> Result<Recipient, CryptError> {
+        let recipient = match &self.0 {
+            RecipientKind::X25519(pk) | RecipientKind::X25519Auth { recipient: pk, .. } => pk.clone(),
+            RecipientKind::Symmetric(_) => {
+                return Err(CryptError::InvalidArgument(
+                    "only X25519 recipients can authenticate a sender",
+                ));
+            }
+        };
+        Ok(Recipient(RecipientKind::X25519Auth {
+            recipient,
+            sender: Box::new(sender.clone()),
+        }))
+    }
+
+    /// The raw X25519 public key (of the recipient, not of its sender), or `None` for a
+    /// symmetric recipient.
     pub fn x25519_bytes(&self) -> Option<[u8; 32]> {
         match &self.0 {
-            RecipientKind::X25519(pk) => {
-                let mut out = [0u8; 32];
-                pk.write_exact(&mut out);
-                Some(out)
+            RecipientKind::X25519(pk) | RecipientKind::X25519Auth { recipient: pk, .. } => {
+                Some(key_bytes(pk))
             }
             RecipientKind::Symmetric(_) => None,
         }
     }
+
+    /// Whether this recipient's stanza will authenticate a sender.
+    pub(crate) fn has_sender(&self) -> bool {
+        matches!(self.0, RecipientKind::X25519Auth { .. })
+    }
+
+    /// The raw key of a plain X25519 recipient, as named in a list of expected senders.
+    pub(crate) fn sender_key(&self) -> Result<[u8; 32], CryptError> {
+        match &self.0 {
+            RecipientKind::X25519(pk) => Ok(key_bytes(pk)),
+            RecipientKind::X25519Auth { .. } | RecipientKind::Symmetric(_) => {
+                Err(CryptError::InvalidArgument(
+                    "expected senders must be plain X25519 public keys (cloister1x25519:…)",
+                ))
+            }
+        }
+    }
+}
+
+pub(crate) fn key_bytes(pk: &PublicKey) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    pk.write_exact(&mut out);
+    out
 }
 
 impl fmt::Display for Recipient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            RecipientKind::X25519(_) => {
-                let bytes = self.x25519_bytes().unwrap_or_default();
-                write!(f, "{RECIPIENT_PREFIX}{}", hex::encode(bytes))
+            // An authenticated recipient shows the recipient's key: the object is for it, and
+            // the sender is known here by its private key, which is never shown.
+            RecipientKind::X25519(pk) | RecipientKind::X25519Auth { recipient: pk, .. } => {
+                write!(f, "{RECIPIENT_PREFIX}{}", hex::encode(key_bytes(pk)))
             }
             // Never print the key itself.
             RecipientKind::Symmetric(k) => write!(f, "cloister-symmetric:{}", k.id),

@@ -4,7 +4,8 @@
 //!
 //! * a **header** with one stanza per recipient: the 32-byte file key wrapped with HPKE
 //!   (RFC 9180, DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / ChaCha20-Poly1305) to an X25519
-//!   public key, or wrapped under a CAS-held symmetric key; authenticated by HMAC-SHA256;
+//!   public key (in Auth mode when a sender authenticates the object), or wrapped under a
+//!   CAS-held symmetric key; authenticated by HMAC-SHA256;
 //! * a **payload** in fixed-size chunks sealed with AES-256-GCM (aws-lc-rs) in the STREAM
 //!   construction of Tink's AES-GCM-HKDF streaming AEAD: nonce = 7-byte prefix ‖ 32-bit chunk
 //!   counter ‖ last-chunk flag, so truncation, reordering, duplication and any flipped byte are
@@ -47,6 +48,40 @@
 //! # }
 //! ```
 //!
+//! **Sender authentication.** An owner proves that an object comes from them by sealing it to
+//! recipients made with [`Recipient::authenticated_by`] (HPKE Auth-mode stanzas that take the
+//! owner's own [`Identity`] into the key exchange). The `…_from` decryption functions ([`decrypt_from`],
+//! [`Decryptor::new_from`], [`decrypt_into_from`], [`open_in_place_from`],
+//! [`decrypt_file_from`]) report that sender ([`Decrypted::sender`]) and take a list of
+//! required senders: when it is not empty, an object none of them authenticated is refused with
+//! [`CryptError::SenderNotAuthenticated`] before any plaintext is released. The other decryption
+//! functions accept objects with or without a sender and do not report it. Every recipient of an
+//! object knows its file key, so with several recipients each of them could forge the sender
+//! towards the others (for the same bucket and key); see the format document.
+//!
+//! ```
+//! use cloister_crypt::{CryptError, DecryptionKey, EncryptOptions, Identity, ObjectBinding};
+//! use cloister_crypt::{decrypt_from, encrypt};
+//! let owner = Identity::generate();
+//! let service = Identity::generate();
+//! let binding = ObjectBinding::new("input", "scan-001.dcm");
+//! let to_service = service.public().authenticated_by(&owner)?;
+//! let mut ct = Vec::new();
+//! encrypt(&b"patient data"[..], &mut ct, &[to_service], &binding, &EncryptOptions::default())?;
+//!
+//! let mut pt = Vec::new();
+//! let opened = decrypt_from(&ct[..], &mut pt, DecryptionKey::X25519(&service), &binding, &[owner.public()])?;
+//! assert_eq!(opened.sender.map(|s| s.to_string()), Some(owner.public().to_string()));
+//! assert_eq!(pt, b"patient data");
+//!
+//! // Anyone can encrypt to the service's public key, but not as the owner.
+//! let mut forged = Vec::new();
+//! encrypt(&b"forged"[..], &mut forged, &[service.public()], &binding, &EncryptOptions::default())?;
+//! let refused = decrypt_from(&forged[..], &mut Vec::new(), (&service).into(), &binding, &[owner.public()]);
+//! assert!(matches!(refused, Err(CryptError::SenderNotAuthenticated(_))));
+//! # Ok::<(), CryptError>(())
+//! ```
+//!
 //! The byte-level format is in `docs/encrypted-object-format.md`. For export to people outside
 //! Cloister, [`encrypt_age`] writes the age v1 format that stock `age`/`rage` decrypt.
 //!
@@ -79,7 +114,7 @@ mod stream;
 
 pub use age::{AgeRecipient, encrypt_age};
 pub use error::CryptError;
-pub use file::{decrypt_file, encrypt_file};
+pub use file::{decrypt_file, decrypt_file_from, encrypt_file};
 pub use header::{
     DEFAULT_CHUNK_SIZE, HeaderInfo, MAGIC, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RecipientInfo, TAG_LEN, VERSION,
     inspect,
@@ -87,7 +122,11 @@ pub use header::{
 pub use keys::{
     DecryptionKey, IDENTITY_PREFIX, Identity, ObjectBinding, RECIPIENT_PREFIX, Recipient, SymmetricKey,
 };
-pub use slice::{decrypt_into, decrypt_to_vec, encrypt_into, encrypt_to_vec, open_in_place, seal_in_place};
+pub use slice::{
+    decrypt_into, decrypt_into_from, decrypt_to_vec, encrypt_into, encrypt_to_vec, open_in_place,
+    open_in_place_from, seal_in_place,
+};
 pub use stream::{
-    Decryptor, EncryptOptions, Encryptor, decrypt, decrypt_with, encrypt, encrypted_len, payload_len,
+    Decrypted, Decryptor, EncryptOptions, Encryptor, decrypt, decrypt_from, decrypt_with, encrypt,
+    encrypted_len, payload_len,
 };

@@ -15,7 +15,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::CryptError;
 use crate::header::{NONCE_PREFIX_LEN, NewHeader, TAG_LEN, build_header, open_header, read_header};
 use crate::keys::{DecryptionKey, ObjectBinding, Recipient};
-use crate::stream::{EncryptOptions, chunk_nonce, seal_chunk};
+use crate::stream::{Decrypted, EncryptOptions, chunk_nonce, seal_chunk};
 
 /// The chunk counter is 32 bits wide (format rule `n ≤ 2^32`).
 pub(crate) const MAX_CHUNKS: u64 = 1 << 32;
@@ -253,6 +253,8 @@ pub(crate) struct OpenedHeader {
     pub(crate) chunk_size: usize,
     /// Header length: the payload starts here.
     pub(crate) len: usize,
+    /// The sender authenticated by the stanza that opened, if any.
+    pub(crate) sender: Option<Recipient>,
 }
 
 impl OpenedHeader {
@@ -270,24 +272,28 @@ fn open_object_header(
     object: &[u8],
     key: DecryptionKey<'_>,
     binding: &ObjectBinding,
+    senders: &[Recipient],
 ) -> Result<OpenedHeader, CryptError> {
     let mut input = object;
-    read_and_open_header(&mut input, key, binding)
+    read_and_open_header(&mut input, key, binding, senders)
 }
 
 /// Reads the header from `input` (all the streaming reader's checks) and authenticates it with
-/// `key` and `binding`.
+/// `key` and `binding`, requiring one of `senders` if any (see [`crate::decrypt_from`]).
 pub(crate) fn read_and_open_header<R: std::io::Read>(
     input: &mut R,
     key: DecryptionKey<'_>,
     binding: &ObjectBinding,
+    senders: &[Recipient],
 ) -> Result<OpenedHeader, CryptError> {
     let header = read_header(input)?;
+    let (key, sender) = open_header(&header, key, binding, senders)?;
     Ok(OpenedHeader {
-        key: open_header(&header, key, binding)?,
+        key,
         prefix: header.nonce_prefix,
         chunk_size: header.chunk_size as usize,
         len: header.len(),
+        sender,
     })
 }
 
@@ -362,7 +368,21 @@ pub fn decrypt_into<'k>(
     key: impl Into<DecryptionKey<'k>>,
     binding: &ObjectBinding,
 ) -> Result<(), CryptError> {
-    let h = open_object_header(object, key.into(), binding)?;
+    decrypt_into_from(object, output, key, binding, &[]).map(|_| ())
+}
+
+/// Like [`decrypt_into`], and reports the object's authenticated sender; when `senders` is not
+/// empty, the object must be authenticated by one of them (the rules of
+/// [`crate::decrypt_from`]), else nothing is appended. [`Decrypted::len`] is the number of
+/// bytes appended.
+pub fn decrypt_into_from<'k>(
+    object: &[u8],
+    output: &mut Vec<u8>,
+    key: impl Into<DecryptionKey<'k>>,
+    binding: &ObjectBinding,
+    senders: &[Recipient],
+) -> Result<Decrypted, CryptError> {
+    let h = open_object_header(object, key.into(), binding, senders)?;
     let payload = object.get(h.len..).unwrap_or_default();
     let start = output.len();
     // The plaintext is shorter than the payload: one reservation suffices.
@@ -374,7 +394,11 @@ pub fn decrypt_into<'k>(
         appended.zeroize();
         output.truncate(start);
     }
-    opened
+    opened?;
+    Ok(Decrypted {
+        len: (output.len() - start) as u64,
+        sender: h.sender,
+    })
 }
 
 /// Like [`decrypt_into`], into a new `Vec`.
@@ -425,14 +449,29 @@ pub fn open_in_place<'k>(
     key: impl Into<DecryptionKey<'k>>,
     binding: &ObjectBinding,
 ) -> Result<(), CryptError> {
-    let h = open_object_header(buf, key.into(), binding)?;
+    open_in_place_from(buf, key, binding, &[]).map(|_| ())
+}
+
+/// Like [`open_in_place`], and reports the object's authenticated sender; when `senders` is not
+/// empty, the object must be authenticated by one of them (the rules of
+/// [`crate::decrypt_from`]), else `buf` is left unchanged.
+pub fn open_in_place_from<'k>(
+    buf: &mut Vec<u8>,
+    key: impl Into<DecryptionKey<'k>>,
+    binding: &ObjectBinding,
+    senders: &[Recipient],
+) -> Result<Decrypted, CryptError> {
+    let h = open_object_header(buf, key.into(), binding, senders)?;
     let payload = h.payload_key();
     let opened = chunk_spans(buf.len().saturating_sub(h.len), h.chunk_size)
         .and_then(|spans| payload.open_in_place(buf, spans, h.len));
     match opened {
         Ok(len) => {
             buf.truncate(len);
-            Ok(())
+            Ok(Decrypted {
+                len: len as u64,
+                sender: h.sender,
+            })
         }
         Err(e) => {
             buf.zeroize();
@@ -458,9 +497,14 @@ mod tests {
     #[test]
     fn slice_and_in_place_bytes_equal_streaming_bytes() -> Result<(), CryptError> {
         let id = Identity::generate();
+        let sender = Identity::generate();
         let binding = ObjectBinding::new("b", "k");
+        let recipients = [
+            id.public(),
+            Identity::generate().public().authenticated_by(&sender)?,
+        ];
         for cs in [16usize, 64, 1000] {
-            let h = build_header(&[id.public()], &binding, cs as u32)?;
+            let h = build_header(&recipients, &binding, cs as u32)?;
             for n in [0, 1, cs - 1, cs, cs + 1, 2 * cs, 3 * cs + 7] {
                 let pt = data(n);
                 let mut streamed = h.bytes.clone();

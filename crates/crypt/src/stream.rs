@@ -21,6 +21,19 @@ use crate::header::{
 };
 use crate::keys::{DecryptionKey, Identity, ObjectBinding, Recipient};
 
+/// What a decryption found: how much plaintext, and which sender the object is authenticated by.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Decrypted {
+    /// Plaintext bytes written (or left in the buffer).
+    pub len: u64,
+    /// The sender whose HPKE Auth-mode stanza opened with the key (displayed as
+    /// `cloister1x25519:…`), or `None` when the stanza that opened names no sender (a Base-mode
+    /// X25519 stanza or a symmetric key): then anyone who knows the recipient could have written
+    /// the object.
+    pub sender: Option<Recipient>,
+}
+
 /// Options for [`encrypt`] and [`Encryptor`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncryptOptions {
@@ -344,10 +357,11 @@ fn open<R: Read>(
     input: &mut R,
     key: DecryptionKey<'_>,
     binding: &ObjectBinding,
-) -> Result<ChunkOpener, CryptError> {
+    senders: &[Recipient],
+) -> Result<(ChunkOpener, Option<Recipient>), CryptError> {
     let header = read_header(input)?;
-    let payload = open_header(&header, key, binding)?;
-    Ok(ChunkOpener::new(&header, payload))
+    let (payload, sender) = open_header(&header, key, binding, senders)?;
+    Ok((ChunkOpener::new(&header, payload), sender))
 }
 
 /// Decrypts one object from `input` into `output` with an X25519 identity. Returns the number
@@ -365,19 +379,42 @@ pub fn decrypt<R: Read, W: Write>(
 }
 
 /// Like [`decrypt`], with any [`DecryptionKey`] (X25519 identity or CAS-held symmetric key).
+///
+/// Accepts objects with or without a sender and does not say which; use [`decrypt_from`] to
+/// learn or require the sender.
 pub fn decrypt_with<R: Read, W: Write>(
+    input: R,
+    output: W,
+    key: DecryptionKey<'_>,
+    binding: &ObjectBinding,
+) -> Result<u64, CryptError> {
+    decrypt_from(input, output, key, binding, &[]).map(|d| d.len)
+}
+
+/// Like [`decrypt_with`], and reports the object's authenticated sender; when `senders` is not
+/// empty, the object must be authenticated by one of them.
+///
+/// `senders` are plain X25519 recipients (`cloister1x25519:…`, an owner's public key). When the
+/// list is non-empty, only the object's HPKE Auth-mode stanzas naming one of them are tried;
+/// an object without such a stanza that opens with `key` (encrypted without a sender, by
+/// another sender, with a tampered or substituted sender key, or read with a symmetric key) is
+/// refused with [`CryptError::SenderNotAuthenticated`] before any plaintext is written. With an
+/// empty list every object that opens is accepted, and [`Decrypted::sender`] says whether it
+/// was authenticated and by whom.
+pub fn decrypt_from<R: Read, W: Write>(
     mut input: R,
     mut output: W,
     key: DecryptionKey<'_>,
     binding: &ObjectBinding,
-) -> Result<u64, CryptError> {
-    let mut opener = open(&mut input, key, binding)?;
+    senders: &[Recipient],
+) -> Result<Decrypted, CryptError> {
+    let (mut opener, sender) = open(&mut input, key, binding, senders)?;
     let mut total = 0u64;
     while let Some(len) = opener.next_chunk(&mut input)? {
         output.write_all(opener.plaintext(len))?;
         total += len as u64;
     }
-    Ok(total)
+    Ok(Decrypted { len: total, sender })
 }
 
 /// A `Read` adapter that yields an object's plaintext. It releases a chunk's bytes only after
@@ -386,6 +423,7 @@ pub fn decrypt_with<R: Read, W: Write>(
 pub struct Decryptor<R: Read> {
     input: R,
     opener: ChunkOpener,
+    sender: Option<Recipient>,
     pos: usize,
     avail: usize,
     failed: Option<(io::ErrorKind, String)>,
@@ -394,18 +432,36 @@ pub struct Decryptor<R: Read> {
 impl<R: Read> Decryptor<R> {
     /// Reads and authenticates the header (so a wrong key or binding fails here).
     pub fn new<'k>(
-        mut input: R,
+        input: R,
         key: impl Into<DecryptionKey<'k>>,
         binding: &ObjectBinding,
     ) -> Result<Self, CryptError> {
-        let opener = open(&mut input, key.into(), binding)?;
+        Decryptor::new_from(input, key, binding, &[])
+    }
+
+    /// Like [`Decryptor::new`], and when `senders` is not empty the object must be authenticated
+    /// by one of them (the rules of [`decrypt_from`]), or this fails before any plaintext is read.
+    pub fn new_from<'k>(
+        mut input: R,
+        key: impl Into<DecryptionKey<'k>>,
+        binding: &ObjectBinding,
+        senders: &[Recipient],
+    ) -> Result<Self, CryptError> {
+        let (opener, sender) = open(&mut input, key.into(), binding, senders)?;
         Ok(Decryptor {
             input,
             opener,
+            sender,
             pos: 0,
             avail: 0,
             failed: None,
         })
+    }
+
+    /// The sender the object is authenticated by (see [`Decrypted::sender`]). Known once the
+    /// header opened; the payload is still verified chunk by chunk as it is read.
+    pub fn sender(&self) -> Option<&Recipient> {
+        self.sender.as_ref()
     }
 
     /// Returns the underlying reader.
