@@ -52,6 +52,7 @@ pub(crate) async fn run(
         stdout: Vec::new(),
         files: Vec::new(),
         uploaded: Vec::new(),
+        sealed_log: None,
     };
     // The job directory holds only ciphertext and public facts, so it may live anywhere; in
     // the memory-backed folder the sealed outputs cost no disk write before their upload.

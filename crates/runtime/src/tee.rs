@@ -6,12 +6,46 @@
 //! runtime measures exactly these bytes). It starts `cloister runtime --job <dir>`, reads the
 //! runtime's standard output as the job's log (status lines, never content), and after it exits
 //! reads `result.json` ([`TeeResult`]) and uploads the ciphertexts it lists.
+//!
+//! The script's own output is the data owner's: the runtime hands it to the platform only
+//! encrypted (a *sealed log*, [`crate::JobOutcome::sealed_log`]), bound with
+//! [`sealed_log_binding`], and the platform stores it beside the job without reading it.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
 
-use crate::{OutputTarget, Status, TeeKind};
+use crate::{LogLine, OutputTarget, Status, TeeKind};
+
+/// The bucket bound into every sealed log. It names no stored bucket: it keeps a sealed log
+/// and a stored object from ever sharing a binding.
+pub const SEALED_LOG_BUCKET: &str = "cloister-job-logs";
+
+/// Bytes a sealed log may take beyond the job's log limit (the ciphertext's header with its
+/// recipient stanzas, and 16 bytes per chunk). The runtime caps the plaintext at the log limit;
+/// the platform drops, with a note in the plain log, a sealed log longer than the two together.
+pub const SEALED_LOG_OVERHEAD: usize = 64 * 1024;
+
+/// The binding (bucket, key) of a job's sealed log: [`SEALED_LOG_BUCKET`] and
+/// `<service>/<job>`, with the platform's service and job names. The runtime encrypts with it
+/// and the data owner decrypts with it, so a sealed log moved to another job does not open.
+pub fn sealed_log_binding(service: &str, job: &str) -> (String, String) {
+    (SEALED_LOG_BUCKET.to_owned(), format!("{service}/{job}"))
+}
+
+/// Log lines as the platform stores a job's log, and as a sealed log's plaintext is written:
+/// one `<RFC 3339 time> <text>` line each.
+pub fn render_log(lines: &[LogLine]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in lines {
+        out.extend_from_slice(line.time.format(&Rfc3339).unwrap_or_default().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(line.text.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
 
 /// `job.json`: a confidential job as the executor describes it. Nothing here is secret, and
 /// the runtime trusts none of it beyond where to find things: every decision that matters
