@@ -157,10 +157,10 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use cloister_cas_client::sign::ClientIdentity;
+    use crate::server::{CasConfig, serve};
     use cloister_cas_client::client::{CasClient, ClientError, LocalClient};
     use cloister_cas_client::protocol::AttestRequest;
-    use crate::server::{CasConfig, serve};
+    use cloister_cas_client::sign::ClientIdentity;
 
     const TDX_QUOTE: &[u8] = include_bytes!("../../attestation/testdata/tdx/quote.bin");
     const TDX_COLLATERAL: &[u8] = include_bytes!("../../attestation/testdata/tdx/collateral.json");

@@ -237,6 +237,63 @@ pub async fn job_logs(client: &Client, service: &str, job: &str, timestamps: boo
     Ok(())
 }
 
+/// Downloads a job's sealed log and prints its lines, decrypted with the identity in
+/// `identity_file` (the data owner's: this runs on the owner's computer).
+pub async fn job_sealed_logs(
+    client: &Client,
+    service: &str,
+    job: &str,
+    timestamps: bool,
+    identity_file: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    // Loaded first: a missing or malformed identity fails before anything is downloaded.
+    let identity = cloister_crypt::Identity::load(identity_file)
+        .map_err(|e| fail(exit::INVALID, format!("{}: {e}", identity_file.display())))?;
+    let sealed = client
+        .system(Method::GET, &format!("/system/logs/{service}/{job}/sealed"), None)
+        .await?
+        .bytes()
+        .await
+        .map_err(|e| fail(exit::UNAVAILABLE, format!("cannot read the sealed log: {e}")))?;
+    let (bucket, key) = cloister_runtime::tee::sealed_log_binding(service, job);
+    let binding = cloister_crypt::ObjectBinding::new(bucket, key);
+    let plain = cloister_crypt::decrypt_to_vec(&sealed, &identity, &binding).map_err(|e| {
+        fail(
+            exit::INVALID,
+            format!("the sealed log of {service}/{job} does not open with this identity: {e}"),
+        )
+    })?;
+    let text = String::from_utf8_lossy(&plain);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|line| if timestamps { line } else { without_timestamp(line) })
+        .collect();
+    if json {
+        print_json(&json!(lines))
+    } else {
+        let mut out = String::with_capacity(text.len());
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        print!("{out}");
+        Ok(())
+    }
+}
+
+/// A log line without its leading RFC 3339 time; a line without one is left whole.
+fn without_timestamp(line: &str) -> &str {
+    match line.split_once(' ') {
+        Some((time, rest))
+            if time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339).is_ok() =>
+        {
+            rest
+        }
+        _ => line,
+    }
+}
+
 pub async fn job_rm(client: &Client, service: &str, job: Option<&str>, all: bool) -> anyhow::Result<()> {
     let path = match job {
         Some(job) => format!("/system/logs/{service}/{job}"),

@@ -170,6 +170,11 @@ enum JobCommand {
         /// Prefix each line with its time.
         #[arg(long)]
         timestamps: bool,
+        /// Print the job's sealed log instead: a confidential job's output, encrypted to the
+        /// data owner, downloaded and decrypted here with this identity file (`--json`: the
+        /// lines as a JSON array).
+        #[arg(long = "decrypt", value_name = "IDENTITY")]
+        decrypt: Option<PathBuf>,
     },
     /// Delete one job, or the succeeded jobs of a service (all with --all).
     Rm {
@@ -258,7 +263,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     service,
                     job,
                     timestamps,
-                }) => commands::job_logs(&client, &service, &job, timestamps).await,
+                    decrypt,
+                }) => match decrypt {
+                    Some(identity) => {
+                        commands::job_sealed_logs(&client, &service, &job, timestamps, &identity, json).await
+                    }
+                    None => commands::job_logs(&client, &service, &job, timestamps).await,
+                },
                 Command::Job(JobCommand::Rm { service, job, all }) => {
                     commands::job_rm(&client, &service, job.as_deref(), all).await
                 }

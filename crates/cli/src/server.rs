@@ -50,6 +50,21 @@ pub struct ServerArgs {
     /// Largest request body of the REST API, in MiB.
     #[arg(long, env = "CLOISTER_MAX_BODY_MIB", default_value_t = 64)]
     pub max_body_mib: usize,
+    /// Most jobs of one service waiting to start; beyond it `POST /job` answers 429 (uploads
+    /// are never refused, but their jobs count).
+    #[arg(long, env = "CLOISTER_MAX_QUEUED_JOBS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_jobs: u64,
+    /// Most MiB unfinished jobs may hold, across services (their events, and the payloads of
+    /// `POST /job`); beyond it `POST /job` answers 429.
+    #[arg(long, env = "CLOISTER_MAX_QUEUED_PAYLOAD_MIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_payload_mib: u64,
+    /// `POST /run` invocations admitted at once, running or waiting for a slot (default:
+    /// twice --concurrency); beyond it the answer is 429, before the body is read.
+    #[arg(long, env = "CLOISTER_MAX_SYNC_INVOCATIONS",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_sync_invocations: Option<usize>,
     /// Most log kept per job, in KiB.
     #[arg(long, env = "CLOISTER_LOG_LIMIT_KIB", default_value_t = 1024)]
     pub log_limit_kib: usize,
@@ -180,6 +195,7 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
         "the admin user must not contain ':'"
     );
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let concurrency = args.concurrency.unwrap_or(cpus * 2).max(1);
     Ok(cloister_platform::Config {
         data_dir: args.data_dir.clone(),
         listen: args.listen,
@@ -189,10 +205,14 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
         s3_access_key: creds.s3_access_key,
         s3_secret_key: creds.s3_secret_key,
         s3_region: args.s3_region.clone(),
-        concurrency: args.concurrency.unwrap_or(cpus * 2).max(1),
+        concurrency,
         job_timeout: args.job_timeout,
         log_retention: args.log_retention,
         max_body: args.max_body_mib.saturating_mul(1024 * 1024),
+        max_queued_jobs: args.max_queued_jobs,
+        max_queued_bytes: args.max_queued_payload_mib.saturating_mul(1024 * 1024),
+        // As many may wait as run: a burst is absorbed, a flood is refused.
+        max_sync_invocations: args.max_sync_invocations.unwrap_or(concurrency.saturating_mul(2)),
         log_limit: args.log_limit_kib.saturating_mul(1024),
         runtime_binary: args.runtime_binary.clone().or_else(default_runtime_binary),
         plain_dir: args.plain_dir.clone().unwrap_or_else(default_plain_dir),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -30,17 +30,25 @@ use time::format_description::well_known::Rfc3339;
 use crate::Platform;
 use crate::dispatch::{decode_event_key, new_job};
 use crate::fdl::{FdlError, Service};
-use crate::state::{BucketSettings, JobSource, JobStatus, NewJob, StateError};
+use crate::state::{BucketSettings, JobSource, JobStatus, NewJob, QueueFull, StateError};
 
 type AppState = State<Arc<Platform>>;
 
-/// An error answer: a status and a plain-text reason.
+/// Seconds a client refused for a full `/job` queue is asked to wait (jobs take a while).
+const JOB_RETRY_AFTER_SECS: u64 = 5;
+/// Seconds a client refused for too many `/run` invocations is asked to wait.
+const RUN_RETRY_AFTER_SECS: u64 = 1;
+
+/// An error answer: a status and a plain-text reason, and for 429 when to try again.
 #[derive(Debug)]
-pub(crate) struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(StatusCode, String, Option<u64>);
 
 impl ApiError {
     fn new(status: StatusCode, msg: impl Into<String>) -> Self {
-        Self(status, msg.into())
+        Self(status, msg.into(), None)
+    }
+    fn too_many(msg: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self(StatusCode::TOO_MANY_REQUESTS, msg.into(), Some(retry_after_secs))
     }
     fn bad_request(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, msg)
@@ -59,12 +67,25 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Basic realm=\"cloister\""),
             );
         }
+        if let Some(secs) = self.2 {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
+    }
+}
+
+impl From<QueueFull> for ApiError {
+    fn from(full: QueueFull) -> Self {
+        Self::too_many(full.to_string(), JOB_RETRY_AFTER_SECS)
     }
 }
 
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
+        if let StateError::QueueFull(full) = e {
+            return full.into();
+        }
         tracing::error!(error = %e, "state store failure");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal state error")
     }
@@ -117,6 +138,7 @@ pub(crate) fn router(platform: Arc<Platform>) -> Router {
         .route("/system/services/{name}", get(get_service).delete(delete_service))
         .route("/system/logs/{svc}", get(list_jobs).delete(delete_jobs))
         .route("/system/logs/{svc}/{job}", get(job_log).delete(delete_job))
+        .route("/system/logs/{svc}/{job}/sealed", get(job_sealed_log))
         .route(
             "/system/buckets",
             get(list_buckets).post(create_bucket).put(update_bucket),
@@ -398,13 +420,59 @@ fn event_object(body: &[u8]) -> ApiResult<Option<(String, String)>> {
     }
 }
 
+/// The request's body, within the router's body limit (413 beyond it).
+async fn read_body(request: Request) -> ApiResult<Bytes> {
+    Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
+}
+
+/// The body length a request declares, if it does.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn too_large_for_queue(held: u64, max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("this job's data ({held} bytes with its event) is more than the server queues ({max} bytes)"),
+    )
+}
+
 async fn invoke_async(
     State(platform): AppState,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> ApiResult<impl IntoResponse> {
-    let service = service_for_token(&platform, &name, &headers).await?;
+    let service = service_for_token(&platform, &name, request.headers()).await?;
+    // A full queue refuses before the body is read, so a flood against it buffers nothing;
+    // the bounds are checked again, exactly, where the job is recorded.
+    let bounds = platform.queue_bounds();
+    let state = platform.state.clone();
+    let owned = name.clone();
+    let usage = blocking(move || state.queue_usage(&owned)).await?;
+    let declared = declared_length(request.headers()).unwrap_or(0);
+    if declared > bounds.max_queued_bytes {
+        return Err(too_large_for_queue(declared, bounds.max_queued_bytes));
+    }
+    if usage.pending_jobs >= bounds.max_pending_jobs {
+        return Err(QueueFull::Jobs {
+            service: name,
+            pending: usage.pending_jobs,
+            max: bounds.max_pending_jobs,
+        }
+        .into());
+    }
+    if usage.queued_bytes.saturating_add(declared) > bounds.max_queued_bytes {
+        return Err(QueueFull::Bytes {
+            max: bounds.max_queued_bytes,
+        }
+        .into());
+    }
+    let body = read_body(request).await?;
     let job = match event_object(&body)? {
         Some((bucket, key)) => {
             // A token must not become a way to read other buckets: the object has to be one
@@ -430,19 +498,34 @@ async fn invoke_async(
             }
         }
     };
+    let held =
+        (job.record.event.len() as u64).saturating_add(job.payload.as_ref().map_or(0, |p| p.len() as u64));
+    if held > bounds.max_queued_bytes {
+        return Err(too_large_for_queue(held, bounds.max_queued_bytes));
+    }
     let dispatcher = platform.dispatcher.clone();
-    let created = blocking(move || dispatcher.submit(None, vec![job])).await?;
-    let name = created.first().map(|r| r.name.clone()).unwrap_or_default();
-    Ok((StatusCode::CREATED, axum::Json(json!({"job_name": name}))))
+    let created = blocking(move || dispatcher.submit_bounded(job, bounds)).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"job_name": created.name}))))
 }
 
 async fn invoke_sync(
     State(platform): AppState,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> ApiResult<Response> {
-    let service = service_for_token(&platform, &name, &headers).await?;
+    let service = service_for_token(&platform, &name, request.headers()).await?;
+    // Admitted before the body is read: a flood beyond the bound is refused without
+    // buffering its bodies. The admission lasts until the answer is built.
+    let Ok(_admitted) = platform.sync_admission.try_acquire() else {
+        return Err(ApiError::too_many(
+            format!(
+                "too many synchronous invocations at once (at most {}); try again shortly",
+                platform.config.max_sync_invocations.max(1)
+            ),
+            RUN_RETRY_AFTER_SECS,
+        ));
+    };
+    let body = read_body(request).await?;
     let payload = decode_payload(&body)?;
     let uuid = uuid::Uuid::now_v7();
     let event = String::from_utf8_lossy(&body).into_owned();
@@ -592,6 +675,27 @@ async fn job_log(
             })
     };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body))
+}
+
+/// A confidential job's sealed log: the ciphertext its runtime made for the data owner,
+/// served as stored (the platform cannot read it).
+async fn job_sealed_log(
+    State(platform): AppState,
+    Path((svc, job)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let state = platform.state.clone();
+    let sealed = blocking(move || {
+        Ok(match state.sealed_log(&svc, &job)? {
+            Some(sealed) => Ok(sealed),
+            None => Err(state.job(&svc, &job)?.is_some()),
+        })
+    })
+    .await?;
+    match sealed {
+        Ok(sealed) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], sealed).into_response()),
+        Err(true) => Err(ApiError::not_found("this job has no sealed log")),
+        Err(false) => Err(ApiError::not_found("job not found")),
+    }
 }
 
 #[derive(Deserialize)]

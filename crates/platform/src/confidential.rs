@@ -74,6 +74,7 @@ pub(crate) async fn run(
         stdout: Vec::new(),
         files: Vec::new(),
         uploaded: Vec::new(),
+        sealed_log: None,
     };
     // The job directory holds only ciphertext and public facts, so it may live anywhere; in
     // the memory-backed folder the sealed outputs cost no disk write before their upload.
@@ -204,6 +205,7 @@ async fn prepare(
             .unwrap_or_default(),
         memory_bytes: spec.limits.memory_bytes,
         timeout_secs: spec.limits.timeout.as_secs(),
+        log_limit: spec.log_limit,
         cgroup_procs,
         plain_root: host.plain_root.clone(),
         volumes_dir: host.volumes_root.join(&spec.service),
@@ -315,6 +317,20 @@ async fn execute(
         }
     };
     outcome.exit_code = result.exit_code;
+    // The program's own output, encrypted to the data owners: kept whether or not the job
+    // succeeded (a failing script's output is what its owner needs most).
+    if let Some(name) = &result.sealed_log {
+        match sealed_file(work, name) {
+            Some(file) => match tokio::fs::read(&file).await {
+                Ok(bytes) => outcome.sealed_log = Some(bytes),
+                Err(e) => fail(outcome, format!("cannot read the sealed log: {e}")),
+            },
+            None => fail(
+                outcome,
+                format!("the runtime named an invalid sealed log {name:?}"),
+            ),
+        }
+    }
     if result.status != Status::Succeeded {
         // The runtime already logged its reason.
         outcome.status = Status::Failed;
@@ -352,9 +368,11 @@ async fn execute(
     outcome.status = Status::Succeeded;
 }
 
-/// The runtime names sealed files by number; anything else could point outside the job dir.
+/// The runtime names sealed outputs by number and the sealed log `log`; anything else could
+/// point outside the job dir.
 fn sealed_file(work: &Path, name: &str) -> Option<PathBuf> {
-    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())).then(|| work.join("sealed").join(name))
+    (name == "log" || (!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())))
+        .then(|| work.join("sealed").join(name))
 }
 
 fn push_line(outcome: &mut JobOutcome, used: &mut usize, limit: usize, time: OffsetDateTime, text: String) {

@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::fdl::Service;
-use crate::state::{Intent, JobRecord, JobSource, JobStatus, NewJob, State, StateError};
+use crate::state::{Intent, JobRecord, JobSource, JobStatus, NewJob, QueueBounds, State, StateError};
 
 /// The store's event sink and the source of new jobs.
 pub struct Dispatcher {
@@ -145,6 +145,14 @@ impl Dispatcher {
             // The receiver only goes away at shutdown; the job stays queued on disk.
             let _ = self.queue.send(record.clone());
         }
+        Ok(created)
+    }
+
+    /// Records a `POST /job`'s job within `bounds` (see [`State::create_job_bounded`]) and
+    /// queues it.
+    pub fn submit_bounded(&self, job: NewJob, bounds: QueueBounds) -> Result<JobRecord, StateError> {
+        let created = self.state.create_job_bounded(job, bounds)?;
+        let _ = self.queue.send(created.clone());
         Ok(created)
     }
 

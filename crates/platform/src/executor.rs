@@ -190,6 +190,7 @@ fn refused(reason: &str) -> JobOutcome {
         stdout: Vec::new(),
         files: Vec::new(),
         uploaded: Vec::new(),
+        sealed_log: None,
     }
 }
 

@@ -54,6 +54,15 @@ pub struct Config {
     pub log_retention: Option<Duration>,
     /// Largest request body accepted by the REST API.
     pub max_body: usize,
+    /// Most jobs of one service waiting to start before `POST /job` answers 429 (jobs of
+    /// uploads count too, but uploads are never refused).
+    pub max_queued_jobs: u64,
+    /// Most bytes unfinished jobs may hold (events and `POST /job` payloads, all services)
+    /// before `POST /job` answers 429.
+    pub max_queued_bytes: u64,
+    /// `POST /run` invocations admitted at once, running or waiting for a slot; beyond it the
+    /// answer is 429, given before the body is read.
+    pub max_sync_invocations: usize,
     /// Most bytes of log kept per job.
     pub log_limit: usize,
     /// The `cloister-runtime` binary that runs confidential jobs; `None` refuses them.
@@ -75,8 +84,20 @@ pub(crate) struct Platform {
     pub s3_endpoint: String,
     pub presigner: cloister_storage::Presigner,
     pub sync_slots: Arc<tokio::sync::Semaphore>,
+    /// Admissions of `/run` (see [`Config::max_sync_invocations`]).
+    pub sync_admission: tokio::sync::Semaphore,
     /// This host's simulated TEE platform key (public, hex): CAS administrators register it.
     pub sim_platform_public: String,
+}
+
+impl Platform {
+    /// The bounds of `POST /job`.
+    pub(crate) fn queue_bounds(&self) -> state::QueueBounds {
+        state::QueueBounds {
+            max_pending_jobs: self.config.max_queued_jobs,
+            max_queued_bytes: self.config.max_queued_bytes,
+        }
+    }
 }
 
 /// A running server.
@@ -171,6 +192,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         s3_endpoint,
         presigner,
         sync_slots: Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1))),
+        sync_admission: tokio::sync::Semaphore::new(config.max_sync_invocations.max(1)),
         sim_platform_public: hex::encode(sim_platform.public_key()),
         config: config.clone(),
     });

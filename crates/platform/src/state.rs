@@ -1,6 +1,10 @@
 //! Durable platform state in one redb database: services, job records, job logs, the queue of
 //! jobs waiting to run, and upload intents (see `cloister_storage::events`).
 //!
+//! `tallies` keeps, in the same transactions as the jobs, what jobs not yet finished hold:
+//! how many of each service wait to start, and the bytes of their events and payloads. `POST
+//! /job` is bounded by them without scanning the queue; they are recounted at every open.
+//!
 //! Every change that answers a client (service changes, upload intents, new jobs from
 //! `POST /job`, final job states) commits with `Durability::Immediate`, so an acknowledged
 //! change survives a crash. Two transitions are committed lazily because something durable
@@ -18,11 +22,22 @@ use crate::fdl::Service;
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const JOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("jobs");
 const LOGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("logs");
+/// Confidential jobs' logs, encrypted by the runtime to the data owner (opaque here).
+const SEALED_LOGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("sealed_logs");
 const PAYLOADS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("payloads");
 const QUEUE: TableDefinition<u64, (&str, &str)> = TableDefinition::new("queue");
 const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
+const TALLIES: TableDefinition<&str, u64> = TableDefinition::new("tallies");
+
+/// The tally of bytes held by unfinished jobs (events and `POST /job` payloads), all services.
+const QUEUED_BYTES: &str = "queued_bytes";
+
+/// The tally of a service's jobs waiting to start.
+fn pending_tally(service: &str) -> String {
+    format!("pending/{service}")
+}
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +48,50 @@ pub enum StateError {
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A bounded submission would exceed its bounds; nothing was recorded.
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
+}
+
+/// How much `POST /job` may leave waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    /// Most jobs of one service waiting to start (uploads' jobs count too).
+    pub max_pending_jobs: u64,
+    /// Most bytes held by unfinished jobs across services: their events, and the payloads of
+    /// `POST /job`.
+    pub max_queued_bytes: u64,
+}
+
+/// Why a bounded submission was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueFull {
+    /// The service has as many jobs waiting to start as allowed.
+    #[error("service {service:?} already has {pending} jobs waiting to start (at most {max})")]
+    Jobs {
+        /// The service.
+        service: String,
+        /// Its jobs waiting to start.
+        pending: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// Unfinished jobs hold as many bytes as allowed. How many, across services, is not
+    /// told: one service's client would learn about the others' traffic.
+    #[error("the queue of job data is full ({max} bytes at most, across services)")]
+    Bytes {
+        /// The bound.
+        max: u64,
+    },
+}
+
+/// What unfinished jobs hold, as the bounds of [`QueueBounds`] count it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueUsage {
+    /// The service's jobs waiting to start.
+    pub pending_jobs: u64,
+    /// Bytes held by unfinished jobs across services.
+    pub queued_bytes: u64,
 }
 
 macro_rules! db_err {
@@ -194,11 +253,12 @@ impl State {
         let _ = txn.open_table(BUCKETS)?;
         let _ = txn.open_table(SERVICES)?;
         let _ = txn.open_table(INTENTS)?;
-        for table in [JOBS, LOGS, PAYLOADS] {
+        for table in [JOBS, LOGS, SEALED_LOGS, PAYLOADS] {
             let _ = txn.open_table(table)?;
         }
         let _ = txn.open_table(QUEUE)?;
         let _ = txn.open_table(COUNTERS)?;
+        recount_tallies(&txn)?;
         txn.commit()?;
         Ok(Self { db })
     }
@@ -262,12 +322,31 @@ impl State {
                 return Ok(false);
             }
             let mut jobs = txn.open_table(JOBS)?;
+            let mut payloads = txn.open_table(PAYLOADS)?;
+            let mut released = 0u64;
+            for entry in jobs.range(service_range(name))? {
+                let (key, value) = entry?;
+                // Finished jobs hold nothing: their records (with their events) are not built.
+                if serde_json::from_slice::<StoredStatus>(value.value())?
+                    .status
+                    .is_final()
+                {
+                    continue;
+                }
+                let record: JobRecord = serde_json::from_slice(value.value())?;
+                let payload = payloads.get(key.value())?.map_or(0, |p| p.value().len());
+                released = released.saturating_add(held_bytes(&record, payload));
+            }
             jobs.retain_in(service_range(name), |_, _| false)?;
-            txn.open_table(LOGS)?
-                .retain_in(service_range(name), |_, _| false)?;
-            txn.open_table(PAYLOADS)?
-                .retain_in(service_range(name), |_, _| false)?;
+            payloads.retain_in(service_range(name), |_, _| false)?;
+            for table in [LOGS, SEALED_LOGS] {
+                txn.open_table(table)?
+                    .retain_in(service_range(name), |_, _| false)?;
+            }
             txn.open_table(QUEUE)?.retain(|_, (svc, _)| svc != name)?;
+            let mut tallies = txn.open_table(TALLIES)?;
+            tallies.remove(pending_tally(name).as_str())?;
+            tally_sub(&mut tallies, QUEUED_BYTES, released)?;
         }
         txn.commit()?;
         Ok(true)
@@ -357,28 +436,39 @@ impl State {
     /// process dies. Without one (a `POST /job`), the commit is durable before it returns.
     pub fn create_jobs(&self, intent: Option<u64>, jobs: Vec<NewJob>) -> Result<Vec<JobRecord>, StateError> {
         let txn = self.write(intent.is_none())?;
-        let mut created = Vec::with_capacity(jobs.len());
-        {
-            let mut counters = txn.open_table(COUNTERS)?;
-            let mut table = txn.open_table(JOBS)?;
-            let mut queue = txn.open_table(QUEUE)?;
-            let mut payloads = txn.open_table(PAYLOADS)?;
-            for NewJob { mut record, payload } in jobs {
-                record.queue_seq = next_counter(&mut counters, "queue")?;
-                let key = (record.service.as_str(), record.name.as_str());
-                table.insert(key, serde_json::to_vec(&record)?.as_slice())?;
-                queue.insert(record.queue_seq, key)?;
-                if let Some(payload) = &payload {
-                    payloads.insert(key, payload.as_slice())?;
-                }
-                created.push(record);
-            }
-            if let Some(id) = intent {
-                txn.open_table(INTENTS)?.remove(id)?;
-            }
+        let created = insert_jobs(&txn, jobs, None)?;
+        if let Some(id) = intent {
+            txn.open_table(INTENTS)?.remove(id)?;
         }
         txn.commit()?;
         Ok(created)
+    }
+
+    /// Records one job of a `POST /job`, durably, unless its service would then have more than
+    /// `bounds.max_pending_jobs` jobs waiting to start or unfinished jobs would hold more than
+    /// `bounds.max_queued_bytes`: then [`StateError::QueueFull`], and nothing is recorded.
+    ///
+    /// The check and the insertion are one transaction, so concurrent submissions cannot pass
+    /// the check together.
+    pub fn create_job_bounded(&self, job: NewJob, bounds: QueueBounds) -> Result<JobRecord, StateError> {
+        let txn = self.write(true)?;
+        let mut created = insert_jobs(&txn, vec![job], Some(bounds))?;
+        // Dropping the transaction on the refusals above aborts it: nothing half-applied.
+        txn.commit()?;
+        created
+            .pop()
+            .ok_or_else(|| StateError::Db("a created job went missing".to_owned()))
+    }
+
+    /// What unfinished jobs hold now, as [`QueueBounds`] counts it, for `service`.
+    pub fn queue_usage(&self, service: &str) -> Result<QueueUsage, StateError> {
+        let txn = self.db.begin_read()?;
+        let tallies = txn.open_table(TALLIES)?;
+        let read = |key: &str| -> Result<u64, StateError> { Ok(tallies.get(key)?.map_or(0, |v| v.value())) };
+        Ok(QueueUsage {
+            pending_jobs: read(&pending_tally(service))?,
+            queued_bytes: read(QUEUED_BYTES)?,
+        })
     }
 
     /// One job.
@@ -422,6 +512,9 @@ impl State {
             let Some(mut record) = decode::<JobRecord>(table.get((service, job))?)? else {
                 return Ok(false);
             };
+            if record.status == JobStatus::Pending {
+                tally_sub(&mut txn.open_table(TALLIES)?, &pending_tally(service), 1)?;
+            }
             record.status = JobStatus::Running;
             record.start_time = Some(at);
             table.insert((service, job), serde_json::to_vec(&record)?.as_slice())?;
@@ -430,20 +523,42 @@ impl State {
         Ok(true)
     }
 
-    /// Records a job's final state and log, and takes it off the queue.
-    pub fn finish(&self, update: &JobRecord, log: &[u8]) -> Result<bool, StateError> {
+    /// Records a job's final state, its log and its sealed log (a confidential job's output,
+    /// encrypted by its runtime), and takes it off the queue.
+    pub fn finish(
+        &self,
+        update: &JobRecord,
+        log: &[u8],
+        sealed_log: Option<&[u8]>,
+    ) -> Result<bool, StateError> {
         let txn = self.write(true)?;
         {
             let mut table = txn.open_table(JOBS)?;
             let key = (update.service.as_str(), update.name.as_str());
-            if table.get(key)?.is_none() {
+            // Only the status is needed: the rest (the event may be large) is skipped.
+            let Some(stored) = decode::<StoredStatus>(table.get(key)?)? else {
                 // Deleted while running: nothing to record.
                 return Ok(false);
-            }
+            };
             table.insert(key, serde_json::to_vec(update)?.as_slice())?;
             txn.open_table(LOGS)?.insert(key, log)?;
-            txn.open_table(QUEUE)?.remove(update.queue_seq)?;
-            txn.open_table(PAYLOADS)?.remove(key)?;
+            let mut sealed = txn.open_table(SEALED_LOGS)?;
+            match sealed_log {
+                Some(sealed_log) => sealed.insert(key, sealed_log)?,
+                None => sealed.remove(key)?,
+            };
+            let mut tallies = txn.open_table(TALLIES)?;
+            if !stored.status.is_final() {
+                txn.open_table(QUEUE)?.remove(update.queue_seq)?;
+                let payload = txn
+                    .open_table(PAYLOADS)?
+                    .remove(key)?
+                    .map_or(0, |p| p.value().len());
+                tally_sub(&mut tallies, QUEUED_BYTES, held_bytes(update, payload))?;
+            }
+            if stored.status == JobStatus::Pending {
+                tally_sub(&mut tallies, &pending_tally(&update.service), 1)?;
+            }
         }
         txn.commit()?;
         Ok(true)
@@ -486,6 +601,13 @@ impl State {
         Ok(table.get((service, job))?.map(|v| v.value().to_vec()))
     }
 
+    /// A job's sealed log, if its runtime left one.
+    pub fn sealed_log(&self, service: &str, job: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SEALED_LOGS)?;
+        Ok(table.get((service, job))?.map(|v| v.value().to_vec()))
+    }
+
     /// Deletes jobs of a service matching `pred`; returns their names.
     pub fn delete_jobs(
         &self,
@@ -505,15 +627,22 @@ impl State {
                 }
             }
             let mut logs = txn.open_table(LOGS)?;
+            let mut sealed_logs = txn.open_table(SEALED_LOGS)?;
             let mut queue = txn.open_table(QUEUE)?;
             let mut payloads = txn.open_table(PAYLOADS)?;
+            let mut tallies = txn.open_table(TALLIES)?;
             for record in doomed {
                 let key = (service, record.name.as_str());
                 table.remove(key)?;
                 logs.remove(key)?;
-                payloads.remove(key)?;
+                sealed_logs.remove(key)?;
+                let payload = payloads.remove(key)?.map_or(0, |p| p.value().len());
                 if !record.status.is_final() {
                     queue.remove(record.queue_seq)?;
+                    tally_sub(&mut tallies, QUEUED_BYTES, held_bytes(&record, payload))?;
+                }
+                if record.status == JobStatus::Pending {
+                    tally_sub(&mut tallies, &pending_tally(service), 1)?;
                 }
                 deleted.push(record);
             }
@@ -536,6 +665,106 @@ impl State {
     }
 }
 
+/// The status of a stored job record, read without building the rest.
+#[derive(Deserialize)]
+struct StoredStatus {
+    status: JobStatus,
+}
+
+/// Bytes an unfinished job holds in the queue's account: its event (kept with the queued
+/// record) and its payload.
+fn held_bytes(record: &JobRecord, payload_len: usize) -> u64 {
+    (record.event.len() as u64).saturating_add(payload_len as u64)
+}
+
+/// Adds `amount` to a tally; returns the new value.
+fn tally_add(tallies: &mut redb::Table<&str, u64>, key: &str, amount: u64) -> Result<u64, StateError> {
+    let next = tallies.get(key)?.map_or(0, |v| v.value()).saturating_add(amount);
+    tallies.insert(key, next)?;
+    Ok(next)
+}
+
+/// Takes `amount` from a tally (never below zero); a tally at zero is removed.
+fn tally_sub(tallies: &mut redb::Table<&str, u64>, key: &str, amount: u64) -> Result<(), StateError> {
+    let next = tallies.get(key)?.map_or(0, |v| v.value()).saturating_sub(amount);
+    if next == 0 {
+        tallies.remove(key)?;
+    } else {
+        tallies.insert(key, next)?;
+    }
+    Ok(())
+}
+
+/// Records `jobs` (Pending, queued) in `txn` with their tallies. With `bounds`, a job that
+/// would exceed them is refused with [`StateError::QueueFull`], leaving `txn` half-written:
+/// the caller must then drop it uncommitted.
+fn insert_jobs(
+    txn: &redb::WriteTransaction,
+    jobs: Vec<NewJob>,
+    bounds: Option<QueueBounds>,
+) -> Result<Vec<JobRecord>, StateError> {
+    let mut created = Vec::with_capacity(jobs.len());
+    let mut counters = txn.open_table(COUNTERS)?;
+    let mut table = txn.open_table(JOBS)?;
+    let mut queue = txn.open_table(QUEUE)?;
+    let mut payloads = txn.open_table(PAYLOADS)?;
+    let mut tallies = txn.open_table(TALLIES)?;
+    for NewJob { mut record, payload } in jobs {
+        let held = held_bytes(&record, payload.as_ref().map_or(0, Vec::len));
+        let pending_key = pending_tally(&record.service);
+        let pending = tally_add(&mut tallies, &pending_key, 1)?;
+        let queued = tally_add(&mut tallies, QUEUED_BYTES, held)?;
+        if let Some(bounds) = bounds {
+            if pending > bounds.max_pending_jobs {
+                return Err(QueueFull::Jobs {
+                    service: record.service,
+                    pending: pending - 1,
+                    max: bounds.max_pending_jobs,
+                }
+                .into());
+            }
+            if queued > bounds.max_queued_bytes {
+                return Err(QueueFull::Bytes {
+                    max: bounds.max_queued_bytes,
+                }
+                .into());
+            }
+        }
+        record.queue_seq = next_counter(&mut counters, "queue")?;
+        let key = (record.service.as_str(), record.name.as_str());
+        table.insert(key, serde_json::to_vec(&record)?.as_slice())?;
+        queue.insert(record.queue_seq, key)?;
+        if let Some(payload) = &payload {
+            payloads.insert(key, payload.as_slice())?;
+        }
+        created.push(record);
+    }
+    Ok(created)
+}
+
+/// Recomputes the tallies from the queue, so they are right whatever wrote the database last
+/// (an older version kept none).
+fn recount_tallies(txn: &redb::WriteTransaction) -> Result<(), StateError> {
+    let mut tallies = txn.open_table(TALLIES)?;
+    tallies.retain(|_, _| false)?;
+    let queue = txn.open_table(QUEUE)?;
+    let jobs = txn.open_table(JOBS)?;
+    let payloads = txn.open_table(PAYLOADS)?;
+    for entry in queue.iter()? {
+        let (_, key) = entry?;
+        let (service, job) = key.value();
+        let Some(record) = decode::<JobRecord>(jobs.get((service, job))?)? else {
+            continue;
+        };
+        let payload = payloads.get((service, job))?.map_or(0, |p| p.value().len());
+        tally_add(&mut tallies, QUEUED_BYTES, held_bytes(&record, payload))?;
+        if record.status == JobStatus::Pending {
+            tally_add(&mut tallies, &pending_tally(service), 1)?;
+        }
+    }
+    Ok(())
+}
+
 fn decode<T: serde::de::DeserializeOwned>(
     value: Option<redb::AccessGuard<'_, &[u8]>>,
 ) -> Result<Option<T>, StateError> {
@@ -543,4 +772,256 @@ fn decode<T: serde::de::DeserializeOwned>(
         Some(v) => Some(serde_json::from_slice(v.value())?),
         None => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &tempfile::TempDir) -> State {
+        State::open(&dir.path().join("state.redb")).unwrap()
+    }
+
+    fn service(name: &str) -> Service {
+        let mut service =
+            Service::from_json(format!(r#"{{"name":"{name}","script":"true"}}"#).as_bytes()).unwrap();
+        service.token = "t".repeat(64);
+        service
+    }
+
+    fn payload_job(service: &str, payload: &[u8]) -> NewJob {
+        NewJob {
+            record: crate::dispatch::new_job(
+                &self::service(service),
+                JobSource::Payload,
+                String::from_utf8_lossy(payload).into_owned(),
+            ),
+            payload: Some(payload.to_vec()),
+        }
+    }
+
+    const BOUNDS: QueueBounds = QueueBounds {
+        max_pending_jobs: 2,
+        max_queued_bytes: 1000,
+    };
+
+    fn finished(mut record: JobRecord, at: OffsetDateTime) -> JobRecord {
+        record.status = JobStatus::Succeeded;
+        record.finish_time = Some(at);
+        record
+    }
+
+    #[test]
+    fn bounded_submissions_refuse_whole_and_free_up_as_jobs_start_and_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir);
+        let first = state.create_job_bounded(payload_job("a", b"11"), BOUNDS).unwrap();
+        let second = state.create_job_bounded(payload_job("a", b"22"), BOUNDS).unwrap();
+        assert_eq!(
+            state.queue_usage("a").unwrap(),
+            QueueUsage {
+                pending_jobs: 2,
+                queued_bytes: 8
+            }
+        );
+
+        let refused = payload_job("a", b"33");
+        let refused_name = refused.record.name.clone();
+        let err = state.create_job_bounded(refused, BOUNDS).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StateError::QueueFull(QueueFull::Jobs {
+                    pending: 2,
+                    max: 2,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        // Nothing of the refused job: no record, no payload, no queue entry, no tally.
+        assert!(state.job("a", &refused_name).unwrap().is_none());
+        assert!(state.payload("a", &refused_name).unwrap().is_none());
+        assert_eq!(state.queued().unwrap().len(), 2);
+        assert_eq!(state.queue_usage("a").unwrap().pending_jobs, 2);
+        // The bound is per service.
+        let other = state.create_job_bounded(payload_job("b", b"44"), BOUNDS).unwrap();
+
+        // A job that starts no longer waits: one more fits.
+        assert!(
+            state
+                .mark_running("a", &first.name, OffsetDateTime::now_utc())
+                .unwrap()
+        );
+        assert_eq!(state.queue_usage("a").unwrap().pending_jobs, 1);
+        let third = state.create_job_bounded(payload_job("a", b"55"), BOUNDS).unwrap();
+        assert!(state.create_job_bounded(payload_job("a", b"66"), BOUNDS).is_err());
+
+        // Finishing releases its bytes; a job finished without starting (refused by its
+        // executor) leaves the waiting count too.
+        let now = OffsetDateTime::now_utc();
+        assert!(state.finish(&finished(first, now), b"log", None).unwrap());
+        assert!(state.finish(&finished(second, now), b"log", None).unwrap());
+        assert!(state.payload("a", &third.name).unwrap().is_some());
+        assert_eq!(
+            state.queue_usage("a").unwrap(),
+            QueueUsage {
+                pending_jobs: 1,
+                queued_bytes: 8
+            }
+        );
+        // Deleting unfinished jobs, or their service, releases what they held.
+        state.delete_jobs("a", |_| true).unwrap();
+        // Service b's job holds the rest.
+        assert_eq!(
+            state.queue_usage("a").unwrap(),
+            QueueUsage {
+                pending_jobs: 0,
+                queued_bytes: 4
+            }
+        );
+        assert!(state.put_service(&service("b"), true).unwrap());
+        assert!(state.delete_service("b").unwrap());
+        assert!(state.job("b", &other.name).unwrap().is_none());
+        assert_eq!(state.queue_usage("b").unwrap(), QueueUsage::default());
+    }
+
+    #[test]
+    fn the_byte_bound_is_global_and_counts_events_with_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir);
+        // 400 bytes of payload and 400 of event.
+        let big = state
+            .create_job_bounded(payload_job("a", &[b'x'; 400]), BOUNDS)
+            .unwrap();
+        let refused = payload_job("b", &[b'y'; 150]);
+        let refused_name = refused.record.name.clone();
+        let err = state.create_job_bounded(refused, BOUNDS).unwrap_err();
+        assert!(
+            matches!(err, StateError::QueueFull(QueueFull::Bytes { max: 1000 })),
+            "{err}"
+        );
+        // The message tells no other service's usage.
+        assert!(!err.to_string().contains("800"), "{err}");
+        assert!(state.job("b", &refused_name).unwrap().is_none());
+        assert!(state.payload("b", &refused_name).unwrap().is_none());
+        // Small enough still fits.
+        state
+            .create_job_bounded(payload_job("b", &[b'y'; 50]), BOUNDS)
+            .unwrap();
+        // Uploads' jobs are never refused, but they count.
+        let upload = NewJob {
+            record: crate::dispatch::new_job(
+                &service("b"),
+                JobSource::Object {
+                    bucket: "b".into(),
+                    key: "in/x".into(),
+                },
+                "e".repeat(100),
+            ),
+            payload: None,
+        };
+        state.create_jobs(None, vec![upload]).unwrap();
+        assert_eq!(state.queue_usage("b").unwrap().queued_bytes, 800 + 100 + 100);
+        assert_eq!(state.queue_usage("b").unwrap().pending_jobs, 2);
+        assert!(state.create_job_bounded(payload_job("c", b"1"), BOUNDS).is_err());
+
+        state
+            .finish(&finished(big, OffsetDateTime::now_utc()), b"", None)
+            .unwrap();
+        state
+            .create_job_bounded(payload_job("c", &[b'z'; 150]), BOUNDS)
+            .unwrap();
+        assert_eq!(state.queue_usage("c").unwrap().queued_bytes, 200 + 300);
+    }
+
+    #[test]
+    fn tallies_are_recounted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir);
+        state.create_job_bounded(payload_job("a", b"11"), BOUNDS).unwrap();
+        let running = state
+            .create_job_bounded(payload_job("a", b"2222"), BOUNDS)
+            .unwrap();
+        state
+            .mark_running("a", &running.name, OffsetDateTime::now_utc())
+            .unwrap();
+        let before = state.queue_usage("a").unwrap();
+        assert_eq!(
+            before,
+            QueueUsage {
+                pending_jobs: 1,
+                queued_bytes: 12
+            }
+        );
+        // A database whose tallies were lost (or never kept) gets them back.
+        {
+            let txn = state.write(true).unwrap();
+            txn.open_table(TALLIES).unwrap().retain(|_, _| false).unwrap();
+            txn.commit().unwrap();
+        }
+        assert_eq!(state.queue_usage("a").unwrap(), QueueUsage::default());
+        drop(state);
+        assert_eq!(open(&dir).queue_usage("a").unwrap(), before);
+    }
+
+    #[test]
+    fn sealed_logs_are_stored_with_the_final_state_and_deleted_with_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir);
+        assert!(state.put_service(&service("a"), true).unwrap());
+        let jobs = state
+            .create_jobs(None, (0..4).map(|_| payload_job("a", b"{}")).collect())
+            .unwrap();
+        let long_ago = OffsetDateTime::now_utc() - time::Duration::days(30);
+        for (i, job) in jobs.iter().enumerate() {
+            let sealed = format!("ciphertext {i}");
+            assert!(
+                state
+                    .finish(
+                        &finished(job.clone(), long_ago),
+                        b"status",
+                        Some(sealed.as_bytes())
+                    )
+                    .unwrap()
+            );
+            assert_eq!(
+                state.sealed_log("a", &job.name).unwrap(),
+                Some(sealed.into_bytes())
+            );
+        }
+        // A job without one has none, also when it finishes again (a rerun after a crash).
+        assert!(
+            state
+                .finish(&finished(jobs[3].clone(), long_ago), b"status", None)
+                .unwrap()
+        );
+        assert_eq!(state.sealed_log("a", &jobs[3].name).unwrap(), None);
+
+        state.delete_jobs("a", |j| j.name == jobs[0].name).unwrap();
+        assert_eq!(state.sealed_log("a", &jobs[0].name).unwrap(), None);
+        // Log retention: expired jobs take their sealed logs along.
+        assert_eq!(
+            state.expire_jobs(long_ago + time::Duration::seconds(1)).unwrap(),
+            3
+        );
+        assert_eq!(state.sealed_log("a", &jobs[1].name).unwrap(), None);
+
+        // Deleting the service deletes its sealed logs.
+        let job = state
+            .create_jobs(None, vec![payload_job("a", b"{}")])
+            .unwrap()
+            .remove(0);
+        state
+            .finish(&finished(job.clone(), long_ago), b"", Some(b"sealed"))
+            .unwrap();
+        assert!(state.delete_service("a").unwrap());
+        assert_eq!(state.sealed_log("a", &job.name).unwrap(), None);
+        // A job deleted while running records nothing when it finishes.
+        assert!(
+            !state
+                .finish(&finished(job, long_ago), b"", Some(b"sealed"))
+                .unwrap()
+        );
+    }
 }

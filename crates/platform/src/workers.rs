@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloister_runtime::{JobInput, JobOutcome, JobSpec, Limits, OutputTarget, Placement, Status, TeeKind};
+use cloister_runtime::tee::{SEALED_LOG_OVERHEAD, render_log};
+use cloister_runtime::{
+    JobInput, JobOutcome, JobSpec, Limits, LogLine, OutputTarget, Placement, Status, TeeKind,
+};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::Platform;
@@ -208,16 +210,26 @@ pub(crate) fn placement_for(service: &Service) -> Placement {
     }
 }
 
-/// A job's log as stored: one `<RFC 3339 time> <line>` per line.
-pub(crate) fn render_log(outcome: &JobOutcome) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in &outcome.log {
-        out.extend_from_slice(line.time.format(&Rfc3339).unwrap_or_default().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(line.text.as_bytes());
-        out.push(b'\n');
-    }
-    out
+/// A job's log as stored, and its sealed log if the executor brought one within the job's
+/// bound (the log limit plus the ciphertext's overhead). A larger one is dropped whole, since a
+/// cut ciphertext would not open, and the plain log says so.
+fn logs_to_store(outcome: &mut JobOutcome, log_limit: usize) -> (Vec<u8>, Option<Vec<u8>>) {
+    let sealed = outcome.sealed_log.take();
+    let limit = log_limit.saturating_add(SEALED_LOG_OVERHEAD);
+    let sealed = match sealed {
+        Some(sealed) if sealed.len() > limit => {
+            outcome.log.push(LogLine {
+                time: OffsetDateTime::now_utc(),
+                text: format!(
+                    "cloister: the sealed log ({} bytes) is longer than the {limit} bytes kept per job and was dropped",
+                    sealed.len()
+                ),
+            });
+            None
+        }
+        sealed => sealed,
+    };
+    (render_log(&outcome.log), sealed)
 }
 
 async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), StateError> {
@@ -262,7 +274,7 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
             }
         })
     };
-    let outcome = platform.executor.run(spec, cancel, on_start).await;
+    let mut outcome = platform.executor.run(spec, cancel, on_start).await;
     platform.workers.release(&record.service, &record.name);
 
     // mark_running may have updated the record; keep its start time.
@@ -282,7 +294,8 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
     record.exit_code = outcome.exit_code;
     record.reason = outcome.reason.clone();
     tracing::info!(job = %record.name, status = ?record.status, "job finished");
-    state.finish(&record, &render_log(&outcome))?;
+    let (log, sealed_log) = logs_to_store(&mut outcome, platform.config.log_limit);
+    state.finish(&record, &log, sealed_log.as_deref())?;
     Ok(())
 }
 
@@ -313,6 +326,150 @@ pub(crate) async fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::Dispatcher;
+    use crate::executor::Executor;
+    use crate::state::{NewJob, State};
+
+    /// Stands in for an executor whose runtime sealed the script's output.
+    struct SealingExecutor {
+        sealed: Vec<u8>,
+    }
+
+    #[async_trait::async_trait]
+    impl Executor for SealingExecutor {
+        fn name(&self) -> &'static str {
+            "sealing"
+        }
+
+        async fn run(
+            &self,
+            spec: JobSpec,
+            _cancel: futures::future::BoxFuture<'static, ()>,
+            on_start: Box<dyn FnOnce() + Send>,
+        ) -> JobOutcome {
+            on_start();
+            JobOutcome {
+                status: Status::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+                log: vec![LogLine {
+                    time: OffsetDateTime::now_utc(),
+                    text: format!("cloister: ran {}", spec.job_name),
+                }],
+                stdout: Vec::new(),
+                files: Vec::new(),
+                uploaded: Vec::new(),
+                sealed_log: Some(self.sealed.clone()),
+            }
+        }
+
+        async fn run_sync(&self, _spec: JobSpec, _max_output: u64) -> JobOutcome {
+            JobOutcome {
+                status: Status::Failed,
+                exit_code: None,
+                reason: Some("not used".to_owned()),
+                log: Vec::new(),
+                stdout: Vec::new(),
+                files: Vec::new(),
+                uploaded: Vec::new(),
+                sealed_log: None,
+            }
+        }
+    }
+
+    const LOG_LIMIT: usize = 1000;
+
+    /// Runs one `POST /job`-style job of a fresh platform through `execute`; returns the
+    /// state and the job's name.
+    async fn run_one(dir: &std::path::Path, sealed: Vec<u8>) -> (Arc<State>, String) {
+        let state = Arc::new(State::open(&dir.join("state.redb")).unwrap());
+        let mut service = Service::from_json(br#"{"name":"conf","script":"true"}"#).unwrap();
+        service.token = "t".repeat(64);
+        assert!(state.put_service(&service, true).unwrap());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let dispatcher = Arc::new(Dispatcher::new(state.clone(), tx).unwrap());
+        let store = cloister_storage::Store::open(&dir.join("objects"), dispatcher.clone()).unwrap();
+        let config = crate::Config {
+            data_dir: dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            s3_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_user: "admin".into(),
+            admin_password: "password".into(),
+            s3_access_key: "access".into(),
+            s3_secret_key: "secret".into(),
+            s3_region: "us-east-1".into(),
+            concurrency: 1,
+            job_timeout: Duration::from_secs(60),
+            log_retention: None,
+            max_body: 1 << 20,
+            max_queued_jobs: 10,
+            max_queued_bytes: 1 << 20,
+            max_sync_invocations: 2,
+            log_limit: LOG_LIMIT,
+            runtime_binary: None,
+            plain_dir: dir.join("plain"),
+            work_dir: None,
+        };
+        let platform = Arc::new(Platform {
+            state: state.clone(),
+            presigner: cloister_storage::Presigner::new(
+                "http://127.0.0.1:1",
+                "us-east-1",
+                "access",
+                "secret",
+            ),
+            store,
+            executor: Arc::new(SealingExecutor { sealed }),
+            workers: Workers::default(),
+            s3_endpoint: "http://127.0.0.1:1".into(),
+            sync_slots: Arc::new(Semaphore::new(1)),
+            sync_admission: Semaphore::new(2),
+            sim_platform_public: String::new(),
+            dispatcher: dispatcher.clone(),
+            config,
+        });
+        let job = NewJob {
+            record: crate::dispatch::new_job(&service, JobSource::Payload, "{}".into()),
+            payload: Some(b"{}".to_vec()),
+        };
+        dispatcher.submit_bounded(job, platform.queue_bounds()).unwrap();
+        let record = rx.recv().await.unwrap();
+        let name = record.name.clone();
+        execute(&platform, record).await.unwrap();
+        (state, name)
+    }
+
+    #[tokio::test]
+    async fn a_sealed_log_is_stored_with_the_job_and_the_queue_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = vec![0xA5; LOG_LIMIT + SEALED_LOG_OVERHEAD];
+        let (state, job) = run_one(dir.path(), sealed.clone()).await;
+        let record = state.job("conf", &job).unwrap().unwrap();
+        assert_eq!(record.status, JobStatus::Succeeded);
+        assert_eq!(state.sealed_log("conf", &job).unwrap(), Some(sealed));
+        let log = String::from_utf8(state.log("conf", &job).unwrap().unwrap()).unwrap();
+        assert!(log.contains(&format!("cloister: ran {job}")), "{log}");
+        assert!(!log.contains("dropped"), "{log}");
+        assert_eq!(state.queue_usage("conf").unwrap(), Default::default());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_sealed_log_is_dropped_with_a_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = vec![0xA5; LOG_LIMIT + SEALED_LOG_OVERHEAD + 1];
+        let (state, job) = run_one(dir.path(), sealed).await;
+        assert_eq!(state.sealed_log("conf", &job).unwrap(), None);
+        let record = state.job("conf", &job).unwrap().unwrap();
+        assert_eq!(record.status, JobStatus::Succeeded);
+        let log = String::from_utf8(state.log("conf", &job).unwrap().unwrap()).unwrap();
+        assert!(log.contains(&format!("cloister: ran {job}")), "{log}");
+        assert!(
+            log.contains(
+                "sealed log (66537 bytes) is longer than the 66536 bytes kept per job and was dropped"
+            ),
+            "{log}"
+        );
+    }
 
     fn service(json: &str) -> Service {
         let mut service = Service::from_json(json.as_bytes()).unwrap();

@@ -208,6 +208,9 @@ pub struct JobOutcome {
     pub files: Vec<(String, Vec<u8>)>,
     /// Keys uploaded, as `bucket/key`.
     pub uploaded: Vec<String>,
+    /// The script's output encrypted to the data owner's recipients (confidential jobs; bound
+    /// with [`tee::sealed_log_binding`]); `None` for plain jobs.
+    pub sealed_log: Option<Vec<u8>>,
 }
 
 /// Options that depend on where the runtime runs rather than on the job.
@@ -245,6 +248,7 @@ pub async fn run_job(
         stdout: Vec::new(),
         files: Vec::new(),
         uploaded: Vec::new(),
+        sealed_log: None,
     };
     // A slot runs one job at a time, so its directory is the job's own while it runs.
     let work = if options.slot.is_empty() {

@@ -6,12 +6,46 @@
 //! standard output as the job's log (status lines, never content), and after it exits reads
 //! `result.json` ([`TeeResult`]) and uploads the ciphertexts it lists. The program the job runs
 //! is not in the job directory: it comes from the CAS session, released after attestation.
+//!
+//! The program's own output is the data owner's: the runtime hands it to the platform only
+//! encrypted (a *sealed log*, [`crate::JobOutcome::sealed_log`]), bound with
+//! [`sealed_log_binding`], and the platform stores it beside the job without reading it.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
 
-use crate::{Status, TeeKind};
+use crate::{LogLine, Status, TeeKind};
+
+/// The bucket bound into every sealed log. It names no stored bucket: it keeps a sealed log
+/// and a stored object from ever sharing a binding.
+pub const SEALED_LOG_BUCKET: &str = "cloister-job-logs";
+
+/// Bytes a sealed log may take beyond the job's log limit (the ciphertext's header with its
+/// recipient stanzas, and 16 bytes per chunk). The runtime caps the plaintext at the log limit;
+/// the platform drops, with a note in the plain log, a sealed log longer than the two together.
+pub const SEALED_LOG_OVERHEAD: usize = 64 * 1024;
+
+/// The binding (bucket, key) of a job's sealed log: [`SEALED_LOG_BUCKET`] and
+/// `<service>/<job>`, with the platform's service and job names. The runtime encrypts with it
+/// and the data owner decrypts with it, so a sealed log moved to another job does not open.
+pub fn sealed_log_binding(service: &str, job: &str) -> (String, String) {
+    (SEALED_LOG_BUCKET.to_owned(), format!("{service}/{job}"))
+}
+
+/// Log lines as the platform stores a job's log, and as a sealed log's plaintext is written:
+/// one `<RFC 3339 time> <text>` line each.
+pub fn render_log(lines: &[LogLine]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in lines {
+        out.extend_from_slice(line.time.format(&Rfc3339).unwrap_or_default().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(line.text.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
 
 /// `job.json`: a confidential job as the executor describes it. Nothing here is secret, and
 /// the runtime trusts none of it: the CAS, session and service are checked against the TEE's
@@ -57,6 +91,8 @@ pub struct TeeJob {
     pub memory_bytes: Option<u64>,
     /// Wall-clock limit of the script, seconds.
     pub timeout_secs: u64,
+    /// Most bytes of the program's output kept (the plaintext of its sealed log).
+    pub log_limit: usize,
     /// `cgroup.procs` files of the slot the executor prepared with the job's limits; the
     /// script joins them.
     #[serde(default)]
@@ -92,16 +128,10 @@ pub struct TeeResult {
     pub reason: Option<String>,
     /// Encrypted outputs to upload, in order.
     pub outputs: Vec<TeeOutput>,
-    /// File name, inside `sealed/`, of the script's output encrypted to the data owners
+    /// File name, inside `sealed/`, of the program's output encrypted to the data owners
     /// (binding: [`sealed_log_binding`]).
     #[serde(default)]
     pub sealed_log: Option<String>,
-}
-
-/// Where a confidential job's encrypted log is bound to (bucket, key): it decrypts only as the log
-/// of this job of this service.
-pub fn sealed_log_binding(service: &str, job: &str) -> (String, String) {
-    ("cloister-job-logs".to_owned(), format!("{service}/{job}"))
 }
 
 /// One encrypted output, bound to where it must be stored.

@@ -11,9 +11,8 @@ use cloister_cas_client::client::CasClient;
 use cloister_cas_client::protocol::{InitData, ReleasedConfig, VolumeCommit, VolumeState, valid_volume_name};
 use cloister_crypt::{EncryptOptions, Identity, ObjectBinding, Recipient, SymmetricKey};
 use cloister_runtime::plain::PlainRoot;
-use cloister_runtime::tee::{TeeJob, TeeOutput, TeeResult, sealed_log_binding};
-use cloister_runtime::{CgroupSupport, Limits, LogLine, OutputTarget, Program, Status, TeeKind};
-use time::format_description::well_known::Rfc3339;
+use cloister_runtime::tee::{TeeJob, TeeOutput, TeeResult, render_log, sealed_log_binding};
+use cloister_runtime::{CgroupSupport, Limits, OutputTarget, Program, Status, TeeKind};
 use zeroize::Zeroizing;
 
 use crate::reserved;
@@ -23,8 +22,8 @@ use crate::volumes::{self, VolumeContext};
 const MAX_JOB_FILE: u64 = 1024 * 1024;
 /// Largest event handed to the program (`EVENT`).
 const MAX_EVENT: usize = 64 * 1024;
-/// Most bytes of the program's output kept in its encrypted log.
-const MAX_SEALED_LOG: usize = 4 * 1024 * 1024;
+/// Most bytes of the program's output kept in its encrypted log, whatever the job asks.
+const MAX_SEALED_LOG: usize = 16 * 1024 * 1024;
 
 /// A job's failure: the reason is reported; it never contains data content.
 type Step<T> = Result<T, String>;
@@ -209,17 +208,25 @@ async fn run(
             .unwrap_or("input");
         let dest = plain.join("input").join(name);
         let started = Instant::now();
-        let bytes = decrypt_file(
+        let decrypted = decrypt_file(
             &input.file,
             &dest,
             identity,
             &ObjectBinding::new(&input.bucket, &input.key),
+            &keys.senders,
         )
         .map_err(|e| format!("input {}/{} rejected: {e}", input.bucket, input.key))?;
+        // "Authenticated" only when a sender proved it: without one, anyone who knows the
+        // service's public recipient (the host too) could have made this input.
+        let origin = match &decrypted.sender {
+            Some(sender) => format!("authenticated from {sender}"),
+            None => "sender not authenticated".to_owned(),
+        };
         log(&format!(
-            "cloister: input {}/{} decrypted ({bytes} bytes, {:.1} ms; its sender is not authenticated)",
+            "cloister: input {}/{} decrypted ({} bytes, {:.1} ms; {origin})",
             input.bucket,
             input.key,
+            decrypted.len,
             started.elapsed().as_secs_f64() * 1000.0
         ));
         input_path = Some(dest);
@@ -286,7 +293,7 @@ async fn run(
         &limits,
         &cgroups,
         "",
-        MAX_SEALED_LOG,
+        job.log_limit.min(MAX_SEALED_LOG),
         false,
         std::future::pending(),
         || {},
@@ -303,7 +310,7 @@ async fn run(
         let (bucket, key) = sealed_log_binding(&job.service, &job.job_name);
         let sealed = job_dir.join("sealed");
         std::fs::create_dir_all(&sealed).map_err(|e| format!("cannot create {}: {e}", sealed.display()))?;
-        let text = Zeroizing::new(log_text(&run.log));
+        let text = Zeroizing::new(render_log(&run.log));
         encrypt_bytes(
             &text,
             &sealed.join("log"),
@@ -421,6 +428,8 @@ fn resolve_command(command: &[String], staged: &BTreeMap<String, PathBuf>) -> St
 /// Keys and settings the runtime takes out of the released environment.
 struct Keys {
     input: Option<Identity>,
+    /// When not empty, an input must be authenticated by one of these senders.
+    senders: Vec<Recipient>,
     recipients: Vec<Recipient>,
     inputs: Vec<OutputTarget>,
     outputs: Vec<OutputTarget>,
@@ -442,17 +451,10 @@ impl Keys {
             environment.remove(reserved::OUTPUT_RECIPIENTS),
             reserved::OUTPUT_RECIPIENTS,
         )?;
-        // Inputs are accepted from anyone holding the service's recipient until sender
-        // authentication is wired; refuse a session that asks for it rather than ignore it.
-        if environment
-            .remove(reserved::INPUT_SENDERS)
-            .is_some_and(|s| !s.trim().is_empty())
-        {
-            return Err(format!(
-                "{} is not supported by this runtime",
-                reserved::INPUT_SENDERS
-            ));
-        }
+        let senders = parse_recipients(
+            environment.remove(reserved::INPUT_SENDERS),
+            reserved::INPUT_SENDERS,
+        )?;
         let targets = |name: &str, value: Option<String>| -> Step<Vec<OutputTarget>> {
             value.map_or(Ok(Vec::new()), |json| {
                 serde_json::from_str(&json).map_err(|e| format!("{name}: {e}"))
@@ -485,6 +487,7 @@ impl Keys {
         }
         Ok(Keys {
             input,
+            senders,
             recipients,
             inputs,
             outputs,
@@ -598,19 +601,6 @@ fn script_environment(
     env
 }
 
-/// The program's output as text lines, each with its time.
-fn log_text(lines: &[LogLine]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in lines {
-        let time = line.time.format(&Rfc3339).unwrap_or_default();
-        out.extend_from_slice(time.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(line.text.as_bytes());
-        out.push(b'\n');
-    }
-    out
-}
-
 /// `path` (absolute, from the CAS) as a relative path with only normal components.
 fn safe_relative(path: &str) -> Option<PathBuf> {
     let mut out = PathBuf::new();
@@ -629,13 +619,14 @@ fn decrypt_file(
     dest: &Path,
     identity: &Identity,
     binding: &ObjectBinding,
-) -> Result<u64, String> {
+    senders: &[Recipient],
+) -> Result<cloister_crypt::Decrypted, String> {
     let input = File::open(src).map_err(|e| format!("cannot open the ciphertext: {e}"))?;
     let output = create_private(dest, 0o600).map_err(|e| format!("cannot write the plaintext: {e}"))?;
     // One thread per available CPU. On any failure the plaintext file is left empty: nothing of
     // an unverified object remains.
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    cloister_crypt::decrypt_file(&input, &output, identity.into(), binding, threads)
+    cloister_crypt::decrypt_file_from(&input, &output, identity.into(), binding, senders, threads)
         .map_err(|e| e.to_string())
 }
 
