@@ -4,17 +4,41 @@
 //! that plays the kernel's (or Gramine's) part.
 
 use std::fs;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use crate::Error;
 use crate::evidence::{Tee, hex, inspect};
 use crate::sim::SimPlatform;
+use crate::snp::{self, SigningKey, cert_table};
 
 /// Produces evidence that binds the given 64 bytes of report data.
 pub trait EvidenceSource: Send + Sync {
     /// Returns binary evidence whose report data is `report_data`.
     fn collect(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, Error>;
+
+    /// Like [`EvidenceSource::collect`], and also returns the endorsement the platform hands
+    /// out with the evidence (SEV-SNP: the VCEK or VLEK from the host's certificate table).
+    /// Sources without any return only the evidence, which is what this default does.
+    fn collect_with_endorsements(&self, report_data: &[u8; 64]) -> Result<Collected, Error> {
+        Ok(Collected {
+            evidence: self.collect(report_data)?,
+            vcek: None,
+        })
+    }
+}
+
+/// Evidence and the endorsement delivered with it, from
+/// [`EvidenceSource::collect_with_endorsements`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    /// The evidence, as [`EvidenceSource::collect`] returns it.
+    pub evidence: Vec<u8>,
+    /// SEV-SNP: the DER certificate of the key that signed the report, per its SIGNING_KEY (a
+    /// VCEK, or a VLEK on clouds that provision one), when the host's certificate table has it.
+    /// It comes from the host, so it proves nothing by itself: the verifier chains it to AMD's
+    /// roots. Send it as the attestation request's `vcek`.
+    pub vcek: Option<Vec<u8>>,
 }
 
 /// Checks that freshly collected evidence is of the expected TEE and carries the requested
@@ -238,6 +262,30 @@ impl TsmSource {
         result
     }
 
+    /// Collects a report and, for SEV-SNP, takes the certificate of the key that signed it
+    /// (VCEK or VLEK, per the report's SIGNING_KEY) out of the auxblob's certificate table.
+    ///
+    /// A table that does not parse is an error (see the checks of the table parser: bounds,
+    /// overlaps, terminator, duplicates, DER); a missing auxblob, or a table without that
+    /// certificate, gives `vcek: None`.
+    fn collect_snp(&self, report_data: &[u8; 64]) -> Result<Collected, Error> {
+        let report = self.collect_report(report_data)?;
+        let vcek = match (&report.auxblob, snp::report_signing_key(&report.outblob)?) {
+            (Some(aux), Some(kind)) => {
+                let table = cert_table::parse(aux)?;
+                match kind {
+                    SigningKey::Vcek => table.vcek,
+                    SigningKey::Vlek => table.vlek,
+                }
+            }
+            _ => None,
+        };
+        Ok(Collected {
+            evidence: report.outblob,
+            vcek,
+        })
+    }
+
     fn collect_in(&self, dir: &Path, report_data: &[u8; 64]) -> Result<TsmReport, Error> {
         let provider = read_text(&dir.join("provider"))?;
         if provider != self.provider.kernel_name() {
@@ -256,12 +304,7 @@ impl TsmSource {
         let before = read_generation()?;
         let outblob = read(&dir.join("outblob"))?;
         let auxblob = match self.provider {
-            TsmProvider::SevSnp => match fs::read(dir.join("auxblob")) {
-                Ok(aux) if !aux.is_empty() => Some(aux),
-                Ok(_) => None,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(Error::io(dir.join("auxblob"), e)),
-            },
+            TsmProvider::SevSnp => read_auxblob(&dir.join("auxblob"))?,
             TsmProvider::Tdx => None,
         };
         let after = read_generation()?;
@@ -279,8 +322,39 @@ impl TsmSource {
     }
 }
 
+/// Reads the auxblob, bounded: the host fills it, and a real one is a few KiB.
+fn read_auxblob(path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let limit = u64::try_from(cert_table::MAX_TABLE_LEN).unwrap_or(u64::MAX);
+    let mut aux = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut aux)
+        .map_err(|e| Error::io(path, e))?;
+    if aux.len() > cert_table::MAX_TABLE_LEN {
+        return Err(Error::Collection(format!(
+            "configfs-tsm auxblob is larger than {} bytes",
+            cert_table::MAX_TABLE_LEN
+        )));
+    }
+    Ok((!aux.is_empty()).then_some(aux))
+}
+
 impl EvidenceSource for TsmSource {
     fn collect(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, Error> {
         Ok(self.collect_report(report_data)?.outblob)
+    }
+
+    fn collect_with_endorsements(&self, report_data: &[u8; 64]) -> Result<Collected, Error> {
+        match self.provider {
+            TsmProvider::SevSnp => self.collect_snp(report_data),
+            TsmProvider::Tdx => Ok(Collected {
+                evidence: self.collect(report_data)?,
+                vcek: None,
+            }),
+        }
     }
 }

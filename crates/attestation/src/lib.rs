@@ -20,6 +20,10 @@
 //! * [`EvidenceSource`] — collection inside a workload: [`SimSource`], [`GramineSource`]
 //!   (`/dev/attestation`) and [`TsmSource`] (Linux configfs-tsm for TDX and SEV-SNP). All take a
 //!   configurable root directory so that tests run against a fake tree.
+//!   [`EvidenceSource::collect_with_endorsements`] also returns what the platform delivers
+//!   with the evidence ([`Collected`]): for SEV-SNP, the VCEK or VLEK out of the host's
+//!   certificate table in configfs-tsm's `auxblob` (GHCB certificate table, parsed with every
+//!   offset and length checked).
 //! * [`CollateralSource`] — obtains the DCAP collateral of a quote from a PCCS or Intel's PCS
 //!   (v4 API, blocking, 10 s timeout, 4 MiB responses) through an on-disk cache, or offline from
 //!   files an operator placed; [`DcapPlatform`] is what selects it (TEE, FMSPC, PCK CA).
@@ -98,6 +102,12 @@
 //!   authentic and report it; the policy refuses it unless `debug-mode` is tolerated.
 //! * **SEV-SNP TCB.** AMD publishes no TCB status, so SNP evidence has status `NotEvaluated`
 //!   (accepted by the policy); the VCEK's TCB extensions must equal the report's REPORTED_TCB.
+//!   Minimum SPLs, guest policy bits, VMPL and HOST_DATA are judged by the relying party (the
+//!   CAS session's `snp` alternatives), on the verified [`SnpDetails`].
+//! * **SEV-SNP endorsement keys.** The report's SIGNING_KEY decides the chain: VCEK → ASK →
+//!   ARK or VLEK → ASVK → ARK. The ARK, ASK and ASVK of Milan, Genoa and Turin are built in
+//!   (`src/snp/certs/PROVENANCE.md`), so a VLEK (as AWS provisions) verifies without a supplied
+//!   chain, and an ASVK can never stand in for an ASK or the other way round.
 //!
 //! ## Simulation evidence layout (version 2)
 //!
@@ -135,7 +145,7 @@ mod time_util;
 mod verify;
 
 pub use binding::{check_report_data, report_data_for};
-pub use collect::{EvidenceSource, GramineSource, SimSource, TsmProvider, TsmReport, TsmSource};
+pub use collect::{Collected, EvidenceSource, GramineSource, SimSource, TsmProvider, TsmReport, TsmSource};
 pub use dcap::{
     CollateralFloor, CollateralSource, CollateralWindow, DEFAULT_REFRESH_MARGIN, DcapCollateral,
     DcapPlatform, DcapVerifier, INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL, MAX_RESPONSE_BYTES, PckCaKind,

@@ -230,18 +230,20 @@ impl CasClient {
             hex::decode(&nonce.nonce).map_err(|_| ClientError::Local("malformed nonce".into()))?;
         let key = crate::seal::WorkloadKey::generate();
         let report_data = cloister_attestation::report_data_for(&nonce_bytes, &key.public_bytes());
-        let evidence = source
-            .collect(&report_data)
+        let collected = source
+            .collect_with_endorsements(&report_data)
             .map_err(|e| ClientError::Local(format!("cannot collect evidence: {e}")))?;
-        check_launch(init, &evidence)?;
+        check_launch(init, &collected.evidence)?;
         let mut request = AttestRequest {
             session: init.session.clone(),
             service: init.service.clone(),
             nonce: nonce.nonce.clone(),
             public_key: hex::encode(key.public_bytes()),
-            evidence: B64.encode(&evidence),
+            evidence: B64.encode(&collected.evidence),
             collateral: None,
-            vcek: None,
+            // SEV-SNP: the VCEK or VLEK the platform delivered with the report (configfs-tsm's
+            // certificate table), so the CAS needs no AMD KDS access.
+            vcek: collected.vcek.as_deref().map(|der| B64.encode(der)),
             chain: None,
         };
         endorse(&mut request);

@@ -31,6 +31,10 @@
 //!   attestation:
 //!   - tee: sgx
 //!     mrenclave: 9f8e…(64 hex)
+//!   - tee: snp
+//!     measurement: 7a1e…(96 hex)
+//!     min_tcb: {bootloader: 3, snp: 8, microcode: 115}
+//!     allow_smt: false
 //! secrets:
 //! - name: api_key
 //!   kind: ascii
@@ -59,11 +63,14 @@
 //! not depend on how a session was written or obtained. Normalization:
 //!
 //! * makes defaults explicit: `version: "0.3"`, `access_policy` `[CREATOR]`, attestation
-//!   `mode: hardware`; `ascii`/`binary` `size` (32, or the explicit value's length);
+//!   `mode: hardware`; on `snp` alternatives `min_tcb` with all five components (0 where not
+//!   given), `allow_migration_agent: false` and `allow_smt: true`;
+//!   `ascii`/`binary` `size` (32, or the explicit value's length);
 //!   `algorithm: p256` for key kinds; for certificates `common_name` (the secret's name) and
 //!   `valid_for` (`365d`, or `3650d` for `x509-ca`, written in the largest exact unit);
 //!   file `permission` as four octal digits (`"0600"` by default);
-//! * writes each value one way: hex in lowercase, principals as `CREATOR`/`ANY`/`NONE`/
+//! * writes each value one way: hex in lowercase (an `snp` `policy` as 16 digits without
+//!   `0x`), principals as `CREATOR`/`ANY`/`NONE`/
 //!   `ed25519:<hex>`/`p256:<hex of the compressed point>`, advisory IDs in upper case, a
 //!   `command` string as the list of words it splits into, binary values in padded
 //!   standard base64, `rsa` as `rsa-3072`;
@@ -76,7 +83,8 @@
 //! of the YAML form, then written canonically: no insignificant whitespace, object keys
 //! sorted by their UTF-8 bytes, strings escaped as `serde_json` escapes them (`"`, `\` and
 //! control characters only; other characters as UTF-8), integers in decimal. Absent
-//! optional values (`predecessor`, `pwd`, unused alternative or secret fields) are omitted;
+//! optional values (`predecessor`, `pwd`, unused alternative or secret fields, such as an
+//! `snp` alternative's `policy`, `vmpl` and `host_data` when not pinned) are omitted;
 //! every other field, including empty lists and `false`, is present. [`Session::hash`] is
 //! the lowercase hex SHA-256 of these bytes; it covers `predecessor`, so the versions of a
 //! session form a hash chain.
@@ -114,7 +122,7 @@ pub use error::SessionError;
 pub use matching::match_evidence;
 pub use model::{
     AttestationAlternative, AttestationMode, AttestationPolicy, FileSpec, ImportSpec, KeyAlgorithm, Lifetime,
-    SESSION_VERSION, SecretKind, SecretSpec, Security, ServiceSpec, Session,
+    SESSION_VERSION, SecretKind, SecretSpec, Security, ServiceSpec, Session, SnpTcbFloor,
 };
 pub use render::{RenderedFile, ServiceConfig, render_service};
 pub use secrets::{

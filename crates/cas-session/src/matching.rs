@@ -1,8 +1,14 @@
 //! Matching verified evidence against a service's attestation alternatives.
 
-use cloister_attestation::{Policy, Tee, TeeDetails, VerifiedEvidence};
+use cloister_attestation::{Policy, SnpDetails, Tee, TeeDetails, VerifiedEvidence};
 
 use crate::model::{AttestationAlternative, Session};
+use crate::validate::parse_snp_policy;
+
+/// Guest POLICY bit 16: SMT is allowed (SEV-SNP ABI spec, table "GUEST_POLICY").
+const POLICY_SMT: u64 = 1 << 16;
+/// Guest POLICY bit 18: a migration agent may be associated with the guest.
+const POLICY_MIGRATE_MA: u64 = 1 << 18;
 
 /// Decides whether `evidence` (already verified as authentic) identifies service `service`.
 ///
@@ -10,7 +16,10 @@ use crate::model::{AttestationAlternative, Session};
 /// alternative, such as `alternative 0 (sgx): mrenclave mismatch: expected …, got …`.
 ///
 /// An alternative matches when the evidence comes from its TEE, every field it names is equal
-/// (`isvsvn_min` is a lower bound; hex is compared case-insensitively) and the session's
+/// (`isvsvn_min` is a lower bound; hex is compared case-insensitively), the SEV-SNP rules of an
+/// `snp` alternative hold (each REPORTED_TCB component at least `min_tcb`'s, no MIGRATE_MA
+/// unless `allow_migration_agent`, no SMT when `allow_smt` is false, and the pinned `policy`,
+/// `vmpl` and `host_data`; absent rules take their defaults) and the session's
 /// `security.attestation` policy accepts the evidence: it is evaluated by
 /// [`cloister_attestation::Policy::evaluate`] with the session's `tolerate` and
 /// `ignore_advisories`, so simulation evidence needs `simulation`, debug evidence needs
@@ -99,10 +108,78 @@ fn identity_mismatches(alt: &AttestationAlternative, evidence: &VerifiedEvidence
             compare_hex("rtmr2", alt.rtmr2.as_ref(), &d.rtmr2, &mut out);
             compare_hex("rtmr3", alt.rtmr3.as_ref(), &d.rtmr3, &mut out);
         }
-        (TeeDetails::Snp(_), Tee::Snp) | (TeeDetails::Sim(_), Tee::Sim) => {
+        (TeeDetails::Snp(d), Tee::Snp) => {
+            compare_hex("measurement", alt.measurement.as_ref(), &s.measurement, &mut out);
+            snp_mismatches(alt, d, &mut out);
+        }
+        (TeeDetails::Sim(_), Tee::Sim) => {
             compare_hex("measurement", alt.measurement.as_ref(), &s.measurement, &mut out);
         }
         _ => out.push(format!("evidence details do not belong to tee {}", alt.tee)),
     }
     out
+}
+
+/// The SEV-SNP rules of an `snp` alternative. Absent rules take the defaults normalization
+/// writes out, so a session that was never normalized is judged the same way.
+fn snp_mismatches(alt: &AttestationAlternative, d: &SnpDetails, out: &mut Vec<String>) {
+    let floor = alt.min_tcb.unwrap_or_default();
+    let tcb = &d.reported_tcb;
+    for (name, value, min) in [
+        ("bootloader", tcb.bootloader, floor.bootloader),
+        ("tee", tcb.tee, floor.tee),
+        ("snp", tcb.snp, floor.snp),
+        ("microcode", tcb.microcode, floor.microcode),
+    ] {
+        if value < min {
+            out.push(format!(
+                "REPORTED_TCB {name} SPL {value} is below min_tcb.{name} {min}"
+            ));
+        }
+    }
+    if floor.fmc > 0 {
+        match tcb.fmc {
+            Some(fmc) if fmc >= floor.fmc => {}
+            Some(fmc) => out.push(format!(
+                "REPORTED_TCB fmc SPL {fmc} is below min_tcb.fmc {}",
+                floor.fmc
+            )),
+            None => out.push(format!(
+                "REPORTED_TCB has no fmc SPL (a {} part, before Turin) but min_tcb.fmc is {}",
+                d.generation.as_deref().unwrap_or("pre-Turin"),
+                floor.fmc
+            )),
+        }
+    }
+
+    let Some(policy) = d.guest_policy() else {
+        out.push(format!("guest policy '{}' is not a 64-bit value", d.policy));
+        return;
+    };
+    if policy & POLICY_MIGRATE_MA != 0 && !alt.allow_migration_agent.unwrap_or(false) {
+        out.push(format!(
+            "guest policy {policy:#018x} allows a migration agent (MIGRATE_MA, bit 18), which can \
+             export the guest's memory (allow_migration_agent is false)"
+        ));
+    }
+    if policy & POLICY_SMT != 0 && !alt.allow_smt.unwrap_or(true) {
+        out.push(format!(
+            "guest policy {policy:#018x} allows SMT (bit 16) but allow_smt is false"
+        ));
+    }
+    if let Some(pin) = &alt.policy {
+        match parse_snp_policy(pin) {
+            Ok(expected) if expected == policy => {}
+            Ok(expected) => out.push(format!(
+                "policy mismatch: expected {expected:#018x}, got {policy:#018x}"
+            )),
+            Err(reason) => out.push(format!("policy: {reason}")),
+        }
+    }
+    if let Some(vmpl) = alt.vmpl
+        && vmpl != d.vmpl
+    {
+        out.push(format!("vmpl mismatch: expected {vmpl}, got {}", d.vmpl));
+    }
+    compare_hex("host_data", alt.host_data.as_ref(), &d.host_data, out);
 }

@@ -115,9 +115,28 @@ pub struct ServiceSpec {
 /// | tee | required | optional |
 /// |-----|----------|----------|
 /// | `sgx` | `mrenclave`, or `mrsigner` + `isvprodid` | the others of `mrenclave`, `mrsigner`, `isvprodid`, `isvsvn_min` |
-/// | `tdx` | `mrtd` | `rtmr0` … `rtmr3` |
-/// | `snp` | `measurement` (96 hex) | |
+/// | `tdx` | `mrtd` and `rtmr0` … `rtmr3` | |
+/// | `snp` | `measurement` (96 hex) | `min_tcb`, `allow_migration_agent`, `allow_smt`, `policy`, `vmpl`, `host_data` |
 /// | `sim` | `measurement` (64 hex) | |
+///
+/// TDX: MRTD measures only the TD's firmware (TDVF); the kernel, its command line and the
+/// image are measured into the RTMRs. An alternative with MRTD alone would accept any kernel
+/// and image the host boots on that firmware, so all four RTMRs are required.
+///
+/// SEV-SNP, each field naming a check on the verified report:
+///
+/// * `min_tcb`: every component of REPORTED_TCB (the TCB the VCEK/VLEK is certified for) must
+///   be at least the floor's. SPL numbers are per processor generation, so a session that
+///   accepts several generations needs one alternative per generation. Defaults to all zero.
+/// * `allow_migration_agent` (default `false`): whether a guest POLICY with MIGRATE_MA (bit
+///   18) is accepted; a migration agent can export the guest's memory.
+/// * `allow_smt` (default `true`): whether a guest POLICY that allows SMT (bit 16) is accepted;
+///   `false` demands a guest that the firmware refuses to run with SMT enabled.
+/// * `policy`: the whole guest POLICY, pinned (16 hex digits, optionally `0x`-prefixed). It is
+///   checked in addition to the rules above. The DEBUG bit (19) stays governed by the
+///   session's `debug-mode` tolerance.
+/// * `vmpl`: the VMPL (0–3) the report was requested from.
+/// * `host_data`: HOST_DATA (64 hex), which the host supplied at launch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttestationAlternative {
@@ -153,6 +172,47 @@ pub struct AttestationAlternative {
     /// SEV-SNP MEASUREMENT (96 hex) or simulation measurement (64 hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measurement: Option<String>,
+    /// SEV-SNP: lowest acceptable REPORTED_TCB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tcb: Option<SnpTcbFloor>,
+    /// SEV-SNP: accept a guest policy that allows a migration agent (default `false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_migration_agent: Option<bool>,
+    /// SEV-SNP: accept a guest policy that allows SMT (default `true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_smt: Option<bool>,
+    /// SEV-SNP: the exact guest POLICY (16 hex digits; `0x` accepted on input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// SEV-SNP: the VMPL the report was requested from (0–3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmpl: Option<u32>,
+    /// SEV-SNP: HOST_DATA (64 hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_data: Option<String>,
+}
+
+/// The lowest SEV-SNP TCB an alternative accepts, per component of REPORTED_TCB. Components
+/// left out are 0 (no floor).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpTcbFloor {
+    /// PSP bootloader SPL.
+    #[serde(default)]
+    pub bootloader: u8,
+    /// PSP OS (TEE) SPL.
+    #[serde(default)]
+    pub tee: u8,
+    /// SNP firmware SPL.
+    #[serde(default)]
+    pub snp: u8,
+    /// CPU microcode SPL.
+    #[serde(default)]
+    pub microcode: u8,
+    /// FMC SPL, which Turin and later report. A floor above 0 refuses earlier generations,
+    /// whose reports have no FMC component.
+    #[serde(default)]
+    pub fmc: u8,
 }
 
 /// The kind of a secret.

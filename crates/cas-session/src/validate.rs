@@ -16,7 +16,7 @@ use crate::access::Principal;
 use crate::error::SessionError;
 use crate::model::{
     AttestationAlternative, AttestationMode, FileSpec, KeyAlgorithm, Lifetime, SESSION_VERSION, SecretKind,
-    SecretSpec, ServiceSpec, Session,
+    SecretSpec, ServiceSpec, Session, SnpTcbFloor,
 };
 use crate::placeholder::{self, Piece};
 
@@ -442,12 +442,29 @@ fn validate_alternative(
     let (allowed, hex_len): (&[&str], usize) = match alt.tee {
         Tee::Sgx => (&["mrenclave", "mrsigner", "isvprodid", "isvsvn_min"], 64),
         Tee::Tdx => (&["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"], 96),
-        Tee::Snp => (&["measurement"], 96),
+        Tee::Snp => (
+            &[
+                "measurement",
+                "min_tcb",
+                "allow_migration_agent",
+                "allow_smt",
+                "policy",
+                "vmpl",
+                "host_data",
+            ],
+            96,
+        ),
         Tee::Sim => (&["measurement"], 64),
     };
     let present = hex_fields.iter().map(|(name, v)| (*name, v.is_some())).chain([
         ("isvprodid", alt.isvprodid.is_some()),
         ("isvsvn_min", alt.isvsvn_min.is_some()),
+        ("min_tcb", alt.min_tcb.is_some()),
+        ("allow_migration_agent", alt.allow_migration_agent.is_some()),
+        ("allow_smt", alt.allow_smt.is_some()),
+        ("policy", alt.policy.is_some()),
+        ("vmpl", alt.vmpl.is_some()),
+        ("host_data", alt.host_data.is_some()),
     ]);
     for (name, is_present) in present {
         if is_present && !allowed.contains(&name) {
@@ -468,16 +485,53 @@ fn validate_alternative(
             ));
         }
     }
-    let missing = match alt.tee {
+    if let Some(v) = &alt.host_data
+        && !is_hex_of_len(v, 64)
+    {
+        return Err(invalid(
+            f("host_data"),
+            format!("must be 64 hex digits (32 bytes), got {} characters", v.len()),
+        ));
+    }
+    if let Some(p) = &alt.policy {
+        parse_snp_policy(p).map_err(|r| invalid(f("policy"), r))?;
+    }
+    if let Some(vmpl) = alt.vmpl
+        && vmpl > 3
+    {
+        return Err(invalid(f("vmpl"), format!("{vmpl} is not a VMPL (0 to 3)")));
+    }
+    match alt.tee {
         Tee::Sgx if alt.mrenclave.is_none() && (alt.mrsigner.is_none() || alt.isvprodid.is_none()) => {
-            Some("an sgx alternative needs mrenclave, or mrsigner and isvprodid")
+            return Err(invalid(
+                prefix,
+                "an sgx alternative needs mrenclave, or mrsigner and isvprodid",
+            ));
         }
-        Tee::Tdx if alt.mrtd.is_none() => Some("a tdx alternative needs mrtd"),
-        Tee::Snp | Tee::Sim if alt.measurement.is_none() => Some("needs measurement"),
-        _ => None,
-    };
-    if let Some(reason) = missing {
-        return Err(invalid(prefix, reason));
+        Tee::Tdx => {
+            // MRTD measures only the firmware: without the RTMRs any kernel and image the host
+            // boots on that firmware would match.
+            for (name, value) in [
+                ("mrtd", &alt.mrtd),
+                ("rtmr0", &alt.rtmr0),
+                ("rtmr1", &alt.rtmr1),
+                ("rtmr2", &alt.rtmr2),
+                ("rtmr3", &alt.rtmr3),
+            ] {
+                if value.is_none() {
+                    return Err(invalid(
+                        f(name),
+                        "required: a tdx alternative pins mrtd and rtmr0 to rtmr3 (MRTD covers \
+                         only the firmware; the RTMRs cover the kernel, its command line and \
+                         the image)",
+                    ));
+                }
+            }
+        }
+        Tee::Snp | Tee::Sim if alt.measurement.is_none() => {
+            return Err(invalid(prefix, "needs measurement"));
+        }
+        _ => {}
     }
     if alt.tee == Tee::Sim && !tolerate.contains(&Tolerance::Simulation) {
         return Err(invalid(
@@ -486,6 +540,21 @@ fn validate_alternative(
         ));
     }
     Ok(())
+}
+
+/// Parses an `snp` `policy` pin: 16 hex digits, optionally prefixed with `0x`, so that the
+/// value `cloister attest` prints can be pasted as it is.
+pub(crate) fn parse_snp_policy(text: &str) -> Result<u64, String> {
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    if !is_hex_of_len(digits, 16) {
+        return Err(format!(
+            "'{text}' is not a guest policy: 16 hex digits, optionally prefixed with 0x"
+        ));
+    }
+    u64::from_str_radix(digits, 16).map_err(|e| format!("'{text}' is not a guest policy: {e}"))
 }
 
 fn validate_file(
@@ -551,11 +620,15 @@ pub(crate) fn normalize(s: &mut Session) {
                 &mut alt.rtmr2,
                 &mut alt.rtmr3,
                 &mut alt.measurement,
+                &mut alt.host_data,
             ]
             .into_iter()
             .flatten()
             {
                 v.make_ascii_lowercase();
+            }
+            if alt.tee == Tee::Snp {
+                normalize_snp(alt);
             }
         }
     }
@@ -572,6 +645,19 @@ pub(crate) fn normalize(s: &mut Session) {
         }
         file.services.sort();
         file.services.dedup();
+    }
+}
+
+/// The SEV-SNP rules' defaults, written out (what `match_evidence` applies when they are
+/// absent), and the policy pin as 16 lowercase hex digits.
+fn normalize_snp(alt: &mut AttestationAlternative) {
+    alt.min_tcb.get_or_insert_with(SnpTcbFloor::default);
+    alt.allow_migration_agent.get_or_insert(false);
+    alt.allow_smt.get_or_insert(true);
+    if let Some(p) = &mut alt.policy
+        && let Ok(value) = parse_snp_policy(p)
+    {
+        *p = format!("{value:016x}");
     }
 }
 

@@ -850,12 +850,7 @@ fn endorsements(cas: &Cas, request: &AttestRequest, tee: Tee, evidence: &[u8]) -
         return dcap_endorsements(cas, request, evidence);
     }
     if let Some(vcek) = &request.vcek {
-        let der = B64
-            .decode(vcek.trim())
-            .unwrap_or_else(|_| vcek.as_bytes().to_vec());
-        let endorsement = SnpEndorsements::new(&der, request.chain.as_deref().map(str::as_bytes))
-            .map_err(|e| bad(format!("vcek: {e}")))?;
-        return Ok(Endorsements::Snp(endorsement));
+        return snp_endorsements(vcek, request.chain.as_deref()).map(Endorsements::Snp);
     }
     Ok(Endorsements::None)
 }
@@ -875,6 +870,16 @@ fn dcap_endorsements(cas: &Cas, request: &AttestRequest, evidence: &[u8]) -> Cas
         )
         .map_err(bad)?;
     Ok(chosen.map_or(Endorsements::None, Endorsements::Dcap))
+}
+
+/// The request's `vcek` (base64 DER or PEM): a VCEK, or a VLEK as clouds such as AWS
+/// provision. The verifier chains either to AMD's built-in roots (VCEK → ASK → ARK, VLEK →
+/// ASVK → ARK, as the report's SIGNING_KEY demands), so `chain` is optional for both.
+fn snp_endorsements(vcek: &str, chain: Option<&str>) -> CasResult<SnpEndorsements> {
+    let der = B64
+        .decode(vcek.trim())
+        .unwrap_or_else(|_| vcek.as_bytes().to_vec());
+    SnpEndorsements::new(&der, chain.map(str::as_bytes)).map_err(|e| bad(format!("vcek: {e}")))
 }
 
 /// One attestation: every refusal is audited with its reason and answered 403.
@@ -1186,4 +1191,41 @@ async fn audit(
 /// Whether a path is the operator socket of a data directory.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("cas.sock")
+}
+
+#[cfg(test)]
+mod snp_endorsement_tests {
+    use cloister_attestation::{EvidenceVerifier as _, SnpVerifier};
+    use time::macros::datetime;
+
+    use super::*;
+
+    const VLEK_REPORT: &[u8] = include_bytes!("../../attestation/testdata/snp/report-vlek-milan.bin");
+    const VLEK_AUXBLOB: &[u8] = include_bytes!("../../attestation/testdata/snp/auxblob-vlek-milan.bin");
+
+    /// A VLEK sent as `vcek`, base64 DER or PEM and without `chain`, verifies a VLEK-signed
+    /// report through the built-in ASVK.
+    #[test]
+    fn vlek_in_the_vcek_field_verifies_with_the_built_in_chain() {
+        let vlek = &VLEK_AUXBLOB[48..48 + 0x527];
+        let pem_text = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            B64.encode(vlek)
+        );
+        for vcek in [B64.encode(vlek), pem_text] {
+            let Ok(endorsement) = snp_endorsements(&vcek, None) else {
+                panic!("VLEK refused");
+            };
+            SnpVerifier::new()
+                .verify(
+                    VLEK_REPORT,
+                    &Endorsements::Snp(endorsement),
+                    datetime!(2026-06-01 00:00:00 UTC),
+                )
+                .expect("verifies without a chain");
+        }
+        let err = snp_endorsements("bm90IGEgY2VydGlmaWNhdGU=", None).expect_err("not a certificate");
+        assert_eq!(err.0, StatusCode::BAD_REQUEST);
+        assert!(err.1.starts_with("vcek: "), "{}", err.1);
+    }
 }

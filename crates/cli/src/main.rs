@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the platform: REST API, embedded S3 endpoint and local executor.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Create or update the services of an FDL file.
     ///
     /// For a service with a `confidential` block (run this on your trusted computer) it first
@@ -225,7 +225,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
-        Command::Server(args) => server::run(args).await,
+        Command::Server(args) => server::run(*args).await,
         Command::Bench(args) => bench::run(args, json).await,
         Command::Attest(command) => attest::run(command, json),
         Command::Keygen { out } => crypt::keygen(&out),

@@ -16,6 +16,8 @@ use crate::evidence::{EvidenceSummary, Tee, TeeDetails, hex};
 use crate::verify::{Endorsements, EvidenceVerifier, VerifiedEvidence};
 use crate::{Error, time_util};
 
+pub(crate) mod cert_table;
+
 /// Size of an SEV-SNP attestation report.
 pub(crate) const REPORT_LEN: usize = 0x4A0;
 /// The signature covers bytes 0x000..0x2A0.
@@ -28,25 +30,29 @@ const POLICY_DEBUG: u64 = 1 << 19;
 /// TCB status for SNP: AMD publishes no status comparable to Intel's.
 const SNP_TCB_STATUS: &str = "NotEvaluated";
 
-/// AMD's built-in root (ARK) and signing (ASK) certificates, copied from the `sev` crate
-/// (virtee/sev 8.0.0, src/certs/snp/builtin). AMD's VLEK signing keys (ASVK) are not shipped by
-/// any locally available source; a VLEK needs its ASVK/ARK chain supplied, and the ARK must
-/// still be one of these.
-const BUILTIN: [(Generation, &str, &str); 3] = [
+/// AMD's built-in certificates per generation: the root (ARK), the VCEK signing key (ASK) and
+/// the VLEK signing key (ASVK). The ARKs and ASKs are copied from the `sev` crate (virtee/sev
+/// 8.0.0, src/certs/snp/builtin); the ASVKs are the third certificates of AMD's
+/// `ask_ark_asvk` bundles (`certs/PROVENANCE.md`; the bundles themselves are in
+/// `testdata/snp/asvk/`, and a test checks both agree).
+const BUILTIN: [(Generation, &str, &str, &str); 3] = [
     (
         Generation::Milan,
         include_str!("certs/milan-ark.pem"),
         include_str!("certs/milan-ask.pem"),
+        include_str!("certs/milan-asvk.pem"),
     ),
     (
         Generation::Genoa,
         include_str!("certs/genoa-ark.pem"),
         include_str!("certs/genoa-ask.pem"),
+        include_str!("certs/genoa-asvk.pem"),
     ),
     (
         Generation::Turin,
         include_str!("certs/turin-ark.pem"),
         include_str!("certs/turin-ask.pem"),
+        include_str!("certs/turin-asvk.pem"),
     ),
 ];
 
@@ -92,6 +98,54 @@ impl Generation {
             _ => None,
         }
     }
+}
+
+/// The key that signed a report (the report's SIGNING_KEY field), which decides the AMD
+/// certificate that must have issued the endorsement: a VCEK is issued by the generation's ASK,
+/// a VLEK by its ASVK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SigningKey {
+    Vcek,
+    Vlek,
+}
+
+impl SigningKey {
+    /// From SIGNING_KEY; `None` for 7 (unsigned) and the reserved values.
+    fn from_field(value: u32) -> Option<SigningKey> {
+        match value {
+            0 => Some(SigningKey::Vcek),
+            1 => Some(SigningKey::Vlek),
+            _ => None,
+        }
+    }
+
+    /// The subject CN AMD gives the endorsement certificate.
+    fn leaf_cn(self) -> &'static str {
+        match self {
+            SigningKey::Vcek => "SEV-VCEK",
+            SigningKey::Vlek => "SEV-VLEK",
+        }
+    }
+
+    /// The subject CN of the intermediate that issues it for `generation`.
+    fn issuer_cn(self, generation: Generation) -> String {
+        match self {
+            SigningKey::Vcek => format!("SEV-{}", generation.name()),
+            SigningKey::Vlek => format!("SEV-VLEK-{}", generation.name()),
+        }
+    }
+
+    fn issuer_name(self) -> &'static str {
+        match self {
+            SigningKey::Vcek => "ASK",
+            SigningKey::Vlek => "ASVK",
+        }
+    }
+}
+
+/// The key that signed `report` (binary, already recognised as an SEV-SNP report).
+pub(crate) fn report_signing_key(report: &[u8]) -> Result<Option<SigningKey>, Error> {
+    Ok(SigningKey::from_field(Report::parse(report)?.signing_key()?))
 }
 
 /// A decoded TCB_VERSION.
@@ -188,6 +242,15 @@ pub struct SnpDetails {
     pub cpuid_model: Option<u8>,
     /// CPUID stepping (report version 3 and later).
     pub cpuid_stepping: Option<u8>,
+}
+
+impl SnpDetails {
+    /// The guest POLICY as a number (see [`SnpDetails::policy`]); `None` only if `policy` was
+    /// edited into something that is not 64-bit hex.
+    pub fn guest_policy(&self) -> Option<u64> {
+        let digits = self.policy.strip_prefix("0x").unwrap_or(&self.policy);
+        u64::from_str_radix(digits, 16).ok()
+    }
 }
 
 /// Accessors over the raw report at the ABI's offsets; every read is bounds-checked.
@@ -391,21 +454,39 @@ impl SnpEndorsements {
     }
 }
 
-/// One trusted AMD root with its signing key certificate.
+/// One trusted AMD root with its two signing key certificates.
 #[derive(Debug, Clone)]
 struct Root {
     generation: Generation,
     ark_der: Vec<u8>,
     ask_der: Vec<u8>,
+    asvk_der: Vec<u8>,
 }
 
-/// Verifies SEV-SNP reports: the report signature with the VCEK/VLEK, the VCEK/VLEK chain to
+impl Root {
+    /// The built-in intermediate that issues `kind` endorsements.
+    fn issuer_der(&self, kind: SigningKey) -> &[u8] {
+        match kind {
+            SigningKey::Vcek => &self.ask_der,
+            SigningKey::Vlek => &self.asvk_der,
+        }
+    }
+}
+
+/// Verifies SEV-SNP reports: the report signature with the VCEK/VLEK, the endorsement chain to
 /// AMD's ARK (self-signed and one of the built-in roots), certificate validity at the
 /// verification time, and that the certificate's TCB and hardware ID extensions match the
 /// report's REPORTED_TCB and CHIP_ID.
 ///
+/// The report's SIGNING_KEY decides the chain: a VCEK-signed report needs a `SEV-VCEK`
+/// certificate issued by the generation's ASK (`SEV-<generation>`), a VLEK-signed one a
+/// `SEV-VLEK` certificate issued by its ASVK (`SEV-VLEK-<generation>`); any other combination is
+/// refused. The ARK, ASK and ASVK of Milan, Genoa and Turin are built in, so neither kind needs
+/// a supplied chain.
+///
 /// AMD publishes no TCB status like Intel's, so the TCB status is `NotEvaluated`; a relying
-/// party that needs minimum SPLs checks [`SnpDetails::reported_tcb`].
+/// party that needs minimum SPLs checks [`SnpDetails::reported_tcb`] (the CAS session's
+/// `min_tcb`).
 #[derive(Debug, Clone)]
 pub struct SnpVerifier {
     roots: Vec<Root>,
@@ -440,6 +521,17 @@ fn dn(cert: &Certificate, subject: bool) -> String {
         cert.tbs_certificate().issuer()
     };
     name.to_string()
+}
+
+/// The subject's common name, empty when there is none.
+fn common_name(cert: &Certificate) -> String {
+    cert.tbs_certificate()
+        .subject()
+        .common_name()
+        .ok()
+        .flatten()
+        .map(String::from)
+        .unwrap_or_default()
 }
 
 fn sev_cert(der: &[u8], what: &'static str) -> Result<SevCertificate, Error> {
@@ -503,21 +595,23 @@ impl SnpVerifier {
     pub fn new() -> Self {
         let roots = BUILTIN
             .iter()
-            .filter_map(|(generation, ark, ask)| {
+            .filter_map(|(generation, ark, ask, asvk)| {
                 Some(Root {
                     generation: *generation,
                     ark_der: pem_to_der(ark)?,
                     ask_der: pem_to_der(ask)?,
+                    asvk_der: pem_to_der(asvk)?,
                 })
             })
             .collect();
         SnpVerifier { roots }
     }
 
-    /// Finds the trusted root and the signing certificate (ASK/ASVK) for `vek`.
+    /// Finds the trusted root and the intermediate (ASK for a VCEK, ASVK for a VLEK) for `vek`.
     fn chain_for(
         &self,
         vek: &Certificate,
+        kind: SigningKey,
         supplied: Option<&[Vec<u8>]>,
     ) -> Result<(Generation, Vec<u8>, Vec<u8>), Error> {
         let vek_issuer = dn(vek, false);
@@ -526,12 +620,21 @@ impl SnpVerifier {
                 .roots
                 .iter()
                 .find(|root| {
-                    parse_cert(&root.ask_der, "built-in ASK").is_ok_and(|ask| dn(&ask, true) == vek_issuer)
+                    parse_cert(root.issuer_der(kind), "built-in ASK/ASVK")
+                        .is_ok_and(|issuer| dn(&issuer, true) == vek_issuer)
                 })
-                .map(|root| (root.generation, root.ark_der.clone(), root.ask_der.clone()))
+                .map(|root| {
+                    (
+                        root.generation,
+                        root.ark_der.clone(),
+                        root.issuer_der(kind).to_vec(),
+                    )
+                })
                 .ok_or_else(|| {
                     Error::verification(format!(
-                        "no built-in AMD signing certificate for issuer '{vek_issuer}' (a VLEK needs its ASVK/ARK chain supplied)"
+                        "no built-in AMD {} issues '{vek_issuer}' (the report is signed by a {})",
+                        kind.issuer_name(),
+                        kind.leaf_cn()
                     ))
                 }),
             Some(certs) => {
@@ -563,7 +666,20 @@ impl SnpVerifier {
                             .and_then(|a| spki_der(&a))
                             .is_ok_and(|spki| spki == ark_spki)
                     })
-                    .ok_or_else(|| Error::verification("supplied ARK is not one of AMD's built-in root keys"))?;
+                    .ok_or_else(|| {
+                        Error::verification("supplied ARK is not one of AMD's built-in root keys")
+                    })?;
+                // The ARK signs both intermediates, so its signature alone would let an ASVK
+                // stand in for an ASK: the name says which one it is.
+                let expected_cn = kind.issuer_cn(root.generation);
+                let intermediate_cn = common_name(&parse_cert(ask_der, "AMD certificate chain")?);
+                if intermediate_cn != expected_cn {
+                    return Err(Error::verification(format!(
+                        "supplied AMD chain has '{intermediate_cn}' where a {} needs its {} '{expected_cn}'",
+                        kind.leaf_cn(),
+                        kind.issuer_name()
+                    )));
+                }
                 Ok((root.generation, ark_der.clone(), ask_der.clone()))
             }
         }
@@ -590,33 +706,24 @@ impl EvidenceVerifier for SnpVerifier {
                 "unsupported SEV-SNP signature algorithm {sig_algo}"
             )));
         }
-        let (expected_cn, vlek) = match report.signing_key()? {
-            0 => ("SEV-VCEK", false),
-            1 => ("SEV-VLEK", true),
-            other => {
-                return Err(Error::verification(format!(
-                    "report is not signed by a VCEK or VLEK (SIGNING_KEY {other})"
-                )));
-            }
-        };
+        let signing_key = report.signing_key()?;
+        let kind = SigningKey::from_field(signing_key).ok_or_else(|| {
+            Error::verification(format!(
+                "report is not signed by a VCEK or VLEK (SIGNING_KEY {signing_key})"
+            ))
+        })?;
+        let expected_cn = kind.leaf_cn();
 
         let vek = parse_cert(&endorsements.vek_der, "VCEK/VLEK certificate")?;
-        let vek_cn = vek
-            .tbs_certificate()
-            .subject()
-            .common_name()
-            .ok()
-            .flatten()
-            .map(String::from)
-            .unwrap_or_default();
+        let vek_cn = common_name(&vek);
         if vek_cn != expected_cn {
             return Err(Error::verification(format!(
-                "report is signed by a {expected_cn} but the certificate is for '{vek_cn}'"
+                "report is signed by a {expected_cn} (SIGNING_KEY {signing_key}) but the certificate is for '{vek_cn}'"
             )));
         }
 
-        // Chain: ARK self-signed, ARK signs ASK/ASVK, which signs the VCEK/VLEK.
-        let (generation, ark_der, ask_der) = self.chain_for(&vek, endorsements.chain.as_deref())?;
+        // Chain: ARK self-signed, ARK signs the ASK (VCEK) or ASVK (VLEK), which signs the leaf.
+        let (generation, ark_der, ask_der) = self.chain_for(&vek, kind, endorsements.chain.as_deref())?;
         let ark = parse_cert(&ark_der, "ARK certificate")?;
         let ask = parse_cert(&ask_der, "ASK certificate")?;
         if dn(&ask, false) != dn(&ark, true) || dn(&vek, false) != dn(&ask, true) {
@@ -672,7 +779,7 @@ impl EvidenceVerifier for SnpVerifier {
                 )));
             }
         }
-        if !vlek {
+        if kind == SigningKey::Vcek {
             let chip_id = report.chip_id()?;
             if !chip_id.iter().all(|&b| b == 0) {
                 let hwid_der = extension(&vek, OID_HWID)?

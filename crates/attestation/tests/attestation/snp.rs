@@ -192,3 +192,227 @@ fn appraise_and_measurement_policy() {
         )]
     );
 }
+
+fn vlek_endorsements(chain: Option<&[u8]>) -> SnpEndorsements {
+    SnpEndorsements::new(&snp_vlek_der(), chain).expect("VLEK parses")
+}
+
+fn verify_at(
+    report: &[u8],
+    e: &SnpEndorsements,
+    at: time::OffsetDateTime,
+) -> Result<cloister_attestation::VerifiedEvidence, Error> {
+    SnpVerifier::new().verify(report, &Endorsements::Snp(e.clone()), at)
+}
+
+fn pem_of(ders: &[&Vec<u8>]) -> String {
+    ders.iter()
+        .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())))
+        .collect()
+}
+
+#[test]
+fn vlek_report_verifies_with_the_built_in_asvk_and_no_chain() {
+    let r = verify_at(SNP_VLEK_REPORT, &vlek_endorsements(None), AT_VLEK).expect("VLEK report verifies");
+    let TeeDetails::Snp(d) = &r.summary.details else {
+        panic!("not snp")
+    };
+    assert_eq!(d.signing_key, "vlek");
+    assert_eq!(d.generation.as_deref(), Some("Milan"));
+    assert_eq!(d.chip_id, None, "a VLEK report carries no CHIP_ID");
+    assert_eq!(d.guest_policy(), Some(0x0203_0000));
+    assert_eq!(
+        (
+            d.reported_tcb.bootloader,
+            d.reported_tcb.tee,
+            d.reported_tcb.snp,
+            d.reported_tcb.microcode
+        ),
+        (4, 0, 0x1d, 0xde)
+    );
+    // The VLEK's validity starts 2026-03-09.
+    let err = verify_at(SNP_VLEK_REPORT, &vlek_endorsements(None), AT_2025).expect_err("before notBefore");
+    assert!(
+        err.to_string().contains("VCEK/VLEK certificate is not valid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vlek_report_verifies_with_amds_vlek_chain_but_not_the_vcek_chain() {
+    let milan = pem_ders(MILAN_ASK_ARK_ASVK);
+    let (ask, ark, asvk) = (&milan[0], &milan[1], &milan[2]);
+    let vlek_chain = pem_of(&[asvk, ark]);
+    verify_at(
+        SNP_VLEK_REPORT,
+        &vlek_endorsements(Some(vlek_chain.as_bytes())),
+        AT_VLEK,
+    )
+    .expect("ASVK + ARK chain");
+    // The ASK is genuine and signed by the same ARK, but it does not issue VLEKs.
+    let vcek_chain = pem_of(&[ask, ark]);
+    let err = verify_at(
+        SNP_VLEK_REPORT,
+        &vlek_endorsements(Some(vcek_chain.as_bytes())),
+        AT_VLEK,
+    )
+    .expect_err("ASK in place of the ASVK");
+    assert!(
+        err.to_string()
+            .contains("has 'SEV-Milan' where a SEV-VLEK needs its ASVK 'SEV-VLEK-Milan'"),
+        "{err}"
+    );
+    // And the other way round: a VCEK report with the ASVK as its intermediate.
+    let e = SnpEndorsements::new(SNP_VCEK_DER, Some(vlek_chain.as_bytes())).expect("parses");
+    let err = verify(&snp_report(), &e).expect_err("ASVK in place of the ASK");
+    assert!(
+        err.to_string()
+            .contains("has 'SEV-VLEK-Milan' where a SEV-VCEK needs its ASK 'SEV-Milan'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn endorsement_kind_must_match_the_reports_signing_key() {
+    // A VLEK offered for a VCEK-signed report, and a VCEK for a VLEK-signed one.
+    let err = verify(&snp_report(), &vlek_endorsements(None)).expect_err("VLEK as VCEK");
+    assert!(
+        err.to_string()
+            .contains("signed by a SEV-VCEK (SIGNING_KEY 0) but the certificate is for 'SEV-VLEK'"),
+        "{err}"
+    );
+    let err = verify_at(SNP_VLEK_REPORT, &snp_endorsements(false), AT_VLEK).expect_err("VCEK as VLEK");
+    assert!(
+        err.to_string()
+            .contains("signed by a SEV-VLEK (SIGNING_KEY 1) but the certificate is for 'SEV-VCEK'"),
+        "{err}"
+    );
+    // The VLEK report relabelled as VCEK-signed (flags at 0x48, SIGNING_KEY in bits 2..4):
+    // refused for the kind before the signature is even looked at.
+    let mut relabelled = SNP_VLEK_REPORT.to_vec();
+    relabelled[0x48] &= !0b1_1100;
+    let err = verify_at(&relabelled, &vlek_endorsements(None), AT_VLEK).expect_err("relabelled");
+    assert!(
+        err.to_string().contains("signed by a SEV-VCEK (SIGNING_KEY 0)"),
+        "{err}"
+    );
+    // SIGNING_KEY 7: not signed at all.
+    relabelled[0x48] |= 0b1_1100;
+    let err = verify_at(&relabelled, &vlek_endorsements(None), AT_VLEK).expect_err("unsigned");
+    assert!(err.to_string().contains("not signed by a VCEK or VLEK"), "{err}");
+}
+
+#[test]
+fn flipped_vlek_report_or_certificate_bytes_fail() {
+    for pos in [
+        0x08,
+        0x30,
+        0x50,
+        0x90,
+        0xC0,
+        0x180,
+        0x1A0,
+        0x2A0,
+        0x2A0 + 72,
+        0x49F,
+    ] {
+        let mut r = SNP_VLEK_REPORT.to_vec();
+        r[pos] ^= 0x01;
+        assert!(
+            verify_at(&r, &vlek_endorsements(None), AT_VLEK).is_err(),
+            "flipping byte {pos:#x} still verifies"
+        );
+    }
+    let mut vlek = snp_vlek_der();
+    let n = vlek.len();
+    vlek[n - 10] ^= 0x01;
+    let e = SnpEndorsements::new(&vlek, None).expect("still parses");
+    let err = verify_at(SNP_VLEK_REPORT, &e, AT_VLEK).expect_err("tampered VLEK");
+    assert!(err.to_string().contains("ASK/ASVK does not sign"), "{err}");
+}
+
+/// The built-in certificates are AMD's published bundles, byte for byte, and each ARK signs its
+/// ASK and ASVK.
+#[test]
+fn built_in_asvks_are_amds_and_chain_to_the_built_in_arks() {
+    use sev::certs::snp::{Certificate, Verifiable as _};
+
+    let builtin = |pem_text: &str| pem::parse(pem_text).expect("PEM").into_contents();
+    let cases = [
+        (
+            "Milan",
+            MILAN_ASK_ARK_ASVK,
+            include_str!("../../src/snp/certs/milan-ask.pem"),
+            include_str!("../../src/snp/certs/milan-ark.pem"),
+            include_str!("../../src/snp/certs/milan-asvk.pem"),
+        ),
+        (
+            "Genoa",
+            GENOA_ASK_ARK_ASVK,
+            include_str!("../../src/snp/certs/genoa-ask.pem"),
+            include_str!("../../src/snp/certs/genoa-ark.pem"),
+            include_str!("../../src/snp/certs/genoa-asvk.pem"),
+        ),
+        (
+            "Turin",
+            TURIN_ASK_ARK_ASVK,
+            include_str!("../../src/snp/certs/turin-ask.pem"),
+            include_str!("../../src/snp/certs/turin-ark.pem"),
+            include_str!("../../src/snp/certs/turin-asvk.pem"),
+        ),
+    ];
+    for (name, bundle, ask, ark, asvk) in cases {
+        let ders = pem_ders(bundle);
+        assert_eq!(ders.len(), 3, "{name}");
+        assert_eq!(ders[0], builtin(ask), "{name} ASK");
+        assert_eq!(ders[1], builtin(ark), "{name} ARK");
+        assert_eq!(ders[2], builtin(asvk), "{name} ASVK");
+
+        let ark = Certificate::from_der(&ders[1]).expect("ARK");
+        let asvk = Certificate::from_der(&ders[2]).expect("ASVK");
+        (&ark, &ark).verify().expect("ARK self-signed");
+        (&ark, &asvk)
+            .verify()
+            .unwrap_or_else(|e| panic!("{name} ARK signs its ASVK: {e}"));
+
+        // A flipped bit in the ASVK's signature, or in its signed body, breaks it.
+        let mut tampered = ders[2].clone();
+        let n = tampered.len();
+        tampered[n - 10] ^= 0x01;
+        let bad = Certificate::from_der(&tampered).expect("still parses");
+        assert!(
+            (&ark, &bad).verify().is_err(),
+            "{name}: tampered ASVK signature verifies"
+        );
+        // Another generation's ARK does not sign it either.
+        let other = if name == "Milan" {
+            &GENOA_ASK_ARK_ASVK
+        } else {
+            &MILAN_ASK_ARK_ASVK
+        };
+        let other_ark = Certificate::from_der(&pem_ders(other)[1]).expect("ARK");
+        assert!(
+            (&other_ark, &asvk).verify().is_err(),
+            "{name} ASVK under another ARK"
+        );
+    }
+}
+
+#[test]
+fn tampered_asvk_in_a_supplied_chain_is_refused() {
+    let milan = pem_ders(MILAN_ASK_ARK_ASVK);
+    let mut asvk = milan[2].clone();
+    let n = asvk.len();
+    asvk[n - 10] ^= 0x01;
+    let chain = pem_of(&[&asvk, &milan[1]]);
+    let err = verify_at(
+        SNP_VLEK_REPORT,
+        &vlek_endorsements(Some(chain.as_bytes())),
+        AT_VLEK,
+    )
+    .expect_err("tampered ASVK");
+    assert!(
+        err.to_string().contains("ARK does not sign the ASK/ASVK"),
+        "{err}"
+    );
+}

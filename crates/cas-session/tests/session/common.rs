@@ -54,9 +54,16 @@ services:
   - tee: tdx
     mrtd: {H96}
     rtmr0: {H96}
+    rtmr1: {H96}
+    rtmr2: {H96}
     rtmr3: {H96}
   - tee: snp
     measurement: {H96}
+    min_tcb: {{bootloader: 3, snp: 8, microcode: 115}}
+    allow_smt: false
+    policy: "0x0000000000030000"
+    vmpl: 0
+    host_data: {H64}
   - tee: sim
     measurement: {sim}
 - name: auditor

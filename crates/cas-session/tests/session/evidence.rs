@@ -255,7 +255,10 @@ fn tdx_vector_identity_fields() {
 #[test]
 fn outdated_tcb_needs_its_tolerance() {
     let ev = dcap(TDX_OUTDATED_QUOTE, TDX_OUTDATED_COLLATERAL, AT_2026);
-    let alt = format!("  - tee: tdx\n    mrtd: {TDX_OUTDATED_MRTD}\n");
+    let zero = "0".repeat(96);
+    let alt = format!(
+        "  - tee: tdx\n    mrtd: {TDX_OUTDATED_MRTD}\n    rtmr0: {zero}\n    rtmr1: {zero}\n    rtmr2: {zero}\n    rtmr3: {zero}\n"
+    );
     let reason = one_reason(match_evidence(&session("    tolerate: []", &alt), "svc", &ev));
     assert!(
         reason.contains("not tolerated (tolerate outdated-tcb)"),

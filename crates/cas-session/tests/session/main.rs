@@ -8,3 +8,4 @@ mod parse;
 mod props;
 mod render;
 mod secrets;
+mod snp;

@@ -677,3 +677,186 @@ fn rsa_spelling_and_lifetimes() {
     assert!("36526d".parse::<Lifetime>().is_err());
     assert!("99999999999999999999d".parse::<Lifetime>().is_err());
 }
+
+#[test]
+fn tdx_alternatives_pin_mrtd_and_every_rtmr() {
+    let base = full_example();
+    // MRTD alone (the old minimum) is refused, naming the first missing register.
+    let mrtd_only = edit(
+        &base,
+        &format!("    rtmr0: {H96}\n    rtmr1: {H96}\n    rtmr2: {H96}\n    rtmr3: {H96}\n"),
+        "",
+    );
+    assert_invalid(
+        &mrtd_only,
+        "services[0].attestation[1].rtmr0",
+        "a tdx alternative pins mrtd and rtmr0 to rtmr3",
+    );
+    for rtmr in ["rtmr0", "rtmr1", "rtmr2", "rtmr3"] {
+        let yaml = edit(&base, &format!("    {rtmr}: {H96}\n"), "");
+        assert_invalid(
+            &yaml,
+            &format!("services[0].attestation[1].{rtmr}"),
+            "MRTD covers only the firmware",
+        );
+    }
+    let no_mrtd = edit(&base, &format!("    mrtd: {H96}\n"), "");
+    assert_invalid(&no_mrtd, "services[0].attestation[1].mrtd", "required");
+}
+
+#[test]
+fn snp_rules_are_validated_with_their_paths() {
+    let base = full_example();
+    let snp = "services[0].attestation[2]";
+    let cases: Vec<(String, String, &str)> = vec![
+        (
+            edit(&base, "    vmpl: 0", "    vmpl: 4"),
+            format!("{snp}.vmpl"),
+            "not a VMPL",
+        ),
+        (
+            edit(&base, "\"0x0000000000030000\"", "\"0x30000\""),
+            format!("{snp}.policy"),
+            "16 hex digits",
+        ),
+        (
+            edit(&base, "\"0x0000000000030000\"", "\"00000000000300zz\""),
+            format!("{snp}.policy"),
+            "not a guest policy",
+        ),
+        (
+            edit(&base, "\"0x0000000000030000\"", "196608"),
+            format!("{snp}.policy"),
+            "not a guest policy",
+        ),
+        (
+            edit(&base, &format!("host_data: {H64}"), &format!("host_data: {H96}")),
+            format!("{snp}.host_data"),
+            "64 hex digits",
+        ),
+        (
+            edit(&base, "snp: 8, microcode", "snp: 256, microcode"),
+            format!("{snp}.min_tcb.snp"),
+            "invalid",
+        ),
+        (
+            edit(&base, "snp: 8, microcode", "snp: -1, microcode"),
+            format!("{snp}.min_tcb.snp"),
+            "invalid",
+        ),
+        (
+            edit(
+                &base,
+                "min_tcb: {bootloader: 3,",
+                "min_tcb: {ucode: 1, bootloader: 3,",
+            ),
+            format!("{snp}.min_tcb.ucode"),
+            "unknown field",
+        ),
+        (
+            edit(&base, "    allow_smt: false", "    allow_smt: no-thanks"),
+            format!("{snp}.allow_smt"),
+            "invalid",
+        ),
+        (
+            edit(
+                &base,
+                &format!("  - tee: snp\n    measurement: {H96}\n"),
+                "  - tee: snp\n",
+            ),
+            snp.to_string(),
+            "needs measurement",
+        ),
+    ];
+    for (yaml, field, reason) in cases {
+        assert_invalid(&yaml, &field, reason);
+    }
+
+    // Every SNP rule is refused on the other TEEs, at its own path.
+    let rules = [
+        "min_tcb: {snp: 1}",
+        "allow_migration_agent: false",
+        "allow_smt: true",
+        "policy: \"0000000000030000\"",
+        "vmpl: 0",
+        &format!("host_data: {H64}"),
+    ];
+    for rule in rules {
+        let name = rule.split(':').next().unwrap_or_default();
+        for (index, anchor, tee) in [
+            (0, "    isvsvn_min: 2\n", "sgx"),
+            (1, &*format!("    rtmr3: {H96}\n"), "tdx"),
+            (
+                3,
+                &*format!("  - tee: sim\n    measurement: {}\n", hex::encode(sim_workload())),
+                "sim",
+            ),
+        ] {
+            let yaml = edit(&base, anchor, &format!("{anchor}    {rule}\n"));
+            assert_invalid(
+                &yaml,
+                &format!("services[0].attestation[{index}].{name}"),
+                &format!("not valid for tee {tee}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn snp_rules_normalize_to_one_form() {
+    let s = parse(&full_example());
+    let alt = &s.service("model-runner").expect("service").attestation[2];
+    let floor = alt.min_tcb.expect("min_tcb");
+    assert_eq!(
+        (floor.bootloader, floor.tee, floor.snp, floor.microcode, floor.fmc),
+        (3, 0, 8, 115, 0),
+        "components not given are 0"
+    );
+    assert_eq!(alt.allow_migration_agent, Some(false), "default written out");
+    assert_eq!(alt.allow_smt, Some(false));
+    assert_eq!(alt.policy.as_deref(), Some("0000000000030000"), "0x dropped");
+    assert_eq!(alt.vmpl, Some(0));
+    // Other TEEs get none of the SNP defaults.
+    let sgx = &s.service("model-runner").expect("service").attestation[0];
+    assert_eq!(
+        (sgx.min_tcb, sgx.allow_migration_agent, sgx.allow_smt),
+        (None, None, None)
+    );
+
+    // Written with explicit defaults, upper-case hex and an unquoted 0x policy, or with
+    // nothing at all: the same session.
+    let sim = hex::encode(sim_workload());
+    let head = format!(
+        "name: a/b\nsecurity: {{attestation: {{tolerate: [simulation]}}}}\nservices:\n- name: svc\n  attestation:\n  - tee: sim\n    measurement: {sim}\n  - tee: snp\n    measurement: {H96}\n"
+    );
+    let bare = parse(&head);
+    let explicit = parse(&format!(
+        "{head}    min_tcb: {{bootloader: 0, tee: 0, snp: 0, microcode: 0, fmc: 0}}\n    allow_migration_agent: false\n    allow_smt: true\n"
+    ));
+    let empty_floor = parse(&format!("{head}    min_tcb: {{}}\n"));
+    assert_eq!(bare, explicit);
+    assert_eq!(bare.hash(), explicit.hash());
+    assert_eq!(bare.hash(), empty_floor.hash());
+
+    let lower = parse(&format!(
+        "{head}    policy: \"0000000000030000\"\n    host_data: {}\n",
+        "ab".repeat(32)
+    ));
+    let upper = parse(&format!(
+        "{head}    policy: 0x0000000000030000\n    host_data: {}\n",
+        "AB".repeat(32)
+    ));
+    assert_eq!(lower.hash(), upper.hash());
+    assert_eq!(
+        upper.services[0].attestation[1].host_data.as_deref(),
+        Some("ab".repeat(32).as_str())
+    );
+    // The canonical JSON writes the rules out.
+    let text = String::from_utf8(bare.canonical_bytes()).expect("UTF-8");
+    assert!(
+        text.contains(r#"{"allow_migration_agent":false,"allow_smt":true,"measurement":"#)
+            && text
+                .contains(r#""min_tcb":{"bootloader":0,"fmc":0,"microcode":0,"snp":0,"tee":0},"tee":"snp"}"#),
+        "{text}"
+    );
+}
