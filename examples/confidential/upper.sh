@@ -8,3 +8,5 @@ name=$(basename "$INPUT_FILE_PATH")
   echo "label=$LABEL stamp=$STAMP"
   echo "args=$*"
 } > "$TMP_OUTPUT_DIR/$name"
+# The script's own output reaches only the data owner (`cloister job logs … --decrypt`).
+echo "upper-cased $name, first line: $(head -n 1 "$INPUT_FILE_PATH")"

@@ -188,9 +188,8 @@ impl CasClient {
         if status.is_success() {
             return Ok(());
         }
-        let message = response
-            .json::<ErrorBody>()
-            .await
+        let body = response.bytes().await.map_err(transport)?;
+        let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|b| b.error)
             .unwrap_or_default();
         Err(ClientError::Refused { status, message })
@@ -394,5 +393,50 @@ impl LocalClient {
                 message: "seal refused".into(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloister_attestation::{EvidenceSource, SimPlatform, decode_input};
+
+    fn vector(path: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../attestation/testdata")
+            .join(path);
+        decode_input(&std::fs::read(&path).unwrap()).unwrap().into_owned()
+    }
+
+    fn init() -> InitData {
+        InitData::new(&format!("sha256:{}", "ab".repeat(32)), "team/app", "worker").unwrap()
+    }
+
+    #[test]
+    fn hardware_evidence_launched_for_something_else_is_not_acted_on() {
+        // Real TDX and SEV-SNP evidence: their MRCONFIGID / HOST_DATA do not hold this
+        // init-data's digest, as when a host hands a runtime another CAS, session or service
+        // than the TEE was launched for.
+        for evidence in [vector("tdx/quote.bin"), vector("snp/report-milan.hex")] {
+            let err = check_launch(&init(), &evidence).unwrap_err().to_string();
+            assert!(
+                err.contains("launched for another CAS, session or service"),
+                "{err}"
+            );
+        }
+        // SGX has no launch register: its init-data is a trusted file inside MRENCLAVE.
+        check_launch(&init(), &vector("sgx/quote.bin")).unwrap();
+        assert!(check_launch(&init(), b"not evidence").is_err());
+    }
+
+    #[test]
+    fn simulated_evidence_carries_its_launch_init_data() {
+        let source = init()
+            .simulated(SimPlatform::from_seed([3; 32]), [4; 32])
+            .unwrap();
+        let evidence = source.collect(&[0; 64]).unwrap();
+        check_launch(&init(), &evidence).unwrap();
+        let other = InitData::new(&init().cas_pin, "team/app", "other").unwrap();
+        assert!(check_launch(&other, &evidence).is_err());
     }
 }

@@ -129,6 +129,8 @@ async fn api_answers(client: &Client) -> anyhow::Result<Vec<(String, Vec<u8>)>> 
         answers.push((format!("/system/logs/{name}"), jobs.to_string().into_bytes()));
         for job in jobs["jobs"].as_object().into_iter().flat_map(|m| m.keys()) {
             answers.extend(fetch(format!("/system/logs/{name}/{job}?timestamps=true")).await);
+            // A confidential job's own output, as the platform serves it (ciphertext).
+            answers.extend(fetch(format!("/system/logs/{name}/{job}/sealed")).await);
         }
     }
     let buckets: Value = client.get_json("/system/buckets").await?;

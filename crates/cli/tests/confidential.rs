@@ -229,18 +229,39 @@ impl World {
         }
     }
 
-    /// Encrypts `content` on the owner's side and uploads it to `bucket/key`.
+    /// Encrypts `content` on the owner's side (authenticated as the owner) and uploads it to
+    /// `bucket/key`.
     fn put_encrypted(&self, service: &str, content: &[u8], remote: &str) {
+        self.put_encrypted_as(service, content, remote, Some(&self.owner_key));
+    }
+
+    fn put_encrypted_as(&self, service: &str, content: &[u8], remote: &str, sender: Option<&Path>) {
         let local = self.dir.path().join("owner-input");
         std::fs::write(&local, content).unwrap();
-        ok(&self.server.cli(&[
+        let mut args = vec![
             "put",
             local.to_str().unwrap(),
             remote,
             "--encrypt",
             &self.recipients[service],
-        ]));
+        ];
+        if let Some(sender) = sender {
+            args.extend(["--sender", sender.to_str().unwrap()]);
+        }
+        ok(&self.server.cli(&args));
         std::fs::remove_file(&local).unwrap();
+    }
+
+    /// The job's sealed log, decrypted by the owner.
+    fn sealed_log(&self, service: &str, job: &str) -> std::process::Output {
+        self.server.cli(&[
+            "job",
+            "logs",
+            service,
+            job,
+            "--decrypt",
+            self.owner_key.to_str().unwrap(),
+        ])
     }
 
     /// Downloads and decrypts `remote` with the owner's key.
@@ -320,10 +341,17 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     // 1. A job on encrypted input gives encrypted output the owner decrypts.
     let input = format!("patient {canary} heart rate 72\nsecond line\n");
     world.put_encrypted("secure-upper", input.as_bytes(), "secure/in/record.txt");
-    let (_, job, log) = world.job_for("secure-upper", 1, "secure/in/record.txt").await;
+    let (name, job, log) = world.job_for("secure-upper", 1, "secure/in/record.txt").await;
     assert_eq!(job["status"], "Succeeded", "{log}");
     assert!(log.contains("attested to the CAS"), "{log}");
+    assert!(log.contains("authenticated from cloister1x25519:"), "{log}");
     assert!(!log.contains(&canary), "{log}");
+    // The script's own output is the owner's: sealed on the platform, readable with the key.
+    let sealed = ok(&world.sealed_log("secure-upper", &name));
+    assert!(
+        sealed.contains(&format!("upper-cased record.txt, first line: patient {canary}")),
+        "{sealed}"
+    );
     let output = world.get_decrypted("secure/out/record.txt");
     assert_eq!(
         String::from_utf8(output).unwrap(),
@@ -350,12 +378,25 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     // Plaintext was wiped from the memory-backed folder.
     assert!(common::files_under(&world.dir.path().join("plain")).is_empty());
 
+    // An input not authenticated by the owner (anyone who knows the service's public recipient
+    // can make one, the host too) is refused: the session lists the owner as its only sender.
+    world.put_encrypted_as(
+        "secure-upper",
+        b"forged by the host\n",
+        "secure/in/forged.txt",
+        None,
+    );
+    let (_, job, log) = world.job_for("secure-upper", 2, "secure/in/forged.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("rejected") && log.contains("sender"), "{log}");
+    assert!(world.raw_get("secure", "out/forged.txt").await.is_none());
+
     // 3. A tampered ciphertext: Failed with a clear reason, no output.
     let mut tampered = world.raw_get("secure", "in/record.txt").await.unwrap();
     let middle = tampered.len() - 20;
     tampered[middle] ^= 0x01;
     world.raw_put("secure", "in/tampered.txt", tampered).await;
-    let (_, job, log) = world.job_for("secure-upper", 2, "secure/in/tampered.txt").await;
+    let (_, job, log) = world.job_for("secure-upper", 3, "secure/in/tampered.txt").await;
     assert_eq!(job["status"], "Failed", "{log}");
     assert!(log.contains("input secure/in/tampered.txt rejected"), "{log}");
     assert!(world.raw_get("secure", "out/tampered.txt").await.is_none());
@@ -363,7 +404,7 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     // 4. A swapped object (a valid ciphertext stored under another key): detected.
     let original = world.raw_get("secure", "in/record.txt").await.unwrap();
     world.raw_put("secure", "in/swapped.txt", original).await;
-    let (_, job, log) = world.job_for("secure-upper", 3, "secure/in/swapped.txt").await;
+    let (_, job, log) = world.job_for("secure-upper", 4, "secure/in/swapped.txt").await;
     assert_eq!(job["status"], "Failed", "{log}");
     assert!(log.contains("rejected"), "{log}");
     assert!(world.raw_get("secure", "out/swapped.txt").await.is_none());
@@ -384,7 +425,7 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
         .unwrap();
     assert_eq!(put.status(), 204);
     world.put_encrypted("secure-upper", b"after the change\n", "secure/in/changed.txt");
-    let (_, job, log) = world.job_for("secure-upper", 4, "secure/in/changed.txt").await;
+    let (_, job, log) = world.job_for("secure-upper", 5, "secure/in/changed.txt").await;
     assert_eq!(job["status"], "Succeeded", "{log}");
     assert!(!stolen.exists(), "the platform's script ran");
     let output = world.get_decrypted("secure/out/changed.txt");
@@ -719,4 +760,112 @@ async fn a_confidential_job_killed_midway_leaves_no_plaintext() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The host writes `job.json`; the runtime trusts none of it. Run `cloister-runtime` by hand as
+/// a hostile host would, with descriptions that try to move plaintext somewhere readable, make
+/// it write host files, or talk to another CAS: each is refused before anything is released.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_job_description_releases_nothing() {
+    let world = World::start().await;
+    let base = |plain: &Path| {
+        json!({
+            "job_name": "secure-upper-0193a5e27c4e7b8a9f00aabbccddeeff",
+            "job_uuid": "0193a5e2-7c4e-7b8a-9f00-aabbccddeeff",
+            "service": "secure-upper",
+            "tee": "sim",
+            "cas": world.cas_url,
+            "cas_pin": world.cas_pin,
+            "session": "examples/secure-upper",
+            "cas_service": "secure-upper",
+            "sim_platform_key": world.server.dir.join("sim-platform.key"),
+            "event": "{}",
+            "event_time": "2026-11-29T00:00:00Z",
+            "timeout_secs": 30,
+            "log_limit": 65536,
+            "plain_root": plain,
+            "volumes_dir": world.dir.path().join("volumes"),
+        })
+    };
+    let run = |name: &str, job: Value| -> (Option<i32>, Value, String) {
+        let dir = world.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+        let out = Command::new(common::runtime_bin())
+            .arg("--job")
+            .arg(&dir)
+            .env_clear()
+            .output()
+            .unwrap();
+        let result: Value = serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+        (
+            out.status.code(),
+            result,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let released = || async {
+        let admin = ClientIdentity::load(&world.admin_key).unwrap();
+        let cas = CasClient::new(&world.cas_url, &world.cas_pin, Some(admin)).unwrap();
+        let entries: Vec<cloister_cas_store::AuditEntry> = cas.audit(0).await.unwrap();
+        entries.iter().filter(|e| e.kind == "secret-release").count()
+    };
+    let before = released().await;
+
+    // A plaintext folder another local user prepared (they could read every input).
+    let theirs = world.dir.path().join("their-plain");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let (code, result, _) = run("theirs", base(&theirs));
+    assert_eq!(code, Some(8));
+    assert!(
+        result["reason"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to uid 65534"),
+        "{result}"
+    );
+    // …or one that anyone may write into.
+    let open = world.dir.path().join("open-plain");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (code, result, _) = run("open", base(&open));
+    assert_eq!(code, Some(8));
+    assert!(result["reason"].as_str().unwrap().contains("0777"), "{result}");
+
+    let plain = world.dir.path().join("plain-hostile");
+    // "cgroups" that are host files the runtime would write its pid into.
+    let mut job = base(&plain);
+    job["cgroup_procs"] = json!(["/etc/passwd"]);
+    let (code, result, _) = run("cgroups", job);
+    assert_eq!(code, Some(8));
+    assert!(
+        result["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a cgroup.procs file"),
+        "{result}"
+    );
+    // Another CAS than the one the service's session lives in: the pinned TLS to the real URL
+    // fails, and nothing is attested.
+    let mut job = base(&plain);
+    job["cas_pin"] = json!(format!("sha256:{}", "ee".repeat(32)));
+    let (code, result, _) = run("other-cas", job);
+    assert_eq!(code, Some(8));
+    assert!(
+        result["reason"].as_str().unwrap().contains("attestation refused"),
+        "{result}"
+    );
+    // A script the host wrote beside job.json is not even looked at: the job runs the session's
+    // script (and, having no input, fails only for want of one).
+    let dir = world.dir.path().join("script");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("script.sh"), "touch /tmp/host-script-ran\n").unwrap();
+    let (_, result, stdout) = run("script", base(&plain));
+    assert!(!Path::new("/tmp/host-script-ran").exists(), "{result} {stdout}");
+    assert!(stdout.contains("attested to the CAS"), "{stdout}");
+
+    // Only the last run (the genuine description) obtained anything from the CAS.
+    assert_eq!(released().await, before + 1);
+    assert!(common::files_under(&plain).is_empty());
 }

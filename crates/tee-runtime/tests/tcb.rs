@@ -1,0 +1,83 @@
+//! What runs inside the TEE is `cloister-runtime` alone, so its dependency tree is its trusted
+//! computing base: it must never pull in the servers (an HTTP server, the platform, the CAS
+//! server or its store), which would put their code — and their attack surface — in the TEE.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+/// Packages of the runtime's normal (linked) dependency tree, with the features enabled on them.
+fn tree() -> (BTreeSet<String>, String) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "tree",
+            "-p",
+            "cloister-tee-runtime",
+            "-e",
+            "normal,features",
+            "--prefix",
+            "none",
+            "--offline",
+            "--locked",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        output.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let packages = text
+        .lines()
+        .filter(|line| !line.contains(" feature \""))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    (packages, text)
+}
+
+#[test]
+fn the_runtime_links_no_server() {
+    let (packages, text) = tree();
+    // The parts it is made of are there (so this test looks at the right tree)...
+    for needed in [
+        "cloister-cas-client",
+        "cloister-crypt",
+        "cloister-attestation",
+        "cloister-runtime",
+    ] {
+        assert!(
+            packages.contains(needed),
+            "{needed} missing from the runtime's tree"
+        );
+    }
+    // ...and no server, store or platform crate.
+    for forbidden in [
+        "axum",
+        "axum-core",
+        "redb",
+        "s3s",
+        "s3s-fs",
+        "rcgen",
+        "cloister-cas",
+        "cloister-cas-store",
+        "cloister-cas-session",
+        "cloister-platform",
+        "cloister-storage",
+        "cloister-cli",
+    ] {
+        assert!(
+            !packages.contains(forbidden),
+            "the runtime's dependency tree gained {forbidden}: it would run inside the TEE"
+        );
+    }
+    // hyper is there as reqwest's client; its server half must not be.
+    for forbidden in ["hyper feature \"server\"", "hyper-util feature \"server\""] {
+        assert!(
+            !text.contains(forbidden),
+            "the runtime's dependency tree enables {forbidden}"
+        );
+    }
+}
