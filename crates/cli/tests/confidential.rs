@@ -1,6 +1,6 @@
 //! Confidential services end to end: a dev CAS and `cloister server` as real processes, the
 //! FDL applied from the "trusted computer" (sessions created at the CAS), inputs encrypted on
-//! the owner's side, jobs run by `cloister runtime` under the simulation TEE, outputs
+//! the owner's side, jobs run by `cloister-runtime` under the simulation TEE, outputs
 //! decrypted by the owner — and every refusal the issue lists.
 
 mod common;

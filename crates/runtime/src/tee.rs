@@ -1,4 +1,4 @@
-//! The contract between an executor and `cloister runtime`, the process that runs a
+//! The contract between an executor and `cloister-runtime`, the process that runs a
 //! confidential job inside its TEE.
 //!
 //! The executor (untrusted) prepares a job directory holding only ciphertext and public facts:
