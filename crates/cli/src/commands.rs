@@ -79,6 +79,9 @@ pub async fn apply(
                 "name": a.session, "hash": a.hash, "action": a.action, "measurement": a.measurement,
             });
             result["input_recipient"] = json!(a.input_recipient);
+            if let Some((register, value)) = &a.launch_register {
+                result["launch"] = json!({"register": register, "value": value});
+            }
         }
         if !json {
             println!("{action} service {}", service.name);
@@ -88,6 +91,11 @@ pub async fn apply(
                     a.session, a.action, a.measurement
                 );
                 println!("  data owners encrypt inputs to: {}", a.input_recipient);
+                if let Some((register, value)) = &a.launch_register {
+                    println!(
+                        "  launch its TEEs with {register} = {value} (the runtime refuses anything else)"
+                    );
+                }
             }
         }
         results.push(result);

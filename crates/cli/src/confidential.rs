@@ -29,6 +29,9 @@ pub struct SessionApplied {
     pub action: &'static str,
     pub input_recipient: String,
     pub measurement: String,
+    /// For TDX and SEV-SNP: the launch configuration register their VMs must be started with
+    /// (its name and hex value), the digest of the service's init-data.
+    pub launch_register: Option<(&'static str, String)>,
 }
 
 /// Creates or updates the CAS session of a confidential `service` and returns the service as
@@ -75,6 +78,23 @@ pub async fn apply_session(
     }
     .map_err(cas_error)?;
 
+    let init = cloister_cas_client::protocol::InitData::new(
+        &c.cas_pin,
+        &c.session,
+        c.service.as_deref().unwrap_or(&service.name),
+    )
+    .map_err(|e| fail(exit::INVALID, e.to_string()))?;
+    let launch_register = match c.tee {
+        TeeKind::Tdx => Some(("MRCONFIGID", Tee::Tdx)),
+        TeeKind::Snp => Some(("HOST_DATA", Tee::Snp)),
+        TeeKind::Sgx | TeeKind::Sim => None,
+    }
+    .and_then(|(register, tee)| {
+        init.config_id(tee)
+            .ok()
+            .flatten()
+            .map(|digest| (register, hex::encode(digest)))
+    });
     let input_recipient = input_identity.public().to_string();
     let mut platform_copy = service.clone();
     platform_copy.environment.secrets.clear();
@@ -89,6 +109,7 @@ pub async fn apply_session(
             action,
             input_recipient,
             measurement,
+            launch_register,
         },
     ))
 }

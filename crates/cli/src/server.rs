@@ -223,7 +223,9 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = platform_config(&args)?;
     match &config.runtime_binary {
-        Some(runtime) => tracing::info!(runtime = %runtime.display(), "confidential jobs run in this runtime"),
+        Some(runtime) => {
+            tracing::info!(runtime = %runtime.display(), "confidential jobs run in this runtime")
+        }
         None => eprintln!(
             "cloister: no cloister-runtime beside this binary or on PATH: confidential jobs will be refused \
              (build it with `cargo build --release`, or give --runtime-binary)"
