@@ -159,7 +159,7 @@ pub fn service_session(service: &Service, input_identity: &Identity) -> Result<S
         environment.insert(reserved::INPUT_SENDERS.into(), c.input_senders.join(" "));
     }
     let paths = |list: &[StorageIo]| -> Result<String, String> {
-        let targets: Vec<OutputTarget> = list.iter().map(target).collect();
+        let targets: Vec<OutputTarget> = list.iter().map(StorageIo::target).collect();
         serde_json::to_string(&targets).map_err(|e| e.to_string())
     };
     environment.insert(reserved::INPUTS.into(), paths(&service.input)?);
@@ -227,16 +227,6 @@ fn secret(name: &str, kind: SecretKind) -> SecretSpec {
         export: Vec::new(),
         import: None,
         export_public: false,
-    }
-}
-
-fn target(io: &StorageIo) -> OutputTarget {
-    let (bucket, folder) = io.bucket_and_folder();
-    OutputTarget {
-        bucket: bucket.to_owned(),
-        folder: folder.to_owned(),
-        prefix: io.prefix.clone(),
-        suffix: io.suffix.clone(),
     }
 }
 

@@ -77,6 +77,18 @@ impl StorageIo {
         }
     }
 
+    /// This path as a runtime target (outputs go there; confidential sessions list inputs the
+    /// same way).
+    pub fn target(&self) -> cloister_runtime::OutputTarget {
+        let (bucket, folder) = self.bucket_and_folder();
+        cloister_runtime::OutputTarget {
+            bucket: bucket.to_owned(),
+            folder: folder.to_owned(),
+            prefix: self.prefix.clone(),
+            suffix: self.suffix.clone(),
+        }
+    }
+
     /// Whether an object key in this path's bucket is under its folder and passes the filters.
     pub fn matches(&self, bucket: &str, key: &str) -> bool {
         let (own_bucket, folder) = self.bucket_and_folder();

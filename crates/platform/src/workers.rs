@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloister_runtime::tee::{SEALED_LOG_OVERHEAD, render_log};
-use cloister_runtime::{
-    JobInput, JobOutcome, JobSpec, Limits, LogLine, OutputTarget, Placement, Status, TeeKind,
-};
+use cloister_runtime::{JobInput, JobOutcome, JobSpec, Limits, LogLine, Placement, Status, TeeKind};
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
@@ -117,19 +115,7 @@ pub(crate) fn spec_for(
         input,
         event,
         event_time,
-        outputs: service
-            .output
-            .iter()
-            .map(|io| {
-                let (bucket, folder) = io.bucket_and_folder();
-                OutputTarget {
-                    bucket: bucket.to_owned(),
-                    folder: folder.to_owned(),
-                    prefix: io.prefix.clone(),
-                    suffix: io.suffix.clone(),
-                }
-            })
-            .collect(),
+        outputs: service.output.iter().map(crate::fdl::StorageIo::target).collect(),
         limits: Limits {
             memory_bytes: service.memory_bytes(),
             cpu_millis: service.cpu_millis(),

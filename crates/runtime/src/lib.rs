@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use sandbox::{CgroupSupport, Limits, Program, ScriptRun, run_program, run_script};
+pub use sandbox::{CgroupSupport, Limits, Program, ScriptRun, run_program};
 
 /// Errors raised by [`JobIo`] implementations; the message is shown in the job's log.
 pub type IoError = Box<dyn std::error::Error + Send + Sync>;
@@ -530,8 +530,8 @@ async fn run_in(
         env.push(("STORAGE_OBJECT_KEY".into(), key.clone()));
     }
 
-    let run = sandbox::run_script(
-        &script_path,
+    let run = sandbox::run_program(
+        sandbox::Program::Script(&script_path),
         &[],
         work,
         &env,

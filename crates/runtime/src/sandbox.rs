@@ -321,41 +321,10 @@ fn prefer_low_latency() {
     }
 }
 
-/// Runs `script` under `/bin/sh` in `work` with exactly `env`, in its own process group, in the
-/// cgroup slot `slot` (or under `RLIMIT_AS` without cgroups), until it exits, `limits.timeout`
-/// passes or `cancel` resolves; then kills whatever the job left. `args` are the script's
-/// positional parameters. `on_start` is called once the process exists.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_script(
-    script: &Path,
-    args: &[String],
-    work: &Path,
-    env: &[(String, String)],
-    limits: &Limits,
-    cgroups: &CgroupSupport,
-    slot: &str,
-    log_limit: usize,
-    keep_stdout: bool,
-    cancel: impl std::future::Future<Output = ()> + Send,
-    on_start: impl FnOnce() + Send,
-) -> ScriptRun {
-    run_program(
-        Program::Script(script),
-        args,
-        work,
-        env,
-        limits,
-        cgroups,
-        slot,
-        log_limit,
-        keep_stdout,
-        cancel,
-        on_start,
-    )
-    .await
-}
-
-/// [`run_script`] for any [`Program`].
+/// Runs `program` (a script under `/bin/sh`, or an exec'd program) in `work` with exactly `env`,
+/// in its own process group, in the cgroup slot `slot` (or under `RLIMIT_AS` without cgroups),
+/// until it exits, `limits.timeout` passes or `cancel` resolves; then kills whatever the job
+/// left. `args` are its positional parameters. `on_start` is called once the process exists.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_program(
     program: Program<'_>,

@@ -381,8 +381,8 @@ async fn scripts_see_exactly_their_arguments() {
     std::fs::write(&script, "for a do printf '[%s]' \"$a\"; done; echo \" $#\"").unwrap();
     let args = ["two words".to_owned(), "it's \"q\"".to_owned(), String::new()];
     for cgroups in [CgroupSupport::None, CgroupSupport::detect()] {
-        let run = run_script(
-            &script,
+        let run = run_program(
+            Program::Script(&script),
             &args,
             &work,
             &[],
