@@ -144,7 +144,11 @@ impl<'de> Deserialize<'de> for Principal {
     }
 }
 
-/// Who may read a session (and its exported public parts) and who may update it.
+/// Who may read a session and who may update it.
+///
+/// Reading is not the same for everyone on the list (see the crate docs, "Access"): the
+/// session's creator reads raw secret values; other readers get the session with explicit
+/// values redacted and the public parts of `export_public` secrets only.
 ///
 /// Both lists default to `[CREATOR]`. An empty list is invalid (write `[NONE]`), and `NONE`
 /// must stand alone, so that a list's meaning is never ambiguous.

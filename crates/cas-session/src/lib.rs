@@ -9,13 +9,47 @@
 //! * [`Session::hash`] identifies a session version; [`Session::check_predecessor`] enforces
 //!   that an update names the hash of the version it replaces.
 //! * [`AccessPolicy::may_read`] / [`AccessPolicy::may_update`] decide who may read or
-//!   update a session.
+//!   update a session (see [Access](#access) for what a reader gets).
 //! * [`materialize_secrets`] generates, carries over and imports secret values
 //!   ([`Secrets`]); [`check_export`] is the exporter's side of an import.
 //! * [`match_evidence`] decides whether verified evidence identifies a service;
 //!   [`render_service`] then produces its [`ServiceConfig`], with placeholders replaced.
 //! * [`secret_bytes`] (owner reads) and [`public_part`] (`export_public` reads) format a
 //!   secret.
+//!
+//! ## Access
+//!
+//! The CAS records the key that created a session: the session's **owner**. Who gets what:
+//!
+//! * **Attested services** receive their rendered configuration, raw secret values included,
+//!   through attestation only.
+//! * The **owner** reads raw secret values and the session as submitted (explicit `value`s
+//!   included), provided `access_policy.read` admits it (`CREATOR`, the default, does; a
+//!   session whose `read` list leaves its creator out is readable by nobody raw). Every raw
+//!   read is committed to the audit log before the value is returned.
+//! * **Readers** (`access_policy.read`) who are not the owner — auditors — get the session
+//!   with every explicit secret `value` removed (the answer says `redacted`; the hash is the
+//!   stored one) and the public part ([`public_part`]) of secrets marked `export_public`;
+//!   never a raw value. Literal text in `files` or `environment` is not redacted: secrets
+//!   belong in `secrets`.
+//! * **Updaters** (`access_policy.update`) may replace the session; the owner stays its
+//!   creator.
+//!
+//! ## Exports and namespaces
+//!
+//! A secret is shared by its exporter listing the importer — its session name **and its
+//! owner's key** — in `export` ([`ExportTarget`]), or `"*"` for everyone; the importer names
+//! the exporter in `import`. The import is checked when the importer is written, and the
+//! exporter's current state is checked again whenever the CAS loads the importer to attest
+//! it, so removing an entry from `export` revokes it at the importer's next write or
+//! attestation.
+//!
+//! The server also guards session names: the **namespace** of `a/b/c` is its first segment
+//! `a`. The key that creates the first session of a namespace owns it (claimed in the same
+//! transaction as the session), or a CAS administrator declares its owner; only the
+//! namespace's owner creates sessions in it. Namespaces that held sessions before the server
+//! recorded owners belong to their sessions' creator when there is exactly one; otherwise an
+//! administrator must declare them before anything new is created there.
 //!
 //! ## Example
 //!
@@ -76,7 +110,9 @@
 //!   standard base64, `rsa` as `rsa-3072`;
 //! * orders what has no meaningful order: services and secrets by name, files by path,
 //!   principals, export lists and a file's `services` sorted and de-duplicated, `tolerate`
-//!   in [`cloister_attestation::Tolerance`] order. The order of attestation alternatives
+//!   in [`cloister_attestation::Tolerance`] order. An export entry is `"*"` or the object
+//!   `{"owner": KEY, "session": NAME}` with the key in the principal form above; `"*"` sorts
+//!   first, then entries by session name and owner key. The order of attestation alternatives
 //!   (reported by [`match_evidence`]), of command words and of SANs is kept.
 //!
 //! The canonical bytes are the normalized session serialized as JSON with the field names
@@ -121,11 +157,13 @@ pub use access::{AccessPolicy, ClientKey, Principal};
 pub use error::SessionError;
 pub use matching::match_evidence;
 pub use model::{
-    AttestationAlternative, AttestationMode, AttestationPolicy, FileSpec, ImportSpec, KeyAlgorithm, Lifetime,
-    SESSION_VERSION, SecretKind, SecretSpec, Security, ServiceSpec, Session, SnpTcbFloor,
+    AttestationAlternative, AttestationMode, AttestationPolicy, ExportTarget, FileSpec, ImportSpec,
+    KeyAlgorithm, Lifetime, SESSION_VERSION, SecretKind, SecretSpec, Security, ServiceSpec, Session,
+    SnpTcbFloor,
 };
 pub use render::{RenderedFile, ServiceConfig, render_service};
 pub use secrets::{
-    ImportResolver, SecretValue, Secrets, check_export, materialize_secrets, public_part, secret_bytes,
+    ImportResolver, SecretValue, Secrets, check_export, materialize_secrets, public_part, refresh_imports,
+    secret_bytes,
 };
 pub use session::parse_session;

@@ -8,7 +8,7 @@ use cloister_attestation::{Tee, Tolerance};
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::access::AccessPolicy;
+use crate::access::{AccessPolicy, ClientKey};
 
 /// The only session language version this crate speaks.
 pub const SESSION_VERSION: &str = "0.3";
@@ -327,9 +327,10 @@ pub struct SecretSpec {
     /// `x509`/`x509-ca`: validity (default `365d` for `x509`, `3650d` for `x509-ca`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_for: Option<Lifetime>,
-    /// Sessions allowed to import this secret; `*` means any session.
+    /// Who may import this secret: sessions named together with their owner's key, or
+    /// `"*"` for every session.
     #[serde(default)]
-    pub export: Vec<String>,
+    pub export: Vec<ExportTarget>,
     /// Take the value from another session's exported secret instead of generating it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<ImportSpec>,
@@ -354,6 +355,101 @@ impl fmt::Debug for SecretSpec {
             .field("import", &self.import)
             .field("export_public", &self.export_public)
             .finish()
+    }
+}
+
+/// One entry of a secret's `export` list: who may import the secret.
+///
+/// Session names are first come, first served, so a name alone does not identify the party an
+/// exporter means to share with: anyone could create a session of that name. An export
+/// therefore names the importing session **and the key that owns it** (the key that created
+/// it, as the CAS records it):
+///
+/// ```yaml
+/// export:
+/// - {session: team/consumer, owner: "ed25519:3b6a…(64 hex)"}
+/// - "*"            # every session, whoever owns it
+/// ```
+///
+/// A bare session name is an error that says what to write. Keys are written in their
+/// canonical form ([`ClientKey`]); entries are ordered `"*"` first, then by session name, then
+/// by owner key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExportTarget {
+    /// `"*"`: every session, whoever owns it.
+    Anyone,
+    /// The session called `session`, while the key that owns it is `owner`.
+    Session {
+        /// The importing session's name.
+        session: String,
+        /// The importing session's owner (its creator's key).
+        owner: ClientKey,
+    },
+}
+
+impl ExportTarget {
+    /// Whether this entry lets `session`, owned by `owner`, import the secret.
+    pub fn admits(&self, session: &str, owner: &ClientKey) -> bool {
+        match self {
+            ExportTarget::Anyone => true,
+            ExportTarget::Session { session: s, owner: o } => s == session && o == owner,
+        }
+    }
+}
+
+/// The map form of an [`ExportTarget::Session`], as written in YAML.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedExport {
+    session: String,
+    owner: ClientKey,
+}
+
+impl Serialize for ExportTarget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ExportTarget::Anyone => s.serialize_str("*"),
+            ExportTarget::Session { session, owner } => NamedExport {
+                session: session.clone(),
+                owner: owner.clone(),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExportTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TargetVisitor;
+
+        impl<'de> Visitor<'de> for TargetVisitor {
+            type Value = ExportTarget;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"*\" or {session: NAME, owner: KEY}")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ExportTarget, E> {
+                if v.trim() == "*" {
+                    return Ok(ExportTarget::Anyone);
+                }
+                Err(E::custom(format!(
+                    "'{v}' names a session but not its owner, and session names are first come, \
+                     first served: write {{session: {v}, owner: <the key that owns {v}, \
+                     ed25519:<hex> or p256:<hex>>}}, or \"*\" to export to every session"
+                )))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<ExportTarget, A::Error> {
+                let named = NamedExport::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ExportTarget::Session {
+                    session: named.session,
+                    owner: named.owner,
+                })
+            }
+        }
+
+        d.deserialize_any(TargetVisitor)
     }
 }
 

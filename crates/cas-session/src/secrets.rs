@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::access::ClientKey;
 use crate::error::SessionError;
 use crate::keys;
 use crate::model::{KeyAlgorithm, SecretKind, SecretSpec, Session};
@@ -105,8 +106,10 @@ impl fmt::Debug for Secrets {
 
 /// Fetches the value of a secret exported by another session.
 ///
-/// The CAS server implements it by loading `from_session`, calling [`check_export`] on it and
-/// returning the secret's current value from that session's [`Secrets`].
+/// The CAS server implements it by loading `from_session`, calling [`check_export`] on it with
+/// the importing session's name **and its owner's key** (the importing session's creator, which
+/// the server records), and returning the secret's current value from that session's
+/// [`Secrets`].
 pub trait ImportResolver {
     /// The value of `secret` in session `from_session`, for `importing_session`.
     fn resolve(
@@ -117,10 +120,16 @@ pub trait ImportResolver {
     ) -> Result<SecretValue, SessionError>;
 }
 
-/// Checks that `exporting` lets `importing_session` import its secret `secret`: the secret
-/// must exist, must not itself be imported, and its `export` list must contain
-/// `importing_session` or `*`.
-pub fn check_export(exporting: &Session, secret: &str, importing_session: &str) -> Result<(), SessionError> {
+/// Checks that `exporting` lets `importing_session`, owned by `importing_owner`, import its
+/// secret `secret`: the secret must exist, must not itself be imported, and its `export` list
+/// must hold `"*"` or an entry naming both `importing_session` and `importing_owner` (see
+/// [`crate::ExportTarget`]). A session of the right name owned by another key gets nothing.
+pub fn check_export(
+    exporting: &Session,
+    secret: &str,
+    importing_session: &str,
+    importing_owner: &ClientKey,
+) -> Result<(), SessionError> {
     let refuse = |reason: &str| SessionError::ImportRefused {
         session: exporting.name.clone(),
         secret: secret.to_string(),
@@ -134,11 +143,15 @@ pub fn check_export(exporting: &Session, secret: &str, importing_session: &str) 
     if spec.import.is_some() {
         return Err(refuse("the secret is itself imported and cannot be re-exported"));
     }
-    if spec.export.iter().any(|e| e == "*" || e == importing_session) {
+    if spec
+        .export
+        .iter()
+        .any(|target| target.admits(importing_session, importing_owner))
+    {
         Ok(())
     } else {
         Err(refuse(&format!(
-            "session '{importing_session}' is not in its export list"
+            "session '{importing_session}' owned by {importing_owner} is not in its export list"
         )))
     }
 }
@@ -205,6 +218,35 @@ pub fn materialize_secrets(
         m.materialize(name, 0)?;
     }
     Ok(Secrets(m.out))
+}
+
+/// Re-resolves the imported secrets of `session` in `secrets` (its stored values), so that a
+/// session about to be released follows its exporters: a value the exporter rotated is
+/// replaced, and an import the exporter has since withdrawn (or whose owner no longer
+/// matches) is an error, [`SessionError::ImportRefused`] from `imports`. Generated and
+/// explicit secrets are left as they are.
+pub fn refresh_imports(
+    session: &Session,
+    secrets: &mut Secrets,
+    imports: &dyn ImportResolver,
+) -> Result<(), SessionError> {
+    for spec in &session.secrets {
+        let Some(import) = &spec.import else {
+            continue;
+        };
+        let value = imports.resolve(&import.session, &import.secret, &session.name)?;
+        if value.kind != spec.kind {
+            return Err(SessionError::secret(
+                &spec.name,
+                format!(
+                    "imported secret is of kind {}, but the session declares {}",
+                    value.kind, spec.kind
+                ),
+            ));
+        }
+        secrets.0.insert(spec.name.clone(), value);
+    }
+    Ok(())
 }
 
 struct Previous<'a> {

@@ -15,8 +15,8 @@ use cloister_attestation::{Tee, Tolerance};
 use crate::access::Principal;
 use crate::error::SessionError;
 use crate::model::{
-    AttestationAlternative, AttestationMode, FileSpec, KeyAlgorithm, Lifetime, SESSION_VERSION, SecretKind,
-    SecretSpec, ServiceSpec, Session, SnpTcbFloor,
+    AttestationAlternative, AttestationMode, ExportTarget, FileSpec, KeyAlgorithm, Lifetime, SESSION_VERSION,
+    SecretKind, SecretSpec, ServiceSpec, Session, SnpTcbFloor,
 };
 use crate::placeholder::{self, Piece};
 
@@ -376,8 +376,8 @@ fn validate_secret(s: &Session, ctx: &Ctx<'_>, i: usize, spec: &SecretSpec) -> R
         }
     }
     for (j, target) in spec.export.iter().enumerate() {
-        if target != "*" {
-            check_session_name(target).map_err(|r| invalid(f(&format!("export[{j}]")), r))?;
+        if let ExportTarget::Session { session, .. } = target {
+            check_session_name(session).map_err(|r| invalid(f(&format!("export[{j}].session")), r))?;
         }
     }
     Ok(())

@@ -4,7 +4,8 @@ use cloister_attestation::{
     Endorsements, EvidenceVerifier, SimPlatform, SimVerifier, VerifiedEvidence, sim_measurement,
 };
 use cloister_cas_session::{
-    ImportResolver, SecretValue, Secrets, Session, SessionError, materialize_secrets, parse_session,
+    ClientKey, ImportResolver, SecretValue, Secrets, Session, SessionError, materialize_secrets,
+    parse_session,
 };
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -15,6 +16,22 @@ pub const H64: &str = "111111111111111111111111111111111111111111111111111111111
 pub const H96: &str =
     "222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222";
 
+/// A client key, the same for the same `n`.
+pub fn key(n: u8) -> ClientKey {
+    let public = ed25519_dalek::SigningKey::from_bytes(&[n; 32]).verifying_key();
+    ClientKey::ed25519(public.as_bytes()).expect("valid key")
+}
+
+/// The owner of `hospital/inference` (the full example).
+pub fn inference_owner() -> ClientKey {
+    key(1)
+}
+
+/// The owner of `hospital/other`, to which the full example exports `server_cert`.
+pub fn other_owner() -> ClientKey {
+    key(2)
+}
+
 /// The simulated workload every sim test attests as.
 pub fn sim_workload() -> [u8; 32] {
     sim_measurement(b"cloister-runtime")
@@ -23,6 +40,7 @@ pub fn sim_workload() -> [u8; 32] {
 /// A full example session using every feature.
 pub fn full_example() -> String {
     let sim = hex::encode(sim_workload());
+    let other = other_owner();
     format!(
         r#"# The hospital's inference session.
 name: hospital/inference
@@ -99,7 +117,7 @@ secrets:
   common_name: model-runner
   san: [model-runner.local, 10.0.0.1]
   valid_for: 365d
-  export: [hospital/other]
+  export: [{{session: hospital/other, owner: "{other}"}}]
 - name: shared_key
   kind: binary
   import: {{session: provider/models, secret: model_key}}
@@ -160,21 +178,38 @@ impl ImportResolver for NoImports {
 }
 
 /// Resolves imports from a fixed set of exporting sessions, enforcing their export lists as
-/// the CAS server does.
-pub struct Exporters(pub Vec<(Session, Secrets)>);
+/// the CAS server does, for an importing session owned by `importer_owner`.
+pub struct Exporters {
+    pub exporters: Vec<(Session, Secrets)>,
+    pub importer_owner: ClientKey,
+}
+
+impl Exporters {
+    /// For an importer owned by [`inference_owner`].
+    pub fn new(exporters: Vec<(Session, Secrets)>) -> Self {
+        Self::owned_by(exporters, inference_owner())
+    }
+
+    pub fn owned_by(exporters: Vec<(Session, Secrets)>, importer_owner: ClientKey) -> Self {
+        Exporters {
+            exporters,
+            importer_owner,
+        }
+    }
+}
 
 impl ImportResolver for Exporters {
     fn resolve(&self, from: &str, secret: &str, importing: &str) -> Result<SecretValue, SessionError> {
-        let (session, secrets) =
-            self.0
-                .iter()
-                .find(|(s, _)| s.name == from)
-                .ok_or_else(|| SessionError::ImportRefused {
-                    session: from.into(),
-                    secret: secret.into(),
-                    reason: "no such session".into(),
-                })?;
-        cloister_cas_session::check_export(session, secret, importing)?;
+        let (session, secrets) = self
+            .exporters
+            .iter()
+            .find(|(s, _)| s.name == from)
+            .ok_or_else(|| SessionError::ImportRefused {
+                session: from.into(),
+                secret: secret.into(),
+                reason: "no such session".into(),
+            })?;
+        cloister_cas_session::check_export(session, secret, importing, &self.importer_owner)?;
         secrets.get(secret).cloned().ok_or_else(|| SessionError::Secret {
             name: secret.into(),
             reason: "not materialized".into(),
@@ -184,21 +219,22 @@ impl ImportResolver for Exporters {
 
 /// The exporter of `provider/models` used by the full example.
 pub fn provider() -> (Session, Secrets) {
-    let s = parse(
+    let s = parse(&format!(
         r#"name: provider/models
 secrets:
 - name: model_key
   kind: binary
   size: 16
-  export: [hospital/inference]
+  export: [{{session: hospital/inference, owner: "{}"}}]
 "#,
-    );
+        inference_owner()
+    ));
     let secrets = materialize_secrets(&s, None, &NoImports, NOW).expect("provider secrets");
     (s, secrets)
 }
 
 pub fn materialize(s: &Session) -> Secrets {
-    materialize_secrets(s, None, &Exporters(vec![provider()]), NOW).unwrap_or_else(|e| panic!("{e}"))
+    materialize_secrets(s, None, &Exporters::new(vec![provider()]), NOW).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Verified simulation evidence for `measurement`, from a platform in debug mode or not.

@@ -38,9 +38,17 @@ fn formatting_does_not_change_the_hash() {
 
 #[test]
 fn list_order_without_meaning_does_not_change_the_hash() {
-    let one = "name: a/b\nsecrets:\n- {name: x, kind: ascii}\n- {name: y, kind: binary, export: [c/d, \"*\"]}\nfiles:\n- {path: /b}\n- {path: /a}\n";
-    let two = "name: a/b\nfiles:\n- {path: /a}\n- {path: /b}\nsecrets:\n- {name: y, kind: binary, export: [\"*\", c/d, c/d]}\n- {name: x, kind: ascii}\n";
-    assert_eq!(parse(one).hash(), parse(two).hash());
+    let (k1, k2) = (key(1), key(2));
+    // The same key written three ways: prefixed, bare hex, upper-case hex.
+    let bare = k1.to_string().trim_start_matches("ed25519:").to_owned();
+    let one = format!(
+        "name: a/b\nsecrets:\n- {{name: x, kind: ascii}}\n- {{name: y, kind: binary, export: [{{session: c/d, owner: \"{k2}\"}}, {{session: c/d, owner: \"{k1}\"}}, \"*\"]}}\nfiles:\n- {{path: /b}}\n- {{path: /a}}\n"
+    );
+    let two = format!(
+        "name: a/b\nfiles:\n- {{path: /a}}\n- {{path: /b}}\nsecrets:\n- {{name: y, kind: binary, export: [\"*\", {{owner: \"{bare}\", session: c/d}}, {{session: c/d, owner: \"ED25519:{}\"}}, {{session: c/d, owner: \"{k2}\"}}]}}\n- {{name: x, kind: ascii}}\n",
+        bare.to_uppercase()
+    );
+    assert_eq!(parse(&one).hash(), parse(&two).hash());
 }
 
 #[test]
@@ -57,6 +65,18 @@ fn canonical_bytes_are_the_documented_json() {
         )
     );
     assert_eq!(s.hash(), hex::encode(Sha256::digest(text.as_bytes())));
+    // An export list: "*" first, then {owner, session} objects with their keys sorted.
+    let k = key(1);
+    let exporting = parse(&format!(
+        "name: a/b\nsecrets:\n- {{name: k, kind: ascii, export: [{{session: c/d, owner: \"{k}\"}}, \"*\"]}}\n"
+    ));
+    let text = String::from_utf8(exporting.canonical_bytes()).expect("UTF-8");
+    assert!(
+        text.contains(&format!(
+            r#""export":["*",{{"owner":"{k}","session":"c/d"}}],"export_public":false"#
+        )),
+        "{text}"
+    );
     assert_eq!(s.hash().len(), 64);
     assert!(
         s.hash()
@@ -133,7 +153,8 @@ fn every_semantic_change_changes_the_hash() {
             "san: [10.0.0.1, model-runner.local]",
         ),
         ("valid_for: 365d", "valid_for: 366d"),
-        ("export: [hospital/other]", "export: [hospital/else]"),
+        ("{session: hospital/other,", "{session: hospital/else,"),
+        (&other_owner().to_string(), &inference_owner().to_string()),
         ("secret: model_key}", "secret: model_key2}"),
         ("permission: \"0640\"", "permission: \"0644\""),
         ("services: [model-runner]", "services: [auditor]"),

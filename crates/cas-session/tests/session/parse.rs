@@ -1,7 +1,8 @@
 //! Parsing, unknown fields and validation errors.
 
 use cloister_cas_session::{
-    AttestationMode, KeyAlgorithm, Lifetime, Principal, SecretKind, Session, SessionError, parse_session,
+    AttestationMode, ExportTarget, KeyAlgorithm, Lifetime, Principal, SecretKind, Session, SessionError,
+    parse_session,
 };
 
 use crate::common::*;
@@ -82,7 +83,13 @@ fn full_example_parses_with_every_feature() {
         "default algorithm"
     );
     assert_eq!(secret("server_cert").san, ["model-runner.local", "10.0.0.1"]);
-    assert_eq!(secret("server_cert").export, ["hospital/other"]);
+    assert_eq!(
+        secret("server_cert").export,
+        [ExportTarget::Session {
+            session: "hospital/other".into(),
+            owner: other_owner()
+        }]
+    );
     assert_eq!(
         secret("shared_key").import.as_ref().map(|i| i.session.as_str()),
         Some("provider/models")
@@ -451,9 +458,32 @@ fn invalid_values_name_their_field() {
             "missing unit",
         ),
         (
-            edit(&base, "export: [hospital/other]", "export: [Other]"),
-            "secrets[6].export[0]",
+            edit(&base, "{session: hospital/other,", "{session: Other,"),
+            "secrets[6].export[0].session",
             "invalid session name",
+        ),
+        (
+            edit(
+                &base,
+                "{session: hospital/other, owner",
+                "{session: hospital/other, ownr",
+            ),
+            "secrets[6].export[0].ownr",
+            "unknown field",
+        ),
+        (
+            edit(
+                &base,
+                &format!("owner: \"{}\"", other_owner()),
+                "owner: \"ed25519:00\"",
+            ),
+            "secrets[6].export[0].owner",
+            "Ed25519 public key is 32 bytes",
+        ),
+        (
+            edit(&base, "{session: hospital/other, ", "{"),
+            "secrets[6].export[0].session",
+            "missing",
         ),
         (
             edit(
@@ -535,6 +565,40 @@ fn invalid_values_name_their_field() {
     for (yaml, field, reason) in cases {
         assert_invalid(&yaml, field, reason);
     }
+}
+
+#[test]
+fn a_bare_export_name_says_what_to_write() {
+    let base = full_example();
+    let owner = format!("owner: \"{}\"", other_owner());
+    let bare = edit(
+        &base,
+        &format!("[{{session: hospital/other, {owner}}}]"),
+        "[hospital/other]",
+    );
+    match err(&bare) {
+        SessionError::Invalid { field, reason } => {
+            assert_eq!(field, "secrets[6].export[0]");
+            assert!(
+                reason.contains("{session: hospital/other, owner: <the key that owns hospital/other"),
+                "{reason}"
+            );
+            assert!(reason.contains("\"*\""), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // "*" stays a plain string, and an explicit "*" among named entries is kept.
+    let star = parse(&edit(
+        &base,
+        &format!("[{{session: hospital/other, {owner}}}]"),
+        "[\"*\"]",
+    ));
+    let cert = star
+        .secrets
+        .iter()
+        .find(|s| s.name == "server_cert")
+        .expect("cert");
+    assert_eq!(cert.export, [ExportTarget::Anyone]);
 }
 
 #[test]

@@ -3,8 +3,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloister_cas_session::{
-    KeyAlgorithm, SecretKind, SecretValue, Secrets, Session, SessionError, check_export, materialize_secrets,
-    public_part, secret_bytes,
+    ClientKey, KeyAlgorithm, SecretKind, SecretValue, Secrets, Session, SessionError, check_export,
+    materialize_secrets, public_part, refresh_imports, secret_bytes,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
@@ -39,7 +39,8 @@ fn cn(c: &X509Certificate<'_>) -> String {
 }
 
 fn materialize_next(next: &Session, prev: (&Session, &Secrets), now: OffsetDateTime) -> Secrets {
-    materialize_secrets(next, Some(prev), &Exporters(vec![provider()]), now).unwrap_or_else(|e| panic!("{e}"))
+    materialize_secrets(next, Some(prev), &Exporters::new(vec![provider()]), now)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -390,7 +391,7 @@ fn certificates_are_re_issued_for_the_same_key() {
 #[test]
 fn imports_resolve_and_follow_the_exporter() {
     let (provider_session, provider_secrets) = provider();
-    let exporters = Exporters(vec![(provider_session.clone(), provider_secrets.clone())]);
+    let exporters = Exporters::new(vec![(provider_session.clone(), provider_secrets.clone())]);
     let s = parse(&full_example());
     let secrets = materialize_secrets(&s, None, &exporters, NOW).expect("materialize");
     assert_eq!(raw(&secrets, "shared_key"), raw(&provider_secrets, "model_key"));
@@ -398,9 +399,21 @@ fn imports_resolve_and_follow_the_exporter() {
 
     // Imports are resolved each time, never carried over from the importer's previous value.
     let (_, rotated) = provider();
-    let exporters2 = Exporters(vec![(provider_session.clone(), rotated.clone())]);
+    let exporters2 = Exporters::new(vec![(provider_session.clone(), rotated.clone())]);
     let again = materialize_secrets(&s, Some((&s, &secrets)), &exporters2, NOW).expect("again");
     assert_eq!(raw(&again, "shared_key"), raw(&rotated, "model_key"));
+
+    // The right name under another owner (a squatter's session): refused.
+    let squatted = Exporters::owned_by(
+        vec![(provider_session.clone(), provider_secrets.clone())],
+        other_owner(),
+    );
+    match materialize_secrets(&s, None, &squatted, NOW) {
+        Err(SessionError::ImportRefused { reason, .. }) => {
+            assert!(reason.contains(&other_owner().to_string()), "{reason}");
+        }
+        other => panic!("a squatter imported: {other:?}"),
+    }
 
     // Not in the export list: refused.
     let other = parse(&edit(
@@ -444,8 +457,13 @@ fn imported_ca_issues_certificates() {
     let app = parse(
         "name: org/app\nsecrets:\n- {name: org_ca, kind: x509-ca, import: {session: org/pki, secret: root}}\n- {name: tls, kind: x509, issuer: org_ca, san: [app.org]}\n",
     );
-    let secrets =
-        materialize_secrets(&app, None, &Exporters(vec![(ca_owner, ca_secrets.clone())]), NOW).expect("app");
+    let secrets = materialize_secrets(
+        &app,
+        None,
+        &Exporters::new(vec![(ca_owner, ca_secrets.clone())]),
+        NOW,
+    )
+    .expect("app");
     let root_der = get(&ca_secrets, "root").public.clone().expect("root");
     let leaf = cert(get(&secrets, "tls").public.as_deref().expect("leaf"));
     let root = cert(&root_der);
@@ -459,17 +477,54 @@ fn imported_ca_issues_certificates() {
 #[test]
 fn check_export_enforces_the_export_list() {
     let s = parse(&full_example());
-    check_export(&s, "server_cert", "hospital/other").expect("listed");
-    let refused = |secret: &str, importer: &str| match check_export(&s, secret, importer) {
-        Err(SessionError::ImportRefused { reason, .. }) => reason,
-        other => panic!("{secret} to {importer}: {other:?}"),
-    };
-    assert!(refused("server_cert", "hospital/else").contains("not in its export list"));
-    assert!(refused("api_key", "hospital/other").contains("not in its export list"));
-    assert!(refused("missing", "hospital/other").contains("no such secret"));
-    assert!(refused("shared_key", "hospital/other").contains("imported"));
+    let other = other_owner();
+    check_export(&s, "server_cert", "hospital/other", &other).expect("listed");
+    let refused =
+        |secret: &str, importer: &str, owner: &ClientKey| match check_export(&s, secret, importer, owner) {
+            Err(SessionError::ImportRefused { reason, .. }) => reason,
+            result => panic!("{secret} to {importer}: {result:?}"),
+        };
+    assert!(refused("server_cert", "hospital/else", &other).contains("not in its export list"));
+    // The listed name, owned by another key: whoever created it first gets nothing.
+    assert!(refused("server_cert", "hospital/other", &key(9)).contains("not in its export list"));
+    assert!(refused("api_key", "hospital/other", &other).contains("not in its export list"));
+    assert!(refused("missing", "hospital/other", &other).contains("no such secret"));
+    assert!(refused("shared_key", "hospital/other", &other).contains("imported"));
     let star = parse("name: a/b\nsecrets:\n- {name: k, kind: ascii, export: [\"*\"]}\n");
-    check_export(&star, "k", "any/session").expect("* exports to all");
+    check_export(&star, "k", "any/session", &key(9)).expect("* exports to all");
+}
+
+#[test]
+fn refreshed_imports_follow_the_exporter_and_its_revocations() {
+    let (provider_session, provider_secrets) = provider();
+    let s = parse(&full_example());
+    let mut secrets = materialize_secrets(
+        &s,
+        None,
+        &Exporters::new(vec![(provider_session.clone(), provider_secrets.clone())]),
+        NOW,
+    )
+    .expect("materialize");
+    let api_key = raw(&secrets, "api_key");
+    // The exporter rotated its key: the importer's stored copy is refreshed, nothing else.
+    let (_, rotated) = provider();
+    refresh_imports(
+        &s,
+        &mut secrets,
+        &Exporters::new(vec![(provider_session.clone(), rotated.clone())]),
+    )
+    .expect("refresh");
+    assert_eq!(raw(&secrets, "shared_key"), raw(&rotated, "model_key"));
+    assert_eq!(raw(&secrets, "api_key"), api_key);
+    // The exporter withdrew the export: refused.
+    let mut revoked = provider_session.clone();
+    revoked.secrets[0].export.clear();
+    match refresh_imports(&s, &mut secrets, &Exporters::new(vec![(revoked, rotated)])) {
+        Err(SessionError::ImportRefused { reason, .. }) => {
+            assert!(reason.contains("not in its export list"), "{reason}")
+        }
+        other => panic!("a withdrawn export still refreshed: {other:?}"),
+    }
 }
 
 #[test]
