@@ -65,6 +65,9 @@ pub struct CasClient {
     base: String,
     pin: [u8; 32],
     identity: Option<ClientIdentity>,
+    /// Seconds to add to this machine's clock when signing, learned from the CAS when it
+    /// refused a request's time (a clock that lags or runs ahead, or a CAS that just started).
+    clock_offset: std::sync::atomic::AtomicI64,
 }
 
 impl CasClient {
@@ -82,9 +85,13 @@ impl CasClient {
             base: url.trim_end_matches('/').to_owned(),
             pin,
             identity,
+            clock_offset: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
+    /// Sends a request. A signed request that the CAS refuses for its time (401 with the CAS's
+    /// clock, see [`crate::sign`]) is signed again, once, with the CAS's time, and later
+    /// requests keep the learned offset.
     async fn send(
         &self,
         method: Method,
@@ -92,15 +99,43 @@ impl CasClient {
         body: Vec<u8>,
         sign: bool,
     ) -> Result<reqwest::Response, ClientError> {
+        let first = self.send_once(&method, path, &body, sign).await?;
+        if !sign || first.status() != StatusCode::UNAUTHORIZED {
+            return Ok(first);
+        }
+        let status = first.status();
+        let bytes = first.bytes().await.map_err(transport)?;
+        let refusal = serde_json::from_slice::<ErrorBody>(&bytes).ok();
+        let Some(server_time) = refusal.as_ref().and_then(|r| r.server_time) else {
+            let unchanged = rebuilt(status, bytes.to_vec());
+            return Ok(unchanged);
+        };
+        let not_before = refusal.and_then(|r| r.not_before).unwrap_or(server_time);
+        let local = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.clock_offset.store(
+            server_time.max(not_before) - local,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.send_once(&method, path, &body, sign).await
+    }
+
+    async fn send_once(
+        &self,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+        sign: bool,
+    ) -> Result<reqwest::Response, ClientError> {
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
         if sign {
             let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            for (name, value) in identity.sign(method.as_str(), path, now, &body) {
+            let offset = self.clock_offset.load(std::sync::atomic::Ordering::Relaxed);
+            let now = time::OffsetDateTime::now_utc().unix_timestamp() + offset;
+            for (name, value) in identity.sign(method.as_str(), path, now, body) {
                 request = request.header(name, value);
             }
         }
-        request.body(body).send().await.map_err(transport)
+        request.body(body.to_vec()).send().await.map_err(transport)
     }
 
     /// `GET /v1/status`.
@@ -131,7 +166,7 @@ impl CasClient {
         .await
     }
 
-    /// Reads a session.
+    /// Reads a session (redacted for readers other than its owner).
     pub async fn get_session(&self, name: &str) -> Result<SessionRecord, ClientError> {
         answer(
             self.send(Method::GET, &format!("/v1/sessions/{name}"), Vec::new(), true)
@@ -149,7 +184,8 @@ impl CasClient {
         answer(self.send(Method::GET, &path, Vec::new(), true).await?).await
     }
 
-    /// Reads a secret (or, without read access, its exported public part).
+    /// Reads a secret: its value for the session's owner, the public part of an
+    /// `export_public` secret for the session's other readers.
     pub async fn read_secret(
         &self,
         session: &str,
@@ -193,6 +229,21 @@ impl CasClient {
             .map(|b| b.error)
             .unwrap_or_default();
         Err(ClientError::Refused { status, message })
+    }
+
+    /// Declares the owner of a namespace (administrators only).
+    pub async fn declare_namespace(&self, name: &str, owner: &str) -> Result<NamespaceInfo, ClientError> {
+        let body = serde_json::to_vec(&NamespaceRequest {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+        })
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+        answer(self.send(Method::POST, "/v1/namespaces", body, true).await?).await
+    }
+
+    /// Namespaces and their owners: all of them for administrators, one's own otherwise.
+    pub async fn namespaces(&self) -> Result<Vec<NamespaceInfo>, ClientError> {
+        answer(self.send(Method::GET, "/v1/namespaces", Vec::new(), true).await?).await
     }
 
     /// Audit entries from `from` on (administrators only), as the caller's entry type.
@@ -294,6 +345,13 @@ impl CasClient {
         )
         .await
     }
+}
+
+/// A response whose body was read, as a response again.
+fn rebuilt(status: StatusCode, body: Vec<u8>) -> reqwest::Response {
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    reqwest::Response::from(response)
 }
 
 fn query_escape(text: &str) -> String {

@@ -53,10 +53,38 @@ pub struct SessionRecord {
     pub name: String,
     /// Session hash.
     pub hash: String,
-    /// The session as submitted.
+    /// The session as submitted (for its owner), or, when `redacted`, the stored session as
+    /// JSON (which is YAML too) without any explicit secret `value`.
     pub yaml: String,
-    /// The creator's public key.
+    /// The creator's public key: the session's owner.
     pub creator: String,
+    /// Whether explicit secret values were removed (the reader is not the owner). `hash` is
+    /// the stored session's, values included.
+    #[serde(default)]
+    pub redacted: bool,
+}
+
+/// `POST /v1/namespaces` (administrators): declares who owns a namespace, the first segment of
+/// session names; only its owner creates sessions in it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceRequest {
+    /// The namespace (`team` for sessions `team/...`).
+    pub name: String,
+    /// The owner's client key (`ed25519:<hex>` or `p256:<hex>`).
+    pub owner: String,
+}
+
+/// A namespace and its owner, as `GET /v1/namespaces` lists them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    /// The namespace.
+    pub name: String,
+    /// Its owner's client key.
+    pub owner: String,
+    /// `claimed` (its owner created its first session), `inherited` (it held sessions of one
+    /// creator before owners were recorded) or `declared` (by an administrator).
+    pub how: String,
 }
 
 /// `POST /v1/platforms`: registers a simulation platform key.
@@ -116,10 +144,16 @@ pub struct AttestResponse {
 }
 
 /// Error bodies.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     /// What went wrong (never secret content).
     pub error: String,
+    /// With a 401 for the request's time: the server's clock (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time: Option<i64>,
+    /// With a 401 for the request's time: the earliest request time the server accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<i64>,
 }
 
 /// The recorded state of an encrypted volume: which ciphertext is current.

@@ -4,10 +4,17 @@
 //! `x-cloister-key: ed25519:<hex public key>` (or `p256:<hex compressed SEC1 point>`), `x-cloister-time: <unix seconds>`,
 //! `x-cloister-nonce: <32 hex>` (random, so two identical requests in one second differ) and
 //! `x-cloister-signature: <hex>`, the signature over [`signing_payload`] — a domain tag, the
-//! method, the path with query, the time, the nonce and the SHA-256 of the body. The server accepts a time
-//! within [`MAX_SKEW`] of its clock and remembers signatures for that long, so a captured request
-//! cannot be replayed. TLS (with the CAS identity pinned) protects confidentiality; the
-//! signature binds the request to its author even through a terminating proxy.
+//! method, the path with query, the time, the nonce and the SHA-256 of the body. P-256
+//! signatures are `r ‖ s` with a low `s` (at most n/2): the server refuses the other form, so
+//! that a signature has one encoding.
+//!
+//! The server accepts a time at most [`MAX_SKEW`] behind and [`MAX_AHEAD`] ahead of its clock,
+//! and not before it started (see `cloister_cas::auth`), and remembers the requests it accepted
+//! for as long as they are valid, so a captured request cannot be replayed. A refusal for the
+//! time answers 401 with the server's time and the earliest time it accepts
+//! ([`crate::protocol::ErrorBody`]); the client retries once with them. TLS (with the CAS
+//! identity pinned) protects confidentiality; the signature binds the request to its author even
+//! through a terminating proxy.
 
 use std::path::Path;
 
@@ -15,8 +22,14 @@ use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-/// How far a request's time may be from the server's clock, in seconds.
+/// How far a request's time may be behind the server's clock, in seconds.
 pub const MAX_SKEW: i64 = 300;
+
+/// How far a request's time may be ahead of the server's clock, in seconds. Small, because
+/// a request dated in the future stays valid that much longer — across a restart of the
+/// server, whose replay memory is empty (the server refuses requests dated before its start
+/// plus this margin).
+pub const MAX_AHEAD: i64 = 10;
 
 /// Header names.
 pub const KEY_HEADER: &str = "x-cloister-key";
@@ -37,8 +50,16 @@ pub enum AuthError {
     #[error("malformed header {0}")]
     Malformed(&'static str),
     /// The time is outside the accepted window.
-    #[error("request time is more than {MAX_SKEW} s away from the server's clock")]
+    #[error("request time is more than {MAX_SKEW} s behind or {MAX_AHEAD} s ahead of the CAS's clock")]
     Stale,
+    /// The request is dated before the server started: it may have been captured then, and
+    /// the server does not remember what it accepted before its restart.
+    #[error("request time is before this CAS started (requests from before a restart are refused)")]
+    BeforeStart,
+    /// A P-256 signature with a high `s`: `(r, n − s)` verifies too, so only one of the two
+    /// forms is accepted.
+    #[error("bad request signature: a P-256 signature must have a low s (s ≤ n/2)")]
+    HighS,
     /// The signature does not verify.
     #[error("bad request signature")]
     BadSignature,
@@ -185,7 +206,7 @@ impl ClientIdentity {
             Key::Ed25519(key) => key.sign(&payload).to_bytes(),
             Key::P256(key) => {
                 let signature: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(key, &payload);
-                signature.to_bytes().into()
+                signature.normalize_s().unwrap_or(signature).to_bytes().into()
             }
         };
         [

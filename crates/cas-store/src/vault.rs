@@ -786,6 +786,18 @@ impl Vault {
         read_record(&t, &keys, table, key)
     }
 
+    /// Reads several records from one snapshot: no write commits between them, so records
+    /// written together are read together (never one from before a write and one from after).
+    pub fn get_all(&self, records: &[(&str, &str)]) -> Result<Vec<Option<Zeroizing<Vec<u8>>>>, StoreError> {
+        let keys = self.unsealed_keys()?;
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(RECORDS)?;
+        records
+            .iter()
+            .map(|(table, key)| read_record(&t, &keys, table, key))
+            .collect()
+    }
+
     /// Record keys of `table` that start with `prefix`, in byte order.
     pub fn keys(&self, table: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
         let _keys = self.unsealed_keys()?;

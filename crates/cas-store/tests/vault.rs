@@ -14,6 +14,7 @@ fn assert_sealed<T: std::fmt::Debug>(r: Result<T, StoreError>) {
 
 fn assert_all_data_methods_sealed(v: &Vault) {
     assert_sealed(v.get("t", "k"));
+    assert_sealed(v.get_all(&[("t", "k")]));
     assert_sealed(v.keys("t", ""));
     assert_sealed(v.write(|t| t.put("t", "k", b"v")));
     assert_sealed(v.identity().map(|_| ()));
@@ -373,6 +374,41 @@ fn keys_lists_by_prefix_within_one_table() {
         vault.write(|t| t.put("t", "", b"v")),
         Err(StoreError::InvalidArgument(_))
     ));
+}
+
+/// Records written in one transaction are read together, even while writers keep replacing
+/// them: every snapshot holds a matching pair.
+#[test]
+fn get_all_reads_one_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Arc::new(key_file_vault(dir.path()));
+    let write = |v: &Vault, n: u32| {
+        v.write(|t| {
+            t.put("a", "k", &n.to_be_bytes())?;
+            t.put("b", "k", &n.to_be_bytes())
+        })
+        .unwrap()
+    };
+    write(&vault, 0);
+    let writer = {
+        let vault = vault.clone();
+        std::thread::spawn(move || {
+            for n in 1..200 {
+                write(&vault, n);
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() || reads == 0 {
+        let both = vault
+            .get_all(&[("a", "k"), ("b", "k"), ("a", "missing")])
+            .unwrap();
+        assert_eq!(both[0], both[1], "a torn read");
+        assert!(both[0].is_some());
+        assert!(both[2].is_none());
+        reads += 1;
+    }
+    writer.join().unwrap();
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //!
 //! While sealed, every route but status and unseal answers 503.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -32,16 +32,19 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
 use cloister_cas_client::protocol::*;
 
 use crate::auth::Authenticator;
 use crate::nonce::Nonces;
+use cloister_cas_client::sign::AuthError;
 
 const SESSIONS: &str = "sessions";
 const SECRETS: &str = "secrets";
 const PLATFORMS: &str = "platforms";
 const VOLUMES: &str = "volumes";
+const NAMESPACES: &str = "namespaces";
 
 /// Settings of `cloister cas serve`.
 #[derive(Debug, Clone)]
@@ -106,9 +109,8 @@ struct Cas {
     snp: SnpVerifier,
     sim: RwLock<SimVerifier>,
     unsealed: watch::Sender<bool>,
-    /// Parsed sessions with their secrets, so an attestation does not re-parse YAML; replaced
-    /// on every write and emptied when the vault is sealed.
-    cache: RwLock<HashMap<String, Arc<Loaded>>>,
+    /// Parsed sessions with their secrets, so an attestation does not re-parse YAML.
+    cache: RwLock<SessionCache>,
     releases: ReleaseLog,
 }
 
@@ -117,6 +119,17 @@ struct Loaded {
     session: Session,
     hash: String,
     secrets: Secrets,
+}
+
+/// The cache of [`Loaded`] sessions. A load reads the vault without holding the lock, so a
+/// write can commit between its read and its insert; the generation makes sure such a load,
+/// which may hold the replaced version, is never cached: every committed write bumps it (and
+/// empties the cache, since importers follow their exporters), and a load inserts only if the
+/// generation is the one it saw before reading the vault.
+#[derive(Default)]
+struct SessionCache {
+    generation: u64,
+    entries: HashMap<String, Arc<Loaded>>,
 }
 
 /// One release's audit entries, waiting for their group commit.
@@ -177,7 +190,11 @@ struct CasError(StatusCode, String);
 
 impl IntoResponse for CasError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(ErrorBody { error: self.1 })).into_response()
+        let body = ErrorBody {
+            error: self.1,
+            ..ErrorBody::default()
+        };
+        (self.0, axum::Json(body)).into_response()
     }
 }
 
@@ -217,6 +234,14 @@ fn forbidden(msg: impl Into<String>) -> CasError {
     CasError(StatusCode::FORBIDDEN, msg.into())
 }
 
+fn internal(msg: impl Into<String>) -> CasError {
+    CasError(StatusCode::INTERNAL_SERVER_ERROR, msg.into())
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("stored {what} does not parse"))
+}
+
 /// The stored form of a session.
 #[derive(Serialize, Deserialize)]
 struct StoredSession {
@@ -235,6 +260,113 @@ impl StoredSession {
     }
 }
 
+/// Who owns a namespace (the first segment of session names), and how it came to.
+#[derive(Serialize, Deserialize)]
+struct StoredNamespace {
+    owner: String,
+    how: NamespaceOrigin,
+    #[serde(with = "time::serde::rfc3339")]
+    since: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum NamespaceOrigin {
+    /// Its owner created its first session.
+    Claimed,
+    /// It held sessions before owners were recorded, all of one creator: theirs.
+    Inherited,
+    /// A CAS administrator declared it.
+    Declared,
+}
+
+impl NamespaceOrigin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Claimed => "claimed",
+            Self::Inherited => "inherited",
+            Self::Declared => "declared",
+        }
+    }
+}
+
+/// A namespace is one segment of a session name: `[a-z0-9][a-z0-9-_.]*`, at most 128
+/// characters.
+fn valid_namespace(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 128
+        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The namespace of a session name: its first segment.
+fn namespace_of(name: &str) -> &str {
+    name.split('/').next().unwrap_or(name)
+}
+
+/// What creating a session in a namespace takes.
+enum NamespaceClaim {
+    /// The creator owns it already.
+    Owned,
+    /// The creator becomes its owner, recorded with the session.
+    Record(NamespaceOrigin),
+}
+
+/// Reads one record (from the vault or a transaction).
+type ReadRecord<'a> = &'a dyn Fn(&str, &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
+/// Lists record keys by prefix (from the vault or a transaction).
+type ListRecords<'a> = &'a dyn Fn(&str, &str) -> Result<Vec<String>, StoreError>;
+
+/// Decides whether `client` may create a session in `namespace`, from the vault as `get` and
+/// `keys` read it (inside the write transaction, so the decision and the claim are one).
+fn namespace_claim(
+    namespace: &str,
+    client: &ClientKey,
+    get: ReadRecord<'_>,
+    keys: ListRecords<'_>,
+) -> Result<Result<NamespaceClaim, String>, StoreError> {
+    if let Some(raw) = get(NAMESPACES, namespace)? {
+        let record: StoredNamespace = serde_json::from_slice(&raw).map_err(|_| corrupt("namespace"))?;
+        return Ok(if record.owner == client.to_string() {
+            Ok(NamespaceClaim::Owned)
+        } else {
+            Err(format!(
+                "namespace {namespace:?} belongs to {} ({}): only its owner creates sessions in it; \
+                 choose another namespace or ask a CAS administrator",
+                record.owner,
+                record.how.as_str()
+            ))
+        });
+    }
+    // Sessions created before owners were recorded: their creator owns the namespace if they
+    // share one.
+    let nested = format!("{namespace}/");
+    let mut creators = BTreeSet::new();
+    for name in keys(SESSIONS, namespace)? {
+        if name != namespace && !name.starts_with(&nested) {
+            continue;
+        }
+        let raw = get(SESSIONS, &name)?.ok_or_else(|| corrupt("session list"))?;
+        let stored: StoredSession = serde_json::from_slice(&raw).map_err(|_| corrupt("session"))?;
+        creators.insert(stored.creator);
+    }
+    let shown = client.to_string();
+    Ok(match creators.len() {
+        0 => Ok(NamespaceClaim::Record(NamespaceOrigin::Claimed)),
+        1 if creators.contains(&shown) => Ok(NamespaceClaim::Record(NamespaceOrigin::Inherited)),
+        1 => Err(format!(
+            "namespace {namespace:?} belongs to {}, the creator of its sessions: only its owner \
+             creates sessions in it",
+            creators.first().map_or("", String::as_str)
+        )),
+        _ => Err(format!(
+            "namespace {namespace:?} holds sessions of {} creators and has no declared owner: a CAS \
+             administrator must declare it first (cloister cas namespace add {namespace} --owner KEY)",
+            creators.len()
+        )),
+    })
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredPlatform {
     name: String,
@@ -248,9 +380,10 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> anyhow::Result<Runni
     let unix = UnixListener::bind(&socket)?;
     std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let (unsealed, mut unsealed_rx) = watch::channel(!vault.status().sealed);
+    let (auth, open_at) = Authenticator::starting_now();
     let cas = Arc::new(Cas {
         vault: vault.clone(),
-        auth: Authenticator::default(),
+        auth,
         nonces: Nonces::new(config.nonce_ttl, 100_000),
         dcap: DcapVerifier::new(),
         dcap_collateral: Default::default(),
@@ -289,6 +422,11 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> anyhow::Result<Runni
         tokio::select! {
             ready = unsealed_rx.wait_for(|open| *open) => if ready.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
+        }
+        // Requests are accepted from the second after the start on (see `auth`): opening
+        // then spares clients with a synchronised clock a refusal and a retry.
+        if let Ok(wait) = open_at.duration_since(std::time::SystemTime::now()) {
+            tokio::time::sleep(wait).await;
         }
         let tls =
             match cas.vault.identity().map_err(|e| e.to_string()).and_then(|key| {
@@ -367,6 +505,7 @@ fn network_router(cas: Arc<Cas>) -> Router {
         .route("/v1/sessions/{*name}", get(get_session).put(update_session))
         .route("/v1/secret", get(read_secret))
         .route("/v1/platforms", post(add_platform).get(list_platforms))
+        .route("/v1/namespaces", post(declare_namespace).get(list_namespaces))
         .route("/v1/attest/nonce", post(issue_nonce))
         .route("/v1/attest", post(attest))
         .route("/v1/volumes/commit", post(commit_volume))
@@ -380,8 +519,32 @@ type CasState = State<Arc<Cas>>;
 /// A request signed by a client key (see [`crate::auth`]): the key and the body it signed.
 struct Signed(ClientKey, Bytes);
 
+/// A signed request refused: the reason and, when its time was refused, the server's clock
+/// and the earliest time accepted (so that the client can sign again).
+struct Unauthenticated {
+    error: CasError,
+    clock: Option<(i64, i64)>,
+}
+
+impl From<CasError> for Unauthenticated {
+    fn from(error: CasError) -> Self {
+        Self { error, clock: None }
+    }
+}
+
+impl IntoResponse for Unauthenticated {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.error.1,
+            server_time: self.clock.map(|(now, _)| now),
+            not_before: self.clock.map(|(_, not_before)| not_before),
+        };
+        (self.error.0, axum::Json(body)).into_response()
+    }
+}
+
 impl axum::extract::FromRequest<Arc<Cas>> for Signed {
-    type Rejection = CasError;
+    type Rejection = Unauthenticated;
 
     async fn from_request(request: axum::extract::Request, cas: &Arc<Cas>) -> Result<Self, Self::Rejection> {
         let (parts, body) = request.into_parts();
@@ -402,23 +565,41 @@ impl Cas {
         }
     }
 
-    /// Authenticates a signed request; returns the client's key.
-    fn client(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> CasResult<ClientKey> {
+    /// Authenticates a signed request; returns the client's key. A refusal for the request's
+    /// time names the server's clock and the earliest time accepted, for the client's retry.
+    fn client(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ClientKey, Unauthenticated> {
         self.require_unsealed()?;
         let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let key = self
-            .auth
-            .verify(
-                |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
-                method.as_str(),
-                path,
-                body,
-                now,
-            )
-            .map_err(|e| CasError(StatusCode::UNAUTHORIZED, e.to_string()))?;
-        key.parse::<ClientKey>()
-            .map_err(|e| CasError(StatusCode::UNAUTHORIZED, e))
+        let verified = self.auth.verify(
+            |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            method.as_str(),
+            path,
+            body,
+            now,
+        );
+        let unauthorized = |message: String| CasError(StatusCode::UNAUTHORIZED, message);
+        let key = match verified {
+            Ok(key) => key,
+            Err(e @ (AuthError::Stale | AuthError::BeforeStart)) => {
+                let not_before = self.auth.not_before();
+                let from = not_before.max(now - cloister_cas_client::sign::MAX_SKEW);
+                return Err(Unauthenticated {
+                    error: unauthorized(format!(
+                        "{e}: the CAS's clock says {now}; sign with a time from {from} on"
+                    )),
+                    clock: Some((now, not_before)),
+                });
+            }
+            Err(e) => return Err(unauthorized(e.to_string()).into()),
+        };
+        Ok(key.parse::<ClientKey>().map_err(unauthorized)?)
     }
 
     fn is_admin(&self, key: &ClientKey) -> bool {
@@ -447,29 +628,76 @@ impl Cas {
             .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt secrets".into()))
     }
 
-    /// The session and its secrets, from the cache or the vault.
+    /// The session and its secrets, from the cache or the vault, with its imports checked
+    /// against their exporters as they are now (see [`SessionCache`]).
     fn loaded(&self, name: &str) -> CasResult<Option<Arc<Loaded>>> {
         self.require_unsealed()?;
-        if let Some(hit) = self.cache.read().ok().and_then(|c| c.get(name).cloned()) {
-            return Ok(Some(hit));
-        }
-        let Some((session, stored)) = self.load_session(name)? else {
+        let generation = match self.cache.read() {
+            Ok(cache) => match cache.entries.get(name) {
+                Some(hit) => return Ok(Some(hit.clone())),
+                None => Some(cache.generation),
+            },
+            Err(_) => None,
+        };
+        let Some(loaded) = self.load_for_release(name)? else {
             return Ok(None);
         };
-        let loaded = Arc::new(Loaded {
-            session,
-            hash: stored.hash,
-            secrets: self.load_secrets(name)?,
-        });
-        if let Ok(mut cache) = self.cache.write() {
-            cache.insert(name.to_owned(), loaded.clone());
+        let loaded = Arc::new(loaded);
+        if let Ok(mut cache) = self.cache.write()
+            && Some(cache.generation) == generation
+        {
+            cache.entries.insert(name.to_owned(), loaded.clone());
         }
         Ok(Some(loaded))
     }
 
-    fn forget(&self, name: &str) {
-        if let Ok(mut cache) = self.cache.write() {
-            cache.remove(name);
+    /// Reads a session and its secrets from one snapshot of the vault (so never a session with
+    /// another version's secrets) and refreshes its imports.
+    fn load_for_release(&self, name: &str) -> CasResult<Option<Loaded>> {
+        let mut records = self
+            .vault
+            .get_all(&[(SESSIONS, name), (SECRETS, name)])?
+            .into_iter();
+        let (Some(session), secrets) = (records.next().flatten(), records.next().flatten()) else {
+            return Ok(None);
+        };
+        let stored: StoredSession =
+            serde_json::from_slice(&session).map_err(|_| internal("corrupt session"))?;
+        let session = cloister_cas_session::parse_session(&stored.yaml)?;
+        let secrets = secrets.ok_or_else(|| internal("session without secrets"))?;
+        let mut secrets: Secrets =
+            serde_json::from_slice(&secrets).map_err(|_| internal("corrupt secrets"))?;
+        let owner = stored.creator()?;
+        cloister_cas_session::refresh_imports(
+            &session,
+            &mut secrets,
+            &Imports {
+                cas: self,
+                owner: &owner,
+            },
+        )
+        .map_err(|e| forbidden(format!("session {name:?} cannot be released: {e}")))?;
+        Ok(Some(Loaded {
+            session,
+            hash: stored.hash,
+            secrets,
+        }))
+    }
+
+    /// Called after a session write committed: no load that began before it is cached, and
+    /// nothing cached before it is served again.
+    fn invalidate(&self) {
+        match self.cache.write() {
+            Ok(mut cache) => {
+                cache.generation = cache.generation.wrapping_add(1);
+                cache.entries.clear();
+            }
+            Err(poisoned) => {
+                let mut cache = poisoned.into_inner();
+                cache.generation = cache.generation.wrapping_add(1);
+                cache.entries.clear();
+                self.cache.clear_poison();
+            }
         }
     }
 
@@ -487,10 +715,34 @@ impl Cas {
         Ok(())
     }
 
+    /// Records a refusal (or another event that must not change the answer) durably before
+    /// the caller answers. If the record fails, the failure is logged and the request is still
+    /// refused. Decisions that grant something are recorded in their own transaction instead
+    /// (see [`Cas::record_read`] and the writes).
     fn audit(&self, kind: &str, actor: &str, subject: &str, detail: serde_json::Value) {
         if let Err(e) = self.vault.audit_append(kind, actor, subject, detail) {
             tracing::error!(error = %e, kind, "cannot append to the audit log");
         }
+    }
+
+    /// Commits the audit entry of a read that hands out secret material; the material goes
+    /// out only if this succeeds.
+    fn record_read(
+        &self,
+        kind: &str,
+        client: &ClientKey,
+        subject: &str,
+        detail: serde_json::Value,
+    ) -> CasResult<()> {
+        self.vault
+            .write(|txn| {
+                txn.audit_append(kind, &client.to_string(), subject, detail)
+                    .map(|_| ())
+            })
+            .map_err(|e| {
+                tracing::error!(error = %e, kind, "cannot record a read; nothing is returned");
+                internal("cannot record the read in the audit log; nothing was returned")
+            })
     }
 }
 
@@ -546,9 +798,7 @@ async fn unseal(State(cas): CasState, body: Bytes) -> CasResult<impl IntoRespons
 async fn seal(State(cas): CasState) -> impl IntoResponse {
     // The vault audits its own sealing.
     cas.vault.seal();
-    if let Ok(mut cache) = cas.cache.write() {
-        cache.clear();
-    }
+    cas.invalidate();
     StatusCode::NO_CONTENT
 }
 
@@ -556,8 +806,12 @@ fn session_text(body: &[u8]) -> CasResult<&str> {
     std::str::from_utf8(body).map_err(|_| bad("the session must be UTF-8 YAML"))
 }
 
-/// Resolves `import`s from other sessions' exported secrets.
-struct Imports<'a>(&'a Cas);
+/// Resolves `import`s from other sessions' exported secrets, for an importing session owned
+/// by `owner`: an export names the importer's owner as well as its name.
+struct Imports<'a> {
+    cas: &'a Cas,
+    owner: &'a ClientKey,
+}
 
 impl ImportResolver for Imports<'_> {
     fn resolve(
@@ -566,17 +820,26 @@ impl ImportResolver for Imports<'_> {
         secret: &str,
         importing: &str,
     ) -> Result<SecretValue, SessionError> {
-        let missing = || SessionError::Invalid {
-            field: "secrets.import".into(),
-            reason: format!("session {from_session:?} does not export secret {secret:?}"),
+        let missing = || SessionError::ImportRefused {
+            session: from_session.into(),
+            secret: secret.into(),
+            reason: "no such session or secret".into(),
         };
-        let Ok(Some((exporting, _))) = self.0.load_session(from_session) else {
+        let Ok(Some((exporting, _))) = self.cas.load_session(from_session) else {
             return Err(missing());
         };
-        cloister_cas_session::check_export(&exporting, secret, importing)?;
-        let secrets = self.0.load_secrets(from_session).map_err(|_| missing())?;
+        cloister_cas_session::check_export(&exporting, secret, importing, self.owner)?;
+        let secrets = self.cas.load_secrets(from_session).map_err(|_| missing())?;
         secrets.get(secret).cloned().ok_or_else(missing)
     }
+}
+
+/// Why a prepared session write was not committed.
+enum WriteRefused {
+    /// The session changed after it was read for this write.
+    Changed,
+    /// The namespace belongs to someone else.
+    Namespace(String),
 }
 
 async fn write_session(
@@ -585,7 +848,8 @@ async fn write_session(
     body: &[u8],
     path_name: Option<&str>,
 ) -> CasResult<SessionWritten> {
-    let session = cloister_cas_session::parse_session(session_text(body)?)?;
+    let text = session_text(body)?;
+    let session = cloister_cas_session::parse_session(text)?;
     if let Some(name) = path_name
         && name != session.name
     {
@@ -646,41 +910,87 @@ async fn write_session(
     let secrets = cloister_cas_session::materialize_secrets(
         &session,
         previous,
-        &Imports(cas),
+        &Imports { cas, owner: &creator },
         OffsetDateTime::now_utc(),
     )?;
     let hash = session.hash();
     let stored = StoredSession {
-        yaml: session_text(body)?.to_owned(),
+        yaml: text.to_owned(),
         hash: hash.clone(),
         creator: creator.to_string(),
         updated: OffsetDateTime::now_utc(),
     };
-    let stored = serde_json::to_vec(&stored)
-        .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?;
-    let sealed_secrets = zeroize::Zeroizing::new(
-        serde_json::to_vec(&secrets)
-            .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?,
-    );
+    let stored = serde_json::to_vec(&stored).map_err(|_| internal("encode"))?;
+    let sealed_secrets = Zeroizing::new(serde_json::to_vec(&secrets).map_err(|_| internal("encode"))?);
     let name = session.name.clone();
-    cas.vault.write(|txn| {
-        txn.put(SESSIONS, &name, &stored)?;
-        txn.put(SECRETS, &name, &sealed_secrets)
-    })?;
-    cas.forget(&name);
+    let predecessor = current.as_ref().map(|(_, s)| s.hash.clone());
     let kind = if current.is_some() {
         "session-update"
     } else {
         "session-create"
     };
-    let predecessor = current.as_ref().map(|(_, s)| s.hash.clone());
-    cas.audit(
-        kind,
-        &client.to_string(),
-        &name,
-        json!({"hash": hash, "predecessor": predecessor}),
-    );
-    Ok(SessionWritten { name, hash })
+    let actor = client.to_string();
+    // The checks above are repeated against the transaction's view, so that the decision, the
+    // namespace claim, the session and its audit entry are one commit.
+    let committed = cas.vault.write(|txn| {
+        let stored_now = match txn.get(SESSIONS, &name)? {
+            Some(raw) => Some(
+                serde_json::from_slice::<StoredSession>(&raw)
+                    .map_err(|_| corrupt("session"))?
+                    .hash,
+            ),
+            None => None,
+        };
+        if stored_now != predecessor {
+            return Ok(Err(WriteRefused::Changed));
+        }
+        if current.is_none() {
+            let namespace = namespace_of(&name);
+            let claim = namespace_claim(namespace, client, &|t, k| txn.get(t, k), &|t, p| txn.keys(t, p))?;
+            match claim {
+                Err(reason) => return Ok(Err(WriteRefused::Namespace(reason))),
+                Ok(NamespaceClaim::Owned) => {}
+                Ok(NamespaceClaim::Record(how)) => {
+                    let record = serde_json::to_vec(&StoredNamespace {
+                        owner: actor.clone(),
+                        how,
+                        since: OffsetDateTime::now_utc(),
+                    })
+                    .map_err(|_| corrupt("namespace"))?;
+                    txn.put(NAMESPACES, namespace, &record)?;
+                    txn.audit_append(
+                        "namespace-claim",
+                        &actor,
+                        namespace,
+                        json!({"how": how.as_str(), "session": name}),
+                    )?;
+                }
+            }
+        }
+        txn.put(SESSIONS, &name, &stored)?;
+        txn.put(SECRETS, &name, &sealed_secrets)?;
+        txn.audit_append(
+            kind,
+            &actor,
+            &name,
+            json!({"hash": hash, "predecessor": predecessor}),
+        )?;
+        Ok(Ok(()))
+    })?;
+    match committed {
+        Ok(()) => {
+            cas.invalidate();
+            Ok(SessionWritten { name, hash })
+        }
+        Err(WriteRefused::Changed) => Err(CasError(
+            StatusCode::CONFLICT,
+            format!("session {name:?} changed while this write was prepared; read it again and retry"),
+        )),
+        Err(WriteRefused::Namespace(reason)) => {
+            cas.audit("session-create-refused", &actor, &name, json!({"reason": reason}));
+            Err(forbidden(reason))
+        }
+    }
 }
 
 async fn create_session(State(cas): CasState, Signed(client, body): Signed) -> CasResult<impl IntoResponse> {
@@ -698,6 +1008,8 @@ async fn update_session(
     ))
 }
 
+/// The session for its owner (as submitted, explicit values included: the read is audited
+/// when it holds any) or, for other readers, with every explicit secret value removed.
 async fn get_session(
     State(cas): CasState,
     UrlPath(name): UrlPath<String>,
@@ -711,11 +1023,40 @@ async fn get_session(
         cas.audit("session-read-refused", &client.to_string(), &name, json!({}));
         return Err(forbidden(format!("not allowed to read session {name:?}")));
     }
+    let explicit: Vec<&str> = session
+        .secrets
+        .iter()
+        .filter(|s| s.value.is_some())
+        .map(|s| s.name.as_str())
+        .collect();
+    if client == creator {
+        if !explicit.is_empty() {
+            cas.record_read(
+                "session-read",
+                &client,
+                &name,
+                json!({"hash": stored.hash, "explicit_values": explicit}),
+            )?;
+        }
+        return Ok(axum::Json(SessionRecord {
+            name,
+            hash: stored.hash,
+            yaml: stored.yaml,
+            creator: stored.creator,
+            redacted: false,
+        }));
+    }
+    let mut redacted = session.clone();
+    for secret in &mut redacted.secrets {
+        secret.value = None;
+    }
+    let yaml = serde_json::to_string_pretty(&redacted).map_err(|_| internal("encode"))?;
     Ok(axum::Json(SessionRecord {
         name,
         hash: stored.hash,
-        yaml: stored.yaml,
+        yaml,
         creator: stored.creator,
+        redacted: true,
     }))
 }
 
@@ -750,19 +1091,37 @@ struct SecretQuery {
     format: Option<String>,
 }
 
+/// A secret's raw value for the session's owner, or the public part of an `export_public`
+/// secret for its other readers. Every answer is in the audit log before it goes out.
 async fn read_secret(
     State(cas): CasState,
     Query(query): Query<SecretQuery>,
     Signed(client, _): Signed,
 ) -> CasResult<Response> {
+    let no_session = || CasError(StatusCode::NOT_FOUND, format!("no session {:?}", query.session));
+    let (session, stored) = cas.load_session(&query.session)?.ok_or_else(no_session)?;
+    let creator = stored.creator()?;
+    let refuse = |reason: &str| {
+        cas.audit(
+            "secret-read-refused",
+            &client.to_string(),
+            &query.session,
+            json!({"secret": query.name, "reason": reason}),
+        );
+        forbidden(reason)
+    };
+    if !session.access_policy.may_read(&client, &creator) {
+        return Err(refuse(&format!(
+            "not allowed to read secrets of session {:?}",
+            query.session
+        )));
+    }
     let not_found = || {
         CasError(
             StatusCode::NOT_FOUND,
             format!("no secret {:?} in session {:?}", query.name, query.session),
         )
     };
-    let (session, stored) = cas.load_session(&query.session)?.ok_or_else(not_found)?;
-    let creator = stored.creator()?;
     let spec = session
         .secrets
         .iter()
@@ -770,39 +1129,49 @@ async fn read_secret(
         .ok_or_else(not_found)?;
     let secrets = cas.load_secrets(&query.session)?;
     let value = secrets.get(&query.name).ok_or_else(not_found)?;
-    let may_read = session.access_policy.may_read(&client, &creator);
-    let bytes = if may_read {
-        cloister_cas_session::secret_bytes(value, query.format.as_deref())?
-    } else if spec.export_public {
-        cloister_cas_session::public_part(value, query.format.as_deref()).ok_or_else(not_found)?
+    let owner = client == creator;
+    let bytes = if owner {
+        Zeroizing::new(cloister_cas_session::secret_bytes(
+            value,
+            query.format.as_deref(),
+        )?)
+    } else if !spec.export_public {
+        return Err(refuse(
+            "only the session's owner reads secret values; its other readers get the public part \
+             of secrets marked export_public",
+        ));
     } else {
-        cas.audit(
-            "secret-read-refused",
-            &client.to_string(),
-            &query.session,
-            json!({"secret": query.name}),
-        );
-        return Err(forbidden(format!(
-            "not allowed to read secrets of session {:?}",
-            query.session
-        )));
+        Zeroizing::new(
+            cloister_cas_session::public_part(value, query.format.as_deref()).ok_or_else(|| {
+                refuse(
+                    "readers other than the session's owner get only the public part \
+                     (publickey, crt, chain, hex or base64 of it)",
+                )
+            })?,
+        )
     };
-    let part = if may_read { "secret" } else { "public part" };
-    cas.audit(
+    let part = if owner { "secret" } else { "public part" };
+    cas.record_read(
         "secret-read",
-        &client.to_string(),
+        &client,
         &query.session,
-        json!({"secret": query.name, "part": part}),
-    );
+        json!({"secret": query.name, "part": part, "format": query.format}),
+    )?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-        bytes,
+        bytes.to_vec(),
     )
         .into_response())
 }
 
 async fn add_platform(State(cas): CasState, Signed(client, body): Signed) -> CasResult<impl IntoResponse> {
     if !cas.is_admin(&client) {
+        cas.audit(
+            "platform-add-refused",
+            &client.to_string(),
+            "platforms",
+            json!({"reason": "not an administrator"}),
+        );
         return Err(forbidden("only CAS administrators register platforms"));
     }
     let request: PlatformRequest =
@@ -814,19 +1183,101 @@ async fn add_platform(State(cas): CasState, Signed(client, body): Signed) -> Cas
         name: request.name.clone(),
         added_by: client.to_string(),
     })
-    .map_err(|_| CasError(StatusCode::INTERNAL_SERVER_ERROR, "encode".into()))?;
+    .map_err(|_| internal("encode"))?;
     let id = hex::encode(key);
-    cas.vault.write(|txn| txn.put(PLATFORMS, &id, &record))?;
+    cas.vault.write(|txn| {
+        txn.put(PLATFORMS, &id, &record)?;
+        txn.audit_append(
+            "platform-add",
+            &client.to_string(),
+            &id,
+            json!({"name": request.name, "tee": "sim"}),
+        )
+        .map(|_| ())
+    })?;
     if let Ok(mut sim) = cas.sim.write() {
         sim.add_key(key);
     }
-    cas.audit(
-        "platform-add",
-        &client.to_string(),
-        &id,
-        json!({"name": request.name, "tee": "sim"}),
-    );
     Ok(StatusCode::CREATED)
+}
+
+/// `POST /v1/namespaces`: an administrator declares (or re-assigns) a namespace's owner.
+async fn declare_namespace(
+    State(cas): CasState,
+    Signed(client, body): Signed,
+) -> CasResult<impl IntoResponse> {
+    if !cas.is_admin(&client) {
+        cas.audit(
+            "namespace-declare-refused",
+            &client.to_string(),
+            "namespaces",
+            json!({"reason": "not an administrator"}),
+        );
+        return Err(forbidden("only CAS administrators declare namespaces"));
+    }
+    let request: NamespaceRequest =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("malformed namespace request: {e}")))?;
+    if !valid_namespace(&request.name) {
+        return Err(bad(format!(
+            "{:?} is not a namespace: one segment of [a-z0-9][a-z0-9-_.]*",
+            request.name
+        )));
+    }
+    let owner: ClientKey = request.owner.parse().map_err(|e| bad(format!("owner: {e}")))?;
+    let record = serde_json::to_vec(&StoredNamespace {
+        owner: owner.to_string(),
+        how: NamespaceOrigin::Declared,
+        since: OffsetDateTime::now_utc(),
+    })
+    .map_err(|_| internal("encode"))?;
+    cas.vault.write(|txn| {
+        let previous = match txn.get(NAMESPACES, &request.name)? {
+            Some(raw) => Some(
+                serde_json::from_slice::<StoredNamespace>(&raw)
+                    .map_err(|_| corrupt("namespace"))?
+                    .owner,
+            ),
+            None => None,
+        };
+        txn.put(NAMESPACES, &request.name, &record)?;
+        txn.audit_append(
+            "namespace-declare",
+            &client.to_string(),
+            &request.name,
+            json!({"owner": owner.to_string(), "previous": previous}),
+        )
+        .map(|_| ())
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(NamespaceInfo {
+            name: request.name,
+            owner: owner.to_string(),
+            how: NamespaceOrigin::Declared.as_str().into(),
+        }),
+    ))
+}
+
+/// `GET /v1/namespaces`: every namespace for administrators, one's own for anyone else.
+async fn list_namespaces(State(cas): CasState, Signed(client, _): Signed) -> CasResult<impl IntoResponse> {
+    let admin = cas.is_admin(&client);
+    let shown = client.to_string();
+    let mut out = Vec::new();
+    for name in cas.vault.keys(NAMESPACES, "")? {
+        let Some(raw) = cas.vault.get(NAMESPACES, &name)? else {
+            continue;
+        };
+        let record: StoredNamespace =
+            serde_json::from_slice(&raw).map_err(|_| internal("corrupt namespace"))?;
+        if admin || record.owner == shown {
+            out.push(NamespaceInfo {
+                name,
+                owner: record.owner,
+                how: record.how.as_str().into(),
+            });
+        }
+    }
+    Ok(axum::Json(out))
 }
 
 async fn list_platforms(State(cas): CasState, _: Signed) -> CasResult<impl IntoResponse> {
