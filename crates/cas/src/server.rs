@@ -214,6 +214,7 @@ impl From<SessionError> for CasError {
     fn from(e: SessionError) -> Self {
         let status = match e {
             SessionError::StalePredecessor { .. } => StatusCode::CONFLICT,
+            SessionError::ImportRefused { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         };
         CasError(status, e.to_string())
@@ -907,12 +908,28 @@ async fn write_session(
         None => None,
     };
     let previous = current.as_ref().map(|(s, _)| s).zip(previous_secrets.as_ref());
+    let refused_kind = if current.is_some() {
+        "session-update-refused"
+    } else {
+        "session-create-refused"
+    };
     let secrets = cloister_cas_session::materialize_secrets(
         &session,
         previous,
         &Imports { cas, owner: &creator },
         OffsetDateTime::now_utc(),
-    )?;
+    )
+    .map_err(|e| {
+        if matches!(e, SessionError::ImportRefused { .. }) {
+            cas.audit(
+                refused_kind,
+                &client.to_string(),
+                &session.name,
+                json!({"reason": e.to_string()}),
+            );
+        }
+        CasError::from(e)
+    })?;
     let hash = session.hash();
     let stored = StoredSession {
         yaml: text.to_owned(),
@@ -987,7 +1004,7 @@ async fn write_session(
             format!("session {name:?} changed while this write was prepared; read it again and retry"),
         )),
         Err(WriteRefused::Namespace(reason)) => {
-            cas.audit("session-create-refused", &actor, &name, json!({"reason": reason}));
+            cas.audit(refused_kind, &actor, &name, json!({"reason": reason}));
             Err(forbidden(reason))
         }
     }
@@ -1678,5 +1695,111 @@ mod snp_endorsement_tests {
         let err = snp_endorsements("bm90IGEgY2VydGlmaWNhdGU=", None).expect_err("not a certificate");
         assert_eq!(err.0, StatusCode::BAD_REQUEST);
         assert!(err.1.starts_with("vcek: "), "{}", err.1);
+    }
+}
+
+#[cfg(test)]
+mod namespace_tests {
+    use super::*;
+
+    fn key(n: u8) -> ClientKey {
+        cloister_cas_client::sign::ClientIdentity::from_seed(&[n; 32])
+            .public()
+            .parse()
+            .unwrap()
+    }
+
+    /// A vault as two maps: records by (table, key).
+    #[derive(Default)]
+    struct Records(BTreeMap<(String, String), Vec<u8>>);
+
+    impl Records {
+        fn session(mut self, name: &str, creator: &ClientKey) -> Self {
+            let stored = StoredSession {
+                yaml: format!("name: {name}\n"),
+                hash: "00".repeat(32),
+                creator: creator.to_string(),
+                updated: OffsetDateTime::UNIX_EPOCH,
+            };
+            self.0.insert(
+                (SESSIONS.into(), name.into()),
+                serde_json::to_vec(&stored).unwrap(),
+            );
+            self
+        }
+
+        fn namespace(mut self, name: &str, owner: &ClientKey) -> Self {
+            let record = StoredNamespace {
+                owner: owner.to_string(),
+                how: NamespaceOrigin::Declared,
+                since: OffsetDateTime::UNIX_EPOCH,
+            };
+            self.0.insert(
+                (NAMESPACES.into(), name.into()),
+                serde_json::to_vec(&record).unwrap(),
+            );
+            self
+        }
+
+        /// The decision for `client` creating a session in `namespace`, as text.
+        fn decide(&self, namespace: &str, client: &ClientKey) -> Result<&'static str, String> {
+            let get = |table: &str, key: &str| {
+                Ok(self
+                    .0
+                    .get(&(table.to_owned(), key.to_owned()))
+                    .map(|v| Zeroizing::new(v.clone())))
+            };
+            let keys = |table: &str, prefix: &str| {
+                Ok(self
+                    .0
+                    .keys()
+                    .filter(|(t, k)| t == table && k.starts_with(prefix))
+                    .map(|(_, k)| k.clone())
+                    .collect())
+            };
+            namespace_claim(namespace, client, &get, &keys)
+                .unwrap()
+                .map(|claim| match claim {
+                    NamespaceClaim::Owned => "owned",
+                    NamespaceClaim::Record(how) => how.as_str(),
+                })
+        }
+    }
+
+    #[test]
+    fn namespaces_go_to_their_first_creator_or_their_declared_owner() {
+        let (x, y) = (key(1), key(2));
+        assert_eq!(namespace_of("team/a/b"), "team");
+        assert_eq!(namespace_of("team"), "team");
+        assert!(valid_namespace("team-1.x") && !valid_namespace("team/a") && !valid_namespace("Team"));
+        assert!(!valid_namespace(""));
+
+        let empty = Records::default();
+        assert_eq!(empty.decide("team", &x), Ok("claimed"));
+
+        // Sessions from before owners were recorded, all of one creator: theirs. A namespace
+        // that merely starts with the same letters does not count.
+        let solo = Records::default()
+            .session("solo", &x)
+            .session("solo/a", &x)
+            .session("solo2/b", &y);
+        assert_eq!(solo.decide("solo", &x), Ok("inherited"));
+        let refused = solo.decide("solo", &y).unwrap_err();
+        assert!(refused.contains(&x.to_string()), "{refused}");
+        assert_eq!(solo.decide("solo2", &y), Ok("inherited"));
+
+        // Several creators: nobody, until an administrator declares it.
+        let shared = Records::default().session("old/a", &x).session("old/b", &y);
+        for client in [&x, &y] {
+            let refused = shared.decide("old", client).unwrap_err();
+            assert!(refused.contains("administrator must declare"), "{refused}");
+        }
+        let declared = shared.namespace("old", &y);
+        assert_eq!(declared.decide("old", &y), Ok("owned"));
+        let refused = declared.decide("old", &x).unwrap_err();
+        assert!(
+            refused.contains(&y.to_string()) && refused.contains("declared"),
+            "{refused}"
+        );
     }
 }
