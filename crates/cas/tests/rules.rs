@@ -507,7 +507,7 @@ async fn an_update_is_never_undone_by_concurrent_loads() {
         }));
     }
     let checker = cas.client(6);
-    for i in 1..=25u8 {
+    for i in 1..=15u8 {
         let written = owner
             .update_session(
                 "race/s",
