@@ -4,7 +4,14 @@
 //! - a Unix socket in the data directory (mode 0600), for the operator on the CAS host:
 //!   status, unseal and seal. Unseal shares never cross the network.
 //! - the network port, TLS 1.3 with the CAS identity (pinned by clients), opened once the
-//!   vault is unsealed: sessions, secrets, platforms, attestation, audit.
+//!   vault is unsealed: sessions, secrets, namespaces, platforms, attestation, audit.
+//!
+//! Who gets what (the rules are stated in `cloister_cas_session`'s docs, "Access" and "Exports
+//! and namespaces"): raw secret values go to attested services and to a session's owner, whose
+//! every raw read is committed to the audit log before the value leaves; other readers get the
+//! session with explicit values redacted and public parts. Every write commits its decision,
+//! its namespace claim and its audit entry in one vault transaction; refusals are recorded
+//! before the answer.
 //!
 //! While sealed, every route but status and unseal answers 503.
 

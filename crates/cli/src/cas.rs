@@ -86,7 +86,8 @@ pub enum CasCommand {
     /// Sessions: create, update, read, hash, list.
     #[command(subcommand)]
     Session(SessionCommand),
-    /// Read a secret of a session (or its public part when exported so).
+    /// Read a secret of a session: its value for the session's owner, the public part of an
+    /// `export_public` secret for the session's other readers.
     Secret {
         session: String,
         name: String,
@@ -99,6 +100,9 @@ pub enum CasCommand {
     /// Simulation platforms.
     #[command(subcommand)]
     Platform(PlatformCommand),
+    /// Namespaces (the first segment of session names) and who owns them.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -172,6 +176,25 @@ pub enum PlatformCommand {
         public_key: String,
         #[arg(long, default_value = "")]
         name: String,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum NamespaceCommand {
+    /// Declare who owns a namespace; only its owner creates sessions in it (administrators).
+    Add {
+        /// The namespace: `team` for sessions `team/...`.
+        name: String,
+        /// The owner's client key (`ed25519:<hex>` or `p256:<hex>`).
+        #[arg(long)]
+        owner: String,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// List namespaces and their owners: all of them for administrators, your own otherwise.
+    Ls {
         #[command(flatten)]
         connect: CasConnect,
     },
@@ -441,6 +464,30 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             .add_platform(&public_key, &name)
             .await
             .map_err(client_error),
+        CasCommand::Namespace(NamespaceCommand::Add { name, owner, connect }) => {
+            let declared = connect
+                .client()?
+                .declare_namespace(&name, &owner)
+                .await
+                .map_err(client_error)?;
+            if json {
+                print_json(&declared)
+            } else {
+                println!("namespace {} owned by {}", declared.name, declared.owner);
+                Ok(())
+            }
+        }
+        CasCommand::Namespace(NamespaceCommand::Ls { connect }) => {
+            let namespaces = connect.client()?.namespaces().await.map_err(client_error)?;
+            if json {
+                print_json(&namespaces)
+            } else {
+                for namespace in namespaces {
+                    println!("{}  {}  {}", namespace.name, namespace.owner, namespace.how);
+                }
+                Ok(())
+            }
+        }
         CasCommand::Audit(AuditCommand::Export { connect }) => {
             let entries = connect.client()?.audit(0).await.map_err(client_error)?;
             print!(
@@ -516,6 +563,12 @@ async fn session(command: SessionCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 print_json(&record)
             } else {
+                if record.redacted {
+                    eprintln!(
+                        "cloister: explicit secret values are redacted: only the session's owner ({}) sees them",
+                        record.creator
+                    );
+                }
                 print!("{}", record.yaml);
                 Ok(())
             }

@@ -357,6 +357,48 @@ async fn cas_end_to_end() {
     refused(owner.get_session("p256/own").await, 403, "not allowed");
     assert_eq!(written.name, "p256/own");
 
+    // Namespaces: `hospital` is the owner's (it created the first session there), `p256` the
+    // P-256 key's. Nobody else creates sessions there; administrators declare namespaces.
+    refused(
+        stranger
+            .create_session(&session_yaml("hospital/evil", &measurement, "simulation", None))
+            .await,
+        403,
+        "namespace \"hospital\" belongs to",
+    );
+    let connect = |who: &str| {
+        vec![
+            "--cas".to_owned(),
+            cas.url.clone(),
+            "--pin".to_owned(),
+            cas.pin.clone(),
+            "--key".to_owned(),
+            key(who).to_str().unwrap().to_owned(),
+        ]
+    };
+    let namespace = |args: &[&str], who: &str| {
+        let mut all: Vec<String> = ["cas", "namespace"].iter().map(|s| s.to_string()).collect();
+        all.extend(args.iter().map(|s| s.to_string()));
+        all.extend(connect(who));
+        Command::new(common::bin()).args(&all).output().unwrap()
+    };
+    let own = ok(&namespace(&["ls"], "owner"));
+    assert_eq!(own.trim(), format!("hospital  {owner_public}  claimed"));
+    let not_admin = namespace(&["add", "shared", "--owner", &owner_public], "owner");
+    assert_eq!(not_admin.status.code(), Some(9), "{not_admin:?}");
+    ok(&namespace(&["add", "shared", "--owner", &owner_public], "admin"));
+    let all: Value = serde_json::from_str(&ok(&namespace(&["ls", "--json"], "admin"))).unwrap();
+    let all = all.as_array().unwrap();
+    assert!(
+        all.iter()
+            .any(|n| n["name"] == "shared" && n["how"] == "declared")
+    );
+    assert!(
+        all.iter()
+            .any(|n| n["name"] == "p256" && n["owner"] == p256_public.as_str())
+    );
+    assert_eq!(all.len(), 3, "{all:?}");
+
     // Attestation with the simulation TEE: unknown platform first.
 
     let mut m = [0u8; 32];
@@ -536,6 +578,10 @@ async fn cas_end_to_end() {
         "secret-release",
         "unseal",
         "platform-add",
+        "namespace-claim",
+        "namespace-declare",
+        "session-create-refused",
+        "secret-read",
     ] {
         assert!(
             log.contains(&format!("\"kind\":\"{kind}\"")),
