@@ -76,7 +76,7 @@ pub(crate) struct Transport {
 /// Why a request failed, and whether it may be sent again on a fresh connection.
 enum Failure {
     /// The request never left: the kept-alive connection had closed in between.
-    NotSent(Request<Full<Bytes>>, ClientError),
+    NotSent(Box<Request<Full<Bytes>>>, ClientError),
     Failed(ClientError),
 }
 
@@ -166,7 +166,7 @@ impl Transport {
                 // A kept connection the server closed while it was idle: what reqwest (and
                 // hyper-util's pool) do too, send once more on a new one. Only a request that
                 // never left is sent again, so nothing runs twice.
-                Ok(Err(Failure::NotSent(unsent, _))) if reused => request = unsent,
+                Ok(Err(Failure::NotSent(unsent, _))) if reused => request = *unsent,
                 Ok(Err(Failure::NotSent(_, e) | Failure::Failed(e))) => return Err(e),
                 Err(_) => {
                     return Err(ClientError::Transport(format!(
@@ -255,7 +255,7 @@ where
 async fn exchange(connection: &mut Connection, request: Request<Full<Bytes>>) -> Result<Response, Failure> {
     if let Err(e) = connection.sender.ready().await {
         return Err(Failure::NotSent(
-            request,
+            Box::new(request),
             failure("the connection to the CAS closed", &e),
         ));
     }
@@ -264,7 +264,7 @@ async fn exchange(connection: &mut Connection, request: Request<Full<Bytes>>) ->
         Err(mut e) => {
             let error = failure("the request to the CAS failed", e.error());
             return Err(match e.take_message() {
-                Some(request) => Failure::NotSent(request, error),
+                Some(request) => Failure::NotSent(Box::new(request), error),
                 None => Failure::Failed(error),
             });
         }
