@@ -107,6 +107,7 @@ impl Error {
         }
     }
 
+    #[cfg(feature = "verify")]
     pub(crate) fn verification(reason: impl std::fmt::Display) -> Self {
         Error::Verification(reason.to_string())
     }

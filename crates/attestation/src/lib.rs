@@ -32,6 +32,17 @@
 //! * [`report_data_for`] / [`check_report_data`] — binding of a nonce and a public key into the
 //!   64-byte report data: `SHA-512(nonce ‖ public_key)`.
 //!
+//! ## The `verify` feature
+//!
+//! Everything that *verifies* evidence is behind the default feature `verify`: the verifiers,
+//! [`appraise`] and [`Policy`], DCAP collateral fetching, caching and the [`CollateralFloor`],
+//! and the AMD certificate chains, with their dependencies (`ureq`, `webpki`, `sev`, `p384`,
+//! ...). Without it (`default-features = false`) the crate keeps what runs *inside* a TEE:
+//! [`inspect`] and the parsers, the [`EvidenceSource`] collectors, the report-data binding and
+//! the simulation platform's signing side ([`SimPlatform`], [`SimSource`]). `cloister-runtime`
+//! and the CAS client build it that way, because the runtime's dependency tree is its trusted
+//! computing base; the CAS, the CLI and the tests keep the default.
+//!
 //! ## Whose DCAP collateral, and how old it may be
 //!
 //! Every genuine piece of Intel collateral verifies until its `nextUpdate`, including collateral
@@ -138,22 +149,33 @@ mod collect;
 mod dcap;
 mod error;
 mod evidence;
+#[cfg(feature = "verify")]
 mod policy;
 mod sim;
 mod snp;
+#[cfg(feature = "verify")]
 mod time_util;
+#[cfg(feature = "verify")]
 mod verify;
 
 pub use binding::{check_report_data, report_data_for};
 pub use collect::{Collected, EvidenceSource, GramineSource, SimSource, TsmProvider, TsmReport, TsmSource};
+#[cfg(feature = "verify")]
 pub use dcap::{
     CollateralFloor, CollateralSource, CollateralWindow, DEFAULT_REFRESH_MARGIN, DcapCollateral,
     DcapPlatform, DcapVerifier, INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL, MAX_RESPONSE_BYTES, PckCaKind,
-    SgxDetails, TdxDetails, VerifiedCollateral,
+    VerifiedCollateral,
 };
+pub use dcap::{SgxDetails, TdxDetails};
 pub use error::Error;
 pub use evidence::{EvidenceSummary, Tee, TeeDetails, decode_input, detect, inspect};
+#[cfg(feature = "verify")]
 pub use policy::{Policy, PolicyOutcome, Tolerance};
-pub use sim::{SIM_EVIDENCE_LEN, SimDetails, SimPlatform, SimVerifier, sim_measurement};
-pub use snp::{SnpDetails, SnpEndorsements, SnpTcb, SnpVerifier};
+#[cfg(feature = "verify")]
+pub use sim::SimVerifier;
+pub use sim::{SIM_EVIDENCE_LEN, SimDetails, SimPlatform, sim_measurement};
+pub use snp::{SnpDetails, SnpTcb};
+#[cfg(feature = "verify")]
+pub use snp::{SnpEndorsements, SnpVerifier};
+#[cfg(feature = "verify")]
 pub use verify::{Endorsements, EvidenceVerifier, Verdict, VerifiedEvidence, Verifier, appraise};

@@ -3,17 +3,14 @@
 //! It exists so that the platform can be developed and tested without TEE hardware. The byte
 //! layout is documented in the crate docs.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
 use crate::Error;
 use crate::evidence::{EvidenceSummary, Tee, TeeDetails, hex};
-use crate::verify::{Endorsements, EvidenceVerifier, VerifiedEvidence};
 
 /// Magic at the start of simulation evidence.
 pub(crate) const SIM_MAGIC: [u8; 8] = *b"CLSIMATT";
@@ -34,9 +31,6 @@ const OFF_KEY: usize = 140;
 const OFF_SIGNATURE: usize = 172;
 /// Length in bytes of version-2 simulation evidence.
 pub const SIM_EVIDENCE_LEN: usize = 236;
-
-/// TCB status of simulation evidence.
-const SIM_TCB_STATUS: &str = "Simulated";
 
 /// The measurement of a simulated workload:
 /// `SHA-256("cloister/sim-measurement/v2\0" ‖ u64le(len(runtime)) ‖ runtime)`, where `runtime`
@@ -186,7 +180,10 @@ struct SimEvidence<'a> {
     config_id: &'a [u8],
     report_data: &'a [u8],
     key: [u8; 32],
+    // Only the verifier looks at the signature; parsing still requires all of it.
+    #[cfg_attr(not(feature = "verify"), allow(dead_code))]
     signature: [u8; 64],
+    #[cfg_attr(not(feature = "verify"), allow(dead_code))]
     signed: &'a [u8],
 }
 
@@ -254,46 +251,66 @@ pub(crate) fn inspect(b: &[u8]) -> Result<EvidenceSummary, Error> {
     Ok(summarize(&parse(b)?))
 }
 
-/// Verifies simulation evidence against the set of registered platform public keys.
-#[derive(Debug, Clone, Default)]
-pub struct SimVerifier {
-    keys: BTreeSet<[u8; 32]>,
-}
+#[cfg(feature = "verify")]
+pub use verifier::SimVerifier;
 
-impl SimVerifier {
-    /// A verifier that accepts evidence signed by any of `keys` (Ed25519 public keys).
-    pub fn new(keys: impl IntoIterator<Item = [u8; 32]>) -> Self {
-        SimVerifier {
-            keys: keys.into_iter().collect(),
+/// The verifying side, with the `verify` feature.
+#[cfg(feature = "verify")]
+mod verifier {
+    use std::collections::BTreeSet;
+
+    use ed25519_dalek::{Signature, VerifyingKey};
+    use time::OffsetDateTime;
+
+    use super::{parse, signed_message, summarize};
+    use crate::Error;
+    use crate::evidence::hex;
+    use crate::verify::{Endorsements, EvidenceVerifier, VerifiedEvidence};
+
+    /// TCB status of simulation evidence.
+    const SIM_TCB_STATUS: &str = "Simulated";
+
+    /// Verifies simulation evidence against the set of registered platform public keys.
+    #[derive(Debug, Clone, Default)]
+    pub struct SimVerifier {
+        keys: BTreeSet<[u8; 32]>,
+    }
+
+    impl SimVerifier {
+        /// A verifier that accepts evidence signed by any of `keys` (Ed25519 public keys).
+        pub fn new(keys: impl IntoIterator<Item = [u8; 32]>) -> Self {
+            SimVerifier {
+                keys: keys.into_iter().collect(),
+            }
+        }
+
+        /// Registers one more platform key.
+        pub fn add_key(&mut self, key: [u8; 32]) {
+            self.keys.insert(key);
         }
     }
 
-    /// Registers one more platform key.
-    pub fn add_key(&mut self, key: [u8; 32]) {
-        self.keys.insert(key);
-    }
-}
-
-impl EvidenceVerifier for SimVerifier {
-    fn verify(
-        &self,
-        evidence: &[u8],
-        _: &Endorsements,
-        _at: OffsetDateTime,
-    ) -> Result<VerifiedEvidence, Error> {
-        let e = parse(evidence)?;
-        if !self.keys.contains(&e.key) {
-            return Err(Error::UnknownSimKey(hex(&e.key)));
+    impl EvidenceVerifier for SimVerifier {
+        fn verify(
+            &self,
+            evidence: &[u8],
+            _: &Endorsements,
+            _at: OffsetDateTime,
+        ) -> Result<VerifiedEvidence, Error> {
+            let e = parse(evidence)?;
+            if !self.keys.contains(&e.key) {
+                return Err(Error::UnknownSimKey(hex(&e.key)));
+            }
+            let key = VerifyingKey::from_bytes(&e.key)
+                .map_err(|err| Error::verification(format!("invalid simulation platform key: {err}")))?;
+            key.verify_strict(&signed_message(e.signed), &Signature::from_bytes(&e.signature))
+                .map_err(|_| Error::verification("simulation evidence signature is invalid"))?;
+            Ok(VerifiedEvidence {
+                summary: summarize(&e),
+                tcb_status: SIM_TCB_STATUS.into(),
+                advisories: Vec::new(),
+                collateral_window: None,
+            })
         }
-        let key = VerifyingKey::from_bytes(&e.key)
-            .map_err(|err| Error::verification(format!("invalid simulation platform key: {err}")))?;
-        key.verify_strict(&signed_message(e.signed), &Signature::from_bytes(&e.signature))
-            .map_err(|_| Error::verification("simulation evidence signature is invalid"))?;
-        Ok(VerifiedEvidence {
-            summary: summarize(&e),
-            tcb_status: SIM_TCB_STATUS.into(),
-            advisories: Vec::new(),
-            collateral_window: None,
-        })
     }
 }

@@ -6,12 +6,13 @@ use std::path::Path;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloister_attestation::EvidenceSource;
-use reqwest::{Method, StatusCode};
+use http::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::protocol::*;
 use crate::sign::ClientIdentity;
+use crate::transport::{Response, Transport};
 
 /// Errors of the clients.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +25,8 @@ pub enum ClientError {
         /// The CAS's reason.
         message: String,
     },
-    /// The CAS could not be reached, or TLS failed (for instance a pin mismatch).
+    /// The CAS could not be reached, did not answer in time, TLS failed (for instance a pin
+    /// mismatch) or its answer was cut short or too large.
     #[error("cannot reach the CAS: {0}")]
     Transport(String),
     /// A request needs a client key.
@@ -35,34 +37,22 @@ pub enum ClientError {
     Local(String),
 }
 
-fn transport(e: reqwest::Error) -> ClientError {
-    // The chain carries the TLS cause (e.g. the pin mismatch); show all of it.
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    ClientError::Transport(message)
-}
-
-async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
-    let status = response.status();
-    let bytes = response.bytes().await.map_err(transport)?;
+/// The answer's JSON, or [`ClientError::Refused`] for an error status. (Async although the
+/// answer has been read already, so that every request reads `answer(self.send(..).await?).await`.)
+async fn answer<T: DeserializeOwned>(response: Response) -> Result<T, ClientError> {
+    let Response { status, body } = response;
     if !status.is_success() {
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+        let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
         return Err(ClientError::Refused { status, message });
     }
-    serde_json::from_slice(&bytes).map_err(|e| ClientError::Local(format!("unexpected answer: {e}")))
+    serde_json::from_slice(&body).map_err(|e| ClientError::Local(format!("unexpected answer: {e}")))
 }
 
-/// A client of the CAS's network port.
+/// A client of the CAS's network port. It keeps its connection open between requests.
 pub struct CasClient {
-    http: reqwest::Client,
-    base: String,
+    http: Transport,
     pin: [u8; 32],
     identity: Option<ClientIdentity>,
     /// Seconds to add to this machine's clock when signing, learned from the CAS when it
@@ -76,13 +66,8 @@ impl CasClient {
     pub fn new(url: &str, pin: &str, identity: Option<ClientIdentity>) -> Result<Self, ClientError> {
         let pin = crate::pin::parse_pin(pin).map_err(|e| ClientError::Local(e.to_string()))?;
         let tls = crate::pin::client_config(pin).map_err(|e| ClientError::Local(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .map_err(|e| ClientError::Local(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Self {
-            http,
-            base: url.trim_end_matches('/').to_owned(),
+            http: Transport::https(url, tls)?,
             pin,
             identity,
             clock_offset: std::sync::atomic::AtomicI64::new(0),
@@ -98,17 +83,14 @@ impl CasClient {
         path: &str,
         body: Vec<u8>,
         sign: bool,
-    ) -> Result<reqwest::Response, ClientError> {
+    ) -> Result<Response, ClientError> {
         let first = self.send_once(&method, path, &body, sign).await?;
-        if !sign || first.status() != StatusCode::UNAUTHORIZED {
+        if !sign || first.status != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
-        let status = first.status();
-        let bytes = first.bytes().await.map_err(transport)?;
-        let refusal = serde_json::from_slice::<ErrorBody>(&bytes).ok();
+        let refusal = serde_json::from_slice::<ErrorBody>(&first.body).ok();
         let Some(server_time) = refusal.as_ref().and_then(|r| r.server_time) else {
-            let unchanged = rebuilt(status, bytes.to_vec());
-            return Ok(unchanged);
+            return Ok(first);
         };
         let not_before = refusal.and_then(|r| r.not_before).unwrap_or(server_time);
         let local = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -125,17 +107,15 @@ impl CasClient {
         path: &str,
         body: &[u8],
         sign: bool,
-    ) -> Result<reqwest::Response, ClientError> {
-        let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
+    ) -> Result<Response, ClientError> {
+        let mut headers = Vec::new();
         if sign {
             let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
             let offset = self.clock_offset.load(std::sync::atomic::Ordering::Relaxed);
             let now = time::OffsetDateTime::now_utc().unix_timestamp() + offset;
-            for (name, value) in identity.sign(method.as_str(), path, now, body) {
-                request = request.header(name, value);
-            }
+            headers.extend(identity.sign(method.as_str(), path, now, body));
         }
-        request.body(body.to_vec()).send().await.map_err(transport)
+        self.http.request(method.clone(), path, headers, body.to_vec()).await
     }
 
     /// `GET /v1/status`.
@@ -200,9 +180,8 @@ impl CasClient {
         if let Some(format) = format {
             path.push_str(&format!("&format={}", query_escape(format)));
         }
-        let response = self.send(Method::GET, &path, Vec::new(), true).await?;
-        let status = response.status();
-        let bytes = Zeroizing::new(response.bytes().await.map_err(transport)?.to_vec());
+        let Response { status, body } = self.send(Method::GET, &path, Vec::new(), true).await?;
+        let bytes = Zeroizing::new(body);
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.error)
@@ -219,12 +198,10 @@ impl CasClient {
             name: name.to_owned(),
         })
         .map_err(|e| ClientError::Local(e.to_string()))?;
-        let response = self.send(Method::POST, "/v1/platforms", body, true).await?;
-        let status = response.status();
+        let Response { status, body } = self.send(Method::POST, "/v1/platforms", body, true).await?;
         if status.is_success() {
             return Ok(());
         }
-        let body = response.bytes().await.map_err(transport)?;
         let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|b| b.error)
             .unwrap_or_default();
@@ -347,13 +324,6 @@ impl CasClient {
     }
 }
 
-/// A response whose body was read, as a response again.
-fn rebuilt(status: StatusCode, body: Vec<u8>) -> reqwest::Response {
-    let mut response = http::Response::new(body);
-    *response.status_mut() = status;
-    reqwest::Response::from(response)
-}
-
 fn query_escape(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
@@ -393,29 +363,24 @@ pub fn socket_path(data_dir: &Path) -> std::path::PathBuf {
 
 /// The operator's client on the CAS host's socket.
 pub struct LocalClient {
-    http: reqwest::Client,
+    http: Transport,
 }
 
 impl LocalClient {
     /// A client of the socket in `data_dir`.
     pub fn new(data_dir: &Path) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .unix_socket(socket_path(data_dir))
-            .build()
-            .map_err(|e| ClientError::Local(format!("cannot set up the socket client: {e}")))?;
-        Ok(Self { http })
+        Ok(Self {
+            http: Transport::unix(socket_path(data_dir)),
+        })
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Response, ClientError> {
+        self.http.request(method, path, [], body).await
     }
 
     /// The CAS's status.
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
-        answer(
-            self.http
-                .get("http://cas/v1/status")
-                .send()
-                .await
-                .map_err(transport)?,
-        )
-        .await
+        answer(self.send(Method::GET, "/v1/status", Vec::new()).await?).await
     }
 
     /// Submits one unseal share.
@@ -424,30 +389,17 @@ impl LocalClient {
             share: share.to_owned(),
         })
         .map_err(|e| ClientError::Local(e.to_string()))?;
-        answer(
-            self.http
-                .post("http://cas/v1/unseal")
-                .body(body)
-                .send()
-                .await
-                .map_err(transport)?,
-        )
-        .await
+        answer(self.send(Method::POST, "/v1/unseal", body).await?).await
     }
 
     /// Seals the CAS.
     pub async fn seal(&self) -> Result<(), ClientError> {
-        let response = self
-            .http
-            .post("http://cas/v1/seal")
-            .send()
-            .await
-            .map_err(transport)?;
-        if response.status().is_success() {
+        let Response { status, .. } = self.send(Method::POST, "/v1/seal", Vec::new()).await?;
+        if status.is_success() {
             Ok(())
         } else {
             Err(ClientError::Refused {
-                status: response.status(),
+                status,
                 message: "seal refused".into(),
             })
         }

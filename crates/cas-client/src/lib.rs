@@ -4,7 +4,8 @@
 //! - [`protocol`]: the wire types, the [`protocol::InitData`] a confidential workload is launched
 //!   for and the [`protocol::ReleasedConfig`] it receives.
 //! - [`client`]: the network client (pinned TLS, signed requests, the attestation flow) and the
-//!   operator's client on the CAS host's socket.
+//!   operator's client on the CAS host's socket, on hyper's bare HTTP/1 client (this crate runs
+//!   inside the TEE, so it carries no general-purpose HTTP stack).
 //! - [`sign`]: client keys and request signatures; [`pin`]: pinning the CAS identity;
 //!   [`seal`]: HPKE sealing of released configuration.
 
@@ -13,3 +14,4 @@ pub mod pin;
 pub mod protocol;
 pub mod seal;
 pub mod sign;
+mod transport;

@@ -1,6 +1,10 @@
 //! What runs inside the TEE is `cloister-runtime` alone, so its dependency tree is its trusted
 //! computing base: it must never pull in the servers (an HTTP server, the platform, the CAS
-//! server or its store), which would put their code — and their attack surface — in the TEE.
+//! server or its store), which would put their code — and their attack surface — in the TEE,
+//! nor what it has no use for there: a general-purpose HTTP client (it talks to one pinned CAS
+//! over hyper's bare HTTP/1 client), evidence verification and collateral fetching (it only
+//! collects evidence), CA roots or the system's certificate store (nothing it trusts is
+//! CA-verified).
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -47,6 +51,8 @@ fn the_runtime_links_no_server() {
         "cloister-crypt",
         "cloister-attestation",
         "cloister-runtime",
+        "hyper",
+        "tokio-rustls",
     ] {
         assert!(
             packages.contains(needed),
@@ -73,8 +79,52 @@ fn the_runtime_links_no_server() {
             "the runtime's dependency tree gained {forbidden}: it would run inside the TEE"
         );
     }
-    // hyper is there as reqwest's client; its server half must not be.
+    // hyper is there as the CAS client's; its server half must not be.
     for forbidden in ["hyper feature \"server\"", "hyper-util feature \"server\""] {
+        assert!(
+            !text.contains(forbidden),
+            "the runtime's dependency tree enables {forbidden}"
+        );
+    }
+}
+
+#[test]
+fn the_runtime_links_no_general_http_client_nor_verifier() {
+    let (packages, text) = tree();
+    for forbidden in [
+        // HTTP clients with their URL, proxy, pool and middleware stacks.
+        "reqwest",
+        "ureq",
+        "ureq-proto",
+        "hyper-rustls",
+        "tower",
+        "tower-http",
+        "url",
+        "idna",
+        // CA roots and the system's certificate store.
+        "webpki-roots",
+        "rustls-native-certs",
+        "rustls-platform-verifier",
+        "openssl-probe",
+        // The verifying half of cloister-attestation: AMD chains and report signatures.
+        "sev",
+        "p384",
+        "rsa",
+    ] {
+        assert!(
+            !packages.contains(forbidden),
+            "the runtime's dependency tree gained {forbidden}: it would run inside the TEE"
+        );
+    }
+    for forbidden in [
+        // Verifiers, policies and collateral fetching (see cloister-attestation's docs).
+        "cloister-attestation feature \"verify\"",
+        // hyper-util's pooled client, with its proxy and DNS machinery.
+        "hyper-util feature \"client-legacy\"",
+        // The client speaks TLS 1.3 with ring only.
+        "rustls feature \"tls12\"",
+        "rustls feature \"aws_lc_rs\"",
+    ] {
         assert!(
             !text.contains(forbidden),
             "the runtime's dependency tree enables {forbidden}"

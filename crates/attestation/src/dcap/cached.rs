@@ -23,7 +23,7 @@ use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnch
 use sha2::{Digest, Sha256};
 use webpki::CertRevocationList;
 
-use super::{
+use super::verifier::{
     Bounds, DcapCollateral, DcapOutcome, INTEL_ROOT_CA_DER, cert_bounds, collateral_bounds, pem_certs,
     unix_time,
 };

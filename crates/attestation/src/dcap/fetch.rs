@@ -20,7 +20,8 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::{Bounds, DcapCollateral, cached, collateral_bounds, parse_quote};
+use super::verifier::{Bounds, DcapCollateral, collateral_bounds};
+use super::{cached, parse_quote};
 use crate::evidence::Tee;
 use crate::{Error, time_util};
 
