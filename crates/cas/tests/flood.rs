@@ -172,11 +172,23 @@ fn count(entries: &[AuditEntry], kind: &str) -> usize {
 /// design stored every nonce and refused all attestations once 100,000 were outstanding.
 /// Issuing now stores nothing — `nonce::tests` issues 200,000 in process and finds the used
 /// set empty — so the flood here is sized for a debug build's TLS stack, about 1,000
-/// requests/s on two cores, rather than for a table that no longer exists.)
+/// requests/s on two cores; `a_200k_nonce_flood_does_not_stop_attestation` sends the full
+/// 200,000 in a release build.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_flood_does_not_stop_attestation() {
+    nonce_flood(10_000).await;
+}
+
+/// Twice the old table's capacity: `cargo test --release -p cloister-cas --test flood --
+/// --ignored` (a few seconds in release, minutes in debug).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "200,000 TLS requests: run in release"]
+async fn a_200k_nonce_flood_does_not_stop_attestation() {
+    nonce_flood(200_000).await;
+}
+
+async fn nonce_flood(flood: usize) {
     let fixture = Fixture::start(Duration::from_secs(60), RefusalAuditLimits::default()).await;
-    const FLOOD: usize = 10_000;
     const FLOODERS: usize = 16;
     let first = fixture.client().nonce().await.unwrap().nonce;
     let issued = Arc::new(AtomicUsize::new(0));
@@ -187,7 +199,7 @@ async fn a_nonce_flood_does_not_stop_attestation() {
             let client = fixture.client();
             let (issued, failed) = (issued.clone(), failed.clone());
             tokio::spawn(async move {
-                while issued.fetch_add(1, Ordering::Relaxed) < FLOOD {
+                while issued.fetch_add(1, Ordering::Relaxed) < flood {
                     if client.nonce().await.is_err() {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -221,8 +233,8 @@ async fn a_nonce_flood_does_not_stop_attestation() {
         .await
         .unwrap();
     eprintln!(
-        "{FLOOD} nonces in {elapsed:.1?} ({:.0}/s), {during} attestations during the flood",
-        FLOOD as f64 / elapsed.as_secs_f64()
+        "{flood} nonces in {elapsed:.1?} ({:.0}/s), {during} attestations during the flood",
+        flood as f64 / elapsed.as_secs_f64()
     );
 }
 
@@ -372,13 +384,8 @@ async fn a_refusal_flood_adds_a_bounded_number_of_audit_entries() {
     let entries = fixture.audit();
     let added = &entries[before..];
     // 10 per class (3 classes) and 30 in all per window.
-    assert_eq!(
-        added.len(),
-        30,
-        "{:?}",
-        added.iter().map(|e| &e.kind).collect::<Vec<_>>()
-    );
     assert_eq!(count(added, "attest-fail"), 30);
+    assert_eq!(added.len(), 30);
     for class in ["nonce", "malformed", "evidence"] {
         assert_eq!(
             added.iter().filter(|e| e.detail["class"] == class).count(),
@@ -424,7 +431,7 @@ async fn a_refusal_flood_adds_a_bounded_number_of_audit_entries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_window_ends_with_its_summary() {
     let limits = RefusalAuditLimits {
-        window: Duration::from_millis(400),
+        window: Duration::from_secs(2),
         per_class: 2,
         total: 3,
     };
@@ -432,15 +439,15 @@ async fn each_window_ends_with_its_summary() {
     let before = fixture.audit().len();
     let client = fixture.client();
     let unknown = fixture.request(&"00".repeat(32), &fixture.source());
-    for _ in 0..50 {
+    for _ in 0..20 {
         refused(client.attest_raw(&unknown).await, 403, "unknown nonce");
     }
     assert_eq!(fixture.audit().len() - before, 2);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let entries = fixture.audit();
     let added = &entries[before..];
     assert_eq!(count(added, "attest-fail-summary"), 1);
-    assert_eq!(added[2].detail["unrecorded"], serde_json::json!({"nonce": 48}));
+    assert_eq!(added[2].detail["unrecorded"], serde_json::json!({"nonce": 18}));
     for _ in 0..5 {
         refused(client.attest_raw(&unknown).await, 403, "unknown nonce");
     }
