@@ -21,6 +21,8 @@ pub(crate) type AuditRecord = (String, String, String, serde_json::Value);
 const MAX_REASON: usize = 512;
 /// Longest measurement (hex) kept; the longest real one (TDX, SEV-SNP) is 96.
 const MAX_MEASUREMENT: usize = 128;
+/// Shortest counting window: every window may end with a summary entry.
+const MIN_WINDOW: Duration = Duration::from_secs(1);
 
 /// Why an attestation was refused, coarsely: the unit refusals are counted and limited in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +82,7 @@ impl RefusalClass {
 /// How many refused attestations are audited one by one per window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefusalAuditLimits {
-    /// Length of a counting window.
+    /// Length of a counting window; at least one second (each window may add a summary).
     pub window: Duration,
     /// Entries per reason class and window.
     pub per_class: u32,
@@ -178,7 +180,10 @@ pub(crate) struct RefusalRecorder {
 impl RefusalRecorder {
     pub(crate) fn new(limits: RefusalAuditLimits) -> Self {
         Self {
-            limits,
+            limits: RefusalAuditLimits {
+                window: limits.window.max(MIN_WINDOW),
+                ..limits
+            },
             window: Mutex::new(None),
         }
     }
@@ -186,7 +191,7 @@ impl RefusalRecorder {
     /// How often [`RefusalRecorder::closed_summary`] should be asked, so a window's summary
     /// is written soon after it closes even when no refusal follows.
     pub(crate) fn tick(&self) -> Duration {
-        (self.limits.window / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
+        (self.limits.window / 4).min(Duration::from_secs(5))
     }
 
     /// Counts a refusal at `now` and returns what to audit: the summary of the previous
@@ -361,6 +366,29 @@ mod tests {
             .closed_summary(t0 + Duration::from_secs(1), true)
             .unwrap();
         assert_eq!(at_shutdown.3["unrecorded_total"], json!(7));
+    }
+
+    #[test]
+    fn a_zero_window_still_bounds_the_summaries() {
+        let recorder = RefusalRecorder::new(RefusalAuditLimits {
+            window: Duration::ZERO,
+            per_class: 0,
+            total: 0,
+        });
+        let t0 = Instant::now();
+        let wall = OffsetDateTime::now_utc();
+        let written: usize = (0..1000)
+            .map(|i| {
+                let at = t0 + Duration::from_millis(i);
+                recorder.note(&refusal(RefusalClass::Nonce, "x"), at, wall).len()
+            })
+            .sum();
+        assert_eq!(written, 0, "one window of one second: nothing written yet");
+        assert!(
+            recorder
+                .closed_summary(t0 + Duration::from_secs(1), false)
+                .is_some()
+        );
     }
 
     #[test]

@@ -329,7 +329,8 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> anyhow::Result<Runni
 }
 
 /// Writes the summary of a window of refused attestations soon after the window closes (when
-/// no later refusal does), and that of the open window at shutdown.
+/// no later refusal does), and that of the open window at shutdown. A summary due while the
+/// vault is sealed waits in the vault's queue for the next unseal.
 async fn write_refusal_summaries(cas: Arc<Cas>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(cas.refusals.tick());
     loop {
@@ -337,9 +338,18 @@ async fn write_refusal_summaries(cas: Arc<Cas>, mut stop: watch::Receiver<bool>)
             _ = tick.tick() => false,
             _ = stop.wait_for(|s| *s) => true,
         };
-        if let Some(summary) = cas.refusals.closed_summary(Instant::now(), closing) {
-            let writer = cas.clone();
-            let _ = tokio::task::spawn_blocking(move || record_refusals(&writer, vec![summary])).await;
+        if let Some((kind, actor, subject, detail)) = cas.refusals.closed_summary(Instant::now(), closing) {
+            let vault = cas.vault.clone();
+            let written =
+                tokio::task::spawn_blocking(move || vault.audit_note(&kind, &actor, &subject, detail)).await;
+            let error = match written {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = error {
+                tracing::error!(%error, "cannot record a summary of refused attestations in the audit log");
+            }
         }
         if closing {
             return;
