@@ -370,8 +370,8 @@ async fn serve_tls(
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    // No header-read timeout: hyper arms a timer for every request head, which costs the
-    // attestation benchmark 5-8% of its rate, and it would not stop a client that keeps its
+    // No header-read timeout: hyper arms a timer for every request head, which measurably
+    // slowed the attestation benchmark, and it would not stop a client that keeps its
     // connections busy anyway. The connection cap is what bounds a connection flood.
     let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
