@@ -115,7 +115,9 @@ impl CasClient {
             let now = time::OffsetDateTime::now_utc().unix_timestamp() + offset;
             headers.extend(identity.sign(method.as_str(), path, now, body));
         }
-        self.http.request(method.clone(), path, headers, body.to_vec()).await
+        self.http
+            .request(method.clone(), path, headers, body.to_vec())
+            .await
     }
 
     /// `GET /v1/status`.

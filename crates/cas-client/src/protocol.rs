@@ -101,7 +101,8 @@ pub struct PlatformRequest {
 /// `POST /v1/attest/nonce`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NonceResponse {
-    /// 32 random bytes, hex; single use.
+    /// 32 bytes, hex, opaque to clients (an issue time, 16 random bytes and the CAS's MAC);
+    /// single use, valid only at the CAS process that issued it.
     pub nonce: String,
     /// Seconds the nonce stays valid.
     pub expires_in: u64,

@@ -424,6 +424,7 @@ mod tests {
             admins: vec![admin.public()],
             nonce_ttl: Duration::from_secs(60),
             collateral: None,
+            refusal_audit: Default::default(),
         };
         let vault = Arc::new(Vault::open(dir, None).unwrap());
         let pin = crate::tls::pin_of(&vault.identity_public().unwrap());

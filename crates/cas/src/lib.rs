@@ -6,11 +6,14 @@
 //! - [`server`]: the service (operator socket + TLS network port).
 //! - [`auth`]: verification of signed requests; [`tls`]: the CAS's TLS identity;
 //!   [`nonce`]: attestation nonces; [`volumes`]: volume records and grants; which DCAP
-//!   collateral an attestation is judged with is decided in `dcap_collateral`.
+//!   collateral an attestation is judged with is decided in `dcap_collateral`; how refused
+//!   attestations are audited without letting a flood grow the log, in `refusals`.
 
 pub mod auth;
 mod dcap_collateral;
+mod names;
 pub mod nonce;
+mod refusals;
 pub mod server;
 pub mod tls;
 pub mod volumes;

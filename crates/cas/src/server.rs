@@ -19,11 +19,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
+use axum::handler::Handler as _;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,7 +45,9 @@ use zeroize::Zeroizing;
 use cloister_cas_client::protocol::*;
 
 use crate::auth::Authenticator;
-use crate::nonce::Nonces;
+use crate::nonce::{NonceError, Nonces};
+pub use crate::refusals::RefusalAuditLimits;
+use crate::refusals::{AuditRecord, Refusal, RefusalClass, RefusalRecorder};
 use cloister_cas_client::sign::AuthError;
 
 const SESSIONS: &str = "sessions";
@@ -71,6 +74,8 @@ pub struct CasConfig {
     /// directory). Collateral in a request is used only when this is unset or has nothing for
     /// the platform (see `dcap_collateral`).
     pub collateral: Option<Arc<cloister_attestation::CollateralSource>>,
+    /// How many refused attestations are audited one by one (the rest are summed up).
+    pub refusal_audit: RefusalAuditLimits,
 }
 
 /// A running CAS.
@@ -111,6 +116,7 @@ struct Cas {
     vault: Arc<Vault>,
     auth: Authenticator,
     nonces: Nonces,
+    refusals: RefusalRecorder,
     dcap: DcapVerifier,
     dcap_collateral: crate::dcap_collateral::CollateralChoice,
     snp: SnpVerifier,
@@ -139,14 +145,14 @@ struct SessionCache {
     entries: HashMap<String, Arc<Loaded>>,
 }
 
-/// One release's audit entries, waiting for their group commit.
-type AuditRecord = (String, String, String, serde_json::Value);
+/// One attestation's audit entries, waiting for their group commit.
 type ReleaseJob = (Vec<AuditRecord>, std::sync::mpsc::SyncSender<Result<(), String>>);
 
-/// Group commit of release audit entries: concurrent attestations share one durable
-/// transaction, and each waits until its entries are on disk before its configuration goes out.
+/// Group commit of attestation audit entries (releases and refusals): concurrent attestations
+/// share one durable transaction, and each waits until its entries are on disk before it is
+/// answered.
 struct ReleaseLog {
-    queue: std::sync::Mutex<std::sync::mpsc::Sender<ReleaseJob>>,
+    queue: std::sync::mpsc::Sender<ReleaseJob>,
 }
 
 impl ReleaseLog {
@@ -175,17 +181,13 @@ impl ReleaseLog {
                 }
             }
         });
-        Self {
-            queue: std::sync::Mutex::new(tx),
-        }
+        Self { queue: tx }
     }
 
     /// Appends the records durably (blocking until committed).
     fn append(&self, records: Vec<AuditRecord>) -> Result<(), String> {
         let (reply, wait) = std::sync::mpsc::sync_channel(1);
         self.queue
-            .lock()
-            .map_err(|_| "audit queue poisoned".to_owned())?
             .send((records, reply))
             .map_err(|_| "audit writer stopped".to_owned())?;
         wait.recv().map_err(|_| "audit writer stopped".to_owned())?
@@ -392,7 +394,8 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> anyhow::Result<Runni
     let cas = Arc::new(Cas {
         vault: vault.clone(),
         auth,
-        nonces: Nonces::new(config.nonce_ttl, 100_000),
+        nonces: Nonces::new(config.nonce_ttl),
+        refusals: RefusalRecorder::new(config.refusal_audit),
         dcap: DcapVerifier::new(),
         dcap_collateral: Default::default(),
         snp: SnpVerifier::new(),
@@ -422,6 +425,11 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> anyhow::Result<Runni
             })
             .await;
     }));
+
+    tasks.push(tokio::spawn(write_refusal_summaries(
+        cas.clone(),
+        shutdown_rx.clone(),
+    )));
 
     let network = network_router(cas.clone());
     let mut stop = shutdown_rx.clone();
@@ -466,6 +474,41 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> anyhow::Result<Runni
     })
 }
 
+/// Writes the summary of a window of refused attestations soon after the window closes (when
+/// no later refusal does), and that of the open window at shutdown. A summary due while the
+/// vault is sealed waits in the vault's queue for the next unseal.
+async fn write_refusal_summaries(cas: Arc<Cas>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(cas.refusals.tick());
+    loop {
+        let closing = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if let Some((kind, actor, subject, detail)) = cas.refusals.closed_summary(Instant::now(), closing) {
+            let vault = cas.vault.clone();
+            let written =
+                tokio::task::spawn_blocking(move || vault.audit_note(&kind, &actor, &subject, detail)).await;
+            let error = match written {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = error {
+                tracing::error!(%error, "cannot record a summary of refused attestations in the audit log");
+            }
+        }
+        if closing {
+            return;
+        }
+    }
+}
+
+/// Connections served at once; beyond, the listener's backlog waits. Far below the file
+/// limit, so a flood of connections cannot take the descriptors the vault needs.
+const MAX_CONNECTIONS: usize = 4096;
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -473,22 +516,41 @@ async fn serve_tls(
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // No header-read timeout: hyper arms a timer for every request head, which measurably
+    // slowed the attestation benchmark, and it would not stop a client that keeps its
+    // connections busy anyway. The connection cap is what bounds a connection flood.
     let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => continue,
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
             },
             _ = stop.wait_for(|s| *s) => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors or memory: retrying at once would spin.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let http = http.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             // A client that fails the handshake (e.g. a wrong pin on its side) just goes away.
-            let Ok(stream) = acceptor.accept(stream).await else {
+            let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            else {
                 return;
             };
             let _ = http
@@ -506,25 +568,121 @@ fn local_router(cas: Arc<Cas>) -> Router {
         .with_state(cas)
 }
 
+/// Largest session YAML.
+const SESSION_BODY: usize = 8 << 20;
+/// Largest attestation request: DCAP collateral is about 100 KiB of JSON.
+const ATTEST_BODY: usize = 1 << 20;
+/// Largest volume commit (names, a grant and a hash).
+const VOLUME_COMMIT_BODY: usize = 16 << 10;
+/// Largest platform registration (a key and a label).
+const PLATFORM_BODY: usize = 16 << 10;
+/// How long a request body may take to arrive once its head has.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest body a route accepts, set per route by [`body_limit`]. A route without one
+/// accepts no body at all.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
+fn body_limit(bytes: usize) -> axum::Extension<BodyLimit> {
+    axum::Extension(BodyLimit(bytes))
+}
+
 fn network_router(cas: Arc<Cas>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/sessions", post(create_session).get(list_sessions))
-        .route("/v1/sessions/{*name}", get(get_session).put(update_session))
+        .route(
+            "/v1/sessions",
+            post(create_session.layer(body_limit(SESSION_BODY))).get(list_sessions),
+        )
+        .route(
+            "/v1/sessions/{*name}",
+            get(get_session).put(update_session.layer(body_limit(SESSION_BODY))),
+        )
         .route("/v1/secret", get(read_secret))
-        .route("/v1/platforms", post(add_platform).get(list_platforms))
-        .route("/v1/namespaces", post(declare_namespace).get(list_namespaces))
+        .route(
+            "/v1/platforms",
+            post(add_platform.layer(body_limit(PLATFORM_BODY))).get(list_platforms),
+        )
+        .route(
+            "/v1/namespaces",
+            post(declare_namespace.layer(body_limit(PLATFORM_BODY))).get(list_namespaces),
+        )
         .route("/v1/attest/nonce", post(issue_nonce))
-        .route("/v1/attest", post(attest))
-        .route("/v1/volumes/commit", post(commit_volume))
+        .route("/v1/attest", post(attest.layer(body_limit(ATTEST_BODY))))
+        .route(
+            "/v1/volumes/commit",
+            post(commit_volume.layer(body_limit(VOLUME_COMMIT_BODY))),
+        )
         .route("/v1/audit", get(audit))
-        .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
         .with_state(cas)
 }
 
 type CasState = State<Arc<Cas>>;
 
+/// Reads a request body within its route's [`BodyLimit`] and [`BODY_TIMEOUT`]: a declared
+/// length over the limit is refused before a byte is read, an undeclared one as soon as the
+/// limit is passed.
+async fn read_body(request: axum::extract::Request) -> CasResult<(axum::http::request::Parts, Bytes)> {
+    let (parts, body) = request.into_parts();
+    let limit = parts.extensions.get::<BodyLimit>().map_or(0, |l| l.0);
+    let too_large = || {
+        let message = if limit == 0 {
+            format!("{} takes no request body", parts.uri.path())
+        } else {
+            format!(
+                "request body too large: {} accepts at most {} KiB",
+                parts.uri.path(),
+                limit.div_ceil(1024)
+            )
+        };
+        CasError(StatusCode::PAYLOAD_TOO_LARGE, message)
+    };
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => return Err(too_large()),
+        Some(0) => return Ok((parts, Bytes::new())),
+        _ => {}
+    }
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            CasError(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time".into(),
+            )
+        })?;
+    match read {
+        Ok(body) => Ok((parts, body)),
+        Err(e) => {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
+            Err(if over_limit {
+                too_large()
+            } else {
+                bad("cannot read the request body")
+            })
+        }
+    }
+}
+
+/// An unsigned request's body, within its route's limit.
+struct Body(Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = CasError;
+
+    async fn from_request(request: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(read_body(request).await?.1))
+    }
+}
+
 /// A request signed by a client key (see [`crate::auth`]): the key and the body it signed.
+/// The body is read (within its route's limit) before the signature can be checked.
 struct Signed(ClientKey, Bytes);
 
 /// A signed request refused: the reason and, when its time was refused, the server's clock
@@ -555,10 +713,7 @@ impl axum::extract::FromRequest<Arc<Cas>> for Signed {
     type Rejection = Unauthenticated;
 
     async fn from_request(request: axum::extract::Request, cas: &Arc<Cas>) -> Result<Self, Self::Rejection> {
-        let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, 8 * 1024 * 1024)
-            .await
-            .map_err(|_| CasError(StatusCode::PAYLOAD_TOO_LARGE, "request body too large".into()))?;
+        let (parts, body) = read_body(request).await?;
         let client = cas.client(&parts.method, &parts.uri, &parts.headers, &body)?;
         Ok(Self(client, body))
     }
@@ -1308,15 +1463,12 @@ async fn list_platforms(State(cas): CasState, _: Signed) -> CasResult<impl IntoR
     Ok(axum::Json(cas.vault.keys(PLATFORMS, "")?))
 }
 
-async fn issue_nonce(State(cas): CasState) -> CasResult<impl IntoResponse> {
+/// A fresh nonce. Nothing is stored and nothing read: the request has no body.
+async fn issue_nonce(State(cas): CasState, _: Body) -> CasResult<impl IntoResponse> {
     cas.require_unsealed()?;
-    let nonce = cas
-        .nonces
-        .issue()
-        .map_err(|e| CasError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(axum::Json(NonceResponse {
-        nonce: hex::encode(nonce),
-        expires_in: cas.config.nonce_ttl.as_secs(),
+        nonce: hex::encode(cas.nonces.issue()),
+        expires_in: cas.nonces.ttl().as_secs(),
     }))
 }
 
@@ -1357,11 +1509,24 @@ fn snp_endorsements(vcek: &str, chain: Option<&str>) -> CasResult<SnpEndorsement
     SnpEndorsements::new(&der, chain.map(str::as_bytes)).map_err(|e| bad(format!("vcek: {e}")))
 }
 
-/// One attestation: every refusal is audited with its reason and answered 403.
-async fn attest(State(cas): CasState, body: Bytes) -> CasResult<impl IntoResponse> {
+/// One attestation: a request naming a malformed session or service is answered 400 and not
+/// recorded; every refusal after that is answered 403 with its reason and audited within the
+/// bounds of [`RefusalRecorder`].
+async fn attest(State(cas): CasState, Body(body): Body) -> CasResult<impl IntoResponse> {
     cas.require_unsealed()?;
     let request: AttestRequest =
         serde_json::from_slice(&body).map_err(|e| bad(format!("malformed attestation request: {e}")))?;
+    drop(body);
+    if !crate::names::valid_session_name(&request.session) {
+        return Err(bad(
+            "invalid session name: segments of [a-z0-9][a-z0-9-_.]* separated by '/', at most 128 characters",
+        ));
+    }
+    if !crate::names::valid_service_name(&request.service) {
+        return Err(bad(
+            "invalid service name: [a-z0-9][a-z0-9-_.]*, at most 64 characters",
+        ));
+    }
     let cas2 = cas.clone();
     tokio::task::spawn_blocking(move || attest_blocking(&cas2, &request))
         .await
@@ -1374,32 +1539,71 @@ async fn attest(State(cas): CasState, body: Bytes) -> CasResult<impl IntoRespons
         .map(axum::Json)
 }
 
+/// Writes refusal audit records (durably, in the attestations' group commit). A refusal is
+/// answered as one whether or not its record could be written; a failure is logged.
+fn record_refusals(cas: &Cas, records: Vec<AuditRecord>) {
+    if records.is_empty() {
+        return;
+    }
+    if let Err(e) = cas.releases.append(records) {
+        tracing::error!(error = %e, "cannot record a refused attestation in the audit log");
+    }
+}
+
+/// The checks run cheapest first: the nonce (a MAC, a clock reading, a set lookup) and the
+/// encodings before any signature or certificate, so junk costs the CAS little; the nonce is
+/// used up only by evidence that verified and binds it, so junk cannot use up nonces either.
 fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestResponse> {
     let subject = format!("{}#{}", request.session, request.service);
-    let refuse = |tee: Option<Tee>, measurement: Option<&str>, reason: String| {
-        cas.audit(
-            "attest-fail",
-            &format!("workload:{}", tee.map_or("unknown".to_owned(), |t| t.to_string())),
-            &subject,
-            json!({"reason": reason, "measurement": measurement}),
+    let refuse = |class: RefusalClass, tee: Option<Tee>, measurement: Option<&str>, reason: String| {
+        let refusal = Refusal {
+            class,
+            actor: format!("workload:{}", tee.map_or("unknown".to_owned(), |t| t.to_string())),
+            subject: &subject,
+            reason: &reason,
+            measurement,
+        };
+        record_refusals(
+            cas,
+            cas.refusals
+                .note(&refusal, Instant::now(), OffsetDateTime::now_utc()),
         );
         forbidden(reason)
     };
-    // The nonce is used up first, so a failed attempt cannot be retried with it.
-    let nonce =
-        hex::decode(request.nonce.trim()).map_err(|_| refuse(None, None, "malformed nonce".into()))?;
-    cas.nonces
-        .take(&nonce)
-        .map_err(|e| refuse(None, None, e.to_string()))?;
-    let public_key = hex::decode(request.public_key.trim())
-        .map_err(|_| refuse(None, None, "malformed public key".into()))?;
-    let evidence = B64
-        .decode(request.evidence.trim())
-        .map_err(|_| refuse(None, None, "evidence is not base64".into()))?;
-    let tee = cloister_attestation::detect(&evidence)
-        .map_err(|e| refuse(None, None, format!("unrecognised evidence: {e}")))?;
-    let endorsements =
-        endorsements(cas, request, tee, &evidence).map_err(|e| refuse(Some(tee), None, e.1))?;
+    let mut nonce = [0u8; crate::nonce::NONCE_LEN];
+    hex::decode_to_slice(request.nonce.trim(), &mut nonce)
+        .map_err(|_| refuse(RefusalClass::Nonce, None, None, NonceError::Malformed.to_string()))?;
+    let fresh = cas
+        .nonces
+        .check(&nonce)
+        .map_err(|e| refuse(RefusalClass::Nonce, None, None, e.to_string()))?;
+    let mut public_key = [0u8; 32];
+    hex::decode_to_slice(request.public_key.trim(), &mut public_key).map_err(|_| {
+        refuse(
+            RefusalClass::Malformed,
+            None,
+            None,
+            "malformed public key: 64 hex digits (X25519)".into(),
+        )
+    })?;
+    let evidence = B64.decode(request.evidence.trim()).map_err(|_| {
+        refuse(
+            RefusalClass::Malformed,
+            None,
+            None,
+            "evidence is not base64".into(),
+        )
+    })?;
+    let tee = cloister_attestation::detect(&evidence).map_err(|e| {
+        refuse(
+            RefusalClass::Malformed,
+            None,
+            None,
+            format!("unrecognised evidence: {e}"),
+        )
+    })?;
+    let endorsements = endorsements(cas, request, tee, &evidence)
+        .map_err(|e| refuse(RefusalClass::Endorsements, Some(tee), None, e.1))?;
     let now = OffsetDateTime::now_utc();
     let verified = match tee {
         Tee::Sgx | Tee::Tdx => cas.dcap.verify(&evidence, &endorsements, now),
@@ -1414,27 +1618,48 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
             }
         },
     }
-    .map_err(|e| refuse(Some(tee), None, format!("evidence not authentic: {e}")))?;
+    .map_err(|e| {
+        refuse(
+            RefusalClass::Evidence,
+            Some(tee),
+            None,
+            format!("evidence not authentic: {e}"),
+        )
+    })?;
     let measurement = verified.summary.measurement.clone();
     verified.check_binding(&nonce, &public_key).map_err(|_| {
         refuse(
+            RefusalClass::Binding,
             Some(tee),
             Some(&measurement),
             "report data does not bind the nonce and the public key".into(),
         )
     })?;
+    // Authentic evidence for this nonce: from here on, the nonce is spent whatever follows.
+    cas.nonces
+        .consume(&fresh)
+        .map_err(|e| refuse(RefusalClass::Nonce, Some(tee), Some(&measurement), e.to_string()))?;
     check_launch(cas, request, &verified.summary)
-        .map_err(|reason| refuse(Some(tee), Some(&measurement), reason))?;
-    let loaded = cas.loaded(&request.session)?.ok_or_else(|| {
-        refuse(
-            Some(tee),
-            Some(&measurement),
-            format!("no session {:?}", request.session),
-        )
-    })?;
+        .map_err(|reason| refuse(RefusalClass::Launch, Some(tee), Some(&measurement), reason))?;
+    // A load can be refused too (an import its exporter withdrew): audited like any refusal.
+    let loaded = cas
+        .loaded(&request.session)
+        .map_err(|e| match e.0 {
+            StatusCode::FORBIDDEN => refuse(RefusalClass::Session, Some(tee), Some(&measurement), e.1),
+            _ => e,
+        })?
+        .ok_or_else(|| {
+            refuse(
+                RefusalClass::Session,
+                Some(tee),
+                Some(&measurement),
+                format!("no session {:?}", request.session),
+            )
+        })?;
     let session = &loaded.session;
     if session.service(&request.service).is_none() {
         return Err(refuse(
+            RefusalClass::Session,
             Some(tee),
             Some(&measurement),
             format!("session has no service {:?}", request.service),
@@ -1448,13 +1673,21 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
             .contains(&cloister_attestation::Tolerance::Simulation)
     {
         return Err(refuse(
+            RefusalClass::Policy,
             Some(tee),
             Some(&measurement),
             "simulation evidence is not tolerated by this session".into(),
         ));
     }
-    let alternative = cloister_cas_session::match_evidence(session, &request.service, &verified)
-        .map_err(|reasons| refuse(Some(tee), Some(&measurement), reasons.join("; ")))?;
+    let alternative =
+        cloister_cas_session::match_evidence(session, &request.service, &verified).map_err(|reasons| {
+            refuse(
+                RefusalClass::Policy,
+                Some(tee),
+                Some(&measurement),
+                reasons.join("; "),
+            )
+        })?;
     let config = cloister_cas_session::render_service(session, &request.service, &loaded.secrets)?;
     let hash = loaded.hash.clone();
     let plaintext = zeroize::Zeroizing::new(
@@ -1473,7 +1706,14 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
         &nonce,
         &plaintext,
     )
-    .map_err(|e| refuse(Some(tee), Some(&measurement), e.to_string()))?;
+    .map_err(|e| {
+        refuse(
+            RefusalClass::Release,
+            Some(tee),
+            Some(&measurement),
+            e.to_string(),
+        )
+    })?;
     let actor = format!("workload:{tee}");
     let released: Vec<&str> = session.secrets.iter().map(|s| s.name.as_str()).collect();
     let simulation = tee == Tee::Sim;
@@ -1577,10 +1817,15 @@ fn released_config(
     })
 }
 
-async fn commit_volume(State(cas): CasState, body: Bytes) -> CasResult<impl IntoResponse> {
+async fn commit_volume(State(cas): CasState, Body(body): Body) -> CasResult<impl IntoResponse> {
     cas.require_unsealed()?;
     let request: VolumeCommit =
         serde_json::from_slice(&body).map_err(|e| bad(format!("malformed volume commit: {e}")))?;
+    if !crate::names::valid_session_name(&request.session)
+        || !crate::names::valid_service_name(&request.service)
+    {
+        return Err(bad("invalid session or service name"));
+    }
     if !crate::volumes::valid_volume_name(&request.volume) {
         return Err(bad("invalid volume name"));
     }

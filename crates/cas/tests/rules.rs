@@ -62,6 +62,7 @@ impl Cas {
             admins: vec![public(ADMIN)],
             nonce_ttl: Duration::from_secs(60),
             collateral: None,
+            refusal_audit: Default::default(),
         };
         let mut running = serve(config, Arc::new(vault)).await.unwrap();
         let addr = running.network_addr().await.unwrap();
@@ -427,6 +428,12 @@ async fn exports_go_to_the_named_owner_and_namespaces_to_their_owner() {
         attest(&cas, &consumer, "team/consumer", [2; 32]).await,
         403,
         "cannot be released",
+    );
+    // …and that refusal is in the audit log like any other attestation refusal.
+    assert!(
+        cas.audit().await.iter().any(|e| e.kind == "attest-fail"
+            && e.detail["reason"].as_str().is_some_and(|r| r.contains("cannot be released"))),
+        "the revoked import's refusal is not audited"
     );
     refused(
         consumer

@@ -278,6 +278,7 @@ pub fn cas_config(
         admins,
         nonce_ttl: Duration::from_secs(nonce_ttl.max(1)),
         collateral,
+        refusal_audit: Default::default(),
     }
 }
 
