@@ -432,7 +432,9 @@ async fn exports_go_to_the_named_owner_and_namespaces_to_their_owner() {
     // …and that refusal is in the audit log like any other attestation refusal.
     assert!(
         cas.audit().await.iter().any(|e| e.kind == "attest-fail"
-            && e.detail["reason"].as_str().is_some_and(|r| r.contains("cannot be released"))),
+            && e.detail["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("cannot be released"))),
         "the revoked import's refusal is not audited"
     );
     refused(
