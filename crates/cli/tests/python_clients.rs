@@ -1,5 +1,6 @@
-//! boto3 and oscar-python-style HTTP against the real server (the script is
-//! `tests/python/boto3_e2e.py`; `.ci/run` installs boto3).
+//! Python clients against the real server: boto3 and oscar-python-style HTTP
+//! (`tests/python/boto3_e2e.py`), and the real oscar-python client checked against the served
+//! OpenAPI document (`tests/python/oscar_python_client.py`). `.ci/run` installs what they need.
 
 mod common;
 
@@ -26,4 +27,31 @@ fn boto3_and_oscar_python_flows() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The real oscar-python client (PyPI `oscar-python`) against the real server; the script
+/// checks every request it sends and every answer against the served OpenAPI document
+/// (`tests/python/oscar_python_client.py`; `.ci/run` installs oscar-python).
+#[test]
+fn oscar_python_client_matches_the_served_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let script = repo_root().join("tests/python/oscar_python_client.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .env("CLOISTER_API", &server.api)
+        .env("CLOISTER_USER", USER)
+        .env("CLOISTER_PASSWORD", PASSWORD)
+        .output()
+        .expect("python3 must be installed (see .ci/run)");
+    assert!(
+        out.status.success(),
+        "oscar-python flow failed (is it installed? `python3 -m pip install oscar-python \
+         openapi-spec-validator`):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(stdout.contains("oscar-python: 1 passed, 0 failed"), "{stdout}");
 }

@@ -119,7 +119,7 @@ impl From<serde_json::Error> for StateError {
 }
 
 /// Status of a job, as OSCAR names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum JobStatus {
     /// Waiting for a worker.
     Pending,
