@@ -22,6 +22,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Appends that must be durable before their caller answers, from many threads at once (the
+//! CAS's attestations), share transactions through an [`AuditWriter`] (group commit).
+//!
 //! # On-disk format
 //!
 //! Everything lives in one directory:
@@ -88,6 +91,7 @@
 #![warn(missing_docs)]
 
 mod audit;
+mod audit_writer;
 mod crypto;
 mod error;
 mod sealing;
@@ -97,6 +101,7 @@ mod vault;
 pub use audit::{
     AuditEntry, AuditError, AuditFault, AuditReport, GENESIS_PREV, export_jsonl, parse_jsonl, verify_audit,
 };
+pub use audit_writer::{AuditRecord, AuditWriteError, AuditWriter};
 pub use crypto::{MASTER_KEY_LEN, MasterKey};
 pub use ed25519_dalek::SigningKey;
 pub use error::StoreError;

@@ -3,7 +3,8 @@
 //! releases its configuration and secrets. This crate is the server; what clients and
 //! workloads need is in `cloister-cas-client`.
 //!
-//! - [`server`]: the service (operator socket + TLS network port).
+//! - [`server`]: the service (operator socket + TLS network port); [`embedded`]: the same
+//!   service started inside another process for development (`cloister server --with-cas`).
 //! - [`auth`]: verification of signed requests; [`tls`]: the CAS's TLS identity;
 //!   [`nonce`]: attestation nonces; [`volumes`]: volume records and grants; which DCAP
 //!   collateral an attestation is judged with is decided in `dcap_collateral`; how refused
@@ -11,6 +12,7 @@
 
 pub mod auth;
 mod dcap_collateral;
+pub mod embedded;
 mod names;
 pub mod nonce;
 mod refusals;

@@ -11,11 +11,9 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use cloister_cas_store::AuditRecord;
 use serde_json::json;
 use time::OffsetDateTime;
-
-/// One audit entry: kind, actor, subject, detail.
-pub(crate) type AuditRecord = (String, String, String, serde_json::Value);
 
 /// Longest reason (in bytes) an `attest-fail` entry keeps; parsers quote what they were sent.
 const MAX_REASON: usize = 512;
@@ -155,18 +153,18 @@ impl Window {
             t.format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
         };
-        Some((
-            "attest-fail-summary".into(),
-            "cas".into(),
-            "attestation".into(),
-            json!({
+        Some(AuditRecord {
+            kind: "attest-fail-summary".into(),
+            actor: "cas".into(),
+            subject: "attestation".into(),
+            detail: json!({
                 "from": rfc3339(self.started_at),
                 "to": rfc3339(ended_at),
                 "refused": counts(&|c| self.refused[c.index()]),
                 "unrecorded": counts(&|c| self.refused[c.index()] - u64::from(self.recorded[c.index()])),
                 "unrecorded_total": unrecorded.iter().map(|(_, n)| n).sum::<u64>(),
             }),
-        ))
+        })
     }
 }
 
@@ -233,16 +231,16 @@ impl RefusalRecorder {
 }
 
 fn entry(refusal: &Refusal<'_>) -> AuditRecord {
-    (
-        "attest-fail".into(),
-        refusal.actor.clone(),
-        refusal.subject.to_owned(),
-        json!({
+    AuditRecord {
+        kind: "attest-fail".into(),
+        actor: refusal.actor.clone(),
+        subject: refusal.subject.to_owned(),
+        detail: json!({
             "class": refusal.class.as_str(),
             "reason": truncated(refusal.reason, MAX_REASON),
             "measurement": refusal.measurement.map(|m| truncated(m, MAX_MEASUREMENT)),
         }),
-    )
+    }
 }
 
 /// `text` cut to at most `max` bytes at a character boundary, marked when cut.
@@ -307,13 +305,15 @@ mod tests {
         let later = t0 + Duration::from_secs(61);
         let records = recorder.note(&refusal(RefusalClass::Binding, "unbound"), later, wall);
         assert_eq!(records.len(), 2);
-        let (kind, actor, _, detail) = &records[0];
+        let AuditRecord {
+            kind, actor, detail, ..
+        } = &records[0];
         assert_eq!((kind.as_str(), actor.as_str()), ("attest-fail-summary", "cas"));
         assert_eq!(detail["refused"], json!({"nonce": 1000, "evidence": 1000}));
         assert_eq!(detail["unrecorded"], json!({"nonce": 997, "evidence": 998}));
         assert_eq!(detail["unrecorded_total"], json!(1995));
-        assert_eq!(records[1].0, "attest-fail");
-        assert_eq!(records[1].3["class"], "binding");
+        assert_eq!(records[1].kind, "attest-fail");
+        assert_eq!(records[1].detail["class"], "binding");
     }
 
     #[test]
@@ -346,7 +346,7 @@ mod tests {
         let summary = recorder
             .closed_summary(t0 + Duration::from_secs(60), false)
             .unwrap();
-        assert_eq!(summary.3["unrecorded"], json!({"launch": 7}));
+        assert_eq!(summary.detail["unrecorded"], json!({"launch": 7}));
         assert!(
             recorder
                 .closed_summary(t0 + Duration::from_secs(61), true)
@@ -365,7 +365,7 @@ mod tests {
         let at_shutdown = recorder
             .closed_summary(t0 + Duration::from_secs(1), true)
             .unwrap();
-        assert_eq!(at_shutdown.3["unrecorded_total"], json!(7));
+        assert_eq!(at_shutdown.detail["unrecorded_total"], json!(7));
     }
 
     #[test]
@@ -403,7 +403,7 @@ mod tests {
             Instant::now(),
             OffsetDateTime::now_utc(),
         );
-        let detail = &records[0].3;
+        let detail = &records[0].detail;
         assert!(detail["reason"].as_str().unwrap().len() <= MAX_REASON + 32);
         assert!(detail["measurement"].as_str().unwrap().len() <= MAX_MEASUREMENT + 32);
         assert_eq!(truncated("short", 10), "short");

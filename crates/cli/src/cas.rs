@@ -263,7 +263,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The configuration `cloister cas serve` (and `cloister server --with-cas`) runs with.
+/// The configuration `cloister cas serve` runs with.
 pub fn cas_config(
     data_dir: &Path,
     listen: SocketAddr,

@@ -278,75 +278,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the development CAS of `--with-cas` (initialising it on first use) and registers
-/// this host's simulated TEE with it, as its administrator would.
-async fn start_embedded_cas(args: &ServerArgs) -> anyhow::Result<cloister_cas::server::RunningCas> {
-    use cloister_cas_store::{SealingConfig, StoreError, Vault};
-    let dir = args.cas_data_dir.clone().unwrap_or_else(|| {
+/// Starts the development CAS of `--with-cas` beside the platform (its directory defaults to
+/// `<data-dir>-cas`, outside the platform's data) and registers this host's simulated TEE.
+async fn start_embedded_cas(args: &ServerArgs) -> anyhow::Result<cloister_cas::embedded::EmbeddedCas> {
+    let data_dir = args.cas_data_dir.clone().unwrap_or_else(|| {
         let mut name = args.data_dir.file_name().unwrap_or_default().to_os_string();
         name.push("-cas");
         args.data_dir.with_file_name(name)
     });
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create the CAS directory {}", dir.display()))?;
-    }
-    // The vault records its key file's path; relative paths would depend on the directory the
-    // server is started from.
-    let dir = dir.canonicalize()?;
-    let vault = match Vault::open(&dir, None) {
-        Ok(vault) => vault,
-        Err(StoreError::NotInitialized(_)) => {
-            let (vault, _) = Vault::init(&dir, SealingConfig::KeyFile(dir.join("master.key")))
-                .with_context(|| format!("cannot initialise a CAS in {}", dir.display()))?;
-            println!(
-                "cloister: initialised a development CAS in {} (its master key is a file there: not for production)",
-                dir.display()
-            );
-            vault
-        }
-        Err(e) => return Err(anyhow::anyhow!("the CAS in {}: {e}", dir.display())),
-    };
-    anyhow::ensure!(
-        !vault.status().sealed,
-        "the CAS in {} is sealed; run it apart with `cloister cas serve` and unseal it",
-        dir.display()
-    );
-    let identity = vault.identity_public().context("the CAS has no identity")?;
-    let pin = format!("sha256:{}", cloister_cas_client::pin::pin_of(&identity));
-    let admin_key = dir.join("admin.key");
-    let admin = if admin_key.exists() {
-        cloister_cas_client::sign::ClientIdentity::load(&admin_key)?
-    } else {
-        let admin = cloister_cas_client::sign::ClientIdentity::generate();
-        admin.save(&admin_key)?;
-        admin
-    };
-    let config = crate::cas::cas_config(&dir, args.cas_listen, vec![admin.public()], 60, None);
-    let mut cas = cloister_cas::server::serve(config, std::sync::Arc::new(vault)).await?;
-    let addr = cas
-        .network_addr()
-        .await
-        .context("the CAS did not open its port")?;
-    let url = format!("https://{addr}");
-    let platform =
-        cloister_attestation::SimPlatform::load_or_generate(&args.data_dir.join("sim-platform.key"))
-            .context("cannot load this host's simulation platform key")?;
-    cloister_cas_client::client::CasClient::new(&url, &pin, Some(admin))?
-        .add_platform(&hex::encode(platform.public_key()), "this host (cloister server)")
-        .await
-        .context("cannot register this host with the CAS")?;
-    // Clients (and tests) find the CAS here: its port may have been 0.
-    let found = serde_json::json!({"url": url, "pin": pin, "admin_key": admin_key});
-    write_private(&dir.join("cas.json"), &serde_json::to_vec_pretty(&found)?)?;
-    println!("cloister: CAS on {url}  pin {pin}");
-    println!(
-        "cloister: CAS administrator key in {} (for `cloister apply --cas-key`)",
-        admin_key.display()
-    );
+    let cas = cloister_cas::embedded::start(cloister_cas::embedded::EmbeddedCasConfig {
+        data_dir,
+        listen: args.cas_listen,
+        sim_platform_key: args.data_dir.join("sim-platform.key"),
+    })
+    .await?;
+    print!("{}", cas.startup_message());
     Ok(cas)
 }

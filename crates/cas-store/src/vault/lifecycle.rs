@@ -1,42 +1,29 @@
-//! The vault: the CAS's encrypted records, counters, identity key and audit log in one redb
-//! database, and the seal state of the master key.
+//! The sealing lifecycle of a [`Vault`]: creating the database, opening it, checking a master
+//! key (recombined from Shamir shares, read from the key file or unsealed by a TEE) against the
+//! key check value, and sealing again. The metadata table that records how the master key is
+//! protected is read and written only here.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::SigningKey;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use super::audit_log::append_audit;
+use super::{COUNTERS, DB_FILE, Keys, META, RECORDS, State, TEE_BLOB_FILE, Vault, begin_durable};
 use crate::StoreError;
-use crate::audit::{AuditEntry, GENESIS_PREV, make_entry};
 use crate::crypto::{DataKey, MASTER_KEY_LEN, MasterKey, Purpose, aad, fill_random};
 use crate::sealing::{InitOutput, SealingConfig, Status, TeeSealer};
 use crate::shamir::{Share, combine, split};
 
-/// The database file inside the vault directory.
-pub const DB_FILE: &str = "cas.redb";
-/// Where a TEE-sealed master key blob is kept inside the vault directory.
-pub const TEE_BLOB_FILE: &str = "master.tee";
-/// The key file name [`SealingConfig::KeyFile`] conventionally uses (`master.key`).
-pub const KEY_FILE: &str = "master.key";
-
 const DB_INIT_FILE: &str = "cas.redb.init";
 const FORMAT: &[u8] = b"cloister-cas-store/1";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"cloister-cas key check v1";
-/// Events recorded while sealed are kept in memory up to this many; beyond it they are counted
-/// and the count is logged, so an unauthenticated caller hammering the unseal endpoint cannot
-/// exhaust memory.
-const MAX_PENDING: usize = 1024;
-
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
-const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
-const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 const M_FORMAT: &str = "format";
 const M_SEALING: &str = "sealing";
@@ -49,7 +36,8 @@ const M_IDENTITY_PUBLIC: &str = "identity.public";
 const M_IDENTITY_SECRET: &str = "identity.secret";
 const M_KEY_CHECK: &str = "key-check";
 
-enum Mode {
+/// How this vault's master key is protected, as recorded in its metadata.
+pub(super) enum Mode {
     Shamir { shares: u8, threshold: u8, set: [u8; 4] },
     KeyFile { path: PathBuf },
     Tee { name: String },
@@ -63,56 +51,6 @@ impl Mode {
             Mode::Tee { name } => format!("tee:{name}"),
         }
     }
-}
-
-/// What exists only while unsealed.
-struct Keys {
-    data: DataKey,
-    identity: SigningKey,
-}
-
-struct Pending {
-    time: OffsetDateTime,
-    kind: String,
-    actor: String,
-    subject: String,
-    detail: Value,
-}
-
-#[derive(Default)]
-struct State {
-    keys: Option<Arc<Keys>>,
-    collected: Vec<Share>,
-    pending: Vec<Pending>,
-    dropped: u64,
-}
-
-impl State {
-    fn queue(&mut self, kind: &str, actor: &str, subject: &str, detail: Value) {
-        if self.pending.len() >= MAX_PENDING {
-            self.dropped = self.dropped.saturating_add(1);
-            return;
-        }
-        self.pending.push(Pending {
-            time: OffsetDateTime::now_utc(),
-            kind: kind.to_owned(),
-            actor: actor.to_owned(),
-            subject: subject.to_owned(),
-            detail,
-        });
-    }
-}
-
-/// The CAS's durable, encrypted state. `Send + Sync`: share it behind an `Arc`.
-///
-/// See the crate documentation for the on-disk format.
-pub struct Vault {
-    db: Database,
-    mode: Mode,
-    identity_public: [u8; 32],
-    key_check: Vec<u8>,
-    identity_secret: Vec<u8>,
-    state: Mutex<State>,
 }
 
 fn io_err(context: &str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -147,15 +85,6 @@ fn write_new_private(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
     f.write_all(contents)
         .and_then(|()| f.sync_all())
         .map_err(io_err("writing", path))
-}
-
-fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
-    if name.is_empty() {
-        return Err(StoreError::InvalidArgument(format!(
-            "the {what} must not be empty"
-        )));
-    }
-    Ok(())
 }
 
 fn read_key_file(path: &Path) -> Result<MasterKey, StoreError> {
@@ -201,109 +130,6 @@ fn meta_string<T: ReadableTable<&'static str, &'static [u8]>>(
 ) -> Result<String, StoreError> {
     String::from_utf8(meta_get(t, name)?)
         .map_err(|_| StoreError::Corrupt(format!("metadata field {name:?} is not UTF-8")))
-}
-
-fn decode_counter(keys: &Keys, name: &str, blob: &[u8]) -> Result<u64, StoreError> {
-    let plain = keys
-        .data
-        .open(&aad(Purpose::Counter, &[name.as_bytes()]), blob)
-        .ok_or_else(|| StoreError::Corrupt(format!("counter {name:?} failed authentication")))?;
-    let bytes: [u8; 8] = plain
-        .as_slice()
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("counter {name:?} is malformed")))?;
-    Ok(u64::from_be_bytes(bytes))
-}
-
-fn read_record<T: ReadableTable<(&'static str, &'static str), &'static [u8]>>(
-    t: &T,
-    keys: &Keys,
-    table: &str,
-    key: &str,
-) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-    let Some(blob) = t.get((table, key))? else {
-        return Ok(None);
-    };
-    keys.data
-        .open(
-            &aad(Purpose::Record, &[table.as_bytes(), key.as_bytes()]),
-            blob.value(),
-        )
-        .map(Some)
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "record {table:?}/{key:?} failed authentication (altered, or moved from another record)"
-            ))
-        })
-}
-
-fn list_keys<T: ReadableTable<(&'static str, &'static str), &'static [u8]>>(
-    t: &T,
-    table: &str,
-    prefix: &str,
-) -> Result<Vec<String>, StoreError> {
-    let mut out = Vec::new();
-    // (table, key) tuples sort by table, then key, so the matches are one contiguous run.
-    for item in t.range((table, prefix)..)? {
-        let (k, _) = item?;
-        let (t_name, key) = k.value();
-        if t_name != table || !key.starts_with(prefix) {
-            break;
-        }
-        out.push(key.to_owned());
-    }
-    Ok(out)
-}
-
-fn parse_stored_entry(seq: u64, bytes: &[u8]) -> Result<AuditEntry, StoreError> {
-    let entry: AuditEntry = serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("audit entry {seq} cannot be decoded: {e}")))?;
-    if entry.seq != seq {
-        return Err(StoreError::Corrupt(format!(
-            "audit entry stored under {seq} says seq {}",
-            entry.seq
-        )));
-    }
-    Ok(entry)
-}
-
-/// Appends one signed entry after the current head, inside `txn`.
-fn append_audit(
-    txn: &WriteTransaction,
-    signer: &SigningKey,
-    time: OffsetDateTime,
-    kind: &str,
-    actor: &str,
-    subject: &str,
-    detail: Value,
-) -> Result<AuditEntry, StoreError> {
-    check_name("audit kind", kind)?;
-    let mut table = txn.open_table(AUDIT)?;
-    let head = match table.last()? {
-        Some((k, v)) => Some(parse_stored_entry(k.value(), v.value())?),
-        None => None,
-    };
-    let (seq, prev) = match head {
-        Some(h) => (
-            h.seq
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Corrupt("audit sequence exhausted".into()))?,
-            h.hash,
-        ),
-        None => (1, GENESIS_PREV.to_owned()),
-    };
-    let entry = make_entry(signer, seq, prev, time, kind, actor, subject, detail)
-        .map_err(StoreError::InvalidArgument)?;
-    let bytes = serde_json::to_vec(&entry)
-        .map_err(|e| StoreError::InvalidArgument(format!("audit entry cannot be encoded: {e}")))?;
-    table.insert(seq, bytes.as_slice())?;
-    Ok(entry)
-}
-
-fn begin_durable(db: &Database) -> Result<WriteTransaction, StoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    Ok(txn)
 }
 
 impl Vault {
@@ -546,16 +372,6 @@ impl Vault {
         Ok(vault)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent even if a holder panicked: every update is a single
-        // assignment or push.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn unsealed_keys(&self) -> Result<Arc<Keys>, StoreError> {
-        self.lock().keys.clone().ok_or(StoreError::Sealed)
-    }
-
     /// Checks a candidate master key against the key check value and decrypts the identity.
     fn unlock(&self, master: &MasterKey) -> Result<Keys, StoreError> {
         let data = DataKey::derive(master)?;
@@ -777,62 +593,6 @@ impl Vault {
         }
     }
 
-    /// Reads and decrypts one record. `Ok(None)` when absent; [`StoreError::Corrupt`] when the
-    /// stored value fails authentication (altered, or copied from another table or key).
-    pub fn get(&self, table: &str, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let keys = self.unsealed_keys()?;
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(RECORDS)?;
-        read_record(&t, &keys, table, key)
-    }
-
-    /// Reads several records from one snapshot: no write commits between them, so records
-    /// written together are read together (never one from before a write and one from after).
-    pub fn get_all(&self, records: &[(&str, &str)]) -> Result<Vec<Option<Zeroizing<Vec<u8>>>>, StoreError> {
-        let keys = self.unsealed_keys()?;
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(RECORDS)?;
-        records
-            .iter()
-            .map(|(table, key)| read_record(&t, &keys, table, key))
-            .collect()
-    }
-
-    /// Record keys of `table` that start with `prefix`, in byte order.
-    pub fn keys(&self, table: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let _keys = self.unsealed_keys()?;
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(RECORDS)?;
-        list_keys(&t, table, prefix)
-    }
-
-    /// Runs `f` in one write transaction, committed durably (fsync) if `f` returns `Ok`, rolled
-    /// back entirely if it returns `Err` (the error is passed through). Writers are serialised;
-    /// readers see either none or all of a transaction's writes.
-    pub fn write<R>(
-        &self,
-        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        let keys = self.unsealed_keys()?;
-        let txn = begin_durable(&self.db)?;
-        let result = f(&mut WriteTxn {
-            txn: &txn,
-            keys: &keys,
-        });
-        match result {
-            Ok(r) => {
-                txn.commit()?;
-                Ok(r)
-            }
-            Err(e) => {
-                if let Err(abort) = txn.abort() {
-                    tracing::warn!(error = %abort, "aborting a write transaction failed");
-                }
-                Err(e)
-            }
-        }
-    }
-
     /// The CAS identity signing key (audit signatures; the server's TLS identity).
     pub fn identity(&self) -> Result<SigningKey, StoreError> {
         Ok(self.unsealed_keys()?.identity.clone())
@@ -843,166 +603,10 @@ impl Vault {
     pub fn identity_public(&self) -> Option<[u8; 32]> {
         Some(self.identity_public)
     }
-
-    /// Increments the named monotonic counter durably and returns its new value (the first
-    /// increment returns 1).
-    pub fn counter_increment(&self, name: &str) -> Result<u64, StoreError> {
-        self.write(|t| t.counter_increment(name))
-    }
-
-    /// The named counter's current value (0 if never incremented).
-    pub fn counter_get(&self, name: &str) -> Result<u64, StoreError> {
-        let keys = self.unsealed_keys()?;
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(COUNTERS)?;
-        match t.get(name)? {
-            Some(v) => decode_counter(&keys, name, v.value()),
-            None => Ok(0),
-        }
-    }
-
-    /// Appends a signed entry to the audit log (durably) and returns it.
-    ///
-    /// `detail` and every string are stored **in clear**: pass names, hashes and reasons, never
-    /// secrets. Fails with [`StoreError::Sealed`] while sealed (there is no signing key); use
-    /// [`Vault::audit_note`] for events that must be kept even then.
-    pub fn audit_append(
-        &self,
-        kind: &str,
-        actor: &str,
-        subject: &str,
-        detail: Value,
-    ) -> Result<AuditEntry, StoreError> {
-        self.write(|t| t.audit_append(kind, actor, subject, detail))
-    }
-
-    /// Like [`Vault::audit_append`], but while sealed the event is queued in memory (with its
-    /// time) and appended right after the next successful unseal; returns `None` then. At most
-    /// 1024 events are queued; further ones are counted and an `audit-overflow` entry records
-    /// how many were lost. Queued events are lost if the process stops while sealed.
-    pub fn audit_note(
-        &self,
-        kind: &str,
-        actor: &str,
-        subject: &str,
-        detail: Value,
-    ) -> Result<Option<AuditEntry>, StoreError> {
-        check_name("audit kind", kind)?;
-        {
-            let mut st = self.lock();
-            if st.keys.is_none() {
-                st.queue(kind, actor, subject, detail);
-                return Ok(None);
-            }
-        }
-        match self.audit_append(kind, actor, subject, detail.clone()) {
-            // Sealed between the check and the append.
-            Err(StoreError::Sealed) => {
-                self.lock().queue(kind, actor, subject, detail);
-                Ok(None)
-            }
-            other => other.map(Some),
-        }
-    }
-
-    /// Up to `limit` audit entries from `from_seq` on (the first entry is seq 1). Entries are
-    /// public, so this works while sealed.
-    pub fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(AUDIT)?;
-        let mut out = Vec::new();
-        for item in t.range(from_seq..)?.take(limit) {
-            let (k, v) = item?;
-            out.push(parse_stored_entry(k.value(), v.value())?);
-        }
-        Ok(out)
-    }
 }
 
 fn open_db(path: &Path) -> Result<Database, StoreError> {
     Ok(redb::Builder::new()
         .set_check_integrity_on_open(true)
         .open(path)?)
-}
-
-/// One write transaction of [`Vault::write`]. Reads through it see its own writes.
-pub struct WriteTxn<'a> {
-    txn: &'a WriteTransaction,
-    keys: &'a Keys,
-}
-
-impl WriteTxn<'_> {
-    /// Encrypts and stores `value` under `(table, key)`, replacing any previous value. Table
-    /// and key names are stored in clear: never put secrets in them.
-    pub fn put(&mut self, table: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        check_name("table name", table)?;
-        check_name("record key", key)?;
-        let blob = self
-            .keys
-            .data
-            .seal(&aad(Purpose::Record, &[table.as_bytes(), key.as_bytes()]), value)?;
-        self.txn
-            .open_table(RECORDS)?
-            .insert((table, key), blob.as_slice())?;
-        Ok(())
-    }
-
-    /// Reads a record, including writes made earlier in this transaction.
-    pub fn get(&self, table: &str, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let t = self.txn.open_table(RECORDS)?;
-        read_record(&t, self.keys, table, key)
-    }
-
-    /// Removes a record; returns whether it existed.
-    pub fn delete(&mut self, table: &str, key: &str) -> Result<bool, StoreError> {
-        let mut t = self.txn.open_table(RECORDS)?;
-        let existed = t.remove((table, key))?.is_some();
-        Ok(existed)
-    }
-
-    /// Record keys of `table` that start with `prefix`, as this transaction sees them.
-    pub fn keys(&self, table: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let t = self.txn.open_table(RECORDS)?;
-        list_keys(&t, table, prefix)
-    }
-
-    /// Increments a counter within this transaction (so it commits or rolls back with the
-    /// other writes) and returns the new value.
-    pub fn counter_increment(&mut self, name: &str) -> Result<u64, StoreError> {
-        check_name("counter name", name)?;
-        let mut t = self.txn.open_table(COUNTERS)?;
-        let current = match t.get(name)? {
-            Some(v) => decode_counter(self.keys, name, v.value())?,
-            None => 0,
-        };
-        let next = current
-            .checked_add(1)
-            .ok_or_else(|| StoreError::InvalidArgument(format!("counter {name:?} is at its maximum")))?;
-        let blob = self
-            .keys
-            .data
-            .seal(&aad(Purpose::Counter, &[name.as_bytes()]), &next.to_be_bytes())?;
-        t.insert(name, blob.as_slice())?;
-        Ok(next)
-    }
-
-    /// Appends an audit entry within this transaction, so the event is recorded if and only if
-    /// the other writes are. Same rules as [`Vault::audit_append`].
-    pub fn audit_append(
-        &mut self,
-        kind: &str,
-        actor: &str,
-        subject: &str,
-        detail: Value,
-    ) -> Result<AuditEntry, StoreError> {
-        append_audit(
-            self.txn,
-            &self.keys.identity,
-            OffsetDateTime::now_utc(),
-            kind,
-            actor,
-            subject,
-            detail,
-        )
-    }
 }

@@ -1,0 +1,415 @@
+//! Sessions: creating and updating them (the decision, the namespace claim, the session, its
+//! secrets and the audit entry in one vault transaction), reading them (raw for the owner,
+//! redacted for other readers), listing them, and loading them for release with their imports
+//! checked against their exporters as they are now.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use cloister_cas_client::protocol::{SessionRecord, SessionWritten};
+use cloister_cas_session::{ClientKey, ImportResolver, SecretValue, Secrets, Session, SessionError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use super::error::{CasError, CasResult, bad, corrupt, forbidden, internal};
+use super::namespaces::{NamespaceClaim, StoredNamespace, namespace_claim, namespace_of};
+use super::session_cache::Loaded;
+use super::signed::Signed;
+use super::{Cas, CasState, NAMESPACES, SECRETS, SESSIONS};
+
+/// The stored form of a session.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredSession {
+    pub(super) yaml: String,
+    pub(super) hash: String,
+    /// The client key that created it: its owner.
+    pub(super) creator: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(super) updated: OffsetDateTime,
+}
+
+impl StoredSession {
+    /// The owner's key.
+    pub(super) fn creator(&self) -> CasResult<ClientKey> {
+        self.creator
+            .parse()
+            .map_err(|_| CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt creator"))
+    }
+}
+
+/// A session as stored and as parsed.
+pub(super) struct ParsedSession {
+    pub(super) session: Session,
+    pub(super) stored: StoredSession,
+}
+
+impl Cas {
+    /// The session `name` from the vault, or `None`.
+    pub(super) fn load_session(&self, name: &str) -> CasResult<Option<ParsedSession>> {
+        let Some(raw) = self.vault.get(SESSIONS, name)? else {
+            return Ok(None);
+        };
+        let stored: StoredSession = serde_json::from_slice(&raw)
+            .map_err(|_| CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt session"))?;
+        let session = cloister_cas_session::parse_session(&stored.yaml)?;
+        Ok(Some(ParsedSession { session, stored }))
+    }
+
+    /// The secrets of the session `name`, which must exist.
+    pub(super) fn load_secrets(&self, name: &str) -> CasResult<Secrets> {
+        let raw = self
+            .vault
+            .get(SECRETS, name)?
+            .ok_or_else(|| CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "session without secrets"))?;
+        serde_json::from_slice(&raw)
+            .map_err(|_| CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt secrets"))
+    }
+
+    /// Reads a session and its secrets from one snapshot of the vault (so never a session with
+    /// another version's secrets) and refreshes its imports.
+    pub(super) fn load_for_release(&self, name: &str) -> CasResult<Option<Loaded>> {
+        let mut records = self
+            .vault
+            .get_all(&[(SESSIONS, name), (SECRETS, name)])?
+            .into_iter();
+        let (Some(session), secrets) = (records.next().flatten(), records.next().flatten()) else {
+            return Ok(None);
+        };
+        let stored: StoredSession =
+            serde_json::from_slice(&session).map_err(|_| internal("corrupt session"))?;
+        let session = cloister_cas_session::parse_session(&stored.yaml)?;
+        let secrets = secrets.ok_or_else(|| internal("session without secrets"))?;
+        let mut secrets: Secrets =
+            serde_json::from_slice(&secrets).map_err(|_| internal("corrupt secrets"))?;
+        let owner = stored.creator()?;
+        cloister_cas_session::refresh_imports(
+            &session,
+            &mut secrets,
+            &Imports {
+                cas: self,
+                owner: &owner,
+            },
+        )
+        .map_err(|e| forbidden(format!("session {name:?} cannot be released: {e}")))?;
+        Ok(Some(Loaded {
+            session,
+            hash: stored.hash,
+            secrets,
+        }))
+    }
+}
+
+fn session_text(body: &[u8]) -> CasResult<&str> {
+    std::str::from_utf8(body).map_err(|_| bad("the session must be UTF-8 YAML"))
+}
+
+/// Resolves `import`s from other sessions' exported secrets, for an importing session owned
+/// by `owner`: an export names the importer's owner as well as its name.
+struct Imports<'a> {
+    cas: &'a Cas,
+    owner: &'a ClientKey,
+}
+
+impl ImportResolver for Imports<'_> {
+    fn resolve(
+        &self,
+        from_session: &str,
+        secret: &str,
+        importing: &str,
+    ) -> Result<SecretValue, SessionError> {
+        let missing = || SessionError::ImportRefused {
+            session: from_session.into(),
+            secret: secret.into(),
+            reason: "no such session or secret".into(),
+        };
+        let Ok(Some(ParsedSession {
+            session: exporting, ..
+        })) = self.cas.load_session(from_session)
+        else {
+            return Err(missing());
+        };
+        cloister_cas_session::check_export(&exporting, secret, importing, self.owner)?;
+        let secrets = self.cas.load_secrets(from_session).map_err(|_| missing())?;
+        secrets.get(secret).cloned().ok_or_else(missing)
+    }
+}
+
+/// Why a prepared session write was not committed.
+enum WriteRefused {
+    /// The session changed after it was read for this write.
+    Changed,
+    /// The namespace belongs to someone else.
+    Namespace(String),
+}
+
+/// Creates (`path_name` unset) or updates a session from its YAML.
+async fn write_session(
+    cas: &Cas,
+    client: &ClientKey,
+    body: &[u8],
+    path_name: Option<&str>,
+) -> CasResult<SessionWritten> {
+    let text = session_text(body)?;
+    let session = cloister_cas_session::parse_session(text)?;
+    if let Some(name) = path_name
+        && name != session.name
+    {
+        return Err(bad(format!(
+            "the URL names session {name:?} but the body defines {:?}",
+            session.name
+        )));
+    }
+    let current = cas.load_session(&session.name)?;
+    if path_name.is_none() && current.is_some() {
+        return Err(CasError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "session {:?} exists; update it with its predecessor",
+                session.name
+            ),
+        ));
+    }
+    if path_name.is_some() && current.is_none() {
+        return Err(CasError::new(
+            StatusCode::NOT_FOUND,
+            format!("no session {:?}", session.name),
+        ));
+    }
+    let creator = match &current {
+        Some(ParsedSession { session: old, stored }) => {
+            let creator = stored.creator()?;
+            if !old.access_policy.may_update(client, &creator) {
+                cas.audit(
+                    "session-update-refused",
+                    &client.to_string(),
+                    &session.name,
+                    json!({"reason": "not allowed by the access policy"}),
+                );
+                return Err(forbidden(format!(
+                    "not allowed to update session {:?}",
+                    session.name
+                )));
+            }
+            creator
+        }
+        None => client.clone(),
+    };
+    if let Err(e) = session.check_predecessor(current.as_ref().map(|c| &c.session)) {
+        cas.audit(
+            "session-update-refused",
+            &client.to_string(),
+            &session.name,
+            json!({"reason": e.to_string()}),
+        );
+        return Err(e.into());
+    }
+    let previous_secrets = match &current {
+        Some(_) => Some(cas.load_secrets(&session.name)?),
+        None => None,
+    };
+    let previous = current
+        .as_ref()
+        .map(|c| &c.session)
+        .zip(previous_secrets.as_ref());
+    let refused_kind = if current.is_some() {
+        "session-update-refused"
+    } else {
+        "session-create-refused"
+    };
+    let secrets = cloister_cas_session::materialize_secrets(
+        &session,
+        previous,
+        &Imports { cas, owner: &creator },
+        OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| {
+        if matches!(e, SessionError::ImportRefused { .. }) {
+            cas.audit(
+                refused_kind,
+                &client.to_string(),
+                &session.name,
+                json!({"reason": e.to_string()}),
+            );
+        }
+        CasError::from(e)
+    })?;
+    let hash = session.hash();
+    let stored = StoredSession {
+        yaml: text.to_owned(),
+        hash: hash.clone(),
+        creator: creator.to_string(),
+        updated: OffsetDateTime::now_utc(),
+    };
+    let stored = serde_json::to_vec(&stored).map_err(|_| internal("encode"))?;
+    let sealed_secrets = Zeroizing::new(serde_json::to_vec(&secrets).map_err(|_| internal("encode"))?);
+    let name = session.name.clone();
+    let predecessor = current.as_ref().map(|c| c.stored.hash.clone());
+    let kind = if current.is_some() {
+        "session-update"
+    } else {
+        "session-create"
+    };
+    let actor = client.to_string();
+    // The checks above are repeated against the transaction's view, so that the decision, the
+    // namespace claim, the session and its audit entry are one commit.
+    let committed = cas.vault.write(|txn| {
+        let stored_now = match txn.get(SESSIONS, &name)? {
+            Some(raw) => Some(
+                serde_json::from_slice::<StoredSession>(&raw)
+                    .map_err(|_| corrupt("session"))?
+                    .hash,
+            ),
+            None => None,
+        };
+        if stored_now != predecessor {
+            return Ok(Err(WriteRefused::Changed));
+        }
+        if current.is_none() {
+            let namespace = namespace_of(&name);
+            let claim = namespace_claim(namespace, client, &|t, k| txn.get(t, k), &|t, p| txn.keys(t, p))?;
+            match claim {
+                Err(reason) => return Ok(Err(WriteRefused::Namespace(reason))),
+                Ok(NamespaceClaim::Owned) => {}
+                Ok(NamespaceClaim::Record(how)) => {
+                    let record = serde_json::to_vec(&StoredNamespace {
+                        owner: actor.clone(),
+                        how,
+                        since: OffsetDateTime::now_utc(),
+                    })
+                    .map_err(|_| corrupt("namespace"))?;
+                    txn.put(NAMESPACES, namespace, &record)?;
+                    txn.audit_append(
+                        "namespace-claim",
+                        &actor,
+                        namespace,
+                        json!({"how": how.as_str(), "session": name}),
+                    )?;
+                }
+            }
+        }
+        txn.put(SESSIONS, &name, &stored)?;
+        txn.put(SECRETS, &name, &sealed_secrets)?;
+        txn.audit_append(
+            kind,
+            &actor,
+            &name,
+            json!({"hash": hash, "predecessor": predecessor}),
+        )?;
+        Ok(Ok(()))
+    })?;
+    match committed {
+        Ok(()) => {
+            cas.cache.invalidate();
+            Ok(SessionWritten { name, hash })
+        }
+        Err(WriteRefused::Changed) => Err(CasError::new(
+            StatusCode::CONFLICT,
+            format!("session {name:?} changed while this write was prepared; read it again and retry"),
+        )),
+        Err(WriteRefused::Namespace(reason)) => {
+            cas.audit(refused_kind, &actor, &name, json!({"reason": reason}));
+            Err(forbidden(reason))
+        }
+    }
+}
+
+/// `POST /v1/sessions`: a new session, owned by its signer.
+pub(super) async fn create_session(
+    State(cas): CasState,
+    Signed { client, body }: Signed,
+) -> CasResult<impl IntoResponse> {
+    let written = write_session(&cas, &client, &body, None).await?;
+    Ok((StatusCode::CREATED, axum::Json(written)))
+}
+
+/// `PUT /v1/sessions/{name}`: the next version of a session, naming its predecessor.
+pub(super) async fn update_session(
+    State(cas): CasState,
+    UrlPath(name): UrlPath<String>,
+    Signed { client, body }: Signed,
+) -> CasResult<impl IntoResponse> {
+    Ok(axum::Json(
+        write_session(&cas, &client, &body, Some(&name)).await?,
+    ))
+}
+
+/// The session for its owner (as submitted, explicit values included: the read is audited
+/// when it holds any) or, for other readers, with every explicit secret value removed.
+pub(super) async fn get_session(
+    State(cas): CasState,
+    UrlPath(name): UrlPath<String>,
+    Signed { client, .. }: Signed,
+) -> CasResult<impl IntoResponse> {
+    let ParsedSession { session, stored } = cas
+        .load_session(&name)?
+        .ok_or_else(|| CasError::new(StatusCode::NOT_FOUND, format!("no session {name:?}")))?;
+    let creator = stored.creator()?;
+    if !session.access_policy.may_read(&client, &creator) {
+        cas.audit("session-read-refused", &client.to_string(), &name, json!({}));
+        return Err(forbidden(format!("not allowed to read session {name:?}")));
+    }
+    let explicit: Vec<&str> = session
+        .secrets
+        .iter()
+        .filter(|s| s.value.is_some())
+        .map(|s| s.name.as_str())
+        .collect();
+    if client == creator {
+        if !explicit.is_empty() {
+            cas.record_read(
+                "session-read",
+                &client,
+                &name,
+                json!({"hash": stored.hash, "explicit_values": explicit}),
+            )?;
+        }
+        return Ok(axum::Json(SessionRecord {
+            name,
+            hash: stored.hash,
+            yaml: stored.yaml,
+            creator: stored.creator,
+            redacted: false,
+        }));
+    }
+    let mut redacted = session.clone();
+    for secret in &mut redacted.secrets {
+        secret.value = None;
+    }
+    let yaml = serde_json::to_string_pretty(&redacted).map_err(|_| internal("encode"))?;
+    Ok(axum::Json(SessionRecord {
+        name,
+        hash: stored.hash,
+        yaml,
+        creator: stored.creator,
+        redacted: true,
+    }))
+}
+
+#[derive(Deserialize)]
+/// The query of `GET /v1/sessions`.
+pub(super) struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+/// `GET /v1/sessions`: the names and hashes of the sessions the signer may read.
+pub(super) async fn list_sessions(
+    State(cas): CasState,
+    Query(query): Query<ListQuery>,
+    Signed { client, .. }: Signed,
+) -> CasResult<impl IntoResponse> {
+    let mut readable = BTreeMap::new();
+    for name in cas.vault.keys(SESSIONS, &query.prefix)? {
+        if let Some(ParsedSession { session, stored }) = cas.load_session(&name)?
+            && let Ok(creator) = stored.creator()
+            && session.access_policy.may_read(&client, &creator)
+        {
+            readable.insert(name, stored.hash);
+        }
+    }
+    Ok(axum::Json(readable))
+}
