@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cloister_attestation::Tee;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -125,7 +126,7 @@ pub struct Environment {
 #[serde(deny_unknown_fields)]
 pub struct Confidential {
     /// `sgx`, `tdx`, `snp` or `sim`.
-    pub tee: cloister_runtime::TeeKind,
+    pub tee: Tee,
     /// The CAS URL (`https://…`).
     pub cas: String,
     /// The CAS identity pin (`sha256:<64 hex>`), from `cloister cas identity`.
@@ -422,8 +423,7 @@ impl Service {
 const MAX_ARGS: usize = 64;
 
 fn validate_confidential(c: &Confidential, enable_sgx: bool) -> Result<(), FdlError> {
-    use cloister_runtime::TeeKind;
-    if enable_sgx && c.tee != TeeKind::Sgx {
+    if enable_sgx && c.tee != Tee::Sgx {
         return Err(FdlError::invalid(
             "tee",
             "enable_sgx: true asks for SGX; set tee: sgx or drop enable_sgx",
@@ -512,7 +512,7 @@ fn validate_confidential(c: &Confidential, enable_sgx: bool) -> Result<(), FdlEr
     {
         return Err(FdlError::invalid("measurement", "must be hex (64 or 96 digits)"));
     }
-    if c.runtime_class.is_some() && matches!(c.tee, TeeKind::Sgx | TeeKind::Sim) {
+    if c.runtime_class.is_some() && matches!(c.tee, Tee::Sgx | Tee::Sim) {
         return Err(FdlError::invalid(
             "runtime_class",
             "only TDX and SEV-SNP services run in a runtime class",
