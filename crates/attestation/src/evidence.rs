@@ -1,8 +1,6 @@
 //! Evidence detection and parse-only inspection.
 
 use std::borrow::Cow;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,51 +13,8 @@ use crate::{Error, dcap, sim, snp};
 /// decoding and parsing of hostile input cheap.
 const MAX_EVIDENCE_LEN: usize = 1 << 20;
 
-/// A trusted execution environment family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tee {
-    /// Intel SGX enclave (DCAP quote v3).
-    Sgx,
-    /// Intel TDX trust domain (DCAP quote v4/v5).
-    Tdx,
-    /// AMD SEV-SNP confidential VM.
-    Snp,
-    /// Cloister's software simulation TEE (no hardware protection).
-    Sim,
-}
-
-impl Tee {
-    /// Lowercase name used in JSON and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tee::Sgx => "sgx",
-            Tee::Tdx => "tdx",
-            Tee::Snp => "snp",
-            Tee::Sim => "sim",
-        }
-    }
-}
-
-impl fmt::Display for Tee {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Tee {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "sgx" => Ok(Tee::Sgx),
-            "tdx" => Ok(Tee::Tdx),
-            "snp" | "sev-snp" => Ok(Tee::Snp),
-            "sim" | "simulation" => Ok(Tee::Sim),
-            other => Err(Error::InvalidArgument(format!("unknown TEE '{other}'"))),
-        }
-    }
-}
+/// A trusted execution environment family (shared with the job runtime, hence its own crate).
+pub use cloister_tee::Tee;
 
 /// Parse-only summary of a piece of evidence. Nothing in it is verified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,14 +7,15 @@
 //! sealed log of the program.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use cloister_runtime::tee::{TeeInput, TeeJob, TeeResult};
-use cloister_runtime::{CgroupSupport, JobInput, JobIo, JobOutcome, JobSpec, LogLine, Status};
+use cloister_runtime::{
+    CgroupSupport, JobInput, JobIo, JobOutcome, JobSpec, Limits, LogLine, Program, ProgramOptions,
+    RunFailure, Status,
+};
 use futures::future::BoxFuture;
 use time::OffsetDateTime;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// What the local executor needs to run confidential jobs on this host.
 #[derive(Debug, Clone)]
@@ -86,22 +87,14 @@ pub(crate) async fn run(
         JobInput::Object { bucket, key } => format!("on {bucket}/{key}"),
         _ => "without input".to_owned(),
     };
+    let wiring = spec.placement.attestation.as_ref();
     outcome.log.push(LogLine {
         time: OffsetDateTime::now_utc(),
         text: format!(
             "cloister: confidential job {subject}; the runtime attests to {} as {}/{}",
-            spec.placement
-                .attestation
-                .get("CLOISTER_CAS")
-                .map_or("?", String::as_str),
-            spec.placement
-                .attestation
-                .get("CLOISTER_SESSION")
-                .map_or("?", String::as_str),
-            spec.placement
-                .attestation
-                .get("CLOISTER_SERVICE")
-                .map_or("?", String::as_str),
+            wiring.map_or("?", |w| w.cas.as_str()),
+            wiring.map_or("?", |w| w.session.as_str()),
+            wiring.map_or("?", |w| w.service.as_str()),
         ),
     });
     let procs = match slot.cgroups.prepare(&slot.name, &spec.limits) {
@@ -156,13 +149,6 @@ async fn prepare(
         std::fs::DirBuilder::new().mode(0o700).create(work)
     };
     prepare_dir().map_err(|e| format!("cannot prepare the job's work directory: {e}"))?;
-    let attestation = &spec.placement.attestation;
-    let wiring = |name: &str| {
-        attestation
-            .get(name)
-            .cloned()
-            .ok_or_else(|| format!("the service's confidential block gives no {name}"))
-    };
     let input = match &spec.input {
         JobInput::Object { bucket, key } => {
             // The runtime reads the ciphertext where it is stored when storage is local.
@@ -187,15 +173,22 @@ async fn prepare(
             return Err("confidential services take encrypted objects, not inline bodies".into());
         }
     };
+    let tee = spec.placement.tee.ok_or("the job needs no TEE")?;
+    // A TEE without wiring: OSCAR's `enable_sgx` on a service with no confidential block.
+    let wiring = spec
+        .placement
+        .attestation
+        .as_ref()
+        .ok_or("the service's confidential block gives no CLOISTER_CAS")?;
     let job = TeeJob {
         job_name: spec.job_name.clone(),
         job_uuid: spec.job_uuid.clone(),
         service: spec.service.clone(),
-        tee: spec.placement.tee.ok_or("the job needs no TEE")?,
-        cas: wiring("CLOISTER_CAS")?,
-        cas_pin: wiring("CLOISTER_CAS_PIN")?,
-        session: wiring("CLOISTER_SESSION")?,
-        cas_service: wiring("CLOISTER_SERVICE")?,
+        tee,
+        cas: wiring.cas.clone(),
+        cas_pin: wiring.cas_pin.clone(),
+        session: wiring.session.clone(),
+        cas_service: wiring.service.clone(),
         sim_platform_key: Some(host.sim_platform_key.clone()),
         input,
         event: spec.event.clone(),
@@ -223,85 +216,51 @@ async fn execute(
     on_start: Box<dyn FnOnce() + Send>,
     outcome: &mut JobOutcome,
 ) {
-    let mut command = tokio::process::Command::new(&host.runtime_binary);
-    command
-        .arg("--job")
-        .arg(work)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .current_dir(work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            fail(
-                outcome,
-                format!("cannot start {}: {e}", host.runtime_binary.display()),
-            );
-            return;
-        }
+    // The runtime holds the program it runs to the job's limits (the cgroup slot named in
+    // job.json); it is not charged for them itself, so it starts outside the slot.
+    let args = ["--job".to_owned(), work.display().to_string()];
+    let env = [("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned())];
+    let limits = Limits {
+        memory_bytes: None,
+        cpu_millis: None,
+        timeout: spec.limits.timeout + RUNTIME_GRACE,
     };
-    on_start();
-    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(OffsetDateTime, String)>(64);
-    let mut readers = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        readers.push(tokio::spawn(forward_lines(BufReader::new(stdout), tx.clone())));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        readers.push(tokio::spawn(forward_lines(BufReader::new(stderr), tx.clone())));
-    }
-    drop(tx);
-    let limit = spec.limits.timeout + RUNTIME_GRACE;
-    let mut log_bytes = 0usize;
-    let waited = {
-        let wait = async {
-            let status = child.wait().await;
-            while let Some((time, text)) = rx.recv().await {
-                push_line(outcome, &mut log_bytes, spec.log_limit, time, text);
-            }
-            status
-        };
-        tokio::select! {
-            status = wait => Some(status),
-            _ = tokio::time::sleep(limit) => None,
-            _ = cancel => None,
-        }
+    let options = ProgramOptions {
+        program: Program::Direct(&host.runtime_binary),
+        args: &args,
+        work_dir: work,
+        env: &env,
+        limits: &limits,
+        cgroups: &CgroupSupport::None,
+        slot: "",
+        log_limit: spec.log_limit,
+        keep_stdout: false,
     };
-    if let Some(pgid) = pgid {
-        // SAFETY: kill(2) on the runtime's own process group; no memory is involved.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-    }
-    for reader in readers {
-        reader.abort();
-    }
-    match waited {
-        None => {
-            let _ = child.kill().await;
+    let run = cloister_runtime::run_program(options, cancel, on_start).await;
+    outcome.log.extend(run.log);
+    let signal = match run.failure {
+        None => None,
+        Some(RunFailure::Killed { signal }) => Some(signal),
+        Some(RunFailure::TimedOut(_) | RunFailure::Cancelled) => {
             fail(outcome, "the job was stopped (timeout or deleted)".into());
             return;
         }
-        Some(Err(e)) => {
+        Some(RunFailure::Wait(e)) => {
             fail(outcome, format!("cannot wait for the runtime: {e}"));
             return;
         }
-        Some(Ok(_)) => {}
-    }
-    let exit = waited.and_then(Result::ok);
+        Some(failure) => {
+            fail(outcome, failure.to_string());
+            return;
+        }
+    };
     let result: TeeResult = match std::fs::read(work.join("result.json"))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
         Ok(r) => r,
         Err(e) => {
-            use std::os::unix::process::ExitStatusExt;
-            let reason = match exit.and_then(|s| s.signal()) {
+            let reason = match signal {
                 // Plaintext lives in memory (tmpfs) charged to the job, so a large input
                 // needs a memory limit above its size.
                 Some(libc::SIGKILL) => {
@@ -373,31 +332,4 @@ async fn execute(
 fn sealed_file(work: &Path, name: &str) -> Option<PathBuf> {
     (name == "log" || (!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())))
         .then(|| work.join("sealed").join(name))
-}
-
-fn push_line(outcome: &mut JobOutcome, used: &mut usize, limit: usize, time: OffsetDateTime, text: String) {
-    if *used > limit {
-        return;
-    }
-    *used += text.len() + 1;
-    if *used > limit {
-        outcome.log.push(LogLine {
-            time,
-            text: "cloister: log limit reached; later lines dropped".into(),
-        });
-        return;
-    }
-    outcome.log.push(LogLine { time, text });
-}
-
-async fn forward_lines<R: tokio::io::AsyncBufRead + Unpin>(
-    reader: R,
-    tx: tokio::sync::mpsc::Sender<(OffsetDateTime, String)>,
-) {
-    let mut lines = reader.lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if tx.send((OffsetDateTime::now_utc(), line)).await.is_err() {
-            break;
-        }
-    }
 }

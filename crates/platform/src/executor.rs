@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use cloister_runtime::{CgroupSupport, IoError, JobIo, JobOutcome, JobSpec, RunOptions, TeeKind};
+use cloister_attestation::Tee;
+use cloister_runtime::{CgroupSupport, IoError, JobIo, JobOutcome, JobSpec, RunOptions};
 use cloister_storage::Store;
 use futures::future::BoxFuture;
 
@@ -160,20 +161,18 @@ impl Executor for LocalExecutor {
 /// would silently drop the protection the service asked for.
 fn unavailable_tee(spec: &JobSpec) -> Option<JobOutcome> {
     let reason = match spec.placement.tee? {
-        TeeKind::Sgx
+        Tee::Sgx
             if ["/dev/sgx_enclave", "/dev/sgx/enclave"]
                 .iter()
                 .any(|d| Path::new(d).exists()) =>
         {
             return None;
         }
-        TeeKind::Sgx => {
-            "the service needs SGX (enable_sgx) but this host has no SGX device (/dev/sgx_enclave)"
-        }
-        TeeKind::Tdx | TeeKind::Snp => {
+        Tee::Sgx => "the service needs SGX (enable_sgx) but this host has no SGX device (/dev/sgx_enclave)",
+        Tee::Tdx | Tee::Snp => {
             "TDX and SEV-SNP services run in confidential VMs, which the local executor cannot start"
         }
-        TeeKind::Sim => return None,
+        Tee::Sim => return None,
     };
     Some(refused(reason))
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cloister_attestation::Tee;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -127,7 +128,7 @@ pub struct Environment {
 pub struct Confidential {
     /// `sgx`, `tdx`, `snp` or `sim`.
     #[schema(value_type = String)]
-    pub tee: cloister_runtime::TeeKind,
+    pub tee: Tee,
     /// The CAS URL (`https://…`).
     pub cas: String,
     /// The CAS identity pin (`sha256:<64 hex>`), from `cloister cas identity`.
@@ -472,8 +473,7 @@ impl Service {
 const MAX_ARGS: usize = 64;
 
 fn validate_confidential(c: &Confidential, enable_sgx: bool) -> Result<(), FdlError> {
-    use cloister_runtime::TeeKind;
-    if enable_sgx && c.tee != TeeKind::Sgx {
+    if enable_sgx && c.tee != Tee::Sgx {
         return Err(FdlError::invalid(
             "tee",
             "enable_sgx: true asks for SGX; set tee: sgx or drop enable_sgx",
@@ -562,7 +562,7 @@ fn validate_confidential(c: &Confidential, enable_sgx: bool) -> Result<(), FdlEr
     {
         return Err(FdlError::invalid("measurement", "must be hex (64 or 96 digits)"));
     }
-    if c.runtime_class.is_some() && matches!(c.tee, TeeKind::Sgx | TeeKind::Sim) {
+    if c.runtime_class.is_some() && matches!(c.tee, Tee::Sgx | Tee::Sim) {
         return Err(FdlError::invalid(
             "runtime_class",
             "only TDX and SEV-SNP services run in a runtime class",

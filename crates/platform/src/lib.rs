@@ -7,6 +7,7 @@
 
 mod api;
 pub mod confidential;
+pub mod confidential_session;
 pub mod dispatch;
 pub mod executor;
 pub mod fdl;

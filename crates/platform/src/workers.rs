@@ -5,8 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cloister_attestation::Tee;
 use cloister_runtime::tee::{SEALED_LOG_OVERHEAD, render_log};
-use cloister_runtime::{JobInput, JobOutcome, JobSpec, Limits, LogLine, Placement, Status, TeeKind};
+use cloister_runtime::{
+    AttestationWiring, JobInput, JobOutcome, JobSpec, Limits, LogLine, Placement, Status,
+};
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
@@ -139,19 +142,19 @@ pub(crate) fn placement_for(service: &Service) -> Placement {
     }
     let tee = match (&service.confidential, service.enable_sgx) {
         (Some(c), _) => Some(c.tee),
-        (None, true) => Some(TeeKind::Sgx),
+        (None, true) => Some(Tee::Sgx),
         (None, false) => None,
     };
     let mut capabilities = Vec::new();
     let mut runtime_class = None;
     match tee {
-        Some(TeeKind::Sgx) => {
+        Some(Tee::Sgx) => {
             resources.insert("sgx.intel.com/enclave".to_owned(), "1".to_owned());
             let epc = service.sgx_epc.clone().unwrap_or_else(|| service.memory.clone());
             resources.insert("sgx.intel.com/epc".to_owned(), epc);
             capabilities.push("SYS_RAWIO".to_owned());
         }
-        Some(TeeKind::Tdx) => {
+        Some(Tee::Tdx) => {
             runtime_class = Some(
                 service
                     .confidential
@@ -160,7 +163,7 @@ pub(crate) fn placement_for(service: &Service) -> Placement {
                     .unwrap_or_else(|| "kata-qemu-tdx".to_owned()),
             );
         }
-        Some(TeeKind::Snp) => {
+        Some(Tee::Snp) => {
             runtime_class = Some(
                 service
                     .confidential
@@ -169,23 +172,15 @@ pub(crate) fn placement_for(service: &Service) -> Placement {
                     .unwrap_or_else(|| "kata-qemu-snp".to_owned()),
             );
         }
-        Some(TeeKind::Sim) | None => {}
+        Some(Tee::Sim) | None => {}
     }
-    let mut attestation = std::collections::BTreeMap::new();
-    if let Some(c) = &service.confidential {
-        let tee_name = serde_json::to_value(c.tee)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        attestation.insert("CLOISTER_TEE".to_owned(), tee_name);
-        attestation.insert("CLOISTER_CAS".to_owned(), c.cas.clone());
-        attestation.insert("CLOISTER_CAS_PIN".to_owned(), c.cas_pin.clone());
-        attestation.insert("CLOISTER_SESSION".to_owned(), c.session.clone());
-        attestation.insert(
-            "CLOISTER_SERVICE".to_owned(),
-            c.service.clone().unwrap_or_else(|| service.name.clone()),
-        );
-    }
+    let attestation = service.confidential.as_ref().map(|c| AttestationWiring {
+        cas: c.cas.clone(),
+        cas_pin: c.cas_pin.clone(),
+        service: c.service.clone().unwrap_or_else(|| service.name.clone()),
+        session: c.session.clone(),
+        tee: c.tee,
+    });
     Placement {
         image: service.image.clone(),
         resources,

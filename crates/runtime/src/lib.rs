@@ -19,10 +19,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cloister_tee::Tee;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use sandbox::{CgroupSupport, Limits, Program, ScriptRun, run_program};
+pub use sandbox::{CgroupSupport, Limits, Program, ProgramOptions, RunFailure, ScriptRun, run_program};
 
 /// Errors raised by [`JobIo`] implementations; the message is shown in the job's log.
 pub type IoError = Box<dyn std::error::Error + Send + Sync>;
@@ -139,20 +140,6 @@ pub struct JobSpec {
     pub placement: Placement,
 }
 
-/// The trusted execution environment a job needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TeeKind {
-    /// Intel SGX enclave.
-    Sgx,
-    /// Intel TDX confidential VM.
-    Tdx,
-    /// AMD SEV-SNP confidential VM.
-    Snp,
-    /// The simulation TEE (development; CAS accepts it only where a session tolerates it).
-    Sim,
-}
-
 /// What an executor must provide for a job, in the terms a Kubernetes executor uses: resource
 /// limits (including device-plugin resources), added capabilities, a runtime class, and the
 /// environment that tells the runtime where to attest.
@@ -167,10 +154,78 @@ pub struct Placement {
     /// Kubernetes runtime class for confidential VMs (TDX, SEV-SNP).
     pub runtime_class: Option<String>,
     /// The TEE the job needs, if any.
-    pub tee: Option<TeeKind>,
-    /// Attestation wiring for the runtime (`CLOISTER_CAS`, `CLOISTER_CAS_PIN`,
-    /// `CLOISTER_SESSION`, `CLOISTER_SERVICE`, `CLOISTER_TEE`); no secrets.
-    pub attestation: BTreeMap<String, String>,
+    pub tee: Option<Tee>,
+    /// Where the runtime of a confidential job attests; `None` for other jobs (serialised as
+    /// an empty map, so the form is the variables' map either way).
+    #[serde(default, with = "wiring_map")]
+    pub attestation: Option<AttestationWiring>,
+}
+
+/// Where the runtime of a confidential job attests: the TEE, the CAS and its identity pin, the
+/// session and the service in it. Public facts, no secrets. Serialised under the names of the
+/// variables that carry it into a job's environment ([`AttestationWiring::environment`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationWiring {
+    /// CAS URL (`https://host:port`): `CLOISTER_CAS`.
+    #[serde(rename = "CLOISTER_CAS")]
+    pub cas: String,
+    /// Pin of the CAS identity, as the FDL gives it: `CLOISTER_CAS_PIN`.
+    #[serde(rename = "CLOISTER_CAS_PIN")]
+    pub cas_pin: String,
+    /// Service name within the session: `CLOISTER_SERVICE`.
+    #[serde(rename = "CLOISTER_SERVICE")]
+    pub service: String,
+    /// CAS session name: `CLOISTER_SESSION`.
+    #[serde(rename = "CLOISTER_SESSION")]
+    pub session: String,
+    /// The TEE the runtime collects evidence in: `CLOISTER_TEE`.
+    #[serde(rename = "CLOISTER_TEE")]
+    pub tee: Tee,
+}
+
+impl AttestationWiring {
+    /// The wiring as environment variables, in name order.
+    pub fn environment(&self) -> [(&'static str, String); 5] {
+        [
+            ("CLOISTER_CAS", self.cas.clone()),
+            ("CLOISTER_CAS_PIN", self.cas_pin.clone()),
+            ("CLOISTER_SERVICE", self.service.clone()),
+            ("CLOISTER_SESSION", self.session.clone()),
+            ("CLOISTER_TEE", self.tee.to_string()),
+        ]
+    }
+}
+
+/// [`Placement::attestation`] as a map of variables, empty for `None`.
+mod wiring_map {
+    use std::collections::BTreeMap;
+
+    use serde::de::value::MapDeserializer;
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::AttestationWiring;
+
+    pub(super) fn serialize<S: Serializer>(
+        wiring: &Option<AttestationWiring>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match wiring {
+            Some(wiring) => wiring.serialize(serializer),
+            None => serializer.serialize_map(Some(0))?.end(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<AttestationWiring>, D::Error> {
+        let variables = BTreeMap::<String, String>::deserialize(deserializer)?;
+        if variables.is_empty() {
+            return Ok(None);
+        }
+        AttestationWiring::deserialize(MapDeserializer::new(variables.into_iter())).map(Some)
+    }
 }
 
 /// Final state of a job.
@@ -502,12 +557,9 @@ async fn run_in(
         ("LANG".into(), "C.UTF-8".into()),
     ];
     env.extend(spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.extend(
-        spec.placement
-            .attestation
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
+    if let Some(wiring) = &spec.placement.attestation {
+        env.extend(wiring.environment().map(|(k, v)| (k.to_owned(), v)));
+    }
     // The contract's variables come last so a service cannot shadow them by accident.
     let event_time = spec
         .event_time
@@ -530,25 +582,23 @@ async fn run_in(
         env.push(("STORAGE_OBJECT_KEY".into(), key.clone()));
     }
 
-    let run = sandbox::run_program(
-        sandbox::Program::Script(&script_path),
-        &[],
-        work,
-        &env,
-        &spec.limits,
-        &options.cgroups,
-        &options.slot,
-        spec.log_limit,
-        options.synchronous,
-        cancel,
-        on_start,
-    )
-    .await;
+    let program = ProgramOptions {
+        program: Program::Script(&script_path),
+        args: &[],
+        work_dir: work,
+        env: &env,
+        limits: &spec.limits,
+        cgroups: &options.cgroups,
+        slot: &options.slot,
+        log_limit: spec.log_limit,
+        keep_stdout: options.synchronous,
+    };
+    let run = sandbox::run_program(program, cancel, on_start).await;
     outcome.log.extend(run.log);
     outcome.stdout = run.stdout;
     outcome.exit_code = run.exit_code;
-    if let Some(reason) = run.failure {
-        outcome.fail(reason);
+    if let Some(failure) = run.failure {
+        outcome.fail(failure.to_string());
         return;
     }
     if run.exit_code != Some(0) {

@@ -243,14 +243,90 @@ unset cloister_m cloister_n
 const PRELUDE_SCRIPT: &str = prelude!(r#". "$cloister_script""#);
 /// A program replaces the prelude's shell, with its arguments.
 const PRELUDE_EXEC: &str = prelude!(r#"exec "$cloister_script" "$@""#);
+/// The shell that runs the prelude.
+const SHELL: &str = "/bin/sh";
 
-/// What runs in the sandbox after the prelude.
+/// What runs in the sandbox.
 #[derive(Debug, Clone, Copy)]
 pub enum Program<'a> {
-    /// A shell script, sourced by the sandbox's `/bin/sh`.
+    /// A shell script, sourced by the sandbox's `/bin/sh` after the prelude.
     Script(&'a Path),
-    /// A program (an absolute path, or a name looked up in the job's `PATH`), exec'd by it.
+    /// A program (an absolute path, or a name looked up in the job's `PATH`), exec'd by the
+    /// sandbox's `/bin/sh` after the prelude.
     Exec(&'a Path),
+    /// A program started as is, without the sandbox's shell: it joins no cgroup and gets no
+    /// `RLIMIT_AS`, so it cannot be given memory, CPU or cgroup limits (a supervisor, such as
+    /// `cloister-runtime`, that holds the program it runs to the job's limits itself). It still
+    /// gets its own process group, the timeout, cancellation and the bounded log.
+    Direct(&'a Path),
+}
+
+/// How to run one program: what, where, with which environment and under which limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramOptions<'a> {
+    /// The program.
+    pub program: Program<'a>,
+    /// Its positional parameters.
+    pub args: &'a [String],
+    /// Its working directory.
+    pub work_dir: &'a Path,
+    /// Its whole environment (nothing is inherited).
+    pub env: &'a [(String, String)],
+    /// Memory and CPU limits, and the wall-clock timeout.
+    pub limits: &'a Limits,
+    /// Where cgroup slots are.
+    pub cgroups: &'a CgroupSupport,
+    /// The cgroup slot it runs in (ignored without cgroups and for prepared slots).
+    pub slot: &'a str,
+    /// Most bytes of output kept in the log.
+    pub log_limit: usize,
+    /// Whether stdout is also kept on its own ([`ScriptRun::stdout`]).
+    pub keep_stdout: bool,
+}
+
+/// Why a program could not run to its end. The messages are those job logs show.
+#[derive(Debug, thiserror::Error)]
+pub enum RunFailure {
+    /// The cgroup slot could not be given the job's limits.
+    #[error("cannot prepare the job's cgroup: {0}")]
+    Cgroup(std::io::Error),
+    /// [`Program::Direct`] with limits it cannot apply.
+    #[error("a program started directly cannot be held to memory, CPU or cgroup limits")]
+    Unconfinable,
+    /// The process could not be started.
+    #[error("cannot start {}: {source}", .program.display())]
+    Start {
+        /// What was started: `/bin/sh`, or a [`Program::Direct`] program.
+        program: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The timeout passed.
+    #[error("timed out after {} s", .0.as_secs())]
+    TimedOut(Duration),
+    /// The cancel future resolved.
+    #[error("cancelled")]
+    Cancelled,
+    /// The process was killed by a signal (SIGKILL: most likely the memory limit).
+    #[error("script killed by signal {signal}{}", kill_hint(*.signal))]
+    Killed {
+        /// The signal.
+        signal: i32,
+    },
+    /// The prelude could not join the cgroup or set `RLIMIT_AS`.
+    #[error("cannot apply the job's resource limits")]
+    Limits,
+    /// Waiting for the process failed.
+    #[error("cannot wait for the script: {0}")]
+    Wait(std::io::Error),
+}
+
+fn kill_hint(signal: i32) -> &'static str {
+    if signal == libc::SIGKILL {
+        " (memory limit or killed)"
+    } else {
+        ""
+    }
 }
 
 /// Longest line kept in the log; longer lines are split.
@@ -267,8 +343,8 @@ pub struct ScriptRun {
     pub stdout: Vec<u8>,
     /// Exit code, if the script exited normally.
     pub exit_code: Option<i32>,
-    /// Why the script could not run to its end (timeout, cancel, start failure).
-    pub failure: Option<String>,
+    /// Why the script could not run to its end (timeout, cancel, start failure, signal).
+    pub failure: Option<RunFailure>,
 }
 
 #[derive(Clone, Copy)]
@@ -321,34 +397,41 @@ fn prefer_low_latency() {
     }
 }
 
-/// Runs `program` (a script under `/bin/sh`, or an exec'd program) in `work` with exactly `env`,
-/// in its own process group, in the cgroup slot `slot` (or under `RLIMIT_AS` without cgroups),
-/// until it exits, `limits.timeout` passes or `cancel` resolves; then kills whatever the job
-/// left. `args` are its positional parameters. `on_start` is called once the process exists.
-#[allow(clippy::too_many_arguments)]
+/// Runs a program (a script under `/bin/sh`, an exec'd program, or one started directly) in
+/// `work_dir` with exactly `env`, in its own process group, in the cgroup slot `slot` (or under
+/// `RLIMIT_AS` without cgroups), until it exits, `limits.timeout` passes or `cancel` resolves;
+/// then kills whatever the job left. `on_start` is called once the process exists.
 pub async fn run_program(
-    program: Program<'_>,
-    args: &[String],
-    work: &Path,
-    env: &[(String, String)],
-    limits: &Limits,
-    cgroups: &CgroupSupport,
-    slot: &str,
-    log_limit: usize,
-    keep_stdout: bool,
+    options: ProgramOptions<'_>,
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
 ) -> ScriptRun {
+    let ProgramOptions {
+        program,
+        args,
+        work_dir,
+        env,
+        limits,
+        cgroups,
+        slot,
+        log_limit,
+        keep_stdout,
+    } = options;
     let mut run = ScriptRun {
         log: Vec::new(),
         stdout: Vec::new(),
         exit_code: None,
         failure: None,
     };
+    let direct = matches!(program, Program::Direct(_));
+    if direct && (cgroups.enabled() || limits.memory_bytes.is_some() || limits.cpu_millis.is_some()) {
+        run.failure = Some(RunFailure::Unconfinable);
+        return run;
+    }
     let procs = match cgroups.prepare(slot, limits) {
         Ok(p) => p,
         Err(e) => {
-            run.failure = Some(format!("cannot prepare the job's cgroup: {e}"));
+            run.failure = Some(RunFailure::Cgroup(e));
             return run;
         }
     };
@@ -358,23 +441,32 @@ pub async fn run_program(
         0
     };
 
-    let (prelude, target) = match program {
-        Program::Script(path) => (PRELUDE_SCRIPT, path),
-        Program::Exec(path) => (PRELUDE_EXEC, path),
+    let in_shell = |prelude: &str, target: &Path| {
+        let mut command = tokio::process::Command::new(SHELL);
+        command
+            .arg("-c")
+            .arg(prelude)
+            .arg("cloister-job")
+            .arg(rlimit_kib.to_string())
+            .arg(target)
+            .arg(procs.len().to_string())
+            .args(&procs)
+            .args(args);
+        (command, PathBuf::from(SHELL))
     };
-    let mut command = tokio::process::Command::new("/bin/sh");
+    let (mut command, started) = match program {
+        Program::Script(target) => in_shell(PRELUDE_SCRIPT, target),
+        Program::Exec(target) => in_shell(PRELUDE_EXEC, target),
+        Program::Direct(path) => {
+            let mut command = tokio::process::Command::new(path);
+            command.args(args);
+            (command, path.to_owned())
+        }
+    };
     command
-        .arg("-c")
-        .arg(prelude)
-        .arg("cloister-job")
-        .arg(rlimit_kib.to_string())
-        .arg(target)
-        .arg(procs.len().to_string())
-        .args(&procs)
-        .args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(work)
+        .current_dir(work_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -392,8 +484,11 @@ pub async fn run_program(
     .and_then(|spawned| spawned)
     {
         Ok(c) => c,
-        Err(e) => {
-            run.failure = Some(format!("cannot start /bin/sh: {e}"));
+        Err(source) => {
+            run.failure = Some(RunFailure::Start {
+                program: started,
+                source,
+            });
             return run;
         }
     };
@@ -445,11 +540,11 @@ pub async fn run_program(
             status = child.wait() => break Some(status),
             Some(line) = rx.recv() => collect(&mut run, line),
             () = &mut deadline => {
-                run.failure = Some(format!("timed out after {} s", limits.timeout.as_secs()));
+                run.failure = Some(RunFailure::TimedOut(limits.timeout));
                 break None;
             }
             () = &mut cancel => {
-                run.failure = Some("cancelled".to_owned());
+                run.failure = Some(RunFailure::Cancelled);
                 break None;
             }
         }
@@ -480,17 +575,15 @@ pub async fn run_program(
         Some(Ok(status)) => {
             run.exit_code = status.code();
             if let Some(signal) = status.signal() {
-                let hint = if signal == libc::SIGKILL {
-                    " (memory limit or killed)"
-                } else {
-                    ""
-                };
-                run.failure = Some(format!("script killed by signal {signal}{hint}"));
-            } else if status.code() == Some(125) && run.log.iter().any(|l| l.text.starts_with("cloister:")) {
-                run.failure = Some("cannot apply the job's resource limits".to_owned());
+                run.failure = Some(RunFailure::Killed { signal });
+            } else if !direct
+                && status.code() == Some(125)
+                && run.log.iter().any(|l| l.text.starts_with("cloister:"))
+            {
+                run.failure = Some(RunFailure::Limits);
             }
         }
-        Some(Err(e)) => run.failure = Some(format!("cannot wait for the script: {e}")),
+        Some(Err(e)) => run.failure = Some(RunFailure::Wait(e)),
         None => {}
     }
     run

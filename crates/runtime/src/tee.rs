@@ -1,5 +1,5 @@
-//! The contract between an executor and `cloister-runtime`, the process that runs a
-//! confidential job inside its TEE.
+//! The contracts of `cloister-runtime`, the process that runs a confidential job inside its
+//! TEE: with the executor that starts it, and with the CAS session that configures it.
 //!
 //! The executor (untrusted) prepares a job directory holding only ciphertext and public facts:
 //! `job.json` ([`TeeJob`]). It starts `cloister-runtime --job <dir>`, reads the runtime's
@@ -10,13 +10,63 @@
 //! The program's own output is the data owner's: the runtime hands it to the platform only
 //! encrypted (a *sealed log*, [`crate::JobOutcome::sealed_log`]), bound with
 //! [`sealed_log_binding`], and the platform stores it beside the job without reading it.
+//!
+//! The session names the script to run at [`SCRIPT_PATH`] and hands the runtime its keys and
+//! settings in the [`reserved`] variables; the simulation measurement it expects is that of
+//! [`RUNTIME_ID`]. These live here, with the executor's contract, so that the session builder
+//! shares them without linking the runtime itself.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 
-use crate::{LogLine, Status, TeeKind};
+use crate::{LogLine, Status, Tee};
+
+/// Identifies `cloister-runtime` in the simulation measurement (the workspace shares one
+/// version, so this crate's is the runtime's). Under simulation the runtime's bytes cannot be
+/// protected anyway (the host signs the evidence); with hardware TEEs the runtime is covered by
+/// the enclave or VM measurement itself.
+pub const RUNTIME_ID: &str = concat!("cloister-runtime/", env!("CARGO_PKG_VERSION"));
+
+/// Where a service's script is injected by its session, and so the word of the session's
+/// `command` that names it.
+pub const SCRIPT_PATH: &str = "/cloister/script.sh";
+
+/// The released environment variables the runtime consumes itself; the program never sees them.
+pub mod reserved {
+    /// The service's input identity: the X25519 secret (hex) that opens its input objects.
+    pub const INPUT_KEY: &str = "CLOISTER_INPUT_KEY";
+    /// Recipients (`cloister1x25519:…`, separated by spaces or commas) one of which must have
+    /// authenticated an input as its sender; when absent, inputs are accepted from anyone who
+    /// knows the service's public recipient.
+    pub const INPUT_SENDERS: &str = "CLOISTER_INPUT_SENDERS";
+    /// The data owners' recipients (`cloister1x25519:…`, separated by spaces or commas) every
+    /// output, and the program's log, is encrypted to.
+    pub const OUTPUT_RECIPIENTS: &str = "CLOISTER_OUTPUT_RECIPIENTS";
+    /// The paths inputs may come from: a JSON list of `{bucket, folder, prefix, suffix}`.
+    pub const INPUTS: &str = "CLOISTER_INPUTS";
+    /// Where outputs go: a JSON list of `{bucket, folder, prefix, suffix}` output targets.
+    pub const OUTPUTS: &str = "CLOISTER_OUTPUTS";
+    /// The key (hex, 32 bytes) volumes are encrypted under.
+    pub const VOLUME_KEY: &str = "CLOISTER_VOLUME_KEY";
+    /// The service's volume names, comma separated.
+    pub const VOLUMES: &str = "CLOISTER_VOLUMES";
+
+    /// Whether `name` is reserved.
+    pub fn is_reserved(name: &str) -> bool {
+        [
+            INPUT_KEY,
+            INPUT_SENDERS,
+            OUTPUT_RECIPIENTS,
+            INPUTS,
+            OUTPUTS,
+            VOLUME_KEY,
+            VOLUMES,
+        ]
+        .contains(&name)
+    }
+}
 
 /// The bucket bound into every sealed log. It names no stored bucket: it keeps a sealed log
 /// and a stored object from ever sharing a binding.
@@ -64,7 +114,7 @@ pub struct TeeJob {
     /// Platform service name (`OSCAR_SERVICE_NAME`).
     pub service: String,
     /// The TEE the evidence comes from.
-    pub tee: TeeKind,
+    pub tee: Tee,
     /// CAS URL (`https://host:port`).
     pub cas: String,
     /// Pin of the CAS identity (`sha256:<hex>`).

@@ -381,20 +381,18 @@ async fn scripts_see_exactly_their_arguments() {
     std::fs::write(&script, "for a do printf '[%s]' \"$a\"; done; echo \" $#\"").unwrap();
     let args = ["two words".to_owned(), "it's \"q\"".to_owned(), String::new()];
     for cgroups in [CgroupSupport::None, CgroupSupport::detect()] {
-        let run = run_program(
-            Program::Script(&script),
-            &args,
-            &work,
-            &[],
-            &Limits::default(),
-            &cgroups,
-            &unique_slot(),
-            1 << 20,
-            true,
-            std::future::pending(),
-            || {},
-        )
-        .await;
+        let options = ProgramOptions {
+            program: Program::Script(&script),
+            args: &args,
+            work_dir: &work,
+            env: &[],
+            limits: &Limits::default(),
+            cgroups: &cgroups,
+            slot: &unique_slot(),
+            log_limit: 1 << 20,
+            keep_stdout: true,
+        };
+        let run = run_program(options, std::future::pending(), || {}).await;
         assert_eq!(run.exit_code, Some(0), "{:?}", run.log);
         assert_eq!(
             String::from_utf8_lossy(&run.stdout),
@@ -510,4 +508,234 @@ ln -s {victim} "$HOME/script.sh"
     remove_stale_work_dirs(&options.work_root);
     assert!(!stale.exists() && !aside.exists() && !old.exists());
     assert!(live.exists() && slot_dir.exists());
+}
+
+fn wiring() -> AttestationWiring {
+    AttestationWiring {
+        cas: "https://cas.example:8081".into(),
+        cas_pin: format!("sha256:{}", "ab".repeat(32)),
+        service: "runner".into(),
+        session: "team/inference".into(),
+        tee: Tee::Sim,
+    }
+}
+
+/// The wiring keeps the form of the variables' map it replaced: an empty map for none, the
+/// variables' names otherwise. A partial map, an unknown variable or a TEE spelled otherwise
+/// than canonically is refused rather than half-read.
+#[test]
+fn attestation_wiring_keeps_the_variables_map_form() {
+    let plain = Placement::default();
+    let json = serde_json::to_value(&plain).unwrap();
+    assert_eq!(json["attestation"], serde_json::json!({}));
+    assert_eq!(serde_json::from_value::<Placement>(json).unwrap(), plain);
+
+    let placement = Placement {
+        tee: Some(Tee::Sim),
+        attestation: Some(wiring()),
+        ..Placement::default()
+    };
+    let json = serde_json::to_value(&placement).unwrap();
+    let variables = serde_json::json!({
+        "CLOISTER_CAS": "https://cas.example:8081",
+        "CLOISTER_CAS_PIN": format!("sha256:{}", "ab".repeat(32)),
+        "CLOISTER_SERVICE": "runner",
+        "CLOISTER_SESSION": "team/inference",
+        "CLOISTER_TEE": "sim",
+    });
+    assert_eq!(json["attestation"], variables);
+    assert_eq!(
+        serde_json::from_value::<Placement>(json.clone()).unwrap(),
+        placement
+    );
+    // The environment carries the same variables, in name order.
+    let environment: Vec<(String, serde_json::Value)> = wiring()
+        .environment()
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.into()))
+        .collect();
+    let expected: Vec<(String, serde_json::Value)> =
+        variables.as_object().unwrap().clone().into_iter().collect();
+    assert_eq!(environment, expected);
+
+    let mut partial = json.clone();
+    partial["attestation"]
+        .as_object_mut()
+        .unwrap()
+        .remove("CLOISTER_CAS");
+    let mut foreign = json.clone();
+    foreign["attestation"]["LD_PRELOAD"] = "x".into();
+    let mut long_name = json;
+    long_name["attestation"]["CLOISTER_TEE"] = "simulation".into();
+    for bad in [partial, foreign, long_name] {
+        assert!(serde_json::from_value::<Placement>(bad.clone()).is_err(), "{bad}");
+    }
+}
+
+/// A job whose placement has wiring sees it as variables, as a pod of a Kubernetes executor
+/// would.
+#[tokio::test]
+async fn attestation_wiring_reaches_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
+    let mut options = options(dir.path(), CgroupSupport::None);
+    options.synchronous = true;
+    let mut spec = spec("echo \"$CLOISTER_TEE $CLOISTER_SESSION $CLOISTER_SERVICE\"");
+    spec.placement.attestation = Some(wiring());
+    let outcome = run(&spec, &io, &options).await;
+    assert_eq!(outcome.stdout, b"sim team/inference runner\n");
+}
+
+fn direct<'a>(
+    program: &'a Path,
+    args: &'a [String],
+    work: &'a Path,
+    limits: &'a Limits,
+) -> ProgramOptions<'a> {
+    ProgramOptions {
+        program: Program::Direct(program),
+        args,
+        work_dir: work,
+        env: &[],
+        limits,
+        cgroups: &CgroupSupport::None,
+        slot: "",
+        log_limit: 1 << 20,
+        keep_stdout: true,
+    }
+}
+
+/// A program started directly gets exactly its arguments and environment, and a start failure
+/// names it (there is no shell to report "not found" as an exit code).
+#[tokio::test]
+async fn direct_programs_start_as_they_are() {
+    let work = tempfile::tempdir().unwrap();
+    let limits = Limits::default();
+    let args = ["two words".to_owned(), String::new()];
+    let env = [("ONLY".to_owned(), "this".to_owned())];
+    let run = run_program(
+        ProgramOptions {
+            env: &env,
+            ..direct(Path::new("/usr/bin/env"), &[], work.path(), &limits)
+        },
+        std::future::pending(),
+        || {},
+    )
+    .await;
+    assert!(run.failure.is_none(), "{:?}", run.failure);
+    assert_eq!(run.stdout, b"ONLY=this\n");
+    let run = run_program(
+        direct(Path::new("/bin/echo"), &args, work.path(), &limits),
+        std::future::pending(),
+        || {},
+    )
+    .await;
+    assert_eq!(
+        (run.exit_code, run.stdout.as_slice()),
+        (Some(0), &b"two words \n"[..])
+    );
+
+    let missing = work.path().join("no-such-runtime");
+    let mut started = false;
+    let run = run_program(
+        direct(&missing, &[], work.path(), &limits),
+        std::future::pending(),
+        || started = true,
+    )
+    .await;
+    assert!(!started);
+    let failure = run.failure.expect("a missing program fails");
+    assert!(matches!(failure, RunFailure::Start { .. }), "{failure:?}");
+    assert!(
+        failure
+            .to_string()
+            .starts_with(&format!("cannot start {}: ", missing.display())),
+        "{failure}"
+    );
+}
+
+/// Without the shell nothing applies memory, CPU or cgroup limits, so a direct program asked
+/// for them is refused instead of running unconfined.
+#[tokio::test]
+async fn direct_programs_refuse_limits_they_cannot_get() {
+    let work = tempfile::tempdir().unwrap();
+    let echo = Path::new("/bin/echo");
+    for limits in [
+        Limits {
+            memory_bytes: Some(64 << 20),
+            ..Limits::default()
+        },
+        Limits {
+            cpu_millis: Some(500),
+            ..Limits::default()
+        },
+    ] {
+        let mut started = false;
+        let run = run_program(
+            direct(echo, &[], work.path(), &limits),
+            std::future::pending(),
+            || started = true,
+        )
+        .await;
+        assert!(
+            matches!(run.failure, Some(RunFailure::Unconfinable)),
+            "{:?}",
+            run.failure
+        );
+        assert!(!started);
+    }
+    let limits = Limits::default();
+    let prepared = CgroupSupport::Prepared(vec![work.path().join("cgroup.procs")]);
+    let run = run_program(
+        ProgramOptions {
+            cgroups: &prepared,
+            ..direct(echo, &[], work.path(), &limits)
+        },
+        std::future::pending(),
+        || {},
+    )
+    .await;
+    assert!(
+        matches!(run.failure, Some(RunFailure::Unconfinable)),
+        "{:?}",
+        run.failure
+    );
+}
+
+/// A direct program's whole process group goes at the timeout, children included.
+#[tokio::test]
+async fn direct_programs_are_stopped_with_their_children() {
+    let work = tempfile::tempdir().unwrap();
+    let pid_file = work.path().join("child.pid");
+    let script = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
+    let args = ["-c".to_owned(), script];
+    let limits = Limits {
+        timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let started = std::time::Instant::now();
+    let run = run_program(
+        direct(Path::new("/bin/sh"), &args, work.path(), &limits),
+        std::future::pending(),
+        || {},
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let failure = run.failure.expect("the timeout stops it");
+    assert_eq!(failure.to_string(), "timed out after 1 s");
+    let child = std::fs::read_to_string(&pid_file).unwrap();
+    let proc = Path::new("/proc").join(child.trim());
+    // Killed, and reaped by init shortly after (a zombie still has its /proc entry).
+    let gone = (0..100).any(|_| {
+        let state = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+        if state.is_empty() || state.contains(") Z ") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        false
+    });
+    assert!(gone, "the program's child outlived it");
 }

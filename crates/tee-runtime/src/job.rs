@@ -12,9 +12,10 @@ use cloister_cas_client::protocol::{InitData, ReleasedConfig, VolumeCommit, Volu
 use cloister_crypt::{EncryptOptions, Identity, ObjectBinding, Recipient, SymmetricKey};
 use cloister_runtime::plain::PlainRoot;
 use cloister_runtime::tee::{TeeJob, TeeOutput, TeeResult, render_log, sealed_log_binding};
-use cloister_runtime::{CgroupSupport, Limits, OutputTarget, Program, Status, TeeKind};
+use cloister_runtime::{CgroupSupport, Limits, OutputTarget, Program, ProgramOptions, Status, Tee};
 use zeroize::Zeroizing;
 
+use crate::failure::{FileCrypto, InputProblem, JobFailure, JobFileProblem, ReleasedProblem, exit_code_text};
 use crate::reserved;
 use crate::volumes::{self, VolumeContext};
 
@@ -24,9 +25,6 @@ const MAX_JOB_FILE: u64 = 1024 * 1024;
 const MAX_EVENT: usize = 64 * 1024;
 /// Most bytes of the program's output kept in its encrypted log, whatever the job asks.
 const MAX_SEALED_LOG: usize = 16 * 1024 * 1024;
-
-/// A job's failure: the reason is reported; it never contains data content.
-type Step<T> = Result<T, String>;
 
 /// Runs the confidential job described in `job_dir/job.json`, writes `job_dir/result.json`
 /// and returns the same result. Status lines (no content) go to `log`.
@@ -41,26 +39,28 @@ pub async fn run_job_dir(job_dir: &Path, log: &mut (dyn FnMut(&str) + Send)) -> 
     let prepared = load_job(job_dir).and_then(|job| {
         // Hardware TEEs keep plaintext in their own memory; a disk-backed folder in a
         // confidential VM may be storage the host reads.
-        let root = PlainRoot::open(&job.plain_root, job.tee != TeeKind::Sim)?;
+        let root = PlainRoot::open(&job.plain_root, job.tee != Tee::Sim).map_err(JobFailure::Plaintext)?;
         let swept = root.sweep();
         if swept > 0 {
             log(&format!(
                 "cloister: removed {swept} plaintext folder(s) left by runtimes that did not finish"
             ));
         }
-        let plain = root.create_job_dir(&job.job_uuid)?;
+        let plain = root
+            .create_job_dir(&job.job_uuid)
+            .map_err(JobFailure::Plaintext)?;
         Ok((job, plain))
     });
     match prepared {
         Ok((job, plain)) => {
-            if let Err(reason) = run(&job, job_dir, plain.path(), log, &mut result).await {
+            if let Err(failure) = run(&job, job_dir, plain.path(), log, &mut result).await {
                 result.status = Status::Failed;
                 result.outputs.clear();
-                result.reason = Some(reason);
+                result.reason = Some(failure.to_string());
             }
             plain.wipe();
         }
-        Err(reason) => result.reason = Some(reason),
+        Err(failure) => result.reason = Some(failure.to_string()),
     }
     if let Some(reason) = &result.reason {
         log(&format!("cloister: {reason}"));
@@ -74,11 +74,11 @@ pub async fn run_job_dir(job_dir: &Path, log: &mut (dyn FnMut(&str) + Send)) -> 
     result
 }
 
-fn load_job(job_dir: &Path) -> Step<TeeJob> {
+fn load_job(job_dir: &Path) -> Result<TeeJob, JobFailure> {
     let job_bytes = read_limited(&job_dir.join("job.json"), MAX_JOB_FILE)?;
-    let job: TeeJob = serde_json::from_slice(&job_bytes).map_err(|e| format!("malformed job.json: {e}"))?;
+    let job: TeeJob = serde_json::from_slice(&job_bytes).map_err(JobFileProblem::Json)?;
     if uuid::Uuid::parse_str(&job.job_uuid).is_err() {
-        return Err("malformed job.json: job_uuid is not a UUID".into());
+        return Err(JobFileProblem::NotUuid.into());
     }
     for (what, name) in [("job_name", &job.job_name), ("service", &job.service)] {
         if name.is_empty()
@@ -87,7 +87,7 @@ fn load_job(job_dir: &Path) -> Step<TeeJob> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         {
-            return Err(format!("malformed job.json: invalid {what}"));
+            return Err(JobFileProblem::InvalidName(what).into());
         }
     }
     // The program joins these cgroups: only real cgroup membership files are written to.
@@ -96,27 +96,29 @@ fn load_job(job_dir: &Path) -> Step<TeeJob> {
             .components()
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
         if !normal || !procs.starts_with("/sys/fs/cgroup") || !procs.ends_with("cgroup.procs") {
-            return Err(format!(
-                "malformed job.json: {} is not a cgroup.procs file",
-                procs.display()
-            ));
+            return Err(JobFileProblem::NotCgroupProcs(procs.clone()).into());
         }
     }
     if job.event.len() > MAX_EVENT || serde_json::from_str::<serde_json::Value>(&job.event).is_err() {
-        return Err("malformed job.json: the event is not a JSON document of at most 64 KiB".into());
+        return Err(JobFileProblem::Event.into());
     }
     Ok(job)
 }
 
-fn read_limited(path: &Path, limit: u64) -> Step<Vec<u8>> {
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, JobFailure> {
     use std::io::Read as _;
-    let file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let unreadable = |source| JobFailure::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(unreadable)?;
     let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(unreadable)?;
     if bytes.len() as u64 > limit {
-        return Err(format!("{} is larger than {limit} bytes", path.display()));
+        return Err(JobFailure::TooLarge {
+            path: path.to_owned(),
+            limit,
+        });
     }
     Ok(bytes)
 }
@@ -124,14 +126,13 @@ fn read_limited(path: &Path, limit: u64) -> Step<Vec<u8>> {
 /// What this runtime was launched for. Under SGX it comes from the manifest's trusted file;
 /// elsewhere from `job.json`, and the evidence's launch register vouches for it (checked in
 /// [`CasClient::attest`] before anything is sent).
-fn init_data(job: &TeeJob) -> Step<InitData> {
-    if job.tee == TeeKind::Sgx {
+fn init_data(job: &TeeJob) -> Result<InitData, JobFailure> {
+    if job.tee == Tee::Sgx {
         let bytes = read_limited(Path::new(crate::SGX_INIT_DATA), 64 * 1024)?;
-        return serde_json::from_slice(&bytes)
-            .map_err(|e| format!("malformed {}: {e}", crate::SGX_INIT_DATA));
+        return serde_json::from_slice(&bytes).map_err(JobFailure::MalformedInitData);
     }
     InitData::new(&job.cas_pin, &job.session, &job.cas_service)
-        .map_err(|e| format!("malformed job.json: {e}"))
+        .map_err(|e| JobFileProblem::InitData(e).into())
 }
 
 async fn run(
@@ -140,22 +141,22 @@ async fn run(
     plain: &Path,
     log: &mut (dyn FnMut(&str) + Send),
     result: &mut TeeResult,
-) -> Step<()> {
+) -> Result<(), JobFailure> {
     // 1. Attest: evidence over this runtime, launched for this CAS, session and service.
     let init = init_data(job)?;
     let source = evidence_source(job, &init)?;
-    let client = CasClient::new(&job.cas, &init.cas_pin, None).map_err(|e| format!("CAS client: {e}"))?;
+    let client = CasClient::new(&job.cas, &init.cas_pin, None).map_err(JobFailure::CasClient)?;
     let started = Instant::now();
     let released = client
         .attest(&init, source.as_ref(), |_| {})
         .await
-        .map_err(|e| format!("attestation refused: {e}"))?;
+        .map_err(JobFailure::Attestation)?;
     log(&format!(
         "cloister: attested to the CAS as {}/{} ({} evidence) in {:.1} ms; configuration of session \
          version {} received",
         init.session,
         init.service,
-        tee_name(job.tee),
+        job.tee,
         started.elapsed().as_secs_f64() * 1000.0,
         short(&released.session_hash),
     ));
@@ -172,34 +173,33 @@ async fn run(
 
     // 2. Stage: injected files, the decrypted input, the volumes — all in the private dir.
     for dir in ["input", "output", "tmp", "files", "volumes"] {
-        std::fs::create_dir(plain.join(dir))
-            .map_err(|e| format!("cannot prepare the plaintext folder: {e}"))?;
+        std::fs::create_dir(plain.join(dir)).map_err(JobFailure::PlainLayout)?;
     }
     let mut staged_files = BTreeMap::new();
     for file in &files {
-        let relative = safe_relative(&file.path)
-            .ok_or_else(|| format!("the CAS released an unsafe file path {:?}", file.path))?;
+        let relative =
+            safe_relative(&file.path).ok_or_else(|| JobFailure::UnsafeFilePath(file.path.clone()))?;
         let dest = plain.join("files").join(relative);
+        let not_injected = |source| JobFailure::Inject {
+            path: file.path.clone(),
+            source,
+        };
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot inject {}: {e}", file.path))?;
+            std::fs::create_dir_all(parent).map_err(not_injected)?;
         }
-        write_private(&dest, &file.content, file.mode & 0o700)
-            .map_err(|e| format!("cannot inject {}: {e}", file.path))?;
+        write_private(&dest, &file.content, file.mode & 0o700).map_err(not_injected)?;
         staged_files.insert(file.path.clone(), dest);
     }
     drop(files);
     let mut input_path = None;
     if let Some(input) = &job.input {
         if !keys.inputs.is_empty() && !keys.inputs.iter().any(|p| p.contains(&input.bucket, &input.key)) {
-            return Err(format!(
-                "input {}/{} is not under an input path of the session",
-                input.bucket, input.key
-            ));
+            return Err(JobFailure::InputOutsidePaths {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+            });
         }
-        let identity = keys
-            .input
-            .as_ref()
-            .ok_or("the session releases no input key (CLOISTER_INPUT_KEY) but the job has an input")?;
+        let identity = keys.input.as_ref().ok_or(JobFailure::NoInputKey)?;
         let name = input
             .key
             .rsplit('/')
@@ -215,7 +215,11 @@ async fn run(
             &ObjectBinding::new(&input.bucket, &input.key),
             &keys.senders,
         )
-        .map_err(|e| format!("input {}/{} rejected: {e}", input.bucket, input.key))?;
+        .map_err(|source| JobFailure::InputRejected {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            source,
+        })?;
         // "Authenticated" only when a sender proved it: without one, anyone who knows the
         // service's public recipient (the host too) could have made this input.
         let origin = match &decrypted.sender {
@@ -239,15 +243,18 @@ async fn run(
             store: &job.volumes_dir,
         }),
         None if keys.volumes.is_empty() => None,
-        None => return Err("the session declares volumes but releases no volume key".into()),
+        None => return Err(JobFailure::NoVolumeKey),
     };
     let mut volume_dirs = Vec::new();
     for name in &keys.volumes {
         let state = volume_states.get(name).cloned().unwrap_or_default();
         let dir = plain.join("volumes").join(name);
-        std::fs::create_dir(&dir).map_err(|e| format!("cannot prepare volume {name:?}: {e}"))?;
+        std::fs::create_dir(&dir).map_err(|source| JobFailure::VolumeFolder {
+            name: name.clone(),
+            source,
+        })?;
         if let Some(ctx) = &volume_ctx {
-            volumes::restore(ctx, name, &state, &dir)?;
+            volumes::restore(ctx, name, &state, &dir).map_err(JobFailure::Volume)?;
         }
         log(&format!("cloister: volume {name:?} at version {}", state.version));
         volume_dirs.push((name.clone(), state, dir));
@@ -285,21 +292,19 @@ async fn run(
     } else {
         CgroupSupport::Prepared(job.cgroup_procs.clone())
     };
-    let run = cloister_runtime::run_program(
-        Program::Exec(&program),
-        &args,
-        &workdir,
-        &env,
-        &limits,
-        &cgroups,
-        "",
-        job.log_limit.min(MAX_SEALED_LOG),
-        false,
-        std::future::pending(),
-        || {},
-    )
-    .await;
-    let code = run.exit_code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+    let options = ProgramOptions {
+        program: Program::Exec(&program),
+        args: &args,
+        work_dir: &workdir,
+        env: &env,
+        limits: &limits,
+        cgroups: &cgroups,
+        slot: "",
+        log_limit: job.log_limit.min(MAX_SEALED_LOG),
+        keep_stdout: false,
+    };
+    let run = cloister_runtime::run_program(options, std::future::pending(), || {}).await;
+    let code = exit_code_text(run.exit_code);
     if keys.recipients.is_empty() {
         log(&format!(
             "cloister: program finished (exit code {code}); its output is withheld (the session names no \
@@ -309,7 +314,10 @@ async fn run(
         let started = Instant::now();
         let (bucket, key) = sealed_log_binding(&job.service, &job.job_name);
         let sealed = job_dir.join("sealed");
-        std::fs::create_dir_all(&sealed).map_err(|e| format!("cannot create {}: {e}", sealed.display()))?;
+        std::fs::create_dir_all(&sealed).map_err(|source| JobFailure::CreateDir {
+            path: sealed.clone(),
+            source,
+        })?;
         let text = Zeroizing::new(render_log(&run.log));
         encrypt_bytes(
             &text,
@@ -317,7 +325,7 @@ async fn run(
             &keys.recipients,
             &ObjectBinding::new(&bucket, &key),
         )
-        .map_err(|e| format!("cannot encrypt the program's log: {e}"))?;
+        .map_err(JobFailure::SealLog)?;
         result.sealed_log = Some("log".into());
         log(&format!(
             "cloister: program finished (exit code {code}); its output ({} bytes) is encrypted to the \
@@ -331,24 +339,24 @@ async fn run(
     drop(run.log);
     result.exit_code = run.exit_code;
     if let Some(failure) = run.failure {
-        return Err(failure);
+        return Err(JobFailure::Program(failure));
     }
     if run.exit_code != Some(0) {
-        return Err(format!("the program exited with code {code}"));
+        return Err(JobFailure::ProgramExit(run.exit_code));
     }
 
     // 4. Seal: every output for every target the session names, then the volumes.
     let outputs = cloister_runtime::collect_outputs(&plain.join("output"))
         .await
-        .map_err(|e| format!("cannot read the output directory: {e}"))?;
+        .map_err(JobFailure::OutputDir)?;
     if !outputs.is_empty() && !keys.outputs.is_empty() && keys.recipients.is_empty() {
-        return Err(
-            "the session names no output recipient (CLOISTER_OUTPUT_RECIPIENTS): outputs cannot leave".into(),
-        );
+        return Err(JobFailure::NoOutputRecipient);
     }
     let sealed_dir = job_dir.join("sealed");
-    std::fs::create_dir_all(&sealed_dir)
-        .map_err(|e| format!("cannot create {}: {e}", sealed_dir.display()))?;
+    std::fs::create_dir_all(&sealed_dir).map_err(|source| JobFailure::CreateDir {
+        path: sealed_dir.clone(),
+        source,
+    })?;
     let started = Instant::now();
     for (relative, path) in &outputs {
         let name = relative.rsplit('/').next().unwrap_or(relative);
@@ -361,7 +369,10 @@ async fn run(
                 &keys.recipients,
                 &ObjectBinding::new(&target.bucket, &key),
             )
-            .map_err(|e| format!("cannot encrypt output {relative}: {e}"))?;
+            .map_err(|source| JobFailure::SealOutput {
+                relative: relative.clone(),
+                source,
+            })?;
             result.outputs.push(TeeOutput {
                 bucket: target.bucket.clone(),
                 key,
@@ -379,7 +390,7 @@ async fn run(
     }
     if let Some(ctx) = &volume_ctx {
         for (name, state, dir) in &volume_dirs {
-            let (tag, stored) = volumes::seal(ctx, name, state.version, dir)?;
+            let (tag, stored) = volumes::seal(ctx, name, state.version, dir).map_err(JobFailure::Volume)?;
             let commit = VolumeCommit {
                 session: init.session.clone(),
                 service: init.service.clone(),
@@ -398,7 +409,10 @@ async fn run(
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&stored);
-                    return Err(format!("volume {name:?} not committed: {e}"));
+                    return Err(JobFailure::VolumeCommit {
+                        name: name.clone(),
+                        source: e,
+                    });
                 }
             }
         }
@@ -412,14 +426,17 @@ fn short(hash: &str) -> &str {
 }
 
 /// The program and its arguments: words naming an injected file name its staged copy.
-fn resolve_command(command: &[String], staged: &BTreeMap<String, PathBuf>) -> Step<(PathBuf, Vec<String>)> {
+fn resolve_command(
+    command: &[String],
+    staged: &BTreeMap<String, PathBuf>,
+) -> Result<(PathBuf, Vec<String>), JobFailure> {
     let resolve = |word: &String| {
         staged
             .get(word)
             .map_or_else(|| word.clone(), |p| p.display().to_string())
     };
     let Some(first) = command.first() else {
-        return Err("the session names no command for this service: nothing to run".into());
+        return Err(JobFailure::NoCommand);
     };
     let program = PathBuf::from(resolve(first));
     Ok((program, command[1..].iter().map(resolve).collect()))
@@ -438,13 +455,16 @@ struct Keys {
 }
 
 impl Keys {
-    fn take(environment: &mut BTreeMap<String, String>) -> Step<Self> {
+    fn take(environment: &mut BTreeMap<String, String>) -> Result<Self, ReleasedProblem> {
         let input = environment
             .remove(reserved::INPUT_KEY)
             .map(|hex_key| parse_key32(&hex_key, reserved::INPUT_KEY))
             .transpose()?
             .map(|bytes| {
-                Identity::from_secret_bytes(&bytes).map_err(|e| format!("{}: {e}", reserved::INPUT_KEY))
+                Identity::from_secret_bytes(&bytes).map_err(|source| ReleasedProblem::Key {
+                    variable: reserved::INPUT_KEY,
+                    source,
+                })
             })
             .transpose()?;
         let recipients = parse_recipients(
@@ -455,9 +475,9 @@ impl Keys {
             environment.remove(reserved::INPUT_SENDERS),
             reserved::INPUT_SENDERS,
         )?;
-        let targets = |name: &str, value: Option<String>| -> Step<Vec<OutputTarget>> {
-            value.map_or(Ok(Vec::new()), |json| {
-                serde_json::from_str(&json).map_err(|e| format!("{name}: {e}"))
+        let targets = |variable: &'static str, value: Option<String>| {
+            value.map_or(Ok(Vec::<OutputTarget>::new()), |json| {
+                serde_json::from_str(&json).map_err(|source| ReleasedProblem::Targets { variable, source })
             })
         };
         let inputs = targets(reserved::INPUTS, environment.remove(reserved::INPUTS))?;
@@ -467,7 +487,10 @@ impl Keys {
             .map(|hex_key| parse_key32(&hex_key, reserved::VOLUME_KEY))
             .transpose()?
             .map(|bytes| {
-                SymmetricKey::new("volume", *bytes).map_err(|e| format!("{}: {e}", reserved::VOLUME_KEY))
+                SymmetricKey::new("volume", *bytes).map_err(|source| ReleasedProblem::Key {
+                    variable: reserved::VOLUME_KEY,
+                    source,
+                })
             })
             .transpose()?;
         let mut volumes = Vec::new();
@@ -481,7 +504,7 @@ impl Keys {
                 continue;
             }
             if !valid_volume_name(name) {
-                return Err(format!("{}: invalid volume name {name:?}", reserved::VOLUMES));
+                return Err(ReleasedProblem::VolumeName(name.to_owned()));
             }
             volumes.push(name.to_owned());
         }
@@ -497,51 +520,48 @@ impl Keys {
     }
 }
 
-fn parse_recipients(value: Option<String>, what: &str) -> Step<Vec<Recipient>> {
+fn parse_recipients(
+    value: Option<String>,
+    variable: &'static str,
+) -> Result<Vec<Recipient>, ReleasedProblem> {
     value
         .unwrap_or_default()
         .split([' ', ',', '\n'])
         .filter(|r| !r.trim().is_empty())
-        .map(|r| r.parse::<Recipient>().map_err(|e| format!("{what}: {e}")))
+        .map(|r| {
+            r.parse::<Recipient>()
+                .map_err(|source| ReleasedProblem::Key { variable, source })
+        })
         .collect()
 }
 
-fn parse_key32(text: &str, what: &str) -> Step<Zeroizing<[u8; 32]>> {
+fn parse_key32(text: &str, variable: &'static str) -> Result<Zeroizing<[u8; 32]>, ReleasedProblem> {
     let mut bytes = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text.trim(), &mut *bytes).map_err(|_| format!("{what} must be 64 hex digits"))?;
+    hex::decode_to_slice(text.trim(), &mut *bytes).map_err(|_| ReleasedProblem::KeyNotHex(variable))?;
     Ok(bytes)
 }
 
-fn evidence_source(job: &TeeJob, init: &InitData) -> Step<Box<dyn EvidenceSource>> {
+fn evidence_source(job: &TeeJob, init: &InitData) -> Result<Box<dyn EvidenceSource>, JobFailure> {
     Ok(match job.tee {
-        TeeKind::Sim => {
+        Tee::Sim => {
             let path = job
                 .sim_platform_key
                 .as_ref()
-                .ok_or("the job names no simulation platform key")?;
+                .ok_or(JobFailure::NoSimPlatformKey)?;
             let seed = Zeroizing::new(read_limited(path, 32)?);
             let seed: [u8; 32] = seed
                 .as_slice()
                 .try_into()
-                .map_err(|_| format!("{} is not a 32-byte platform key", path.display()))?;
+                .map_err(|_| JobFailure::BadSimPlatformKey(path.clone()))?;
             Box::new(
                 init.simulated(SimPlatform::from_seed(seed), crate::sim_measurement())
-                    .map_err(|e| e.to_string())?,
+                    .map_err(JobFailure::SimulatedTee)?,
             )
         }
-        TeeKind::Sgx => Box::new(GramineSource::new()),
-        TeeKind::Tdx => Box::new(TsmSource::new(TsmProvider::Tdx)),
-        TeeKind::Snp => Box::new(TsmSource::new(TsmProvider::SevSnp)),
+        Tee::Sgx => Box::new(GramineSource::new()),
+        Tee::Tdx => Box::new(TsmSource::new(TsmProvider::Tdx)),
+        Tee::Snp => Box::new(TsmSource::new(TsmProvider::SevSnp)),
     })
-}
-
-fn tee_name(tee: TeeKind) -> &'static str {
-    match tee {
-        TeeKind::Sgx => "sgx",
-        TeeKind::Tdx => "tdx",
-        TeeKind::Snp => "snp",
-        TeeKind::Sim => "simulation",
-    }
 }
 
 fn script_environment(
@@ -620,14 +640,14 @@ fn decrypt_file(
     identity: &Identity,
     binding: &ObjectBinding,
     senders: &[Recipient],
-) -> Result<cloister_crypt::Decrypted, String> {
-    let input = File::open(src).map_err(|e| format!("cannot open the ciphertext: {e}"))?;
-    let output = create_private(dest, 0o600).map_err(|e| format!("cannot write the plaintext: {e}"))?;
+) -> Result<cloister_crypt::Decrypted, InputProblem> {
+    let input = File::open(src).map_err(InputProblem::Open)?;
+    let output = create_private(dest, 0o600).map_err(InputProblem::Write)?;
     // One thread per available CPU. On any failure the plaintext file is left empty: nothing of
     // an unverified object remains.
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     cloister_crypt::decrypt_file_from(&input, &output, identity.into(), binding, senders, threads)
-        .map_err(|e| e.to_string())
+        .map_err(InputProblem::Crypt)
 }
 
 fn encrypt_file(
@@ -635,13 +655,14 @@ fn encrypt_file(
     dest: &Path,
     recipients: &[Recipient],
     binding: &ObjectBinding,
-) -> Result<u64, String> {
-    let input = File::open(src).map_err(|e| e.to_string())?;
-    let output = File::create(dest).map_err(|e| e.to_string())?;
+) -> Result<u64, FileCrypto> {
+    let input = File::open(src)?;
+    let output = File::create(dest)?;
     let options = EncryptOptions { chunk_size: 1 << 20 };
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    cloister_crypt::encrypt_file(&input, &output, recipients, binding, &options, threads)
-        .map_err(|e| e.to_string())
+    Ok(cloister_crypt::encrypt_file(
+        &input, &output, recipients, binding, &options, threads,
+    )?)
 }
 
 fn encrypt_bytes(
@@ -649,17 +670,16 @@ fn encrypt_bytes(
     dest: &Path,
     recipients: &[Recipient],
     binding: &ObjectBinding,
-) -> Result<(), String> {
-    let mut output = std::io::BufWriter::new(File::create(dest).map_err(|e| e.to_string())?);
+) -> Result<(), FileCrypto> {
+    let mut output = std::io::BufWriter::new(File::create(dest)?);
     cloister_crypt::encrypt(
         plain,
         &mut output,
         recipients,
         binding,
         &EncryptOptions::default(),
-    )
-    .map_err(|e| e.to_string())?;
-    output.flush().map_err(|e| e.to_string())
+    )?;
+    Ok(output.flush()?)
 }
 
 fn create_private(path: &Path, mode: u32) -> std::io::Result<File> {

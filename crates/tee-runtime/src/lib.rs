@@ -14,20 +14,16 @@
 //!
 //! The executor's side of the contract is [`cloister_runtime::tee`].
 
+mod failure;
 mod job;
 mod volumes;
 
 pub use job::run_job_dir;
 pub use volumes::{volume_binding, volume_file_name};
 
-/// Identifies this runtime in the simulation measurement. Under simulation the runtime's bytes
-/// cannot be protected anyway (the host signs the evidence); with hardware TEEs the runtime is
-/// covered by the enclave or VM measurement itself.
-pub const RUNTIME_ID: &str = concat!("cloister-runtime/", env!("CARGO_PKG_VERSION"));
-
-/// Where a service's script is injected by its session, and so the word of the session's
-/// `command` that names it.
-pub const SCRIPT_PATH: &str = "/cloister/script.sh";
+// The runtime's contract with the sessions that configure it: shared with the session builder
+// (`cloister-platform`), which must not link the TEE side.
+pub use cloister_runtime::tee::{RUNTIME_ID, SCRIPT_PATH, reserved};
 
 /// Under SGX (Gramine) the init-data is read from here, a trusted file of the manifest (so part
 /// of MRENCLAVE), never from the host's `job.json`: an enclave has no launch configuration
@@ -38,39 +34,4 @@ pub const SGX_INIT_DATA: &str = "/cloister/init-data.json";
 /// service runs comes from its session.
 pub fn sim_measurement() -> [u8; 32] {
     cloister_attestation::sim_measurement(RUNTIME_ID.as_bytes())
-}
-
-/// The released environment variables the runtime consumes itself; the program never sees them.
-pub mod reserved {
-    /// The service's input identity: the X25519 secret (hex) that opens its input objects.
-    pub const INPUT_KEY: &str = "CLOISTER_INPUT_KEY";
-    /// Recipients (`cloister1x25519:…`, separated by spaces or commas) one of which must have
-    /// authenticated an input as its sender; when absent, inputs are accepted from anyone who
-    /// knows the service's public recipient.
-    pub const INPUT_SENDERS: &str = "CLOISTER_INPUT_SENDERS";
-    /// The data owners' recipients (`cloister1x25519:…`, separated by spaces or commas) every
-    /// output, and the program's log, is encrypted to.
-    pub const OUTPUT_RECIPIENTS: &str = "CLOISTER_OUTPUT_RECIPIENTS";
-    /// The paths inputs may come from: a JSON list of `{bucket, folder, prefix, suffix}`.
-    pub const INPUTS: &str = "CLOISTER_INPUTS";
-    /// Where outputs go: a JSON list of `{bucket, folder, prefix, suffix}` output targets.
-    pub const OUTPUTS: &str = "CLOISTER_OUTPUTS";
-    /// The key (hex, 32 bytes) volumes are encrypted under.
-    pub const VOLUME_KEY: &str = "CLOISTER_VOLUME_KEY";
-    /// The service's volume names, comma separated.
-    pub const VOLUMES: &str = "CLOISTER_VOLUMES";
-
-    /// Whether `name` is reserved.
-    pub fn is_reserved(name: &str) -> bool {
-        [
-            INPUT_KEY,
-            INPUT_SENDERS,
-            OUTPUT_RECIPIENTS,
-            INPUTS,
-            OUTPUTS,
-            VOLUME_KEY,
-            VOLUMES,
-        ]
-        .contains(&name)
-    }
 }
