@@ -792,7 +792,7 @@ async fn canary_scan_finds_plain_data_and_not_encrypted_data() {
     .await;
     plain.wait_jobs("uppercase", 1).await;
     let data = plain_dir.path().to_str().unwrap().to_owned();
-    let out = plain.cli(&[
+    let out = plain.bench(&[
         "canary-scan",
         "--canary",
         canary,
@@ -843,7 +843,7 @@ async fn canary_scan_finds_plain_data_and_not_encrypted_data() {
         &recipient,
     ]));
     let data = sealed_dir.path().to_str().unwrap().to_owned();
-    let out = sealed.cli(&[
+    let out = sealed.bench(&[
         "canary-scan",
         "--canary",
         canary,
