@@ -106,8 +106,6 @@ pub enum CasCommand {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Measure the CAS on this machine (private instance on loopback) and print a table.
-    Bench(crate::cas_bench::CasBenchArgs),
     /// Attest with the simulation TEE and print the released configuration (development).
     Attest {
         #[arg(long)]
@@ -430,7 +428,6 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
         CasCommand::Session(command) => session(command, json).await,
-        CasCommand::Bench(args) => crate::cas_bench::run(args, json).await,
         CasCommand::Secret {
             session,
             name,

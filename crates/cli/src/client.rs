@@ -31,7 +31,9 @@ pub mod exit {
 /// An error carrying the exit code the process should end with.
 #[derive(Debug)]
 pub struct Exit {
+    /// The process's exit code (see [`exit`]).
     pub code: i32,
+    /// What went wrong, for the user.
     pub message: String,
 }
 
@@ -43,6 +45,7 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// An error that ends the process with `code`.
 pub fn fail(code: i32, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Exit {
         code,
@@ -84,6 +87,7 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
+    /// The configuration to connect with, from the sources in their order.
     pub fn resolve(&self) -> anyhow::Result<ClientConfig> {
         let file = match &self.config {
             Some(path) => Some(read_config(path)?),
@@ -132,6 +136,7 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client for the server `config` names (nothing is sent yet).
     pub fn new(config: ClientConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .build()

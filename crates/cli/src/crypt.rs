@@ -58,19 +58,6 @@ pub struct DecryptArgs {
     expect_senders: Vec<String>,
 }
 
-#[derive(clap::Args)]
-pub struct BenchArgs {
-    /// Plaintext size in MiB.
-    #[arg(long, default_value_t = 256)]
-    size_mib: usize,
-    /// Chunk size in KiB.
-    #[arg(long, default_value_t = 64)]
-    chunk_kib: u32,
-    /// Runs; the best is kept.
-    #[arg(long, default_value_t = 3)]
-    iterations: usize,
-}
-
 fn crypt_error(e: cloister_crypt::CryptError) -> anyhow::Error {
     fail(exit::INVALID, e.to_string())
 }
@@ -326,31 +313,6 @@ pub async fn get(
         );
     } else {
         eprintln!("{}", sender_report(&decrypted));
-    }
-    Ok(())
-}
-
-pub fn bench(args: BenchArgs, json: bool) -> anyhow::Result<()> {
-    let report = cloister_crypt::bench::run(args.size_mib << 20, args.chunk_kib << 10, args.iterations)
-        .map_err(crypt_error)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "size": report.size, "chunk_size": report.chunk_size,
-                "raw_seal_gbps": report.raw_seal, "raw_open_gbps": report.raw_open,
-                "encrypt_gbps": report.encrypt, "decrypt_gbps": report.decrypt,
-                "decryptor_read_gbps": report.decryptor_read,
-                "raw_seal_out_of_place_gbps": report.raw_seal_out_of_place,
-                "raw_open_out_of_place_gbps": report.raw_open_out_of_place,
-                "encrypt_into_gbps": report.encrypt_into, "decrypt_into_gbps": report.decrypt_into,
-                "seal_in_place_gbps": report.seal_in_place, "open_in_place_gbps": report.open_in_place,
-                "file_threads": report.threads,
-                "file_encrypt_gbps": report.file_encrypt, "file_decrypt_gbps": report.file_decrypt,
-            }))?
-        );
-    } else {
-        println!("{report}");
     }
     Ok(())
 }

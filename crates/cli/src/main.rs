@@ -1,14 +1,9 @@
 //! `cloister`: run the platform, and drive it from the command line.
 
 mod attest;
-mod bench;
-mod canary;
 mod cas;
-mod cas_bench;
-mod client;
 mod commands;
 mod confidential;
-mod confidential_bench;
 mod crypt;
 mod server;
 
@@ -16,13 +11,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cloister_cli::client;
 
 use crate::client::{ConnectArgs, Exit};
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 failure, 2 usage error, 3 not found, 4 missing or wrong \
 credentials, 5 conflict (already exists / in use), 6 input refused by the server, 7 server failed or \
-unreachable, 8 the job or invocation failed, 9 evidence not authentic or refused by the policy, 10 the canary \
-scan found the canary.";
+unreachable, 8 the job or invocation failed, 9 evidence not authentic or refused by the policy.";
 
 /// Cloister: serverless file processing that is OSCAR-compatible and can run confidentially.
 #[derive(Parser)]
@@ -115,21 +110,11 @@ enum Command {
     Encrypt(crypt::EncryptArgs),
     /// Decrypt a file made by `encrypt` (or `put --encrypt`).
     Decrypt(crypt::DecryptArgs),
-    /// Measure the encrypted object format against raw AES-256-GCM and print a table.
-    CryptBench(crypt::BenchArgs),
-    /// Look for a canary (plain, hex, base64) in data directories, API answers and process
-    /// environments; exit code 10 when it is found.
-    CanaryScan(canary::CanaryArgs),
     /// List objects under `bucket[/prefix]`.
     Ls {
         /// `bucket` or `bucket/prefix`.
         path: String,
     },
-    /// Measure confidential against plain jobs (1 MiB and 256 MiB inputs) and the runtime's
-    /// attestation and key release, with a private CAS and server; prints a table.
-    ConfidentialBench(confidential_bench::ConfidentialBenchArgs),
-    /// Measure the platform on this machine and print a table.
-    Bench(bench::BenchArgs),
     /// The configuration and attestation service: run it, unseal it, manage sessions.
     #[command(subcommand)]
     Cas(cas::CasCommand),
@@ -226,22 +211,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Server(args) => server::run(*args).await,
-        Command::Bench(args) => bench::run(args, json).await,
         Command::Attest(command) => attest::run(command, json),
         Command::Keygen { out } => crypt::keygen(&out),
         Command::Encrypt(args) => crypt::encrypt(args),
         Command::Decrypt(args) => crypt::decrypt(args, json),
-        Command::CryptBench(args) => crypt::bench(args, json),
-        Command::CanaryScan(args) => {
-            let client = if args.api {
-                Some(client::Client::new(cli.connect.resolve()?)?)
-            } else {
-                None
-            };
-            canary::run(args, client, json).await
-        }
         Command::Cas(command) => cas::run(command, json).await,
-        Command::ConfidentialBench(args) => confidential_bench::run(args, json).await,
         command => {
             let client = client::Client::new(cli.connect.resolve()?)?;
             match command {
@@ -290,15 +264,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 }
                 Command::Ls { path } => commands::ls(&client, &path, json).await,
                 Command::Server(_)
-                | Command::Bench(_)
                 | Command::Attest(_)
                 | Command::Cas(_)
-                | Command::ConfidentialBench(_)
                 | Command::Keygen { .. }
                 | Command::Encrypt(_)
-                | Command::Decrypt(_)
-                | Command::CryptBench(_)
-                | Command::CanaryScan(_) => {
+                | Command::Decrypt(_) => {
                     unreachable!("handled above")
                 }
             }

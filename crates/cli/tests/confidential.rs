@@ -310,7 +310,7 @@ impl World {
     }
 
     fn scan(&self, canary: &str) -> std::process::Output {
-        self.server.cli(&[
+        self.server.bench(&[
             "canary-scan",
             "--canary",
             canary,

@@ -231,13 +231,22 @@ async fn queued_jobs_run_after_a_kill_9() {
     put_object(&server, "gated", "in/first", b"1").await;
     put_object(&server, "gated", "in/second", b"2").await;
     // With one slot, the first job runs (waiting at the gate) and the second waits in the queue.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let jobs = server.get_json("/system/logs/gated").await["jobs"]
-        .as_object()
-        .cloned()
-        .unwrap();
-    let statuses: Vec<&str> = jobs.values().filter_map(|j| j["status"].as_str()).collect();
-    assert_eq!(statuses, ["Running", "Pending"], "{jobs:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = server.get_json("/system/logs/gated").await["jobs"]
+            .as_object()
+            .cloned()
+            .unwrap();
+        let statuses: Vec<&str> = jobs.values().filter_map(|j| j["status"].as_str()).collect();
+        if statuses == ["Running", "Pending"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected one job running and one pending: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     server.restart_after_crash();
     std::fs::write(&gate, "").unwrap();
@@ -297,7 +306,7 @@ async fn pipeline_and_filters() {
     put_object(&server, "wordcount", "in/skip.csv", b"a,b\n").await;
     put_object(&server, "wordcount", "in/words.txt", b"the cat and the hat\n").await;
     let jobs = server.wait_jobs("wordcount", 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Jobs are recorded before an upload is acknowledged, so the listing is already complete.
     assert_eq!(
         server.get_json("/system/logs/wordcount").await["jobs"]
             .as_object()
@@ -792,7 +801,7 @@ async fn canary_scan_finds_plain_data_and_not_encrypted_data() {
     .await;
     plain.wait_jobs("uppercase", 1).await;
     let data = plain_dir.path().to_str().unwrap().to_owned();
-    let out = plain.cli(&[
+    let out = plain.bench(&[
         "canary-scan",
         "--canary",
         canary,
@@ -843,7 +852,7 @@ async fn canary_scan_finds_plain_data_and_not_encrypted_data() {
         &recipient,
     ]));
     let data = sealed_dir.path().to_str().unwrap().to_owned();
-    let out = sealed.cli(&[
+    let out = sealed.bench(&[
         "canary-scan",
         "--canary",
         canary,

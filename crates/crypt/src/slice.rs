@@ -2,7 +2,7 @@
 //! opened between the caller's buffers instead of through `Read`/`Write`.
 //!
 //! A `Read`/`Write` pipeline has to copy every byte into its chunk buffer and out again, and on
-//! large objects those copies cost more than AES itself (see [`crate::bench`]). Here each chunk
+//! large objects those copies cost more than AES itself (see `cloister-bench crypt`). Here each chunk
 //! goes once to its place in the output and is sealed (opened) there while in cache; the
 //! in-place variants do that within the caller's buffer, so, like raw in-place AES-GCM, they read
 //! and write every byte once. The bytes are exactly those of the streaming API for the same

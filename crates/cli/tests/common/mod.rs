@@ -44,6 +44,27 @@ pub fn runtime_bin() -> PathBuf {
         .clone()
 }
 
+/// The `cloister-bench` binary beside `cloister` (the canary scan lives there). It belongs to
+/// another package, so it is built here, once per test process, from the same sources: cargo
+/// does nothing when it is up to date.
+pub fn bench_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = Path::new(bin()).parent().expect("target dir");
+            let release = dir.file_name().is_some_and(|n| n == "release");
+            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cargo.args(["build", "-p", "cloister-bench", "--bin", "cloister-bench"]);
+            if release {
+                cargo.arg("--release");
+            }
+            let status = cargo.current_dir(repo_root()).status().expect("run cargo");
+            assert!(status.success(), "cannot build cloister-bench");
+            dir.join("cloister-bench")
+        })
+        .clone()
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -183,6 +204,15 @@ impl Server {
             .env("CLOISTER_CONFIG", self.dir.join("client.json"))
             .output()
             .expect("run cloister")
+    }
+
+    /// Runs `cloister-bench` with this server's client configuration.
+    pub fn bench(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bench_bin())
+            .args(args)
+            .env("CLOISTER_CONFIG", self.dir.join("client.json"))
+            .output()
+            .expect("run cloister-bench")
     }
 
     pub async fn token(&self, service: &str) -> String {

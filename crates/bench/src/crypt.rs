@@ -1,4 +1,4 @@
-//! Throughput benchmark: the encrypted object format, through each API, against the raw
+//! `cloister-bench crypt`: the encrypted object format, through each API, against the raw
 //! AES-256-GCM ceiling of the same library, on the same data, in the same run, on the calling
 //! thread; and the file-to-file API ([`encrypt_file`], [`decrypt_file`]) on real temporary files
 //! with one thread per available CPU.
@@ -18,8 +18,7 @@
 //! in the background meanwhile. The output files are reused across iterations, like the output
 //! buffers of the other rows.
 //!
-//! Call it from release builds (`cargo run --release -p cloister-crypt --example crypt_bench`);
-//! the CLI can call [`run`] too.
+//! Run it from release builds: `cargo run --release -p cloister-bench -- crypt`.
 
 use std::fmt;
 use std::fs::File;
@@ -27,49 +26,89 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-
-use crate::{
-    CryptError, DecryptionKey, Decryptor, EncryptOptions, Identity, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
-    ObjectBinding, TAG_LEN, decrypt, decrypt_file, decrypt_into, encrypt, encrypt_file, encrypt_into,
-    encrypted_len, open_in_place, seal_in_place,
+use cloister_cli::client::{exit, fail};
+use cloister_crypt::{
+    DecryptionKey, Decryptor, EncryptOptions, Identity, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, ObjectBinding,
+    TAG_LEN, decrypt, decrypt_file, decrypt_into, encrypt, encrypt_file, encrypt_into, encrypted_len,
+    open_in_place, seal_in_place,
 };
+
+/// Sizes of the encrypted-object-format benchmark.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CryptArgs {
+    /// Plaintext size in MiB.
+    #[arg(long, default_value_t = 256)]
+    size_mib: usize,
+    /// Chunk size in KiB.
+    #[arg(long, default_value_t = 64)]
+    chunk_kib: u32,
+    /// Runs; the best is kept.
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
+}
+
+/// Runs the benchmark and prints its report.
+pub fn run(args: CryptArgs, json: bool) -> anyhow::Result<()> {
+    let report = measure(args.size_mib << 20, args.chunk_kib << 10, args.iterations)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "size": report.size, "chunk_size": report.chunk_size,
+                "raw_seal_gbps": report.raw_seal, "raw_open_gbps": report.raw_open,
+                "encrypt_gbps": report.encrypt, "decrypt_gbps": report.decrypt,
+                "decryptor_read_gbps": report.decryptor_read,
+                "raw_seal_out_of_place_gbps": report.raw_seal_out_of_place,
+                "raw_open_out_of_place_gbps": report.raw_open_out_of_place,
+                "encrypt_into_gbps": report.encrypt_into, "decrypt_into_gbps": report.decrypt_into,
+                "seal_in_place_gbps": report.seal_in_place, "open_in_place_gbps": report.open_in_place,
+                "file_threads": report.threads,
+                "file_encrypt_gbps": report.file_encrypt, "file_decrypt_gbps": report.file_decrypt,
+            }))?
+        );
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
 
 /// Results of one benchmark run; rates are in GB/s (10^9 bytes per second) of plaintext.
 #[derive(Clone, Debug)]
-pub struct BenchReport {
+struct BenchReport {
     /// Plaintext size in bytes.
-    pub size: usize,
+    size: usize,
     /// Chunk size in bytes.
-    pub chunk_size: u32,
+    chunk_size: u32,
     /// Raw AES-256-GCM seal in place, chunk by chunk (the ceiling for encryption).
-    pub raw_seal: f64,
+    raw_seal: f64,
     /// Raw AES-256-GCM open in place, chunk by chunk (the ceiling for decryption).
-    pub raw_open: f64,
+    raw_open: f64,
     /// Raw AES-256-GCM seal from the plaintext into a separate buffer, chunk by chunk.
-    pub raw_seal_out_of_place: f64,
+    raw_seal_out_of_place: f64,
     /// Raw AES-256-GCM open from the ciphertext into a separate buffer, chunk by chunk.
-    pub raw_open_out_of_place: f64,
+    raw_open_out_of_place: f64,
     /// [`encrypt`] (`Read`/`Write` API) from a `&[u8]` reader into a `Vec<u8>` writer.
-    pub encrypt: f64,
+    encrypt: f64,
     /// [`decrypt`] (`Read`/`Write` API) from a `&[u8]` reader into a `Vec<u8>` writer.
-    pub decrypt: f64,
+    decrypt: f64,
     /// [`Decryptor`] read into a large caller buffer.
-    pub decryptor_read: f64,
+    decryptor_read: f64,
     /// [`encrypt_into`] from a `&[u8]` into a reused `Vec<u8>`.
-    pub encrypt_into: f64,
+    encrypt_into: f64,
     /// [`decrypt_into`] from a `&[u8]` into a reused `Vec<u8>`.
-    pub decrypt_into: f64,
+    decrypt_into: f64,
     /// [`seal_in_place`] of a `Vec<u8>` with room for the object.
-    pub seal_in_place: f64,
+    seal_in_place: f64,
     /// [`open_in_place`] of that object.
-    pub open_in_place: f64,
+    open_in_place: f64,
     /// Threads used by the file rows ([`std::thread::available_parallelism`]).
-    pub threads: usize,
+    threads: usize,
     /// [`encrypt_file`] from a plaintext file to an object file, on `threads` threads.
-    pub file_encrypt: f64,
+    file_encrypt: f64,
     /// [`decrypt_file`] from that object file to a plaintext file, on `threads` threads.
-    pub file_decrypt: f64,
+    file_decrypt: f64,
 }
 
 impl fmt::Display for BenchReport {
@@ -132,10 +171,11 @@ fn gbps(bytes: usize, d: Duration) -> f64 {
 
 /// Runs the benchmark on `size` bytes with `chunk_size`, keeping the best of `iterations` runs
 /// of each measurement (the first run also faults in every buffer).
-pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchReport, CryptError> {
+fn measure(size: usize, chunk_size: u32, iterations: usize) -> anyhow::Result<BenchReport> {
     // Checked up front: the raw loops below would panic on a zero chunk size.
     if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
-        return Err(CryptError::InvalidArgument(
+        return Err(fail(
+            exit::INVALID,
             "chunk size must be between 16 bytes and 16 MiB",
         ));
     }
@@ -149,9 +189,8 @@ pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchRepor
 
     // Ceiling: seal/open in place with the same library, same chunking, no I/O, no copies.
     let mut key_bytes = [0u8; 32];
-    crate::header::random(&mut key_bytes)?;
-    let key =
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key_bytes).map_err(|_| CryptError::Crypto("key"))?);
+    rand::fill(&mut key_bytes);
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key_bytes).context("AES key")?);
     let mut work = data.clone();
     let mut tags = vec![[0u8; 16]; size.div_ceil(cs).max(1)];
     let nonce = |i: usize| {
@@ -165,14 +204,14 @@ pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchRepor
         for (i, (c, tag)) in work.chunks_mut(cs).zip(tags.iter_mut()).enumerate() {
             let tg = key
                 .seal_in_place_separate_tag(nonce(i), Aad::empty(), c)
-                .map_err(|_| CryptError::Crypto("seal"))?;
+                .context("raw AES-GCM seal")?;
             tag.copy_from_slice(tg.as_ref());
         }
         raw_seal = raw_seal.min(t.elapsed());
         let t = Instant::now();
         for (i, (c, tag)) in work.chunks_mut(cs).zip(tags.iter()).enumerate() {
             key.open_in_place_separate_tag(nonce(i), Aad::empty(), tag, c)
-                .map_err(|_| CryptError::Crypto("open"))?;
+                .context("raw AES-GCM open")?;
         }
         raw_open = raw_open.min(t.elapsed());
     }
@@ -185,14 +224,14 @@ pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchRepor
         for (i, (p, c)) in data.chunks(cs).zip(sealed.chunks_mut(cs + TAG_LEN)).enumerate() {
             let (ct, tag) = c.split_at_mut(p.len());
             key.seal_out_of_place_scatter(nonce(i), Aad::empty(), p, ct, &[], tag)
-                .map_err(|_| CryptError::Crypto("seal"))?;
+                .context("raw AES-GCM seal")?;
         }
         raw_seal_oop = raw_seal_oop.min(t.elapsed());
         let t = Instant::now();
         for (i, (c, p)) in sealed.chunks(cs + TAG_LEN).zip(work.chunks_mut(cs)).enumerate() {
             let (ct, tag) = c.split_at(p.len());
             key.open_separate_gather(nonce(i), Aad::empty(), ct, tag, p)
-                .map_err(|_| CryptError::Crypto("open"))?;
+                .context("raw AES-GCM open")?;
         }
         raw_open_oop = raw_open_oop.min(t.elapsed());
     }
@@ -218,7 +257,7 @@ pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchRepor
         decrypt(&ct[..], &mut pt, &id, &binding)?;
         dec = dec.min(t.elapsed());
         if pt != data {
-            return Err(CryptError::Crypto("benchmark round trip mismatch"));
+            anyhow::bail!("benchmark round trip mismatch");
         }
 
         let t = Instant::now();
@@ -233,7 +272,7 @@ pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchRepor
         }
         rd = rd.min(t.elapsed());
         if pos != size {
-            return Err(CryptError::Crypto("benchmark Decryptor length mismatch"));
+            anyhow::bail!("benchmark Decryptor length mismatch");
         }
     }
 
@@ -242,7 +281,7 @@ pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchRepor
     // The in-memory API on the same data: slice to `Vec`, then in place. Output buffers are
     // reused across iterations, like `ct` and `out` above, so no run pays for page faults.
     let obj_len = usize::try_from(encrypted_len(size as u64, &recipients, chunk_size))
-        .map_err(|_| CryptError::InvalidArgument("benchmark size too large"))?;
+        .context("benchmark size too large")?;
     let mut ct2 = Vec::with_capacity(obj_len);
     let mut pt2 = Vec::with_capacity(obj_len);
     let mut buf = Vec::with_capacity(obj_len);
@@ -259,7 +298,7 @@ pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchRepor
         decrypt_into(&ct2, &mut pt2, &id, &binding)?;
         dec2 = dec2.min(t.elapsed());
         if pt2 != data {
-            return Err(CryptError::Crypto("benchmark slice round trip mismatch"));
+            anyhow::bail!("benchmark slice round trip mismatch");
         }
 
         // Refilling the buffer with plaintext is setup, outside the timed region.
@@ -269,14 +308,14 @@ pub fn run(size: usize, chunk_size: u32, iterations: usize) -> Result<BenchRepor
         seal_in_place(&mut buf, &recipients, &binding, &opts)?;
         seal = seal.min(t.elapsed());
         if buf.len() != obj_len {
-            return Err(CryptError::Crypto("benchmark in-place object length mismatch"));
+            anyhow::bail!("benchmark in-place object length mismatch");
         }
 
         let t = Instant::now();
         open_in_place(&mut buf, &id, &binding)?;
         open = open.min(t.elapsed());
         if buf != data {
-            return Err(CryptError::Crypto("benchmark in-place round trip mismatch"));
+            anyhow::bail!("benchmark in-place round trip mismatch");
         }
     }
 
@@ -323,12 +362,12 @@ fn bench_files(
     opts: &EncryptOptions,
     threads: usize,
     iterations: usize,
-) -> Result<(Duration, Duration), CryptError> {
+) -> anyhow::Result<(Duration, Duration)> {
     let dir = std::env::temp_dir();
     let name = |what: &str| dir.join(format!("cloister-crypt-bench-{}-{what}", std::process::id()));
     let files = TempFiles(vec![name("plain"), name("object"), name("opened")]);
     let [plain_path, object_path, opened_path] = &files.0[..] else {
-        return Err(CryptError::Crypto("benchmark file list"));
+        anyhow::bail!("benchmark file list");
     };
     let open_rw = |path: &PathBuf| {
         File::options()
@@ -351,18 +390,18 @@ fn bench_files(
         let n = encrypt_file(&plain, &object, &recipients, binding, opts, threads)?;
         enc = enc.min(t.elapsed());
         if n != data.len() as u64 {
-            return Err(CryptError::Crypto("benchmark encrypt_file length mismatch"));
+            anyhow::bail!("benchmark encrypt_file length mismatch");
         }
 
         let t = Instant::now();
         let n = decrypt_file(&object, &opened, DecryptionKey::X25519(id), binding, threads)?;
         dec = dec.min(t.elapsed());
         if n != data.len() as u64 {
-            return Err(CryptError::Crypto("benchmark decrypt_file length mismatch"));
+            anyhow::bail!("benchmark decrypt_file length mismatch");
         }
     }
     if std::fs::read(opened_path)? != data {
-        return Err(CryptError::Crypto("benchmark file round trip mismatch"));
+        anyhow::bail!("benchmark file round trip mismatch");
     }
     Ok((enc, dec))
 }

@@ -1,23 +1,26 @@
-//! `cloister bench`: starts a private server on loopback ports and a temporary data directory,
-//! then measures upload→job-start latency, sustained trivial jobs per second and `/run` round
-//! trips, each next to the process-spawn floor measured in the same run.
+//! `cloister-bench jobs`: starts a private `cloister server` on loopback ports and a temporary
+//! data directory, then measures upload→job-start latency, sustained trivial jobs per second
+//! and `/run` round trips, each next to the process-spawn floor measured in the same run.
 
+use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::Engine;
+use cloister_cli::client::Client;
 use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::client::{Client, ClientConfig};
+use crate::process::{CloisterBin, spinner, start_server};
+use crate::stats::{ms, percentile};
 
 /// Sizes of the benchmark.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+pub struct JobsArgs {
     /// Process spawns measured for the floor.
     #[arg(long, default_value_t = 500)]
     pub spawns: usize,
@@ -30,40 +33,20 @@ pub struct BenchArgs {
     /// Sequential `/run` invocations.
     #[arg(long, default_value_t = 300)]
     pub runs: usize,
-    /// Jobs running at once (default: the server's default).
+    /// Jobs running at once (default: twice the CPUs).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// The server's `--work-dir` (default: in its data directory, on disk).
     #[arg(long)]
     pub work_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub cloister_bin: CloisterBin,
 }
 
 /// Echoes the input with shell builtins only, so the round trip measures the platform and one
 /// process, not the cost of extra programs the script might start.
 const RUN_SCRIPT: &str =
     r#"while IFS= read -r line || [ -n "$line" ]; do printf '%s\n' "$line"; done < "$INPUT_FILE_PATH""#;
-
-/// Kills the server process when the benchmark ends, however it ends.
-struct ServerProcess(std::process::Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 struct Stats {
     p50: Duration,
@@ -73,66 +56,34 @@ struct Stats {
 fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
     Stats {
-        p50: percentile(&samples, 50.0),
-        p99: percentile(&samples, 99.0),
+        p50: percentile(&samples, 50.0).unwrap_or_default(),
+        p99: percentile(&samples, 99.0).unwrap_or_default(),
     }
 }
 
-fn spinner(json: bool, message: &str) -> indicatif::ProgressBar {
-    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("bench: {message}");
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(message.to_owned());
-    bar.enable_steady_tick(Duration::from_millis(100));
-    bar
-}
-
-pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
+pub async fn run(args: JobsArgs, json: bool) -> anyhow::Result<()> {
+    let cloister = args.cloister_bin.path()?;
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
     // The server runs as its own process, as it does in real use: sharing this process's async
     // runtime with the measuring clients would slow it down and blur the figures.
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let concurrency = args.concurrency.unwrap_or(cpus * 2).max(1);
-    let mut server = ServerProcess(
-        std::process::Command::new(std::env::current_exe().context("cannot find this program")?)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--s3-listen",
-                "127.0.0.1:0",
-                "--job-timeout",
-                "60s",
-                "--log-limit-kib",
-                "64",
-            ])
-            .args(["--concurrency", &concurrency.to_string()])
-            .args(
-                args.work_dir
-                    .iter()
-                    .flat_map(|dir| [std::ffi::OsStr::new("--work-dir"), dir.as_os_str()]),
-            )
-            .env("CLOISTER_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .context("cannot start the benchmark server")?,
-    );
-    let client_file = dir.path().join("client.json");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client_file.exists() {
-        anyhow::ensure!(Instant::now() < deadline, "the benchmark server did not start");
-        if let Some(status) = server.0.try_wait()? {
-            anyhow::bail!("the benchmark server exited: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let concurrency_flag = concurrency.to_string();
+    let mut flags = [
+        "--job-timeout",
+        "60s",
+        "--log-limit-kib",
+        "64",
+        "--concurrency",
+        &concurrency_flag,
+    ]
+    .map(OsStr::new)
+    .to_vec();
+    if let Some(work_dir) = &args.work_dir {
+        flags.extend([OsStr::new("--work-dir"), work_dir.as_os_str()]);
     }
-    let config: ClientConfig = serde_json::from_slice(&std::fs::read(&client_file)?)?;
-    let client = Arc::new(Client::new(config)?);
+    let (server, client) = start_server(&cloister, dir.path(), &flags).await?;
+    let client = Arc::new(client);
     for (name, script) in [("bench-lat", ":"), ("bench-tp", ":"), ("bench-run", RUN_SCRIPT)] {
         let body = json!({"name": name, "image": "none", "script": script,
             "input": [{"storage_provider": "minio.default", "path": format!("{name}/in")}]});

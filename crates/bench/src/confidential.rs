@@ -1,27 +1,29 @@
-//! `cloister confidential-bench`: a private CAS and server on loopback, the same workloads as
-//! a plain and as a confidential service, and the job wall times side by side; plus the
-//! attestation-and-key-release time each confidential job's runtime measured.
+//! `cloister-bench confidential`: a private CAS and `cloister server` on loopback, the same
+//! workloads as a plain and as a confidential service, and the job wall times side by side;
+//! plus the attestation-and-key-release time each confidential job's runtime measured.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cloister_cas_client::client::CasClient;
 use cloister_cas_client::sign::ClientIdentity;
+use cloister_cli::client::Client;
 use cloister_crypt::{EncryptOptions, Identity, ObjectBinding};
-use cloister_platform::fdl::Service;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::client::{Client, ClientConfig};
+use crate::process::{ChildGuard, CloisterBin, runtime_bin, spinner, start_server};
+use crate::stats::{ms, percentile};
 
 /// Sizes of the confidential benchmark.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ConfidentialBenchArgs {
+pub struct ConfidentialArgs {
     /// Jobs per workload and mode with 1 MiB inputs.
     #[arg(long, default_value_t = 20)]
     pub small_jobs: usize,
@@ -37,6 +39,11 @@ pub struct ConfidentialBenchArgs {
     /// stricter: the plain path gets faster, the crypto stays).
     #[arg(long)]
     pub on_disk: bool,
+    #[command(flatten)]
+    pub cloister_bin: CloisterBin,
+    /// The `cloister-runtime` binary confidential jobs run (default: beside `cloister`).
+    #[arg(long, env = "CLOISTER_RUNTIME_BIN", value_name = "PATH")]
+    pub runtime_bin: Option<std::path::PathBuf>,
 }
 
 /// The workloads, as scripts: the same bytes run plain and confidential.
@@ -50,34 +57,10 @@ const WORKLOADS: [(&str, &str); 2] = [
     ),
 ];
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spinner(json: bool, message: &str) -> indicatif::ProgressBar {
-    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("bench: {message}");
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(message.to_owned());
-    bar.enable_steady_tick(Duration::from_millis(100));
-    bar
-}
-
-fn this_program() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("cannot find this program")
-}
-
 /// Starts a development CAS (key-file sealed, so it starts unsealed) with `admin`.
-fn start_cas(dir: &Path, admin: &str) -> anyhow::Result<(Killed, String, String)> {
+fn start_cas(cloister: &Path, dir: &Path, admin: &str) -> anyhow::Result<(ChildGuard, String, String)> {
     let data = dir.join("cas");
-    let init = Command::new(this_program()?)
+    let init = Command::new(cloister)
         .args(["cas", "init", "--json", "--data-dir"])
         .arg(&data)
         .arg("--key-file")
@@ -90,8 +73,8 @@ fn start_cas(dir: &Path, admin: &str) -> anyhow::Result<(Killed, String, String)
     );
     let init: Value = serde_json::from_slice(&init.stdout)?;
     let pin = init["identity_pin"].as_str().context("no pin")?.to_owned();
-    let mut child = Killed(
-        Command::new(this_program()?)
+    let mut child = ChildGuard(
+        Command::new(cloister)
             .args([
                 "cas",
                 "serve",
@@ -123,28 +106,6 @@ fn start_cas(dir: &Path, admin: &str) -> anyhow::Result<(Killed, String, String)
     Ok((child, url, pin))
 }
 
-fn start_server(dir: &Path) -> anyhow::Result<(Killed, Client)> {
-    let data = dir.join("data");
-    let server = Killed(
-        Command::new(this_program()?)
-            .args(["server", "--listen", "127.0.0.1:0", "--s3-listen", "127.0.0.1:0"])
-            .args(["--job-timeout", "600s", "--concurrency", "1", "--data-dir"])
-            .arg(&data)
-            .env("CLOISTER_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
-    let client_file = data.join("client.json");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client_file.exists() {
-        anyhow::ensure!(Instant::now() < deadline, "the benchmark server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let config: ClientConfig = serde_json::from_slice(&std::fs::read(&client_file)?)?;
-    Ok((server, Client::new(config)?))
-}
-
 /// Text-like pseudo-random content (so `tr` has letters to change).
 fn content(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
@@ -169,7 +130,9 @@ struct Mode {
     recipient: Option<cloister_crypt::Recipient>,
 }
 
-pub async fn run(args: ConfidentialBenchArgs, json: bool) -> anyhow::Result<()> {
+pub async fn run(args: ConfidentialArgs, json: bool) -> anyhow::Result<()> {
+    let cloister = args.cloister_bin.path()?;
+    let runtime = runtime_bin(args.runtime_bin.as_deref(), &cloister)?;
     let shm = Path::new("/dev/shm");
     let dir = if !args.on_disk && shm.is_dir() {
         tempfile::tempdir_in(shm)
@@ -186,8 +149,17 @@ pub async fn run(args: ConfidentialBenchArgs, json: bool) -> anyhow::Result<()> 
     let admin_file = dir.path().join("admin.key");
     admin.save(&admin_file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bar = spinner(json, "starting a private CAS and server");
-    let (_cas, cas_url, pin) = start_cas(dir.path(), &admin.public())?;
-    let (_server, client) = start_server(dir.path())?;
+    let (_cas, cas_url, pin) = start_cas(&cloister, dir.path(), &admin.public())?;
+    let data = dir.path().join("data");
+    let flags = [
+        OsStr::new("--job-timeout"),
+        OsStr::new("600s"),
+        OsStr::new("--concurrency"),
+        OsStr::new("1"),
+        OsStr::new("--runtime-binary"),
+        runtime.as_os_str(),
+    ];
+    let (_server, client) = start_server(&cloister, &data, &flags).await?;
     let info = client.get_json("/system/info").await?;
     let platform = info["simulation_platform_key"]
         .as_str()
@@ -198,45 +170,67 @@ pub async fn run(args: ConfidentialBenchArgs, json: bool) -> anyhow::Result<()> 
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let owner = Identity::generate();
-    let mut modes = Vec::new();
+    let mut services = Vec::new();
     for (workload, script) in WORKLOADS {
+        let script_file = format!("{workload}.sh");
+        std::fs::write(dir.path().join(&script_file), script)?;
         for confidential in [false, true] {
             let name = format!("{}-{workload}", if confidential { "conf" } else { "plain" });
-            let mut service: Service = serde_json::from_value(json!({
+            let mut service = json!({
                 // Plaintext of a confidential job lives in memory (tmpfs), charged to the job:
                 // both modes get room for a 256 MiB input and its output, and a whole CPU.
-                "name": name, "image": "bench", "script": script, "memory": "1536Mi", "cpu": "1",
+                "name": name, "image": "bench", "script": script_file, "memory": "1536Mi", "cpu": "1",
                 "input": [{"storage_provider": "minio", "path": format!("{name}/in")}],
                 "output": [{"storage_provider": "minio", "path": format!("{name}/out")}],
-            }))?;
-            let mut recipient = None;
+            });
             if confidential {
-                service.confidential = Some(serde_json::from_value(json!({
+                service["confidential"] = json!({
                     "tee": "sim", "cas": cas_url, "cas_pin": pin, "session": format!("bench/{name}"),
                     "output_recipients": [owner.public().to_string()],
-                }))?);
-                let (copy, applied) =
-                    crate::confidential::apply_session(&service, Some(&admin_file), &dir.path().join("keys"))
-                        .await?;
-                service = copy;
-                recipient = Some(applied.input_recipient.parse()?);
+                });
             }
-            client
-                .system(
-                    reqwest::Method::POST,
-                    "/system/services",
-                    Some(&serde_json::to_value(&service)?),
-                )
-                .await?;
-            modes.push((
-                workload,
-                Mode {
-                    service: name.clone(),
-                    bucket: name,
-                    recipient,
-                },
-            ));
+            services.push((workload, json!({ "bench": service })));
         }
+    }
+    // `cloister apply` creates the sessions of the confidential services and then the services,
+    // as a data owner does.
+    let fdl = dir.path().join("fdl.yaml");
+    let entries: Vec<&Value> = services.iter().map(|(_, entry)| entry).collect();
+    std::fs::write(
+        &fdl,
+        serde_json::to_vec(&json!({"functions": {"oscar": entries}}))?,
+    )?;
+    let applied = Command::new(&cloister)
+        .args(["apply", "--json", "--config"])
+        .arg(data.join("client.json"))
+        .arg("--cas-key")
+        .arg(&admin_file)
+        .arg("--keys-dir")
+        .arg(dir.path().join("keys"))
+        .arg(&fdl)
+        .stderr(Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(applied.status.success(), "cloister apply failed");
+    let applied: Vec<Value> = serde_json::from_slice(&applied.stdout).context("cloister apply --json")?;
+    let mut modes = Vec::new();
+    for (workload, entry) in &services {
+        let name = entry["bench"]["name"].as_str().context("no service name")?;
+        let result = applied
+            .iter()
+            .find(|r| r["service"] == name)
+            .with_context(|| format!("cloister apply did not report {name}"))?;
+        let recipient = match result["input_recipient"].as_str() {
+            Some(r) => Some(r.parse()?),
+            None => None,
+        };
+        modes.push((
+            *workload,
+            Mode {
+                service: name.to_owned(),
+                bucket: name.to_owned(),
+                recipient,
+            },
+        ));
     }
     bar.finish_and_clear();
 
@@ -286,28 +280,26 @@ pub async fn run(args: ConfidentialBenchArgs, json: bool) -> anyhow::Result<()> 
                     let created = parse_time(&job.0["creation_time"]).context("no creation time")?;
                     let finished = parse_time(&job.0["finish_time"]).context("no finish time")?;
                     walls[slot].push(Duration::try_from(finished - created).unwrap_or_default());
-                    if let Some(ms) = attested_ms(&job.1) {
-                        attest_ms.push(ms);
+                    if let Some(attested) = attested_ms(&job.1) {
+                        attest_ms.push(attested);
                     }
                 }
                 bar.finish_and_clear();
             }
             let [plain, conf] = walls.map(|mut w| {
                 w.sort();
-                (w[w.len() / 2], w[0])
+                (
+                    percentile(&w, 50.0).unwrap_or_default(),
+                    percentile(&w, 0.0).unwrap_or_default(),
+                )
             });
             rows.push((size_label.to_owned(), workload, plain, conf));
         }
     }
     attest_ms.sort_by(f64::total_cmp);
-    let attest_p50 = attest_ms.get(attest_ms.len() / 2).copied().unwrap_or(f64::NAN);
-    let attest_p99 = attest_ms
-        .get((attest_ms.len() as f64 * 0.99) as usize)
-        .or(attest_ms.last())
-        .copied()
-        .unwrap_or(f64::NAN);
+    let attest_p50 = percentile(&attest_ms, 50.0).unwrap_or(f64::NAN);
+    let attest_p99 = percentile(&attest_ms, 99.0).unwrap_or(f64::NAN);
 
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if json {
         let rows: Vec<Value> = rows
             .iter()

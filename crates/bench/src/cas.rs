@@ -1,5 +1,5 @@
-//! `cloister cas bench`: a private CAS on loopback (key-file vault in a temporary directory),
-//! measured end to end from real clients.
+//! `cloister-bench cas`: a private CAS on loopback (key-file vault in a temporary directory),
+//! measured end to end from real clients in this process.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,9 +16,11 @@ use cloister_cas_store::{SealingConfig, Vault};
 use serde_json::json;
 use time::OffsetDateTime;
 
+use crate::stats::{ms, percentile};
+
 /// Sizes of the CAS benchmark.
 #[derive(Debug, Clone, clap::Args)]
-pub struct CasBenchArgs {
+pub struct CasArgs {
     /// Attestations in the end-to-end run.
     #[arg(long, default_value_t = 4000)]
     pub attestations: usize,
@@ -54,7 +56,7 @@ struct AttestRun {
 impl AttestRun {
     fn json(&self, clients: usize) -> serde_json::Value {
         json!({"count": self.samples.len(), "clients": clients, "per_second": self.per_second,
-            "p50_ms": percentile(&self.samples, 50.0), "p99_ms": percentile(&self.samples, 99.0)})
+            "p50_ms": percentile_ms(&self.samples, 50.0), "p99_ms": percentile_ms(&self.samples, 99.0)})
     }
 }
 
@@ -125,7 +127,7 @@ impl FloodCounts {
 fn start_flood(
     url: &str,
     pin: &str,
-    args: &CasBenchArgs,
+    args: &CasArgs,
     counts: &Arc<FloodCounts>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
@@ -199,18 +201,16 @@ struct FloodResult {
     errors: u64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+/// The `p`-th percentile of sorted latencies in milliseconds (0 without samples).
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    percentile(sorted, p).map_or(0.0, ms)
 }
 
+// The real SGX quote and its offline collateral from the attestation crate's test vectors.
 const SGX_QUOTE: &[u8] = include_bytes!("../../attestation/testdata/sgx/quote.bin");
 const SGX_COLLATERAL: &[u8] = include_bytes!("../../attestation/testdata/sgx/collateral.json");
 
-pub async fn run(args: CasBenchArgs, json_out: bool) -> anyhow::Result<()> {
+pub async fn run(args: CasArgs, json_out: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (vault, _) = Vault::init(dir.path(), SealingConfig::KeyFile(dir.path().join("master.key")))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -391,7 +391,7 @@ pub async fn run(args: CasBenchArgs, json_out: bool) -> anyhow::Result<()> {
                 "attestations": calm.json(args.clients),
                 "flood": flood_json,
                 "dcap_per_second": dcap_rates.iter().map(|(l, r)| (l.to_string(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
-                "secret_read_ms": {"p50": percentile(&reads, 50.0), "p99": percentile(&reads, 99.0)},
+                "secret_read_ms": {"p50": percentile_ms(&reads, 50.0), "p99": percentile_ms(&reads, 99.0)},
             }))?
         );
         return Ok(());
@@ -407,12 +407,12 @@ pub async fn run(args: CasBenchArgs, json_out: bool) -> anyhow::Result<()> {
             "{:<52} {:>10.0}/s {:>7.2} ms {:>7.2} ms {:>24}",
             label,
             run.per_second,
-            percentile(&run.samples, 50.0),
-            percentile(&run.samples, 99.0),
+            percentile_ms(&run.samples, 50.0),
+            percentile_ms(&run.samples, 99.0),
             target
         );
     };
-    let p99 = percentile(&calm.samples, 99.0);
+    let p99 = percentile_ms(&calm.samples, 99.0);
     attestation_row(
         format!("simulated attestation, TLS+HPKE ({} clients)", args.clients),
         &calm,
@@ -466,8 +466,8 @@ pub async fn run(args: CasBenchArgs, json_out: bool) -> anyhow::Result<()> {
         "{:<52} {:>12} {:>7.2} ms {:>7.2} ms {:>24}",
         "secret read (signed, owner)",
         "",
-        percentile(&reads, 50.0),
-        percentile(&reads, 99.0),
+        percentile_ms(&reads, 50.0),
+        percentile_ms(&reads, 99.0),
         ""
     );
     Ok(())

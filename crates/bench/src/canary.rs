@@ -1,4 +1,4 @@
-//! `cloister canary-scan`: looks for a unique marker (a canary planted in a job's input) on the
+//! `cloister-bench canary-scan`: looks for a unique marker (a canary planted in a job's input) on the
 //! platform side — its data directory (state, objects, work dirs), what its API answers, and
 //! the environment of every process on the host — in plain, hex and base64 forms. For a plain
 //! service it must find the canary (which proves the scan works); for a confidential one it
@@ -11,11 +11,12 @@ use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::{Client, fail};
+use cloister_cli::client::{Client, ConnectArgs, exit, fail};
 
 /// Exit code when the canary was found.
 pub const FOUND: i32 = 10;
 
+/// What to look for and where.
 #[derive(clap::Args)]
 pub struct CanaryArgs {
     /// The canary text to look for (at least 8 bytes, so that it is unique).
@@ -26,10 +27,13 @@ pub struct CanaryArgs {
     dirs: Vec<PathBuf>,
     /// Also scan everything the REST API answers (services, logs, buckets, object listings).
     #[arg(long)]
-    pub api: bool,
+    api: bool,
     /// Also scan the environment of every process on this host.
     #[arg(long)]
     processes: bool,
+    /// The server to ask with --api, as for `cloister`.
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 /// The byte patterns the canary may appear as.
@@ -142,12 +146,9 @@ async fn api_answers(client: &Client) -> anyhow::Result<Vec<(String, Vec<u8>)>> 
     Ok(answers)
 }
 
-pub async fn run(args: CanaryArgs, client: Option<Client>, json_out: bool) -> anyhow::Result<()> {
+pub async fn run(args: CanaryArgs, json_out: bool) -> anyhow::Result<()> {
     if args.canary.len() < 8 {
-        return Err(fail(
-            crate::client::exit::FAILURE,
-            "the canary must be at least 8 bytes long",
-        ));
+        return Err(fail(exit::FAILURE, "the canary must be at least 8 bytes long"));
     }
     let patterns = patterns(args.canary.as_bytes());
     let mut findings = Vec::new();
@@ -163,8 +164,7 @@ pub async fn run(args: CanaryArgs, client: Option<Client>, json_out: bool) -> an
         }
     }
     if args.api {
-        let client =
-            client.ok_or_else(|| fail(crate::client::exit::FAILURE, "--api needs a client configuration"))?;
+        let client = Client::new(args.connect.resolve()?)?;
         for (path, body) in api_answers(&client).await? {
             scanned += 1;
             if let Some(form) = find(&body, &patterns) {

@@ -1,0 +1,121 @@
+//! The programs the benchmarks start: where `cloister` and `cloister-runtime` are, a guard that
+//! ends a child process however the benchmark ends, and a private `cloister server`.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cloister_cli::client::{Client, ClientConfig};
+
+/// Where the `cloister` binary is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CloisterBin {
+    /// The `cloister` binary the benchmark starts (default: beside this program, as `cargo
+    /// build` leaves it).
+    #[arg(long, env = "CLOISTER_BIN", value_name = "PATH")]
+    cloister_bin: Option<PathBuf>,
+}
+
+impl CloisterBin {
+    /// The `cloister` binary, which must exist.
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        let path = match &self.cloister_bin {
+            Some(path) => path.clone(),
+            None => beside_this_program("cloister")?,
+        };
+        existing(path, "cloister", "-p cloister-cli", "--cloister-bin")
+    }
+}
+
+/// The `cloister-runtime` binary, `named` or else beside `cloister`, which must exist.
+pub fn runtime_bin(named: Option<&Path>, cloister: &Path) -> anyhow::Result<PathBuf> {
+    let path = match named {
+        Some(path) => path.to_path_buf(),
+        None => cloister.with_file_name("cloister-runtime"),
+    };
+    existing(
+        path,
+        "cloister-runtime",
+        "-p cloister-tee-runtime",
+        "--runtime-bin",
+    )
+}
+
+fn beside_this_program(name: &str) -> anyhow::Result<PathBuf> {
+    let this = std::env::current_exe().context("cannot find this program")?;
+    Ok(this.with_file_name(name))
+}
+
+fn existing(path: PathBuf, name: &str, package: &str, flag: &str) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        path.is_file(),
+        "no {name} binary at {}: build it (`cargo build --release {package}`, or `cargo build --release` for \
+         all) or name it with {flag}",
+        path.display(),
+    );
+    eprintln!("bench: using {}", path.display());
+    Ok(path)
+}
+
+/// A child process that is killed and reaped when the guard is dropped, so a benchmark that
+/// fails half-way leaves no server behind.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cloister server` on loopback ports with `data_dir` and the `extra` flags, and waits
+/// until it has written its client configuration.
+pub async fn start_server(
+    cloister: &Path,
+    data_dir: &Path,
+    extra: &[&OsStr],
+) -> anyhow::Result<(ChildGuard, Client)> {
+    let mut server = ChildGuard(
+        Command::new(cloister)
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("CLOISTER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the benchmark server")?,
+    );
+    let client_file = data_dir.join("client.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client_file.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "the benchmark server did not start");
+        if let Some(status) = server.0.try_wait()? {
+            anyhow::bail!("the benchmark server exited: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let config: ClientConfig = serde_json::from_slice(&std::fs::read(&client_file)?)?;
+    Ok((server, Client::new(config)?))
+}
+
+/// A spinner on a terminal; a plain line on stderr otherwise (and with `--json`).
+pub fn spinner(json: bool, message: &str) -> indicatif::ProgressBar {
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("bench: {message}");
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
