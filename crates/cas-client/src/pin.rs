@@ -45,7 +45,7 @@ pub fn parse_pin(text: &str) -> Result<[u8; 32], TlsError> {
 }
 
 /// The client's provider is *ring*: aws-lc seeds its RNG with CPU-jitter entropy on first use
-/// (10–20 ms measured here), which every short-lived `cloister-runtime` process would pay on
+/// (a cost of milliseconds), which every short-lived `cloister-runtime` process would pay on
 /// its one handshake; ring reads the OS RNG directly.
 fn client_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

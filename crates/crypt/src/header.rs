@@ -62,7 +62,7 @@ type HpkeAead = hpke::aead::ChaCha20Poly1305;
 type HpkeKdf = hpke::kdf::HkdfSha256;
 
 /// Fills `buf` from the OS CSPRNG. Not aws-lc's RNG: it seeds itself with CPU-jitter entropy
-/// on first use (10–20 ms here), a cost every short-lived runtime process would pay.
+/// on first use (milliseconds), a cost every short-lived runtime process would pay.
 pub(crate) fn random(buf: &mut [u8]) -> Result<(), CryptError> {
     getrandom::fill(buf).map_err(|_| CryptError::Crypto("system RNG failed"))
 }

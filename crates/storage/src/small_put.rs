@@ -2,7 +2,7 @@
 //!
 //! s3s-fs stores an object as three files (the object, its attributes, its entity tag), each
 //! written to a temporary file and renamed into place through `tokio::fs`: a dozen hops to the
-//! blocking pool, about 0.6 ms for a one-byte object on a 2-core VM, which was the largest part
+//! blocking pool for a one-byte object, which was the largest part
 //! of the time between an upload and its job's start. PUTs of up to [`MAX_SIZE`] bytes without
 //! conditions, checksums, trailers or metadata other than a content type are written here with
 //! the same files, names and contents (s3s-fs reads them back for GET, HEAD and listings),
