@@ -36,7 +36,7 @@
 //!
 //! Everything that *verifies* evidence is behind the default feature `verify`: the verifiers,
 //! [`appraise`] and [`Policy`], DCAP collateral fetching, caching and the [`CollateralFloor`],
-//! and the AMD certificate chains, with their dependencies (`ureq`, `webpki`, `sev`, `p384`,
+//! and the AMD certificate chains, with their dependencies (`reqwest`, `webpki`, `sev`, `p384`,
 //! ...). Without it (`default-features = false`) the crate keeps what runs *inside* a TEE:
 //! [`inspect`] and the parsers, the [`EvidenceSource`] collectors, the report-data binding and
 //! the simulation platform's signing side ([`SimPlatform`], [`SimSource`]). `cloister-runtime`
@@ -142,7 +142,6 @@
 //! accepts only when it tolerates `simulation`.
 
 #![forbid(unsafe_code)]
-#![deny(missing_docs)]
 
 mod binding;
 mod collect;

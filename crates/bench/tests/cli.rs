@@ -1,5 +1,6 @@
 //! `cloister-bench` as a user runs it: the canary scan's verdicts and exit codes, a short crypt
 //! benchmark, and the refusal to start without the `cloister` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Command, Output};
 

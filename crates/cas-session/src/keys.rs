@@ -1,6 +1,6 @@
 //! Key pairs and certificates (rcgen on aws-lc-rs).
 
-use rand::Rng as _;
+use rand::RngExt as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData as _, RsaKeySize, SerialNumber, SignatureAlgorithm,

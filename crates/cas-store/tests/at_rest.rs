@@ -1,5 +1,6 @@
 //! What an attacker with the disk sees and can do: no plaintext, and moved or altered
 //! ciphertexts are refused.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

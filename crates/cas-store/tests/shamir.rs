@@ -1,4 +1,5 @@
 //! Shamir splitting, recombination and the share text format.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Vault lifecycle, sealing modes, records, transactions and counters.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

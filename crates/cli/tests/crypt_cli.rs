@@ -1,5 +1,6 @@
 //! `cloister keygen` / `encrypt` / `decrypt` with sender authentication, on this computer only
 //! (no server): the owner's `--sender`, the reader's `--expect-sender`, and their exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! End to end: the real server binary on loopback ports, real S3 clients, real job processes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Python clients against the real server: boto3 and oscar-python-style HTTP
 //! (`tests/python/boto3_e2e.py`), and the real oscar-python client checked against the served
 //! OpenAPI document (`tests/python/oscar_python_client.py`). `.ci/run` installs what they need.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Every refusal the API promises, against the real server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! owner's side by `cloister job logs --decrypt`. The runtime that seals them is not part of
 //! this test: the logs are stored the way the workers store them (`State::finish`, with the
 //! server stopped), then served by the real server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -4,17 +4,20 @@
 //! Only what export needs is implemented: X25519 recipient stanzas, the header MAC, and the
 //! STREAM payload (ChaCha20-Poly1305, 64 KiB chunks). Written here rather than taken from the
 //! `age` crate because that crate pulls a large i18n/CLI dependency tree into every binary that
-//! links this library; the primitives come from aws-lc-rs, which we already use.
-//! Interoperability is tested against the real `age` binary (tests/age_interop.rs).
+//! links this library; the primitives are the ones this crate already uses: X25519 from
+//! x25519-dalek (as in HPKE), ChaCha20-Poly1305 and HKDF/HMAC from aws-lc-rs, Bech32 from
+//! `bech32`. Interoperability is tested against the real `age` binary (tests/age_interop.rs).
 
 use std::fmt;
 use std::io::{Read, Write};
 use std::str::FromStr;
 
 use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::{agreement, hmac};
+use aws_lc_rs::hmac;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
+use bech32::primitives::decode::CheckedHrpstring;
+use bech32::{Bech32, Hrp};
 use zeroize::Zeroizing;
 
 use crate::CryptError;
@@ -24,6 +27,8 @@ use crate::stream::encrypt_chunks;
 
 const AGE_CHUNK: usize = 64 * 1024;
 const X25519_LABEL: &[u8] = b"age-encryption.org/v1/X25519";
+const RECIPIENT_HRP: Hrp = Hrp::parse_unchecked("age");
+const SECRET_KEY_HRP: Hrp = Hrp::parse_unchecked("age-secret-key-");
 
 /// An age X25519 recipient (`age1…`, Bech32).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,7 +62,7 @@ impl fmt::Debug for AgeRecipient {
 
 impl fmt::Display for AgeRecipient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&bech32::encode("age", &self.0))
+        bech32::encode_lower_to_fmt::<Bech32, _>(f, RECIPIENT_HRP, &self.0).map_err(|_| fmt::Error)
     }
 }
 
@@ -67,9 +72,9 @@ impl FromStr for AgeRecipient {
     /// Parses `age1…` (lower case, as age prints it).
     fn from_str(s: &str) -> Result<Self, CryptError> {
         let t = s.trim();
-        let (hrp, data) = bech32::decode(t)
-            .ok_or_else(|| CryptError::InvalidRecipient(s.to_owned(), "not valid Bech32"))?;
-        if hrp != "age" {
+        let (hrp, data) =
+            bech32_decode(t).ok_or_else(|| CryptError::InvalidRecipient(s.to_owned(), "not valid Bech32"))?;
+        if hrp != RECIPIENT_HRP.as_str() {
             return Err(CryptError::InvalidRecipient(
                 s.to_owned(),
                 "expected an age1… X25519 recipient",
@@ -87,15 +92,18 @@ impl Identity {
     /// with stock `age -d -i`. Handle like any private key.
     pub fn to_age_secret_key(&self) -> Zeroizing<String> {
         let secret = self.secret_bytes();
-        Zeroizing::new(bech32::encode("age-secret-key-", &secret[..]).to_ascii_uppercase())
+        let mut encoded = Zeroizing::new(String::new());
+        // Writing into a String fails only on a length the 32-byte key cannot reach.
+        let _ = bech32::encode_upper_to_fmt::<Bech32, _>(&mut *encoded, SECRET_KEY_HRP, &secret[..]);
+        encoded
     }
 
     /// Parses an age secret key (`AGE-SECRET-KEY-1…`) as an identity.
     pub fn from_age_secret_key(s: &str) -> Result<Self, CryptError> {
         let lower = Zeroizing::new(s.trim().to_ascii_lowercase());
-        let (hrp, data) = bech32::decode(&lower).ok_or(CryptError::InvalidIdentity("not valid Bech32"))?;
+        let (hrp, data) = bech32_decode(&lower).ok_or(CryptError::InvalidIdentity("not valid Bech32"))?;
         let data = Zeroizing::new(data);
-        if hrp != "age-secret-key-" {
+        if hrp != SECRET_KEY_HRP.as_str() {
             return Err(CryptError::InvalidIdentity("expected AGE-SECRET-KEY-1…"));
         }
         let mut secret = Zeroizing::new([0u8; 32]);
@@ -173,32 +181,24 @@ fn age_nonce(index: u64, last: bool) -> Result<Nonce, CryptError> {
 
 /// One X25519 stanza: ephemeral share and the wrapped file key.
 fn wrap_x25519(file_key: &[u8; 16], r: &AgeRecipient) -> Result<([u8; 32], [u8; 32]), CryptError> {
-    let eph = agreement::PrivateKey::generate(&agreement::X25519)
-        .map_err(|_| CryptError::Crypto("X25519 key generation failed"))?;
-    let share_pk = eph
-        .compute_public_key()
-        .map_err(|_| CryptError::Crypto("X25519 public key failed"))?;
-    let share: [u8; 32] = share_pk
-        .as_ref()
-        .try_into()
-        .map_err(|_| CryptError::Crypto("X25519 public key length"))?;
-    let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, r.0);
-    let bad_recipient = || CryptError::InvalidRecipient(r.to_string(), "X25519 agreement failed");
-    let shared: Zeroizing<[u8; 32]> = agreement::agree(&eph, peer, bad_recipient(), |s| {
-        <[u8; 32]>::try_from(s)
-            .map(Zeroizing::new)
-            .map_err(|_| bad_recipient())
-    })?;
+    let mut seed = Zeroizing::new([0u8; 32]);
+    random(&mut seed[..])?;
+    let eph = x25519_dalek::StaticSecret::from(*seed);
+    let share = x25519_dalek::PublicKey::from(&eph).to_bytes();
+    let shared = eph.diffie_hellman(&x25519_dalek::PublicKey::from(r.0));
     // age rejects an all-zero shared secret (low-order recipient key).
-    if shared.iter().all(|&b| b == 0) {
-        return Err(bad_recipient());
+    if !shared.was_contributory() {
+        return Err(CryptError::InvalidRecipient(
+            r.to_string(),
+            "X25519 agreement failed",
+        ));
     }
     let mut salt = [0u8; 64];
     let (a, b) = salt.split_at_mut(32);
     a.copy_from_slice(&share);
     b.copy_from_slice(&r.0);
     let mut wrap_key = Zeroizing::new([0u8; 32]);
-    hkdf_sha256(&salt, &shared[..], &[X25519_LABEL], &mut wrap_key[..])?;
+    hkdf_sha256(&salt, shared.as_bytes(), &[X25519_LABEL], &mut wrap_key[..])?;
     let key = LessSafeKey::new(
         UnboundKey::new(&CHACHA20_POLY1305, &wrap_key[..])
             .map_err(|_| CryptError::Crypto("ChaCha20-Poly1305 key setup failed"))?,
@@ -213,103 +213,16 @@ fn wrap_x25519(file_key: &[u8; 16], r: &AgeRecipient) -> Result<([u8; 32], [u8; 
     Ok((share, body))
 }
 
-/// Minimal Bech32 (BIP 173) as age uses it: no 90-character limit, lower-case HRP.
-mod bech32 {
-    const CHARSET: &[u8; 32] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
-    const GEN: [u32; 5] = [0x3b6a_57b2, 0x2650_8e6d, 0x1ea1_19fa, 0x3d42_33dd, 0x2a14_62b3];
-
-    fn polymod(values: impl Iterator<Item = u8>) -> u32 {
-        let mut chk: u32 = 1;
-        for v in values {
-            let b = chk >> 25;
-            chk = ((chk & 0x1ff_ffff) << 5) ^ u32::from(v);
-            for (i, g) in GEN.iter().enumerate() {
-                if (b >> i) & 1 == 1 {
-                    chk ^= g;
-                }
-            }
-        }
-        chk
+/// Decodes a lower-case Bech32 (BIP 173, not Bech32m) string into (HRP, data), as age writes
+/// keys: no 90-character limit, padding of at most 4 zero bits. `None` on any error.
+fn bech32_decode(s: &str) -> Option<(String, Vec<u8>)> {
+    // The crate also accepts all-upper-case strings; age prints recipients in lower case.
+    if s.bytes().any(|c| c.is_ascii_uppercase()) {
+        return None;
     }
-
-    fn hrp_expand(hrp: &str) -> impl Iterator<Item = u8> + '_ {
-        hrp.bytes()
-            .map(|c| c >> 5)
-            .chain(std::iter::once(0))
-            .chain(hrp.bytes().map(|c| c & 31))
-    }
-
-    fn to_5bit(data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(data.len() * 8 / 5 + 1);
-        let (mut acc, mut bits) = (0u32, 0u32);
-        for &b in data {
-            acc = (acc << 8) | u32::from(b);
-            bits += 8;
-            while bits >= 5 {
-                bits -= 5;
-                out.push(((acc >> bits) & 31) as u8);
-            }
-        }
-        if bits > 0 {
-            out.push(((acc << (5 - bits)) & 31) as u8);
-        }
-        out
-    }
-
-    fn from_5bit(data: &[u8]) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(data.len() * 5 / 8);
-        let (mut acc, mut bits) = (0u32, 0u32);
-        for &v in data {
-            acc = ((acc << 5) | u32::from(v)) & 0xfff;
-            bits += 5;
-            if bits >= 8 {
-                bits -= 8;
-                out.push(((acc >> bits) & 0xff) as u8);
-            }
-        }
-        // Padding must be shorter than 5 bits and all zero.
-        if bits >= 5 || (acc << (8 - bits)) & 0xff != 0 {
-            return None;
-        }
-        Some(out)
-    }
-
-    /// Encodes with a lower-case HRP.
-    pub(super) fn encode(hrp: &str, data: &[u8]) -> String {
-        let d5 = to_5bit(data);
-        let pm = polymod(hrp_expand(hrp).chain(d5.iter().copied()).chain([0u8; 6])) ^ 1;
-        let mut s = String::with_capacity(hrp.len() + 1 + d5.len() + 6);
-        s.push_str(hrp);
-        s.push('1');
-        let checksum = (0..6).map(|i| ((pm >> (5 * (5 - i))) & 31) as u8);
-        for v in d5.iter().copied().chain(checksum) {
-            s.push(char::from(CHARSET[usize::from(v & 31)]));
-        }
-        s
-    }
-
-    /// Decodes a lower-case Bech32 string into (hrp, data). `None` on any error.
-    pub(super) fn decode(s: &str) -> Option<(String, Vec<u8>)> {
-        if s.bytes().any(|c| c.is_ascii_uppercase()) {
-            return None;
-        }
-        let pos = s.rfind('1')?;
-        let (hrp, rest) = s.split_at(pos);
-        let data = rest.get(1..)?;
-        if hrp.is_empty() || data.len() < 6 {
-            return None;
-        }
-        let mut vals = Vec::with_capacity(data.len());
-        for c in data.bytes() {
-            let v = CHARSET.iter().position(|&x| x == c)?;
-            vals.push(u8::try_from(v).ok()?);
-        }
-        if polymod(hrp_expand(hrp).chain(vals.iter().copied())) != 1 {
-            return None;
-        }
-        let payload = vals.get(..vals.len() - 6)?;
-        Some((hrp.to_owned(), from_5bit(payload)?))
-    }
+    let checked = CheckedHrpstring::new::<Bech32>(s).ok()?;
+    checked.validate_segwit_padding().ok()?;
+    Some((checked.hrp().to_lowercase(), checked.byte_iter().collect()))
 }
 
 #[cfg(test)]
@@ -340,6 +253,42 @@ mod tests {
             r.to_string(),
             "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
         );
+    }
+
+    #[test]
+    fn only_lower_case_bech32_with_zero_padding_parses() {
+        use bech32::{Bech32m, ByteIterExt as _, Fe32, Fe32IterExt as _};
+        let key = [0x5au8; 32];
+        let good = AgeRecipient::from_bytes(key).to_string();
+        assert_eq!(
+            good.parse::<AgeRecipient>().unwrap(),
+            AgeRecipient::from_bytes(key)
+        );
+        // Bech32m (BIP 350) has another checksum constant: not age's encoding.
+        let bech32m = bech32::encode::<Bech32m>(RECIPIENT_HRP, &key).unwrap();
+        assert!(bech32m.parse::<AgeRecipient>().is_err());
+        // age prints recipients in lower case.
+        assert!(good.to_ascii_uppercase().parse::<AgeRecipient>().is_err());
+        // 32 bytes leave 4 padding bits, which must be zero; set one, with a valid checksum.
+        let mut fes: Vec<Fe32> = key.iter().copied().bytes_to_fes().collect();
+        let last = fes.pop().unwrap();
+        fes.push(Fe32::try_from(last.to_u8() | 1).unwrap());
+        let padded: String = fes
+            .into_iter()
+            .with_checksum::<Bech32>(&RECIPIENT_HRP)
+            .chars()
+            .collect();
+        assert!(padded.starts_with("age1") && padded != good);
+        assert!(padded.parse::<AgeRecipient>().is_err());
+        // Another HRP, another length.
+        let other = bech32::encode::<Bech32>(Hrp::parse_unchecked("agf"), &key).unwrap();
+        assert!(other.parse::<AgeRecipient>().is_err());
+        let short = bech32::encode::<Bech32>(RECIPIENT_HRP, &key[..31]).unwrap();
+        assert!(short.parse::<AgeRecipient>().is_err());
+        // A recipient is not a secret key, nor the other way round.
+        assert!(Identity::from_age_secret_key(&good).is_err());
+        let secret = Identity::generate().to_age_secret_key();
+        assert!(secret.to_ascii_lowercase().parse::<AgeRecipient>().is_err());
     }
 
     #[test]

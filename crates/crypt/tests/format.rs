@@ -1,4 +1,5 @@
 //! Behaviour of the native format: round trips, recipients, binding, and every kind of tamper.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 

@@ -1,6 +1,7 @@
 //! Sender authentication (HPKE Auth-mode stanzas, kind 0x03): round trips through every API,
 //! the reported sender, required senders, and every way to present an object a required sender
 //! did not write.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -617,76 +617,172 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a CPU amount: cores as a decimal ("0.5", "2") or millicores ("500m").
+/// The most CPU a service may ask for, in millicores (1024 cores).
+const MAX_CPU_MILLIS: u64 = 1024 * 1000;
+
+/// Parses a CPU amount into millicores: cores ("0.5", "2", "1e3") or millicores ("500m"), any
+/// Kubernetes quantity of at most 1024 cores. Read exactly; a fraction of a millicore is rounded
+/// to the nearest.
 pub fn parse_cpu_millis(cpu: &str) -> Result<u64, String> {
     let cpu = cpu.trim();
-    let millis = if let Some(m) = cpu.strip_suffix('m') {
-        m.parse::<u64>()
-            .map_err(|_| format!("{cpu:?} is not a CPU amount like \"0.5\" or \"500m\""))?
-    } else {
-        let cores: f64 = cpu
-            .parse()
-            .map_err(|_| format!("{cpu:?} is not a CPU amount like \"0.5\" or \"500m\""))?;
-        if !cores.is_finite() || !(0.0..=1024.0).contains(&cores) {
-            return Err(format!("{cpu:?} is out of range"));
-        }
-        (cores * 1000.0).round() as u64
-    };
+    let quantity = Quantity::parse(cpu).map_err(|e| match e {
+        QuantityError::Syntax => format!("{cpu:?} is not a CPU amount like \"0.5\" or \"500m\""),
+        other => other.describe(cpu),
+    })?;
+    let millis = quantity
+        .scaled(3, Rounding::Nearest)
+        .filter(|&m| m <= MAX_CPU_MILLIS)
+        .ok_or_else(|| format!("{cpu:?} is out of range"))?;
     if millis == 0 {
         return Err("must be more than zero".to_owned());
     }
     Ok(millis)
 }
 
-/// Parses a Kubernetes quantity ("256Mi", "1G", "1.5Gi", "128974848", "129e6") into bytes.
+/// Parses a Kubernetes quantity ("256Mi", "1G", "1.5Gi", "128974848", "129e6") into bytes, at
+/// least 1Mi. Read exactly; a fraction of a byte is rounded up.
 pub fn parse_quantity(quantity: &str) -> Result<u64, String> {
     let q = quantity.trim();
-    let err = || format!("{q:?} is not a Kubernetes quantity like \"256Mi\" or \"1G\"");
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    if number.is_empty()
-        || number.matches('.').count() > 1
-        || number.starts_with('.')
-        || number.ends_with('.')
-    {
-        return Err(err());
-    }
-    let value: f64 = number.parse().map_err(|_| err())?;
-    let multiplier: f64 = match suffix {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "m" => 1e-3,
-        s if s.starts_with(['e', 'E']) => {
-            let exp: i32 = s[1..].parse().map_err(|_| err())?;
-            if !(0..=18).contains(&exp) {
-                return Err(err());
-            }
-            10f64.powi(exp)
-        }
-        _ => return Err(err()),
-    };
-    let bytes = value * multiplier;
-    if !bytes.is_finite() || bytes > u64::MAX as f64 {
-        return Err(format!("{q:?} is too large"));
-    }
-    let bytes = bytes.ceil() as u64;
+    let bytes = Quantity::parse(q)
+        .map_err(|e| match e {
+            QuantityError::Syntax => format!("{q:?} is not a Kubernetes quantity like \"256Mi\" or \"1G\""),
+            other => other.describe(q),
+        })?
+        .scaled(0, Rounding::Up)
+        .ok_or_else(|| QuantityError::TooLarge.describe(q))?;
     if bytes < 1024 * 1024 {
         return Err(format!("{q:?} is below the minimum of 1Mi"));
     }
     Ok(bytes)
+}
+
+/// A Kubernetes quantity read exactly: `digits` × 10^`exp10` × 1024^`pow1024`.
+#[derive(Debug, PartialEq)]
+struct Quantity {
+    digits: u128,
+    exp10: i64,
+    pow1024: u32,
+}
+
+#[derive(Debug, PartialEq)]
+enum QuantityError {
+    Syntax,
+    Negative,
+    TooLarge,
+    TooManyDigits,
+}
+
+impl QuantityError {
+    fn describe(&self, text: &str) -> String {
+        match self {
+            QuantityError::Syntax => format!("{text:?} is not a Kubernetes quantity"),
+            QuantityError::Negative => format!("{text:?} is negative"),
+            QuantityError::TooLarge => format!("{text:?} is too large"),
+            QuantityError::TooManyDigits => format!("{text:?} has too many digits"),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Rounding {
+    Up,
+    Nearest,
+}
+
+/// Exponents beyond this are refused outright (as too large, or too small to be anything but 0).
+const MAX_EXPONENT: i64 = 1000;
+
+impl Quantity {
+    /// `[+]digits[.digits][suffix]`, the suffix one of Ki Mi Gi Ti Pi Ei, m k M G T P E, or an
+    /// exponent `e3` / `E-2`. A leading or trailing decimal point is refused.
+    fn parse(text: &str) -> Result<Quantity, QuantityError> {
+        if let Some(rest) = text.strip_prefix('-') {
+            return Err(match Quantity::parse(rest) {
+                Ok(_) | Err(QuantityError::TooLarge | QuantityError::TooManyDigits) => {
+                    QuantityError::Negative
+                }
+                Err(_) => QuantityError::Syntax,
+            });
+        }
+        let text = text.strip_prefix('+').unwrap_or(text);
+        let number_end = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
+        let (number, suffix) = text.split_at(number_end);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !all_digits(whole) || (number.contains('.') && !all_digits(fraction)) {
+            return Err(QuantityError::Syntax);
+        }
+        let fraction = fraction.trim_end_matches('0');
+        let mut digits: u128 = 0;
+        for b in whole.bytes().chain(fraction.bytes()) {
+            digits = digits
+                .checked_mul(10)
+                .and_then(|d| d.checked_add(u128::from(b - b'0')))
+                .ok_or(QuantityError::TooManyDigits)?;
+        }
+        let (suffix_exp10, pow1024) = match suffix {
+            "" => (0, 0),
+            "Ki" => (0, 1),
+            "Mi" => (0, 2),
+            "Gi" => (0, 3),
+            "Ti" => (0, 4),
+            "Pi" => (0, 5),
+            "Ei" => (0, 6),
+            "m" => (-3, 0),
+            "k" => (3, 0),
+            "M" => (6, 0),
+            "G" => (9, 0),
+            "T" => (12, 0),
+            "P" => (15, 0),
+            "E" => (18, 0),
+            _ => {
+                let exponent = suffix.strip_prefix(['e', 'E']).ok_or(QuantityError::Syntax)?;
+                let (negative, magnitude) = match exponent.strip_prefix('-') {
+                    Some(m) => (true, m),
+                    None => (false, exponent.strip_prefix('+').unwrap_or(exponent)),
+                };
+                if !all_digits(magnitude) {
+                    return Err(QuantityError::Syntax);
+                }
+                let magnitude = magnitude.parse::<i64>().unwrap_or(i64::MAX).min(MAX_EXPONENT);
+                (if negative { -magnitude } else { magnitude }, 0)
+            }
+        };
+        let fraction_len = i64::try_from(fraction.len()).map_err(|_| QuantityError::TooManyDigits)?;
+        Ok(Quantity {
+            digits,
+            exp10: suffix_exp10 - fraction_len,
+            pow1024,
+        })
+    }
+
+    /// The quantity × 10^`scale` as an integer, rounded as asked; `None` past `u64::MAX`.
+    fn scaled(&self, scale: i64, rounding: Rounding) -> Option<u64> {
+        if self.digits == 0 {
+            return Some(0);
+        }
+        let n = self.digits.checked_mul(1024u128.checked_pow(self.pow1024)?)?;
+        let exp10 = self.exp10.checked_add(scale)?;
+        let value = if exp10 >= 0 {
+            n.checked_mul(10u128.checked_pow(u32::try_from(exp10).ok()?)?)?
+        } else {
+            // n < 2^128 < 10^39: past 10^38 the quotient is 0 and the remainder n itself.
+            let (quotient, remainder, divisor) =
+                match u32::try_from(-exp10).ok().and_then(|p| 10u128.checked_pow(p)) {
+                    Some(divisor) => (n / divisor, n % divisor, Some(divisor)),
+                    None => (0, n, None),
+                };
+            let round_up = match rounding {
+                Rounding::Up => remainder > 0,
+                // remainder < divisor ≤ 10^38, so doubling it cannot overflow.
+                Rounding::Nearest => divisor.is_some_and(|d| remainder * 2 >= d),
+            };
+            quotient + u128::from(round_up)
+        };
+        u64::try_from(value).ok()
+    }
 }
 
 /// A parsed FDL file.
@@ -886,6 +982,76 @@ clusters:
         for bad in ["0", "abc", "-1", "NaN", "1e9"] {
             assert!(parse_cpu_millis(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn quantities_are_exact() {
+        // Values a binary float would get wrong, or lose.
+        assert_eq!(parse_quantity("1.1Gi"), Ok(1_181_116_006 + 1)); // 1.1 × 2^30 = 1181116006.4
+        assert_eq!(parse_quantity("9007199254740993"), Ok((1 << 53) + 1));
+        assert_eq!(parse_quantity("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(
+            parse_quantity("18446744073709551616"),
+            Err("\"18446744073709551616\" is too large".into())
+        );
+        assert_eq!(parse_quantity("16Ei"), Err("\"16Ei\" is too large".into()));
+        assert_eq!(parse_quantity("15Ei"), Ok(15 << 60));
+        assert_eq!(parse_quantity("1e19"), Ok(10_000_000_000_000_000_000));
+        assert_eq!(parse_quantity("1e20"), Err("\"1e20\" is too large".into()));
+        assert_eq!(parse_quantity("1.5e6"), Ok(1_500_000));
+        assert_eq!(parse_quantity("2E6"), Ok(2_000_000));
+        assert_eq!(parse_quantity("1E"), Ok(1_000_000_000_000_000_000));
+        assert_eq!(parse_quantity("1048576001m"), Ok(1_048_577));
+        assert_eq!(
+            parse_quantity("2.000000000000000000000000000000000000000000000Mi"),
+            Ok(2 << 20)
+        );
+        assert_eq!(parse_quantity(" +1Mi "), Ok(1 << 20));
+        assert_eq!(
+            parse_quantity("1e-3"),
+            Err("\"1e-3\" is below the minimum of 1Mi".into())
+        );
+        assert_eq!(parse_quantity("1Mi"), Ok(1 << 20));
+        assert_eq!(
+            parse_quantity("1048575"),
+            Err("\"1048575\" is below the minimum of 1Mi".into())
+        );
+        assert_eq!(parse_quantity("-5Mi"), Err("\"-5Mi\" is negative".into()));
+        assert_eq!(
+            parse_quantity("1e99999999999999999999"),
+            Err("\"1e99999999999999999999\" is too large".into())
+        );
+        assert_eq!(
+            parse_quantity(&"9".repeat(39)),
+            Err(format!("{:?} has too many digits", "9".repeat(39)))
+        );
+        for junk in [
+            "5.", "1..5", "1.5.Mi", "1 Mi", "1mi", "1KI", "1K", "1e", "1e+", "1e3Mi", "1ee3", "0x10", "--1",
+            "+-1", "1_000", "1,5Gi", "١", "NaN", "inf",
+        ] {
+            let e = parse_quantity(junk).unwrap_err();
+            assert!(e.contains("not a Kubernetes quantity"), "{junk}: {e}");
+        }
+
+        assert_eq!(parse_cpu_millis("0.5"), Ok(500));
+        assert_eq!(parse_cpu_millis("0.1"), Ok(100));
+        assert_eq!(parse_cpu_millis("1.0005"), Ok(1001));
+        assert_eq!(parse_cpu_millis("0.0004"), Err("must be more than zero".into()));
+        assert_eq!(parse_cpu_millis("1e3"), Ok(1_000_000));
+        assert_eq!(parse_cpu_millis("1k"), Ok(1_000_000));
+        assert_eq!(parse_cpu_millis("1024"), Ok(1_024_000));
+        assert_eq!(parse_cpu_millis("1024000m"), Ok(1_024_000));
+        assert_eq!(
+            parse_cpu_millis("1024.001"),
+            Err("\"1024.001\" is out of range".into())
+        );
+        assert_eq!(parse_cpu_millis("1.5m"), Ok(2));
+        assert_eq!(parse_cpu_millis("250e-3"), Ok(250));
+        assert_eq!(parse_cpu_millis("-0.5"), Err("\"-0.5\" is negative".into()));
+        assert_eq!(
+            parse_cpu_millis(".5"),
+            Err("\".5\" is not a CPU amount like \"0.5\" or \"500m\"".into())
+        );
     }
 
     #[test]

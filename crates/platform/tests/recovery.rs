@@ -1,5 +1,6 @@
 //! Exactly one job per acknowledged upload, also when the process dies between writing the
 //! object and recording its job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -685,32 +685,41 @@ async fn stage_input(spec: &JobSpec, io: &dyn JobIo, input_dir: &Path) -> Result
 }
 
 /// Regular files under `dir` as `(relative path, absolute path)`, sorted. Symbolic links and
-/// other special files are skipped, so a script cannot make the runtime upload host files.
+/// other special files are skipped and never followed, so a script cannot make the runtime
+/// upload host files; names that are not UTF-8 are skipped (a folder with its contents).
 pub async fn collect_outputs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut files = Vec::new();
-    let mut pending = vec![(dir.to_path_buf(), String::new())];
-    while let Some((path, relative)) = pending.pop() {
-        let mut entries = tokio::fs::read_dir(&path).await?;
-        while let Some(entry) = entries.next_entry().await? {
-            let Ok(name) = entry.file_name().into_string() else {
-                tracing::warn!("skipping an output whose name is not UTF-8");
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut files = Vec::new();
+        let entries = walkdir::WalkDir::new(&dir)
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|entry| {
+                let utf8 = entry.depth() == 0 || entry.file_name().to_str().is_some();
+                if !utf8 {
+                    tracing::warn!("skipping an output whose name is not UTF-8");
+                }
+                utf8
+            });
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_type().is_file() {
                 continue;
-            };
-            let child_relative = if relative.is_empty() {
-                name
-            } else {
-                format!("{relative}/{name}")
-            };
-            let kind = entry.file_type().await?;
-            if kind.is_dir() {
-                pending.push((entry.path(), child_relative));
-            } else if kind.is_file() {
-                files.push((child_relative, entry.path()));
             }
+            let relative = entry
+                .path()
+                .strip_prefix(&dir)
+                .ok()
+                .and_then(Path::to_str)
+                .ok_or_else(|| std::io::Error::other("an output path left its folder"))?
+                .to_owned();
+            files.push((relative, entry.into_path()));
         }
-    }
-    files.sort();
-    Ok(files)
+        files.sort();
+        Ok(files)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Default timeout when a caller does not choose one.

@@ -223,6 +223,7 @@ fn check_ancestors(root: &Path) -> Result<(), String> {
     }
 }
 
+#[allow(unsafe_code)] // a libc call: see its SAFETY comment
 fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
@@ -239,6 +240,7 @@ fn create_private(path: &Path) -> std::io::Result<File> {
 }
 
 /// An exclusive lock, without waiting when `wait` is false.
+#[allow(unsafe_code)] // a libc call: see its SAFETY comment
 fn flock(file: &File, wait: bool) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let op = if wait {
@@ -255,6 +257,7 @@ fn flock(file: &File, wait: bool) -> std::io::Result<()> {
 }
 
 /// Whether `path` is on a memory-backed file system (tmpfs, ramfs).
+#[allow(unsafe_code)] // a libc call: see its SAFETY comment
 pub fn on_memory_fs(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {

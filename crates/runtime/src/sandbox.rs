@@ -205,6 +205,7 @@ impl CgroupSupport {
             };
             for pid in list.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                 // SAFETY: kill(2) on a pid read from the job's own cgroup; no memory involved.
+                #[allow(unsafe_code)]
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }
@@ -359,6 +360,7 @@ enum Stream {
 /// threads then get the CPU back from a job's process promptly, where before the vfork parent
 /// often waited for the new script to finish before it could record that it had started. Best
 /// effort: older kernels ignore the slice, and a refusal (seccomp, `ENOSYS`) changes nothing.
+#[allow(unsafe_code)] // a libc call: see its SAFETY comment
 fn prefer_low_latency() {
     /// `struct sched_attr`, first version (48 bytes).
     #[repr(C)]
@@ -552,6 +554,7 @@ pub async fn run_program(
     // Whatever the script left behind in its process group goes with it.
     if let Some(pgid) = pgid {
         // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+        #[allow(unsafe_code)]
         unsafe {
             libc::kill(-pgid, libc::SIGKILL);
         }

@@ -160,7 +160,10 @@ async fn environment_is_cleared() {
         uploads: Mutex::new(Vec::new()),
     };
     // SAFETY: test-only; no other thread of this test reads the environment concurrently.
-    unsafe { std::env::set_var("CLOISTER_TEST_HOST_SECRET", "leak") };
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("CLOISTER_TEST_HOST_SECRET", "leak")
+    };
     let outcome = run(&spec("env"), &io, &options(dir.path(), CgroupSupport::None)).await;
     assert_eq!(outcome.status, Status::Succeeded);
     let log = log_text(&outcome);
@@ -778,4 +781,41 @@ async fn direct_programs_are_stopped_with_their_children() {
         false
     });
     assert!(gone, "the program's child outlived it");
+}
+
+#[tokio::test]
+async fn outputs_are_regular_files_inside_the_folder_only() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("host");
+    std::fs::create_dir_all(outside.join("deep")).unwrap();
+    std::fs::write(outside.join("secret.txt"), "host").unwrap();
+    std::fs::write(outside.join("deep/secret.txt"), "host").unwrap();
+    let out = dir.path().join("output");
+    std::fs::create_dir_all(out.join("sub/inner")).unwrap();
+    std::fs::write(out.join("a.txt"), "a").unwrap();
+    std::fs::write(out.join("sub/inner/b.txt"), "b").unwrap();
+    // A link to a file and a link to a folder outside: neither is uploaded nor walked into.
+    std::os::unix::fs::symlink(outside.join("secret.txt"), out.join("file-link.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, out.join("dir-link")).unwrap();
+    // A special file.
+    let fifo = std::ffi::CString::new(out.join("pipe").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    #[allow(unsafe_code)]
+    let made = unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) };
+    assert_eq!(made, 0);
+    // A folder whose name is not UTF-8 is skipped with what it holds.
+    let odd = out.join(std::ffi::OsStr::from_bytes(b"bad\xff"));
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::write(odd.join("c.txt"), "c").unwrap();
+
+    let files = collect_outputs(&out).await.unwrap();
+    assert_eq!(
+        files,
+        [
+            ("a.txt".to_owned(), out.join("a.txt")),
+            ("sub/inner/b.txt".to_owned(), out.join("sub/inner/b.txt")),
+        ]
+    );
+    assert!(collect_outputs(&dir.path().join("missing")).await.is_err());
 }

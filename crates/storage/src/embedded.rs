@@ -521,7 +521,7 @@ impl Store {
     pub async fn put_file(&self, bucket: &str, key: &str, path: &Path) -> Result<(), StorageError> {
         let file = tokio::fs::File::open(path).await?;
         let len = file.metadata().await?.len();
-        let stream = tokio_util_stream(file);
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
         self.put_stream(bucket, key, StreamingBlob::wrap(stream), len)
             .await
     }
@@ -609,17 +609,6 @@ impl Store {
             .map_err(storage_error)?;
         Ok(())
     }
-}
-
-fn tokio_util_stream(
-    file: tokio::fs::File,
-) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync + 'static {
-    use tokio::io::AsyncReadExt;
-    futures::stream::try_unfold(file, |mut file| async move {
-        let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
-        let n = file.read_buf(&mut buf).await?;
-        Ok((n > 0).then(|| (buf.freeze(), file)))
-    })
 }
 
 /// `S3ServiceBuilder` takes the implementation by value; this shares it with [`Store`].

@@ -112,7 +112,7 @@ pub(crate) fn write(
     if !root.join(bucket).is_dir() {
         return Ok(None);
     }
-    let etag = hex(&md5::Md5::digest(body));
+    let etag = hex::encode(md5::Md5::digest(body));
     let paths = Paths::new(root, bucket, key);
     // Temporary names s3s-fs removes at start-up (`.tmp.*.internal.part`), apart from its own.
     let replace = |dest: &Path, content: &[u8]| -> std::io::Result<()> {
@@ -153,13 +153,4 @@ pub(crate) fn write(
         serde_json::to_vec(&serde_json::json!({ "e_tag": etag })).map_err(std::io::Error::other)?;
     replace(&paths.internal, &internal)?;
     Ok(Some(etag))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }

@@ -5,6 +5,7 @@
 //! over hyper's bare HTTP/1 client), evidence verification and collateral fetching (it only
 //! collects evidence), CA roots or the system's certificate store (nothing it trusts is
 //! CA-verified).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 use std::process::Command;

@@ -2,15 +2,16 @@
 //! on-disk cache, or from an operator-filled directory only (offline).
 //!
 //! The fetch mirrors dcap-qvl 0.7.1's `CollateralClient::fetch_for_fmspc_without_pck_chain`
-//! (which needs its `report` feature and an async HTTP client) with a blocking `ureq` client,
+//! (which needs its `report` feature and an async HTTP client) with reqwest's blocking client,
 //! bounded time and size, and one deliberate difference: the TCB info and QE identity are kept as
 //! the exact bytes of the response (`RawValue`) instead of being re-serialised, so the signed
 //! text is stored unchanged.
 
 use std::fs;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use dcap_qvl::QuoteCollateralV3;
 use dcap_qvl::config::{ParsedCert as _, X509Codec as _};
@@ -33,7 +34,8 @@ pub const INTEL_PCS_URL: &str = "https://api.trustedservices.intel.com";
 /// under its own API.
 pub const INTEL_ROOT_CA_CRL_URL: &str = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der";
 
-/// Time limit of each HTTP request (connect, send, receive).
+/// Time limit of each HTTP request (connect, send, receive the head, each read of the body) and
+/// of the whole body's receipt.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest accepted response body (Intel's biggest, a PCK CRL, is far below this).
 pub const MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
@@ -150,7 +152,9 @@ pub struct CollateralSource {
 struct Online {
     base_url: String,
     root_crl_url: String,
-    agent: ureq::Agent,
+    /// Made on first use: building a blocking client from inside an async runtime panics, and
+    /// sources are built there (the fetches run on blocking threads).
+    client: OnceLock<reqwest::blocking::Client>,
 }
 
 impl CollateralSource {
@@ -178,18 +182,12 @@ impl CollateralSource {
             format!("{base_url}/sgx/certification/v4/rootcacrl")
         };
         fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(HTTP_TIMEOUT))
-            .http_status_as_error(false)
-            .max_redirects(3)
-            .build()
-            .new_agent();
         Ok(CollateralSource {
             dir: cache_dir.to_owned(),
             online: Some(Online {
                 base_url,
                 root_crl_url,
-                agent,
+                client: OnceLock::new(),
             }),
             refresh_margin: DEFAULT_REFRESH_MARGIN.as_secs(),
         })
@@ -338,7 +336,7 @@ struct SignedId {
 
 struct Response {
     body: Vec<u8>,
-    headers: ureq::http::HeaderMap,
+    headers: reqwest::header::HeaderMap,
 }
 
 impl Response {
@@ -358,23 +356,53 @@ impl Response {
 }
 
 impl Online {
+    fn client(&self) -> Result<&reqwest::blocking::Client, Error> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let client = reqwest::blocking::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| Error::CollateralFetch(format!("HTTP client: {e}")))?;
+        Ok(self.client.get_or_init(|| client))
+    }
+
     fn get(&self, url: &str) -> Result<Response, Error> {
-        let fail = |e: ureq::Error| Error::CollateralFetch(format!("GET {url}: {e}"));
-        let mut resp = self.agent.get(url).call().map_err(fail)?;
+        let deadline = Instant::now() + HTTP_TIMEOUT;
+        let fail = |e: &dyn std::fmt::Display| Error::CollateralFetch(format!("GET {url}: {e}"));
+        let mut resp = self.client()?.get(url).send().map_err(|e| fail(&e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(Error::CollateralFetch(format!("GET {url}: HTTP {status}")));
         }
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE_BYTES)
-            .read_to_vec()
-            .map_err(fail)?;
-        Ok(Response {
-            body,
-            headers: resp.headers().clone(),
-        })
+        let over_limit = || {
+            fail(&format!(
+                "response body exceeds the limit of {MAX_RESPONSE_BYTES} bytes"
+            ))
+        };
+        if resp.content_length().is_some_and(|len| len > MAX_RESPONSE_BYTES) {
+            return Err(over_limit());
+        }
+        let headers = std::mem::take(resp.headers_mut());
+        // Each read is bounded by the client's timeout; the deadline bounds them all, so a
+        // server that trickles its body cannot hold a fetch for long.
+        let mut body = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if Instant::now() >= deadline {
+                return Err(fail(&"timed out reading the response body"));
+            }
+            let n = resp.read(&mut chunk).map_err(|e| fail(&e))?;
+            let Some(read) = chunk.get(..n).filter(|read| !read.is_empty()) else {
+                break;
+            };
+            if (body.len() + n) as u64 > MAX_RESPONSE_BYTES {
+                return Err(over_limit());
+            }
+            body.extend_from_slice(read);
+        }
+        Ok(Response { body, headers })
     }
 
     /// Fetches the four collateral items, assembles them and verifies them at `now`.

@@ -47,6 +47,8 @@ enum Mode {
     TruncatedTcb,
     /// The PCK CRL body is larger than the 4 MiB limit.
     OversizedCrl,
+    /// The same, without a Content-Length: the body ends when the connection closes.
+    OversizedUnannouncedCrl,
     /// Every endpoint answers 404.
     NotFound,
 }
@@ -119,6 +121,13 @@ fn serve(mut stream: TcpStream, v: &VectorCollateral, tee: &str, mode: Mode, log
             "SGX-PCK-CRL-Issuer-Chain".into(),
             url_encode(&v.pck_crl_issuer_chain),
         ));
+        if mode == Mode::OversizedUnannouncedCrl {
+            let head = "HTTP/1.1 200 X\r\nConnection: close\r\n\r\n";
+            let _ = stream
+                .write_all(head.as_bytes())
+                .and_then(|()| stream.write_all(&vec![0x30; 5 * 1024 * 1024]));
+            return;
+        }
         if mode == Mode::OversizedCrl {
             vec![0x30; 5 * 1024 * 1024]
         } else {
@@ -399,6 +408,20 @@ fn bad_responses_are_errors_and_never_cached() {
     let c = src.collateral_for(SGX_QUOTE, SGX_REFRESH_DUE).unwrap();
     assert!(pcs.requests().len() > before);
     assert_eq!(c.digest(), collateral(SGX_COLLATERAL).digest());
+}
+
+#[test]
+fn a_body_without_a_length_is_cut_at_the_limit() {
+    let pcs = FakePcs::start("sgx", SGX_COLLATERAL);
+    let dir = tempfile::tempdir().unwrap();
+    let src = CollateralSource::pccs(&pcs.base, dir.path()).unwrap();
+    pcs.set_mode(Mode::OversizedUnannouncedCrl);
+    let e = src.collateral_for(SGX_QUOTE, AT_2025).unwrap_err();
+    assert!(
+        matches!(&e, Error::CollateralFetch(m) if m.contains("limit")),
+        "{e}"
+    );
+    assert!(dir_entries(dir.path()).is_empty());
 }
 
 #[test]

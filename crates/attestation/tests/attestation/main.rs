@@ -1,4 +1,5 @@
 //! Integration tests of cloister-attestation against the real vectors in `testdata/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod collateral_source;
 mod collect;

@@ -1,4 +1,5 @@
 //! Integration tests of cloister-cas-session, in one binary to keep link time low.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod access;
 mod common;

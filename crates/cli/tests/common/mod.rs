@@ -129,7 +129,10 @@ impl Server {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: plain kill(2) on our own child process.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM)
+            };
             let _ = child.wait();
         }
     }
