@@ -121,6 +121,22 @@ enum Command {
     /// Inspect and verify TEE evidence (SGX/TDX DCAP quotes, SEV-SNP reports, simulation).
     #[command(subcommand)]
     Attest(attest::AttestCommand),
+    /// Maintain the embedded object store of a stopped server.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Check the object store's consistency (the server must be stopped): every object's data
+    /// is present and no data file is left unreferenced. Exits 1 when something is wrong.
+    /// Opening the store also completes what a crash interrupted (orphan files are removed,
+    /// a migration from the s3s-fs layout is finished), as a server start would.
+    Check {
+        /// The server's data directory.
+        #[arg(long, env = "CLOISTER_DATA_DIR", default_value = "cloister-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -176,10 +192,12 @@ enum JobCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLOISTER_LOG").unwrap_or_else(|_| {
+        // s3s logs every client error at ERROR; the store logs its own faults with their
+        // cause, and the endpoint logs each answer at the level it deserves.
         let default = if matches!(cli.command, Command::Server(_)) {
-            "info"
+            "info,s3s=off"
         } else {
-            "warn"
+            "warn,s3s=off"
         };
         tracing_subscriber::EnvFilter::new(default)
     });
@@ -216,6 +234,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Encrypt(args) => crypt::encrypt(args),
         Command::Decrypt(args) => crypt::decrypt(args, json),
         Command::Cas(command) => cas::run(command, json).await,
+        Command::Store(StoreCommand::Check { data_dir }) => store_check(&data_dir, json),
         command => {
             let client = client::Client::new(cli.connect.resolve()?)?;
             match command {
@@ -266,6 +285,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Command::Server(_)
                 | Command::Attest(_)
                 | Command::Cas(_)
+                | Command::Store(_)
                 | Command::Keygen { .. }
                 | Command::Encrypt(_)
                 | Command::Decrypt(_) => {
@@ -274,4 +294,48 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn store_check(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let objects = data_dir.join("objects");
+    if !objects.is_dir() {
+        return Err(Exit {
+            code: client::exit::NOT_FOUND,
+            message: format!("{} holds no object store", data_dir.display()),
+        }
+        .into());
+    }
+    let store = cloister_storage::Store::open(&objects, std::sync::Arc::new(cloister_storage::NoEvents))
+        .with_context(|| {
+            format!(
+                "cannot open the object store in {} (is the server running?)",
+                objects.display()
+            )
+        })?;
+    let report = store.check()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "objects": report.objects,
+                "data_files": report.data_files,
+                "missing_files": report.missing_files,
+                "unreferenced_files": report.unreferenced_files,
+            })
+        );
+    } else {
+        println!(
+            "{} objects, {} data files, {} missing, {} unreferenced",
+            report.objects, report.data_files, report.missing_files, report.unreferenced_files
+        );
+    }
+    if report.missing_files > 0 || report.unreferenced_files > 0 {
+        return Err(Exit {
+            code: client::exit::FAILURE,
+            message: "the object store is inconsistent".to_owned(),
+        }
+        .into());
+    }
+    Ok(())
 }

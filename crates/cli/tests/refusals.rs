@@ -295,13 +295,9 @@ async fn hostile_object_keys_are_refused() {
         201
     );
     let token = server.token("keys").await;
-    for key in [
-        "in%2F..%2F..%2Fetc%2Fpasswd",
-        "%2Fetc%2Fpasswd",
-        "in%2Fnul%00byte",
-        "in%2F.%2Fx",
-        "in%2F%2Fx",
-    ] {
+    // Keys S3 cannot carry are refused; keys that look like paths are only names (below).
+    let overlong = format!("in%2F{}", "k".repeat(1100));
+    for key in ["in%2Fnul%00byte", overlong.as_str()] {
         let event = json!({"Records": [{"s3": {"bucket": {"name": "keys"}, "object": {"key": key}}}]});
         let response = server
             .http()
@@ -313,6 +309,19 @@ async fn hostile_object_keys_are_refused() {
             .unwrap();
         assert_eq!(response.status(), 400, "{key}");
     }
+    // A key that leaves the input path only on a file system is outside the service's inputs
+    // here too: `/etc/passwd` is not under `in/`.
+    let event =
+        json!({"Records": [{"s3": {"bucket": {"name": "keys"}, "object": {"key": "%2Fetc%2Fpasswd"}}}]});
+    let response = server
+        .http()
+        .post(server.url("/job/keys"))
+        .bearer_auth(&token)
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
     // An event naming an object outside the service's inputs is refused: a token is not a key
     // to the whole store.
     let event = json!({"Records": [{"s3": {"bucket": {"name": "keys"}, "object": {"key": "secret%2Fx"}}}]});
@@ -326,7 +335,7 @@ async fn hostile_object_keys_are_refused() {
         .unwrap();
     assert_eq!(response.status(), 403);
     // Presign and bucket routes validate too.
-    for key in ["../x", "/abs", "a/../../b", "nul\u{0}"] {
+    for key in ["nul\u{0}", "tab\tkey"] {
         let response = server
             .post_json("/system/buckets/keys/presign", &json!({"object_key": key}))
             .await;

@@ -186,13 +186,14 @@ impl Dispatcher {
     pub async fn recover(&self, store: &Store) -> Result<(), anyhow::Error> {
         for (id, intent) in self.state.intents()? {
             let head = store.head(&intent.bucket, &intent.key).await?;
-            // File times can be coarser than our clock; a second of slack only risks creating
-            // jobs for an object that was already there and then overwritten by this very write.
-            let written = head.and_then(|info| {
-                info.last_modified
-                    .filter(|t| *t >= intent.time - time::Duration::seconds(1))
-                    .map(|t| (info, t))
-            });
+            // The store records which write made each version: the intent's write committed
+            // exactly when the current version names it.
+            let written = head
+                .filter(|info| info.written_by == Some(WriteIntent(id)))
+                .map(|info| {
+                    let modified = info.last_modified.unwrap_or_else(OffsetDateTime::now_utc);
+                    (info, modified)
+                });
             match written {
                 Some((info, modified)) => {
                     let object = ObjectCreated {

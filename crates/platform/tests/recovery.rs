@@ -3,12 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cloister_platform::dispatch::Dispatcher;
 use cloister_platform::fdl::Service;
 use cloister_platform::state::{JobSource, State};
-use cloister_storage::{NoEvents, ObjectEvents, Store};
+use cloister_storage::{EventError, NoEvents, ObjectCreated, ObjectEvents, Store, WriteIntent};
 
 fn service() -> Service {
     let mut service: Service = serde_json::from_value(serde_json::json!({
@@ -20,28 +19,40 @@ fn service() -> Service {
     service
 }
 
+/// The process dies after the store committed the object and before the job was recorded:
+/// the sink records intents but never hears of the commit.
+struct CrashAfterCommit(Arc<Dispatcher>);
+
+impl ObjectEvents for CrashAfterCommit {
+    fn before_write(&self, bucket: &str, key: &str) -> Result<Option<WriteIntent>, EventError> {
+        self.0.before_write(bucket, key)
+    }
+    fn object_created(&self, _: WriteIntent, _: &ObjectCreated) -> Result<(), EventError> {
+        Ok(())
+    }
+    fn write_failed(&self, _: WriteIntent) {}
+}
+
 #[tokio::test]
 async fn interrupted_uploads_are_resolved_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let state = Arc::new(State::open(&dir.path().join("state.redb")).unwrap());
     assert!(state.put_service(&service(), true).unwrap());
-    // A store that raises no events stands in for the part of the write the crash cut off.
-    let store = Store::open(&dir.path().join("objects"), Arc::new(NoEvents)).unwrap();
-    store.create_bucket("bucket", false).await.unwrap();
-
     // An object that existed before any intent must not be mistaken for the interrupted write.
-    store.put_bytes("bucket", "in/old", "old".into()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    {
+        let store = Store::open(&dir.path().join("objects"), Arc::new(NoEvents)).unwrap();
+        store.create_bucket("bucket", false).await.unwrap();
+        store.put_bytes("bucket", "in/old", "old".into()).await.unwrap();
+    }
 
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let before_crash = Dispatcher::new(state.clone(), tx).unwrap();
+    let before_crash = Arc::new(Dispatcher::new(state.clone(), tx).unwrap());
+    let store = Store::open(
+        &dir.path().join("objects"),
+        Arc::new(CrashAfterCommit(before_crash.clone())),
+    )
+    .unwrap();
     // Written, then the crash: the intent is on disk, the job is not.
-    assert!(
-        before_crash
-            .before_write("bucket", "in/written")
-            .unwrap()
-            .is_some()
-    );
     store
         .put_bytes("bucket", "in/written", "data".into())
         .await

@@ -504,8 +504,8 @@ pub fn remove_stale_work_dirs(root: &Path) {
     }
 }
 
-/// The input file's name: the key's last segment (keys are validated by the storage layer, so
-/// it is a plain name).
+/// The input file's name: the key's last segment when it is a plain name (any S3 key is valid,
+/// `a/`, `.` and `..` among them), else `input`.
 fn input_name(key: &str) -> String {
     key.rsplit('/')
         .next()
@@ -669,12 +669,8 @@ async fn stage_input(spec: &JobSpec, io: &dyn JobIo, input_dir: &Path) -> Result
             Ok(Some(path))
         }
         JobInput::Object { bucket, key } => {
-            // Keys are validated by the storage layer, so the last segment is a plain name.
-            let name = key
-                .rsplit('/')
-                .next()
-                .filter(|n| !n.is_empty() && *n != "..")
-                .unwrap_or("input");
+            // Any S3 key is valid (`a/`, `.`, `..`): only a plain last segment names the file.
+            let name = input_name(key);
             let path = input_dir.join(name);
             io.fetch(bucket, key, &path)
                 .await

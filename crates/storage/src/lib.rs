@@ -1,24 +1,40 @@
 //! Object storage for Cloister.
 //!
 //! The single-machine default is an embedded S3 endpoint ([`Store`], served by [`serve`]):
-//! real SigV4-authenticated S3 over HTTP so that aws-cli, boto3 and S3 client crates work
-//! against it, with objects kept as plain files under a data directory. Every object write —
-//! over HTTP or in-process — raises an [`ObjectCreated`] event through an [`ObjectEvents`] sink
-//! with a write-ahead intent, which is how uploads become jobs without loss or duplication.
+//! real SigV4-authenticated S3 over HTTP so that aws-cli, boto3, rclone and s3cmd work against
+//! it. It is a store of its own behind the `s3s` protocol layer: metadata in a transactional
+//! index (redb), data inline in the index or in immutable files named by a random id — never
+//! by the key. Every object write — over HTTP or in-process — raises an [`ObjectCreated`]
+//! event through an [`ObjectEvents`] sink with a write-ahead intent, which is how uploads
+//! become jobs without loss or duplication.
 
+mod blobs;
+mod conditions;
 mod embedded;
 pub mod events;
+mod index;
+mod listing;
+mod migrate;
+mod multipart;
 pub mod names;
 mod presign;
+mod s3;
 mod serve;
-mod small_put;
+mod store;
 
 pub use embedded::Store;
 pub use events::{EventError, NoEvents, ObjectCreated, ObjectEvents, WriteIntent};
 pub use presign::{PresignError, Presigner};
-pub use serve::serve;
+pub use serve::{S3Http, serve};
 
 use time::OffsetDateTime;
+
+/// The store's own files, under the data directory; a name no bucket can have.
+const STORE_DIR: &str = ".cloister";
+const INDEX_FILE: &str = ".cloister/index.redb";
+const BLOBS_DIR: &str = ".cloister/blobs";
+/// The region the endpoint reports (clients sign with whatever region they like).
+const REGION: &str = "us-east-1";
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +67,7 @@ pub enum StorageError {
 pub struct BucketInfo {
     /// Bucket name.
     pub name: String,
-    /// Creation (or, where the file system lacks it, modification) time.
+    /// Creation time.
     pub created: Option<OffsetDateTime>,
 }
 
@@ -66,6 +82,9 @@ pub struct ObjectInfo {
     pub etag: String,
     /// Last modification time.
     pub last_modified: Option<OffsetDateTime>,
+    /// The intent of the write that made this version, when it had one: recovery uses it to
+    /// tell exactly whether an interrupted write committed.
+    pub written_by: Option<WriteIntent>,
 }
 
 /// One page of an object listing.
@@ -75,4 +94,18 @@ pub struct ObjectPage {
     pub objects: Vec<ObjectInfo>,
     /// Token for the next page, if any.
     pub next: Option<String>,
+}
+
+/// What [`Store::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Objects in all buckets.
+    pub objects: u64,
+    /// Data files on disk.
+    pub data_files: u64,
+    /// Data files a record names that do not exist (data loss: must be 0).
+    pub missing_files: u64,
+    /// Data files no record names and not yet queued for reclamation (must be 0 after a
+    /// start; a crash can leave some until the next start).
+    pub unreferenced_files: u64,
 }

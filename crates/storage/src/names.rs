@@ -1,9 +1,9 @@
 //! Validation of bucket names and object keys.
 //!
-//! Keys are untrusted input that ends up as file-system paths in the embedded store and as
-//! paths inside job sandboxes, so anything that could alias or escape is refused outright
-//! instead of being normalised: `..` and `.` segments, empty segments (`a//b`), a leading `/`,
-//! NUL and other control characters, and keys longer than S3's 1,024-byte limit.
+//! Keys never become paths: the store names data by object id, and job runtimes take only a
+//! key's last segment, refusing `.`/`..`/empty ones. So every S3 key is accepted — folder
+//! markers (`dir/`), `a` beside `a/b`, `//`, `.` and `..` segments — except keys longer than
+//! S3's 1,024-byte limit and keys with control characters, which XML 1.0 listings cannot carry.
 
 use crate::StorageError;
 
@@ -40,7 +40,7 @@ pub fn validate_bucket_name(name: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Checks an object key; see the module documentation for what is refused and why.
+/// Checks an object key: 1 to 1,024 bytes of UTF-8 without control characters.
 pub fn validate_object_key(key: &str) -> Result<(), StorageError> {
     let invalid = |reason: &str| {
         Err(StorageError::InvalidName(format!(
@@ -56,19 +56,6 @@ pub fn validate_object_key(key: &str) -> Result<(), StorageError> {
     }
     if key.chars().any(char::is_control) {
         return invalid("must not contain NUL or control characters");
-    }
-    if key.starts_with('/') {
-        return invalid("must not be an absolute path");
-    }
-    if key.contains('\\') {
-        return invalid("must not contain '\\'");
-    }
-    for segment in key.split('/') {
-        match segment {
-            "" => return invalid("must not contain empty path segments or end with '/'"),
-            "." | ".." => return invalid("must not contain '.' or '..' segments"),
-            _ => {}
-        }
     }
     Ok(())
 }
@@ -92,20 +79,20 @@ mod tests {
     }
 
     #[test]
-    fn refuses_escaping_or_aliasing_keys() {
+    fn accepts_every_s3_key_but_empty_overlong_or_control() {
         for key in [
-            "",
             "/etc/passwd",
             "../x",
             "a/../b",
-            "a/./b",
             ".",
             "a//b",
             "a/",
-            "nul\0byte",
-            "tab\tkey",
+            "//",
             "back\\slash",
         ] {
+            assert!(validate_object_key(key).is_ok(), "{key:?} refused");
+        }
+        for key in ["", "nul\0byte", "tab\tkey"] {
             assert!(validate_object_key(key).is_err(), "{key:?} accepted");
         }
         assert!(validate_object_key(&"k".repeat(1025)).is_err());

@@ -1,12 +1,269 @@
-use std::future::Future;
+//! The S3 endpoint over HTTP: the `s3s` service wrapped for what S3 does around every
+//! operation — request ids, CORS (preflights answered from the bucket's rules), the 7-day
+//! limit of presigned URLs — and logging at the right level (client errors are not the
+//! server's: they log at DEBUG; server faults at ERROR, their cause logged where they arose).
 
+use std::future::Future;
+use std::pin::Pin;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::Body;
 use s3s::service::S3Service;
 use tokio::net::TcpListener;
 
+use crate::Store;
+use crate::index::CorsRule;
+
+/// Longest validity of a SigV4 presigned URL, as in S3.
+const MAX_PRESIGNED_SECONDS: u64 = 7 * 24 * 3600;
+
+/// The S3 HTTP service of a [`Store`], for [`serve`].
+#[derive(Clone)]
+pub struct S3Http {
+    pub(crate) s3: S3Service,
+    pub(crate) store: Store,
+}
+
+impl std::fmt::Debug for S3Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Http").finish_non_exhaustive()
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<Body> {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><RequestId>{}</RequestId></Error>",
+        escape(code),
+        escape(message),
+        escape(request_id)
+    );
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    response
+}
+
+/// Whether a presigned URL asks for more than S3 allows.
+fn presign_too_long(uri: &http::Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| {
+            k.eq_ignore_ascii_case("X-Amz-Expires")
+                && v.parse::<u64>().map_or(true, |n| n > MAX_PRESIGNED_SECONDS)
+        })
+    })
+}
+
+/// The bucket a path-style request names.
+fn bucket_of(uri: &http::Uri) -> Option<&str> {
+    uri.path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .filter(|b| !b.is_empty())
+}
+
+fn origin_matches(pattern: &str, origin: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern.eq_ignore_ascii_case(origin),
+        Some((head, tail)) => {
+            origin.len() >= head.len() + tail.len()
+                && origin[..head.len()].eq_ignore_ascii_case(head)
+                && origin[origin.len() - tail.len()..].eq_ignore_ascii_case(tail)
+        }
+    }
+}
+
+fn header_allowed(rule: &CorsRule, header: &str) -> bool {
+    rule.allowed_headers
+        .iter()
+        .any(|allowed| allowed == "*" || origin_matches(allowed, header))
+}
+
+/// The first rule that allows `origin` to use `method` with `headers` (as S3 picks it).
+fn matching_rule<'a>(
+    rules: &'a [CorsRule],
+    origin: &str,
+    method: &str,
+    headers: &[String],
+) -> Option<&'a CorsRule> {
+    rules.iter().find(|rule| {
+        rule.allowed_origins.iter().any(|o| origin_matches(o, origin))
+            && rule
+                .allowed_methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(method))
+            && headers.iter().all(|h| header_allowed(rule, h))
+    })
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+fn cors_headers(headers: &mut HeaderMap, rule: &CorsRule, origin: &str) {
+    let any = rule.allowed_origins.iter().any(|o| o == "*");
+    set(
+        headers,
+        "access-control-allow-origin",
+        if any { "*" } else { origin },
+    );
+    if !rule.expose_headers.is_empty() {
+        set(
+            headers,
+            "access-control-expose-headers",
+            &rule.expose_headers.join(", "),
+        );
+    }
+    if !any {
+        set(headers, "vary", "Origin");
+    }
+}
+
+impl S3Http {
+    async fn handle(self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        let request_id = format!("{:016X}", rand::random::<u64>());
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let origin = req
+            .headers()
+            .get(http::header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .map(str::to_owned);
+        let bucket = bucket_of(req.uri()).map(str::to_owned);
+        let mut response = if presign_too_long(req.uri()) {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "AuthorizationQueryParametersError",
+                "X-Amz-Expires must be less than a week (in seconds) that is; 604800",
+                &request_id,
+            )
+        } else if method == Method::OPTIONS {
+            self.preflight(&req, origin.as_deref(), bucket.as_deref(), &request_id)
+        } else {
+            match self.s3.call(req.map(Body::from)).await {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::error!(error = ?e, %method, %path, request_id, "S3 request failed");
+                    error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        "We encountered an internal error. Please try again.",
+                        &request_id,
+                    )
+                }
+            }
+        };
+        if method != Method::OPTIONS
+            && let (Some(origin), Some(bucket)) = (origin.as_deref(), bucket.as_deref())
+            && let Some(rules) = self.store.cors_rules(bucket)
+            && let Some(rule) = matching_rule(&rules, origin, method.as_str(), &[])
+        {
+            cors_headers(response.headers_mut(), rule, origin);
+        }
+        set(response.headers_mut(), "x-amz-request-id", &request_id);
+        set(response.headers_mut(), "x-amz-id-2", &request_id);
+        let status = response.status();
+        if status.is_server_error() {
+            tracing::error!(%status, %method, %path, request_id, "S3 request failed");
+        } else {
+            tracing::debug!(%status, %method, %path, request_id, "S3 request");
+        }
+        response
+    }
+
+    fn preflight(
+        &self,
+        req: &Request<hyper::body::Incoming>,
+        origin: Option<&str>,
+        bucket: Option<&str>,
+        request_id: &str,
+    ) -> Response<Body> {
+        let requested_method = req
+            .headers()
+            .get("access-control-request-method")
+            .and_then(|m| m.to_str().ok());
+        let (Some(origin), Some(requested_method)) = (origin, requested_method) else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "Insufficient information. Origin request header needed.",
+                request_id,
+            );
+        };
+        let requested_headers: Vec<String> = req
+            .headers()
+            .get_all("access-control-request-headers")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        let rules = bucket.and_then(|b| self.store.cors_rules(b));
+        let Some(rules) = rules else {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "AccessForbidden",
+                "CORSResponse: CORS is not enabled for this bucket.",
+                request_id,
+            );
+        };
+        let Some(rule) = matching_rule(&rules, origin, requested_method, &requested_headers) else {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "AccessForbidden",
+                "CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.",
+                request_id,
+            );
+        };
+        let mut response = Response::new(Body::empty());
+        let headers = response.headers_mut();
+        cors_headers(headers, rule, origin);
+        set(
+            headers,
+            "access-control-allow-methods",
+            &rule.allowed_methods.join(", "),
+        );
+        if !requested_headers.is_empty() {
+            set(
+                headers,
+                "access-control-allow-headers",
+                &requested_headers.join(", "),
+            );
+        }
+        if let Some(age) = rule.max_age_seconds {
+            set(headers, "access-control-max-age", &age.to_string());
+        }
+        response
+    }
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for S3Http {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
 /// Serves the S3 protocol on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, service: S3Service, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, service: S3Http, shutdown: impl Future<Output = ()>) {
     let http = ConnBuilder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -29,4 +286,41 @@ pub async fn serve(listener: TcpListener, service: S3Service, shutdown: impl Fut
         });
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presigned_urls_longer_than_a_week_are_refused() {
+        let uri = |q: &str| format!("/b/k?{q}").parse::<http::Uri>().unwrap();
+        assert!(!presign_too_long(&uri("X-Amz-Expires=604800")));
+        assert!(presign_too_long(&uri("X-Amz-Expires=604801")));
+        assert!(presign_too_long(&uri("x-amz-expires=-1")));
+        assert!(!presign_too_long(&uri("list-type=2")));
+    }
+
+    #[test]
+    fn cors_rules_match_origins_methods_and_headers() {
+        let rule = CorsRule {
+            allowed_origins: vec!["https://*.example.org".into()],
+            allowed_methods: vec!["GET".into(), "PUT".into()],
+            allowed_headers: vec!["content-type".into(), "x-amz-*".into()],
+            ..Default::default()
+        };
+        let rules = [rule];
+        let ok = |o: &str, m: &str, h: &[&str]| {
+            let h: Vec<String> = h.iter().map(|s| (*s).to_owned()).collect();
+            matching_rule(&rules, o, m, &h).is_some()
+        };
+        assert!(ok(
+            "https://app.example.org",
+            "PUT",
+            &["content-type", "x-amz-date"]
+        ));
+        assert!(!ok("https://example.com", "PUT", &[]));
+        assert!(!ok("https://app.example.org", "DELETE", &[]));
+        assert!(!ok("https://app.example.org", "GET", &["authorization"]));
+    }
 }

@@ -1,0 +1,297 @@
+//! Object data: small objects inline in the index, larger ones in immutable files named by a
+//! random id under `blobs/xx/`. A key never becomes a path, so any valid S3 key works and none
+//! can reach the file system. A data file is written and fsynced before the index commit that
+//! refers to it; one left by a crash before that commit is an orphan, removed at start-up.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use md5::Digest;
+use s3s::dto::{ChecksumAlgorithm, StreamingBlob};
+use s3s::{S3Error, S3Result, s3_error};
+
+use crate::index::{Blob, Checksums};
+
+/// Objects up to this size live in the index: one commit makes them durable.
+pub(crate) const INLINE_MAX: usize = 64 * 1024;
+
+/// Chunks in flight between the body and the writer (and the hasher) threads.
+const PIPELINE_DEPTH: usize = 16;
+
+/// Which checksums to compute while a body streams in.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Wanted {
+    pub crc32: bool,
+    pub crc32c: bool,
+    pub sha1: bool,
+    pub sha256: bool,
+    pub crc64nvme: bool,
+}
+
+impl Wanted {
+    pub(crate) fn add(&mut self, algorithm: &str) -> S3Result<()> {
+        match algorithm.to_ascii_uppercase().as_str() {
+            ChecksumAlgorithm::CRC32 => self.crc32 = true,
+            ChecksumAlgorithm::CRC32C => self.crc32c = true,
+            ChecksumAlgorithm::SHA1 => self.sha1 = true,
+            ChecksumAlgorithm::SHA256 => self.sha256 = true,
+            ChecksumAlgorithm::CRC64NVME => self.crc64nvme = true,
+            other => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "unsupported checksum algorithm {other:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Also every checksum the client sent a value for.
+    pub(crate) fn add_given(&mut self, given: &Checksums) {
+        self.crc32 |= given.crc32.is_some();
+        self.crc32c |= given.crc32c.is_some();
+        self.sha1 |= given.sha1.is_some();
+        self.sha256 |= given.sha256.is_some();
+        self.crc64nvme |= given.crc64nvme.is_some();
+    }
+}
+
+struct Hasher {
+    md5: md5::Md5,
+    sums: s3s::checksum::ChecksumHasher,
+}
+
+impl Hasher {
+    fn new(wanted: Wanted) -> Self {
+        let mut sums = s3s::checksum::ChecksumHasher::default();
+        if wanted.crc32 {
+            sums.crc32 = Some(Default::default());
+        }
+        if wanted.crc32c {
+            sums.crc32c = Some(Default::default());
+        }
+        if wanted.sha1 {
+            sums.sha1 = Some(Default::default());
+        }
+        if wanted.sha256 {
+            sums.sha256 = Some(Default::default());
+        }
+        if wanted.crc64nvme {
+            sums.crc64nvme = Some(Default::default());
+        }
+        Self {
+            md5: md5::Md5::new(),
+            sums,
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.md5.update(data);
+        self.sums.update(data);
+    }
+
+    fn finish(self) -> (String, Checksums) {
+        let sums = self.sums.finalize();
+        (
+            hex::encode(self.md5.finalize()),
+            Checksums {
+                crc32: sums.checksum_crc32,
+                crc32c: sums.checksum_crc32c,
+                sha1: sums.checksum_sha1,
+                sha256: sums.checksum_sha256,
+                crc64nvme: sums.checksum_crc64nvme,
+            },
+        )
+    }
+}
+
+/// A body as received: where it went, how big it was, and its digests.
+#[derive(Debug)]
+pub(crate) struct Received {
+    pub blob: Blob,
+    /// The bytes of an inline blob, for the commit that stores them.
+    pub inline: Option<Bytes>,
+    pub size: u64,
+    /// MD5, hex.
+    pub md5: String,
+    pub checksums: Checksums,
+}
+
+/// The data-file side of the store.
+pub(crate) struct Blobs {
+    dir: PathBuf,
+}
+
+pub(crate) fn new_id() -> u128 {
+    rand::random::<u128>()
+}
+
+fn io_fault(what: &str, e: &std::io::Error) -> S3Error {
+    tracing::error!(error = %e, "object store: {what}");
+    s3_error!(InternalError, "{what}")
+}
+
+impl Blobs {
+    pub(crate) fn open(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        for shard in 0..=255u8 {
+            let path = dir.join(format!("{shard:02x}"));
+            if !path.is_dir() {
+                std::fs::create_dir(&path)?;
+                std::fs::File::open(&dir)?.sync_all()?;
+            }
+        }
+        Ok(Self { dir })
+    }
+
+    pub(crate) fn path(&self, id: u128) -> PathBuf {
+        let name = format!("{id:032x}");
+        self.dir.join(&name[..2]).join(name)
+    }
+
+    /// Every data file's id (for the orphan sweep).
+    pub(crate) fn all_ids(&self) -> std::io::Result<Vec<u128>> {
+        let mut ids = Vec::new();
+        for shard in std::fs::read_dir(&self.dir)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(shard.path())? {
+                let file = file?;
+                if let Some(id) = file
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| u128::from_str_radix(n, 16).ok())
+                {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    pub(crate) fn remove(&self, id: u128) {
+        match std::fs::remove_file(self.path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(error = %e, "object store: cannot remove a data file"),
+        }
+    }
+
+    /// Receives a body: inline when it ends within [`INLINE_MAX`] bytes, else into a new data
+    /// file, written and hashed on two threads and fsynced (with its directory) before this
+    /// returns. `expected` is the announced length, checked against what arrived.
+    pub(crate) async fn receive(
+        &self,
+        body: StreamingBlob,
+        expected: Option<u64>,
+        wanted: Wanted,
+    ) -> S3Result<Received> {
+        let mut body = body;
+        let mut head = BytesMut::new();
+        let mut spill = None;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "the request body failed: {e}"))?;
+            if head.len() + chunk.len() > INLINE_MAX {
+                spill = Some(chunk);
+                break;
+            }
+            head.extend_from_slice(&chunk);
+        }
+        let Some(first_spilled) = spill else {
+            let data = head.freeze();
+            check_length(expected, data.len() as u64)?;
+            let mut hasher = Hasher::new(wanted);
+            hasher.update(&data);
+            let (md5, checksums) = hasher.finish();
+            return Ok(Received {
+                blob: Blob::Inline(new_id()),
+                size: data.len() as u64,
+                inline: Some(data),
+                md5,
+                checksums,
+            });
+        };
+        let id = new_id();
+        let path = self.path(id);
+        let (to_writer, mut writer_rx) = tokio::sync::mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+        let (to_hasher, mut hasher_rx) = tokio::sync::mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+        let writer = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || -> std::io::Result<u64> {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)?;
+                let mut written = 0u64;
+                while let Some(chunk) = writer_rx.blocking_recv() {
+                    file.write_all(&chunk)?;
+                    written += chunk.len() as u64;
+                }
+                file.sync_all()?;
+                if let Some(parent) = path.parent() {
+                    std::fs::File::open(parent)?.sync_all()?;
+                }
+                Ok(written)
+            }
+        });
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut hasher = Hasher::new(wanted);
+            while let Some(chunk) = hasher_rx.blocking_recv() {
+                hasher.update(&chunk);
+            }
+            hasher.finish()
+        });
+        let fed = async {
+            for chunk in [head.freeze(), first_spilled] {
+                if to_writer.send(chunk.clone()).await.is_err() || to_hasher.send(chunk).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "the request body failed: {e}"))?;
+                if to_writer.send(chunk.clone()).await.is_err() || to_hasher.send(chunk).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            Ok::<_, S3Error>(true)
+        }
+        .await;
+        drop((to_writer, to_hasher));
+        let written = writer.await;
+        let hashed = hasher.await;
+        let cleanup = |e: S3Error| {
+            let _ = std::fs::remove_file(&path);
+            e
+        };
+        let fed = fed.map_err(cleanup)?;
+        let size = match written {
+            Ok(Ok(n)) if fed => n,
+            Ok(Ok(_)) => return Err(cleanup(s3_error!(InternalError, "cannot store the object"))),
+            Ok(Err(e)) => return Err(cleanup(io_fault("cannot write a data file", &e))),
+            Err(e) => return Err(cleanup(s3_error!(InternalError, "data writer failed: {e}"))),
+        };
+        let (md5, checksums) = hashed.map_err(|e| cleanup(s3_error!(InternalError, "hasher failed: {e}")))?;
+        check_length(expected, size).map_err(cleanup)?;
+        Ok(Received {
+            blob: Blob::File(id),
+            inline: None,
+            size,
+            md5,
+            checksums,
+        })
+    }
+}
+
+fn check_length(expected: Option<u64>, got: u64) -> S3Result<()> {
+    match expected {
+        Some(n) if n != got => Err(s3_error!(
+            IncompleteBody,
+            "the body had {got} bytes, Content-Length announced {n}"
+        )),
+        _ => Ok(()),
+    }
+}

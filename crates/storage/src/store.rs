@@ -1,0 +1,486 @@
+//! The store's core: opening (with migration and recovery), the index reads and writes the S3
+//! operations share, data streaming, and reclamation of unreferenced data files.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::index::Db as _;
+use bytes::Bytes;
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use s3s::dto::StreamingBlob;
+use s3s::{S3Error, S3Result, s3_error};
+use time::OffsetDateTime;
+
+use crate::blobs::Blobs;
+use crate::events::ObjectEvents;
+use crate::index::{
+    BUCKETS, Blob, BucketRecord, GARBAGE, INLINE, Index, IndexError, ObjectRecord, PARTS, Segment, UPLOADS,
+    decode, encode, objects_table, objects_table_name,
+};
+
+/// Errors of the core are S3 errors: their code is what the client gets.
+pub(crate) type StoreError = S3Error;
+
+impl From<IndexError> for S3Error {
+    fn from(e: IndexError) -> Self {
+        tracing::error!(error = %e, "object store: metadata index failure");
+        s3_error!(InternalError, "the object store's index failed")
+    }
+}
+
+/// The store shared by the S3 service and the in-process [`crate::Store`] handle.
+pub(crate) struct Core {
+    pub index: Arc<Index>,
+    pub blobs: Arc<Blobs>,
+    pub events: Arc<dyn ObjectEvents>,
+}
+
+pub(crate) fn now_ns() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn time_of(ns: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+impl Core {
+    pub(crate) fn open(root: &Path, events: Arc<dyn ObjectEvents>) -> Result<Arc<Self>, crate::StorageError> {
+        std::fs::create_dir_all(root)?;
+        std::fs::create_dir_all(root.join(crate::STORE_DIR))?;
+        let index_path = root.join(crate::INDEX_FILE);
+        let legacy = !index_path.exists() && crate::migrate::has_legacy_layout(root)?;
+        let index = Index::open(&index_path).map_err(|e| crate::StorageError::Backend(e.to_string()))?;
+        let blobs = Arc::new(Blobs::open(root.join(crate::BLOBS_DIR))?);
+        if legacy || crate::migrate::pending(&index)? {
+            crate::migrate::run(root, &index, &blobs)?;
+        }
+        let core = Arc::new(Self { index, blobs, events });
+        core.sweep_orphans()?;
+        core.start_reclaimer();
+        Ok(core)
+    }
+
+    /// Removes data files that no record refers to: written by a PUT that crashed before its
+    /// commit, or orphaned by a commit whose reclamation did not run.
+    fn sweep_orphans(&self) -> Result<(), crate::StorageError> {
+        let referenced = self
+            .referenced_files()
+            .map_err(|e| crate::StorageError::Backend(e.to_string()))?;
+        let mut removed = 0usize;
+        for id in self.blobs.all_ids()? {
+            if !referenced.contains(&id) {
+                self.blobs.remove(id);
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(files = removed, "object store: removed unreferenced data files");
+        }
+        // Everything in the garbage table is gone or was just swept.
+        let clear = || -> Result<(), IndexError> {
+            let txn = self.index.db.begin_write()?;
+            txn.delete_table(GARBAGE).db()?;
+            let _ = txn.open_table(GARBAGE).db()?;
+            txn.commit()?;
+            Ok(())
+        };
+        clear().map_err(|e| crate::StorageError::Backend(e.to_string()))
+    }
+
+    /// Every data file id the index refers to, from objects and parts.
+    pub(crate) fn referenced_files(&self) -> Result<HashSet<u128>, IndexError> {
+        let txn = self.index.read()?;
+        let mut ids = HashSet::new();
+        let buckets = txn.open_table(BUCKETS).db()?;
+        for entry in buckets.iter().db()? {
+            let (name, _) = entry.db()?;
+            let table_name = objects_table_name(name.value());
+            let Ok(objects) = txn.open_table(objects_table(&table_name)) else {
+                continue;
+            };
+            for entry in objects.iter().db()? {
+                let (_, value) = entry.db()?;
+                let record: ObjectRecord = decode(value.value())?;
+                ids.extend(record.segments.iter().filter_map(|s| file_id(s.blob)));
+            }
+        }
+        let parts = txn.open_table(PARTS).db()?;
+        for entry in parts.iter().db()? {
+            let (_, value) = entry.db()?;
+            let part: crate::index::PartRecord = decode(value.value())?;
+            ids.extend(file_id(part.segment.blob));
+        }
+        Ok(ids)
+    }
+
+    fn start_reclaimer(self: &Arc<Self>) {
+        let Some(signal) = self.index.take_reclaim_signal() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("cloister-s3-reclaim".into())
+            .spawn(move || {
+                while signal.recv().is_ok() {
+                    let Some(core) = weak.upgrade() else { return };
+                    core.reclaim();
+                }
+            });
+    }
+
+    /// Deletes garbage data files not being read, then forgets them.
+    fn reclaim(&self) {
+        let Ok(txn) = self.index.db.begin_read() else {
+            return;
+        };
+        let Ok(table) = txn.open_table(GARBAGE) else {
+            return;
+        };
+        let Ok(iter) = table.iter() else { return };
+        let ids: Vec<u128> = iter
+            .filter_map(|e| e.ok().map(|(k, _)| k.value()))
+            .filter(|id| !self.index.is_pinned(*id))
+            .take(10_000)
+            .collect();
+        drop(table);
+        drop(txn);
+        if ids.is_empty() {
+            return;
+        }
+        for id in &ids {
+            self.blobs.remove(*id);
+        }
+        // Forgetting them rides along with the next commit; a lost forget only means the
+        // files are "deleted" again after a restart.
+        let _ = self.index.write_blocking(move |txn| {
+            let mut table = txn.open_table(GARBAGE).db()?;
+            for id in ids {
+                table.remove(id).db()?;
+            }
+            Ok(())
+        });
+    }
+}
+
+pub(crate) fn file_id(blob: Blob) -> Option<u128> {
+    match blob {
+        Blob::File(id) => Some(id),
+        Blob::Inline(_) => None,
+    }
+}
+
+// ---- reads ----
+
+pub(crate) fn bucket_record(txn: &redb::ReadTransaction, bucket: &str) -> S3Result<BucketRecord> {
+    let table = txn.open_table(BUCKETS).db()?;
+    let Some(value) = table.get(bucket).db()? else {
+        return Err(s3_error!(NoSuchBucket, "the bucket {bucket:?} does not exist"));
+    };
+    Ok(decode(value.value())?)
+}
+
+pub(crate) fn object_record(
+    txn: &redb::ReadTransaction,
+    bucket: &str,
+    key: &str,
+) -> S3Result<Option<ObjectRecord>> {
+    bucket_record(txn, bucket)?;
+    let name = objects_table_name(bucket);
+    let table = match txn.open_table(objects_table(&name)) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(IndexError::from(e).into()),
+    };
+    match table.get(key.as_bytes()).db()? {
+        Some(value) => Ok(Some(decode(value.value())?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn no_such_key(key: &str) -> S3Error {
+    s3_error!(NoSuchKey, "the object {key:?} does not exist")
+}
+
+impl Core {
+    pub(crate) fn get_record(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
+        let txn = self.index.read()?;
+        object_record(&txn, bucket, key)?.ok_or_else(|| no_such_key(key))
+    }
+
+    pub(crate) fn bucket_exists(&self, bucket: &str) -> S3Result<bool> {
+        let txn = self.index.read()?;
+        let table = txn.open_table(BUCKETS).db()?;
+        Ok(table.get(bucket).db()?.is_some())
+    }
+
+    /// The bytes `range` (end exclusive) of an object, streamed from its segments. Data files
+    /// are pinned until the stream ends so that an overwrite does not pull them away.
+    pub(crate) fn stream(
+        &self,
+        record: &ObjectRecord,
+        range: std::ops::Range<u64>,
+    ) -> S3Result<StreamingBlob> {
+        let mut pieces = Vec::new();
+        let mut offset = 0u64;
+        for segment in &record.segments {
+            let (start, end) = (offset, offset + segment.size);
+            offset = end;
+            if end <= range.start || start >= range.end {
+                continue;
+            }
+            let from = range.start.max(start) - start;
+            let to = range.end.min(end) - start;
+            pieces.push((segment.blob, from, to));
+        }
+        let mut inline = std::collections::HashMap::new();
+        let file_ids: Vec<u128> = pieces.iter().filter_map(|(b, _, _)| file_id(*b)).collect();
+        {
+            let txn = self.index.read()?;
+            let table = txn.open_table(INLINE).db()?;
+            for (blob, _, _) in &pieces {
+                if let Blob::Inline(id) = blob {
+                    let data = table
+                        .get(*id)
+                        .db()?
+                        .ok_or_else(|| IndexError::Corrupt("an inline object has no data".into()))?;
+                    inline.insert(*id, Bytes::copy_from_slice(data.value()));
+                }
+            }
+        }
+        self.index.pin(&file_ids);
+        let pin = PinGuard {
+            index: self.index.clone(),
+            ids: file_ids,
+        };
+        // A file removed between the index read and the pin belongs to an object that was
+        // replaced meanwhile: the reader gets what it would have got a moment later.
+        for (blob, _, _) in &pieces {
+            if let Blob::File(id) = blob
+                && !self.blobs.path(*id).exists()
+            {
+                return Err(s3_error!(NoSuchKey, "the object was replaced while it was read"));
+            }
+        }
+        if pieces.len() == 1
+            && let Some((Blob::Inline(id), from, to)) = pieces.first()
+            && let Some(data) = inline.get(id)
+        {
+            let piece = data.slice(usize::try_from(*from).unwrap_or(0)..usize::try_from(*to).unwrap_or(0));
+            return Ok(StreamingBlob::wrap(futures::stream::once(async move {
+                Ok::<_, std::io::Error>(piece)
+            })));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || {
+            let _pin = pin;
+            for (blob, from, to) in pieces {
+                let sent = match blob {
+                    Blob::Inline(id) => {
+                        let data = inline.get(&id).cloned().unwrap_or_default();
+                        let piece =
+                            data.slice(usize::try_from(from).unwrap_or(0)..usize::try_from(to).unwrap_or(0));
+                        tx.blocking_send(Ok(piece)).is_ok()
+                    }
+                    Blob::File(id) => send_file(&blobs.path(id), from, to, &tx),
+                };
+                if !sent {
+                    return;
+                }
+            }
+        });
+        Ok(StreamingBlob::wrap(ReceiverStream(rx)))
+    }
+}
+
+fn send_file(
+    path: &Path,
+    from: u64,
+    to: u64,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) -> bool {
+    use std::os::unix::fs::FileExt;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(e));
+            return false;
+        }
+    };
+    let mut at = from;
+    while at < to {
+        let len = usize::try_from((to - at).min(1 << 20)).unwrap_or(1 << 20);
+        let mut buf = vec![0u8; len];
+        match file.read_at(&mut buf, at) {
+            Ok(0) => {
+                let _ = tx.blocking_send(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "data file shorter than its record",
+                )));
+                return false;
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                at += n as u64;
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return false;
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return false;
+            }
+        }
+    }
+    true
+}
+
+struct PinGuard {
+    index: Arc<Index>,
+    ids: Vec<u128>,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.index.unpin(&self.ids);
+    }
+}
+
+struct ReceiverStream(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
+
+impl futures::Stream for ReceiverStream {
+    type Item = std::io::Result<Bytes>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+// ---- writes (run inside the shared transaction: validate, then mutate) ----
+
+/// Stores an inline blob's data.
+pub(crate) fn store_inline(txn: &WriteTransaction, id: u128, data: &[u8]) -> S3Result<()> {
+    txn.open_table(INLINE).db()?.insert(id, data).db()?;
+    Ok(())
+}
+
+/// Releases what a replaced or deleted record held: inline data at once, files after commit.
+pub(crate) fn release(txn: &WriteTransaction, segments: &[Segment]) -> S3Result<()> {
+    let mut inline = txn.open_table(INLINE).db()?;
+    let mut garbage = txn.open_table(GARBAGE).db()?;
+    for segment in segments {
+        match segment.blob {
+            Blob::Inline(id) => {
+                inline.remove(id).db()?;
+            }
+            Blob::File(id) => {
+                garbage.insert(id, ()).db()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Requires the bucket to exist, inside a write transaction.
+pub(crate) fn require_bucket(txn: &WriteTransaction, bucket: &str) -> S3Result<()> {
+    if txn.open_table(BUCKETS).db()?.get(bucket).db()?.is_none() {
+        return Err(s3_error!(NoSuchBucket, "the bucket {bucket:?} does not exist"));
+    }
+    Ok(())
+}
+
+/// The current record of a key, inside a write transaction.
+pub(crate) fn current(txn: &WriteTransaction, bucket: &str, key: &str) -> S3Result<Option<ObjectRecord>> {
+    let name = objects_table_name(bucket);
+    let table = txn.open_table(objects_table(&name)).db()?;
+    let found = table.get(key.as_bytes()).db()?;
+    Ok(match found {
+        Some(value) => Some(decode(value.value())?),
+        None => None,
+    })
+}
+
+/// Puts `record` under `key`, releasing what it replaces.
+pub(crate) fn install(
+    txn: &WriteTransaction,
+    bucket: &str,
+    key: &str,
+    record: &ObjectRecord,
+) -> S3Result<()> {
+    let value = encode(record)?;
+    let name = objects_table_name(bucket);
+    let mut table = txn.open_table(objects_table(&name)).db()?;
+    let old = table
+        .insert(key.as_bytes(), value.as_slice())
+        .db()?
+        .map(|v| v.value().to_vec());
+    drop(table);
+    if let Some(old) = old {
+        let old: ObjectRecord = decode(&old)?;
+        release(txn, &old.segments)?;
+    }
+    Ok(())
+}
+
+/// Removes `key`, releasing its data; returns whether it existed.
+pub(crate) fn remove(txn: &WriteTransaction, bucket: &str, key: &str) -> S3Result<bool> {
+    let name = objects_table_name(bucket);
+    let mut table = txn.open_table(objects_table(&name)).db()?;
+    let old = table.remove(key.as_bytes()).db()?.map(|v| v.value().to_vec());
+    drop(table);
+    match old {
+        Some(old) => {
+            let old: ObjectRecord = decode(&old)?;
+            release(txn, &old.segments)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Number of objects in a bucket.
+pub(crate) fn object_count(txn: &WriteTransaction, bucket: &str) -> S3Result<u64> {
+    let name = objects_table_name(bucket);
+    Ok(txn.open_table(objects_table(&name)).db()?.len().db()?)
+}
+
+/// Aborts a bucket's pending multipart uploads (S3 deletes a bucket that has some).
+pub(crate) fn abort_uploads_of(txn: &WriteTransaction, bucket: &str) -> S3Result<()> {
+    let mut ids = Vec::new();
+    {
+        let uploads = txn.open_table(UPLOADS).db()?;
+        for entry in uploads.iter().db()? {
+            let (id, value) = entry.db()?;
+            let upload: crate::index::UploadRecord = decode(value.value())?;
+            if upload.bucket == bucket {
+                ids.push(id.value().to_owned());
+            }
+        }
+    }
+    for id in ids {
+        drop_upload(txn, &id)?;
+    }
+    Ok(())
+}
+
+/// Deletes an upload and its parts, releasing their data.
+pub(crate) fn drop_upload(txn: &WriteTransaction, upload_id: &str) -> S3Result<()> {
+    txn.open_table(UPLOADS).db()?.remove(upload_id).db()?;
+    let mut parts = txn.open_table(PARTS).db()?;
+    let mut segments = Vec::new();
+    let mut numbers = Vec::new();
+    for entry in parts.range((upload_id, 0u32)..=(upload_id, u32::MAX)).db()? {
+        let (k, v) = entry.db()?;
+        let part: crate::index::PartRecord = decode(v.value())?;
+        numbers.push(k.value().1);
+        segments.push(part.segment);
+    }
+    for n in numbers {
+        parts.remove((upload_id, n)).db()?;
+    }
+    drop(parts);
+    release(txn, &segments)
+}

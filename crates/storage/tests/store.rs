@@ -1,0 +1,221 @@
+//! The indexed store through its in-process handle: migration of a data directory written by
+//! the earlier release, exact write attribution, reclamation, and consistency after crashes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cloister_storage::{EventError, NoEvents, ObjectCreated, ObjectEvents, StorageError, Store, WriteIntent};
+
+fn fixture(into: &Path) {
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/s3s-fs-0.14-layout.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn read(store: &Store, bucket: &str, key: &str, scratch: &Path) -> Vec<u8> {
+    let dest = scratch.join("read.tmp");
+    store.get_to_file(bucket, key, &dest).await.unwrap();
+    std::fs::read(dest).unwrap()
+}
+
+#[tokio::test]
+async fn a_data_directory_of_the_earlier_release_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    let root = dir.path().join("objects");
+    let store = Store::open(&root, Arc::new(NoEvents)).unwrap();
+
+    let buckets: Vec<String> = store
+        .list_buckets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(buckets, ["empty-bucket", "photos"]);
+    let page = store.list_objects("photos", "", None, 1000).await.unwrap();
+    let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "empty",
+            "in/cat.txt",
+            "in/deep/nested/dog.bin",
+            "out/multipart.bin",
+            "top level with spaces+plus.txt",
+            "unicodé/ñ.txt"
+        ]
+    );
+    let cat = store.head("photos", "in/cat.txt").await.unwrap().unwrap();
+    assert_eq!(cat.etag, "ad606d6a24a2dec982bc2993aaaf9160");
+    assert_eq!(read(&store, "photos", "in/cat.txt", dir.path()).await, b"meow\n");
+    let multipart = store.head("photos", "out/multipart.bin").await.unwrap().unwrap();
+    assert_eq!(multipart.etag, "19f6a5fb6f8bf04427f32af568197f4e-2");
+    let expected: Vec<u8> = (0..6 * 1024 * 1024 + 123)
+        .map(|i: u64| ((i * 7) % 251) as u8)
+        .collect();
+    assert_eq!(
+        read(&store, "photos", "out/multipart.bin", dir.path()).await,
+        expected
+    );
+    assert_eq!(read(&store, "photos", "empty", dir.path()).await, b"");
+
+    // The old tree is gone: only the store's own directory is left.
+    let left: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, [".cloister"]);
+    let report = store.check().unwrap();
+    assert_eq!(
+        (report.objects, report.missing_files, report.unreferenced_files),
+        (6, 0, 0)
+    );
+
+    // Opening again migrates nothing twice.
+    drop(store);
+    let store = Store::open(&root, Arc::new(NoEvents)).unwrap();
+    assert_eq!(
+        store
+            .list_objects("photos", "", None, 1000)
+            .await
+            .unwrap()
+            .objects
+            .len(),
+        6
+    );
+}
+
+#[tokio::test]
+async fn any_key_is_an_object_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Arc::new(NoEvents)).unwrap();
+    store.create_bucket("bkt", false).await.unwrap();
+    let keys = [
+        "a",
+        "a/",
+        "a/b",
+        "a/b/c",
+        "a//b",
+        ".",
+        "..",
+        "a/../b",
+        "/lead",
+        "sp ace+plus%",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        store.put_bytes("bkt", key, format!("v{i}").into()).await.unwrap();
+    }
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            read(&store, "bkt", key, dir.path()).await,
+            format!("v{i}").as_bytes(),
+            "{key}"
+        );
+    }
+    // No key reached the file system: the data dir holds only the store's own directory.
+    let entries: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "read.tmp")
+        .collect();
+    assert_eq!(entries, [".cloister"]);
+    for key in keys {
+        store.delete_object("bkt", key).await.unwrap();
+    }
+    store.delete_bucket("bkt", false).await.unwrap();
+    assert!(!store.bucket_exists("bkt").await.unwrap());
+}
+
+#[tokio::test]
+async fn replaced_and_deleted_data_is_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Arc::new(NoEvents)).unwrap();
+    store.create_bucket("bkt", false).await.unwrap();
+    let big = bytes::Bytes::from(vec![7u8; 300 * 1024]);
+    for _ in 0..5 {
+        store.put_bytes("bkt", "big", big.clone()).await.unwrap();
+    }
+    store.put_bytes("bkt", "gone", big.clone()).await.unwrap();
+    store.delete_object("bkt", "gone").await.unwrap();
+    // Reclamation follows the commit on its own thread.
+    let mut report = store.check().unwrap();
+    for _ in 0..100 {
+        if report.data_files == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        report = store.check().unwrap();
+    }
+    assert_eq!(report.data_files, 1, "{report:?}");
+    assert_eq!((report.missing_files, report.unreferenced_files), (0, 0));
+    assert!(matches!(
+        store.delete_bucket("bkt", false).await,
+        Err(StorageError::BucketNotEmpty)
+    ));
+    store.delete_bucket("bkt", true).await.unwrap();
+}
+
+/// Records what it hears, to check that each write names its own intent.
+#[derive(Default)]
+struct Recorder {
+    next: std::sync::atomic::AtomicU64,
+    created: std::sync::Mutex<Vec<(u64, String)>>,
+}
+
+impl ObjectEvents for Recorder {
+    fn before_write(&self, _: &str, key: &str) -> Result<Option<WriteIntent>, EventError> {
+        if key.starts_with("in/") {
+            Ok(Some(WriteIntent(
+                self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+            )))
+        } else {
+            Ok(None)
+        }
+    }
+    fn object_created(&self, intent: WriteIntent, object: &ObjectCreated) -> Result<(), EventError> {
+        self.created.lock().unwrap().push((intent.0, object.key.clone()));
+        Ok(())
+    }
+    fn write_failed(&self, _: WriteIntent) {}
+}
+
+#[tokio::test]
+async fn every_version_names_the_write_that_made_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let store = Store::open(dir.path(), recorder.clone()).unwrap();
+    store.create_bucket("bkt", false).await.unwrap();
+    // Concurrent writers share commits; each version still names its own write.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .put_bytes("bkt", &format!("in/{i}"), format!("{i}").into())
+                .await
+                .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    store.put_bytes("bkt", "other", "x".into()).await.unwrap();
+    let created = recorder.created.lock().unwrap().clone();
+    assert_eq!(created.len(), 40);
+    for (intent, key) in created {
+        let info = store.head("bkt", &key).await.unwrap().unwrap();
+        assert_eq!(info.written_by, Some(WriteIntent(intent)), "{key}");
+    }
+    assert_eq!(
+        store.head("bkt", "other").await.unwrap().unwrap().written_by,
+        None
+    );
+}
