@@ -191,16 +191,17 @@ enum JobCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOISTER_LOG").unwrap_or_else(|_| {
-        // s3s logs every client error at ERROR; the store logs its own faults with their
-        // cause, and the endpoint logs each answer at the level it deserves.
-        let default = if matches!(cli.command, Command::Server(_)) {
-            "info,s3s=off"
-        } else {
-            "warn,s3s=off"
-        };
-        tracing_subscriber::EnvFilter::new(default)
-    });
+    // s3s logs every client error at ERROR; the store logs its own faults with their cause and
+    // the endpoint logs each answer at the level it deserves. So s3s stays quiet unless
+    // CLOISTER_LOG names it.
+    let directives = match std::env::var("CLOISTER_LOG") {
+        Ok(d) if d.contains("s3s") => d,
+        Ok(d) => format!("{d},s3s=off"),
+        Err(_) if matches!(cli.command, Command::Server(_)) => "info,s3s=off".to_owned(),
+        Err(_) => "warn,s3s=off".to_owned(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

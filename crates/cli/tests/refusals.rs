@@ -359,3 +359,28 @@ async fn hostile_object_keys_are_refused() {
     // No file escaped the data directory.
     assert!(!dir.path().join("etc").exists());
 }
+
+/// Client errors are the client's: a burst of them leaves no ERROR line in the server's log
+/// (s3s logs each at ERROR; ours go to DEBUG), while the answers still carry a request id.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_errors_are_not_logged_as_server_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server = Server::start_logged(dir.path(), &[], &log);
+    let store = server.s3_client("nosuchbucket");
+    for i in 0..50 {
+        let missing = object_store::path::Path::from(format!("missing/{i}"));
+        assert!(matches!(
+            object_store::ObjectStoreExt::get(&store, &missing).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+    }
+    let answer = reqwest::get(format!("{}/nosuchbucket/x", server.s3))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    assert!(answer.headers().contains_key("x-amz-request-id"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "client errors logged as errors: {errors:?}");
+}

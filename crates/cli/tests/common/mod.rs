@@ -78,6 +78,7 @@ pub struct Server {
     pub s3: String,
     child: Option<Child>,
     extra: Vec<String>,
+    log: Option<PathBuf>,
 }
 
 impl Server {
@@ -89,6 +90,21 @@ impl Server {
             s3: String::new(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// As [`Self::start`], with the server's log in `log` instead of the test's stderr.
+    pub fn start_logged(dir: &Path, extra: &[&str], log: &Path) -> Self {
+        let mut server = Self {
+            dir: dir.to_path_buf(),
+            api: String::new(),
+            s3: String::new(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: Some(log.to_path_buf()),
         };
         server.spawn();
         server
@@ -108,7 +124,10 @@ impl Server {
             .args(&self.extra)
             .env("CLOISTER_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log {
+                Some(log) => Stdio::from(std::fs::File::create(log).expect("create the server log")),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("start cloister server");
         self.child = Some(child);
