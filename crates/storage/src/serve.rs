@@ -32,7 +32,47 @@ impl std::fmt::Debug for S3Http {
     }
 }
 
+/// The region a SigV4 request is signed for, from its `Authorization` header or its presigned
+/// `X-Amz-Credential` (`AKID/date/region/s3/aws4_request`).
+fn signed_region<B>(req: &Request<B>) -> Option<String> {
+    let from_header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.starts_with("AWS4-HMAC-SHA256"))
+        .and_then(|v| v.split("Credential=").nth(1))
+        .map(|c| c.split([',', ' ']).next().unwrap_or_default().to_owned());
+    let credential = from_header.or_else(|| {
+        req.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "X-Amz-Credential")
+                .map(|(_, v)| v.into_owned())
+        })
+    })?;
+    credential.split('/').nth(2).map(str::to_owned)
+}
+
+/// S3 answers a request signed for another region with `AuthorizationHeaderMalformed` naming
+/// its own region, and clients (s3cmd with its default `US`, the SDKs) re-sign for it. s3s
+/// refuses a region outside `[a-z0-9-]+` as a bare `InvalidRequest` that no client follows.
+fn wrong_region(region: &str) -> bool {
+    region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 fn error_response(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<Body> {
+    error_response_with(status, code, message, request_id, "")
+}
+
+fn error_response_with(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+    extra_xml: &str,
+) -> Response<Body> {
     let escape = |s: &str| {
         s.replace('&', "&amp;")
             .replace('<', "&lt;")
@@ -40,7 +80,7 @@ fn error_response(status: StatusCode, code: &str, message: &str, request_id: &st
             .replace('"', "&quot;")
     };
     let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><RequestId>{}</RequestId></Error>",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message>{extra_xml}<RequestId>{}</RequestId></Error>",
         escape(code),
         escape(message),
         escape(request_id)
@@ -143,7 +183,26 @@ impl S3Http {
             .and_then(|o| o.to_str().ok())
             .map(str::to_owned);
         let bucket = bucket_of(req.uri()).map(str::to_owned);
-        let mut response = if presign_too_long(req.uri()) {
+        let region = signed_region(&req).filter(|r| wrong_region(r));
+        let mut response = if let Some(region) = region {
+            let escaped = region
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;");
+            error_response_with(
+                StatusCode::BAD_REQUEST,
+                "AuthorizationHeaderMalformed",
+                &format!(
+                    "The authorization header is malformed; the region '{region}' is wrong; expecting '{}'",
+                    crate::REGION
+                ),
+                &request_id,
+                &format!(
+                    "<Region>{}</Region><SignedRegion>{escaped}</SignedRegion>",
+                    crate::REGION
+                ),
+            )
+        } else if presign_too_long(req.uri()) {
             error_response(
                 StatusCode::BAD_REQUEST,
                 "AuthorizationQueryParametersError",
@@ -299,6 +358,39 @@ mod tests {
         assert!(presign_too_long(&uri("X-Amz-Expires=604801")));
         assert!(presign_too_long(&uri("x-amz-expires=-1")));
         assert!(!presign_too_long(&uri("list-type=2")));
+    }
+
+    #[test]
+    fn requests_signed_for_a_region_s3_cannot_have_are_sent_to_ours() {
+        let signed = |credential: &str| {
+            Request::builder()
+                .uri("/bucket")
+                .header(
+                    "authorization",
+                    format!("AWS4-HMAC-SHA256 Credential={credential}, SignedHeaders=host, Signature=00"),
+                )
+                .body(())
+                .unwrap()
+        };
+        let region = |credential: &str| signed_region(&signed(credential));
+        assert_eq!(region("AK/20261130/US/s3/aws4_request").as_deref(), Some("US"));
+        assert!(wrong_region("US"));
+        assert!(!wrong_region("us-east-1"));
+        assert_eq!(
+            region("AK/20261130/eu-west-1/s3/aws4_request").as_deref(),
+            Some("eu-west-1")
+        );
+        let presigned = Request::builder()
+            .uri("/b/k?X-Amz-Credential=AK%2F20261130%2FUS%2Fs3%2Faws4_request&X-Amz-Expires=60")
+            .body(())
+            .unwrap();
+        assert_eq!(signed_region(&presigned).as_deref(), Some("US"));
+        let v2 = Request::builder()
+            .uri("/b")
+            .header("authorization", "AWS AK:sig")
+            .body(())
+            .unwrap();
+        assert_eq!(signed_region(&v2), None);
     }
 
     #[test]
