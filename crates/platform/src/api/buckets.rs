@@ -6,7 +6,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -248,10 +249,36 @@ pub(super) async fn delete_bucket(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Longest validity SigV4 allows for presigned URLs.
-const MAX_PRESIGN: u64 = 7 * 24 * 3600;
+/// Longest validity SigV4 allows for presigned URLs (7 days).
+const MAX_PRESIGN: i64 = 7 * 24 * 3600;
 
-/// A presigned URL to make.
+/// OSCAR's validity when none is asked for.
+const DEFAULT_PRESIGN: u64 = 900;
+
+/// Headers a presigned request cannot be bound to: the HTTP client sets them itself, they are
+/// hop-by-hop (a proxy may drop or rewrite them), or they belong to the signature mechanism.
+const UNSIGNABLE_HEADERS: [&str; 17] = [
+    "host",
+    "authorization",
+    "content-length",
+    "user-agent",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "x-amz-date",
+    "x-amz-content-sha256",
+    "x-amz-security-token",
+    "x-amz-decoded-content-length",
+];
+
+/// A presigned URL to make, as OSCAR takes it (`expires_in`) and as oscar-python sends it
+/// (`expires`).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = Presign)]
@@ -262,27 +289,152 @@ pub(super) struct PresignBody {
     #[serde(default = "default_operation")]
     #[schema(pattern = "^(upload|download|put|PUT|get|GET)$", default = "download")]
     operation: String,
-    /// How long the URL is valid, in seconds (3600 when absent).
+    /// How long the URL is valid, in seconds; `0` or absent means 900 (OSCAR's default). At
+    /// most 604800 (7 days), the longest a SigV4 presigned URL can be valid.
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 604800, default = 3600)]
-    expires_in: Option<u64>,
+    #[schema(minimum = 0, maximum = 604800, default = 900)]
+    expires_in: Option<i64>,
+    /// The same as `expires_in`, under the name oscar-python sends; give one of the two.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 604800, default = 900)]
+    expires: Option<i64>,
+    /// Uploads: the `Content-Type` the upload must carry (bound into the signature).
+    /// Downloads: the `Content-Type` the answer is served with (`response-content-type`,
+    /// signed into the URL). Empty means none.
+    #[serde(default)]
+    content_type: String,
+    /// Headers the request will carry, each bound into the signature with its value. Headers
+    /// the HTTP client sets itself (`Host`, `Content-Length`, `User-Agent`...), hop-by-hop
+    /// headers and the signature's own (`Authorization`, `X-Amz-Date`...) are refused.
+    #[serde(default)]
+    extra_headers: BTreeMap<String, String>,
 }
 
 fn default_operation() -> String {
     "download".to_owned()
 }
 
-/// What `POST /system/buckets/{bucket}/presign` answers.
+/// What `POST /system/buckets/{bucket}/presign` answers (OSCAR's fields).
 #[derive(Serialize, ToSchema)]
 pub(super) struct Presigned {
+    /// The object's key, as asked.
+    object_key: String,
+    /// `upload` or `download`.
+    #[schema(pattern = "^(upload|download)$")]
+    operation: &'static str,
+    /// The HTTP method to use with the URL: `GET` or `PUT`.
+    method: &'static str,
     /// The presigned URL (on the embedded S3 endpoint).
     url: String,
-    /// The HTTP method to use with it: `GET` or `PUT`.
-    method: &'static str,
     #[schema(format = DateTime)]
     expires_at: Option<String>,
-    /// Headers to send with the request (none).
+    /// Headers the request must send with exactly these values (they are signed): the upload's
+    /// `Content-Type` and the `extra_headers` asked for.
     headers: BTreeMap<String, String>,
+}
+
+/// Why a presign request is refused.
+fn invalid(field: &str, why: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("invalid field `{field}`: {why}"))
+}
+
+/// The validity asked for, from either name of the field.
+fn presign_validity(parsed: &PresignBody) -> ApiResult<Duration> {
+    let (field, asked) = match (parsed.expires_in, parsed.expires) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give `expires` or `expires_in`, not both: they are the same field",
+            ));
+        }
+        (Some(seconds), None) => ("expires_in", seconds),
+        (None, Some(seconds)) => ("expires", seconds),
+        (None, None) => ("expires", 0),
+    };
+    match asked {
+        0 => Ok(Duration::from_secs(DEFAULT_PRESIGN)),
+        1..=MAX_PRESIGN => Ok(Duration::from_secs(asked.unsigned_abs())),
+        _ if asked < 0 => Err(invalid(field, format!("{asked} is negative"))),
+        _ => Err(invalid(
+            field,
+            format!(
+                "{asked} s is longer than {MAX_PRESIGN} s (7 days), the longest a SigV4 \
+                 presigned URL can be valid"
+            ),
+        )),
+    }
+}
+
+/// A header value the request can send as is: visible ASCII, no surrounding whitespace (which
+/// HTTP strips, so the signed value would not match the sent one).
+fn header_value(field: &str, value: &str) -> ApiResult<HeaderValue> {
+    if value.trim() != value || value.is_empty() {
+        return Err(invalid(
+            field,
+            "a header value must be non-empty, without surrounding spaces",
+        ));
+    }
+    let parsed = HeaderValue::from_str(value).map_err(|e| invalid(field, e))?;
+    if parsed.to_str().is_err() || value.contains("  ") {
+        return Err(invalid(
+            field,
+            "a header value must be printable ASCII, without runs of spaces",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// `content-type` as HTTP writes it, `Content-Type`, as OSCAR answers its header names.
+fn canonical_header_name(name: &HeaderName) -> String {
+    name.as_str()
+        .split('-')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// The headers the presigned request must carry: the upload's `Content-Type`, then the extra
+/// headers (a `Content-Type` among them must agree).
+fn presign_headers(parsed: &PresignBody, upload: bool) -> ApiResult<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    if !parsed.content_type.is_empty() {
+        // A download's type goes into the URL, but it must make a valid header all the same.
+        let content_type = header_value("content_type", &parsed.content_type)?;
+        if upload {
+            headers.insert(CONTENT_TYPE, content_type);
+        }
+    }
+    let mut named = BTreeMap::new();
+    for (name, value) in &parsed.extra_headers {
+        let field = format!("extra_headers.{name}");
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(&field, e))?;
+        if UNSIGNABLE_HEADERS.contains(&header.as_str()) {
+            return Err(invalid(
+                &field,
+                "this header cannot be bound to a presigned URL: the HTTP client or the \
+                 signature sets it",
+            ));
+        }
+        if let Some(earlier) = named.insert(header.as_str().to_owned(), name) {
+            return Err(invalid(&field, format!("the same header as `{earlier}`")));
+        }
+        let value = header_value(&field, value)?;
+        match headers.get(&header) {
+            Some(bound) if *bound != value => {
+                return Err(invalid(&field, "differs from `content_type`"));
+            }
+            Some(_) => {}
+            None => {
+                headers.insert(header, value);
+            }
+        }
+    }
+    Ok(headers)
 }
 
 /// A presigned S3 URL for one object
@@ -309,39 +461,41 @@ pub(super) async fn presign(
     let upload = match parsed.operation.as_str() {
         "upload" | "put" | "PUT" => true,
         "download" | "get" | "GET" => false,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid field `operation`: must be upload or download",
-            ));
-        }
+        _ => return Err(invalid("operation", "must be upload or download")),
     };
-    let expires = parsed.expires_in.unwrap_or(3600);
-    if expires == 0 || expires > MAX_PRESIGN {
-        return Err(ApiError::bad_request(format!(
-            "invalid field `expires_in`: must be 1 to {MAX_PRESIGN} seconds"
-        )));
-    }
-    cloister_storage::names::validate_object_key(&parsed.object_key)
-        .map_err(|e| ApiError::bad_request(format!("invalid field `object_key`: {e}")))?;
+    let validity = presign_validity(&parsed)?;
+    let headers = presign_headers(&parsed, upload)?;
+    let query: Vec<(&str, &str)> = if upload || parsed.content_type.is_empty() {
+        Vec::new()
+    } else {
+        vec![("response-content-type", parsed.content_type.as_str())]
+    };
+    cloister_storage::names::validate_object_key(&parsed.object_key).map_err(|e| invalid("object_key", e))?;
     if !platform.store.bucket_exists(&bucket).await? {
         return Err(ApiError::not_found("bucket not found"));
     }
     let url = platform
         .presigner
-        .presign(upload, &bucket, &parsed.object_key, Duration::from_secs(expires))
+        .presign(upload, &bucket, &parsed.object_key, validity, &headers, &query)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let expires_at = OffsetDateTime::now_utc() + Duration::from_secs(expires);
+    let expires_at = OffsetDateTime::now_utc() + validity;
     Ok(Json(Presigned {
-        url,
+        object_key: parsed.object_key,
+        operation: if upload { "upload" } else { "download" },
         method: if upload { "PUT" } else { "GET" },
+        url,
         expires_at: rfc3339(Some(expires_at)),
-        headers: BTreeMap::new(),
+        headers: headers
+            .iter()
+            .filter_map(|(name, value)| Some((canonical_header_name(name), value.to_str().ok()?.to_owned())))
+            .collect(),
     }))
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::response::IntoResponse;
     use serde_json::json;
 
     use super::*;
@@ -391,20 +545,128 @@ mod tests {
         );
 
         let presigned = Presigned {
+            object_key: "in/a.txt".to_owned(),
+            operation: "upload",
+            method: "PUT",
             url: "http://127.0.0.1:9000/data/in/a.txt?X-Amz-Signature=00".to_owned(),
-            method: "GET",
             expires_at: Some("2026-01-02T04:04:05Z".to_owned()),
-            headers: BTreeMap::new(),
+            headers: BTreeMap::from([("Content-Type".to_owned(), "text/csv".to_owned())]),
         };
+        // OSCAR's answer, field for field.
         let legacy = json!({
+            "object_key": "in/a.txt",
+            "operation": "upload",
+            "method": "PUT",
             "url": "http://127.0.0.1:9000/data/in/a.txt?X-Amz-Signature=00",
-            "method": "GET",
             "expires_at": "2026-01-02T04:04:05Z",
-            "headers": BTreeMap::<String, String>::new(),
+            "headers": {"Content-Type": "text/csv"},
         });
         assert_eq!(
             serde_json::to_string(&presigned).unwrap(),
             serde_json::to_string(&legacy).unwrap()
         );
+    }
+
+    fn body(value: serde_json::Value) -> PresignBody {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn validity_follows_oscar_and_stays_within_sigv4() {
+        let validity = |value| presign_validity(&body(value)).map(|d| d.as_secs());
+        assert_eq!(validity(json!({"object_key": "a"})).unwrap(), 900);
+        assert_eq!(validity(json!({"object_key": "a", "expires": 0})).unwrap(), 900);
+        assert_eq!(
+            validity(json!({"object_key": "a", "expires_in": 0})).unwrap(),
+            900
+        );
+        assert_eq!(validity(json!({"object_key": "a", "expires": 1})).unwrap(), 1);
+        assert_eq!(
+            validity(json!({"object_key": "a", "expires_in": 604800})).unwrap(),
+            604800
+        );
+        for refused in [
+            json!({"object_key": "a", "expires": 604801}),
+            json!({"object_key": "a", "expires_in": 604801}),
+            json!({"object_key": "a", "expires": -1}),
+            json!({"object_key": "a", "expires_in": i64::MIN}),
+            json!({"object_key": "a", "expires": 60, "expires_in": 60}),
+        ] {
+            let error = validity(refused.clone()).err().unwrap();
+            assert_eq!(
+                error.into_response().status(),
+                StatusCode::BAD_REQUEST,
+                "{refused}"
+            );
+        }
+        let too_long = validity(json!({"object_key": "a", "expires": 604801}))
+            .err()
+            .unwrap();
+        assert!(format!("{too_long:?}").contains("7 days"), "{too_long:?}");
+    }
+
+    #[test]
+    fn bound_headers_are_checked() {
+        let headers = |value, upload| presign_headers(&body(value), upload);
+        let bound = headers(
+            json!({"object_key": "a", "content_type": "text/csv", "extra_headers": {"X-Amz-Meta-Origin": "lab"}}),
+            true,
+        )
+        .unwrap();
+        assert_eq!(bound[CONTENT_TYPE], "text/csv");
+        assert_eq!(bound["x-amz-meta-origin"], "lab");
+        assert_eq!(
+            canonical_header_name(&HeaderName::from_static("x-amz-meta-origin")),
+            "X-Amz-Meta-Origin"
+        );
+        // A download's content type is the answer's, not a request header.
+        assert!(
+            headers(json!({"object_key": "a", "content_type": "text/csv"}), false)
+                .unwrap()
+                .is_empty()
+        );
+        // What oscar-python sends by default binds nothing.
+        assert!(
+            headers(
+                json!({"object_key": "a", "content_type": "", "extra_headers": {}}),
+                true
+            )
+            .unwrap()
+            .is_empty()
+        );
+        // Agreeing twice is fine.
+        headers(
+            json!({"object_key": "a", "content_type": "text/csv", "extra_headers": {"content-type": "text/csv"}}),
+            true,
+        )
+        .unwrap();
+        for refused in [
+            json!({"extra_headers": {"Host": "elsewhere"}}),
+            json!({"extra_headers": {"Content-Length": "5"}}),
+            json!({"extra_headers": {"Authorization": "x"}}),
+            json!({"extra_headers": {"X-Amz-Date": "20260101T000000Z"}}),
+            json!({"extra_headers": {"Transfer-Encoding": "chunked"}}),
+            json!({"extra_headers": {"bad name": "x"}}),
+            json!({"extra_headers": {"x-a": "line\nbreak"}}),
+            json!({"extra_headers": {"x-a": " padded"}}),
+            json!({"extra_headers": {"x-a": ""}}),
+            json!({"extra_headers": {"x-a": "caf\u{e9}"}}),
+            json!({"extra_headers": {"X-A": "1", "x-a": "2"}}),
+            json!({"content_type": "text/csv", "extra_headers": {"Content-Type": "text/plain"}}),
+            json!({"content_type": "text/\u{1}csv"}),
+        ] {
+            let mut value = refused.clone();
+            value["object_key"] = json!("a");
+            let error = headers(value, true).err().unwrap();
+            assert_eq!(
+                error.into_response().status(),
+                StatusCode::BAD_REQUEST,
+                "{refused}"
+            );
+        }
+        let error = headers(json!({"object_key": "a", "content_type": "a\nb"}), false)
+            .err()
+            .unwrap();
+        assert_eq!(error.into_response().status(), StatusCode::BAD_REQUEST);
     }
 }

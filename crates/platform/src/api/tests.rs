@@ -223,7 +223,8 @@ fn every_schema_reference_resolves() {
 }
 
 /// The request bodies keep what the server enforces: a service needs a name and a script,
-/// bucket and presign bodies refuse unknown fields, `cpu` may be a number.
+/// bucket and presign bodies refuse unknown fields, `cpu` may be a number, presign takes what
+/// oscar-python sends and answers what OSCAR answers.
 #[test]
 fn request_schemas_say_what_the_server_enforces() {
     let doc = document();
@@ -248,4 +249,31 @@ fn request_schemas_say_what_the_server_enforces() {
         assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
     }
     assert_eq!(schemas["Presign"]["required"], serde_json::json!(["object_key"]));
+    // What oscar-python 2.2.0 sends, and OSCAR's own name for the validity.
+    let presign = &schemas["Presign"]["properties"];
+    for field in ["expires", "expires_in"] {
+        assert_eq!(presign[field]["minimum"], 0, "{field}");
+        assert_eq!(presign[field]["maximum"], 604800, "{field}");
+        assert_eq!(presign[field]["default"], 900, "{field}");
+    }
+    assert_eq!(presign["content_type"]["type"], "string");
+    assert_eq!(presign["extra_headers"]["additionalProperties"]["type"], "string");
+    // OSCAR's answer.
+    let answer: BTreeSet<&str> = schemas["Presigned"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        answer,
+        BTreeSet::from([
+            "object_key",
+            "operation",
+            "method",
+            "url",
+            "expires_at",
+            "headers"
+        ])
+    );
 }
