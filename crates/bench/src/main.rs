@@ -8,6 +8,7 @@ mod confidential;
 mod crypt;
 mod jobs;
 mod process;
+mod s3;
 mod stats;
 
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use cloister_cli::client::{Exit, exit};
 
-const AFTER_HELP: &str = "The `jobs` and `confidential` benchmarks start `cloister` (and `confidential` also \
+const AFTER_HELP: &str = "The `jobs`, `s3` and `confidential` benchmarks start `cloister` (and `confidential` also \
 `cloister-runtime`) from the same build as this program: build them first, e.g.\n  cargo build --release && \
 cargo run --release -p cloister-bench -- jobs\nor name them with --cloister-bin / --runtime-bin.\n\nExit codes: 0 \
 success, 1 failure, 2 usage error, 3-7 the server's answers as for `cloister`, 10 the canary scan found the \
@@ -45,6 +46,10 @@ enum Command {
     /// Measure the CAS: end-to-end attestations (optionally under a flood), DCAP quote
     /// verification and secret reads, with a private CAS in this process.
     Cas(cas::CasArgs),
+    /// Measure the S3 endpoint of a private `cloister server` next to the floor of the same disk:
+    /// small PUT and GET latency, listing a large bucket, large multipart PUT and GET throughput,
+    /// and the server's memory meanwhile.
+    S3(s3::S3Args),
     /// Measure the encrypted object format against raw AES-256-GCM.
     Crypt(crypt::CryptArgs),
     /// Look for a canary (plain, hex, base64) in data directories, API answers and process
@@ -83,6 +88,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(args) => jobs::run(args, json).await,
         Command::Confidential(args) => confidential::run(args, json).await,
         Command::Cas(args) => cas::run(args, json).await,
+        Command::S3(args) => s3::run(args, json).await,
         Command::Crypt(args) => crypt::run(args, json),
         Command::CanaryScan(args) => canary::run(args, json).await,
     }

@@ -16,6 +16,30 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The median of per-round values with their range, as the round-based benchmarks print them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// The median (the upper one of an even count, as [`percentile`] picks it).
+    pub median: f64,
+    /// The smallest value.
+    pub min: f64,
+    /// The largest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values`, in any order; `None` when there are none.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Some(Self {
+            median: percentile(&sorted, 50.0)?,
+            min: *sorted.first()?,
+            max: *sorted.last()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +61,20 @@ mod tests {
         assert_eq!(percentile(&odd, 50.0), Some(5));
         let many: Vec<u32> = (0..1000).collect();
         assert_eq!(percentile(&many, 99.0), Some(989));
+    }
+
+    #[test]
+    fn spread_is_the_median_and_range_of_unsorted_rounds() {
+        assert_eq!(Spread::of(&[]), None);
+        assert_eq!(
+            Spread::of(&[3.0, 1.0, 2.0]),
+            Some(Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            })
+        );
+        let one = Spread::of(&[4.5]).unwrap();
+        assert_eq!((one.median, one.min, one.max), (4.5, 4.5, 4.5));
     }
 }
