@@ -22,6 +22,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError, FlexibleChecksumError
 
 from s3_common import (
+    ENDPOINT,
     MIN_PART,
     checksum_b64,
     empty_and_delete_bucket,
@@ -892,6 +893,10 @@ def test_request_id_on_error(s3, bucket):
     _, _, _, response = error_of(lambda: s3.get_object(Bucket=bucket, Key="missing"), "GET of a missing key")
     assert headers_of(response).get("x-amz-request-id"), "NoSuchKey answer without x-amz-request-id header"
     assert response["Error"].get("RequestId") or response["ResponseMetadata"].get("RequestId"), "no RequestId"
+    # The body names the same id as the header, also for errors the protocol layer makes.
+    raw = requests.get(f"{ENDPOINT}/{bucket}/missing", timeout=10)
+    header = raw.headers.get("x-amz-request-id")
+    assert header and f"<RequestId>{header}</RequestId>" in raw.text, f"unsigned GET: {raw.status_code} {raw.text!r}"
 
 
 def test_get_object_in_missing_bucket_is_no_such_bucket(s3):

@@ -172,6 +172,28 @@ fn cors_headers(headers: &mut HeaderMap, rule: &CorsRule, origin: &str) {
     }
 }
 
+/// Puts the request id into an error body s3s serialised without one (its errors are whole
+/// in memory, so this is a splice, not a re-read).
+fn with_request_id(response: &mut Response<Body>, request_id: &str) {
+    let Some(bytes) = response.body().bytes() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return;
+    };
+    if text.contains("<RequestId>") {
+        return;
+    }
+    let Some(end) = text.rfind("</Error>") else { return };
+    let body = format!(
+        "{}<RequestId>{request_id}</RequestId>{}",
+        &text[..end],
+        &text[end..]
+    );
+    response.headers_mut().remove(http::header::CONTENT_LENGTH);
+    *response.body_mut() = Body::from(body);
+}
+
 impl S3Http {
     async fn handle(self, req: Request<hyper::body::Incoming>) -> Response<Body> {
         let request_id = format!("{:016X}", rand::random::<u64>());
@@ -231,6 +253,9 @@ impl S3Http {
             && let Some(rule) = matching_rule(&rules, origin, method.as_str(), &[])
         {
             cors_headers(response.headers_mut(), rule, origin);
+        }
+        if response.status().is_client_error() || response.status().is_server_error() {
+            with_request_id(&mut response, &request_id);
         }
         set(response.headers_mut(), "x-amz-request-id", &request_id);
         set(response.headers_mut(), "x-amz-id-2", &request_id);
@@ -350,6 +375,19 @@ pub async fn serve(listener: TcpListener, service: S3Http, shutdown: impl Future
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_bodies_get_the_request_id() {
+        let mut response = Response::new(Body::from(
+            "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>m</Message></Error>".to_owned(),
+        ));
+        with_request_id(&mut response, "ABC123");
+        let body = response.body().bytes().unwrap();
+        assert!(body.ends_with(b"<Message>m</Message><RequestId>ABC123</RequestId></Error>"));
+        // An id already there is left alone.
+        with_request_id(&mut response, "OTHER");
+        assert!(!response.body().bytes().unwrap().windows(5).any(|w| w == b"OTHER"));
+    }
 
     #[test]
     fn presigned_urls_longer_than_a_week_are_refused() {
