@@ -216,6 +216,12 @@ impl Dispatcher {
 }
 
 impl ObjectEvents for Dispatcher {
+    fn wants(&self, bucket: &str, key: &str) -> bool {
+        self.services()
+            .iter()
+            .any(|s| s.input.iter().any(|io| io.matches(bucket, key)))
+    }
+
     fn before_write(&self, bucket: &str, key: &str) -> Result<Option<WriteIntent>, EventError> {
         let services: Vec<String> = self
             .services()

@@ -35,6 +35,12 @@ pub type EventError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Receives object-created events from the store. Methods are called from blocking threads.
 pub trait ObjectEvents: Send + Sync + 'static {
+    /// Whether a write to `bucket/key` can have consequences at all. It must not block: it runs
+    /// on the request's own thread, and a `false` spares the write the hop to a blocking thread
+    /// that [`Self::before_write`] takes. Defaults to `true`.
+    fn wants(&self, _bucket: &str, _key: &str) -> bool {
+        true
+    }
     /// Called as a write starts (possibly while it runs); returns an intent when the write has
     /// consequences to record. It must be durable when this returns: the write is acknowledged
     /// only after both have finished.
@@ -50,6 +56,9 @@ pub trait ObjectEvents: Send + Sync + 'static {
 pub struct NoEvents;
 
 impl ObjectEvents for NoEvents {
+    fn wants(&self, _: &str, _: &str) -> bool {
+        false
+    }
     fn before_write(&self, _: &str, _: &str) -> Result<Option<WriteIntent>, EventError> {
         Ok(None)
     }

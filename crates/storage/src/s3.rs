@@ -385,7 +385,11 @@ impl EmbeddedS3 {
     {
         let events = self.0.events.clone();
         let (b, k) = (bucket.to_owned(), key.to_owned());
+        let wanted = events.wants(bucket, key);
         let intent = async {
+            if !wanted {
+                return Ok(None);
+            }
             tokio::task::spawn_blocking(move || events.before_write(&b, &k))
                 .await
                 .map_err(|e| s3_error!(InternalError, "event hook panicked: {e}"))?
