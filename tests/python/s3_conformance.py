@@ -1164,3 +1164,23 @@ def test_bucket_tagging_put_get_delete(s3, bucket):
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__, "-q", "-rfE"]))
+
+
+def test_put_without_content_length_is_missing_content_length(s3, bucket):
+    # A plain chunked PUT: AWS answers 411 MissingContentLength (only aws-chunked uploads,
+    # which carry x-amz-decoded-content-length, may omit it), and nothing is stored.
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from s3_common import ACCESS_KEY, REGION, SECRET_KEY
+
+    url = f"{ENDPOINT}/{bucket}/chunked"
+    parts = [b"hello " * 10, b"world " * 20]
+    req = AWSRequest(method="PUT", url=url, data=b"".join(parts), headers={})
+    S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", REGION).add_auth(req)
+    headers = {k: v for k, v in req.headers.items() if k.lower() != "content-length"}
+    answer = requests.put(url, headers=headers, data=iter(parts), timeout=30)
+    assert answer.request.headers.get("Transfer-Encoding") == "chunked"
+    assert answer.status_code == 411 and "MissingContentLength" in answer.text, f"{answer.status_code} {answer.text!r}"
+    expect_error(lambda: s3.head_object(Bucket=bucket, Key="chunked"), 404, "404", "HEAD after a refused chunked PUT")
