@@ -129,9 +129,9 @@ enum Command {
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Check the object store's consistency (the server must be stopped): every object's data
-    /// is present and no data file is left unreferenced. Exits 1 when something is wrong.
-    /// Opening the store also completes what a crash interrupted (orphan files are removed,
-    /// a migration from the s3s-fs layout is finished), as a server start would.
+    /// is present and no data file is left unreferenced. Exits 1 when something is wrong. It
+    /// changes nothing: what a crash left (orphaned data files, an unfinished migration) is
+    /// reported as found; the next server start repairs it.
     Check {
         /// The server's data directory.
         #[arg(long, env = "CLOISTER_DATA_DIR", default_value = "cloister-data")]

@@ -46,6 +46,28 @@ pub(crate) fn time_of(ns: i64) -> OffsetDateTime {
 
 impl Core {
     pub(crate) fn open(root: &Path, events: Arc<dyn ObjectEvents>) -> Result<Arc<Self>, crate::StorageError> {
+        Self::open_as(root, events, true)
+    }
+
+    /// Opens the store; `recover` finishes what a crash interrupted (migration, orphaned data
+    /// files) and starts the reclaimer. Without it the store is looked at as it was left.
+    pub(crate) fn open_as(
+        root: &Path,
+        events: Arc<dyn ObjectEvents>,
+        recover: bool,
+    ) -> Result<Arc<Self>, crate::StorageError> {
+        if !recover {
+            let index_path = root.join(crate::INDEX_FILE);
+            if !index_path.exists() {
+                return Err(crate::StorageError::Backend(format!(
+                    "{} holds no indexed object store (a server start creates or migrates it)",
+                    root.display()
+                )));
+            }
+            let index = Index::open(&index_path).map_err(|e| crate::StorageError::Backend(e.to_string()))?;
+            let blobs = Arc::new(Blobs::open(root.join(crate::BLOBS_DIR))?);
+            return Ok(Arc::new(Self { index, blobs, events }));
+        }
         std::fs::create_dir_all(root)?;
         std::fs::create_dir_all(root.join(crate::STORE_DIR))?;
         let index_path = root.join(crate::INDEX_FILE);

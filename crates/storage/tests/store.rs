@@ -219,3 +219,56 @@ async fn every_version_names_the_write_that_made_it() {
         None
     );
 }
+
+#[tokio::test]
+async fn the_check_reports_what_a_crash_left_and_a_start_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), Arc::new(NoEvents)).unwrap();
+        store.create_bucket("bkt", false).await.unwrap();
+        store
+            .put_bytes("bkt", "big", vec![1u8; 200 * 1024].into())
+            .await
+            .unwrap();
+    }
+    // A PUT that died after writing its data file and before its commit.
+    let orphan = dir
+        .path()
+        .join(".cloister/blobs/ab")
+        .join(format!("ab{}", "0".repeat(30)));
+    std::fs::write(&orphan, b"half an upload").unwrap();
+    let inspected = Store::inspect(dir.path()).unwrap().check().unwrap();
+    assert_eq!(
+        (
+            inspected.objects,
+            inspected.missing_files,
+            inspected.unreferenced_files
+        ),
+        (1, 0, 1)
+    );
+    assert!(orphan.exists(), "inspecting changed the store");
+    let repaired = Store::open(dir.path(), Arc::new(NoEvents))
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(
+        (
+            repaired.objects,
+            repaired.missing_files,
+            repaired.unreferenced_files
+        ),
+        (1, 0, 0)
+    );
+    assert!(!orphan.exists());
+    // A record whose data file is gone is data loss, and the check says so.
+    for shard in std::fs::read_dir(dir.path().join(".cloister/blobs")).unwrap() {
+        for file in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            std::fs::remove_file(file.unwrap().path()).unwrap();
+        }
+    }
+    let lost = Store::inspect(dir.path()).unwrap().check().unwrap();
+    assert_eq!(lost.missing_files, 1);
+    // An empty directory is no store to inspect.
+    let empty = tempfile::tempdir().unwrap();
+    assert!(Store::inspect(empty.path()).is_err());
+}
