@@ -238,11 +238,16 @@ impl Store {
         use tokio::io::AsyncWriteExt;
         validate_bucket_name(bucket)?;
         validate_object_key(key)?;
-        let record = self.core().get_record(bucket, key).map_err(storage_error)?;
-        let mut body = self
-            .core()
-            .stream(&record, 0..record.size)
-            .map_err(storage_error)?;
+        let mut attempt = 0;
+        let mut body = loop {
+            let record = self.core().get_record(bucket, key).map_err(storage_error)?;
+            match self.core().stream(&record, 0..record.size) {
+                Ok(body) => break body,
+                // Overwritten between the lookup and the read: read the new version.
+                Err(e) if crate::store::was_replaced(&e) && attempt < 3 => attempt += 1,
+                Err(e) => return Err(storage_error(e)),
+            }
+        };
         let mut file = tokio::fs::File::create(dest).await?;
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {

@@ -970,16 +970,24 @@ impl S3 for EmbeddedS3 {
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
         check_key(&input.bucket, &input.key)?;
-        let record = self.0.get_record(&input.bucket, &input.key)?;
-        conditions::check_read(
-            &record,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        )?;
-        let selection = select(&record, input.range.as_ref(), input.part_number)?;
-        let body = self.0.stream(&record, selection.range.clone())?;
+        let mut attempt = 0;
+        let (record, selection, body) = loop {
+            let record = self.0.get_record(&input.bucket, &input.key)?;
+            conditions::check_read(
+                &record,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            )?;
+            let selection = select(&record, input.range.as_ref(), input.part_number)?;
+            match self.0.stream(&record, selection.range.clone()) {
+                Ok(body) => break (record, selection, body),
+                // Overwritten between the lookup and the read: read the new version.
+                Err(e) if crate::store::was_replaced(&e) && attempt < 3 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        };
         let with_checksums = input.checksum_mode.is_some() && !selection.partial;
         let len = selection.range.end - selection.range.start;
         let headers = &record.headers;

@@ -275,13 +275,24 @@ impl Core {
             index: self.index.clone(),
             ids: file_ids,
         };
-        // A file removed between the index read and the pin belongs to an object that was
-        // replaced meanwhile: the reader gets what it would have got a moment later.
+        // Files are opened now, while pinned: an open file outlives its reclamation. One already
+        // gone belongs to a version replaced since the index read; the caller looks again.
+        let mut opened = std::collections::HashMap::new();
         for (blob, _, _) in &pieces {
             if let Blob::File(id) = blob
-                && !self.blobs.path(*id).exists()
+                && opened.len() < MAX_OPEN_AHEAD
+                && !opened.contains_key(id)
             {
-                return Err(s3_error!(NoSuchKey, "the object was replaced while it was read"));
+                match std::fs::File::open(self.blobs.path(*id)) {
+                    Ok(file) => {
+                        opened.insert(*id, file);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(replaced()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "object store: cannot open a data file");
+                        return Err(s3_error!(InternalError, "cannot read the object"));
+                    }
+                }
             }
         }
         if pieces.len() == 1
@@ -305,7 +316,13 @@ impl Core {
                             data.slice(usize::try_from(from).unwrap_or(0)..usize::try_from(to).unwrap_or(0));
                         tx.blocking_send(Ok(piece)).is_ok()
                     }
-                    Blob::File(id) => send_file(&blobs.path(id), from, to, &tx),
+                    Blob::File(id) => {
+                        let file = match opened.remove(&id) {
+                            Some(file) => Ok(file),
+                            None => std::fs::File::open(blobs.path(id)),
+                        };
+                        send_file(file, from, to, &tx)
+                    }
                 };
                 if !sent {
                     return;
@@ -316,14 +333,30 @@ impl Core {
     }
 }
 
+/// Data files a read opens before it answers; a multipart object with more parts opens the rest
+/// as it streams (so a read holds a bounded number of descriptors).
+const MAX_OPEN_AHEAD: usize = 64;
+
+const REPLACED: &str = "the object was replaced while it was being read";
+
+fn replaced() -> S3Error {
+    s3_error!(NoSuchKey, "{REPLACED}")
+}
+
+/// Whether [`Core::stream`] failed because the version it was given was replaced meanwhile
+/// (the current version can be read instead).
+pub(crate) fn was_replaced(e: &S3Error) -> bool {
+    e.message() == Some(REPLACED)
+}
+
 fn send_file(
-    path: &Path,
+    file: std::io::Result<std::fs::File>,
     from: u64,
     to: u64,
     tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) -> bool {
     use std::os::unix::fs::FileExt;
-    let file = match std::fs::File::open(path) {
+    let file = match file {
         Ok(file) => file,
         Err(e) => {
             let _ = tx.blocking_send(Err(e));

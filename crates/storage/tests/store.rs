@@ -272,3 +272,40 @@ async fn the_check_reports_what_a_crash_left_and_a_start_repairs_it() {
     let empty = tempfile::tempdir().unwrap();
     assert!(Store::inspect(empty.path()).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_overwrites_see_one_whole_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Arc::new(NoEvents)).unwrap();
+    store.create_bucket("bkt", false).await.unwrap();
+    let versions = [vec![b'a'; 300 * 1024], vec![b'b'; 310 * 1024]];
+    store
+        .put_bytes("bkt", "obj", versions[0].clone().into())
+        .await
+        .unwrap();
+    let writer = {
+        let (store, versions) = (store.clone(), versions.clone());
+        tokio::spawn(async move {
+            for i in 0..150 {
+                store
+                    .put_bytes("bkt", "obj", versions[i % 2].clone().into())
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let scratch = dir.path().join("read");
+    let mut reads = 0;
+    while !writer.is_finished() {
+        store.get_to_file("bkt", "obj", &scratch).await.unwrap();
+        let got = std::fs::read(&scratch).unwrap();
+        assert!(
+            got == versions[0] || got == versions[1],
+            "a read saw {} mixed bytes",
+            got.len()
+        );
+        reads += 1;
+    }
+    writer.await.unwrap();
+    assert!(reads > 0);
+}
