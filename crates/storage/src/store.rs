@@ -144,11 +144,56 @@ impl Core {
         let _ = std::thread::Builder::new()
             .name("cloister-s3-reclaim".into())
             .spawn(move || {
-                while signal.recv().is_ok() {
+                let mut next_expiry = std::time::Instant::now();
+                loop {
+                    match signal.recv_timeout(STALE_UPLOAD_CHECK) {
+                        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
                     let Some(core) = weak.upgrade() else { return };
+                    if std::time::Instant::now() >= next_expiry {
+                        next_expiry = std::time::Instant::now() + STALE_UPLOAD_CHECK;
+                        match core.abort_stale_uploads(STALE_UPLOAD_AGE) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(uploads = n, "aborted multipart uploads idle for a week"),
+                            Err(e) => tracing::warn!(error = %e, "cannot expire stale multipart uploads"),
+                        }
+                    }
                     core.reclaim();
                 }
             });
+    }
+
+    /// Aborts multipart uploads begun longer than `age` ago, releasing their parts (as S3's
+    /// `AbortIncompleteMultipartUpload` lifecycle rule does); returns how many.
+    pub(crate) fn abort_stale_uploads(&self, age: std::time::Duration) -> S3Result<usize> {
+        let cutoff = now_ns().saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX));
+        let mut stale = Vec::new();
+        {
+            let txn = self.index.read()?;
+            let uploads = txn.open_table(UPLOADS).db()?;
+            for entry in uploads.iter().db()? {
+                let (id, value) = entry.db()?;
+                let upload: crate::index::UploadRecord = decode(value.value())?;
+                if upload.initiated < cutoff {
+                    stale.push(id.value().to_owned());
+                }
+            }
+        }
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        self.index.write_blocking(move |txn| {
+            let mut aborted = 0;
+            for id in &stale {
+                // Completed or aborted meanwhile: nothing to do.
+                if txn.open_table(UPLOADS).db()?.get(id.as_str()).db()?.is_some() {
+                    drop_upload(txn, id)?;
+                    aborted += 1;
+                }
+            }
+            Ok(aborted)
+        })
     }
 
     /// Deletes garbage data files not being read, then forgets them.
@@ -184,6 +229,11 @@ impl Core {
         });
     }
 }
+
+/// Multipart uploads idle this long are aborted (S3 leaves them forever unless a lifecycle rule
+/// says otherwise; parts nobody will complete would hold disk space for good).
+const STALE_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+const STALE_UPLOAD_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub(crate) fn file_id(blob: Blob) -> Option<u128> {
     match blob {
@@ -538,4 +588,90 @@ pub(crate) fn drop_upload(txn: &WriteTransaction, upload_id: &str) -> S3Result<(
     }
     drop(parts);
     release(txn, &segments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s3::EmbeddedS3;
+    use s3s::S3;
+    use s3s::dto::*;
+
+    fn request<T>(input: T) -> s3s::S3Request<T> {
+        s3s::S3Request {
+            input,
+            method: http::Method::PUT,
+            uri: http::Uri::from_static("/"),
+            headers: http::HeaderMap::new(),
+            extensions: http::Extensions::new(),
+            credentials: None,
+            region: None,
+            service: None,
+            trailing_headers: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_multipart_uploads_are_aborted_and_their_parts_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = Core::open(dir.path(), Arc::new(crate::NoEvents)).unwrap();
+        let s3 = EmbeddedS3(core.clone());
+        s3.create_bucket(request(CreateBucketInput {
+            bucket: "bkt".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        let created = s3
+            .create_multipart_upload(request(CreateMultipartUploadInput {
+                bucket: "bkt".into(),
+                key: "big".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .output;
+        let upload_id = created.upload_id.unwrap();
+        let part = bytes::Bytes::from(vec![3u8; 200 * 1024]);
+        s3.upload_part(request(UploadPartInput {
+            bucket: "bkt".into(),
+            key: "big".into(),
+            upload_id: upload_id.clone(),
+            part_number: 1,
+            content_length: Some(part.len() as i64),
+            body: Some(StreamingBlob::wrap(futures::stream::once(async move {
+                Ok::<_, std::io::Error>(part)
+            }))),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        assert_eq!(core.blobs.all_ids().unwrap().len(), 1);
+        // A fresh upload is not idle.
+        assert_eq!(core.abort_stale_uploads(STALE_UPLOAD_AGE).unwrap(), 0);
+        let core2 = core.clone();
+        let aborted =
+            tokio::task::spawn_blocking(move || core2.abort_stale_uploads(std::time::Duration::ZERO))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(aborted, 1);
+        let listed = s3
+            .list_parts(request(ListPartsInput {
+                bucket: "bkt".into(),
+                key: "big".into(),
+                upload_id,
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(*listed.code(), s3s::S3ErrorCode::NoSuchUpload);
+        for _ in 0..100 {
+            if core.blobs.all_ids().unwrap().is_empty() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the aborted upload's part was not reclaimed");
+    }
 }
