@@ -17,6 +17,9 @@ use crate::index::{Blob, Checksums};
 /// Objects up to this size live in the index: one commit makes them durable.
 pub(crate) const INLINE_MAX: usize = 64 * 1024;
 
+/// Bytes the writer gathers before each write to a data file.
+const WRITE_BUFFER: usize = 1 << 20;
+
 /// Chunks in flight between the body and the writer (and the hasher) threads.
 const PIPELINE_DEPTH: usize = 16;
 
@@ -222,15 +225,18 @@ impl Blobs {
         let writer = tokio::task::spawn_blocking({
             let path = path.clone();
             move || -> std::io::Result<u64> {
-                let mut file = std::fs::OpenOptions::new()
+                let file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(&path)?;
+                // The body arrives in pieces of a few KiB; the disk wants fewer, larger writes.
+                let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
                 let mut written = 0u64;
                 while let Some(chunk) = writer_rx.blocking_recv() {
-                    file.write_all(&chunk)?;
+                    out.write_all(&chunk)?;
                     written += chunk.len() as u64;
                 }
+                let file = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
                 file.sync_all()?;
                 if let Some(parent) = path.parent() {
                     std::fs::File::open(parent)?.sync_all()?;
