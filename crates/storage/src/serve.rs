@@ -205,6 +205,13 @@ impl S3Http {
             .and_then(|o| o.to_str().ok())
             .map(str::to_owned);
         let bucket = bucket_of(req.uri()).map(str::to_owned);
+        let has_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n > 0);
         let region = signed_region(&req).filter(|r| wrong_region(r));
         let mut response = if let Some(region) = region {
             let escaped = region
@@ -256,6 +263,14 @@ impl S3Http {
         }
         if response.status().is_client_error() || response.status().is_server_error() {
             with_request_id(&mut response, &request_id);
+            // A refusal may come before the body was read (a failed precondition, a bad
+            // signature), while a client that sent `Expect: 100-continue` may have sent the body
+            // anyway: the connection's next bytes are then in doubt, so it ends here.
+            if has_body {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
         }
         set(response.headers_mut(), "x-amz-request-id", &request_id);
         set(response.headers_mut(), "x-amz-id-2", &request_id);
