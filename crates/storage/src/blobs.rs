@@ -61,6 +61,27 @@ impl Wanted {
     }
 }
 
+/// A hasher computing the checksums `wanted` names.
+pub(crate) fn checksum_hasher(wanted: Wanted) -> s3s::checksum::ChecksumHasher {
+    let mut sums = s3s::checksum::ChecksumHasher::default();
+    if wanted.crc32 {
+        sums.crc32 = Some(Default::default());
+    }
+    if wanted.crc32c {
+        sums.crc32c = Some(Default::default());
+    }
+    if wanted.sha1 {
+        sums.sha1 = Some(Default::default());
+    }
+    if wanted.sha256 {
+        sums.sha256 = Some(Default::default());
+    }
+    if wanted.crc64nvme {
+        sums.crc64nvme = Some(Default::default());
+    }
+    sums
+}
+
 struct Hasher {
     md5: md5::Md5,
     sums: s3s::checksum::ChecksumHasher,
@@ -68,25 +89,9 @@ struct Hasher {
 
 impl Hasher {
     fn new(wanted: Wanted) -> Self {
-        let mut sums = s3s::checksum::ChecksumHasher::default();
-        if wanted.crc32 {
-            sums.crc32 = Some(Default::default());
-        }
-        if wanted.crc32c {
-            sums.crc32c = Some(Default::default());
-        }
-        if wanted.sha1 {
-            sums.sha1 = Some(Default::default());
-        }
-        if wanted.sha256 {
-            sums.sha256 = Some(Default::default());
-        }
-        if wanted.crc64nvme {
-            sums.crc64nvme = Some(Default::default());
-        }
         Self {
             md5: md5::Md5::new(),
-            sums,
+            sums: checksum_hasher(wanted),
         }
     }
 

@@ -8,6 +8,13 @@ use s3s::{S3Result, s3_error};
 use crate::index::ObjectRecord;
 use crate::store::{no_such_key, time_of};
 
+fn precondition_failed() -> s3s::S3Error {
+    s3_error!(
+        PreconditionFailed,
+        "At least one of the pre-conditions you specified did not hold"
+    )
+}
+
 pub(crate) fn etag_matches(condition: &ETagCondition, etag: &str) -> bool {
     match condition {
         ETagCondition::Any => true,
@@ -34,20 +41,14 @@ pub(crate) fn check_read(
 ) -> S3Result<()> {
     match if_match {
         Some(condition) if !etag_matches(condition, &record.etag) => {
-            return Err(s3_error!(
-                PreconditionFailed,
-                "At least one of the pre-conditions you specified did not hold"
-            ));
+            return Err(precondition_failed());
         }
         Some(_) => {}
         None => {
             if let Some(since) = if_unmodified_since
                 && modified_secs(record) > secs(since)
             {
-                return Err(s3_error!(
-                    PreconditionFailed,
-                    "At least one of the pre-conditions you specified did not hold"
-                ));
+                return Err(precondition_failed());
             }
         }
     }
@@ -76,10 +77,7 @@ pub(crate) fn check_copy_source(
         if_modified_since,
         if_unmodified_since,
     ) {
-        Err(e) if *e.code() == s3s::S3ErrorCode::NotModified => Err(s3_error!(
-            PreconditionFailed,
-            "At least one of the pre-conditions you specified did not hold"
-        )),
+        Err(e) if *e.code() == s3s::S3ErrorCode::NotModified => Err(precondition_failed()),
         other => other,
     }
 }
@@ -95,10 +93,7 @@ pub(crate) fn check_write(
         match existing {
             None => return Err(no_such_key(key)),
             Some(record) if !etag_matches(condition, &record.etag) => {
-                return Err(s3_error!(
-                    PreconditionFailed,
-                    "At least one of the pre-conditions you specified did not hold"
-                ));
+                return Err(precondition_failed());
             }
             Some(_) => {}
         }
@@ -106,10 +101,7 @@ pub(crate) fn check_write(
     if let (Some(condition), Some(record)) = (if_none_match, existing)
         && etag_matches(condition, &record.etag)
     {
-        return Err(s3_error!(
-            PreconditionFailed,
-            "At least one of the pre-conditions you specified did not hold"
-        ));
+        return Err(precondition_failed());
     }
     Ok(())
 }

@@ -17,7 +17,8 @@ use crate::s3::EmbeddedS3;
 use crate::store::{Core, time_of};
 use crate::{BucketInfo, ObjectInfo, ObjectPage, StorageError};
 
-fn request<T>(input: T) -> S3Request<T> {
+/// An in-process request (no HTTP, no credentials) for the S3 operations.
+pub(crate) fn request<T>(input: T) -> S3Request<T> {
     S3Request {
         input,
         method: http::Method::GET,
@@ -238,16 +239,10 @@ impl Store {
         use tokio::io::AsyncWriteExt;
         validate_bucket_name(bucket)?;
         validate_object_key(key)?;
-        let mut attempt = 0;
-        let mut body = loop {
-            let record = self.core().get_record(bucket, key).map_err(storage_error)?;
-            match self.core().stream(&record, 0..record.size) {
-                Ok(body) => break body,
-                // Overwritten between the lookup and the read: read the new version.
-                Err(e) if crate::store::was_replaced(&e) && attempt < 3 => attempt += 1,
-                Err(e) => return Err(storage_error(e)),
-            }
-        };
+        let (_, (), mut body) = self
+            .core()
+            .read(bucket, key, |record| Ok(((), 0..record.size)))
+            .map_err(storage_error)?;
         let mut file = tokio::fs::File::create(dest).await?;
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {

@@ -126,6 +126,23 @@ pub(crate) struct Headers {
     pub website_redirect_location: Option<String>,
 }
 
+impl Headers {
+    /// Drops `aws-chunked` from the content encoding: it is a transfer detail of the upload,
+    /// not the object's encoding.
+    pub(crate) fn strip_aws_chunked(&mut self) {
+        if let Some(encoding) = self.content_encoding.take() {
+            let kept: Vec<&str> = encoding
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+                .collect();
+            if !kept.is_empty() {
+                self.content_encoding = Some(kept.join(","));
+            }
+        }
+    }
+}
+
 /// An object's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ObjectRecord {

@@ -166,7 +166,7 @@ pub(crate) fn run(root: &Path, index: &Index, blobs: &Blobs) -> Result<(), Stora
                 .and_then(|(_, n)| n.parse::<usize>().ok())
                 .filter(|_| etag.contains('-'));
             let mut headers = attributes.headers;
-            strip_aws_chunked(&mut headers);
+            headers.strip_aws_chunked();
             records.push((
                 key,
                 ObjectRecord {
@@ -260,18 +260,4 @@ pub(crate) fn run(root: &Path, index: &Index, blobs: &Blobs) -> Result<(), Stora
         "object store migrated to the indexed layout"
     );
     Ok(())
-}
-
-/// `aws-chunked` is a transfer detail of the upload, not the object's encoding.
-pub(crate) fn strip_aws_chunked(headers: &mut Headers) {
-    if let Some(encoding) = headers.content_encoding.take() {
-        let kept: Vec<&str> = encoding
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
-            .collect();
-        if !kept.is_empty() {
-            headers.content_encoding = Some(kept.join(","));
-        }
-    }
 }

@@ -141,14 +141,11 @@ fn composite(algorithm: Option<&str>, parts: &[(u32, PartRecord)]) -> Checksums 
         };
         raw.extend(bytes);
     }
-    let mut hasher = s3s::checksum::ChecksumHasher::default();
-    match algorithm {
-        "CRC32" => hasher.crc32 = Some(Default::default()),
-        "CRC32C" => hasher.crc32c = Some(Default::default()),
-        "SHA1" => hasher.sha1 = Some(Default::default()),
-        "SHA256" => hasher.sha256 = Some(Default::default()),
-        _ => return Checksums::default(),
+    let mut wanted = crate::blobs::Wanted::default();
+    if wanted.add(algorithm).is_err() {
+        return Checksums::default();
     }
+    let mut hasher = crate::blobs::checksum_hasher(wanted);
     hasher.update(&raw);
     let sums = hasher.finalize();
     let suffix = |s: Option<String>| s.map(|s| format!("{s}-{}", parts.len()));

@@ -30,6 +30,22 @@ const MAX_PART_NUMBER: i32 = 10_000;
 /// The one owner of everything in a single-tenant store.
 const OWNER_ID: &str = "cloister";
 
+/// An S3 DTO with its five checksum fields taken from a [`Checksums`] and the rest defaulted,
+/// for struct update syntax: `PutObjectOutput { e_tag, ..with_checksums!(PutObjectOutput, sums) }`.
+macro_rules! with_checksums {
+    ($dto:ident, $sums:expr) => {{
+        let sums: &Checksums = &$sums;
+        $dto {
+            checksum_crc32: sums.crc32.clone(),
+            checksum_crc32c: sums.crc32c.clone(),
+            checksum_sha1: sums.sha1.clone(),
+            checksum_sha256: sums.sha256.clone(),
+            checksum_crc64nvme: sums.crc64nvme.clone(),
+            ..Default::default()
+        }
+    }};
+}
+
 pub(crate) fn owner() -> Owner {
     Owner {
         display_name: Some(OWNER_ID.to_owned()),
@@ -241,7 +257,7 @@ fn headers_from(
         expires: expires.as_ref().and_then(format_timestamp),
         website_redirect_location,
     };
-    crate::migrate::strip_aws_chunked(&mut headers);
+    headers.strip_aws_chunked();
     headers
 }
 
@@ -938,6 +954,12 @@ impl S3 for EmbeddedS3 {
         )?;
         let selection = select(&record, input.range.as_ref(), input.part_number)?;
         let with_checksums = input.checksum_mode.is_some() && !selection.partial;
+        // S3 returns checksums only when asked, and only for the whole object.
+        let shown = if with_checksums {
+            record.checksums.clone()
+        } else {
+            Checksums::default()
+        };
         let len = selection.range.end - selection.range.start;
         Ok(S3Response::new(HeadObjectOutput {
             accept_ranges: Some("bytes".to_owned()),
@@ -957,38 +979,33 @@ impl S3 for EmbeddedS3 {
             expires: record.headers.expires.as_deref().and_then(parse_timestamp),
             website_redirect_location: record.headers.website_redirect_location.clone(),
             storage_class: None,
-            checksum_crc32: record.checksums.crc32.clone().filter(|_| with_checksums),
-            checksum_crc32c: record.checksums.crc32c.clone().filter(|_| with_checksums),
-            checksum_sha1: record.checksums.sha1.clone().filter(|_| with_checksums),
-            checksum_sha256: record.checksums.sha256.clone().filter(|_| with_checksums),
-            checksum_crc64nvme: record.checksums.crc64nvme.clone().filter(|_| with_checksums),
             checksum_type: checksum_type_of(&record).filter(|_| with_checksums),
-            ..Default::default()
+            ..with_checksums!(HeadObjectOutput, shown)
         }))
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
         check_key(&input.bucket, &input.key)?;
-        let mut attempt = 0;
-        let (record, selection, body) = loop {
-            let record = self.0.get_record(&input.bucket, &input.key)?;
+        let (record, selection, body) = self.0.read(&input.bucket, &input.key, |record| {
             conditions::check_read(
-                &record,
+                record,
                 input.if_match.as_ref(),
                 input.if_none_match.as_ref(),
                 input.if_modified_since.as_ref(),
                 input.if_unmodified_since.as_ref(),
             )?;
-            let selection = select(&record, input.range.as_ref(), input.part_number)?;
-            match self.0.stream(&record, selection.range.clone()) {
-                Ok(body) => break (record, selection, body),
-                // Overwritten between the lookup and the read: read the new version.
-                Err(e) if crate::store::was_replaced(&e) && attempt < 3 => attempt += 1,
-                Err(e) => return Err(e),
-            }
-        };
+            let selection = select(record, input.range.as_ref(), input.part_number)?;
+            let range = selection.range.clone();
+            Ok((selection, range))
+        })?;
         let with_checksums = input.checksum_mode.is_some() && !selection.partial;
+        // S3 returns checksums only when asked, and only for the whole object.
+        let shown = if with_checksums {
+            record.checksums.clone()
+        } else {
+            Checksums::default()
+        };
         let len = selection.range.end - selection.range.start;
         let headers = &record.headers;
         Ok(S3Response::new(GetObjectOutput {
@@ -1022,13 +1039,8 @@ impl S3 for EmbeddedS3 {
                 .or_else(|| headers.expires.as_deref().and_then(parse_timestamp)),
             website_redirect_location: headers.website_redirect_location.clone(),
             tag_count: (!record.tags.is_empty()).then(|| i32::try_from(record.tags.len()).unwrap_or(0)),
-            checksum_crc32: record.checksums.crc32.clone().filter(|_| with_checksums),
-            checksum_crc32c: record.checksums.crc32c.clone().filter(|_| with_checksums),
-            checksum_sha1: record.checksums.sha1.clone().filter(|_| with_checksums),
-            checksum_sha256: record.checksums.sha256.clone().filter(|_| with_checksums),
-            checksum_crc64nvme: record.checksums.crc64nvme.clone().filter(|_| with_checksums),
             checksum_type: checksum_type_of(&record).filter(|_| with_checksums),
-            ..Default::default()
+            ..with_checksums!(GetObjectOutput, shown)
         }))
     }
 
@@ -1057,11 +1069,7 @@ impl S3 for EmbeddedS3 {
                 .map(|(i, s)| ObjectPart {
                     part_number: Some(i32::try_from(i + 1).unwrap_or(i32::MAX)),
                     size: Some(i64::try_from(s.size).unwrap_or(i64::MAX)),
-                    checksum_crc32: s.checksums.crc32.clone(),
-                    checksum_crc32c: s.checksums.crc32c.clone(),
-                    checksum_sha1: s.checksums.sha1.clone(),
-                    checksum_sha256: s.checksums.sha256.clone(),
-                    checksum_crc64nvme: s.checksums.crc64nvme.clone(),
+                    ..with_checksums!(ObjectPart, s.checksums)
                 })
                 .filter(|p| p.part_number.unwrap_or(0) > marker)
                 .collect();
@@ -1077,12 +1085,8 @@ impl S3 for EmbeddedS3 {
             }
         });
         let checksum = (wants("Checksum") && !record.checksums.is_empty()).then(|| Checksum {
-            checksum_crc32: record.checksums.crc32.clone(),
-            checksum_crc32c: record.checksums.crc32c.clone(),
-            checksum_sha1: record.checksums.sha1.clone(),
-            checksum_sha256: record.checksums.sha256.clone(),
-            checksum_crc64nvme: record.checksums.crc64nvme.clone(),
             checksum_type: checksum_type_of(&record),
+            ..with_checksums!(Checksum, record.checksums)
         });
         Ok(S3Response::new(GetObjectAttributesOutput {
             e_tag: wants("ETag").then(|| ETag::Strong(record.etag.clone())),
@@ -1175,14 +1179,9 @@ impl S3 for EmbeddedS3 {
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(quoted(&record.etag)),
-            checksum_crc32: record.checksums.crc32.clone(),
-            checksum_crc32c: record.checksums.crc32c.clone(),
-            checksum_sha1: record.checksums.sha1.clone(),
-            checksum_sha256: record.checksums.sha256.clone(),
-            checksum_crc64nvme: record.checksums.crc64nvme.clone(),
             checksum_type: checksum_type_of(&record),
             size: Some(i64::try_from(record.size).unwrap_or(i64::MAX)),
-            ..Default::default()
+            ..with_checksums!(PutObjectOutput, record.checksums)
         }))
     }
 
@@ -1299,12 +1298,8 @@ impl S3 for EmbeddedS3 {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(quoted(&record.etag)),
                 last_modified: Some(timestamp(record.modified)),
-                checksum_crc32: record.checksums.crc32.clone(),
-                checksum_crc32c: record.checksums.crc32c.clone(),
-                checksum_sha1: record.checksums.sha1.clone(),
-                checksum_sha256: record.checksums.sha256.clone(),
-                checksum_crc64nvme: record.checksums.crc64nvme.clone(),
                 checksum_type: checksum_type_of(&record),
+                ..with_checksums!(CopyObjectResult, record.checksums)
             }),
             ..Default::default()
         }))
@@ -1522,12 +1517,7 @@ impl S3 for EmbeddedS3 {
         let sums = &part.segment.checksums;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(quoted(&part.etag)),
-            checksum_crc32: sums.crc32.clone(),
-            checksum_crc32c: sums.crc32c.clone(),
-            checksum_sha1: sums.sha1.clone(),
-            checksum_sha256: sums.sha256.clone(),
-            checksum_crc64nvme: sums.crc64nvme.clone(),
-            ..Default::default()
+            ..with_checksums!(UploadPartOutput, sums)
         }))
     }
 
@@ -1587,11 +1577,7 @@ impl S3 for EmbeddedS3 {
             copy_part_result: Some(CopyPartResult {
                 e_tag: Some(quoted(&part.etag)),
                 last_modified: Some(timestamp(part.modified)),
-                checksum_crc32: part.segment.checksums.crc32.clone(),
-                checksum_crc32c: part.segment.checksums.crc32c.clone(),
-                checksum_sha1: part.segment.checksums.sha1.clone(),
-                checksum_sha256: part.segment.checksums.sha256.clone(),
-                checksum_crc64nvme: part.segment.checksums.crc64nvme.clone(),
+                ..with_checksums!(CopyPartResult, part.segment.checksums)
             }),
             ..Default::default()
         }))
@@ -1622,11 +1608,7 @@ impl S3 for EmbeddedS3 {
                 e_tag: Some(quoted(&part.etag)),
                 size: Some(i64::try_from(part.segment.size).unwrap_or(i64::MAX)),
                 last_modified: Some(timestamp(part.modified)),
-                checksum_crc32: sums.crc32.clone(),
-                checksum_crc32c: sums.crc32c.clone(),
-                checksum_sha1: sums.sha1.clone(),
-                checksum_sha256: sums.sha256.clone(),
-                checksum_crc64nvme: sums.crc64nvme.clone(),
+                ..with_checksums!(Part, sums)
             });
         }
         let next = parts
@@ -1808,13 +1790,8 @@ impl S3 for EmbeddedS3 {
             key: Some(key.clone()),
             location: Some(format!("/{bucket}/{key}")),
             e_tag: Some(quoted(&record.etag)),
-            checksum_crc32: record.checksums.crc32.clone(),
-            checksum_crc32c: record.checksums.crc32c.clone(),
-            checksum_sha1: record.checksums.sha1.clone(),
-            checksum_sha256: record.checksums.sha256.clone(),
-            checksum_crc64nvme: record.checksums.crc64nvme.clone(),
             checksum_type: checksum_type_of(&record),
-            ..Default::default()
+            ..with_checksums!(CompleteMultipartUploadOutput, record.checksums)
         }))
     }
 

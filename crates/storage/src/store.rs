@@ -286,6 +286,27 @@ impl Core {
         Ok(table.get(bucket).db()?.is_some())
     }
 
+    /// The current version of `bucket/key` and a stream of the bytes `choose` picks from it
+    /// (with whatever else `choose` derives, such as a checked precondition). A version replaced
+    /// between the lookup and the read is looked up again.
+    pub(crate) fn read<T>(
+        &self,
+        bucket: &str,
+        key: &str,
+        choose: impl Fn(&ObjectRecord) -> S3Result<(T, std::ops::Range<u64>)>,
+    ) -> S3Result<(ObjectRecord, T, StreamingBlob)> {
+        let mut attempt = 0;
+        loop {
+            let record = self.get_record(bucket, key)?;
+            let (chosen, range) = choose(&record)?;
+            match self.stream(&record, range) {
+                Ok(body) => return Ok((record, chosen, body)),
+                Err(e) if was_replaced(&e) && attempt < 3 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The bytes `range` (end exclusive) of an object, streamed from its segments. Data files
     /// are pinned until the stream ends so that an overwrite does not pull them away.
     pub(crate) fn stream(
@@ -393,9 +414,8 @@ fn replaced() -> S3Error {
     s3_error!(NoSuchKey, "{REPLACED}")
 }
 
-/// Whether [`Core::stream`] failed because the version it was given was replaced meanwhile
-/// (the current version can be read instead).
-pub(crate) fn was_replaced(e: &S3Error) -> bool {
+/// Whether [`Core::stream`] failed because the version it was given was replaced meanwhile.
+fn was_replaced(e: &S3Error) -> bool {
     e.message() == Some(REPLACED)
 }
 
@@ -593,23 +613,10 @@ pub(crate) fn drop_upload(txn: &WriteTransaction, upload_id: &str) -> S3Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embedded::request;
     use crate::s3::EmbeddedS3;
     use s3s::S3;
     use s3s::dto::*;
-
-    fn request<T>(input: T) -> s3s::S3Request<T> {
-        s3s::S3Request {
-            input,
-            method: http::Method::PUT,
-            uri: http::Uri::from_static("/"),
-            headers: http::HeaderMap::new(),
-            extensions: http::Extensions::new(),
-            credentials: None,
-            region: None,
-            service: None,
-            trailing_headers: None,
-        }
-    }
 
     #[tokio::test]
     async fn idle_multipart_uploads_are_aborted_and_their_parts_reclaimed() {
