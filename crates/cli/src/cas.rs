@@ -56,6 +56,9 @@ pub enum CasCommand {
     Status {
         #[arg(long, env = "CLOISTER_CAS_DATA_DIR", default_value = "cas-data")]
         data_dir: PathBuf,
+        /// Wait up to this long for a CAS that is starting (`cas serve &`) to answer.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
     },
     /// Give one unseal share to the local CAS.
     Unseal {
@@ -379,12 +382,18 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             running.shutdown().await;
             Ok(())
         }
-        CasCommand::Status { data_dir } => {
-            let status = LocalClient::new(&data_dir)
-                .map_err(client_error)?
-                .status()
-                .await
-                .map_err(client_error)?;
+        CasCommand::Status { data_dir, wait } => {
+            let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+            let client = LocalClient::new(&data_dir).map_err(client_error)?;
+            let status = loop {
+                match client.status().await {
+                    Ok(status) => break status,
+                    Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(client_error(e)),
+                }
+            };
             print_json(&status)
         }
         CasCommand::Unseal { share, data_dir } => {

@@ -199,20 +199,7 @@ pub async fn run(
 }
 
 pub async fn job_ls(client: &Client, service: &str, json: bool) -> anyhow::Result<()> {
-    let mut all = serde_json::Map::new();
-    let mut page = String::new();
-    loop {
-        let answer = client
-            .get_json(&format!("/system/logs/{service}?page={page}&limit=1000"))
-            .await?;
-        if let Some(jobs) = answer["jobs"].as_object() {
-            all.extend(jobs.clone());
-        }
-        match answer["next_page"].as_str() {
-            Some(next) if !next.is_empty() => page = next.to_owned(),
-            _ => break,
-        }
-    }
+    let all = list_jobs(client, service).await?;
     if json {
         return print_json(&Value::Object(all));
     }
@@ -230,6 +217,173 @@ pub async fn job_ls(client: &Client, service: &str, json: bool) -> anyhow::Resul
             job["finish_time"].as_str().unwrap_or("-"),
         );
     }
+    Ok(())
+}
+
+/// Every job of a service, by name, across the listing's pages.
+async fn list_jobs(client: &Client, service: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let mut all = serde_json::Map::new();
+    let mut page = String::new();
+    loop {
+        let answer = client
+            .get_json(&format!("/system/logs/{service}?page={page}&limit=1000"))
+            .await?;
+        if let Some(jobs) = answer["jobs"].as_object() {
+            all.extend(jobs.clone());
+        }
+        match answer["next_page"].as_str() {
+            Some(next) if !next.is_empty() => page = next.to_owned(),
+            _ => break,
+        }
+    }
+    Ok(all)
+}
+
+/// The name of a service's most recently created job.
+pub async fn latest_job(client: &Client, service: &str) -> anyhow::Result<String> {
+    let jobs = list_jobs(client, service).await?;
+    // RFC 3339 times in UTC compare as text; job names break ties so the choice is stable.
+    jobs.iter()
+        .max_by_key(|(name, job)| {
+            (
+                job["creation_time"].as_str().unwrap_or_default().to_owned(),
+                *name,
+            )
+        })
+        .map(|(name, _)| name.clone())
+        .ok_or_else(|| fail(exit::NOT_FOUND, format!("service {service} has no jobs")))
+}
+
+/// Polls a job until it has finished: Ok when it succeeded, exit 8 when it failed, exit 1
+/// after `timeout`.
+pub async fn job_wait(
+    client: &Client,
+    service: &str,
+    job: Option<&str>,
+    timeout: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let job = match job {
+        Some(job) => job.to_owned(),
+        None => loop {
+            // An upload's job is recorded as the upload is acknowledged, but a caller may
+            // start waiting before the upload that creates it.
+            match latest_job(client, service).await {
+                Ok(job) => break job,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        },
+    };
+    loop {
+        let jobs = list_jobs(client, service).await?;
+        let Some(record) = jobs.get(&job) else {
+            return Err(fail(
+                exit::NOT_FOUND,
+                format!("no job {job} in service {service}"),
+            ));
+        };
+        let status = record["status"].as_str().unwrap_or_default();
+        if matches!(status, "Succeeded" | "Failed") {
+            if json {
+                print_json(&json!({"job": job, "status": status}))?;
+            } else {
+                println!("{job} {status}");
+            }
+            return if status == "Succeeded" {
+                Ok(())
+            } else {
+                Err(fail(
+                    exit::JOB_FAILED,
+                    format!("job {job} failed (see `cloister job logs {service} {job}`)"),
+                ))
+            };
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(fail(
+                exit::FAILURE,
+                format!(
+                    "job {job} is still {status} after {}",
+                    humantime::format_duration(timeout)
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `GET /system/info`, as `key value` lines (nested objects flattened with dots).
+pub async fn info(client: &Client, json: bool) -> anyhow::Result<()> {
+    let info = client.get_json("/system/info").await?;
+    if json {
+        return print_json(&info);
+    }
+    fn lines(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    let key = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    lines(&key, value, out);
+                }
+            }
+            Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+            other => out.push((prefix.to_owned(), other.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    lines("", &info, &mut out);
+    let width = out.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in out {
+        println!("{key:<width$}  {value}");
+    }
+    Ok(())
+}
+
+/// Shell `export` lines for S3 clients, from `GET /system/config`'s `minio_provider`.
+pub async fn env(client: &Client) -> anyhow::Result<()> {
+    let config = client.get_json("/system/config").await?;
+    let provider = &config["minio_provider"];
+    let field = |name: &str| {
+        provider[name].as_str().map(str::to_owned).ok_or_else(|| {
+            fail(
+                exit::UNAVAILABLE,
+                format!("the server's configuration has no S3 {name}"),
+            )
+        })
+    };
+    let (endpoint, access_key, secret_key) = (field("endpoint")?, field("access_key")?, field("secret_key")?);
+    let region = provider["region"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        .unwrap_or("us-east-1");
+    let vars = [
+        ("AWS_ACCESS_KEY_ID", access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", secret_key.as_str()),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_DEFAULT_REGION", region),
+        ("RCLONE_CONFIG_CLOISTER_TYPE", "s3"),
+        ("RCLONE_CONFIG_CLOISTER_PROVIDER", "Other"),
+        ("RCLONE_CONFIG_CLOISTER_ENDPOINT", endpoint.as_str()),
+        ("RCLONE_CONFIG_CLOISTER_REGION", region),
+        ("RCLONE_CONFIG_CLOISTER_ACCESS_KEY_ID", access_key.as_str()),
+        ("RCLONE_CONFIG_CLOISTER_SECRET_ACCESS_KEY", secret_key.as_str()),
+    ];
+    let mut out = String::new();
+    for (name, value) in vars {
+        // Single quotes keep every byte literal; a quote inside is closed, escaped, reopened.
+        out.push_str(&format!("export {name}='{}'\n", value.replace('\'', r"'\''")));
+    }
+    if endpoint.starts_with("http://") {
+        // A CA bundle means nothing to a plain-HTTP endpoint, but rclone's AWS SDK refuses to
+        // start with one set (LoadCustomCABundleError).
+        out.push_str("unset AWS_CA_BUNDLE\n");
+    }
+    print!("{out}");
     Ok(())
 }
 

@@ -110,6 +110,12 @@ enum Command {
     Encrypt(crypt::EncryptArgs),
     /// Decrypt a file made by `encrypt` (or `put --encrypt`).
     Decrypt(crypt::DecryptArgs),
+    /// Show the server's information: version, executor, this host's simulation TEE key.
+    Info,
+    /// Print shell `export` lines that point S3 clients at this server's S3 endpoint:
+    /// `eval "$(cloister env)"`, then the AWS CLI, boto3, s3cmd (`--access_key=$AWS_ACCESS_KEY_ID`
+    /// …) and rclone (remote `cloister:`) work. The lines carry the S3 secret key.
+    Env,
     /// List objects under `bucket[/prefix]`.
     Ls {
         /// `bucket` or `bucket/prefix`.
@@ -166,8 +172,8 @@ enum JobCommand {
     Logs {
         /// Service name.
         service: String,
-        /// Job name.
-        job: String,
+        /// Job name; the service's latest job when absent.
+        job: Option<String>,
         /// Prefix each line with its time.
         #[arg(long)]
         timestamps: bool,
@@ -176,6 +182,16 @@ enum JobCommand {
         /// lines as a JSON array).
         #[arg(long = "decrypt", value_name = "IDENTITY")]
         decrypt: Option<PathBuf>,
+    },
+    /// Wait until a job has finished; exit 0 when it succeeded, 8 when it failed.
+    Wait {
+        /// Service name.
+        service: String,
+        /// Job name; the service's latest job when absent.
+        job: Option<String>,
+        /// Give up after this long (exit 1).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Delete one job, or the succeeded jobs of a service (all with --all).
     Rm {
@@ -258,12 +274,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     job,
                     timestamps,
                     decrypt,
-                }) => match decrypt {
-                    Some(identity) => {
-                        commands::job_sealed_logs(&client, &service, &job, timestamps, &identity, json).await
+                }) => {
+                    let job = match job {
+                        Some(job) => job,
+                        None => commands::latest_job(&client, &service).await?,
+                    };
+                    match decrypt {
+                        Some(identity) => {
+                            commands::job_sealed_logs(&client, &service, &job, timestamps, &identity, json)
+                                .await
+                        }
+                        None => commands::job_logs(&client, &service, &job, timestamps).await,
                     }
-                    None => commands::job_logs(&client, &service, &job, timestamps).await,
-                },
+                }
+                Command::Job(JobCommand::Wait {
+                    service,
+                    job,
+                    timeout,
+                }) => commands::job_wait(&client, &service, job.as_deref(), timeout, json).await,
+                Command::Info => commands::info(&client, json).await,
+                Command::Env => commands::env(&client).await,
                 Command::Job(JobCommand::Rm { service, job, all }) => {
                     commands::job_rm(&client, &service, job.as_deref(), all).await
                 }

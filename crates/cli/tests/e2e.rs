@@ -114,6 +114,38 @@ async fn upload_runs_a_job_and_everything_survives_restart() {
     let out = assert_ok(&server.cli(&["run", "uppercase", "--input", input.to_str().unwrap()]));
     assert_eq!(out, "VIA CLI\n");
 
+    // `cloister env` points S3 clients at this server, with values a shell reads back intact;
+    // `cloister info` shows the server's fields, the simulation platform key among them.
+    let config = server.get_json("/system/config").await;
+    let exports = assert_ok(&server.cli(&["env"]));
+    let echoed = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{exports}\necho \"$AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY $AWS_ENDPOINT_URL\""
+        ))
+        .output()
+        .unwrap();
+    let provider = &config["minio_provider"];
+    assert_eq!(
+        String::from_utf8_lossy(&echoed.stdout).trim(),
+        format!(
+            "{} {} {}",
+            provider["access_key"].as_str().unwrap(),
+            provider["secret_key"].as_str().unwrap(),
+            provider["endpoint"].as_str().unwrap()
+        )
+    );
+    let info = assert_ok(&server.cli(&["info"]));
+    let key = server.get_json("/system/info").await["simulation_platform_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        info.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["simulation_platform_key", &key]),
+        "{info}"
+    );
+
     // The CLI moves files through S3 and lists them.
     let local = dir.path().join("cli-put.txt");
     std::fs::write(&local, "put by the cli\n").unwrap();
@@ -189,6 +221,15 @@ async fn failing_script_marks_the_job_failed() {
         log.contains("about to fail") && log.contains("script exited with code 7"),
         "{log}"
     );
+    // `job wait` and `job logs` without a job name take the latest job; a failed one exits 8.
+    let waited = server.cli(&["job", "wait", "broken"]);
+    assert_eq!(waited.status.code(), Some(8), "{waited:?}");
+    assert!(String::from_utf8_lossy(&waited.stdout).contains(&format!("{name} Failed")));
+    let latest = server.cli(&["job", "logs", "broken"]);
+    assert_ok(&latest);
+    assert!(String::from_utf8_lossy(&latest.stdout).contains("about to fail"));
+    let none = server.cli(&["job", "wait", "nosuch", "--timeout", "1s"]);
+    assert_eq!(none.status.code(), Some(3), "{none:?}");
     // A failing synchronous invocation answers 500 and the CLI exits with 8.
     let out = server.cli(&["run", "broken"]);
     assert_eq!(

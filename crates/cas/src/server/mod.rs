@@ -138,6 +138,9 @@ struct Cas {
     snp: SnpVerifier,
     sim: RwLock<SimVerifier>,
     unsealed: watch::Sender<bool>,
+    /// The network port's address once it is open, so the unseal that opens it can answer
+    /// when clients can connect.
+    network_open: watch::Receiver<Option<SocketAddr>>,
     /// Parsed sessions with their secrets, so an attestation does not re-parse YAML.
     cache: SessionCache<Loaded>,
     /// Attestations' audit entries (releases and refusals), written by group commit.
@@ -167,6 +170,7 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> Result<RunningCas, S
     std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let (unsealed, mut unsealed_rx) = watch::channel(!vault.status().sealed);
     let (auth, open_at) = Authenticator::starting_now();
+    let (addr_tx, addr_rx) = watch::channel(None);
     let cas = Arc::new(Cas {
         vault: vault.clone(),
         auth,
@@ -177,6 +181,7 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> Result<RunningCas, S
         snp: SnpVerifier::new(),
         sim: RwLock::new(SimVerifier::new(Vec::<[u8; 32]>::new())),
         unsealed,
+        network_open: addr_rx.clone(),
         cache: SessionCache::default(),
         releases: AuditWriter::start(vault.clone()),
         config: config.clone(),
@@ -189,7 +194,6 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> Result<RunningCas, S
             .map_err(ServeError::CollateralFloor)?;
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (addr_tx, addr_rx) = watch::channel(None);
     let mut tasks = Vec::new();
 
     let local = local_router(cas.clone());

@@ -27,7 +27,8 @@ pub(super) async fn status(State(cas): CasState) -> impl IntoResponse {
     })
 }
 
-/// `POST /v1/unseal`: one Shamir share; the last one opens the vault and the network port.
+/// `POST /v1/unseal`: one Shamir share; the last one opens the vault and the network port,
+/// and is answered once the port is open.
 pub(super) async fn unseal(State(cas): CasState, body: Bytes) -> CasResult<impl IntoResponse> {
     let request: UnsealRequest =
         serde_json::from_slice(&body).map_err(|e| bad(format!("malformed unseal request: {e}")))?;
@@ -52,6 +53,14 @@ pub(super) async fn unseal(State(cas): CasState, body: Bytes) -> CasResult<impl 
                 );
                 let _ = cas.unsealed.send(true);
                 tracing::info!("CAS unsealed");
+                // Answer once the network port accepts connections (it opens about a second
+                // after the start at the earliest), so a script can use it right away.
+                let mut open = cas.network_open.clone();
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    open.wait_for(|addr| addr.is_some()),
+                )
+                .await;
             }
             Ok(axum::Json(
                 json!({"sealed": status.sealed, "shares_provided": status.shares_provided, "threshold": status.threshold}),

@@ -245,13 +245,26 @@ impl Server {
     }
 
     /// Waits until `service` has `count` finished jobs and returns all its jobs.
+    /// Every job record of a service, across the listing's pages.
+    pub async fn all_jobs(&self, service: &str) -> serde_json::Map<String, Value> {
+        let mut all = serde_json::Map::new();
+        let mut page = String::new();
+        loop {
+            let answer = self
+                .get_json(&format!("/system/logs/{service}?page={page}&limit=1000"))
+                .await;
+            all.extend(answer["jobs"].as_object().cloned().unwrap_or_default());
+            match answer["next_page"].as_str() {
+                Some(next) if !next.is_empty() => page = next.to_owned(),
+                _ => return all,
+            }
+        }
+    }
+
     pub async fn wait_jobs(&self, service: &str, count: usize) -> serde_json::Map<String, Value> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let jobs = self.get_json(&format!("/system/logs/{service}?page=")).await["jobs"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default();
+            let jobs = self.all_jobs(service).await;
             let finished = jobs
                 .values()
                 .filter(|j| matches!(j["status"].as_str(), Some("Succeeded" | "Failed")))
