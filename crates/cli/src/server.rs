@@ -65,6 +65,11 @@ pub struct ServerArgs {
     #[arg(long, env = "CLOISTER_MAX_SYNC_INVOCATIONS",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_sync_invocations: Option<usize>,
+    /// MiB of each database (the state, the object index) kept in memory: the server's memory
+    /// is bounded by this, not by how many jobs and objects it has seen.
+    #[arg(long, env = "CLOISTER_DB_CACHE_MIB", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub db_cache_mib: u64,
     /// Most log kept per job, in KiB.
     #[arg(long, env = "CLOISTER_LOG_LIMIT_KIB", default_value_t = 1024)]
     pub log_limit_kib: usize,
@@ -217,6 +222,7 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
         runtime_binary: args.runtime_binary.clone().or_else(default_runtime_binary),
         plain_dir: args.plain_dir.clone().unwrap_or_else(default_plain_dir),
         work_dir: args.work_dir.clone(),
+        db_cache_bytes: usize::try_from(args.db_cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
     })
 }
 

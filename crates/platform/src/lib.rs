@@ -72,6 +72,8 @@ pub struct Config {
     pub plain_dir: PathBuf,
     /// Where plain jobs' work directories live while they run; `None` is `<data_dir>/work`.
     pub work_dir: Option<PathBuf>,
+    /// How much of each database (the state, the object index) is kept in memory.
+    pub db_cache_bytes: usize,
 }
 
 /// Shared by the API handlers, the dispatcher and the workers.
@@ -134,12 +136,18 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     // Jobs run in their own working directories, so every path handed to them is absolute.
     config.data_dir = config.data_dir.canonicalize()?;
-    let state =
-        Arc::new(State::open(&config.data_dir.join("state.redb")).context("cannot open the state database")?);
+    let state = Arc::new(
+        State::open_with_cache(&config.data_dir.join("state.redb"), config.db_cache_bytes)
+            .context("cannot open the state database")?,
+    );
     let (queue_tx, queue_rx) = tokio::sync::mpsc::unbounded_channel();
     let dispatcher = Arc::new(Dispatcher::new(state.clone(), queue_tx)?);
-    let store = Store::open(&config.data_dir.join("objects"), dispatcher.clone())
-        .context("cannot open the object store")?;
+    let store = Store::open_with_cache(
+        &config.data_dir.join("objects"),
+        dispatcher.clone(),
+        config.db_cache_bytes,
+    )
+    .context("cannot open the object store")?;
 
     let api_listener = TcpListener::bind(config.listen)
         .await

@@ -19,6 +19,9 @@ use time::OffsetDateTime;
 
 use crate::fdl::Service;
 
+/// How much of the state database [`State::open`] keeps in memory.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const JOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("jobs");
 const LOGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("logs");
@@ -246,9 +249,15 @@ fn service_range(service: &str) -> std::ops::RangeInclusive<(&str, &str)> {
 }
 
 impl State {
-    /// Opens (creating if needed) the database file.
+    /// Opens (creating if needed) the database file, with the default cache.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let db = Database::create(path)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (creating if needed) the database file; redb keeps at most `cache_bytes` of it in
+    /// memory (its own default, 1 GiB, let the server grow with its job history).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StateError> {
+        let db = redb::Builder::new().set_cache_size(cache_bytes).create(path)?;
         let txn = db.begin_write()?;
         let _ = txn.open_table(BUCKETS)?;
         let _ = txn.open_table(SERVICES)?;

@@ -390,6 +390,7 @@ mod tests {
             runtime_binary: None,
             plain_dir: dir.join("plain"),
             work_dir: None,
+            db_cache_bytes: crate::state::DEFAULT_CACHE_BYTES,
         };
         let platform = Arc::new(Platform {
             state: state.clone(),

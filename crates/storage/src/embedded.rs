@@ -58,8 +58,18 @@ impl Store {
     /// Opens (creating if needed) the store rooted at `root`, migrating a data directory of
     /// the earlier s3s-fs layout on first start.
     pub fn open(root: &Path, events: Arc<dyn ObjectEvents>) -> Result<Self, StorageError> {
+        Self::open_with_cache(root, events, crate::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Self::open`], keeping at most `cache_bytes` of the index in memory (so the server's
+    /// memory is bounded by configuration, not by how many objects it has stored).
+    pub fn open_with_cache(
+        root: &Path,
+        events: Arc<dyn ObjectEvents>,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
         Ok(Self {
-            s3: EmbeddedS3(Core::open(root, events)?),
+            s3: EmbeddedS3(Core::open(root, events, cache_bytes)?),
         })
     }
 
@@ -67,7 +77,12 @@ impl Store {
     /// of orphaned data files, no reclamation (a server start does those).
     pub fn inspect(root: &Path) -> Result<Self, StorageError> {
         Ok(Self {
-            s3: EmbeddedS3(Core::open_as(root, Arc::new(crate::NoEvents), false)?),
+            s3: EmbeddedS3(Core::open_as(
+                root,
+                Arc::new(crate::NoEvents),
+                false,
+                crate::DEFAULT_CACHE_BYTES,
+            )?),
         })
     }
 

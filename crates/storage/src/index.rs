@@ -249,8 +249,9 @@ pub(crate) struct Index {
 const MAX_BATCH: usize = 512;
 
 impl Index {
-    pub(crate) fn open(path: &Path) -> Result<Arc<Self>, IndexError> {
-        let db = Arc::new(Database::create(path)?);
+    /// Opens (creating if needed) the index; redb keeps at most `cache_bytes` of it in memory.
+    pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Arc<Self>, IndexError> {
+        let db = Arc::new(redb::Builder::new().set_cache_size(cache_bytes).create(path)?);
         let txn = db.begin_write()?;
         {
             let _ = txn.open_table(BUCKETS)?;

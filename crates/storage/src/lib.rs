@@ -36,6 +36,9 @@ const BLOBS_DIR: &str = ".cloister/blobs";
 /// The region the endpoint reports (clients sign with whatever region they like).
 const REGION: &str = "us-east-1";
 
+/// How much of the object index [`Store::open`] keeps in memory.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

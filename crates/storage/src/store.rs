@@ -45,8 +45,12 @@ pub(crate) fn time_of(ns: i64) -> OffsetDateTime {
 }
 
 impl Core {
-    pub(crate) fn open(root: &Path, events: Arc<dyn ObjectEvents>) -> Result<Arc<Self>, crate::StorageError> {
-        Self::open_as(root, events, true)
+    pub(crate) fn open(
+        root: &Path,
+        events: Arc<dyn ObjectEvents>,
+        cache_bytes: usize,
+    ) -> Result<Arc<Self>, crate::StorageError> {
+        Self::open_as(root, events, true, cache_bytes)
     }
 
     /// Opens the store; `recover` finishes what a crash interrupted (migration, orphaned data
@@ -55,6 +59,7 @@ impl Core {
         root: &Path,
         events: Arc<dyn ObjectEvents>,
         recover: bool,
+        cache_bytes: usize,
     ) -> Result<Arc<Self>, crate::StorageError> {
         if !recover {
             let index_path = root.join(crate::INDEX_FILE);
@@ -64,7 +69,8 @@ impl Core {
                     root.display()
                 )));
             }
-            let index = Index::open(&index_path).map_err(|e| crate::StorageError::Backend(e.to_string()))?;
+            let index = Index::open(&index_path, cache_bytes)
+                .map_err(|e| crate::StorageError::Backend(e.to_string()))?;
             let blobs = Arc::new(Blobs::open(root.join(crate::BLOBS_DIR))?);
             return Ok(Arc::new(Self { index, blobs, events }));
         }
@@ -72,7 +78,8 @@ impl Core {
         std::fs::create_dir_all(root.join(crate::STORE_DIR))?;
         let index_path = root.join(crate::INDEX_FILE);
         let legacy = !index_path.exists() && crate::migrate::has_legacy_layout(root)?;
-        let index = Index::open(&index_path).map_err(|e| crate::StorageError::Backend(e.to_string()))?;
+        let index =
+            Index::open(&index_path, cache_bytes).map_err(|e| crate::StorageError::Backend(e.to_string()))?;
         let blobs = Arc::new(Blobs::open(root.join(crate::BLOBS_DIR))?);
         if legacy || crate::migrate::pending(&index)? {
             crate::migrate::run(root, &index, &blobs)?;
@@ -621,7 +628,7 @@ mod tests {
     #[tokio::test]
     async fn idle_multipart_uploads_are_aborted_and_their_parts_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
-        let core = Core::open(dir.path(), Arc::new(crate::NoEvents)).unwrap();
+        let core = Core::open(dir.path(), Arc::new(crate::NoEvents), crate::DEFAULT_CACHE_BYTES).unwrap();
         let s3 = EmbeddedS3(core.clone());
         s3.create_bucket(request(CreateBucketInput {
             bucket: "bkt".into(),
