@@ -301,7 +301,7 @@ async fn run(
         cgroups: &cgroups,
         slot: "",
         log_limit: job.log_limit.min(MAX_SEALED_LOG),
-        keep_stdout: false,
+        keep_stdout: None,
     };
     let run = cloister_runtime::run_program(options, std::future::pending(), || {}).await;
     let code = exit_code_text(run.exit_code);
