@@ -516,11 +516,13 @@ pub async fn run_program(
 
     let mut logged = 0usize;
     let mut truncated = false;
-    let stdout_overflow = std::cell::Cell::new(false);
+    let mut stdout_overflow = false;
+    // Keeps a line; answers whether it took stdout past what is kept.
     let mut collect = |run: &mut ScriptRun, (stream, time, line): (Stream, OffsetDateTime, Vec<u8>)| {
+        let mut overflow = false;
         if let (Some(limit), Stream::Out) = (keep_stdout, stream) {
             if run.stdout.len() + line.len() > limit {
-                stdout_overflow.set(true);
+                overflow = true;
             } else {
                 run.stdout.extend_from_slice(&line);
             }
@@ -533,7 +535,7 @@ pub async fn run_program(
                     text: format!("cloister: log truncated at {log_limit} bytes"),
                 });
             }
-            return;
+            return overflow;
         }
         logged += line.len();
         let text = String::from_utf8_lossy(&line);
@@ -542,6 +544,7 @@ pub async fn run_program(
             time,
             text: text.to_owned(),
         });
+        overflow
     };
 
     let deadline = tokio::time::sleep(limits.timeout);
@@ -550,8 +553,8 @@ pub async fn run_program(
         tokio::select! {
             status = child.wait() => break Some(status),
             Some(line) = rx.recv() => {
-                collect(&mut run, line);
-                if stdout_overflow.get() {
+                if collect(&mut run, line) {
+                    stdout_overflow = true;
                     run.failure = Some(RunFailure::StdoutTooLarge(keep_stdout.unwrap_or_default()));
                     break None;
                 }
@@ -580,12 +583,12 @@ pub async fn run_program(
     // Pipes close once every process holding them is gone; bound the wait regardless.
     let drain = async {
         while let Some(line) = rx.recv().await {
-            collect(&mut run, line);
+            stdout_overflow |= collect(&mut run, line);
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     // What it wrote before it exited counts too.
-    if stdout_overflow.get() && run.failure.is_none() {
+    if stdout_overflow && run.failure.is_none() {
         run.failure = keep_stdout.map(RunFailure::StdoutTooLarge);
     }
     for reader in readers.into_iter().flatten() {
