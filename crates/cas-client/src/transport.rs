@@ -199,7 +199,10 @@ impl Transport {
         match tokio::time::timeout(self.connect_timeout, self.open()).await {
             Ok(connection) => connection,
             Err(_) => Err(ClientError::Unavailable {
-                message: format!("cannot connect to {} within {:?}", self.name, self.connect_timeout),
+                message: format!(
+                    "cannot connect to {} within {:?}",
+                    self.name, self.connect_timeout
+                ),
                 sent: false,
             }),
         }
@@ -219,21 +222,19 @@ impl Transport {
                     .map_err(|e| unavailable(&format!("cannot connect to {name}"), &e, false))?;
                 // Requests are small and answered at once: waiting to fill segments only
                 // adds latency.
-                tcp.set_nodelay(true)
-                    .map_err(|e| unavailable(&format!("cannot set up the connection to {name}"), &e, false))?;
-                let tls = connector
-                    .connect(server_name.clone(), tcp)
-                    .await
-                    .map_err(|e| {
-                        let context = format!("TLS handshake with {name} failed");
-                        // rustls reports its verdicts (a certificate that does not match the
-                        // pin) as invalid data; anything else is the connection failing.
-                        if e.kind() == std::io::ErrorKind::InvalidData {
-                            failure(&context, &e)
-                        } else {
-                            unavailable(&context, &e, false)
-                        }
-                    })?;
+                tcp.set_nodelay(true).map_err(|e| {
+                    unavailable(&format!("cannot set up the connection to {name}"), &e, false)
+                })?;
+                let tls = connector.connect(server_name.clone(), tcp).await.map_err(|e| {
+                    let context = format!("TLS handshake with {name} failed");
+                    // rustls reports its verdicts (a certificate that does not match the
+                    // pin) as invalid data; anything else is the connection failing.
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        failure(&context, &e)
+                    } else {
+                        unavailable(&context, &e, false)
+                    }
+                })?;
                 handshake(TokioIo::new(tls), name).await
             }
             Endpoint::Unix(path) => {

@@ -838,14 +838,30 @@ wc -c < "$INPUT_FILE_PATH"
 "#;
     let mut options = options(dir.path(), CgroupSupport::None);
     options.synchronous = true;
-    for size in [10, EVENT_INLINE_MAX, EVENT_INLINE_MAX + 1, 100 * 1024, 1 << 20, 8 << 20] {
+    for size in [
+        10,
+        EVENT_INLINE_MAX,
+        EVENT_INLINE_MAX + 1,
+        100 * 1024,
+        1 << 20,
+        8 << 20,
+    ] {
         let body = "x".repeat(size);
         let mut spec = spec(script);
         spec.event = body.clone();
         spec.input = JobInput::Inline(body.into_bytes());
         let outcome = run(&spec, &io, &options).await;
-        assert_eq!(outcome.status, Status::Succeeded, "{size}: {}", log_text(&outcome));
-        let inline = if size <= EVENT_INLINE_MAX { "inline" } else { "file" };
+        assert_eq!(
+            outcome.status,
+            Status::Succeeded,
+            "{size}: {}",
+            log_text(&outcome)
+        );
+        let inline = if size <= EVENT_INLINE_MAX {
+            "inline"
+        } else {
+            "file"
+        };
         assert_eq!(
             String::from_utf8_lossy(&outcome.stdout),
             format!("event={inline}\nevent-file-matches\n{size}\n"),
@@ -867,7 +883,10 @@ async fn an_oversized_variable_is_named() {
     let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
     assert_eq!(outcome.status, Status::Failed);
     let reason = outcome.reason.clone().unwrap();
-    assert!(reason.contains("HUGE") && reason.contains("204800 bytes"), "{reason}");
+    assert!(
+        reason.contains("HUGE") && reason.contains("204800 bytes"),
+        "{reason}"
+    );
     assert!(!log_text(&outcome).contains("started"));
 }
 
@@ -893,7 +912,10 @@ async fn stdout_beyond_the_synchronous_limit_fails_the_run() {
     let outcome = run(&over, &io, &options).await;
     assert_eq!(outcome.status, Status::Failed);
     let reason = outcome.reason.unwrap();
-    assert!(reason.contains("stdout exceeds the limit of 65536 bytes"), "{reason}");
+    assert!(
+        reason.contains("stdout exceeds the limit of 65536 bytes"),
+        "{reason}"
+    );
 
     // A script that would write forever is stopped at the limit, not at its timeout.
     let endless = spec("yes");

@@ -12,6 +12,8 @@ use http::StatusCode;
 const FIRST_PAUSE: Duration = Duration::from_millis(200);
 /// The longest pause between attempts.
 const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// Time kept for the last attempt before the deadline (a refused connection is told at once).
+const LAST_ATTEMPT: Duration = Duration::from_millis(100);
 
 /// What may be sent again after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +95,11 @@ where
                 sent: true,
             },
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left < pause {
+        // The pause is shortened to leave time for a last attempt before the deadline.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(LAST_ATTEMPT);
+        if left.is_zero() {
             return Err(WaitFailure::Unreachable(Unreachable {
                 cas: cas.to_owned(),
                 attempts,
@@ -102,14 +107,15 @@ where
                 last: error,
             }));
         }
+        let pause_now = pause.min(left);
         if attempts.is_power_of_two() {
             log(&format!(
                 "cloister: the CAS at {cas} is unavailable ({error}); trying again (attempt {attempts}, next in \
                  {:.1} s)",
-                pause.as_secs_f64()
+                pause_now.as_secs_f64()
             ));
         }
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(pause_now).await;
         pause = (pause * 2).min(MAX_PAUSE);
     }
 }

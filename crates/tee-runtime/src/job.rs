@@ -22,8 +22,10 @@ use crate::volumes::{self, VolumeContext};
 
 /// Largest `job.json` accepted (it holds names and paths, not data).
 const MAX_JOB_FILE: u64 = 1024 * 1024;
-/// Largest event handed to the program (`EVENT`).
-const MAX_EVENT: usize = 64 * 1024;
+/// Largest event handed to the program (`EVENT`): what a plain job gets inline.
+const MAX_EVENT: usize = cloister_runtime::EVENT_INLINE_MAX;
+/// The file in the plaintext folder that holds the event (`EVENT_FILE`).
+const EVENT_FILE_NAME: &str = "event.json";
 /// Most bytes of the program's output kept in its encrypted log, whatever the job asks.
 const MAX_SEALED_LOG: usize = 16 * 1024 * 1024;
 /// How long a volume commit waits for an unavailable CAS, after the program: well inside the
@@ -186,6 +188,9 @@ async fn run(
     for dir in ["input", "output", "tmp", "files", "volumes"] {
         std::fs::create_dir(plain.join(dir)).map_err(JobFailure::PlainLayout)?;
     }
+    // As for plain jobs: `EVENT_FILE` holds the event (here never larger than `EVENT` holds).
+    write_private(&plain.join(EVENT_FILE_NAME), job.event.as_bytes(), 0o600)
+        .map_err(JobFailure::PlainLayout)?;
     let mut staged_files = BTreeMap::new();
     for file in &files {
         let relative =
@@ -416,9 +421,10 @@ async fn run(
             // the commit waits for it a while (the host gives the runtime this long beyond
             // the job's timeout).
             let until = Instant::now() + COMMIT_PATIENCE;
-            let committed =
-                cas_wait::with_retries(&job.cas, until, Repeat::UnlessSent, log, || client.commit_volume(&commit))
-                    .await;
+            let committed = cas_wait::with_retries(&job.cas, until, Repeat::UnlessSent, log, || {
+                client.commit_volume(&commit)
+            })
+            .await;
             match committed {
                 Ok(now) => {
                     log(&format!(
@@ -633,6 +639,7 @@ fn script_environment(
         ("TMP_INPUT_DIR".into(), path(&plain.join("input"))),
         ("TMP_OUTPUT_DIR".into(), path(&plain.join("output"))),
         ("EVENT".into(), job.event.clone()),
+        ("EVENT_FILE".into(), path(&plain.join(EVENT_FILE_NAME))),
         ("EVENT_TIME".into(), job.event_time.clone()),
         ("JOB_UUID".into(), job.job_uuid.clone()),
         ("JOB_NAME".into(), job.job_name.clone()),
