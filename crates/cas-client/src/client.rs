@@ -25,8 +25,18 @@ pub enum ClientError {
         /// The CAS's reason.
         message: String,
     },
-    /// The CAS could not be reached, did not answer in time, TLS failed (for instance a pin
-    /// mismatch) or its answer was cut short or too large.
+    /// The connection to the CAS failed or closed, or connecting or the exchange took too
+    /// long: the CAS is down, restarting or overloaded, and may answer a later attempt.
+    #[error("cannot reach the CAS: {message}")]
+    Unavailable {
+        /// What failed.
+        message: String,
+        /// Whether the request may have reached the CAS (it failed or timed out after it was
+        /// sent): trying again could then do it twice.
+        sent: bool,
+    },
+    /// TLS failed (for instance a pin mismatch), or the answer was too large or not HTTP:
+    /// trying again would meet the same CAS.
     #[error("cannot reach the CAS: {0}")]
     Transport(String),
     /// A request needs a client key.

@@ -169,10 +169,10 @@ impl Transport {
                 Ok(Err(Failure::NotSent(unsent, _))) if reused => request = *unsent,
                 Ok(Err(Failure::NotSent(_, e) | Failure::Failed(e))) => return Err(e),
                 Err(_) => {
-                    return Err(ClientError::Transport(format!(
-                        "{} did not answer within {:?}",
-                        self.name, self.request_timeout
-                    )));
+                    return Err(ClientError::Unavailable {
+                        message: format!("{} did not answer within {:?}", self.name, self.request_timeout),
+                        sent: true,
+                    });
                 }
             }
         }
@@ -198,10 +198,13 @@ impl Transport {
     async fn connect(&self) -> Result<Connection, ClientError> {
         match tokio::time::timeout(self.connect_timeout, self.open()).await {
             Ok(connection) => connection,
-            Err(_) => Err(ClientError::Transport(format!(
-                "cannot connect to {} within {:?}",
-                self.name, self.connect_timeout
-            ))),
+            Err(_) => Err(ClientError::Unavailable {
+                message: format!(
+                    "cannot connect to {} within {:?}",
+                    self.name, self.connect_timeout
+                ),
+                sent: false,
+            }),
         }
     }
 
@@ -216,21 +219,28 @@ impl Transport {
             } => {
                 let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await
-                    .map_err(|e| failure(&format!("cannot connect to {name}"), &e))?;
+                    .map_err(|e| unavailable(&format!("cannot connect to {name}"), &e, false))?;
                 // Requests are small and answered at once: waiting to fill segments only
                 // adds latency.
-                tcp.set_nodelay(true)
-                    .map_err(|e| failure(&format!("cannot set up the connection to {name}"), &e))?;
-                let tls = connector
-                    .connect(server_name.clone(), tcp)
-                    .await
-                    .map_err(|e| failure(&format!("TLS handshake with {name} failed"), &e))?;
+                tcp.set_nodelay(true).map_err(|e| {
+                    unavailable(&format!("cannot set up the connection to {name}"), &e, false)
+                })?;
+                let tls = connector.connect(server_name.clone(), tcp).await.map_err(|e| {
+                    let context = format!("TLS handshake with {name} failed");
+                    // rustls reports its verdicts (a certificate that does not match the
+                    // pin) as invalid data; anything else is the connection failing.
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        failure(&context, &e)
+                    } else {
+                        unavailable(&context, &e, false)
+                    }
+                })?;
                 handshake(TokioIo::new(tls), name).await
             }
             Endpoint::Unix(path) => {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
-                    .map_err(|e| failure(&format!("cannot connect to {name}"), &e))?;
+                    .map_err(|e| unavailable(&format!("cannot connect to {name}"), &e, false))?;
                 handshake(TokioIo::new(stream), name).await
             }
         }
@@ -243,7 +253,7 @@ where
 {
     let (sender, connection) = http1::handshake(io)
         .await
-        .map_err(|e| failure(&format!("HTTP with {name} failed"), &e))?;
+        .map_err(|e| unavailable(&format!("HTTP with {name} failed"), &e, false))?;
     let driver = tokio::spawn(async move {
         // Its errors reach the request that was in flight; none is left to tell otherwise.
         let _ = connection.await;
@@ -256,16 +266,16 @@ async fn exchange(connection: &mut Connection, request: Request<Full<Bytes>>) ->
     if let Err(e) = connection.sender.ready().await {
         return Err(Failure::NotSent(
             Box::new(request),
-            failure("the connection to the CAS closed", &e),
+            unavailable("the connection to the CAS closed", &e, false),
         ));
     }
     let response = match connection.sender.try_send_request(request).await {
         Ok(response) => response,
         Err(mut e) => {
-            let error = failure("the request to the CAS failed", e.error());
+            let context = "the request to the CAS failed";
             return Err(match e.take_message() {
-                Some(request) => Failure::NotSent(Box::new(request), error),
-                None => Failure::Failed(error),
+                Some(request) => Failure::NotSent(Box::new(request), unavailable(context, e.error(), false)),
+                None => Failure::Failed(unavailable(context, e.error(), true)),
             });
         }
     };
@@ -280,7 +290,7 @@ async fn exchange(connection: &mut Connection, request: Request<Full<Bytes>>) ->
                     MAX_ANSWER_BYTES >> 20
                 ))
             } else {
-                failure("reading the CAS's answer failed", e.as_ref())
+                unavailable("reading the CAS's answer failed", e.as_ref(), true)
             }
         })?;
     Ok(Response {
@@ -292,6 +302,19 @@ async fn exchange(connection: &mut Connection, request: Request<Full<Bytes>>) ->
 /// A transport error with its whole cause chain (a TLS failure such as a pin mismatch is only
 /// named deep in it).
 fn failure(context: &str, error: &(dyn std::error::Error + 'static)) -> ClientError {
+    ClientError::Transport(chain(context, error))
+}
+
+/// [`ClientError::Unavailable`] with the error's whole cause chain; `sent` when the request
+/// may have reached the CAS.
+fn unavailable(context: &str, error: &(dyn std::error::Error + 'static), sent: bool) -> ClientError {
+    ClientError::Unavailable {
+        message: chain(context, error),
+        sent,
+    }
+}
+
+fn chain(context: &str, error: &(dyn std::error::Error + 'static)) -> String {
     let mut message = format!("{context}: {error}");
     let mut source = error.source();
     while let Some(cause) = source {
@@ -299,7 +322,7 @@ fn failure(context: &str, error: &(dyn std::error::Error + 'static)) -> ClientEr
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    ClientError::Transport(message)
+    message
 }
 
 /// Splits `https://host[:port]` (a trailing `/` allowed) into host, port and the authority for
@@ -513,11 +536,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_absent_server_is_a_transport_error() {
+    async fn an_absent_server_is_unavailable_and_was_not_sent_to() {
         let dir = tempfile::tempdir().unwrap();
         let transport = Transport::unix(dir.path().join("absent.sock"));
         match get(&transport).await {
-            Err(ClientError::Transport(message)) => assert!(message.contains("cannot connect"), "{message}"),
+            Err(ClientError::Unavailable { message, sent: false }) => {
+                assert!(message.contains("cannot connect"), "{message}")
+            }
             other => panic!("{:?}", other.map(|r| r.status)),
         }
     }
@@ -545,8 +570,9 @@ mod tests {
         let server = unix_server(Behaviour::Silent);
         let mut transport = Transport::unix(server.path.clone());
         transport.set_timeouts(Duration::from_secs(5), Duration::from_millis(300));
+        // The request left: trying again could make it twice.
         match get(&transport).await {
-            Err(ClientError::Transport(message)) => {
+            Err(ClientError::Unavailable { message, sent: true }) => {
                 assert!(message.contains("did not answer within"), "{message}")
             }
             other => panic!("{:?}", other.map(|r| r.status)),
@@ -565,7 +591,9 @@ mod tests {
         let mut transport = Transport::https(&format!("https://{addr}"), tls).unwrap();
         transport.set_timeouts(Duration::from_millis(300), Duration::from_secs(5));
         match get(&transport).await {
-            Err(ClientError::Transport(message)) => assert!(message.contains("cannot connect"), "{message}"),
+            Err(ClientError::Unavailable { message, sent: false }) => {
+                assert!(message.contains("cannot connect"), "{message}")
+            }
             other => panic!("{:?}", other.map(|r| r.status)),
         }
         held.abort();
@@ -622,6 +650,7 @@ mod tests {
         let mut other = pin;
         other[0] ^= 1;
         let wrong = Transport::https(&url, crate::pin::client_config(other).unwrap()).unwrap();
+        // A verdict, not an outage: trying again would meet the same key.
         match get(&wrong).await {
             Err(ClientError::Transport(message)) => {
                 assert!(message.contains("TLS handshake"), "{message}");

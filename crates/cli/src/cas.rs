@@ -253,7 +253,7 @@ fn client_error(e: ClientError) -> anyhow::Error {
             409 => exit::CONFLICT,
             _ => exit::UNAVAILABLE,
         },
-        ClientError::Transport(_) => exit::UNAVAILABLE,
+        ClientError::Transport(_) | ClientError::Unavailable { .. } => exit::UNAVAILABLE,
         ClientError::NoIdentity | ClientError::Local(_) => exit::FAILURE,
     };
     fail(code, e.to_string())

@@ -107,7 +107,7 @@ fn cas_error(e: ClientError) -> anyhow::Error {
             409 => exit::CONFLICT,
             _ => exit::UNAVAILABLE,
         },
-        ClientError::Transport(_) => exit::UNAVAILABLE,
+        ClientError::Transport(_) | ClientError::Unavailable { .. } => exit::UNAVAILABLE,
         ClientError::NoIdentity | ClientError::Local(_) => exit::FAILURE,
     };
     fail(code, format!("CAS: {e}"))

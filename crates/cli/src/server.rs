@@ -47,7 +47,8 @@ pub struct ServerArgs {
     /// Delete finished jobs and their logs after this long, e.g. `7d` (kept forever when absent).
     #[arg(long, env = "CLOISTER_LOG_RETENTION", value_parser = humantime::parse_duration)]
     pub log_retention: Option<Duration>,
-    /// Largest request body of the REST API, in MiB.
+    /// Largest request body of the REST API, and largest answer of `/run` (output files or
+    /// stdout; beyond it the invocation fails), in MiB.
     #[arg(long, env = "CLOISTER_MAX_BODY_MIB", default_value_t = 64)]
     pub max_body_mib: usize,
     /// Most jobs of one service waiting to start; beyond it `POST /job` answers 429 (uploads

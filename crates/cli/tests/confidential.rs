@@ -21,15 +21,35 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 
 struct Cas {
-    child: Child,
+    child: Option<Child>,
     url: String,
     pin: String,
+    data: PathBuf,
+    admin: String,
+}
+
+impl Cas {
+    /// Kills the CAS process (its state stays on disk).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the CAS again on its data and its address.
+    fn start_again(&mut self) {
+        self.stop();
+        let listen = self.url.trim_start_matches("https://").to_owned();
+        let (child, url) = serve_cas(&self.data, &self.admin, &listen);
+        assert_eq!(url, self.url);
+        self.child = Some(child);
+    }
 }
 
 impl Drop for Cas {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -60,10 +80,22 @@ fn start_cas(dir: &Path, admin: &str) -> Cas {
         "--json",
     ])))
     .unwrap();
+    let (child, url) = serve_cas(&data, admin, "127.0.0.1:0");
+    Cas {
+        child: Some(child),
+        url,
+        pin: init["identity_pin"].as_str().unwrap().to_owned(),
+        data,
+        admin: admin.to_owned(),
+    }
+}
+
+/// `cloister cas serve` on `data`, listening on `listen`; returns the process and its URL.
+fn serve_cas(data: &Path, admin: &str, listen: &str) -> (Child, String) {
     let mut child = Command::new(common::bin())
-        .args(["cas", "serve", "--listen", "127.0.0.1:0", "--admin", admin])
+        .args(["cas", "serve", "--listen", listen, "--admin", admin])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -80,17 +112,13 @@ fn start_cas(dir: &Path, admin: &str) -> Cas {
     let url = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("CAS did not open its port");
-    Cas {
-        child,
-        url,
-        pin: init["identity_pin"].as_str().unwrap().to_owned(),
-    }
+    (child, url)
 }
 
 struct World {
     dir: tempfile::TempDir,
     /// The separately run CAS; `None` when the server runs its own (`--with-cas`).
-    _cas: Option<Cas>,
+    cas: Option<Cas>,
     cas_url: String,
     cas_pin: String,
     server: Server,
@@ -103,17 +131,20 @@ struct World {
 impl World {
     /// The production layout: the CAS runs apart and its administrator registers the host.
     async fn start() -> World {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_with(tempfile::tempdir().unwrap(), &[]).await
+    }
+
+    /// [`Self::start`] in `dir`, with extra server flags.
+    async fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> World {
         let admin_key = dir.path().join("admin.key");
         let admin = ok(&cli(&["cas", "keygen", "--out", admin_key.to_str().unwrap()]))
             .trim()
             .to_owned();
         let cas = start_cas(dir.path(), &admin);
         let plain = dir.path().join("plain");
-        let server = Server::start(
-            &dir.path().join("data"),
-            &["--plain-dir", plain.to_str().unwrap()],
-        );
+        let mut args = vec!["--plain-dir", plain.to_str().unwrap()];
+        args.extend(extra);
+        let server = Server::start(&dir.path().join("data"), &args);
         // The CAS administrator registers this host's simulated TEE.
         let info = server.get_json("/system/info").await;
         let platform_key = info["simulation_platform_key"].as_str().unwrap().to_owned();
@@ -197,7 +228,7 @@ impl World {
         std::fs::write(&fdl_path, fdl).unwrap();
         let mut world = World {
             dir,
-            _cas: cas,
+            cas,
             cas_url,
             cas_pin,
             server,
@@ -869,4 +900,243 @@ async fn a_hostile_job_description_releases_nothing() {
     // Only the last run (the genuine description) obtained anything from the CAS.
     assert_eq!(released().await, before + 1);
     assert!(common::files_under(&plain).is_empty());
+}
+
+impl World {
+    fn cas(&mut self) -> &mut Cas {
+        self.cas.as_mut().expect("a separately run CAS")
+    }
+
+    /// Adds services made from the example's by `rename` (pairs of text replaced in the FDL),
+    /// with their scripts, and applies them.
+    fn add_services(&mut self, name: &str, rename: &[(&str, &str)], scripts: &[(&str, String)]) {
+        let fdl_dir = self.fdl.parent().unwrap().to_path_buf();
+        for (file, script) in scripts {
+            std::fs::write(fdl_dir.join(file), script).unwrap();
+        }
+        // The example's FDL as `finish` filled it in.
+        let mut fdl = std::fs::read_to_string(fdl_dir.join("fdl.yaml")).unwrap();
+        for (from, to) in rename {
+            fdl = fdl.replace(from, to);
+        }
+        self.fdl = fdl_dir.join(format!("{name}.yaml"));
+        std::fs::write(&self.fdl, fdl).unwrap();
+        self.apply();
+    }
+
+    /// Waits until a file whose path ends with `suffix` exists under the plaintext folder (a
+    /// runtime attested and decrypted its input).
+    async fn wait_plaintext(&self, suffix: &str) {
+        let plain = self.dir.path().join("plain");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !common::files_under(&plain).iter().any(|f| f.ends_with(suffix)) {
+            assert!(std::time::Instant::now() < deadline, "no plaintext {suffix}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The CAS down when a confidential job starts: the runtime tries again with back-off within
+/// the job's timeout, then the job fails with a reason naming the CAS. A CAS that comes back
+/// in time is waited for; one that accepts connections and never answers is bounded the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cas_down_or_silent_at_job_start_is_waited_for_within_the_timeout() {
+    let mut world = World::start_with(tempfile::tempdir().unwrap(), &["--job-timeout", "6s"]).await;
+    let cas_url = world.cas_url.clone();
+    world.cas().stop();
+
+    // Down for good: Failed after the job's timeout, naming the CAS, nothing written.
+    let started = std::time::Instant::now();
+    world.put_encrypted("secure-upper", b"down\n", "secure/in/down.txt");
+    let (_, job, log) = world.job_for("secure-upper", 1, "secure/in/down.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(
+        log.contains(&format!("the CAS at {cas_url} is unreachable: gave up after")),
+        "{log}"
+    );
+    assert!(log.contains("trying again (attempt 2"), "{log}");
+    assert!(started.elapsed() >= Duration::from_secs(5), "{log}");
+    assert!(world.raw_get("secure", "out/down.txt").await.is_none());
+
+    // Back while the job waits: it attests then, and succeeds.
+    world.put_encrypted("secure-upper", b"back\n", "secure/in/back.txt");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    world.cas().start_again();
+    let (_, job, log) = world.job_for("secure-upper", 2, "secure/in/back.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert!(log.contains("is unavailable"), "{log}");
+    let output = String::from_utf8(world.get_decrypted("secure/out/back.txt")).unwrap();
+    assert!(output.starts_with("BACK\n"), "{output}");
+
+    // Silent: something holds the CAS's port, accepts and never answers.
+    world.cas().stop();
+    let listener = std::net::TcpListener::bind(cas_url.trim_start_matches("https://")).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().map_while(Result::ok) {
+            held.push(stream);
+        }
+    });
+    let started = std::time::Instant::now();
+    world.put_encrypted("secure-upper", b"silent\n", "secure/in/silent.txt");
+    let (_, job, log) = world.job_for("secure-upper", 3, "secure/in/silent.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("is unreachable: gave up after"), "{log}");
+    // The job's timeout (6 s), not the client's 30 s per connection, bounds the wait.
+    assert!(started.elapsed() < Duration::from_secs(20), "{log}");
+    assert!(world.raw_get("secure", "out/silent.txt").await.is_none());
+}
+
+/// The CAS restarted while jobs run: a job that has its keys finishes without it; a job that
+/// needs it again at the end (a volume commit) waits for it to come back, and commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cas_restarted_mid_job_does_not_lose_the_job() {
+    let mut world = World::start().await;
+    let example = repo_root().join("examples/confidential");
+    let slow = |script: &str| {
+        let body = std::fs::read_to_string(example.join(script)).unwrap();
+        format!("sleep 2\n{body}")
+    };
+    world.add_services(
+        "restart",
+        &[
+            ("secure-upper", "wait-upper"),
+            ("upper.sh", "wait-upper.sh"),
+            ("path: secure/", "path: waitu/"),
+            ("secure-tally", "wait-tally"),
+            ("tally.sh", "wait-tally.sh"),
+            ("path: tally/", "path: waitt/"),
+        ],
+        &[
+            ("wait-upper.sh", slow("upper.sh")),
+            ("wait-tally.sh", slow("tally.sh")),
+        ],
+    );
+    world.put_encrypted("wait-upper", b"keys in hand\n", "waitu/in/a.txt");
+    world.put_encrypted("wait-tally", b"x\ny\n", "waitt/in/b.txt");
+    world.wait_plaintext("input/a.txt").await;
+    world.wait_plaintext("input/b.txt").await;
+    // Both runtimes have their configuration: the CAS goes away.
+    world.cas().stop();
+
+    let (_, job, log) = world.job_for("wait-upper", 1, "waitu/in/a.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    let output = String::from_utf8(world.get_decrypted("waitu/out/a.txt")).unwrap();
+    assert!(output.starts_with("KEYS IN HAND\n"), "{output}");
+
+    // The tally's program has ended too and its commit is waiting: the CAS comes back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    world.cas().start_again();
+    let (_, job, log) = world.job_for("wait-tally", 1, "waitt/in/b.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert!(log.contains("is unavailable"), "{log}");
+    assert!(log.contains("committed as version 1"), "{log}");
+    assert_eq!(world.get_decrypted("waitt/out/b.txt.tally"), b"jobs=1 lines=2\n");
+}
+
+/// Mounts a tmpfs of `size` at `dir` (created), or answers `None` when this host does not let
+/// the test mount (not root, no CAP_SYS_ADMIN): the caller skips, unless CI requires the test
+/// with `CLOISTER_REQUIRE_MOUNT`. The mount is removed on drop.
+fn small_tmpfs(dir: &Path, size: &str, mode: &str) -> Option<Tmpfs> {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size},mode={mode}"), "tmpfs"])
+        .arg(dir)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => Some(Tmpfs(dir.to_path_buf())),
+        other => {
+            assert!(
+                std::env::var_os("CLOISTER_REQUIRE_MOUNT").is_none(),
+                "CLOISTER_REQUIRE_MOUNT is set but a tmpfs cannot be mounted here: {other:?}"
+            );
+            eprintln!("skipped: cannot mount a tmpfs here ({other:?})");
+            None
+        }
+    }
+}
+
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: a process of the test may still hold a file there.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// No room left while a confidential job's outputs are encrypted (the memory-backed folder
+/// where the runtime seals them) or stored (the data directory): the job fails with a reason
+/// that says so, and no output object, whole or partial, is visible.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_store_fails_the_job_and_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(data_fs) = small_tmpfs(&data, "64m", "0755") else {
+        return;
+    };
+    let Some(plain_fs) = small_tmpfs(&dir.path().join("plain"), "12m", "0700") else {
+        return;
+    };
+    let mut world = World::start_with(dir, &[]).await;
+    // 6 MiB of output: its plaintext fits in the plaintext folder, plaintext and ciphertext
+    // do not.
+    let big = "set -eu\nhead -c $(cat \"$INPUT_FILE_PATH\") /dev/urandom > \"$TMP_OUTPUT_DIR/big.bin\"\n";
+    world.add_services(
+        "full",
+        &[
+            ("secure-upper", "full-out"),
+            ("upper.sh", "big.sh"),
+            ("path: secure/", "path: full/"),
+            ("examples/secure-tally", "examples/unused-full"),
+            ("secure-tally", "unused-full"),
+            ("path: tally/", "path: unusedfull/"),
+        ],
+        &[("big.sh", big.to_owned())],
+    );
+
+    // 1. The plaintext folder fills up while the output is encrypted.
+    world.put_encrypted("full-out", b"6291456", "full/in/sealing.txt");
+    let (_, job, log) = world.job_for("full-out", 1, "full/in/sealing.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("cannot encrypt output big.bin"), "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(world.raw_get("full", "out/big.bin").await.is_none());
+
+    // 2. The data directory fills up while the sealed output is stored: fill it but for
+    //    1 MiB, then make 4 MiB of output.
+    let available = |path: &Path| {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let filler = data_fs.0.join("filler");
+    let fill = available(&data_fs.0).saturating_sub(1 << 20);
+    std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
+    world.put_encrypted("full-out", b"4194304", "full/in/storing.txt");
+    let (_, job, log) = world.job_for("full-out", 2, "full/in/storing.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("cannot upload output full/out/big.bin"), "{log}");
+    let lower = log.to_lowercase();
+    assert!(lower.contains("space") || lower.contains("storage"), "{log}");
+    assert!(world.raw_get("full", "out/big.bin").await.is_none());
+    std::fs::remove_file(&filler).unwrap();
+
+    // With room again, the same job succeeds: nothing was left half-done.
+    world.put_encrypted("full-out", b"4194304", "full/in/room.txt");
+    let (_, job, log) = world.job_for("full-out", 3, "full/in/room.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert_eq!(world.get_decrypted("full/out/big.bin").len(), 4 << 20);
+    world.server.stop();
+    drop(plain_fs);
+    drop(data_fs);
 }

@@ -914,3 +914,141 @@ async fn canary_scan_finds_plain_data_and_not_encrypted_data() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["scanned"].as_u64().unwrap() > 5, "{report}");
 }
+
+/// Bodies of `/run` and `/job` of 100 KiB, 1 MiB and exactly the body limit reach the script
+/// whole, as the input file and as the event (`EVENT` names `EVENT_FILE` beyond 64 KiB): no
+/// "Argument list too long" at start, no job that is accepted and then fails. One byte over
+/// the limit is refused with 413.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_invocation_bodies_reach_the_script_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-body-mib", "8"]);
+    let script = r#"set -e
+wc -c < "$INPUT_FILE_PATH"
+cksum < "$INPUT_FILE_PATH"
+if [ "$EVENT" = "$EVENT_FILE" ]; then echo event=file; else echo event=inline; fi
+wc -c < "$EVENT_FILE"
+"#;
+    let service = json!({"name": "big", "image": "none", "script": script});
+    assert_eq!(server.post_json("/system/services", &service).await.status(), 201);
+    let token = server.token("big").await;
+    let limit = 8 << 20;
+    // Base64 bodies: 4 characters per 3 bytes, so `size` characters decode to size*3/4 bytes.
+    let sizes = [100 << 10, 1 << 20, limit];
+    let mut expected_logs = Vec::new();
+    for (i, size) in sizes.into_iter().enumerate() {
+        let input: Vec<u8> = (0..size / 4 * 3).map(|n| (n * 7 + i) as u8).collect();
+        let body = B64.encode(&input);
+        assert_eq!(body.len(), size);
+        let local = dir.path().join("input");
+        std::fs::write(&local, &input).unwrap();
+        let cksum = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cksum < {}", local.display()))
+            .output()
+            .unwrap();
+        let expected = format!(
+            "{}\n{}event={}\n{size}\n",
+            input.len(),
+            String::from_utf8_lossy(&cksum.stdout),
+            if size <= 64 << 10 { "inline" } else { "file" },
+        );
+        let response = server
+            .http()
+            .post(server.url("/run/big"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer = response.text().await.unwrap();
+        assert_eq!(status, 200, "{size}: {answer}");
+        assert_eq!(answer, expected, "{size}");
+
+        let response = server
+            .http()
+            .post(server.url("/job/big"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{size}");
+        expected_logs.push(expected);
+    }
+    let jobs = server.wait_jobs("big", sizes.len()).await;
+    let mut logs = Vec::new();
+    for (name, job) in &jobs {
+        let log = server
+            .get(&format!("/system/logs/big/{name}"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(job["status"], "Succeeded", "{log}");
+        logs.push(log);
+    }
+    for expected in &expected_logs {
+        assert!(
+            logs.iter()
+                .any(|log| expected.lines().all(|line| log.contains(line))),
+            "{expected:?} not in {logs:?}"
+        );
+    }
+
+    // One byte over the body limit: refused, nothing run or recorded.
+    for path in ["/run/big", "/job/big"] {
+        let response = server
+            .http()
+            .post(server.url(path))
+            .bearer_auth(&token)
+            .body(vec![b'A'; limit + 1])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413, "{path}");
+    }
+    assert_eq!(server.wait_jobs("big", sizes.len()).await.len(), sizes.len());
+}
+
+/// `/run` answers stdout whole or not at all: up to the answer's limit (the body limit) it is
+/// answered in full; a script printing more fails the invocation with 500 and the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_stdout_over_the_limit_is_an_error_not_a_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-body-mib", "16"]);
+    let service = json!({"name": "loud", "image": "none",
+        "script": "head -c \"$(cat \"$INPUT_FILE_PATH\")\" /dev/zero | tr '\\0' 'a'"});
+    assert_eq!(server.post_json("/system/services", &service).await.status(), 201);
+    let token = server.token("loud").await;
+    let run = |bytes: usize| {
+        let (server, token) = (&server, &token);
+        async move {
+            let response = server
+                .http()
+                .post(server.url("/run/loud"))
+                .bearer_auth(token)
+                .body(B64.encode(bytes.to_string()))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.bytes().await.unwrap())
+        }
+    };
+    let (status, answer) = run(16 << 20).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer.len(), 16 << 20);
+    assert!(answer.iter().all(|&b| b == b'a'));
+    let (status, answer) = run(17 << 20).await;
+    assert_eq!(status, 500);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.contains("stdout exceeds the limit of 16777216 bytes"),
+        "{}",
+        answer.get(..500).unwrap_or(&answer)
+    );
+}

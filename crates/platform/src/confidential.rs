@@ -234,7 +234,7 @@ async fn execute(
         cgroups: &CgroupSupport::None,
         slot: "",
         log_limit: spec.log_limit,
-        keep_stdout: false,
+        keep_stdout: None,
     };
     let run = cloister_runtime::run_program(options, cancel, on_start).await;
     outcome.log.extend(run.log);

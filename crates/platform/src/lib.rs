@@ -53,7 +53,8 @@ pub struct Config {
     pub job_timeout: Duration,
     /// Finished jobs older than this are deleted (with their logs); `None` keeps them.
     pub log_retention: Option<Duration>,
-    /// Largest request body accepted by the REST API.
+    /// Largest request body accepted by the REST API, and largest answer of `POST /run`
+    /// (output files, or stdout).
     pub max_body: usize,
     /// Most jobs of one service waiting to start before `POST /job` answers 429 (jobs of
     /// uploads count too, but uploads are never refused).

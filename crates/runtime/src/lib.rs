@@ -280,7 +280,8 @@ pub struct RunOptions {
     pub slot: String,
     /// Keep stdout separately and return output files instead of uploading them.
     pub synchronous: bool,
-    /// Most bytes of output files returned by a synchronous invocation.
+    /// Most bytes of output files, or of stdout, returned by a synchronous invocation; beyond
+    /// it the invocation fails (an answer is never cut short).
     pub max_sync_output: u64,
 }
 
@@ -316,8 +317,14 @@ pub async fn run_job(
         _ => None,
     };
     let prepared = {
-        let (work, script, local_input) = (work.clone(), spec.script.clone(), local_input.clone());
-        tokio::task::spawn_blocking(move || prepare_work_dir(&work, &script, local_input.as_ref())).await
+        let (work, script, event, local_input) = (
+            work.clone(),
+            spec.script.clone(),
+            spec.event.clone(),
+            local_input.clone(),
+        );
+        tokio::task::spawn_blocking(move || prepare_work_dir(&work, &script, &event, local_input.as_ref()))
+            .await
     };
     match prepared {
         Ok(Ok(())) => {
@@ -368,10 +375,15 @@ struct Prepared {
 const WORK_FOLDERS: [&str; 3] = ["input", "output", "tmp"];
 
 /// Readies `work` (private to the job: the slot's directory, reused from its previous job when
-/// that left it clean) with its input, output and tmp folders, the script and the input, in one
-/// blocking call: this is on the path between an upload and its job's start, and on a busy
-/// journal every directory created costs.
-fn prepare_work_dir(work: &Path, script: &str, input: Option<&(PathBuf, String)>) -> std::io::Result<()> {
+/// that left it clean) with its input, output and tmp folders, the script, the event file and
+/// the input, in one blocking call: this is on the path between an upload and its job's start,
+/// and on a busy journal every directory created costs.
+fn prepare_work_dir(
+    work: &Path,
+    script: &str,
+    event: &str,
+    input: Option<&(PathBuf, String)>,
+) -> std::io::Result<()> {
     if !work_dir_is_clean(work) {
         create_work_dir(work)?;
     }
@@ -384,6 +396,7 @@ fn prepare_work_dir(work: &Path, script: &str, input: Option<&(PathBuf, String)>
             .open(path)
     };
     std::io::Write::write_all(&mut create(work.join("script.sh"))?, script.as_bytes())?;
+    std::io::Write::write_all(&mut create(work.join(EVENT_FILE_NAME))?, event.as_bytes())?;
     if let Some((source, name)) = input {
         let mut source = std::fs::File::open(source)?;
         // A folder of other keys is not an object.
@@ -565,10 +578,17 @@ async fn run_in(
         .event_time
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
+    let event_file = work.join(EVENT_FILE_NAME).display().to_string();
+    let event = if spec.event.len() <= EVENT_INLINE_MAX {
+        spec.event.clone()
+    } else {
+        event_file.clone()
+    };
     env.extend([
         ("TMP_INPUT_DIR".into(), input_dir.display().to_string()),
         ("TMP_OUTPUT_DIR".into(), output_dir.display().to_string()),
-        ("EVENT".into(), spec.event.clone()),
+        ("EVENT".into(), event),
+        ("EVENT_FILE".into(), event_file),
         ("EVENT_TIME".into(), event_time),
         ("JOB_UUID".into(), spec.job_uuid.clone()),
         ("JOB_NAME".into(), spec.job_name.clone()),
@@ -581,6 +601,17 @@ async fn run_in(
     if let JobInput::Object { key, .. } = &spec.input {
         env.push(("STORAGE_OBJECT_KEY".into(), key.clone()));
     }
+    // The kernel would refuse to start the script with a bare "Argument list too long".
+    if let Some((name, value)) = env
+        .iter()
+        .find(|(name, value)| name.len() + 1 + value.len() > MAX_ENV_STRING)
+    {
+        outcome.fail(format!(
+            "the variable {name} is {} bytes long; a variable can hold at most {MAX_ENV_STRING} bytes",
+            value.len()
+        ));
+        return;
+    }
 
     let program = ProgramOptions {
         program: Program::Script(&script_path),
@@ -591,7 +622,9 @@ async fn run_in(
         cgroups: &options.cgroups,
         slot: &options.slot,
         log_limit: spec.log_limit,
-        keep_stdout: options.synchronous,
+        keep_stdout: options
+            .synchronous
+            .then(|| usize::try_from(options.max_sync_output).unwrap_or(usize::MAX)),
     };
     let run = sandbox::run_program(program, cancel, on_start).await;
     outcome.log.extend(run.log);
@@ -720,6 +753,19 @@ pub async fn collect_outputs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf
 
 /// Default timeout when a caller does not choose one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Largest event handed to a script in `EVENT` itself. Linux caps one variable (or argument)
+/// at 128 KiB (`MAX_ARG_STRLEN`) and all of them together at `ARG_MAX`, so a larger event
+/// (the body of a `/run` or `/job` invocation can be the body limit) is handed over as a file:
+/// `EVENT` then holds the path of `EVENT_FILE`, which always holds the whole event.
+pub const EVENT_INLINE_MAX: usize = 64 * 1024;
+
+/// The name of the file in the work directory that holds the whole event (`EVENT_FILE`).
+const EVENT_FILE_NAME: &str = "event.json";
+
+/// Longest `NAME=value` string the kernel passes to a new program (`MAX_ARG_STRLEN`, 32 pages,
+/// with its terminating NUL).
+const MAX_ENV_STRING: usize = 32 * 4096 - 1;
 
 #[cfg(test)]
 mod tests;

@@ -281,8 +281,10 @@ pub struct ProgramOptions<'a> {
     pub slot: &'a str,
     /// Most bytes of output kept in the log.
     pub log_limit: usize,
-    /// Whether stdout is also kept on its own ([`ScriptRun::stdout`]).
-    pub keep_stdout: bool,
+    /// Keep stdout on its own ([`ScriptRun::stdout`]), up to this many bytes: a program that
+    /// writes more is stopped ([`RunFailure::StdoutTooLarge`]), so what is kept is never a
+    /// silently cut prefix.
+    pub keep_stdout: Option<usize>,
 }
 
 /// Why a program could not run to its end. The messages are those job logs show.
@@ -320,6 +322,10 @@ pub enum RunFailure {
     /// Waiting for the process failed.
     #[error("cannot wait for the script: {0}")]
     Wait(std::io::Error),
+    /// The program wrote more to stdout than is kept ([`ProgramOptions::keep_stdout`]); it was
+    /// stopped.
+    #[error("the script's stdout exceeds the limit of {0} bytes kept for the answer; it was stopped")]
+    StdoutTooLarge(usize),
 }
 
 fn kill_hint(signal: i32) -> &'static str {
@@ -332,15 +338,13 @@ fn kill_hint(signal: i32) -> &'static str {
 
 /// Longest line kept in the log; longer lines are split.
 const MAX_LINE: usize = 64 * 1024;
-/// Most stdout kept for a synchronous invocation's answer.
-const MAX_STDOUT: usize = 16 * 1024 * 1024;
 
 /// What running a script produced.
 #[derive(Debug)]
 pub struct ScriptRun {
     /// stdout and stderr lines as they arrived (bounded by the log limit).
     pub log: Vec<LogLine>,
-    /// stdout alone, when asked to keep it.
+    /// stdout alone, when asked to keep it (whole, or the run failed).
     pub stdout: Vec<u8>,
     /// Exit code, if the script exited normally.
     pub exit_code: Option<i32>,
@@ -512,9 +516,16 @@ pub async fn run_program(
 
     let mut logged = 0usize;
     let mut truncated = false;
+    let mut stdout_overflow = false;
+    // Keeps a line; answers whether it took stdout past what is kept.
     let mut collect = |run: &mut ScriptRun, (stream, time, line): (Stream, OffsetDateTime, Vec<u8>)| {
-        if keep_stdout && matches!(stream, Stream::Out) && run.stdout.len() + line.len() < MAX_STDOUT {
-            run.stdout.extend_from_slice(&line);
+        let mut overflow = false;
+        if let (Some(limit), Stream::Out) = (keep_stdout, stream) {
+            if run.stdout.len() + line.len() > limit {
+                overflow = true;
+            } else {
+                run.stdout.extend_from_slice(&line);
+            }
         }
         if logged + line.len() > log_limit {
             if !truncated {
@@ -524,7 +535,7 @@ pub async fn run_program(
                     text: format!("cloister: log truncated at {log_limit} bytes"),
                 });
             }
-            return;
+            return overflow;
         }
         logged += line.len();
         let text = String::from_utf8_lossy(&line);
@@ -533,6 +544,7 @@ pub async fn run_program(
             time,
             text: text.to_owned(),
         });
+        overflow
     };
 
     let deadline = tokio::time::sleep(limits.timeout);
@@ -540,7 +552,13 @@ pub async fn run_program(
     let status = loop {
         tokio::select! {
             status = child.wait() => break Some(status),
-            Some(line) = rx.recv() => collect(&mut run, line),
+            Some(line) = rx.recv() => {
+                if collect(&mut run, line) {
+                    stdout_overflow = true;
+                    run.failure = Some(RunFailure::StdoutTooLarge(keep_stdout.unwrap_or_default()));
+                    break None;
+                }
+            }
             () = &mut deadline => {
                 run.failure = Some(RunFailure::TimedOut(limits.timeout));
                 break None;
@@ -565,10 +583,14 @@ pub async fn run_program(
     // Pipes close once every process holding them is gone; bound the wait regardless.
     let drain = async {
         while let Some(line) = rx.recv().await {
-            collect(&mut run, line);
+            stdout_overflow |= collect(&mut run, line);
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    // What it wrote before it exited counts too.
+    if stdout_overflow && run.failure.is_none() {
+        run.failure = keep_stdout.map(RunFailure::StdoutTooLarge);
+    }
     for reader in readers.into_iter().flatten() {
         reader.abort();
     }

@@ -433,7 +433,7 @@ async fn scripts_see_exactly_their_arguments() {
             cgroups: &cgroups,
             slot: &unique_slot(),
             log_limit: 1 << 20,
-            keep_stdout: true,
+            keep_stdout: Some(1 << 20),
         };
         let run = run_program(options, std::future::pending(), || {}).await;
         assert_eq!(run.exit_code, Some(0), "{:?}", run.log);
@@ -511,9 +511,10 @@ touch "$HOME/.dotfile"
 mkdir -p "$TMPDIR/a/b" "$TMP_OUTPUT_DIR/sub"
 echo x > "$TMPDIR/a/b/f"
 echo y > "$TMP_OUTPUT_DIR/sub/o"
-rm "$INPUT_FILE_PATH" "$HOME/script.sh"
+rm "$INPUT_FILE_PATH" "$HOME/script.sh" "$EVENT_FILE"
 ln -s {victim} "$INPUT_FILE_PATH"
 ln -s {victim} "$HOME/script.sh"
+ln -s {victim} "$EVENT_FILE"
 "#,
         victim = victim.display()
     ));
@@ -529,7 +530,7 @@ ln -s {victim} "$HOME/script.sh"
     let log = log_text(&outcome);
     assert_eq!(outcome.status, Status::Succeeded, "{log}");
     assert!(
-        log.contains(". ./input ./input/data.txt ./output ./script.sh ./tmp "),
+        log.contains(". ./event.json ./input ./input/data.txt ./output ./script.sh ./tmp "),
         "{log}"
     );
     assert_eq!(
@@ -647,7 +648,7 @@ fn direct<'a>(
         cgroups: &CgroupSupport::None,
         slot: "",
         log_limit: 1 << 20,
-        keep_stdout: true,
+        keep_stdout: Some(1 << 20),
     }
 }
 
@@ -818,4 +819,109 @@ async fn outputs_are_regular_files_inside_the_folder_only() {
         ]
     );
     assert!(collect_outputs(&dir.path().join("missing")).await.is_err());
+}
+
+/// Bodies of `/run` and `/job` reach the script as its input file and as the event: past what
+/// one variable can hold (128 KiB on Linux), `EVENT` names the event file instead of failing
+/// the start with "Argument list too long". `EVENT_FILE` always holds the whole event.
+#[tokio::test]
+async fn large_events_are_handed_over_as_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
+    let script = r#"set -e
+if [ "$EVENT" = "$EVENT_FILE" ]; then echo "event=file"; else echo "event=inline"; fi
+cmp -s "$EVENT_FILE" "$INPUT_FILE_PATH" && echo "event-file-matches"
+wc -c < "$INPUT_FILE_PATH"
+"#;
+    let mut options = options(dir.path(), CgroupSupport::None);
+    options.synchronous = true;
+    for size in [
+        10,
+        EVENT_INLINE_MAX,
+        EVENT_INLINE_MAX + 1,
+        100 * 1024,
+        1 << 20,
+        8 << 20,
+    ] {
+        let body = "x".repeat(size);
+        let mut spec = spec(script);
+        spec.event = body.clone();
+        spec.input = JobInput::Inline(body.into_bytes());
+        let outcome = run(&spec, &io, &options).await;
+        assert_eq!(
+            outcome.status,
+            Status::Succeeded,
+            "{size}: {}",
+            log_text(&outcome)
+        );
+        let inline = if size <= EVENT_INLINE_MAX {
+            "inline"
+        } else {
+            "file"
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&outcome.stdout),
+            format!("event={inline}\nevent-file-matches\n{size}\n"),
+        );
+    }
+}
+
+/// A variable the kernel cannot pass fails the job with a reason naming it, before anything
+/// is started.
+#[tokio::test]
+async fn an_oversized_variable_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
+    let mut spec = spec("echo started");
+    spec.environment.insert("HUGE".into(), "y".repeat(200 * 1024));
+    let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
+    assert_eq!(outcome.status, Status::Failed);
+    let reason = outcome.reason.clone().unwrap();
+    assert!(
+        reason.contains("HUGE") && reason.contains("204800 bytes"),
+        "{reason}"
+    );
+    assert!(!log_text(&outcome).contains("started"));
+}
+
+/// A synchronous run whose stdout passes the answer's limit fails (and is stopped) instead of
+/// answering a silently cut prefix; at the limit exactly, the whole stdout is kept.
+#[tokio::test]
+async fn stdout_beyond_the_synchronous_limit_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
+    let mut options = options(dir.path(), CgroupSupport::None);
+    options.synchronous = true;
+    options.max_sync_output = 64 * 1024;
+    let exact = spec("head -c 65536 /dev/zero | tr '\\0' 'a'");
+    let outcome = run(&exact, &io, &options).await;
+    assert_eq!(outcome.status, Status::Succeeded, "{}", log_text(&outcome));
+    assert_eq!(outcome.stdout.len(), 64 * 1024);
+
+    // One byte more, then a small line the old cap would have let through: still refused.
+    let over = spec("head -c 65537 /dev/zero | tr '\\0' 'a'; echo; echo small");
+    let outcome = run(&over, &io, &options).await;
+    assert_eq!(outcome.status, Status::Failed);
+    let reason = outcome.reason.unwrap();
+    assert!(
+        reason.contains("stdout exceeds the limit of 65536 bytes"),
+        "{reason}"
+    );
+
+    // A script that would write forever is stopped at the limit, not at its timeout.
+    let endless = spec("yes");
+    let started = std::time::Instant::now();
+    let outcome = run(&endless, &io, &options).await;
+    assert_eq!(outcome.status, Status::Failed);
+    assert!(outcome.reason.unwrap().contains("stdout exceeds"));
+    assert!(started.elapsed() < Duration::from_secs(30));
 }

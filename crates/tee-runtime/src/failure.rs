@@ -9,6 +9,7 @@ use cloister_cas_client::pin::TlsError;
 use cloister_crypt::CryptError;
 use cloister_runtime::RunFailure;
 
+use crate::cas_wait::Unreachable;
 use crate::reserved;
 
 /// A job's failure.
@@ -44,6 +45,9 @@ pub(crate) enum JobFailure {
     /// The CAS did not release the configuration.
     #[error("attestation refused: {0}")]
     Attestation(ClientError),
+    /// The CAS could not be reached before the job's time ran out.
+    #[error(transparent)]
+    CasUnreachable(Unreachable),
     /// A reserved variable the CAS released is unusable.
     #[error(transparent)]
     Released(#[from] ReleasedProblem),
@@ -81,6 +85,9 @@ pub(crate) enum JobFailure {
     /// A volume's new version was not recorded by the CAS.
     #[error("volume {name:?} not committed: {source}")]
     VolumeCommit { name: String, source: ClientError },
+    /// A volume's new version could not be committed: the CAS stayed unreachable.
+    #[error("volume {name:?} not committed: {source}")]
+    VolumeCommitUnreachable { name: String, source: Unreachable },
     /// The session gives the service nothing to run.
     #[error("the session names no command for this service: nothing to run")]
     NoCommand,

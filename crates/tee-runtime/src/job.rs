@@ -15,16 +15,22 @@ use cloister_runtime::tee::{TeeJob, TeeOutput, TeeResult, render_log, sealed_log
 use cloister_runtime::{CgroupSupport, Limits, OutputTarget, Program, ProgramOptions, Status, Tee};
 use zeroize::Zeroizing;
 
+use crate::cas_wait::{self, Repeat, WaitFailure};
 use crate::failure::{FileCrypto, InputProblem, JobFailure, JobFileProblem, ReleasedProblem, exit_code_text};
 use crate::reserved;
 use crate::volumes::{self, VolumeContext};
 
 /// Largest `job.json` accepted (it holds names and paths, not data).
 const MAX_JOB_FILE: u64 = 1024 * 1024;
-/// Largest event handed to the program (`EVENT`).
-const MAX_EVENT: usize = 64 * 1024;
+/// Largest event handed to the program (`EVENT`): what a plain job gets inline.
+const MAX_EVENT: usize = cloister_runtime::EVENT_INLINE_MAX;
+/// The file in the plaintext folder that holds the event (`EVENT_FILE`).
+const EVENT_FILE_NAME: &str = "event.json";
 /// Most bytes of the program's output kept in its encrypted log, whatever the job asks.
 const MAX_SEALED_LOG: usize = 16 * 1024 * 1024;
+/// How long a volume commit waits for an unavailable CAS, after the program: well inside the
+/// grace the executor gives the runtime beyond the job's timeout (120 s).
+const COMMIT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Runs the confidential job described in `job_dir/job.json`, writes `job_dir/result.json`
 /// and returns the same result. Status lines (no content) go to `log`.
@@ -142,15 +148,22 @@ async fn run(
     log: &mut (dyn FnMut(&str) + Send),
     result: &mut TeeResult,
 ) -> Result<(), JobFailure> {
+    // The job's timeout covers the whole job, waiting for the CAS included: a CAS that is
+    // down or silent when the job starts is tried again until it runs out.
+    let deadline = Instant::now() + Duration::from_secs(job.timeout_secs.max(1));
     // 1. Attest: evidence over this runtime, launched for this CAS, session and service.
     let init = init_data(job)?;
     let source = evidence_source(job, &init)?;
     let client = CasClient::new(&job.cas, &init.cas_pin, None).map_err(JobFailure::CasClient)?;
     let started = Instant::now();
-    let released = client
-        .attest(&init, source.as_ref(), |_| {})
-        .await
-        .map_err(JobFailure::Attestation)?;
+    let released = cas_wait::with_retries(&job.cas, deadline, Repeat::Freely, log, || {
+        client.attest(&init, source.as_ref(), |_| {})
+    })
+    .await
+    .map_err(|failure| match failure {
+        WaitFailure::Answered(refusal) => JobFailure::Attestation(refusal),
+        WaitFailure::Unreachable(unreachable) => JobFailure::CasUnreachable(unreachable),
+    })?;
     log(&format!(
         "cloister: attested to the CAS as {}/{} ({} evidence) in {:.1} ms; configuration of session \
          version {} received",
@@ -175,6 +188,9 @@ async fn run(
     for dir in ["input", "output", "tmp", "files", "volumes"] {
         std::fs::create_dir(plain.join(dir)).map_err(JobFailure::PlainLayout)?;
     }
+    // As for plain jobs: `EVENT_FILE` holds the event (here never larger than `EVENT` holds).
+    write_private(&plain.join(EVENT_FILE_NAME), job.event.as_bytes(), 0o600)
+        .map_err(JobFailure::PlainLayout)?;
     let mut staged_files = BTreeMap::new();
     for file in &files {
         let relative =
@@ -285,7 +301,9 @@ async fn run(
     let limits = Limits {
         memory_bytes: job.memory_bytes,
         cpu_millis: None,
-        timeout: Duration::from_secs(job.timeout_secs.max(1)),
+        timeout: deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1)),
     };
     let cgroups = if job.cgroup_procs.is_empty() {
         CgroupSupport::None
@@ -301,7 +319,7 @@ async fn run(
         cgroups: &cgroups,
         slot: "",
         log_limit: job.log_limit.min(MAX_SEALED_LOG),
-        keep_stdout: false,
+        keep_stdout: None,
     };
     let run = cloister_runtime::run_program(options, std::future::pending(), || {}).await;
     let code = exit_code_text(run.exit_code);
@@ -399,7 +417,15 @@ async fn run(
                 from_version: state.version,
                 tag,
             };
-            match client.commit_volume(&commit).await {
+            // The CAS may have restarted while the program ran: the grant survives that, so
+            // the commit waits for it a while (the host gives the runtime this long beyond
+            // the job's timeout).
+            let until = Instant::now() + COMMIT_PATIENCE;
+            let committed = cas_wait::with_retries(&job.cas, until, Repeat::UnlessSent, log, || {
+                client.commit_volume(&commit)
+            })
+            .await;
+            match committed {
                 Ok(now) => {
                     log(&format!(
                         "cloister: volume {name:?} committed as version {}",
@@ -407,11 +433,17 @@ async fn run(
                     ));
                     volumes::prune(&job.volumes_dir, name, state.version);
                 }
-                Err(e) => {
+                Err(failure) => {
                     let _ = std::fs::remove_file(&stored);
-                    return Err(JobFailure::VolumeCommit {
-                        name: name.clone(),
-                        source: e,
+                    return Err(match failure {
+                        WaitFailure::Answered(source) => JobFailure::VolumeCommit {
+                            name: name.clone(),
+                            source,
+                        },
+                        WaitFailure::Unreachable(source) => JobFailure::VolumeCommitUnreachable {
+                            name: name.clone(),
+                            source,
+                        },
                     });
                 }
             }
@@ -607,6 +639,7 @@ fn script_environment(
         ("TMP_INPUT_DIR".into(), path(&plain.join("input"))),
         ("TMP_OUTPUT_DIR".into(), path(&plain.join("output"))),
         ("EVENT".into(), job.event.clone()),
+        ("EVENT_FILE".into(), path(&plain.join(EVENT_FILE_NAME))),
         ("EVENT_TIME".into(), job.event_time.clone()),
         ("JOB_UUID".into(), job.job_uuid.clone()),
         ("JOB_NAME".into(), job.job_name.clone()),

@@ -14,6 +14,7 @@
 //!
 //! The executor's side of the contract is [`cloister_runtime::tee`].
 
+mod cas_wait;
 mod failure;
 mod job;
 mod volumes;

@@ -100,7 +100,9 @@ pub(super) struct JobCreated {
 /// Start an asynchronous job
 ///
 /// A MinIO event names an input object; any other JSON is the input as is; anything else is
-/// base64 of the input (whatever the Content-Type says).
+/// base64 of the input (whatever the Content-Type says). The job's script gets the body as
+/// its event: `EVENT_FILE` holds it; `EVENT` holds it too up to 64 KiB, else the path of
+/// `EVENT_FILE`.
 #[utoipa::path(
     post,
     path = "/job/{svc}",
@@ -198,8 +200,14 @@ pub(super) async fn invoke_async(
 /// Run synchronously
 ///
 /// Answers base64 of the single output file, base64 of a zip of several, or the script's
-/// stdout (header X-Cloister-Output says which). Refused for confidential services: the body
+/// stdout (header X-Cloister-Output says which). An answer is never cut short: output files
+/// or stdout larger than the body limit (--max-body-mib) fail the invocation with 500 (a
+/// script writing more stdout is stopped there). Refused for confidential services: the body
 /// would cross the platform in plaintext.
+///
+/// The script gets the body as its input file (`INPUT_FILE_PATH`) and the body as text as its
+/// event: `EVENT_FILE` holds it; `EVENT` holds it too up to 64 KiB, else the path of
+/// `EVENT_FILE`.
 #[utoipa::path(
     post,
     path = "/run/{svc}",
@@ -223,7 +231,7 @@ pub(super) async fn invoke_async(
         (status = 413, description = "Body too large", body = String, content_type = "text/plain"),
         (status = 429, description = "As many synchronous invocations as the server admits (--max-sync-invocations) are running or waiting; refused before the body is read", body = String, content_type = "text/plain",
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 500, description = "The script failed", body = String, content_type = "text/plain"),
+        (status = 500, description = "The script failed, or its output files or stdout are larger than the body limit (--max-body-mib): the body gives the reason and the log's last lines", body = String, content_type = "text/plain"),
     ),
     security(("serviceToken" = [])),
 )]
