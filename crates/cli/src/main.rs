@@ -345,6 +345,8 @@ fn store_check(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         }
         .into());
     }
+    // A running server holds the claim: said with its pid, rather than as a lock error.
+    let _claim = server::claim_data_dir(data_dir)?;
     let store = cloister_storage::Store::open(&objects, std::sync::Arc::new(cloister_storage::NoEvents))
         .with_context(|| {
             format!(

@@ -225,7 +225,7 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
 /// Claims the data directory for this process: the lock lasts as long as the returned file is
 /// open (the kernel drops it when the process dies, however it dies), and the file names the
 /// holder's pid for the next server that tries.
-fn claim_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+pub fn claim_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     use std::io::{Read, Seek};
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let path = data_dir.join("server.pid");

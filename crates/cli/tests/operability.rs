@@ -259,6 +259,16 @@ fn a_second_server_on_the_same_data_dir_names_the_first() {
         "{err}"
     );
     assert!(!err.contains("Database already open"), "{err}");
+
+    // The offline store check says the same of a running server.
+    let out = Command::new(bin())
+        .args(["store", "check", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains(&format!("(pid {pid}) is running")), "{err}");
 }
 
 fn spawn_server(data: &Path, password: Option<&str>) -> Child {
