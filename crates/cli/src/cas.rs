@@ -397,11 +397,21 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             print_json(&status)
         }
         CasCommand::Unseal { share, data_dir } => {
-            let answer = LocalClient::new(&data_dir)
-                .map_err(client_error)?
-                .unseal(&share)
-                .await
-                .map_err(client_error)?;
+            let client = LocalClient::new(&data_dir).map_err(client_error)?;
+            let before = client.status().await.map_err(client_error)?;
+            let answer = client.unseal(&share).await.map_err(client_error)?;
+            // The CAS ignores a share it already holds, and any share once unsealed: say so, or
+            // the operator takes the unchanged count for a share that counted.
+            let sealed = answer["sealed"].as_bool().unwrap_or(true);
+            let provided = answer["shares_provided"].as_u64().unwrap_or(0);
+            if !before.sealed {
+                eprintln!("cloister: the CAS was already unsealed; this share was not needed");
+            } else if sealed && provided <= u64::from(before.shares_provided) {
+                eprintln!(
+                    "cloister: this share was already given; still {provided} of {} shares",
+                    before.threshold.unwrap_or_default()
+                );
+            }
             print_json(&answer)
         }
         CasCommand::Seal { data_dir } => LocalClient::new(&data_dir)

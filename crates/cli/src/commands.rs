@@ -554,7 +554,42 @@ pub async fn upload(
 fn s3_error(e: object_store::Error) -> anyhow::Error {
     match e {
         object_store::Error::NotFound { .. } => fail(exit::NOT_FOUND, "no such object or bucket"),
-        other => fail(exit::UNAVAILABLE, format!("S3 request failed: {other}")),
+        object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
+            fail(exit::UNAUTHORIZED, "the S3 endpoint refused the credentials")
+        }
+        // object_store reports some refusals (a listing of a missing bucket) only as text with
+        // the server's error document in it: its code says what happened, its XML is noise.
+        other => {
+            let text = other.to_string();
+            let tag = |name: &str| {
+                let open = format!("<{name}>");
+                let start = text.find(&open)? + open.len();
+                let len = text[start..].find(&format!("</{name}>"))?;
+                Some(text[start..start + len].to_owned())
+            };
+            match tag("Code").as_deref() {
+                Some("NoSuchBucket" | "NoSuchKey" | "NoSuchUpload") => {
+                    fail(exit::NOT_FOUND, "no such object or bucket")
+                }
+                Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
+                    fail(exit::UNAUTHORIZED, "the S3 endpoint refused the credentials")
+                }
+                Some(code) => {
+                    let message = tag("Message").unwrap_or_default().replace("&quot;", "\"");
+                    let server_failed = code == "InternalError" || code == "ServiceUnavailable";
+                    let exit = if server_failed {
+                        exit::UNAVAILABLE
+                    } else {
+                        exit::INVALID
+                    };
+                    fail(
+                        exit,
+                        format!("the S3 endpoint refused the request: {code}: {message}"),
+                    )
+                }
+                None => fail(exit::UNAVAILABLE, format!("S3 request failed: {text}")),
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod confidential;
 mod crypt;
 mod server;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +31,16 @@ struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// How log lines on stderr look: `text` (coloured only on a terminal) or `json` (one object
+    /// a line, for log collectors).
+    #[arg(long, global = true, env = "CLOISTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -205,8 +216,29 @@ enum JobCommand {
     },
 }
 
+/// Subcommands that do not talk to the platform's REST API: their help does not list its
+/// connection flags (which are global so that `cloister ls --config F` works).
+const OFFLINE_COMMANDS: &[&str] = &["server", "cas", "attest", "store", "keygen", "encrypt", "decrypt"];
+
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    // clap copies a global flag into a subcommand only where the subcommand has no flag of that
+    // name: a hidden copy there is what its help, and its subcommands' help, then show.
+    let hidden: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|a| ["config", "endpoint", "user", "password"].contains(&a.get_id().as_str()))
+        .map(|a| a.clone().hide(true))
+        .collect();
+    for name in OFFLINE_COMMANDS {
+        command = command.mut_subcommand(name, |sub| sub.args(hidden.clone()));
+    }
+    let mut matches = command.get_matches();
+    Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // s3s logs every client error at ERROR; the store logs its own faults with their cause and
     // the endpoint logs each answer at the level it deserves. So s3s stays quiet unless
     // CLOISTER_LOG names it.
@@ -218,10 +250,16 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s=off"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        // Colour codes are noise in a file or a journal, and NO_COLOR asks for none anywhere.
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -337,6 +375,8 @@ fn store_check(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         }
         .into());
     }
+    // A running server holds the claim: said with its pid, rather than as a lock error.
+    let _claim = server::claim_data_dir(data_dir)?;
     let store = cloister_storage::Store::open(&objects, std::sync::Arc::new(cloister_storage::NoEvents))
         .with_context(|| {
             format!(

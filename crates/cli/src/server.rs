@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::client::ClientConfig;
+use crate::client::{ClientConfig, exit, fail};
 
 /// Settings of `cloister server`; every flag can also come from its `CLOISTER_…` variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -126,7 +126,7 @@ fn default_plain_dir() -> PathBuf {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 struct Credentials {
     admin_user: String,
     admin_password: String,
@@ -166,40 +166,42 @@ fn credentials(args: &ServerArgs) -> anyhow::Result<Credentials> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let generated = saved.is_none();
-    let saved = saved.unwrap_or_else(|| Credentials {
+    let base = saved.clone().unwrap_or_else(|| Credentials {
         admin_user: "admin".to_owned(),
         admin_password: random_token(16),
         s3_access_key: format!("cloister{}", &random_token(6)),
         s3_secret_key: random_token(20),
     });
-    if generated {
-        write_private(&path, &serde_json::to_vec_pretty(&saved)?)?;
+    let current = Credentials {
+        admin_user: args.admin_user.clone().unwrap_or(base.admin_user),
+        admin_password: args.admin_password.clone().unwrap_or(base.admin_password),
+        s3_access_key: args.s3_access_key.clone().unwrap_or(base.s3_access_key),
+        s3_secret_key: args.s3_secret_key.clone().unwrap_or(base.s3_secret_key),
+    };
+    for (name, value) in [
+        ("admin user", &current.admin_user),
+        ("admin password", &current.admin_password),
+        ("S3 access key", &current.s3_access_key),
+        ("S3 secret key", &current.s3_secret_key),
+    ] {
+        anyhow::ensure!(!value.is_empty(), "the {name} must not be empty");
     }
-    Ok(Credentials {
-        admin_user: args.admin_user.clone().unwrap_or(saved.admin_user),
-        admin_password: args.admin_password.clone().unwrap_or(saved.admin_password),
-        s3_access_key: args.s3_access_key.clone().unwrap_or(saved.s3_access_key),
-        s3_secret_key: args.s3_secret_key.clone().unwrap_or(saved.s3_secret_key),
-    })
+    anyhow::ensure!(
+        !current.admin_user.contains(':'),
+        "the admin user must not contain ':'"
+    );
+    // The file always holds what the server accepts: a flag that changed a credential changes
+    // it there too, so the next start without the flag keeps it.
+    if saved.as_ref() != Some(&current) {
+        write_private(&path, &serde_json::to_vec_pretty(&current)?)?;
+    }
+    Ok(current)
 }
 
 pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::Config> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let creds = credentials(args)?;
-    for (name, value) in [
-        ("admin user", &creds.admin_user),
-        ("admin password", &creds.admin_password),
-        ("S3 access key", &creds.s3_access_key),
-        ("S3 secret key", &creds.s3_secret_key),
-    ] {
-        anyhow::ensure!(!value.is_empty(), "the {name} must not be empty");
-    }
-    anyhow::ensure!(
-        !creds.admin_user.contains(':'),
-        "the admin user must not contain ':'"
-    );
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let concurrency = args.concurrency.unwrap_or(cpus * 2).max(1);
     Ok(cloister_platform::Config {
@@ -227,7 +229,51 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
     })
 }
 
+/// Claims the data directory for this process: the lock lasts as long as the returned file is
+/// open (the kernel drops it when the process dies, however it dies), and the file names the
+/// holder's pid for the next server that tries.
+pub fn claim_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek};
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let path = data_dir.join("server.pid");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            file.rewind()?;
+            write!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim().parse::<u32>() {
+                Ok(pid) => format!(" (pid {pid})"),
+                Err(_) => String::new(),
+            };
+            Err(fail(
+                exit::CONFLICT,
+                format!(
+                    "another cloister server{holder} is running on the data directory {}",
+                    data_dir.display()
+                ),
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let _claim = claim_data_dir(&args.data_dir)?;
     let config = platform_config(&args)?;
     match &config.runtime_binary {
         Some(runtime) => {

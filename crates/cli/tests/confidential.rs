@@ -467,6 +467,18 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
             .starts_with("AFTER THE CHANGE\n")
     );
 
+    // A plaintext upload (the user forgot `--encrypt`): the reason says how to send inputs.
+    world
+        .raw_put("secure", "in/plain.txt", b"forgot to encrypt\n".to_vec())
+        .await;
+    let (_, job, log) = world.job_for("secure-upper", 6, "secure/in/plain.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(
+        log.contains("this service takes inputs encrypted with `cloister put --encrypt <recipient>`"),
+        "{log}"
+    );
+    assert!(!log.contains("header truncated"), "{log}");
+
     // 6. A session that does not tolerate simulation: refused.
     let admin = ClientIdentity::load(&world.admin_key).unwrap();
     let cas = CasClient::new(&world.cas_url, &world.cas_pin, Some(admin)).unwrap();

@@ -308,11 +308,17 @@ fn read_exact_header<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), CryptErro
 /// are bounded before anything is allocated, so hostile input cannot make us allocate much.
 pub(crate) fn read_header<R: Read>(r: &mut R) -> Result<ParsedHeader, CryptError> {
     let mut fixed = [0u8; FIXED_LEN];
-    read_exact_header(r, &mut fixed)?;
-    let (magic, rest) = fixed.split_at(8);
-    if magic != MAGIC {
+    let (magic, after_magic) = fixed.split_at_mut(MAGIC.len());
+    // Plaintext shorter than the magic is as much "not an object" as plaintext that is longer.
+    match read_exact_header(r, magic) {
+        Err(CryptError::MalformedHeader(_)) => return Err(CryptError::NotAnObject),
+        other => other?,
+    }
+    if *magic != MAGIC {
         return Err(CryptError::NotAnObject);
     }
+    read_exact_header(r, after_magic)?;
+    let rest = &fixed[MAGIC.len()..];
     let (version, rest) = rest.split_at(1);
     let version = version.first().copied().unwrap_or(0);
     if version != VERSION {

@@ -246,6 +246,19 @@ fn header_parse_errors() {
     }
 }
 
+/// A short plaintext mistaken for an object is "not an object", as a long one is, so that a user
+/// who forgot to encrypt is told so rather than shown a truncated header.
+#[test]
+fn short_plaintext_is_not_an_object() {
+    let id = Identity::generate();
+    for plain in [&b""[..], b"hi\n", b"CLSTR", b"hello world, plain text\n"] {
+        assert!(
+            matches!(dec(plain, &id), Err(CryptError::NotAnObject)),
+            "{plain:?}"
+        );
+    }
+}
+
 #[test]
 fn truncation_anywhere_is_refused() {
     let id = Identity::generate();

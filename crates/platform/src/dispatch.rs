@@ -109,6 +109,17 @@ pub fn new_job(service: &Service, source: JobSource, event: String) -> JobRecord
     }
 }
 
+fn log_created(record: &JobRecord) {
+    match &record.source {
+        JobSource::Object { bucket, key } => {
+            tracing::info!(service = %record.service, object = %format_args!("{bucket}/{key}"), job = %record.name, "job created")
+        }
+        JobSource::Payload => {
+            tracing::info!(service = %record.service, source = "POST /job", job = %record.name, "job created")
+        }
+    }
+}
+
 impl Dispatcher {
     /// A dispatcher sending new jobs to `queue`.
     pub fn new(state: Arc<State>, queue: UnboundedSender<JobRecord>) -> Result<Self, StateError> {
@@ -142,6 +153,7 @@ impl Dispatcher {
     pub fn submit(&self, intent: Option<u64>, jobs: Vec<NewJob>) -> Result<Vec<JobRecord>, StateError> {
         let created = self.state.create_jobs(intent, jobs)?;
         for record in &created {
+            log_created(record);
             // The receiver only goes away at shutdown; the job stays queued on disk.
             let _ = self.queue.send(record.clone());
         }
@@ -152,6 +164,7 @@ impl Dispatcher {
     /// queues it.
     pub fn submit_bounded(&self, job: NewJob, bounds: QueueBounds) -> Result<JobRecord, StateError> {
         let created = self.state.create_job_bounded(job, bounds)?;
+        log_created(&created);
         let _ = self.queue.send(created.clone());
         Ok(created)
     }

@@ -63,6 +63,16 @@ pub struct StorageIo {
     /// Only objects/files whose name ends with one of these (all when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suffix: Vec<String>,
+    /// Names of fields this version does not know: warned about, then dropped (their values
+    /// are not kept: a misspelled `secrets` must not end up where secrets are listed).
+    #[serde(flatten, default, skip_serializing, deserialize_with = "unknown_field_names")]
+    #[schema(ignore)]
+    pub unknown: Vec<String>,
+}
+
+fn unknown_field_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let fields = BTreeMap::<String, serde::de::IgnoredAny>::deserialize(d)?;
+    Ok(fields.into_keys().collect())
 }
 
 fn default_provider() -> String {
@@ -120,6 +130,11 @@ pub struct Environment {
     /// Secret variables: given to the job like variables, never listed by the API.
     #[serde(default, alias = "Secrets")]
     pub secrets: BTreeMap<String, String>,
+    /// Names of fields this version does not know: warned about, then dropped (their values
+    /// are not kept: a misspelled `secrets` must not end up where secrets are listed).
+    #[serde(flatten, default, skip_serializing, deserialize_with = "unknown_field_names")]
+    #[schema(ignore)]
+    pub unknown: Vec<String>,
 }
 
 /// The `confidential` block of a service (a Cloister addition to OSCAR's FDL).
@@ -188,6 +203,11 @@ pub struct Synchronous {
     /// Maximum replicas.
     #[serde(default)]
     pub max_scale: u32,
+    /// Names of fields this version does not know: warned about, then dropped (their values
+    /// are not kept: a misspelled `secrets` must not end up where secrets are listed).
+    #[serde(flatten, default, skip_serializing, deserialize_with = "unknown_field_names")]
+    #[schema(ignore)]
+    pub unknown: Vec<String>,
 }
 
 /// A service: the unit users deploy. Field names and shapes are OSCAR's.
@@ -370,9 +390,11 @@ impl Service {
         serde_json::from_slice(body).map_err(|e| FdlError::Syntax(e.to_string()))
     }
 
-    /// Warnings about fields this version does not know (they are kept, not acted on).
+    /// Warnings about fields this version does not know: at the top level they are kept, not
+    /// acted on; in nested blocks they are dropped.
     pub fn warnings(&self) -> Vec<String> {
-        self.extra
+        let mut warnings: Vec<String> = self
+            .extra
             .keys()
             .filter(|k| !KNOWN_OSCAR_EXTRAS.contains(&k.as_str()))
             .map(|k| {
@@ -381,7 +403,37 @@ impl Service {
                     self.name
                 )
             })
-            .collect()
+            .collect();
+        let ios = self
+            .input
+            .iter()
+            .enumerate()
+            .map(|(i, io)| (format!("input[{i}]"), io));
+        let outputs = self
+            .output
+            .iter()
+            .enumerate()
+            .map(|(i, io)| (format!("output[{i}]"), io));
+        let mount = self.mount.iter().map(|io| ("mount".to_owned(), io));
+        let nested = ios
+            .chain(outputs)
+            .chain(mount)
+            .map(|(block, io)| (block, &io.unknown))
+            .chain([("environment".to_owned(), &self.environment.unknown)])
+            .chain(
+                self.synchronous
+                    .iter()
+                    .map(|s| ("synchronous".to_owned(), &s.unknown)),
+            );
+        for (block, unknown) in nested {
+            warnings.extend(unknown.iter().map(|k| {
+                format!(
+                    "unknown field `{block}.{k}` in service {:?} is ignored",
+                    self.name
+                )
+            }));
+        }
+        warnings
     }
 
     /// Checks every field; the error names the first invalid one.
@@ -1061,6 +1113,7 @@ clusters:
             path: "b/in".into(),
             prefix: vec!["img".into()],
             suffix: vec![".png".into(), ".jpg".into()],
+            unknown: Vec::new(),
         };
         assert!(io.matches("b", "in/img1.png"));
         assert!(io.matches("b", "in/sub/img2.jpg"));
@@ -1073,6 +1126,61 @@ clusters:
             ..Default::default()
         };
         assert!(whole.matches("b", "anything/at/all"));
+    }
+
+    #[test]
+    fn misspelled_nested_fields_are_warned_about_and_not_kept() {
+        let fdl = r#"
+functions:
+  oscar:
+  - c:
+      name: typos
+      script: echo hi
+      input:
+      - storage_provder: minio.default
+        path: typos/in
+      output:
+      - path: typos/out
+        sufix: [".txt"]
+      mount:
+        path: typos/mnt
+        prefx: ["a"]
+      environment:
+        variables:
+          MODE: fast
+        secret:
+          API_KEY: s3cret
+      synchronous:
+        min_scale: 1
+        max_scael: 3
+"#;
+        let parsed = parse_fdl(fdl, None).unwrap();
+        for field in [
+            "input[0].storage_provder",
+            "output[0].sufix",
+            "mount.prefx",
+            "environment.secret",
+            "synchronous.max_scael",
+        ] {
+            assert!(
+                parsed.warnings.iter().any(|w| w.contains(&format!("`{field}`"))),
+                "no warning for {field}: {:?}",
+                parsed.warnings
+            );
+        }
+        assert_eq!(parsed.warnings.len(), 5, "{:?}", parsed.warnings);
+        // The misspelled block's values go nowhere: not into the stored service, not to the API.
+        let stored = serde_json::to_string(&parsed.services[0]).unwrap();
+        assert!(
+            !stored.contains("s3cret") && !stored.contains("sufix"),
+            "{stored}"
+        );
+        // The same through the REST API's JSON.
+        let svc = Service::from_json(
+            br#"{"name":"s","script":"true","input":[{"path":"s/in","storage_provder":"x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(svc.warnings().len(), 1, "{:?}", svc.warnings());
     }
 
     #[test]

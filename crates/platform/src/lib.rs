@@ -250,7 +250,15 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "REST API server failed");
         }
     }));
-    tracing::info!(%api_addr, %s3_addr, executor = platform.executor.name(), "cloister is serving");
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        %api_addr,
+        %s3_addr,
+        executor = platform.executor.name(),
+        concurrency = config.concurrency,
+        job_timeout = ?config.job_timeout,
+        "cloister is serving"
+    );
     Ok(Running {
         api_addr,
         s3_addr,

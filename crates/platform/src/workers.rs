@@ -250,6 +250,7 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
         let state = state.clone();
         let (service, job) = (record.service.clone(), record.name.clone());
         Box::new(move || {
+            tracing::info!(%service, %job, "job started");
             if let Err(e) = state.mark_running(&service, &job, OffsetDateTime::now_utc()) {
                 tracing::warn!(error = %e, "cannot mark a job running");
             }
@@ -274,7 +275,19 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
         .get_or_insert(record.finish_time.unwrap_or(record.creation_time));
     record.exit_code = outcome.exit_code;
     record.reason = outcome.reason.clone();
-    tracing::info!(job = %record.name, status = ?record.status, "job finished");
+    let ran_for = record
+        .finish_time
+        .zip(record.start_time)
+        .map(|(finish, start)| Duration::try_from(finish - start).unwrap_or_default());
+    tracing::info!(
+        service = %record.service,
+        job = %record.name,
+        status = ?record.status,
+        exit_code = record.exit_code,
+        duration = ?ran_for.unwrap_or_default(),
+        reason = record.reason.as_deref().unwrap_or(""),
+        "job finished"
+    );
     let (log, sealed_log) = logs_to_store(&mut outcome, platform.config.log_limit);
     state.finish(&record, &log, sealed_log.as_deref())?;
     Ok(())

@@ -174,6 +174,14 @@ fn cors_headers(headers: &mut HeaderMap, rule: &CorsRule, origin: &str) {
 
 /// Puts the request id into an error body s3s serialised without one (its errors are whole
 /// in memory, so this is a splice, not a re-read).
+/// The `<Code>` of an S3 error document.
+fn error_code(body: &[u8]) -> Option<&str> {
+    let body = std::str::from_utf8(body).ok()?;
+    let start = body.find("<Code>")? + "<Code>".len();
+    let len = body[start..].find("</Code>")?;
+    Some(&body[start..start + len])
+}
+
 fn with_request_id(response: &mut Response<Body>, request_id: &str) {
     let Some(bytes) = response.body().bytes() else {
         return;
@@ -277,6 +285,11 @@ impl S3Http {
         let status = response.status();
         if status.is_server_error() {
             tracing::error!(%status, %method, %path, request_id, "S3 request failed");
+        } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            // A refusal is the client's doing, but an operator wants to see who is locked out.
+            let body = response.body().bytes();
+            let reason = body.as_deref().and_then(error_code).unwrap_or("");
+            tracing::info!(%status, %method, %path, request_id, %reason, "S3 request refused");
         } else {
             tracing::debug!(%status, %method, %path, request_id, "S3 request");
         }

@@ -174,6 +174,11 @@ pub(crate) enum InputProblem {
     /// Its plaintext file could not be made.
     #[error("cannot write the plaintext: {0}")]
     Write(std::io::Error),
+    /// It is not an encrypted object at all: most likely a plaintext upload.
+    #[error(
+        "it is not encrypted: this service takes inputs encrypted with `cloister put --encrypt <recipient>`"
+    )]
+    NotEncrypted,
     /// It did not decrypt, or no required sender authenticated it.
     #[error(transparent)]
     Crypt(CryptError),
@@ -298,6 +303,15 @@ mod tests {
                     source: InputProblem::Crypt(CryptError::HeaderMac),
                 },
                 "input b/k rejected: header authentication failed: header tampered or bucket/key binding differs",
+            ),
+            (
+                JobFailure::InputRejected {
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    source: InputProblem::NotEncrypted,
+                },
+                "input b/k rejected: it is not encrypted: this service takes inputs encrypted with \
+                 `cloister put --encrypt <recipient>`",
             ),
             (
                 JobFailure::NoVolumeKey,

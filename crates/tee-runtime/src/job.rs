@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cloister_attestation::{EvidenceSource, GramineSource, SimPlatform, TsmProvider, TsmSource};
 use cloister_cas_client::client::CasClient;
 use cloister_cas_client::protocol::{InitData, ReleasedConfig, VolumeCommit, VolumeState, valid_volume_name};
-use cloister_crypt::{EncryptOptions, Identity, ObjectBinding, Recipient, SymmetricKey};
+use cloister_crypt::{CryptError, EncryptOptions, Identity, ObjectBinding, Recipient, SymmetricKey};
 use cloister_runtime::plain::PlainRoot;
 use cloister_runtime::tee::{TeeJob, TeeOutput, TeeResult, render_log, sealed_log_binding};
 use cloister_runtime::{CgroupSupport, Limits, OutputTarget, Program, ProgramOptions, Status, Tee};
@@ -679,8 +679,12 @@ fn decrypt_file(
     // One thread per available CPU. On any failure the plaintext file is left empty: nothing of
     // an unverified object remains.
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    cloister_crypt::decrypt_file_from(&input, &output, identity.into(), binding, senders, threads)
-        .map_err(InputProblem::Crypt)
+    cloister_crypt::decrypt_file_from(&input, &output, identity.into(), binding, senders, threads).map_err(
+        |e| match e {
+            CryptError::NotAnObject => InputProblem::NotEncrypted,
+            other => InputProblem::Crypt(other),
+        },
+    )
 }
 
 fn encrypt_file(

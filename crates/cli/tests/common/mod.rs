@@ -144,6 +144,11 @@ impl Server {
         self.s3 = client["s3_endpoint"].as_str().unwrap().to_owned();
     }
 
+    /// The server process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server as an operator would (SIGTERM) and waits.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,6 +1,8 @@
 //! Error answers: a status and a plain-text reason (OSCAR clients read bodies as text).
 
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::fdl::FdlError;
@@ -46,8 +48,27 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if matches!(self.0, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            resp.extensions_mut().insert(Refusal(self.1));
+        }
         resp
     }
+}
+
+/// Why a request was refused (401/403), for [`log_refusals`], which knows the request.
+#[derive(Clone)]
+struct Refusal(String);
+
+/// Logs each refused request (401/403) with its reason: an operator sees who is locked out, and
+/// why, where a silent refusal would hide a misconfigured client or a probe.
+pub(super) async fn log_refusals(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if let Some(Refusal(reason)) = response.extensions().get::<Refusal>() {
+        tracing::info!(status = response.status().as_u16(), %method, %path, %reason, "request refused");
+    }
+    response
 }
 
 impl From<QueueFull> for ApiError {

@@ -226,7 +226,7 @@ pub(super) async fn invoke_async(
                 ("X-Cloister-Output" = String, description = "`file` (base64 of the one output file), `zip` (base64 of a zip of the output files) or `stdout` (the script's output, as is)"),
                 ("X-Cloister-Output-Name" = String, description = "The output file's name, for `file`"),
             )),
-        (status = 400, description = "Bad body", body = String, content_type = "text/plain"),
+        (status = 400, description = "Bad body, or a confidential service (they take no synchronous invocations)", body = String, content_type = "text/plain"),
         (status = 401, description = "Missing or wrong service token", body = String, content_type = "text/plain"),
         (status = 413, description = "Body too large", body = String, content_type = "text/plain"),
         (status = 429, description = "As many synchronous invocations as the server admits (--max-sync-invocations) are running or waiting; refused before the body is read", body = String, content_type = "text/plain",
@@ -241,6 +241,16 @@ pub(super) async fn invoke_sync(
     request: Request,
 ) -> ApiResult<Response> {
     let service = service_for_token(&platform, &name, request.headers()).await?;
+    if service.confidential.is_some() {
+        // A synchronous body travels through the platform in plaintext: refused as a request
+        // this service cannot take, not reported as the service failing.
+        return Err(ApiError::bad_request(format!(
+            "service {:?} is confidential: it takes no synchronous invocations (their input and output \
+             would cross the platform in plaintext); upload inputs encrypted with `cloister put \
+             --encrypt <recipient>` to its input bucket instead",
+            service.name
+        )));
+    }
     // Admitted before the body is read: a flood beyond the bound is refused without
     // buffering its bodies. The admission lasts until the answer is built.
     let Ok(_admitted) = platform.sync_admission.try_acquire() else {

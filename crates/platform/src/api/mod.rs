@@ -170,6 +170,7 @@ pub(crate) fn router(platform: Arc<Platform>) -> Router {
     router
         .layer(DefaultBodyLimit::max(platform.config.max_body))
         .layer(Extension(platform.clone()))
+        .layer(middleware::from_fn(error::log_refusals))
         .with_state(platform)
 }
 
