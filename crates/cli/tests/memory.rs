@@ -73,11 +73,11 @@ async fn resident_memory_is_bounded_by_the_database_cache_not_by_the_job_history
 
     submit(&server, &token, 50).await;
     server.wait_jobs("chatty", 50).await;
-    let early = resident_mib(server.pid());
+    let early = resident_mib(server.pid().unwrap());
     let early_db = std::fs::metadata(dir.path().join("state.redb")).unwrap().len() >> 20;
     submit(&server, &token, 250).await;
     server.wait_jobs("chatty", 300).await;
-    let late = resident_mib(server.pid());
+    let late = resident_mib(server.pid().unwrap());
     let late_db = std::fs::metadata(dir.path().join("state.redb")).unwrap().len() >> 20;
     assert!(
         late_db >= early_db + 80,

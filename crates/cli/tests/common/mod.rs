@@ -179,11 +179,6 @@ impl Server {
         self.spawn();
     }
 
-    /// The server process's id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("the server is running").id()
-    }
-
     pub fn http(&self) -> reqwest::Client {
         reqwest::Client::new()
     }
