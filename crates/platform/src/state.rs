@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -232,7 +232,7 @@ pub struct JobPage {
 
 /// The state store.
 pub struct State {
-    db: Database,
+    db: cloister_storage::reopen::ReopeningDatabase,
 }
 
 fn next_counter(table: &mut redb::Table<&str, u64>, name: &str) -> Result<u64, StateError> {
@@ -248,7 +248,7 @@ fn service_range(service: &str) -> std::ops::RangeInclusive<(&str, &str)> {
 impl State {
     /// Opens (creating if needed) the database file.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let db = Database::create(path)?;
+        let db = cloister_storage::reopen::ReopeningDatabase::create(path)?;
         let txn = db.begin_write()?;
         let _ = txn.open_table(BUCKETS)?;
         let _ = txn.open_table(SERVICES)?;

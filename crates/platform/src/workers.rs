@@ -390,6 +390,7 @@ mod tests {
             runtime_binary: None,
             plain_dir: dir.join("plain"),
             work_dir: None,
+            connections: Default::default(),
         };
         let platform = Arc::new(Platform {
             state: state.clone(),
