@@ -84,6 +84,18 @@ pub struct ServerArgs {
     /// Staged inputs then take memory.
     #[arg(long, env = "CLOISTER_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Connections each listener (REST API, S3) serves at once; beyond it a new connection is
+    /// answered 503 and closed (default: from the open-file limit, leaving a quarter of it,
+    /// at least 128, for files and jobs).
+    #[arg(long, env = "CLOISTER_MAX_CONNECTIONS",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: Option<usize>,
+    /// A connection with no request in progress and no traffic for this long is closed.
+    #[arg(long, env = "CLOISTER_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// A connection whose request head is not complete this long after it began is closed.
+    #[arg(long, env = "CLOISTER_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
     /// The `cloister-runtime` binary that runs confidential jobs (default: next to this
     /// binary, else on PATH). Without one, confidential jobs are refused.
     #[arg(long, env = "CLOISTER_RUNTIME_BINARY")]
@@ -198,6 +210,29 @@ fn credentials(args: &ServerArgs) -> anyhow::Result<Credentials> {
     Ok(current)
 }
 
+fn connection_limits(args: &ServerArgs) -> cloister_storage::listen::ConnectionLimits {
+    cloister_storage::listen::raise_fd_limit();
+    let fd_limit = cloister_storage::listen::fd_limit().unwrap_or(1024);
+    let derived = cloister_storage::listen::default_max_connections(fd_limit);
+    let max_connections = args.max_connections.unwrap_or(derived);
+    if max_connections > derived {
+        // Allowed (the operator may know better), but descriptors can then run out: accepts
+        // fail, back off and are logged once per interval.
+        tracing::warn!(
+            max_connections,
+            fd_limit,
+            "--max-connections leaves too few of the open-file limit for files and jobs"
+        );
+    }
+    cloister_storage::listen::ConnectionLimits {
+        max_connections,
+        idle_timeout: args.idle_timeout.max(std::time::Duration::from_millis(100)),
+        header_read_timeout: args
+            .header_read_timeout
+            .max(std::time::Duration::from_millis(100)),
+    }
+}
+
 pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::Config> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
@@ -226,6 +261,7 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
         plain_dir: args.plain_dir.clone().unwrap_or_else(default_plain_dir),
         work_dir: args.work_dir.clone(),
         db_cache_bytes: usize::try_from(args.db_cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+        connections: connection_limits(args),
     })
 }
 
@@ -293,7 +329,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         s3_endpoint: Some(format!("http://{}", running.s3_addr)),
     };
     let client_file = args.data_dir.join("client.json");
-    write_private(&client_file, &serde_json::to_vec_pretty(&client)?)?;
+    let client_json = serde_json::to_vec_pretty(&client)?;
+    // Rewritten only when it changed: a start on a full disk must not need to write.
+    if std::fs::read(&client_file).ok().as_deref() != Some(client_json.as_slice())
+        && let Err(e) = write_private(&client_file, &client_json)
+    {
+        // Serving matters more than the CLI's convenience file (e.g. on a full disk).
+        eprintln!("cloister: warning: {e:#}; the CLI may find stale settings there");
+        tracing::warn!(error = %e, "cannot update the client file");
+    }
     println!(
         "cloister: REST API on http://{}  S3 endpoint on http://{}",
         running.api_addr, running.s3_addr

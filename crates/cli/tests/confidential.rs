@@ -1048,7 +1048,7 @@ async fn a_cas_restarted_mid_job_does_not_lose_the_job() {
 
 /// Mounts a tmpfs of `size` at `dir` (created), or answers `None` when this host does not let
 /// the test mount (not root, no CAP_SYS_ADMIN): the caller skips, unless CI requires the test
-/// with `CLOISTER_REQUIRE_MOUNT`. The mount is removed on drop.
+/// with `CLOISTER_REQUIRE_TMPFS`. The mount is removed on drop.
 fn small_tmpfs(dir: &Path, size: &str, mode: &str) -> Option<Tmpfs> {
     std::fs::create_dir_all(dir).unwrap();
     let out = Command::new("mount")
@@ -1059,8 +1059,8 @@ fn small_tmpfs(dir: &Path, size: &str, mode: &str) -> Option<Tmpfs> {
         Ok(out) if out.status.success() => Some(Tmpfs(dir.to_path_buf())),
         other => {
             assert!(
-                std::env::var_os("CLOISTER_REQUIRE_MOUNT").is_none(),
-                "CLOISTER_REQUIRE_MOUNT is set but a tmpfs cannot be mounted here: {other:?}"
+                std::env::var_os("CLOISTER_REQUIRE_TMPFS").is_none(),
+                "CLOISTER_REQUIRE_TMPFS is set but a tmpfs cannot be mounted here: {other:?}"
             );
             eprintln!("skipped: cannot mount a tmpfs here ({other:?})");
             None

@@ -75,6 +75,8 @@ pub struct Config {
     pub work_dir: Option<PathBuf>,
     /// How much of each database (the state, the object index) is kept in memory.
     pub db_cache_bytes: usize,
+    /// The connection limits of each listener (REST API and S3).
+    pub connections: cloister_storage::listen::ConnectionLimits,
 }
 
 /// Shared by the API handlers, the dispatcher and the workers.
@@ -233,22 +235,29 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let s3_service = store.s3_service(&config.s3_access_key, &config.s3_secret_key);
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        cloister_storage::serve(s3_listener, s3_service, async move {
+        cloister_storage::serve(s3_listener, s3_service, config.connections, async move {
             let _ = rx.wait_for(|stop| *stop).await;
         })
         .await;
     }));
-    let router = api::router(platform.clone());
+    let router = hyper_util::service::TowerToHyperService::new(api::router(platform.clone()));
+    let refusal = cloister_storage::listen::Refusal {
+        content_type: "text/plain; charset=utf-8",
+        body: "The server has reached its limit of open connections; retry shortly.\n".to_owned(),
+    };
     let mut rx = shutdown_rx;
     tasks.push(tokio::spawn(async move {
-        let served = axum::serve(api_listener, router)
-            .with_graceful_shutdown(async move {
+        cloister_storage::listen::serve_within(
+            api_listener,
+            router,
+            config.connections,
+            refusal,
+            "REST API",
+            async move {
                 let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "REST API server failed");
-        }
+            },
+        )
+        .await;
     }));
     tracing::info!(
         data_dir = %config.data_dir.display(),

@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -235,7 +235,7 @@ pub struct JobPage {
 
 /// The state store.
 pub struct State {
-    db: Database,
+    db: cloister_storage::reopen::ReopeningDatabase,
 }
 
 fn next_counter(table: &mut redb::Table<&str, u64>, name: &str) -> Result<u64, StateError> {
@@ -257,7 +257,7 @@ impl State {
     /// Opens (creating if needed) the database file; redb keeps at most `cache_bytes` of it in
     /// memory (its own default, 1 GiB, let the server grow with its job history).
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StateError> {
-        let db = redb::Builder::new().set_cache_size(cache_bytes).create(path)?;
+        let db = cloister_storage::reopen::ReopeningDatabase::create(path, cache_bytes)?;
         let txn = db.begin_write()?;
         let _ = txn.open_table(BUCKETS)?;
         let _ = txn.open_table(SERVICES)?;

@@ -404,6 +404,7 @@ mod tests {
             plain_dir: dir.join("plain"),
             work_dir: None,
             db_cache_bytes: crate::state::DEFAULT_CACHE_BYTES,
+            connections: Default::default(),
         };
         let platform = Arc::new(Platform {
             state: state.clone(),

@@ -154,6 +154,11 @@ impl Blobs {
         Ok(Self { dir })
     }
 
+    /// Refuses (507) a write of `needed` bytes the disk has no room for, reserve included.
+    pub(crate) fn ensure_room(&self, needed: u64) -> S3Result<()> {
+        crate::space::ensure_room(&self.dir, needed)
+    }
+
     pub(crate) fn path(&self, id: u128) -> PathBuf {
         let name = format!("{id:032x}");
         self.dir.join(&name[..2]).join(name)
@@ -198,6 +203,7 @@ impl Blobs {
         expected: Option<u64>,
         wanted: Wanted,
     ) -> S3Result<Received> {
+        self.ensure_room(expected.unwrap_or(0))?;
         let mut body = body;
         let mut head = BytesMut::new();
         let mut spill = None;
@@ -229,6 +235,7 @@ impl Blobs {
         let (to_hasher, mut hasher_rx) = tokio::sync::mpsc::channel::<Bytes>(PIPELINE_DEPTH);
         let writer = tokio::task::spawn_blocking({
             let path = path.clone();
+            let dir = self.dir.clone();
             move || -> std::io::Result<u64> {
                 let file = std::fs::OpenOptions::new()
                     .write(true)
@@ -237,9 +244,17 @@ impl Blobs {
                 // The body arrives in pieces of a few KiB; the disk wants fewer, larger writes.
                 let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
                 let mut written = 0u64;
+                let mut next_check = crate::space::CHECK_EVERY;
                 while let Some(chunk) = writer_rx.blocking_recv() {
                     out.write_all(&chunk)?;
                     written += chunk.len() as u64;
+                    // A body of unknown length may eat the reserve the index commits need.
+                    if written >= next_check {
+                        next_check = written + crate::space::CHECK_EVERY;
+                        if crate::space::low(&dir) {
+                            return Err(std::io::ErrorKind::StorageFull.into());
+                        }
+                    }
                 }
                 let file = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
                 file.sync_all()?;
@@ -282,6 +297,10 @@ impl Blobs {
         let size = match written {
             Ok(Ok(n)) if fed => n,
             Ok(Ok(_)) => return Err(cleanup(s3_error!(InternalError, "cannot store the object"))),
+            Ok(Err(e)) if crate::space::is_full(&e) => {
+                crate::space::refused(&e);
+                return Err(cleanup(crate::space::insufficient_storage()));
+            }
             Ok(Err(e)) => return Err(cleanup(io_fault("cannot write a data file", &e))),
             Err(e) => return Err(cleanup(s3_error!(InternalError, "data writer failed: {e}"))),
         };

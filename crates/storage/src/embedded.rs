@@ -38,6 +38,7 @@ fn storage_error(e: s3s::S3Error) -> StorageError {
         S3ErrorCode::NoSuchKey => StorageError::NoSuchKey,
         S3ErrorCode::BucketAlreadyExists | S3ErrorCode::BucketAlreadyOwnedByYou => StorageError::BucketExists,
         S3ErrorCode::BucketNotEmpty => StorageError::BucketNotEmpty,
+        S3ErrorCode::Custom(code) if &**code == "InsufficientStorage" => StorageError::InsufficientStorage,
         S3ErrorCode::InvalidBucketName | S3ErrorCode::InvalidArgument | S3ErrorCode::KeyTooLongError => {
             StorageError::InvalidName(e.message().unwrap_or("invalid name").to_owned())
         }
@@ -120,6 +121,13 @@ impl Store {
             Err(StorageError::BucketExists) if exist_ok => Ok(()),
             other => other.map(|_| ()),
         }
+    }
+
+    /// Refuses, as the store's own writes do, a write of `needed` bytes that would leave the
+    /// disk without its reserve for metadata commits: for data that other stores on the same
+    /// disk (the platform's state) are about to take.
+    pub fn ensure_room(&self, needed: u64) -> Result<(), StorageError> {
+        self.core().blobs.ensure_room(needed).map_err(storage_error)
     }
 
     /// Whether the bucket exists.

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 pub(crate) const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
@@ -43,6 +43,41 @@ pub(crate) enum IndexError {
     Corrupt(String),
     #[error("the metadata index is closed")]
     Closed,
+    #[error("metadata index: the disk is full: {0}")]
+    Full(String),
+}
+
+/// Whether redb failed for lack of space.
+fn storage_full(e: &redb::StorageError) -> bool {
+    matches!(e, redb::StorageError::Io(io) if crate::space::is_full(io))
+}
+
+impl From<redb::StorageError> for IndexError {
+    fn from(e: redb::StorageError) -> Self {
+        if storage_full(&e) {
+            Self::Full(e.to_string())
+        } else {
+            Self::Db(e.to_string())
+        }
+    }
+}
+
+impl From<redb::CommitError> for IndexError {
+    fn from(e: redb::CommitError) -> Self {
+        match e {
+            redb::CommitError::Storage(e) => e.into(),
+            e => Self::Db(e.to_string()),
+        }
+    }
+}
+
+impl From<redb::TransactionError> for IndexError {
+    fn from(e: redb::TransactionError) -> Self {
+        match e {
+            redb::TransactionError::Storage(e) => e.into(),
+            e => Self::Db(e.to_string()),
+        }
+    }
 }
 
 macro_rules! db_err {
@@ -54,13 +89,7 @@ macro_rules! db_err {
         }
     )*};
 }
-db_err!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+db_err!(redb::DatabaseError, redb::TableError);
 
 impl From<serde_json::Error> for IndexError {
     fn from(e: serde_json::Error) -> Self {
@@ -233,7 +262,7 @@ type Op = Box<dyn FnOnce(&WriteTransaction) -> Finish + Send>;
 
 /// The index: reads go straight to redb; writes go through the commit thread.
 pub(crate) struct Index {
-    pub db: Arc<Database>,
+    pub db: Arc<crate::reopen::ReopeningDatabase>,
     queue: Mutex<Option<std::sync::mpsc::Sender<Op>>>,
     /// Data files being read (by GET streams); the reclaimer leaves them until released.
     pins: Mutex<HashMap<u128, usize>>,
@@ -251,7 +280,7 @@ const MAX_BATCH: usize = 512;
 impl Index {
     /// Opens (creating if needed) the index; redb keeps at most `cache_bytes` of it in memory.
     pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Arc<Self>, IndexError> {
-        let db = Arc::new(redb::Builder::new().set_cache_size(cache_bytes).create(path)?);
+        let db = Arc::new(crate::reopen::ReopeningDatabase::create(path, cache_bytes)?);
         let txn = db.begin_write()?;
         {
             let _ = txn.open_table(BUCKETS)?;
@@ -366,7 +395,11 @@ impl Drop for Index {
     }
 }
 
-fn commit_loop(db: &Database, rx: &std::sync::mpsc::Receiver<Op>, reclaim: &std::sync::mpsc::SyncSender<()>) {
+fn commit_loop(
+    db: &crate::reopen::ReopeningDatabase,
+    rx: &std::sync::mpsc::Receiver<Op>,
+    reclaim: &std::sync::mpsc::SyncSender<()>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {

@@ -13,13 +13,16 @@ mod conditions;
 mod embedded;
 pub mod events;
 mod index;
+pub mod listen;
 mod listing;
 mod migrate;
 mod multipart;
 pub mod names;
 mod presign;
+pub mod reopen;
 mod s3;
 mod serve;
+mod space;
 mod store;
 
 pub use embedded::Store;
@@ -57,6 +60,10 @@ pub enum StorageError {
     /// The bucket still holds objects.
     #[error("bucket is not empty")]
     BucketNotEmpty,
+    /// The disk is (nearly) full: nothing was written. Writes succeed again once space has
+    /// been freed.
+    #[error("the server's disk is full")]
+    InsufficientStorage,
     /// A local file-system error.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

@@ -399,6 +399,8 @@ impl EmbeddedS3 {
         C: FnOnce(Option<u64>, P) -> Fut,
         Fut: std::future::Future<Output = S3Result<(T, ObjectRecord)>>,
     {
+        // Before the intent: on a full disk the state database's commit of it would fail too.
+        self.0.blobs.ensure_room(0)?;
         let events = self.0.events.clone();
         let (b, k) = (bucket.to_owned(), key.to_owned());
         let wanted = events.wants(bucket, key);
@@ -542,6 +544,7 @@ impl S3 for EmbeddedS3 {
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let bucket = req.input.bucket;
         check_bucket(&bucket)?;
+        self.0.blobs.ensure_room(0)?;
         let b = bucket.clone();
         self.0
             .index
@@ -1432,6 +1435,7 @@ impl S3 for EmbeddedS3 {
         let input = req.input;
         check_key(&input.bucket, &input.key)?;
         storage_class_ok(input.storage_class.as_ref())?;
+        self.0.blobs.ensure_room(0)?;
         if let Some(algorithm) = &input.checksum_algorithm {
             Wanted::default().add(algorithm.as_str())?;
         }

@@ -7,14 +7,13 @@ use std::future::Future;
 use std::pin::Pin;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::Body;
 use s3s::service::S3Service;
 use tokio::net::TcpListener;
 
 use crate::Store;
 use crate::index::CorsRule;
+use crate::listen::{ConnectionLimits, Refusal};
 
 /// Longest validity of a SigV4 presigned URL, as in S3.
 const MAX_PRESIGNED_SECONDS: u64 = 7 * 24 * 3600;
@@ -283,7 +282,9 @@ impl S3Http {
         set(response.headers_mut(), "x-amz-request-id", &request_id);
         set(response.headers_mut(), "x-amz-id-2", &request_id);
         let status = response.status();
-        if status.is_server_error() {
+        // A full disk was logged where it was found (once per interval): one line per refused
+        // write would flood the log of a server that has no space for it.
+        if status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE {
             tracing::error!(%status, %method, %path, request_id, "S3 request failed");
         } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             // A refusal is the client's doing, but an operator wants to see who is locked out.
@@ -374,30 +375,22 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for S3Http {
     }
 }
 
-/// Serves the S3 protocol on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, service: S3Http, shutdown: impl Future<Output = ()>) {
-    let http = ConnBuilder::new(TokioExecutor::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(e) => {
-                    tracing::warn!(error = %e, "S3 endpoint: accept failed");
-                    continue;
-                }
-            },
-            () = shutdown.as_mut() => break,
-        };
-        let _ = socket.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(socket), service.clone());
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+/// Serves the S3 protocol on `listener` within `limits` until `shutdown` completes. A
+/// connection over the cap is answered `503 SlowDown`, which S3 clients retry with back-off.
+pub async fn serve(
+    listener: TcpListener,
+    service: S3Http,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let refusal = Refusal {
+        content_type: "application/xml",
+        body: "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>The \
+               server has reached its limit of open connections; please reduce your request rate \
+               and retry.</Message></Error>"
+            .to_owned(),
+    };
+    crate::listen::serve_within(listener, service, limits, refusal, "S3", shutdown).await;
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::index::Db as _;
 use bytes::Bytes;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use s3s::dto::StreamingBlob;
 use s3s::{S3Error, S3Result, s3_error};
 use time::OffsetDateTime;
@@ -24,6 +24,10 @@ pub(crate) type StoreError = S3Error;
 
 impl From<IndexError> for S3Error {
     fn from(e: IndexError) -> Self {
+        if let IndexError::Full(e) = &e {
+            crate::space::refused(e);
+            return crate::space::insufficient_storage();
+        }
         tracing::error!(error = %e, "object store: metadata index failure");
         s3_error!(InternalError, "the object store's index failed")
     }

@@ -79,6 +79,7 @@ pub struct Server {
     child: Option<Child>,
     extra: Vec<String>,
     log: Option<PathBuf>,
+    fd_limit: Option<u64>,
 }
 
 impl Server {
@@ -91,6 +92,7 @@ impl Server {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: None,
+            fd_limit: None,
         };
         server.spawn();
         server
@@ -105,15 +107,32 @@ impl Server {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: Some(log.to_path_buf()),
+            fd_limit: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// As [`Self::start_logged`], the server limited to `fd_limit` open files (soft and hard).
+    pub fn start_limited(dir: &Path, extra: &[&str], log: &Path, fd_limit: u64) -> Self {
+        let mut server = Self {
+            dir: dir.to_path_buf(),
+            api: String::new(),
+            s3: String::new(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: Some(log.to_path_buf()),
+            fd_limit: Some(fd_limit),
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let client_file = self.dir.join("client.json");
-        let _ = std::fs::remove_file(&client_file);
-        let child = Command::new(bin())
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(bin());
+        command
             .args(["server", "--listen", "127.0.0.1:0", "--s3-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.dir)
@@ -127,21 +146,63 @@ impl Server {
             .stderr(match &self.log {
                 Some(log) => Stdio::from(std::fs::File::create(log).expect("create the server log")),
                 None => Stdio::inherit(),
-            })
-            .spawn()
-            .expect("start cloister server");
+            });
+        if let Some(limit) = self.fd_limit {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit between fork and exec touches only the child's own limits.
+            #[allow(unsafe_code)]
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("start cloister server");
+        // The server says where it listens once it serves (its ports may have been 0); the
+        // client file may be stale (it is not rewritten where it cannot be, e.g. a full disk).
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let (Some(tx), Some(rest)) = (&tx, line.strip_prefix("cloister: REST API on ")) {
+                    let mut parts = rest.split_whitespace();
+                    let api = parts.next().unwrap_or_default().to_owned();
+                    let s3 = parts.nth(3).unwrap_or_default().to_owned();
+                    let _ = tx.send((api, s3));
+                }
+                if line.starts_with("cloister: REST API on ") {
+                    tx = None;
+                }
+            }
+        });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !client_file.exists() {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok((api, s3)) => {
+                    self.api = api;
+                    self.s3 = s3;
+                    return;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             assert!(Instant::now() < deadline, "server did not start");
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("server exited early: {status}");
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        let client: Value = serde_json::from_slice(&std::fs::read(&client_file).unwrap()).unwrap();
-        self.api = client["endpoint"].as_str().unwrap().to_owned();
-        self.s3 = client["s3_endpoint"].as_str().unwrap().to_owned();
     }
 
     /// The server process's id while it runs.

@@ -96,6 +96,10 @@ impl From<cloister_storage::StorageError> for ApiError {
             E::NoSuchKey => Self::not_found("object not found"),
             E::BucketExists => Self::new(StatusCode::CONFLICT, "bucket already exists"),
             E::BucketNotEmpty => Self::new(StatusCode::CONFLICT, "bucket is not empty"),
+            E::InsufficientStorage => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the server's disk is full: nothing was stored; retry once space has been freed",
+            ),
             other => {
                 tracing::error!(error = %other, "storage failure");
                 Self::internal("storage error")

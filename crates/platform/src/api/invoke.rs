@@ -156,6 +156,8 @@ pub(super) async fn invoke_async(
         }
         .into());
     }
+    // The job and its payload go to the state database, on the store's disk.
+    platform.store.ensure_room(declared)?;
     let body = read_body(request).await?;
     let job = match event_object(&body)? {
         Some((bucket, key)) => {

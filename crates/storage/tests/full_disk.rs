@@ -1,0 +1,118 @@
+//! A redb commit that fails on a full disk poisons the database (every later transaction
+//! fails with `PreviousIo`); [`ReopeningDatabase`] opens it again, so reads go on, the failed
+//! commit is not visible, and writes work once space returns, without a restart.
+//!
+//! Mounts a small tmpfs (root only); skipped where that is not permitted, unless
+//! `CLOISTER_REQUIRE_TMPFS` is set (CI), which makes that a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write as _;
+use std::path::Path;
+
+use cloister_storage::reopen::ReopeningDatabase;
+use redb::TableDefinition;
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("t");
+
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn mount(path: &Path) -> Option<Tmpfs> {
+    std::fs::create_dir_all(path).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(path)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => Some(Tmpfs(path.to_path_buf())),
+        other => {
+            assert!(
+                std::env::var_os("CLOISTER_REQUIRE_TMPFS").is_none(),
+                "CLOISTER_REQUIRE_TMPFS is set but a tmpfs cannot be mounted: {other:?}"
+            );
+            eprintln!("skipped: cannot mount a tmpfs here; set CLOISTER_REQUIRE_TMPFS to fail instead");
+            None
+        }
+    }
+}
+
+fn fill(dir: &Path) -> std::path::PathBuf {
+    let filler = dir.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![1u8; 1 << 20];
+    let mut size = chunk.len();
+    while size > 0 {
+        match file.write(&chunk[..size]) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => size /= 2,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    filler
+}
+
+fn put(db: &ReopeningDatabase, key: &str, value: &[u8]) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
+        table.insert(key, value).map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+fn get(db: &ReopeningDatabase, key: &str) -> Option<Vec<u8>> {
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(TABLE).unwrap();
+    table.get(key).unwrap().map(|v| v.value().to_vec())
+}
+
+#[test]
+fn a_commit_failed_for_lack_of_space_leaves_the_database_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = mount(&dir.path().join("disk")) else {
+        return;
+    };
+    let db = ReopeningDatabase::create(&disk.0.join("db.redb"), 1 << 20).unwrap();
+    put(&db, "kept", b"committed before the disk filled").unwrap();
+    let filler = fill(&disk.0);
+
+    let big = vec![7u8; 512 * 1024];
+    let (failed, failure) = (0..64)
+        .find_map(|i| put(&db, &format!("big{i}"), &big).err().map(|e| (i, e)))
+        .expect("a full disk took 32 MiB of commits");
+    assert!(
+        failure.contains("No space left") || failure.contains("I/O"),
+        "{failure}"
+    );
+
+    // Reads go on, and show what was committed, not the failed commit.
+    assert_eq!(
+        get(&db, "kept").as_deref(),
+        Some(&b"committed before the disk filled"[..])
+    );
+    assert!(
+        get(&db, &format!("big{failed}")).is_none(),
+        "the failed commit is visible"
+    );
+    if failed > 0 {
+        assert_eq!(get(&db, &format!("big{}", failed - 1)), Some(big.clone()));
+    }
+
+    // Space returns: writes work again on the same handle.
+    std::fs::remove_file(filler).unwrap();
+    put(&db, "after", b"space returned").unwrap();
+    assert_eq!(get(&db, "after").as_deref(), Some(&b"space returned"[..]));
+    assert_eq!(
+        get(&db, "kept").as_deref(),
+        Some(&b"committed before the disk filled"[..])
+    );
+    drop(db);
+}
