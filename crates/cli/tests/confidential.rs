@@ -16,7 +16,7 @@ use cloister_cas_client::client::CasClient;
 use cloister_cas_client::protocol::InitData;
 use cloister_cas_client::protocol::VolumeCommit;
 use cloister_cas_client::sign::ClientIdentity;
-use common::{Server, repo_root};
+use common::{Server, Tmpfs, repo_root};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 
@@ -1046,37 +1046,6 @@ async fn a_cas_restarted_mid_job_does_not_lose_the_job() {
     assert_eq!(world.get_decrypted("waitt/out/b.txt.tally"), b"jobs=1 lines=2\n");
 }
 
-/// Mounts a tmpfs of `size` at `dir` (created), or answers `None` when this host does not let
-/// the test mount (not root, no CAP_SYS_ADMIN): the caller skips, unless CI requires the test
-/// with `CLOISTER_REQUIRE_TMPFS`. The mount is removed on drop.
-fn small_tmpfs(dir: &Path, size: &str, mode: &str) -> Option<Tmpfs> {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size},mode={mode}"), "tmpfs"])
-        .arg(dir)
-        .output();
-    match out {
-        Ok(out) if out.status.success() => Some(Tmpfs(dir.to_path_buf())),
-        other => {
-            assert!(
-                std::env::var_os("CLOISTER_REQUIRE_TMPFS").is_none(),
-                "CLOISTER_REQUIRE_TMPFS is set but a tmpfs cannot be mounted here: {other:?}"
-            );
-            eprintln!("skipped: cannot mount a tmpfs here ({other:?})");
-            None
-        }
-    }
-}
-
-struct Tmpfs(PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: a process of the test may still hold a file there.
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// No room left while a confidential job's outputs are encrypted (the memory-backed folder
 /// where the runtime seals them) or stored (the data directory): the job fails with a reason
 /// that says so, and no output object, whole or partial, is visible.
@@ -1084,10 +1053,10 @@ impl Drop for Tmpfs {
 async fn a_full_store_fails_the_job_and_leaves_no_output() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let Some(data_fs) = small_tmpfs(&data, "64m", "0755") else {
+    let Some(data_fs) = Tmpfs::mount(&data, "size=64m,mode=0755") else {
         return;
     };
-    let Some(plain_fs) = small_tmpfs(&dir.path().join("plain"), "12m", "0700") else {
+    let Some(plain_fs) = Tmpfs::mount(&dir.path().join("plain"), "size=12m,mode=0700") else {
         return;
     };
     let mut world = World::start_with(dir, &[]).await;
@@ -1132,8 +1101,8 @@ async fn a_full_store_fails_the_job_and_leaves_no_output() {
             .parse::<u64>()
             .unwrap()
     };
-    let filler = data_fs.0.join("filler");
-    let fill = available(&data_fs.0).saturating_sub((64 << 20) / 16 + (2 << 20));
+    let filler = data_fs.path.join("filler");
+    let fill = available(&data_fs.path).saturating_sub((64 << 20) / 16 + (2 << 20));
     std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
     world.put_encrypted("full-out", b"4194304", "full/in/storing.txt");
     let (_, job, log) = world.job_for("full-out", 2, "full/in/storing.txt").await;

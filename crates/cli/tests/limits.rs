@@ -9,8 +9,7 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -19,68 +18,6 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A tmpfs mounted for one test, unmounted on drop.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (e.g. `64m`) at `path`, or says why not and returns `None`.
-    fn mount(path: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(path).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .output();
-        match mounted {
-            Ok(out) if out.status.success() => Some(Self {
-                path: path.to_path_buf(),
-            }),
-            other => {
-                let why = match other {
-                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                assert!(
-                    std::env::var_os("CLOISTER_REQUIRE_TMPFS").is_none(),
-                    "CLOISTER_REQUIRE_TMPFS is set but a tmpfs cannot be mounted: {why}"
-                );
-                eprintln!(
-                    "skipped: cannot mount a tmpfs here ({why}); set CLOISTER_REQUIRE_TMPFS to fail instead"
-                );
-                None
-            }
-        }
-    }
-
-    /// Fills the file system to the last byte; the filler is `filler`.
-    fn fill(&self) -> PathBuf {
-        let filler = self.path.join("filler");
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0x5au8; 1 << 20];
-        let mut size = chunk.len();
-        while size > 0 {
-            match file.write(&chunk[..size]) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => size /= 2,
-                Err(e) => panic!("filling the disk: {e}"),
-            }
-        }
-        let _ = file.sync_all();
-        filler
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
 
 fn lines_with(log: &Path, needle: &str) -> usize {
     std::fs::read_to_string(log)
@@ -102,7 +39,7 @@ async fn expect_507(what: &str, result: Result<impl std::fmt::Debug, object_stor
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_serves_reads_refuses_writes_with_507_and_recovers_when_space_returns() {
     let base = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&base.path().join("disk"), "64m") else {
+    let Some(disk) = Tmpfs::mount(&base.path().join("disk"), "size=64m") else {
         return;
     };
     let dir = disk.path.join("data");

@@ -366,3 +366,68 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs with `options` (e.g. `size=64m,mode=0700`) at `path` (created), or says
+    /// why not and returns `None` (not root, no CAP_SYS_ADMIN): the caller skips, unless CI
+    /// requires the test with `CLOISTER_REQUIRE_TMPFS`.
+    pub fn mount(path: &Path, options: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(path)
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Self {
+                path: path.to_path_buf(),
+            }),
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    std::env::var_os("CLOISTER_REQUIRE_TMPFS").is_none(),
+                    "CLOISTER_REQUIRE_TMPFS is set but a tmpfs cannot be mounted: {why}"
+                );
+                eprintln!(
+                    "skipped: cannot mount a tmpfs here ({why}); set CLOISTER_REQUIRE_TMPFS to fail instead"
+                );
+                None
+            }
+        }
+    }
+
+    /// Fills the file system to the last byte; the filler is `filler`.
+    pub fn fill(&self) -> PathBuf {
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut size = chunk.len();
+        while size > 0 {
+            match std::io::Write::write(&mut file, &chunk[..size]) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => size /= 2,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: a process of the test may still hold a file there.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
