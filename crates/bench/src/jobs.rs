@@ -1,6 +1,13 @@
 //! `cloister-bench jobs`: starts a private `cloister server` on loopback ports and a temporary
 //! data directory, then measures upload→job-start latency, sustained trivial jobs per second
-//! and `/run` round trips, each next to the process-spawn floor measured in the same run.
+//! and `/run` round trips, each next to the process-spawn floor measured in the same round.
+//!
+//! The measurement runs in rounds; each round measures the floors (process spawn, durable
+//! write) and then the platform (upload→job start, throughput, `/run`), so a slow phase of the
+//! machine hits the floor and the path measured against it alike. A round's figure is the ratio
+//! or difference to its own round's floor; the table prints each figure's median over the
+//! rounds with their range, and `--json` every round's value. With `--instructions`, the work
+//! per job in CPU instructions is counted too (see the `instructions` module).
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -15,23 +22,30 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::process::{CloisterBin, spinner, start_server};
-use crate::stats::{ms, percentile};
+use crate::instructions::{Counter, PerJob};
+use crate::process::{CloisterBin, load_average, spinner, start_server};
+use crate::stats::{Metrics, Target, ms, percentile};
 
-/// Sizes of the benchmark.
+/// Sizes of the benchmark. The defaults take about a minute on an idle 2-CPU machine (a round
+/// is ~6 s): seven rounds give a median that one or two slow phases of the machine cannot
+/// move, and each round has enough samples for its own p50 and p99.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobsArgs {
-    /// Process spawns measured for the floor.
-    #[arg(long, default_value_t = 500)]
-    pub spawns: usize,
-    /// Sequential uploads measured for upload→job-start latency.
-    #[arg(long, default_value_t = 200)]
-    pub latency_jobs: usize,
-    /// Uploads for the sustained-throughput run.
-    #[arg(long, default_value_t = 2000)]
-    pub throughput_jobs: usize,
-    /// Sequential `/run` invocations.
+    /// Rounds; each measures the floors and then the platform, and the table shows the median of
+    /// the rounds with their range.
+    #[arg(long, default_value_t = 7)]
+    pub rounds: usize,
+    /// Process spawns measured for the floor, per round.
     #[arg(long, default_value_t = 300)]
+    pub spawns: usize,
+    /// Sequential uploads measured for upload→job-start latency, per round.
+    #[arg(long, default_value_t = 100)]
+    pub latency_jobs: usize,
+    /// Uploads for the sustained-throughput run, per round.
+    #[arg(long, default_value_t = 1000)]
+    pub throughput_jobs: usize,
+    /// Sequential `/run` invocations, per round.
+    #[arg(long, default_value_t = 200)]
     pub runs: usize,
     /// Jobs running at once (default: twice the CPUs).
     #[arg(long)]
@@ -39,8 +53,31 @@ pub struct JobsArgs {
     /// The server's `--work-dir` (default: in its data directory, on disk).
     #[arg(long)]
     pub work_dir: Option<std::path::PathBuf>,
+    /// Also count the CPU instructions per job of the floor and the job path, with `perf stat`
+    /// where the machine has the counter, else valgrind (slow: a minute or more).
+    #[arg(long)]
+    pub instructions: bool,
+    /// Uploads in the instruction-counted run.
+    #[arg(long, default_value_t = 50)]
+    pub instruction_jobs: usize,
     #[command(flatten)]
     pub cloister_bin: CloisterBin,
+}
+
+impl JobsArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        for (value, flag) in [
+            (self.rounds, "--rounds"),
+            (self.spawns, "--spawns"),
+            (self.latency_jobs, "--latency-jobs"),
+            (self.throughput_jobs, "--throughput-jobs"),
+            (self.runs, "--runs"),
+            (self.instruction_jobs, "--instruction-jobs"),
+        ] {
+            anyhow::ensure!(value >= 1, "{flag} must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 /// Echoes the input with shell builtins only, so the round trip measures the platform and one
@@ -48,20 +85,18 @@ pub struct JobsArgs {
 const RUN_SCRIPT: &str =
     r#"while IFS= read -r line || [ -n "$line" ]; do printf '%s\n' "$line"; done < "$INPUT_FILE_PATH""#;
 
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-}
+/// The services of the benchmark: latency, throughput and `/run`.
+const SERVICES: [(&str, &str); 3] = [("bench-lat", ":"), ("bench-tp", ":"), ("bench-run", RUN_SCRIPT)];
 
-fn stats(mut samples: Vec<Duration>) -> Stats {
+/// p50 and p99 in milliseconds.
+fn p50_p99(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
-    Stats {
-        p50: percentile(&samples, 50.0).unwrap_or_default(),
-        p99: percentile(&samples, 99.0).unwrap_or_default(),
-    }
+    let at = |p| percentile(&samples, p).map_or(0.0, ms);
+    (at(50.0), at(99.0))
 }
 
 pub async fn run(args: JobsArgs, json: bool) -> anyhow::Result<()> {
+    args.validate()?;
     let cloister = args.cloister_bin.path()?;
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
     // The server runs as its own process, as it does in real use: sharing this process's async
@@ -82,9 +117,10 @@ pub async fn run(args: JobsArgs, json: bool) -> anyhow::Result<()> {
     if let Some(work_dir) = &args.work_dir {
         flags.extend([OsStr::new("--work-dir"), work_dir.as_os_str()]);
     }
+    let load_before = load_average();
     let (server, client) = start_server(&cloister, dir.path(), &flags).await?;
     let client = Arc::new(client);
-    for (name, script) in [("bench-lat", ":"), ("bench-tp", ":"), ("bench-run", RUN_SCRIPT)] {
+    for (name, script) in SERVICES {
         let body = json!({"name": name, "image": "none", "script": script,
             "input": [{"storage_provider": "minio.default", "path": format!("{name}/in")}]});
         client
@@ -92,7 +128,151 @@ pub async fn run(args: JobsArgs, json: bool) -> anyhow::Result<()> {
             .await?;
     }
 
-    let bar = spinner(json, "measuring the process-spawn floor");
+    let mut metrics = Metrics::default();
+    for round in 0..args.rounds {
+        let label = |what: &str| format!("round {}/{}: {what}", round + 1, args.rounds);
+        measure_round(&args, &client, dir.path(), round, &mut metrics, &label, json).await?;
+        // Every round starts from the same job list, so none pays for the ones before it.
+        for (name, _) in SERVICES {
+            client
+                .system(
+                    reqwest::Method::DELETE,
+                    &format!("/system/logs/{name}?all=true"),
+                    None,
+                )
+                .await?;
+        }
+    }
+    drop(server);
+    let load_after = load_average();
+
+    let instructions = if args.instructions {
+        let bar = spinner(json, "counting instructions per job (slow)");
+        let counted = match Counter::detect() {
+            Ok(counter) => instructions_of(counter, &cloister, &flags, args.instruction_jobs).await,
+            Err(why) => Err(why),
+        };
+        bar.finish_and_clear();
+        if let Ok(per_job) = &counted {
+            record_instructions(&mut metrics, per_job);
+        }
+        Some(counted)
+    } else {
+        None
+    };
+
+    let targets = targets(&metrics);
+    if json {
+        let out = json!({
+            "command": "jobs",
+            "cloister_bin": cloister.display().to_string(),
+            "cpus": cpus,
+            "load_average": {"before": load_before, "after": load_after},
+            "work_dir": args.work_dir.as_ref().map(|d| d.display().to_string()),
+            "concurrency": concurrency,
+            "rounds": args.rounds,
+            "parameters": {"spawns": args.spawns, "latency_jobs": args.latency_jobs,
+                "throughput_jobs": args.throughput_jobs, "runs": args.runs,
+                "concurrency": concurrency, "work_dir": args.work_dir.as_ref().map(|d| d.display().to_string())},
+            "instructions": instructions.as_ref().map(|counted| match counted {
+                Ok(per_job) => per_job.to_json(),
+                Err(why) => json!({"available": false, "reason": why}),
+            }),
+            "targets": Target::to_json(&targets),
+            "measures": metrics.to_json(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let work_dirs = args.work_dir.as_ref().map_or_else(
+        || "in the data directory".to_owned(),
+        |d| format!("in {}", d.display()),
+    );
+    println!(
+        "cloister bench — {cpus} CPUs, load {} before / {} after, {concurrency} concurrent jobs, work directories \
+         {work_dirs}, {} rounds (median, min–max)",
+        load_before.as_deref().unwrap_or("?"),
+        load_after.as_deref().unwrap_or("?"),
+        args.rounds,
+    );
+    metrics.print_table();
+    match &instructions {
+        Some(Ok(per_job)) => println!(
+            "instructions counted with {} ({}), {} jobs",
+            per_job.counter.name(),
+            per_job.scope,
+            per_job.jobs
+        ),
+        Some(Err(why)) => println!("instructions: not available ({why})"),
+        None => {}
+    }
+    Target::print_all(&targets);
+    Ok(())
+}
+
+/// The instruction counts, or why there are none: a counter that fails is reported, not fatal,
+/// since the wall-time figures stand on their own.
+async fn instructions_of(
+    counter: Counter,
+    cloister: &std::path::Path,
+    flags: &[&OsStr],
+    jobs: usize,
+) -> Result<PerJob, String> {
+    crate::instructions::measure(counter, cloister, flags, jobs)
+        .await
+        .map_err(|e| format!("{} failed: {e:#}", counter.name()))
+}
+
+fn record_instructions(metrics: &mut Metrics, per_job: &PerJob) {
+    const UNIT: &str = "instructions";
+    metrics.record_floor(
+        "instructions_floor",
+        "instructions: spawn floor (sh -c true)",
+        UNIT,
+        per_job.floor,
+    );
+    metrics.record(
+        "instructions_per_job",
+        "instructions: upload → job, per job",
+        UNIT,
+        per_job.total,
+    );
+    if let Some(server) = per_job.server {
+        metrics.record(
+            "instructions_server_per_job",
+            "  of which: the server",
+            UNIT,
+            server,
+        );
+    }
+    if let Some(processes) = per_job.processes {
+        metrics.record(
+            "instructions_processes_per_job",
+            "  of which: the job's processes",
+            UNIT,
+            processes,
+        );
+    }
+    metrics.record(
+        "instructions_over_floor",
+        "instructions: job / floor",
+        "×",
+        per_job.total / per_job.floor.max(1.0),
+    );
+}
+
+/// One round: the floors, then upload→job start, throughput and `/run`, each recorded with its
+/// ratio or difference to this round's spawn floor.
+async fn measure_round(
+    args: &JobsArgs,
+    client: &Client,
+    data_dir: &std::path::Path,
+    round: usize,
+    metrics: &mut Metrics,
+    label: &impl Fn(&str) -> String,
+    json: bool,
+) -> anyhow::Result<()> {
+    let bar = spinner(json, &label("process-spawn floor"));
     let mut floor = Vec::with_capacity(args.spawns);
     for _ in 0..args.spawns {
         let started = Instant::now();
@@ -101,109 +281,93 @@ pub async fn run(args: JobsArgs, json: bool) -> anyhow::Result<()> {
             .status()?;
         floor.push(started.elapsed());
     }
-    let floor = stats(floor);
+    let floor = p50_p99(floor);
     bar.finish_and_clear();
+    metrics.record_floor(
+        "spawn_floor_p50_ms",
+        "process spawn floor (sh -c true) p50",
+        "ms",
+        floor.0,
+    );
+    metrics.record_floor(
+        "spawn_floor_p99_ms",
+        "process spawn floor (sh -c true) p99",
+        "ms",
+        floor.1,
+    );
 
     // The upload path commits durably once (the upload intent); how long a flush takes on this
     // disk at this moment is the other floor the latency stands on.
-    let bar = spinner(json, "measuring the durable-write floor");
-    let fsync_floor = stats(durable_write_floor(&dir.path().join("fsync-probe"), 200)?);
+    let bar = spinner(json, &label("durable-write floor"));
+    let fsync_floor = p50_p99(durable_write_floor(&data_dir.join("fsync-probe"), 200)?);
     bar.finish_and_clear();
+    metrics.record_floor(
+        "fsync_floor_p50_ms",
+        "durable write floor (fdatasync) p50",
+        "ms",
+        fsync_floor.0,
+    );
 
-    let bar = spinner(json, "measuring upload→job-start latency");
-    let (latency, dispatch) = start_latency(&client, args.latency_jobs).await?;
-    let (latency, dispatch) = (stats(latency), stats(dispatch));
+    let bar = spinner(json, &label("upload→job-start latency"));
+    let (latency, dispatch) = start_latency(client, round, args.latency_jobs).await?;
+    let (latency, dispatch) = (p50_p99(latency), p50_p99(dispatch));
     bar.finish_and_clear();
+    metrics.record("job_start_p50_ms", "upload → job start p50", "ms", latency.0);
+    metrics.record("job_start_p99_ms", "upload → job start p99", "ms", latency.1);
+    metrics.record(
+        "job_start_over_floor",
+        "upload → job start p50 / spawn floor p50",
+        "×",
+        latency.0 / floor.0.max(1e-9),
+    );
+    metrics.record(
+        "recorded_to_start_p50_ms",
+        "  of which: job recorded → start p50",
+        "ms",
+        dispatch.0,
+    );
 
-    let bar = spinner(json, "measuring sustained trivial jobs/s");
-    let (jobs_per_s, tp_elapsed) = throughput(&client, args.throughput_jobs).await?;
+    let bar = spinner(json, &label("sustained trivial jobs/s"));
+    let jobs_per_s = throughput(client, round, args.throughput_jobs).await?;
     bar.finish_and_clear();
+    metrics.record("jobs_per_s", "sustained trivial jobs", "jobs/s", jobs_per_s);
 
-    let bar = spinner(json, "measuring /run round trips");
-    let run_rtt = stats(run_round_trips(&client, args.runs).await?);
+    let bar = spinner(json, &label("/run round trips"));
+    let run_rtt = p50_p99(run_round_trips(client, args.runs).await?);
     bar.finish_and_clear();
-    drop(server);
-
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    let start_ratio = ms(latency.p50) / ms(floor.p50).max(1e-9);
-    let run_over_floor = ms(run_rtt.p50) - ms(floor.p50);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "cpus": cpus,
-                "work_dir": args.work_dir.as_ref().map(|d| d.display().to_string()),
-                "concurrency": concurrency,
-                "spawn_floor_ms": {"p50": ms(floor.p50), "p99": ms(floor.p99)},
-                "fsync_floor_ms": {"p50": ms(fsync_floor.p50), "p99": ms(fsync_floor.p99)},
-                "job_start_ms": {"p50": ms(latency.p50), "p99": ms(latency.p99), "p50_over_floor": start_ratio},
-                "recorded_to_start_ms": {"p50": ms(dispatch.p50), "p99": ms(dispatch.p99)},
-                "jobs_per_second": jobs_per_s,
-                "throughput_jobs": args.throughput_jobs,
-                "throughput_seconds": tp_elapsed.as_secs_f64(),
-                "run_round_trip_ms": {"p50": ms(run_rtt.p50), "p99": ms(run_rtt.p99), "p50_minus_floor": run_over_floor},
-            }))?
-        );
-        return Ok(());
-    }
-    let work_dirs = args.work_dir.as_ref().map_or_else(
-        || "in the data directory".to_owned(),
-        |d| format!("in {}", d.display()),
-    );
-    println!("cloister bench — {cpus} CPUs, {concurrency} concurrent jobs, work directories {work_dirs}");
-    println!(
-        "{:<34} {:>10} {:>10} {:>22} {:>8}",
-        "measure", "p50", "p99", "target", ""
-    );
-    println!(
-        "{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}",
-        "process spawn floor (sh -c true)",
-        ms(floor.p50),
-        ms(floor.p99),
-        "",
-        ""
-    );
-    println!(
-        "{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}",
-        "durable write floor (fdatasync)",
-        ms(fsync_floor.p50),
-        ms(fsync_floor.p99),
-        "",
-        ""
-    );
-    println!(
-        "{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}",
-        "upload → job start",
-        ms(latency.p50),
-        ms(latency.p99),
-        format!("p50 ≤ 3× floor ({start_ratio:.2}×)"),
-        verdict(start_ratio <= 3.0)
-    );
-    println!(
-        "{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}",
-        "  of which: job recorded → start",
-        ms(dispatch.p50),
-        ms(dispatch.p99),
-        "",
-        ""
-    );
-    println!(
-        "{:<34} {:>10} {:>10} {:>22} {:>8}",
-        "sustained trivial jobs",
-        format!("{jobs_per_s:.0}/s"),
-        "",
-        "≥ 300/s",
-        verdict(jobs_per_s >= 300.0)
-    );
-    println!(
-        "{:<34} {:>7.3} ms {:>7.3} ms {:>22} {:>8}",
-        "/run round trip",
-        ms(run_rtt.p50),
-        ms(run_rtt.p99),
-        format!("p50 ≤ floor+2 ms (+{run_over_floor:.2})"),
-        verdict(run_over_floor <= 2.0)
+    metrics.record("run_p50_ms", "/run round trip p50", "ms", run_rtt.0);
+    metrics.record("run_p99_ms", "/run round trip p99", "ms", run_rtt.1);
+    metrics.record(
+        "run_minus_floor_ms",
+        "/run round trip p50 − spawn floor p50",
+        "ms",
+        run_rtt.0 - floor.0,
     );
     Ok(())
+}
+
+/// The targets of the jobs benchmark, judged on the medians of the rounds.
+fn targets(metrics: &Metrics) -> Vec<Target> {
+    let mut out = Vec::new();
+    if let Some(ratio) = metrics.median("job_start_over_floor") {
+        out.push(Target {
+            text: format!("upload → job start p50 ≤ 3× spawn floor ({ratio:.2}×)"),
+            met: ratio <= 3.0,
+        });
+    }
+    if let Some(rate) = metrics.median("jobs_per_s") {
+        out.push(Target {
+            text: format!("sustained trivial jobs ≥ 300/s ({rate:.0}/s)"),
+            met: rate >= 300.0,
+        });
+    }
+    if let Some(over) = metrics.median("run_minus_floor_ms") {
+        out.push(Target {
+            text: format!("/run round trip p50 ≤ spawn floor + 2 ms (+{over:.2} ms)"),
+            met: over <= 2.0,
+        });
+    }
+    out
 }
 
 /// Times `count` durable 4 KiB overwrites (write, then fdatasync) of a file at `path`, on the
@@ -241,13 +405,17 @@ async fn jobs_after(
 }
 
 /// Per job: PUT sent → script started, and (server side) object recorded → script started.
-async fn start_latency(client: &Client, count: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+async fn start_latency(
+    client: &Client,
+    round: usize,
+    count: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let store = client.s3("bench-lat").await?;
     let mut samples = Vec::with_capacity(count);
     let mut dispatch = Vec::with_capacity(count);
     let mut last = String::new();
     for i in 0..count {
-        let path = object_store::path::Path::from(format!("in/lat-{i}"));
+        let path = object_store::path::Path::from(format!("in/r{round}-lat-{i}"));
         let sent = OffsetDateTime::now_utc();
         store.put(&path, PutPayload::from_static(b"x")).await?;
         // Polling right away would compete with the job's start for the two CPUs; the job's
@@ -277,7 +445,8 @@ async fn start_latency(client: &Client, count: usize) -> anyhow::Result<(Vec<Dur
     Ok((samples, dispatch))
 }
 
-async fn throughput(client: &Client, count: usize) -> anyhow::Result<(f64, Duration)> {
+/// Jobs per second from the first upload to the last job's finish.
+async fn throughput(client: &Client, round: usize, count: usize) -> anyhow::Result<f64> {
     let store = Arc::new(client.s3("bench-tp").await?);
     let started_at = OffsetDateTime::now_utc();
     let uploads = futures::stream::iter(0..count).map(|i| {
@@ -285,7 +454,7 @@ async fn throughput(client: &Client, count: usize) -> anyhow::Result<(f64, Durat
         async move {
             store
                 .put(
-                    &object_store::path::Path::from(format!("in/tp-{i}")),
+                    &object_store::path::Path::from(format!("in/r{round}-tp-{i}")),
                     PutPayload::from_static(b"x"),
                 )
                 .await
@@ -317,7 +486,7 @@ async fn throughput(client: &Client, count: usize) -> anyhow::Result<(f64, Durat
         }
         if finished >= count {
             let elapsed = Duration::try_from(last_finish - started_at).unwrap_or_default();
-            return Ok((count as f64 / elapsed.as_secs_f64().max(1e-9), elapsed));
+            return Ok(count as f64 / elapsed.as_secs_f64().max(1e-9));
         }
         anyhow::ensure!(
             Instant::now() < deadline,
