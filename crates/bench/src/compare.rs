@@ -130,7 +130,7 @@ pub fn run(args: CompareArgs, json: bool) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{:<44} {:>26} {:>26} {:>8}  verdict",
+            "{:<52} {:>26} {:>26} {:>8}  verdict",
             "figure", "baseline median (min–max)", "current median (min–max)", "change"
         );
         for (_, b, c, verdict) in &rows {
@@ -142,7 +142,7 @@ pub fn run(args: CompareArgs, json: bool) -> anyhow::Result<()> {
                 format!("{:+.1}%", 100.0 * (c.median - b.median) / b.median.abs())
             };
             println!(
-                "{:<44} {:>26} {:>26} {change:>8}  {}",
+                "{:<52} {:>26} {:>26} {change:>8}  {}",
                 format!("{} ({})", b.label, b.unit),
                 show(b),
                 show(c),

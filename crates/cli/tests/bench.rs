@@ -1,6 +1,6 @@
-//! `cloister-bench` keeps working: a short `jobs` run against the real `cloister` (every round
-//! in its JSON), and `compare` of that run against itself and against doctored copies, with
-//! its exit codes. No timing is asserted: the machine running the tests is not quiet.
+//! `cloister-bench` keeps working: short `jobs` and `confidential` runs against the real
+//! `cloister` (every round in their JSON), and `compare` of a run against itself and against
+//! doctored copies, with its exit codes. No timing is asserted: the machine running the tests is not quiet.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{bench_bin, bin};
+use common::{bench_bin, bin, runtime_bin};
 use serde_json::Value;
 
 /// `compare`'s exit code when a figure regressed beyond its spread.
@@ -144,4 +144,50 @@ fn a_short_jobs_run_compares_steady_with_itself_and_regressed_with_a_worse_copy(
     other["command"] = "s3".into();
     std::fs::write(&current, other.to_string()).unwrap();
     assert_eq!(compare(&baseline, &current).0.status.code(), Some(1));
+}
+
+#[test]
+fn a_short_confidential_run_has_every_round_of_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime_bin();
+    let out = bench(&[
+        "confidential",
+        "--cloister-bin",
+        bin(),
+        "--runtime-bin",
+        runtime.to_str().unwrap(),
+        "--rounds",
+        "2",
+        "--small-jobs",
+        "1",
+        "--large-jobs",
+        "1",
+        "--large-mib",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["command"], "confidential", "{run}");
+    let measures = run["measures"].as_object().unwrap();
+    for size in ["small", "large"] {
+        for workload in ["copy", "transform"] {
+            for what in ["plain_ms", "confidential_ms", "ratio"] {
+                let key = format!("{size}_{workload}_{what}");
+                let rounds = measures[&key]["rounds"].as_array().unwrap();
+                assert_eq!(rounds.len(), 2, "{key}: {run}");
+            }
+        }
+    }
+    assert_eq!(
+        measures["attestation_p50_ms"]["rounds"].as_array().unwrap().len(),
+        2,
+        "every round's confidential jobs attested: {run}"
+    );
+    assert_eq!(run["attestations"], 8, "one per confidential job: {run}");
+    let file = dir.path().join("confidential.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let (same, report) = compare(&file, &file);
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+    assert_eq!(report["regressed"], serde_json::json!([]), "{report}");
 }
