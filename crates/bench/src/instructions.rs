@@ -37,7 +37,7 @@ use anyhow::Context;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::json;
 
-use crate::process::start_server_under;
+use crate::process::{Launch, start_server_with};
 use crate::stats::percentile;
 
 /// Runs of the floor under the counter; their median is the floor.
@@ -284,7 +284,11 @@ async fn counted_run(
     let data = dir.path().join("data");
     std::fs::create_dir_all(&out)?;
     let wrapper = counter.wrapper(&out);
-    let (server, client) = start_server_under(&wrapper, cloister, &data, flags).await?;
+    let launch = Launch {
+        wrapper: &wrapper,
+        stage_log: None,
+    };
+    let (server, client) = start_server_with(&launch, cloister, &data, flags).await?;
     // Under perf the child is perf; the server names its own pid in its data directory.
     let pid: u32 = std::fs::read_to_string(data.join("server.pid"))
         .context("the server wrote no pid file")?

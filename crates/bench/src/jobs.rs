@@ -7,7 +7,10 @@
 //! machine hits the floor and the path measured against it alike. A round's figure is the ratio
 //! or difference to its own round's floor; the table prints each figure's median over the
 //! rounds with their range, and `--json` every round's value. With `--instructions`, the work
-//! per job in CPU instructions is counted too (see the `instructions` module).
+//! per job in CPU instructions is counted too (see the `instructions` module); with `--stages`,
+//! each round's uploads are broken into the stages the server times itself (its debug events of
+//! the `cloister::stages` target: upload intent, object data, object commit, jobs' commit, work
+//! directory, spawn).
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -23,7 +26,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::instructions::{Counter, PerJob};
-use crate::process::{CloisterBin, load_average, spinner, start_server};
+use crate::process::{CloisterBin, Launch, load_average, spinner, start_server_with};
 use crate::stats::{Metrics, Target, ms, percentile};
 
 /// Sizes of the benchmark. The defaults take about a minute on an idle 2-CPU machine (a round
@@ -57,6 +60,11 @@ pub struct JobsArgs {
     /// where the machine has the counter, else valgrind (slow: a minute or more).
     #[arg(long)]
     pub instructions: bool,
+    /// Also record the stages of each upload→job start (upload intent, object data, object
+    /// commit, job commit, work directory, spawn) from the server's `cloister::stages` debug
+    /// events; writing them costs the server a little.
+    #[arg(long)]
+    pub stages: bool,
     /// Uploads in the instruction-counted run.
     #[arg(long, default_value_t = 50)]
     pub instruction_jobs: usize,
@@ -118,7 +126,13 @@ pub async fn run(args: JobsArgs, json: bool) -> anyhow::Result<()> {
         flags.extend([OsStr::new("--work-dir"), work_dir.as_os_str()]);
     }
     let load_before = load_average();
-    let (server, client) = start_server(&cloister, dir.path(), &flags).await?;
+    let stage_log = dir.path().join("stages.jsonl");
+    let launch = Launch {
+        wrapper: &[],
+        stage_log: args.stages.then_some(stage_log.as_path()),
+    };
+    let data_dir = dir.path().join("data");
+    let (server, client) = start_server_with(&launch, &cloister, &data_dir, &flags).await?;
     let client = Arc::new(client);
     for (name, script) in SERVICES {
         let body = json!({"name": name, "image": "none", "script": script,
@@ -131,7 +145,7 @@ pub async fn run(args: JobsArgs, json: bool) -> anyhow::Result<()> {
     let mut metrics = Metrics::default();
     for round in 0..args.rounds {
         let label = |what: &str| format!("round {}/{}: {what}", round + 1, args.rounds);
-        measure_round(&args, &client, dir.path(), round, &mut metrics, &label, json).await?;
+        measure_round(&args, &client, &data_dir, round, &mut metrics, &label, json).await?;
         // Every round starts from the same job list, so none pays for the ones before it.
         for (name, _) in SERVICES {
             client
@@ -145,6 +159,10 @@ pub async fn run(args: JobsArgs, json: bool) -> anyhow::Result<()> {
     }
     drop(server);
     let load_after = load_average();
+    if args.stages {
+        let log = std::fs::read_to_string(&stage_log).context("cannot read the server's stage log")?;
+        record_stages(&mut metrics, &log, args.rounds)?;
+    }
 
     let instructions = if args.instructions {
         let bar = spinner(json, "counting instructions per job (slow)");
@@ -259,6 +277,104 @@ fn record_instructions(metrics: &mut Metrics, per_job: &PerJob) {
         "×",
         per_job.total / per_job.floor.max(1.0),
     );
+}
+
+/// One upload's stages, in microseconds, as the server's `cloister::stages` events give them.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Stages {
+    /// `upload recorded`: the upload intent's commit (alongside the data's write).
+    intent: Option<f64>,
+    /// The object's data received and written.
+    data: Option<f64>,
+    /// The object's commit, after both.
+    commit: Option<f64>,
+    /// The jobs' commit.
+    jobs: Option<f64>,
+    /// `job started`: the work directory readied and the input staged.
+    prepare: Option<f64>,
+    /// Readied → the script's process exists.
+    spawn: Option<f64>,
+}
+
+/// The stages of every upload of `log` (the server's JSON log lines), by object key.
+fn parse_stages(log: &str) -> std::collections::HashMap<String, Stages> {
+    let mut by_key: std::collections::HashMap<String, Stages> = std::collections::HashMap::new();
+    for line in log.lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if event["target"] != "cloister::stages" {
+            continue;
+        }
+        let fields = &event["fields"];
+        let micros = |name: &str| {
+            let v = &fields[name];
+            v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        };
+        let (key, upload) = match fields["message"].as_str() {
+            Some("upload recorded") => (fields["key"].as_str(), true),
+            Some("job started") => (fields["input"].as_str(), false),
+            _ => continue,
+        };
+        let Some(key) = key.filter(|k| !k.is_empty()) else {
+            continue;
+        };
+        let stages = by_key.entry(key.to_owned()).or_default();
+        if upload {
+            stages.intent = micros("intent_us");
+            stages.data = micros("data_us");
+            stages.commit = micros("commit_us");
+            stages.jobs = micros("jobs_us");
+        } else {
+            stages.prepare = micros("prepare_us");
+            stages.spawn = micros("spawn_us");
+        }
+    }
+    by_key
+}
+
+/// Records per round the p50 of each stage over that round's sequential uploads (the latency
+/// phase: one job at a time, nothing else in flight).
+fn record_stages(metrics: &mut Metrics, log: &str, rounds: usize) -> anyhow::Result<()> {
+    let by_key = parse_stages(log);
+    type Pick = fn(&Stages) -> Option<f64>;
+    let stages: [(&str, &str, Pick); 6] = [
+        ("stage_intent_p50_ms", "  stage: upload intent commit p50", |s| {
+            s.intent
+        }),
+        ("stage_data_p50_ms", "  stage: object data write p50", |s| s.data),
+        ("stage_commit_p50_ms", "  stage: object commit p50", |s| s.commit),
+        ("stage_jobs_p50_ms", "  stage: job commit p50", |s| s.jobs),
+        (
+            "stage_prepare_p50_ms",
+            "  stage: work directory + input p50",
+            |s| s.prepare,
+        ),
+        ("stage_spawn_p50_ms", "  stage: readied → started p50", |s| {
+            s.spawn
+        }),
+    ];
+    for round in 0..rounds {
+        let prefix = format!("in/r{round}-lat-");
+        let uploads: Vec<&Stages> = by_key
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, stages)| stages)
+            .collect();
+        anyhow::ensure!(
+            !uploads.is_empty(),
+            "the server logged no stages for round {}: is it a build without them?",
+            round + 1
+        );
+        for (key, label, pick) in stages {
+            let mut values: Vec<f64> = uploads.iter().filter_map(|s| pick(s)).collect();
+            values.sort_by(f64::total_cmp);
+            if let Some(p50) = percentile(&values, 50.0) {
+                metrics.record(key, label, "ms", p50 / 1000.0);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One round: the floors, then upload→job start, throughput and `/run`, each recorded with its
@@ -511,4 +627,70 @@ async fn run_round_trips(client: &Client, count: usize) -> anyhow::Result<Vec<Du
         anyhow::ensure!(!answer.is_empty(), "empty /run answer");
     }
     Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as `cloister server` writes them with `CLOISTER_LOG_FORMAT=json`.
+    const LOG: &str = r#"{"timestamp":"2026-11-30T04:55:55.502446Z","level":"DEBUG","fields":{"message":"upload recorded","bucket":"bench-lat","key":"in/r0-lat-0","intent_us":2170,"data_us":334,"commit_us":1284,"jobs_us":1233},"target":"cloister::stages"}
+{"timestamp":"2026-11-30T04:55:55.506759Z","level":"DEBUG","fields":{"message":"job started","job":"bench-lat-01a2","input":"in/r0-lat-0","prepare_us":454,"spawn_us":"3052"},"target":"cloister::stages"}
+{"timestamp":"2026-11-30T04:55:55.506759Z","level":"WARN","fields":{"message":"job started","input":"in/r0-lat-1","prepare_us":1},"target":"cloister_platform::workers"}
+not json at all
+{"timestamp":"2026-11-30T04:55:56.000000Z","level":"DEBUG","fields":{"message":"upload recorded","bucket":"bench-tp","key":"in/r0-tp-0","intent_us":10,"data_us":20,"commit_us":30,"jobs_us":40},"target":"cloister::stages"}
+"#;
+
+    #[test]
+    fn stages_are_read_from_the_servers_json_log_by_object_key() {
+        let stages = parse_stages(LOG);
+        assert_eq!(stages.len(), 2, "only cloister::stages events count: {stages:?}");
+        assert_eq!(
+            stages["in/r0-lat-0"],
+            Stages {
+                intent: Some(2170.0),
+                data: Some(334.0),
+                commit: Some(1284.0),
+                jobs: Some(1233.0),
+                prepare: Some(454.0),
+                spawn: Some(3052.0),
+            }
+        );
+        assert_eq!(stages["in/r0-tp-0"].prepare, None, "its job has not started");
+
+        let mut metrics = Metrics::default();
+        record_stages(&mut metrics, LOG, 1).unwrap();
+        assert_eq!(metrics.median("stage_intent_p50_ms"), Some(2.17));
+        assert_eq!(metrics.median("stage_spawn_p50_ms"), Some(3.052));
+        assert!(
+            record_stages(&mut metrics, LOG, 2).is_err(),
+            "a round without stages is an error, not an empty figure"
+        );
+    }
+
+    #[test]
+    fn sizes_of_zero_are_refused() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: JobsArgs,
+        }
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from([&["bench"], extra].concat())
+                .unwrap()
+                .args
+                .validate()
+        };
+        assert!(parse(&[]).is_ok());
+        for flag in [
+            "--rounds",
+            "--spawns",
+            "--latency-jobs",
+            "--throughput-jobs",
+            "--runs",
+        ] {
+            assert!(parse(&[flag, "0"]).is_err(), "{flag} 0");
+        }
+    }
 }

@@ -105,17 +105,27 @@ pub async fn start_server(
     data_dir: &Path,
     extra: &[&OsStr],
 ) -> anyhow::Result<(ChildGuard, Client)> {
-    start_server_under(&[], cloister, data_dir, extra).await
+    start_server_with(&Launch::default(), cloister, data_dir, extra).await
 }
 
-/// As [`start_server`], with the server started by the program and arguments of `wrapper`
-/// (an instruction counter) when it is not empty.
-pub async fn start_server_under(
-    wrapper: &[OsString],
+/// How [`start_server_with`] starts the server.
+#[derive(Debug, Default)]
+pub struct Launch<'a> {
+    /// A program and arguments that start the server (an instruction counter), or none.
+    pub wrapper: &'a [OsString],
+    /// Where the server's stderr goes with its stage timings as JSON lines (the debug events of
+    /// the `cloister::stages` target), or none: warnings only, on this program's stderr.
+    pub stage_log: Option<&'a Path>,
+}
+
+/// As [`start_server`], started as `launch` says.
+pub async fn start_server_with(
+    launch: &Launch<'_>,
     cloister: &Path,
     data_dir: &Path,
     extra: &[&OsStr],
 ) -> anyhow::Result<(ChildGuard, Client)> {
+    let wrapper = launch.wrapper;
     let mut command = match wrapper.split_first() {
         Some((program, args)) => {
             let mut command = Command::new(program);
@@ -124,6 +134,19 @@ pub async fn start_server_under(
         }
         None => Command::new(cloister),
     };
+    match launch.stage_log {
+        Some(path) => {
+            let log = std::fs::File::create(path)
+                .with_context(|| format!("cannot create the server's log {}", path.display()))?;
+            command
+                .env("CLOISTER_LOG", "warn,cloister::stages=debug")
+                .env("CLOISTER_LOG_FORMAT", "json")
+                .stderr(log);
+        }
+        None => {
+            command.env("CLOISTER_LOG", "warn").stderr(Stdio::inherit());
+        }
+    }
     let mut server = ChildGuard(
         command
             .args([
@@ -136,9 +159,7 @@ pub async fn start_server_under(
             ])
             .arg(data_dir)
             .args(extra)
-            .env("CLOISTER_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
             .spawn()
             .context("cannot start the benchmark server")?,
     );

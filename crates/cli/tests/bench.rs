@@ -75,6 +75,7 @@ fn a_short_jobs_run_compares_steady_with_itself_and_regressed_with_a_worse_copy(
         "10",
         "--runs",
         "3",
+        "--stages",
         "--json",
     ]);
     assert!(out.status.success(), "{out:?}");
@@ -89,6 +90,13 @@ fn a_short_jobs_run_compares_steady_with_itself_and_regressed_with_a_worse_copy(
         "jobs_per_s",
         "run_p50_ms",
         "run_minus_floor_ms",
+        // The server's own stage timings of each round's uploads.
+        "stage_intent_p50_ms",
+        "stage_data_p50_ms",
+        "stage_commit_p50_ms",
+        "stage_jobs_p50_ms",
+        "stage_prepare_p50_ms",
+        "stage_spawn_p50_ms",
     ] {
         let rounds = measures[key]["rounds"].as_array().unwrap();
         assert_eq!(rounds.len(), 2, "{key}: one value per round: {run}");
