@@ -4,8 +4,10 @@
 
 mod canary;
 mod cas;
+mod compare;
 mod confidential;
 mod crypt;
+mod instructions;
 mod jobs;
 mod process;
 mod s3;
@@ -20,7 +22,7 @@ const AFTER_HELP: &str = "The `jobs`, `s3` and `confidential` benchmarks start `
 `cloister-runtime`) from the same build as this program: build them first, e.g.\n  cargo build --release && \
 cargo run --release -p cloister-bench -- jobs\nor name them with --cloister-bin / --runtime-bin.\n\nExit codes: 0 \
 success, 1 failure, 2 usage error, 3-7 the server's answers as for `cloister`, 10 the canary scan found the \
-canary.";
+canary, 11 `compare` found a figure that regressed beyond its spread.";
 
 /// Benchmarks of Cloister on this machine, and the canary scan.
 #[derive(Parser)]
@@ -52,6 +54,9 @@ enum Command {
     S3(s3::S3Args),
     /// Measure the encrypted object format against raw AES-256-GCM.
     Crypt(crypt::CryptArgs),
+    /// Compare two runs of one benchmark (their `--json` outputs): each figure, baseline against
+    /// current, and which moved beyond their spread; exit code 11 when one regressed.
+    Compare(compare::CompareArgs),
     /// Look for a canary (plain, hex, base64) in data directories, API answers and process
     /// environments; exit code 10 when it is found.
     CanaryScan(canary::CanaryArgs),
@@ -90,6 +95,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Cas(args) => cas::run(args, json).await,
         Command::S3(args) => s3::run(args, json).await,
         Command::Crypt(args) => crypt::run(args, json),
+        Command::Compare(args) => compare::run(args, json),
         Command::CanaryScan(args) => canary::run(args, json).await,
     }
 }

@@ -1,7 +1,7 @@
 //! The programs the benchmarks start: where `cloister` and `cloister-runtime` are, a guard that
 //! ends a child process however the benchmark ends, and a private `cloister server`.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,6 +63,34 @@ fn existing(path: PathBuf, name: &str, package: &str, flag: &str) -> anyhow::Res
 /// fails half-way leaves no server behind.
 pub struct ChildGuard(pub Child);
 
+impl ChildGuard {
+    /// Asks the process `pid` (this child, or a process it started) to shut down with SIGTERM
+    /// and waits up to `timeout` for this child to exit; it is killed if it does not.
+    pub async fn terminate(mut self, pid: u32, timeout: Duration) -> anyhow::Result<()> {
+        let pid = i32::try_from(pid).context("a pid out of range")?;
+        // SAFETY: kill(2) sends a signal to a process; no memory is involved.
+        #[allow(unsafe_code)]
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        anyhow::ensure!(
+            sent == 0,
+            "cannot signal process {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                anyhow::ensure!(status.success(), "the benchmark server exited with {status}");
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the benchmark server did not stop within {timeout:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -77,8 +105,50 @@ pub async fn start_server(
     data_dir: &Path,
     extra: &[&OsStr],
 ) -> anyhow::Result<(ChildGuard, Client)> {
+    start_server_with(&Launch::default(), cloister, data_dir, extra).await
+}
+
+/// How [`start_server_with`] starts the server.
+#[derive(Debug, Default)]
+pub struct Launch<'a> {
+    /// A program and arguments that start the server (an instruction counter), or none.
+    pub wrapper: &'a [OsString],
+    /// Where the server's stderr goes with its stage timings as JSON lines (the debug events of
+    /// the `cloister::stages` target), or none: warnings only, on this program's stderr.
+    pub stage_log: Option<&'a Path>,
+}
+
+/// As [`start_server`], started as `launch` says.
+pub async fn start_server_with(
+    launch: &Launch<'_>,
+    cloister: &Path,
+    data_dir: &Path,
+    extra: &[&OsStr],
+) -> anyhow::Result<(ChildGuard, Client)> {
+    let wrapper = launch.wrapper;
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(cloister);
+            command
+        }
+        None => Command::new(cloister),
+    };
+    match launch.stage_log {
+        Some(path) => {
+            let log = std::fs::File::create(path)
+                .with_context(|| format!("cannot create the server's log {}", path.display()))?;
+            command
+                .env("CLOISTER_LOG", "warn,cloister::stages=debug")
+                .env("CLOISTER_LOG_FORMAT", "json")
+                .stderr(log);
+        }
+        None => {
+            command.env("CLOISTER_LOG", "warn").stderr(Stdio::inherit());
+        }
+    }
     let mut server = ChildGuard(
-        Command::new(cloister)
+        command
             .args([
                 "server",
                 "--listen",
@@ -89,14 +159,14 @@ pub async fn start_server(
             ])
             .arg(data_dir)
             .args(extra)
-            .env("CLOISTER_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
             .spawn()
             .context("cannot start the benchmark server")?,
     );
     let client_file = data_dir.join("client.json");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // An instruction counter slows the server's start by tens of times.
+    let patience = Duration::from_secs(if wrapper.is_empty() { 30 } else { 300 });
+    let deadline = Instant::now() + patience;
     while !client_file.exists() {
         anyhow::ensure!(Instant::now() < deadline, "the benchmark server did not start");
         if let Some(status) = server.0.try_wait()? {
@@ -118,4 +188,11 @@ pub fn spinner(json: bool, message: &str) -> indicatif::ProgressBar {
     bar.set_message(message.to_owned());
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
+}
+
+/// The 1, 5 and 15 minute load averages, as the kernel prints them.
+pub fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let fields: Vec<&str> = text.split_whitespace().take(3).collect();
+    (fields.len() == 3).then(|| fields.join(" "))
 }

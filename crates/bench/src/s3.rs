@@ -22,10 +22,10 @@ use object_store::aws::AmazonS3;
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
-use crate::process::{CloisterBin, spinner, start_server};
-use crate::stats::{Spread, ms, percentile};
+use crate::process::{CloisterBin, load_average, spinner, start_server};
+use crate::stats::{Metrics, Target, ms, percentile};
 
 const MIB: usize = 1024 * 1024;
 /// The bucket the benchmark creates in its private server.
@@ -92,38 +92,6 @@ impl S3Args {
     }
 }
 
-/// One measured quantity: one value per round.
-struct Metric {
-    key: &'static str,
-    label: String,
-    unit: &'static str,
-    values: Vec<f64>,
-}
-
-/// Every quantity of the run, in the order the table prints them.
-struct Metrics(Vec<Metric>);
-
-impl Metrics {
-    fn record(&mut self, key: &'static str, label: impl Into<String>, unit: &'static str, value: f64) {
-        match self.0.iter_mut().find(|m| m.key == key) {
-            Some(metric) => metric.values.push(value),
-            None => self.0.push(Metric {
-                key,
-                label: label.into(),
-                unit,
-                values: vec![value],
-            }),
-        }
-    }
-
-    fn spread(&self, key: &str) -> Option<Spread> {
-        self.0
-            .iter()
-            .find(|m| m.key == key)
-            .and_then(|m| Spread::of(&m.values))
-    }
-}
-
 pub async fn run(args: S3Args, json: bool) -> anyhow::Result<()> {
     args.validate()?;
     let cloister = args.cloister_bin.path()?;
@@ -156,7 +124,7 @@ pub async fn run(args: S3Args, json: bool) -> anyhow::Result<()> {
 
     let small = random_bytes(args.small_kib * 1024);
     let part = Bytes::from(random_bytes(args.part_mib * MIB));
-    let mut metrics = Metrics(Vec::new());
+    let mut metrics = Metrics::default();
     let mut populate = None;
 
     for round in 0..args.rounds {
@@ -268,17 +236,8 @@ pub async fn run(args: S3Args, json: bool) -> anyhow::Result<()> {
 
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     if json {
-        let mut measures = Map::new();
-        for metric in &metrics.0 {
-            if let Some(spread) = Spread::of(&metric.values) {
-                measures.insert(
-                    metric.key.to_owned(),
-                    json!({"unit": metric.unit, "median": spread.median, "min": spread.min,
-                        "max": spread.max, "rounds": metric.values}),
-                );
-            }
-        }
         let out = json!({
+            "command": "s3",
             "cloister_bin": cloister.display().to_string(),
             "cpus": cpus,
             "load_average": {"before": load_before, "after": load_after},
@@ -295,8 +254,8 @@ pub async fn run(args: S3Args, json: bool) -> anyhow::Result<()> {
                 "seconds": p.elapsed.as_secs_f64(),
                 "puts_per_s": p.keys as f64 / p.elapsed.as_secs_f64().max(1e-9),
             })),
-            "targets": targets(&metrics).iter().map(|t| json!({"target": t.text, "met": t.met})).collect::<Vec<_>>(),
-            "measures": Value::Object(measures),
+            "targets": Target::to_json(&targets(&metrics)),
+            "measures": metrics.to_json(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -318,25 +277,8 @@ pub async fn run(args: S3Args, json: bool) -> anyhow::Result<()> {
             p.keys as f64 / p.elapsed.as_secs_f64().max(1e-9)
         );
     }
-    println!("{:<48} {:>12} {:>24}", "measure", "median", "min–max");
-    for metric in &metrics.0 {
-        if let Some(spread) = Spread::of(&metric.values) {
-            let digits = if spread.median.abs() >= 100.0 { 0 } else { 2 };
-            println!(
-                "{:<48} {:>12} {:>24}",
-                metric.label,
-                format!("{:.digits$} {}", spread.median, metric.unit),
-                format!("{:.digits$}–{:.digits$}", spread.min, spread.max),
-            );
-        }
-    }
-    for target in targets(&metrics) {
-        println!(
-            "target: {:<64} {}",
-            target.text,
-            if target.met { "met" } else { "MISSED" }
-        );
-    }
+    metrics.print_table();
+    Target::print_all(&targets(&metrics));
     Ok(())
 }
 
@@ -351,13 +293,13 @@ fn record_small(
     let [floor, put, read_floor, get] = [floor, put, read_floor, get].map(latency);
     metrics.record("put_p50_ms", format!("PUT {kib} KiB p50"), "ms", put.0);
     metrics.record("put_p99_ms", format!("PUT {kib} KiB p99"), "ms", put.1);
-    metrics.record(
+    metrics.record_floor(
         "put_floor_p50_ms",
         "  floor: write+fsync, rename, dir fsync p50",
         "ms",
         floor.0,
     );
-    metrics.record(
+    metrics.record_floor(
         "put_floor_p99_ms",
         "  floor: write+fsync, rename, dir fsync p99",
         "ms",
@@ -371,13 +313,13 @@ fn record_small(
     );
     metrics.record("get_p50_ms", format!("GET {kib} KiB p50"), "ms", get.0);
     metrics.record("get_p99_ms", format!("GET {kib} KiB p99"), "ms", get.1);
-    metrics.record(
+    metrics.record_floor(
         "get_floor_p50_ms",
         format!("  floor: read a {kib} KiB file p50"),
         "ms",
         read_floor.0,
     );
-    metrics.record(
+    metrics.record_floor(
         "get_floor_p99_ms",
         format!("  floor: read a {kib} KiB file p99"),
         "ms",
@@ -403,7 +345,7 @@ fn record_big(
 ) {
     let [floor_write, put, floor_read, get] = [floor_write, put, floor_read, get].map(Transfer::mib_per_s);
     metrics.record("big_put_mib_s", format!("PUT {mib} MiB multipart"), "MiB/s", put);
-    metrics.record(
+    metrics.record_floor(
         "big_put_floor_mib_s",
         "  floor: sequential write + fsync",
         "MiB/s",
@@ -416,7 +358,7 @@ fn record_big(
         100.0 * put / floor_write.max(1e-9),
     );
     metrics.record("big_get_mib_s", format!("GET {mib} MiB"), "MiB/s", get);
-    metrics.record(
+    metrics.record_floor(
         "big_get_floor_mib_s",
         "  floor: sequential read",
         "MiB/s",
@@ -453,12 +395,7 @@ fn record_rss(metrics: &mut Metrics, keys: [&'static str; 3], phase: &str, rss: 
     );
 }
 
-/// A target of issue 12, judged on the medians.
-struct Target {
-    text: String,
-    met: bool,
-}
-
+/// The targets of issue 12, judged on the medians.
 fn targets(metrics: &Metrics) -> Vec<Target> {
     let median = |key| metrics.spread(key).map(|s| s.median);
     let mut out = Vec::new();
@@ -808,13 +745,6 @@ fn vm_rss_kib(status: &str) -> Option<u64> {
     (words.next() == Some("kB")).then_some(value)
 }
 
-/// The 1, 5 and 15 minute load averages, as the kernel prints them.
-fn load_average() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let fields: Vec<&str> = text.split_whitespace().take(3).collect();
-    (fields.len() == 3).then(|| fields.join(" "))
-}
-
 fn random_bytes(len: usize) -> Vec<u8> {
     // Random bytes, so neither the file system nor a store can shrink what it writes.
     let mut bytes = vec![0u8; len];
@@ -880,7 +810,7 @@ mod tests {
 
     #[test]
     fn targets_judge_the_medians() {
-        let mut metrics = Metrics(Vec::new());
+        let mut metrics = Metrics::default();
         for (put, floor, get, read) in [(3.0, 2.0, 1.0, 0.1), (3.5, 2.0, 1.0, 0.1), (9.0, 2.0, 1.0, 0.1)] {
             metrics.record("put_p50_ms", "", "ms", put);
             metrics.record("put_floor_p50_ms", "", "ms", floor);

@@ -1,6 +1,9 @@
-//! Percentiles of measured samples, one definition for every benchmark.
+//! Percentiles of measured samples, and the per-round figures every round-based benchmark
+//! records, prints and writes as JSON in one shape (which `cloister-bench compare` reads).
 
 use std::time::Duration;
+
+use serde_json::{Map, Value, json};
 
 /// The sample at the `p`-th percentile of `sorted` (ascending): the one nearest to rank
 /// `p/100 × (n − 1)`, so `p = 0` is the minimum, `p = 100` the maximum and `p = 50` the median
@@ -40,6 +43,167 @@ impl Spread {
     }
 }
 
+/// Which way a figure gets better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// Times, ratios to a floor, memory, instructions.
+    Lower,
+    /// Rates and shares of a floor.
+    Higher,
+}
+
+impl Better {
+    /// The direction a unit implies: rates (`…/s`) and percentages of a floor are better higher,
+    /// everything else the benchmarks print (ms, ×, MiB, instructions) better lower.
+    pub fn of_unit(unit: &str) -> Self {
+        if unit.ends_with("/s") || unit == "%" {
+            Self::Higher
+        } else {
+            Self::Lower
+        }
+    }
+
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lower => "lower",
+            Self::Higher => "higher",
+        }
+    }
+}
+
+/// One measured quantity: one value per round.
+pub struct Metric {
+    /// The stable name JSON files and `compare` know it by.
+    pub key: String,
+    /// What the table prints.
+    pub label: String,
+    /// The unit of every value.
+    pub unit: &'static str,
+    /// A floor measures the machine, not Cloister: when it moves, the machine changed, and
+    /// `compare` reports it without calling it a regression.
+    pub floor: bool,
+    /// The values, one per round, in round order.
+    pub values: Vec<f64>,
+}
+
+/// Every quantity of a run, in the order the table prints them.
+#[derive(Default)]
+pub struct Metrics(Vec<Metric>);
+
+impl Metrics {
+    /// Adds one round's value of a figure of the measured path.
+    pub fn record(
+        &mut self,
+        key: impl Into<String>,
+        label: impl Into<String>,
+        unit: &'static str,
+        value: f64,
+    ) {
+        self.push(key.into(), label, unit, false, value);
+    }
+
+    /// Adds one round's value of a floor (see [`Metric::floor`]).
+    pub fn record_floor(
+        &mut self,
+        key: impl Into<String>,
+        label: impl Into<String>,
+        unit: &'static str,
+        value: f64,
+    ) {
+        self.push(key.into(), label, unit, true, value);
+    }
+
+    fn push(&mut self, key: String, label: impl Into<String>, unit: &'static str, floor: bool, value: f64) {
+        match self.0.iter_mut().find(|m| m.key == key) {
+            Some(metric) => metric.values.push(value),
+            None => self.0.push(Metric {
+                key,
+                label: label.into(),
+                unit,
+                floor,
+                values: vec![value],
+            }),
+        }
+    }
+
+    /// The median and range of a figure's rounds.
+    pub fn spread(&self, key: &str) -> Option<Spread> {
+        self.0
+            .iter()
+            .find(|m| m.key == key)
+            .and_then(|m| Spread::of(&m.values))
+    }
+
+    /// The median of a figure's rounds.
+    pub fn median(&self, key: &str) -> Option<f64> {
+        self.spread(key).map(|s| s.median)
+    }
+
+    /// The `measures` object of the JSON output: per figure its unit, direction, whether it is
+    /// a floor, median, min, max and every round's value.
+    pub fn to_json(&self) -> Value {
+        let mut measures = Map::new();
+        for metric in &self.0 {
+            if let Some(spread) = Spread::of(&metric.values) {
+                measures.insert(
+                    metric.key.clone(),
+                    json!({"label": metric.label.trim(), "unit": metric.unit,
+                        "better": Better::of_unit(metric.unit).as_str(), "floor": metric.floor,
+                        "median": spread.median, "min": spread.min, "max": spread.max,
+                        "rounds": metric.values}),
+                );
+            }
+        }
+        Value::Object(measures)
+    }
+
+    /// Prints the table: per figure the median of the rounds and their range.
+    pub fn print_table(&self) {
+        println!("{:<48} {:>16} {:>24}", "measure", "median", "min–max");
+        for metric in &self.0 {
+            if let Some(spread) = Spread::of(&metric.values) {
+                let digits = if spread.median.abs() >= 100.0 { 0 } else { 2 };
+                println!(
+                    "{:<48} {:>16} {:>24}",
+                    metric.label,
+                    format!("{:.digits$} {}", spread.median, metric.unit),
+                    format!("{:.digits$}–{:.digits$}", spread.min, spread.max),
+                );
+            }
+        }
+    }
+}
+
+/// A target of the issues, judged on the medians.
+pub struct Target {
+    /// What is asked, with the measured median.
+    pub text: String,
+    /// Whether the median meets it.
+    pub met: bool,
+}
+
+impl Target {
+    /// Prints the targets under a table.
+    pub fn print_all(targets: &[Target]) {
+        for target in targets {
+            println!(
+                "target: {:<64} {}",
+                target.text,
+                if target.met { "met" } else { "MISSED" }
+            );
+        }
+    }
+
+    /// The `targets` array of the JSON output.
+    pub fn to_json(targets: &[Target]) -> Value {
+        targets
+            .iter()
+            .map(|t| json!({"target": t.text, "met": t.met}))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +240,28 @@ mod tests {
         );
         let one = Spread::of(&[4.5]).unwrap();
         assert_eq!((one.median, one.min, one.max), (4.5, 4.5, 4.5));
+    }
+
+    #[test]
+    fn metrics_keep_every_round_and_their_direction() {
+        let mut metrics = Metrics::default();
+        for (floor, rate) in [(1.0, 300.0), (3.0, 500.0), (2.0, 400.0)] {
+            metrics.record_floor("floor_ms", "floor", "ms", floor);
+            metrics.record("rate", "rate", "jobs/s", rate);
+        }
+        assert_eq!(metrics.median("rate"), Some(400.0));
+        let json = metrics.to_json();
+        assert_eq!(json["floor_ms"]["rounds"], json!([1.0, 3.0, 2.0]));
+        assert_eq!(json["floor_ms"]["floor"], true);
+        assert_eq!(json["floor_ms"]["better"], "lower");
+        assert_eq!(json["rate"]["floor"], false);
+        assert_eq!(json["rate"]["better"], "higher");
+        assert_eq!(
+            (json["rate"]["min"].as_f64(), json["rate"]["max"].as_f64()),
+            (Some(300.0), Some(500.0))
+        );
+        assert_eq!(Better::of_unit("%"), Better::Higher);
+        assert_eq!(Better::of_unit("×"), Better::Lower);
+        assert_eq!(Better::of_unit("instructions"), Better::Lower);
     }
 }

@@ -316,6 +316,7 @@ pub async fn run_job(
         JobInput::Object { bucket, key } => io.local_path(bucket, key).map(|path| (path, input_name(key))),
         _ => None,
     };
+    let began = std::time::Instant::now();
     let prepared = {
         let (work, script, event, local_input) = (
             work.clone(),
@@ -328,9 +329,26 @@ pub async fn run_job(
     };
     match prepared {
         Ok(Ok(())) => {
+            let ready = std::time::Instant::now();
             let prepared = Prepared {
                 staged_input: local_input.map(|(_, name)| work.join("input").join(name)),
                 dir: work.clone(),
+            };
+            // The stages of a job's start, for `cloister-bench jobs --stages`.
+            let on_start = || {
+                let input = match &spec.input {
+                    JobInput::Object { key, .. } => key.as_str(),
+                    _ => "",
+                };
+                tracing::debug!(
+                    target: "cloister::stages",
+                    job = %spec.job_name,
+                    input,
+                    prepare_us = micros(ready.duration_since(began)),
+                    spawn_us = micros(ready.elapsed()),
+                    "job started"
+                );
+                on_start();
             };
             run_in(spec, io, options, &prepared, cancel, on_start, &mut outcome).await;
         }
@@ -347,6 +365,11 @@ pub async fn run_job(
         tracing::warn!(job = %spec.job_name, error = %e, "cannot reset the job's work directory");
     }
     outcome
+}
+
+/// Whole microseconds, as the stage timings log them.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl JobOutcome {

@@ -383,6 +383,12 @@ fn default_content_type(headers: &Headers) -> String {
         .unwrap_or_else(|| "binary/octet-stream".to_owned())
 }
 
+/// `future`'s output and when it was ready.
+async fn timed<F: std::future::Future>(future: F) -> (F::Output, std::time::Instant) {
+    let output = future.await;
+    (output, std::time::Instant::now())
+}
+
 impl EmbeddedS3 {
     /// Runs a write that may have consequences (jobs): the intent is recorded while `prepare`
     /// receives the data, `commit` commits the object with the intent's id, and the
@@ -416,12 +422,14 @@ impl EmbeddedS3 {
                     s3_error!(InternalError, "cannot record upload intent")
                 })
         };
-        let (intent, prepared) = tokio::join!(intent, prepare);
+        let began = std::time::Instant::now();
+        let ((intent, intent_done), (prepared, data_done)) = tokio::join!(timed(intent), timed(prepare));
         let intent = intent?;
         let written = match prepared {
             Ok(prepared) => commit(intent.map(|i| i.0), prepared).await,
             Err(e) => Err(e),
         };
+        let committed = std::time::Instant::now();
         let Some(intent) = intent else {
             return written.map(|(out, _)| out);
         };
@@ -449,6 +457,20 @@ impl EmbeddedS3 {
                 tracing::error!(error = %e, "cannot record object-created event");
                 s3_error!(InternalError, "cannot record object-created event")
             })?;
+        // The stages of an upload that starts jobs, for `cloister-bench jobs --stages`: the
+        // intent's commit runs alongside the data's write; the object's commit waits for both.
+        let micros = |from: std::time::Instant, to: std::time::Instant| {
+            u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
+        };
+        tracing::debug!(
+            target: "cloister::stages",
+            bucket, key,
+            intent_us = micros(began, intent_done),
+            data_us = micros(began, data_done),
+            commit_us = micros(intent_done.max(data_done), committed),
+            jobs_us = micros(committed, std::time::Instant::now()),
+            "upload recorded"
+        );
         Ok(out)
     }
 
