@@ -11,7 +11,7 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::blobs::{Received, Wanted};
 use crate::conditions;
-use crate::events::{ObjectCreated, WriteIntent};
+use crate::events::{EventError, ObjectCreated, WriteIntent};
 use crate::index::{
     BUCKETS, Blob, BucketRecord, Checksums, CorsRule, Headers, ObjectRecord, PARTS, PartRecord, Segment,
     UPLOADS, UploadRecord, decode, encode, objects_table, objects_table_name,
@@ -410,6 +410,19 @@ impl EmbeddedS3 {
         let events = self.0.events.clone();
         let (b, k) = (bucket.to_owned(), key.to_owned());
         let wanted = events.wants(bucket, key);
+        // The hooks commit to the platform's state, on the same disk as a rule: a failure
+        // there while the disk is full is a full disk, not a server fault.
+        let blobs = self.0.blobs.clone();
+        let hook_failed = move |what: &str, e: EventError| {
+            if blobs.disk_low() {
+                crate::space::refused(&format_args!("{what}: {e}"));
+                crate::space::insufficient_storage()
+            } else {
+                tracing::error!(error = %e, "{what}");
+                s3_error!(InternalError, "{what}")
+            }
+        };
+        let intent_failed = hook_failed.clone();
         let intent = async {
             if !wanted {
                 return Ok(None);
@@ -417,10 +430,7 @@ impl EmbeddedS3 {
             tokio::task::spawn_blocking(move || events.before_write(&b, &k))
                 .await
                 .map_err(|e| s3_error!(InternalError, "event hook panicked: {e}"))?
-                .map_err(|e| {
-                    tracing::error!(error = %e, "cannot record upload intent");
-                    s3_error!(InternalError, "cannot record upload intent")
-                })
+                .map_err(|e| intent_failed("cannot record upload intent", e))
         };
         let began = std::time::Instant::now();
         let ((intent, intent_done), (prepared, data_done)) = tokio::join!(timed(intent), timed(prepare));
@@ -453,10 +463,7 @@ impl EmbeddedS3 {
         tokio::task::spawn_blocking(move || events.object_created(WriteIntent(intent.0), &created))
             .await
             .map_err(|e| s3_error!(InternalError, "event hook panicked: {e}"))?
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot record object-created event");
-                s3_error!(InternalError, "cannot record object-created event")
-            })?;
+            .map_err(|e| hook_failed("cannot record object-created event", e))?;
         // The stages of an upload that starts jobs, for `cloister-bench jobs --stages`: the
         // intent's commit runs alongside the data's write; the object's commit waits for both.
         let micros = |from: std::time::Instant, to: std::time::Instant| {
