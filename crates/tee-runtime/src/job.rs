@@ -363,7 +363,11 @@ async fn run(
         return Err(JobFailure::ProgramExit(run.exit_code));
     }
 
-    // 4. Seal: every output for every target the session names, then the volumes.
+    // 4. Seal: every output for every target the session names, then the volumes. Plaintext
+    //    is dropped as soon as nothing needs it: the input now, each output once sealed. It
+    //    lives in memory charged to the job, so a large input, its output and the sealed copy
+    //    at once pushed a job against its memory limit (reclaim stalls of hundreds of ms).
+    let _ = std::fs::remove_dir_all(plain.join("input"));
     let outputs = cloister_runtime::collect_outputs(&plain.join("output"))
         .await
         .map_err(JobFailure::OutputDir)?;
@@ -397,6 +401,7 @@ async fn run(
                 file,
             });
         }
+        let _ = std::fs::remove_file(path);
     }
     if !result.outputs.is_empty() {
         log(&format!(
