@@ -181,11 +181,20 @@ fn the_readme_walkthrough_runs_as_written() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the walkthrough failed ({}):\n--- stdout\n{stdout}\n--- stderr (trace)\n{stderr}",
-        output.status
-    );
+    if !output.status.success() {
+        // The server's side of what went wrong (a job's failure reason is logged there).
+        let mut servers = String::new();
+        for start in 1.. {
+            let Ok(log) = std::fs::read_to_string(work.join(format!("server-{start}.log"))) else {
+                break;
+            };
+            servers.push_str(&format!("--- server-{start}.log\n{log}"));
+        }
+        panic!(
+            "the walkthrough failed ({}):\n--- stdout\n{stdout}\n--- stderr (trace)\n{stderr}\n{servers}",
+            output.status
+        );
+    }
     // What the README says the commands print.
     for expected in [
         "HELLO CLOISTER",
