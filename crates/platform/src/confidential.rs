@@ -26,6 +26,9 @@ pub struct ConfidentialHost {
     pub sim_platform_key: PathBuf,
     /// Memory-backed directory (tmpfs) for plaintext, outside the data directory.
     pub plain_root: PathBuf,
+    /// This server's job directories, under `plain_root` but its own: servers of other data
+    /// directories may share `plain_root`, and each start clears only its own.
+    pub jobs_dir: PathBuf,
     /// Where services' encrypted volumes are kept (`<root>/<service>/`).
     pub volumes_root: PathBuf,
 }
@@ -44,7 +47,7 @@ impl ConfidentialHost {
                         "removed plaintext left by confidential jobs that did not finish"
                     );
                 }
-                let _ = std::fs::remove_dir_all(root.path().join("jobs"));
+                let _ = std::fs::remove_dir_all(&self.jobs_dir);
             }
             Err(reason) => tracing::warn!(%reason, "confidential jobs will fail until this is fixed"),
         }
@@ -79,10 +82,7 @@ pub(crate) async fn run(
     };
     // The job directory holds only ciphertext and public facts, so it may live anywhere; in
     // the memory-backed folder the sealed outputs cost no disk write before their upload.
-    let work = host
-        .plain_root
-        .join("jobs")
-        .join(format!("job-{}", spec.job_uuid));
+    let work = host.jobs_dir.join(format!("job-{}", spec.job_uuid));
     let subject = match &spec.input {
         JobInput::Object { bucket, key } => format!("on {bucket}/{key}"),
         _ => "without input".to_owned(),
@@ -332,4 +332,45 @@ async fn execute(
 fn sealed_file(work: &Path, name: &str) -> Option<PathBuf> {
     (name == "log" || (!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())))
         .then(|| work.join("sealed").join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(plain_root: &Path, server: &str) -> ConfidentialHost {
+        ConfidentialHost {
+            runtime_binary: PathBuf::from("/nonexistent"),
+            sim_platform_key: PathBuf::from("/nonexistent"),
+            plain_root: plain_root.to_path_buf(),
+            jobs_dir: plain_root.join("jobs").join(server),
+            volumes_root: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    /// Two servers (two data directories) may share the plaintext folder: a start clears what
+    /// its own earlier run left, never the job directories of the other's running jobs (which
+    /// it once did, failing them at random).
+    #[test]
+    fn a_start_clears_only_its_own_job_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::create_dir(&plain).unwrap();
+        std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let (first, second) = (host(&plain, "aaaa"), host(&plain, "bbbb"));
+        let running = first.jobs_dir.join("job-1");
+        std::fs::create_dir_all(&running).unwrap();
+        std::fs::write(running.join("job.json"), "{}").unwrap();
+        let left = second.jobs_dir.join("job-2");
+        std::fs::create_dir_all(&left).unwrap();
+
+        second.sweep();
+        assert!(
+            running.join("job.json").exists(),
+            "the other server's running job was removed"
+        );
+        assert!(!left.exists(), "the server's own leftover was kept");
+        first.sweep();
+        assert!(!running.exists());
+    }
 }

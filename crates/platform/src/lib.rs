@@ -183,6 +183,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             runtime_binary: runtime_binary.clone(),
             sim_platform_key,
             plain_root: config.plain_dir.clone(),
+            // Named by this data directory's simulated platform key, which no other has.
+            jobs_dir: config
+                .plain_dir
+                .join("jobs")
+                .join(hex::encode(&sim_platform.public_key()[..8])),
             volumes_root: config.data_dir.join("volumes"),
         };
         host.sweep();
