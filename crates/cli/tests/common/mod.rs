@@ -85,44 +85,28 @@ pub struct Server {
 impl Server {
     /// Starts a server on `dir` with fixed credentials and any extra flags.
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
-        let mut server = Self {
-            dir: dir.to_path_buf(),
-            api: String::new(),
-            s3: String::new(),
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            log: None,
-            fd_limit: None,
-        };
-        server.spawn();
-        server
+        Self::launch(dir, extra, None, None)
     }
 
     /// As [`Self::start`], with the server's log in `log` instead of the test's stderr.
     pub fn start_logged(dir: &Path, extra: &[&str], log: &Path) -> Self {
-        let mut server = Self {
-            dir: dir.to_path_buf(),
-            api: String::new(),
-            s3: String::new(),
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            log: Some(log.to_path_buf()),
-            fd_limit: None,
-        };
-        server.spawn();
-        server
+        Self::launch(dir, extra, Some(log), None)
     }
 
     /// As [`Self::start_logged`], the server limited to `fd_limit` open files (soft and hard).
     pub fn start_limited(dir: &Path, extra: &[&str], log: &Path, fd_limit: u64) -> Self {
+        Self::launch(dir, extra, Some(log), Some(fd_limit))
+    }
+
+    fn launch(dir: &Path, extra: &[&str], log: Option<&Path>, fd_limit: Option<u64>) -> Self {
         let mut server = Self {
             dir: dir.to_path_buf(),
             api: String::new(),
             s3: String::new(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            log: Some(log.to_path_buf()),
-            fd_limit: Some(fd_limit),
+            log: log.map(Path::to_path_buf),
+            fd_limit,
         };
         server.spawn();
         server
