@@ -20,7 +20,7 @@
 //! (the first run polls until its `N` jobs are finished; the second repeats as many requests)
 //! and shut it down with SIGTERM, so the counter reports at a clean exit. What the first run did
 //! more is what `N` uploads cost from the PUT's arrival to the job's record, divided by `N`: the
-//! server's part (the S3 request, the upload intent, the object write, the job commit, the
+//! server's part (the S3 request, the object write with its event, the job commit, the
 //! dispatch, the spawn and the job's bookkeeping) and, with callgrind, the job processes' part
 //! apart (the shell that runs the script, counted like the floor). What is not in it: the
 //! client's side, and the server's idle background work, which is time-driven and next to

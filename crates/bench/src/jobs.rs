@@ -9,7 +9,7 @@
 //! rounds with their range, and `--json` every round's value. With `--instructions`, the work
 //! per job in CPU instructions is counted too (see the `instructions` module); with `--stages`,
 //! each round's uploads are broken into the stages the server times itself (its debug events of
-//! the `cloister::stages` target: upload intent, object data, object commit, jobs' commit, work
+//! the `cloister::stages` target: object data, object commit with its event, jobs' commit, work
 //! directory, spawn).
 
 use std::ffi::OsStr;
@@ -60,8 +60,8 @@ pub struct JobsArgs {
     /// where the machine has the counter, else valgrind (slow: a minute or more).
     #[arg(long)]
     pub instructions: bool,
-    /// Also record the stages of each upload→job start (upload intent, object data, object
-    /// commit, job commit, work directory, spawn) from the server's `cloister::stages` debug
+    /// Also record the stages of each upload→job start (object data, object commit with its
+    /// event, job commit, work directory, spawn) from the server's `cloister::stages` debug
     /// events; writing them costs the server a little.
     #[arg(long)]
     pub stages: bool,
@@ -282,13 +282,11 @@ fn record_instructions(metrics: &mut Metrics, per_job: &PerJob) {
 /// One upload's stages, in microseconds, as the server's `cloister::stages` events give them.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct Stages {
-    /// `upload recorded`: the upload intent's commit (alongside the data's write).
-    intent: Option<f64>,
-    /// The object's data received and written.
+    /// `upload recorded`: the object's data received and written.
     data: Option<f64>,
-    /// The object's commit, after both.
+    /// The object's commit, with its event in the outbox.
     commit: Option<f64>,
-    /// The jobs' commit.
+    /// The jobs' (lazy) commit.
     jobs: Option<f64>,
     /// `job started`: the work directory readied and the input staged.
     prepare: Option<f64>,
@@ -321,7 +319,6 @@ fn parse_stages(log: &str) -> std::collections::HashMap<String, Stages> {
         };
         let stages = by_key.entry(key.to_owned()).or_default();
         if upload {
-            stages.intent = micros("intent_us");
             stages.data = micros("data_us");
             stages.commit = micros("commit_us");
             stages.jobs = micros("jobs_us");
@@ -338,12 +335,11 @@ fn parse_stages(log: &str) -> std::collections::HashMap<String, Stages> {
 fn record_stages(metrics: &mut Metrics, log: &str, rounds: usize) -> anyhow::Result<()> {
     let by_key = parse_stages(log);
     type Pick = fn(&Stages) -> Option<f64>;
-    let stages: [(&str, &str, Pick); 6] = [
-        ("stage_intent_p50_ms", "  stage: upload intent commit p50", |s| {
-            s.intent
-        }),
+    let stages: [(&str, &str, Pick); 5] = [
         ("stage_data_p50_ms", "  stage: object data write p50", |s| s.data),
-        ("stage_commit_p50_ms", "  stage: object commit p50", |s| s.commit),
+        ("stage_commit_p50_ms", "  stage: object + event commit p50", |s| {
+            s.commit
+        }),
         ("stage_jobs_p50_ms", "  stage: job commit p50", |s| s.jobs),
         (
             "stage_prepare_p50_ms",
@@ -412,7 +408,7 @@ async fn measure_round(
         floor.1,
     );
 
-    // The upload path commits durably once (the upload intent); how long a flush takes on this
+    // The upload path commits durably once (the object with its event); how long a flush takes on this
     // disk at this moment is the other floor the latency stands on.
     let bar = spinner(json, &label("durable-write floor"));
     let fsync_floor = p50_p99(durable_write_floor(&data_dir.join("fsync-probe"), 200)?);
@@ -634,11 +630,11 @@ mod tests {
     use super::*;
 
     /// Lines as `cloister server` writes them with `CLOISTER_LOG_FORMAT=json`.
-    const LOG: &str = r#"{"timestamp":"2026-11-30T04:55:55.502446Z","level":"DEBUG","fields":{"message":"upload recorded","bucket":"bench-lat","key":"in/r0-lat-0","intent_us":2170,"data_us":334,"commit_us":1284,"jobs_us":1233},"target":"cloister::stages"}
+    const LOG: &str = r#"{"timestamp":"2026-11-30T04:55:55.502446Z","level":"DEBUG","fields":{"message":"upload recorded","bucket":"bench-lat","key":"in/r0-lat-0","data_us":334,"commit_us":1284,"jobs_us":1233},"target":"cloister::stages"}
 {"timestamp":"2026-11-30T04:55:55.506759Z","level":"DEBUG","fields":{"message":"job started","job":"bench-lat-01a2","input":"in/r0-lat-0","prepare_us":454,"spawn_us":"3052"},"target":"cloister::stages"}
 {"timestamp":"2026-11-30T04:55:55.506759Z","level":"WARN","fields":{"message":"job started","input":"in/r0-lat-1","prepare_us":1},"target":"cloister_platform::workers"}
 not json at all
-{"timestamp":"2026-11-30T04:55:56.000000Z","level":"DEBUG","fields":{"message":"upload recorded","bucket":"bench-tp","key":"in/r0-tp-0","intent_us":10,"data_us":20,"commit_us":30,"jobs_us":40},"target":"cloister::stages"}
+{"timestamp":"2026-11-30T04:55:56.000000Z","level":"DEBUG","fields":{"message":"upload recorded","bucket":"bench-tp","key":"in/r0-tp-0","data_us":20,"commit_us":30,"jobs_us":40},"target":"cloister::stages"}
 "#;
 
     #[test]
@@ -648,7 +644,6 @@ not json at all
         assert_eq!(
             stages["in/r0-lat-0"],
             Stages {
-                intent: Some(2170.0),
                 data: Some(334.0),
                 commit: Some(1284.0),
                 jobs: Some(1233.0),
@@ -660,7 +655,7 @@ not json at all
 
         let mut metrics = Metrics::default();
         record_stages(&mut metrics, LOG, 1).unwrap();
-        assert_eq!(metrics.median("stage_intent_p50_ms"), Some(2.17));
+        assert_eq!(metrics.median("stage_commit_p50_ms"), Some(1.284));
         assert_eq!(metrics.median("stage_spawn_p50_ms"), Some(3.052));
         assert!(
             record_stages(&mut metrics, LOG, 2).is_err(),

@@ -91,7 +91,6 @@ fn a_short_jobs_run_compares_steady_with_itself_and_regressed_with_a_worse_copy(
         "run_p50_ms",
         "run_minus_floor_ms",
         // The server's own stage timings of each round's uploads.
-        "stage_intent_p50_ms",
         "stage_data_p50_ms",
         "stage_commit_p50_ms",
         "stage_jobs_p50_ms",

@@ -44,13 +44,10 @@ fn store_finished_job(
 ) -> String {
     let svc = state.service(service).unwrap().unwrap();
     let mut record: JobRecord = state
-        .create_jobs(
-            None,
-            vec![NewJob {
-                record: cloister_platform::dispatch::new_job(&svc, JobSource::Payload, "{}".into()),
-                payload: Some(b"{}".to_vec()),
-            }],
-        )
+        .create_jobs(vec![NewJob {
+            record: cloister_platform::dispatch::new_job(&svc, JobSource::Payload, "{}".into()),
+            payload: Some(b"{}".to_vec()),
+        }])
         .unwrap()
         .remove(0);
     record.status = JobStatus::Succeeded;

@@ -1,16 +1,21 @@
 //! Turning object-created events into jobs, exactly once per acknowledged upload.
 //!
-//! As an object is written, [`Dispatcher::before_write`] finds the services whose input path
-//! matches and durably records an intent naming them (the storage runs it alongside the write;
-//! the intent's time is taken before the write begins). After the write, the intent is
-//! replaced by one job record per service in a single transaction; only then is the upload
-//! acknowledged. At start-up, [`Dispatcher::recover`] resolves intents left by a crash: if the
-//! object is there and was written after the intent, the jobs are created; otherwise the write
-//! never happened and the intent is dropped.
+//! As an object is written, the store asks [`Dispatcher`] which services' input paths match
+//! ([`ObjectEvents::subscribers`]) and commits the upload's event in its outbox together with
+//! the object. After that commit, before the upload is acknowledged,
+//! [`ObjectEvents::object_created`] records one job per service and the event's id in one
+//! state transaction, not forced to disk, and queues the jobs. The settler
+//! ([`Dispatcher::settle`], run every few milliseconds by [`Dispatcher::run_settler`]) then makes
+//! the state durable and only then removes the events from the outbox. A crash before that
+//! loses the lazily committed jobs whole; the events are still in the outbox, and
+//! [`Dispatcher::recover`] records their jobs at start. The event ids kept with the jobs make
+//! every delivery after the first a no-op.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use cloister_storage::{EventError, ObjectCreated, ObjectEvents, Store, WriteIntent};
+use cloister_storage::{EventError, ObjectCreated, ObjectEvents, Store};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -18,13 +23,21 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::fdl::Service;
-use crate::state::{Intent, JobRecord, JobSource, JobStatus, NewJob, QueueBounds, State, StateError};
+use crate::state::{JobRecord, JobSource, JobStatus, NewJob, QueueBounds, State, StateError};
+
+/// How long the settler waits between rounds: the bound on how long an upload's event stays
+/// in the outbox after its jobs are recorded, and on the extra commits it costs under load.
+const SETTLE_EVERY: Duration = Duration::from_millis(20);
 
 /// The store's event sink and the source of new jobs.
 pub struct Dispatcher {
     state: Arc<State>,
     services: RwLock<Arc<Vec<Service>>>,
     queue: UnboundedSender<JobRecord>,
+    /// Events whose jobs are recorded, perhaps not yet durably; still in the outbox.
+    unsettled: Mutex<Vec<u64>>,
+    /// A delivery failed: the settler takes the outbox's pending events again.
+    redeliver: AtomicBool,
 }
 
 /// `url.QueryEscape`, as MinIO encodes keys in events: everything but `A-Za-z0-9-_.~` is
@@ -128,6 +141,8 @@ impl Dispatcher {
             state,
             services,
             queue,
+            unsettled: Mutex::default(),
+            redeliver: AtomicBool::new(false),
         })
     }
 
@@ -149,17 +164,6 @@ impl Dispatcher {
         self.services().iter().find(|s| s.name == name).cloned()
     }
 
-    /// Records jobs and queues them.
-    pub fn submit(&self, intent: Option<u64>, jobs: Vec<NewJob>) -> Result<Vec<JobRecord>, StateError> {
-        let created = self.state.create_jobs(intent, jobs)?;
-        for record in &created {
-            log_created(record);
-            // The receiver only goes away at shutdown; the job stays queued on disk.
-            let _ = self.queue.send(record.clone());
-        }
-        Ok(created)
-    }
-
     /// Records a `POST /job`'s job within `bounds` (see [`State::create_job_bounded`]) and
     /// queues it.
     pub fn submit_bounded(&self, job: NewJob, bounds: QueueBounds) -> Result<JobRecord, StateError> {
@@ -174,99 +178,156 @@ impl Dispatcher {
         let _ = self.queue.send(record);
     }
 
-    fn jobs_for(&self, intent: &Intent, object: &ObjectCreated) -> Vec<NewJob> {
-        let event = object_event(object).to_string();
+    fn jobs_for(&self, event: &ObjectCreated) -> Vec<NewJob> {
+        let body = object_event(event).to_string();
         let services = self.services();
-        intent
-            .services
+        event
+            .subscribers
             .iter()
             .filter_map(|name| services.iter().find(|s| &s.name == name))
             .map(|service| NewJob {
                 record: new_job(
                     service,
                     JobSource::Object {
-                        bucket: object.bucket.clone(),
-                        key: object.key.clone(),
+                        bucket: event.bucket.clone(),
+                        key: event.key.clone(),
                     },
-                    event.clone(),
+                    body.clone(),
                 ),
                 payload: None,
             })
             .collect()
     }
 
-    /// Resolves intents left by a crash (see the module documentation).
-    pub async fn recover(&self, store: &Store) -> Result<(), anyhow::Error> {
-        for (id, intent) in self.state.intents()? {
-            let head = store.head(&intent.bucket, &intent.key).await?;
-            // The store records which write made each version: the intent's write committed
-            // exactly when the current version names it.
-            let written = head
-                .filter(|info| info.written_by == Some(WriteIntent(id)))
-                .map(|info| {
-                    let modified = info.last_modified.unwrap_or_else(OffsetDateTime::now_utc);
-                    (info, modified)
-                });
-            match written {
-                Some((info, modified)) => {
-                    let object = ObjectCreated {
-                        bucket: intent.bucket.clone(),
-                        key: intent.key.clone(),
-                        size: info.size,
-                        etag: info.etag,
-                        time: modified,
-                        principal: "cloister-recovery".to_owned(),
-                    };
-                    let jobs = self.jobs_for(&intent, &object);
-                    tracing::info!(bucket = %intent.bucket, key = %intent.key, jobs = jobs.len(), "recovered an interrupted upload");
-                    self.submit(Some(id), jobs)?;
+    /// Records and queues the jobs of `event`, unless they were recorded already.
+    fn record(&self, event: &ObjectCreated) -> Result<(), StateError> {
+        self.state
+            .create_event_jobs(event.id, self.jobs_for(event), |created| {
+                for record in created {
+                    // The receiver only goes away at shutdown; the job stays queued on disk.
+                    let _ = self.queue.send(record.clone());
+                    log_created(record);
                 }
-                None => self.state.drop_intent(id)?,
-            }
+            })?;
+        if let Ok(mut unsettled) = self.unsettled.lock() {
+            unsettled.push(event.id);
         }
         Ok(())
+    }
+
+    /// Makes the jobs recorded so far durable, then removes their events from the outbox.
+    pub async fn settle(&self, store: &Store) -> anyhow::Result<()> {
+        let ids = self
+            .unsettled
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u))
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let settled = async {
+            let state = self.state.clone();
+            tokio::task::spawn_blocking(move || state.sync()).await??;
+            store.events_done(ids.clone()).await?;
+            let (state, done) = (self.state.clone(), ids.clone());
+            tokio::task::spawn_blocking(move || state.forget_events(Some(&done))).await??;
+            anyhow::Ok(())
+        }
+        .await;
+        if settled.is_err()
+            && let Ok(mut unsettled) = self.unsettled.lock()
+        {
+            unsettled.extend(ids);
+        }
+        settled
+    }
+
+    /// Records the jobs of every event still in the outbox (each at most once).
+    async fn deliver_pending(&self, store: &Store) -> anyhow::Result<usize> {
+        let pending = store.pending_events()?;
+        let count = pending.len();
+        // Rare (a start after a crash, a retry after a failure) and short: run in place.
+        for event in pending {
+            self.record(&event)?;
+        }
+        Ok(count)
+    }
+
+    /// At start, before anything new is accepted: records the jobs of uploads whose events a
+    /// crash left in the outbox, and settles them.
+    pub async fn recover(&self, store: &Store) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        for intent in tokio::task::spawn_blocking(move || state.take_legacy_intents()).await?? {
+            tracing::warn!(
+                bucket = %intent.bucket, key = %intent.key,
+                "an upload was interrupted by a crash under an earlier release: if the object is there, its jobs were not created; upload it again to run them"
+            );
+        }
+        let recovered = self.deliver_pending(store).await?;
+        if recovered > 0 {
+            tracing::info!(
+                uploads = recovered,
+                "recorded the jobs of uploads a crash interrupted"
+            );
+        }
+        self.settle(store).await?;
+        // Every event is out of the outbox now, so no id kept can come again.
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || state.forget_events(None)).await??;
+        Ok(())
+    }
+
+    /// Settles recorded jobs every [`SETTLE_EVERY`], and delivers again the events whose
+    /// delivery failed, until `shutdown`; then settles once more.
+    pub async fn run_settler(
+        self: Arc<Self>,
+        store: Store,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SETTLE_EVERY) => {}
+                _ = shutdown.changed() => break,
+            }
+            let round = async {
+                if self.redeliver.swap(false, Ordering::AcqRel) {
+                    self.deliver_pending(&store).await?;
+                }
+                self.settle(&store).await
+            }
+            .await;
+            if round.is_err() {
+                // Whatever failed, the outbox still holds the events: take them all again.
+                self.redeliver.store(true, Ordering::Release);
+            }
+            match (&round, failing) {
+                (Err(e), false) => tracing::error!(error = %e, "cannot settle uploads' jobs; retrying"),
+                (Ok(()), true) => tracing::info!("uploads' jobs settled again"),
+                _ => {}
+            }
+            failing = round.is_err();
+        }
+        if let Err(e) = self.settle(&store).await {
+            tracing::warn!(error = %e, "cannot settle uploads' jobs at shutdown; the next start will");
+        }
     }
 }
 
 impl ObjectEvents for Dispatcher {
-    fn wants(&self, bucket: &str, key: &str) -> bool {
+    fn subscribers(&self, bucket: &str, key: &str) -> Vec<String> {
         self.services()
-            .iter()
-            .any(|s| s.input.iter().any(|io| io.matches(bucket, key)))
-    }
-
-    fn before_write(&self, bucket: &str, key: &str) -> Result<Option<WriteIntent>, EventError> {
-        let services: Vec<String> = self
-            .services()
             .iter()
             .filter(|s| s.input.iter().any(|io| io.matches(bucket, key)))
             .map(|s| s.name.clone())
-            .collect();
-        if services.is_empty() {
-            return Ok(None);
-        }
-        let intent = Intent {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            services,
-            time: OffsetDateTime::now_utc(),
-        };
-        Ok(Some(WriteIntent(self.state.add_intent(&intent)?)))
+            .collect()
     }
 
-    fn object_created(&self, intent: WriteIntent, object: &ObjectCreated) -> Result<(), EventError> {
-        let Some(recorded) = self.state.intent(intent.0)? else {
-            return Err("upload intent vanished".into());
-        };
-        let jobs = self.jobs_for(&recorded, object);
-        self.submit(Some(intent.0), jobs)?;
-        Ok(())
-    }
-
-    fn write_failed(&self, intent: WriteIntent) {
-        if let Err(e) = self.state.drop_intent(intent.0) {
-            tracing::warn!(error = %e, "cannot drop a failed upload's intent");
-        }
+    fn object_created(&self, event: &ObjectCreated) -> Result<(), EventError> {
+        self.record(event).map_err(|e| {
+            self.redeliver.store(true, Ordering::Release);
+            e.into()
+        })
     }
 }
 

@@ -229,6 +229,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         queue_rx,
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(
+        dispatcher.clone().run_settler(store.clone(), shutdown_rx.clone()),
+    ));
     if let Some(retention) = config.log_retention {
         tasks.push(tokio::spawn(workers::expire(
             platform.clone(),

@@ -1,15 +1,17 @@
 //! Durable platform state in one redb database: services, job records, job logs, the queue of
-//! jobs waiting to run, and upload intents (see `cloister_storage::events`).
+//! jobs waiting to run, and the ids of the store's object-created events whose jobs are
+//! recorded (see `cloister_storage::events`).
 //!
 //! `tallies` keeps, in the same transactions as the jobs, what jobs not yet finished hold:
 //! how many of each service wait to start, and the bytes of their events and payloads. `POST
 //! /job` is bounded by them without scanning the queue; they are recounted at every open.
 //!
-//! Every change that answers a client (service changes, upload intents, new jobs from
-//! `POST /job`, final job states) commits with `Durability::Immediate`, so an acknowledged
-//! change survives a crash. Two transitions are committed lazily because something durable
-//! already stands for them: jobs created from an upload (their intent is durable and recovery
-//! re-creates them) and Pending→Running (losing it means the job runs again).
+//! Every change that answers a client (service changes, new jobs from `POST /job`, final job
+//! states) commits with `Durability::Immediate`, so an acknowledged change survives a crash.
+//! Two transitions are committed lazily because something durable already stands for them:
+//! jobs created from an upload (the upload's event stays in the store's outbox until a later
+//! commit here is durable, and is delivered again otherwise) and Pending→Running (losing it
+//! means the job runs again).
 
 use std::path::Path;
 
@@ -29,7 +31,10 @@ const LOGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("logs");
 const SEALED_LOGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("sealed_logs");
 const PAYLOADS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("payloads");
 const QUEUE: TableDefinition<u64, (&str, &str)> = TableDefinition::new("queue");
+/// Upload intents of earlier releases (see [`State::take_legacy_intents`]).
 const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");
+/// Ids of the store's object-created events whose jobs are recorded.
+const EVENTS_DONE: TableDefinition<u64, ()> = TableDefinition::new("events_done");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
 const TALLIES: TableDefinition<&str, u64> = TableDefinition::new("tallies");
@@ -189,7 +194,8 @@ pub struct JobRecord {
     pub queue_seq: u64,
 }
 
-/// An upload in progress whose object, once written, starts jobs for `services`.
+/// An upload in progress whose object, once written, starts jobs for `services`, as releases
+/// before the store's outbox recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     /// Bucket.
@@ -262,6 +268,7 @@ impl State {
         let _ = txn.open_table(BUCKETS)?;
         let _ = txn.open_table(SERVICES)?;
         let _ = txn.open_table(INTENTS)?;
+        let _ = txn.open_table(EVENTS_DONE)?;
         for table in [JOBS, LOGS, SEALED_LOGS, PAYLOADS] {
             let _ = txn.open_table(table)?;
         }
@@ -390,65 +397,90 @@ impl State {
         Ok(())
     }
 
-    // ---- intents ----
+    // ---- upload events ----
 
-    /// Records an upload intent; returns its id.
-    pub fn add_intent(&self, intent: &Intent) -> Result<u64, StateError> {
-        let txn = self.write(true)?;
-        let id = {
-            let id = next_counter(&mut txn.open_table(COUNTERS)?, "intent")?;
-            txn.open_table(INTENTS)?
-                .insert(id, serde_json::to_vec(intent)?.as_slice())?;
-            id
-        };
-        txn.commit()?;
-        Ok(id)
-    }
-
-    /// One intent.
-    pub fn intent(&self, id: u64) -> Result<Option<Intent>, StateError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(INTENTS)?;
-        Ok(match table.get(id)? {
-            Some(v) => Some(serde_json::from_slice(v.value())?),
-            None => None,
-        })
-    }
-
-    /// All open intents (after a crash: writes whose outcome is unknown).
-    pub fn intents(&self) -> Result<Vec<(u64, Intent)>, StateError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(INTENTS)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (id, value) = entry?;
-            out.push((id.value(), serde_json::from_slice(value.value())?));
-        }
-        Ok(out)
-    }
-
-    /// Drops an intent whose write failed.
-    pub fn drop_intent(&self, id: u64) -> Result<(), StateError> {
+    /// Records the jobs of the store's object-created event `event`, unless that event's jobs
+    /// were recorded already (an event is delivered again after a crash or a failed delivery):
+    /// then `None`, and nothing is written. The event's id is kept with the jobs, in the same
+    /// transaction, to tell.
+    ///
+    /// The commit is not forced to disk: until a later commit is (see [`Self::sync`]), the
+    /// event, durable in the store's outbox, stands for these jobs, and is delivered again if
+    /// the process dies first.
+    ///
+    /// `before_commit` gets the records while the transaction still holds the database's write
+    /// lock, so work on them (queueing a job) overlaps the commit, and any writer that comes
+    /// from that work (the job marked Running) waits for the commit. Should the commit fail, a
+    /// job queued by then finds no record: it runs, its state is not recorded, and the event,
+    /// still in the outbox, is delivered again.
+    pub fn create_event_jobs(
+        &self,
+        event: u64,
+        jobs: Vec<NewJob>,
+        before_commit: impl FnOnce(&[JobRecord]),
+    ) -> Result<bool, StateError> {
         let txn = self.write(false)?;
-        txn.open_table(INTENTS)?.remove(id)?;
+        {
+            let mut done = txn.open_table(EVENTS_DONE)?;
+            if done.get(event)?.is_some() {
+                return Ok(false);
+            }
+            done.insert(event, ())?;
+        }
+        let created = insert_jobs(&txn, jobs, None)?;
+        before_commit(&created);
+        txn.commit()?;
+        Ok(true)
+    }
+
+    /// Makes every earlier commit durable.
+    pub fn sync(&self) -> Result<(), StateError> {
+        self.write(true)?.commit()?;
+        Ok(())
+    }
+
+    /// Forgets handled events (once the store no longer has them, they cannot come again).
+    /// Without `ids`, forgets all: at start, after every pending event was handled.
+    pub fn forget_events(&self, ids: Option<&[u64]>) -> Result<(), StateError> {
+        let txn = self.write(false)?;
+        {
+            let mut done = txn.open_table(EVENTS_DONE)?;
+            match ids {
+                Some(ids) => {
+                    for id in ids {
+                        done.remove(*id)?;
+                    }
+                }
+                None => done.retain(|_, _| false)?,
+            }
+        }
         txn.commit()?;
         Ok(())
     }
 
+    /// Takes the upload intents an earlier release left (it recorded one per upload in flight,
+    /// here, instead of an event in the store's outbox): the uploads a crash interrupted then.
+    pub fn take_legacy_intents(&self) -> Result<Vec<Intent>, StateError> {
+        let txn = self.write(true)?;
+        let mut out = Vec::new();
+        {
+            let mut table = txn.open_table(INTENTS)?;
+            for entry in table.iter()? {
+                let (_, value) = entry?;
+                out.push(serde_json::from_slice(value.value())?);
+            }
+            table.retain(|_, _| false)?;
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
     // ---- jobs ----
 
-    /// Records new jobs and resolves `intent`, in one transaction. Returns the records with
-    /// their queue positions.
-    ///
-    /// With an intent, the commit is not forced to disk: until some later commit is, the
-    /// durable intent still stands for these jobs, and recovery re-creates them from it if the
-    /// process dies. Without one (a `POST /job`), the commit is durable before it returns.
-    pub fn create_jobs(&self, intent: Option<u64>, jobs: Vec<NewJob>) -> Result<Vec<JobRecord>, StateError> {
-        let txn = self.write(intent.is_none())?;
+    /// Records new jobs, durably. Returns the records with their queue positions.
+    pub fn create_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<JobRecord>, StateError> {
+        let txn = self.write(true)?;
         let created = insert_jobs(&txn, jobs, None)?;
-        if let Some(id) = intent {
-            txn.open_table(INTENTS)?.remove(id)?;
-        }
         txn.commit()?;
         Ok(created)
     }
@@ -930,7 +962,7 @@ mod tests {
             ),
             payload: None,
         };
-        state.create_jobs(None, vec![upload]).unwrap();
+        state.create_jobs(vec![upload]).unwrap();
         assert_eq!(state.queue_usage("b").unwrap().queued_bytes, 800 + 100 + 100);
         assert_eq!(state.queue_usage("b").unwrap().pending_jobs, 2);
         assert!(state.create_job_bounded(payload_job("c", b"1"), BOUNDS).is_err());
@@ -980,7 +1012,7 @@ mod tests {
         let state = open(&dir);
         assert!(state.put_service(&service("a"), true).unwrap());
         let jobs = state
-            .create_jobs(None, (0..4).map(|_| payload_job("a", b"{}")).collect())
+            .create_jobs((0..4).map(|_| payload_job("a", b"{}")).collect())
             .unwrap();
         let long_ago = OffsetDateTime::now_utc() - time::Duration::days(30);
         for (i, job) in jobs.iter().enumerate() {
@@ -1018,7 +1050,7 @@ mod tests {
 
         // Deleting the service deletes its sealed logs.
         let job = state
-            .create_jobs(None, vec![payload_job("a", b"{}")])
+            .create_jobs(vec![payload_job("a", b"{}")])
             .unwrap()
             .remove(0);
         state

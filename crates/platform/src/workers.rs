@@ -246,12 +246,18 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
             std::future::pending::<()>().await;
         }
     });
+    // When the script's process existed, kept here rather than read back from the state: a
+    // job is queued before its record's commit ends (`State::create_event_jobs`), and only a
+    // write transaction is sure to wait for that commit.
+    let started = Arc::new(std::sync::OnceLock::new());
     let on_start = {
         let state = state.clone();
+        let started = started.clone();
         let (service, job) = (record.service.clone(), record.name.clone());
         Box::new(move || {
+            let at = *started.get_or_init(OffsetDateTime::now_utc);
             tracing::info!(%service, %job, "job started");
-            if let Err(e) = state.mark_running(&service, &job, OffsetDateTime::now_utc()) {
+            if let Err(e) = state.mark_running(&service, &job, at) {
                 tracing::warn!(error = %e, "cannot mark a job running");
             }
         })
@@ -259,12 +265,7 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
     let mut outcome = platform.executor.run(spec, cancel, on_start).await;
     platform.workers.release(&record.service, &record.name);
 
-    // mark_running may have updated the record; keep its start time.
-    if let Some(current) = state.job(&record.service, &record.name)? {
-        record.start_time = current.start_time;
-    } else {
-        return Ok(());
-    }
+    record.start_time = started.get().copied();
     record.status = match outcome.status {
         Status::Succeeded => JobStatus::Succeeded,
         Status::Failed => JobStatus::Failed,
@@ -289,6 +290,7 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
         "job finished"
     );
     let (log, sealed_log) = logs_to_store(&mut outcome, platform.config.log_limit);
+    // A job deleted while it ran is not recorded again (`finish` is false then).
     state.finish(&record, &log, sealed_log.as_deref())?;
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Exactly one job per acknowledged upload, also when the process dies between writing the
-//! object and recording its job.
+//! Exactly one job per acknowledged upload, also when the process dies between committing the
+//! object (with its event) and recording or settling its jobs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cloister_platform::dispatch::Dispatcher;
 use cloister_platform::fdl::Service;
 use cloister_platform::state::{JobSource, State};
-use cloister_storage::{EventError, NoEvents, ObjectCreated, ObjectEvents, Store, WriteIntent};
+use cloister_storage::{EventError, NoEvents, ObjectCreated, ObjectEvents, Store};
 
 fn service() -> Service {
     let mut service: Service = serde_json::from_value(serde_json::json!({
@@ -19,30 +19,37 @@ fn service() -> Service {
     service
 }
 
-/// The process dies after the store committed the object and before the job was recorded:
-/// the sink records intents but never hears of the commit.
+/// The process dies after the store committed an object: for keys under `in/lost`, before the
+/// jobs were recorded; for the others, after they were recorded but before they were settled.
 struct CrashAfterCommit(Arc<Dispatcher>);
 
 impl ObjectEvents for CrashAfterCommit {
-    fn before_write(&self, bucket: &str, key: &str) -> Result<Option<WriteIntent>, EventError> {
-        self.0.before_write(bucket, key)
+    fn subscribers(&self, bucket: &str, key: &str) -> Vec<String> {
+        self.0.subscribers(bucket, key)
     }
-    fn object_created(&self, _: WriteIntent, _: &ObjectCreated) -> Result<(), EventError> {
-        Ok(())
+    fn object_created(&self, event: &ObjectCreated) -> Result<(), EventError> {
+        if event.key.starts_with("in/lost") {
+            return Ok(());
+        }
+        self.0.object_created(event)
     }
-    fn write_failed(&self, _: WriteIntent) {}
+}
+
+fn object_of(job: &cloister_platform::state::JobRecord) -> String {
+    match &job.source {
+        JobSource::Object { bucket, key } => format!("{bucket}/{key}"),
+        JobSource::Payload => panic!("not an upload's job: {job:?}"),
+    }
 }
 
 #[tokio::test]
-async fn interrupted_uploads_are_resolved_exactly_once() {
+async fn interrupted_uploads_get_exactly_one_job_each() {
     let dir = tempfile::tempdir().unwrap();
     let state = Arc::new(State::open(&dir.path().join("state.redb")).unwrap());
     assert!(state.put_service(&service(), true).unwrap());
-    // An object that existed before any intent must not be mistaken for the interrupted write.
     {
         let store = Store::open(&dir.path().join("objects"), Arc::new(NoEvents)).unwrap();
         store.create_bucket("bucket", false).await.unwrap();
-        store.put_bytes("bucket", "in/old", "old".into()).await.unwrap();
     }
 
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
@@ -52,19 +59,16 @@ async fn interrupted_uploads_are_resolved_exactly_once() {
         Arc::new(CrashAfterCommit(before_crash.clone())),
     )
     .unwrap();
-    // Written, then the crash: the intent is on disk, the job is not.
+    store.put_bytes("bucket", "in/lost", "data".into()).await.unwrap();
     store
-        .put_bytes("bucket", "in/written", "data".into())
+        .put_bytes("bucket", "in/recorded", "data".into())
         .await
         .unwrap();
-    // The crash came before the write.
-    assert!(before_crash.before_write("bucket", "in/never").unwrap().is_some());
-    // The crash came before an overwrite of an old object.
-    assert!(before_crash.before_write("bucket", "in/old").unwrap().is_some());
-    // Uploads outside the input path leave no intent at all.
-    assert!(before_crash.before_write("bucket", "out/x").unwrap().is_none());
+    // Uploads outside the input path raise no event at all.
+    store.put_bytes("bucket", "out/x", "x".into()).await.unwrap();
     drop(before_crash);
-    assert_eq!(state.intents().unwrap().len(), 3);
+    assert_eq!(store.pending_events().unwrap().len(), 2);
+    assert_eq!(state.jobs("svc", None, 100).unwrap().jobs.len(), 1);
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let after_restart = Dispatcher::new(state.clone(), tx).unwrap();
@@ -72,23 +76,20 @@ async fn interrupted_uploads_are_resolved_exactly_once() {
     after_restart.recover(&store).await.unwrap();
 
     let jobs = state.jobs("svc", None, 100).unwrap().jobs;
-    assert_eq!(jobs.len(), 1, "{jobs:?}");
-    assert_eq!(
-        jobs[0].source,
-        JobSource::Object {
-            bucket: "bucket".into(),
-            key: "in/written".into()
-        }
-    );
-    assert!(jobs[0].event.contains("in%2Fwritten"));
-    assert!(state.intents().unwrap().is_empty());
-    assert_eq!(state.queued().unwrap().len(), 1);
-    assert_eq!(rx.recv().await.map(|r| r.name), Some(jobs[0].name.clone()));
+    let mut objects: Vec<String> = jobs.iter().map(object_of).collect();
+    objects.sort();
+    assert_eq!(objects, ["bucket/in/lost", "bucket/in/recorded"], "{jobs:?}");
+    let lost = jobs.iter().find(|j| object_of(j) == "bucket/in/lost").unwrap();
+    assert!(lost.event.contains("in%2Flost"));
+    assert!(store.pending_events().unwrap().is_empty(), "recovery settles");
+    assert_eq!(state.queued().unwrap().len(), 2);
+    // Only the job the crash lost is queued anew; the other was queued before it.
+    assert_eq!(rx.recv().await.map(|r| r.name), Some(lost.name.clone()));
     assert!(rx.try_recv().is_err(), "a recovered upload was queued twice");
 }
 
 #[tokio::test]
-async fn acknowledged_writes_create_their_job_before_returning() {
+async fn acknowledged_writes_have_their_job_and_settle_later() {
     let dir = tempfile::tempdir().unwrap();
     let state = Arc::new(State::open(&dir.path().join("state.redb")).unwrap());
     assert!(state.put_service(&service(), true).unwrap());
@@ -105,5 +106,19 @@ async fn acknowledged_writes_create_their_job_before_returning() {
         .await
         .unwrap();
     assert_eq!(state.jobs("svc", None, 10).unwrap().jobs.len(), 1);
-    assert!(state.intents().unwrap().is_empty());
+    assert_eq!(store.pending_events().unwrap().len(), 1);
+
+    // The settler runs on its own; shutting it down settles what is left.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let settler = tokio::spawn(dispatcher.clone().run_settler(store.clone(), stopped));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.pending_events().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the settler did not settle");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    store.put_bytes("bucket", "in/c", "c".into()).await.unwrap();
+    stop.send(true).unwrap();
+    settler.await.unwrap();
+    assert!(store.pending_events().unwrap().is_empty());
+    assert_eq!(state.jobs("svc", None, 10).unwrap().jobs.len(), 2);
 }

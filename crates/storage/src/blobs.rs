@@ -159,11 +159,6 @@ impl Blobs {
         crate::space::ensure_room(&self.dir, needed)
     }
 
-    /// Whether the file system of the data files is down to its reserve.
-    pub(crate) fn disk_low(&self) -> bool {
-        crate::space::low(&self.dir)
-    }
-
     pub(crate) fn path(&self, id: u128) -> PathBuf {
         let name = format!("{id:032x}");
         self.dir.join(&name[..2]).join(name)

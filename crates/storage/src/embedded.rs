@@ -9,7 +9,7 @@ use redb::ReadableTable;
 use s3s::dto::*;
 use s3s::{S3, S3ErrorCode, S3Request};
 
-use crate::events::{ObjectEvents, WriteIntent};
+use crate::events::ObjectEvents;
 use crate::index::{BUCKETS, Blob, decode, objects_table, objects_table_name};
 use crate::listing::ListParams;
 use crate::names::{validate_bucket_name, validate_object_key};
@@ -128,6 +128,25 @@ impl Store {
     /// disk (the platform's state) are about to take.
     pub fn ensure_room(&self, needed: u64) -> Result<(), StorageError> {
         self.core().blobs.ensure_room(needed).map_err(storage_error)
+    }
+
+    /// The object-created events not yet reported done, oldest first (see [`crate::events`]):
+    /// after a crash, or after a delivery that failed, the sink handles these again.
+    pub fn pending_events(&self) -> Result<Vec<crate::ObjectCreated>, StorageError> {
+        let txn = self.core().index.read()?;
+        Ok(crate::outbox::pending(&txn)?)
+    }
+
+    /// Removes events from the outbox: call it once their consequences are durable.
+    pub async fn events_done(&self, ids: Vec<u64>) -> Result<(), StorageError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.core()
+            .index
+            .write(move |txn| Ok(crate::outbox::remove(txn, &ids)?))
+            .await
+            .map_err(storage_error)
     }
 
     /// Whether the bucket exists.
@@ -359,7 +378,6 @@ fn object_info(key: String, record: &crate::index::ObjectRecord) -> ObjectInfo {
         size: record.size,
         etag: record.etag.clone(),
         last_modified: Some(time_of(record.modified)),
-        written_by: record.writer.map(WriteIntent),
     }
 }
 

@@ -1,21 +1,23 @@
-//! Object-created events.
+//! Object-created events, through a transactional outbox.
 //!
-//! The store asks its [`ObjectEvents`] sink *before* an object write whether the write matters
-//! (for example, whether it lands under some service's input path) and, if so, the sink records
-//! an intent durably. After the write the sink turns the intent into its consequences (job
-//! records) before the client gets its answer. If the process dies in between, the sink finds
-//! the intent again at start-up and resolves it against the object that is (or is not) there:
-//! an acknowledged write is never lost and never counted twice.
+//! As a write starts, the store asks its [`ObjectEvents`] sink who subscribes to it (for
+//! example, the services whose input path the key is under). When someone does, the event is
+//! recorded in the store's *outbox* in the same index transaction that commits the object: an
+//! object is never visible without its event, and an event never exists without its object.
+//! After the commit the store hands the event to [`ObjectEvents::object_created`]; the sink
+//! records the consequences (job records) idempotently by [`ObjectCreated::id`] and, once they
+//! are durable on its side, tells the store with [`crate::Store::events_done`], which removes
+//! them from the outbox. Events still in the outbox after a crash, or after a delivery that
+//! failed, are found again with [`crate::Store::pending_events`]: an acknowledged write is
+//! never lost and never counted twice.
 
 use time::OffsetDateTime;
 
-/// A durable handle on a write in progress, issued by [`ObjectEvents::before_write`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct WriteIntent(pub u64);
-
-/// An object that has just been written.
+/// An object that has just been written, as its outbox event records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectCreated {
+    /// The event's id in the outbox: unique for the store's life, increasing with commits.
+    pub id: u64,
     /// Bucket name.
     pub bucket: String,
     /// Object key (not URL-encoded).
@@ -28,27 +30,24 @@ pub struct ObjectCreated {
     pub time: OffsetDateTime,
     /// Access key of the writer, or `cloister` for in-process writes.
     pub principal: String,
+    /// Who the sink said subscribed to the write as it started.
+    pub subscribers: Vec<String>,
 }
 
 /// Error type of event sinks; its message is logged, never shown to S3 clients.
 pub type EventError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Receives object-created events from the store. Methods are called from blocking threads.
+/// Receives object-created events from the store.
 pub trait ObjectEvents: Send + Sync + 'static {
-    /// Whether a write to `bucket/key` can have consequences at all. It must not block: it runs
-    /// on the request's own thread, and a `false` spares the write the hop to a blocking thread
-    /// that [`Self::before_write`] takes. Defaults to `true`.
-    fn wants(&self, _bucket: &str, _key: &str) -> bool {
-        true
-    }
-    /// Called as a write starts (possibly while it runs); returns an intent when the write has
-    /// consequences to record. It must be durable when this returns: the write is acknowledged
-    /// only after both have finished.
-    fn before_write(&self, bucket: &str, key: &str) -> Result<Option<WriteIntent>, EventError>;
-    /// Called after the object is in place; must record the consequences durably.
-    fn object_created(&self, intent: WriteIntent, object: &ObjectCreated) -> Result<(), EventError>;
-    /// Called when the write failed, so the intent can be dropped.
-    fn write_failed(&self, intent: WriteIntent);
+    /// The subscribers of a write to `bucket/key`, recorded with the event; none means the
+    /// write raises no event. It must not block: it runs on the request's own thread.
+    fn subscribers(&self, bucket: &str, key: &str) -> Vec<String>;
+    /// Called from a blocking thread after the object and its event are committed, before the
+    /// writer gets its answer. It must be idempotent by `event.id`: an event is delivered again
+    /// after a crash, and whenever the sink asks for [`crate::Store::pending_events`], until
+    /// the sink reports it done. An error is logged and the event stays in the outbox; the
+    /// write itself has succeeded.
+    fn object_created(&self, event: &ObjectCreated) -> Result<(), EventError>;
 }
 
 /// A sink that ignores every write.
@@ -56,14 +55,10 @@ pub trait ObjectEvents: Send + Sync + 'static {
 pub struct NoEvents;
 
 impl ObjectEvents for NoEvents {
-    fn wants(&self, _: &str, _: &str) -> bool {
-        false
+    fn subscribers(&self, _: &str, _: &str) -> Vec<String> {
+        Vec::new()
     }
-    fn before_write(&self, _: &str, _: &str) -> Result<Option<WriteIntent>, EventError> {
-        Ok(None)
-    }
-    fn object_created(&self, _: WriteIntent, _: &ObjectCreated) -> Result<(), EventError> {
+    fn object_created(&self, _: &ObjectCreated) -> Result<(), EventError> {
         Ok(())
     }
-    fn write_failed(&self, _: WriteIntent) {}
 }

@@ -192,10 +192,6 @@ pub(crate) struct ObjectRecord {
     pub checksums: Checksums,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
-    /// The write intent (see [`crate::events`]) of the write that made this version: recovery
-    /// asks for it to tell whether an interrupted write committed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub writer: Option<u64>,
 }
 
 /// A bucket's metadata.
@@ -289,6 +285,7 @@ impl Index {
             let _ = txn.open_table(PARTS)?;
             let _ = txn.open_table(GARBAGE)?;
             let _ = txn.open_table(META)?;
+            let _ = txn.open_table(crate::outbox::OUTBOX)?;
         }
         txn.commit()?;
         let (tx, rx) = std::sync::mpsc::channel::<Op>();

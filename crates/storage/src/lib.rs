@@ -5,8 +5,8 @@
 //! it. It is a store of its own behind the `s3s` protocol layer: metadata in a transactional
 //! index (redb), data inline in the index or in immutable files named by a random id — never
 //! by the key. Every object write — over HTTP or in-process — raises an [`ObjectCreated`]
-//! event through an [`ObjectEvents`] sink with a write-ahead intent, which is how uploads
-//! become jobs without loss or duplication.
+//! event, committed with the object in the index's outbox and handed to an [`ObjectEvents`]
+//! sink, which is how uploads become jobs without loss or duplication.
 
 mod blobs;
 mod conditions;
@@ -18,6 +18,7 @@ mod listing;
 mod migrate;
 mod multipart;
 pub mod names;
+mod outbox;
 mod presign;
 pub mod reopen;
 mod s3;
@@ -26,7 +27,7 @@ mod space;
 mod store;
 
 pub use embedded::Store;
-pub use events::{EventError, NoEvents, ObjectCreated, ObjectEvents, WriteIntent};
+pub use events::{EventError, NoEvents, ObjectCreated, ObjectEvents};
 pub use presign::{PresignError, Presigner};
 pub use serve::{S3Http, serve};
 
@@ -92,9 +93,6 @@ pub struct ObjectInfo {
     pub etag: String,
     /// Last modification time.
     pub last_modified: Option<OffsetDateTime>,
-    /// The intent of the write that made this version, when it had one: recovery uses it to
-    /// tell exactly whether an interrupted write committed.
-    pub written_by: Option<WriteIntent>,
 }
 
 /// One page of an object listing.

@@ -200,7 +200,6 @@ pub(crate) fn run(root: &Path, index: &Index, blobs: &Blobs) -> Result<(), Stora
                         }
                     },
                     tags: BTreeMap::new(),
-                    writer: None,
                 },
             ));
         }

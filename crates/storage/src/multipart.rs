@@ -23,10 +23,10 @@ pub(crate) fn complete(
     key: &str,
     upload_id: &str,
     listed: &[(u32, Option<String>)],
-    writer: Option<u64>,
+    event: Option<&crate::outbox::EventDraft>,
     if_match: Option<ETagCondition>,
     if_none_match: Option<ETagCondition>,
-) -> S3Result<ObjectRecord> {
+) -> S3Result<(ObjectRecord, Option<crate::ObjectCreated>)> {
     require_bucket(txn, bucket)?;
     let upload: UploadRecord = {
         let uploads = txn.open_table(UPLOADS).db()?;
@@ -95,7 +95,6 @@ pub(crate) fn complete(
         metadata: upload.metadata.clone(),
         checksums,
         tags: upload.tags.clone(),
-        writer,
     };
     // Mutations from here on: the parts not listed are released, the listed ones move into
     // the object.
@@ -113,8 +112,12 @@ pub(crate) fn complete(
     }
     txn.open_table(UPLOADS).db()?.remove(upload_id).db()?;
     release(txn, &unused)?;
+    let event = match event {
+        Some(draft) => Some(crate::outbox::append(txn, bucket, key, &record, draft)?),
+        None => None,
+    };
     install(txn, bucket, key, &record)?;
-    Ok(record)
+    Ok((record, event))
 }
 
 /// S3's composite checksum: the checksum of the parts' binary checksums, then `-N`.

@@ -11,13 +11,14 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::blobs::{Received, Wanted};
 use crate::conditions;
-use crate::events::{EventError, ObjectCreated, WriteIntent};
+use crate::events::ObjectCreated;
 use crate::index::{
     BUCKETS, Blob, BucketRecord, Checksums, CorsRule, Headers, ObjectRecord, PARTS, PartRecord, Segment,
     UPLOADS, UploadRecord, decode, encode, objects_table, objects_table_name,
 };
 use crate::listing::{self, ListParams};
 use crate::names::{validate_bucket_name, validate_object_key};
+use crate::outbox::EventDraft;
 use crate::store::{
     Core, bucket_record, current, file_id, install, no_such_key, now_ns, require_bucket, time_of,
 };
@@ -390,9 +391,9 @@ async fn timed<F: std::future::Future>(future: F) -> (F::Output, std::time::Inst
 }
 
 impl EmbeddedS3 {
-    /// Runs a write that may have consequences (jobs): the intent is recorded while `prepare`
-    /// receives the data, `commit` commits the object with the intent's id, and the
-    /// consequences are recorded before the answer.
+    /// Runs a write that may have consequences (jobs): when the sink subscribes to it, `commit`
+    /// records its event in the outbox with the object (see [`crate::events`]), and the event
+    /// is handed to the sink before the answer.
     async fn recorded<P, T, C, Fut>(
         &self,
         bucket: &str,
@@ -402,95 +403,60 @@ impl EmbeddedS3 {
         commit: C,
     ) -> S3Result<T>
     where
-        C: FnOnce(Option<u64>, P) -> Fut,
-        Fut: std::future::Future<Output = S3Result<(T, ObjectRecord)>>,
+        C: FnOnce(Option<EventDraft>, P) -> Fut,
+        Fut: std::future::Future<Output = S3Result<(T, Option<ObjectCreated>)>>,
     {
-        // Before the intent: on a full disk the state database's commit of it would fail too.
-        self.0.blobs.ensure_room(0)?;
-        let events = self.0.events.clone();
-        let (b, k) = (bucket.to_owned(), key.to_owned());
-        let wanted = events.wants(bucket, key);
-        // The hooks commit to the platform's state, on the same disk as a rule: a failure
-        // there while the disk is full is a full disk, not a server fault.
-        let blobs = self.0.blobs.clone();
-        let hook_failed = move |what: &str, e: EventError| {
-            if blobs.disk_low() {
-                crate::space::refused(&format_args!("{what}: {e}"));
-                crate::space::insufficient_storage()
-            } else {
-                tracing::error!(error = %e, "{what}");
-                s3_error!(InternalError, "{what}")
-            }
-        };
-        let intent_failed = hook_failed.clone();
-        let intent = async {
-            if !wanted {
-                return Ok(None);
-            }
-            tokio::task::spawn_blocking(move || events.before_write(&b, &k))
-                .await
-                .map_err(|e| s3_error!(InternalError, "event hook panicked: {e}"))?
-                .map_err(|e| intent_failed("cannot record upload intent", e))
-        };
-        let began = std::time::Instant::now();
-        let ((intent, intent_done), (prepared, data_done)) = tokio::join!(timed(intent), timed(prepare));
-        let intent = intent?;
-        let written = match prepared {
-            Ok(prepared) => commit(intent.map(|i| i.0), prepared).await,
-            Err(e) => Err(e),
-        };
-        let committed = std::time::Instant::now();
-        let Some(intent) = intent else {
-            return written.map(|(out, _)| out);
-        };
-        let (out, record) = match written {
-            Ok(done) => done,
-            Err(e) => {
-                let events = self.0.events.clone();
-                let _ = tokio::task::spawn_blocking(move || events.write_failed(intent)).await;
-                return Err(e);
-            }
-        };
-        let created = ObjectCreated {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            size: record.size,
-            etag: record.etag.clone(),
-            time: time_of(record.modified),
+        let subscribers = self.0.events.subscribers(bucket, key);
+        let draft = (!subscribers.is_empty()).then(|| EventDraft {
+            subscribers,
             principal: principal.unwrap_or_else(|| "cloister".to_owned()),
+        });
+        let began = std::time::Instant::now();
+        let (prepared, data_done) = timed(prepare).await;
+        let (out, event) = commit(draft, prepared?).await?;
+        let committed = std::time::Instant::now();
+        let Some(event) = event else {
+            return Ok(out);
         };
+        // The write has succeeded whatever happens next: its event is durable in the outbox,
+        // and one the sink could not take now is delivered again later.
         let events = self.0.events.clone();
-        tokio::task::spawn_blocking(move || events.object_created(WriteIntent(intent.0), &created))
-            .await
-            .map_err(|e| s3_error!(InternalError, "event hook panicked: {e}"))?
-            .map_err(|e| hook_failed("cannot record object-created event", e))?;
-        // The stages of an upload that starts jobs, for `cloister-bench jobs --stages`: the
-        // intent's commit runs alongside the data's write; the object's commit waits for both.
+        let (id, b, k) = (event.id, event.bucket.clone(), event.key.clone());
+        match tokio::task::spawn_blocking(move || events.object_created(&event)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, event = id, bucket = %b, key = %k, "cannot record an upload's consequences now; its event stays queued")
+            }
+            Err(e) => tracing::error!(error = %e, event = id, "the event sink panicked"),
+        }
+        // The stages of an upload that starts jobs, for `cloister-bench jobs --stages`.
         let micros = |from: std::time::Instant, to: std::time::Instant| {
             u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
         };
         tracing::debug!(
             target: "cloister::stages",
             bucket, key,
-            intent_us = micros(began, intent_done),
             data_us = micros(began, data_done),
-            commit_us = micros(intent_done.max(data_done), committed),
+            commit_us = micros(data_done, committed),
             jobs_us = micros(committed, std::time::Instant::now()),
             "upload recorded"
         );
         Ok(out)
     }
 
-    /// Commits a new version of `key`, subject to conditions on the current one.
+    /// Commits a new version of `key`, subject to conditions on the current one, with the
+    /// write's event when it raises one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn commit_object(
         &self,
         bucket: &str,
         key: &str,
         received: Received,
         record: ObjectRecord,
+        event: Option<EventDraft>,
         if_match: Option<ETagCondition>,
         if_none_match: Option<ETagCondition>,
-    ) -> S3Result<ObjectRecord> {
+    ) -> S3Result<(ObjectRecord, Option<ObjectCreated>)> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
         let committed = record.clone();
         let inline = received.inline.clone();
@@ -502,15 +468,19 @@ impl EmbeddedS3 {
                 require_bucket(txn, &b)?;
                 let existing = current(txn, &b, &k)?;
                 conditions::check_write(existing.as_ref(), if_match.as_ref(), if_none_match.as_ref(), &k)?;
+                let event = match &event {
+                    Some(draft) => Some(crate::outbox::append(txn, &b, &k, &committed, draft)?),
+                    None => None,
+                };
                 if let (Blob::Inline(id), Some(data)) = (blob, &inline) {
                     crate::store::store_inline(txn, id, data)?;
                 }
                 install(txn, &b, &k, &committed)?;
-                Ok(())
+                Ok(event)
             })
             .await;
         match result {
-            Ok(()) => Ok(record),
+            Ok(event) => Ok((record, event)),
             Err(e) => {
                 discard(&self.0, &received);
                 Err(e)
@@ -1189,7 +1159,7 @@ impl S3 for EmbeddedS3 {
                 &key,
                 principal,
                 prepare,
-                move |writer, received| async move {
+                move |event, received| async move {
                     let record = ObjectRecord {
                         size: received.size,
                         etag: received.md5.clone(),
@@ -1200,12 +1170,9 @@ impl S3 for EmbeddedS3 {
                         metadata,
                         checksums: received.checksums.clone(),
                         tags,
-                        writer,
                     };
-                    let record = this
-                        .commit_object(&b, &k, received, record, if_match, if_none_match)
-                        .await?;
-                    Ok((record.clone(), record))
+                    this.commit_object(&b, &k, received, record, event, if_match, if_none_match)
+                        .await
                 },
             )
             .await?;
@@ -1308,7 +1275,7 @@ impl S3 for EmbeddedS3 {
                 &key,
                 principal,
                 prepare,
-                move |writer, received| async move {
+                move |event, received| async move {
                     let record = ObjectRecord {
                         size: received.size,
                         etag: received.md5.clone(),
@@ -1319,10 +1286,9 @@ impl S3 for EmbeddedS3 {
                         metadata,
                         checksums: received.checksums.clone(),
                         tags,
-                        writer,
                     };
-                    let record = this.commit_object(&b, &k, received, record, None, None).await?;
-                    Ok((record.clone(), record))
+                    this.commit_object(&b, &k, received, record, event, None, None)
+                        .await
                 },
             )
             .await?;
@@ -1797,9 +1763,8 @@ impl S3 for EmbeddedS3 {
                 &key,
                 principal,
                 async { Ok(()) },
-                move |writer, ()| async move {
-                    let record = this
-                        .0
+                move |event, ()| async move {
+                    this.0
                         .index
                         .write(move |txn| {
                             crate::multipart::complete(
@@ -1808,13 +1773,12 @@ impl S3 for EmbeddedS3 {
                                 &k,
                                 &upload_id,
                                 &listed,
-                                writer,
+                                event.as_ref(),
                                 if_match,
                                 if_none_match,
                             )
                         })
-                        .await?;
-                    Ok((record.clone(), record))
+                        .await
                 },
             )
             .await?;

@@ -117,64 +117,52 @@ fn a_commit_failed_for_lack_of_space_leaves_the_database_usable() {
     drop(db);
 }
 
-/// Takes every write as an upload that starts jobs, and fails to record its intent the way the
+/// Takes every write as an upload that starts jobs, and fails to record them the way the
 /// platform's commit fails on a disk that filled up meanwhile (`fill_first`), or for another
 /// reason.
-struct FailingIntent {
+struct FailingSink {
     disk: std::path::PathBuf,
     fill_first: bool,
 }
 
-impl cloister_storage::ObjectEvents for FailingIntent {
-    fn before_write(
-        &self,
-        _: &str,
-        _: &str,
-    ) -> Result<Option<cloister_storage::WriteIntent>, cloister_storage::EventError> {
-        if self.fill_first {
-            fill(&self.disk);
-            return Err("cannot commit the intent: No space left on device".into());
-        }
-        Err("cannot commit the intent: the database is corrupt".into())
+impl cloister_storage::ObjectEvents for FailingSink {
+    fn subscribers(&self, _: &str, _: &str) -> Vec<String> {
+        vec!["svc".to_owned()]
     }
     fn object_created(
         &self,
-        _: cloister_storage::WriteIntent,
         _: &cloister_storage::ObjectCreated,
     ) -> Result<(), cloister_storage::EventError> {
-        Ok(())
+        if self.fill_first {
+            fill(&self.disk);
+            return Err("cannot commit the jobs: No space left on device".into());
+        }
+        Err("cannot commit the jobs: the database is corrupt".into())
     }
-    fn write_failed(&self, _: cloister_storage::WriteIntent) {}
 }
 
+/// The object and its event are one commit: a sink that cannot record the upload's jobs then
+/// (the disk filled up in between, or another fault) loses nothing — the write stands, and its
+/// event waits in the outbox for the sink to take it again.
 #[tokio::test]
-async fn an_intent_that_fails_on_a_full_disk_is_insufficient_storage_not_a_server_fault() {
+async fn a_sink_that_fails_after_the_commit_leaves_the_write_and_its_event() {
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = mount(&dir.path().join("disk")) else {
         return;
     };
     for fill_first in [false, true] {
         let root = disk.0.join(format!("store-{fill_first}"));
-        let events = std::sync::Arc::new(FailingIntent {
+        let events = std::sync::Arc::new(FailingSink {
             disk: disk.0.clone(),
             fill_first,
         });
         let store = cloister_storage::Store::open_with_cache(&root, events, 1 << 20).unwrap();
         store.create_bucket("bkt", false).await.unwrap();
-        let refused = store.put_bytes("bkt", "in/x", "x".into()).await;
-        if fill_first {
-            assert!(
-                matches!(refused, Err(cloister_storage::StorageError::InsufficientStorage)),
-                "{refused:?}"
-            );
-        } else {
-            assert!(
-                refused
-                    .as_ref()
-                    .is_err_and(|e| !matches!(e, cloister_storage::StorageError::InsufficientStorage)),
-                "{refused:?}"
-            );
-        }
-        assert!(store.head("bkt", "in/x").await.unwrap().is_none());
+        store.put_bytes("bkt", "in/x", "x".into()).await.unwrap();
+        assert!(store.head("bkt", "in/x").await.unwrap().is_some());
+        let pending = store.pending_events().unwrap();
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert_eq!((pending[0].key.as_str(), pending[0].size), ("in/x", 1));
+        let _ = std::fs::remove_file(disk.0.join("filler"));
     }
 }

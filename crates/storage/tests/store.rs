@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cloister_storage::{EventError, NoEvents, ObjectCreated, ObjectEvents, StorageError, Store, WriteIntent};
+use cloister_storage::{EventError, NoEvents, ObjectCreated, ObjectEvents, StorageError, Store};
 
 fn fixture(into: &Path) {
     let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/s3s-fs-0.14-layout.tar.gz");
@@ -163,37 +163,33 @@ async fn replaced_and_deleted_data_is_reclaimed() {
     store.delete_bucket("bkt", true).await.unwrap();
 }
 
-/// Records what it hears, to check that each write names its own intent.
+/// Subscribes to `in/` and records the events it hears.
 #[derive(Default)]
 struct Recorder {
-    next: std::sync::atomic::AtomicU64,
-    created: std::sync::Mutex<Vec<(u64, String)>>,
+    created: std::sync::Mutex<Vec<ObjectCreated>>,
 }
 
 impl ObjectEvents for Recorder {
-    fn before_write(&self, _: &str, key: &str) -> Result<Option<WriteIntent>, EventError> {
+    fn subscribers(&self, _: &str, key: &str) -> Vec<String> {
         if key.starts_with("in/") {
-            Ok(Some(WriteIntent(
-                self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
-            )))
+            vec!["a".to_owned(), "b".to_owned()]
         } else {
-            Ok(None)
+            Vec::new()
         }
     }
-    fn object_created(&self, intent: WriteIntent, object: &ObjectCreated) -> Result<(), EventError> {
-        self.created.lock().unwrap().push((intent.0, object.key.clone()));
+    fn object_created(&self, event: &ObjectCreated) -> Result<(), EventError> {
+        self.created.lock().unwrap().push(event.clone());
         Ok(())
     }
-    fn write_failed(&self, _: WriteIntent) {}
 }
 
 #[tokio::test]
-async fn every_version_names_the_write_that_made_it() {
+async fn each_subscribed_write_commits_one_event_that_stays_until_done() {
     let dir = tempfile::tempdir().unwrap();
     let recorder = Arc::new(Recorder::default());
     let store = Store::open(dir.path(), recorder.clone()).unwrap();
     store.create_bucket("bkt", false).await.unwrap();
-    // Concurrent writers share commits; each version still names its own write.
+    // Concurrent writers share commits; each still gets an event of its own.
     let mut tasks = Vec::new();
     for i in 0..40 {
         let store = store.clone();
@@ -208,16 +204,41 @@ async fn every_version_names_the_write_that_made_it() {
         task.await.unwrap();
     }
     store.put_bytes("bkt", "other", "x".into()).await.unwrap();
-    let created = recorder.created.lock().unwrap().clone();
-    assert_eq!(created.len(), 40);
-    for (intent, key) in created {
-        let info = store.head("bkt", &key).await.unwrap().unwrap();
-        assert_eq!(info.written_by, Some(WriteIntent(intent)), "{key}");
+    assert!(store.put_bytes("nobucket", "in/x", "x".into()).await.is_err());
+    let delivered = recorder.created.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 40);
+    let pending = store.pending_events().unwrap();
+    let mut sorted = delivered.clone();
+    sorted.sort_by_key(|e| e.id);
+    assert_eq!(pending, sorted, "what was delivered is what the outbox holds");
+    for event in &pending {
+        let info = store.head("bkt", &event.key).await.unwrap().unwrap();
+        assert_eq!(
+            (event.size, &event.etag),
+            (info.size, &info.etag),
+            "{}",
+            event.key
+        );
+        assert_eq!(event.subscribers, ["a", "b"]);
+        assert_eq!(event.principal, "cloister");
     }
-    assert_eq!(
-        store.head("bkt", "other").await.unwrap().unwrap().written_by,
-        None
-    );
+
+    let (done, kept): (Vec<_>, Vec<_>) = pending.iter().partition(|e| e.id % 2 == 0);
+    store
+        .events_done(done.iter().map(|e| e.id).collect())
+        .await
+        .unwrap();
+    let last = pending.iter().map(|e| e.id).max().unwrap();
+    drop(store);
+
+    // What is not done survives a restart, and ids are never reused.
+    let store = Store::open(dir.path(), recorder.clone()).unwrap();
+    let left = store.pending_events().unwrap();
+    assert_eq!(left.iter().collect::<Vec<_>>(), kept);
+    store.put_bytes("bkt", "in/new", "n".into()).await.unwrap();
+    let newest = store.pending_events().unwrap().last().unwrap().clone();
+    assert_eq!(newest.key, "in/new");
+    assert!(newest.id > last, "event id {} reused after {last}", newest.id);
 }
 
 #[tokio::test]
