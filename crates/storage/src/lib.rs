@@ -8,8 +8,10 @@
 //! event through an [`ObjectEvents`] sink with a write-ahead intent, which is how uploads
 //! become jobs without loss or duplication.
 
+mod access;
 mod blobs;
 mod conditions;
+mod credentials;
 mod embedded;
 pub mod events;
 mod index;
@@ -25,6 +27,7 @@ mod serve;
 mod space;
 mod store;
 
+pub use credentials::{CredentialError, JobCredential, JobScope, ScopedFolder, ScopedObject};
 pub use embedded::Store;
 pub use events::{EventError, NoEvents, ObjectCreated, ObjectEvents, WriteIntent};
 pub use presign::{PresignError, Presigner};
