@@ -298,7 +298,9 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
             std::future::pending::<()>().await;
         }
     });
-    spec.storage = issue_storage_access(platform, &spec).await;
+    if platform.executor.needs_storage_access() {
+        spec.storage = issue_storage_access(platform, &spec).await;
+    }
     let credential = spec.storage.as_ref().map(|access| access.access_key_id.clone());
     let on_start = {
         let state = state.clone();
@@ -567,6 +569,10 @@ mod tests {
     impl Executor for CredentialUser {
         fn name(&self) -> &'static str {
             "credential-user"
+        }
+
+        fn needs_storage_access(&self) -> bool {
+            true
         }
 
         async fn run(

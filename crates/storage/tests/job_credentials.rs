@@ -527,3 +527,69 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// What authorizing a job credential costs: small GETs signed with the administrator's key and
+/// with a job credential, interleaved in rounds, plus issuing and revoking (one durable commit
+/// each). A measurement, not a check: `cargo test --release -p cloister-storage --test
+/// job_credentials -- --ignored --nocapture authorization_overhead`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it on purpose"]
+async fn authorization_overhead() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated_store(dir.path()).await;
+    store
+        .put_bytes(BUCKET, INPUT, vec![b'x'; 1024].into())
+        .await
+        .unwrap();
+    let endpoint = Endpoint::start(&store).await;
+    let credential = store
+        .issue_job_credential(scope(), Duration::from_secs(3600), "bench")
+        .await
+        .unwrap();
+    let clients = [
+        ("admin", endpoint.admin(BUCKET)),
+        ("job", endpoint.job(BUCKET, &credential)),
+    ];
+    let input = path(INPUT);
+    let mut samples: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..20 {
+        for (i, (_, client)) in clients.iter().enumerate() {
+            let start = std::time::Instant::now();
+            for _ in 0..100 {
+                client.get(&input).await.unwrap().bytes().await.unwrap();
+            }
+            if round > 0 {
+                samples[i].push(start.elapsed() / 100);
+            }
+        }
+    }
+    for (i, (name, _)) in clients.iter().enumerate() {
+        samples[i].sort();
+        let median = samples[i][samples[i].len() / 2];
+        println!("GET 1 KiB signed by {name}: median {median:?} per request");
+    }
+    let mut issue = Vec::new();
+    let mut revoke = Vec::new();
+    for _ in 0..50 {
+        let start = std::time::Instant::now();
+        let credential = store
+            .issue_job_credential(scope(), Duration::from_secs(60), "bench")
+            .await
+            .unwrap();
+        issue.push(start.elapsed());
+        let start = std::time::Instant::now();
+        store
+            .revoke_job_credential(&credential.access_key_id)
+            .await
+            .unwrap();
+        revoke.push(start.elapsed());
+    }
+    issue.sort();
+    revoke.sort();
+    println!(
+        "issue: median {:?}, revoke: median {:?} (one commit each)",
+        issue[issue.len() / 2],
+        revoke[revoke.len() / 2]
+    );
+    endpoint.shut_down().await;
+}
