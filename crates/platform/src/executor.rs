@@ -26,6 +26,14 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Runs a synchronous invocation: output files come back in the outcome.
     async fn run_sync(&self, spec: JobSpec, max_output: u64) -> JobOutcome;
+
+    /// Whether this executor's jobs reach storage over the S3 endpoint and so need
+    /// [`JobSpec::storage`], a credential scoped to the job (issuing one costs a durable commit
+    /// at the job's start and another at its end). Executors that read the store in-process
+    /// need none.
+    fn needs_storage_access(&self) -> bool {
+        false
+    }
 }
 
 /// Runs jobs as processes on this host, reading and writing the embedded store directly.

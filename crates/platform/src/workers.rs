@@ -8,8 +8,9 @@ use std::time::Duration;
 use cloister_attestation::Tee;
 use cloister_runtime::tee::{SEALED_LOG_OVERHEAD, render_log};
 use cloister_runtime::{
-    AttestationWiring, JobInput, JobOutcome, JobSpec, Limits, LogLine, Placement, Status,
+    AttestationWiring, JobInput, JobOutcome, JobSpec, Limits, LogLine, Placement, Status, StorageAccess,
 };
+use cloister_storage::{JobScope, ScopedFolder, ScopedObject};
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
@@ -126,6 +127,57 @@ pub(crate) fn spec_for(
         },
         log_limit: platform.config.log_limit,
         placement: placement_for(service),
+        storage: None,
+    }
+}
+
+/// How long a job's storage credential outlives the job's timeout: the runtime stages the input
+/// before the script's clock starts and uploads outputs after it stops, and an executor may
+/// take a while to notice the end of a job it re-attached to after a restart.
+const CREDENTIAL_GRACE: Duration = Duration::from_secs(300);
+
+/// What a job may touch in the store: its input object, and its service's output folders.
+fn storage_scope(spec: &JobSpec) -> JobScope {
+    JobScope {
+        read: match &spec.input {
+            JobInput::Object { bucket, key } => vec![ScopedObject {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            }],
+            JobInput::None | JobInput::Inline(_) => Vec::new(),
+        },
+        write: spec
+            .outputs
+            .iter()
+            .map(|target| ScopedFolder {
+                bucket: target.bucket.clone(),
+                folder: target.folder.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A storage credential for a starting job, valid for its timeout plus [`CREDENTIAL_GRACE`].
+/// A failure to issue one is logged and the job goes on without: an executor that needs it
+/// refuses the job, one that reads the store in-process does not miss it.
+async fn issue_storage_access(platform: &Platform, spec: &JobSpec) -> Option<StorageAccess> {
+    let lifetime = spec.limits.timeout.saturating_add(CREDENTIAL_GRACE);
+    match platform
+        .store
+        .issue_job_credential(storage_scope(spec), lifetime, &spec.job_name)
+        .await
+    {
+        Ok(credential) => Some(StorageAccess {
+            endpoint: platform.s3_endpoint.clone(),
+            region: platform.config.s3_region.clone(),
+            secret_access_key: credential.secret_access_key().to_owned(),
+            access_key_id: credential.access_key_id,
+            expires: credential.expires,
+        }),
+        Err(e) => {
+            tracing::warn!(service = %spec.service, job = %spec.job_name, error = %e, "cannot issue the job's storage credential");
+            None
+        }
     }
 }
 
@@ -229,7 +281,7 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
             JobInput::Inline(state.payload(&record.service, &record.name)?.unwrap_or_default())
         }
     };
-    let spec = spec_for(
+    let mut spec = spec_for(
         platform,
         &service,
         &record.name,
@@ -246,6 +298,10 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
             std::future::pending::<()>().await;
         }
     });
+    if platform.executor.needs_storage_access() {
+        spec.storage = issue_storage_access(platform, &spec).await;
+    }
+    let credential = spec.storage.as_ref().map(|access| access.access_key_id.clone());
     // When the script's process existed, kept here rather than read back from the state: a
     // job is queued before its record's commit ends (`State::create_event_jobs`), and only a
     // write transaction is sure to wait for that commit.
@@ -264,6 +320,12 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
     };
     let mut outcome = platform.executor.run(spec, cancel, on_start).await;
     platform.workers.release(&record.service, &record.name);
+    if let Some(credential) = credential
+        && let Err(e) = platform.store.revoke_job_credential(&credential).await
+    {
+        // It still expires with the job's timeout.
+        tracing::warn!(job = %record.name, error = %e, "cannot revoke the job's storage credential");
+    }
 
     record.start_time = started.get().copied();
     record.status = match outcome.status {
@@ -375,14 +437,18 @@ mod tests {
 
     const LOG_LIMIT: usize = 1000;
 
-    /// Runs one `POST /job`-style job of a fresh platform through `execute`; returns the
-    /// state and the job's name.
-    async fn run_one(dir: &std::path::Path, sealed: Vec<u8>) -> (Arc<State>, String) {
+    /// A platform over a fresh data directory with `service` and `executor`; the receiver gets
+    /// the jobs it queues. Its S3 endpoint is `s3_endpoint` (nothing listens there unless the
+    /// test serves the store).
+    fn test_platform(
+        dir: &std::path::Path,
+        service: &Service,
+        executor: Arc<dyn Executor>,
+        s3_endpoint: &str,
+    ) -> (Arc<Platform>, mpsc::UnboundedReceiver<JobRecord>) {
         let state = Arc::new(State::open(&dir.join("state.redb")).unwrap());
-        let mut service = Service::from_json(br#"{"name":"conf","script":"true"}"#).unwrap();
-        service.token = "t".repeat(64);
-        assert!(state.put_service(&service, true).unwrap());
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        assert!(state.put_service(service, true).unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
         let dispatcher = Arc::new(Dispatcher::new(state.clone(), tx).unwrap());
         let store = cloister_storage::Store::open(&dir.join("objects"), dispatcher.clone()).unwrap();
         let config = crate::Config {
@@ -409,32 +475,44 @@ mod tests {
             connections: Default::default(),
         };
         let platform = Arc::new(Platform {
-            state: state.clone(),
-            presigner: cloister_storage::Presigner::new(
-                "http://127.0.0.1:1",
-                "us-east-1",
-                "access",
-                "secret",
-            ),
+            state,
+            presigner: cloister_storage::Presigner::new(s3_endpoint, "us-east-1", "access", "secret"),
             store,
-            executor: Arc::new(SealingExecutor { sealed }),
+            executor,
             workers: Workers::default(),
-            s3_endpoint: "http://127.0.0.1:1".into(),
+            s3_endpoint: s3_endpoint.into(),
             sync_slots: Arc::new(Semaphore::new(1)),
             sync_admission: Semaphore::new(2),
             sim_platform_public: String::new(),
-            dispatcher: dispatcher.clone(),
+            dispatcher,
             config,
         });
+        (platform, rx)
+    }
+
+    /// Runs one `POST /job`-style job of a fresh platform through `execute`; returns the
+    /// state and the job's name.
+    async fn run_one(dir: &std::path::Path, sealed: Vec<u8>) -> (Arc<State>, String) {
+        let mut service = Service::from_json(br#"{"name":"conf","script":"true"}"#).unwrap();
+        service.token = "t".repeat(64);
+        let (platform, mut rx) = test_platform(
+            dir,
+            &service,
+            Arc::new(SealingExecutor { sealed }),
+            "http://127.0.0.1:1",
+        );
         let job = NewJob {
             record: crate::dispatch::new_job(&service, JobSource::Payload, "{}".into()),
             payload: Some(b"{}".to_vec()),
         };
-        dispatcher.submit_bounded(job, platform.queue_bounds()).unwrap();
+        platform
+            .dispatcher
+            .submit_bounded(job, platform.queue_bounds())
+            .unwrap();
         let record = rx.recv().await.unwrap();
         let name = record.name.clone();
         execute(&platform, record).await.unwrap();
-        (state, name)
+        (platform.state.clone(), name)
     }
 
     #[tokio::test]
@@ -466,6 +544,155 @@ mod tests {
                 "sealed log (66537 bytes) is longer than the 66536 bytes kept per job and was dropped"
             ),
             "{log}"
+        );
+    }
+
+    /// Stands in for a container executor: uses the job's storage credential over the real S3
+    /// endpoint as the runtime in a container will, and reports what it was allowed to do.
+    #[derive(Default)]
+    struct CredentialUser {
+        seen: Mutex<Vec<String>>,
+        access: Mutex<Option<StorageAccess>>,
+    }
+
+    fn s3_client(access: &StorageAccess, bucket: &str) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&access.endpoint)
+            .with_region(&access.region)
+            .with_access_key_id(&access.access_key_id)
+            .with_secret_access_key(&access.secret_access_key)
+            .with_bucket_name(bucket)
+            .with_allow_http(true)
+            .build()
+            .unwrap()
+    }
+
+    #[async_trait::async_trait]
+    impl Executor for CredentialUser {
+        fn name(&self) -> &'static str {
+            "credential-user"
+        }
+
+        fn needs_storage_access(&self) -> bool {
+            true
+        }
+
+        async fn run(
+            &self,
+            spec: JobSpec,
+            _cancel: futures::future::BoxFuture<'static, ()>,
+            on_start: Box<dyn FnOnce() + Send>,
+        ) -> JobOutcome {
+            use object_store::ObjectStoreExt as _;
+            on_start();
+            let access = spec.storage.clone().unwrap();
+            let JobInput::Object { bucket, key } = &spec.input else {
+                panic!("{:?}", spec.input)
+            };
+            let s3 = s3_client(&access, bucket);
+            let path = |k: &str| object_store::path::Path::parse(k).unwrap();
+            let mut seen = Vec::new();
+            let mut note =
+                |what: &str, ok: bool| seen.push(format!("{what}: {}", if ok { "ok" } else { "refused" }));
+            note("get input", s3.get(&path(key)).await.is_ok());
+            note("get other", s3.get(&path("in/other.txt")).await.is_ok());
+            for (what, k) in [
+                ("put output", "out/result.txt"),
+                ("put beside", "outside/result.txt"),
+                ("put input", "in/new.txt"),
+            ] {
+                let put = s3
+                    .put(&path(k), object_store::PutPayload::from_static(b"r"))
+                    .await;
+                note(what, put.is_ok());
+            }
+            *self.seen.lock().unwrap() = seen;
+            *self.access.lock().unwrap() = Some(access);
+            JobOutcome {
+                status: Status::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+                log: Vec::new(),
+                stdout: Vec::new(),
+                files: Vec::new(),
+                uploaded: Vec::new(),
+                sealed_log: None,
+            }
+        }
+
+        async fn run_sync(&self, _spec: JobSpec, _max_output: u64) -> JobOutcome {
+            unreachable!("not used")
+        }
+    }
+
+    /// A job gets a credential for exactly its input and its output folder when it starts,
+    /// expiring after its timeout, and it is revoked when the job ends.
+    #[tokio::test]
+    async fn a_job_gets_a_scoped_storage_credential_revoked_at_its_end() {
+        use object_store::ObjectStoreExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let mut service = Service::from_json(
+            br#"{"name":"creds","script":"true","input":[{"path":"creds/in"}],"output":[{"path":"creds/out"}]}"#,
+        )
+        .unwrap();
+        service.validate().unwrap();
+        service.normalize();
+        service.token = "t".repeat(64);
+        let executor = Arc::new(CredentialUser::default());
+        let (platform, mut rx) = test_platform(dir.path(), &service, executor.clone(), &endpoint);
+        let (_stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(cloister_storage::serve(
+            listener,
+            platform.store.s3_service("access", "secret"),
+            Default::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        platform.store.create_bucket("creds", false).await.unwrap();
+        platform
+            .store
+            .put_bytes("creds", "in/other.txt", "o".into())
+            .await
+            .unwrap();
+        platform
+            .store
+            .put_bytes("creds", "in/photo.txt", "p".into())
+            .await
+            .unwrap();
+        let mut record = rx.recv().await.unwrap();
+        while !matches!(&record.source, JobSource::Object { key, .. } if key == "in/photo.txt") {
+            record = rx.recv().await.unwrap();
+        }
+        let started = OffsetDateTime::now_utc();
+        execute(&platform, record).await.unwrap();
+
+        assert_eq!(
+            *executor.seen.lock().unwrap(),
+            [
+                "get input: ok",
+                "get other: refused",
+                "put output: ok",
+                "put beside: refused",
+                "put input: refused"
+            ]
+        );
+        let access = executor.access.lock().unwrap().clone().unwrap();
+        assert_eq!(access.endpoint, endpoint);
+        let lifetime = access.expires - started;
+        assert!(
+            lifetime >= time::Duration::seconds(60 + 299) && lifetime <= time::Duration::seconds(60 + 302),
+            "{lifetime}"
+        );
+        // Revoked once the job ended.
+        let after = s3_client(&access, "creds")
+            .get(&object_store::path::Path::parse("in/photo.txt").unwrap())
+            .await;
+        assert!(
+            matches!(after, Err(object_store::Error::PermissionDenied { .. })),
+            "{after:?}"
         );
     }
 

@@ -138,6 +138,52 @@ pub struct JobSpec {
     pub log_limit: usize,
     /// Where the job must run: resources, TEE, attestation wiring.
     pub placement: Placement,
+    /// S3 access limited to this job's input object and output folders, for a runtime that
+    /// reaches storage over the network (in a container or a pod); `None` when the platform
+    /// issued none. Never part of the script's environment: the runtime uses it itself.
+    pub storage: Option<StorageAccess>,
+}
+
+/// A job's own S3 credential and where to use it. Its `Debug` form hides the secret; it is not
+/// serialisable, so it cannot end up in a record by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorageAccess {
+    /// The S3 endpoint, e.g. `http://127.0.0.1:9000` (as the platform reaches it: an executor
+    /// whose jobs see the network differently substitutes its own address for it).
+    pub endpoint: String,
+    /// The region to sign for.
+    pub region: String,
+    /// The credential's access key id.
+    pub access_key_id: String,
+    /// The credential's secret.
+    pub secret_access_key: String,
+    /// When the credential stops working (the job's timeout plus a grace).
+    pub expires: OffsetDateTime,
+}
+
+impl StorageAccess {
+    /// The credential as the variables S3 clients read (AWS SDKs, boto3, the aws cli), in name
+    /// order, for the environment of a runtime process — not of a script.
+    pub fn environment(&self) -> [(&'static str, String); 4] {
+        [
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", self.region.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
+        ]
+    }
+}
+
+impl std::fmt::Debug for StorageAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageAccess")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"[redacted]")
+            .field("expires", &self.expires)
+            .finish()
+    }
 }
 
 /// What an executor must provide for a job, in the terms a Kubernetes executor uses: resource

@@ -58,6 +58,7 @@ fn spec(script: &str) -> JobSpec {
         limits: Limits::default(),
         log_limit: 1 << 20,
         placement: Placement::default(),
+        storage: None,
     }
 }
 
@@ -164,12 +165,26 @@ async fn environment_is_cleared() {
     unsafe {
         std::env::set_var("CLOISTER_TEST_HOST_SECRET", "leak")
     };
-    let outcome = run(&spec("env"), &io, &options(dir.path(), CgroupSupport::None)).await;
+    // The job's storage credential is the runtime's, not the script's.
+    let mut spec = spec("env");
+    spec.storage = Some(crate::StorageAccess {
+        endpoint: "http://127.0.0.1:9".into(),
+        region: "us-east-1".into(),
+        access_key_id: "CJ0123".into(),
+        secret_access_key: "job-secret-not-for-scripts".into(),
+        expires: OffsetDateTime::UNIX_EPOCH,
+    });
+    assert!(!format!("{spec:?}").contains("job-secret-not-for-scripts"));
+    let outcome = run(&spec, &io, &options(dir.path(), CgroupSupport::None)).await;
     assert_eq!(outcome.status, Status::Succeeded);
     let log = log_text(&outcome);
     assert!(
         !log.contains("CLOISTER_TEST_HOST_SECRET"),
         "host environment leaked into the job"
+    );
+    assert!(
+        !log.contains("job-secret-not-for-scripts") && !log.contains("AWS_"),
+        "{log}"
     );
     assert!(log.contains("GREETING=hello"));
 }

@@ -9,6 +9,8 @@ use redb::ReadableTable;
 use s3s::dto::*;
 use s3s::{S3, S3ErrorCode, S3Request};
 
+use crate::access::Gate;
+use crate::credentials::{CredentialError, JobCredential, JobCredentials, JobScope};
 use crate::events::ObjectEvents;
 use crate::index::{BUCKETS, Blob, decode, objects_table, objects_table_name};
 use crate::listing::ListParams;
@@ -53,6 +55,8 @@ fn storage_error(e: s3s::S3Error) -> StorageError {
 #[derive(Clone)]
 pub struct Store {
     s3: EmbeddedS3,
+    /// `None` for a store opened for inspection.
+    jobs: Option<Arc<JobCredentials>>,
 }
 
 impl Store {
@@ -69,8 +73,11 @@ impl Store {
         events: Arc<dyn ObjectEvents>,
         cache_bytes: usize,
     ) -> Result<Self, StorageError> {
+        let core = Core::open(root, events, cache_bytes)?;
+        let jobs = JobCredentials::open(root, core.index.clone())?;
         Ok(Self {
-            s3: EmbeddedS3(Core::open(root, events, cache_bytes)?),
+            s3: EmbeddedS3(core),
+            jobs: Some(Arc::new(jobs)),
         })
     }
 
@@ -84,6 +91,7 @@ impl Store {
                 false,
                 crate::DEFAULT_CACHE_BYTES,
             )?),
+            jobs: None,
         })
     }
 
@@ -91,17 +99,43 @@ impl Store {
         &self.s3.0
     }
 
-    /// The S3 HTTP service (SigV4 with one access/secret key pair) for [`crate::serve`].
+    /// The S3 HTTP service for [`crate::serve`]: SigV4 (or V2) signed with the administrator's
+    /// key pair, which may do everything, or with a job credential from
+    /// [`Self::issue_job_credential`], which may do what its scope allows.
     pub fn s3_service(&self, access_key: &str, secret_key: &str) -> crate::serve::S3Http {
+        let gate = Gate {
+            admin_access_key: access_key.to_owned(),
+            admin_secret_key: secret_key.into(),
+            jobs: self.jobs.clone(),
+        };
         let mut builder = s3s::service::S3ServiceBuilder::new(self.s3.clone());
-        builder.set_auth(SingleKey {
-            access_key: access_key.to_owned(),
-            secret_key: secret_key.into(),
-        });
+        builder.set_auth(gate.clone());
+        builder.set_access(gate);
         crate::serve::S3Http {
             s3: builder.build(),
             store: self.clone(),
         }
+    }
+
+    /// Issues a credential for one job: it may read exactly `scope.read` and write under
+    /// `scope.write` (see [`JobScope`]) over the S3 endpoint until `lifetime` has passed or it is
+    /// revoked, and survives a restart meanwhile. `label` (a job's name) names it in the log.
+    /// The secret is in the returned value only: the store keeps no copy of it.
+    pub async fn issue_job_credential(
+        &self,
+        scope: JobScope,
+        lifetime: std::time::Duration,
+        label: &str,
+    ) -> Result<JobCredential, CredentialError> {
+        let jobs = self.jobs.as_ref().ok_or(CredentialError::Unavailable)?;
+        jobs.issue(scope, lifetime, label).await
+    }
+
+    /// Revokes a job credential at once (requests signed with it are refused from now on). An
+    /// unknown id is not an error: it was revoked already or has expired.
+    pub async fn revoke_job_credential(&self, access_key_id: &str) -> Result<(), CredentialError> {
+        let jobs = self.jobs.as_ref().ok_or(CredentialError::Unavailable)?;
+        jobs.revoke(access_key_id).await
     }
 
     /// The CORS rules of a bucket, for the HTTP layer's preflight answers.
@@ -348,27 +382,6 @@ impl Store {
                 .filter(|id| !referenced.contains(id) && !garbage.contains(id))
                 .count() as u64,
         })
-    }
-}
-
-/// The endpoint's one key pair. S3 calls an unknown key `InvalidAccessKeyId` (s3s's
-/// `SimpleAuth` says `NotSignedUp`, which clients do not recognise).
-struct SingleKey {
-    access_key: String,
-    secret_key: s3s::auth::SecretKey,
-}
-
-#[async_trait::async_trait]
-impl s3s::auth::S3Auth for SingleKey {
-    async fn get_secret_key(&self, access_key: &str) -> s3s::S3Result<s3s::auth::SecretKey> {
-        if access_key == self.access_key {
-            Ok(self.secret_key.clone())
-        } else {
-            Err(s3s::s3_error!(
-                InvalidAccessKeyId,
-                "The AWS Access Key Id you provided does not exist in our records."
-            ))
-        }
     }
 }
 

@@ -8,8 +8,10 @@
 //! event, committed with the object in the index's outbox and handed to an [`ObjectEvents`]
 //! sink, which is how uploads become jobs without loss or duplication.
 
+mod access;
 mod blobs;
 mod conditions;
+mod credentials;
 mod embedded;
 pub mod events;
 mod index;
@@ -26,6 +28,7 @@ mod serve;
 mod space;
 mod store;
 
+pub use credentials::{CredentialError, JobCredential, JobScope, ScopedFolder, ScopedObject};
 pub use embedded::Store;
 pub use events::{EventError, NoEvents, ObjectCreated, ObjectEvents};
 pub use presign::{PresignError, Presigner};
