@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::process::load_average;
-use crate::process::{ChildGuard, CloisterBin, runtime_bin, spinner, start_server};
+use crate::process::{CloisterBin, runtime_bin, spinner, start_cas, start_server};
 use crate::stats::{Metrics, Target, ms, percentile};
 
 /// Sizes of the confidential benchmark. The defaults take two to three minutes on an idle 2-CPU
@@ -68,55 +68,6 @@ const WORKLOADS: [(&str, &str); 2] = [
         "tr 'a-z' 'A-Z' < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/out\"\n",
     ),
 ];
-
-/// Starts a development CAS (key-file sealed, so it starts unsealed) with `admin`.
-fn start_cas(cloister: &Path, dir: &Path, admin: &str) -> anyhow::Result<(ChildGuard, String, String)> {
-    let data = dir.join("cas");
-    let init = Command::new(cloister)
-        .args(["cas", "init", "--json", "--data-dir"])
-        .arg(&data)
-        .arg("--key-file")
-        .arg(dir.join("cas.master"))
-        .output()?;
-    anyhow::ensure!(
-        init.status.success(),
-        "cas init failed: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let init: Value = serde_json::from_slice(&init.stdout)?;
-    let pin = init["identity_pin"].as_str().context("no pin")?.to_owned();
-    let mut child = ChildGuard(
-        Command::new(cloister)
-            .args([
-                "cas",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                admin,
-                "--data-dir",
-            ])
-            .arg(&data)
-            .env("CLOISTER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
-    let stdout = child.0.stdout.take().context("no CAS stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("the benchmark CAS did not open its port")?;
-    Ok((child, url, pin))
-}
 
 /// Text-like pseudo-random content (so `tr` has letters to change).
 fn content(len: usize, seed: u64) -> Vec<u8> {
@@ -169,7 +120,8 @@ pub async fn run(args: ConfidentialArgs, json: bool) -> anyhow::Result<()> {
     let admin_file = dir.path().join("admin.key");
     admin.save(&admin_file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let bar = spinner(json, "starting a private CAS and server");
-    let (_cas, cas_url, pin) = start_cas(&cloister, dir.path(), &admin.public())?;
+    let cas = start_cas(&cloister, dir.path(), &admin.public(), None)?;
+    let (cas_url, pin) = (cas.url.clone(), cas.pin.clone());
     let data = dir.path().join("data");
     let flags = [
         OsStr::new("--job-timeout"),

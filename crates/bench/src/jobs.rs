@@ -484,7 +484,7 @@ fn targets(metrics: &Metrics) -> Vec<Target> {
 
 /// Times `count` durable 4 KiB overwrites (write, then fdatasync) of a file at `path`, on the
 /// file system the server's state lives on.
-fn durable_write_floor(path: &std::path::Path, count: usize) -> anyhow::Result<Vec<Duration>> {
+pub(crate) fn durable_write_floor(path: &std::path::Path, count: usize) -> anyhow::Result<Vec<Duration>> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::create(path).context("cannot create the fsync probe file")?;
     let page = [0x5a_u8; 4096];

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use cloister_cli::client::{Exit, exit};
 
-const AFTER_HELP: &str = "The `jobs`, `s3` and `confidential` benchmarks start `cloister` (and `confidential` also \
+const AFTER_HELP: &str = "The `jobs`, `s3`, `cas` and `confidential` benchmarks start `cloister` (and `confidential` also \
 `cloister-runtime`) from the same build as this program: build them first, e.g.\n  cargo build --release && \
 cargo run --release -p cloister-bench -- jobs\nor name them with --cloister-bin / --runtime-bin.\n\nExit codes: 0 \
 success, 1 failure, 2 usage error, 3-7 the server's answers as for `cloister`, 10 the canary scan found the \
@@ -45,8 +45,10 @@ enum Command {
     /// attestation and key release, with a private CAS and server (`cloister`,
     /// `cloister-runtime`).
     Confidential(confidential::ConfidentialArgs),
-    /// Measure the CAS: end-to-end attestations (optionally under a flood), DCAP quote
-    /// verification and secret reads, with a private CAS in this process.
+    /// Measure the CAS: end-to-end attestations, at saturation (closed loop) and at a fixed
+    /// offered rate (open loop), optionally under a flood; DCAP quote verification and secret
+    /// reads; with a private CAS (`cloister cas serve`).
+    #[command(after_help = cas::AFTER_HELP)]
     Cas(cas::CasArgs),
     /// Measure the S3 endpoint of a private `cloister server` next to the floor of the same disk:
     /// small PUT and GET latency, listing a large bucket, large multipart PUT and GET throughput,

@@ -196,3 +196,97 @@ pub fn load_average() -> Option<String> {
     let fields: Vec<&str> = text.split_whitespace().take(3).collect();
     (fields.len() == 3).then(|| fields.join(" "))
 }
+
+/// A private development CAS started by [`start_cas`]: its process, URL, pin and data directory.
+pub struct PrivateCas {
+    /// The `cloister cas serve` process.
+    pub process: ChildGuard,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The identity pin clients check.
+    pub pin: String,
+    /// The vault's directory.
+    pub data_dir: PathBuf,
+}
+
+impl PrivateCas {
+    /// Stops the CAS as an operator would (SIGTERM), so it writes what it keeps for its
+    /// shutdown (the last refusal summary), and waits for it to exit.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let pid = self.process.0.id();
+        self.process.terminate(pid, Duration::from_secs(30)).await
+    }
+}
+
+/// Starts a development CAS (key-file sealed, so it starts unsealed) in `dir/cas`, with the
+/// administrator `admin`, as its own `cloister cas serve` process. With `stage_log`, its stderr
+/// goes there with its stage timings as JSON lines (the debug events of `cloister::stages`).
+pub fn start_cas(
+    cloister: &Path,
+    dir: &Path,
+    admin: &str,
+    stage_log: Option<&Path>,
+) -> anyhow::Result<PrivateCas> {
+    let data_dir = dir.join("cas");
+    let init = Command::new(cloister)
+        .args(["cas", "init", "--json", "--data-dir"])
+        .arg(&data_dir)
+        .arg("--key-file")
+        .arg(dir.join("cas.master"))
+        .output()?;
+    anyhow::ensure!(
+        init.status.success(),
+        "cas init failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let init: serde_json::Value = serde_json::from_slice(&init.stdout)?;
+    let pin = init["identity_pin"].as_str().context("no pin")?.to_owned();
+    let mut command = Command::new(cloister);
+    match stage_log {
+        Some(path) => {
+            let log = std::fs::File::create(path)
+                .with_context(|| format!("cannot create the CAS's log {}", path.display()))?;
+            command
+                .env("CLOISTER_LOG", "warn,cloister::stages=debug")
+                .env("CLOISTER_LOG_FORMAT", "json")
+                .stderr(log);
+        }
+        None => {
+            command.env("CLOISTER_LOG", "warn").stderr(Stdio::inherit());
+        }
+    }
+    let mut process = ChildGuard(
+        command
+            .args([
+                "cas",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                admin,
+                "--data-dir",
+            ])
+            .arg(&data_dir)
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let stdout = process.0.stdout.take().context("no CAS stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("the benchmark CAS did not open its port")?;
+    Ok(PrivateCas {
+        process,
+        url,
+        pin,
+        data_dir,
+    })
+}

@@ -35,7 +35,11 @@
 
 use std::fmt::Write as _;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+#[cfg(test)]
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signature, VerifyingKey};
+
+use crate::signer::IdentitySigner;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -167,7 +171,7 @@ fn content_hash(
 /// Builds and signs the entry that follows `(seq - 1, prev)`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn make_entry(
-    signer: &SigningKey,
+    signer: &IdentitySigner,
     seq: u64,
     prev: String,
     time: OffsetDateTime,
@@ -187,7 +191,7 @@ pub(crate) fn make_entry(
         detail,
         prev,
         hash: hex::encode(hash),
-        signature: hex::encode(signature.to_bytes()),
+        signature: hex::encode(signature),
     })
 }
 
@@ -367,7 +371,8 @@ mod tests {
 
     #[test]
     fn hash_survives_jsonl_round_trip() {
-        let signer = SigningKey::from_bytes(&[9; 32]);
+        let identity = SigningKey::from_bytes(&[9; 32]);
+        let signer = IdentitySigner::new(&identity).unwrap();
         let time = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
         let e = make_entry(
             &signer,
@@ -383,7 +388,7 @@ mod tests {
         let back = parse_jsonl(&export_jsonl(std::slice::from_ref(&e)).unwrap()).unwrap();
         assert_eq!(back, vec![e.clone()]);
         assert_eq!(hex::encode(back[0].compute_hash().unwrap()), e.hash);
-        verify_audit(&back, &signer.verifying_key().to_bytes()).unwrap();
+        verify_audit(&back, &identity.verifying_key().to_bytes()).unwrap();
     }
 
     #[test]

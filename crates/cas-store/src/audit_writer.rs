@@ -1,17 +1,27 @@
-//! Group commit of audit records: callers on many threads append, one thread writes, and the
-//! appends that arrive together share one durable transaction.
+//! Group commit of audit records: callers on many threads append, and the appends that arrive
+//! together share one durable transaction.
 //!
 //! Every transaction of the vault ends with an fsync, so one transaction per caller would cap
 //! a busy CAS (every attestation records its outcome) at the disk's sync rate. Sharing the
 //! sync lets throughput grow with concurrency, while each caller still waits until its own
 //! records are on disk: nothing is answered before it is recorded.
+//!
+//! Two threads form a pipeline. Each entry is signed, and its hash chains on the entry before
+//! it, so entries are made one after another; signing them inside the transaction would add
+//! the signing of a whole batch to every wait for the disk. Instead the *signer* thread signs
+//! appends as they arrive, chained after the entries already signed, while the *committer*
+//! thread commits what was signed before; when a commit ends, everything signed meanwhile goes
+//! into the next one. The committer stores entries signed ahead only if they still follow the
+//! log's head in its transaction (another writer, such as a session update, may have appended
+//! in between); otherwise it signs them afresh there, as a single thread would have.
 
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use serde_json::Value;
 
-use crate::{StoreError, Vault};
+use crate::vault::AuditHead;
+use crate::{AuditEntry, StoreError, Vault};
 
 /// One audit entry to append: what [`Vault::audit_append`] takes, as a value that can wait in a
 /// queue. Every field is stored **in clear**: names, hashes and reasons, never secrets.
@@ -41,10 +51,6 @@ pub enum AuditWriteError {
     Store(Arc<StoreError>),
 }
 
-/// Most appends one transaction takes: a steady stream of appends still commits regularly
-/// instead of growing one transaction, and so one wait, without bound.
-const MAX_BATCH: usize = 256;
-
 /// One caller's records and where its outcome goes.
 struct Append {
     records: Vec<AuditRecord>,
@@ -52,16 +58,19 @@ struct Append {
 }
 
 /// Appends audit records to a vault by group commit (see the module documentation). The
-/// writer thread lives as long as this value.
+/// writer threads live as long as this value.
 pub struct AuditWriter {
     queue: Sender<Append>,
 }
 
 impl AuditWriter {
-    /// Starts the writer thread for `vault`.
+    /// Starts the writer threads for `vault`.
     pub fn start(vault: Arc<Vault>) -> Self {
         let (queue, appends) = mpsc::channel::<Append>();
-        std::thread::spawn(move || write_batches(&vault, &appends));
+        let pipeline = Arc::new(Pipeline::default());
+        let committer = (vault.clone(), pipeline.clone());
+        std::thread::spawn(move || sign_ahead(&vault, &appends, &pipeline));
+        std::thread::spawn(move || commit_batches(&committer.0, &committer.1));
         Self { queue }
     }
 
@@ -77,33 +86,146 @@ impl AuditWriter {
     }
 }
 
-/// The writer thread: takes what is waiting (up to [`MAX_BATCH`]), commits it in one
-/// transaction and tells every caller of the batch the outcome. Ends when the [`AuditWriter`]
-/// is dropped.
-fn write_batches(vault: &Vault, appends: &Receiver<Append>) {
+/// Most appends one batch takes: a steady stream of appends still commits regularly instead of
+/// growing one transaction, and so one wait, without bound.
+const MAX_BATCH: usize = 256;
+
+/// Appends that arrived together, with their entries if the signer could sign them ahead.
+struct Batch {
+    appends: Vec<Append>,
+    /// Chained after the previous batch's entries, or on the head the committer last reported;
+    /// `None` when the signer did not know the head (or signing failed: the committer then
+    /// meets the same failure inside its transaction and reports it).
+    signed: Option<Vec<AuditEntry>>,
+}
+
+/// What the signer hands the committer.
+#[derive(Default)]
+struct Pipeline {
+    state: Mutex<Handover>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Handover {
+    batches: Vec<Batch>,
+    /// The head the log will have once `batches` are committed, when known: what the next
+    /// batch is signed after.
+    tail: Option<AuditHead>,
+    /// Bumped whenever the committer resets `tail`, so that a batch signed after a tail that
+    /// was withdrawn meanwhile is not handed over as signed.
+    generation: u64,
+    /// The signer is gone (the writer was dropped): commit what is left, then stop.
+    closed: bool,
+}
+
+impl Pipeline {
+    fn lock(&self) -> MutexGuard<'_, Handover> {
+        // Every update is a few assignments and pushes: the state stays consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The signer thread: takes what is waiting (up to [`MAX_BATCH`]), signs it after the known
+/// tail and hands it to the committer. Ends when the [`AuditWriter`] is dropped.
+fn sign_ahead(vault: &Vault, appends: &Receiver<Append>, pipeline: &Pipeline) {
     while let Ok(first) = appends.recv() {
         let mut batch = vec![first];
-        while let Ok(more) = appends.try_recv() {
-            batch.push(more);
-            if batch.len() >= MAX_BATCH {
-                break;
+        while batch.len() < MAX_BATCH {
+            match appends.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
             }
         }
+        let (tail, generation) = {
+            let state = pipeline.lock();
+            (state.tail.clone(), state.generation)
+        };
+        let signed = tail.as_ref().and_then(|tail| {
+            vault
+                .sign_audit_entries(tail, batch.iter().flat_map(|a| &a.records))
+                .ok()
+        });
+        let mut state = pipeline.lock();
+        let signed = signed.filter(|_| state.generation == generation);
+        state.tail = match &signed {
+            Some(entries) => entries
+                .last()
+                .map(|last| AuditHead {
+                    seq: last.seq,
+                    hash: last.hash.clone(),
+                })
+                .or(tail),
+            // The head after an unsigned batch is known only once it is committed.
+            None => None,
+        };
+        state.batches.push(Batch {
+            appends: batch,
+            signed,
+        });
+        pipeline.ready.notify_one();
+    }
+    pipeline.lock().closed = true;
+    pipeline.ready.notify_one();
+}
+
+/// The committer thread: commits every batch handed over since its last commit in one
+/// transaction and tells every caller the outcome.
+fn commit_batches(vault: &Vault, pipeline: &Pipeline) {
+    loop {
+        let batches = {
+            let mut state = pipeline.lock();
+            while state.batches.is_empty() && !state.closed {
+                state = pipeline.ready.wait(state).unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.batches.is_empty() {
+                return;
+            }
+            std::mem::take(&mut state.batches)
+        };
         let written = vault.write(|txn| {
-            for append in &batch {
-                for record in &append.records {
-                    txn.audit_append(
-                        &record.kind,
-                        &record.actor,
-                        &record.subject,
-                        record.detail.clone(),
-                    )?;
+            let mut as_signed = true;
+            for batch in &batches {
+                let stored = match &batch.signed {
+                    Some(entries) => txn.audit_insert_signed(entries)?,
+                    None => false,
+                };
+                if !stored {
+                    as_signed = false;
+                    for record in batch.appends.iter().flat_map(|a| &a.records) {
+                        txn.audit_append(
+                            &record.kind,
+                            &record.actor,
+                            &record.subject,
+                            record.detail.clone(),
+                        )?;
+                    }
                 }
             }
-            Ok(())
+            Ok((as_signed, txn.audit_head()?))
         });
-        let outcome = written.map_err(|e| AuditWriteError::Store(Arc::new(e)));
-        for append in batch {
+        // The signer's tail is right only if every batch went in as signed; otherwise start it
+        // again from the committed head, if nothing was signed after the wrong one meanwhile
+        // (such batches are signed afresh by the next commit, which then resets the tail).
+        let (outcome, committed_head) = match written {
+            Ok((true, _)) => (Ok(()), None),
+            Ok((false, head)) => (Ok(()), Some(Some(head))),
+            Err(e) => (
+                Err(AuditWriteError::Store(Arc::new(e))),
+                Some(vault.audit_head().ok()),
+            ),
+        };
+        {
+            let mut state = pipeline.lock();
+            if let Some(head) = committed_head {
+                state.generation = state.generation.wrapping_add(1);
+                state.tail = if state.batches.is_empty() { head } else { None };
+            } else if state.tail.is_none() && state.batches.is_empty() {
+                // Nothing was known to sign after: learn the head from this commit.
+                state.tail = vault.audit_head().ok();
+            }
+        }
+        for append in batches.into_iter().flat_map(|b| b.appends) {
             let _ = append.outcome.send(outcome.clone());
         }
     }

@@ -94,6 +94,7 @@ mod crypto;
 mod error;
 mod sealing;
 mod shamir;
+mod signer;
 mod vault;
 
 pub use audit::{

@@ -92,3 +92,63 @@ fn an_empty_kind_rolls_back_the_whole_batch() {
     );
     assert_eq!(vault.audit_entries(1, usize::MAX).unwrap().len(), before);
 }
+
+/// The writer signs entries ahead of its transactions, chained on the entries it signed
+/// before; other writers of the log (session updates, secret reads) append in their own
+/// transactions in between. Every entry of both must land, in one chain that verifies, each
+/// append's records still next to each other.
+#[test]
+fn entries_signed_ahead_never_break_the_chain_when_others_append_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Arc::new(key_file_vault(dir.path()));
+    let writer = Arc::new(AuditWriter::start(vault.clone()));
+    let before = vault.audit_entries(1, usize::MAX).unwrap().len();
+
+    let mut threads: Vec<_> = (0..4)
+        .map(|caller| {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                for n in 0..50 {
+                    writer
+                        .append(vec![
+                            record("attest-ok", caller, n),
+                            record("secret-release", caller, n),
+                        ])
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    threads.extend((0..2).map(|other| {
+        let vault = vault.clone();
+        std::thread::spawn(move || {
+            for n in 0..50 {
+                vault
+                    .audit_append("session-update", &format!("other-{other}"), "s", json!({"n": n}))
+                    .unwrap();
+            }
+        })
+    }));
+    for thread in threads {
+        thread.join().unwrap();
+    }
+
+    let entries = vault.audit_entries(1, usize::MAX).unwrap();
+    verify_audit(&entries, &vault.identity_public().unwrap()).unwrap();
+    let appended = &entries[before..];
+    assert_eq!(
+        appended.len(),
+        4 * 50 * 2 + 2 * 50,
+        "no entry lost or overwritten"
+    );
+    let mut rest = appended.iter();
+    while let Some(entry) = rest.next() {
+        if entry.kind == "attest-ok" {
+            let pair = rest.next().unwrap();
+            assert_eq!(pair.kind, "secret-release");
+            assert_eq!((&entry.actor, &entry.detail), (&pair.actor, &pair.detail));
+        } else {
+            assert_eq!(entry.kind, "session-update", "{entry:?}");
+        }
+    }
+}

@@ -12,7 +12,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 
 use cloister_cas_client::protocol::VolumeState;
 pub use cloister_cas_client::protocol::valid_volume_name;
@@ -42,18 +42,19 @@ fn grant_message(session: &str, service: &str, session_hash: &str, expires: i64)
     m
 }
 
-/// A grant for `service` of `session` (at `session_hash`), valid until `expires` (Unix time).
-pub fn issue_grant(
-    identity: &SigningKey,
+/// A grant for `service` of `session` (at `session_hash`), valid until `expires` (Unix time),
+/// signed by `sign` with the CAS identity key (see `Vault::sign_as_identity`).
+pub fn issue_grant<E>(
+    sign: impl FnOnce(&[u8]) -> Result<[u8; 64], E>,
     session: &str,
     service: &str,
     session_hash: &str,
     expires: i64,
-) -> String {
-    let signature = identity.sign(&grant_message(session, service, session_hash, expires));
+) -> Result<String, E> {
+    let signature = sign(&grant_message(session, service, session_hash, expires))?;
     let mut bytes = expires.to_be_bytes().to_vec();
-    bytes.extend_from_slice(&signature.to_bytes());
-    B64.encode(bytes)
+    bytes.extend_from_slice(&signature);
+    Ok(B64.encode(bytes))
 }
 
 /// Checks a grant; the error says why it is refused.
@@ -96,13 +97,15 @@ pub fn valid_tag(tag: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use ed25519_dalek::{Signer as _, SigningKey};
+
     use super::*;
 
     #[test]
     fn grants_verify_only_for_their_subject_and_time() {
         let key = SigningKey::from_bytes(&[7; 32]);
         let public = key.verifying_key();
-        let grant = issue_grant(&key, "s", "svc", "h1", 1000);
+        let grant = issue_grant(|m| Ok::<_, ()>(key.sign(m).to_bytes()), "s", "svc", "h1", 1000).unwrap();
         assert!(check_grant(&public, &grant, "s", "svc", "h1", 999).is_ok());
         assert!(check_grant(&public, &grant, "s", "svc", "h1", 1001).is_err());
         assert!(check_grant(&public, &grant, "s", "other", "h1", 999).is_err());

@@ -147,8 +147,14 @@ impl Fixture {
         self.running = Some(running);
     }
 
+    /// Stops the CAS as `cloister cas serve` does on a signal: it was waiting for the server
+    /// to stop on its own, gives that up and shuts the server down.
     async fn shutdown(&mut self) {
-        if let Some(running) = self.running.take() {
+        if let Some(mut running) = self.running.take() {
+            tokio::select! {
+                () = running.wait() => panic!("the CAS stopped by itself"),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
             running.shutdown().await;
         }
     }

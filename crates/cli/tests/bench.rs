@@ -1,4 +1,4 @@
-//! `cloister-bench` keeps working: short `jobs` and `confidential` runs against the real
+//! `cloister-bench` keeps working: short `jobs`, `confidential` and `cas` runs against the real
 //! `cloister` (every round in their JSON), and `compare` of a run against itself and against
 //! doctored copies, with its exit codes. No timing is asserted: the machine running the tests is not quiet.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -193,6 +193,71 @@ fn a_short_confidential_run_has_every_round_of_both_modes() {
     );
     assert_eq!(run["attestations"], 8, "one per confidential job: {run}");
     let file = dir.path().join("confidential.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let (same, report) = compare(&file, &file);
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+    assert_eq!(report["regressed"], serde_json::json!([]), "{report}");
+}
+
+#[test]
+fn a_short_cas_run_has_every_round_of_both_loads_and_the_flood() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(&[
+        "cas",
+        "--cloister-bin",
+        bin(),
+        "--rounds",
+        "2",
+        "--attestations",
+        "40",
+        "--clients",
+        "4",
+        "--connections",
+        "4",
+        "--rate",
+        "200",
+        "--dcap",
+        "4",
+        "--reads",
+        "3",
+        "--flood",
+        "--flood-clients",
+        "1",
+        "--junk-clients",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["command"], "cas", "{run}");
+    let measures = run["measures"].as_object().unwrap();
+    for key in [
+        "closed_per_s",
+        "closed_p99_ms",
+        "open_per_s",
+        "open_p50_ms",
+        "open_p99_ms",
+        "flood_closed_per_s",
+        "flood_open_p99_ms",
+        "flood_nonces_per_s",
+        "flood_junk_refused_per_s",
+        "secret_read_p50_ms",
+        "fsync_floor_p50_ms",
+        "dcap_cached_per_s",
+        "dcap_dcap_qvl_per_s",
+    ] {
+        let rounds = measures[key]["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 2, "{key}: one value per round: {run}");
+        assert!(rounds.iter().all(|v| v.as_f64().unwrap() > 0.0), "{key}: {run}");
+    }
+    assert_eq!(measures["flood_errors"]["median"], 0.0, "{run}");
+    // The junk the flood sent was refused and audited, within bounds.
+    let audit = &run["refusal_audit"];
+    assert!(audit["refusals"].as_u64().unwrap() > 0, "{run}");
+    assert!(audit["entries"].as_u64().unwrap() >= 1, "{run}");
+    assert_eq!(run["targets"].as_array().unwrap().len(), 2, "{run}");
+
+    let file = dir.path().join("cas.json");
     std::fs::write(&file, &out.stdout).unwrap();
     let (same, report) = compare(&file, &file);
     assert_eq!(same.status.code(), Some(0), "{same:?}");

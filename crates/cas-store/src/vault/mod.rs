@@ -16,11 +16,13 @@ use redb::{Database, Durability, TableDefinition, WriteTransaction};
 use crate::StoreError;
 use crate::crypto::DataKey;
 use crate::shamir::Share;
+use crate::signer::IdentitySigner;
 
 mod audit_log;
 mod lifecycle;
 mod records;
 
+pub(crate) use audit_log::AuditHead;
 use audit_log::Pending;
 use lifecycle::Mode;
 pub use records::WriteTxn;
@@ -41,6 +43,19 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 struct Keys {
     data: DataKey,
     identity: SigningKey,
+    /// The identity key again, in the form that signs (see `signer`).
+    signer: IdentitySigner,
+}
+
+impl Keys {
+    fn new(data: DataKey, identity: SigningKey) -> Result<Self, StoreError> {
+        let signer = IdentitySigner::new(&identity)?;
+        Ok(Self {
+            data,
+            identity,
+            signer,
+        })
+    }
 }
 
 /// The seal state: the keys while unsealed, the shares collected towards an unseal, and the

@@ -93,7 +93,8 @@ pub(super) async fn attest(State(cas): CasState, Body(body): Body) -> CasResult<
         ));
     }
     let cas2 = cas.clone();
-    tokio::task::spawn_blocking(move || attest_blocking(&cas2, &request))
+    let received = Instant::now();
+    tokio::task::spawn_blocking(move || attest_blocking(&cas2, &request, received))
         .await
         .map_err(|_| CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation task failed"))?
         .map(axum::Json)
@@ -113,7 +114,8 @@ fn record_refusals(cas: &Cas, records: Vec<AuditRecord>) {
 /// The checks run cheapest first: the nonce (a MAC, a clock reading, a set lookup) and the
 /// encodings before any signature or certificate, so junk costs the CAS little; the nonce is
 /// used up only by evidence that verified and binds it, so junk cannot use up nonces either.
-fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestResponse> {
+fn attest_blocking(cas: &Cas, request: &AttestRequest, received: Instant) -> CasResult<AttestResponse> {
+    let started = Instant::now();
     let subject = format!("{}#{}", request.session, request.service);
     let refuse = |class: RefusalClass, tee: Option<Tee>, measurement: Option<&str>, reason: String| {
         let refusal = Refusal {
@@ -248,6 +250,7 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
                 reasons.join("; "),
             )
         })?;
+    let checked = Instant::now();
     let config = cloister_cas_session::render_service(session, &request.service, &loaded.secrets)?;
     let hash = loaded.hash.clone();
     let plaintext = zeroize::Zeroizing::new(
@@ -274,6 +277,7 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
             e.to_string(),
         )
     })?;
+    let sealed = Instant::now();
     let actor = format!("workload:{tee}");
     let released: Vec<&str> = session.secrets.iter().map(|s| s.name.as_str()).collect();
     let simulation = tee == Tee::Sim;
@@ -298,6 +302,21 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest) -> CasResult<AttestRespon
             tracing::error!(error = %e, "cannot record a release");
             CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot record the release")
         })?;
+    // Where a release's time goes, for `cloister-bench cas --stages`: waiting for a blocking
+    // thread, checking the evidence and the session, rendering and sealing the configuration,
+    // and the audit records' group commit.
+    let micros = |from: Instant, to: Instant| {
+        u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
+    };
+    tracing::debug!(
+        target: "cloister::stages",
+        subject,
+        queue_us = micros(received, started),
+        check_us = micros(started, checked),
+        seal_us = micros(checked, sealed),
+        audit_us = micros(sealed, Instant::now()),
+        "attestation released"
+    );
     Ok(AttestResponse {
         session_hash: hash,
         enc: B64.encode(enc),
@@ -356,8 +375,13 @@ fn released_config(
         volumes.insert(key[prefix.len()..].to_owned(), state);
     }
     let expires = OffsetDateTime::now_utc().unix_timestamp() + crate::volumes::GRANT_LIFETIME_SECS;
-    let volume_grant =
-        crate::volumes::issue_grant(&cas.vault.identity()?, session, service, session_hash, expires);
+    let volume_grant = crate::volumes::issue_grant(
+        |m| cas.vault.sign_as_identity(m),
+        session,
+        service,
+        session_hash,
+        expires,
+    )?;
     Ok(ReleasedConfig {
         session_hash: session_hash.to_owned(),
         command: config.command,

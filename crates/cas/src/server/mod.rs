@@ -101,6 +101,8 @@ pub struct RunningCas {
     pub addr: watch::Receiver<Option<SocketAddr>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// How many of `tasks` [`RunningCas::wait`] saw end (they are not awaited again).
+    finished: usize,
 }
 
 impl RunningCas {
@@ -110,18 +112,21 @@ impl RunningCas {
         *addr
     }
 
-    /// Stops both listeners.
-    pub async fn shutdown(self) {
+    /// Stops both listeners and waits for every task, including the last refusal summary.
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
+        for task in self.tasks.drain(self.finished..) {
             let _ = task.await;
         }
     }
 
-    /// Waits until the server stops.
+    /// Waits until the server stops. Cancel-safe: dropped unfinished (a `select!` branch that
+    /// lost to a signal), it leaves every task still running for [`RunningCas::shutdown`] to
+    /// wait for, so the audit entries written at shutdown are not lost.
     pub async fn wait(&mut self) {
-        for task in self.tasks.drain(..) {
+        while let Some(task) = self.tasks.get_mut(self.finished) {
             let _ = task.await;
+            self.finished += 1;
         }
     }
 }
@@ -251,6 +256,7 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> Result<RunningCas, S
         addr: addr_rx,
         shutdown,
         tasks,
+        finished: 0,
     })
 }
 
