@@ -188,6 +188,14 @@ pub(crate) fn placement_for(service: &Service) -> Placement {
         runtime_class,
         tee,
         attestation,
+        network: service.enable_network,
+        // Validated when the service was accepted.
+        image_pull_policy: service
+            .image_pull_policy
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default(),
+        image_pull_secrets: service.image_pull_secrets.clone(),
     }
 }
 
