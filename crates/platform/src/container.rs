@@ -114,10 +114,16 @@ impl Containers {
     /// Finds the engine (`engine`, else `podman`, else `docker` on PATH), checks that it
     /// answers, and removes the containers a previous run of this server left (those labelled
     /// with `server_id`: no job of this process runs yet).
-    pub async fn start(engine: Option<&Path>, server_id: &str, auth_dir: &Path) -> Result<Self, ContainerError> {
+    pub async fn start(
+        engine: Option<&Path>,
+        server_id: &str,
+        auth_dir: &Path,
+    ) -> Result<Self, ContainerError> {
         let engine = match engine {
             Some(engine) => engine.to_path_buf(),
-            None => on_path("podman").or_else(|| on_path("docker")).ok_or(ContainerError::NoEngine)?,
+            None => on_path("podman")
+                .or_else(|| on_path("docker"))
+                .ok_or(ContainerError::NoEngine)?,
         };
         let engine_env: Vec<(String, String)> = ENGINE_ENVIRONMENT
             .iter()
@@ -127,9 +133,14 @@ impl Containers {
             let engine = engine.to_path_buf();
             move |reason: String| ContainerError::Broken { engine, reason }
         };
-        let version = engine_output(&engine, &engine_env, &["--version".to_owned()], ENGINE_COMMAND_TIMEOUT)
-            .await
-            .map_err(broken(&engine))?;
+        let version = engine_output(
+            &engine,
+            &engine_env,
+            &["--version".to_owned()],
+            ENGINE_COMMAND_TIMEOUT,
+        )
+        .await
+        .map_err(broken(&engine))?;
         let kind = if version.to_ascii_lowercase().contains("docker") {
             EngineKind::Docker
         } else {
@@ -196,7 +207,9 @@ impl Containers {
             args.extend(["--time".to_owned(), "0".to_owned(), "--ignore".to_owned()]);
         }
         args.extend(names.iter().cloned());
-        if let Err(reason) = engine_output(&self.engine, &self.engine_env, &args, ENGINE_COMMAND_TIMEOUT).await {
+        if let Err(reason) =
+            engine_output(&self.engine, &self.engine_env, &args, ENGINE_COMMAND_TIMEOUT).await
+        {
             tracing::warn!(%reason, "cannot remove containers");
         }
     }
@@ -239,7 +252,9 @@ impl Containers {
         let mut args = self.global.clone();
         args.extend(["image".to_owned(), "inspect".to_owned(), "--format".to_owned()]);
         args.extend(["{{.Id}}".to_owned(), image.to_owned()]);
-        engine_output(&self.engine, &self.engine_env, &args, ENGINE_COMMAND_TIMEOUT).await.is_ok()
+        engine_output(&self.engine, &self.engine_env, &args, ENGINE_COMMAND_TIMEOUT)
+            .await
+            .is_ok()
     }
 
     /// Pulls `image`, with each named credential in turn until one works (as Kubernetes tries
@@ -255,7 +270,9 @@ impl Containers {
                 ));
             }
             if self.kind == EngineKind::Docker {
-                return Err("image_pull_secrets need Podman (Docker's CLI has no per-pull credentials)".into());
+                return Err(
+                    "image_pull_secrets need Podman (Docker's CLI has no per-pull credentials)".into(),
+                );
             }
             attempts.push(Some(file));
         }
@@ -390,7 +407,9 @@ fn cdi_knows(kind: &str) -> bool {
 /// that holds anything but a reference's characters, is refused.
 fn image_reference(image: &str) -> Result<&str, String> {
     if image.is_empty() {
-        return Err("the service has no image; the container executor runs scripts in the service's image".into());
+        return Err(
+            "the service has no image; the container executor runs scripts in the service's image".into(),
+        );
     }
     let valid = image.len() <= 512
         && image.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -490,7 +509,12 @@ async fn engine_output(
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     let last: String = last.chars().take(500).collect();
     Err(if last.is_empty() {
         format!("exited with {}", output.status)
@@ -601,7 +625,9 @@ fn classify_exit(run: &mut ScriptRun) {
     match run.exit_code {
         Some(137) => {
             run.exit_code = None;
-            run.failure = Some(RunFailure::Killed { signal: libc::SIGKILL });
+            run.failure = Some(RunFailure::Killed {
+                signal: libc::SIGKILL,
+            });
         }
         Some(125..=127) => {
             let error = run
@@ -678,9 +704,14 @@ mod tests {
             classify_exit(&mut run);
             run
         };
-        assert!(matches!(run(137, "x").failure, Some(RunFailure::Killed { signal: 9 })));
+        assert!(matches!(
+            run(137, "x").failure,
+            Some(RunFailure::Killed { signal: 9 })
+        ));
         let refused = run(125, "Error: localhost/none:1: image not known");
-        assert!(matches!(refused.failure, Some(RunFailure::Container(ref e)) if e.contains("image not known")));
+        assert!(
+            matches!(refused.failure, Some(RunFailure::Container(ref e)) if e.contains("image not known"))
+        );
         // A script's own exit code stays the script's.
         let own = run(125, "plain output");
         assert_eq!((own.exit_code, own.failure.is_none()), (Some(125), true));

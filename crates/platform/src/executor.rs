@@ -138,7 +138,11 @@ impl LocalExecutor {
 #[async_trait::async_trait]
 impl Executor for LocalExecutor {
     fn name(&self) -> &'static str {
-        if self.containers.is_some() { "container" } else { "local" }
+        if self.containers.is_some() {
+            "container"
+        } else {
+            "local"
+        }
     }
 
     async fn run(

@@ -1011,6 +1011,47 @@ clusters:
     }
 
     #[test]
+    fn container_options_are_checked_and_kept() {
+        let svc = Service::from_json(
+            br#"{"name":"a","script":"true","enable_network":true,"image_pull_policy":"Never",
+                "image_pull_secrets":["regcred"]}"#,
+        )
+        .unwrap();
+        svc.validate().unwrap();
+        assert!(svc.warnings().is_empty(), "{:?}", svc.warnings());
+        let placement = crate::workers::placement_for(&svc);
+        assert!(placement.network);
+        assert_eq!(placement.image_pull_policy, cloister_runtime::PullPolicy::Never);
+        // Off by default, and not written back when off.
+        let plain = Service::from_json(br#"{"name":"a","script":"true"}"#).unwrap();
+        assert!(!crate::workers::placement_for(&plain).network);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("enable_network"));
+        for (body, field) in [
+            (
+                r#"{"name":"a","script":"true","image_pull_policy":"always"}"#,
+                "image_pull_policy",
+            ),
+            (
+                r#"{"name":"a","script":"true","image_pull_secrets":["../x"]}"#,
+                "image_pull_secrets[0]",
+            ),
+            (
+                r#"{"name":"a","script":"true","image_pull_secrets":["ok","Bad"]}"#,
+                "image_pull_secrets[1]",
+            ),
+        ] {
+            let err = Service::from_json(body.as_bytes())
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(
+                matches!(&err, FdlError::Invalid { field: f, .. } if f == field),
+                "{body}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let bad = FDL.replace("memory: 1Gi", "memory: lots");
         let err = parse_fdl(&bad, None).unwrap_err();

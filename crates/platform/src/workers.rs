@@ -413,6 +413,9 @@ mod tests {
             work_dir: None,
             db_cache_bytes: crate::state::DEFAULT_CACHE_BYTES,
             connections: Default::default(),
+            executor: crate::ExecutorKind::Host,
+            container_engine: None,
+            registry_auth_dir: None,
         };
         let platform = Arc::new(Platform {
             state: state.clone(),
