@@ -615,6 +615,12 @@ impl cloister_runtime::ScriptRunner for Containers {
         if run.failure.is_none() {
             classify_exit(&mut run);
         }
+        if matches!(run.failure, Some(RunFailure::Container(_))) {
+            // The image may have been removed behind our back: look again next time.
+            if let Ok(mut present) = self.present.lock() {
+                present.remove(&placement.image);
+            }
+        }
         run
     }
 }
