@@ -147,7 +147,7 @@ async fn scripts_run_in_their_service_image_with_the_oscar_contract() {
     let dir = tempfile::tempdir().unwrap();
     let server = container_server(&dir.path().join("containers"), &[]);
     let host = Server::start(&dir.path().join("host"), &[]);
-    server_id(&server).await;
+    let id = server_id(&server).await;
 
     // OSCAR's contract inside the image: the input staged, the output uploaded, the paths those
     // of the mount point, and nothing of the server's own environment (it has CLOISTER_LOG).
@@ -155,9 +155,16 @@ async fn scripts_run_in_their_service_image_with_the_oscar_contract() {
         "env | sort; name=$(basename \"$INPUT_FILE_PATH\"); ",
         "tr '[:lower:]' '[:upper:]' < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$name\""
     );
-    create(&server, service("upper", BUSYBOX, upper)).await;
+    let mut upper_service = service("upper", BUSYBOX, &format!("echo \"tricky=[$TRICKY]\"; {upper}"));
+    // A value the shell must not interpret on its way into the container.
+    upper_service["environment"] = json!({"secrets": {"TRICKY": "it's $(echo run) `echo x` \"q\"\nline2"}});
+    create(&server, upper_service).await;
     let (status, reason, log) = run_one(&server, "upper", "hello container\n").await;
     assert_eq!(status, "Succeeded", "{reason}\n{log}");
+    assert!(
+        log.contains("tricky=[it's $(echo run) `echo x` \"q\"\nline2]"),
+        "{log}"
+    );
     assert_eq!(
         read_object(&server, "upper", "out/input").await,
         b"HELLO CONTAINER\n"
@@ -183,6 +190,8 @@ async fn scripts_run_in_their_service_image_with_the_oscar_contract() {
     assert_eq!(response.status(), 200);
     let answer = response.text().await.unwrap();
     assert_eq!(B64.decode(answer.trim()).unwrap(), b"SYNC INPUT\n");
+    // Finished containers do not stay behind.
+    assert_eq!(containers_of(&id), Vec::<String>::new());
 
     // A tool only the image has: it works in the container, not on the host.
     let rot = "cloister-rot13 < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/out.txt\"";
