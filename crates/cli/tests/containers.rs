@@ -212,6 +212,16 @@ async fn scripts_run_in_their_service_image_with_the_oscar_contract() {
     let (status, reason, _) = run_one(&server, "absent", "x").await;
     assert_eq!(status, "Failed");
     assert!(reason.contains("image_pull_policy is Never"), "{reason}");
+    // A GPU where the host has none (no CDI spec) is a clear failure, never a run without it.
+    if !std::path::Path::new("/etc/cdi").exists() && !std::path::Path::new("/var/run/cdi").exists() {
+        let mut gpu = service("gpu", BUSYBOX, "echo ran-without-gpu");
+        gpu["enable_gpu"] = json!(true);
+        create(&server, gpu).await;
+        let (status, reason, log) = run_one(&server, "gpu", "x").await;
+        assert_eq!(status, "Failed");
+        assert!(reason.contains("enable_gpu"), "{reason}");
+        assert!(!log.contains("ran-without-gpu"), "{log}");
+    }
     // A pull secret the server does not have is named in the failure, not skipped.
     let mut secret = service("secret", "registry.invalid/app:1", "true");
     secret["image_pull_secrets"] = json!(["regcred"]);
