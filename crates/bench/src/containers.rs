@@ -187,7 +187,7 @@ pub async fn run(args: ContainersArgs, json: bool) -> anyhow::Result<()> {
         );
         metrics.record_floor(
             "engine_start_floor_p50_ms",
-            "engine floor: run → script start p50",
+            "engine floor: run → script start (no network) p50",
             "ms",
             start_floor.0,
         );
@@ -294,8 +294,9 @@ fn which(engine: &str) -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// Wall time of `run --rm IMAGE true`, each run start to end (the engine's whole cost of a
-/// container, which a job pays too), and apart from those runs, the time from `run --rm` to
-/// its script's start, read in the container as the jobs' start is.
+/// container, the floor, with the engine's default network), and apart from those
+/// runs, the time from `run --rm --network none --read-only` (as a job's container) to its
+/// script's start, read in the container as the jobs' start is.
 fn engine_floor(args: &ContainersArgs) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let ulimits = ulimit_args();
     let mut whole = Vec::with_capacity(args.floor_runs);
@@ -311,8 +312,10 @@ fn engine_floor(args: &ContainersArgs) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
         whole.push(ms(started.elapsed()));
 
         let sent = uptime()?;
+        // As a job's container is run: without a network (whose setup the whole-life floor
+        // pays) and with a read-only root.
         let out = engine_command(&args.engine)
-            .args(["run", "--rm"])
+            .args(["run", "--rm", "--network", "none", "--read-only"])
             .args(&ulimits)
             .args([&args.image, "/bin/sh", "-c", START_SCRIPT])
             .output()?;
