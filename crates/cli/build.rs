@@ -1,8 +1,9 @@
-//! Detects the S3 clients the conformance tests drive (tests/s3_conformance.rs): a test whose
-//! clients are missing is ignored, so the test runner reports it as skipped rather than passed;
-//! with CLOISTER_REQUIRE_S3_CLIENTS=1 a missing client fails the build instead. Detection runs
-//! when PATH or that variable changes (after installing a Python module alone, `touch
-//! crates/cli/build.rs`).
+//! Detects the S3 clients the conformance tests drive (tests/s3_conformance.rs) and the
+//! container engine the container executor's tests need (tests/containers.rs): a test whose
+//! tools are missing is ignored, so the test runner reports it as skipped rather than passed;
+//! with CLOISTER_REQUIRE_S3_CLIENTS=1 (CLOISTER_REQUIRE_PODMAN=1) a missing one fails the build
+//! instead. Detection runs when PATH or those variables change (after installing a Python module
+//! alone, `touch crates/cli/build.rs`).
 
 use std::path::Path;
 use std::process::Command;
@@ -26,6 +27,7 @@ fn main() {
     println!("cargo::rerun-if-env-changed=PATH");
     println!("cargo::rerun-if-env-changed=CLOISTER_REQUIRE_S3_CLIENTS");
     println!("cargo::rerun-if-changed=build.rs");
+    detect_podman();
     let required = std::env::var("CLOISTER_REQUIRE_S3_CLIENTS").as_deref() == Ok("1");
     // Each test's cfg and what it needs: Python modules, then programs.
     let suites: [(&str, &[&str], &[&str]); 3] = [
@@ -55,5 +57,28 @@ fn main() {
                 missing.join(", ")
             );
         }
+    }
+}
+
+/// `has_podman`: Podman, and Debian's static busybox the test images are built from
+/// (scripts/container-test-images).
+fn detect_podman() {
+    println!("cargo::rerun-if-env-changed=CLOISTER_REQUIRE_PODMAN");
+    println!("cargo::rustc-check-cfg=cfg(has_podman)");
+    let missing: Vec<&str> = [
+        (on_path("podman"), "podman"),
+        (Path::new("/bin/busybox").is_file(), "busybox-static"),
+    ]
+    .into_iter()
+    .filter(|(found, _)| !found)
+    .map(|(_, package)| package)
+    .collect();
+    if missing.is_empty() {
+        println!("cargo::rustc-cfg=has_podman");
+    } else if std::env::var("CLOISTER_REQUIRE_PODMAN").as_deref() == Ok("1") {
+        println!(
+            "cargo::error=CLOISTER_REQUIRE_PODMAN=1 but {} not installed (apt-get install -y podman runc busybox-static)",
+            missing.join(", ")
+        );
     }
 }

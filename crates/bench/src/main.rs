@@ -6,6 +6,7 @@ mod canary;
 mod cas;
 mod compare;
 mod confidential;
+mod containers;
 mod crypt;
 mod instructions;
 mod jobs;
@@ -41,6 +42,11 @@ enum Command {
     /// `/run` round trips, next to the process-spawn and durable-write floors (a private
     /// `cloister server`).
     Jobs(jobs::JobsArgs),
+    /// Measure the container executor: upload → script start in a container against the
+    /// engine's own floor (`podman run --rm IMAGE true`), and sustained trivial container jobs
+    /// per second (a private `cloister server --executor container`; the image made offline by
+    /// scripts/container-test-images).
+    Containers(containers::ContainersArgs),
     /// Measure confidential against plain jobs (1 MiB and 256 MiB inputs) and the runtime's
     /// attestation and key release, with a private CAS and server (`cloister`,
     /// `cloister-runtime`).
@@ -93,6 +99,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Jobs(args) => jobs::run(args, json).await,
+        Command::Containers(args) => containers::run(args, json).await,
         Command::Confidential(args) => confidential::run(args, json).await,
         Command::Cas(args) => cas::run(args, json).await,
         Command::S3(args) => s3::run(args, json).await,

@@ -100,6 +100,20 @@ pub struct ServerArgs {
     /// binary, else on PATH). Without one, confidential jobs are refused.
     #[arg(long, env = "CLOISTER_RUNTIME_BINARY")]
     pub runtime_binary: Option<PathBuf>,
+    /// Where plain jobs' scripts run: `host` (processes of this host; the service's image is
+    /// recorded only) or `container` (a container of the service's image per job, through
+    /// Podman, or Docker's CLI where a daemon runs). Confidential jobs run in
+    /// `cloister-runtime` on the host either way.
+    #[arg(long, env = "CLOISTER_EXECUTOR", value_enum, default_value_t = Executor::Host)]
+    pub executor: Executor,
+    /// The container engine's CLI for `--executor container` (default: `podman`, else
+    /// `docker`, on PATH).
+    #[arg(long, env = "CLOISTER_CONTAINER_ENGINE")]
+    pub container_engine: Option<PathBuf>,
+    /// Registry credentials that services name in `image_pull_secrets`: `<name>.json` files in
+    /// the engine's auth format (default: <data-dir>/registry-auth).
+    #[arg(long, env = "CLOISTER_REGISTRY_AUTH_DIR")]
+    pub registry_auth_dir: Option<PathBuf>,
     /// Also run a development CAS in this process, for one-machine setups: its state in
     /// --cas-data-dir (initialised on first start with its master key in a file there), its
     /// TLS port on --cas-listen, this host's simulated TEE registered with it. A production CAS
@@ -112,6 +126,15 @@ pub struct ServerArgs {
     /// The embedded CAS's TLS address.
     #[arg(long, env = "CLOISTER_CAS_LISTEN", default_value = "127.0.0.1:8081")]
     pub cas_listen: SocketAddr,
+}
+
+/// Where plain jobs' scripts run (`--executor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    /// Processes of this host.
+    Host,
+    /// Containers of the services' images.
+    Container,
 }
 
 /// `cloister-runtime` beside this binary (both come out of one `cargo build`), else on PATH.
@@ -262,6 +285,12 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
         work_dir: args.work_dir.clone(),
         db_cache_bytes: usize::try_from(args.db_cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
         connections: connection_limits(args),
+        executor: match args.executor {
+            Executor::Host => cloister_platform::ExecutorKind::Host,
+            Executor::Container => cloister_platform::ExecutorKind::Container,
+        },
+        container_engine: args.container_engine.clone(),
+        registry_auth_dir: args.registry_auth_dir.clone(),
     })
 }
 

@@ -1,6 +1,8 @@
 //! Executors: where a job's runtime runs. Every executor hands the job to
 //! [`cloister_runtime::run_job`], the single entrypoint of a job's life; they differ in where
-//! that happens (this process for [`LocalExecutor`]; a Kubernetes pod later).
+//! that happens (this process for [`LocalExecutor`]; a Kubernetes pod later) and where the
+//! script runs (a process of this host, or a container of the service's image:
+//! [`LocalExecutor::with_containers`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -36,17 +38,20 @@ pub trait Executor: Send + Sync + 'static {
     }
 }
 
-/// Runs jobs as processes on this host, reading and writing the embedded store directly.
+/// Runs jobs on this host, reading and writing the embedded store directly.
 ///
-/// The script runs on the host, not in the service's container image (the image is recorded
-/// only); its isolation is a private work directory, a cleared environment, its own process
-/// group, resource limits and a timeout.
+/// By default the script runs as a process of the host, not in the service's container image
+/// (the image is recorded only); its isolation is then a private work directory, a cleared
+/// environment, its own process group, resource limits and a timeout. With
+/// [`Self::with_containers`] it runs in a container of the service's image instead
+/// ([`crate::container`]); confidential jobs keep their path either way.
 pub struct LocalExecutor {
     io: StoreIo,
     work_root: PathBuf,
     cgroups: CgroupSupport,
     slots: Arc<Mutex<SlotPool>>,
     confidential: Option<crate::confidential::ConfidentialHost>,
+    containers: Option<Arc<crate::container::Containers>>,
 }
 
 /// Cgroup slots: one per job running at once, reused from job to job.
@@ -85,7 +90,14 @@ impl LocalExecutor {
             cgroups,
             slots: Arc::default(),
             confidential: None,
+            containers: None,
         }
+    }
+
+    /// Runs plain jobs' scripts in containers of their services' images.
+    pub fn with_containers(mut self, containers: crate::container::Containers) -> Self {
+        self.containers = Some(Arc::new(containers));
+        self
     }
 
     /// Lets this executor run confidential jobs (see [`crate::confidential`]).
@@ -110,13 +122,23 @@ impl LocalExecutor {
     }
 
     fn options(&self, slot: &Slot, synchronous: bool, max_sync_output: u64) -> RunOptions {
+        let runner: Option<Arc<dyn cloister_runtime::ScriptRunner>> = match &self.containers {
+            Some(containers) => Some(containers.clone()),
+            None => None,
+        };
         RunOptions {
             work_root: self.work_root.clone(),
-            cgroups: self.cgroups.clone(),
+            // A container's limits are the engine's.
+            cgroups: if runner.is_some() {
+                CgroupSupport::None
+            } else {
+                self.cgroups.clone()
+            },
             // Several servers (or test instances) may share a host's cgroup hierarchy.
             slot: format!("slot-{}-{}", std::process::id(), slot.id),
             synchronous,
             max_sync_output,
+            runner,
         }
     }
 }
@@ -124,7 +146,11 @@ impl LocalExecutor {
 #[async_trait::async_trait]
 impl Executor for LocalExecutor {
     fn name(&self) -> &'static str {
-        "local"
+        if self.containers.is_some() {
+            "container"
+        } else {
+            "local"
+        }
     }
 
     async fn run(

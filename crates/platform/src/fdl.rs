@@ -220,7 +220,8 @@ pub struct Service {
     /// The cluster the FDL assigned it to.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster_id: String,
-    /// Container image. The local executor records it but runs the script on the host.
+    /// Container image: where the script runs under the container executor (the host
+    /// executor records it and runs the script on the host).
     #[serde(default)]
     pub image: String,
     /// The script's content (in an FDL file: a path, inlined when the file is read).
@@ -260,9 +261,19 @@ pub struct Service {
     /// Log level of the supervisor.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub log_level: String,
-    /// Image pull secrets.
+    /// Image pull secrets: names of registry credentials (under the container executor, files
+    /// `<name>.json` in the server's `--registry-auth-dir`, in the Docker/Podman auth format).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<String>,
+    /// When the container executor pulls the image: `Always`, `IfNotPresent` (the default) or
+    /// `Never`, as Kubernetes' `imagePullPolicy`. A Cloister addition to OSCAR's FDL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// Let the job's container reach the network (scripts that download models need it); off
+    /// by default, so a job sees no network at all. A Cloister addition to OSCAR's FDL (OSCAR
+    /// jobs always have one); the host executor does not isolate the network.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable_network: bool,
     /// Annotations for the job.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -447,6 +458,15 @@ impl Service {
         if let Some(epc) = &self.sgx_epc {
             parse_quantity(epc).map_err(|reason| FdlError::invalid("sgx_epc", reason))?;
         }
+        if let Some(policy) = &self.image_pull_policy {
+            policy
+                .parse::<cloister_runtime::PullPolicy>()
+                .map_err(|reason| FdlError::invalid("image_pull_policy", reason))?;
+        }
+        for (i, name) in self.image_pull_secrets.iter().enumerate() {
+            validate_pull_secret_name(name)
+                .map_err(|reason| FdlError::invalid(format!("image_pull_secrets[{i}]"), reason))?;
+        }
         if let Some(confidential) = &self.confidential {
             validate_confidential(confidential, self.enable_sgx).map_err(|e| e.prefixed("confidential"))?;
         }
@@ -518,6 +538,22 @@ impl Service {
             *value = "********".to_owned();
         }
         shown
+    }
+}
+
+/// A pull secret names a file of the registry-auth folder, so it must be a plain name
+/// (Kubernetes' rule for secret names: a DNS subdomain).
+fn validate_pull_secret_name(name: &str) -> Result<(), String> {
+    let valid = (1..=253).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err("must be a lowercase name of letters, digits, '-' and '.' (a Kubernetes secret name)".to_owned())
     }
 }
 
@@ -972,6 +1008,47 @@ clusters:
             ("0.2", "256Mi", "private")
         );
         svc.validate().unwrap();
+    }
+
+    #[test]
+    fn container_options_are_checked_and_kept() {
+        let svc = Service::from_json(
+            br#"{"name":"a","script":"true","enable_network":true,"image_pull_policy":"Never",
+                "image_pull_secrets":["regcred"]}"#,
+        )
+        .unwrap();
+        svc.validate().unwrap();
+        assert!(svc.warnings().is_empty(), "{:?}", svc.warnings());
+        let placement = crate::workers::placement_for(&svc);
+        assert!(placement.network);
+        assert_eq!(placement.image_pull_policy, cloister_runtime::PullPolicy::Never);
+        // Off by default, and not written back when off.
+        let plain = Service::from_json(br#"{"name":"a","script":"true"}"#).unwrap();
+        assert!(!crate::workers::placement_for(&plain).network);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("enable_network"));
+        for (body, field) in [
+            (
+                r#"{"name":"a","script":"true","image_pull_policy":"always"}"#,
+                "image_pull_policy",
+            ),
+            (
+                r#"{"name":"a","script":"true","image_pull_secrets":["../x"]}"#,
+                "image_pull_secrets[0]",
+            ),
+            (
+                r#"{"name":"a","script":"true","image_pull_secrets":["ok","Bad"]}"#,
+                "image_pull_secrets[1]",
+            ),
+        ] {
+            let err = Service::from_json(body.as_bytes())
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(
+                matches!(&err, FdlError::Invalid { field: f, .. } if f == field),
+                "{body}: {err}"
+            );
+        }
     }
 
     #[test]

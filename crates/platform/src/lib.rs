@@ -8,6 +8,7 @@
 mod api;
 pub mod confidential;
 pub mod confidential_session;
+pub mod container;
 pub mod dispatch;
 pub mod executor;
 pub mod fdl;
@@ -77,6 +78,23 @@ pub struct Config {
     pub db_cache_bytes: usize,
     /// The connection limits of each listener (REST API and S3).
     pub connections: cloister_storage::listen::ConnectionLimits,
+    /// Where plain jobs' scripts run.
+    pub executor: ExecutorKind,
+    /// The container engine's CLI (`None`: `podman`, else `docker`, on PATH).
+    pub container_engine: Option<PathBuf>,
+    /// Registry credentials named by services' `image_pull_secrets` (`<name>.json`); `None`
+    /// is `<data_dir>/registry-auth`.
+    pub registry_auth_dir: Option<PathBuf>,
+}
+
+/// Where plain jobs' scripts run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// As processes of this host (the image is recorded only).
+    #[default]
+    Host,
+    /// In containers of the services' images, through a container engine.
+    Container,
 }
 
 /// Shared by the API handlers, the dispatcher and the workers.
@@ -192,6 +210,19 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         };
         host.sweep();
         local = local.with_confidential(host);
+    }
+    if config.executor == ExecutorKind::Container {
+        let auth_dir = config
+            .registry_auth_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("registry-auth"));
+        // Named like the confidential jobs' folder: no other data directory has this key.
+        let server_id = hex::encode(&sim_platform.public_key()[..8]);
+        let containers =
+            container::Containers::start(config.container_engine.as_deref(), &server_id, &auth_dir)
+                .await
+                .context("cannot use the container executor")?;
+        local = local.with_containers(containers);
     }
     let executor: Arc<dyn Executor> = Arc::new(local);
     let presigner = cloister_storage::Presigner::new(

@@ -240,6 +240,14 @@ pub(crate) fn placement_for(service: &Service) -> Placement {
         runtime_class,
         tee,
         attestation,
+        network: service.enable_network,
+        // Validated when the service was accepted.
+        image_pull_policy: service
+            .image_pull_policy
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default(),
+        image_pull_secrets: service.image_pull_secrets.clone(),
     }
 }
 
@@ -473,6 +481,9 @@ mod tests {
             work_dir: None,
             db_cache_bytes: crate::state::DEFAULT_CACHE_BYTES,
             connections: Default::default(),
+            executor: crate::ExecutorKind::Host,
+            container_engine: None,
+            registry_auth_dir: None,
         };
         let platform = Arc::new(Platform {
             state,

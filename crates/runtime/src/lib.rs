@@ -25,6 +25,38 @@ use time::OffsetDateTime;
 
 pub use sandbox::{CgroupSupport, Limits, Program, ProgramOptions, RunFailure, ScriptRun, run_program};
 
+/// Runs a job's script somewhere other than a process of this host (a container), seeing the
+/// job's work directory at [`ScriptRunner::mount_point`]. The runtime still prepares the work
+/// directory, stages the input and uploads the outputs; a runner only runs the script.
+#[async_trait::async_trait]
+pub trait ScriptRunner: Send + Sync + std::fmt::Debug {
+    /// Where the work directory appears to the script; the contract's paths are given there.
+    fn mount_point(&self) -> &Path;
+
+    /// Runs `script.sh` of `job.work_dir` with exactly `job.env` (plus what the image itself
+    /// sets), under the job's limits, until it exits, times out or `cancel` resolves, and
+    /// leaves nothing of it running. `on_start` is called once it is being started.
+    async fn run<'a>(
+        &'a self,
+        job: RunnerJob<'a>,
+        cancel: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
+        on_start: Box<dyn FnOnce() + Send + 'a>,
+    ) -> ScriptRun;
+}
+
+/// One script for a [`ScriptRunner`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerJob<'a> {
+    /// The job.
+    pub spec: &'a JobSpec,
+    /// Its work directory on this host (`input/`, `output/`, `tmp/`, `script.sh`).
+    pub work_dir: &'a Path,
+    /// The script's environment, paths given at the mount point.
+    pub env: &'a [(String, String)],
+    /// Keep stdout on its own up to this many bytes (see [`ProgramOptions::keep_stdout`]).
+    pub keep_stdout: Option<usize>,
+}
+
 /// Errors raised by [`JobIo`] implementations; the message is shown in the job's log.
 pub type IoError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -205,6 +237,41 @@ pub struct Placement {
     /// an empty map, so the form is the variables' map either way).
     #[serde(default, with = "wiring_map")]
     pub attestation: Option<AttestationWiring>,
+    /// Whether the job's container may reach the network (FDL `enable_network`; off by
+    /// default). The host executor does not isolate the network.
+    #[serde(default)]
+    pub network: bool,
+    /// When to pull the image (Kubernetes' `imagePullPolicy`).
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// Names of the registry credentials to pull the image with (`image_pull_secrets`).
+    #[serde(default)]
+    pub image_pull_secrets: Vec<String>,
+}
+
+/// When an executor pulls a job's image: Kubernetes' `imagePullPolicy`, spelled as there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    /// Before every job (concurrent jobs of one image share a pull).
+    Always,
+    /// Only when the image is not present (the default).
+    #[default]
+    IfNotPresent,
+    /// Never: a job whose image is absent fails.
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Always" => Ok(Self::Always),
+            "IfNotPresent" => Ok(Self::IfNotPresent),
+            "Never" => Ok(Self::Never),
+            _ => Err("must be Always, IfNotPresent or Never".to_owned()),
+        }
+    }
 }
 
 /// Where the runtime of a confidential job attests: the TEE, the CAS and its identity pin, the
@@ -329,6 +396,9 @@ pub struct RunOptions {
     /// Most bytes of output files, or of stdout, returned by a synchronous invocation; beyond
     /// it the invocation fails (an answer is never cut short).
     pub max_sync_output: u64,
+    /// Where the script runs when not as a process of this host (a container); `cgroups` are
+    /// then not used.
+    pub runner: Option<std::sync::Arc<dyn ScriptRunner>>,
 }
 
 /// Runs one job to completion. `on_start` is called once the script's process exists.
@@ -629,15 +699,31 @@ async fn run_in(
         },
     };
 
-    let mut env: Vec<(String, String)> = vec![
-        (
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
-        ("HOME".into(), work.display().to_string()),
-        ("TMPDIR".into(), tmp_dir.display().to_string()),
-        ("LANG".into(), "C.UTF-8".into()),
-    ];
+    // The paths the script is given are where it sees them: in a container, under the mount
+    // point of the work directory.
+    let runner = options.runner.as_deref();
+    let seen = |path: &Path| -> String {
+        match runner {
+            Some(runner) => match path.strip_prefix(work) {
+                Ok(inner) if inner.as_os_str().is_empty() => runner.mount_point().display().to_string(),
+                Ok(inner) => runner.mount_point().join(inner).display().to_string(),
+                Err(_) => path.display().to_string(),
+            },
+            None => path.display().to_string(),
+        }
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    // An image sets its own PATH and locale (its tools may live anywhere).
+    if runner.is_none() {
+        env.extend([
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+            ("LANG".into(), "C.UTF-8".into()),
+        ]);
+    }
+    env.extend([("HOME".into(), seen(work)), ("TMPDIR".into(), seen(&tmp_dir))]);
     env.extend(spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(wiring) = &spec.placement.attestation {
         env.extend(wiring.environment().map(|(k, v)| (k.to_owned(), v)));
@@ -647,15 +733,15 @@ async fn run_in(
         .event_time
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let event_file = work.join(EVENT_FILE_NAME).display().to_string();
+    let event_file = seen(&work.join(EVENT_FILE_NAME));
     let event = if spec.event.len() <= EVENT_INLINE_MAX {
         spec.event.clone()
     } else {
         event_file.clone()
     };
     env.extend([
-        ("TMP_INPUT_DIR".into(), input_dir.display().to_string()),
-        ("TMP_OUTPUT_DIR".into(), output_dir.display().to_string()),
+        ("TMP_INPUT_DIR".into(), seen(&input_dir)),
+        ("TMP_OUTPUT_DIR".into(), seen(&output_dir)),
         ("EVENT".into(), event),
         ("EVENT_FILE".into(), event_file),
         ("EVENT_TIME".into(), event_time),
@@ -665,7 +751,7 @@ async fn run_in(
         ("OSCAR_SERVICE_TOKEN".into(), spec.service_token.clone()),
     ]);
     if let Some(path) = &input_path {
-        env.push(("INPUT_FILE_PATH".into(), path.display().to_string()));
+        env.push(("INPUT_FILE_PATH".into(), seen(path)));
     }
     if let JobInput::Object { key, .. } = &spec.input {
         env.push(("STORAGE_OBJECT_KEY".into(), key.clone()));
@@ -682,20 +768,34 @@ async fn run_in(
         return;
     }
 
-    let program = ProgramOptions {
-        program: Program::Script(&script_path),
-        args: &[],
-        work_dir: work,
-        env: &env,
-        limits: &spec.limits,
-        cgroups: &options.cgroups,
-        slot: &options.slot,
-        log_limit: spec.log_limit,
-        keep_stdout: options
-            .synchronous
-            .then(|| usize::try_from(options.max_sync_output).unwrap_or(usize::MAX)),
+    let keep_stdout = options
+        .synchronous
+        .then(|| usize::try_from(options.max_sync_output).unwrap_or(usize::MAX));
+    let run = match runner {
+        Some(runner) => {
+            let job = RunnerJob {
+                spec,
+                work_dir: work,
+                env: &env,
+                keep_stdout,
+            };
+            runner.run(job, Box::pin(cancel), Box::new(on_start)).await
+        }
+        None => {
+            let program = ProgramOptions {
+                program: Program::Script(&script_path),
+                args: &[],
+                work_dir: work,
+                env: &env,
+                limits: &spec.limits,
+                cgroups: &options.cgroups,
+                slot: &options.slot,
+                log_limit: spec.log_limit,
+                keep_stdout,
+            };
+            sandbox::run_program(program, cancel, on_start).await
+        }
     };
-    let run = sandbox::run_program(program, cancel, on_start).await;
     outcome.log.extend(run.log);
     outcome.stdout = run.stdout;
     outcome.exit_code = run.exit_code;

@@ -322,6 +322,10 @@ pub enum RunFailure {
     /// Waiting for the process failed.
     #[error("cannot wait for the script: {0}")]
     Wait(std::io::Error),
+    /// The container engine could not run the job's container (the image, a device, a
+    /// mount); the engine's own message is in the log.
+    #[error("the container could not run: {0}")]
+    Container(String),
     /// The program wrote more to stdout than is kept ([`ProgramOptions::keep_stdout`]); it was
     /// stopped.
     #[error("the script's stdout exceeds the limit of {0} bytes kept for the answer; it was stopped")]

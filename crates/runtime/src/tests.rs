@@ -76,6 +76,7 @@ fn options(dir: &Path, cgroups: CgroupSupport) -> RunOptions {
         slot: unique_slot(),
         synchronous: false,
         max_sync_output: 1 << 20,
+        runner: None,
     }
 }
 

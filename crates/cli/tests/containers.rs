@@ -1,0 +1,366 @@
+//! The container executor end to end: a real server (`--executor container`) on loopback runs
+//! each job in its service's image through a real Podman, with images built offline
+//! (scripts/container-test-images). Ignored where Podman or busybox-static is missing, required
+//! in CI (CLOISTER_REQUIRE_PODMAN=1, see build.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use object_store::ObjectStoreExt;
+use serde_json::{Value, json};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+const BUSYBOX: &str = "localhost/cloister-test/busybox:1";
+const TOOLS: &str = "localhost/cloister-test/tools:1";
+
+/// Podman as the server calls it (see `container.rs`).
+fn podman(args: &[&str]) -> std::process::Output {
+    let mut command = Command::new("podman");
+    if Command::new("sh")
+        .args(["-c", "command -v runc"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        command.args(["--runtime", "runc"]);
+    }
+    command
+        .args(["--cgroup-manager", "cgroupfs"])
+        .args(args)
+        .output()
+        .expect("run podman")
+}
+
+/// Builds the test images once per test process (cheap when they exist).
+fn images() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Command::new(repo_root().join("scripts/container-test-images"))
+            .output()
+            .expect("run scripts/container-test-images");
+        assert!(
+            out.status.success(),
+            "cannot build the test images: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+fn container_server(dir: &std::path::Path, extra: &[&str]) -> Server {
+    images();
+    let mut args = vec!["--executor", "container"];
+    args.extend_from_slice(extra);
+    Server::start(dir, &args)
+}
+
+/// The label value a server puts on its containers: its data directory's id.
+async fn server_id(server: &Server) -> String {
+    let info = server.get_json("/system/info").await;
+    assert_eq!(info["serverless_backend"]["name"], "container", "{info}");
+    info["simulation_platform_key"].as_str().unwrap()[..16].to_owned()
+}
+
+/// IDs of the containers (running or not) labelled as `id`'s.
+fn containers_of(id: &str) -> Vec<String> {
+    let out = podman(&[
+        "ps",
+        "--all",
+        "--filter",
+        &format!("label=cloister.server={id}"),
+        "--format",
+        "{{.ID}}",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn wait_for(what: &str, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn create(server: &Server, service: Value) {
+    let response = server.post_json("/system/services", &service).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+}
+
+/// Starts a job of `service` with `body` as its input file.
+async fn submit(server: &Server, service: &str, body: &str) {
+    let token = server.token(service).await;
+    let response = server
+        .http()
+        .post(server.url(&format!("/job/{service}")))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(B64.encode(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+/// Runs one job of `service` to its end: (status, reason, log).
+async fn run_one(server: &Server, service: &str, body: &str) -> (String, String, String) {
+    let before = server.all_jobs(service).await.len();
+    submit(server, service, body).await;
+    let jobs = server.wait_jobs(service, before + 1).await;
+    let (name, job) = jobs.iter().max_by_key(|(name, _)| name.as_str()).unwrap();
+    let log = server
+        .get(&format!("/system/logs/{service}/{name}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let reason = server.get_json(&format!("/system/logs/{service}")).await["jobs"][name]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (job["status"].as_str().unwrap().to_owned(), reason, log)
+}
+
+async fn read_object(server: &Server, bucket: &str, key: &str) -> Vec<u8> {
+    let object = server
+        .s3_client(bucket)
+        .get(&object_store::path::Path::from(key))
+        .await;
+    object.unwrap().bytes().await.unwrap().to_vec()
+}
+
+fn service(name: &str, image: &str, script: &str) -> Value {
+    json!({"name": name, "image": image, "script": script, "memory": "64Mi", "cpu": "0.5",
+        "output": [{"storage_provider": "minio.default", "path": format!("{name}/out")}]})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn scripts_run_in_their_service_image_with_the_oscar_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(&dir.path().join("containers"), &[]);
+    let host = Server::start(&dir.path().join("host"), &[]);
+    let id = server_id(&server).await;
+
+    // OSCAR's contract inside the image: the input staged, the output uploaded, the paths those
+    // of the mount point, and nothing of the server's own environment (it has CLOISTER_LOG).
+    let upper = concat!(
+        "env | sort; name=$(basename \"$INPUT_FILE_PATH\"); ",
+        "tr '[:lower:]' '[:upper:]' < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$name\""
+    );
+    let mut upper_service = service("upper", BUSYBOX, &format!("echo \"tricky=[$TRICKY]\"; {upper}"));
+    // A value the shell must not interpret on its way into the container.
+    upper_service["environment"] = json!({"secrets": {"TRICKY": "it's $(echo run) `echo x` \"q\"\nline2"}});
+    create(&server, upper_service).await;
+    let (status, reason, log) = run_one(&server, "upper", "hello container\n").await;
+    assert_eq!(status, "Succeeded", "{reason}\n{log}");
+    assert!(
+        log.contains("tricky=[it's $(echo run) `echo x` \"q\"\nline2]"),
+        "{log}"
+    );
+    assert_eq!(
+        read_object(&server, "upper", "out/input").await,
+        b"HELLO CONTAINER\n"
+    );
+    assert!(log.contains("INPUT_FILE_PATH=/cloister/job/input/input"), "{log}");
+    assert!(log.contains("TMP_OUTPUT_DIR=/cloister/job/output"), "{log}");
+    assert!(log.contains("container=podman"), "not in a container: {log}");
+    assert!(
+        !log.contains("CLOISTER_LOG"),
+        "the server's environment leaked: {log}"
+    );
+
+    // A synchronous invocation runs in the image too.
+    let response = server
+        .http()
+        .post(server.url("/run/upper"))
+        .bearer_auth(server.token("upper").await)
+        .header("content-type", "application/json")
+        .body(B64.encode("sync input\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer = response.text().await.unwrap();
+    assert_eq!(B64.decode(answer.trim()).unwrap(), b"SYNC INPUT\n");
+    // Finished containers do not stay behind.
+    assert_eq!(containers_of(&id), Vec::<String>::new());
+
+    // A tool only the image has: it works in the container, not on the host.
+    let rot = "cloister-rot13 < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/out.txt\"";
+    for server in [&server, &host] {
+        create(server, service("rot", TOOLS, rot)).await;
+    }
+    let (status, reason, log) = run_one(&server, "rot", "Hello").await;
+    assert_eq!(status, "Succeeded", "{reason}\n{log}");
+    assert_eq!(read_object(&server, "rot", "out/out.txt").await, b"Uryyb");
+    let (status, _, log) = run_one(&host, "rot", "Hello").await;
+    assert_eq!(status, "Failed", "{log}");
+    assert!(log.contains("not found"), "{log}");
+
+    // An image that is not there, with the policy that forbids pulling it, fails the job.
+    let mut absent = service("absent", "localhost/cloister-test/absent:1", "true");
+    absent["image_pull_policy"] = json!("Never");
+    create(&server, absent).await;
+    let (status, reason, _) = run_one(&server, "absent", "x").await;
+    assert_eq!(status, "Failed");
+    assert!(reason.contains("image_pull_policy is Never"), "{reason}");
+    // A GPU where the host has none (no CDI spec) is a clear failure, never a run without it.
+    if !std::path::Path::new("/etc/cdi").exists() && !std::path::Path::new("/var/run/cdi").exists() {
+        let mut gpu = service("gpu", BUSYBOX, "echo ran-without-gpu");
+        gpu["enable_gpu"] = json!(true);
+        create(&server, gpu).await;
+        let (status, reason, log) = run_one(&server, "gpu", "x").await;
+        assert_eq!(status, "Failed");
+        assert!(reason.contains("enable_gpu"), "{reason}");
+        assert!(!log.contains("ran-without-gpu"), "{log}");
+    }
+    // A pull secret the server does not have is named in the failure, not skipped.
+    let mut secret = service("secret", "registry.invalid/app:1", "true");
+    secret["image_pull_secrets"] = json!(["regcred"]);
+    create(&server, secret).await;
+    let (status, reason, _) = run_one(&server, "secret", "x").await;
+    assert_eq!(status, "Failed");
+    assert!(reason.contains("pull secret \"regcred\""), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn the_root_is_read_only_and_the_network_is_off_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+
+    // /tmp is writable, the root is not.
+    let ro = "echo scratch > /tmp/t && cat /tmp/t && echo x > /evil && echo wrote-root";
+    create(&server, service("readonly", BUSYBOX, ro)).await;
+    let (status, _, log) = run_one(&server, "readonly", "x").await;
+    assert_eq!(status, "Failed", "{log}");
+    assert!(log.contains("scratch"), "{log}");
+    assert!(log.contains("Read-only file system"), "{log}");
+    assert!(!log.contains("wrote-root"), "{log}");
+
+    // A listener on every address of this host; each connection is answered and counted.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = std::io::Write::write_all(&mut &stream, b"reached-the-host\n");
+        }
+    });
+    // With the network asked for, the job reaches the host through its gateway.
+    let dial = "gw=${HOST:-$(ip route | awk '/default/ {print $3}')}; echo \"host=$gw\"; \
+                echo hi | nc -w 3 \"$gw\" \"$PORT\"";
+    let mut online = service("online", BUSYBOX, dial);
+    online["enable_network"] = json!(true);
+    online["environment"] = json!({"variables": {"PORT": port.to_string()}});
+    create(&server, online).await;
+    let (status, reason, log) = run_one(&server, "online", "x").await;
+    assert_eq!(status, "Succeeded", "{reason}\n{log}");
+    assert!(log.contains("reached-the-host"), "{log}");
+    let host_address = log
+        .lines()
+        .find_map(|l| l.split("host=").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // By default the same address cannot be reached.
+    let mut offline = service("offline", BUSYBOX, dial);
+    offline["environment"] = json!({"variables": {"PORT": port.to_string(), "HOST": host_address}});
+    create(&server, offline).await;
+    let (status, _, log) = run_one(&server, "offline", "x").await;
+    assert_eq!(status, "Failed", "{log}");
+    assert!(!log.contains("reached-the-host"), "{log}");
+    assert!(log.contains("Network is unreachable"), "{log}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn the_memory_limit_is_the_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    // 64 MB held by the shell against a 32 MiB limit.
+    let hog = "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived";
+    let mut hungry = service("hungry", BUSYBOX, hog);
+    hungry["memory"] = json!("32Mi");
+    create(&server, hungry).await;
+    let (status, reason, log) = run_one(&server, "hungry", "x").await;
+    assert_eq!(status, "Failed", "{log}");
+    assert!(!log.contains("survived"), "{log}");
+    assert!(reason.contains("signal 9"), "{reason}");
+    // The same script within a larger limit survives: the limit is what killed it.
+    let mut fed = service("fed", BUSYBOX, hog);
+    fed["memory"] = json!("512Mi");
+    create(&server, fed).await;
+    let (status, reason, log) = run_one(&server, "fed", "x").await;
+    assert_eq!(status, "Succeeded", "{reason}\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_timed_out_jobs_container_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &["--job-timeout", "2s"]);
+    let id = server_id(&server).await;
+    create(&server, service("sleepy", BUSYBOX, "echo sleeping; sleep 60")).await;
+    let (status, reason, log) = run_one(&server, "sleepy", "x").await;
+    assert_eq!(status, "Failed", "{log}");
+    assert!(reason.contains("timed out"), "{reason}");
+    assert_eq!(containers_of(&id), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_cancelled_jobs_container_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    let id = server_id(&server).await;
+    create(&server, service("sleepy", BUSYBOX, "sleep 600")).await;
+    submit(&server, "sleepy", "x").await;
+    wait_for("the job's container", async || containers_of(&id).len() == 1).await;
+    let jobs = server.all_jobs("sleepy").await;
+    let name = jobs.keys().next().unwrap();
+    let response = server
+        .http()
+        .delete(server.url(&format!("/system/logs/sleepy/{name}")))
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    wait_for("the container's removal", async || containers_of(&id).is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_restarted_server_removes_what_its_crash_left_and_runs_the_job_once_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = container_server(dir.path(), &["--job-timeout", "3s"]);
+    let id = server_id(&server).await;
+    create(&server, service("sleepy", BUSYBOX, "echo started; sleep 600")).await;
+    submit(&server, "sleepy", "x").await;
+    wait_for("the job's container", async || containers_of(&id).len() == 1).await;
+    let orphan = containers_of(&id).remove(0);
+    // kill -9: the engine's monitor keeps the container running without its server.
+    server.restart_after_crash();
+    let gone = !podman(&["container", "exists", &orphan]).status.success();
+    assert!(gone, "the crashed run's container {orphan} is still there");
+    // The job was running: it runs again (and times out), under the same single record.
+    let jobs = server.wait_jobs("sleepy", 1).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = jobs.values().next().unwrap();
+    assert_eq!(job["status"], "Failed", "{job}");
+    assert_eq!(containers_of(&id), Vec::<String>::new());
+}
