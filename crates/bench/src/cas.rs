@@ -96,16 +96,14 @@ pub struct CasArgs {
 
 impl CasArgs {
     fn validate(&self) -> anyhow::Result<()> {
-        for (value, flag) in [
+        crate::stats::require_at_least_one(&[
             (self.rounds, "--rounds"),
             (self.attestations, "--attestations"),
             (self.clients, "--clients"),
             (self.connections, "--connections"),
             (self.dcap, "--dcap"),
             (self.reads, "--reads"),
-        ] {
-            anyhow::ensure!(value >= 1, "{flag} must be at least 1");
-        }
+        ])?;
         anyhow::ensure!(
             self.rate.is_finite() && self.rate > 0.0,
             "--rate must be a positive number of attestations per second"

@@ -57,14 +57,12 @@ pub struct ContainersArgs {
 
 impl ContainersArgs {
     fn validate(&self) -> anyhow::Result<()> {
-        for (value, flag) in [
+        crate::stats::require_at_least_one(&[
             (self.rounds, "--rounds"),
             (self.floor_runs, "--floor-runs"),
             (self.latency_jobs, "--latency-jobs"),
             (self.throughput_jobs, "--throughput-jobs"),
-        ] {
-            anyhow::ensure!(value >= 1, "{flag} must be at least 1");
-        }
+        ])?;
         Ok(())
     }
 }

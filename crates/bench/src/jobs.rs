@@ -74,16 +74,14 @@ pub struct JobsArgs {
 
 impl JobsArgs {
     fn validate(&self) -> anyhow::Result<()> {
-        for (value, flag) in [
+        crate::stats::require_at_least_one(&[
             (self.rounds, "--rounds"),
             (self.spawns, "--spawns"),
             (self.latency_jobs, "--latency-jobs"),
             (self.throughput_jobs, "--throughput-jobs"),
             (self.runs, "--runs"),
             (self.instruction_jobs, "--instruction-jobs"),
-        ] {
-            anyhow::ensure!(value >= 1, "{flag} must be at least 1");
-        }
+        ])?;
         Ok(())
     }
 }

@@ -134,19 +134,7 @@ pub async fn start_server_with(
         }
         None => Command::new(cloister),
     };
-    match launch.stage_log {
-        Some(path) => {
-            let log = std::fs::File::create(path)
-                .with_context(|| format!("cannot create the server's log {}", path.display()))?;
-            command
-                .env("CLOISTER_LOG", "warn,cloister::stages=debug")
-                .env("CLOISTER_LOG_FORMAT", "json")
-                .stderr(log);
-        }
-        None => {
-            command.env("CLOISTER_LOG", "warn").stderr(Stdio::inherit());
-        }
-    }
+    log_stages(&mut command, launch.stage_log, "server")?;
     let mut server = ChildGuard(
         command
             .args([
@@ -242,19 +230,7 @@ pub fn start_cas(
     let init: serde_json::Value = serde_json::from_slice(&init.stdout)?;
     let pin = init["identity_pin"].as_str().context("no pin")?.to_owned();
     let mut command = Command::new(cloister);
-    match stage_log {
-        Some(path) => {
-            let log = std::fs::File::create(path)
-                .with_context(|| format!("cannot create the CAS's log {}", path.display()))?;
-            command
-                .env("CLOISTER_LOG", "warn,cloister::stages=debug")
-                .env("CLOISTER_LOG_FORMAT", "json")
-                .stderr(log);
-        }
-        None => {
-            command.env("CLOISTER_LOG", "warn").stderr(Stdio::inherit());
-        }
-    }
+    log_stages(&mut command, stage_log, "CAS")?;
     let mut process = ChildGuard(
         command
             .args([
@@ -289,4 +265,23 @@ pub fn start_cas(
         pin,
         data_dir,
     })
+}
+
+/// Warnings only to our stderr; or, with `stage_log`, also the `cloister::stages` debug events,
+/// as JSON lines into that file (what `--stages` reads).
+fn log_stages(command: &mut Command, stage_log: Option<&Path>, who: &str) -> anyhow::Result<()> {
+    match stage_log {
+        Some(path) => {
+            let log = std::fs::File::create(path)
+                .with_context(|| format!("cannot create the {who}'s log {}", path.display()))?;
+            command
+                .env("CLOISTER_LOG", "warn,cloister::stages=debug")
+                .env("CLOISTER_LOG_FORMAT", "json")
+                .stderr(log);
+        }
+        None => {
+            command.env("CLOISTER_LOG", "warn").stderr(Stdio::inherit());
+        }
+    }
+    Ok(())
 }

@@ -204,6 +204,14 @@ impl Target {
     }
 }
 
+/// Refuses a count argument of 0, naming its flag.
+pub fn require_at_least_one(counts: &[(usize, &str)]) -> anyhow::Result<()> {
+    for (value, flag) in counts {
+        anyhow::ensure!(*value >= 1, "{flag} must be at least 1");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
