@@ -10,7 +10,13 @@
 //! loses the lazily committed jobs whole; the events are still in the outbox, and
 //! [`Dispatcher::recover`] records their jobs at start. The event ids kept with the jobs make
 //! every delivery after the first a no-op.
+//!
+//! The jobs do not wait for the commit to be queued: told of the event just before the commit
+//! ([`ObjectEvents::object_committing`]), the dispatcher queues them behind a gate
+//! ([`crate::gate`]) that opens once they are recorded, so a worker readies each job while
+//! the upload's commit is flushed; a failed commit closes the gate and the jobs never run.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -23,6 +29,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::fdl::Service;
+use crate::gate::{GateOpener, Queued, new_gate};
 use crate::state::{JobRecord, JobSource, JobStatus, NewJob, QueueBounds, State, StateError};
 
 /// How long the settler waits between rounds: the bound on how long an upload's event stays
@@ -33,7 +40,9 @@ const SETTLE_EVERY: Duration = Duration::from_millis(20);
 pub struct Dispatcher {
     state: Arc<State>,
     services: RwLock<Arc<Vec<Service>>>,
-    queue: UnboundedSender<JobRecord>,
+    queue: UnboundedSender<Queued>,
+    /// Events whose commit is running, with the jobs queued behind their gate.
+    committing: Mutex<HashMap<u64, (Vec<NewJob>, GateOpener)>>,
     /// Events whose jobs are recorded, perhaps not yet durably; still in the outbox.
     unsettled: Mutex<Vec<u64>>,
     /// A delivery failed: the settler takes the outbox's pending events again.
@@ -135,12 +144,13 @@ fn log_created(record: &JobRecord) {
 
 impl Dispatcher {
     /// A dispatcher sending new jobs to `queue`.
-    pub fn new(state: Arc<State>, queue: UnboundedSender<JobRecord>) -> Result<Self, StateError> {
+    pub fn new(state: Arc<State>, queue: UnboundedSender<Queued>) -> Result<Self, StateError> {
         let services = RwLock::new(Arc::new(state.services()?));
         Ok(Self {
             state,
             services,
             queue,
+            committing: Mutex::default(),
             unsettled: Mutex::default(),
             redeliver: AtomicBool::new(false),
         })
@@ -169,13 +179,13 @@ impl Dispatcher {
     pub fn submit_bounded(&self, job: NewJob, bounds: QueueBounds) -> Result<JobRecord, StateError> {
         let created = self.state.create_job_bounded(job, bounds)?;
         log_created(&created);
-        let _ = self.queue.send(created.clone());
+        let _ = self.queue.send(created.clone().into());
         Ok(created)
     }
 
     /// Puts an already recorded job back on the in-memory queue (after a restart).
     pub fn requeue(&self, record: JobRecord) {
-        let _ = self.queue.send(record);
+        let _ = self.queue.send(record.into());
     }
 
     fn jobs_for(&self, event: &ObjectCreated) -> Vec<NewJob> {
@@ -199,16 +209,38 @@ impl Dispatcher {
             .collect()
     }
 
-    /// Records and queues the jobs of `event`, unless they were recorded already.
+    /// Records and queues the jobs of `event`, unless they were recorded already; jobs queued
+    /// behind a gate when the event's commit began are recorded, and their gate opened, instead.
     fn record(&self, event: &ObjectCreated) -> Result<(), StateError> {
-        self.state
-            .create_event_jobs(event.id, self.jobs_for(event), |created| {
-                for record in created {
-                    // The receiver only goes away at shutdown; the job stays queued on disk.
-                    let _ = self.queue.send(record.clone());
-                    log_created(record);
+        let gated = self.committing.lock().ok().and_then(|mut c| c.remove(&event.id));
+        match gated {
+            Some((jobs, opener)) => {
+                let mut recorded = Vec::new();
+                match self.state.create_event_jobs(event.id, jobs, |created| {
+                    recorded = created.to_vec();
+                }) {
+                    Ok(_) => {
+                        recorded.iter().for_each(log_created);
+                        opener.open(recorded);
+                    }
+                    Err(e) => {
+                        // Delivered again later, with new jobs; these never run.
+                        opener.close();
+                        return Err(e);
+                    }
                 }
-            })?;
+            }
+            None => {
+                self.state
+                    .create_event_jobs(event.id, self.jobs_for(event), |created| {
+                        for record in created {
+                            // The receiver only goes away at shutdown; the job stays queued on disk.
+                            let _ = self.queue.send(record.clone().into());
+                            log_created(record);
+                        }
+                    })?;
+            }
+        }
         if let Ok(mut unsettled) = self.unsettled.lock() {
             unsettled.push(event.id);
         }
@@ -328,6 +360,30 @@ impl ObjectEvents for Dispatcher {
             self.redeliver.store(true, Ordering::Release);
             e.into()
         })
+    }
+
+    fn object_committing(&self, event: &ObjectCreated) {
+        let jobs = self.jobs_for(event);
+        if jobs.is_empty() {
+            return;
+        }
+        let (opener, gate) = new_gate();
+        for job in &jobs {
+            let _ = self.queue.send(Queued {
+                record: job.record.clone(),
+                gate: Some(gate.clone()),
+            });
+        }
+        if let Ok(mut committing) = self.committing.lock() {
+            committing.insert(event.id, (jobs, opener));
+        }
+    }
+
+    fn object_abandoned(&self, event: &ObjectCreated) {
+        let gated = self.committing.lock().ok().and_then(|mut c| c.remove(&event.id));
+        if let Some((_, opener)) = gated {
+            opener.close();
+        }
     }
 }
 

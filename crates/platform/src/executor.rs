@@ -26,6 +26,24 @@ pub trait Executor: Send + Sync + 'static {
         on_start: Box<dyn FnOnce() + Send>,
     ) -> JobOutcome;
 
+    /// As [`Self::run`], for a job queued before its upload's commit ended (see
+    /// [`crate::gate`]): nothing of the job may run before `gate` resolves `true`; when it
+    /// resolves `false` the outcome is discarded. An executor may ready the job meanwhile; by
+    /// default it waits.
+    async fn run_gated(
+        &self,
+        spec: JobSpec,
+        gate: cloister_runtime::Gate,
+        cancel: BoxFuture<'static, ()>,
+        on_start: Box<dyn FnOnce() + Send>,
+    ) -> JobOutcome {
+        let mut cancel = cancel;
+        if let Err(refusal) = pass_gate(gate, &mut cancel).await {
+            return refusal;
+        }
+        self.run(spec, cancel, on_start).await
+    }
+
     /// Runs a synchronous invocation: output files come back in the outcome.
     async fn run_sync(&self, spec: JobSpec, max_output: u64) -> JobOutcome;
 
@@ -177,6 +195,27 @@ impl Executor for LocalExecutor {
         cloister_runtime::run_job(&spec, &self.io, &self.options(&slot, false, 0), cancel, on_start).await
     }
 
+    async fn run_gated(
+        &self,
+        spec: JobSpec,
+        gate: cloister_runtime::Gate,
+        cancel: BoxFuture<'static, ()>,
+        on_start: Box<dyn FnOnce() + Send>,
+    ) -> JobOutcome {
+        // A plain job on this host readies its work directory and its script's process while
+        // the gate is shut; the others wait for it first.
+        if spec.placement.tee.is_some() || self.containers.is_some() {
+            let mut cancel = cancel;
+            if let Err(refusal) = pass_gate(gate, &mut cancel).await {
+                return refusal;
+            }
+            return self.run(spec, cancel, on_start).await;
+        }
+        let slot = self.slot();
+        let options = self.options(&slot, false, 0);
+        cloister_runtime::run_job_gated(&spec, &self.io, &options, Some(gate), cancel, on_start).await
+    }
+
     async fn run_sync(&self, spec: JobSpec, max_output: u64) -> JobOutcome {
         if spec.placement.tee.is_some() {
             // A synchronous body travels through the platform in plaintext.
@@ -209,6 +248,22 @@ fn unavailable_tee(spec: &JobSpec) -> Option<JobOutcome> {
         Tee::Sim => return None,
     };
     Some(refused(reason))
+}
+
+/// Waits for a job's gate; the outcome to report when it closes or the job is cancelled first.
+async fn pass_gate(
+    gate: cloister_runtime::Gate,
+    cancel: &mut BoxFuture<'static, ()>,
+) -> Result<(), JobOutcome> {
+    let opened = tokio::select! {
+        opened = gate => opened,
+        () = cancel => return Err(refused("cancelled before it started")),
+    };
+    if opened {
+        Ok(())
+    } else {
+        Err(refused(cloister_runtime::GATE_CLOSED))
+    }
 }
 
 fn refused(reason: &str) -> JobOutcome {

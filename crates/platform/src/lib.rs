@@ -12,6 +12,7 @@ pub mod container;
 pub mod dispatch;
 pub mod executor;
 pub mod fdl;
+pub mod gate;
 pub mod state;
 mod workers;
 

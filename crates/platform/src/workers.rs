@@ -16,7 +16,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::Platform;
 use crate::fdl::Service;
-use crate::state::{JobRecord, JobSource, JobStatus, StateError};
+use crate::gate::Queued;
+use crate::state::{JobSource, JobStatus, StateError};
 
 /// A job's (service, name).
 type JobKey = (String, String);
@@ -72,7 +73,7 @@ pub(crate) fn requeue_unfinished(platform: &Platform) -> Result<(), StateError> 
 /// Takes jobs off the queue and runs them until shutdown.
 pub(crate) async fn run(
     platform: Arc<Platform>,
-    mut queue: mpsc::UnboundedReceiver<JobRecord>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(platform.config.concurrency.max(1)));
@@ -273,10 +274,11 @@ fn logs_to_store(outcome: &mut JobOutcome, log_limit: usize) -> (Vec<u8>, Option
     (render_log(&outcome.log), sealed)
 }
 
-async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), StateError> {
+async fn execute(platform: &Arc<Platform>, queued: Queued) -> Result<(), StateError> {
     let state = &platform.state;
-    // Queued records are what was committed; a job deleted meanwhile is noticed by `finish`.
-    let mut record = queued;
+    // Queued records are what was committed (or will be, behind a gate); a job deleted
+    // meanwhile is noticed by `finish`.
+    let Queued { mut record, gate } = queued;
     let Some(service) = platform.dispatcher.service(&record.service) else {
         return Ok(());
     };
@@ -326,14 +328,28 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
             }
         })
     };
-    let mut outcome = platform.executor.run(spec, cancel, on_start).await;
+    let mut outcome = match &gate {
+        Some(gate) => {
+            let gate = gate.clone().for_runtime(record.name.clone());
+            platform.executor.run_gated(spec, gate, cancel, on_start).await
+        }
+        None => platform.executor.run(spec, cancel, on_start).await,
+    };
     platform.workers.release(&record.service, &record.name);
-    if let Some(credential) = credential
-        && let Err(e) = platform.store.revoke_job_credential(&credential).await
-    {
-        // It still expires with the job's timeout.
-        tracing::warn!(job = %record.name, error = %e, "cannot revoke the job's storage credential");
+    if let Some(gate) = gate {
+        // Decided by now: the run waited for it, or was cancelled (and then the job's upload
+        // is committed or not by the time its commit ends).
+        let decided = gate.wait_for_record(&record.name).await;
+        match decided {
+            Some(committed) => record = committed,
+            None => {
+                tracing::debug!(job = %record.name, "a job whose upload was not committed was dropped unrun");
+                revoke(platform, credential, &record.name).await;
+                return Ok(());
+            }
+        }
     }
+    revoke(platform, credential, &record.name).await;
 
     record.start_time = started.get().copied();
     record.status = match outcome.status {
@@ -363,6 +379,15 @@ async fn execute(platform: &Arc<Platform>, queued: JobRecord) -> Result<(), Stat
     // A job deleted while it ran is not recorded again (`finish` is false then).
     state.finish(&record, &log, sealed_log.as_deref())?;
     Ok(())
+}
+
+async fn revoke(platform: &Platform, credential: Option<String>, job: &str) {
+    if let Some(credential) = credential
+        && let Err(e) = platform.store.revoke_job_credential(&credential).await
+    {
+        // It still expires with the job's timeout.
+        tracing::warn!(%job, error = %e, "cannot revoke the job's storage credential");
+    }
 }
 
 /// Deletes finished jobs older than `retention`, once a minute (or more often for short
@@ -453,7 +478,7 @@ mod tests {
         service: &Service,
         executor: Arc<dyn Executor>,
         s3_endpoint: &str,
-    ) -> (Arc<Platform>, mpsc::UnboundedReceiver<JobRecord>) {
+    ) -> (Arc<Platform>, mpsc::UnboundedReceiver<Queued>) {
         let state = Arc::new(State::open(&dir.join("state.redb")).unwrap());
         assert!(state.put_service(service, true).unwrap());
         let (tx, rx) = mpsc::unbounded_channel();
@@ -520,9 +545,9 @@ mod tests {
             .dispatcher
             .submit_bounded(job, platform.queue_bounds())
             .unwrap();
-        let record = rx.recv().await.unwrap();
-        let name = record.name.clone();
-        execute(&platform, record).await.unwrap();
+        let queued = rx.recv().await.unwrap();
+        let name = queued.record.name.clone();
+        execute(&platform, queued).await.unwrap();
         (platform.state.clone(), name)
     }
 
@@ -673,12 +698,12 @@ mod tests {
             .put_bytes("creds", "in/photo.txt", "p".into())
             .await
             .unwrap();
-        let mut record = rx.recv().await.unwrap();
-        while !matches!(&record.source, JobSource::Object { key, .. } if key == "in/photo.txt") {
-            record = rx.recv().await.unwrap();
+        let mut queued = rx.recv().await.unwrap();
+        while !matches!(&queued.record.source, JobSource::Object { key, .. } if key == "in/photo.txt") {
+            queued = rx.recv().await.unwrap();
         }
         let started = OffsetDateTime::now_utc();
-        execute(&platform, record).await.unwrap();
+        execute(&platform, queued).await.unwrap();
 
         assert_eq!(
             *executor.seen.lock().unwrap(),

@@ -84,7 +84,7 @@ async fn interrupted_uploads_get_exactly_one_job_each() {
     assert!(store.pending_events().unwrap().is_empty(), "recovery settles");
     assert_eq!(state.queued().unwrap().len(), 2);
     // Only the job the crash lost is queued anew; the other was queued before it.
-    assert_eq!(rx.recv().await.map(|r| r.name), Some(lost.name.clone()));
+    assert_eq!(rx.recv().await.map(|q| q.record.name), Some(lost.name.clone()));
     assert!(rx.try_recv().is_err(), "a recovered upload was queued twice");
 }
 
@@ -121,4 +121,142 @@ async fn acknowledged_writes_have_their_job_and_settle_later() {
     settler.await.unwrap();
     assert!(store.pending_events().unwrap().is_empty());
     assert_eq!(state.jobs("svc", None, 10).unwrap().jobs.len(), 2);
+}
+
+/// A tmpfs of a few MiB (root only); `None` where mounting is not permitted, unless
+/// `CLOISTER_REQUIRE_TMPFS` is set (CI), which makes that a failure.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn small_tmpfs(path: &std::path::Path) -> Option<Tmpfs> {
+    std::fs::create_dir_all(path).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(path)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => Some(Tmpfs(path.to_path_buf())),
+        other => {
+            assert!(
+                std::env::var_os("CLOISTER_REQUIRE_TMPFS").is_none(),
+                "CLOISTER_REQUIRE_TMPFS is set but a tmpfs cannot be mounted: {other:?}"
+            );
+            eprintln!("skipped: cannot mount a tmpfs here; set CLOISTER_REQUIRE_TMPFS to fail instead");
+            None
+        }
+    }
+}
+
+/// Fills the disk the store lives on just before the commit of a write under `in/doomed`, so
+/// that commit fails after the dispatcher queued the write's jobs.
+struct DiskFillsDuringCommit {
+    dispatcher: Arc<Dispatcher>,
+    disk: std::path::PathBuf,
+}
+
+impl ObjectEvents for DiskFillsDuringCommit {
+    fn subscribers(&self, bucket: &str, key: &str) -> Vec<String> {
+        self.dispatcher.subscribers(bucket, key)
+    }
+    fn object_created(&self, event: &ObjectCreated) -> Result<(), EventError> {
+        self.dispatcher.object_created(event)
+    }
+    fn object_committing(&self, event: &ObjectCreated) {
+        self.dispatcher.object_committing(event);
+        if event.key.starts_with("in/doomed") {
+            let mut filler = std::fs::File::create(self.disk.join("filler")).unwrap();
+            let chunk = vec![1u8; 64 << 10];
+            let mut size = chunk.len();
+            while size > 0 {
+                match std::io::Write::write(&mut filler, &chunk[..size]) {
+                    Ok(_) => {}
+                    Err(_) => size /= 2,
+                }
+            }
+        }
+    }
+    fn object_abandoned(&self, event: &ObjectCreated) {
+        self.dispatcher.object_abandoned(event);
+    }
+}
+
+/// Jobs are queued while their upload's commit runs, behind a gate: it opens with the job's
+/// committed record once the commit is durable, and closes when the commit fails — that job
+/// never runs and leaves no record, and the failed upload is not acknowledged.
+#[tokio::test]
+async fn jobs_queued_before_their_commit_run_only_if_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = small_tmpfs(&dir.path().join("disk")) else {
+        return;
+    };
+    let state = Arc::new(State::open(&dir.path().join("state.redb")).unwrap());
+    assert!(state.put_service(&service(), true).unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher = Arc::new(Dispatcher::new(state.clone(), tx).unwrap());
+    let sink = Arc::new(DiskFillsDuringCommit {
+        dispatcher: dispatcher.clone(),
+        disk: disk.0.clone(),
+    });
+    let store = Store::open_with_cache(&disk.0.join("objects"), sink, 1 << 20).unwrap();
+    store.create_bucket("bucket", false).await.unwrap();
+
+    store.put_bytes("bucket", "in/kept", "a".into()).await.unwrap();
+    let queued = rx.try_recv().expect("the job was not queued");
+    let gate = queued
+        .gate
+        .expect("an upload's job is queued before its commit ends");
+    let committed = gate.wait_for_record(&queued.record.name).await;
+    let committed = committed.expect("the gate of a committed upload closed");
+    assert!(committed.queue_seq > 0, "the gate gives the record as committed");
+    assert_eq!(state.jobs("svc", None, 10).unwrap().jobs.len(), 1);
+
+    let failed = store.put_bytes("bucket", "in/doomed", "b".into()).await;
+    assert!(failed.is_err(), "a write whose commit failed was acknowledged");
+    let queued = rx.try_recv().expect("the job was not queued before the commit");
+    let gate = queued.gate.expect("queued behind a gate");
+    let verdict = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        gate.wait_for_record(&queued.record.name),
+    );
+    assert!(
+        verdict
+            .await
+            .expect("the gate of a failed commit stayed shut")
+            .is_none(),
+        "the job of an upload that was not committed may run"
+    );
+    assert_eq!(
+        state.jobs("svc", None, 10).unwrap().jobs.len(),
+        1,
+        "a record was left"
+    );
+    assert!(store.head("bucket", "in/doomed").await.unwrap().is_none());
+    assert!(
+        store
+            .pending_events()
+            .unwrap()
+            .iter()
+            .all(|e| e.key != "in/doomed")
+    );
+
+    // Space returns: the next upload's job runs as usual.
+    std::fs::remove_file(disk.0.join("filler")).unwrap();
+    store.put_bytes("bucket", "in/after", "c".into()).await.unwrap();
+    let queued = rx.try_recv().unwrap();
+    assert!(
+        queued
+            .gate
+            .unwrap()
+            .wait_for_record(&queued.record.name)
+            .await
+            .is_some()
+    );
 }

@@ -23,7 +23,9 @@ pub use cloister_tee::Tee;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use sandbox::{CgroupSupport, Limits, Program, ProgramOptions, RunFailure, ScriptRun, run_program};
+pub use sandbox::{
+    CgroupSupport, Limits, Program, ProgramOptions, RunFailure, ScriptRun, run_program, run_program_held,
+};
 
 /// Runs a job's script somewhere other than a process of this host (a container), seeing the
 /// job's work directory at [`ScriptRunner::mount_point`]. The runtime still prepares the work
@@ -401,6 +403,13 @@ pub struct RunOptions {
     pub runner: Option<std::sync::Arc<dyn ScriptRunner>>,
 }
 
+/// Resolves `true` once a job may start, `false` when it must never run (see
+/// [`run_job_gated`]).
+pub type Gate = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+/// Why a gated job never ran: its gate said no.
+pub const GATE_CLOSED: &str = "the job's upload was not committed; it never ran";
+
 /// Runs one job to completion. `on_start` is called once the script's process exists.
 ///
 /// Never returns an error: every failure becomes a `Failed` outcome with a reason and a log
@@ -409,6 +418,22 @@ pub async fn run_job(
     spec: &JobSpec,
     io: &dyn JobIo,
     options: &RunOptions,
+    cancel: impl std::future::Future<Output = ()> + Send,
+    on_start: impl FnOnce() + Send,
+) -> JobOutcome {
+    run_job_gated(spec, io, options, None, cancel, on_start).await
+}
+
+/// As [`run_job`], for a job made before the write it depends on is known to have happened
+/// (its upload's commit is still running): the work directory is readied and a script's
+/// process started meanwhile, but its input is staged and its first line runs only once `gate`
+/// resolves `true`. When it resolves `false`, nothing of the job ran and the outcome (Failed,
+/// [`GATE_CLOSED`]) is to be discarded.
+pub async fn run_job_gated(
+    spec: &JobSpec,
+    io: &dyn JobIo,
+    options: &RunOptions,
+    gate: Option<Gate>,
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
 ) -> JobOutcome {
@@ -428,8 +453,11 @@ pub async fn run_job(
     } else {
         options.work_root.join(&options.slot)
     };
+    // A gated job's object may not be visible yet: it is staged once the gate opens.
     let local_input = match &spec.input {
-        JobInput::Object { bucket, key } => io.local_path(bucket, key).map(|path| (path, input_name(key))),
+        JobInput::Object { bucket, key } if gate.is_none() => {
+            io.local_path(bucket, key).map(|path| (path, input_name(key)))
+        }
         _ => None,
     };
     let began = std::time::Instant::now();
@@ -466,7 +494,7 @@ pub async fn run_job(
                 );
                 on_start();
             };
-            run_in(spec, io, options, &prepared, cancel, on_start, &mut outcome).await;
+            run_in(spec, io, options, &prepared, gate, cancel, on_start, &mut outcome).await;
         }
         Ok(Err(e)) => match e.kind() {
             std::io::ErrorKind::NotFound if local_input.is_some() => {
@@ -537,13 +565,24 @@ fn prepare_work_dir(
     std::io::Write::write_all(&mut create(work.join("script.sh"))?, script.as_bytes())?;
     std::io::Write::write_all(&mut create(work.join(EVENT_FILE_NAME))?, event.as_bytes())?;
     if let Some((source, name)) = input {
-        let mut source = std::fs::File::open(source)?;
-        // A folder of other keys is not an object.
-        if source.metadata()?.is_dir() {
-            return Err(std::io::ErrorKind::NotFound.into());
-        }
-        std::io::copy(&mut source, &mut create(work.join("input").join(name))?)?;
+        copy_input(source, &work.join("input").join(name))?;
     }
+    Ok(())
+}
+
+/// Copies a local object into the work directory, creating the file (never writing through
+/// one a job left).
+fn copy_input(source: &Path, target: &Path) -> std::io::Result<()> {
+    let mut source = std::fs::File::open(source)?;
+    // A folder of other keys is not an object.
+    if source.metadata()?.is_dir() {
+        return Err(std::io::ErrorKind::NotFound.into());
+    }
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(target)?;
+    std::io::copy(&mut source, &mut target)?;
     Ok(())
 }
 
@@ -673,11 +712,13 @@ fn input_missing(input: &JobInput) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_in(
     spec: &JobSpec,
     io: &dyn JobIo,
     options: &RunOptions,
     prepared: &Prepared,
+    gate: Option<Gate>,
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
     outcome: &mut JobOutcome,
@@ -688,10 +729,26 @@ async fn run_in(
     let tmp_dir = work.join("tmp");
     let script_path = work.join("script.sh");
 
-    let input_path = match prepared.staged_input.clone() {
-        Some(path) => Some(path),
-        None => match stage_input(spec, io, &input_dir).await {
-            Ok(p) => p,
+    // Behind a gate, the input is staged when the gate opens (the script waits for it).
+    type Hold<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    let (input_path, hold): (_, Option<Hold<'_>>) = match (prepared.staged_input.clone(), gate) {
+        (Some(path), gate) => {
+            let hold: Option<Hold<'_>> = match gate {
+                Some(gate) => Some(Box::pin(open_or_close(gate))),
+                None => None,
+            };
+            (Some(path), hold)
+        }
+        (None, Some(gate)) => {
+            let staged_in = input_dir.clone();
+            let hold: Hold<'_> = Box::pin(async move {
+                open_or_close(gate).await?;
+                stage_input(spec, io, &staged_in).await.map(|_| ())
+            });
+            (input_file(spec, &input_dir), Some(hold))
+        }
+        (None, None) => match stage_input(spec, io, &input_dir).await {
+            Ok(p) => (p, None),
             Err(reason) => {
                 outcome.fail(reason);
                 return;
@@ -779,6 +836,12 @@ async fn run_in(
                 env: &env,
                 keep_stdout,
             };
+            if let Some(hold) = hold
+                && let Err(reason) = hold.await
+            {
+                outcome.fail(reason);
+                return;
+            }
             runner.run(job, Box::pin(cancel), Box::new(on_start)).await
         }
         None => {
@@ -793,7 +856,7 @@ async fn run_in(
                 log_limit: spec.log_limit,
                 keep_stdout,
             };
-            sandbox::run_program(program, cancel, on_start).await
+            sandbox::run_program_held(program, hold, cancel, on_start).await
         }
     };
     outcome.log.extend(run.log);
@@ -860,6 +923,23 @@ async fn run_in(
     outcome.status = Status::Succeeded;
 }
 
+async fn open_or_close(gate: Gate) -> Result<(), String> {
+    if gate.await {
+        Ok(())
+    } else {
+        Err(GATE_CLOSED.to_owned())
+    }
+}
+
+/// Where [`stage_input`] puts the input.
+fn input_file(spec: &JobSpec, input_dir: &Path) -> Option<PathBuf> {
+    match &spec.input {
+        JobInput::None => None,
+        JobInput::Inline(_) => Some(input_dir.join("input")),
+        JobInput::Object { key, .. } => Some(input_dir.join(input_name(key))),
+    }
+}
+
 async fn stage_input(spec: &JobSpec, io: &dyn JobIo, input_dir: &Path) -> Result<Option<PathBuf>, String> {
     match &spec.input {
         JobInput::None => Ok(None),
@@ -874,6 +954,15 @@ async fn stage_input(spec: &JobSpec, io: &dyn JobIo, input_dir: &Path) -> Result
             // Any S3 key is valid (`a/`, `.`, `..`): only a plain last segment names the file.
             let name = input_name(key);
             let path = input_dir.join(name);
+            if let Some(local) = io.local_path(bucket, key) {
+                let target = path.clone();
+                return match tokio::task::spawn_blocking(move || copy_input(&local, &target)).await {
+                    Ok(Ok(())) => Ok(Some(path)),
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(input_missing(&spec.input)),
+                    Ok(Err(e)) => Err(format!("cannot stage input {bucket}/{key}: {e}")),
+                    Err(e) => Err(format!("cannot stage input {bucket}/{key}: {e}")),
+                };
+            }
             io.fetch(bucket, key, &path)
                 .await
                 .map_err(|e| format!("cannot fetch input {bucket}/{key}: {e}"))?;

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::LogLine;
@@ -242,6 +242,15 @@ unset cloister_m cloister_n
 /// fewer per job. It sees only its own arguments (`$#` is 0 for OSCAR jobs, as under
 /// `sh script.sh`).
 const PRELUDE_SCRIPT: &str = prelude!(r#". "$cloister_script""#);
+/// As [`PRELUDE_SCRIPT`], for a script started before it may run ([`run_program_held`]): in
+/// its cgroup and under its limits, the shell waits for a line on stdin, then gives the script
+/// `/dev/null` as stdin, as an unheld script has.
+const PRELUDE_SCRIPT_HELD: &str = prelude!(
+    r#"IFS= read -r cloister_go || exit 125
+unset cloister_go
+exec </dev/null
+. "$cloister_script""#
+);
 /// A program replaces the prelude's shell, with its arguments.
 const PRELUDE_EXEC: &str = prelude!(r#"exec "$cloister_script" "$@""#);
 /// The shell that runs the prelude.
@@ -326,6 +335,10 @@ pub enum RunFailure {
     /// mount); the engine's own message is in the log.
     #[error("the container could not run: {0}")]
     Container(String),
+    /// The program was started held and was never let run: what it waited for failed (the
+    /// reason says what).
+    #[error("{0}")]
+    NotReleased(String),
     /// The program wrote more to stdout than is kept ([`ProgramOptions::keep_stdout`]); it was
     /// stopped.
     #[error("the script's stdout exceeds the limit of {0} bytes kept for the answer; it was stopped")]
@@ -416,6 +429,44 @@ pub async fn run_program(
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
 ) -> ScriptRun {
+    run_program_held(
+        options,
+        None::<std::future::Ready<Result<(), String>>>,
+        cancel,
+        on_start,
+    )
+    .await
+}
+
+/// As [`run_program`]; with `hold`, a [`Program::Script`] is started (its shell forked and
+/// exec'd, its cgroup joined, its limits applied) but waits before its first line until `hold`
+/// resolves: `Ok` lets it run (and `on_start` is called then), `Err(reason)` kills it unrun
+/// ([`RunFailure::NotReleased`]). Starting the process is most of a short job's start; this lets
+/// it overlap whatever the job must wait for. The timeout counts from the release. Other
+/// programs wait for `hold` before they are started.
+pub async fn run_program_held(
+    options: ProgramOptions<'_>,
+    hold: Option<impl std::future::Future<Output = Result<(), String>> + Send>,
+    cancel: impl std::future::Future<Output = ()> + Send,
+    on_start: impl FnOnce() + Send,
+) -> ScriptRun {
+    let held_script = hold.is_some() && matches!(options.program, Program::Script(_));
+    tokio::pin!(cancel);
+    let mut hold = hold.map(Box::pin);
+    if !held_script && let Some(hold) = hold.take() {
+        let released = tokio::select! {
+            released = hold => released,
+            () = &mut cancel => Err(RunFailure::Cancelled.to_string()),
+        };
+        if let Err(reason) = released {
+            return ScriptRun {
+                log: Vec::new(),
+                stdout: Vec::new(),
+                exit_code: None,
+                failure: Some(RunFailure::NotReleased(reason)),
+            };
+        }
+    }
     let ProgramOptions {
         program,
         args,
@@ -465,6 +516,7 @@ pub async fn run_program(
         (command, PathBuf::from(SHELL))
     };
     let (mut command, started) = match program {
+        Program::Script(target) if held_script => in_shell(PRELUDE_SCRIPT_HELD, target),
         Program::Script(target) => in_shell(PRELUDE_SCRIPT, target),
         Program::Exec(target) => in_shell(PRELUDE_EXEC, target),
         Program::Direct(path) => {
@@ -477,7 +529,11 @@ pub async fn run_program(
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(work_dir)
-        .stdin(Stdio::null())
+        .stdin(if held_script {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -502,8 +558,38 @@ pub async fn run_program(
             return run;
         }
     };
-    on_start();
     let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+    if let Some(hold) = hold.take() {
+        let mut go = child.stdin.take();
+        let released = tokio::select! {
+            released = hold => released,
+            () = &mut cancel => Err(RunFailure::Cancelled.to_string()),
+        };
+        let released = match (released, go.as_mut()) {
+            (Ok(()), Some(go)) => go
+                .write_all(b"\n")
+                .await
+                .map_err(|e| format!("cannot release the script: {e}")),
+            (Ok(()), None) => Err("cannot release the script: no stdin".to_owned()),
+            (Err(reason), _) => Err(reason),
+        };
+        drop(go);
+        if let Err(reason) = released {
+            if let Some(pgid) = pgid {
+                // SAFETY: kill(2) with a negative pid signals a process group; no memory is
+                // involved.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+            let _ = child.wait().await;
+            cgroups.clear(&procs);
+            run.failure = Some(RunFailure::NotReleased(reason));
+            return run;
+        }
+    }
+    on_start();
 
     let (tx, mut rx) = mpsc::channel::<(Stream, OffsetDateTime, Vec<u8>)>(256);
     let readers = [
@@ -552,7 +638,7 @@ pub async fn run_program(
     };
 
     let deadline = tokio::time::sleep(limits.timeout);
-    tokio::pin!(deadline, cancel);
+    tokio::pin!(deadline);
     let status = loop {
         tokio::select! {
             status = child.wait() => break Some(status),

@@ -941,3 +941,83 @@ async fn stdout_beyond_the_synchronous_limit_fails_the_run() {
     assert!(outcome.reason.unwrap().contains("stdout exceeds"));
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// A gated job's script process exists before its gate opens, but neither its first line nor
+/// its input staging nor `on_start` comes before; a gate that closes kills it unrun.
+#[tokio::test]
+async fn gated_scripts_run_only_once_their_gate_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = LocalDirIo(DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    });
+    let marker = dir.path().join("ran");
+    let mut spec = spec(&format!(
+        "cat \"$INPUT_FILE_PATH\"; read -r line || echo 'stdin is empty'; date +%s%N > {}",
+        marker.display()
+    ));
+    spec.input = JobInput::Object {
+        bucket: "in".into(),
+        key: "file.txt".into(),
+    };
+    let options = options(dir.path(), CgroupSupport::None);
+    let work = options.work_root.join(&options.slot);
+
+    for opens in [true, false] {
+        let _ = std::fs::remove_file(&marker);
+        // The object appears only as the gate decides, as an upload's does at its commit.
+        let object = io.0.root.join("in/file.txt");
+        let _ = std::fs::remove_file(&object);
+        let (open, gate) = tokio::sync::oneshot::channel::<bool>();
+        let gate: Gate = Box::pin(async move { gate.await.unwrap_or(false) });
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let on_start = {
+            let started = started.clone();
+            move || started.store(true, std::sync::atomic::Ordering::SeqCst)
+        };
+        let job = run_job_gated(&spec, &io, &options, Some(gate), std::future::pending(), on_start);
+        let decide = async {
+            // Long enough for the work directory and the shell to be ready.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                work.join("script.sh").exists(),
+                "the work directory was not readied meanwhile"
+            );
+            assert!(!marker.exists(), "the script ran before its gate opened");
+            assert!(
+                !started.load(std::sync::atomic::Ordering::SeqCst),
+                "on_start before the gate"
+            );
+            assert!(
+                std::fs::read_dir(work.join("input")).unwrap().next().is_none(),
+                "the input was staged before the gate opened"
+            );
+            if opens {
+                std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+                std::fs::write(&object, "committed content").unwrap();
+            }
+            let released = std::time::SystemTime::now();
+            open.send(opens).unwrap();
+            released
+        };
+        let (outcome, released) = tokio::join!(job, decide);
+        if opens {
+            assert_eq!(outcome.status, Status::Succeeded, "{}", log_text(&outcome));
+            assert!(started.load(std::sync::atomic::Ordering::SeqCst));
+            let text = log_text(&outcome);
+            assert!(text.contains("committed content"), "{text}");
+            assert!(
+                text.contains("stdin is empty"),
+                "the script saw the release on stdin: {text}"
+            );
+            let ran_at: u128 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+            let released = released.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            assert!(ran_at >= released, "the script ran before its release");
+        } else {
+            assert_eq!(outcome.status, Status::Failed);
+            assert_eq!(outcome.reason.as_deref(), Some(GATE_CLOSED));
+            assert!(!marker.exists(), "a job whose gate closed ran");
+            assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
+        }
+    }
+}

@@ -11,6 +11,8 @@
 //! failed, are found again with [`crate::Store::pending_events`]: an acknowledged write is
 //! never lost and never counted twice.
 
+use std::time::{Duration, Instant};
+
 use time::OffsetDateTime;
 
 /// An object that has just been written, as its outbox event records it.
@@ -42,12 +44,66 @@ pub trait ObjectEvents: Send + Sync + 'static {
     /// The subscribers of a write to `bucket/key`, recorded with the event; none means the
     /// write raises no event. It must not block: it runs on the request's own thread.
     fn subscribers(&self, bucket: &str, key: &str) -> Vec<String>;
-    /// Called from a blocking thread after the object and its event are committed, before the
-    /// writer gets its answer. It must be idempotent by `event.id`: an event is delivered again
+    /// Called after the object and its event are committed, before the writer gets its answer,
+    /// on the store's commit thread: it must be quick and must not write to this store (the
+    /// next commit waits for it). It must be idempotent by `event.id`: an event is delivered again
     /// after a crash, and whenever the sink asks for [`crate::Store::pending_events`], until
     /// the sink reports it done. An error is logged and the event stays in the outbox; the
     /// write itself has succeeded.
     fn object_created(&self, event: &ObjectCreated) -> Result<(), EventError>;
+
+    /// Called on the commit thread once the write's transaction holds the event and just
+    /// before it is committed; [`Self::object_created`] or [`Self::object_abandoned`] follows
+    /// for the same event. A sink may ready the event's consequences here, so that they
+    /// overlap the commit's flush to disk, but nothing of them may take effect (a job's first
+    /// line, an answer to anyone) before `object_created`: the write may still fail.
+    fn object_committing(&self, _event: &ObjectCreated) {}
+
+    /// The commit that held an event announced by [`Self::object_committing`] failed: the
+    /// write did not happen, and the event will never be delivered.
+    fn object_abandoned(&self, _event: &ObjectCreated) {}
+}
+
+/// A write raised an event, handed to its sink after the commit; `delivery` is how long the
+/// sink took.
+pub(crate) struct Raised {
+    pub delivery: Duration,
+}
+
+/// Hands a committed write's event to `events`. The write has succeeded whatever happens
+/// here: its event is durable in the outbox, and one the sink could not take now (an error,
+/// or a panic, caught so that the thread delivering goes on) is delivered again later.
+pub(crate) fn deliver(events: &dyn ObjectEvents, event: ObjectCreated) -> Raised {
+    let began = Instant::now();
+    let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| events.object_created(&event)));
+    match delivered {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, event = event.id, bucket = %event.bucket, key = %event.key, "cannot record an upload's consequences now; its event stays queued")
+        }
+        Err(_) => tracing::error!(
+            event = event.id,
+            "the event sink panicked; the event stays queued"
+        ),
+    }
+    Raised {
+        delivery: began.elapsed(),
+    }
+}
+
+/// Tells `events` a write's commit is about to run (a panicking sink is logged, not fatal to
+/// the commit thread).
+pub(crate) fn announce(events: &dyn ObjectEvents, event: &ObjectCreated) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| events.object_committing(event))).is_err() {
+        tracing::error!(event = event.id, "the event sink panicked before a commit");
+    }
+}
+
+/// Tells `events` an announced write's commit failed.
+pub(crate) fn abandon(events: &dyn ObjectEvents, event: &ObjectCreated) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| events.object_abandoned(event))).is_err() {
+        tracing::error!(event = event.id, "the event sink panicked after a failed commit");
+    }
 }
 
 /// A sink that ignores every write.

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use crate::events::{ObjectCreated, Raised};
+
 pub(crate) const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
 /// Data of objects small enough to live in the index, by blob id.
 pub(crate) const INLINE: TableDefinition<u128, &[u8]> = TableDefinition::new("inline");
@@ -315,14 +317,29 @@ impl Index {
         &self,
         op: impl FnOnce(&WriteTransaction) -> Result<R, crate::store::StoreError> + Send + 'static,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<R, crate::store::StoreError>>, IndexError> {
+        self.submit_then(op, |result, failed| match failed {
+            Some(e) => Err(e.clone().into()),
+            None => result,
+        })
+    }
+
+    /// As [`Self::submit`]; `then` runs on the commit thread once the commit ended, with the
+    /// commit's error if it failed, before the writer is answered.
+    fn submit_then<R: Send + 'static, S: Send + 'static>(
+        &self,
+        op: impl FnOnce(&WriteTransaction) -> Result<R, crate::store::StoreError> + Send + 'static,
+        then: impl FnOnce(
+            Result<R, crate::store::StoreError>,
+            Option<&IndexError>,
+        ) -> Result<S, crate::store::StoreError>
+        + Send
+        + 'static,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<S, crate::store::StoreError>>, IndexError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let run: Op = Box::new(move |txn: &WriteTransaction| -> Finish {
             let result = op(txn);
             Box::new(move |failed: Option<&IndexError>| {
-                let _ = tx.send(match failed {
-                    Some(e) => Err(e.clone().into()),
-                    None => result,
-                });
+                let _ = tx.send(then(result, failed));
             })
         });
         let queue = self.queue.lock().map_err(|_| IndexError::Closed)?;
@@ -340,6 +357,43 @@ impl Index {
         op: impl FnOnce(&WriteTransaction) -> Result<R, crate::store::StoreError> + Send + 'static,
     ) -> Result<R, crate::store::StoreError> {
         self.submit(op)?.await.map_err(|_| IndexError::Closed)?
+    }
+
+    /// Runs a write that may raise an object-created event (see [`crate::events`]), on the
+    /// commit thread: the sink hears of the event just before the commit
+    /// ([`ObjectEvents::object_committing`](crate::events::ObjectEvents::object_committing)),
+    /// so it can ready the event's jobs while the commit is flushed, and gets it once the
+    /// commit is durable, before the writer is answered (or hears that it was abandoned).
+    /// Delivering it there rather than from the writer's task also saves the two thread
+    /// hand-offs that stood between an upload's commit and its jobs.
+    pub(crate) async fn write_raising<R: Send + 'static>(
+        &self,
+        events: Arc<dyn crate::events::ObjectEvents>,
+        op: impl FnOnce(&WriteTransaction) -> Result<(R, Option<ObjectCreated>), crate::store::StoreError>
+        + Send
+        + 'static,
+    ) -> Result<(R, Option<Raised>), crate::store::StoreError> {
+        let announce = events.clone();
+        let op = move |txn: &WriteTransaction| {
+            let (out, event) = op(txn)?;
+            if let Some(event) = &event {
+                crate::events::announce(&*announce, event);
+            }
+            Ok((out, event))
+        };
+        let rx = self.submit_then(op, move |result, failed| {
+            let (out, event) = result?;
+            match failed {
+                Some(e) => {
+                    if let Some(event) = &event {
+                        crate::events::abandon(&*events, event);
+                    }
+                    Err(e.clone().into())
+                }
+                None => Ok((out, event.map(|event| crate::events::deliver(&*events, event)))),
+            }
+        })?;
+        rx.await.map_err(|_| IndexError::Closed)?
     }
 
     /// As [`Self::write`], from a blocking thread.

@@ -11,7 +11,7 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::blobs::{Received, Wanted};
 use crate::conditions;
-use crate::events::ObjectCreated;
+use crate::events::Raised;
 use crate::index::{
     BUCKETS, Blob, BucketRecord, Checksums, CorsRule, Headers, ObjectRecord, PARTS, PartRecord, Segment,
     UPLOADS, UploadRecord, decode, encode, objects_table, objects_table_name,
@@ -393,7 +393,8 @@ async fn timed<F: std::future::Future>(future: F) -> (F::Output, std::time::Inst
 impl EmbeddedS3 {
     /// Runs a write that may have consequences (jobs): when the sink subscribes to it, `commit`
     /// records its event in the outbox with the object (see [`crate::events`]), and the event
-    /// is handed to the sink before the answer.
+    /// is handed to the sink on the commit thread, before the answer
+    /// ([`crate::index::Index::write_raising`]).
     async fn recorded<P, T, C, Fut>(
         &self,
         bucket: &str,
@@ -404,7 +405,7 @@ impl EmbeddedS3 {
     ) -> S3Result<T>
     where
         C: FnOnce(Option<EventDraft>, P) -> Fut,
-        Fut: std::future::Future<Output = S3Result<(T, Option<ObjectCreated>)>>,
+        Fut: std::future::Future<Output = S3Result<(T, Option<Raised>)>>,
     {
         let subscribers = self.0.events.subscribers(bucket, key);
         let draft = (!subscribers.is_empty()).then(|| EventDraft {
@@ -413,32 +414,19 @@ impl EmbeddedS3 {
         });
         let began = std::time::Instant::now();
         let (prepared, data_done) = timed(prepare).await;
-        let (out, event) = commit(draft, prepared?).await?;
-        let committed = std::time::Instant::now();
-        let Some(event) = event else {
+        let (out, raised) = commit(draft, prepared?).await?;
+        let Some(raised) = raised else {
             return Ok(out);
         };
-        // The write has succeeded whatever happens next: its event is durable in the outbox,
-        // and one the sink could not take now is delivered again later.
-        let events = self.0.events.clone();
-        let (id, b, k) = (event.id, event.bucket.clone(), event.key.clone());
-        match tokio::task::spawn_blocking(move || events.object_created(&event)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, event = id, bucket = %b, key = %k, "cannot record an upload's consequences now; its event stays queued")
-            }
-            Err(e) => tracing::error!(error = %e, event = id, "the event sink panicked"),
-        }
         // The stages of an upload that starts jobs, for `cloister-bench jobs --stages`.
-        let micros = |from: std::time::Instant, to: std::time::Instant| {
-            u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
-        };
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let answered = data_done.elapsed();
         tracing::debug!(
             target: "cloister::stages",
             bucket, key,
-            data_us = micros(began, data_done),
-            commit_us = micros(data_done, committed),
-            jobs_us = micros(committed, std::time::Instant::now()),
+            data_us = micros(data_done.saturating_duration_since(began)),
+            commit_us = micros(answered.saturating_sub(raised.delivery)),
+            jobs_us = micros(raised.delivery),
             "upload recorded"
         );
         Ok(out)
@@ -456,7 +444,7 @@ impl EmbeddedS3 {
         event: Option<EventDraft>,
         if_match: Option<ETagCondition>,
         if_none_match: Option<ETagCondition>,
-    ) -> S3Result<(ObjectRecord, Option<ObjectCreated>)> {
+    ) -> S3Result<(ObjectRecord, Option<Raised>)> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
         let committed = record.clone();
         let inline = received.inline.clone();
@@ -464,7 +452,7 @@ impl EmbeddedS3 {
         let result = self
             .0
             .index
-            .write(move |txn| {
+            .write_raising(self.0.events.clone(), move |txn| {
                 require_bucket(txn, &b)?;
                 let existing = current(txn, &b, &k)?;
                 conditions::check_write(existing.as_ref(), if_match.as_ref(), if_none_match.as_ref(), &k)?;
@@ -476,11 +464,11 @@ impl EmbeddedS3 {
                     crate::store::store_inline(txn, id, data)?;
                 }
                 install(txn, &b, &k, &committed)?;
-                Ok(event)
+                Ok(((), event))
             })
             .await;
         match result {
-            Ok(event) => Ok((record, event)),
+            Ok(((), raised)) => Ok((record, raised)),
             Err(e) => {
                 discard(&self.0, &received);
                 Err(e)
@@ -1766,7 +1754,7 @@ impl S3 for EmbeddedS3 {
                 move |event, ()| async move {
                     this.0
                         .index
-                        .write(move |txn| {
+                        .write_raising(this.0.events.clone(), move |txn| {
                             crate::multipart::complete(
                                 txn,
                                 &b,
