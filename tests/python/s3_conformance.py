@@ -1066,6 +1066,66 @@ def test_multipart_overwrite_does_not_serve_stale_checksum(s3, bucket):
     assert body == first + last
 
 
+@pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME"])
+def test_multipart_full_object_checksum_is_the_whole_objects_crc(s3, bucket, algorithm):
+    # What AWS CLI v2 and boto3 >= 1.36 send for multipart uploads: a CRC of the whole object,
+    # which the store combines from the parts' CRCs without reading them again.
+    first, last = two_part_body()
+    whole = checksum_b64(algorithm, first + last)
+    upload, parts = multipart(
+        s3, bucket, "k", [first, last], ChecksumAlgorithm=algorithm, ChecksumType="FULL_OBJECT"
+    )
+    wrong = checksum_b64(algorithm, first)
+    expect_error(
+        lambda: s3.complete_multipart_upload(
+            Bucket=bucket, Key="k", UploadId=upload, MultipartUpload={"Parts": parts},
+            ChecksumType="FULL_OBJECT", **{checksum_param(algorithm): wrong},
+        ),
+        400,
+        "BadDigest",
+        f"CompleteMultipartUpload with a wrong full-object {algorithm}",
+    )
+    # The refused completion changed nothing: the right one succeeds with the same parts.
+    done = s3.complete_multipart_upload(
+        Bucket=bucket, Key="k", UploadId=upload, MultipartUpload={"Parts": parts},
+        ChecksumType="FULL_OBJECT", **{checksum_param(algorithm): whole},
+    )
+    assert done.get(checksum_param(algorithm)) == whole, f"Complete answered {done.get(checksum_param(algorithm))!r}, expected {whole}"
+    assert done.get("ChecksumType") == "FULL_OBJECT", f"Complete's checksum type: {done.get('ChecksumType')!r}"
+    head = s3.head_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
+    assert head.get(checksum_param(algorithm)) == whole, f"HEAD checksum-mode: {head.get(checksum_param(algorithm))!r}"
+    assert head.get("ChecksumType") == "FULL_OBJECT", f"HEAD checksum type: {head.get('ChecksumType')!r}"
+    assert body_of(s3, bucket, "k") == first + last
+
+
+def test_multipart_checksum_types_follow_s3_rules(s3, bucket):
+    created = s3.create_multipart_upload(Bucket=bucket, Key="k", ChecksumAlgorithm="CRC64NVME")
+    assert created.get("ChecksumType") == "FULL_OBJECT", f"CRC64NVME's default type: {created.get('ChecksumType')!r}"
+    s3.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=created["UploadId"])
+    created = s3.create_multipart_upload(Bucket=bucket, Key="k", ChecksumAlgorithm="CRC32")
+    assert created.get("ChecksumType") == "COMPOSITE", f"CRC32's default type: {created.get('ChecksumType')!r}"
+    s3.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=created["UploadId"])
+    for algorithm, kind in [("CRC64NVME", "COMPOSITE"), ("SHA256", "FULL_OBJECT"), ("SHA1", "FULL_OBJECT")]:
+        expect_error(
+            lambda: s3.create_multipart_upload(Bucket=bucket, Key="k", ChecksumAlgorithm=algorithm, ChecksumType=kind),
+            400,
+            "InvalidRequest",
+            f"CreateMultipartUpload {algorithm} {kind}",
+        )
+    # A completion that claims a checksum the upload does not have is refused, not ignored.
+    first, last = two_part_body()
+    upload, parts = multipart(s3, bucket, "k", [first, last])
+    expect_error(
+        lambda: s3.complete_multipart_upload(
+            Bucket=bucket, Key="k", UploadId=upload, MultipartUpload={"Parts": parts},
+            ChecksumCRC64NVME=checksum_b64("CRC64NVME", first + last),
+        ),
+        400,
+        "InvalidRequest",
+        "CompleteMultipartUpload claiming a CRC64NVME the upload was not created with",
+    )
+
+
 def aws_chunked_put(bucket, key, data, content_encoding):
     """PutObject as boto3 >= 1.36 sends it over TLS: aws-chunked body, CRC32 in the trailer."""
     trailer = f"x-amz-checksum-crc32:{checksum_b64('CRC32', data)}"

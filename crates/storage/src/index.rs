@@ -234,6 +234,11 @@ pub(crate) struct UploadRecord {
     /// The checksum algorithm the client chose at creation (`CRC32`, …), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum_algorithm: Option<String>,
+    /// With an algorithm: `FULL_OBJECT` (the CRC of the whole object, combined from the parts'
+    /// CRCs) or `COMPOSITE` (the checksum of the parts' checksums, `-N`); uploads recorded
+    /// before this field are composite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
 }

@@ -1422,6 +1422,8 @@ impl S3 for EmbeddedS3 {
         if let Some(algorithm) = &input.checksum_algorithm {
             Wanted::default().add(algorithm.as_str())?;
         }
+        let checksum_type =
+            crate::multipart::checksum_type(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload = UploadRecord {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
@@ -1440,6 +1442,7 @@ impl S3 for EmbeddedS3 {
                 .checksum_algorithm
                 .as_ref()
                 .map(|a| a.as_str().to_ascii_uppercase()),
+            checksum_type: checksum_type.as_ref().map(|t| t.as_str().to_owned()),
             tags: parse_tagging(input.tagging.as_deref())?,
         };
         let upload_id = format!("{:032x}", crate::blobs::new_id());
@@ -1460,7 +1463,7 @@ impl S3 for EmbeddedS3 {
             key: Some(input.key),
             upload_id: Some(upload_id),
             checksum_algorithm: input.checksum_algorithm,
-            checksum_type: input.checksum_type,
+            checksum_type,
             ..Default::default()
         }))
     }
@@ -1481,10 +1484,11 @@ impl S3 for EmbeddedS3 {
             input.checksum_sha256,
             input.checksum_crc64nvme,
         );
-        let algorithm = input
-            .checksum_algorithm
-            .or_else(|| upload.checksum_algorithm.clone().map(ChecksumAlgorithm::from));
-        let wanted = wanted_for(algorithm.as_ref(), &given, &headers)?;
+        let mut wanted = wanted_for(input.checksum_algorithm.as_ref(), &given, &headers)?;
+        // The upload's own algorithm whatever the part's request names: completion needs it.
+        if let Some(algorithm) = &upload.checksum_algorithm {
+            wanted.add(algorithm)?;
+        }
         let body = input.body.unwrap_or_else(|| {
             StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>())
         });
@@ -1745,6 +1749,16 @@ impl S3 for EmbeddedS3 {
         let upload_id = input.upload_id.clone();
         let (b, k) = (bucket.clone(), key.clone());
         let (if_match, if_none_match) = (input.if_match, input.if_none_match);
+        let claimed = crate::multipart::Claimed {
+            checksums: checksums_given(
+                input.checksum_crc32,
+                input.checksum_crc32c,
+                input.checksum_sha1,
+                input.checksum_sha256,
+                input.checksum_crc64nvme,
+            ),
+            checksum_type: input.checksum_type,
+        };
         let record = self
             .recorded(
                 &bucket,
@@ -1761,6 +1775,7 @@ impl S3 for EmbeddedS3 {
                                 &k,
                                 &upload_id,
                                 &listed,
+                                &claimed,
                                 event.as_ref(),
                                 if_match,
                                 if_none_match,
