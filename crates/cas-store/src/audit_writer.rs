@@ -14,6 +14,10 @@
 //! into the next one. The committer stores entries signed ahead only if they still follow the
 //! log's head in its transaction (another writer, such as a session update, may have appended
 //! in between); otherwise it signs them afresh there, as a single thread would have.
+//!
+//! An append may also increment a counter up to a limit ([`AuditWriter::append_counted`]): the
+//! increment and the records commit together or not at all, and an append whose counter is at
+//! its limit writes nothing (its batch is then signed afresh in the transaction).
 
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -37,6 +41,15 @@ pub struct AuditRecord {
     pub detail: Value,
 }
 
+/// A counter an append increments in the append's transaction, unless it is at `max`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterStep {
+    /// The counter's name (stored in clear).
+    pub name: String,
+    /// The highest value the increment may reach.
+    pub max: u64,
+}
+
 /// Why records given to [`AuditWriter::append`] were not committed. Nothing of a failed
 /// append is in the log: its records roll back with the batch they were in.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,12 +62,19 @@ pub enum AuditWriteError {
     /// in the batch gets the same error.
     #[error(transparent)]
     Store(Arc<StoreError>),
+    /// The append's counter was already at its limit: nothing of the append was written.
+    #[error("counter at its limit ({value})")]
+    AtLimit {
+        /// The counter's value.
+        value: u64,
+    },
 }
 
 /// One caller's records and where its outcome goes.
 struct Append {
     records: Vec<AuditRecord>,
-    outcome: SyncSender<Result<(), AuditWriteError>>,
+    counter: Option<CounterStep>,
+    outcome: SyncSender<Result<Option<u64>, AuditWriteError>>,
 }
 
 /// Appends audit records to a vault by group commit (see the module documentation). The
@@ -78,9 +98,31 @@ impl AuditWriter {
     /// shared with concurrent appends; blocks until it is committed. Either all of them are in
     /// the log or none.
     pub fn append(&self, records: Vec<AuditRecord>) -> Result<(), AuditWriteError> {
+        self.send(records, None).map(|_| ())
+    }
+
+    /// Like [`AuditWriter::append`], and increments `counter` in the same transaction: the new
+    /// value, or [`AuditWriteError::AtLimit`] (and nothing written) when it is at its `max`.
+    pub fn append_counted(
+        &self,
+        records: Vec<AuditRecord>,
+        counter: CounterStep,
+    ) -> Result<u64, AuditWriteError> {
+        self.send(records, Some(counter))?.ok_or(AuditWriteError::Stopped)
+    }
+
+    fn send(
+        &self,
+        records: Vec<AuditRecord>,
+        counter: Option<CounterStep>,
+    ) -> Result<Option<u64>, AuditWriteError> {
         let (outcome, wait) = mpsc::sync_channel(1);
         self.queue
-            .send(Append { records, outcome })
+            .send(Append {
+                records,
+                counter,
+                outcome,
+            })
             .map_err(|_| AuditWriteError::Stopped)?;
         wait.recv().map_err(|_| AuditWriteError::Stopped)?
     }
@@ -185,31 +227,50 @@ fn commit_batches(vault: &Vault, pipeline: &Pipeline) {
         };
         let written = vault.write(|txn| {
             let mut as_signed = true;
+            let mut counted = Vec::new();
             for batch in &batches {
+                let first = counted.len();
+                for append in &batch.appends {
+                    counted.push(match &append.counter {
+                        None => Ok(None),
+                        Some(step) => match txn.counter_increment_up_to(&step.name, step.max)? {
+                            Some(value) => Ok(Some(value)),
+                            None => Err(txn.counter_get(&step.name)?),
+                        },
+                    });
+                }
+                let outcomes = counted.get(first..).unwrap_or_default();
                 let stored = match &batch.signed {
-                    Some(entries) => txn.audit_insert_signed(entries)?,
-                    None => false,
+                    Some(entries) if outcomes.iter().all(Result::is_ok) => {
+                        txn.audit_insert_signed(entries)?
+                    }
+                    _ => false,
                 };
                 if !stored {
                     as_signed = false;
-                    for record in batch.appends.iter().flat_map(|a| &a.records) {
-                        txn.audit_append(
-                            &record.kind,
-                            &record.actor,
-                            &record.subject,
-                            record.detail.clone(),
-                        )?;
+                    for (append, outcome) in batch.appends.iter().zip(outcomes) {
+                        if outcome.is_err() {
+                            continue;
+                        }
+                        for record in &append.records {
+                            txn.audit_append(
+                                &record.kind,
+                                &record.actor,
+                                &record.subject,
+                                record.detail.clone(),
+                            )?;
+                        }
                     }
                 }
             }
-            Ok((as_signed, txn.audit_head()?))
+            Ok((as_signed, txn.audit_head()?, counted))
         });
         // The signer's tail is right only if every batch went in as signed; otherwise start it
         // again from the committed head, if nothing was signed after the wrong one meanwhile
         // (such batches are signed afresh by the next commit, which then resets the tail).
         let (outcome, committed_head) = match written {
-            Ok((true, _)) => (Ok(()), None),
-            Ok((false, head)) => (Ok(()), Some(Some(head))),
+            Ok((true, _, counted)) => (Ok(counted), None),
+            Ok((false, head, counted)) => (Ok(counted), Some(Some(head))),
             Err(e) => (
                 Err(AuditWriteError::Store(Arc::new(e))),
                 Some(vault.audit_head().ok()),
@@ -225,8 +286,16 @@ fn commit_batches(vault: &Vault, pipeline: &Pipeline) {
                 state.tail = vault.audit_head().ok();
             }
         }
-        for append in batches.into_iter().flat_map(|b| b.appends) {
-            let _ = append.outcome.send(outcome.clone());
+        for (i, append) in batches.into_iter().flat_map(|b| b.appends).enumerate() {
+            let result = match &outcome {
+                Ok(counted) => match counted.get(i) {
+                    Some(Ok(value)) => Ok(*value),
+                    Some(Err(value)) => Err(AuditWriteError::AtLimit { value: *value }),
+                    None => Err(AuditWriteError::Stopped),
+                },
+                Err(e) => Err(e.clone()),
+            };
+            let _ = append.outcome.send(result);
         }
     }
 }
