@@ -17,7 +17,11 @@
 //!
 //! An append may also increment a counter up to a limit ([`AuditWriter::append_counted`]): the
 //! increment and the records commit together or not at all, and an append whose counter is at
-//! its limit writes nothing (its batch is then signed afresh in the transaction).
+//! its limit writes nothing (its batch is then signed afresh in the transaction). A commit that
+//! moved counters must reach the counter anchor before its callers are answered; a third
+//! thread, the *anchorer*, writes the anchor and answers, so the anchor's sync of one commit
+//! runs while the next commit syncs (and one anchor write serves every commit that finished
+//! while the previous one was written).
 
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -87,10 +91,13 @@ impl AuditWriter {
     /// Starts the writer threads for `vault`.
     pub fn start(vault: Arc<Vault>) -> Self {
         let (queue, appends) = mpsc::channel::<Append>();
+        let (anchoring, anchored) = mpsc::channel::<Committed>();
         let pipeline = Arc::new(Pipeline::default());
         let committer = (vault.clone(), pipeline.clone());
+        let anchorer = vault.clone();
         std::thread::spawn(move || sign_ahead(&vault, &appends, &pipeline));
-        std::thread::spawn(move || commit_batches(&committer.0, &committer.1));
+        std::thread::spawn(move || commit_batches(&committer.0, &committer.1, &anchoring));
+        std::thread::spawn(move || answer_once_anchored(&anchorer, &anchored));
         Self { queue }
     }
 
@@ -211,9 +218,43 @@ fn sign_ahead(vault: &Vault, appends: &Receiver<Append>, pipeline: &Pipeline) {
     pipeline.ready.notify_one();
 }
 
+/// The answers of one commit, waiting for its counter generation (if it moved counters) to
+/// reach the anchor.
+struct Committed {
+    generation: Option<u64>,
+    answers: Vec<(Outcome, Result<Option<u64>, AuditWriteError>)>,
+}
+
+type Outcome = SyncSender<Result<Option<u64>, AuditWriteError>>;
+
+/// The anchorer thread: brings the anchor up to the highest generation committed so far (one
+/// write for every commit waiting), then answers their callers; if the anchor cannot be
+/// written, they are answered with that failure (their commit stands, unseen by them).
+fn answer_once_anchored(vault: &Vault, committed: &Receiver<Committed>) {
+    while let Ok(first) = committed.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = committed.try_recv() {
+            waiting.push(more);
+        }
+        let failure = waiting
+            .iter()
+            .filter_map(|c| c.generation)
+            .max()
+            .and_then(|generation| vault.anchor_to(generation).err())
+            .map(|e| AuditWriteError::Store(Arc::new(e)));
+        for (to, result) in waiting.into_iter().flat_map(|c| c.answers) {
+            let result = match (&failure, result) {
+                (Some(e), Ok(_)) => Err(e.clone()),
+                (_, result) => result,
+            };
+            let _ = to.send(result);
+        }
+    }
+}
+
 /// The committer thread: commits every batch handed over since its last commit in one
-/// transaction and tells every caller the outcome.
-fn commit_batches(vault: &Vault, pipeline: &Pipeline) {
+/// transaction and hands the outcome of every caller to the anchorer.
+fn commit_batches(vault: &Vault, pipeline: &Pipeline, anchoring: &Sender<Committed>) {
     loop {
         let batches = {
             let mut state = pipeline.lock();
@@ -225,7 +266,7 @@ fn commit_batches(vault: &Vault, pipeline: &Pipeline) {
             }
             std::mem::take(&mut state.batches)
         };
-        let written = vault.write(|txn| {
+        let written = vault.write_unanchored(|txn| {
             let mut as_signed = true;
             let mut counted = Vec::new();
             for batch in &batches {
@@ -268,12 +309,13 @@ fn commit_batches(vault: &Vault, pipeline: &Pipeline) {
         // The signer's tail is right only if every batch went in as signed; otherwise start it
         // again from the committed head, if nothing was signed after the wrong one meanwhile
         // (such batches are signed afresh by the next commit, which then resets the tail).
-        let (outcome, committed_head) = match written {
-            Ok((true, _, counted)) => (Ok(counted), None),
-            Ok((false, head, counted)) => (Ok(counted), Some(Some(head))),
+        let (outcome, committed_head, generation) = match written {
+            Ok(((true, _, counted), generation)) => (Ok(counted), None, generation),
+            Ok(((false, head, counted), generation)) => (Ok(counted), Some(Some(head)), generation),
             Err(e) => (
                 Err(AuditWriteError::Store(Arc::new(e))),
                 Some(vault.audit_head().ok()),
+                None,
             ),
         };
         {
@@ -286,16 +328,28 @@ fn commit_batches(vault: &Vault, pipeline: &Pipeline) {
                 state.tail = vault.audit_head().ok();
             }
         }
-        for (i, append) in batches.into_iter().flat_map(|b| b.appends).enumerate() {
-            let result = match &outcome {
-                Ok(counted) => match counted.get(i) {
-                    Some(Ok(value)) => Ok(*value),
-                    Some(Err(value)) => Err(AuditWriteError::AtLimit { value: *value }),
-                    None => Err(AuditWriteError::Stopped),
-                },
-                Err(e) => Err(e.clone()),
-            };
-            let _ = append.outcome.send(result);
+        let answers = batches
+            .into_iter()
+            .flat_map(|b| b.appends)
+            .enumerate()
+            .map(|(i, append)| {
+                let result = match &outcome {
+                    Ok(counted) => match counted.get(i) {
+                        Some(Ok(value)) => Ok(*value),
+                        Some(Err(value)) => Err(AuditWriteError::AtLimit { value: *value }),
+                        None => Err(AuditWriteError::Stopped),
+                    },
+                    Err(e) => Err(e.clone()),
+                };
+                (append.outcome, result)
+            })
+            .collect();
+        if let Err(mpsc::SendError(unsent)) = anchoring.send(Committed { generation, answers }) {
+            // The anchorer is gone (it ends only if it panicked): nobody is told of a commit
+            // whose anchor was not written.
+            for (to, _) in unsent.answers {
+                let _ = to.send(Err(AuditWriteError::Stopped));
+            }
         }
     }
 }

@@ -100,6 +100,21 @@ impl Vault {
         &self,
         f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        let (r, generation) = self.write_unanchored(f)?;
+        if let Some(generation) = generation {
+            // Before anyone is told: a value handed out is never above the anchor.
+            self.anchor_to(generation)?;
+        }
+        Ok(r)
+    }
+
+    /// [`Vault::write`] without the anchor write: also returns the counter generation the
+    /// transaction committed, if it moved counters, which the caller must pass to
+    /// [`Vault::anchor_to`] before telling anyone of the transaction.
+    pub(crate) fn write_unanchored<R>(
+        &self,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R, StoreError>,
+    ) -> Result<(R, Option<u64>), StoreError> {
         let keys = self.unsealed_keys()?;
         let txn = begin_durable(&self.db)?;
         let mut writes = WriteTxn {
@@ -119,11 +134,7 @@ impl Vault {
         match result {
             Ok((r, generation)) => {
                 txn.commit()?;
-                if let Some(generation) = generation {
-                    // Before anyone is told: a value handed out is never above the anchor.
-                    self.anchor.advance(&keys, &self.identity_public, generation)?;
-                }
-                Ok(r)
+                Ok((r, generation))
             }
             Err(e) => {
                 if let Err(abort) = txn.abort() {
@@ -132,6 +143,12 @@ impl Vault {
                 Err(e)
             }
         }
+    }
+
+    /// Writes `generation` to the counter anchor (durably) unless it holds as much already.
+    pub(crate) fn anchor_to(&self, generation: u64) -> Result<(), StoreError> {
+        let keys = self.unsealed_keys()?;
+        self.anchor.advance(&keys, &self.identity_public, generation)
     }
 
     /// Increments the named monotonic counter durably and returns its new value (the first
