@@ -13,8 +13,9 @@
 //!   busy (no coordinated omission). The target "p99 < 10 ms at 2,000/s" is judged here.
 //!
 //! The measurement runs in rounds; each round runs both loads (and, with `--flood`, both again
-//! under a flood), a few sequential secret reads, and DCAP quote verifications in this
-//! process. The table prints each figure's median over the rounds with their range, and
+//! under a flood), durable counter increments by an attested workload (as many clients as the
+//! closed loop, then one alone), a few sequential secret reads, and DCAP quote verifications in
+//! this process. The table prints each figure's median over the rounds with their range, and
 //! `--json` every round's value, in the shape `compare` reads.
 
 use std::path::Path;
@@ -28,7 +29,7 @@ use cloister_attestation::{
     DcapCollateral, DcapVerifier, Endorsements, EvidenceVerifier, SimPlatform, SimSource,
 };
 use cloister_cas_client::client::{CasClient, ClientError};
-use cloister_cas_client::protocol::{AttestRequest, InitData};
+use cloister_cas_client::protocol::{AttestRequest, CounterIncrement, InitData};
 use cloister_cas_client::sign::ClientIdentity;
 use cloister_cas_store::Vault;
 use serde_json::json;
@@ -74,6 +75,10 @@ pub struct CasArgs {
     /// Sequential secret reads, per round.
     #[arg(long, default_value_t = 200)]
     pub reads: usize,
+    /// Counter increments per round by `--clients` clients at once, and a tenth of them by
+    /// one client alone (each answered once committed and anchored).
+    #[arg(long, default_value_t = 2000)]
+    pub increments: usize,
     /// Run both loads a second time under a flood (clients hammering the nonce endpoint and
     /// sending junk attestations) and show both side by side.
     #[arg(long)]
@@ -103,6 +108,7 @@ impl CasArgs {
             (self.connections, "--connections"),
             (self.dcap, "--dcap"),
             (self.reads, "--reads"),
+            (self.increments, "--increments"),
         ])?;
         anyhow::ensure!(
             self.rate.is_finite() && self.rate > 0.0,
@@ -159,6 +165,22 @@ impl Attester {
             .await
             .map(|_| ())
     }
+
+    /// One piece of a closed loop's work.
+    async fn run(&self, work: &Work) -> Result<(), ClientError> {
+        match work {
+            Work::Attest => self.attest().await,
+            Work::Increment(increment) => self.client.increment_counter(increment).await.map(|_| ()),
+        }
+    }
+}
+
+/// What a closed loop's clients do back to back.
+#[derive(Clone)]
+enum Work {
+    Attest,
+    /// A counter increment, with the grant an attestation released.
+    Increment(Arc<CounterIncrement>),
 }
 
 /// Latencies of one load, sorted, and the rate it ran at.
@@ -173,18 +195,18 @@ impl LoadRun {
     }
 }
 
-/// The closed loop: `clients` clients attest back to back until `count` are done.
-async fn closed_loop(attesters: &[Arc<Attester>], count: usize) -> anyhow::Result<LoadRun> {
+/// The closed loop: `clients` clients do `work` back to back until `count` are done.
+async fn closed_loop(attesters: &[Arc<Attester>], count: usize, work: &Work) -> anyhow::Result<LoadRun> {
     let per_client = count.div_ceil(attesters.len().max(1));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for attester in attesters {
-        let attester = attester.clone();
+        let (attester, work) = (attester.clone(), work.clone());
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::with_capacity(per_client);
             for _ in 0..per_client {
                 let t = Instant::now();
-                attester.attest().await?;
+                attester.run(&work).await?;
                 samples.push(t.elapsed());
             }
             Ok::<_, ClientError>(samples)
@@ -393,6 +415,8 @@ struct Bench {
     closed: Vec<Arc<Attester>>,
     pool: Arc<Pool>,
     owner: CasClient,
+    /// An increment of the session's counter, with the grant of an attestation.
+    increment: Arc<CounterIncrement>,
     dcap: [(&'static str, Arc<DcapVerifier>); 2],
     endorsements: Arc<Endorsements>,
 }
@@ -446,7 +470,7 @@ async fn measure_round(
     let flood = format!("flood {}+{}", args.flood_clients, args.junk_clients);
     let open_label = format!("open loop at {:.0}/s", args.rate);
     let bar = spinner(json, &label(&closed_label));
-    let closed = closed_loop(&bench.closed, args.attestations).await?;
+    let closed = closed_loop(&bench.closed, args.attestations, &Work::Attest).await?;
     bar.finish_and_clear();
     record_load(metrics, "closed", &closed_label, &closed);
 
@@ -463,7 +487,7 @@ async fn measure_round(
         let before = counts.snapshot();
         let started = Instant::now();
         let loads = async {
-            let closed = closed_loop(&bench.closed, args.attestations).await?;
+            let closed = closed_loop(&bench.closed, args.attestations, &Work::Attest).await?;
             let open = open_loop(&bench.pool, args.rate, args.attestations).await?;
             Ok::<_, anyhow::Error>((closed, open))
         }
@@ -500,6 +524,37 @@ async fn measure_round(
             "  flood requests that failed otherwise",
             "errors",
             (after[2] - before[2]) as f64,
+        );
+    }
+
+    // Each increment is committed with its audit entry (group-committed like attestations) and
+    // the counter anchor written before the answer.
+    let increment = Work::Increment(bench.increment.clone());
+    for (prefix, attesters, count) in [
+        ("counter", &bench.closed[..], args.increments),
+        ("counter_one", &bench.closed[..1], args.increments.div_ceil(10)),
+    ] {
+        let what = format!("counter increments, {} client(s)", attesters.len());
+        let bar = spinner(json, &label(&what));
+        let run = closed_loop(attesters, count, &increment).await?;
+        bar.finish_and_clear();
+        metrics.record(
+            format!("{prefix}_per_s"),
+            format!("{what}: rate"),
+            "increments/s",
+            run.per_second,
+        );
+        metrics.record(
+            format!("{prefix}_p50_ms"),
+            format!("{what}: p50"),
+            "ms",
+            run.p(50.0),
+        );
+        metrics.record(
+            format!("{prefix}_p99_ms"),
+            format!("{what}: p99"),
+            "ms",
+            run.p(99.0),
         );
     }
 
@@ -564,7 +619,7 @@ async fn prepare(
         )
     };
     let session = format!(
-        "name: bench/session\nsecurity:\n  attestation:\n    tolerate: [simulation]\nservices:\n{}{}secrets:\n- name: key\n  kind: binary\n  size: 32\n",
+        "name: bench/session\nsecurity:\n  attestation:\n    tolerate: [simulation]\nservices:\n{}{}secrets:\n- name: key\n  kind: binary\n  size: 32\ncounters:\n- name: hits\n",
         service(CLOSED_SERVICE),
         service(OPEN_SERVICE),
     );
@@ -581,8 +636,25 @@ async fn prepare(
     let pooled = (0..args.connections)
         .map(|_| setup.attester(OPEN_SERVICE).map(Arc::new))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let grant = match closed.first() {
+        Some(attester) => {
+            attester
+                .client
+                .attest(&attester.init, &attester.source, |_| {})
+                .await?
+                .volume_grant
+        }
+        None => anyhow::bail!("no client"),
+    };
+    let increment = Arc::new(CounterIncrement {
+        session: "bench/session".into(),
+        service: CLOSED_SERVICE.into(),
+        counter: "hits".into(),
+        grant,
+    });
     let collateral = DcapCollateral::from_json(SGX_COLLATERAL).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Bench {
+        increment,
         setup,
         closed,
         pool: Arc::new(Pool::new(pooled)),
@@ -598,7 +670,11 @@ async fn prepare(
 /// Refused attestations and the audit entries that record them, read from the stopped CAS's
 /// vault (the last summary is written at shutdown).
 fn refusal_audit(data_dir: &Path) -> anyhow::Result<(u64, usize)> {
-    let vault = Vault::open(data_dir, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let options = cloister_cas_store::VaultOptions {
+        counter_anchor: Some(cloister_cas_store::anchor_beside(data_dir)),
+        accept_rollback: false,
+    };
+    let vault = Vault::open_with(data_dir, None, options).map_err(|e| anyhow::anyhow!("{e}"))?;
     let audit = vault
         .audit_entries(0, usize::MAX)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -710,7 +786,7 @@ pub async fn run(args: CasArgs, json: bool) -> anyhow::Result<()> {
     let bench = prepare(&args, &cas, admin, dir.path()).await?;
     // Every connection opened and the CAS's caches warm before the first round counts.
     let bar = spinner(json, "warming up");
-    closed_loop(&bench.closed, args.clients * 8).await?;
+    closed_loop(&bench.closed, args.clients * 8, &Work::Attest).await?;
     // At once, so that each of the open loop's connections is opened.
     futures::future::try_join_all((0..args.connections).map(|_| bench.pool.attest())).await?;
     bar.finish_and_clear();
@@ -740,7 +816,7 @@ pub async fn run(args: CasArgs, json: bool) -> anyhow::Result<()> {
             "rounds": args.rounds,
             "parameters": {"attestations": args.attestations, "clients": args.clients,
                 "rate": args.rate, "connections": args.connections, "dcap": args.dcap,
-                "reads": args.reads, "stages": args.stages, "flood": args.flood.then_some(json!({
+                "reads": args.reads, "increments": args.increments, "stages": args.stages, "flood": args.flood.then_some(json!({
                     "nonce_clients": args.flood_clients, "junk_clients": args.junk_clients}))},
             "refusal_audit": {"refusals": refusals, "entries": refusal_entries},
             "targets": Target::to_json(&targets),

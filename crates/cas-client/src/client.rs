@@ -320,6 +320,31 @@ impl CasClient {
         answer(self.send(Method::POST, "/v1/volumes/commit", body, false).await?).await
     }
 
+    /// Increments one of the session's counters, as the attested workload holding `grant`;
+    /// answers the new value (`403` at the counter's `max`, or when the grant does not hold).
+    pub async fn increment_counter(&self, increment: &CounterIncrement) -> Result<CounterValue, ClientError> {
+        let body = serde_json::to_vec(increment).map_err(|e| ClientError::Local(e.to_string()))?;
+        answer(
+            self.send(Method::POST, "/v1/counters/increment", body, false)
+                .await?,
+        )
+        .await
+    }
+
+    /// The session's counters and runs (signed: for the session's readers).
+    pub async fn counters(&self, session: &str) -> Result<CounterValues, ClientError> {
+        answer(
+            self.send(
+                Method::GET,
+                &format!("/v1/counters?session={}", query_escape(session)),
+                Vec::new(),
+                true,
+            )
+            .await?,
+        )
+        .await
+    }
+
     /// Sends a raw attestation request (for tests of refusals: replays, wrong bindings).
     pub async fn attest_raw(&self, request: &AttestRequest) -> Result<AttestResponse, ClientError> {
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Local(e.to_string()))?;

@@ -186,6 +186,45 @@ pub struct VolumeCommit {
     pub tag: String,
 }
 
+/// `POST /v1/counters/increment`: an attested workload increments one of its session's
+/// counters (see `cloister_cas_session::CounterSpec`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterIncrement {
+    /// Session name.
+    pub session: String,
+    /// The attested service within the session.
+    pub service: String,
+    /// The counter's name in the session.
+    pub counter: String,
+    /// The grant released with the configuration (`volume_grant`): it authorises the attested
+    /// workload of this session version's service.
+    pub grant: String,
+}
+
+/// A counter's value, as an increment answers it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CounterValue {
+    /// The counter's name in the session.
+    pub counter: String,
+    /// Its value after the increment (the first increment gives 1).
+    pub value: u64,
+}
+
+/// `GET /v1/counters?session=NAME`: a session's counters and its services' runs, for the
+/// session's readers. Names never incremented are absent (their value is 0).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CounterValues {
+    /// Session name.
+    pub session: String,
+    /// Explicit counters by name.
+    pub counters: BTreeMap<String, u64>,
+    /// Attestations (runs) so far, by service.
+    pub runs: BTreeMap<String, u64>,
+}
+
 /// Whether `name` is a valid volume name (`[a-z0-9][a-z0-9-_.]*`, at most 64 characters).
 pub fn valid_volume_name(name: &str) -> bool {
     let bytes = name.as_bytes();

@@ -109,7 +109,8 @@
 //!   `command` string as the list of words it splits into, binary values in padded
 //!   standard base64, `rsa` as `rsa-3072`;
 //! * orders what has no meaningful order: services and secrets by name, files by path,
-//!   principals, export lists and a file's `services` sorted and de-duplicated, `tolerate`
+//!   counters by name, principals, export lists, a file's and a counter's `services` sorted
+//!   and de-duplicated, `tolerate`
 //!   in [`cloister_attestation::Tolerance`] order. An export entry is `"*"` or the object
 //!   `{"owner": KEY, "session": NAME}` with the key in the principal form above; `"*"` sorts
 //!   first, then entries by session name and owner key. The order of attestation alternatives
@@ -120,7 +121,8 @@
 //! sorted by their UTF-8 bytes, strings escaped as `serde_json` escapes them (`"`, `\` and
 //! control characters only; other characters as UTF-8), integers in decimal. Absent
 //! optional values (`predecessor`, `pwd`, unused alternative or secret fields, such as an
-//! `snp` alternative's `policy`, `vmpl` and `host_data` when not pinned) are omitted;
+//! `snp` alternative's `policy`, `vmpl` and `host_data` when not pinned, a service's
+//! `max_runs`, a counter's `max`) and an empty `counters` list are omitted;
 //! every other field, including empty lists and `false`, is present. [`Session::hash`] is
 //! the lowercase hex SHA-256 of these bytes; it covers `predecessor`, so the versions of a
 //! session form a hash chain.
@@ -132,6 +134,15 @@
 //! keeps its value while its name, kind and generation parameters (`size`, `algorithm`) are
 //! unchanged; certificates keep their key but are re-issued when their subject, validity,
 //! issuer (or the issuer's certificate) change or when they have expired.
+//!
+//! ## Counters
+//!
+//! A service's `max_runs: N` caps how many times it may obtain its configuration: the CAS
+//! counts every attestation of the service (a run) in the transaction that releases it and
+//! refuses the one after the Nth. A session's `counters` ([`CounterSpec`]) are incremented by
+//! its attested services. Both are kept per session name, so an update keeps their values
+//! (raising `max_runs` allows the difference); the CAS keeps them monotonic, even against a
+//! restored older copy of its store.
 //!
 //! ## Attestation mode `none`
 //!
@@ -156,9 +167,9 @@ pub use access::{AccessPolicy, ClientKey, Principal};
 pub use error::SessionError;
 pub use matching::match_evidence;
 pub use model::{
-    AttestationAlternative, AttestationMode, AttestationPolicy, ExportTarget, FileSpec, ImportSpec,
-    KeyAlgorithm, Lifetime, SESSION_VERSION, SecretKind, SecretSpec, Security, ServiceSpec, Session,
-    SnpTcbFloor,
+    AttestationAlternative, AttestationMode, AttestationPolicy, CounterSpec, ExportTarget, FileSpec,
+    ImportSpec, KeyAlgorithm, Lifetime, SESSION_VERSION, SecretKind, SecretSpec, Security, ServiceSpec,
+    Session, SnpTcbFloor,
 };
 pub use render::{RenderedFile, ServiceConfig, render_service};
 pub use secrets::{

@@ -43,6 +43,42 @@ pub struct Session {
     /// Files injected into services.
     #[serde(default)]
     pub files: Vec<FileSpec>,
+    /// Monotonic counters that attested services increment (see [`CounterSpec`]). Left out of
+    /// the canonical form when empty, so sessions without counters keep their hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counters: Vec<CounterSpec>,
+}
+
+/// A monotonic counter of a session, kept by the CAS: an attested workload of one of
+/// `services` increments it (`POST /v1/counters/increment` with the grant its attestation
+/// released) and gets the new value; readers of the session read it. The value belongs to the
+/// session's name and the counter's name, so it survives session updates; it never decreases,
+/// and `max` caps it.
+///
+/// ```yaml
+/// counters:
+/// - name: predictions
+///   services: [inference]
+///   max: 100000
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterSpec {
+    /// `[a-z0-9][a-z0-9-_.]*`, at most 64 characters.
+    pub name: String,
+    /// The services that may increment it; empty (the default) means every service.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// The highest value increments may reach (at least 1); unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
+}
+
+impl CounterSpec {
+    /// Whether `service` may increment this counter.
+    pub fn admits(&self, service: &str) -> bool {
+        self.services.is_empty() || self.services.iter().any(|s| s == service)
+    }
 }
 
 fn default_version() -> String {
@@ -108,6 +144,12 @@ pub struct ServiceSpec {
     /// Accepted evidence: alternatives ORed, fields within one alternative ANDed.
     #[serde(default)]
     pub attestation: Vec<AttestationAlternative>,
+    /// How many times the service may obtain its configuration, over the life of the session
+    /// name (licence limits): each attestation counts one run, in the transaction that
+    /// releases it, and attestations beyond the limit are refused. Runs are counted whether or
+    /// not a limit is set. Left out of the canonical form when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runs: Option<u64>,
 }
 
 /// One acceptable identity of a service. Which fields apply depends on `tee`:

@@ -15,8 +15,8 @@ use cloister_attestation::{Tee, Tolerance};
 use crate::access::Principal;
 use crate::error::SessionError;
 use crate::model::{
-    AttestationAlternative, AttestationMode, ExportTarget, FileSpec, KeyAlgorithm, Lifetime, SESSION_VERSION,
-    SecretKind, SecretSpec, ServiceSpec, Session, SnpTcbFloor,
+    AttestationAlternative, AttestationMode, CounterSpec, ExportTarget, FileSpec, KeyAlgorithm, Lifetime,
+    SESSION_VERSION, SecretKind, SecretSpec, ServiceSpec, Session, SnpTcbFloor,
 };
 use crate::placeholder::{self, Piece};
 
@@ -222,6 +222,17 @@ pub(crate) fn validate(s: &Session) -> Result<(), SessionError> {
         validate_service(s, &ctx, i, svc)?;
     }
 
+    let mut counter_names = BTreeSet::new();
+    for (i, counter) in s.counters.iter().enumerate() {
+        if !counter_names.insert(counter.name.as_str()) {
+            return Err(invalid(
+                format!("counters[{i}].name"),
+                format!("duplicate counter name '{}'", counter.name),
+            ));
+        }
+        validate_counter(&service_names, i, counter)?;
+    }
+
     let mut paths = BTreeSet::new();
     for (i, file) in s.files.iter().enumerate() {
         if !paths.insert(file.path.as_str()) {
@@ -231,6 +242,31 @@ pub(crate) fn validate(s: &Session) -> Result<(), SessionError> {
             ));
         }
         validate_file(&ctx, &service_names, i, file)?;
+    }
+    Ok(())
+}
+
+fn validate_counter(services: &BTreeSet<&str>, i: usize, counter: &CounterSpec) -> Result<(), SessionError> {
+    let f = |field: &str| format!("counters[{i}].{field}");
+    if !is_service_name(&counter.name) {
+        return Err(invalid(
+            f("name"),
+            format!(
+                "invalid counter name '{}' ([a-z0-9][a-z0-9-_.]*, at most {MAX_SERVICE_NAME} characters)",
+                counter.name
+            ),
+        ));
+    }
+    for (j, svc) in counter.services.iter().enumerate() {
+        if !services.contains(svc.as_str()) {
+            return Err(invalid(
+                f(&format!("services[{j}]")),
+                format!("unknown service '{svc}'"),
+            ));
+        }
+    }
+    if counter.max == Some(0) {
+        return Err(invalid(f("max"), "must be at least 1"));
     }
     Ok(())
 }
@@ -419,6 +455,12 @@ fn validate_service(s: &Session, ctx: &Ctx<'_>, i: usize, svc: &ServiceSpec) -> 
     }
     for (j, alt) in svc.attestation.iter().enumerate() {
         validate_alternative(&f(&format!("attestation[{j}]")), alt, &att.tolerate)?;
+    }
+    if svc.max_runs == Some(0) {
+        return Err(invalid(
+            f("max_runs"),
+            "must be at least 1 (a service that may never run needs no entry)",
+        ));
     }
     Ok(())
 }
@@ -636,6 +678,12 @@ pub(crate) fn normalize(s: &mut Session) {
     s.secrets.sort_by(|a, b| a.name.cmp(&b.name));
     for spec in &mut s.secrets {
         normalize_secret(spec);
+    }
+
+    s.counters.sort_by(|a, b| a.name.cmp(&b.name));
+    for counter in &mut s.counters {
+        counter.services.sort();
+        counter.services.dedup();
     }
 
     s.files.sort_by(|a, b| a.path.cmp(&b.path));

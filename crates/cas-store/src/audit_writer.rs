@@ -14,6 +14,14 @@
 //! into the next one. The committer stores entries signed ahead only if they still follow the
 //! log's head in its transaction (another writer, such as a session update, may have appended
 //! in between); otherwise it signs them afresh there, as a single thread would have.
+//!
+//! An append may also increment a counter up to a limit ([`AuditWriter::append_counted`]): the
+//! increment and the records commit together or not at all, and an append whose counter is at
+//! its limit writes nothing (its batch is then signed afresh in the transaction). A commit that
+//! moved counters must reach the counter anchor before its callers are answered; a third
+//! thread, the *anchorer*, writes the anchor and answers, so the anchor's sync of one commit
+//! runs while the next commit syncs (and one anchor write serves every commit that finished
+//! while the previous one was written).
 
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -37,6 +45,15 @@ pub struct AuditRecord {
     pub detail: Value,
 }
 
+/// A counter an append increments in the append's transaction, unless it is at `max`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterStep {
+    /// The counter's name (stored in clear).
+    pub name: String,
+    /// The highest value the increment may reach.
+    pub max: u64,
+}
+
 /// Why records given to [`AuditWriter::append`] were not committed. Nothing of a failed
 /// append is in the log: its records roll back with the batch they were in.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,12 +66,19 @@ pub enum AuditWriteError {
     /// in the batch gets the same error.
     #[error(transparent)]
     Store(Arc<StoreError>),
+    /// The append's counter was already at its limit: nothing of the append was written.
+    #[error("counter at its limit ({value})")]
+    AtLimit {
+        /// The counter's value.
+        value: u64,
+    },
 }
 
 /// One caller's records and where its outcome goes.
 struct Append {
     records: Vec<AuditRecord>,
-    outcome: SyncSender<Result<(), AuditWriteError>>,
+    counter: Option<CounterStep>,
+    outcome: SyncSender<Result<Option<u64>, AuditWriteError>>,
 }
 
 /// Appends audit records to a vault by group commit (see the module documentation). The
@@ -67,10 +91,13 @@ impl AuditWriter {
     /// Starts the writer threads for `vault`.
     pub fn start(vault: Arc<Vault>) -> Self {
         let (queue, appends) = mpsc::channel::<Append>();
+        let (anchoring, anchored) = mpsc::channel::<Committed>();
         let pipeline = Arc::new(Pipeline::default());
         let committer = (vault.clone(), pipeline.clone());
+        let anchorer = vault.clone();
         std::thread::spawn(move || sign_ahead(&vault, &appends, &pipeline));
-        std::thread::spawn(move || commit_batches(&committer.0, &committer.1));
+        std::thread::spawn(move || commit_batches(&committer.0, &committer.1, &anchoring));
+        std::thread::spawn(move || answer_once_anchored(&anchorer, &anchored));
         Self { queue }
     }
 
@@ -78,9 +105,31 @@ impl AuditWriter {
     /// shared with concurrent appends; blocks until it is committed. Either all of them are in
     /// the log or none.
     pub fn append(&self, records: Vec<AuditRecord>) -> Result<(), AuditWriteError> {
+        self.send(records, None).map(|_| ())
+    }
+
+    /// Like [`AuditWriter::append`], and increments `counter` in the same transaction: the new
+    /// value, or [`AuditWriteError::AtLimit`] (and nothing written) when it is at its `max`.
+    pub fn append_counted(
+        &self,
+        records: Vec<AuditRecord>,
+        counter: CounterStep,
+    ) -> Result<u64, AuditWriteError> {
+        self.send(records, Some(counter))?.ok_or(AuditWriteError::Stopped)
+    }
+
+    fn send(
+        &self,
+        records: Vec<AuditRecord>,
+        counter: Option<CounterStep>,
+    ) -> Result<Option<u64>, AuditWriteError> {
         let (outcome, wait) = mpsc::sync_channel(1);
         self.queue
-            .send(Append { records, outcome })
+            .send(Append {
+                records,
+                counter,
+                outcome,
+            })
             .map_err(|_| AuditWriteError::Stopped)?;
         wait.recv().map_err(|_| AuditWriteError::Stopped)?
     }
@@ -169,9 +218,43 @@ fn sign_ahead(vault: &Vault, appends: &Receiver<Append>, pipeline: &Pipeline) {
     pipeline.ready.notify_one();
 }
 
+/// The answers of one commit, waiting for its counter generation (if it moved counters) to
+/// reach the anchor.
+struct Committed {
+    generation: Option<u64>,
+    answers: Vec<(Outcome, Result<Option<u64>, AuditWriteError>)>,
+}
+
+type Outcome = SyncSender<Result<Option<u64>, AuditWriteError>>;
+
+/// The anchorer thread: brings the anchor up to the highest generation committed so far (one
+/// write for every commit waiting), then answers their callers; if the anchor cannot be
+/// written, they are answered with that failure (their commit stands, unseen by them).
+fn answer_once_anchored(vault: &Vault, committed: &Receiver<Committed>) {
+    while let Ok(first) = committed.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = committed.try_recv() {
+            waiting.push(more);
+        }
+        let failure = waiting
+            .iter()
+            .filter_map(|c| c.generation)
+            .max()
+            .and_then(|generation| vault.anchor_to(generation).err())
+            .map(|e| AuditWriteError::Store(Arc::new(e)));
+        for (to, result) in waiting.into_iter().flat_map(|c| c.answers) {
+            let result = match (&failure, result) {
+                (Some(e), Ok(_)) => Err(e.clone()),
+                (_, result) => result,
+            };
+            let _ = to.send(result);
+        }
+    }
+}
+
 /// The committer thread: commits every batch handed over since its last commit in one
-/// transaction and tells every caller the outcome.
-fn commit_batches(vault: &Vault, pipeline: &Pipeline) {
+/// transaction and hands the outcome of every caller to the anchorer.
+fn commit_batches(vault: &Vault, pipeline: &Pipeline, anchoring: &Sender<Committed>) {
     loop {
         let batches = {
             let mut state = pipeline.lock();
@@ -183,36 +266,56 @@ fn commit_batches(vault: &Vault, pipeline: &Pipeline) {
             }
             std::mem::take(&mut state.batches)
         };
-        let written = vault.write(|txn| {
+        let written = vault.write_unanchored(|txn| {
             let mut as_signed = true;
+            let mut counted = Vec::new();
             for batch in &batches {
+                let first = counted.len();
+                for append in &batch.appends {
+                    counted.push(match &append.counter {
+                        None => Ok(None),
+                        Some(step) => match txn.counter_increment_up_to(&step.name, step.max)? {
+                            Some(value) => Ok(Some(value)),
+                            None => Err(txn.counter_get(&step.name)?),
+                        },
+                    });
+                }
+                let outcomes = counted.get(first..).unwrap_or_default();
                 let stored = match &batch.signed {
-                    Some(entries) => txn.audit_insert_signed(entries)?,
-                    None => false,
+                    Some(entries) if outcomes.iter().all(Result::is_ok) => {
+                        txn.audit_insert_signed(entries)?
+                    }
+                    _ => false,
                 };
                 if !stored {
                     as_signed = false;
-                    for record in batch.appends.iter().flat_map(|a| &a.records) {
-                        txn.audit_append(
-                            &record.kind,
-                            &record.actor,
-                            &record.subject,
-                            record.detail.clone(),
-                        )?;
+                    for (append, outcome) in batch.appends.iter().zip(outcomes) {
+                        if outcome.is_err() {
+                            continue;
+                        }
+                        for record in &append.records {
+                            txn.audit_append(
+                                &record.kind,
+                                &record.actor,
+                                &record.subject,
+                                record.detail.clone(),
+                            )?;
+                        }
                     }
                 }
             }
-            Ok((as_signed, txn.audit_head()?))
+            Ok((as_signed, txn.audit_head()?, counted))
         });
         // The signer's tail is right only if every batch went in as signed; otherwise start it
         // again from the committed head, if nothing was signed after the wrong one meanwhile
         // (such batches are signed afresh by the next commit, which then resets the tail).
-        let (outcome, committed_head) = match written {
-            Ok((true, _)) => (Ok(()), None),
-            Ok((false, head)) => (Ok(()), Some(Some(head))),
+        let (outcome, committed_head, generation) = match written {
+            Ok(((true, _, counted), generation)) => (Ok(counted), None, generation),
+            Ok(((false, head, counted), generation)) => (Ok(counted), Some(Some(head)), generation),
             Err(e) => (
                 Err(AuditWriteError::Store(Arc::new(e))),
                 Some(vault.audit_head().ok()),
+                None,
             ),
         };
         {
@@ -225,8 +328,28 @@ fn commit_batches(vault: &Vault, pipeline: &Pipeline) {
                 state.tail = vault.audit_head().ok();
             }
         }
-        for append in batches.into_iter().flat_map(|b| b.appends) {
-            let _ = append.outcome.send(outcome.clone());
+        let answers = batches
+            .into_iter()
+            .flat_map(|b| b.appends)
+            .enumerate()
+            .map(|(i, append)| {
+                let result = match &outcome {
+                    Ok(counted) => match counted.get(i) {
+                        Some(Ok(value)) => Ok(*value),
+                        Some(Err(value)) => Err(AuditWriteError::AtLimit { value: *value }),
+                        None => Err(AuditWriteError::Stopped),
+                    },
+                    Err(e) => Err(e.clone()),
+                };
+                (append.outcome, result)
+            })
+            .collect();
+        if let Err(mpsc::SendError(unsent)) = anchoring.send(Committed { generation, answers }) {
+            // The anchorer is gone (it ends only if it panicked): nobody is told of a commit
+            // whose anchor was not written.
+            for (to, _) in unsent.answers {
+                let _ = to.send(Err(AuditWriteError::Stopped));
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
-use aws_lc_rs::hkdf;
+use aws_lc_rs::{hkdf, hmac};
 use zeroize::Zeroizing;
 
 use crate::StoreError;
@@ -86,6 +86,10 @@ pub(crate) enum Purpose {
     Identity,
     Record,
     Counter,
+    /// The counters' generation and digest (see `vault::counters`).
+    CounterState,
+    /// A slot of the counter anchor file, outside the store.
+    Anchor,
 }
 
 impl Purpose {
@@ -95,7 +99,41 @@ impl Purpose {
             Purpose::Identity => b"identity",
             Purpose::Record => b"record",
             Purpose::Counter => b"counter",
+            Purpose::CounterState => b"counter-state",
+            Purpose::Anchor => b"counter-anchor",
         }
+    }
+}
+
+const DIGEST_KEY_INFO: &[u8] = b"cloister-cas/v1/counter-digest/hmac-sha256";
+
+/// The HMAC-SHA256 key of the counters' digest (see `vault::counters`), derived from the
+/// master key like the data key but with its own label.
+pub(crate) struct DigestKey(hmac::Key);
+
+impl DigestKey {
+    pub(crate) fn derive(master: &MasterKey) -> Result<Self, StoreError> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(master.as_bytes());
+        let info = [DIGEST_KEY_INFO];
+        let okm = prk
+            .expand(&info, hkdf::HKDF_SHA256)
+            .map_err(|_| StoreError::Crypto("HKDF expand failed"))?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        okm.fill(key.as_mut_slice())
+            .map_err(|_| StoreError::Crypto("HKDF expand failed"))?;
+        Ok(DigestKey(hmac::Key::new(hmac::HMAC_SHA256, key.as_slice())))
+    }
+
+    /// HMAC-SHA256 of `parts`, each length-prefixed.
+    pub(crate) fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        for part in parts {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
     }
 }
 

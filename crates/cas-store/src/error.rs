@@ -33,6 +33,14 @@ pub enum StoreError {
     /// another record, or is not what this version of the store wrote.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// The store is older than its counter anchor (an older copy was put back), or its
+    /// counters do not match their digest, or the anchor is missing or damaged: the vault
+    /// stays sealed unless opened with `VaultOptions::accept_rollback`.
+    #[error(
+        "refusing to unseal: {0}. If this store was restored on purpose, start the CAS with \
+         --accept-rollback (audited): counters then go on from the restored values"
+    )]
+    Rollback(String),
     /// The request does not fit this vault's configuration (for example a share given to a
     /// key-file vault, or a TEE vault opened without its sealer).
     #[error("configuration: {0}")]

@@ -34,6 +34,7 @@
 //! | `cas.redb` | the redb database: tables `meta`, `records`, `counters`, `audit` |
 //! | `master.key` (or the path given) | key-file mode only: the master key as 64 hex digits, mode 0600 |
 //! | `master.tee` | TEE mode only: the blob returned by [`TeeSealer::seal`] |
+//! | `counter.anchor` (or the path given) | the counter anchor: two 4 KiB slots, each `CLCANCH1` and the counter generation encrypted like a record (purpose `counter-anchor`, the identity public key as its part) |
 //!
 //! Tables of `cas.redb`:
 //!
@@ -41,7 +42,8 @@
 //!   `key-file` / `tee`; `shamir.shares`, `shamir.threshold`, `shamir.set` (share-set id);
 //!   `key-file.path`; `tee.name`; `identity.public` (Ed25519 public key, 32 bytes);
 //!   `identity.secret` (the identity key's 32-byte seed, **encrypted**); `key-check`
-//!   (**encrypted** constant, see below).
+//!   (**encrypted** constant, see below); `counters.state` (**encrypted**: the counter
+//!   generation, u64 big-endian, and the counters' digest, 32 bytes).
 //! - `records` (`(table, key) → bytes`): one entry per record, value **encrypted**.
 //! - `counters` (`name → bytes`): value **encrypted** (u64, big-endian).
 //! - `audit` (`seq → bytes`): one [`AuditEntry`] per entry as JSON, **in clear**, signed.
@@ -83,9 +85,12 @@
 //!
 //! # What this store does not protect against
 //!
-//! Whole-file rollback: an operator can restore an older copy of the directory (older records,
-//! lower counters, a shorter audit log). Counters are only as monotonic as the disk; real
-//! freshness needs a TEE monotonic counter or an external witness of the audit head.
+//! Whole-file rollback of records: an operator can restore an older copy of the directory
+//! (older records, a shorter audit log). Counters are the exception: a store older than its
+//! counter anchor, kept outside the store, is refused at unseal (see [`VaultOptions`] and
+//! `vault/counters.rs` for the protocol and its limit: restoring the anchor too). Real
+//! freshness of everything needs a TEE monotonic counter or an external witness of the audit
+//! head.
 //! Random 96-bit nonces bound one master key to about 2³² encryptions.
 
 mod audit;
@@ -100,11 +105,13 @@ mod vault;
 pub use audit::{
     AuditEntry, AuditError, AuditFault, AuditReport, GENESIS_PREV, export_jsonl, parse_jsonl, verify_audit,
 };
-pub use audit_writer::{AuditRecord, AuditWriteError, AuditWriter};
+pub use audit_writer::{AuditRecord, AuditWriteError, AuditWriter, CounterStep};
 pub use crypto::{MASTER_KEY_LEN, MasterKey};
 pub use ed25519_dalek::SigningKey;
 pub use error::StoreError;
 pub use sealing::{InitOutput, SealingConfig, Status, TeeSealer};
 pub use shamir::{Share, combine, split};
-pub use vault::{DB_FILE, KEY_FILE, TEE_BLOB_FILE, Vault, WriteTxn};
+pub use vault::{
+    ANCHOR_FILE, DB_FILE, KEY_FILE, TEE_BLOB_FILE, Vault, VaultOptions, WriteTxn, anchor_beside,
+};
 pub use zeroize::Zeroizing;

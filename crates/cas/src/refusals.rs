@@ -43,10 +43,12 @@ pub(crate) enum RefusalClass {
     Policy,
     /// The configuration could not be sealed to the workload's key.
     Release,
+    /// The service has used up its runs (`max_runs`).
+    Limit,
 }
 
 impl RefusalClass {
-    const ALL: [RefusalClass; 9] = [
+    const ALL: [RefusalClass; 10] = [
         Self::Nonce,
         Self::Malformed,
         Self::Endorsements,
@@ -56,6 +58,7 @@ impl RefusalClass {
         Self::Session,
         Self::Policy,
         Self::Release,
+        Self::Limit,
     ];
 
     fn as_str(self) -> &'static str {
@@ -69,6 +72,7 @@ impl RefusalClass {
             Self::Session => "session",
             Self::Policy => "policy",
             Self::Release => "release",
+            Self::Limit => "limit",
         }
     }
 

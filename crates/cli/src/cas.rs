@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cloister_cas_client::client::{CasClient, ClientError, LocalClient};
 use cloister_cas_client::sign::ClientIdentity;
-use cloister_cas_store::{InitOutput, SealingConfig, Vault};
+use cloister_cas_store::{InitOutput, SealingConfig, Vault, VaultOptions, anchor_beside};
 
 use crate::client::{exit, fail};
 
@@ -31,6 +31,10 @@ pub enum CasCommand {
         /// starts unsealed.
         #[arg(long, conflicts_with_all = ["shares", "threshold"])]
         key_file: Option<PathBuf>,
+        /// The counter anchor, kept outside the store (default: `<data-dir>.counter-anchor`
+        /// beside the data directory). Keep it off the store's disk and backups.
+        #[arg(long, env = "CLOISTER_CAS_COUNTER_ANCHOR")]
+        counter_anchor: Option<PathBuf>,
     },
     /// Run the CAS: operator socket in the data directory, TLS port once unsealed.
     Serve {
@@ -51,6 +55,14 @@ pub enum CasCommand {
         /// Collateral cache; without --pccs-url, an offline directory of collateral files.
         #[arg(long, env = "CLOISTER_CAS_COLLATERAL_DIR")]
         collateral_dir: Option<PathBuf>,
+        /// The counter anchor the store is compared with at unseal (default:
+        /// `<data-dir>.counter-anchor` beside the data directory).
+        #[arg(long, env = "CLOISTER_CAS_COUNTER_ANCHOR")]
+        counter_anchor: Option<PathBuf>,
+        /// Unseal a store older than its counter anchor (a backup restored on purpose): its
+        /// counters go on from the restored values. Recorded in the audit log.
+        #[arg(long)]
+        accept_rollback: bool,
     },
     /// Status of the local CAS (operator socket).
     Status {
@@ -97,6 +109,12 @@ pub enum CasCommand {
         /// hex, base64, crt, chain, privatekey, publickey.
         #[arg(long)]
         format: Option<String>,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// A session's counters and its services' runs (for the session's readers).
+    Counters {
+        session: String,
         #[command(flatten)]
         connect: CasConnect,
     },
@@ -290,6 +308,7 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             shares,
             threshold,
             key_file,
+            counter_anchor,
         } => {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -297,8 +316,12 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
                 Some(path) => SealingConfig::KeyFile(path),
                 None => SealingConfig::Shamir { shares, threshold },
             };
-            let (vault, output) =
-                Vault::init(&data_dir, sealing).map_err(|e| fail(exit::FAILURE, e.to_string()))?;
+            let options = VaultOptions {
+                counter_anchor: Some(counter_anchor.unwrap_or_else(|| anchor_beside(&data_dir))),
+                accept_rollback: false,
+            };
+            let (vault, output) = Vault::init_with(&data_dir, sealing, options)
+                .map_err(|e| fail(exit::FAILURE, e.to_string()))?;
             let public = vault.identity_public().map(hex::encode).unwrap_or_default();
             let pin = vault
                 .identity_public()
@@ -342,6 +365,8 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             nonce_ttl,
             pccs_url,
             collateral_dir,
+            counter_anchor,
+            accept_rollback,
         } => {
             let collateral = match (pccs_url, collateral_dir) {
                 (Some(url), Some(dir)) => Some(cloister_attestation::CollateralSource::pccs(&url, &dir)),
@@ -351,8 +376,12 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             .transpose()
             .map_err(|e| fail(exit::FAILURE, format!("collateral source: {e}")))?
             .map(Arc::new);
+            let options = VaultOptions {
+                counter_anchor: Some(counter_anchor.unwrap_or_else(|| anchor_beside(&data_dir))),
+                accept_rollback,
+            };
             let vault = Arc::new(
-                Vault::open(&data_dir, None)
+                Vault::open_with(&data_dir, None, options)
                     .map_err(|e| fail(exit::FAILURE, format!("{}: {e}", data_dir.display())))?,
             );
             let sealed = vault.status().sealed;
@@ -459,6 +488,20 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
                 .await
                 .map_err(client_error)?;
             std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
+            Ok(())
+        }
+        CasCommand::Counters { session, connect } => {
+            let values = connect.client()?.counters(&session).await.map_err(client_error)?;
+            if json {
+                print_json(&values)?;
+            } else {
+                for (name, value) in &values.counters {
+                    println!("counter {name}: {value}");
+                }
+                for (service, runs) in &values.runs {
+                    println!("runs of {service}: {runs}");
+                }
+            }
             Ok(())
         }
         CasCommand::Platform(PlatformCommand::Keygen { out }) => {

@@ -232,6 +232,7 @@ pub fn service_session(service: &Service, input_identity: &Identity) -> Result<S
             environment,
             pwd: None,
             attestation: vec![attestation_alternative(service)?],
+            max_runs: None,
         }],
         secrets,
         files: vec![FileSpec {
@@ -240,6 +241,7 @@ pub fn service_session(service: &Service, input_identity: &Identity) -> Result<S
             permission: "0500".to_owned(),
             services: vec![cas_service],
         }],
+        counters: Vec::new(),
     };
     session.validate().map_err(|source| CompileError::Invalid {
         service: service.name.clone(),

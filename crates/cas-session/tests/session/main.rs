@@ -3,6 +3,7 @@
 
 mod access;
 mod common;
+mod counters;
 mod evidence;
 mod hash;
 mod parse;

@@ -15,9 +15,10 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::audit_log::append_audit;
+use super::counters::{self, Anchor, VaultOptions};
 use super::{COUNTERS, DB_FILE, Keys, META, RECORDS, State, TEE_BLOB_FILE, Vault, begin_durable};
 use crate::StoreError;
-use crate::crypto::{DataKey, MASTER_KEY_LEN, MasterKey, Purpose, aad, fill_random};
+use crate::crypto::{DataKey, DigestKey, MASTER_KEY_LEN, MasterKey, Purpose, aad, fill_random};
 use crate::sealing::{InitOutput, SealingConfig, Status, TeeSealer};
 use crate::shamir::{Share, combine, split};
 
@@ -145,6 +146,16 @@ impl Vault {
     /// entry (`init`), and protects the master key as `sealing` says. The returned vault is
     /// unsealed. Refuses a directory that already holds a vault, and an existing key file.
     pub fn init(dir: &Path, sealing: SealingConfig) -> Result<(Vault, InitOutput), StoreError> {
+        Self::init_with(dir, sealing, VaultOptions::default())
+    }
+
+    /// [`Vault::init`] with the counter anchor where `options` say; the anchor is created at
+    /// generation 0, replacing any file at that path.
+    pub fn init_with(
+        dir: &Path,
+        sealing: SealingConfig,
+        options: VaultOptions,
+    ) -> Result<(Vault, InitOutput), StoreError> {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let db_path = dir.join(DB_FILE);
         if db_path.exists() {
@@ -156,7 +167,7 @@ impl Vault {
         fill_random(seed.as_mut_slice())?;
         let identity = SigningKey::from_bytes(&seed);
         let identity_public = identity.verifying_key().to_bytes();
-        let keys = Keys::new(data, identity)?;
+        let keys = Keys::new(data, DigestKey::derive(&master)?, identity)?;
 
         // Everything that can be refused is checked before anything is written.
         let (mode, output, detail) = match sealing {
@@ -262,6 +273,7 @@ impl Vault {
             }
             txn.open_table(RECORDS)?;
             txn.open_table(COUNTERS)?;
+            counters::init_state(&txn, &keys)?;
             append_audit(
                 &txn,
                 &keys.signer,
@@ -273,6 +285,9 @@ impl Vault {
             )?;
             txn.commit()?;
         }
+        // The anchor first: a vault in place without its anchor would be refused at unseal.
+        let anchor = Anchor::new(dir, &options);
+        anchor.create(&keys, &identity_public)?;
         fs::rename(&tmp_path, &db_path).map_err(io_err("renaming into place", &db_path))?;
         sync_dir(dir)?;
 
@@ -287,6 +302,7 @@ impl Vault {
                 keys: Some(Arc::new(keys)),
                 ..State::default()
             }),
+            anchor,
         };
         Ok((vault, output))
     }
@@ -297,6 +313,18 @@ impl Vault {
     /// was created with) and record an `unseal` audit entry; Shamir vaults come up sealed. The
     /// database's page checksums are verified on open, since the disk is not trusted.
     pub fn open(dir: &Path, tee: Option<Box<dyn TeeSealer>>) -> Result<Vault, StoreError> {
+        Self::open_with(dir, tee, VaultOptions::default())
+    }
+
+    /// [`Vault::open`] with the counter anchor where `options` say. Every unseal (here for
+    /// key-file and TEE vaults, at the last share for Shamir ones) compares the store with the
+    /// anchor and refuses a store older than it ([`StoreError::Rollback`]) unless `options`
+    /// accept the rollback.
+    pub fn open_with(
+        dir: &Path,
+        tee: Option<Box<dyn TeeSealer>>,
+        options: VaultOptions,
+    ) -> Result<Vault, StoreError> {
         let db_path = dir.join(DB_FILE);
         if !db_path.is_file() {
             return Err(StoreError::NotInitialized(dir.to_path_buf()));
@@ -348,6 +376,7 @@ impl Vault {
             key_check,
             identity_secret,
             state: Mutex::new(State::default()),
+            anchor: Anchor::new(dir, &options),
         };
         let (master, actor) = match &vault.mode {
             Mode::Shamir { .. } => return Ok(vault),
@@ -395,7 +424,7 @@ impl Vault {
                 "identity key does not match the public key on record".into(),
             ));
         }
-        Keys::new(data, identity)
+        Keys::new(data, DigestKey::derive(master)?, identity)
     }
 
     /// Appends the events queued while sealed and an `unseal` entry, then installs the keys.
@@ -407,6 +436,23 @@ impl Vault {
         };
         let result = (|| {
             let txn = begin_durable(&self.db)?;
+            let settled = match self.anchor.check(&txn, &keys, &self.identity_public) {
+                Ok(settled) => settled,
+                Err(e) => {
+                    if let Err(abort) = txn.abort() {
+                        tracing::warn!(error = %abort, "aborting the unseal transaction failed");
+                    }
+                    return Err(e);
+                }
+            };
+            let moved_on = settled.accepted.is_some();
+            if !moved_on {
+                // The generation is the one already committed: the anchor may learn it first
+                // (a crash between a commit and its anchor write left it behind), and if it
+                // cannot, the vault stays sealed with nothing written.
+                self.anchor
+                    .settle(&keys, &self.identity_public, settled.generation)?;
+            }
             for p in &pending {
                 append_audit(
                     &txn,
@@ -430,13 +476,32 @@ impl Vault {
                     json!({"dropped_while_sealed": dropped}),
                 )?;
             }
+            if let Some(accepted) = settled.accepted {
+                append_audit(
+                    &txn,
+                    &keys.signer,
+                    now,
+                    "counter-rollback-accepted",
+                    actor,
+                    "cas",
+                    accepted,
+                )?;
+            }
             append_audit(&txn, &keys.signer, now, "unseal", actor, "cas", detail)?;
             txn.commit()?;
-            Ok::<(), StoreError>(())
+            Ok::<(u64, bool), StoreError>((settled.generation, moved_on))
         })();
+        // An accepted rollback moved the generation above the anchor in this commit: only now
+        // may the anchor follow. If it cannot, it stays below the store, which the next unseal
+        // accepts.
+        if let Ok((generation, true)) = result
+            && let Err(e) = self.anchor.settle(&keys, &self.identity_public, generation)
+        {
+            tracing::error!(error = %e, "cannot bring the counter anchor up to the store");
+        }
         let mut st = self.lock();
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 st.keys = Some(Arc::new(keys));
                 st.collected.clear();
                 Ok(())
@@ -446,6 +511,9 @@ impl Vault {
                 st.pending = pending;
                 st.pending.extend(newer);
                 st.dropped = st.dropped.saturating_add(dropped);
+                if let StoreError::Rollback(reason) = &e {
+                    st.queue("unseal-refused", actor, "cas", json!({"reason": reason}));
+                }
                 Err(e)
             }
         }

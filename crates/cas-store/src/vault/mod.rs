@@ -1,11 +1,12 @@
 //! The vault: the CAS's encrypted records, counters, identity key and audit log in one redb
 //! database, and the seal state of the master key.
 //!
-//! One [`Vault`] type, three concerns, one file each: `lifecycle` creates and opens the
+//! One [`Vault`] type, four concerns, one file each: `lifecycle` creates and opens the
 //! database and takes the master key from sealed to unsealed and back (Shamir shares, key
 //! file, TEE); `records` encrypts and decrypts records and counters, in snapshots and durable
-//! write transactions; `audit_log` appends signed entries to the audit table, queueing the
-//! events that happen while sealed. What they share (the tables, the keys that exist only while
+//! write transactions; `counters` keeps counters monotonic across restored copies of the
+//! store (generation, digest, anchor); `audit_log` appends signed entries to the audit table,
+//! queueing the events that happen while sealed. What they share (the tables, the keys that exist only while
 //! unsealed, the state lock) is here.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,16 +15,18 @@ use ed25519_dalek::SigningKey;
 use redb::{Database, Durability, TableDefinition, WriteTransaction};
 
 use crate::StoreError;
-use crate::crypto::DataKey;
+use crate::crypto::{DataKey, DigestKey};
 use crate::shamir::Share;
 use crate::signer::IdentitySigner;
 
 mod audit_log;
+mod counters;
 mod lifecycle;
 mod records;
 
 pub(crate) use audit_log::AuditHead;
 use audit_log::Pending;
+pub use counters::{ANCHOR_FILE, VaultOptions, anchor_beside};
 use lifecycle::Mode;
 pub use records::WriteTxn;
 
@@ -42,16 +45,19 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// What exists only while unsealed.
 struct Keys {
     data: DataKey,
+    /// Keys the counters' digest (see `counters`).
+    digest: DigestKey,
     identity: SigningKey,
     /// The identity key again, in the form that signs (see `signer`).
     signer: IdentitySigner,
 }
 
 impl Keys {
-    fn new(data: DataKey, identity: SigningKey) -> Result<Self, StoreError> {
+    fn new(data: DataKey, digest: DigestKey, identity: SigningKey) -> Result<Self, StoreError> {
         let signer = IdentitySigner::new(&identity)?;
         Ok(Self {
             data,
+            digest,
             identity,
             signer,
         })
@@ -78,6 +84,8 @@ pub struct Vault {
     key_check: Vec<u8>,
     identity_secret: Vec<u8>,
     state: Mutex<State>,
+    /// Where the counter generation is kept outside the store.
+    anchor: counters::Anchor,
 }
 
 impl Vault {

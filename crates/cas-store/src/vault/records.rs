@@ -6,11 +6,12 @@
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use zeroize::Zeroizing;
 
+use super::counters::{self, Digest};
 use super::{COUNTERS, Keys, RECORDS, Vault, begin_durable, check_name};
 use crate::StoreError;
 use crate::crypto::{Purpose, aad};
 
-fn decode_counter(keys: &Keys, name: &str, blob: &[u8]) -> Result<u64, StoreError> {
+pub(super) fn decode_counter(keys: &Keys, name: &str, blob: &[u8]) -> Result<u64, StoreError> {
     let plain = keys
         .data
         .open(&aad(Purpose::Counter, &[name.as_bytes()]), blob)
@@ -99,16 +100,41 @@ impl Vault {
         &self,
         f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        let (r, generation) = self.write_unanchored(f)?;
+        if let Some(generation) = generation {
+            // Before anyone is told: a value handed out is never above the anchor.
+            self.anchor_to(generation)?;
+        }
+        Ok(r)
+    }
+
+    /// [`Vault::write`] without the anchor write: also returns the counter generation the
+    /// transaction committed, if it moved counters, which the caller must pass to
+    /// [`Vault::anchor_to`] before telling anyone of the transaction.
+    pub(crate) fn write_unanchored<R>(
+        &self,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<R, StoreError>,
+    ) -> Result<(R, Option<u64>), StoreError> {
         let keys = self.unsealed_keys()?;
         let txn = begin_durable(&self.db)?;
-        let result = f(&mut WriteTxn {
+        let mut writes = WriteTxn {
             txn: &txn,
             keys: &keys,
+            counted: None,
+        };
+        let result = f(&mut writes);
+        let counted = writes.counted;
+        // A transaction that moved counters moves the generation with them (see `counters`).
+        let result = result.and_then(|r| {
+            let generation = counted
+                .map(|delta| counters::advance(&txn, &keys, &delta))
+                .transpose()?;
+            Ok((r, generation))
         });
         match result {
-            Ok(r) => {
+            Ok((r, generation)) => {
                 txn.commit()?;
-                Ok(r)
+                Ok((r, generation))
             }
             Err(e) => {
                 if let Err(abort) = txn.abort() {
@@ -117,6 +143,12 @@ impl Vault {
                 Err(e)
             }
         }
+    }
+
+    /// Writes `generation` to the counter anchor (durably) unless it holds as much already.
+    pub(crate) fn anchor_to(&self, generation: u64) -> Result<(), StoreError> {
+        let keys = self.unsealed_keys()?;
+        self.anchor.advance(&keys, &self.identity_public, generation)
     }
 
     /// Increments the named monotonic counter durably and returns its new value (the first
@@ -135,12 +167,38 @@ impl Vault {
             None => Ok(0),
         }
     }
+
+    /// The counters whose names start with `prefix`, with their values, in name order, from
+    /// one snapshot.
+    pub fn counters(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let keys = self.unsealed_keys()?;
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(COUNTERS)?;
+        let mut out = Vec::new();
+        for item in t.range(prefix..)? {
+            let (name, blob) = item?;
+            let name = name.value();
+            if !name.starts_with(prefix) {
+                break;
+            }
+            out.push((name.to_owned(), decode_counter(&keys, name, blob.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Where this vault keeps its counter anchor.
+    pub fn counter_anchor(&self) -> &std::path::Path {
+        self.anchor.path()
+    }
 }
 
 /// One write transaction of [`Vault::write`]. Reads through it see its own writes.
 pub struct WriteTxn<'a> {
     pub(super) txn: &'a WriteTransaction,
     pub(super) keys: &'a Keys,
+    /// What this transaction's counter increments add to the counters' digest; `None` while
+    /// it made none.
+    pub(super) counted: Option<Digest>,
 }
 
 impl WriteTxn<'_> {
@@ -181,20 +239,38 @@ impl WriteTxn<'_> {
     /// Increments a counter within this transaction (so it commits or rolls back with the
     /// other writes) and returns the new value.
     pub fn counter_increment(&mut self, name: &str) -> Result<u64, StoreError> {
+        self.counter_increment_up_to(name, u64::MAX)?
+            .ok_or_else(|| StoreError::InvalidArgument(format!("counter {name:?} is at its maximum")))
+    }
+
+    /// Increments a counter within this transaction unless it is already at `max`: the new
+    /// value, or `None` (and nothing changed) at the limit.
+    pub fn counter_increment_up_to(&mut self, name: &str, max: u64) -> Result<Option<u64>, StoreError> {
         check_name("counter name", name)?;
         let mut t = self.txn.open_table(COUNTERS)?;
         let current = match t.get(name)? {
             Some(v) => decode_counter(self.keys, name, v.value())?,
             None => 0,
         };
-        let next = current
-            .checked_add(1)
-            .ok_or_else(|| StoreError::InvalidArgument(format!("counter {name:?} is at its maximum")))?;
+        if current >= max {
+            return Ok(None);
+        }
+        let next = current + 1;
         let blob = self
             .keys
             .data
             .seal(&aad(Purpose::Counter, &[name.as_bytes()]), &next.to_be_bytes())?;
         t.insert(name, blob.as_slice())?;
-        Ok(next)
+        counters::account(self.keys, &mut self.counted, name, current, next);
+        Ok(Some(next))
+    }
+
+    /// A counter's value as this transaction sees it (0 if never incremented).
+    pub fn counter_get(&self, name: &str) -> Result<u64, StoreError> {
+        let t = self.txn.open_table(COUNTERS)?;
+        match t.get(name)? {
+            Some(v) => decode_counter(self.keys, name, v.value()),
+            None => Ok(0),
+        }
     }
 }

@@ -16,7 +16,7 @@ use cloister_attestation::{Endorsements, EvidenceVerifier, SnpEndorsements, Tee}
 use cloister_cas_client::protocol::{
     AttestRequest, AttestResponse, InitData, NonceResponse, ReleasedConfig, ReleasedFile,
 };
-use cloister_cas_store::AuditRecord;
+use cloister_cas_store::{AuditRecord, AuditWriteError, CounterStep};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -219,14 +219,14 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest, received: Instant) -> Cas
             )
         })?;
     let session = &loaded.session;
-    if session.service(&request.service).is_none() {
+    let Some(service) = session.service(&request.service) else {
         return Err(refuse(
             RefusalClass::Session,
             Some(tee),
             Some(&measurement),
             format!("session has no service {:?}", request.service),
         ));
-    }
+    };
     if tee == Tee::Sim
         && !session
             .security
@@ -250,6 +250,29 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest, received: Instant) -> Cas
                 reasons.join("; "),
             )
         })?;
+    // Runs are counted in the release's own transaction (below); this early look only spares
+    // a service that has used its runs the rendering and sealing.
+    let runs = CounterStep {
+        name: super::counters::run_counter(&request.session, &request.service),
+        max: service.max_runs.unwrap_or(u64::MAX),
+    };
+    let runs_used = |value: u64| {
+        format!(
+            "service {:?} of session {:?} has used its runs: max_runs {}, {value} so far",
+            request.service, request.session, runs.max
+        )
+    };
+    if service.max_runs.is_some() {
+        let value = cas.vault.counter_get(&runs.name)?;
+        if value >= runs.max {
+            return Err(refuse(
+                RefusalClass::Limit,
+                Some(tee),
+                Some(&measurement),
+                runs_used(value),
+            ));
+        }
+    }
     let checked = Instant::now();
     let config = cloister_cas_session::render_service(session, &request.service, &loaded.secrets)?;
     let hash = loaded.hash.clone();
@@ -281,10 +304,11 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest, received: Instant) -> Cas
     let actor = format!("workload:{tee}");
     let released: Vec<&str> = session.secrets.iter().map(|s| s.name.as_str()).collect();
     let simulation = tee == Tee::Sim;
-    // Both entries reach the disk (in a group commit shared with concurrent attestations)
-    // before the configuration goes out: never a release without its record.
-    cas.releases
-        .append(vec![
+    // Both entries and the run reach the disk (in a group commit shared with concurrent
+    // attestations) before the configuration goes out: never a release without its record,
+    // never one beyond `max_runs`.
+    let counted = cas.releases.append_counted(
+        vec![
             AuditRecord {
                 kind: "attest-ok".into(),
                 actor: actor.clone(),
@@ -297,11 +321,27 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest, received: Instant) -> Cas
                 subject: subject.clone(),
                 detail: json!({"session_hash": hash, "secrets": released, "simulation": simulation}),
             },
-        ])
-        .map_err(|e| {
+        ],
+        runs.clone(),
+    );
+    match counted {
+        Ok(_) => {}
+        Err(AuditWriteError::AtLimit { value }) => {
+            return Err(refuse(
+                RefusalClass::Limit,
+                Some(tee),
+                Some(&measurement),
+                runs_used(value),
+            ));
+        }
+        Err(e) => {
             tracing::error!(error = %e, "cannot record a release");
-            CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot record the release")
-        })?;
+            return Err(CasError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot record the release",
+            ));
+        }
+    }
     // Where a release's time goes, for `cloister-bench cas --stages`: waiting for a blocking
     // thread, checking the evidence and the session, rendering and sealing the configuration,
     // and the audit records' group commit.

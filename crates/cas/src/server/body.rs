@@ -16,6 +16,8 @@ pub(super) const SESSION_BODY: usize = 8 << 20;
 pub(super) const ATTEST_BODY: usize = 1 << 20;
 /// Largest volume commit (names, a grant and a hash).
 pub(super) const VOLUME_COMMIT_BODY: usize = 16 << 10;
+/// Largest counter increment (names and a grant).
+pub(super) const COUNTER_BODY: usize = 16 << 10;
 /// Largest platform registration (a key and a label).
 pub(super) const PLATFORM_BODY: usize = 16 << 10;
 /// How long a request body may take to arrive once its head has.

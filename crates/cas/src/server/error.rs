@@ -37,6 +37,8 @@ impl From<StoreError> for CasError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Sealed => CasError::new(StatusCode::SERVICE_UNAVAILABLE, sealed_message()),
+            // The operator's unseal: what was found and how to proceed, no secret in it.
+            e @ StoreError::Rollback(_) => CasError::new(StatusCode::CONFLICT, e.to_string()),
             other => {
                 tracing::error!(error = %other, "vault failure");
                 CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "vault failure")

@@ -22,7 +22,9 @@
 //!   signed-request extractor; `error`: how refusals are answered;
 //! - `operator`: status, unseal, seal; `sessions` (with `session_cache`), `namespaces`,
 //!   `secrets`, `platforms`: the owners' and administrators' resources;
-//! - `attest`: nonces and attestation; `volumes`: volume commits of attested workloads;
+//! - `attest`: nonces and attestation (each one counts a run of its service); `volumes`:
+//!   volume commits of attested workloads; `counters`: their counter increments, and counter
+//!   reads;
 //! - `audit`: refusals recorded outside a write's own transaction, refusal summaries, and
 //!   reading the log.
 
@@ -46,7 +48,7 @@ use crate::auth::Authenticator;
 use crate::nonce::Nonces;
 pub use crate::refusals::RefusalAuditLimits;
 use crate::refusals::RefusalRecorder;
-use body::{ATTEST_BODY, PLATFORM_BODY, SESSION_BODY, VOLUME_COMMIT_BODY, body_limit};
+use body::{ATTEST_BODY, COUNTER_BODY, PLATFORM_BODY, SESSION_BODY, VOLUME_COMMIT_BODY, body_limit};
 use error::{CasError, CasResult, sealed_message};
 use session_cache::{Loaded, SessionCache};
 
@@ -54,6 +56,7 @@ mod accept;
 mod attest;
 mod audit;
 mod body;
+mod counters;
 mod error;
 mod namespaces;
 mod operator;
@@ -297,6 +300,11 @@ fn network_router(cas: Arc<Cas>) -> Router {
             "/v1/volumes/commit",
             post(volumes::commit_volume.layer(body_limit(VOLUME_COMMIT_BODY))),
         )
+        .route(
+            "/v1/counters/increment",
+            post(counters::increment_counter.layer(body_limit(COUNTER_BODY))),
+        )
+        .route("/v1/counters", get(counters::read_counters))
         .route("/v1/audit", get(audit::audit))
         .with_state(cas)
 }

@@ -1,0 +1,174 @@
+//! Counters through `cloister cas`: the counter anchor beside the data directory, `cas
+//! counters`, and `cas serve` refusing a restored older store until `--accept-rollback`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cloister_attestation::SimPlatform;
+use cloister_cas_client::client::CasClient;
+use cloister_cas_client::protocol::{CounterIncrement, InitData};
+use cloister_cas_client::sign::ClientIdentity;
+use serde_json::Value;
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(common::bin()).args(args).output().unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Serving {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path, admin: &str, extra: &[&str]) -> Result<Serving, String> {
+    let mut child = Command::new(common::bin())
+        .args(["cas", "serve", "--data-dir", data.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--admin", admin])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(url) => Ok(Serving { child, url }),
+        Err(_) => {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_refuses_a_restored_store_until_the_rollback_is_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cas");
+    let key = tmp.path().join("admin.key");
+    let admin = ok(&cli(&["cas", "keygen", "--out", key.to_str().unwrap()]))
+        .trim()
+        .to_owned();
+    let init: Value = serde_json::from_str(&ok(&cli(&[
+        "cas",
+        "init",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--key-file",
+        data.join("master.key").to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    let pin = init["identity_pin"].as_str().unwrap().to_owned();
+    let anchor = tmp.path().join("cas.counter-anchor");
+    assert!(anchor.is_file(), "the anchor lives beside the data directory");
+
+    let cas = serve(&data, &admin, &[]).unwrap();
+    let client = CasClient::new(&cas.url, &pin, Some(ClientIdentity::load(&key).unwrap())).unwrap();
+    let platform = SimPlatform::from_seed([3; 32]);
+    client
+        .add_platform(&hex::encode(platform.public_key()), "test")
+        .await
+        .unwrap();
+    let measurement = [6u8; 32];
+    client
+        .create_session(&format!(
+            "name: cnt/app\nsecurity:\n  attestation:\n    tolerate: [simulation]\nservices:\n- name: worker\n  \
+             command: [run]\n  attestation:\n  - tee: sim\n    measurement: {}\ncounters:\n- name: hits\n",
+            hex::encode(measurement)
+        ))
+        .await
+        .unwrap();
+    let attest = |url: String| {
+        let pin = pin.clone();
+        async move {
+            let init = InitData::new(&pin, "cnt/app", "worker").unwrap();
+            let source = init
+                .simulated(SimPlatform::from_seed([3; 32]), measurement)
+                .unwrap();
+            CasClient::new(&url, &pin, None)
+                .unwrap()
+                .attest(&init, &source, |_| {})
+                .await
+                .unwrap()
+        }
+    };
+    let released = attest(cas.url.clone()).await;
+    let increment = CounterIncrement {
+        session: "cnt/app".into(),
+        service: "worker".into(),
+        counter: "hits".into(),
+        grant: released.volume_grant.clone(),
+    };
+    assert_eq!(client.increment_counter(&increment).await.unwrap().value, 1);
+    let counters = |url: &str| {
+        ok(&cli(&[
+            "cas",
+            "counters",
+            "cnt/app",
+            "--cas",
+            url,
+            "--pin",
+            &pin,
+            "--key",
+            key.to_str().unwrap(),
+        ]))
+    };
+    assert_eq!(counters(&cas.url), "counter hits: 1\nruns of worker: 1\n");
+    drop(cas);
+    let copy = tmp.path().join("copy.redb");
+    std::fs::copy(data.join("cas.redb"), &copy).unwrap();
+
+    let cas = serve(&data, &admin, &[]).unwrap();
+    let client = CasClient::new(&cas.url, &pin, None).unwrap();
+    assert_eq!(client.increment_counter(&increment).await.unwrap().value, 2);
+    assert_eq!(client.increment_counter(&increment).await.unwrap().value, 3);
+    drop(cas);
+
+    std::fs::copy(&copy, data.join("cas.redb")).unwrap();
+    let refused = serve(&data, &admin, &[])
+        .err()
+        .expect("the restored store is refused");
+    assert!(refused.contains("refusing to unseal"), "{refused}");
+    assert!(refused.contains("--accept-rollback"), "{refused}");
+
+    let cas = serve(&data, &admin, &["--accept-rollback"]).unwrap();
+    assert_eq!(counters(&cas.url), "counter hits: 1\nruns of worker: 1\n");
+    let admin_client = CasClient::new(&cas.url, &pin, Some(ClientIdentity::load(&key).unwrap())).unwrap();
+    let audit: Vec<Value> = admin_client.audit(1).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e["kind"] == "counter-rollback-accepted"),
+        "the accepted rollback is in the log"
+    );
+    drop(cas);
+    // Accepted once, the store is ordered again: a plain start works.
+    let _cas = serve(&data, &admin, &[]).unwrap();
+}
