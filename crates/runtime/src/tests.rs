@@ -77,6 +77,7 @@ fn options(dir: &Path, cgroups: CgroupSupport) -> RunOptions {
         synchronous: false,
         max_sync_output: 1 << 20,
         runner: None,
+        base_env: None,
     }
 }
 
