@@ -68,7 +68,9 @@ pub struct Config {
     pub max_sync_invocations: usize,
     /// Most bytes of log kept per job.
     pub log_limit: usize,
-    /// The `cloister-runtime` binary that runs confidential jobs; `None` refuses them.
+    /// The `cloister-runtime` binary that runs confidential jobs and, with
+    /// [`ExecutorKind::Container`], plain jobs in their containers; `None` refuses the former
+    /// and the latter cannot start.
     pub runtime_binary: Option<PathBuf>,
     /// Memory-backed directory (tmpfs) where confidential jobs keep plaintext.
     pub plain_dir: PathBuf,

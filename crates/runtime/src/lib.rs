@@ -8,8 +8,9 @@
 //! otherwise) and a wall-clock timeout.
 //!
 //! Storage is reached through [`JobIo`], so the same runtime serves the in-process local
-//! executor (direct access to the embedded store) and, later, a runtime process inside a TEE
-//! that talks S3 over the network.
+//! executor (direct access to the embedded store) and `cloister-runtime` in a job's container
+//! (or, later, pod), which talks S3 over the network with the job's own credential
+//! ([`contained`]).
 
 pub mod contained;
 pub mod plain;
