@@ -96,14 +96,16 @@ pub struct ServerArgs {
     /// A connection whose request head is not complete this long after it began is closed.
     #[arg(long, env = "CLOISTER_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
-    /// The `cloister-runtime` binary that runs confidential jobs (default: next to this
-    /// binary, else on PATH). Without one, confidential jobs are refused.
+    /// The `cloister-runtime` binary that runs confidential jobs, and plain jobs in their
+    /// containers (default: next to this binary, else on PATH). Without one, confidential jobs
+    /// are refused and `--executor container` does not start.
     #[arg(long, env = "CLOISTER_RUNTIME_BINARY")]
     pub runtime_binary: Option<PathBuf>,
     /// Where plain jobs' scripts run: `host` (processes of this host; the service's image is
     /// recorded only) or `container` (a container of the service's image per job, through
-    /// Podman, or Docker's CLI where a daemon runs). Confidential jobs run in
-    /// `cloister-runtime` on the host either way.
+    /// Podman, or Docker's CLI where a daemon runs, with `cloister-runtime` inside staging the
+    /// job's data over a socket of its own). Confidential jobs run in `cloister-runtime` on the
+    /// host either way.
     #[arg(long, env = "CLOISTER_EXECUTOR", value_enum, default_value_t = Executor::Host)]
     pub executor: Executor,
     /// The container engine's CLI for `--executor container` (default: `podman`, else

@@ -233,6 +233,86 @@ async fn scripts_run_in_their_service_image_with_the_oscar_contract() {
 
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn an_upload_runs_under_the_runtime_in_its_container_over_its_own_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    let id = server_id(&server).await;
+    // The script looks at what started it, and for the credential where it was handed over.
+    let script = concat!(
+        "echo \"ppid=$PPID\"; echo \"parent=$(tr '\\000' ' ' < /proc/$PPID/cmdline)\"; ",
+        "ls -a /cloister/ctl; test -e /cloister/ctl/job.json && echo job-file-visible; ",
+        "cat /proc/$PPID/environ > /dev/null 2>&1 && echo runtime-environ-readable; ",
+        "echo forged 2> /dev/null > /proc/$PPID/fd/1 && echo runtime-stdout-writable; ",
+        "readlink /proc/$PPID/fd/1 > /dev/null 2>&1 && echo runtime-fds-readable; ",
+        "env | grep -i -e aws -e secret; ",
+        "grep -c : /proc/net/dev | sed 's/^/interfaces=/'; ",
+        "name=$(basename \"$INPUT_FILE_PATH\"); ",
+        "tr '[:lower:]' '[:upper:]' < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$name\""
+    );
+    let mut svc = service("staged", BUSYBOX, script);
+    svc["input"] = json!([{"storage_provider": "minio.default", "path": "staged/in"}]);
+    create(&server, svc).await;
+    server
+        .s3_client("staged")
+        .put(
+            &object_store::path::Path::from("in/note.txt"),
+            "through the socket\n".into(),
+        )
+        .await
+        .unwrap();
+    let jobs = server.wait_jobs("staged", 1).await;
+    let (name, job) = jobs.iter().next().unwrap();
+    let log = server
+        .get(&format!("/system/logs/staged/{name}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "Succeeded", "{job}\n{log}");
+    // The container's first program is cloister-runtime, and the script its child.
+    assert!(log.contains("ppid=1\n"), "{log}");
+    assert!(
+        log.contains("/cloister/runtime/cloister-runtime --container-job /cloister/ctl"),
+        "{log}"
+    );
+    // The output went up through the runtime, with the job's credential, over the socket.
+    assert_eq!(
+        read_object(&server, "staged", "out/note.txt").await,
+        b"THROUGH THE SOCKET\n"
+    );
+    assert!(log.contains("cloister: uploaded 1 output object(s)"), "{log}");
+    // Only the socket is left in the control folder; the credential is nowhere the script
+    // could read it: not in a file, not in its environment, not in the runtime's /proc; nor can
+    // it write to the runtime's standard output, where the result goes.
+    assert!(log.contains("s3.sock"), "{log}");
+    let leaks = [
+        "job-file-visible",
+        "runtime-environ-readable",
+        "runtime-stdout-writable",
+        "runtime-fds-readable",
+        "AWS_",
+    ];
+    for leak in leaks {
+        assert!(!log.contains(leak), "{leak}: {log}");
+    }
+    assert!(!names_a_credential(&log), "{log}");
+    // No network but the loopback: `lo` and the header lines of /proc/net/dev.
+    assert!(log.contains("interfaces=1\n"), "{log}");
+    let record = server.get_json("/system/logs/staged").await.to_string();
+    assert!(!names_a_credential(&record), "{record}");
+    assert_eq!(containers_of(&id), Vec::<String>::new());
+}
+
+/// Whether `text` holds a job credential's access key id (`CJ` and 32 hex digits).
+fn names_a_credential(text: &str) -> bool {
+    text.match_indices("CJ").any(|(at, _)| {
+        let id = &text[at + 2..];
+        id.len() >= 32 && id.as_bytes()[..32].iter().all(u8::is_ascii_hexdigit)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
 async fn the_root_is_read_only_and_the_network_is_off_unless_asked() {
     let dir = tempfile::tempdir().unwrap();
     let server = container_server(dir.path(), &[]);

@@ -1,14 +1,21 @@
-//! The container executor's engine side: each job's script runs in the service's image through
-//! the CLI of an OCI engine (Podman; Docker's CLI where a daemon runs), one container per job.
+//! The container executor's engine side: each job runs in the service's image through the CLI
+//! of an OCI engine (Podman; Docker's CLI where a daemon runs), one container per job.
 //!
-//! The runtime still prepares the job's work directory, stages the input and uploads the
-//! outputs (in this process); [`Containers`] runs only the script, as a
-//! [`cloister_runtime::ScriptRunner`]: the work directory bind-mounted at [`MOUNT_POINT`], no
-//! network unless the service asks for it, a read-only root with a writable tmpfs `/tmp`, the
-//! service's CPU and memory as the container's limits, and an environment holding only the
-//! runtime contract's variables (read from a file in the work directory by the container's
-//! shell, so values never appear on a command line). Containers are named `cloister-<job uuid>`
-//! and labelled with the server's id, so a timed-out or cancelled job's container is removed at
+//! An asynchronous job's container starts `cloister-runtime --container-job` (mounted
+//! read-only) as its first program ([`Containers::run_contained`], contract
+//! [`cloister_runtime::contained`]): the runtime stages the input, runs the script and uploads
+//! the outputs itself, over S3 with the job's scoped credential, through a Unix socket of its
+//! own that this process serves and mounts into the container — so the container keeps no
+//! network. It reports the outcome as JSON on its standard output. A synchronous invocation
+//! (`/run`, input and outputs in the request and answer) keeps the runtime in this process and
+//! runs only the script in the container ([`cloister_runtime::ScriptRunner`]), with its
+//! environment read from a file by the container's shell.
+//!
+//! Either way: the work directory bind-mounted at [`MOUNT_POINT`], no network unless the
+//! service asks for it, a read-only root with a writable tmpfs `/tmp`, the service's CPU and
+//! memory as the container's limits, and an environment holding only the runtime contract's
+//! variables (never on a command line). Containers are named `cloister-<job uuid>` and
+//! labelled with the server's id, so a timed-out or cancelled job's container is removed at
 //! once and a restarted server removes what its previous run left.
 
 use std::collections::{HashMap, HashSet};
@@ -17,13 +24,33 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cloister_runtime::contained::{
+    CONTROL_DIR, ContainedJob, ContainedResult, INPUT_FILE, JOB_FILE, RUNTIME_DIR, SOCKET_FILE, WORK_DIR,
+};
 use cloister_runtime::{
-    CgroupSupport, Limits, Placement, Program, ProgramOptions, PullPolicy, RunFailure, RunnerJob, ScriptRun,
-    Tee,
+    CgroupSupport, JobOutcome, JobSpec, Limits, LogLine, Placement, Program, ProgramOptions, PullPolicy,
+    RunFailure, RunnerJob, ScriptRun, Status, Tee,
 };
 
 /// Where a job's work directory appears inside its container.
-pub const MOUNT_POINT: &str = "/cloister/job";
+pub const MOUNT_POINT: &str = WORK_DIR;
+
+/// How long a contained job may run beyond its script's timeout: the runtime stages the input
+/// before the script's clock starts and uploads the outputs after it stops. Within the job
+/// credential's own grace (`workers::CREDENTIAL_GRACE`, 300 s), so the container is gone before
+/// its credential would expire.
+const CONTAINED_GRACE: Duration = Duration::from_secs(240);
+
+/// Most bytes of the engine's own messages kept when a contained job reports no result.
+const ENGINE_LOG_LIMIT: usize = 64 * 1024;
+
+/// The connection limits of a job's own S3 socket: one runtime's requests, one at a time.
+const JOB_SOCKET_LIMITS: cloister_storage::listen::ConnectionLimits =
+    cloister_storage::listen::ConnectionLimits {
+        max_connections: 16,
+        idle_timeout: Duration::from_secs(90),
+        header_read_timeout: Duration::from_secs(30),
+    };
 
 /// The label naming the server (its data directory's id) that owns a container.
 const SERVER_LABEL: &str = "cloister.server";
@@ -76,6 +103,14 @@ pub enum ContainerError {
         /// What it said.
         reason: String,
     },
+    /// `cloister-runtime` cannot be mounted into containers.
+    #[error("cannot run {} in containers: {reason}", .runtime.display())]
+    Runtime {
+        /// The runtime binary.
+        runtime: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Which engine's CLI dialect to speak.
@@ -108,17 +143,173 @@ pub struct Containers {
     /// One lock per image, so that an image is pulled once however many jobs want it.
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
     mount_point: PathBuf,
+    /// `cloister-runtime` as containers start it.
+    runtime: RuntimeFiles,
+    /// The store's S3 service, served on each contained job's own socket.
+    s3: cloister_storage::S3Http,
+}
+
+/// `cloister-runtime` and what it needs to start in any image: its binary and, when it is
+/// linked dynamically (as cargo links it for glibc), this host's loader and the libraries the
+/// loader names, each mounted read-only under [`RUNTIME_DIR`]. The container then starts it
+/// through that loader, so an image without a C library (or with another one) runs it too.
+#[derive(Debug, Clone)]
+struct RuntimeFiles {
+    /// (host file, path in the container).
+    mounts: Vec<(String, String)>,
+    /// The container's entrypoint.
+    entrypoint: String,
+    /// The entrypoint's arguments up to the runtime's own.
+    prefix: Vec<String>,
+}
+
+impl RuntimeFiles {
+    async fn locate(binary: &Path) -> Result<Self, String> {
+        let binary = binary
+            .canonicalize()
+            .map_err(|e| format!("cannot find it: {e}"))?;
+        let inside = format!("{RUNTIME_DIR}/cloister-runtime");
+        let mut files = Self {
+            mounts: vec![(mountable(&binary)?, inside.clone())],
+            entrypoint: inside.clone(),
+            prefix: Vec::new(),
+        };
+        // The program headers follow the ELF header in any file a linker writes.
+        let elf = {
+            use tokio::io::AsyncReadExt;
+            let mut head = Vec::new();
+            tokio::fs::File::open(&binary)
+                .await
+                .map_err(|e| format!("cannot read it: {e}"))?
+                .take(64 * 1024)
+                .read_to_end(&mut head)
+                .await
+                .map_err(|e| format!("cannot read it: {e}"))?;
+            head
+        };
+        if !has_interpreter(&elf)? {
+            return Ok(files);
+        }
+        // The loader resolves the libraries as it would for this host's own start of it.
+        let listed = engine_output(
+            Path::new("ldd"),
+            &[("PATH".to_owned(), "/usr/bin:/bin".to_owned())],
+            &[binary.display().to_string()],
+            ENGINE_COMMAND_TIMEOUT,
+        )
+        .await
+        .map_err(|e| format!("it is linked dynamically and ldd cannot list its libraries: {e}"))?;
+        let lib_dir = format!("{RUNTIME_DIR}/lib");
+        let mut loader = None;
+        for line in listed.lines() {
+            let line = line.trim();
+            let (name, path) = match line.split_once("=>") {
+                Some((name, rest)) => (name.trim(), rest.trim()),
+                None => ("", line),
+            };
+            let Some(path) = path.split_whitespace().next().filter(|p| p.starts_with('/')) else {
+                continue;
+            };
+            let host = Path::new(path)
+                .canonicalize()
+                .map_err(|e| format!("cannot find its library {path}: {e}"))?;
+            let file_name = if name.is_empty() {
+                Path::new(path)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("ld.so")
+                    .to_owned()
+            } else {
+                name.to_owned()
+            };
+            let target = format!("{lib_dir}/{file_name}");
+            if name.is_empty() {
+                loader = Some(target.clone());
+            }
+            files.mounts.push((mountable(&host)?, target));
+        }
+        let loader = loader.ok_or("ldd names no loader for it")?;
+        files.entrypoint = loader;
+        // The image's own library cache and LD_LIBRARY_PATH are not consulted.
+        files.prefix = vec!["--library-path".into(), lib_dir, "--inhibit-cache".into(), inside];
+        Ok(files)
+    }
+}
+
+/// A host path as `--volume` takes it (no `:` or `,`, which separate its fields).
+fn mountable(path: &Path) -> Result<String, String> {
+    path.to_str()
+        .filter(|p| !p.contains([':', ',']))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            format!(
+                "{} cannot be mounted (its path must be UTF-8 without ':' or ',')",
+                path.display()
+            )
+        })
+}
+
+/// Whether an ELF file names a program interpreter (is linked dynamically).
+fn has_interpreter(elf: &[u8]) -> Result<bool, String> {
+    const PT_INTERP: u32 = 3;
+    let not_elf = || "it is not a 64-bit little-endian ELF executable".to_owned();
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return Err(not_elf());
+    }
+    // Offsets come from the file: every sum is checked.
+    let bytes_at = |at: usize, len: usize| elf.get(at..at.checked_add(len)?);
+    let u16_at = |at| {
+        bytes_at(at, 2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_le_bytes)
+    };
+    let u32_at = |at| {
+        bytes_at(at, 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let u64_at = |at| {
+        bytes_at(at, 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return Err(not_elf());
+    };
+    let phoff = usize::try_from(phoff).map_err(|_| not_elf())?;
+    for index in 0..usize::from(phnum) {
+        let at = index
+            .checked_mul(usize::from(phentsize))
+            .and_then(|offset| offset.checked_add(phoff))
+            .ok_or_else(not_elf)?;
+        if u32_at(at).ok_or_else(not_elf)? == PT_INTERP {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 impl Containers {
     /// Finds the engine (`engine`, else `podman`, else `docker` on PATH), checks that it
     /// answers, and removes the containers a previous run of this server left (those labelled
     /// with `server_id`: no job of this process runs yet).
+    ///
+    /// `runtime` is the `cloister-runtime` binary asynchronous jobs' containers start; `s3` the
+    /// store's S3 service, which each of them reaches through a socket of its own.
     pub async fn start(
         engine: Option<&Path>,
         server_id: &str,
         auth_dir: &Path,
+        runtime: &Path,
+        s3: cloister_storage::S3Http,
     ) -> Result<Self, ContainerError> {
+        let runtime_files =
+            RuntimeFiles::locate(runtime)
+                .await
+                .map_err(|reason| ContainerError::Runtime {
+                    runtime: runtime.to_path_buf(),
+                    reason,
+                })?;
         let engine = match engine {
             Some(engine) => engine.to_path_buf(),
             None => on_path("podman")
@@ -166,6 +357,8 @@ impl Containers {
             present: Mutex::default(),
             pulls: Mutex::default(),
             mount_point: PathBuf::from(MOUNT_POINT),
+            runtime: runtime_files,
+            s3,
         };
         let leftovers = containers.ours().await.map_err(broken(&containers.engine))?;
         if !leftovers.is_empty() {
@@ -296,17 +489,17 @@ impl Containers {
         Err(format!("cannot pull the image {image}: {last}"))
     }
 
-    /// The `run` arguments for a job (everything after the global options).
-    fn run_args(&self, job: &RunnerJob<'_>, name: &str) -> Result<Vec<String>, String> {
-        let spec = job.spec;
+    /// The `run` arguments for a job (everything after the global options): `mounts` as
+    /// (host path, container path, read-only), the first being the work directory.
+    fn run_args(
+        &self,
+        spec: &JobSpec,
+        name: &str,
+        mounts: &[(&str, &str, bool)],
+        entrypoint: &str,
+        command: &[String],
+    ) -> Result<Vec<String>, String> {
         let placement = &spec.placement;
-        let work = job.work_dir.to_str().filter(|w| !w.contains([':', ',']));
-        let Some(work) = work else {
-            return Err(format!(
-                "the work directory {} cannot be mounted (its path must be UTF-8 without ':' or ',')",
-                job.work_dir.display()
-            ));
-        };
         let mut args: Vec<String> = vec![
             "run".into(),
             "--rm".into(),
@@ -324,13 +517,17 @@ impl Containers {
             "--read-only".into(),
             "--security-opt".into(),
             "no-new-privileges".into(),
-            "--volume".into(),
-            format!("{work}:{}", self.mount_point.display()),
+        ];
+        for (host, inside, read_only) in mounts {
+            let suffix = if *read_only { ":ro" } else { "" };
+            args.extend(["--volume".into(), format!("{host}:{inside}{suffix}")]);
+        }
+        args.extend([
             "--workdir".into(),
             self.mount_point.display().to_string(),
             "--entrypoint".into(),
-            "/bin/sh".into(),
-        ];
+            entrypoint.into(),
+        ]);
         if self.kind == EngineKind::Docker {
             // Podman mounts tmpfs on /tmp, /var/tmp and /run of a read-only container itself.
             args.extend(["--tmpfs".into(), "/tmp".into()]);
@@ -354,8 +551,266 @@ impl Containers {
             args.extend(["--cap-add".into(), capability.clone()]);
         }
         args.push(image_reference(&placement.image)?.to_owned());
-        args.extend(["-c".into(), PRELUDE.into(), "cloister-job".into()]);
+        args.extend(command.iter().cloned());
         Ok(args)
+    }
+
+    /// Pulls the job's image as its policy asks, within its timeout and cancellation.
+    async fn pull_for(
+        &self,
+        spec: &JobSpec,
+        cancel: &mut std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+    ) -> Result<(), (RunFailure, String)> {
+        let placement = &spec.placement;
+        let pulled = tokio::select! {
+            pulled = self.ensure_image(&placement.image, placement.image_pull_policy, &placement.image_pull_secrets) => pulled,
+            () = tokio::time::sleep(spec.limits.timeout) => Err(format!("timed out after {} s while pulling the image", spec.limits.timeout.as_secs())),
+            () = cancel.as_mut() => return Err((RunFailure::Cancelled, "cancelled while pulling the image".to_owned())),
+        };
+        pulled.map_err(|reason| (RunFailure::Container(reason.clone()), reason))
+    }
+
+    /// Runs an asynchronous job in its container with `cloister-runtime` as the container's
+    /// first program: `work` is the job's work directory (readied here), `control` a fresh
+    /// folder for its job file and S3 socket (removed at the end). `on_start` is called once the
+    /// container is being started.
+    pub async fn run_contained(
+        &self,
+        spec: &JobSpec,
+        work: &Path,
+        control: &Path,
+        cancel: futures::future::BoxFuture<'static, ()>,
+        on_start: Box<dyn FnOnce() + Send>,
+    ) -> JobOutcome {
+        let mut cancel: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = cancel;
+        if let Err((failure, reason)) = self.pull_for(spec, &mut cancel).await {
+            return failed_outcome(not_run(failure, &reason));
+        }
+        let name = format!("cloister-{}", spec.job_uuid);
+        let prepared = {
+            let (work, control) = (work.to_path_buf(), control.to_path_buf());
+            let job = ContainedJob::new(spec, format!("unix://{CONTROL_DIR}/{SOCKET_FILE}"));
+            let inline = match &spec.input {
+                cloister_runtime::JobInput::Inline(bytes) => Some(bytes.clone()),
+                _ => None,
+            };
+            tokio::task::spawn_blocking(move || {
+                prepare_contained(
+                    &work,
+                    &control,
+                    job.map_err(|e| e.to_string())?,
+                    inline.as_deref(),
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|prepared| prepared)
+        };
+        let listener = match prepared.and_then(|listener| {
+            tokio::net::UnixListener::from_std(listener).map_err(|e| format!("S3 socket: {e}"))
+        }) {
+            Ok(listener) => listener,
+            Err(reason) => {
+                let reason = format!("cannot prepare the job's container: {reason}");
+                remove_control(control).await;
+                return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason));
+            }
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(cloister_storage::serve(
+            listener,
+            self.s3.clone(),
+            JOB_SOCKET_LIMITS,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let run = self
+            .run_runtime(spec, &name, work, control, cancel, on_start)
+            .await;
+        drop(stop);
+        remove_control(control).await;
+        let reset = {
+            let work = work.to_path_buf();
+            tokio::task::spawn_blocking(move || cloister_runtime::reset_work_dir(&work)).await
+        };
+        if let Ok(Err(e)) = reset {
+            tracing::warn!(job = %spec.job_name, error = %e, "cannot reset the job's work directory");
+        }
+        run
+    }
+
+    async fn run_runtime(
+        &self,
+        spec: &JobSpec,
+        name: &str,
+        work: &Path,
+        control: &Path,
+        cancel: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        on_start: Box<dyn FnOnce() + Send>,
+    ) -> JobOutcome {
+        let (Ok(work_host), Ok(control_host)) = (mountable(work), mountable(control)) else {
+            let reason = format!("the work directory {} cannot be mounted", work.display());
+            return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason));
+        };
+        let mut mounts: Vec<(&str, &str, bool)> = vec![
+            (work_host.as_str(), WORK_DIR, false),
+            (control_host.as_str(), CONTROL_DIR, false),
+        ];
+        mounts.extend(
+            self.runtime
+                .mounts
+                .iter()
+                .map(|(host, inside)| (host.as_str(), inside.as_str(), true)),
+        );
+        let mut command = self.runtime.prefix.clone();
+        command.extend(["--container-job".into(), CONTROL_DIR.into()]);
+        let args = match self.run_args(spec, name, &mounts, &self.runtime.entrypoint, &command) {
+            Ok(run) => {
+                let mut args = self.global.clone();
+                args.extend(run);
+                args
+            }
+            Err(reason) => return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason)),
+        };
+        let program = ProgramOptions {
+            program: Program::Direct(&self.engine),
+            args: &args,
+            work_dir: work,
+            env: &self.engine_env,
+            // The engine holds the container to the job's limits, and the runtime the script to
+            // its timeout; this one only ends a container that outlives both.
+            limits: &Limits {
+                memory_bytes: None,
+                cpu_millis: None,
+                timeout: spec.limits.timeout.saturating_add(CONTAINED_GRACE),
+            },
+            cgroups: &CgroupSupport::None,
+            slot: "",
+            log_limit: ENGINE_LOG_LIMIT,
+            keep_stdout: Some(spec.log_limit.saturating_mul(16).saturating_add(1 << 20)),
+        };
+        let mut run = cloister_runtime::run_program(program, cancel, on_start).await;
+        // Killing the CLI does not stop the container: the engine's monitor owns it.
+        if run.failure.is_some() || run.exit_code.is_none() {
+            self.remove(&[name.to_owned()]).await;
+        }
+        if run.failure.is_none()
+            && let Ok(result) = serde_json::from_slice::<ContainedResult>(&run.stdout)
+        {
+            return result.into_outcome();
+        }
+        if run.failure.is_none() {
+            classify_exit(&mut run);
+        }
+        if matches!(run.failure, Some(RunFailure::Container(_))) {
+            self.forget_image(&spec.placement.image);
+        }
+        if run.failure.is_none() {
+            let code = run.exit_code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+            run.failure = Some(RunFailure::Container(format!(
+                "the runtime in the container reported no result (exit code {code})"
+            )));
+        }
+        // What the engine or a runtime that could not report said is all there is to show.
+        run.stdout.clear();
+        failed_outcome(run)
+    }
+
+    /// Forgets that an image is present (it may have been removed behind our back).
+    fn forget_image(&self, image: &str) {
+        if let Ok(mut present) = self.present.lock() {
+            present.remove(image);
+        }
+    }
+}
+
+/// Readies a contained job's folders: the work directory (its three empty folders), and a
+/// fresh control folder (0700) with the job file (0600), an inline input's bytes, and the
+/// job's S3 socket, bound here.
+fn prepare_contained(
+    work: &Path,
+    control: &Path,
+    job: ContainedJob,
+    inline: Option<&[u8]>,
+) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    cloister_runtime::ready_work_dir(work).map_err(|e| format!("work directory: {e}"))?;
+    if let Err(e) = std::fs::remove_dir_all(control)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(format!("control folder: {e}"));
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(control)
+        .map_err(|e| format!("control folder: {e}"))?;
+    let text = serde_json::to_vec(&job).map_err(|e| format!("job file: {e}"))?;
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(control.join(name))
+            .and_then(|mut file| file.write_all(bytes))
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    write(JOB_FILE, &text)?;
+    if let Some(bytes) = inline {
+        write(INPUT_FILE, bytes)?;
+    }
+    bind_socket(control).map_err(|e| format!("S3 socket: {e}"))
+}
+
+/// Binds the job's S3 socket in `control` (non-blocking, for the runtime's reactor). A socket's
+/// path is limited to 107 bytes; a longer one is bound through this process's descriptor of
+/// the folder (`/proc/self/fd/N/…`).
+fn bind_socket(control: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::fd::AsRawFd;
+    let path = control.join(SOCKET_FILE);
+    let listener = if path.as_os_str().len() < 100 {
+        std::os::unix::net::UnixListener::bind(&path)?
+    } else {
+        let folder = std::fs::File::open(control)?;
+        let through = format!("/proc/self/fd/{}/{SOCKET_FILE}", folder.as_raw_fd());
+        std::os::unix::net::UnixListener::bind(through)?
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+async fn remove_control(control: &Path) {
+    let control = control.to_path_buf();
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&control)).await;
+    if let Ok(Err(e)) = removed
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(error = %e, "cannot remove a job's control folder");
+    }
+}
+
+/// A failed job's outcome from a run that did not report one.
+fn failed_outcome(run: ScriptRun) -> JobOutcome {
+    let mut log = run.log;
+    let reason = run
+        .failure
+        .map_or_else(|| "the container could not run".to_owned(), |f| f.to_string());
+    if !log.last().is_some_and(|line| line.text.ends_with(&reason)) {
+        log.push(LogLine {
+            time: time::OffsetDateTime::now_utc(),
+            text: format!("cloister: {reason}"),
+        });
+    }
+    JobOutcome {
+        status: Status::Failed,
+        exit_code: run.exit_code,
+        reason: Some(reason),
+        log,
+        stdout: Vec::new(),
+        files: Vec::new(),
+        uploaded: Vec::new(),
+        sealed_log: None,
     }
 }
 
@@ -560,20 +1015,28 @@ impl cloister_runtime::ScriptRunner for Containers {
         let mut cancel = cancel;
         let spec = job.spec;
         let name = format!("cloister-{}", spec.job_uuid);
+        let Ok(work) = mountable(job.work_dir) else {
+            let reason = format!(
+                "the work directory {} cannot be mounted (its path must be UTF-8 without ':' or ',')",
+                job.work_dir.display()
+            );
+            return not_run(RunFailure::Container(reason.clone()), &reason);
+        };
+        let command = ["-c".to_owned(), PRELUDE.to_owned(), "cloister-job".to_owned()];
         let mut args = self.global.clone();
-        match self.run_args(&job, &name) {
+        match self.run_args(
+            spec,
+            &name,
+            &[(work.as_str(), WORK_DIR, false)],
+            "/bin/sh",
+            &command,
+        ) {
             Ok(run) => args.extend(run),
             Err(reason) => return not_run(RunFailure::Container(reason.clone()), &reason),
         }
-        let placement = &spec.placement;
         // The pull counts against the job's timeout and yields to its cancellation.
-        let pulled = tokio::select! {
-            pulled = self.ensure_image(&placement.image, placement.image_pull_policy, &placement.image_pull_secrets) => pulled,
-            () = tokio::time::sleep(spec.limits.timeout) => Err(format!("timed out after {} s while pulling the image", spec.limits.timeout.as_secs())),
-            () = &mut cancel => return not_run(RunFailure::Cancelled, "cancelled while pulling the image"),
-        };
-        if let Err(reason) = pulled {
-            return not_run(RunFailure::Container(reason.clone()), &reason);
+        if let Err((failure, reason)) = self.pull_for(spec, &mut cancel).await {
+            return not_run(failure, &reason);
         }
         let env_file = {
             let (work, env) = (job.work_dir.to_path_buf(), job.env.to_vec());
@@ -616,10 +1079,7 @@ impl cloister_runtime::ScriptRunner for Containers {
             classify_exit(&mut run);
         }
         if matches!(run.failure, Some(RunFailure::Container(_))) {
-            // The image may have been removed behind our back: look again next time.
-            if let Ok(mut present) = self.present.lock() {
-                present.remove(&placement.image);
-            }
+            self.forget_image(&spec.placement.image);
         }
         run
     }
@@ -669,6 +1129,44 @@ mod tests {
         for bad in ["", "--privileged", "-v", "image name", "a;b", "img\n"] {
             assert!(image_reference(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn dynamically_linked_programs_are_told_from_static_ones() {
+        let this = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(
+            has_interpreter(&this).unwrap(),
+            "test binaries are linked dynamically"
+        );
+        // The same file with its PT_INTERP header turned into PT_NULL.
+        let mut stripped = this.clone();
+        let phoff = u64::from_le_bytes(this[0x20..0x28].try_into().unwrap()) as usize;
+        let size = usize::from(u16::from_le_bytes([this[0x36], this[0x37]]));
+        let count = usize::from(u16::from_le_bytes([this[0x38], this[0x39]]));
+        for index in 0..count {
+            let at = phoff + index * size;
+            if stripped[at..at + 4] == 3u32.to_le_bytes() {
+                stripped[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+            }
+        }
+        assert!(!has_interpreter(&stripped).unwrap());
+        for bad in [&b""[..], b"#!/bin/sh\n", &this[..40]] {
+            assert!(has_interpreter(bad).is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_too_long_for_its_path_is_bound_through_its_folder() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("c".repeat(120));
+        std::fs::create_dir(&control).unwrap();
+        let listener = tokio::net::UnixListener::from_std(bind_socket(&control).unwrap()).unwrap();
+        assert!(control.join(SOCKET_FILE).exists());
+        let folder = std::fs::File::open(&control).unwrap();
+        let through = format!("/proc/self/fd/{}/{SOCKET_FILE}", folder.as_raw_fd());
+        let (_client, accepted) = tokio::join!(tokio::net::UnixStream::connect(through), listener.accept());
+        accepted.unwrap();
     }
 
     #[test]

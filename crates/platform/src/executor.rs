@@ -1,8 +1,9 @@
 //! Executors: where a job's runtime runs. Every executor hands the job to
 //! [`cloister_runtime::run_job`], the single entrypoint of a job's life; they differ in where
-//! that happens (this process for [`LocalExecutor`]; a Kubernetes pod later) and where the
-//! script runs (a process of this host, or a container of the service's image:
-//! [`LocalExecutor::with_containers`]).
+//! that happens (this process for [`LocalExecutor`]'s host jobs; `cloister-runtime` as the
+//! first program of the job's container with [`LocalExecutor::with_containers`]; a Kubernetes
+//! pod later) and so in how it reaches storage (in-process, or over S3 with the job's own
+//! credential).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -47,11 +48,11 @@ pub trait Executor: Send + Sync + 'static {
     /// Runs a synchronous invocation: output files come back in the outcome.
     async fn run_sync(&self, spec: JobSpec, max_output: u64) -> JobOutcome;
 
-    /// Whether this executor's jobs reach storage over the S3 endpoint and so need
+    /// Whether `spec`'s job reaches storage over the S3 endpoint and so needs
     /// [`JobSpec::storage`], a credential scoped to the job (issuing one costs a durable commit
-    /// at the job's start and another at its end). Executors that read the store in-process
-    /// need none.
-    fn needs_storage_access(&self) -> bool {
+    /// at the job's start and another at its end). Jobs whose runtime reads the store
+    /// in-process need none.
+    fn needs_storage_access(&self, _spec: &JobSpec) -> bool {
         false
     }
 }
@@ -61,8 +62,10 @@ pub trait Executor: Send + Sync + 'static {
 /// By default the script runs as a process of the host, not in the service's container image
 /// (the image is recorded only); its isolation is then a private work directory, a cleared
 /// environment, its own process group, resource limits and a timeout. With
-/// [`Self::with_containers`] it runs in a container of the service's image instead
-/// ([`crate::container`]); confidential jobs keep their path either way.
+/// [`Self::with_containers`] a job runs in a container of the service's image instead, with
+/// `cloister-runtime` inside reaching the store over a socket of its own (a synchronous
+/// invocation: only the script, see [`crate::container`]); confidential jobs keep their path
+/// either way.
 pub struct LocalExecutor {
     io: StoreIo,
     work_root: PathBuf,
@@ -157,6 +160,7 @@ impl LocalExecutor {
             synchronous,
             max_sync_output,
             runner,
+            base_env: None,
         }
     }
 }
@@ -192,7 +196,19 @@ impl Executor for LocalExecutor {
             };
             return crate::confidential::run(host, &spec, &self.io, slot, cancel, on_start).await;
         }
-        cloister_runtime::run_job(&spec, &self.io, &self.options(&slot, false, 0), cancel, on_start).await
+        let options = self.options(&slot, false, 0);
+        if let Some(containers) = &self.containers {
+            let work = self.work_root.join(&options.slot);
+            let control = self.work_root.join(format!("ctl-{}", spec.job_uuid));
+            return containers
+                .run_contained(&spec, &work, &control, cancel, on_start)
+                .await;
+        }
+        cloister_runtime::run_job(&spec, &self.io, &options, cancel, on_start).await
+    }
+
+    fn needs_storage_access(&self, spec: &JobSpec) -> bool {
+        self.containers.is_some() && spec.placement.tee.is_none()
     }
 
     async fn run_gated(

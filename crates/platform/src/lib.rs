@@ -69,7 +69,9 @@ pub struct Config {
     pub max_sync_invocations: usize,
     /// Most bytes of log kept per job.
     pub log_limit: usize,
-    /// The `cloister-runtime` binary that runs confidential jobs; `None` refuses them.
+    /// The `cloister-runtime` binary that runs confidential jobs and, with
+    /// [`ExecutorKind::Container`], plain jobs in their containers; `None` refuses the former
+    /// and the latter cannot start.
     pub runtime_binary: Option<PathBuf>,
     /// Memory-backed directory (tmpfs) where confidential jobs keep plaintext.
     pub plain_dir: PathBuf,
@@ -219,10 +221,19 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             .unwrap_or_else(|| config.data_dir.join("registry-auth"));
         // Named like the confidential jobs' folder: no other data directory has this key.
         let server_id = hex::encode(&sim_platform.public_key()[..8]);
-        let containers =
-            container::Containers::start(config.container_engine.as_deref(), &server_id, &auth_dir)
-                .await
-                .context("cannot use the container executor")?;
+        let runtime = config.runtime_binary.as_deref().context(
+            "the container executor starts cloister-runtime in each job's container: \
+             none beside this binary or on PATH (give --runtime-binary)",
+        )?;
+        let containers = container::Containers::start(
+            config.container_engine.as_deref(),
+            &server_id,
+            &auth_dir,
+            runtime,
+            store.s3_service(&config.s3_access_key, &config.s3_secret_key),
+        )
+        .await
+        .context("cannot use the container executor")?;
         local = local.with_containers(containers);
     }
     let executor: Arc<dyn Executor> = Arc::new(local);

@@ -308,7 +308,7 @@ async fn execute(platform: &Arc<Platform>, queued: Queued) -> Result<(), StateEr
             std::future::pending::<()>().await;
         }
     });
-    if platform.executor.needs_storage_access() {
+    if platform.executor.needs_storage_access(&spec) {
         spec.storage = issue_storage_access(platform, &spec).await;
     }
     let credential = spec.storage.as_ref().map(|access| access.access_key_id.clone());
@@ -609,7 +609,7 @@ mod tests {
             "credential-user"
         }
 
-        fn needs_storage_access(&self) -> bool {
+        fn needs_storage_access(&self, _spec: &JobSpec) -> bool {
             true
         }
 

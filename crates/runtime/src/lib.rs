@@ -8,9 +8,11 @@
 //! otherwise) and a wall-clock timeout.
 //!
 //! Storage is reached through [`JobIo`], so the same runtime serves the in-process local
-//! executor (direct access to the embedded store) and, later, a runtime process inside a TEE
-//! that talks S3 over the network.
+//! executor (direct access to the embedded store) and `cloister-runtime` in a job's container
+//! (or, later, pod), which talks S3 over the network with the job's own credential
+//! ([`contained`]).
 
+pub mod contained;
 pub mod plain;
 mod sandbox;
 pub mod tee;
@@ -401,6 +403,11 @@ pub struct RunOptions {
     /// Where the script runs when not as a process of this host (a container); `cgroups` are
     /// then not used.
     pub runner: Option<std::sync::Arc<dyn ScriptRunner>>,
+    /// The environment the script starts from, before the service's and the contract's
+    /// variables: a container image's own (as its engine gave it to a runtime in the
+    /// container), whose `PATH` and locale are the image's. `None` is this host's default
+    /// `PATH` and `LANG`.
+    pub base_env: Option<Vec<(String, String)>>,
 }
 
 /// Resolves `true` once a job may start, `false` when it must never run (see
@@ -586,6 +593,16 @@ fn copy_input(source: &Path, target: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Readies `work` for a job whose runtime runs elsewhere (in a container that mounts it): it
+/// then holds exactly its three empty folders, as [`run_job`] expects a reused directory.
+pub fn ready_work_dir(work: &Path) -> std::io::Result<()> {
+    if work_dir_is_clean(work) {
+        Ok(())
+    } else {
+        create_work_dir(work)
+    }
+}
+
 /// Whether `work` holds exactly its three folders, empty, as its last job's reset left it.
 fn work_dir_is_clean(work: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(work) else {
@@ -641,7 +658,7 @@ static DISCARDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 /// Empties a slot's work directory after its job: everything goes but the three folders, which
 /// are emptied, so the next job starts without creating directories. Anything that resists is
 /// discarded with the directory.
-fn reset_work_dir(work: &Path) -> std::io::Result<()> {
+pub fn reset_work_dir(work: &Path) -> std::io::Result<()> {
     let emptied = (|| -> std::io::Result<()> {
         for entry in std::fs::read_dir(work)? {
             let entry = entry?;
@@ -687,7 +704,8 @@ pub fn remove_stale_work_dirs(root: &Path) {
         let owned = name.starts_with("slot-") || name.starts_with("discarded-");
         let stale = match owned.then(|| sandbox::slot_owner(name)).flatten() {
             Some(pid) => pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists(),
-            None => name.starts_with("job-"),
+            // Per-job folders: the container executor's control folders, earlier versions' work.
+            None => name.starts_with("job-") || name.starts_with("ctl-"),
         };
         if stale && let Err(e) = std::fs::remove_dir_all(entry.path()) {
             tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove a stale work directory");
@@ -769,9 +787,9 @@ async fn run_in(
             None => path.display().to_string(),
         }
     };
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = options.base_env.clone().unwrap_or_default();
     // An image sets its own PATH and locale (its tools may live anywhere).
-    if runner.is_none() {
+    if runner.is_none() && options.base_env.is_none() {
         env.extend([
             (
                 "PATH".into(),

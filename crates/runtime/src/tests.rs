@@ -77,6 +77,7 @@ fn options(dir: &Path, cgroups: CgroupSupport) -> RunOptions {
         synchronous: false,
         max_sync_output: 1 << 20,
         runner: None,
+        base_env: None,
     }
 }
 
@@ -556,17 +557,20 @@ ln -s {victim} "$EVENT_FILE"
     );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
 
-    // A stale slot of a process that has ended, a directory moved aside and a per-job
-    // directory of an older version are removed when an executor starts; live slots stay.
+    // A stale slot of a process that has ended, a directory moved aside, a per-job directory
+    // of an older version and a container job's control folder (its socket and credential)
+    // are removed when an executor starts; live slots stay.
     let stale = options.work_root.join("slot-4294967290-0");
     let aside = options.work_root.join("discarded-4294967290-3");
     let old = options.work_root.join("job-0196b0c8-0000-7000-8000-000000000009");
+    let control = options.work_root.join("ctl-0196b0c8-0000-7000-8000-000000000009");
     let live = options.work_root.join(format!("slot-{}-7", std::process::id()));
-    for d in [&stale, &aside, &old, &live] {
+    for d in [&stale, &aside, &old, &control, &live] {
         std::fs::create_dir_all(d).unwrap();
     }
+    std::fs::write(control.join("job.json"), "{}").unwrap();
     remove_stale_work_dirs(&options.work_root);
-    assert!(!stale.exists() && !aside.exists() && !old.exists());
+    assert!(!stale.exists() && !aside.exists() && !old.exists() && !control.exists());
     assert!(live.exists() && slot_dir.exists());
 }
 
@@ -1020,4 +1024,50 @@ async fn gated_scripts_run_only_once_their_gate_opens() {
             assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
         }
     }
+}
+
+/// The job file carries what the runtime in a container needs, the credential included (it is
+/// the file's purpose), yet its `Debug` form shows no secret; a job without a credential
+/// cannot be handed over; inline input travels beside it.
+#[test]
+fn a_contained_job_round_trips_and_hides_its_secret() {
+    use crate::contained::{ContainedError, ContainedInput, ContainedJob};
+    let mut job = spec("echo hi");
+    job.input = JobInput::Object {
+        bucket: "b".into(),
+        key: "in/x".into(),
+    };
+    assert!(matches!(
+        ContainedJob::new(&job, "unix:///s".into()),
+        Err(ContainedError::NoCredential)
+    ));
+    job.storage = Some(StorageAccess {
+        endpoint: "http://127.0.0.1:9000".into(),
+        region: "us-east-1".into(),
+        access_key_id: "CJ00".into(),
+        secret_access_key: "very-secret-value".into(),
+        expires: OffsetDateTime::UNIX_EPOCH,
+    });
+    let contained = ContainedJob::new(&job, "unix:///cloister/ctl/s3.sock".into()).unwrap();
+    assert!(!format!("{contained:?}").contains("very-secret-value"));
+    let text = serde_json::to_string(&contained).unwrap();
+    let back: ContainedJob = serde_json::from_str(&text).unwrap();
+    let back = back.into_spec(None);
+    assert_eq!(back.input, job.input);
+    assert_eq!(
+        (back.script.as_str(), back.limits.timeout),
+        ("echo hi", job.limits.timeout)
+    );
+    let storage = back.storage.unwrap();
+    assert_eq!(storage.endpoint, "unix:///cloister/ctl/s3.sock");
+    assert_eq!(storage.secret_access_key, "very-secret-value");
+
+    job.input = JobInput::Inline(b"body".to_vec());
+    let inline = ContainedJob::new(&job, "unix:///s".into()).unwrap();
+    assert!(matches!(inline.input, Some(ContainedInput::Inline)));
+    assert_eq!(inline.into_spec(Some(b"body".to_vec())).input, job.input);
+    // A job file with a field it does not know is not a job.
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["extra"] = serde_json::json!(1);
+    assert!(serde_json::from_value::<ContainedJob>(value).is_err());
 }

@@ -25,8 +25,35 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
+
+/// Where a server accepts connections: TCP (the server's listeners), or a Unix socket (a
+/// container's own S3 endpoint, mounted into a container that has no network).
+pub trait Listener: Send + 'static {
+    /// One accepted connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Waits for the next connection.
+    fn accept_connection(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = TcpStream;
+
+    async fn accept_connection(&self) -> std::io::Result<TcpStream> {
+        let (socket, _) = TcpListener::accept(self).await?;
+        let _ = socket.set_nodelay(true);
+        Ok(socket)
+    }
+}
+
+impl Listener for UnixListener {
+    type Io = UnixStream;
+
+    async fn accept_connection(&self) -> std::io::Result<UnixStream> {
+        UnixListener::accept(self).await.map(|(socket, _)| socket)
+    }
+}
 
 /// Connections answered with a refusal at once, beyond the cap; past these, a connection is
 /// closed without an answer. Counted in [`default_max_connections`]'s budget.
@@ -185,12 +212,12 @@ struct Activity {
 }
 
 /// The connection's I/O, noting traffic for the idle watcher.
-struct Watched {
-    io: TcpStream,
+struct Watched<T> {
+    io: T,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -206,7 +233,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -295,7 +322,7 @@ where
 /// Serves `service` on `listener` within `limits` until `shutdown` completes; `name` names the
 /// listener in logs. Connections still open at shutdown get 5 s to finish.
 pub async fn serve_within<S, B>(
-    listener: TcpListener,
+    listener: impl Listener,
     service: S,
     limits: ConnectionLimits,
     refusal: Refusal,
@@ -322,8 +349,8 @@ pub async fn serve_within<S, B>(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
+            accepted = listener.accept_connection() => match accepted {
+                Ok(socket) => socket,
                 Err(e) => {
                     // Out of descriptors (or memory): retrying at once would spin on the same
                     // error, so wait, longer while it lasts, still heeding shutdown.
@@ -339,7 +366,6 @@ pub async fn serve_within<S, B>(
             () = shutdown.as_mut() => break,
         };
         backoff = Duration::from_millis(5);
-        let _ = socket.set_nodelay(true);
         let permit = match connections.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {

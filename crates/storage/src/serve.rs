@@ -9,7 +9,6 @@ use std::pin::Pin;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use s3s::Body;
 use s3s::service::S3Service;
-use tokio::net::TcpListener;
 
 use crate::Store;
 use crate::index::CorsRule;
@@ -378,7 +377,7 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for S3Http {
 /// Serves the S3 protocol on `listener` within `limits` until `shutdown` completes. A
 /// connection over the cap is answered `503 SlowDown`, which S3 clients retry with back-off.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl crate::listen::Listener,
     service: S3Http,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,

@@ -13,12 +13,20 @@
 //! content.
 //!
 //! The executor's side of the contract is [`cloister_runtime::tee`].
+//!
+//! The same binary is also the first program of a *plain* job's container
+//! ([`run_container_job`], contract [`cloister_runtime::contained`]): there it stages the
+//! input, runs the script and uploads the outputs over the network with the job's scoped S3
+//! credential ([`s3::S3Io`]), as OSCAR's supervisor does in a pod.
 
 mod cas_wait;
+mod contained;
 mod failure;
 mod job;
+pub mod s3;
 mod volumes;
 
+pub use contained::run_container_job;
 pub use job::run_job_dir;
 pub use volumes::{volume_binding, volume_file_name};
 

@@ -1,8 +1,10 @@
-//! `cloister-runtime`: runs one confidential job inside its TEE (see the library docs).
+//! `cloister-runtime`: runs one confidential job inside its TEE, or one plain job as the first
+//! program of its container (see the library docs).
 //!
 //! Usage: `cloister-runtime --job DIR` (the job directory an executor prepared). Status lines,
-//! never content, go to standard output. Exit codes: 0 the job succeeded, 8 it failed (the
-//! reason is in `DIR/result.json` and on standard output), 2 usage.
+//! never content, go to standard output. `cloister-runtime --container-job DIR`: the job file
+//! in DIR, the result as JSON on standard output. Exit codes: 0 the job succeeded, 8 it failed
+//! (the reason is in `DIR/result.json`, or the result, and on standard output), 2 usage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +18,9 @@ its outputs and log to the data owners. The executor starts it; people rarely do
 
 Usage:
   cloister-runtime --job DIR      run the job described by DIR/job.json
+  cloister-runtime --container-job DIR
+                                  run the plain job described by DIR/job.json as the first
+                                  program of its container (result as JSON on stdout)
   cloister-runtime --measurement  print the simulation measurement of this runtime (hex)
   cloister-runtime --version      print the runtime's identity
 
@@ -25,6 +30,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let job_dir = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["--job", dir] => PathBuf::from(dir),
+        ["--container-job", dir] => return container_job(&PathBuf::from(dir)),
         ["--measurement"] => {
             println!("{}", hex::encode(cloister_tee_runtime::sim_measurement()));
             return ExitCode::SUCCESS;
@@ -51,6 +57,33 @@ fn main() -> ExitCode {
     };
     let mut print = |line: &str| println!("{line}");
     let result = runtime.block_on(cloister_tee_runtime::run_job_dir(&job_dir, &mut print));
+    match result.status {
+        cloister_runtime::Status::Succeeded => ExitCode::SUCCESS,
+        cloister_runtime::Status::Failed => ExitCode::from(8),
+    }
+}
+
+/// A plain job in its container: the result is the only thing written to standard output.
+fn container_job(control: &std::path::Path) -> ExitCode {
+    use std::io::Write as _;
+    let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(cloister_tee_runtime::run_container_job(control)),
+        Err(e) => {
+            eprintln!("cloister: cannot start: {e}");
+            return ExitCode::from(8);
+        }
+    };
+    let written = serde_json::to_vec(&result)
+        .map_err(std::io::Error::other)
+        .and_then(|json| {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&json)?;
+            stdout.flush()
+        });
+    if let Err(e) = written {
+        eprintln!("cloister: cannot report the result: {e}");
+        return ExitCode::from(8);
+    }
     match result.status {
         cloister_runtime::Status::Succeeded => ExitCode::SUCCESS,
         cloister_runtime::Status::Failed => ExitCode::from(8),

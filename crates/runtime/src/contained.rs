@@ -1,0 +1,247 @@
+//! The contract between the container executor and `cloister-runtime --container-job`, the
+//! runtime as the first program of a plain job's container (OSCAR's supervisor in its place).
+//!
+//! The executor bind-mounts the job's work directory at [`WORK_DIR`] (holding only its three
+//! empty folders) and a control directory at [`CONTROL_DIR`], which holds [`JOB_FILE`] (a
+//! [`ContainedJob`], with the job's storage credential: mode 0600, read and removed by the
+//! runtime before the script starts) and the job's S3 socket [`SOCKET_FILE`]. The runtime runs
+//! [`crate::run_job`] with a network [`crate::JobIo`] on that endpoint and writes one
+//! [`ContainedResult`] as JSON to its standard output when the job has ended; nothing else goes
+//! there (its own diagnostics go to standard error), and the script's output reaches it through
+//! pipes, so a script cannot forge the result.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{JobInput, JobOutcome, JobSpec, Limits, LogLine, OutputTarget, Placement, Status, StorageAccess};
+
+/// Where the job's work directory is mounted in the container (the contract's paths are there).
+pub const WORK_DIR: &str = "/cloister/job";
+/// Where the control directory is mounted in the container.
+pub const CONTROL_DIR: &str = "/cloister/ctl";
+/// The job's description in the control directory.
+pub const JOB_FILE: &str = "job.json";
+/// The job's S3 endpoint (a Unix socket) in the control directory.
+pub const SOCKET_FILE: &str = "s3.sock";
+/// An inline input's bytes (a `POST /job` body) in the control directory.
+pub const INPUT_FILE: &str = "input";
+/// Where the runtime's own files (the binary, and for a dynamically linked one its loader and
+/// libraries) are mounted, read-only.
+pub const RUNTIME_DIR: &str = "/cloister/runtime";
+/// Largest job file the runtime reads (the event is at most the body limit of `/job`).
+pub const MAX_JOB_FILE: u64 = 64 * 1024 * 1024;
+
+/// A plain job as the runtime in its container gets it. It holds the job's storage credential:
+/// it is written only to the control directory (0600) and removed by the runtime once read.
+/// Its `Debug` form hides the secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainedJob {
+    /// Job name as listed by the API.
+    pub job_name: String,
+    /// The job's UUID (`JOB_UUID`).
+    pub job_uuid: String,
+    /// Service name (`OSCAR_SERVICE_NAME`).
+    pub service: String,
+    /// Service token (`OSCAR_SERVICE_TOKEN`).
+    pub service_token: String,
+    /// The script's content.
+    pub script: String,
+    /// The service's variables and secrets.
+    pub environment: BTreeMap<String, String>,
+    /// The input object, if any.
+    pub input: Option<ContainedInput>,
+    /// The event that started the job (`EVENT`), JSON text.
+    pub event: String,
+    /// When the event happened (`EVENT_TIME`).
+    #[serde(with = "time::serde::rfc3339")]
+    pub event_time: OffsetDateTime,
+    /// Upload targets.
+    pub outputs: Vec<OutputTarget>,
+    /// Wall-clock limit of the script, seconds (memory and CPU are the container's limits).
+    pub timeout_secs: u64,
+    /// Most bytes of log kept.
+    pub log_limit: usize,
+    /// The job's storage endpoint and credential.
+    pub storage: ContainedStorage,
+}
+
+/// The input of a contained job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum ContainedInput {
+    /// An object in storage, fetched with the job's credential.
+    Object {
+        /// Bucket name.
+        bucket: String,
+        /// Object key.
+        key: String,
+    },
+    /// Bytes in [`INPUT_FILE`] of the control directory.
+    Inline,
+}
+
+/// [`StorageAccess`] as the job file carries it.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainedStorage {
+    /// `unix:///path` or `http://host:port`, as the runtime reaches it.
+    pub endpoint: String,
+    /// The region to sign for.
+    pub region: String,
+    /// The credential's access key id.
+    pub access_key_id: String,
+    /// The credential's secret.
+    pub secret_access_key: String,
+    /// When the credential stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+}
+
+impl std::fmt::Debug for ContainedStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainedStorage")
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a job cannot be handed to a runtime in a container.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainedError {
+    /// The platform issued no storage credential for the job.
+    #[error("the job has no storage credential (the platform could not issue one)")]
+    NoCredential,
+}
+
+impl ContainedJob {
+    /// The job file for `spec`, whose credential the runtime uses at `endpoint` (where the
+    /// container sees the job's S3 endpoint). Inline input goes to [`INPUT_FILE`] beside it.
+    pub fn new(spec: &JobSpec, endpoint: String) -> Result<Self, ContainedError> {
+        let access = spec.storage.as_ref().ok_or(ContainedError::NoCredential)?;
+        let input = match &spec.input {
+            JobInput::None => None,
+            JobInput::Object { bucket, key } => Some(ContainedInput::Object {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            }),
+            JobInput::Inline(_) => Some(ContainedInput::Inline),
+        };
+        Ok(Self {
+            job_name: spec.job_name.clone(),
+            job_uuid: spec.job_uuid.clone(),
+            service: spec.service.clone(),
+            service_token: spec.service_token.clone(),
+            script: spec.script.clone(),
+            environment: spec.environment.clone(),
+            input,
+            event: spec.event.clone(),
+            event_time: spec.event_time,
+            outputs: spec.outputs.clone(),
+            timeout_secs: spec.limits.timeout.as_secs().max(1),
+            log_limit: spec.log_limit,
+            storage: ContainedStorage {
+                endpoint,
+                region: access.region.clone(),
+                access_key_id: access.access_key_id.clone(),
+                secret_access_key: access.secret_access_key.clone(),
+                expires: access.expires,
+            },
+        })
+    }
+
+    /// The runtime's description of the job; `inline` is the content of [`INPUT_FILE`] when the
+    /// input is inline.
+    pub fn into_spec(self, inline: Option<Vec<u8>>) -> JobSpec {
+        JobSpec {
+            job_name: self.job_name,
+            job_uuid: self.job_uuid,
+            service: self.service,
+            service_token: self.service_token,
+            script: self.script,
+            environment: self.environment,
+            input: match self.input {
+                Some(ContainedInput::Object { bucket, key }) => JobInput::Object { bucket, key },
+                Some(ContainedInput::Inline) => JobInput::Inline(inline.unwrap_or_default()),
+                None => JobInput::None,
+            },
+            event: self.event,
+            event_time: self.event_time,
+            outputs: self.outputs,
+            limits: Limits {
+                memory_bytes: None,
+                cpu_millis: None,
+                timeout: Duration::from_secs(self.timeout_secs.max(1)),
+            },
+            log_limit: self.log_limit,
+            placement: Placement::default(),
+            storage: Some(StorageAccess {
+                endpoint: self.storage.endpoint,
+                region: self.storage.region,
+                access_key_id: self.storage.access_key_id,
+                secret_access_key: self.storage.secret_access_key,
+                expires: self.storage.expires,
+            }),
+        }
+    }
+}
+
+/// What the runtime in the container reports on its standard output when the job has ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainedResult {
+    /// Succeeded or Failed.
+    pub status: Status,
+    /// The script's exit code, if it exited normally.
+    pub exit_code: Option<i32>,
+    /// Why the job failed.
+    pub reason: Option<String>,
+    /// The log: (unix time in nanoseconds, line).
+    pub log: Vec<(i128, String)>,
+    /// Keys uploaded, as `bucket/key`.
+    pub uploaded: Vec<String>,
+}
+
+impl ContainedResult {
+    /// The report of an outcome.
+    pub fn from_outcome(outcome: JobOutcome) -> Self {
+        Self {
+            status: outcome.status,
+            exit_code: outcome.exit_code,
+            reason: outcome.reason,
+            log: outcome
+                .log
+                .into_iter()
+                .map(|line| (line.time.unix_timestamp_nanos(), line.text))
+                .collect(),
+            uploaded: outcome.uploaded,
+        }
+    }
+
+    /// The outcome it reports.
+    pub fn into_outcome(self) -> JobOutcome {
+        let now = OffsetDateTime::now_utc();
+        JobOutcome {
+            status: self.status,
+            exit_code: self.exit_code,
+            reason: self.reason,
+            log: self
+                .log
+                .into_iter()
+                .map(|(nanos, text)| LogLine {
+                    time: OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(now),
+                    text,
+                })
+                .collect(),
+            stdout: Vec::new(),
+            files: Vec::new(),
+            uploaded: self.uploaded,
+            sealed_log: None,
+        }
+    }
+}
