@@ -4,6 +4,7 @@
 mod access;
 mod common;
 mod evidence;
+mod governance;
 mod hash;
 mod parse;
 mod props;

@@ -23,6 +23,8 @@
 //! - `operator`: status, unseal, seal; `sessions` (with `session_cache`), `namespaces`,
 //!   `secrets`, `platforms`: the owners' and administrators' resources;
 //! - `attest`: nonces and attestation; `volumes`: volume commits of attested workloads;
+//! - `governance` (with `history`): boards' decisions on changes, proposals and votes, the
+//!   sweep of open proposals, session histories, auditors;
 //! - `audit`: refusals recorded outside a write's own transaction, refusal summaries, and
 //!   reading the log.
 
@@ -45,6 +47,7 @@ use tokio::sync::watch;
 use crate::auth::Authenticator;
 use crate::nonce::Nonces;
 pub use crate::refusals::RefusalAuditLimits;
+pub use governance::GovernanceConfig;
 use crate::refusals::RefusalRecorder;
 use body::{ATTEST_BODY, PLATFORM_BODY, SESSION_BODY, VOLUME_COMMIT_BODY, body_limit};
 use error::{CasError, CasResult, sealed_message};
@@ -55,6 +58,8 @@ mod attest;
 mod audit;
 mod body;
 mod error;
+mod governance;
+mod history;
 mod namespaces;
 mod operator;
 mod platforms;
@@ -70,6 +75,10 @@ const SECRETS: &str = "secrets";
 const PLATFORMS: &str = "platforms";
 const VOLUMES: &str = "volumes";
 const NAMESPACES: &str = "namespaces";
+const VERSIONS: &str = "session-versions";
+const PROPOSALS: &str = "proposals";
+/// The ids of pending proposals, so that the sweep reads only those.
+const PROPOSALS_OPEN: &str = "proposals-open";
 
 /// Settings of `cloister cas serve`.
 #[derive(Debug, Clone)]
@@ -91,6 +100,8 @@ pub struct CasConfig {
     pub collateral: Option<Arc<cloister_attestation::CollateralSource>>,
     /// How many refused attestations are audited one by one (the rest are summed up).
     pub refusal_audit: RefusalAuditLimits,
+    /// Auditors, proposal lifetime and veto window.
+    pub governance: GovernanceConfig,
 }
 
 /// A running CAS.
@@ -216,6 +227,11 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> Result<RunningCas, S
         shutdown_rx.clone(),
     )));
 
+    tasks.push(tokio::spawn(governance::sweep_proposals(
+        cas.clone(),
+        shutdown_rx.clone(),
+    )));
+
     let network = network_router(cas.clone());
     let mut stop = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -298,6 +314,20 @@ fn network_router(cas: Arc<Cas>) -> Router {
             post(volumes::commit_volume.layer(body_limit(VOLUME_COMMIT_BODY))),
         )
         .route("/v1/audit", get(audit::audit))
+        .route(
+            "/v1/proposals",
+            post(governance::propose.layer(body_limit(SESSION_BODY))).get(governance::list),
+        )
+        .route("/v1/proposals/{id}", get(governance::show))
+        .route(
+            "/v1/proposals/{id}/{action}",
+            post(governance::vote.layer(body_limit(PLATFORM_BODY))),
+        )
+        .route(
+            "/v1/updates",
+            post(governance::signed_update.layer(body_limit(SESSION_BODY))),
+        )
+        .route("/v1/history/{*name}", get(history::history))
         .with_state(cas)
 }
 
