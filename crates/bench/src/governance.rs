@@ -59,7 +59,9 @@ struct Board {
 
 impl Board {
     fn yaml(&self, predecessor: Option<&str>) -> String {
-        let predecessor = predecessor.map(|p| format!("predecessor: {p}\n")).unwrap_or_default();
+        let predecessor = predecessor
+            .map(|p| format!("predecessor: {p}\n"))
+            .unwrap_or_default();
         format!(
             "name: {}\n{predecessor}access_policy:\n  update:\n    at_least: {}\n    of: [{}]\nsecurity:\n  \
              attestation:\n    tolerate: [simulation]\n    mode: none\nservices:\n- name: worker\n  command: [run, \
@@ -89,7 +91,11 @@ impl Board {
             let after = member.vote(&proposal.id, Vote::Approve, signature).await?;
             let took = t.elapsed();
             if i + 1 == self.members.len() {
-                anyhow::ensure!(after.state == "applied", "the last approval left it {}", after.state);
+                anyhow::ensure!(
+                    after.state == "applied",
+                    "the last approval left it {}",
+                    after.state
+                );
                 last = took;
             } else {
                 anyhow::ensure!(after.state == "pending", "applied before the last approval");
@@ -137,7 +143,7 @@ pub async fn run(args: GovernanceArgs, json: bool) -> anyhow::Result<()> {
     let cas = start_cas(&cloister, dir.path(), &admin.public(), None)?;
     let mut boards = Vec::new();
     for &size in &args.board {
-        let mut b = board(&cas.url, &cas.pin, &format!("bench/board{size}"), size).await?;
+        let mut b = board(&cas.url, &cas.pin, &format!("board{size}/bench"), size).await?;
         // Connections opened and the session cached before anything counts.
         b.change().await?;
         boards.push(b);

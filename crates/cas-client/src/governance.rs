@@ -48,7 +48,8 @@ pub struct Change {
 
 fn hash32(field: &str, text: &str) -> Result<[u8; 32], String> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut out).map_err(|_| format!("{field} is not a session hash (64 hex)"))?;
+    hex::decode_to_slice(text.trim(), &mut out)
+        .map_err(|_| format!("{field} is not a session hash (64 hex)"))?;
     Ok(out)
 }
 
@@ -94,10 +95,9 @@ impl FromStr for DetachedSignature {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (key, signature) = s
-            .trim()
-            .rsplit_once(':')
-            .ok_or_else(|| "a signature is KEY:SIGNATURE (as `cloister cas session sign` prints it)".to_string())?;
+        let (key, signature) = s.trim().rsplit_once(':').ok_or_else(|| {
+            "a signature is KEY:SIGNATURE (as `cloister cas session sign` prints it)".to_string()
+        })?;
         if signature.len() != 128 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("the signature part is 128 hex digits".into());
         }
@@ -248,6 +248,10 @@ mod tests {
         assert_eq!(parsed.key, format!("ed25519:{}", "11".repeat(32)));
         assert_eq!(parsed.to_string(), text.to_lowercase());
         assert!("nokey".parse::<DetachedSignature>().is_err());
-        assert!(format!("ed25519:{}:abcd", "11".repeat(32)).parse::<DetachedSignature>().is_err());
+        assert!(
+            format!("ed25519:{}:abcd", "11".repeat(32))
+                .parse::<DetachedSignature>()
+                .is_err()
+        );
     }
 }

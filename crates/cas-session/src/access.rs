@@ -160,7 +160,10 @@ impl<'de> Deserialize<'de> for Principal {
 #[serde(deny_unknown_fields)]
 pub struct AccessPolicy {
     /// Principals that may read the session.
-    #[serde(default = "creator_only", deserialize_with = "crate::governance::deserialize_read")]
+    #[serde(
+        default = "creator_only",
+        deserialize_with = "crate::governance::deserialize_read"
+    )]
     pub read: Vec<Principal>,
     /// Who must agree to replace the session with a successor.
     #[serde(default)]
@@ -211,7 +214,8 @@ impl AccessPolicy {
 
     /// True when `who`, alone, may update the session whose creator is `creator`.
     pub fn may_update(&self, who: &ClientKey, creator: &ClientKey) -> bool {
-        self.update.is_met(&std::iter::once(who.clone()).collect(), creator)
+        self.update
+            .is_met(&std::iter::once(who.clone()).collect(), creator)
     }
 
     pub(crate) fn normalize(&mut self) {

@@ -182,8 +182,11 @@ impl UpdatePolicy {
             UpdatePolicy::Board(board) => {
                 let mut signers = BTreeSet::new();
                 board.rule.signers(creator, &mut signers);
-                let willing: BTreeSet<ClientKey> =
-                    signers.into_iter().filter(|k| !rejecters.contains(*k)).cloned().collect();
+                let willing: BTreeSet<ClientKey> = signers
+                    .into_iter()
+                    .filter(|k| !rejecters.contains(*k))
+                    .cloned()
+                    .collect();
                 board.rule.is_met(&willing, creator)
             }
         }
@@ -305,7 +308,9 @@ impl RawNode {
             (None, Some(at_least), Some(of)) => Rule::AtLeast { at_least, of },
             (None, Some(_), None) => return Err(E::custom("at_least needs of: [members]")),
             (None, None, Some(_)) => return Err(E::custom("of needs at_least: N")),
-            (None, None, None) => return Err(E::custom("a rule is all: [...] or at_least: N with of: [...]")),
+            (None, None, None) => {
+                return Err(E::custom("a rule is all: [...] or at_least: N with of: [...]"));
+            }
             _ => return Err(E::custom("a rule is either all or at_least/of, not both")),
         };
         Ok((rule, self.veto))

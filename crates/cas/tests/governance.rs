@@ -171,11 +171,7 @@ async fn a_proposal_applies_when_its_board_agrees_and_is_in_the_history() {
     assert_eq!(cas.last("session-update-refused").await.actor, public(OWNER));
 
     // Proposed by a member; outsiders may not propose.
-    refused(
-        cas.client(OUTSIDER).propose(&v2_yaml).await,
-        403,
-        "only members",
-    );
+    refused(cas.client(OUTSIDER).propose(&v2_yaml).await, 403, "only members");
     assert_eq!(cas.last("proposal-create-refused").await.actor, public(OUTSIDER));
     let proposal = cas.client(A).propose(&v2_yaml).await.unwrap();
     assert_eq!(proposal.state, "pending");
@@ -186,7 +182,11 @@ async fn a_proposal_applies_when_its_board_agrees_and_is_in_the_history() {
     // Not met yet: owner + A is one of the two; the veto holder has not spoken.
     assert_eq!(approve(&cas, OWNER, &id).await.unwrap().state, "pending");
     assert_eq!(approve(&cas, A, &id).await.unwrap().state, "pending");
-    assert_eq!(approve(&cas, B, &id).await.unwrap().state, "pending", "the veto window is open");
+    assert_eq!(
+        approve(&cas, B, &id).await.unwrap().state,
+        "pending",
+        "the veto window is open"
+    );
     assert_eq!(current(&cas, name).await, v1);
     // The veto holder's approval closes the window: applied in that transaction.
     let applied = approve(&cas, HOSPITAL, &id).await.unwrap();
@@ -201,7 +201,10 @@ async fn a_proposal_applies_when_its_board_agrees_and_is_in_the_history() {
 
     // Votes on a closed proposal are refused.
     refused(approve(&cas, C, &id).await, 409, "is applied");
-    assert_eq!(cas.last("proposal-vote-refused").await.detail["proposal"], id.as_str());
+    assert_eq!(
+        cas.last("proposal-vote-refused").await.detail["proposal"],
+        id.as_str()
+    );
 
     // The history: both versions, chained, with the approvals of the second.
     let history = cas.client(A).history(name).await.unwrap();
@@ -297,9 +300,16 @@ async fn bad_votes_are_refused_and_audited() {
 
     // Someone else submits C's detached approval: it counts as C's, and completes the rule.
     let c_signature = key(C).sign_vote(&proposal.change, Vote::Approve).unwrap();
-    let applied = cas.client(OUTSIDER).vote(&id, Vote::Approve, c_signature).await.unwrap();
+    let applied = cas
+        .client(OUTSIDER)
+        .vote(&id, Vote::Approve, c_signature)
+        .await
+        .unwrap();
     assert_eq!(applied.state, "applied");
-    assert_eq!(applied.approvals[1].submitted_by.as_deref(), Some(public(OUTSIDER).as_str()));
+    assert_eq!(
+        applied.approvals[1].submitted_by.as_deref(),
+        Some(public(OUTSIDER).as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,9 +334,18 @@ async fn vetoes_rejections_expiry_and_voiding_close_proposals() {
         .await
         .unwrap();
     approve(&cas, A, &vetoed.id).await.unwrap();
-    let after = cas.client(HOSPITAL).vote_on(&vetoed.id, Vote::Reject).await.unwrap();
+    let after = cas
+        .client(HOSPITAL)
+        .vote_on(&vetoed.id, Vote::Reject)
+        .await
+        .unwrap();
     assert_eq!(after.state, "vetoed");
-    assert!(cas.last("proposal-vetoed").await.detail["reason"].as_str().unwrap().contains(&public(HOSPITAL)));
+    assert!(
+        cas.last("proposal-vetoed").await.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&public(HOSPITAL))
+    );
     refused(approve(&cas, B, &vetoed.id).await, 409, "is vetoed");
     refused(approve(&cas, OWNER, &vetoed.id).await, 409, "is vetoed");
     assert_eq!(current(&cas, name).await, v1);
@@ -372,7 +391,10 @@ async fn vetoes_rejections_expiry_and_voiding_close_proposals() {
     // The other open proposal named v1: void now.
     let shown = cas.client(A).proposal(&expiring.id).await.unwrap();
     assert_eq!(shown.state, "void", "{shown:?}");
-    assert_eq!(cas.last("proposal-void").await.detail["proposal"], expiring.id.as_str());
+    assert_eq!(
+        cas.last("proposal-void").await.detail["proposal"],
+        expiring.id.as_str()
+    );
 
     let late = cas
         .client(A)
@@ -381,7 +403,10 @@ async fn vetoes_rejections_expiry_and_voiding_close_proposals() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(3300)).await;
     refused(approve(&cas, A, &late.id).await, 409, "is expired");
-    assert_eq!(cas.last("proposal-expired").await.detail["proposal"], late.id.as_str());
+    assert_eq!(
+        cas.last("proposal-expired").await.detail["proposal"],
+        late.id.as_str()
+    );
     let entry = cas.last("proposal-vote-refused").await;
     assert_eq!(entry.actor, public(A));
 }
@@ -396,7 +421,11 @@ async fn signed_updates_meet_the_rules_in_force_not_their_own() {
     // Changing the rules to "A alone" still needs two of the old three.
     let alone = format!("    - {}\n", public(A));
     let takeover = session(name, Some(&v1), "one", &alone);
-    refused(cas.client(A).update_session(name, &takeover).await, 403, "do not meet");
+    refused(
+        cas.client(A).update_session(name, &takeover).await,
+        403,
+        "do not meet",
+    );
     assert!(
         cas.last("session-update-refused").await.detail["reason"]
             .as_str()
@@ -449,7 +478,12 @@ async fn signed_updates_meet_the_rules_in_force_not_their_own() {
         hash: cloister_cas_session::parse_session(&v2_yaml).unwrap().hash(),
     };
     let b_sig = key(B).sign_vote(&v2_change, Vote::Approve).unwrap();
-    let v2 = cas.client(A).update_signed(&v2_yaml, vec![b_sig.clone()]).await.unwrap().hash;
+    let v2 = cas
+        .client(A)
+        .update_signed(&v2_yaml, vec![b_sig.clone()])
+        .await
+        .unwrap()
+        .hash;
     // Replaying B's approval of v2 for the next change fails: it names another predecessor.
     let v3_yaml = session(name, Some(&v2), "three", &mixed);
     refused(
@@ -463,7 +497,12 @@ async fn signed_updates_meet_the_rules_in_force_not_their_own() {
         hash: cloister_cas_session::parse_session(&v3_yaml).unwrap().hash(),
     };
     let p_sig = p256.sign_vote(&v3_change, Vote::Approve).unwrap();
-    let v3 = cas.client(A).update_signed(&v3_yaml, vec![p_sig]).await.unwrap().hash;
+    let v3 = cas
+        .client(A)
+        .update_signed(&v3_yaml, vec![p_sig])
+        .await
+        .unwrap()
+        .hash;
     let history = cas.client(A).history(name).await.unwrap();
     assert_eq!(
         history.iter().map(|v| v.hash.as_str()).collect::<Vec<_>>(),
@@ -579,7 +618,13 @@ async fn a_namespace_board_approves_new_sessions() {
     let history = cas.client(OWNER).history("ward/new").await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].approvals.len(), 2);
-    assert_eq!(cas.last("session-create").await.detail["approvals"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        cas.last("session-create").await.detail["approvals"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     // B, a board member but not the owner, creates another with A: allowed, B owns it.
     let other = session("ward/other", None, "one", "    - CREATOR\n");
     let change = Change {
@@ -589,5 +634,8 @@ async fn a_namespace_board_approves_new_sessions() {
     };
     let a = key(A).sign_vote(&change, Vote::Approve).unwrap();
     cas.client(B).update_signed(&other, vec![a]).await.unwrap();
-    assert_eq!(cas.client(B).get_session("ward/other").await.unwrap().creator, public(B));
+    assert_eq!(
+        cas.client(B).get_session("ward/other").await.unwrap().creator,
+        public(B)
+    );
 }

@@ -669,9 +669,13 @@ async fn session(command: SessionCommand, json: bool) -> anyhow::Result<()> {
         } if !signatures.is_empty() => {
             crate::cas_governance::update_signed(&file, &signatures, &connect, json).await
         }
-        SessionCommand::Propose { file, connect } => crate::cas_governance::propose(&file, &connect, json).await,
+        SessionCommand::Propose { file, connect } => {
+            crate::cas_governance::propose(&file, &connect, json).await
+        }
         SessionCommand::Sign { file, key } => crate::cas_governance::sign(&file, &key, json),
-        SessionCommand::History { name, connect } => crate::cas_governance::history(&name, &connect, json).await,
+        SessionCommand::History { name, connect } => {
+            crate::cas_governance::history(&name, &connect, json).await
+        }
         SessionCommand::Update { file, connect, .. } => {
             let yaml = read(&file)?;
             let parsed =

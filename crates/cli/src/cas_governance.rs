@@ -36,7 +36,8 @@ fn read(path: &Path) -> anyhow::Result<String> {
 /// The change a session file makes: its name, the predecessor it names (none when it creates
 /// the session) and its hash.
 fn change_of(yaml: &str) -> anyhow::Result<Change> {
-    let session = cloister_cas_session::parse_session(yaml).map_err(|e| fail(exit::INVALID, e.to_string()))?;
+    let session =
+        cloister_cas_session::parse_session(yaml).map_err(|e| fail(exit::INVALID, e.to_string()))?;
     Ok(Change {
         hash: session.hash(),
         session: session.name,
@@ -86,7 +87,10 @@ pub async fn propose(file: &Path, connect: &CasConnect, json: bool) -> anyhow::R
     if json {
         print_json(&proposal)
     } else {
-        println!("proposed {} for {} ({})", proposal.id, proposal.change.session, proposal.change.hash);
+        println!(
+            "proposed {} for {} ({})",
+            proposal.id, proposal.change.session, proposal.change.hash
+        );
         Ok(())
     }
 }
@@ -177,11 +181,7 @@ pub async fn vote(id: &str, vote: Vote, connect: &CasConnect, json: bool) -> any
 pub async fn proposals(command: ProposalsCommand, json: bool) -> anyhow::Result<()> {
     match command {
         ProposalsCommand::Ls { prefix, connect } => {
-            let list = connect
-                .client()?
-                .proposals(&prefix)
-                .await
-                .map_err(client_error)?;
+            let list = connect.client()?.proposals(&prefix).await.map_err(client_error)?;
             if json {
                 return print_json(&list);
             }

@@ -49,7 +49,9 @@ fn keygen(dir: &Path, name: &str) -> (String, String) {
 }
 
 fn session(predecessor: Option<&str>, marker: &str, board: &[&str]) -> String {
-    let predecessor = predecessor.map(|p| format!("predecessor: {p}\n")).unwrap_or_default();
+    let predecessor = predecessor
+        .map(|p| format!("predecessor: {p}\n"))
+        .unwrap_or_default();
     format!(
         "name: ward/triage\n{predecessor}access_policy:\n  update:\n    all:\n    - CREATOR\n    - at_least: 2\n      \
          of: [{}, {}, {}]\n    veto: [{}]\nsecurity:\n  attestation:\n    tolerate: [simulation]\n    mode: none\n\
@@ -134,8 +136,15 @@ fn a_board_governs_a_session_through_the_command_line() {
     assert_eq!(listed[0]["id"], id.as_str());
     assert_eq!(listed[0]["state"], "pending");
     let shown = ok(&run(&owner, &["cas", "proposals", "show", &id]));
-    assert!(shown.contains("state       pending") && shown.contains("command"), "{shown}");
-    refused(&run(&outsider, &["cas", "approve", &id]), 9, "not allowed to see proposal");
+    assert!(
+        shown.contains("state       pending") && shown.contains("command"),
+        "{shown}"
+    );
+    refused(
+        &run(&outsider, &["cas", "approve", &id]),
+        9,
+        "not allowed to see proposal",
+    );
     for key in [&owner, &a, &b] {
         assert!(ok(&run(key, &["cas", "approve", &id])).contains("pending"));
     }
@@ -144,30 +153,59 @@ fn a_board_governs_a_session_through_the_command_line() {
 
     // Offline: the next version signed by B and C on their own machines, submitted by the
     // owner, whom the rule requires as well; the veto holder signs too (its window is open).
-    let history: Value =
-        serde_json::from_str(&ok(&run(&auditor, &["cas", "session", "history", "ward/triage", "--json"])))
-            .unwrap();
+    let history: Value = serde_json::from_str(&ok(&run(
+        &auditor,
+        &["cas", "session", "history", "ward/triage", "--json"],
+    )))
+    .unwrap();
     let v2 = history[1]["hash"].as_str().unwrap().to_owned();
     let v3_file = write("v3.yaml", &session(Some(&v2), "three", &board));
-    let sign = |key: &str| ok(&cli(&["cas", "session", "sign", &v3_file, "--key", key])).trim().to_owned();
+    let sign = |key: &str| {
+        ok(&cli(&["cas", "session", "sign", &v3_file, "--key", key]))
+            .trim()
+            .to_owned()
+    };
     let (sig_b, sig_c, sig_veto) = (sign(&b), sign(&c), sign(&veto));
     // Without the veto holder the change must go through a proposal.
     refused(
-        &run(&owner, &["cas", "session", "update", &v3_file, "--signature", &sig_b, "--signature", &sig_c]),
+        &run(
+            &owner,
+            &[
+                "cas",
+                "session",
+                "update",
+                &v3_file,
+                "--signature",
+                &sig_b,
+                "--signature",
+                &sig_c,
+            ],
+        ),
         9,
         "veto holders",
     );
     let updated = ok(&run(
         &owner,
         &[
-            "cas", "session", "update", &v3_file, "--signature", &sig_b, "--signature", &sig_c, "--signature",
+            "cas",
+            "session",
+            "update",
+            &v3_file,
+            "--signature",
+            &sig_b,
+            "--signature",
+            &sig_c,
+            "--signature",
             &sig_veto,
         ],
     ));
     assert!(updated.starts_with("written ward/triage"), "{updated}");
 
     // A proposal the veto holder rejects.
-    let v4_file = write("v4.yaml", &session(Some(updated.split_whitespace().last().unwrap()), "four", &board));
+    let v4_file = write(
+        "v4.yaml",
+        &session(Some(updated.split_whitespace().last().unwrap()), "four", &board),
+    );
     let proposed: Value =
         serde_json::from_str(&ok(&run(&c, &["cas", "session", "propose", &v4_file, "--json"]))).unwrap();
     let vetoed = proposed["id"].as_str().unwrap().to_owned();
@@ -175,9 +213,11 @@ fn a_board_governs_a_session_through_the_command_line() {
     refused(&run(&a, &["cas", "approve", &vetoed]), 5, "is vetoed");
 
     // The history: three versions, each with its approvals.
-    let history: Value =
-        serde_json::from_str(&ok(&run(&auditor, &["cas", "session", "history", "ward/triage", "--json"])))
-            .unwrap();
+    let history: Value = serde_json::from_str(&ok(&run(
+        &auditor,
+        &["cas", "session", "history", "ward/triage", "--json"],
+    )))
+    .unwrap();
     let versions = history.as_array().unwrap();
     assert_eq!(versions.len(), 3);
     assert_eq!(versions[1]["predecessor"], v1.as_str());
@@ -190,7 +230,11 @@ fn a_board_governs_a_session_through_the_command_line() {
     // The auditor reads the session redacted, never a secret, and verifies the whole log.
     let got = run(&auditor, &["cas", "session", "get", "ward/triage"]);
     assert!(String::from_utf8_lossy(&got.stderr).contains("redacted"));
-    refused(&run(&auditor, &["cas", "secret", "ward/triage", "key"]), 9, "only the session's owner");
+    refused(
+        &run(&auditor, &["cas", "secret", "ward/triage", "key"]),
+        9,
+        "only the session's owner",
+    );
     let log = ok(&run(&auditor, &["cas", "audit", "export"]));
     for kind in [
         "proposal-create",
@@ -202,8 +246,21 @@ fn a_board_governs_a_session_through_the_command_line() {
         "session-update-refused",
         "secret-read-refused",
     ] {
-        assert!(log.contains(&format!("\"kind\":\"{kind}\"")), "no {kind} in the log");
+        assert!(
+            log.contains(&format!("\"kind\":\"{kind}\"")),
+            "no {kind} in the log"
+        );
     }
     let log_file = write("audit.jsonl", &log);
-    assert!(ok(&cli(&["cas", "audit", "verify", &log_file, "--identity", &identity])).contains("intact"));
+    assert!(
+        ok(&cli(&[
+            "cas",
+            "audit",
+            "verify",
+            &log_file,
+            "--identity",
+            &identity
+        ]))
+        .contains("intact")
+    );
 }

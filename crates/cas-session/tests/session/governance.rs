@@ -35,8 +35,14 @@ fn boards_parse_decide_and_round_trip() {
     let s = parse(&yaml);
     let policy = &s.access_policy.update;
     assert!(matches!(policy, UpdatePolicy::Board(_)));
-    assert!(!policy.is_met(&approvers(&[&owner, &a]), &owner), "one of three is not two");
-    assert!(!policy.is_met(&approvers(&[&a, &b]), &owner), "the owner must approve");
+    assert!(
+        !policy.is_met(&approvers(&[&owner, &a]), &owner),
+        "one of three is not two"
+    );
+    assert!(
+        !policy.is_met(&approvers(&[&a, &b]), &owner),
+        "the owner must approve"
+    );
     assert!(policy.is_met(&approvers(&[&owner, &a, &c]), &owner));
     assert!(policy.is_member(&h, &owner) && policy.is_member(&owner, &owner));
     assert!(!policy.is_member(&key(9), &owner));
@@ -70,7 +76,11 @@ fn the_list_form_keeps_its_meaning_and_bytes() {
     assert!(!s.access_policy.may_update(&a, &owner));
     let any = parse("name: a/b\naccess_policy: {update: [ANY]}\n");
     assert!(any.access_policy.update.is_member(&a, &owner));
-    assert!(any.access_policy.update.can_still_be_met(&approvers(&[&owner, &a]), &owner));
+    assert!(
+        any.access_policy
+            .update
+            .can_still_be_met(&approvers(&[&owner, &a]), &owner)
+    );
 }
 
 #[test]
@@ -104,7 +114,11 @@ fn malformed_boards_are_refused_with_their_path() {
         "access_policy.update.all[0]",
         "no place in a board",
     );
-    invalid(&with_update("    all: []\n"), "access_policy.update.all", "at least one member");
+    invalid(
+        &with_update("    all: []\n"),
+        "access_policy.update.all",
+        "at least one member",
+    );
     invalid(
         &with_update(&format!("    all: [{{all: [{a}], veto: [{b}]}}]\n")),
         "access_policy.update.all[0]",

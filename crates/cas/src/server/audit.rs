@@ -95,7 +95,9 @@ pub(super) async fn audit(
     Signed { client, .. }: Signed,
 ) -> CasResult<impl IntoResponse> {
     if !cas.is_admin(&client) && !cas.is_auditor(&client) {
-        return Err(forbidden("only CAS administrators and auditors read the audit log"));
+        return Err(forbidden(
+            "only CAS administrators and auditors read the audit log",
+        ));
     }
     Ok(axum::Json(cas.vault.audit_entries(
         query.from,

@@ -305,15 +305,19 @@ impl Cas {
     fn info(&self, p: &StoredProposal, client: &ClientKey, with_yaml: bool) -> ProposalInfo {
         let (yaml, redacted) = if !with_yaml {
             (None, false)
-        } else if client.to_string() == p.proposer || self.owner_of(&p.change.session).as_ref() == Some(client) {
+        } else if client.to_string() == p.proposer
+            || self.owner_of(&p.change.session).as_ref() == Some(client)
+        {
             (Some(p.yaml.clone()), false)
         } else {
-            let redacted = cloister_cas_session::parse_session(&p.yaml).ok().and_then(|mut s| {
-                for secret in &mut s.secrets {
-                    secret.value = None;
-                }
-                serde_json::to_string_pretty(&s).ok()
-            });
+            let redacted = cloister_cas_session::parse_session(&p.yaml)
+                .ok()
+                .and_then(|mut s| {
+                    for secret in &mut s.secrets {
+                        secret.value = None;
+                    }
+                    serde_json::to_string_pretty(&s).ok()
+                });
             (redacted, true)
         };
         ProposalInfo {
@@ -378,7 +382,10 @@ impl Cas {
             Some(c) if Some(&c.stored.hash) != snapshot.change.predecessor.as_ref() => {
                 outcome = Some((
                     Stage::Void,
-                    format!("its predecessor is no longer current (the session is at {})", c.stored.hash),
+                    format!(
+                        "its predecessor is no longer current (the session is at {})",
+                        c.stored.hash
+                    ),
                 ));
             }
             Some(c) => {
@@ -399,8 +406,9 @@ impl Cas {
                     if vetoes.is_subset(&approvers) || window_passed {
                         match cloister_cas_session::parse_session(&snapshot.yaml)
                             .map_err(CasError::from)
-                            .and_then(|s| self.prepare_write(&proposer, &snapshot.yaml, &s, Some(c), &creator))
-                        {
+                            .and_then(|s| {
+                                self.prepare_write(&proposer, &snapshot.yaml, &s, Some(c), &creator)
+                            }) {
                             Ok(p) => prepared = Some(p),
                             Err(e) => outcome = Some((Stage::Failed, e.message)),
                         }
@@ -508,7 +516,11 @@ impl Cas {
         let Ok(open) = self.vault.keys(PROPOSALS_OPEN, "") else {
             return;
         };
-        let Some(identity) = self.vault.identity_public().and_then(|k| ClientKey::ed25519(&k).ok()) else {
+        let Some(identity) = self
+            .vault
+            .identity_public()
+            .and_then(|k| ClientKey::ed25519(&k).ok())
+        else {
             return;
         };
         for id in open {
@@ -617,7 +629,10 @@ pub(super) async fn propose(
         )
         .map(|_| ())
     })?;
-    Ok((StatusCode::CREATED, axum::Json(cas.info(&proposal, &client, true))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(cas.info(&proposal, &client, true)),
+    ))
 }
 
 /// The query of `GET /v1/proposals`.
@@ -685,7 +700,12 @@ pub(super) async fn vote(
     let kind = match action.as_str() {
         "approve" => Vote::Approve,
         "reject" => Vote::Reject,
-        other => return Err(CasError::new(StatusCode::NOT_FOUND, format!("no action {other:?}"))),
+        other => {
+            return Err(CasError::new(
+                StatusCode::NOT_FOUND,
+                format!("no action {other:?}"),
+            ));
+        }
     };
     let request: VoteRequest =
         serde_json::from_slice(&body).map_err(|e| bad(format!("malformed vote: {e}")))?;
@@ -703,7 +723,10 @@ pub(super) async fn vote(
         let reason = p.reason.clone().unwrap_or_default();
         return Err(refuse(
             StatusCode::CONFLICT,
-            format!("proposal {id} is {} ({reason}): votes are closed", p.state.as_str()),
+            format!(
+                "proposal {id} is {} ({reason}): votes are closed",
+                p.state.as_str()
+            ),
         ));
     }
     let voter = verify_vote(&p.change, kind, &request.signature)
@@ -721,7 +744,11 @@ pub(super) async fn vote(
             ),
         ));
     }
-    if p.approvals.iter().chain(&p.rejections).any(|v| v.key == voter.to_string()) {
+    if p.approvals
+        .iter()
+        .chain(&p.rejections)
+        .any(|v| v.key == voter.to_string())
+    {
         return Err(refuse(
             StatusCode::CONFLICT,
             format!("{voter} has voted on proposal {id} already: one key counts once"),

@@ -105,11 +105,16 @@ pub(super) async fn history(
     let creator = stored.creator()?;
     if !(cas.may_oversee(&session, &client, &creator)) {
         cas.audit("history-read-refused", &client.to_string(), &name, json!({}));
-        return Err(forbidden(format!("not allowed to read the history of session {name:?}")));
+        return Err(forbidden(format!(
+            "not allowed to read the history of session {name:?}"
+        )));
     }
     let mut out = Vec::new();
     for key in cas.vault.keys(VERSIONS, &format!("{name}@"))? {
-        let raw = cas.vault.get(VERSIONS, &key)?.ok_or_else(|| internal("version vanished"))?;
+        let raw = cas
+            .vault
+            .get(VERSIONS, &key)?
+            .ok_or_else(|| internal("version vanished"))?;
         let v: StoredVersion = serde_json::from_slice(&raw).map_err(|_| internal("corrupt version"))?;
         out.push(VersionInfo {
             version: v.version,

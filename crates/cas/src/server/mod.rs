@@ -47,10 +47,10 @@ use tokio::sync::watch;
 use crate::auth::Authenticator;
 use crate::nonce::Nonces;
 pub use crate::refusals::RefusalAuditLimits;
-pub use governance::GovernanceConfig;
 use crate::refusals::RefusalRecorder;
 use body::{ATTEST_BODY, PLATFORM_BODY, SESSION_BODY, VOLUME_COMMIT_BODY, body_limit};
 use error::{CasError, CasResult, sealed_message};
+pub use governance::GovernanceConfig;
 use session_cache::{Loaded, SessionCache};
 
 mod accept;

@@ -83,7 +83,10 @@ type ReadRecord<'a> = &'a dyn Fn(&str, &str) -> Result<Option<Zeroizing<Vec<u8>>
 type ListRecords<'a> = &'a dyn Fn(&str, &str) -> Result<Vec<String>, StoreError>;
 
 /// The namespace `name`'s record, if declared or claimed.
-pub(super) fn namespace_record(get: ReadRecord<'_>, name: &str) -> Result<Option<StoredNamespace>, StoreError> {
+pub(super) fn namespace_record(
+    get: ReadRecord<'_>,
+    name: &str,
+) -> Result<Option<StoredNamespace>, StoreError> {
     match get(NAMESPACES, name)? {
         Some(raw) => Ok(Some(
             serde_json::from_slice(&raw).map_err(|_| corrupt("namespace"))?,
