@@ -320,6 +320,23 @@ impl CasClient {
         answer(self.send(Method::POST, "/v1/updates", body, true).await?).await
     }
 
+    /// Binds this client's key to the attestation whose released configuration carried
+    /// `grant`: the key then votes as `attested:SESSION#SERVICE` on boards.
+    pub async fn bind_approver(
+        &self,
+        session: &str,
+        service: &str,
+        grant: &str,
+    ) -> Result<crate::governance::ApproverBound, ClientError> {
+        let body = serde_json::to_vec(&crate::governance::ApproverBinding {
+            session: session.to_owned(),
+            service: service.to_owned(),
+            grant: grant.to_owned(),
+        })
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+        answer(self.send(Method::POST, "/v1/approvers", body, true).await?).await
+    }
+
     /// Every recorded version of a session, oldest first.
     pub async fn history(&self, name: &str) -> Result<Vec<crate::governance::VersionInfo>, ClientError> {
         answer(

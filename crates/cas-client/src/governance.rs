@@ -175,6 +175,33 @@ pub struct VoteRequest {
     pub signature: DetachedSignature,
 }
 
+/// `POST /v1/approvers`: an attested workload binds the key that signs the request to its
+/// attestation, as a member `attested:SESSION#SERVICE` of boards, with the grant its released
+/// configuration carried (`volume_grant`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverBinding {
+    /// The session the workload attested for.
+    pub session: String,
+    /// Its service.
+    pub service: String,
+    /// The grant of its released configuration.
+    pub grant: String,
+}
+
+/// The answer to an [`ApproverBinding`]: the key is a member for this version of the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApproverBound {
+    /// The bound key.
+    pub key: String,
+    /// The session.
+    pub session: String,
+    /// The service.
+    pub service: String,
+    /// The session version the binding holds for (a new version needs a new attestation).
+    pub hash: String,
+}
+
 /// One version of a session, as `GET /v1/history/{name}` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {

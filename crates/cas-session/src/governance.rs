@@ -16,7 +16,9 @@
 //!     veto: [ed25519:…]
 //! ```
 //!
-//! A rule is a signer (`CREATOR` or a key), `all: [rules]` or `at_least: N` `of: [rules]`,
+//! A rule is a signer (`CREATOR` or a key), an attested service (`attested:SESSION#SERVICE`:
+//! a program that attested as that service of that session's current version and bound a
+//! key to that attestation, see [`Members`]), `all: [rules]` or `at_least: N` `of: [rules]`,
 //! nested at most [`MAX_DEPTH`] deep. It is met by a set of approvers: a signer when it
 //! approved, `all` when every member is met, `at_least: N` when N members are met, where
 //! members that are signers count once per distinct key (`CREATOR` and the creator's own key
@@ -63,6 +65,14 @@ pub struct Board {
 pub enum Rule {
     /// Met when this signer (`CREATOR` or a key) approved.
     Signer(Principal),
+    /// Met when a key bound to an attestation of this service approved (any of its bound
+    /// keys; it counts once in a threshold).
+    Attested {
+        /// The service's session.
+        session: String,
+        /// The service.
+        service: String,
+    },
     /// Met when every member is met.
     All(Vec<Rule>),
     /// Met when at least `at_least` members are met.
@@ -80,6 +90,26 @@ impl Default for UpdatePolicy {
     }
 }
 
+/// Who a rule's members are, as the CAS knows them: the session's creator (`CREATOR`) and the
+/// keys bound to attestations of a service (`attested:`), for the service's session as it is
+/// now.
+pub struct Members<'a> {
+    /// The key `CREATOR` stands for.
+    pub creator: &'a ClientKey,
+    /// The keys bound to attestations of (session, service).
+    pub attested: &'a dyn Fn(&str, &str) -> BTreeSet<ClientKey>,
+}
+
+impl<'a> Members<'a> {
+    /// Members where `CREATOR` is `creator` and no attested service has a key.
+    pub fn creator_only(creator: &'a ClientKey) -> Self {
+        Members {
+            creator,
+            attested: &|_, _| BTreeSet::new(),
+        }
+    }
+}
+
 fn resolve<'a>(principal: &'a Principal, creator: &'a ClientKey) -> Option<&'a ClientKey> {
     match principal {
         Principal::Creator => Some(creator),
@@ -89,36 +119,70 @@ fn resolve<'a>(principal: &'a Principal, creator: &'a ClientKey) -> Option<&'a C
 }
 
 impl Rule {
-    /// Whether the approvals of `approvers` meet this rule, for a session created by `creator`.
-    pub fn is_met(&self, approvers: &BTreeSet<ClientKey>, creator: &ClientKey) -> bool {
+    /// Whether the approvals of `approvers` meet this rule.
+    pub fn is_met(&self, approvers: &BTreeSet<ClientKey>, members: &Members<'_>) -> bool {
         match self {
-            Rule::Signer(p) => resolve(p, creator).is_some_and(|k| approvers.contains(k)),
-            Rule::All(members) => members.iter().all(|m| m.is_met(approvers, creator)),
+            Rule::Signer(p) => resolve(p, members.creator).is_some_and(|k| approvers.contains(k)),
+            Rule::Attested { session, service } => (members.attested)(session, service)
+                .iter()
+                .any(|k| approvers.contains(k)),
+            Rule::All(of) => of.iter().all(|m| m.is_met(approvers, members)),
             Rule::AtLeast { at_least, of } => {
                 let mut keys = BTreeSet::new();
-                let mut groups = 0usize;
+                let mut others = 0usize;
                 for member in of {
                     match member {
                         Rule::Signer(p) => {
-                            if let Some(key) = resolve(p, creator).filter(|k| approvers.contains(*k)) {
+                            if let Some(key) = resolve(p, members.creator).filter(|k| approvers.contains(*k))
+                            {
                                 keys.insert(key);
                             }
                         }
-                        group if group.is_met(approvers, creator) => groups += 1,
+                        other if other.is_met(approvers, members) => others += 1,
                         _ => {}
                     }
                 }
-                keys.len() + groups >= *at_least as usize
+                keys.len() + others >= *at_least as usize
             }
         }
     }
 
-    fn signers<'a>(&'a self, creator: &'a ClientKey, out: &mut BTreeSet<&'a ClientKey>) {
+    /// Whether the rule is met if every member but `rejecters` approves. An attested service
+    /// counts as willing until one of its bound keys rejected: no key may be bound yet.
+    fn could_be_met(&self, rejecters: &BTreeSet<ClientKey>, members: &Members<'_>) -> bool {
         match self {
-            Rule::Signer(p) => out.extend(resolve(p, creator)),
-            Rule::All(members) | Rule::AtLeast { of: members, .. } => {
-                for member in members {
-                    member.signers(creator, out);
+            Rule::Signer(p) => resolve(p, members.creator).is_some_and(|k| !rejecters.contains(k)),
+            Rule::Attested { session, service } => !(members.attested)(session, service)
+                .iter()
+                .any(|k| rejecters.contains(k)),
+            Rule::All(of) => of.iter().all(|m| m.could_be_met(rejecters, members)),
+            Rule::AtLeast { at_least, of } => {
+                let mut keys = BTreeSet::new();
+                let mut others = 0usize;
+                for member in of {
+                    match member {
+                        Rule::Signer(p) => {
+                            if let Some(key) = resolve(p, members.creator).filter(|k| !rejecters.contains(*k))
+                            {
+                                keys.insert(key);
+                            }
+                        }
+                        other if other.could_be_met(rejecters, members) => others += 1,
+                        _ => {}
+                    }
+                }
+                keys.len() + others >= *at_least as usize
+            }
+        }
+    }
+
+    fn signers(&self, members: &Members<'_>, out: &mut BTreeSet<ClientKey>) {
+        match self {
+            Rule::Signer(p) => out.extend(resolve(p, members.creator).cloned()),
+            Rule::Attested { session, service } => out.extend((members.attested)(session, service)),
+            Rule::All(of) | Rule::AtLeast { of, .. } => {
+                for member in of {
+                    member.signers(members, out);
                 }
             }
         }
@@ -135,24 +199,38 @@ impl Rule {
 }
 
 impl UpdatePolicy {
-    /// Whether approvals by `approvers` meet the policy (the veto is judged separately, see
-    /// [`UpdatePolicy::veto_holders`]). The list form is met by any one listed approver.
+    /// Whether approvals by `approvers` meet the policy, `CREATOR` being `creator` (attested
+    /// members are never met this way; see [`UpdatePolicy::is_met_with`]). The veto is judged
+    /// separately ([`UpdatePolicy::veto_holders`]). The list form is met by any one listed
+    /// approver.
     pub fn is_met(&self, approvers: &BTreeSet<ClientKey>, creator: &ClientKey) -> bool {
+        self.is_met_with(approvers, &Members::creator_only(creator))
+    }
+
+    /// [`UpdatePolicy::is_met`] with attested members resolved by `members`.
+    pub fn is_met_with(&self, approvers: &BTreeSet<ClientKey>, members: &Members<'_>) -> bool {
         match self {
-            UpdatePolicy::AnyOf(list) => approvers.iter().any(|a| crate::access::allowed(list, a, creator)),
-            UpdatePolicy::Board(board) => board.rule.is_met(approvers, creator),
+            UpdatePolicy::AnyOf(list) => approvers
+                .iter()
+                .any(|a| crate::access::allowed(list, a, members.creator)),
+            UpdatePolicy::Board(board) => board.rule.is_met(approvers, members),
         }
     }
 
     /// Whether `key` has a say: it is named by the rule or holds a veto (in the list form,
     /// whoever the list admits).
     pub fn is_member(&self, key: &ClientKey, creator: &ClientKey) -> bool {
+        self.is_member_with(key, &Members::creator_only(creator))
+    }
+
+    /// [`UpdatePolicy::is_member`] with attested members resolved by `members`.
+    pub fn is_member_with(&self, key: &ClientKey, members: &Members<'_>) -> bool {
         match self {
-            UpdatePolicy::AnyOf(list) => crate::access::allowed(list, key, creator),
+            UpdatePolicy::AnyOf(list) => crate::access::allowed(list, key, members.creator),
             UpdatePolicy::Board(board) => {
                 let mut signers = BTreeSet::new();
-                board.rule.signers(creator, &mut signers);
-                signers.contains(key) || self.veto_holders(creator).contains(key)
+                board.rule.signers(members, &mut signers);
+                signers.contains(key) || self.veto_holders(members.creator).contains(key)
             }
         }
     }
@@ -171,24 +249,20 @@ impl UpdatePolicy {
     }
 
     /// Whether the policy can still be met once `rejecters` refused (they will not approve),
-    /// everyone else approving.
+    /// every other member approving.
     pub fn can_still_be_met(&self, rejecters: &BTreeSet<ClientKey>, creator: &ClientKey) -> bool {
+        self.can_still_be_met_with(rejecters, &Members::creator_only(creator))
+    }
+
+    /// [`UpdatePolicy::can_still_be_met`] with attested members resolved by `members`.
+    pub fn can_still_be_met_with(&self, rejecters: &BTreeSet<ClientKey>, members: &Members<'_>) -> bool {
         match self {
             UpdatePolicy::AnyOf(list) => list.iter().any(|p| match p {
                 Principal::Any => true,
                 Principal::Nobody => false,
-                p => resolve(p, creator).is_some_and(|k| !rejecters.contains(k)),
+                p => resolve(p, members.creator).is_some_and(|k| !rejecters.contains(k)),
             }),
-            UpdatePolicy::Board(board) => {
-                let mut signers = BTreeSet::new();
-                board.rule.signers(creator, &mut signers);
-                let willing: BTreeSet<ClientKey> = signers
-                    .into_iter()
-                    .filter(|k| !rejecters.contains(*k))
-                    .cloned()
-                    .collect();
-                board.rule.is_met(&willing, creator)
-            }
+            UpdatePolicy::Board(board) => board.rule.could_be_met(rejecters, members),
         }
     }
 
@@ -253,6 +327,16 @@ fn validate_rule(rule: &Rule, field: &str, depth: usize, count: &mut usize) -> R
     }
     let (members, at) = match rule {
         Rule::Signer(p) => return check_signer(p, field),
+        Rule::Attested { session, service } => {
+            crate::validate::check_session_name(session).map_err(|r| SessionError::invalid(field, r))?;
+            if !crate::validate::is_service_name(service) {
+                return Err(SessionError::invalid(
+                    field,
+                    format!("{service:?} is not a service name"),
+                ));
+            }
+            return Ok(());
+        }
         Rule::All(members) => (members, format!("{field}.all")),
         Rule::AtLeast { at_least, of } => {
             if *at_least == 0 || *at_least as usize > of.len() {
@@ -327,6 +411,15 @@ impl<'de> Visitor<'de> for RuleVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Rule, E> {
+        if let Some(named) = v.trim().strip_prefix("attested:") {
+            let (session, service) = named
+                .rsplit_once('#')
+                .ok_or_else(|| E::custom("an attested member is attested:SESSION#SERVICE"))?;
+            return Ok(Rule::Attested {
+                session: session.to_owned(),
+                service: service.to_owned(),
+            });
+        }
         v.parse::<Principal>().map(Rule::Signer).map_err(E::custom)
     }
 
@@ -351,6 +444,9 @@ impl Serialize for Rule {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Rule::Signer(p) => p.serialize(s),
+            Rule::Attested { session, service } => {
+                s.collect_str(&format_args!("attested:{session}#{service}"))
+            }
             Rule::All(members) => {
                 let mut map = s.serialize_map(Some(1))?;
                 map.serialize_entry("all", members)?;
@@ -419,7 +515,9 @@ impl Serialize for UpdatePolicy {
                     Rule::All(members) => map.serialize_entry("all", members)?,
                     // Not produced by parsing; written as a one-member group so that it reads
                     // back as the same rule.
-                    signer @ Rule::Signer(_) => map.serialize_entry("all", std::slice::from_ref(signer))?,
+                    leaf @ (Rule::Signer(_) | Rule::Attested { .. }) => {
+                        map.serialize_entry("all", std::slice::from_ref(leaf))?
+                    }
                 }
                 map.serialize_entry("veto", &board.veto)?;
                 map.end()

@@ -157,7 +157,7 @@ mod validate;
 
 pub use access::{AccessPolicy, ClientKey, Principal};
 pub use error::SessionError;
-pub use governance::{Board, Rule, UpdatePolicy, parse_update_policy};
+pub use governance::{Board, Members, Rule, UpdatePolicy, parse_update_policy};
 pub use matching::match_evidence;
 pub use model::{
     AttestationAlternative, AttestationMode, AttestationPolicy, ExportTarget, FileSpec, ImportSpec,

@@ -69,7 +69,7 @@ pub(crate) fn is_secret_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn is_service_name(s: &str) -> bool {
+pub(crate) fn is_service_name(s: &str) -> bool {
     s.len() <= MAX_SERVICE_NAME && is_lower_word(s)
 }
 

@@ -223,3 +223,127 @@ pub async fn history(name: &str, connect: &CasConnect, json: bool) -> anyhow::Re
     }
     Ok(())
 }
+
+/// Why `proposed` does not keep what `current` runs and holds: every service with the same
+/// attestation alternatives (no service added or removed) and the same secrets (names and
+/// kinds). `None` when it keeps them.
+pub fn changes_code_or_secrets(
+    current: &cloister_cas_session::Session,
+    proposed: &cloister_cas_session::Session,
+) -> Option<String> {
+    use std::collections::BTreeSet;
+    let services = |s: &cloister_cas_session::Session| -> BTreeSet<String> {
+        s.services.iter().map(|svc| svc.name.clone()).collect()
+    };
+    if services(current) != services(proposed) {
+        return Some(format!(
+            "the services change: {:?} → {:?}",
+            services(current),
+            services(proposed)
+        ));
+    }
+    for svc in &current.services {
+        if proposed.service(&svc.name).map(|p| &p.attestation) != Some(&svc.attestation) {
+            return Some(format!(
+                "service {:?} would run other code (its measurements change)",
+                svc.name
+            ));
+        }
+    }
+    let secrets =
+        |s: &cloister_cas_session::Session| -> BTreeSet<(String, cloister_cas_session::SecretKind)> {
+            s.secrets.iter().map(|x| (x.name.clone(), x.kind)).collect()
+        };
+    if secrets(current) != secrets(proposed) {
+        return Some("the secret set changes".into());
+    }
+    None
+}
+
+/// `cloister cas check ID`: the example checker, an attested board member. It attests as
+/// `--service` of `--session` with the simulation TEE, binds a fresh key to that attestation
+/// (`attested:SESSION#SERVICE` on boards), reads the proposal and the version it replaces,
+/// and approves only if the proposal keeps every service's measurements and the secret set,
+/// rejecting it otherwise. The key lives only in this process.
+pub async fn check(
+    id: &str,
+    session: &str,
+    service: &str,
+    platform: &Path,
+    measurement: &str,
+    connect: &CasConnect,
+    json: bool,
+) -> anyhow::Result<()> {
+    let platform = cloister_attestation::SimPlatform::load_or_generate(platform)
+        .map_err(|e| fail(exit::FAILURE, e.to_string()))?;
+    let mut m = [0u8; 32];
+    hex::decode_to_slice(measurement.trim(), &mut m)
+        .map_err(|_| fail(exit::USAGE, "--measurement is 64 hex digits"))?;
+    let (url, pin) = connect.endpoint();
+    let init = cloister_cas_client::protocol::InitData::new(pin, session, service)
+        .map_err(|e| fail(exit::USAGE, e.to_string()))?;
+    let source = init
+        .simulated(platform, m)
+        .map_err(|e| fail(exit::USAGE, e.to_string()))?;
+    let anonymous = cloister_cas_client::client::CasClient::new(url, pin, None).map_err(client_error)?;
+    let released = anonymous
+        .attest(&init, &source, |_| {})
+        .await
+        .map_err(client_error)?;
+    let mut seed = cloister_cas_store::Zeroizing::new([0u8; 32]);
+    rand::fill(&mut seed[..]);
+    let identity = ClientIdentity::from_seed(&seed);
+    let client =
+        cloister_cas_client::client::CasClient::new(url, pin, Some(ClientIdentity::from_seed(&seed)))
+            .map_err(client_error)?;
+    client
+        .bind_approver(session, service, &released.volume_grant)
+        .await
+        .map_err(client_error)?;
+    let proposal = client.proposal(id).await.map_err(client_error)?;
+    let current = client
+        .get_session(&proposal.change.session)
+        .await
+        .map_err(client_error)?;
+    if proposal.change.predecessor.as_deref() != Some(current.hash.as_str()) {
+        return Err(fail(
+            exit::CONFLICT,
+            format!(
+                "proposal {id} replaces {:?}, not the current version",
+                proposal.change.predecessor
+            ),
+        ));
+    }
+    let parse = |yaml: &str| {
+        cloister_cas_session::parse_session(yaml).map_err(|e| fail(exit::INVALID, e.to_string()))
+    };
+    let proposed = parse(proposal.yaml.as_deref().unwrap_or_default())?;
+    let reason = changes_code_or_secrets(&parse(&current.yaml)?, &proposed);
+    let vote = if reason.is_none() {
+        Vote::Approve
+    } else {
+        Vote::Reject
+    };
+    let signature = identity
+        .sign_vote(&proposal.change, vote)
+        .map_err(|e| fail(exit::INVALID, e))?;
+    let after = client.vote(id, vote, signature).await.map_err(client_error)?;
+    if json {
+        print_json(&serde_json::json!({
+            "proposal": id,
+            "decision": vote.as_str(),
+            "reason": reason,
+            "key": identity.public(),
+            "state": after.state,
+        }))
+    } else {
+        match &reason {
+            None => println!(
+                "approve {id}: every service keeps its measurements and the secret set; {}",
+                after.state
+            ),
+            Some(reason) => println!("reject {id}: {reason}; {}", after.state),
+        }
+        Ok(())
+    }
+}

@@ -60,24 +60,71 @@ fn session(predecessor: Option<&str>, marker: &str, board: &[&str]) -> String {
     )
 }
 
+/// A `cloister cas serve` of its own (key-file vault) and how to reach it.
+struct Env {
+    _serve: Serve,
+    url: String,
+    pin: String,
+    identity: String,
+}
+
+impl Env {
+    fn start(dir: &Path, extra: &[&str]) -> Self {
+        let data = dir.join("cas");
+        let data_s = data.to_str().unwrap();
+        let init: Value = serde_json::from_str(&ok(&cli(&[
+            "cas",
+            "init",
+            "--data-dir",
+            data_s,
+            "--key-file",
+            dir.join("master.key").to_str().unwrap(),
+            "--json",
+        ])))
+        .unwrap();
+        let mut child = Command::new(common::bin())
+            .args(["cas", "serve", "--data-dir", data_s, "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let serve = Serve(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        Env {
+            _serve: serve,
+            url: rx.recv_timeout(Duration::from_secs(20)).unwrap(),
+            pin: init["identity_pin"].as_str().unwrap().to_owned(),
+            identity: init["identity_public_key"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// `cloister ARGS --cas … --pin … --key KEY`.
+    fn run(&self, key: &str, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--cas", &self.url, "--pin", &self.pin, "--key", key]);
+        cli(&all)
+    }
+}
+
+fn write(dir: &Path, name: &str, yaml: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
 #[test]
 fn a_board_governs_a_session_through_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let data = dir.join("cas");
-    let data_s = data.to_str().unwrap();
-    let init: Value = serde_json::from_str(&ok(&cli(&[
-        "cas",
-        "init",
-        "--data-dir",
-        data_s,
-        "--key-file",
-        dir.join("master.key").to_str().unwrap(),
-        "--json",
-    ])))
-    .unwrap();
-    let pin = init["identity_pin"].as_str().unwrap().to_owned();
-    let identity = init["identity_public_key"].as_str().unwrap().to_owned();
     let (owner, _) = keygen(dir, "owner");
     let (a, a_pub) = keygen(dir, "a");
     let (b, b_pub) = keygen(dir, "b");
@@ -85,35 +132,11 @@ fn a_board_governs_a_session_through_the_command_line() {
     let (veto, veto_pub) = keygen(dir, "veto");
     let (auditor, auditor_pub) = keygen(dir, "auditor");
     let (outsider, _) = keygen(dir, "outsider");
-    let mut child = Command::new(common::bin())
-        .args(["cas", "serve", "--data-dir", data_s, "--listen", "127.0.0.1:0"])
-        .args(["--auditor", &auditor_pub, "--veto-window", "1h"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _serve = Serve(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    let run = |key: &str, args: &[&str]| {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--cas", &url, "--pin", &pin, "--key", key]);
-        cli(&all)
-    };
+    let env = Env::start(dir, &["--auditor", &auditor_pub, "--veto-window", "1h"]);
+    let run = |key: &str, args: &[&str]| env.run(key, args);
+    let identity = env.identity.clone();
+    let write = |name: &str, yaml: &str| write(dir, name, yaml);
     let board = [a_pub.as_str(), b_pub.as_str(), c_pub.as_str(), veto_pub.as_str()];
-    let write = |name: &str, yaml: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, yaml).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
 
     let v1_file = write("v1.yaml", &session(None, "one", &board));
     let v1 = ok(&run(&owner, &["cas", "session", "create", &v1_file, "--json"]));
@@ -262,5 +285,186 @@ fn a_board_governs_a_session_through_the_command_line() {
             &identity
         ]))
         .contains("intact")
+    );
+}
+
+/// A session whose update rule needs its owner and the attested checker.
+fn checked(predecessor: Option<&str>, measurement: &str, secrets: &str) -> String {
+    let predecessor = predecessor
+        .map(|p| format!("predecessor: {p}\n"))
+        .unwrap_or_default();
+    format!(
+        "name: clinic/inference\n{predecessor}access_policy:\n  update:\n    all: [CREATOR, \"attested:board/checks#checker\"]\n\
+         security:\n  attestation:\n    tolerate: [simulation]\nservices:\n- name: infer\n  command: [run]\n  \
+         attestation:\n  - tee: sim\n    measurement: {measurement}\nsecrets:\n{secrets}"
+    )
+}
+
+#[test]
+fn an_attested_checker_approves_only_changes_that_keep_code_and_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (owner, _) = keygen(dir, "owner");
+    let (admin, admin_pub) = keygen(dir, "admin");
+    let (outsider, _) = keygen(dir, "outsider");
+    let env = Env::start(dir, &["--admin", &admin_pub]);
+    let platform_file = dir.join("platform.key");
+    let platform = ok(&cli(&[
+        "cas",
+        "platform",
+        "keygen",
+        "--out",
+        platform_file.to_str().unwrap(),
+    ]));
+    ok(&env.run(&admin, &["cas", "platform", "add", platform.trim()]));
+    let platform_file = platform_file.to_str().unwrap();
+
+    // The checker's own session: its code, by measurement.
+    let checker_m = "c4ec".repeat(16);
+    let checks = format!(
+        "name: board/checks\nsecurity:\n  attestation:\n    tolerate: [simulation]\nservices:\n- name: checker\n  \
+         command: [check]\n  attestation:\n  - tee: sim\n    measurement: {checker_m}\n"
+    );
+    ok(&env.run(
+        &owner,
+        &["cas", "session", "create", &write(dir, "checks.yaml", &checks)],
+    ));
+
+    let model = "- name: model_key\n  kind: binary\n";
+    let v1: Value = serde_json::from_str(&ok(&env.run(
+        &owner,
+        &[
+            "cas",
+            "session",
+            "create",
+            &write(dir, "v1.yaml", &checked(None, &"11".repeat(32), model)),
+            "--json",
+        ],
+    )))
+    .unwrap();
+    let v1 = v1["hash"].as_str().unwrap().to_owned();
+    let check = |id: &str, measurement: &str| {
+        env.run(
+            &outsider,
+            &[
+                "cas",
+                "check",
+                id,
+                "--session",
+                "board/checks",
+                "--service",
+                "checker",
+                "--platform",
+                platform_file,
+                "--measurement",
+                measurement,
+                "--json",
+            ],
+        )
+    };
+
+    // A change that keeps the measurement and the secrets (it adds a file): approved.
+    let keeps =
+        checked(Some(&v1), &"11".repeat(32), model).replace("command: [run]", "command: [run, --fast]");
+    let proposal: Value = serde_json::from_str(&ok(&env.run(
+        &owner,
+        &[
+            "cas",
+            "session",
+            "propose",
+            &write(dir, "v2.yaml", &keeps),
+            "--json",
+        ],
+    )))
+    .unwrap();
+    let id = proposal["id"].as_str().unwrap().to_owned();
+    assert!(ok(&env.run(&owner, &["cas", "approve", &id])).contains("pending"));
+    // A program that is not the checker (another measurement) gets no key: its attestation fails.
+    refused(&check(&id, &"0bad".repeat(16)), 9, "");
+    let verdict: Value = serde_json::from_str(&ok(&check(&id, &checker_m))).unwrap();
+    assert_eq!(verdict["decision"], "approve", "{verdict}");
+    assert_eq!(verdict["state"], "applied", "{verdict}");
+    let history: Value = serde_json::from_str(&ok(&env.run(
+        &owner,
+        &["cas", "session", "history", "clinic/inference", "--json"],
+    )))
+    .unwrap();
+    let v2 = history[1]["hash"].as_str().unwrap().to_owned();
+    let approvers: Vec<&str> = history[1]["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        approvers.contains(&verdict["key"].as_str().unwrap()),
+        "{approvers:?}"
+    );
+
+    // A change of the measurement: the checker rejects it, and the rule can no longer be met.
+    let other_code =
+        checked(Some(&v2), &"22".repeat(32), model).replace("command: [run]", "command: [run, --fast]");
+    let proposal: Value = serde_json::from_str(&ok(&env.run(
+        &owner,
+        &[
+            "cas",
+            "session",
+            "propose",
+            &write(dir, "v3.yaml", &other_code),
+            "--json",
+        ],
+    )))
+    .unwrap();
+    let id = proposal["id"].as_str().unwrap().to_owned();
+    ok(&env.run(&owner, &["cas", "approve", &id]));
+    let verdict: Value = serde_json::from_str(&ok(&check(&id, &checker_m))).unwrap();
+    assert_eq!(verdict["decision"], "reject", "{verdict}");
+    assert!(
+        verdict["reason"]
+            .as_str()
+            .unwrap()
+            .contains("measurements change"),
+        "{verdict}"
+    );
+    assert_eq!(verdict["state"], "rejected", "{verdict}");
+
+    // A change of the secret set: rejected too.
+    let more_secrets = checked(
+        Some(&v2),
+        &"11".repeat(32),
+        &format!("{model}- name: extra\n  kind: ascii\n"),
+    );
+    let proposal: Value = serde_json::from_str(&ok(&env.run(
+        &owner,
+        &[
+            "cas",
+            "session",
+            "propose",
+            &write(dir, "v4.yaml", &more_secrets),
+            "--json",
+        ],
+    )))
+    .unwrap();
+    let id = proposal["id"].as_str().unwrap().to_owned();
+    let verdict: Value = serde_json::from_str(&ok(&check(&id, &checker_m))).unwrap();
+    assert_eq!(verdict["decision"], "reject", "{verdict}");
+    assert!(
+        verdict["reason"].as_str().unwrap().contains("secret set"),
+        "{verdict}"
+    );
+
+    // The owner alone cannot bypass the checker.
+    refused(
+        &env.run(
+            &owner,
+            &[
+                "cas",
+                "session",
+                "update",
+                &write(dir, "v5.yaml", &other_code.replace(&v1, &v2)),
+            ],
+        ),
+        9,
+        "do not meet",
     );
 }

@@ -22,7 +22,7 @@ use axum::response::IntoResponse;
 use cloister_cas_client::governance::{
     Change, DetachedSignature, ProposalInfo, SignedUpdate, Vote, VoteRecord, VoteRequest,
 };
-use cloister_cas_session::{ClientKey, Session, UpdatePolicy};
+use cloister_cas_session::{ClientKey, Members, Session, UpdatePolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -140,9 +140,26 @@ impl Cas {
     /// members, auditors and administrators.
     pub(super) fn may_oversee(&self, session: &Session, client: &ClientKey, creator: &ClientKey) -> bool {
         session.access_policy.may_read(client, creator)
-            || session.access_policy.update.is_member(client, creator)
+            || self.is_board_member(&session.access_policy.update, client, creator)
             || self.is_auditor(client)
             || self.is_admin(client)
+    }
+
+    /// Whether `key` is a member of `policy` (attested members resolved to their bound keys).
+    pub(super) fn is_board_member(
+        &self,
+        policy: &UpdatePolicy,
+        key: &ClientKey,
+        creator: &ClientKey,
+    ) -> bool {
+        let attested = |session: &str, service: &str| self.attested_keys(session, service);
+        policy.is_member_with(
+            key,
+            &Members {
+                creator,
+                attested: &attested,
+            },
+        )
     }
 
     /// Decides an update submitted whole (`PUT` or `POST /v1/updates`) by the board of
@@ -234,9 +251,14 @@ impl Cas {
     ) -> CasResult<Vec<VoteRecord>> {
         let name = &change.session;
         let now = rfc3339(OffsetDateTime::now_utc());
+        let attested = |session: &str, service: &str| self.attested_keys(session, service);
+        let members = Members {
+            creator,
+            attested: &attested,
+        };
         let mut approvals = Vec::new();
         let mut approvers = BTreeSet::new();
-        if policy.is_member(client, creator) {
+        if policy.is_member_with(client, &members) {
             approvers.insert(client.clone());
             approvals.push(VoteRecord {
                 key: client.to_string(),
@@ -248,7 +270,7 @@ impl Cas {
         for signature in signatures {
             let key = verify_vote(change, Vote::Approve, signature)
                 .map_err(|reason| refuse(StatusCode::FORBIDDEN, reason))?;
-            if !policy.is_member(&key, creator) {
+            if !policy.is_member_with(&key, &members) {
                 return Err(refuse(
                     StatusCode::FORBIDDEN,
                     format!("{key} is not a member of the board of {name:?}: its approval does not count"),
@@ -264,7 +286,7 @@ impl Cas {
                 });
             }
         }
-        if !policy.is_met(&approvers, creator) {
+        if !policy.is_met_with(&approvers, &members) {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
                 format!(
@@ -394,14 +416,19 @@ impl Cas {
                 let approvers = keys_of(&prospect.approvals);
                 let rejecters = keys_of(&prospect.rejections);
                 let vetoes = policy.veto_holders(&creator);
+                let attested = |session: &str, service: &str| self.attested_keys(session, service);
+                let members = Members {
+                    creator: &creator,
+                    attested: &attested,
+                };
                 if let Some(veto) = rejecters.intersection(&vetoes).next() {
                     outcome = Some((Stage::Vetoed, format!("vetoed by {veto}")));
-                } else if !policy.can_still_be_met(&rejecters, &creator) {
+                } else if !policy.can_still_be_met_with(&rejecters, &members) {
                     outcome = Some((
                         Stage::Rejected,
                         "enough members rejected it that its rule can no longer be met".into(),
                     ));
-                } else if policy.is_met(&approvers, &creator) {
+                } else if policy.is_met_with(&approvers, &members) {
                     let window_passed = now - snapshot.created >= self.config.governance.veto_window;
                     if vetoes.is_subset(&approvers) || window_passed {
                         match cloister_cas_session::parse_session(&snapshot.yaml)
@@ -572,7 +599,7 @@ pub(super) async fn propose(
         );
         CasError::new(status, reason)
     };
-    if !current.session.access_policy.update.is_member(&client, &creator) {
+    if !cas.is_board_member(&current.session.access_policy.update, &client, &creator) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             format!("only members of session {name:?}'s board propose changes to it"),
@@ -735,7 +762,7 @@ pub(super) async fn vote(
         .load_session(&p.change.session)?
         .ok_or_else(|| internal("the proposal's session is gone"))?;
     let creator = current.stored.creator()?;
-    if !current.session.access_policy.update.is_member(&voter, &creator) {
+    if !cas.is_board_member(&current.session.access_policy.update, &voter, &creator) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             format!(

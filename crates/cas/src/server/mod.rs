@@ -23,8 +23,9 @@
 //! - `operator`: status, unseal, seal; `sessions` (with `session_cache`), `namespaces`,
 //!   `secrets`, `platforms`: the owners' and administrators' resources;
 //! - `attest`: nonces and attestation; `volumes`: volume commits of attested workloads;
-//! - `governance` (with `history`): boards' decisions on changes, proposals and votes, the
-//!   sweep of open proposals, session histories, auditors;
+//! - `governance` (with `history`, `approvers`): boards' decisions on changes, proposals and
+//!   votes, the sweep of open proposals, session histories, auditors, keys bound to
+//!   attestations;
 //! - `audit`: refusals recorded outside a write's own transaction, refusal summaries, and
 //!   reading the log.
 
@@ -54,6 +55,7 @@ pub use governance::GovernanceConfig;
 use session_cache::{Loaded, SessionCache};
 
 mod accept;
+mod approvers;
 mod attest;
 mod audit;
 mod body;
@@ -77,6 +79,8 @@ const VOLUMES: &str = "volumes";
 const NAMESPACES: &str = "namespaces";
 const VERSIONS: &str = "session-versions";
 const PROPOSALS: &str = "proposals";
+/// Keys bound to attestations, by (session, service, session hash).
+const APPROVERS: &str = "approvers";
 /// The ids of pending proposals, so that the sweep reads only those.
 const PROPOSALS_OPEN: &str = "proposals-open";
 
@@ -328,6 +332,10 @@ fn network_router(cas: Arc<Cas>) -> Router {
             post(governance::signed_update.layer(body_limit(SESSION_BODY))),
         )
         .route("/v1/history/{*name}", get(history::history))
+        .route(
+            "/v1/approvers",
+            post(approvers::bind.layer(body_limit(PLATFORM_BODY))),
+        )
         .with_state(cas)
 }
 

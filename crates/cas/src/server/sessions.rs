@@ -434,7 +434,11 @@ pub(super) async fn get_session(
         .load_session(&name)?
         .ok_or_else(|| CasError::new(StatusCode::NOT_FOUND, format!("no session {name:?}")))?;
     let creator = stored.creator()?;
-    if !session.access_policy.may_read(&client, &creator) && !cas.is_auditor(&client) {
+    // Board members read the version they decide on (redacted, unless they own it).
+    if !session.access_policy.may_read(&client, &creator)
+        && !cas.is_auditor(&client)
+        && !cas.is_board_member(&session.access_policy.update, &client, &creator)
+    {
         cas.audit("session-read-refused", &client.to_string(), &name, json!({}));
         return Err(forbidden(format!("not allowed to read session {name:?}")));
     }
