@@ -639,3 +639,74 @@ async fn a_namespace_board_approves_new_sessions() {
         public(B)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_attestation_of_the_named_service_binds_an_approver() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    let platform = cloister_attestation::SimPlatform::from_seed([9; 32]);
+    cas.client(ADMIN)
+        .add_platform(&hex::encode(platform.public_key()), "test")
+        .await
+        .unwrap();
+    let measurement = [0xc4; 32];
+    let checks = format!(
+        "name: board/checks\nsecurity:\n  attestation:\n    tolerate: [simulation]\nservices:\n- name: checker\n  \
+         command: [check]\n  attestation:\n  - tee: sim\n    measurement: {}\n- name: other\n  command: [other]\n  \
+         attestation:\n  - tee: sim\n    measurement: {}\n",
+        hex::encode(measurement),
+        hex::encode(measurement)
+    );
+    create(&cas, &checks).await;
+    let init = cloister_cas_client::protocol::InitData::new(&cas.pin, "board/checks", "other").unwrap();
+    let source = init.simulated(platform, measurement).unwrap();
+    let released = CasClient::new(&cas.url, &cas.pin, None)
+        .unwrap()
+        .attest(&init, &source, |_| {})
+        .await
+        .unwrap();
+    // The grant of `other` does not make a `checker`, and garbage is no grant.
+    let approver = cas.client(OUTSIDER);
+    for grant in [released.volume_grant.as_str(), "00"] {
+        refused(
+            approver.bind_approver("board/checks", "checker", grant).await,
+            403,
+            "not an attestation of this service's current version",
+        );
+        assert_eq!(cas.last("approver-bind-refused").await.actor, public(OUTSIDER));
+    }
+    let bound = approver
+        .bind_approver("board/checks", "other", &released.volume_grant)
+        .await
+        .unwrap();
+    assert_eq!(bound.key, public(OUTSIDER));
+    cas.last("approver-bind").await;
+
+    // A board naming attested:board/checks#other: the bound key votes for it; once the checker
+    // session changes, the binding no longer counts.
+    let name = "clinic/attested";
+    let rule = "    at_least: 1\n    of: [\"attested:board/checks#other\"]\n";
+    let v1 = create(&cas, &session(name, None, "one", rule)).await;
+    let proposal = cas
+        .client(OUTSIDER)
+        .propose(&session(name, Some(&v1), "two", rule))
+        .await
+        .unwrap();
+    let v2 = approve(&cas, OUTSIDER, &proposal.id).await.unwrap();
+    assert_eq!(v2.state, "applied");
+    let checks_hash = current(&cas, "board/checks").await;
+    let mut changed = checks.replace("command: [check]", "command: [check, -v]");
+    changed.insert_str(0, &format!("predecessor: {checks_hash}\n"));
+    cas.client(OWNER)
+        .update_session("board/checks", &changed)
+        .await
+        .unwrap();
+    let v2_hash = current(&cas, name).await;
+    refused(
+        cas.client(OUTSIDER)
+            .propose(&session(name, Some(&v2_hash), "three", rule))
+            .await,
+        403,
+        "only members",
+    );
+}

@@ -291,3 +291,47 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn attested_members_resolve_through_the_cas() {
+    use cloister_cas_session::Members;
+    let (owner, bound, other) = (key(1), key(2), key(3));
+    let s = parse(&with_update(
+        "    at_least: 1\n    of: [\"attested:board/checks#checker\", CREATOR]\n",
+    ));
+    let policy = &s.access_policy.update;
+    let resolver = |session: &str, service: &str| {
+        if (session, service) == ("board/checks", "checker") {
+            BTreeSet::from([bound.clone()])
+        } else {
+            BTreeSet::new()
+        }
+    };
+    let members = Members {
+        creator: &owner,
+        attested: &resolver,
+    };
+    assert!(policy.is_met_with(&approvers(&[&bound]), &members));
+    assert!(!policy.is_met_with(&approvers(&[&other]), &members));
+    assert!(
+        !policy.is_met(&approvers(&[&bound]), &owner),
+        "without the CAS, nobody is bound"
+    );
+    assert!(policy.is_member_with(&bound, &members) && !policy.is_member_with(&other, &members));
+    // Until one of its keys rejects, an attested member may still approve.
+    assert!(policy.can_still_be_met_with(&approvers(&[&owner]), &Members::creator_only(&owner)));
+    assert!(!policy.can_still_be_met_with(&approvers(&[&owner, &bound]), &members));
+    let json = String::from_utf8(s.canonical_bytes()).unwrap();
+    assert!(json.contains("attested:board/checks#checker"), "{json}");
+    assert_eq!(parse(&json).hash(), s.hash());
+    invalid(
+        &with_update("    all: [\"attested:Bad Name#x\"]\n"),
+        "access_policy.update.all[0]",
+        "",
+    );
+    invalid(
+        &with_update("    all: [\"attested:board/checks\"]\n"),
+        "access_policy.update.all[0]",
+        "attested:SESSION#SERVICE",
+    );
+}
