@@ -8,6 +8,7 @@ mod compare;
 mod confidential;
 mod containers;
 mod crypt;
+mod governance;
 mod instructions;
 mod jobs;
 mod process;
@@ -56,6 +57,9 @@ enum Command {
     /// reads; with a private CAS (`cloister cas serve`).
     #[command(after_help = cas::AFTER_HELP)]
     Cas(cas::CasArgs),
+    /// Measure CAS governance: a proposal, N approvals and the apply, for boards of N keys
+    /// (3 and 10 by default), with a private CAS (`cloister cas serve`).
+    Governance(governance::GovernanceArgs),
     /// Measure the S3 endpoint of a private `cloister server` next to the floor of the same disk:
     /// small PUT and GET latency, listing a large bucket, large multipart PUT and GET throughput,
     /// and the server's memory meanwhile.
@@ -102,6 +106,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Containers(args) => containers::run(args, json).await,
         Command::Confidential(args) => confidential::run(args, json).await,
         Command::Cas(args) => cas::run(args, json).await,
+        Command::Governance(args) => governance::run(args, json).await,
         Command::S3(args) => s3::run(args, json).await,
         Command::Crypt(args) => crypt::run(args, json),
         Command::Compare(args) => compare::run(args, json),

@@ -222,9 +222,21 @@ impl CasClient {
 
     /// Declares the owner of a namespace (administrators only).
     pub async fn declare_namespace(&self, name: &str, owner: &str) -> Result<NamespaceInfo, ClientError> {
+        self.declare_governed_namespace(name, owner, None).await
+    }
+
+    /// Declares the owner of a namespace and the board (an update rule as JSON) whose approval
+    /// creating sessions in it needs (administrators only).
+    pub async fn declare_governed_namespace(
+        &self,
+        name: &str,
+        owner: &str,
+        rule: Option<serde_json::Value>,
+    ) -> Result<NamespaceInfo, ClientError> {
         let body = serde_json::to_vec(&NamespaceRequest {
             name: name.to_owned(),
             owner: owner.to_owned(),
+            rule,
         })
         .map_err(|e| ClientError::Local(e.to_string()))?;
         answer(self.send(Method::POST, "/v1/namespaces", body, true).await?).await
@@ -239,6 +251,96 @@ impl CasClient {
     pub async fn audit<T: DeserializeOwned>(&self, from: u64) -> Result<Vec<T>, ClientError> {
         answer(
             self.send(Method::GET, &format!("/v1/audit?from={from}"), Vec::new(), true)
+                .await?,
+        )
+        .await
+    }
+
+    /// Proposes a new session version (its YAML names its predecessor) to the session's board.
+    pub async fn propose(&self, yaml: &str) -> Result<crate::governance::ProposalInfo, ClientError> {
+        answer(
+            self.send(Method::POST, "/v1/proposals", yaml.as_bytes().to_vec(), true)
+                .await?,
+        )
+        .await
+    }
+
+    /// The proposals this client may see, of sessions whose name starts with `prefix`.
+    pub async fn proposals(&self, prefix: &str) -> Result<Vec<crate::governance::ProposalInfo>, ClientError> {
+        let path = format!("/v1/proposals?prefix={}", query_escape(prefix));
+        answer(self.send(Method::GET, &path, Vec::new(), true).await?).await
+    }
+
+    /// One proposal, with the proposed session.
+    pub async fn proposal(&self, id: &str) -> Result<crate::governance::ProposalInfo, ClientError> {
+        let path = format!("/v1/proposals/{}", query_escape(id));
+        answer(self.send(Method::GET, &path, Vec::new(), true).await?).await
+    }
+
+    /// Submits a vote signed over a proposal's change (by this client's key or another's).
+    pub async fn vote(
+        &self,
+        id: &str,
+        vote: crate::governance::Vote,
+        signature: crate::governance::DetachedSignature,
+    ) -> Result<crate::governance::ProposalInfo, ClientError> {
+        let body = serde_json::to_vec(&crate::governance::VoteRequest { signature })
+            .map_err(|e| ClientError::Local(e.to_string()))?;
+        let path = format!("/v1/proposals/{}/{}", query_escape(id), vote.as_str());
+        answer(self.send(Method::POST, &path, body, true).await?).await
+    }
+
+    /// Fetches a proposal, signs `vote` on its change (as the pinned CAS states it) with this
+    /// client's key and submits it. Whoever wants to check the change against the session text
+    /// first does so and calls [`CasClient::vote`].
+    pub async fn vote_on(
+        &self,
+        id: &str,
+        vote: crate::governance::Vote,
+    ) -> Result<crate::governance::ProposalInfo, ClientError> {
+        let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
+        let proposal = self.proposal(id).await?;
+        let signature = identity
+            .sign_vote(&proposal.change, vote)
+            .map_err(ClientError::Local)?;
+        self.vote(id, vote, signature).await
+    }
+
+    /// Replaces a session with detached approvals (`POST /v1/updates`).
+    pub async fn update_signed(
+        &self,
+        yaml: &str,
+        signatures: Vec<crate::governance::DetachedSignature>,
+    ) -> Result<SessionWritten, ClientError> {
+        let body = serde_json::to_vec(&crate::governance::SignedUpdate {
+            yaml: yaml.to_owned(),
+            signatures,
+        })
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+        answer(self.send(Method::POST, "/v1/updates", body, true).await?).await
+    }
+
+    /// Binds this client's key to the attestation whose released configuration carried
+    /// `grant`: the key then votes as `attested:SESSION#SERVICE` on boards.
+    pub async fn bind_approver(
+        &self,
+        session: &str,
+        service: &str,
+        grant: &str,
+    ) -> Result<crate::governance::ApproverBound, ClientError> {
+        let body = serde_json::to_vec(&crate::governance::ApproverBinding {
+            session: session.to_owned(),
+            service: service.to_owned(),
+            grant: grant.to_owned(),
+        })
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+        answer(self.send(Method::POST, "/v1/approvers", body, true).await?).await
+    }
+
+    /// Every recorded version of a session, oldest first.
+    pub async fn history(&self, name: &str) -> Result<Vec<crate::governance::VersionInfo>, ClientError> {
+        answer(
+            self.send(Method::GET, &format!("/v1/history/{name}"), Vec::new(), true)
                 .await?,
         )
         .await

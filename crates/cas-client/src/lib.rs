@@ -6,10 +6,12 @@
 //! - [`client`]: the network client (pinned TLS, signed requests, the attestation flow) and the
 //!   operator's client on the CAS host's socket, on hyper's bare HTTP/1 client (this crate runs
 //!   inside the TEE, so it carries no general-purpose HTTP stack).
+//! - [`governance`]: the changes boards approve, signed votes, proposals and history.
 //! - [`sign`]: client keys and request signatures; [`pin`]: pinning the CAS identity;
 //!   [`seal`]: HPKE sealing of released configuration.
 
 pub mod client;
+pub mod governance;
 pub mod pin;
 pub mod protocol;
 pub mod seal;

@@ -73,6 +73,10 @@ pub struct NamespaceRequest {
     pub name: String,
     /// The owner's client key (`ed25519:<hex>` or `p256:<hex>`).
     pub owner: String,
+    /// A board whose approval creating a session in the namespace needs (an
+    /// `access_policy.update` rule as JSON, `CREATOR` meaning the namespace's owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<serde_json::Value>,
 }
 
 /// A namespace and its owner, as `GET /v1/namespaces` lists them.
@@ -85,6 +89,9 @@ pub struct NamespaceInfo {
     /// `claimed` (its owner created its first session), `inherited` (it held sessions of one
     /// creator before owners were recorded) or `declared` (by an administrator).
     pub how: String,
+    /// The board that approves creating sessions in it, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<serde_json::Value>,
 }
 
 /// `POST /v1/platforms`: registers a simulation platform key.

@@ -190,6 +190,31 @@ impl ClientIdentity {
         }
     }
 
+    /// The 64-byte signature of `message` (P-256: `r ‖ s` with a low `s`).
+    fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        match &self.key {
+            Key::Ed25519(key) => key.sign(message).to_bytes(),
+            Key::P256(key) => {
+                let signature: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(key, message);
+                signature.normalize_s().unwrap_or(signature).to_bytes().into()
+            }
+        }
+    }
+
+    /// A detached vote on `change` (see [`crate::governance`]); fails only when the change's
+    /// hashes are malformed.
+    pub fn sign_vote(
+        &self,
+        change: &crate::governance::Change,
+        vote: crate::governance::Vote,
+    ) -> Result<crate::governance::DetachedSignature, String> {
+        let bytes = change.signed_bytes(vote)?;
+        Ok(crate::governance::DetachedSignature {
+            key: self.public(),
+            signature: hex::encode(self.sign_bytes(&bytes)),
+        })
+    }
+
     /// The authentication headers for a request.
     pub fn sign(
         &self,
@@ -202,13 +227,7 @@ impl ClientIdentity {
         rand::fill(&mut nonce);
         let nonce = hex::encode(nonce);
         let payload = signing_payload(method, path_and_query, time, &nonce, body);
-        let signature: [u8; 64] = match &self.key {
-            Key::Ed25519(key) => key.sign(&payload).to_bytes(),
-            Key::P256(key) => {
-                let signature: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(key, &payload);
-                signature.normalize_s().unwrap_or(signature).to_bytes().into()
-            }
-        };
+        let signature = self.sign_bytes(&payload);
         [
             (KEY_HEADER, self.public()),
             (TIME_HEADER, time.to_string()),

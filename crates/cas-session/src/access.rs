@@ -5,6 +5,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::error::SessionError;
+use crate::governance::UpdatePolicy;
+
 /// A client's public key, as CAS learns it from the client's authentication. Written (and
 /// serialized) as `ed25519:<hex>` or `p256:<hex>`.
 ///
@@ -150,17 +153,21 @@ impl<'de> Deserialize<'de> for Principal {
 /// session's creator reads raw secret values; other readers get the session with explicit
 /// values redacted and the public parts of `export_public` secrets only.
 ///
-/// Both lists default to `[CREATOR]`. An empty list is invalid (write `[NONE]`), and `NONE`
-/// must stand alone, so that a list's meaning is never ambiguous.
+/// Both default to `[CREATOR]`. An empty list is invalid (write `[NONE]`), and `NONE` must
+/// stand alone, so that a list's meaning is never ambiguous. `update` may instead be a board
+/// ([`UpdatePolicy::Board`], see [`crate::governance`]); `read` is always a list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessPolicy {
     /// Principals that may read the session.
-    #[serde(default = "creator_only")]
+    #[serde(
+        default = "creator_only",
+        deserialize_with = "crate::governance::deserialize_read"
+    )]
     pub read: Vec<Principal>,
-    /// Principals that may replace the session with a successor.
-    #[serde(default = "creator_only")]
-    pub update: Vec<Principal>,
+    /// Who must agree to replace the session with a successor.
+    #[serde(default)]
+    pub update: UpdatePolicy,
 }
 
 fn creator_only() -> Vec<Principal> {
@@ -171,12 +178,12 @@ impl Default for AccessPolicy {
     fn default() -> Self {
         AccessPolicy {
             read: creator_only(),
-            update: creator_only(),
+            update: UpdatePolicy::default(),
         }
     }
 }
 
-fn allowed(list: &[Principal], who: &ClientKey, creator: &ClientKey) -> bool {
+pub(crate) fn allowed(list: &[Principal], who: &ClientKey, creator: &ClientKey) -> bool {
     list.iter().any(|p| match p {
         Principal::Any => true,
         Principal::Creator => who == creator,
@@ -185,21 +192,35 @@ fn allowed(list: &[Principal], who: &ClientKey, creator: &ClientKey) -> bool {
     })
 }
 
+/// A list is never empty, and `NONE` stands alone.
+pub(crate) fn validate_list(field: &str, list: &[Principal]) -> Result<(), SessionError> {
+    if list.is_empty() {
+        return Err(SessionError::invalid(
+            field,
+            "must not be empty (write [NONE] to allow nobody)",
+        ));
+    }
+    if list.contains(&Principal::Nobody) && list.len() > 1 {
+        return Err(SessionError::invalid(field, "NONE must be the only entry"));
+    }
+    Ok(())
+}
+
 impl AccessPolicy {
     /// True when `who` may read the session whose creator is `creator`.
     pub fn may_read(&self, who: &ClientKey, creator: &ClientKey) -> bool {
         allowed(&self.read, who, creator)
     }
 
-    /// True when `who` may update the session whose creator is `creator`.
+    /// True when `who`, alone, may update the session whose creator is `creator`.
     pub fn may_update(&self, who: &ClientKey, creator: &ClientKey) -> bool {
-        allowed(&self.update, who, creator)
+        self.update
+            .is_met(&std::iter::once(who.clone()).collect(), creator)
     }
 
     pub(crate) fn normalize(&mut self) {
-        for list in [&mut self.read, &mut self.update] {
-            list.sort();
-            list.dedup();
-        }
+        self.read.sort();
+        self.read.dedup();
+        self.update.normalize();
     }
 }

@@ -33,7 +33,9 @@
 //!   never a raw value. Literal text in `files` or `environment` is not redacted: secrets
 //!   belong in `secrets`.
 //! * **Updaters** (`access_policy.update`) may replace the session; the owner stays its
-//!   creator.
+//!   creator. `update` is a list (any one principal listed suffices) or a board: a rule over
+//!   signers (`all`, `at_least: N of`) with a veto list, met by approvals signed over the
+//!   change ([`governance`]). A change is judged by the rules of the version it replaces.
 //!
 //! ## Exports and namespaces
 //!
@@ -154,6 +156,7 @@
 
 mod access;
 mod error;
+pub mod governance;
 mod keys;
 mod matching;
 mod model;
@@ -165,6 +168,7 @@ mod validate;
 
 pub use access::{AccessPolicy, ClientKey, Principal};
 pub use error::SessionError;
+pub use governance::{Board, Members, Rule, UpdatePolicy, parse_update_policy};
 pub use matching::match_evidence;
 pub use model::{
     AttestationAlternative, AttestationMode, AttestationPolicy, CounterSpec, ExportTarget, FileSpec,

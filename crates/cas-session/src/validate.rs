@@ -12,7 +12,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloister_attestation::{Tee, Tolerance};
 
-use crate::access::Principal;
 use crate::error::SessionError;
 use crate::model::{
     AttestationAlternative, AttestationMode, CounterSpec, ExportTarget, FileSpec, KeyAlgorithm, Lifetime,
@@ -70,7 +69,7 @@ pub(crate) fn is_secret_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn is_service_name(s: &str) -> bool {
+pub(crate) fn is_service_name(s: &str) -> bool {
     s.len() <= MAX_SERVICE_NAME && is_lower_word(s)
 }
 
@@ -162,17 +161,8 @@ pub(crate) fn validate(s: &Session) -> Result<(), SessionError> {
     {
         return Err(invalid("predecessor", "must be a session hash (64 hex digits)"));
     }
-    for (field, list) in [
-        ("access_policy.read", &s.access_policy.read),
-        ("access_policy.update", &s.access_policy.update),
-    ] {
-        if list.is_empty() {
-            return Err(invalid(field, "must not be empty (write [NONE] to allow nobody)"));
-        }
-        if list.contains(&Principal::Nobody) && list.len() > 1 {
-            return Err(invalid(field, "NONE must be the only entry"));
-        }
-    }
+    crate::access::validate_list("access_policy.read", &s.access_policy.read)?;
+    s.access_policy.update.validate("access_policy.update")?;
     let att = &s.security.attestation;
     for (i, a) in att.ignore_advisories.iter().enumerate() {
         let a = a.trim();

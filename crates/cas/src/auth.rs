@@ -81,6 +81,18 @@ impl PublicKey {
     }
 }
 
+/// Verifies a detached signature (64 bytes, hex; P-256 with a low `s`) by the client key
+/// `key_text` over `message`, as governance votes are signed; returns the key in its canonical
+/// text form.
+pub fn verify_detached(key_text: &str, message: &[u8], signature_hex: &str) -> Result<String, String> {
+    let key = PublicKey::parse(key_text).map_err(|_| format!("{key_text:?} is not a client public key"))?;
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(signature_hex.trim(), &mut signature)
+        .map_err(|_| "the signature is not 64 bytes of hex".to_string())?;
+    key.verify(message, &signature).map_err(|e| e.to_string())?;
+    Ok(key.canonical())
+}
+
 /// Verifies signed requests and remembers the ones it accepted.
 pub struct Authenticator {
     /// Digests of accepted requests' signed content, with their times.

@@ -425,6 +425,7 @@ mod tests {
             nonce_ttl: Duration::from_secs(60),
             collateral: None,
             refusal_audit: Default::default(),
+            governance: Default::default(),
         };
         let vault = Arc::new(Vault::open(dir, None).unwrap());
         let pin = crate::tls::pin_of(&vault.identity_public().unwrap());

@@ -209,6 +209,7 @@ pub async fn start(config: EmbeddedCasConfig) -> Result<EmbeddedCas, EmbeddedCas
         nonce_ttl: NONCE_TTL,
         collateral: None,
         refusal_audit: Default::default(),
+        governance: Default::default(),
     };
     let mut running = crate::server::serve(cas_config, Arc::new(vault)).await?;
     let addr = running.network_addr().await.ok_or(EmbeddedCasError::NoPort)?;

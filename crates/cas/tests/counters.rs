@@ -71,6 +71,7 @@ impl Cas {
             nonce_ttl: Duration::from_secs(60),
             collateral: None,
             refusal_audit: Default::default(),
+            governance: Default::default(),
         };
         let mut running = serve(config, vault.clone()).await.unwrap();
         let addr = running.network_addr().await.unwrap();

@@ -44,6 +44,7 @@ fn config(dir: &Path, admin: &ClientIdentity, nonce_ttl: Duration, limits: Refus
         nonce_ttl,
         collateral: None,
         refusal_audit: limits,
+        governance: Default::default(),
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cloister_cas_client::client::{CasClient, ClientError, LocalClient};
+use cloister_cas_client::governance::Vote;
 use cloister_cas_client::sign::ClientIdentity;
 use cloister_cas_store::{InitOutput, SealingConfig, Vault, VaultOptions, anchor_beside};
 
@@ -63,6 +64,16 @@ pub enum CasCommand {
         /// counters go on from the restored values. Recorded in the audit log.
         #[arg(long)]
         accept_rollback: bool,
+        /// Client keys that read every session (never raw secret values), proposal and history,
+        /// and the whole audit log.
+        #[arg(long = "auditor", env = "CLOISTER_CAS_AUDITORS", value_delimiter = ',')]
+        auditors: Vec<String>,
+        /// How long a proposal stays open.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        proposal_ttl: Duration,
+        /// How long veto holders have to object to a proposal they have not approved.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        veto_window: Duration,
     },
     /// Status of the local CAS (operator socket).
     Status {
@@ -127,6 +138,42 @@ pub enum CasCommand {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Proposals of session changes awaiting their board's approvals.
+    #[command(subcommand)]
+    Proposals(crate::cas_governance::ProposalsCommand),
+    /// Approve a proposal: sign its change with --key.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// Reject a proposal (a veto when --key holds one): sign the rejection with --key.
+    Reject {
+        id: String,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// The example checker: attest as a service with the simulation TEE, bind a fresh key to
+    /// that attestation and approve the proposal only if it keeps every service's
+    /// measurements and the secret set (reject it otherwise).
+    Check {
+        /// The proposal.
+        id: String,
+        /// The checker's session.
+        #[arg(long)]
+        session: String,
+        /// The checker's service.
+        #[arg(long)]
+        service: String,
+        /// Simulation platform key file.
+        #[arg(long)]
+        platform: PathBuf,
+        /// Measurement to claim (64 hex).
+        #[arg(long)]
+        measurement: String,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
     /// Attest with the simulation TEE and print the released configuration (development).
     Attest {
         #[arg(long)]
@@ -146,15 +193,43 @@ pub enum CasCommand {
 
 #[derive(clap::Subcommand)]
 pub enum SessionCommand {
-    /// Create a session from a YAML file.
+    /// Create a session from a YAML file (with approvals from `session sign` in a namespace
+    /// with a board).
     Create {
+        file: PathBuf,
+        /// A detached approval (`KEY:SIGNATURE`, from `cloister cas session sign`); repeat.
+        #[arg(long = "signature")]
+        signatures: Vec<String>,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// Update a session (the file names the current hash as `predecessor`), with approvals
+    /// from `session sign` when its board needs more than the signer.
+    Update {
+        file: PathBuf,
+        /// A detached approval (`KEY:SIGNATURE`, from `cloister cas session sign`); repeat.
+        #[arg(long = "signature")]
+        signatures: Vec<String>,
+        #[command(flatten)]
+        connect: CasConnect,
+    },
+    /// Propose a new version to the session's board (the file names the current hash as
+    /// `predecessor`); it applies once the board's rule is met.
+    Propose {
         file: PathBuf,
         #[command(flatten)]
         connect: CasConnect,
     },
-    /// Update a session (the file names the current hash as `predecessor`).
-    Update {
+    /// Sign an approval of a session file's change offline (prints `KEY:SIGNATURE`).
+    Sign {
         file: PathBuf,
+        /// The approving key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Every version of a session with its hash, predecessor and approvals.
+    History {
+        name: String,
         #[command(flatten)]
         connect: CasConnect,
     },
@@ -209,6 +284,10 @@ pub enum NamespaceCommand {
         /// The owner's client key (`ed25519:<hex>` or `p256:<hex>`).
         #[arg(long)]
         owner: String,
+        /// A board (YAML, as `access_policy.update`; `CREATOR` is the owner) whose approval
+        /// creating a session in the namespace needs.
+        #[arg(long)]
+        rule: Option<PathBuf>,
         #[command(flatten)]
         connect: CasConnect,
     },
@@ -250,7 +329,17 @@ pub struct CasConnect {
 }
 
 impl CasConnect {
-    fn client(&self) -> anyhow::Result<CasClient> {
+    /// The CAS's URL and identity pin.
+    pub(crate) fn endpoint(&self) -> (&str, &str) {
+        (&self.cas, &self.pin)
+    }
+
+    /// The client key file, if given.
+    pub(crate) fn key_path(&self) -> Option<&Path> {
+        self.key.as_deref()
+    }
+
+    pub(crate) fn client(&self) -> anyhow::Result<CasClient> {
         let identity = self
             .key
             .as_deref()
@@ -261,7 +350,7 @@ impl CasConnect {
     }
 }
 
-fn client_error(e: ClientError) -> anyhow::Error {
+pub(crate) fn client_error(e: ClientError) -> anyhow::Error {
     let code = match &e {
         ClientError::Refused { status, .. } => match status.as_u16() {
             400 | 413 => exit::INVALID,
@@ -277,7 +366,7 @@ fn client_error(e: ClientError) -> anyhow::Error {
     fail(code, e.to_string())
 }
 
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -289,6 +378,7 @@ pub fn cas_config(
     admins: Vec<String>,
     nonce_ttl: u64,
     collateral: Option<Arc<cloister_attestation::CollateralSource>>,
+    governance: cloister_cas::server::GovernanceConfig,
 ) -> cloister_cas::server::CasConfig {
     cloister_cas::server::CasConfig {
         data_dir: data_dir.to_path_buf(),
@@ -298,6 +388,7 @@ pub fn cas_config(
         nonce_ttl: Duration::from_secs(nonce_ttl.max(1)),
         collateral,
         refusal_audit: Default::default(),
+        governance,
     }
 }
 
@@ -367,6 +458,9 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             collateral_dir,
             counter_anchor,
             accept_rollback,
+            auditors,
+            proposal_ttl,
+            veto_window,
         } => {
             let collateral = match (pccs_url, collateral_dir) {
                 (Some(url), Some(dir)) => Some(cloister_attestation::CollateralSource::pccs(&url, &dir)),
@@ -385,7 +479,13 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
                     .map_err(|e| fail(exit::FAILURE, format!("{}: {e}", data_dir.display())))?,
             );
             let sealed = vault.status().sealed;
-            let config = cas_config(&data_dir, listen, admins, nonce_ttl, collateral);
+            let governance = cloister_cas::server::GovernanceConfig {
+                auditors,
+                proposal_ttl,
+                veto_window,
+                ..Default::default()
+            };
+            let config = cas_config(&data_dir, listen, admins, nonce_ttl, collateral, governance);
             let mut running = cloister_cas::server::serve(config, vault.clone()).await?;
             println!("cloister cas: operator socket {}", running.socket.display());
             if sealed {
@@ -524,10 +624,25 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             .add_platform(&public_key, &name)
             .await
             .map_err(client_error),
-        CasCommand::Namespace(NamespaceCommand::Add { name, owner, connect }) => {
+        CasCommand::Namespace(NamespaceCommand::Add {
+            name,
+            owner,
+            rule,
+            connect,
+        }) => {
+            let rule = match rule {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let policy = cloister_cas_session::parse_update_policy(&text)
+                        .map_err(|e| fail(exit::INVALID, e.to_string()))?;
+                    Some(serde_json::to_value(policy)?)
+                }
+                None => None,
+            };
             let declared = connect
                 .client()?
-                .declare_namespace(&name, &owner)
+                .declare_governed_namespace(&name, &owner, rule)
                 .await
                 .map_err(client_error)?;
             if json {
@@ -557,6 +672,24 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
         CasCommand::Audit(AuditCommand::Verify { file, identity }) => audit_verify(&file, &identity, json),
+        CasCommand::Proposals(command) => crate::cas_governance::proposals(command, json).await,
+        CasCommand::Check {
+            id,
+            session,
+            service,
+            platform,
+            measurement,
+            connect,
+        } => {
+            crate::cas_governance::check(&id, &session, &service, &platform, &measurement, &connect, json)
+                .await
+        }
+        CasCommand::Approve { id, connect } => {
+            crate::cas_governance::vote(&id, Vote::Approve, &connect, json).await
+        }
+        CasCommand::Reject { id, connect } => {
+            crate::cas_governance::vote(&id, Vote::Reject, &connect, json).await
+        }
         CasCommand::Attest {
             session,
             service,
@@ -589,7 +722,14 @@ async fn session(command: SessionCommand, json: bool) -> anyhow::Result<()> {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
     };
     match command {
-        SessionCommand::Create { file, connect } => {
+        SessionCommand::Create {
+            file,
+            signatures,
+            connect,
+        } if !signatures.is_empty() => {
+            crate::cas_governance::update_signed(&file, &signatures, &connect, json).await
+        }
+        SessionCommand::Create { file, connect, .. } => {
             let written = connect
                 .client()?
                 .create_session(&read(&file)?)
@@ -602,7 +742,21 @@ async fn session(command: SessionCommand, json: bool) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-        SessionCommand::Update { file, connect } => {
+        SessionCommand::Update {
+            file,
+            signatures,
+            connect,
+        } if !signatures.is_empty() => {
+            crate::cas_governance::update_signed(&file, &signatures, &connect, json).await
+        }
+        SessionCommand::Propose { file, connect } => {
+            crate::cas_governance::propose(&file, &connect, json).await
+        }
+        SessionCommand::Sign { file, key } => crate::cas_governance::sign(&file, &key, json),
+        SessionCommand::History { name, connect } => {
+            crate::cas_governance::history(&name, &connect, json).await
+        }
+        SessionCommand::Update { file, connect, .. } => {
             let yaml = read(&file)?;
             let parsed =
                 cloister_cas_session::parse_session(&yaml).map_err(|e| fail(exit::INVALID, e.to_string()))?;

@@ -2,6 +2,7 @@
 
 mod attest;
 mod cas;
+mod cas_governance;
 mod commands;
 mod confidential;
 mod crypt;

@@ -1,4 +1,4 @@
-//! `cloister-bench` keeps working: short `jobs`, `confidential` and `cas` runs against the real
+//! `cloister-bench` keeps working: short `jobs`, `confidential`, `cas` and `governance` runs against the real
 //! `cloister` (every round in their JSON), and `compare` of a run against itself and against
 //! doctored copies, with its exit codes. No timing is asserted: the machine running the tests is not quiet.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -263,6 +263,40 @@ fn a_short_cas_run_has_every_round_of_both_loads_and_the_flood() {
     assert_eq!(run["targets"].as_array().unwrap().len(), 2, "{run}");
 
     let file = dir.path().join("cas.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let (same, report) = compare(&file, &file);
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+    assert_eq!(report["regressed"], serde_json::json!([]), "{report}");
+}
+
+#[test]
+fn a_short_governance_run_has_every_round_of_each_board() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(&[
+        "governance",
+        "--cloister-bin",
+        bin(),
+        "--rounds",
+        "2",
+        "--changes",
+        "2",
+        "--board",
+        "2,3",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["command"], "governance", "{run}");
+    let measures = run["measures"].as_object().unwrap();
+    for n in [2, 3] {
+        for figure in ["change_ms", "propose_ms", "approve_ms", "apply_ms"] {
+            let key = format!("n{n}_{figure}_p50");
+            let rounds = measures[&key]["rounds"].as_array().unwrap();
+            assert_eq!(rounds.len(), 2, "{key}: one value per round: {run}");
+            assert!(rounds.iter().all(|v| v.as_f64().unwrap() > 0.0), "{key}: {run}");
+        }
+    }
+    let file = dir.path().join("governance.json");
     std::fs::write(&file, &out.stdout).unwrap();
     let (same, report) = compare(&file, &file);
     assert_eq!(same.status.code(), Some(0), "{same:?}");

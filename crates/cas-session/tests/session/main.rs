@@ -5,6 +5,7 @@ mod access;
 mod common;
 mod counters;
 mod evidence;
+mod governance;
 mod hash;
 mod parse;
 mod props;

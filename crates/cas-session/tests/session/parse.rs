@@ -35,7 +35,10 @@ fn full_example_parses_with_every_feature() {
     assert_eq!(s.version, "0.3");
     assert_eq!(s.predecessor, None);
     assert_eq!(s.access_policy.read.len(), 2);
-    assert_eq!(s.access_policy.update, vec![Principal::Creator]);
+    assert_eq!(
+        s.access_policy.update,
+        cloister_cas_session::UpdatePolicy::AnyOf(vec![Principal::Creator])
+    );
     assert_eq!(s.security.attestation.mode, AttestationMode::Hardware);
     assert_eq!(s.security.attestation.tolerate.len(), 2);
     // Normalized: upper case, sorted.

@@ -88,14 +88,16 @@ pub(super) struct AuditQuery {
 }
 
 /// `GET /v1/audit`: entries from `from` on, at most `limit` (10,000 unless given, 100,000 at
-/// most), for administrators.
+/// most), for administrators and auditors.
 pub(super) async fn audit(
     State(cas): CasState,
     Query(query): Query<AuditQuery>,
     Signed { client, .. }: Signed,
 ) -> CasResult<impl IntoResponse> {
-    if !cas.is_admin(&client) {
-        return Err(forbidden("only CAS administrators read the audit log"));
+    if !cas.is_admin(&client) && !cas.is_auditor(&client) {
+        return Err(forbidden(
+            "only CAS administrators and auditors read the audit log",
+        ));
     }
     Ok(axum::Json(cas.vault.audit_entries(
         query.from,

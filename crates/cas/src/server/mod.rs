@@ -25,6 +25,9 @@
 //! - `attest`: nonces and attestation (each one counts a run of its service); `volumes`:
 //!   volume commits of attested workloads; `counters`: their counter increments, and counter
 //!   reads;
+//! - `governance` (with `history`, `approvers`): boards' decisions on changes, proposals and
+//!   votes, the sweep of open proposals, session histories, auditors, keys bound to
+//!   attestations;
 //! - `audit`: refusals recorded outside a write's own transaction, refusal summaries, and
 //!   reading the log.
 
@@ -50,14 +53,18 @@ pub use crate::refusals::RefusalAuditLimits;
 use crate::refusals::RefusalRecorder;
 use body::{ATTEST_BODY, COUNTER_BODY, PLATFORM_BODY, SESSION_BODY, VOLUME_COMMIT_BODY, body_limit};
 use error::{CasError, CasResult, sealed_message};
+pub use governance::GovernanceConfig;
 use session_cache::{Loaded, SessionCache};
 
 mod accept;
+mod approvers;
 mod attest;
 mod audit;
 mod body;
 mod counters;
 mod error;
+mod governance;
+mod history;
 mod namespaces;
 mod operator;
 mod platforms;
@@ -73,6 +80,12 @@ const SECRETS: &str = "secrets";
 const PLATFORMS: &str = "platforms";
 const VOLUMES: &str = "volumes";
 const NAMESPACES: &str = "namespaces";
+const VERSIONS: &str = "session-versions";
+const PROPOSALS: &str = "proposals";
+/// Keys bound to attestations, by (session, service, session hash).
+const APPROVERS: &str = "approvers";
+/// The ids of pending proposals, so that the sweep reads only those.
+const PROPOSALS_OPEN: &str = "proposals-open";
 
 /// Settings of `cloister cas serve`.
 #[derive(Debug, Clone)]
@@ -94,6 +107,8 @@ pub struct CasConfig {
     pub collateral: Option<Arc<cloister_attestation::CollateralSource>>,
     /// How many refused attestations are audited one by one (the rest are summed up).
     pub refusal_audit: RefusalAuditLimits,
+    /// Auditors, proposal lifetime and veto window.
+    pub governance: GovernanceConfig,
 }
 
 /// A running CAS.
@@ -219,6 +234,11 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> Result<RunningCas, S
         shutdown_rx.clone(),
     )));
 
+    tasks.push(tokio::spawn(governance::sweep_proposals(
+        cas.clone(),
+        shutdown_rx.clone(),
+    )));
+
     let network = network_router(cas.clone());
     let mut stop = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -306,6 +326,24 @@ fn network_router(cas: Arc<Cas>) -> Router {
         )
         .route("/v1/counters", get(counters::read_counters))
         .route("/v1/audit", get(audit::audit))
+        .route(
+            "/v1/proposals",
+            post(governance::propose.layer(body_limit(SESSION_BODY))).get(governance::list),
+        )
+        .route("/v1/proposals/{id}", get(governance::show))
+        .route(
+            "/v1/proposals/{id}/{action}",
+            post(governance::vote.layer(body_limit(PLATFORM_BODY))),
+        )
+        .route(
+            "/v1/updates",
+            post(governance::signed_update.layer(body_limit(SESSION_BODY))),
+        )
+        .route("/v1/history/{*name}", get(history::history))
+        .route(
+            "/v1/approvers",
+            post(approvers::bind.layer(body_limit(PLATFORM_BODY))),
+        )
         .with_state(cas)
 }
 

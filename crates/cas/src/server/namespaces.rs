@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use cloister_cas_client::protocol::{NamespaceInfo, NamespaceRequest};
-use cloister_cas_session::ClientKey;
+use cloister_cas_session::{ClientKey, UpdatePolicy};
 use cloister_cas_store::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -27,6 +27,9 @@ pub(super) struct StoredNamespace {
     pub(super) how: NamespaceOrigin,
     #[serde(with = "time::serde::rfc3339")]
     pub(super) since: OffsetDateTime,
+    /// The board whose approval creating a session here needs (`CREATOR`: the owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) rule: Option<UpdatePolicy>,
 }
 
 /// How a namespace came to its owner.
@@ -79,16 +82,39 @@ type ReadRecord<'a> = &'a dyn Fn(&str, &str) -> Result<Option<Zeroizing<Vec<u8>>
 /// Lists record keys by prefix (from the vault or a transaction).
 type ListRecords<'a> = &'a dyn Fn(&str, &str) -> Result<Vec<String>, StoreError>;
 
+/// The namespace `name`'s record, if declared or claimed.
+pub(super) fn namespace_record(
+    get: ReadRecord<'_>,
+    name: &str,
+) -> Result<Option<StoredNamespace>, StoreError> {
+    match get(NAMESPACES, name)? {
+        Some(raw) => Ok(Some(
+            serde_json::from_slice(&raw).map_err(|_| corrupt("namespace"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
 /// Decides whether `client` may create a session in `namespace`, from the vault as `get` and
-/// `keys` read it (inside the write transaction, so the decision and the claim are one).
+/// `keys` read it (inside the write transaction, so the decision and the claim are one). In
+/// a namespace with a board, `approved` must be that board (its approvals were checked).
 pub(super) fn namespace_claim(
     namespace: &str,
     client: &ClientKey,
+    approved: Option<&UpdatePolicy>,
     get: ReadRecord<'_>,
     keys: ListRecords<'_>,
 ) -> Result<Result<NamespaceClaim, String>, StoreError> {
-    if let Some(raw) = get(NAMESPACES, namespace)? {
-        let record: StoredNamespace = serde_json::from_slice(&raw).map_err(|_| corrupt("namespace"))?;
+    if let Some(record) = namespace_record(get, namespace)? {
+        if let Some(rule) = &record.rule {
+            return Ok(if approved == Some(rule) {
+                Ok(NamespaceClaim::Owned)
+            } else {
+                Err(format!(
+                    "namespace {namespace:?} has a board: creating a session in it needs its approvals"
+                ))
+            });
+        }
         return Ok(if record.owner == client.to_string() {
             Ok(NamespaceClaim::Owned)
         } else {
@@ -152,10 +178,18 @@ pub(super) async fn declare_namespace(
         )));
     }
     let owner: ClientKey = request.owner.parse().map_err(|e| bad(format!("owner: {e}")))?;
+    let rule = request
+        .rule
+        .as_ref()
+        .map(|rule| cloister_cas_session::parse_update_policy(&rule.to_string()))
+        .transpose()
+        .map_err(|e| bad(e.to_string()))?;
+    let shown_rule = rule.as_ref().and_then(|r| serde_json::to_value(r).ok());
     let record = serde_json::to_vec(&StoredNamespace {
         owner: owner.to_string(),
         how: NamespaceOrigin::Declared,
         since: OffsetDateTime::now_utc(),
+        rule,
     })
     .map_err(|_| internal("encode"))?;
     cas.vault.write(|txn| {
@@ -172,7 +206,7 @@ pub(super) async fn declare_namespace(
             "namespace-declare",
             &client.to_string(),
             &request.name,
-            json!({"owner": owner.to_string(), "previous": previous}),
+            json!({"owner": owner.to_string(), "previous": previous, "rule": shown_rule}),
         )
         .map(|_| ())
     })?;
@@ -182,6 +216,7 @@ pub(super) async fn declare_namespace(
             name: request.name,
             owner: owner.to_string(),
             how: NamespaceOrigin::Declared.as_str().into(),
+            rule: shown_rule,
         }),
     ))
 }
@@ -205,6 +240,7 @@ pub(super) async fn list_namespaces(
                 name,
                 owner: record.owner,
                 how: record.how.as_str().into(),
+                rule: record.rule.as_ref().and_then(|r| serde_json::to_value(r).ok()),
             });
         }
     }
@@ -248,6 +284,7 @@ mod namespace_tests {
                 owner: owner.to_string(),
                 how: NamespaceOrigin::Declared,
                 since: OffsetDateTime::UNIX_EPOCH,
+                rule: None,
             };
             self.0.insert(
                 (NAMESPACES.into(), name.into()),
@@ -272,7 +309,7 @@ mod namespace_tests {
                     .map(|(_, k)| k.clone())
                     .collect())
             };
-            namespace_claim(namespace, client, &get, &keys)
+            namespace_claim(namespace, client, None, &get, &keys)
                 .unwrap()
                 .map(|claim| match claim {
                     NamespaceClaim::Owned => "owned",

@@ -8,15 +8,19 @@ use std::collections::BTreeMap;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use cloister_cas_client::governance::{DetachedSignature, VoteRecord};
 use cloister_cas_client::protocol::{SessionRecord, SessionWritten};
-use cloister_cas_session::{ClientKey, ImportResolver, SecretValue, Secrets, Session, SessionError};
+use cloister_cas_session::{
+    ClientKey, ImportResolver, SecretValue, Secrets, Session, SessionError, UpdatePolicy,
+};
+use cloister_cas_store::{StoreError, WriteTxn};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::error::{CasError, CasResult, bad, corrupt, forbidden, internal};
-use super::namespaces::{NamespaceClaim, StoredNamespace, namespace_claim, namespace_of};
+use super::namespaces::{NamespaceClaim, StoredNamespace, namespace_claim, namespace_of, namespace_record};
 use super::session_cache::Loaded;
 use super::signed::Signed;
 use super::{Cas, CasState, NAMESPACES, SECRETS, SESSIONS};
@@ -139,19 +143,181 @@ impl ImportResolver for Imports<'_> {
 }
 
 /// Why a prepared session write was not committed.
-enum WriteRefused {
+pub(super) enum WriteRefused {
     /// The session changed after it was read for this write.
     Changed,
     /// The namespace belongs to someone else.
     Namespace(String),
 }
 
-/// Creates (`path_name` unset) or updates a session from its YAML.
-async fn write_session(
+/// A session version checked and with its secrets materialized, ready to be committed.
+pub(super) struct Prepared {
+    pub(super) name: String,
+    pub(super) hash: String,
+    /// The stored hash it replaces (`None` when creating).
+    pub(super) predecessor: Option<String>,
+    stored: Vec<u8>,
+    secrets: Zeroizing<Vec<u8>>,
+    pub(super) yaml: String,
+}
+
+/// What a commit records with the version: who approved it and through which proposal, and
+/// for a creation in a namespace with a board, that board (its approvals were checked).
+pub(super) struct Approved<'a> {
+    pub(super) by: &'a [VoteRecord],
+    pub(super) proposal: Option<&'a str>,
+    pub(super) namespace_rule: Option<&'a UpdatePolicy>,
+}
+
+impl Cas {
+    /// Checks `session` (parsed from `text`) against `current` (the predecessor rule) and
+    /// materializes its secrets; refusals are audited. `creator` is the owner it will have.
+    pub(super) fn prepare_write(
+        &self,
+        client: &ClientKey,
+        text: &str,
+        session: &Session,
+        current: Option<&ParsedSession>,
+        creator: &ClientKey,
+    ) -> CasResult<Prepared> {
+        if let Err(e) = session.check_predecessor(current.map(|c| &c.session)) {
+            self.audit(
+                "session-update-refused",
+                &client.to_string(),
+                &session.name,
+                json!({"reason": e.to_string()}),
+            );
+            return Err(e.into());
+        }
+        let previous_secrets = match current {
+            Some(_) => Some(self.load_secrets(&session.name)?),
+            None => None,
+        };
+        let previous = current.map(|c| &c.session).zip(previous_secrets.as_ref());
+        let refused_kind = if current.is_some() {
+            "session-update-refused"
+        } else {
+            "session-create-refused"
+        };
+        let secrets = cloister_cas_session::materialize_secrets(
+            session,
+            previous,
+            &Imports {
+                cas: self,
+                owner: creator,
+            },
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| {
+            if matches!(e, SessionError::ImportRefused { .. }) {
+                self.audit(
+                    refused_kind,
+                    &client.to_string(),
+                    &session.name,
+                    json!({"reason": e.to_string()}),
+                );
+            }
+            CasError::from(e)
+        })?;
+        let hash = session.hash();
+        let stored = StoredSession {
+            yaml: text.to_owned(),
+            hash: hash.clone(),
+            creator: creator.to_string(),
+            updated: OffsetDateTime::now_utc(),
+        };
+        Ok(Prepared {
+            name: session.name.clone(),
+            hash,
+            predecessor: current.map(|c| c.stored.hash.clone()),
+            stored: serde_json::to_vec(&stored).map_err(|_| internal("encode"))?,
+            secrets: Zeroizing::new(serde_json::to_vec(&secrets).map_err(|_| internal("encode"))?),
+            yaml: text.to_owned(),
+        })
+    }
+}
+
+/// Commits a prepared version inside `txn`: re-checks that the session did not change since
+/// it was read, claims the namespace when creating, stores the session, its secrets and the
+/// version (for the history) with its approvals, and appends the audit entry. `actor` is who
+/// submitted it.
+pub(super) fn commit_write(
+    txn: &mut WriteTxn<'_>,
+    prepared: &Prepared,
+    actor: &ClientKey,
+    approved: &Approved<'_>,
+) -> Result<Result<(), WriteRefused>, StoreError> {
+    let name = &prepared.name;
+    let actor_text = actor.to_string();
+    let current = match txn.get(SESSIONS, name)? {
+        Some(raw) => Some(serde_json::from_slice::<StoredSession>(&raw).map_err(|_| corrupt("session"))?),
+        None => None,
+    };
+    if current.as_ref().map(|c| &c.hash) != prepared.predecessor.as_ref() {
+        return Ok(Err(WriteRefused::Changed));
+    }
+    if current.is_none() {
+        let namespace = namespace_of(name);
+        let claim = namespace_claim(
+            namespace,
+            actor,
+            approved.namespace_rule,
+            &|t, k| txn.get(t, k),
+            &|t, p| txn.keys(t, p),
+        )?;
+        match claim {
+            Err(reason) => return Ok(Err(WriteRefused::Namespace(reason))),
+            Ok(NamespaceClaim::Owned) => {}
+            Ok(NamespaceClaim::Record(how)) => {
+                let record = serde_json::to_vec(&StoredNamespace {
+                    owner: actor_text.clone(),
+                    how,
+                    since: OffsetDateTime::now_utc(),
+                    rule: None,
+                })
+                .map_err(|_| corrupt("namespace"))?;
+                txn.put(NAMESPACES, namespace, &record)?;
+                txn.audit_append(
+                    "namespace-claim",
+                    &actor_text,
+                    namespace,
+                    json!({"how": how.as_str(), "session": name}),
+                )?;
+            }
+        }
+    }
+    txn.put(SESSIONS, name, &prepared.stored)?;
+    txn.put(SECRETS, name, &prepared.secrets)?;
+    let version = super::history::record_version(txn, prepared, current.as_ref(), &actor_text, approved)?;
+    let approvers: Vec<&str> = approved.by.iter().map(|v| v.key.as_str()).collect();
+    let kind = if current.is_some() {
+        "session-update"
+    } else {
+        "session-create"
+    };
+    txn.audit_append(
+        kind,
+        &actor_text,
+        name,
+        json!({
+            "hash": prepared.hash,
+            "predecessor": prepared.predecessor,
+            "version": version,
+            "approvals": approvers,
+            "proposal": approved.proposal,
+        }),
+    )?;
+    Ok(Ok(()))
+}
+
+/// Creates (`path_name` unset) or updates a session from its YAML, with the approvals in
+/// `signatures` besides the signer's own (see `governance`).
+pub(super) async fn write_session(
     cas: &Cas,
     client: &ClientKey,
     body: &[u8],
     path_name: Option<&str>,
+    signatures: &[DetachedSignature],
 ) -> CasResult<SessionWritten> {
     let text = session_text(body)?;
     let session = cloister_cas_session::parse_session(text)?;
@@ -179,128 +345,43 @@ async fn write_session(
             format!("no session {:?}", session.name),
         ));
     }
-    let creator = match &current {
-        Some(ParsedSession { session: old, stored }) => {
-            let creator = stored.creator()?;
-            if !old.access_policy.may_update(client, &creator) {
-                cas.audit(
-                    "session-update-refused",
-                    &client.to_string(),
-                    &session.name,
-                    json!({"reason": "not allowed by the access policy"}),
-                );
-                return Err(forbidden(format!(
-                    "not allowed to update session {:?}",
-                    session.name
-                )));
-            }
-            creator
+    let mut namespace_rule = None;
+    let (creator, approvals) = match &current {
+        Some(current) => {
+            let creator = current.stored.creator()?;
+            let approvals = cas.authorize_direct(client, current, &creator, &session, signatures)?;
+            (creator, approvals)
         }
-        None => client.clone(),
-    };
-    if let Err(e) = session.check_predecessor(current.as_ref().map(|c| &c.session)) {
-        cas.audit(
-            "session-update-refused",
-            &client.to_string(),
-            &session.name,
-            json!({"reason": e.to_string()}),
-        );
-        return Err(e.into());
-    }
-    let previous_secrets = match &current {
-        Some(_) => Some(cas.load_secrets(&session.name)?),
-        None => None,
-    };
-    let previous = current
-        .as_ref()
-        .map(|c| &c.session)
-        .zip(previous_secrets.as_ref());
-    let refused_kind = if current.is_some() {
-        "session-update-refused"
-    } else {
-        "session-create-refused"
-    };
-    let secrets = cloister_cas_session::materialize_secrets(
-        &session,
-        previous,
-        &Imports { cas, owner: &creator },
-        OffsetDateTime::now_utc(),
-    )
-    .map_err(|e| {
-        if matches!(e, SessionError::ImportRefused { .. }) {
-            cas.audit(
-                refused_kind,
-                &client.to_string(),
-                &session.name,
-                json!({"reason": e.to_string()}),
-            );
+        None => {
+            let record = namespace_record(&|t, k| cas.vault.get(t, k), namespace_of(&session.name))?;
+            let approvals = match record {
+                Some(StoredNamespace {
+                    rule: Some(rule),
+                    owner,
+                    ..
+                }) => {
+                    let owner: ClientKey = owner.parse().map_err(|_| internal("corrupt namespace owner"))?;
+                    let approvals = cas.authorize_creation(client, &rule, &owner, &session, signatures)?;
+                    namespace_rule = Some(rule);
+                    approvals
+                }
+                _ => Vec::new(),
+            };
+            (client.clone(), approvals)
         }
-        CasError::from(e)
-    })?;
-    let hash = session.hash();
-    let stored = StoredSession {
-        yaml: text.to_owned(),
-        hash: hash.clone(),
-        creator: creator.to_string(),
-        updated: OffsetDateTime::now_utc(),
     };
-    let stored = serde_json::to_vec(&stored).map_err(|_| internal("encode"))?;
-    let sealed_secrets = Zeroizing::new(serde_json::to_vec(&secrets).map_err(|_| internal("encode"))?);
-    let name = session.name.clone();
-    let predecessor = current.as_ref().map(|c| c.stored.hash.clone());
-    let kind = if current.is_some() {
-        "session-update"
-    } else {
-        "session-create"
+    let prepared = cas.prepare_write(client, text, &session, current.as_ref(), &creator)?;
+    let approved = Approved {
+        by: &approvals,
+        proposal: None,
+        namespace_rule: namespace_rule.as_ref(),
     };
-    let actor = client.to_string();
     // The checks above are repeated against the transaction's view, so that the decision, the
     // namespace claim, the session and its audit entry are one commit.
-    let committed = cas.vault.write(|txn| {
-        let stored_now = match txn.get(SESSIONS, &name)? {
-            Some(raw) => Some(
-                serde_json::from_slice::<StoredSession>(&raw)
-                    .map_err(|_| corrupt("session"))?
-                    .hash,
-            ),
-            None => None,
-        };
-        if stored_now != predecessor {
-            return Ok(Err(WriteRefused::Changed));
-        }
-        if current.is_none() {
-            let namespace = namespace_of(&name);
-            let claim = namespace_claim(namespace, client, &|t, k| txn.get(t, k), &|t, p| txn.keys(t, p))?;
-            match claim {
-                Err(reason) => return Ok(Err(WriteRefused::Namespace(reason))),
-                Ok(NamespaceClaim::Owned) => {}
-                Ok(NamespaceClaim::Record(how)) => {
-                    let record = serde_json::to_vec(&StoredNamespace {
-                        owner: actor.clone(),
-                        how,
-                        since: OffsetDateTime::now_utc(),
-                    })
-                    .map_err(|_| corrupt("namespace"))?;
-                    txn.put(NAMESPACES, namespace, &record)?;
-                    txn.audit_append(
-                        "namespace-claim",
-                        &actor,
-                        namespace,
-                        json!({"how": how.as_str(), "session": name}),
-                    )?;
-                }
-            }
-        }
-        txn.put(SESSIONS, &name, &stored)?;
-        txn.put(SECRETS, &name, &sealed_secrets)?;
-        txn.audit_append(
-            kind,
-            &actor,
-            &name,
-            json!({"hash": hash, "predecessor": predecessor}),
-        )?;
-        Ok(Ok(()))
-    })?;
+    let committed = cas
+        .vault
+        .write(|txn| commit_write(txn, &prepared, client, &approved))?;
+    let Prepared { name, hash, .. } = prepared;
     match committed {
         Ok(()) => {
             cas.cache.invalidate();
@@ -311,7 +392,12 @@ async fn write_session(
             format!("session {name:?} changed while this write was prepared; read it again and retry"),
         )),
         Err(WriteRefused::Namespace(reason)) => {
-            cas.audit(refused_kind, &actor, &name, json!({"reason": reason}));
+            cas.audit(
+                "session-create-refused",
+                &client.to_string(),
+                &name,
+                json!({"reason": reason}),
+            );
             Err(forbidden(reason))
         }
     }
@@ -322,7 +408,7 @@ pub(super) async fn create_session(
     State(cas): CasState,
     Signed { client, body }: Signed,
 ) -> CasResult<impl IntoResponse> {
-    let written = write_session(&cas, &client, &body, None).await?;
+    let written = write_session(&cas, &client, &body, None, &[]).await?;
     Ok((StatusCode::CREATED, axum::Json(written)))
 }
 
@@ -333,7 +419,7 @@ pub(super) async fn update_session(
     Signed { client, body }: Signed,
 ) -> CasResult<impl IntoResponse> {
     Ok(axum::Json(
-        write_session(&cas, &client, &body, Some(&name)).await?,
+        write_session(&cas, &client, &body, Some(&name), &[]).await?,
     ))
 }
 
@@ -348,7 +434,11 @@ pub(super) async fn get_session(
         .load_session(&name)?
         .ok_or_else(|| CasError::new(StatusCode::NOT_FOUND, format!("no session {name:?}")))?;
     let creator = stored.creator()?;
-    if !session.access_policy.may_read(&client, &creator) {
+    // Board members read the version they decide on (redacted, unless they own it).
+    if !session.access_policy.may_read(&client, &creator)
+        && !cas.is_auditor(&client)
+        && !cas.is_board_member(&session.access_policy.update, &client, &creator)
+    {
         cas.audit("session-read-refused", &client.to_string(), &name, json!({}));
         return Err(forbidden(format!("not allowed to read session {name:?}")));
     }
@@ -406,7 +496,7 @@ pub(super) async fn list_sessions(
     for name in cas.vault.keys(SESSIONS, &query.prefix)? {
         if let Some(ParsedSession { session, stored }) = cas.load_session(&name)?
             && let Ok(creator) = stored.creator()
-            && session.access_policy.may_read(&client, &creator)
+            && (session.access_policy.may_read(&client, &creator) || cas.is_auditor(&client))
         {
             readable.insert(name, stored.hash);
         }

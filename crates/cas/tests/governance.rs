@@ -1,0 +1,712 @@
+//! Governance through the real server (TLS, signed requests, the vault): boards in
+//! `access_policy.update`, proposals and votes, updates with detached signatures, the
+//! history, auditors. Every refusal is checked for its error and its audit entry.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloister_cas::server::{CasConfig, GovernanceConfig, RunningCas, serve};
+use cloister_cas_client::client::{CasClient, ClientError};
+use cloister_cas_client::governance::{Change, ProposalInfo, Vote};
+use cloister_cas_client::sign::{ClientIdentity, KeyAlgorithm};
+use cloister_cas_store::{AuditEntry, SealingConfig, Vault};
+
+const OWNER: u8 = 1;
+const A: u8 = 2;
+const B: u8 = 3;
+const C: u8 = 4;
+const HOSPITAL: u8 = 5;
+const AUDITOR: u8 = 7;
+const OUTSIDER: u8 = 9;
+const ADMIN: u8 = 100;
+
+fn key(n: u8) -> ClientIdentity {
+    ClientIdentity::from_seed(&[n; 32])
+}
+
+fn public(n: u8) -> String {
+    key(n).public()
+}
+
+struct Cas {
+    _running: RunningCas,
+    url: String,
+    pin: String,
+}
+
+impl Cas {
+    async fn start(dir: &Path, governance: GovernanceConfig) -> Self {
+        let vault = Vault::init(dir, SealingConfig::KeyFile(dir.join("master.key")))
+            .unwrap()
+            .0;
+        let pin = format!(
+            "sha256:{}",
+            cloister_cas_client::pin::pin_of(&vault.identity_public().unwrap())
+        );
+        let config = CasConfig {
+            data_dir: dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls_names: Vec::new(),
+            admins: vec![public(ADMIN)],
+            nonce_ttl: Duration::from_secs(60),
+            collateral: None,
+            refusal_audit: Default::default(),
+            governance: GovernanceConfig {
+                auditors: vec![public(AUDITOR)],
+                sweep_interval: Duration::from_millis(100),
+                ..governance
+            },
+        };
+        let mut running = serve(config, Arc::new(vault)).await.unwrap();
+        let addr = running.network_addr().await.unwrap();
+        Cas {
+            _running: running,
+            url: format!("https://{addr}"),
+            pin,
+        }
+    }
+
+    fn client(&self, n: u8) -> CasClient {
+        self.client_with(key(n))
+    }
+
+    fn client_with(&self, identity: ClientIdentity) -> CasClient {
+        CasClient::new(&self.url, &self.pin, Some(identity)).unwrap()
+    }
+
+    async fn audit(&self) -> Vec<AuditEntry> {
+        self.client(ADMIN).audit::<AuditEntry>(1).await.unwrap()
+    }
+
+    /// The last audit entry of `kind`, which must exist.
+    async fn last(&self, kind: &str) -> AuditEntry {
+        self.audit()
+            .await
+            .into_iter()
+            .rev()
+            .find(|e| e.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} entry in the audit log"))
+    }
+}
+
+fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>, status: u16, reason: &str) {
+    match result {
+        Err(ClientError::Refused { status: s, message }) => {
+            assert_eq!(s.as_u16(), status, "{message}");
+            assert!(message.contains(reason), "expected {reason:?} in {message:?}");
+        }
+        other => panic!("expected a {status} refusal containing {reason:?}, got {other:?}"),
+    }
+}
+
+/// A session whose board is `update` (YAML lines under `update:`, indented four spaces) and
+/// whose service runs `marker`.
+fn session(name: &str, predecessor: Option<&str>, marker: &str, update: &str) -> String {
+    let predecessor = predecessor
+        .map(|p| format!("predecessor: {p}\n"))
+        .unwrap_or_default();
+    format!(
+        "name: {name}\n{predecessor}access_policy:\n  read: [CREATOR]\n  update:\n{update}security:\n  \
+         attestation:\n    tolerate: [simulation]\n    mode: none\nservices:\n- name: worker\n  command: [run, \
+         {marker}]\nsecrets:\n- name: db\n  kind: ascii\n- name: token\n  kind: ascii\n  value: s3cret-token\n"
+    )
+}
+
+/// Two of A, B, C, and the owner; HOSPITAL may veto.
+fn board() -> String {
+    format!(
+        "    all:\n    - CREATOR\n    - at_least: 2\n      of: [{}, {}, {}]\n    veto: [{}]\n",
+        public(A),
+        public(B),
+        public(C),
+        public(HOSPITAL)
+    )
+}
+
+/// Two of A, B, C; no veto.
+fn two_of_three() -> String {
+    format!(
+        "    at_least: 2\n    of: [{}, {}, {}]\n",
+        public(A),
+        public(B),
+        public(C)
+    )
+}
+
+async fn create(cas: &Cas, yaml: &str) -> String {
+    cas.client(OWNER).create_session(yaml).await.unwrap().hash
+}
+
+async fn current(cas: &Cas, name: &str) -> String {
+    cas.client(OWNER).get_session(name).await.unwrap().hash
+}
+
+async fn approve(cas: &Cas, n: u8, id: &str) -> Result<ProposalInfo, ClientError> {
+    cas.client(n).vote_on(id, Vote::Approve).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_applies_when_its_board_agrees_and_is_in_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(
+        dir.path(),
+        GovernanceConfig {
+            veto_window: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .await;
+    let name = "clinic/model";
+    let v1 = create(&cas, &session(name, None, "one", &board())).await;
+
+    // The owner alone no longer changes it.
+    let v2_yaml = session(name, Some(&v1), "two", &board());
+    refused(
+        cas.client(OWNER).update_session(name, &v2_yaml).await,
+        403,
+        "do not meet the update rule",
+    );
+    assert_eq!(cas.last("session-update-refused").await.actor, public(OWNER));
+
+    // Proposed by a member; outsiders may not propose.
+    refused(cas.client(OUTSIDER).propose(&v2_yaml).await, 403, "only members");
+    assert_eq!(cas.last("proposal-create-refused").await.actor, public(OUTSIDER));
+    let proposal = cas.client(A).propose(&v2_yaml).await.unwrap();
+    assert_eq!(proposal.state, "pending");
+    assert_eq!(proposal.change.predecessor.as_deref(), Some(v1.as_str()));
+    let id = proposal.id.clone();
+    refused(cas.client(B).propose(&v2_yaml).await, 409, "already proposed");
+
+    // Not met yet: owner + A is one of the two; the veto holder has not spoken.
+    assert_eq!(approve(&cas, OWNER, &id).await.unwrap().state, "pending");
+    assert_eq!(approve(&cas, A, &id).await.unwrap().state, "pending");
+    assert_eq!(
+        approve(&cas, B, &id).await.unwrap().state,
+        "pending",
+        "the veto window is open"
+    );
+    assert_eq!(current(&cas, name).await, v1);
+    // The veto holder's approval closes the window: applied in that transaction.
+    let applied = approve(&cas, HOSPITAL, &id).await.unwrap();
+    assert_eq!(applied.state, "applied", "{applied:?}");
+    let v2 = current(&cas, name).await;
+    assert_eq!(v2, proposal.change.hash);
+    let entry = cas.last("proposal-applied").await;
+    assert_eq!(entry.detail["proposal"], id.as_str());
+    let update = cas.last("session-update").await;
+    assert_eq!(update.detail["proposal"], id.as_str());
+    assert_eq!(update.detail["approvals"].as_array().unwrap().len(), 4);
+
+    // Votes on a closed proposal are refused.
+    refused(approve(&cas, C, &id).await, 409, "is applied");
+    assert_eq!(
+        cas.last("proposal-vote-refused").await.detail["proposal"],
+        id.as_str()
+    );
+
+    // The history: both versions, chained, with the approvals of the second.
+    let history = cas.client(A).history(name).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].hash, v1);
+    assert_eq!(history[1].hash, v2);
+    assert_eq!(history[1].predecessor.as_deref(), Some(v1.as_str()));
+    assert_eq!(history[1].proposal.as_deref(), Some(id.as_str()));
+    let approvers: Vec<&str> = history[1].approvals.iter().map(|a| a.key.as_str()).collect();
+    for n in [OWNER, A, B, HOSPITAL] {
+        assert!(approvers.contains(&public(n).as_str()), "{approvers:?}");
+    }
+    // Approvals carry signatures anyone can check against the change.
+    let change = Change {
+        session: name.into(),
+        predecessor: Some(v1.clone()),
+        hash: v2.clone(),
+    };
+    let bytes = change.signed_bytes(Vote::Approve).unwrap();
+    for a in &history[1].approvals {
+        cloister_cas::auth::verify_detached(&a.key, &bytes, &a.signature).unwrap();
+    }
+    refused(cas.client(OUTSIDER).history(name).await, 403, "not allowed");
+    assert_eq!(cas.last("history-read-refused").await.actor, public(OUTSIDER));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_votes_are_refused_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    let name = "clinic/votes";
+    let v1 = create(&cas, &session(name, None, "one", &two_of_three())).await;
+    let v2_yaml = session(name, Some(&v1), "two", &two_of_three());
+    let proposal = cas.client(A).propose(&v2_yaml).await.unwrap();
+    let id = proposal.id.clone();
+
+    // A forged signature: B's key, A's signature bytes.
+    let mut forged = key(A).sign_vote(&proposal.change, Vote::Approve).unwrap();
+    forged.key = public(B);
+    refused(
+        cas.client(A).vote(&id, Vote::Approve, forged).await,
+        403,
+        "does not verify over this change",
+    );
+    let entry = cas.last("proposal-vote-refused").await;
+    assert_eq!(entry.detail["voter"], public(B).as_str());
+
+    // An approval signed over another predecessor (a replay from an older version).
+    let stale = Change {
+        predecessor: Some("00".repeat(32)),
+        ..proposal.change.clone()
+    };
+    let replayed = key(B).sign_vote(&stale, Vote::Approve).unwrap();
+    refused(
+        cas.client(B).vote(&id, Vote::Approve, replayed).await,
+        403,
+        "made for another version",
+    );
+    // A rejection's signature does not pass for an approval.
+    let rejection = key(B).sign_vote(&proposal.change, Vote::Reject).unwrap();
+    refused(
+        cas.client(B).vote(&id, Vote::Approve, rejection).await,
+        403,
+        "does not verify",
+    );
+
+    // A non-member's approval, correctly signed.
+    let outsider = key(OUTSIDER).sign_vote(&proposal.change, Vote::Approve).unwrap();
+    refused(
+        cas.client(OUTSIDER).vote(&id, Vote::Approve, outsider).await,
+        403,
+        "not a member",
+    );
+    assert!(
+        cas.last("proposal-vote-refused").await.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a member")
+    );
+
+    // Two approvals by one key count once: the second is refused and nothing applies.
+    assert_eq!(approve(&cas, A, &id).await.unwrap().state, "pending");
+    refused(approve(&cas, A, &id).await, 409, "counts once");
+    assert!(
+        cas.last("proposal-vote-refused").await.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("counts once")
+    );
+    let shown = cas.client(A).proposal(&id).await.unwrap();
+    assert_eq!(shown.approvals.len(), 1);
+    assert_eq!(current(&cas, name).await, v1, "one key is not two approvals");
+
+    // Someone else submits C's detached approval: it counts as C's, and completes the rule.
+    let c_signature = key(C).sign_vote(&proposal.change, Vote::Approve).unwrap();
+    let applied = cas
+        .client(OUTSIDER)
+        .vote(&id, Vote::Approve, c_signature)
+        .await
+        .unwrap();
+    assert_eq!(applied.state, "applied");
+    assert_eq!(
+        applied.approvals[1].submitted_by.as_deref(),
+        Some(public(OUTSIDER).as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vetoes_rejections_expiry_and_voiding_close_proposals() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(
+        dir.path(),
+        GovernanceConfig {
+            proposal_ttl: Duration::from_secs(3),
+            veto_window: Duration::from_millis(600),
+            ..Default::default()
+        },
+    )
+    .await;
+    let name = "clinic/board";
+    let v1 = create(&cas, &session(name, None, "one", &board())).await;
+
+    // A veto holder's rejection blocks, whatever the approvals.
+    let vetoed = cas
+        .client(A)
+        .propose(&session(name, Some(&v1), "vetoed", &board()))
+        .await
+        .unwrap();
+    approve(&cas, A, &vetoed.id).await.unwrap();
+    let after = cas
+        .client(HOSPITAL)
+        .vote_on(&vetoed.id, Vote::Reject)
+        .await
+        .unwrap();
+    assert_eq!(after.state, "vetoed");
+    assert!(
+        cas.last("proposal-vetoed").await.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&public(HOSPITAL))
+    );
+    refused(approve(&cas, B, &vetoed.id).await, 409, "is vetoed");
+    refused(approve(&cas, OWNER, &vetoed.id).await, 409, "is vetoed");
+    assert_eq!(current(&cas, name).await, v1);
+
+    // Two of three rejecting: the rule can no longer be met.
+    let rejected = cas
+        .client(B)
+        .propose(&session(name, Some(&v1), "rejected", &board()))
+        .await
+        .unwrap();
+    cas.client(A).vote_on(&rejected.id, Vote::Reject).await.unwrap();
+    let after = cas.client(B).vote_on(&rejected.id, Vote::Reject).await.unwrap();
+    assert_eq!(after.state, "rejected");
+    cas.last("proposal-rejected").await;
+
+    // Expired: nobody completed it in time; the sweep closes it and votes are refused.
+    let expiring = cas
+        .client(A)
+        .propose(&session(name, Some(&v1), "late", &board()))
+        .await
+        .unwrap();
+    // Met without the silent veto holder: applies once the veto window has passed (the sweep).
+    let windowed = cas
+        .client(C)
+        .propose(&session(name, Some(&v1), "windowed", &board()))
+        .await
+        .unwrap();
+    for n in [OWNER, A, C] {
+        approve(&cas, n, &windowed.id).await.unwrap();
+    }
+    let mut state = String::new();
+    for _ in 0..50 {
+        state = cas.client(A).proposal(&windowed.id).await.unwrap().state;
+        if state == "applied" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "applied");
+    let v2 = current(&cas, name).await;
+    assert_eq!(v2, windowed.change.hash);
+
+    // The other open proposal named v1: void now.
+    let shown = cas.client(A).proposal(&expiring.id).await.unwrap();
+    assert_eq!(shown.state, "void", "{shown:?}");
+    assert_eq!(
+        cas.last("proposal-void").await.detail["proposal"],
+        expiring.id.as_str()
+    );
+
+    let late = cas
+        .client(A)
+        .propose(&session(name, Some(&v2), "late", &board()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    refused(approve(&cas, A, &late.id).await, 409, "is expired");
+    assert_eq!(
+        cas.last("proposal-expired").await.detail["proposal"],
+        late.id.as_str()
+    );
+    let entry = cas.last("proposal-vote-refused").await;
+    assert_eq!(entry.actor, public(A));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_updates_meet_the_rules_in_force_not_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    let name = "clinic/direct";
+    let v1 = create(&cas, &session(name, None, "one", &two_of_three())).await;
+
+    // Changing the rules to "A alone" still needs two of the old three.
+    let alone = format!("    - {}\n", public(A));
+    let takeover = session(name, Some(&v1), "one", &alone);
+    refused(
+        cas.client(A).update_session(name, &takeover).await,
+        403,
+        "do not meet",
+    );
+    assert!(
+        cas.last("session-update-refused").await.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("do not meet")
+    );
+    let change = Change {
+        session: name.into(),
+        predecessor: Some(v1.clone()),
+        hash: cloister_cas_session::parse_session(&takeover).unwrap().hash(),
+    };
+    let a_sig = key(A).sign_vote(&change, Vote::Approve).unwrap();
+    // Threshold not met: A's signature twice is one approval.
+    refused(
+        cas.client(OUTSIDER)
+            .update_signed(&takeover, vec![a_sig.clone(), a_sig.clone()])
+            .await,
+        403,
+        "1 distinct member key",
+    );
+    // A forged signature.
+    let mut forged = key(OUTSIDER).sign_vote(&change, Vote::Approve).unwrap();
+    forged.key = public(B);
+    refused(
+        cas.client(A).update_signed(&takeover, vec![forged]).await,
+        403,
+        "does not verify",
+    );
+    // A non-member's signature.
+    let outsider = key(OUTSIDER).sign_vote(&change, Vote::Approve).unwrap();
+    refused(
+        cas.client(A).update_signed(&takeover, vec![outsider]).await,
+        403,
+        "not a member",
+    );
+    assert_eq!(current(&cas, name).await, v1);
+
+    // P-256 members sign too; A (the request's signer) and a P-256 key meet a 2-of-3 rule.
+    let p256 = ClientIdentity::generate_with(KeyAlgorithm::P256);
+    let mixed = format!(
+        "    at_least: 2\n    of: [{}, {}, {}]\n",
+        public(A),
+        public(B),
+        p256.public()
+    );
+    let v2_yaml = session(name, Some(&v1), "two", &mixed);
+    let v2_change = Change {
+        session: name.into(),
+        predecessor: Some(v1.clone()),
+        hash: cloister_cas_session::parse_session(&v2_yaml).unwrap().hash(),
+    };
+    let b_sig = key(B).sign_vote(&v2_change, Vote::Approve).unwrap();
+    let v2 = cas
+        .client(A)
+        .update_signed(&v2_yaml, vec![b_sig.clone()])
+        .await
+        .unwrap()
+        .hash;
+    // Replaying B's approval of v2 for the next change fails: it names another predecessor.
+    let v3_yaml = session(name, Some(&v2), "three", &mixed);
+    refused(
+        cas.client(A).update_signed(&v3_yaml, vec![b_sig]).await,
+        403,
+        "made for another version",
+    );
+    let v3_change = Change {
+        session: name.into(),
+        predecessor: Some(v2.clone()),
+        hash: cloister_cas_session::parse_session(&v3_yaml).unwrap().hash(),
+    };
+    let p_sig = p256.sign_vote(&v3_change, Vote::Approve).unwrap();
+    let v3 = cas
+        .client(A)
+        .update_signed(&v3_yaml, vec![p_sig])
+        .await
+        .unwrap()
+        .hash;
+    let history = cas.client(A).history(name).await.unwrap();
+    assert_eq!(
+        history.iter().map(|v| v.hash.as_str()).collect::<Vec<_>>(),
+        [v1.as_str(), v2.as_str(), v3.as_str()]
+    );
+    assert_eq!(history[2].approvals.len(), 2);
+
+    // An owner-only session still updates with a plain PUT by its owner, recorded in history.
+    let solo = "clinic/solo";
+    let s1 = create(&cas, &session(solo, None, "one", "    - CREATOR\n")).await;
+    let s2 = cas
+        .client(OWNER)
+        .update_session(solo, &session(solo, Some(&s1), "two", "    - CREATOR\n"))
+        .await
+        .unwrap()
+        .hash;
+    let history = cas.client(OWNER).history(solo).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1].hash, s2);
+    assert_eq!(history[1].approvals[0].key, public(OWNER));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditors_read_sessions_and_the_log_but_never_raw_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    let name = "clinic/audited";
+    create(&cas, &session(name, None, "one", &two_of_three())).await;
+
+    let auditor = cas.client(AUDITOR);
+    let record = auditor.get_session(name).await.unwrap();
+    assert!(record.redacted);
+    assert!(!record.yaml.contains("s3cret-token"));
+    assert!(auditor.list_sessions("clinic/").await.unwrap().contains_key(name));
+    assert!(!auditor.history(name).await.unwrap().is_empty());
+    for secret in ["db", "token"] {
+        refused(
+            auditor.read_secret(name, secret, None).await,
+            403,
+            "only the session's owner reads secret values",
+        );
+        let entry = cas.last("secret-read-refused").await;
+        assert_eq!(entry.actor, public(AUDITOR));
+        assert_eq!(entry.detail["secret"], secret);
+    }
+    // The whole log, refusals included.
+    let log = auditor.audit::<AuditEntry>(1).await.unwrap();
+    assert!(log.iter().any(|e| e.kind == "secret-read-refused"));
+    // Others read neither.
+    refused(cas.client(OUTSIDER).get_session(name).await, 403, "not allowed");
+    refused(
+        cas.client(OUTSIDER).audit::<AuditEntry>(1).await,
+        403,
+        "administrators and auditors",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_board_approves_new_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    let rule = serde_json::json!({"at_least": 2, "of": ["CREATOR", public(A), public(B)]});
+    refused(
+        cas.client(OWNER)
+            .declare_governed_namespace("ward", &public(OWNER), Some(rule.clone()))
+            .await,
+        403,
+        "only CAS administrators",
+    );
+    let bad = serde_json::json!({"at_least": 4, "of": [public(A)]});
+    refused(
+        cas.client(ADMIN)
+            .declare_governed_namespace("ward", &public(OWNER), Some(bad))
+            .await,
+        400,
+        "at_least",
+    );
+    let declared = cas
+        .client(ADMIN)
+        .declare_governed_namespace("ward", &public(OWNER), Some(rule))
+        .await
+        .unwrap();
+    assert!(declared.rule.is_some());
+
+    // Even the namespace's owner needs a second approval.
+    let yaml = session("ward/new", None, "one", "    - CREATOR\n");
+    refused(cas.client(OWNER).create_session(&yaml).await, 403, "do not meet");
+    let entry = cas.last("session-create-refused").await;
+    assert_eq!(entry.actor, public(OWNER));
+    let change = Change {
+        session: "ward/new".into(),
+        predecessor: None,
+        hash: cloister_cas_session::parse_session(&yaml).unwrap().hash(),
+    };
+    // A forged approval and a non-member's are refused.
+    let mut forged = key(C).sign_vote(&change, Vote::Approve).unwrap();
+    forged.key = public(A);
+    refused(
+        cas.client(OWNER).update_signed(&yaml, vec![forged]).await,
+        403,
+        "does not verify",
+    );
+    let c = key(C).sign_vote(&change, Vote::Approve).unwrap();
+    refused(
+        cas.client(OWNER).update_signed(&yaml, vec![c]).await,
+        403,
+        "not a member",
+    );
+    // The owner with A's approval: created, owned by the signer, approvals in the history.
+    let a = key(A).sign_vote(&change, Vote::Approve).unwrap();
+    let written = cas.client(OWNER).update_signed(&yaml, vec![a]).await.unwrap();
+    assert_eq!(written.hash, change.hash);
+    let history = cas.client(OWNER).history("ward/new").await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].approvals.len(), 2);
+    assert_eq!(
+        cas.last("session-create").await.detail["approvals"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // B, a board member but not the owner, creates another with A: allowed, B owns it.
+    let other = session("ward/other", None, "one", "    - CREATOR\n");
+    let change = Change {
+        session: "ward/other".into(),
+        predecessor: None,
+        hash: cloister_cas_session::parse_session(&other).unwrap().hash(),
+    };
+    let a = key(A).sign_vote(&change, Vote::Approve).unwrap();
+    cas.client(B).update_signed(&other, vec![a]).await.unwrap();
+    assert_eq!(
+        cas.client(B).get_session("ward/other").await.unwrap().creator,
+        public(B)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_attestation_of_the_named_service_binds_an_approver() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    let platform = cloister_attestation::SimPlatform::from_seed([9; 32]);
+    cas.client(ADMIN)
+        .add_platform(&hex::encode(platform.public_key()), "test")
+        .await
+        .unwrap();
+    let measurement = [0xc4; 32];
+    let checks = format!(
+        "name: board/checks\nsecurity:\n  attestation:\n    tolerate: [simulation]\nservices:\n- name: checker\n  \
+         command: [check]\n  attestation:\n  - tee: sim\n    measurement: {}\n- name: other\n  command: [other]\n  \
+         attestation:\n  - tee: sim\n    measurement: {}\n",
+        hex::encode(measurement),
+        hex::encode(measurement)
+    );
+    create(&cas, &checks).await;
+    let init = cloister_cas_client::protocol::InitData::new(&cas.pin, "board/checks", "other").unwrap();
+    let source = init.simulated(platform, measurement).unwrap();
+    let released = CasClient::new(&cas.url, &cas.pin, None)
+        .unwrap()
+        .attest(&init, &source, |_| {})
+        .await
+        .unwrap();
+    // The grant of `other` does not make a `checker`, and garbage is no grant.
+    let approver = cas.client(OUTSIDER);
+    for grant in [released.volume_grant.as_str(), "00"] {
+        refused(
+            approver.bind_approver("board/checks", "checker", grant).await,
+            403,
+            "not an attestation of this service's current version",
+        );
+        assert_eq!(cas.last("approver-bind-refused").await.actor, public(OUTSIDER));
+    }
+    let bound = approver
+        .bind_approver("board/checks", "other", &released.volume_grant)
+        .await
+        .unwrap();
+    assert_eq!(bound.key, public(OUTSIDER));
+    cas.last("approver-bind").await;
+
+    // A board naming attested:board/checks#other: the bound key votes for it; once the checker
+    // session changes, the binding no longer counts.
+    let name = "clinic/attested";
+    let rule = "    at_least: 1\n    of: [\"attested:board/checks#other\"]\n";
+    let v1 = create(&cas, &session(name, None, "one", rule)).await;
+    let proposal = cas
+        .client(OUTSIDER)
+        .propose(&session(name, Some(&v1), "two", rule))
+        .await
+        .unwrap();
+    let v2 = approve(&cas, OUTSIDER, &proposal.id).await.unwrap();
+    assert_eq!(v2.state, "applied");
+    let checks_hash = current(&cas, "board/checks").await;
+    let mut changed = checks.replace("command: [check]", "command: [check, -v]");
+    changed.insert_str(0, &format!("predecessor: {checks_hash}\n"));
+    cas.client(OWNER)
+        .update_session("board/checks", &changed)
+        .await
+        .unwrap();
+    let v2_hash = current(&cas, name).await;
+    refused(
+        cas.client(OUTSIDER)
+            .propose(&session(name, Some(&v2_hash), "three", rule))
+            .await,
+        403,
+        "only members",
+    );
+}
