@@ -82,9 +82,22 @@ struct Append {
 }
 
 /// Appends audit records to a vault by group commit (see the module documentation). The
-/// writer threads live as long as this value.
+/// writer threads live as long as this value: dropping it waits for them, so that the vault
+/// they hold is released (and can be opened again) when the drop returns.
 pub struct AuditWriter {
-    queue: Sender<Append>,
+    queue: Option<Sender<Append>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for AuditWriter {
+    fn drop(&mut self) {
+        // Closing the queue ends the signer, whose end ends the committer, whose end ends the
+        // anchorer.
+        self.queue.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl AuditWriter {
@@ -95,10 +108,15 @@ impl AuditWriter {
         let pipeline = Arc::new(Pipeline::default());
         let committer = (vault.clone(), pipeline.clone());
         let anchorer = vault.clone();
-        std::thread::spawn(move || sign_ahead(&vault, &appends, &pipeline));
-        std::thread::spawn(move || commit_batches(&committer.0, &committer.1, &anchoring));
-        std::thread::spawn(move || answer_once_anchored(&anchorer, &anchored));
-        Self { queue }
+        let threads = vec![
+            std::thread::spawn(move || sign_ahead(&vault, &appends, &pipeline)),
+            std::thread::spawn(move || commit_batches(&committer.0, &committer.1, &anchoring)),
+            std::thread::spawn(move || answer_once_anchored(&anchorer, &anchored)),
+        ];
+        Self {
+            queue: Some(queue),
+            threads,
+        }
     }
 
     /// Appends `records` durably, in this order and next to each other, in a transaction
@@ -125,6 +143,8 @@ impl AuditWriter {
     ) -> Result<Option<u64>, AuditWriteError> {
         let (outcome, wait) = mpsc::sync_channel(1);
         self.queue
+            .as_ref()
+            .ok_or(AuditWriteError::Stopped)?
             .send(Append {
                 records,
                 counter,
