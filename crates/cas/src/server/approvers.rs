@@ -15,9 +15,8 @@ use axum::response::IntoResponse;
 use cloister_cas_client::governance::{ApproverBinding, ApproverBound};
 use cloister_cas_session::ClientKey;
 use serde_json::json;
-use time::OffsetDateTime;
 
-use super::error::{CasError, CasResult, bad, corrupt, forbidden};
+use super::error::{CasResult, bad, corrupt, forbidden};
 use super::signed::Signed;
 use super::{APPROVERS, Cas, CasState};
 
@@ -69,26 +68,15 @@ pub(super) async fn bind(
         forbidden(reason)
     };
     let loaded = cas
-        .loaded(&request.session)?
-        .ok_or_else(|| refuse(format!("no session {:?}", request.session)))?;
-    let identity = cas
-        .vault
-        .identity_public()
-        .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
-        .ok_or_else(|| CasError::new(StatusCode::SERVICE_UNAVAILABLE, "no identity"))?;
-    crate::volumes::check_grant(
-        &identity,
-        &request.grant,
-        &request.session,
-        &request.service,
-        &loaded.hash,
-        OffsetDateTime::now_utc().unix_timestamp(),
-    )
-    .map_err(|e| {
-        refuse(format!(
-            "not an attestation of this service's current version: {e}"
-        ))
-    })?;
+        .granted(&request.session, &request.service, &request.grant)?
+        .map_err(|refused| {
+            refuse(match refused {
+                super::volumes::GrantRefused::NoSession(_) => refused.to_string(),
+                super::volumes::GrantRefused::Invalid(e) => {
+                    format!("not an attestation of this service's current version: {e}")
+                }
+            })
+        })?;
     let key = record_key(&request.session, &request.service, &loaded.hash);
     let shown = client.to_string();
     cas.vault.write(|txn| {
