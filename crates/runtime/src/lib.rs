@@ -898,24 +898,28 @@ async fn run_in(
         }
     };
     if options.synchronous {
-        let mut total = 0u64;
-        for (relative, path) in files {
-            match tokio::fs::read(&path).await {
-                Ok(content) => {
-                    total += content.len() as u64;
-                    if total > options.max_sync_output {
-                        outcome.fail(format!(
-                            "outputs exceed the synchronous limit of {} bytes",
-                            options.max_sync_output
-                        ));
-                        return;
-                    }
-                    outcome.files.push((relative, content));
-                }
-                Err(e) => {
-                    outcome.fail(format!("cannot read output {relative}: {e}"));
-                    return;
-                }
+        let read = tokio::task::spawn_blocking({
+            let dir = output_dir.clone();
+            let budget = options.max_sync_output;
+            move || read_outputs(&dir, &files, budget)
+        })
+        .await;
+        match read {
+            Ok(Ok(contents)) => outcome.files = contents,
+            Ok(Err(ReadOutputsError::TooLarge)) => {
+                outcome.fail(format!(
+                    "outputs exceed the synchronous limit of {} bytes",
+                    options.max_sync_output
+                ));
+                return;
+            }
+            Ok(Err(ReadOutputsError::Io(relative, e))) => {
+                outcome.fail(format!("cannot read output {relative}: {e}"));
+                return;
+            }
+            Err(e) => {
+                outcome.fail(format!("cannot read the outputs: {e}"));
+                return;
             }
         }
     } else {
@@ -990,14 +994,21 @@ async fn stage_input(spec: &JobSpec, io: &dyn JobIo, input_dir: &Path) -> Result
 }
 
 /// Regular files under `dir` as `(relative path, absolute path)`, sorted. Symbolic links and
-/// other special files are skipped and never followed, so a script cannot make the runtime
-/// upload host files; names that are not UTF-8 are skipped (a folder with its contents).
+/// other special files are skipped and never followed — `dir` itself must be a folder, not a
+/// link to one — so a script cannot make the runtime upload host files; names that are not
+/// UTF-8 are skipped (a folder with its contents).
 pub async fn collect_outputs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
+        // A script that replaced its output folder with a link would otherwise have the walk
+        // start wherever the link points (walkdir follows a root link by default).
+        if !std::fs::symlink_metadata(&dir)?.is_dir() {
+            return Err(std::io::Error::other("the output folder is not a folder"));
+        }
         let mut files = Vec::new();
         let entries = walkdir::WalkDir::new(&dir)
             .follow_links(false)
+            .follow_root_links(false)
             .into_iter()
             .filter_entry(|entry| {
                 let utf8 = entry.depth() == 0 || entry.file_name().to_str().is_some();
@@ -1025,6 +1036,91 @@ pub async fn collect_outputs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Why [`read_outputs`] stopped.
+#[derive(Debug)]
+enum ReadOutputsError {
+    /// The files together are larger than the budget.
+    TooLarge,
+    /// One file could not be opened or read safely.
+    Io(String, std::io::Error),
+}
+
+/// The contents of `files` (as [`collect_outputs`] found them under `dir`), at most `budget`
+/// bytes in all. Each is opened beneath `dir` one name at a time without following any link,
+/// and its size is checked before it is read: a process still running where the outputs are
+/// (a program that escaped its script, a reused container) cannot swap a folder for a link
+/// between the walk and the read, nor make the reader hold a huge file.
+fn read_outputs(
+    dir: &Path,
+    files: &[(String, PathBuf)],
+    budget: u64,
+) -> Result<Vec<(String, Vec<u8>)>, ReadOutputsError> {
+    use std::io::Read as _;
+    let root = open_folder(rustix::fs::CWD, dir).map_err(|e| ReadOutputsError::Io(".".into(), e))?;
+    let mut left = budget;
+    let mut contents = Vec::with_capacity(files.len());
+    for (relative, _) in files {
+        let failed = |e: std::io::Error| ReadOutputsError::Io(relative.clone(), e);
+        let file = open_beneath(&root, relative).map_err(failed)?;
+        let len = file.metadata().map_err(failed)?.len();
+        if len > left {
+            return Err(ReadOutputsError::TooLarge);
+        }
+        let mut content = Vec::new();
+        // The file may grow after the size was read: never read past what is left.
+        file.take(left + 1).read_to_end(&mut content).map_err(failed)?;
+        let read = content.len() as u64;
+        if read > left {
+            return Err(ReadOutputsError::TooLarge);
+        }
+        left -= read;
+        contents.push((relative.clone(), content));
+    }
+    Ok(contents)
+}
+
+fn open_folder(at: impl rustix::fd::AsFd, name: impl rustix::path::Arg) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::openat(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Opens the regular file `relative` beneath `root`, one component at a time, none of them a
+/// link.
+fn open_beneath(root: &std::fs::File, relative: &str) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let mut parts = relative.split('/').filter(|p| !p.is_empty()).peekable();
+    let mut folder: Option<std::fs::File> = None;
+    while let Some(part) = parts.next() {
+        if part == "." || part == ".." {
+            return Err(std::io::Error::other("an output path left its folder"));
+        }
+        let at = folder.as_ref().unwrap_or(root);
+        if parts.peek().is_some() {
+            folder = Some(open_folder(at, part)?);
+            continue;
+        }
+        // NONBLOCK: a FIFO put there meanwhile must not hang the reader; it is refused below.
+        let fd = rustix::fs::openat(
+            at,
+            part,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let file = std::fs::File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        return Ok(file);
+    }
+    Err(std::io::Error::other("an empty output path"))
 }
 
 /// Default timeout when a caller does not choose one.

@@ -841,6 +841,81 @@ async fn outputs_are_regular_files_inside_the_folder_only() {
     assert!(collect_outputs(&dir.path().join("missing")).await.is_err());
 }
 
+/// A script that replaces its output folder with a link (to the work root, the data
+/// directory, `/`) gets nothing read through it: neither walked nor answered.
+#[tokio::test]
+async fn an_output_folder_replaced_by_a_link_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("host");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("credentials.json"), "HOST-SECRET").unwrap();
+    let linked = dir.path().join("linked-output");
+    std::os::unix::fs::symlink(&secret, &linked).unwrap();
+    assert!(
+        collect_outputs(&linked).await.is_err(),
+        "a link as the output folder was walked"
+    );
+
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
+    let mut options = options(dir.path(), CgroupSupport::None);
+    options.synchronous = true;
+    let script = format!(
+        "rmdir \"$TMP_OUTPUT_DIR\" && ln -s {} \"$TMP_OUTPUT_DIR\"",
+        secret.display()
+    );
+    let outcome = run(&spec(&script), &io, &options).await;
+    assert_eq!(outcome.status, Status::Failed, "{}", log_text(&outcome));
+    assert!(outcome.files.is_empty());
+    let answered = format!("{:?}{}", outcome.files, log_text(&outcome));
+    assert!(!answered.contains("HOST-SECRET"), "{answered}");
+}
+
+/// Synchronous outputs are read beneath their folder: a folder swapped for a link after the
+/// walk (by a process still running there) is not followed, and a file larger than what is
+/// left of the budget is refused before it is read.
+#[tokio::test]
+async fn synchronous_outputs_are_read_beneath_their_folder_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("host");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("b.txt"), "HOST-SECRET").unwrap();
+    let out = dir.path().join("output");
+    std::fs::create_dir_all(out.join("sub")).unwrap();
+    std::fs::write(out.join("a.txt"), "aaaa").unwrap();
+    std::fs::write(out.join("sub/b.txt"), "bbbb").unwrap();
+    let files = collect_outputs(&out).await.unwrap();
+
+    let read = read_outputs(&out, &files, 8).unwrap();
+    assert_eq!(
+        read,
+        [
+            ("a.txt".to_owned(), b"aaaa".to_vec()),
+            ("sub/b.txt".to_owned(), b"bbbb".to_vec())
+        ]
+    );
+    assert!(matches!(
+        read_outputs(&out, &files, 7),
+        Err(ReadOutputsError::TooLarge)
+    ));
+
+    std::fs::remove_dir_all(out.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&outside, out.join("sub")).unwrap();
+    match read_outputs(&out, &files, 1 << 20) {
+        Err(ReadOutputsError::Io(relative, _)) => assert_eq!(relative, "sub/b.txt"),
+        other => panic!("a folder swapped for a link was followed: {other:?}"),
+    }
+    std::fs::remove_file(out.join("sub")).unwrap();
+    std::fs::create_dir(out.join("sub")).unwrap();
+    std::os::unix::fs::symlink(outside.join("b.txt"), out.join("sub/b.txt")).unwrap();
+    assert!(
+        read_outputs(&out, &files, 1 << 20).is_err(),
+        "a file swapped for a link was followed"
+    );
+}
+
 /// Bodies of `/run` and `/job` reach the script as its input file and as the event: past what
 /// one variable can hold (128 KiB on Linux), `EVENT` names the event file instead of failing
 /// the start with "Argument list too long". `EVENT_FILE` always holds the whole event.
