@@ -74,11 +74,31 @@ pub enum AuditWriteError {
     },
 }
 
+/// What an append comes to: the counter's new value, if it stepped one.
+type Answer = Result<Option<u64>, AuditWriteError>;
+
+/// Where an append's answer goes: a thread blocked in [`AuditWriter::append`], or a task
+/// awaiting [`AuditWriter::append_async`] (which holds no thread while its commit runs).
+enum Reply {
+    Blocking(SyncSender<Answer>),
+    Async(futures_channel::oneshot::Sender<Answer>),
+}
+
+impl Reply {
+    fn send(self, answer: Answer) {
+        // A caller that stopped waiting (its request went away) needs no answer.
+        let _ = match self {
+            Self::Blocking(to) => to.send(answer).map_err(drop),
+            Self::Async(to) => to.send(answer).map_err(drop),
+        };
+    }
+}
+
 /// One caller's records and where its outcome goes.
 struct Append {
     records: Vec<AuditRecord>,
     counter: Option<CounterStep>,
-    outcome: SyncSender<Result<Option<u64>, AuditWriteError>>,
+    outcome: Reply,
 }
 
 /// Appends audit records to a vault by group commit (see the module documentation). The
@@ -136,22 +156,59 @@ impl AuditWriter {
         self.send(records, Some(counter))?.ok_or(AuditWriteError::Stopped)
     }
 
-    fn send(
+    /// [`AuditWriter::append`] for async callers: the same group commit, awaited without
+    /// holding a thread.
+    pub fn append_async(
+        &self,
+        records: Vec<AuditRecord>,
+    ) -> impl Future<Output = Result<(), AuditWriteError>> + Send + 'static {
+        let answer = self.enqueue_async(records, None);
+        async move { answer.await.map(|_| ()) }
+    }
+
+    /// [`AuditWriter::append_counted`] for async callers.
+    pub fn append_counted_async(
+        &self,
+        records: Vec<AuditRecord>,
+        counter: CounterStep,
+    ) -> impl Future<Output = Result<u64, AuditWriteError>> + Send + 'static {
+        let answer = self.enqueue_async(records, Some(counter));
+        async move { answer.await?.ok_or(AuditWriteError::Stopped) }
+    }
+
+    fn enqueue_async(
         &self,
         records: Vec<AuditRecord>,
         counter: Option<CounterStep>,
-    ) -> Result<Option<u64>, AuditWriteError> {
+    ) -> impl Future<Output = Answer> + Send + 'static {
+        let (outcome, wait) = futures_channel::oneshot::channel();
+        let queued = self.enqueue(Append {
+            records,
+            counter,
+            outcome: Reply::Async(outcome),
+        });
+        async move {
+            queued?;
+            wait.await.map_err(|_| AuditWriteError::Stopped)?
+        }
+    }
+
+    fn send(&self, records: Vec<AuditRecord>, counter: Option<CounterStep>) -> Answer {
         let (outcome, wait) = mpsc::sync_channel(1);
+        self.enqueue(Append {
+            records,
+            counter,
+            outcome: Reply::Blocking(outcome),
+        })?;
+        wait.recv().map_err(|_| AuditWriteError::Stopped)?
+    }
+
+    fn enqueue(&self, append: Append) -> Result<(), AuditWriteError> {
         self.queue
             .as_ref()
             .ok_or(AuditWriteError::Stopped)?
-            .send(Append {
-                records,
-                counter,
-                outcome,
-            })
-            .map_err(|_| AuditWriteError::Stopped)?;
-        wait.recv().map_err(|_| AuditWriteError::Stopped)?
+            .send(append)
+            .map_err(|_| AuditWriteError::Stopped)
     }
 }
 
@@ -242,10 +299,8 @@ fn sign_ahead(vault: &Vault, appends: &Receiver<Append>, pipeline: &Pipeline) {
 /// reach the anchor.
 struct Committed {
     generation: Option<u64>,
-    answers: Vec<(Outcome, Result<Option<u64>, AuditWriteError>)>,
+    answers: Vec<(Reply, Answer)>,
 }
-
-type Outcome = SyncSender<Result<Option<u64>, AuditWriteError>>;
 
 /// The anchorer thread: brings the anchor up to the highest generation committed so far (one
 /// write for every commit waiting), then answers their callers; if the anchor cannot be
@@ -267,7 +322,7 @@ fn answer_once_anchored(vault: &Vault, committed: &Receiver<Committed>) {
                 (Some(e), Ok(_)) => Err(e.clone()),
                 (_, result) => result,
             };
-            let _ = to.send(result);
+            to.send(result);
         }
     }
 }
@@ -368,7 +423,7 @@ fn commit_batches(vault: &Vault, pipeline: &Pipeline, anchoring: &Sender<Committ
             // The anchorer is gone (it ends only if it panicked): nobody is told of a commit
             // whose anchor was not written.
             for (to, _) in unsent.answers {
-                let _ = to.send(Err(AuditWriteError::Stopped));
+                to.send(Err(AuditWriteError::Stopped));
             }
         }
     }

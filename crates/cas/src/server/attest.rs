@@ -27,7 +27,7 @@ use crate::nonce::NonceError;
 use crate::refusals::{Refusal, RefusalClass};
 
 /// `POST /v1/attest/nonce`: a fresh nonce. Nothing is stored and nothing read: the request has
-/// no body. Nothing is stored and nothing read: the request has no body.
+/// no body.
 pub(super) async fn issue_nonce(State(cas): CasState, _: Body) -> CasResult<impl IntoResponse> {
     cas.require_unsealed()?;
     Ok(axum::Json(NonceResponse {
@@ -92,29 +92,108 @@ pub(super) async fn attest(State(cas): CasState, Body(body): Body) -> CasResult<
             "invalid service name: [a-z0-9][a-z0-9-_.]*, at most 64 characters",
         ));
     }
-    let cas2 = cas.clone();
     let received = Instant::now();
-    tokio::task::spawn_blocking(move || attest_blocking(&cas2, &request, received))
-        .await
-        .map_err(|_| CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation task failed"))?
-        .map(axum::Json)
+    // The checks and the sealing run here, on the request's task (a fraction of a millisecond
+    // of CPU); only the group commit is waited for, and without holding a thread.
+    let refusals = std::cell::RefCell::new(Vec::new());
+    let judged = judge(&cas, &request, &refusals);
+    let refusals = refusals.into_inner();
+    if !refusals.is_empty() {
+        record_refusals(&cas, refusals).await;
+    }
+    let mut release = judged?;
+    let counted = cas
+        .releases
+        .append_counted_async(std::mem::take(&mut release.records), release.runs.clone())
+        .await;
+    match counted {
+        Ok(_) => {}
+        Err(AuditWriteError::AtLimit { value }) => {
+            let reason = release.limit_reason(value);
+            let refusal = Refusal {
+                class: RefusalClass::Limit,
+                actor: release.refusal_actor,
+                subject: &release.subject,
+                reason: &reason,
+                measurement: Some(&release.measurement),
+            };
+            let records = cas
+                .refusals
+                .note(&refusal, Instant::now(), OffsetDateTime::now_utc());
+            record_refusals(&cas, records).await;
+            return Err(forbidden(reason));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record a release");
+            return Err(CasError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot record the release",
+            ));
+        }
+    }
+    // Where a release's time goes, for `cloister-bench cas --stages`: waiting for the request's
+    // task to run, checking the evidence and the session, rendering and sealing the
+    // configuration, and the audit records' group commit.
+    let micros = |from: Instant, to: Instant| {
+        u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
+    };
+    tracing::debug!(
+        target: "cloister::stages",
+        subject = release.subject,
+        queue_us = micros(received, release.started),
+        check_us = micros(release.started, release.checked),
+        seal_us = micros(release.checked, release.sealed),
+        audit_us = micros(release.sealed, Instant::now()),
+        "attestation released"
+    );
+    Ok(axum::Json(release.response))
 }
 
 /// Writes refusal audit records (durably, in the attestations' group commit). A refusal is
 /// answered as one whether or not its record could be written; a failure is logged.
-fn record_refusals(cas: &Cas, records: Vec<AuditRecord>) {
+async fn record_refusals(cas: &Cas, records: Vec<AuditRecord>) {
     if records.is_empty() {
         return;
     }
-    if let Err(e) = cas.releases.append(records) {
+    if let Err(e) = cas.releases.append_async(records).await {
         tracing::error!(error = %e, "cannot record a refused attestation in the audit log");
     }
+}
+
+/// A release judged and sealed, waiting for its audit records (and its run) to commit.
+struct Release {
+    records: Vec<AuditRecord>,
+    runs: CounterStep,
+    response: AttestResponse,
+    subject: String,
+    refusal_actor: String,
+    measurement: String,
+    session: String,
+    service: String,
+    started: Instant,
+    checked: Instant,
+    sealed: Instant,
+}
+
+impl Release {
+    fn limit_reason(&self, value: u64) -> String {
+        runs_used(&self.session, &self.service, self.runs.max, value)
+    }
+}
+
+fn runs_used(session: &str, service: &str, max: u64, value: u64) -> String {
+    format!("service {service:?} of session {session:?} has used its runs: max_runs {max}, {value} so far")
 }
 
 /// The checks run cheapest first: the nonce (a MAC, a clock reading, a set lookup) and the
 /// encodings before any signature or certificate, so junk costs the CAS little; the nonce is
 /// used up only by evidence that verified and binds it, so junk cannot use up nonces either.
-fn attest_blocking(cas: &Cas, request: &AttestRequest, received: Instant) -> CasResult<AttestResponse> {
+/// Refusals are noted in `refusals`, for the caller to record before it answers.
+fn judge(
+    cas: &Cas,
+    request: &AttestRequest,
+    refusals: &std::cell::RefCell<Vec<AuditRecord>>,
+) -> CasResult<Release> {
     let started = Instant::now();
     let subject = format!("{}#{}", request.session, request.service);
     let refuse = |class: RefusalClass, tee: Option<Tee>, measurement: Option<&str>, reason: String| {
@@ -125,8 +204,7 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest, received: Instant) -> Cas
             reason: &reason,
             measurement,
         };
-        record_refusals(
-            cas,
+        refusals.borrow_mut().extend(
             cas.refusals
                 .note(&refusal, Instant::now(), OffsetDateTime::now_utc()),
         );
@@ -256,12 +334,7 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest, received: Instant) -> Cas
         name: super::counters::run_counter(&request.session, &request.service),
         max: service.max_runs.unwrap_or(u64::MAX),
     };
-    let runs_used = |value: u64| {
-        format!(
-            "service {:?} of session {:?} has used its runs: max_runs {}, {value} so far",
-            request.service, request.session, runs.max
-        )
-    };
+    let runs_used = |value: u64| runs_used(&request.session, &request.service, runs.max, value);
     if service.max_runs.is_some() {
         let value = cas.vault.counter_get(&runs.name)?;
         if value >= runs.max {
@@ -307,60 +380,36 @@ fn attest_blocking(cas: &Cas, request: &AttestRequest, received: Instant) -> Cas
     // Both entries and the run reach the disk (in a group commit shared with concurrent
     // attestations) before the configuration goes out: never a release without its record,
     // never one beyond `max_runs`.
-    let counted = cas.releases.append_counted(
-        vec![
-            AuditRecord {
-                kind: "attest-ok".into(),
-                actor: actor.clone(),
-                subject: subject.clone(),
-                detail: json!({"measurement": measurement, "alternative": alternative, "tcb_status": verified.tcb_status, "simulation": simulation}),
-            },
-            AuditRecord {
-                kind: "secret-release".into(),
-                actor,
-                subject: subject.clone(),
-                detail: json!({"session_hash": hash, "secrets": released, "simulation": simulation}),
-            },
-        ],
-        runs.clone(),
-    );
-    match counted {
-        Ok(_) => {}
-        Err(AuditWriteError::AtLimit { value }) => {
-            return Err(refuse(
-                RefusalClass::Limit,
-                Some(tee),
-                Some(&measurement),
-                runs_used(value),
-            ));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot record a release");
-            return Err(CasError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot record the release",
-            ));
-        }
-    }
-    // Where a release's time goes, for `cloister-bench cas --stages`: waiting for a blocking
-    // thread, checking the evidence and the session, rendering and sealing the configuration,
-    // and the audit records' group commit.
-    let micros = |from: Instant, to: Instant| {
-        u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
-    };
-    tracing::debug!(
-        target: "cloister::stages",
+    let records = vec![
+        AuditRecord {
+            kind: "attest-ok".into(),
+            actor: actor.clone(),
+            subject: subject.clone(),
+            detail: json!({"measurement": measurement, "alternative": alternative, "tcb_status": verified.tcb_status, "simulation": simulation}),
+        },
+        AuditRecord {
+            kind: "secret-release".into(),
+            actor: actor.clone(),
+            subject: subject.clone(),
+            detail: json!({"session_hash": hash, "secrets": released, "simulation": simulation}),
+        },
+    ];
+    Ok(Release {
+        records,
+        runs,
+        response: AttestResponse {
+            session_hash: hash,
+            enc: B64.encode(enc),
+            ciphertext: B64.encode(ciphertext),
+        },
         subject,
-        queue_us = micros(received, started),
-        check_us = micros(started, checked),
-        seal_us = micros(checked, sealed),
-        audit_us = micros(sealed, Instant::now()),
-        "attestation released"
-    );
-    Ok(AttestResponse {
-        session_hash: hash,
-        enc: B64.encode(enc),
-        ciphertext: B64.encode(ciphertext),
+        refusal_actor: actor,
+        measurement,
+        session: request.session.clone(),
+        service: request.service.clone(),
+        started,
+        checked,
+        sealed,
     })
 }
 
