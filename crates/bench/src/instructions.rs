@@ -246,6 +246,26 @@ pub async fn measure(
     })
 }
 
+/// Names a directory to keep the counted runs' raw output in (callgrind files to read with
+/// `callgrind_annotate`, perf's CSV), for finding where the instructions go.
+pub const KEEP_COUNTS_ENV: &str = "CLOISTER_BENCH_KEEP_COUNTS";
+
+fn keep_counts(out: &Path, keep: &Path) -> anyhow::Result<()> {
+    let run = keep.join(format!("run-{}", std::process::id()));
+    let run = (0..)
+        .map(|n| run.with_extension(n.to_string()))
+        .find(|candidate| !candidate.exists())
+        .context("no free name to keep the counts under")?;
+    std::fs::create_dir_all(&run).with_context(|| format!("cannot create {}", run.display()))?;
+    for entry in std::fs::read_dir(out).context("cannot read the counts' directory")? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), run.join(entry.file_name()))
+            .with_context(|| format!("cannot keep {}", entry.path().display()))?;
+    }
+    eprintln!("bench: kept the counts in {}", run.display());
+    Ok(())
+}
+
 fn floor(counter: Counter) -> anyhow::Result<f64> {
     let mut samples = Vec::with_capacity(FLOOR_SAMPLES);
     for _ in 0..FLOOR_SAMPLES {
@@ -346,7 +366,11 @@ async fn counted_run(
         }
     };
     server.terminate(pid, Duration::from_secs(300)).await?;
-    Ok((counter.read(&out, pid)?, made))
+    let counts = counter.read(&out, pid)?;
+    if let Some(keep) = std::env::var_os(KEEP_COUNTS_ENV) {
+        keep_counts(&out, Path::new(&keep))?;
+    }
+    Ok((counts, made))
 }
 
 #[cfg(test)]

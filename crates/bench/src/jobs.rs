@@ -57,7 +57,9 @@ pub struct JobsArgs {
     #[arg(long)]
     pub work_dir: Option<std::path::PathBuf>,
     /// Also count the CPU instructions per job of the floor and the job path, with `perf stat`
-    /// where the machine has the counter, else valgrind (slow: a minute or more).
+    /// where the machine has the counter, else valgrind (slow: a minute or more). With
+    /// CLOISTER_BENCH_KEEP_COUNTS=DIR the raw counts are kept there (callgrind's files, for
+    /// `callgrind_annotate`).
     #[arg(long)]
     pub instructions: bool,
     /// Also record the stages of each upload→job start (object data, object commit with its
