@@ -31,7 +31,9 @@ MIN_PART = 5 * MIB
 
 
 def s3_client(secret=None, access=None, **config):
-    """A boto3 client with path-style addressing and no retries (a retry would hide an error)."""
+    """A boto3 client with path-style addressing and no retries (a retry would hide an error);
+    SigV4 unless `signature_version` says otherwise."""
+    signature_version = config.pop("signature_version", "s3v4")
     return boto3.client(
         "s3",
         endpoint_url=ENDPOINT,
@@ -39,7 +41,7 @@ def s3_client(secret=None, access=None, **config):
         aws_secret_access_key=secret or SECRET_KEY,
         region_name=REGION,
         config=Config(
-            signature_version="s3v4",
+            signature_version=signature_version,
             s3={"addressing_style": "path"},
             retries={"max_attempts": 1, "mode": "standard"},
             **config,

@@ -988,6 +988,21 @@ def test_presigned_url_longer_than_seven_days_refused(s3, bucket):
     )
 
 
+def test_sigv2_presigned_url_longer_than_seven_days_refused(bucket):
+    """SigV2's `Expires` is a time: a URL valid for more than a week is refused like SigV4's."""
+    v2 = s3_client(signature_version="s3")
+    put(v2, bucket, "k", b"presigned")
+    ok = v2.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=3600)
+    assert "AWSAccessKeyId=" in ok, f"not a SigV2 URL: {ok}"
+    answer = requests.get(ok, timeout=10)
+    assert (answer.status_code, answer.content) == (200, b"presigned"), f"SigV2 presigned GET: {answer.status_code}"
+    too_long = v2.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=700000)
+    answer = requests.get(too_long, timeout=10)
+    assert answer.status_code == 400 and "AuthorizationQueryParametersError" in answer.text, (
+        f"SigV2 presigned GET valid for 700000 s: {answer.status_code} {answer.text[:200]!r}"
+    )
+
+
 def test_presigned_put(s3, bucket):
     url = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "up"}, ExpiresIn=600)
     answer = requests.put(url, data=b"uploaded", timeout=10)

@@ -92,12 +92,22 @@ fn error_response_with(
     response
 }
 
-/// Whether a presigned URL asks for more than S3 allows.
-fn presign_too_long(uri: &http::Uri) -> bool {
+/// Whether a presigned URL asks for more than S3 allows: a week, as SigV4's `X-Amz-Expires`
+/// in seconds, or as SigV2's `Expires` (a Unix time, counted from `now`), which S3 itself
+/// caps only by the signing key's life but which this endpoint holds to the same week.
+fn presign_too_long(uri: &http::Uri, now: i64) -> bool {
     uri.query().is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| {
-            k.eq_ignore_ascii_case("X-Amz-Expires")
-                && v.parse::<u64>().map_or(true, |n| n > MAX_PRESIGNED_SECONDS)
+        let pairs: Vec<_> = form_urlencoded::parse(q.as_bytes()).collect();
+        let sigv2 = pairs.iter().any(|(k, _)| k == "AWSAccessKeyId");
+        pairs.iter().any(|(k, v)| {
+            if k.eq_ignore_ascii_case("X-Amz-Expires") {
+                v.parse::<u64>().map_or(true, |n| n > MAX_PRESIGNED_SECONDS)
+            } else if sigv2 && k == "Expires" {
+                v.parse::<i64>()
+                    .map_or(true, |at| at.saturating_sub(now) > MAX_PRESIGNED_SECONDS as i64)
+            } else {
+                false
+            }
         })
     })
 }
@@ -237,7 +247,7 @@ impl S3Http {
                     crate::REGION
                 ),
             )
-        } else if presign_too_long(req.uri()) {
+        } else if presign_too_long(req.uri(), time::OffsetDateTime::now_utc().unix_timestamp()) {
             error_response(
                 StatusCode::BAD_REQUEST,
                 "AuthorizationQueryParametersError",
@@ -412,10 +422,19 @@ mod tests {
     #[test]
     fn presigned_urls_longer_than_a_week_are_refused() {
         let uri = |q: &str| format!("/b/k?{q}").parse::<http::Uri>().unwrap();
-        assert!(!presign_too_long(&uri("X-Amz-Expires=604800")));
-        assert!(presign_too_long(&uri("X-Amz-Expires=604801")));
-        assert!(presign_too_long(&uri("x-amz-expires=-1")));
-        assert!(!presign_too_long(&uri("list-type=2")));
+        let now = 1_800_000_000;
+        assert!(!presign_too_long(&uri("X-Amz-Expires=604800"), now));
+        assert!(presign_too_long(&uri("X-Amz-Expires=604801"), now));
+        assert!(presign_too_long(&uri("x-amz-expires=-1"), now));
+        assert!(!presign_too_long(&uri("list-type=2"), now));
+        // SigV2: `Expires` is a time; a week from now at most.
+        let v2 = |at: i64| uri(&format!("AWSAccessKeyId=AK&Signature=s&Expires={at}"));
+        assert!(!presign_too_long(&v2(now + 604_800), now));
+        assert!(presign_too_long(&v2(now + 604_801), now));
+        assert!(presign_too_long(&v2(i64::MAX), now));
+        assert!(presign_too_long(&uri("AWSAccessKeyId=AK&Expires=soon"), now));
+        // `Expires` means nothing to a request that is not a SigV2 presigned URL.
+        assert!(!presign_too_long(&uri("Expires=99999999999"), now));
     }
 
     #[test]
