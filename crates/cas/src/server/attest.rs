@@ -93,11 +93,19 @@ pub(super) async fn attest(State(cas): CasState, Body(body): Body) -> CasResult<
         ));
     }
     let received = Instant::now();
-    // The checks and the sealing run here, on the request's task (a fraction of a millisecond
-    // of CPU); only the group commit is waited for, and without holding a thread.
-    let refusals = std::cell::RefCell::new(Vec::new());
-    let judged = judge(&cas, &request, &refusals);
-    let refusals = refusals.into_inner();
+    // The checks and the sealing read the vault, whose reads can wait for a commit's sync:
+    // they run on a blocking thread. The group commit is then awaited without holding one,
+    // so a burst of attestations waiting for the disk cannot take the blocking pool.
+    let (judged, refusals) = tokio::task::spawn_blocking({
+        let cas = cas.clone();
+        move || {
+            let refusals = std::cell::RefCell::new(Vec::new());
+            let judged = judge(&cas, &request, &refusals);
+            (judged, refusals.into_inner())
+        }
+    })
+    .await
+    .map_err(|_| CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation task failed"))?;
     if !refusals.is_empty() {
         record_refusals(&cas, refusals).await;
     }
@@ -131,8 +139,8 @@ pub(super) async fn attest(State(cas): CasState, Body(body): Body) -> CasResult<
             ));
         }
     }
-    // Where a release's time goes, for `cloister-bench cas --stages`: waiting for the request's
-    // task to run, checking the evidence and the session, rendering and sealing the
+    // Where a release's time goes, for `cloister-bench cas --stages`: waiting for a blocking
+    // thread, checking the evidence and the session, rendering and sealing the
     // configuration, and the audit records' group commit.
     let micros = |from: Instant, to: Instant| {
         u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
