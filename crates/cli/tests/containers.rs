@@ -444,3 +444,36 @@ async fn a_restarted_server_removes_what_its_crash_left_and_runs_the_job_once_mo
     assert_eq!(job["status"], "Failed", "{job}");
     assert_eq!(containers_of(&id), Vec::<String>::new());
 }
+
+/// An image cannot put its code into the runtime that starts its jobs (which holds the job's
+/// credential and reports its result): neither with `ENV LD_PRELOAD` nor with an
+/// `/etc/ld.so.preload` naming a library that would end PID 1 at once. The image's variables
+/// still reach the script. (And the container has its pid limit.)
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn an_image_cannot_load_its_code_into_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    for (name, image) in [
+        ("preload-env", "localhost/cloister-test/preload-env:1"),
+        ("preload-file", "localhost/cloister-test/preload-file:1"),
+    ] {
+        let script = concat!(
+            "echo \"image-var=[$CLOISTER_IMAGE_VAR] container=$container\"; ",
+            "echo \"pids-max=$(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max)\"; ",
+            "cp \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR/copy\""
+        );
+        create(&server, service(name, image, script)).await;
+        let (status, reason, log) = run_one(&server, name, "kept\n").await;
+        assert_eq!(
+            status, "Succeeded",
+            "{name}: the image's library ran in the runtime: {reason}\n{log}"
+        );
+        assert_eq!(read_object(&server, name, "out/copy").await, b"kept\n");
+        // A fork bomb is held by the container's pid limit, which holds root too.
+        assert!(log.contains("pids-max=4096\n"), "{log}");
+        if name == "preload-env" {
+            assert!(log.contains("image-var=[from-image] container=podman"), "{log}");
+        }
+    }
+}

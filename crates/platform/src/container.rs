@@ -70,6 +70,15 @@ const PRELUDE: &str = concat!(
 const PULL_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// How long the engine's housekeeping commands (list, remove, inspect) may take.
+/// Most processes (and threads) of one job's container.
+const PIDS_LIMIT: u32 = 4096;
+
+/// The file in the private folder mounted over `/etc/ld.so.preload` (empty).
+const EMPTY_FILE: &str = "empty";
+
+/// Variables glibc's loader (or a static glibc) acts on before `main`.
+const LOADER_VARIABLES: &[&str] = &["LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "GLIBC_TUNABLES"];
+
 const ENGINE_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The engine's own settings passed through from the server's environment (never to a job:
@@ -122,6 +131,9 @@ pub enum EngineKind {
     Docker,
 }
 
+/// An image's variables, in order.
+type ImageEnv = Vec<(String, String)>;
+
 /// The container executor's engine, its settings and its image cache.
 #[derive(Debug)]
 pub struct Containers {
@@ -140,6 +152,11 @@ pub struct Containers {
     engine_env: Vec<(String, String)>,
     /// Images known to be present (pulled or found by this process).
     present: Mutex<HashSet<String>>,
+    /// Each present image's own variables, read once (see [`Containers::image_env`]).
+    image_envs: Mutex<HashMap<String, Arc<ImageEnv>>>,
+    /// A private folder holding the empty file mounted over an image's `/etc/ld.so.preload`
+    /// when the runtime starts through the host's loader.
+    private: tempfile::TempDir,
     /// One lock per image, so that an image is pulled once however many jobs want it.
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
     mount_point: PathBuf,
@@ -164,6 +181,11 @@ struct RuntimeFiles {
 }
 
 impl RuntimeFiles {
+    /// Whether the runtime starts through the host's loader (it is linked dynamically).
+    fn through_loader(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
     async fn locate(binary: &Path) -> Result<Self, String> {
         let binary = binary
             .canonicalize()
@@ -346,6 +368,14 @@ impl Containers {
             }
             global.extend(["--cgroup-manager".to_owned(), "cgroupfs".to_owned()]);
         }
+        let private = tempfile::Builder::new()
+            .prefix("cloister-containers-")
+            .tempdir()
+            .and_then(|dir| {
+                std::fs::write(dir.path().join(EMPTY_FILE), b"")?;
+                Ok(dir)
+            })
+            .map_err(|e| broken(&engine)(format!("cannot create the runtime's private folder: {e}")))?;
         let containers = Self {
             engine,
             kind,
@@ -355,6 +385,8 @@ impl Containers {
             ulimits: ulimits(),
             engine_env,
             present: Mutex::default(),
+            image_envs: Mutex::default(),
+            private,
             pulls: Mutex::default(),
             mount_point: PathBuf::from(MOUNT_POINT),
             runtime: runtime_files,
@@ -498,6 +530,7 @@ impl Containers {
         mounts: &[(&str, &str, bool)],
         entrypoint: &str,
         command: &[String],
+        without_image_env: bool,
     ) -> Result<Vec<String>, String> {
         let placement = &spec.placement;
         let mut args: Vec<String> = vec![
@@ -546,6 +579,19 @@ impl Containers {
         for ulimit in &self.ulimits {
             args.extend(["--ulimit".into(), ulimit.clone()]);
         }
+        // `nproc` does not hold a root user; the cgroup's pid limit holds every user.
+        args.extend(["--pids-limit".into(), PIDS_LIMIT.to_string()]);
+        if without_image_env {
+            match self.kind {
+                EngineKind::Podman => args.push("--unsetenv-all".into()),
+                // Docker cannot drop an image's variables: those the loader reads are emptied.
+                EngineKind::Docker => {
+                    for name in LOADER_VARIABLES {
+                        args.extend(["--env".into(), format!("{name}=")]);
+                    }
+                }
+            }
+        }
         args.extend(devices(placement)?);
         for capability in &placement.capabilities {
             args.extend(["--cap-add".into(), capability.clone()]);
@@ -587,9 +633,17 @@ impl Containers {
             return failed_outcome(not_run(failure, &reason));
         }
         let name = format!("cloister-{}", spec.job_uuid);
+        let image_env = match self.image_env(&spec.placement.image).await {
+            Ok(env) => env,
+            Err(reason) => return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason)),
+        };
         let prepared = {
             let (work, control) = (work.to_path_buf(), control.to_path_buf());
-            let job = ContainedJob::new(spec, format!("unix://{CONTROL_DIR}/{SOCKET_FILE}"));
+            let job =
+                ContainedJob::new(spec, format!("unix://{CONTROL_DIR}/{SOCKET_FILE}")).map(|mut job| {
+                    job.image_env = Some(image_env.as_ref().clone());
+                    job
+                });
             let inline = match &spec.input {
                 cloister_runtime::JobInput::Inline(bytes) => Some(bytes.clone()),
                 _ => None,
@@ -663,9 +717,19 @@ impl Containers {
                 .iter()
                 .map(|(host, inside)| (host.as_str(), inside.as_str(), true)),
         );
+        // The host's loader, when it starts the runtime, would preload what the image's
+        // `/etc/ld.so.preload` names, and the image's variables (`LD_PRELOAD`, `LD_AUDIT`,
+        // `GLIBC_TUNABLES`) would reach it too: an image could run its code inside the runtime
+        // before the runtime guards itself. The runtime starts without the image's variables
+        // (they reach the script through the job file) and, when dynamically linked, with an
+        // empty preload list.
+        let empty = mountable(&self.private.path().join(EMPTY_FILE)).unwrap_or_default();
+        if self.runtime.through_loader() && !empty.is_empty() {
+            mounts.push((empty.as_str(), "/etc/ld.so.preload", true));
+        }
         let mut command = self.runtime.prefix.clone();
         command.extend(["--container-job".into(), CONTROL_DIR.into()]);
-        let args = match self.run_args(spec, name, &mounts, &self.runtime.entrypoint, &command) {
+        let args = match self.run_args(spec, name, &mounts, &self.runtime.entrypoint, &command, true) {
             Ok(run) => {
                 let mut args = self.global.clone();
                 args.extend(run);
@@ -722,6 +786,32 @@ impl Containers {
         if let Ok(mut present) = self.present.lock() {
             present.remove(image);
         }
+        if let Ok(mut envs) = self.image_envs.lock() {
+            envs.remove(image);
+        }
+    }
+
+    /// The variables `image` sets for its programs (`Config.Env`), read once per image.
+    async fn image_env(&self, image: &str) -> Result<Arc<ImageEnv>, String> {
+        if let Some(env) = self.image_envs.lock().ok().and_then(|e| e.get(image).cloned()) {
+            return Ok(env);
+        }
+        let mut args = self.global.clone();
+        args.extend(["image".to_owned(), "inspect".to_owned(), "--format".to_owned()]);
+        args.extend(["{{json .Config.Env}}".to_owned(), image.to_owned()]);
+        let listed = engine_output(&self.engine, &self.engine_env, &args, ENGINE_COMMAND_TIMEOUT)
+            .await
+            .map_err(|e| format!("cannot read the image's environment: {e}"))?;
+        let mut env = parse_image_env(&listed)?;
+        if self.kind == EngineKind::Podman && !env.iter().any(|(name, _)| name == "container") {
+            // What Podman itself sets for a container's programs.
+            env.push(("container".to_owned(), "podman".to_owned()));
+        }
+        let env = Arc::new(env);
+        if let Ok(mut envs) = self.image_envs.lock() {
+            envs.insert(image.to_owned(), env.clone());
+        }
+        Ok(env)
     }
 }
 
@@ -907,6 +997,21 @@ fn ulimits() -> Vec<String> {
     .collect()
 }
 
+/// An image's `Config.Env` as `image inspect --format '{{json .Config.Env}}'` prints it
+/// (`null` for none): `NAME=value` strings, in order.
+fn parse_image_env(listed: &str) -> Result<Vec<(String, String)>, String> {
+    let entries: Option<Vec<String>> = serde_json::from_str(listed.trim())
+        .map_err(|e| format!("the image's environment is not a list of variables: {e}"))?;
+    Ok(entries
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|entry| {
+            let (name, value) = entry.split_once('=')?;
+            (!name.is_empty()).then(|| (name.to_owned(), value.to_owned()))
+        })
+        .collect())
+}
+
 /// Quotes a value for a POSIX shell: `'…'`, with `'` written as `'\''`.
 fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
@@ -1030,6 +1135,8 @@ impl cloister_runtime::ScriptRunner for Containers {
             &[(work.as_str(), WORK_DIR, false)],
             "/bin/sh",
             &command,
+            // The script itself runs here: the image's variables are its to have.
+            false,
         ) {
             Ok(run) => args.extend(run),
             Err(reason) => return not_run(RunFailure::Container(reason.clone()), &reason),
@@ -1114,6 +1221,20 @@ fn classify_exit(run: &mut ScriptRun) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_images_environment_is_read_from_its_config() {
+        assert_eq!(
+            parse_image_env(r#"["PATH=/bin:/usr/bin","EMPTY=","EQ=a=b","=nameless","noequals"]"#).unwrap(),
+            [
+                ("PATH".to_owned(), "/bin:/usr/bin".to_owned()),
+                ("EMPTY".to_owned(), String::new()),
+                ("EQ".to_owned(), "a=b".to_owned()),
+            ]
+        );
+        assert_eq!(parse_image_env("null\n").unwrap(), []);
+        assert!(parse_image_env("{\"PATH\": 1}").is_err());
+    }
 
     #[test]
     fn values_are_quoted_for_the_shell() {

@@ -67,6 +67,12 @@ pub struct ContainedJob {
     pub log_limit: usize,
     /// The job's storage endpoint and credential.
     pub storage: ContainedStorage,
+    /// The image's own variables (its `PATH` above all), for the script. The engine starts the
+    /// runtime without them: a variable such as `LD_PRELOAD` or `GLIBC_TUNABLES` in an image
+    /// would otherwise reach the loader that starts the runtime, before the runtime can guard
+    /// itself. `None`: the runtime's own environment is the image's.
+    #[serde(default)]
+    pub image_env: Option<Vec<(String, String)>>,
 }
 
 /// The input of a contained job.
@@ -152,6 +158,7 @@ impl ContainedJob {
                 secret_access_key: access.secret_access_key.clone(),
                 expires: access.expires,
             },
+            image_env: None,
         })
     }
 

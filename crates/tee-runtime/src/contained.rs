@@ -34,6 +34,7 @@ pub async fn run_container_job(control: &Path) -> ContainedResult {
         },
         _ => None,
     };
+    let image_env = job.image_env.clone();
     let spec = job.into_spec(inline);
     let io = match spec.storage.as_ref().map(S3Io::new) {
         Some(Ok(io)) => io,
@@ -52,12 +53,17 @@ pub async fn run_container_job(control: &Path) -> ContainedResult {
         synchronous: false,
         max_sync_output: 0,
         runner: None,
-        // The image's variables (its PATH above all), as the engine gave them to this process.
-        base_env: Some(
-            std::env::vars_os()
+        // What the engine gave this process (`HOME`, `HOSTNAME`; with the image's variables
+        // unless the server passes those in the job file), then the image's variables (its
+        // PATH above all) as the server read them from the image.
+        base_env: Some({
+            let image_env = image_env.unwrap_or_default();
+            let own: Vec<(String, String)> = std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                .collect(),
-        ),
+                .filter(|(name, _)| !image_env.iter().any(|(n, _)| n == name))
+                .collect();
+            own.into_iter().chain(image_env).collect()
+        }),
     };
     let outcome = cloister_runtime::run_job(&spec, &io, &options, std::future::pending(), || {}).await;
     ContainedResult::from_outcome(outcome)
