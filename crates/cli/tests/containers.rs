@@ -477,3 +477,38 @@ async fn an_image_cannot_load_its_code_into_the_runtime() {
         }
     }
 }
+
+/// A `/run` script that replaces its output folder with a link to the folder above it (on the
+/// host: the work root, beside other jobs' control folders and the data directory) gets an
+/// error, not the files there.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_run_cannot_answer_with_host_files_through_a_linked_output_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    let script = "rmdir \"$TMP_OUTPUT_DIR\" && ln -s .. \"$TMP_OUTPUT_DIR\" && ls -la /cloister/job/";
+    create(&server, service("linker", BUSYBOX, script)).await;
+    // Something to find up there if the link were followed.
+    std::fs::write(dir.path().join("host-secret.txt"), "HOST-SECRET").unwrap();
+    let response = server
+        .http()
+        .post(server.url("/run/linker"))
+        .bearer_auth(server.token("linker").await)
+        .header("content-type", "application/json")
+        .body(B64.encode("x"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer = response.text().await.unwrap();
+    assert!(!status.is_success(), "{status}: {answer}");
+    assert!(answer.contains("output folder is not a folder"), "{answer}");
+    let decoded = B64.decode(answer.trim()).unwrap_or_default();
+    for text in [answer.as_bytes(), &decoded] {
+        let text = String::from_utf8_lossy(text);
+        assert!(
+            !text.contains("HOST-SECRET") && !text.contains("job.json"),
+            "{text}"
+        );
+    }
+}
