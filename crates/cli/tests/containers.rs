@@ -444,3 +444,244 @@ async fn a_restarted_server_removes_what_its_crash_left_and_runs_the_job_once_mo
     assert_eq!(job["status"], "Failed", "{job}");
     assert_eq!(containers_of(&id), Vec::<String>::new());
 }
+
+/// Names of the warm containers labelled as `id`'s.
+fn warm_containers_of(id: &str) -> Vec<String> {
+    let out = podman(&[
+        "ps",
+        "--all",
+        "--filter",
+        &format!("label=cloister.server={id}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|n| n.starts_with("cloister-warm-"))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+/// `POST /run/{service}` with `body`: (status, answer decoded when it is base64).
+async fn invoke(server: &Server, service: &str, body: &str) -> (u16, String) {
+    let response = server
+        .http()
+        .post(server.url(&format!("/run/{service}")))
+        .bearer_auth(server.token(service).await)
+        .header("content-type", "application/json")
+        .body(B64.encode(body))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let text = B64
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or(text);
+    (status, text)
+}
+
+fn warm_service(name: &str, script: &str, replicas: u32) -> Value {
+    json!({"name": name, "image": BUSYBOX, "script": script, "memory": "64Mi", "cpu": "0.5",
+        "synchronous": {"min_scale": replicas, "max_scale": replicas}})
+}
+
+/// What an invocation sees of its container: its first program, what earlier invocations left
+/// (files in the scratch folders, in its home, in the control folder; processes), then what it
+/// leaves for the next one.
+const PROBE: &str = concat!(
+    "echo \"pid1=$(tr '\\000' ' ' < /proc/1/cmdline)\"; echo \"home=$HOME\"; ",
+    "for f in /tmp/left /var/tmp/left /run/left /dev/shm/left \"$HOME/left\" \"$TMP_OUTPUT_DIR/left\" ",
+    "/cloister/ctl/left; do test -e \"$f\" && echo \"leftover=$f\"; done; ",
+    "echo \"ctl=$(ls -A /cloister/ctl | tr '\\n' ' ')\"; ",
+    "n=0; for f in /proc/[0-9]*/cmdline; do case \"$(tr '\\000' ' ' < \"$f\" 2>/dev/null)\" in ",
+    "'sleep 600 ') n=$((n+1));; esac; done; echo \"sleepers=$n\"; ",
+    "for f in /tmp/left /var/tmp/left /run/left /dev/shm/left \"$HOME/left\"; do echo x > \"$f\"; done; ",
+    "mkdir -p /tmp/deep/er && echo x > /tmp/deep/er/left; ",
+    "echo x > /cloister/ctl/left 2>/dev/null && echo wrote-ctl; ",
+    "sleep 600 & setsid sleep 600 > /dev/null 2>&1 & ",
+    "echo \"input=$(tr '[:lower:]' '[:upper:]' < \"$INPUT_FILE_PATH\")\""
+);
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_warm_container_answers_run_and_keeps_invocations_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    let id = server_id(&server).await;
+    create(&server, warm_service("warm", PROBE, 1)).await;
+    wait_for("the warm container", async || warm_containers_of(&id).len() == 1).await;
+    let container = warm_containers_of(&id);
+
+    let mut answers = Vec::new();
+    for input in ["first", "second", "third"] {
+        let started = Instant::now();
+        let (status, answer) = invoke(&server, "warm", input).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(
+            answer.contains(&format!("input={}", input.to_uppercase())),
+            "{answer}"
+        );
+        answers.push((answer, started.elapsed()));
+    }
+    // The runtime is the container's first program, and the same container took each one.
+    for (answer, _) in &answers {
+        assert!(answer.contains("--warm /cloister/ctl"), "{answer}");
+        assert!(answer.contains("home=/cloister/job\n"), "{answer}");
+        // Nothing an earlier invocation left is there: no file, no process; the control folder
+        // is empty and read-only.
+        assert!(!answer.contains("leftover="), "{answer}");
+        assert!(answer.contains("sleepers=0\n"), "{answer}");
+        assert!(
+            answer.contains("ctl= \n") || answer.contains("ctl=\n"),
+            "{answer}"
+        );
+        assert!(!answer.contains("wrote-ctl"), "{answer}");
+    }
+    assert_eq!(warm_containers_of(&id), container);
+    // No cold container ran meanwhile: the only one there is the warm one.
+    assert_eq!(containers_of(&id).len(), 1);
+
+    // A service with no min_scale runs each invocation cold, in a container of its own.
+    create(&server, warm_service("cold", PROBE, 0)).await;
+    let (status, answer) = invoke(&server, "cold", "cold").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("input=COLD"), "{answer}");
+    assert!(!answer.contains("--warm"), "{answer}");
+    assert_eq!(warm_containers_of(&id), container);
+    // A failing script fails the invocation and the container stays for the next.
+    create(&server, warm_service("failing", "echo failing; exit 3", 1)).await;
+    wait_for("the second service's warm container", async || {
+        warm_containers_of(&id).len() == 2
+    })
+    .await;
+    let both = warm_containers_of(&id);
+    let (status, answer) = invoke(&server, "failing", "x").await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer.contains("exited with code 3"), "{answer}");
+    assert_eq!(warm_containers_of(&id), both);
+
+    // Deleting a service removes its containers.
+    for service in ["warm", "failing"] {
+        let response = server
+            .http()
+            .delete(server.url(&format!("/system/services/{service}")))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    wait_for("the warm containers' removal", async || {
+        containers_of(&id).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn warm_containers_are_replaced_when_they_die_or_the_service_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = container_server(dir.path(), &[]);
+    let id = server_id(&server).await;
+    let script = "echo \"colour=$COLOUR\"; cat \"$INPUT_FILE_PATH\"";
+    let mut svc = warm_service("paint", script, 2);
+    svc["environment"] = json!({"variables": {"COLOUR": "red"}});
+    create(&server, svc.clone()).await;
+    wait_for("two warm containers", async || warm_containers_of(&id).len() == 2).await;
+    let first = warm_containers_of(&id);
+
+    // A killed container is replaced.
+    let killed = podman(&["kill", &first[0]]);
+    assert!(
+        killed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    wait_for("the killed container's replacement", async || {
+        let now = warm_containers_of(&id);
+        now.len() == 2 && !now.contains(&first[0])
+    })
+    .await;
+    assert!(warm_containers_of(&id).contains(&first[1]));
+    let (status, answer) = invoke(&server, "paint", "canvas").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("colour=red\ncanvas"), "{answer}");
+
+    // An update replaces the pool.
+    let before = warm_containers_of(&id);
+    svc["environment"] = json!({"variables": {"COLOUR": "blue"}});
+    let response = server
+        .http()
+        .put(server.url("/system/services"))
+        .basic_auth(USER, Some(PASSWORD))
+        .json(&svc)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    wait_for("the new pool", async || {
+        let now = warm_containers_of(&id);
+        now.len() == 2 && now.iter().all(|n| !before.contains(n))
+    })
+    .await;
+    let (status, answer) = invoke(&server, "paint", "canvas").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("colour=blue"), "{answer}");
+
+    // A crash leaves them to the next start, which removes them and starts the pool anew.
+    let orphans = warm_containers_of(&id);
+    server.restart_after_crash();
+    wait_for("the pool after the restart", async || {
+        let now = warm_containers_of(&id);
+        now.len() == 2 && now.iter().all(|n| !orphans.contains(n))
+    })
+    .await;
+    let (status, answer) = invoke(&server, "paint", "again").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("colour=blue\nagain"), "{answer}");
+
+    // A server that stops removes its warm containers.
+    server.stop();
+    assert_eq!(containers_of(&id), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn the_runtime_as_pid_1_reaps_orphans_and_the_job_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    // Orphans re-parented to PID 1 that have exited: zombies unless PID 1 reaps them. A
+    // background process that left the job's process group still holds the job's output.
+    let script = concat!(
+        "(sleep 0.2 &); (sleep 0.2 &); setsid sleep 600 & sleep 1; ",
+        "echo \"zombies=$(grep -l 'State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l)\"; ",
+        "echo \"pid1=$(tr '\\000' ' ' < /proc/1/cmdline)\""
+    );
+    create(&server, service("orphans", BUSYBOX, script)).await;
+    let started = Instant::now();
+    let (status, reason, log) = run_one(&server, "orphans", "x").await;
+    assert_eq!(status, "Succeeded", "{reason}\n{log}");
+    assert!(log.contains("--container-job"), "{log}");
+    assert!(log.contains("zombies=0\n"), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    // The same in a warm container, whose life outlasts the invocation.
+    create(&server, warm_service("orphans-warm", script, 1)).await;
+    let id = server_id(&server).await;
+    wait_for("the warm container", async || warm_containers_of(&id).len() == 1).await;
+    for _ in 0..2 {
+        let (status, answer) = invoke(&server, "orphans-warm", "x").await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(answer.contains("zombies=0\n"), "{answer}");
+        assert!(answer.contains("--warm"), "{answer}");
+    }
+}

@@ -18,6 +18,10 @@
 //! labelled with the server's id, so a timed-out or cancelled job's container is removed at
 //! once and a restarted server removes what its previous run left.
 
+mod warm;
+
+pub use warm::{Lease, MAX_WARM_PER_SERVICE, Warm, WarmPools};
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -760,20 +764,20 @@ fn prepare_contained(
     if let Some(bytes) = inline {
         write(INPUT_FILE, bytes)?;
     }
-    bind_socket(control).map_err(|e| format!("S3 socket: {e}"))
+    bind_socket(control, SOCKET_FILE).map_err(|e| format!("S3 socket: {e}"))
 }
 
-/// Binds the job's S3 socket in `control` (non-blocking, for the runtime's reactor). A socket's
+/// Binds the socket `name` in `control` (non-blocking, for the runtime's reactor). A socket's
 /// path is limited to 107 bytes; a longer one is bound through this process's descriptor of
 /// the folder (`/proc/self/fd/N/…`).
-fn bind_socket(control: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+fn bind_socket(control: &Path, name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
     use std::os::fd::AsRawFd;
-    let path = control.join(SOCKET_FILE);
+    let path = control.join(name);
     let listener = if path.as_os_str().len() < 100 {
         std::os::unix::net::UnixListener::bind(&path)?
     } else {
         let folder = std::fs::File::open(control)?;
-        let through = format!("/proc/self/fd/{}/{SOCKET_FILE}", folder.as_raw_fd());
+        let through = format!("/proc/self/fd/{}/{name}", folder.as_raw_fd());
         std::os::unix::net::UnixListener::bind(through)?
     };
     listener.set_nonblocking(true)?;
@@ -1161,7 +1165,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let control = dir.path().join("c".repeat(120));
         std::fs::create_dir(&control).unwrap();
-        let listener = tokio::net::UnixListener::from_std(bind_socket(&control).unwrap()).unwrap();
+        let listener =
+            tokio::net::UnixListener::from_std(bind_socket(&control, SOCKET_FILE).unwrap()).unwrap();
         assert!(control.join(SOCKET_FILE).exists());
         let folder = std::fs::File::open(&control).unwrap();
         let through = format!("/proc/self/fd/{}/{SOCKET_FILE}", folder.as_raw_fd());

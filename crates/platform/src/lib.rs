@@ -265,8 +265,18 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .await
         .context("cannot recover interrupted uploads")?;
 
+    for service in state.services().context("cannot list the services")? {
+        workers::keep_warm(&platform, &service);
+    }
+
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    // What the executor keeps between jobs (warm containers) goes with the server.
+    let (executor, mut rx) = (platform.executor.clone(), shutdown_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+        executor.shutdown().await;
+    }));
     tasks.push(tokio::spawn(workers::run(
         platform.clone(),
         queue_rx,
