@@ -239,10 +239,12 @@ async fn an_upload_runs_under_the_runtime_in_its_container_over_its_own_socket()
     let id = server_id(&server).await;
     // The script looks at what started it, and for the credential where it was handed over.
     let script = concat!(
-        "echo \"ppid=$PPID\"; echo \"parent=$(tr '\\000' ' ' < /proc/$PPID/cmdline)\"; ",
+        "echo \"pid1=$(tr '\\000' ' ' < /proc/1/cmdline)\"; echo \"parent=$(tr '\\000' ' ' < /proc/$PPID/cmdline)\"; ",
         "ls -a /cloister/ctl; test -e /cloister/ctl/job.json && echo job-file-visible; ",
         "cat /proc/$PPID/environ > /dev/null 2>&1 && echo runtime-environ-readable; ",
         "echo forged 2> /dev/null > /proc/$PPID/fd/1 && echo runtime-stdout-writable; ",
+        "echo forged 2> /dev/null > /proc/1/fd/1 && echo init-stdout-writable; ",
+        "cat /proc/1/environ > /dev/null 2>&1 && echo init-environ-readable; ",
         "readlink /proc/$PPID/fd/1 > /dev/null 2>&1 && echo runtime-fds-readable; ",
         "env | grep -i -e aws -e secret; ",
         "grep -c : /proc/net/dev | sed 's/^/interfaces=/'; ",
@@ -269,8 +271,9 @@ async fn an_upload_runs_under_the_runtime_in_its_container_over_its_own_socket()
         .await
         .unwrap();
     assert_eq!(job["status"], "Succeeded", "{job}\n{log}");
-    // The container's first program is cloister-runtime, and the script its child.
-    assert!(log.contains("ppid=1\n"), "{log}");
+    // The container's first program is cloister-runtime, and the script the child of its
+    // worker (PID 1 only reaps).
+    assert!(log.contains("pid1=/cloister/runtime/"), "{log}");
     assert!(
         log.contains("/cloister/runtime/cloister-runtime --container-job /cloister/ctl"),
         "{log}"
@@ -289,6 +292,8 @@ async fn an_upload_runs_under_the_runtime_in_its_container_over_its_own_socket()
         "job-file-visible",
         "runtime-environ-readable",
         "runtime-stdout-writable",
+        "init-stdout-writable",
+        "init-environ-readable",
         "runtime-fds-readable",
         "AWS_",
     ];

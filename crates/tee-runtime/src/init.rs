@@ -3,7 +3,8 @@
 //! PID 1, which must reap them, or they stay zombies for the container's life. The runtime
 //! reaps them without racing its own child handling: PID 1 forks at once, before any thread
 //! exists, and only reaps (`waitpid(-1)`) and waits for the worker it forked; the worker does
-//! the job and reaps only its own children, as tokio does. PID 1's exit code is the worker's.
+//! the job and reaps only its own children, as tokio does. PID 1's exit code is the worker's
+//! (128 + the signal that killed it, as a shell reports it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,6 +19,12 @@ pub fn run_as_init(work: impl FnOnce() -> u8) -> u8 {
     // SAFETY: getpid has no memory effects.
     if unsafe { libc::getpid() } != 1 {
         return work();
+    }
+    // PID 1 holds the container's standard output (the result's channel) as the worker does:
+    // the script may not reach it through /proc/1 either. Kept across fork.
+    if let Err(e) = crate::contained::not_dumpable() {
+        eprintln!("cloister: cannot protect the runtime from the script: {e}");
+        return 8;
     }
     // SAFETY: no thread exists yet (no runtime was built), so the child is a full copy of a
     // single-threaded process and may do anything.
@@ -41,7 +48,9 @@ pub fn run_as_init(work: impl FnOnce() -> u8) -> u8 {
             if libc::WIFEXITED(status) {
                 return u8::try_from(libc::WEXITSTATUS(status)).unwrap_or(8);
             }
-            return 8;
+            // As a shell reports a killed child: 137 is SIGKILL (the memory limit, most likely),
+            // which the platform reports as such.
+            return u8::try_from(128 + libc::WTERMSIG(status)).unwrap_or(8);
         }
         if reaped < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return 8;
