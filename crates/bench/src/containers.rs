@@ -495,6 +495,7 @@ async fn service_token(client: &Client, service: &str) -> anyhow::Result<String>
 
 /// One `/run` with a body of `x`, its answer checked: its wall time in milliseconds.
 async fn invoke_once(client: &Client, service: &str, token: &str) -> anyhow::Result<f64> {
+    use base64::Engine as _;
     let body = base64::engine::general_purpose::STANDARD.encode(b"x");
     let started = Instant::now();
     let response = client
