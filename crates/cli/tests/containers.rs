@@ -690,3 +690,87 @@ async fn the_runtime_as_pid_1_reaps_orphans_and_the_job_ends() {
         assert!(answer.contains("--warm"), "{answer}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_crash_mid_job_reruns_it_to_success_and_keeps_queued_jobs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = container_server(dir.path(), &["--concurrency", "1"]);
+    let id = server_id(&server).await;
+    let script = concat!(
+        "echo \"run of $(cat \"$INPUT_FILE_PATH\")\"; sleep 3; ",
+        "cp \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR/$(cat \"$INPUT_FILE_PATH\").txt\""
+    );
+    create(&server, service("steady", BUSYBOX, script)).await;
+    // One job runs, the other waits for the only worker.
+    submit(&server, "steady", "first").await;
+    submit(&server, "steady", "second").await;
+    wait_for("the first job's container", async || containers_of(&id).len() == 1).await;
+    let orphan = containers_of(&id).remove(0);
+    server.restart_after_crash();
+    assert!(
+        !podman(&["container", "exists", &orphan]).status.success(),
+        "the crashed run's container {orphan} is still there"
+    );
+    // Both run to their end after the restart, each under its one record.
+    let jobs = server.wait_jobs("steady", 2).await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for (name, job) in &jobs {
+        let log = server
+            .get(&format!("/system/logs/steady/{name}"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(job["status"], "Succeeded", "{job}\n{log}");
+        // The record's log is the run that finished, not the interrupted one's too.
+        assert_eq!(log.matches("run of ").count(), 1, "{log}");
+    }
+    for input in ["first", "second"] {
+        assert_eq!(
+            read_object(&server, "steady", &format!("out/{input}.txt")).await,
+            input.as_bytes()
+        );
+    }
+    assert_eq!(containers_of(&id), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn auto_picks_containers_where_an_engine_works_and_says_why_not_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(&dir.path().join("found"), &[]);
+    let auto = Server::start(&dir.path().join("auto"), &["--executor", "auto"]);
+    let info = auto.get_json("/system/info").await;
+    assert_eq!(info["serverless_backend"]["name"], "container", "{info}");
+    drop((server, auto));
+    // An engine that does not work: the host executor, and the log says why.
+    let log = dir.path().join("broken.log");
+    let broken = Server::start_logged(
+        &dir.path().join("broken"),
+        &["--executor", "auto", "--container-engine", "/bin/false"],
+        &log,
+    );
+    let info = broken.get_json("/system/info").await;
+    assert_eq!(info["serverless_backend"]["name"], "local", "{info}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("plain jobs run on this host") && text.contains("/bin/false"),
+        "{text}"
+    );
+    // Asked for explicitly, a broken engine stops the server instead.
+    let mut refused = Command::new(bin())
+        .args(["server", "--executor", "container", "--container-engine", "/bin/false"])
+        .arg("--data-dir")
+        .arg(dir.path().join("refused"))
+        .args(["--listen", "127.0.0.1:0", "--s3-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    refused.stderr.truncate(4096);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("container"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

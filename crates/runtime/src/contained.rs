@@ -383,3 +383,60 @@ pub async fn read_frame(
     stream.read_exact(&mut bytes).await?;
     Ok(Some(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_or_cut_ones_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, b"hello").await.unwrap();
+        write_frame(&mut a, b"").await.unwrap();
+        assert_eq!(read_frame(&mut b, 5).await.unwrap().unwrap(), b"hello");
+        assert_eq!(read_frame(&mut b, 5).await.unwrap().unwrap(), b"");
+        // A length beyond the limit is refused before anything is allocated for it.
+        write_frame(&mut a, b"too long").await.unwrap();
+        let refused = read_frame(&mut b, 4).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData);
+        // A length claiming more than the peer sends before it hangs up is an error, not a frame.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut a, &10u64.to_be_bytes())
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"abc").await.unwrap();
+        drop(a);
+        assert!(read_frame(&mut b, 64).await.is_err());
+        // A peer that hangs up between frames ends the stream.
+        let (a, mut b) = tokio::io::duplex(1024);
+        drop(a);
+        assert!(read_frame(&mut b, 64).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_warm_report_keeps_the_runs_failure() {
+        let mut run = crate::ScriptRun {
+            log: vec![LogLine {
+                time: OffsetDateTime::now_utc(),
+                text: "line".into(),
+            }],
+            stdout: b"out".to_vec(),
+            exit_code: None,
+            failure: Some(crate::RunFailure::TimedOut(Duration::from_secs(3))),
+        };
+        let report = WarmReport::from_run(&mut run);
+        let json = serde_json::to_vec(&report).unwrap();
+        let back: WarmReport = serde_json::from_slice(&json).unwrap();
+        let run = back.into_run(b"out".to_vec());
+        assert!(matches!(run.failure, Some(crate::RunFailure::TimedOut(d)) if d == Duration::from_secs(3)));
+        assert_eq!(run.log[0].text, "line");
+        assert_eq!(run.stdout, b"out");
+        // A field the contract does not have is refused, not ignored.
+        assert!(
+            serde_json::from_slice::<WarmInvocation>(
+                br#"{"env":[],"timeout_ms":1,"log_limit":1,"keep_stdout":null,"extra":1}"#
+            )
+            .is_err()
+        );
+    }
+}
