@@ -705,7 +705,10 @@ async fn a_crash_mid_job_reruns_it_to_success_and_keeps_queued_jobs_once() {
     // One job runs, the other waits for the only worker.
     submit(&server, "steady", "first").await;
     submit(&server, "steady", "second").await;
-    wait_for("the first job's container", async || containers_of(&id).len() == 1).await;
+    wait_for("the first job's container", async || {
+        containers_of(&id).len() == 1
+    })
+    .await;
     let orphan = containers_of(&id).remove(0);
     server.restart_after_crash();
     assert!(
@@ -760,7 +763,13 @@ async fn auto_picks_containers_where_an_engine_works_and_says_why_not_elsewhere(
     );
     // Asked for explicitly, a broken engine stops the server instead.
     let mut refused = Command::new(bin())
-        .args(["server", "--executor", "container", "--container-engine", "/bin/false"])
+        .args([
+            "server",
+            "--executor",
+            "container",
+            "--container-engine",
+            "/bin/false",
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("refused"))
         .args(["--listen", "127.0.0.1:0", "--s3-listen", "127.0.0.1:0"])
