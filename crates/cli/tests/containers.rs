@@ -783,3 +783,42 @@ async fn auto_picks_containers_where_an_engine_works_and_says_why_not_elsewhere(
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn an_image_whose_user_is_not_root_runs_jobs_and_run() {
+    const USER_IMAGE: &str = "localhost/cloister-test/user:1";
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    let script = concat!(
+        "echo \"uid=$(id -u)\"; name=$(basename \"$INPUT_FILE_PATH\"); echo scratch > \"$TMPDIR/t\"; ",
+        "tr '[:lower:]' '[:upper:]' < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$name\""
+    );
+    create(&server, service("app", USER_IMAGE, script)).await;
+    let (status, reason, log) = run_one(&server, "app", "as a user\n").await;
+    assert_eq!(status, "Succeeded", "{reason}\n{log}");
+    assert!(log.contains("uid=1000\n"), "{log}");
+    assert_eq!(read_object(&server, "app", "out/input").await, b"AS A USER\n");
+    // Its folders were handed to uid 1000, which may be someone else on this host: none of
+    // them can be reached through the work root.
+    let work_root = std::fs::metadata(dir.path().join("work")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&work_root.permissions()) & 0o077,
+        0
+    );
+    // `/run`, cold and warm.
+    let mut warm = warm_service("app-warm", script, 1);
+    warm["image"] = json!(USER_IMAGE);
+    create(&server, warm).await;
+    let id = server_id(&server).await;
+    for service in ["app", "app-warm"] {
+        if service == "app-warm" {
+            wait_for("the warm container", async || warm_containers_of(&id).len() == 1).await;
+        }
+        for _ in 0..2 {
+            let (status, answer) = invoke(&server, service, "sync").await;
+            assert_eq!(status, 200, "{service}: {answer}");
+            assert_eq!(answer, "SYNC", "{service}");
+        }
+    }
+}

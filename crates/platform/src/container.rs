@@ -56,6 +56,18 @@ const JOB_SOCKET_LIMITS: cloister_storage::listen::ConnectionLimits =
         header_read_timeout: Duration::from_secs(30),
     };
 
+/// How a host folder is mounted into a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mount {
+    /// Read-only, as it is (the runtime's files).
+    ReadOnly,
+    /// The job's own folder, handed to the container's user (Podman's `U`: an image whose
+    /// `USER` is not root could not use a folder of the server's user, mode 0700).
+    Owned,
+    /// As [`Mount::Owned`], read-only inside.
+    OwnedReadOnly,
+}
+
 /// The label naming the server (its data directory's id) that owns a container.
 const SERVER_LABEL: &str = "cloister.server";
 
@@ -494,12 +506,12 @@ impl Containers {
     }
 
     /// The `run` arguments for a job (everything after the global options): `mounts` as
-    /// (host path, container path, read-only), the first being the work directory.
+    /// (host path, container path, how), the first being the work directory.
     fn run_args(
         &self,
         spec: &JobSpec,
         name: &str,
-        mounts: &[(&str, &str, bool)],
+        mounts: &[(&str, &str, Mount)],
         entrypoint: &str,
         command: &[String],
     ) -> Result<Vec<String>, String> {
@@ -522,8 +534,16 @@ impl Containers {
             "--security-opt".into(),
             "no-new-privileges".into(),
         ];
-        for (host, inside, read_only) in mounts {
-            let suffix = if *read_only { ":ro" } else { "" };
+        for (host, inside, how) in mounts {
+            // Docker's CLI has no `U`: there an image's user must be root (or own the folder).
+            let owned = self.kind == EngineKind::Podman;
+            let suffix = match how {
+                Mount::ReadOnly => ":ro",
+                Mount::Owned if owned => ":U",
+                Mount::Owned => "",
+                Mount::OwnedReadOnly if owned => ":ro,U",
+                Mount::OwnedReadOnly => ":ro",
+            };
             args.extend(["--volume".into(), format!("{host}:{inside}{suffix}")]);
         }
         args.extend([
@@ -657,15 +677,15 @@ impl Containers {
             let reason = format!("the work directory {} cannot be mounted", work.display());
             return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason));
         };
-        let mut mounts: Vec<(&str, &str, bool)> = vec![
-            (work_host.as_str(), WORK_DIR, false),
-            (control_host.as_str(), CONTROL_DIR, false),
+        let mut mounts: Vec<(&str, &str, Mount)> = vec![
+            (work_host.as_str(), WORK_DIR, Mount::Owned),
+            (control_host.as_str(), CONTROL_DIR, Mount::Owned),
         ];
         mounts.extend(
             self.runtime
                 .mounts
                 .iter()
-                .map(|(host, inside)| (host.as_str(), inside.as_str(), true)),
+                .map(|(host, inside)| (host.as_str(), inside.as_str(), Mount::ReadOnly)),
         );
         let mut command = self.runtime.prefix.clone();
         command.extend(["--container-job".into(), CONTROL_DIR.into()]);
@@ -1031,7 +1051,7 @@ impl cloister_runtime::ScriptRunner for Containers {
         match self.run_args(
             spec,
             &name,
-            &[(work.as_str(), WORK_DIR, false)],
+            &[(work.as_str(), WORK_DIR, Mount::Owned)],
             "/bin/sh",
             &command,
         ) {

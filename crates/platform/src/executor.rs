@@ -130,6 +130,21 @@ impl LocalExecutor {
     /// Synchronous invocations of services with `synchronous.min_scale` above 0 run in warm
     /// containers (see [`crate::container::WarmPools`]).
     pub fn with_containers(mut self, containers: crate::container::Containers) -> Self {
+        // Work directories are handed to the container's user (an image's `USER` may be any
+        // uid, which may also exist on this host): only this server's user may reach them.
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            let private = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.work_root)
+                .and_then(|()| {
+                    std::fs::set_permissions(&self.work_root, std::fs::Permissions::from_mode(0o700))
+                });
+            if let Err(e) = private {
+                tracing::warn!(dir = %self.work_root.display(), error = %e, "cannot make the work root private");
+            }
+        }
         let containers = Arc::new(containers);
         self.warm = Some(crate::container::WarmPools::new(
             containers.clone(),

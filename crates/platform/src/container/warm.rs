@@ -35,7 +35,7 @@ use cloister_runtime::{JobSpec, RunFailure, RunnerJob, ScriptRun};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Containers, ENGINE_COMMAND_TIMEOUT, bind_socket, engine_output, mountable, not_run, remove_control,
+    Containers, ENGINE_COMMAND_TIMEOUT, Mount, bind_socket, engine_output, mountable, not_run, remove_control,
 };
 
 /// Most warm containers one service may keep, whatever its `min_scale` says.
@@ -361,16 +361,16 @@ impl WarmPools {
         let (work_host, control_host) = (mountable(&work)?, mountable(control)?);
         // The control folder is read-only inside: once the socket is gone it is empty, and an
         // invocation cannot leave anything there for the next.
-        let mut mounts: Vec<(&str, &str, bool)> = vec![
-            (work_host.as_str(), WORK_DIR, false),
-            (control_host.as_str(), CONTROL_DIR, true),
+        let mut mounts: Vec<(&str, &str, Mount)> = vec![
+            (work_host.as_str(), WORK_DIR, Mount::Owned),
+            (control_host.as_str(), CONTROL_DIR, Mount::OwnedReadOnly),
         ];
         mounts.extend(
             containers
                 .runtime
                 .mounts
                 .iter()
-                .map(|(host, inside)| (host.as_str(), inside.as_str(), true)),
+                .map(|(host, inside)| (host.as_str(), inside.as_str(), Mount::ReadOnly)),
         );
         let mut command = containers.runtime.prefix.clone();
         command.extend(["--warm".into(), CONTROL_DIR.into()]);
