@@ -651,9 +651,13 @@ async fn warm_containers_are_replaced_when_they_die_or_the_service_changes() {
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("colour=blue\nagain"), "{answer}");
 
-    // A server that stops removes its warm containers.
+    // A server that stops removes its warm containers (one still starting ends itself as its
+    // connection to the server does).
     server.stop();
-    assert_eq!(containers_of(&id), Vec::<String>::new());
+    wait_for("the warm containers' removal", async || {
+        containers_of(&id).is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -821,4 +825,28 @@ async fn an_image_whose_user_is_not_root_runs_jobs_and_run() {
             assert_eq!(answer, "SYNC", "{service}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_warm_invocation_that_times_out_leaves_its_container_for_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &["--job-timeout", "2s"]);
+    let id = server_id(&server).await;
+    let script = "if [ \"$(cat \"$INPUT_FILE_PATH\")\" = slow ]; then setsid sleep 60; fi; echo fine";
+    create(&server, warm_service("slow", script, 1)).await;
+    wait_for("the warm container", async || warm_containers_of(&id).len() == 1).await;
+    let container = warm_containers_of(&id);
+    let started = Instant::now();
+    let (status, answer) = invoke(&server, "slow", "slow").await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer.contains("timed out after 2 s"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, answer) = invoke(&server, "slow", "quick").await;
+    assert_eq!((status, answer.as_str()), (200, "fine\n"));
+    assert_eq!(warm_containers_of(&id), container);
 }

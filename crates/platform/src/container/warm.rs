@@ -60,6 +60,8 @@ pub struct WarmPools {
     work_root: PathBuf,
     inner: Mutex<Inner>,
     closed: AtomicBool,
+    /// Starts under way: [`WarmPools::shutdown`] waits for them before it removes containers.
+    starting: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +116,7 @@ impl WarmPools {
             work_root: work_root.to_path_buf(),
             inner: Mutex::default(),
             closed: AtomicBool::new(false),
+            starting: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -195,24 +198,40 @@ impl WarmPools {
     /// Removes every warm container (the server is stopping); none is started after.
     pub async fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let mut names: Vec<String> = match self.inner.lock() {
-            Ok(mut inner) => {
-                inner.services.clear();
-                inner.members.values().cloned().collect()
-            }
-            Err(_) => Vec::new(),
-        };
-        // And any the engine lists that a start still in progress made.
-        if let Ok(listed) = self.containers.ours().await {
-            let extra: Vec<String> = listed
-                .into_iter()
-                .filter(|n| n.starts_with(WARM_PREFIX) && !names.contains(n))
-                .collect();
-            names.extend(extra);
+        // A start under way would otherwise make its container after the removal below (each
+        // gives up at its next step once closed).
+        let deadline = tokio::time::Instant::now() + ENGINE_COMMAND_TIMEOUT;
+        while self.starting.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The idle containers' connections stay open until they are removed: a runtime whose
+        // connection closes ends its container, whose removal the engine would still be
+        // finishing when this process is gone.
+        let (names, pools) = match self.inner.lock() {
+            Ok(mut inner) => (
+                inner.members.values().cloned().collect::<Vec<String>>(),
+                std::mem::take(&mut inner.services),
+            ),
+            Err(_) => (Vec::new(), HashMap::new()),
+        };
         if !names.is_empty() {
             self.containers.remove(&names).await;
         }
+        // Until the engine lists none: one that a start still in progress made, or one whose
+        // runtime saw its connection end and which the engine is removing itself.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(listed) = self.containers.ours().await {
+            let left: Vec<String> = listed
+                .into_iter()
+                .filter(|n| n.starts_with(WARM_PREFIX))
+                .collect();
+            if left.is_empty() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            self.containers.remove(&left).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(pools);
     }
 
     /// Starts as many containers as `service` lacks.
@@ -240,6 +259,7 @@ impl WarmPools {
             starts
         };
         for (id, generation, template) in starts {
+            self.starting.fetch_add(1, Ordering::SeqCst);
             let pools = self.clone();
             let service = service.to_owned();
             tokio::spawn(async move { pools.start(service, id, generation, template).await });
@@ -247,6 +267,14 @@ impl WarmPools {
     }
 
     async fn start(self: Arc<Self>, service: String, id: u64, generation: u64, template: Arc<JobSpec>) {
+        self.start_one(service, id, generation, template).await;
+        self.starting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    async fn start_one(self: &Arc<Self>, service: String, id: u64, generation: u64, template: Arc<JobSpec>) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
         let name = format!("{WARM_PREFIX}{}", uuid::Uuid::now_v7().simple());
         let control = self.work_root.join(format!("ctl-{name}"));
         if let Ok(mut inner) = self.inner.lock() {
@@ -276,7 +304,9 @@ impl WarmPools {
                 Some(warm)
             }
             Err(reason) => {
-                tracing::warn!(service, %reason, "cannot start a warm container");
+                if !self.closed.load(Ordering::SeqCst) {
+                    tracing::warn!(service, %reason, "cannot start a warm container");
+                }
                 self.containers.remove(std::slice::from_ref(&name)).await;
                 remove_control(&control).await;
                 remove_control(&work_dir(&control)).await;
@@ -389,10 +419,26 @@ impl WarmPools {
             ENGINE_COMMAND_TIMEOUT,
         )
         .await?;
-        let (stream, _) = tokio::time::timeout(CONNECT_TIMEOUT, listener.accept())
-            .await
-            .map_err(|_| format!("its runtime did not connect in {} s", CONNECT_TIMEOUT.as_secs()))?
-            .map_err(|e| format!("control socket: {e}"))?;
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let stream = loop {
+            // The server may be stopping meanwhile: it waits for this start. The container is
+            // removed while its connection may still be pending: a runtime whose connection
+            // closes ends its container itself, racing the removal.
+            if self.closed.load(Ordering::SeqCst) {
+                containers.remove(&[name.to_owned()]).await;
+                return Err("the server is stopping".to_owned());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                containers.remove(&[name.to_owned()]).await;
+                return Err(format!(
+                    "its runtime did not connect in {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ));
+            }
+            if let Ok(accepted) = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+                break accepted.map_err(|e| format!("control socket: {e}"))?.0;
+            }
+        };
         // Nothing else may connect: the socket goes (the listener with it).
         drop(listener);
         let socket = control.join(CONTROL_SOCKET);
@@ -449,8 +495,10 @@ impl WarmPools {
                 }
             }
         }
-        drop(stream);
+        // Removed before the connection closes (its runtime would end the container itself,
+        // racing the removal).
         self.containers.remove(std::slice::from_ref(&name)).await;
+        drop(stream);
         remove_control(&control).await;
         remove_control(&work_dir(&control)).await;
         let refill = match self.inner.lock() {
