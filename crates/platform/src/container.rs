@@ -20,7 +20,7 @@
 
 mod warm;
 
-pub use warm::{Lease, MAX_WARM_PER_SERVICE, Warm, WarmPools};
+pub use warm::{Lease, Warm, WarmPools};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -39,7 +39,7 @@ use super::{
 };
 
 /// Most warm containers one service may keep, whatever its `min_scale` says.
-pub const MAX_WARM_PER_SERVICE: u32 = 16;
+const MAX_WARM_PER_SERVICE: u32 = 16;
 
 /// The start of warm containers' names (a job's container is `cloister-<job uuid>`).
 const WARM_PREFIX: &str = "cloister-warm-";
