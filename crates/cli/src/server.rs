@@ -104,8 +104,9 @@ pub struct ServerArgs {
     /// Where plain jobs' scripts run: `host` (processes of this host; the service's image is
     /// recorded only) or `container` (a container of the service's image per job, through
     /// Podman, or Docker's CLI where a daemon runs, with `cloister-runtime` inside staging the
-    /// job's data over a socket of its own). Confidential jobs run in `cloister-runtime` on the
-    /// host either way.
+    /// job's data over a socket of its own), or `auto` (`container` where Podman or Docker is
+    /// found and works, else `host`, saying why). Confidential jobs run in `cloister-runtime`
+    /// on the host either way.
     #[arg(long, env = "CLOISTER_EXECUTOR", value_enum, default_value_t = Executor::Host)]
     pub executor: Executor,
     /// The container engine's CLI for `--executor container` (default: `podman`, else
@@ -137,6 +138,8 @@ pub enum Executor {
     Host,
     /// Containers of the services' images.
     Container,
+    /// Containers where an engine works, else processes of this host.
+    Auto,
 }
 
 /// `cloister-runtime` beside this binary (both come out of one `cargo build`), else on PATH.
@@ -290,6 +293,7 @@ pub fn platform_config(args: &ServerArgs) -> anyhow::Result<cloister_platform::C
         executor: match args.executor {
             Executor::Host => cloister_platform::ExecutorKind::Host,
             Executor::Container => cloister_platform::ExecutorKind::Container,
+            Executor::Auto => cloister_platform::ExecutorKind::Auto,
         },
         container_engine: args.container_engine.clone(),
         registry_auth_dir: args.registry_auth_dir.clone(),

@@ -239,10 +239,12 @@ async fn an_upload_runs_under_the_runtime_in_its_container_over_its_own_socket()
     let id = server_id(&server).await;
     // The script looks at what started it, and for the credential where it was handed over.
     let script = concat!(
-        "echo \"ppid=$PPID\"; echo \"parent=$(tr '\\000' ' ' < /proc/$PPID/cmdline)\"; ",
+        "echo \"pid1=$(tr '\\000' ' ' < /proc/1/cmdline)\"; echo \"parent=$(tr '\\000' ' ' < /proc/$PPID/cmdline)\"; ",
         "ls -a /cloister/ctl; test -e /cloister/ctl/job.json && echo job-file-visible; ",
         "cat /proc/$PPID/environ > /dev/null 2>&1 && echo runtime-environ-readable; ",
         "echo forged 2> /dev/null > /proc/$PPID/fd/1 && echo runtime-stdout-writable; ",
+        "echo forged 2> /dev/null > /proc/1/fd/1 && echo init-stdout-writable; ",
+        "cat /proc/1/environ > /dev/null 2>&1 && echo init-environ-readable; ",
         "readlink /proc/$PPID/fd/1 > /dev/null 2>&1 && echo runtime-fds-readable; ",
         "env | grep -i -e aws -e secret; ",
         "grep -c : /proc/net/dev | sed 's/^/interfaces=/'; ",
@@ -269,8 +271,9 @@ async fn an_upload_runs_under_the_runtime_in_its_container_over_its_own_socket()
         .await
         .unwrap();
     assert_eq!(job["status"], "Succeeded", "{job}\n{log}");
-    // The container's first program is cloister-runtime, and the script its child.
-    assert!(log.contains("ppid=1\n"), "{log}");
+    // The container's first program is cloister-runtime, and the script the child of its
+    // worker (PID 1 only reaps).
+    assert!(log.contains("pid1=/cloister/runtime/"), "{log}");
     assert!(
         log.contains("/cloister/runtime/cloister-runtime --container-job /cloister/ctl"),
         "{log}"
@@ -289,6 +292,8 @@ async fn an_upload_runs_under_the_runtime_in_its_container_over_its_own_socket()
         "job-file-visible",
         "runtime-environ-readable",
         "runtime-stdout-writable",
+        "init-stdout-writable",
+        "init-environ-readable",
         "runtime-fds-readable",
         "AWS_",
     ];
@@ -445,6 +450,407 @@ async fn a_restarted_server_removes_what_its_crash_left_and_runs_the_job_once_mo
     assert_eq!(containers_of(&id), Vec::<String>::new());
 }
 
+/// Names of the warm containers labelled as `id`'s.
+fn warm_containers_of(id: &str) -> Vec<String> {
+    let out = podman(&[
+        "ps",
+        "--all",
+        "--filter",
+        &format!("label=cloister.server={id}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|n| n.starts_with("cloister-warm-"))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+/// `POST /run/{service}` with `body`: (status, answer decoded when it is base64).
+async fn invoke(server: &Server, service: &str, body: &str) -> (u16, String) {
+    let response = server
+        .http()
+        .post(server.url(&format!("/run/{service}")))
+        .bearer_auth(server.token(service).await)
+        .header("content-type", "application/json")
+        .body(B64.encode(body))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let text = B64
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or(text);
+    (status, text)
+}
+
+fn warm_service(name: &str, script: &str, replicas: u32) -> Value {
+    json!({"name": name, "image": BUSYBOX, "script": script, "memory": "64Mi", "cpu": "0.5",
+        "synchronous": {"min_scale": replicas, "max_scale": replicas}})
+}
+
+/// What an invocation sees of its container: its first program, what earlier invocations left
+/// (files in the scratch folders, in its home, in the control folder; processes), then what it
+/// leaves for the next one.
+const PROBE: &str = concat!(
+    "echo \"pid1=$(tr '\\000' ' ' < /proc/1/cmdline)\"; echo \"home=$HOME\"; ",
+    "for f in /tmp/left /var/tmp/left /run/left /dev/shm/left \"$HOME/left\" \"$TMP_OUTPUT_DIR/left\" ",
+    "/cloister/ctl/left; do test -e \"$f\" && echo \"leftover=$f\"; done; ",
+    "echo \"ctl=$(ls -A /cloister/ctl | tr '\\n' ' ')\"; ",
+    "n=0; for f in /proc/[0-9]*/cmdline; do case \"$(tr '\\000' ' ' < \"$f\" 2>/dev/null)\" in ",
+    "'sleep 600 ') n=$((n+1));; esac; done; echo \"sleepers=$n\"; ",
+    "for f in /tmp/left /var/tmp/left /run/left /dev/shm/left \"$HOME/left\"; do echo x > \"$f\"; done; ",
+    "mkdir -p /tmp/deep/er && echo x > /tmp/deep/er/left; ",
+    "echo x > /cloister/ctl/left 2>/dev/null && echo wrote-ctl; ",
+    "sleep 600 & setsid sleep 600 > /dev/null 2>&1 & ",
+    "echo \"input=$(tr '[:lower:]' '[:upper:]' < \"$INPUT_FILE_PATH\")\""
+);
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_warm_container_answers_run_and_keeps_invocations_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    let id = server_id(&server).await;
+    create(&server, warm_service("warm", PROBE, 1)).await;
+    wait_for("the warm container", async || warm_containers_of(&id).len() == 1).await;
+    let container = warm_containers_of(&id);
+
+    let mut answers = Vec::new();
+    for input in ["first", "second", "third"] {
+        let started = Instant::now();
+        let (status, answer) = invoke(&server, "warm", input).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(
+            answer.contains(&format!("input={}", input.to_uppercase())),
+            "{answer}"
+        );
+        answers.push((answer, started.elapsed()));
+    }
+    // The runtime is the container's first program, and the same container took each one.
+    for (answer, _) in &answers {
+        assert!(answer.contains("--warm /cloister/ctl"), "{answer}");
+        assert!(answer.contains("home=/cloister/job\n"), "{answer}");
+        // Nothing an earlier invocation left is there: no file, no process; the control folder
+        // is empty and read-only.
+        assert!(!answer.contains("leftover="), "{answer}");
+        assert!(answer.contains("sleepers=0\n"), "{answer}");
+        assert!(
+            answer.contains("ctl= \n") || answer.contains("ctl=\n"),
+            "{answer}"
+        );
+        assert!(!answer.contains("wrote-ctl"), "{answer}");
+    }
+    assert_eq!(warm_containers_of(&id), container);
+    // No cold container ran meanwhile: the only one there is the warm one.
+    assert_eq!(containers_of(&id).len(), 1);
+
+    // A service with no min_scale runs each invocation cold, in a container of its own.
+    create(&server, warm_service("cold", PROBE, 0)).await;
+    let (status, answer) = invoke(&server, "cold", "cold").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("input=COLD"), "{answer}");
+    assert!(!answer.contains("--warm"), "{answer}");
+    assert_eq!(warm_containers_of(&id), container);
+    // A failing script fails the invocation and the container stays for the next.
+    create(&server, warm_service("failing", "echo failing; exit 3", 1)).await;
+    wait_for("the second service's warm container", async || {
+        warm_containers_of(&id).len() == 2
+    })
+    .await;
+    let both = warm_containers_of(&id);
+    let (status, answer) = invoke(&server, "failing", "x").await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer.contains("exited with code 3"), "{answer}");
+    assert_eq!(warm_containers_of(&id), both);
+
+    // Deleting a service removes its containers.
+    for service in ["warm", "failing"] {
+        let response = server
+            .http()
+            .delete(server.url(&format!("/system/services/{service}")))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    wait_for("the warm containers' removal", async || {
+        containers_of(&id).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn warm_containers_are_replaced_when_they_die_or_the_service_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = container_server(dir.path(), &[]);
+    let id = server_id(&server).await;
+    let script = "echo \"colour=$COLOUR\"; cat \"$INPUT_FILE_PATH\"";
+    let mut svc = warm_service("paint", script, 2);
+    svc["environment"] = json!({"variables": {"COLOUR": "red"}});
+    create(&server, svc.clone()).await;
+    wait_for("two warm containers", async || warm_containers_of(&id).len() == 2).await;
+    let first = warm_containers_of(&id);
+
+    // A killed container is replaced.
+    let killed = podman(&["kill", &first[0]]);
+    assert!(
+        killed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    wait_for("the killed container's replacement", async || {
+        let now = warm_containers_of(&id);
+        now.len() == 2 && !now.contains(&first[0])
+    })
+    .await;
+    assert!(warm_containers_of(&id).contains(&first[1]));
+    let (status, answer) = invoke(&server, "paint", "canvas").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("colour=red\ncanvas"), "{answer}");
+
+    // An update replaces the pool.
+    let before = warm_containers_of(&id);
+    svc["environment"] = json!({"variables": {"COLOUR": "blue"}});
+    let response = server
+        .http()
+        .put(server.url("/system/services"))
+        .basic_auth(USER, Some(PASSWORD))
+        .json(&svc)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    wait_for("the new pool", async || {
+        let now = warm_containers_of(&id);
+        now.len() == 2 && now.iter().all(|n| !before.contains(n))
+    })
+    .await;
+    let (status, answer) = invoke(&server, "paint", "canvas").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("colour=blue"), "{answer}");
+
+    // A crash leaves them to the next start, which removes them and starts the pool anew.
+    let orphans = warm_containers_of(&id);
+    server.restart_after_crash();
+    wait_for("the pool after the restart", async || {
+        let now = warm_containers_of(&id);
+        now.len() == 2 && now.iter().all(|n| !orphans.contains(n))
+    })
+    .await;
+    let (status, answer) = invoke(&server, "paint", "again").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("colour=blue\nagain"), "{answer}");
+
+    // A server that stops removes its warm containers (one still starting ends itself as its
+    // connection to the server does).
+    server.stop();
+    wait_for("the warm containers' removal", async || {
+        containers_of(&id).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn the_runtime_as_pid_1_reaps_orphans_and_the_job_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    // Orphans re-parented to PID 1 that have exited: zombies unless PID 1 reaps them. A
+    // background process that left the job's process group still holds the job's output.
+    let script = concat!(
+        "(sleep 0.2 &); (sleep 0.2 &); setsid sleep 600 & sleep 1; ",
+        "echo \"zombies=$(grep -l 'State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l)\"; ",
+        "echo \"pid1=$(tr '\\000' ' ' < /proc/1/cmdline)\""
+    );
+    create(&server, service("orphans", BUSYBOX, script)).await;
+    let started = Instant::now();
+    let (status, reason, log) = run_one(&server, "orphans", "x").await;
+    assert_eq!(status, "Succeeded", "{reason}\n{log}");
+    assert!(log.contains("--container-job"), "{log}");
+    assert!(log.contains("zombies=0\n"), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    // The same in a warm container, whose life outlasts the invocation.
+    create(&server, warm_service("orphans-warm", script, 1)).await;
+    let id = server_id(&server).await;
+    wait_for("the warm container", async || warm_containers_of(&id).len() == 1).await;
+    for _ in 0..2 {
+        let (status, answer) = invoke(&server, "orphans-warm", "x").await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(answer.contains("zombies=0\n"), "{answer}");
+        assert!(answer.contains("--warm"), "{answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_crash_mid_job_reruns_it_to_success_and_keeps_queued_jobs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = container_server(dir.path(), &["--concurrency", "1"]);
+    let id = server_id(&server).await;
+    let script = concat!(
+        "echo \"run of $(cat \"$INPUT_FILE_PATH\")\"; sleep 3; ",
+        "cp \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR/$(cat \"$INPUT_FILE_PATH\").txt\""
+    );
+    create(&server, service("steady", BUSYBOX, script)).await;
+    // One job runs, the other waits for the only worker.
+    submit(&server, "steady", "first").await;
+    submit(&server, "steady", "second").await;
+    wait_for("the first job's container", async || {
+        containers_of(&id).len() == 1
+    })
+    .await;
+    let orphan = containers_of(&id).remove(0);
+    server.restart_after_crash();
+    assert!(
+        !podman(&["container", "exists", &orphan]).status.success(),
+        "the crashed run's container {orphan} is still there"
+    );
+    // Both run to their end after the restart, each under its one record.
+    let jobs = server.wait_jobs("steady", 2).await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for (name, job) in &jobs {
+        let log = server
+            .get(&format!("/system/logs/steady/{name}"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(job["status"], "Succeeded", "{job}\n{log}");
+        // The record's log is the run that finished, not the interrupted one's too.
+        assert_eq!(log.matches("run of ").count(), 1, "{log}");
+    }
+    for input in ["first", "second"] {
+        assert_eq!(
+            read_object(&server, "steady", &format!("out/{input}.txt")).await,
+            input.as_bytes()
+        );
+    }
+    assert_eq!(containers_of(&id), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn auto_picks_containers_where_an_engine_works_and_says_why_not_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(&dir.path().join("found"), &[]);
+    let auto = Server::start(&dir.path().join("auto"), &["--executor", "auto"]);
+    let info = auto.get_json("/system/info").await;
+    assert_eq!(info["serverless_backend"]["name"], "container", "{info}");
+    drop((server, auto));
+    // An engine that does not work: the host executor, and the log says why.
+    let log = dir.path().join("broken.log");
+    let broken = Server::start_logged(
+        &dir.path().join("broken"),
+        &["--executor", "auto", "--container-engine", "/bin/false"],
+        &log,
+    );
+    let info = broken.get_json("/system/info").await;
+    assert_eq!(info["serverless_backend"]["name"], "local", "{info}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("plain jobs run on this host") && text.contains("/bin/false"),
+        "{text}"
+    );
+    // Asked for explicitly, a broken engine stops the server instead.
+    let mut refused = Command::new(bin())
+        .args([
+            "server",
+            "--executor",
+            "container",
+            "--container-engine",
+            "/bin/false",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("refused"))
+        .args(["--listen", "127.0.0.1:0", "--s3-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    refused.stderr.truncate(4096);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("container"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn an_image_whose_user_is_not_root_runs_jobs_and_run() {
+    const USER_IMAGE: &str = "localhost/cloister-test/user:1";
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    let script = concat!(
+        "echo \"uid=$(id -u)\"; name=$(basename \"$INPUT_FILE_PATH\"); echo scratch > \"$TMPDIR/t\"; ",
+        "tr '[:lower:]' '[:upper:]' < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$name\""
+    );
+    create(&server, service("app", USER_IMAGE, script)).await;
+    let (status, reason, log) = run_one(&server, "app", "as a user\n").await;
+    assert_eq!(status, "Succeeded", "{reason}\n{log}");
+    assert!(log.contains("uid=1000\n"), "{log}");
+    assert_eq!(read_object(&server, "app", "out/input").await, b"AS A USER\n");
+    // Its folders were handed to uid 1000, which may be someone else on this host: none of
+    // them can be reached through the work root.
+    let work_root = std::fs::metadata(dir.path().join("work")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&work_root.permissions()) & 0o077,
+        0
+    );
+    // `/run`, cold and warm.
+    let mut warm = warm_service("app-warm", script, 1);
+    warm["image"] = json!(USER_IMAGE);
+    create(&server, warm).await;
+    let id = server_id(&server).await;
+    for service in ["app", "app-warm"] {
+        if service == "app-warm" {
+            wait_for("the warm container", async || warm_containers_of(&id).len() == 1).await;
+        }
+        for _ in 0..2 {
+            let (status, answer) = invoke(&server, service, "sync").await;
+            assert_eq!(status, 200, "{service}: {answer}");
+            assert_eq!(answer, "SYNC", "{service}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_warm_invocation_that_times_out_leaves_its_container_for_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &["--job-timeout", "2s"]);
+    let id = server_id(&server).await;
+    let script = "if [ \"$(cat \"$INPUT_FILE_PATH\")\" = slow ]; then setsid sleep 60; fi; echo fine";
+    create(&server, warm_service("slow", script, 1)).await;
+    wait_for("the warm container", async || warm_containers_of(&id).len() == 1).await;
+    let container = warm_containers_of(&id);
+    let started = Instant::now();
+    let (status, answer) = invoke(&server, "slow", "slow").await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer.contains("timed out after 2 s"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, answer) = invoke(&server, "slow", "quick").await;
+    assert_eq!((status, answer.as_str()), (200, "fine\n"));
+    assert_eq!(warm_containers_of(&id), container);
+}
+
 /// An image cannot put its code into the runtime that starts its jobs (which holds the job's
 /// credential and reports its result): neither with `ENV LD_PRELOAD` nor with an
 /// `/etc/ld.so.preload` naming a library that would end PID 1 at once. The image's variables
@@ -475,6 +881,35 @@ async fn an_image_cannot_load_its_code_into_the_runtime() {
         if name == "preload-env" {
             assert!(log.contains("image-var=[from-image] container=podman"), "{log}");
         }
+        // A warm container's runtime too: it starts (and answers) without the library, and
+        // its invocations get the image's variables.
+        let warm = format!("{name}-warm");
+        let probe = "tr '\\000' ' ' < /proc/1/cmdline; echo; echo \"image-var=[$CLOISTER_IMAGE_VAR]\"";
+        let mut svc = warm_service(&warm, probe, 1);
+        svc["image"] = json!(image);
+        create(&server, svc).await;
+        let id = server_id(&server).await;
+        wait_for("the warm container", async || warm_containers_of(&id).len() == 1).await;
+        let (status, answer) = invoke(&server, &warm, "warm\n").await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        // Served by the warm container (a failed start would have run it cold).
+        assert!(answer.contains("--warm /cloister/ctl"), "{name}: {answer}");
+        if name == "preload-env" {
+            assert!(answer.contains("image-var=[from-image]"), "{answer}");
+        }
+        let response = server
+            .http()
+            .delete(server.url(&format!("/system/services/{warm}")))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+        wait_for("the warm container's removal", async || {
+            warm_containers_of(&id).is_empty()
+        })
+        .await;
+        if name == "preload-env" {}
     }
 }
 

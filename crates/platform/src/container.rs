@@ -18,6 +18,10 @@
 //! labelled with the server's id, so a timed-out or cancelled job's container is removed at
 //! once and a restarted server removes what its previous run left.
 
+mod warm;
+
+pub use warm::{Lease, Warm, WarmPools};
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -51,6 +55,18 @@ const JOB_SOCKET_LIMITS: cloister_storage::listen::ConnectionLimits =
         idle_timeout: Duration::from_secs(90),
         header_read_timeout: Duration::from_secs(30),
     };
+
+/// How a host folder is mounted into a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mount {
+    /// Read-only, as it is (the runtime's files).
+    ReadOnly,
+    /// The job's own folder, handed to the container's user (Podman's `U`: an image whose
+    /// `USER` is not root could not use a folder of the server's user, mode 0700).
+    Owned,
+    /// As [`Mount::Owned`], read-only inside.
+    OwnedReadOnly,
+}
 
 /// The label naming the server (its data directory's id) that owns a container.
 const SERVER_LABEL: &str = "cloister.server";
@@ -522,12 +538,12 @@ impl Containers {
     }
 
     /// The `run` arguments for a job (everything after the global options): `mounts` as
-    /// (host path, container path, read-only), the first being the work directory.
+    /// (host path, container path, how), the first being the work directory.
     fn run_args(
         &self,
         spec: &JobSpec,
         name: &str,
-        mounts: &[(&str, &str, bool)],
+        mounts: &[(&str, &str, Mount)],
         entrypoint: &str,
         command: &[String],
         without_image_env: bool,
@@ -551,8 +567,16 @@ impl Containers {
             "--security-opt".into(),
             "no-new-privileges".into(),
         ];
-        for (host, inside, read_only) in mounts {
-            let suffix = if *read_only { ":ro" } else { "" };
+        for (host, inside, how) in mounts {
+            // Docker's CLI has no `U`: there an image's user must be root (or own the folder).
+            let owned = self.kind == EngineKind::Podman;
+            let suffix = match how {
+                Mount::ReadOnly => ":ro",
+                Mount::Owned if owned => ":U",
+                Mount::Owned => "",
+                Mount::OwnedReadOnly if owned => ":ro,U",
+                Mount::OwnedReadOnly => ":ro",
+            };
             args.extend(["--volume".into(), format!("{host}:{inside}{suffix}")]);
         }
         args.extend([
@@ -707,15 +731,15 @@ impl Containers {
             let reason = format!("the work directory {} cannot be mounted", work.display());
             return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason));
         };
-        let mut mounts: Vec<(&str, &str, bool)> = vec![
-            (work_host.as_str(), WORK_DIR, false),
-            (control_host.as_str(), CONTROL_DIR, false),
+        let mut mounts: Vec<(&str, &str, Mount)> = vec![
+            (work_host.as_str(), WORK_DIR, Mount::Owned),
+            (control_host.as_str(), CONTROL_DIR, Mount::Owned),
         ];
         mounts.extend(
             self.runtime
                 .mounts
                 .iter()
-                .map(|(host, inside)| (host.as_str(), inside.as_str(), true)),
+                .map(|(host, inside)| (host.as_str(), inside.as_str(), Mount::ReadOnly)),
         );
         // The host's loader, when it starts the runtime, would preload what the image's
         // `/etc/ld.so.preload` names, and the image's variables (`LD_PRELOAD`, `LD_AUDIT`,
@@ -723,9 +747,12 @@ impl Containers {
         // before the runtime guards itself. The runtime starts without the image's variables
         // (they reach the script through the job file) and, when dynamically linked, with an
         // empty preload list.
-        let empty = mountable(&self.private.path().join(EMPTY_FILE)).unwrap_or_default();
-        if self.runtime.through_loader() && !empty.is_empty() {
-            mounts.push((empty.as_str(), "/etc/ld.so.preload", true));
+        let empty = match self.empty_preload() {
+            Ok(empty) => empty,
+            Err(reason) => return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason)),
+        };
+        if self.runtime.through_loader() {
+            mounts.push((empty.as_str(), "/etc/ld.so.preload", Mount::ReadOnly));
         }
         let mut command = self.runtime.prefix.clone();
         command.extend(["--container-job".into(), CONTROL_DIR.into()]);
@@ -791,6 +818,11 @@ impl Containers {
         }
     }
 
+    /// The empty file mounted over an image's `/etc/ld.so.preload`, as a mount source.
+    fn empty_preload(&self) -> Result<String, String> {
+        mountable(&self.private.path().join(EMPTY_FILE))
+    }
+
     /// The variables `image` sets for its programs (`Config.Env`), read once per image.
     async fn image_env(&self, image: &str) -> Result<Arc<ImageEnv>, String> {
         if let Some(env) = self.image_envs.lock().ok().and_then(|e| e.get(image).cloned()) {
@@ -850,20 +882,20 @@ fn prepare_contained(
     if let Some(bytes) = inline {
         write(INPUT_FILE, bytes)?;
     }
-    bind_socket(control).map_err(|e| format!("S3 socket: {e}"))
+    bind_socket(control, SOCKET_FILE).map_err(|e| format!("S3 socket: {e}"))
 }
 
-/// Binds the job's S3 socket in `control` (non-blocking, for the runtime's reactor). A socket's
+/// Binds the socket `name` in `control` (non-blocking, for the runtime's reactor). A socket's
 /// path is limited to 107 bytes; a longer one is bound through this process's descriptor of
 /// the folder (`/proc/self/fd/N/…`).
-fn bind_socket(control: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+fn bind_socket(control: &Path, name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
     use std::os::fd::AsRawFd;
-    let path = control.join(SOCKET_FILE);
+    let path = control.join(name);
     let listener = if path.as_os_str().len() < 100 {
         std::os::unix::net::UnixListener::bind(&path)?
     } else {
         let folder = std::fs::File::open(control)?;
-        let through = format!("/proc/self/fd/{}/{SOCKET_FILE}", folder.as_raw_fd());
+        let through = format!("/proc/self/fd/{}/{name}", folder.as_raw_fd());
         std::os::unix::net::UnixListener::bind(through)?
     };
     listener.set_nonblocking(true)?;
@@ -1132,7 +1164,7 @@ impl cloister_runtime::ScriptRunner for Containers {
         match self.run_args(
             spec,
             &name,
-            &[(work.as_str(), WORK_DIR, false)],
+            &[(work.as_str(), WORK_DIR, Mount::Owned)],
             "/bin/sh",
             &command,
             // The script itself runs here: the image's variables are its to have.
@@ -1282,7 +1314,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let control = dir.path().join("c".repeat(120));
         std::fs::create_dir(&control).unwrap();
-        let listener = tokio::net::UnixListener::from_std(bind_socket(&control).unwrap()).unwrap();
+        let listener =
+            tokio::net::UnixListener::from_std(bind_socket(&control, SOCKET_FILE).unwrap()).unwrap();
         assert!(control.join(SOCKET_FILE).exists());
         let folder = std::fs::File::open(&control).unwrap();
         let through = format!("/proc/self/fd/{}/{SOCKET_FILE}", folder.as_raw_fd());

@@ -55,6 +55,15 @@ pub trait Executor: Send + Sync + 'static {
     fn needs_storage_access(&self, _spec: &JobSpec) -> bool {
         false
     }
+
+    /// Keeps `replicas` instances of `service` started for its synchronous invocations, as
+    /// `template` describes them (the service's image, limits and devices); called whenever a
+    /// service is created, changed (what was started for it before is replaced) or deleted
+    /// (`None`). Executors that start nothing ahead ignore it.
+    fn keep_warm(&self, _service: &str, _replicas: u32, _template: Option<JobSpec>) {}
+
+    /// Stops what the executor keeps running between jobs, as the server stops.
+    async fn shutdown(&self) {}
 }
 
 /// Runs jobs on this host, reading and writing the embedded store directly.
@@ -64,8 +73,8 @@ pub trait Executor: Send + Sync + 'static {
 /// environment, its own process group, resource limits and a timeout. With
 /// [`Self::with_containers`] a job runs in a container of the service's image instead, with
 /// `cloister-runtime` inside reaching the store over a socket of its own (a synchronous
-/// invocation: only the script, see [`crate::container`]); confidential jobs keep their path
-/// either way.
+/// invocation: only the script, see [`crate::container`], in a warm container where the
+/// service keeps some); confidential jobs keep their path either way.
 pub struct LocalExecutor {
     io: StoreIo,
     work_root: PathBuf,
@@ -73,6 +82,7 @@ pub struct LocalExecutor {
     slots: Arc<Mutex<SlotPool>>,
     confidential: Option<crate::confidential::ConfidentialHost>,
     containers: Option<Arc<crate::container::Containers>>,
+    warm: Option<Arc<crate::container::WarmPools>>,
 }
 
 /// Cgroup slots: one per job running at once, reused from job to job.
@@ -112,12 +122,35 @@ impl LocalExecutor {
             slots: Arc::default(),
             confidential: None,
             containers: None,
+            warm: None,
         }
     }
 
     /// Runs plain jobs' scripts in containers of their services' images.
+    /// Synchronous invocations of services with `synchronous.min_scale` above 0 run in warm
+    /// containers (see [`crate::container::WarmPools`]).
     pub fn with_containers(mut self, containers: crate::container::Containers) -> Self {
-        self.containers = Some(Arc::new(containers));
+        // Work directories are handed to the container's user (an image's `USER` may be any
+        // uid, which may also exist on this host): only this server's user may reach them.
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            let private = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.work_root)
+                .and_then(|()| {
+                    std::fs::set_permissions(&self.work_root, std::fs::Permissions::from_mode(0o700))
+                });
+            if let Err(e) = private {
+                tracing::warn!(dir = %self.work_root.display(), error = %e, "cannot make the work root private");
+            }
+        }
+        let containers = Arc::new(containers);
+        self.warm = Some(crate::container::WarmPools::new(
+            containers.clone(),
+            &self.work_root,
+        ));
+        self.containers = Some(containers);
         self
     }
 
@@ -240,9 +273,45 @@ impl Executor for LocalExecutor {
                  synchronous invocations would hand plaintext to the platform",
             );
         }
+        if let Some(pools) = &self.warm
+            && let Some(warm) = pools.checkout(&spec.service)
+        {
+            let lease = Arc::new(crate::container::Lease::new(warm));
+            let work = lease.work();
+            let options = RunOptions {
+                work_root: work.parent().unwrap_or(work).to_path_buf(),
+                cgroups: CgroupSupport::None,
+                slot: work
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                synchronous: true,
+                max_sync_output: max_output,
+                runner: Some(lease.clone()),
+                base_env: None,
+            };
+            let outcome =
+                cloister_runtime::run_job(&spec, &self.io, &options, std::future::pending(), || {}).await;
+            lease.end(pools);
+            return outcome;
+        }
         let slot = self.slot();
         let options = self.options(&slot, true, max_output);
         cloister_runtime::run_job(&spec, &self.io, &options, std::future::pending(), || {}).await
+    }
+
+    fn keep_warm(&self, service: &str, replicas: u32, template: Option<JobSpec>) {
+        if let Some(pools) = &self.warm {
+            // Confidential services take no synchronous invocations.
+            let template = template.filter(|t| t.placement.tee.is_none());
+            pools.configure(service, replicas, template);
+        }
+    }
+
+    async fn shutdown(&self) {
+        if let Some(pools) = &self.warm {
+            pools.shutdown().await;
+        }
     }
 }
 

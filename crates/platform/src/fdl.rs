@@ -194,7 +194,8 @@ pub struct Confidential {
     pub input_recipient: Option<String>,
 }
 
-/// Scaling bounds of synchronous services (recorded; the local executor runs on demand).
+/// Scaling bounds of synchronous services: the container executor keeps `min_scale` warm
+/// containers per service for `/run`; `max_scale` is recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Synchronous {
     /// Minimum replicas.

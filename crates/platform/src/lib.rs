@@ -98,6 +98,9 @@ pub enum ExecutorKind {
     Host,
     /// In containers of the services' images, through a container engine.
     Container,
+    /// In containers where a container engine works here (and `cloister-runtime` is found),
+    /// else on this host; the choice and its reason are logged at start.
+    Auto,
 }
 
 /// Shared by the API handlers, the dispatcher and the workers.
@@ -214,27 +217,37 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         host.sweep();
         local = local.with_confidential(host);
     }
-    if config.executor == ExecutorKind::Container {
+    if config.executor != ExecutorKind::Host {
         let auth_dir = config
             .registry_auth_dir
             .clone()
             .unwrap_or_else(|| config.data_dir.join("registry-auth"));
         // Named like the confidential jobs' folder: no other data directory has this key.
         let server_id = hex::encode(&sim_platform.public_key()[..8]);
-        let runtime = config.runtime_binary.as_deref().context(
-            "the container executor starts cloister-runtime in each job's container: \
-             none beside this binary or on PATH (give --runtime-binary)",
-        )?;
-        let containers = container::Containers::start(
-            config.container_engine.as_deref(),
-            &server_id,
-            &auth_dir,
-            runtime,
-            store.s3_service(&config.s3_access_key, &config.s3_secret_key),
-        )
-        .await
-        .context("cannot use the container executor")?;
-        local = local.with_containers(containers);
+        const NO_RUNTIME: &str = "the container executor starts cloister-runtime in each job's \
+             container: none beside this binary or on PATH (give --runtime-binary)";
+        let containers = match config.runtime_binary.as_deref() {
+            Some(runtime) => container::Containers::start(
+                config.container_engine.as_deref(),
+                &server_id,
+                &auth_dir,
+                runtime,
+                store.s3_service(&config.s3_access_key, &config.s3_secret_key),
+            )
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("cannot use the container executor")),
+            None => Err(anyhow::anyhow!(NO_RUNTIME)),
+        };
+        match containers {
+            Ok(containers) => local = local.with_containers(containers),
+            Err(e) if config.executor == ExecutorKind::Auto => {
+                tracing::info!(
+                    reason = %format!("{e:#}"),
+                    "plain jobs run on this host (no working container engine; --executor host)"
+                );
+            }
+            Err(e) => return Err(e),
+        }
     }
     let executor: Arc<dyn Executor> = Arc::new(local);
     let presigner = cloister_storage::Presigner::new(
@@ -265,8 +278,18 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .await
         .context("cannot recover interrupted uploads")?;
 
+    for service in state.services().context("cannot list the services")? {
+        workers::keep_warm(&platform, &service);
+    }
+
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    // What the executor keeps between jobs (warm containers) goes with the server.
+    let (executor, mut rx) = (platform.executor.clone(), shutdown_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+        executor.shutdown().await;
+    }));
     tasks.push(tokio::spawn(workers::run(
         platform.clone(),
         queue_rx,

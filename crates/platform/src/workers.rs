@@ -132,6 +132,25 @@ pub(crate) fn spec_for(
     }
 }
 
+/// Tells the executor how many warm instances `service` wants for its synchronous invocations
+/// (`synchronous.min_scale`), and what they run; called when a service is created or changed
+/// and for every service at start.
+pub(crate) fn keep_warm(platform: &Platform, service: &Service) {
+    let replicas = service.synchronous.as_ref().map_or(0, |s| s.min_scale);
+    let template = (replicas > 0).then(|| {
+        spec_for(
+            platform,
+            service,
+            &format!("{}-warm", service.name),
+            "warm",
+            JobInput::None,
+            String::new(),
+            OffsetDateTime::now_utc(),
+        )
+    });
+    platform.executor.keep_warm(&service.name, replicas, template);
+}
+
 /// How long a job's storage credential outlives the job's timeout: the runtime stages the input
 /// before the script's clock starts and uploads outputs after it stops, and an executor may
 /// take a while to notice the end of a job it re-attached to after a restart.

@@ -252,3 +252,198 @@ impl ContainedResult {
         }
     }
 }
+
+/// The socket in a warm container's control directory on which the platform waits for the
+/// runtime to connect (`cloister-runtime --warm DIR`); the platform removes it once the runtime
+/// has connected, so nothing else in the container can.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// Largest frame either side of a warm container's connection accepts: an invocation's
+/// environment, or a report with its log; the script's stdout travels in a frame of its own,
+/// bounded by what the invocation keeps.
+pub const MAX_CONTROL_FRAME: u64 = 64 * 1024 * 1024;
+
+/// One synchronous invocation for a warm container: its runtime (PID 1's child) runs
+/// `script.sh` of the work directory ([`WORK_DIR`]), which the platform prepared, with the
+/// image's environment and `env`, and answers a [`WarmReport`] followed by a frame of the
+/// script's stdout. Before it answers, every process the script left is killed, so the
+/// platform can empty the work directory for the next invocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmInvocation {
+    /// The script's variables (the contract's and the service's), paths inside the container.
+    pub env: Vec<(String, String)>,
+    /// Wall-clock limit of the script, milliseconds.
+    pub timeout_ms: u64,
+    /// Most bytes of log kept.
+    pub log_limit: usize,
+    /// Keep stdout on its own, up to this many bytes.
+    pub keep_stdout: Option<usize>,
+}
+
+/// How a warm container's script ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmReport {
+    /// The script's exit code, if it exited normally.
+    pub exit_code: Option<i32>,
+    /// Why it did not run to its end.
+    pub failure: Option<WarmFailure>,
+    /// The log: (unix time in nanoseconds, line).
+    pub log: Vec<(i128, String)>,
+}
+
+/// [`crate::RunFailure`]s as a warm container reports them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum WarmFailure {
+    /// The timeout passed (milliseconds).
+    TimedOut(u64),
+    /// Killed by a signal.
+    Killed(i32),
+    /// Stdout beyond what is kept (bytes).
+    StdoutTooLarge(usize),
+    /// Anything else, as its message.
+    Other(String),
+}
+
+impl WarmReport {
+    /// The report of a run.
+    pub fn from_run(run: &mut crate::ScriptRun) -> Self {
+        use crate::RunFailure;
+        let failure = run.failure.take().map(|failure| match failure {
+            RunFailure::TimedOut(after) => {
+                WarmFailure::TimedOut(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+            }
+            RunFailure::Killed { signal } => WarmFailure::Killed(signal),
+            RunFailure::StdoutTooLarge(limit) => WarmFailure::StdoutTooLarge(limit),
+            other => WarmFailure::Other(other.to_string()),
+        });
+        Self {
+            exit_code: run.exit_code,
+            failure,
+            log: std::mem::take(&mut run.log)
+                .into_iter()
+                .map(|line| (line.time.unix_timestamp_nanos(), line.text))
+                .collect(),
+        }
+    }
+
+    /// The run it reports, with `stdout`.
+    pub fn into_run(self, stdout: Vec<u8>) -> crate::ScriptRun {
+        use crate::RunFailure;
+        let now = OffsetDateTime::now_utc();
+        crate::ScriptRun {
+            log: self
+                .log
+                .into_iter()
+                .map(|(nanos, text)| LogLine {
+                    time: OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(now),
+                    text,
+                })
+                .collect(),
+            stdout,
+            exit_code: self.exit_code,
+            failure: self.failure.map(|failure| match failure {
+                WarmFailure::TimedOut(ms) => RunFailure::TimedOut(Duration::from_millis(ms)),
+                WarmFailure::Killed(signal) => RunFailure::Killed { signal },
+                WarmFailure::StdoutTooLarge(limit) => RunFailure::StdoutTooLarge(limit),
+                WarmFailure::Other(reason) => RunFailure::Container(reason),
+            }),
+        }
+    }
+}
+
+/// Writes one frame of a warm container's connection: its length (8 bytes, big-endian), then
+/// its bytes.
+pub async fn write_frame(
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(&(bytes.len() as u64).to_be_bytes()).await?;
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Reads one frame of at most `limit` bytes; `None` when the other side closed the connection
+/// before a frame began.
+pub async fn read_frame(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: u64,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
+    let mut length = [0u8; 8];
+    match stream.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let length = u64::from_be_bytes(length);
+    if length > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame of {length} bytes is larger than the {limit} accepted"),
+        ));
+    }
+    let mut bytes = vec![0u8; usize::try_from(length).map_err(std::io::Error::other)?];
+    stream.read_exact(&mut bytes).await?;
+    Ok(Some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_or_cut_ones_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, b"hello").await.unwrap();
+        write_frame(&mut a, b"").await.unwrap();
+        assert_eq!(read_frame(&mut b, 5).await.unwrap().unwrap(), b"hello");
+        assert_eq!(read_frame(&mut b, 5).await.unwrap().unwrap(), b"");
+        // A length beyond the limit is refused before anything is allocated for it.
+        write_frame(&mut a, b"too long").await.unwrap();
+        let refused = read_frame(&mut b, 4).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData);
+        // A length claiming more than the peer sends before it hangs up is an error, not a frame.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut a, &10u64.to_be_bytes())
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"abc").await.unwrap();
+        drop(a);
+        assert!(read_frame(&mut b, 64).await.is_err());
+        // A peer that hangs up between frames ends the stream.
+        let (a, mut b) = tokio::io::duplex(1024);
+        drop(a);
+        assert!(read_frame(&mut b, 64).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_warm_report_keeps_the_runs_failure() {
+        let mut run = crate::ScriptRun {
+            log: vec![LogLine {
+                time: OffsetDateTime::now_utc(),
+                text: "line".into(),
+            }],
+            stdout: b"out".to_vec(),
+            exit_code: None,
+            failure: Some(crate::RunFailure::TimedOut(Duration::from_secs(3))),
+        };
+        let report = WarmReport::from_run(&mut run);
+        let json = serde_json::to_vec(&report).unwrap();
+        let back: WarmReport = serde_json::from_slice(&json).unwrap();
+        let run = back.into_run(b"out".to_vec());
+        assert!(matches!(run.failure, Some(crate::RunFailure::TimedOut(d)) if d == Duration::from_secs(3)));
+        assert_eq!(run.log[0].text, "line");
+        assert_eq!(run.stdout, b"out");
+        // A field the contract does not have is refused, not ignored.
+        assert!(
+            serde_json::from_slice::<WarmInvocation>(
+                br#"{"env":[],"timeout_ms":1,"log_limit":1,"keep_stdout":null,"extra":1}"#
+            )
+            .is_err()
+        );
+    }
+}

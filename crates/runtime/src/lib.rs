@@ -604,7 +604,7 @@ pub fn ready_work_dir(work: &Path) -> std::io::Result<()> {
 }
 
 /// Whether `work` holds exactly its three folders, empty, as its last job's reset left it.
-fn work_dir_is_clean(work: &Path) -> bool {
+pub fn work_dir_is_clean(work: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(work) else {
         return false;
     };

@@ -87,7 +87,7 @@ fn read_and_remove(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
 }
 
 #[allow(unsafe_code)] // a libc call: see its SAFETY comment
-fn not_dumpable() -> std::io::Result<()> {
+pub(crate) fn not_dumpable() -> std::io::Result<()> {
     // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes a flag of this process; no memory is involved.
     let result = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if result == 0 {

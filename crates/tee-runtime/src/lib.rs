@@ -17,18 +17,23 @@
 //! The same binary is also the first program of a *plain* job's container
 //! ([`run_container_job`], contract [`cloister_runtime::contained`]): there it stages the
 //! input, runs the script and uploads the outputs over the network with the job's scoped S3
-//! credential ([`s3::S3Io`]), as OSCAR's supervisor does in a pod.
+//! credential ([`s3::S3Io`]), as OSCAR's supervisor does in a pod; and of a *warm* container
+//! ([`run_warm`]), where it runs a service's synchronous invocations one after another. In a
+//! container it is PID 1 and reaps the script's orphans ([`init`]).
 
 mod cas_wait;
 mod contained;
 mod failure;
+pub mod init;
 mod job;
 pub mod s3;
 mod volumes;
+mod warm;
 
 pub use contained::run_container_job;
 pub use job::run_job_dir;
 pub use volumes::{volume_binding, volume_file_name};
+pub use warm::run_warm;
 
 // The runtime's contract with the sessions that configure it: shared with the session builder
 // (`cloister-platform`), which must not link the TEE side.

@@ -3,7 +3,8 @@
 //!
 //! Usage: `cloister-runtime --job DIR` (the job directory an executor prepared). Status lines,
 //! never content, go to standard output. `cloister-runtime --container-job DIR`: the job file
-//! in DIR, the result as JSON on standard output. Exit codes: 0 the job succeeded, 8 it failed
+//! in DIR, the result as JSON on standard output. `cloister-runtime --warm DIR`: a warm
+//! container's invocations over DIR's control socket. Exit codes: 0 the job succeeded, 8 it failed
 //! (the reason is in `DIR/result.json`, or the result, and on standard output), 2 usage.
 
 use std::path::PathBuf;
@@ -21,6 +22,8 @@ Usage:
   cloister-runtime --container-job DIR
                                   run the plain job described by DIR/job.json as the first
                                   program of its container (result as JSON on stdout)
+  cloister-runtime --warm DIR     serve a service's synchronous invocations as the first
+                                  program of a warm container, over DIR/control.sock
   cloister-runtime --measurement  print the simulation measurement of this runtime (hex)
   cloister-runtime --version      print the runtime's identity
 
@@ -30,7 +33,14 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let job_dir = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["--job", dir] => PathBuf::from(dir),
-        ["--container-job", dir] => return container_job(&PathBuf::from(dir)),
+        ["--container-job", dir] => {
+            let dir = PathBuf::from(dir);
+            return ExitCode::from(cloister_tee_runtime::init::run_as_init(|| container_job(&dir)));
+        }
+        ["--warm", dir] => {
+            let dir = PathBuf::from(dir);
+            return ExitCode::from(cloister_tee_runtime::init::run_as_init(|| warm(&dir)));
+        }
         ["--measurement"] => {
             println!("{}", hex::encode(cloister_tee_runtime::sim_measurement()));
             return ExitCode::SUCCESS;
@@ -63,14 +73,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// A warm container's runtime: invocations until the platform hangs up (exit 0), else 8.
+fn warm(control: &std::path::Path) -> u8 {
+    let served = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| runtime.block_on(cloister_tee_runtime::run_warm(control)));
+    match served {
+        Ok(()) => 0,
+        Err(reason) => {
+            eprintln!("cloister: {reason}");
+            8
+        }
+    }
+}
+
 /// A plain job in its container: the result is the only thing written to standard output.
-fn container_job(control: &std::path::Path) -> ExitCode {
+fn container_job(control: &std::path::Path) -> u8 {
     use std::io::Write as _;
     let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(cloister_tee_runtime::run_container_job(control)),
         Err(e) => {
             eprintln!("cloister: cannot start: {e}");
-            return ExitCode::from(8);
+            return 8;
         }
     };
     let written = serde_json::to_vec(&result)
@@ -82,10 +108,10 @@ fn container_job(control: &std::path::Path) -> ExitCode {
         });
     if let Err(e) = written {
         eprintln!("cloister: cannot report the result: {e}");
-        return ExitCode::from(8);
+        return 8;
     }
     match result.status {
-        cloister_runtime::Status::Succeeded => ExitCode::SUCCESS,
-        cloister_runtime::Status::Failed => ExitCode::from(8),
+        cloister_runtime::Status::Succeeded => 0,
+        cloister_runtime::Status::Failed => 8,
     }
 }

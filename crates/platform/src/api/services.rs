@@ -141,6 +141,7 @@ pub(super) async fn create_service(
         ));
     }
     platform.dispatcher.refresh()?;
+    crate::workers::keep_warm(&platform, &service);
     tracing::info!(service = %service.name, "service created");
     Ok((
         StatusCode::CREATED,
@@ -189,6 +190,7 @@ pub(super) async fn update_service(State(platform): AppState, body: Bytes) -> Ap
         )));
     }
     platform.dispatcher.refresh()?;
+    crate::workers::keep_warm(&platform, &service);
     tracing::info!(service = %service.name, "service updated");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -220,6 +222,7 @@ pub(super) async fn delete_service(
         platform.workers.cancel(&name, &job.name);
     }
     platform.dispatcher.refresh()?;
+    platform.executor.keep_warm(&name, 0, None);
     tracing::info!(service = %name, "service deleted");
     Ok(StatusCode::NO_CONTENT)
 }
