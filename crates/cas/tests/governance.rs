@@ -10,6 +10,7 @@ use std::time::Duration;
 use cloister_cas::server::{CasConfig, GovernanceConfig, RunningCas, serve};
 use cloister_cas_client::client::{CasClient, ClientError};
 use cloister_cas_client::governance::{Change, ProposalInfo, Vote};
+use cloister_cas_client::protocol::ErrorBody;
 use cloister_cas_client::sign::{ClientIdentity, KeyAlgorithm};
 use cloister_cas_store::{AuditEntry, SealingConfig, Vault};
 
@@ -31,7 +32,7 @@ fn public(n: u8) -> String {
 }
 
 struct Cas {
-    _running: RunningCas,
+    running: RunningCas,
     url: String,
     pin: String,
 }
@@ -62,10 +63,23 @@ impl Cas {
         let mut running = serve(config, Arc::new(vault)).await.unwrap();
         let addr = running.network_addr().await.unwrap();
         Cas {
-            _running: running,
+            running,
             url: format!("https://{addr}"),
             pin,
         }
+    }
+
+    /// Stops the server (writing the summaries of open refusal windows) and reads the whole
+    /// audit log from its vault.
+    async fn stop_and_read_log(self, dir: &Path) -> Vec<AuditEntry> {
+        self.running.shutdown().await;
+        for _ in 0..50 {
+            if let Ok(vault) = Vault::open(dir, None) {
+                return vault.audit_entries(1, usize::MAX).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot reopen the vault");
     }
 
     fn client(&self, n: u8) -> CasClient {
@@ -709,4 +723,125 @@ async fn only_an_attestation_of_the_named_service_binds_an_approver() {
         403,
         "only members",
     );
+}
+
+/// Anyone can make keys: 2,000 proposals refused to 2,000 keys without standing add a bounded
+/// number of entries to the audit log (the first few one by one, then one summary counting
+/// them all), while a member's refusals stay on record one by one and a member's proposal
+/// still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_proposals_by_strangers_adds_a_bounded_number_of_entries() {
+    const FLOOD: usize = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    let v1 = create(&cas, &session("flood/s", None, "one", &two_of_three())).await;
+    let v2 = session("flood/s", Some(&v1), "two", &two_of_three());
+    let before = cas.audit().await.len();
+
+    let pin = cloister_cas_client::pin::parse_pin(&cas.pin).unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(cloister_cas_client::pin::client_config(pin).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/proposals", cas.url);
+    let statuses = futures_statuses(&http, &url, &v2, FLOOD).await;
+    drop(http);
+    assert!(statuses.iter().all(|s| *s == 403), "{:?}", &statuses[..10]);
+
+    // A member's refusals are its own: each one is on record, past the strangers' limit.
+    let stale = session("flood/s", Some(&"0".repeat(64)), "stale", &two_of_three());
+    for _ in 0..12 {
+        refused(cas.client(A).propose(&stale).await, 409, "predecessor");
+    }
+    let proposal = cas.client(A).propose(&v2).await.unwrap();
+    assert_eq!(proposal.state, "pending");
+
+    let log = cas.stop_and_read_log(dir.path()).await;
+    // Opening the vault to read the log recorded its unseal.
+    let added: Vec<AuditEntry> = log[before..]
+        .iter()
+        .filter(|e| e.kind != "unseal")
+        .cloned()
+        .collect();
+    let strangers = added
+        .iter()
+        .filter(|e| e.kind == "proposal-create-refused" && e.actor != public(A))
+        .count();
+    let members = added
+        .iter()
+        .filter(|e| e.kind == "proposal-create-refused" && e.actor == public(A))
+        .count();
+    assert_eq!(strangers, 10, "the default limit per kind and window");
+    assert_eq!(members, 12);
+    let summaries: Vec<&AuditEntry> = added
+        .iter()
+        .filter(|e| e.kind == "request-refused-summary")
+        .collect();
+    assert!(!summaries.is_empty() && summaries.len() <= 2, "{summaries:?}");
+    let counted: u64 = summaries
+        .iter()
+        .map(|e| {
+            e.detail["refused"]["proposal-create-refused"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(counted, FLOOD as u64);
+    assert!(
+        added.len() <= strangers + members + summaries.len() + 1,
+        "{} entries for a flood of {FLOOD}: {:?}",
+        added.len(),
+        added.iter().map(|e| &e.kind).collect::<Vec<_>>()
+    );
+    assert!(added.iter().any(|e| e.kind == "proposal-create"));
+}
+
+/// Sends `count` proposals of `yaml`, each signed by a fresh key, 16 at a time; their statuses.
+async fn futures_statuses(http: &reqwest::Client, url: &str, yaml: &str, count: usize) -> Vec<u16> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (http, url, yaml, next, offset) = (
+            http.clone(),
+            url.to_owned(),
+            yaml.to_owned(),
+            next.clone(),
+            offset.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return statuses;
+                }
+                let mut seed = [0xf1u8; 32];
+                seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let stranger = ClientIdentity::from_seed(&seed);
+                let now = time::OffsetDateTime::now_utc().unix_timestamp()
+                    + offset.load(std::sync::atomic::Ordering::Relaxed);
+                let mut request = http.post(&url).body(yaml.clone());
+                for (name, value) in stranger.sign("POST", "/v1/proposals", now, yaml.as_bytes()) {
+                    request = request.header(name, value);
+                }
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                if status == 401 {
+                    // Too early for the CAS's clock: learn its time and send this one again.
+                    let body: ErrorBody = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+                    let not_before = body.not_before.unwrap().max(body.server_time.unwrap());
+                    offset.store(not_before - now, std::sync::atomic::Ordering::Relaxed);
+                    next.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                statuses.push(status);
+            }
+        }));
+    }
+    let mut statuses = Vec::new();
+    for worker in workers {
+        statuses.extend(worker.await.unwrap());
+    }
+    statuses
 }

@@ -175,9 +175,9 @@ impl Cas {
         let policy = &current.session.access_policy.update;
         let name = &session.name;
         let refuse = |status: StatusCode, reason: String| {
-            self.audit(
+            self.refuse_request(
                 "session-update-refused",
-                &client.to_string(),
+                client,
                 name,
                 json!({"reason": reason, "hash": session.hash()}),
             );
@@ -185,9 +185,9 @@ impl Cas {
         };
         if signatures.is_empty() && matches!(policy, UpdatePolicy::AnyOf(_)) {
             if !policy.is_met(&BTreeSet::from([client.clone()]), creator) {
-                self.audit(
+                self.refuse_request(
                     "session-update-refused",
-                    &client.to_string(),
+                    client,
                     name,
                     json!({"reason": "not allowed by the access policy"}),
                 );
@@ -225,9 +225,9 @@ impl Cas {
             hash: session.hash(),
         };
         let refuse = |status: StatusCode, reason: String| {
-            self.audit(
+            self.refuse_request(
                 "session-create-refused",
-                &client.to_string(),
+                client,
                 &session.name,
                 json!({"reason": reason, "hash": change.hash}),
             );
@@ -527,9 +527,9 @@ impl Cas {
                 Ok(p)
             }
             Err(reason) => {
-                self.audit(
+                self.refuse_request(
                     "proposal-vote-refused",
-                    &actor_text,
+                    actor,
                     &snapshot.change.session,
                     json!({"proposal": id, "reason": reason}),
                 );
@@ -591,9 +591,9 @@ pub(super) async fn propose(
     })?;
     let creator = current.stored.creator()?;
     let refuse = |status: StatusCode, reason: String| {
-        cas.audit(
+        cas.refuse_request(
             "proposal-create-refused",
-            &client.to_string(),
+            &client,
             &name,
             json!({"reason": reason}),
         );
@@ -704,9 +704,9 @@ pub(super) async fn show(
         .transpose()?
         .ok_or_else(|| CasError::new(StatusCode::NOT_FOUND, "the proposal's session is gone"))?;
     if !cas.may_oversee(&session, &client, &creator) {
-        cas.audit(
+        cas.refuse_request(
             "proposal-read-refused",
-            &client.to_string(),
+            &client,
             &p.change.session,
             json!({"proposal": id}),
         );
@@ -738,9 +738,9 @@ pub(super) async fn vote(
         serde_json::from_slice(&body).map_err(|e| bad(format!("malformed vote: {e}")))?;
     let p = cas.settle(&id, None, &client)?;
     let refuse = |status: StatusCode, reason: String| {
-        cas.audit(
+        cas.refuse_request(
             "proposal-vote-refused",
-            &client.to_string(),
+            &client,
             &p.change.session,
             json!({"proposal": id, "vote": kind.as_str(), "voter": request.signature.key, "reason": reason}),
         );

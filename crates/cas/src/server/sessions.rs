@@ -188,9 +188,9 @@ impl Cas {
         creator: &ClientKey,
     ) -> CasResult<Prepared> {
         if let Err(e) = session.check_predecessor(current.map(|c| &c.session)) {
-            self.audit(
+            self.refuse_request(
                 "session-update-refused",
-                &client.to_string(),
+                client,
                 &session.name,
                 json!({"reason": e.to_string()}),
             );
@@ -217,9 +217,9 @@ impl Cas {
         )
         .map_err(|e| {
             if matches!(e, SessionError::ImportRefused { .. }) {
-                self.audit(
+                self.refuse_request(
                     refused_kind,
-                    &client.to_string(),
+                    client,
                     &session.name,
                     json!({"reason": e.to_string()}),
                 );
@@ -399,12 +399,7 @@ pub(super) async fn write_session(
             format!("session {name:?} changed while this write was prepared; read it again and retry"),
         )),
         Err(WriteRefused::Namespace(reason)) => {
-            cas.audit(
-                "session-create-refused",
-                &client.to_string(),
-                &name,
-                json!({"reason": reason}),
-            );
+            cas.refuse_request("session-create-refused", client, &name, json!({"reason": reason}));
             Err(forbidden(reason))
         }
     }
@@ -446,7 +441,7 @@ pub(super) async fn get_session(
         && !cas.is_auditor(&client)
         && !cas.is_board_member(&session.access_policy.update, &client, &creator)
     {
-        cas.audit("session-read-refused", &client.to_string(), &name, json!({}));
+        cas.refuse_request("session-read-refused", &client, &name, json!({}));
         return Err(forbidden(format!("not allowed to read session {name:?}")));
     }
     let explicit: Vec<&str> = session
