@@ -170,7 +170,7 @@ mod validate;
 
 pub use access::{AccessPolicy, ClientKey, Principal};
 pub use error::SessionError;
-pub use governance::{Board, Members, Rule, UpdatePolicy, parse_update_policy};
+pub use governance::{Board, Members, Rule, UpdatePolicy, VetoWindow, parse_update_policy};
 pub use matching::match_evidence;
 pub use model::{
     AttestationAlternative, AttestationMode, AttestationPolicy, CounterSpec, ExportTarget, FileSpec,

@@ -580,7 +580,7 @@ pub struct Lifetime {
 
 const MINUTE: u64 = 60;
 const HOUR: u64 = 60 * MINUTE;
-const DAY: u64 = 24 * HOUR;
+pub(crate) const DAY: u64 = 24 * HOUR;
 const WEEK: u64 = 7 * DAY;
 const MAX_LIFETIME: u64 = 36_525 * DAY;
 
@@ -596,43 +596,64 @@ impl Lifetime {
     }
 }
 
+/// Parses `365d`, `12h`, `1d12h`… (units `w`, `d`, `h`, `m`, `s`) into seconds, unbounded.
+pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'w' => WEEK,
+            'd' => DAY,
+            'h' => HOUR,
+            'm' => MINUTE,
+            's' => 1,
+            _ => return Err(format!("invalid duration '{s}' (use e.g. 365d, 12h, 1d12h)")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("invalid duration '{s}' (a number must precede each unit)"))?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("duration '{s}' is too long"))?;
+    }
+    if !digits.is_empty() {
+        return Err(format!("invalid duration '{s}' (missing unit: w, d, h, m or s)"));
+    }
+    Ok(total)
+}
+
+/// Writes `seconds` in its largest exact unit among days, hours, minutes and seconds (`0s`
+/// for zero).
+pub(crate) fn format_duration(seconds: u64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    if seconds == 0 {
+        return f.write_str("0s");
+    }
+    // Weeks are not used on output so that `365d` stays `365d`.
+    for (unit, suffix) in [(DAY, "d"), (HOUR, "h"), (MINUTE, "m")] {
+        if seconds.is_multiple_of(unit) {
+            return write!(f, "{}{suffix}", seconds / unit);
+        }
+    }
+    write!(f, "{seconds}s")
+}
+
 impl FromStr for Lifetime {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("empty duration".into());
-        }
-        let mut total: u64 = 0;
-        let mut digits = String::new();
-        for c in s.chars() {
-            if c.is_ascii_digit() {
-                digits.push(c);
-                continue;
-            }
-            let unit = match c {
-                'w' => WEEK,
-                'd' => DAY,
-                'h' => HOUR,
-                'm' => MINUTE,
-                's' => 1,
-                _ => return Err(format!("invalid duration '{s}' (use e.g. 365d, 12h, 1d12h)")),
-            };
-            let n: u64 = digits
-                .parse()
-                .map_err(|_| format!("invalid duration '{s}' (a number must precede each unit)"))?;
-            digits.clear();
-            total = n
-                .checked_mul(unit)
-                .and_then(|v| total.checked_add(v))
-                .ok_or_else(|| format!("duration '{s}' is too long"))?;
-        }
-        if !digits.is_empty() {
-            return Err(format!("invalid duration '{s}' (missing unit: w, d, h, m or s)"));
-        }
+        let total = parse_duration(s)?;
         if !(MINUTE..=MAX_LIFETIME).contains(&total) {
-            return Err(format!("duration '{s}' must be between 1m and 36525d"));
+            return Err(format!("duration '{}' must be between 1m and 36525d", s.trim()));
         }
         Ok(Lifetime { seconds: total })
     }
@@ -640,14 +661,7 @@ impl FromStr for Lifetime {
 
 impl fmt::Display for Lifetime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.seconds;
-        // Weeks are not used on output so that `365d` stays `365d`.
-        for (unit, suffix) in [(DAY, "d"), (HOUR, "h"), (MINUTE, "m")] {
-            if s.is_multiple_of(unit) {
-                return write!(f, "{}{suffix}", s / unit);
-            }
-        }
-        write!(f, "{s}s")
+        format_duration(self.seconds, f)
     }
 }
 

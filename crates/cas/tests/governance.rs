@@ -845,3 +845,93 @@ async fn futures_statuses(http: &reqwest::Client, url: &str, yaml: &str, count: 
     }
     statuses
 }
+
+/// Two of A, B, C; HOSPITAL may veto within `window` (the CAS's window when `None`).
+fn vetoable(window: Option<&str>) -> String {
+    let window = window
+        .map(|w| format!("    veto_window: {w}\n"))
+        .unwrap_or_default();
+    format!("{}    veto: [{}]\n{window}", two_of_three(), public(HOSPITAL))
+}
+
+/// A board's own `veto_window` replaces the CAS's (24 h here): a short one lets a change its
+/// veto holder left silent apply once it passed, `0s` lets signatures given at once apply
+/// without the veto holder's, while a board without one still waits for the CAS's window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_sets_its_own_veto_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+
+    // One second to object: applied by the sweep once it passed, the veto holder silent.
+    let fast = "clinic/fast";
+    let v1 = create(&cas, &session(fast, None, "one", &vetoable(Some("1s")))).await;
+    let proposal = cas
+        .client(A)
+        .propose(&session(fast, Some(&v1), "two", &vetoable(Some("1s"))))
+        .await
+        .unwrap();
+    approve(&cas, A, &proposal.id).await.unwrap();
+    let after = approve(&cas, B, &proposal.id).await.unwrap();
+    assert_eq!(after.state, "pending", "the veto holder still has its second");
+    let mut state = String::new();
+    for _ in 0..50 {
+        state = cas.client(A).proposal(&proposal.id).await.unwrap().state;
+        if state == "applied" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "applied");
+
+    // Without its own window, the same board waits for the CAS's 24 h.
+    let slow = "clinic/slow";
+    let v1 = create(&cas, &session(slow, None, "one", &vetoable(None))).await;
+    let proposal = cas
+        .client(A)
+        .propose(&session(slow, Some(&v1), "two", &vetoable(None)))
+        .await
+        .unwrap();
+    approve(&cas, A, &proposal.id).await.unwrap();
+    approve(&cas, B, &proposal.id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        cas.client(A).proposal(&proposal.id).await.unwrap().state,
+        "pending"
+    );
+    // Nor do signatures given at once apply while the veto holder is silent: refused, audited.
+    let next = session(slow, Some(&v1), "three", &vetoable(None));
+    let change = |yaml: &str, predecessor: &str, name: &str| Change {
+        session: name.into(),
+        predecessor: Some(predecessor.into()),
+        hash: cloister_cas_session::parse_session(yaml).unwrap().hash(),
+    };
+    let signatures = |change: &Change| {
+        [A, B]
+            .map(|n| key(n).sign_vote(change, Vote::Approve).unwrap())
+            .to_vec()
+    };
+    refused(
+        cas.client(A)
+            .update_signed(&next, signatures(&change(&next, &v1, slow)))
+            .await,
+        403,
+        "veto holders who have not approved",
+    );
+    assert!(
+        cas.last("session-update-refused").await.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("veto holders")
+    );
+
+    // `0s`: no time to object, so signatures given at once suffice.
+    let instant = "clinic/instant";
+    let v1 = create(&cas, &session(instant, None, "one", &vetoable(Some("0s")))).await;
+    let next = session(instant, Some(&v1), "two", &vetoable(Some("0s")));
+    let written = cas
+        .client(A)
+        .update_signed(&next, signatures(&change(&next, &v1, instant)))
+        .await
+        .unwrap();
+    assert_eq!(current(&cas, instant).await, written.hash);
+}

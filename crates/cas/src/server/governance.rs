@@ -42,8 +42,9 @@ pub struct GovernanceConfig {
     pub auditors: Vec<String>,
     /// How long a proposal stays open.
     pub proposal_ttl: Duration,
-    /// How long veto holders have to object: a change under a board with a veto list applies
-    /// before this has passed since it was proposed only when every veto holder approved it.
+    /// How long veto holders have to object, unless their board sets its own `veto_window`: a
+    /// change under a board with a veto list applies before this has passed since it was
+    /// proposed only when every veto holder approved it.
     pub veto_window: Duration,
     /// How often open proposals are checked for expiry, voiding and a passed veto window.
     pub sweep_interval: Duration,
@@ -143,6 +144,12 @@ impl Cas {
             || self.is_board_member(&session.access_policy.update, client, creator)
             || self.is_auditor(client)
             || self.is_admin(client)
+    }
+
+    /// How long the veto holders of `policy` have to object: its board's own window, or the
+    /// CAS's.
+    fn veto_window_of(&self, policy: &UpdatePolicy) -> Duration {
+        policy.veto_window().unwrap_or(self.config.governance.veto_window)
     }
 
     /// Whether `key` is a member of `policy` (attested members resolved to their bound keys).
@@ -303,7 +310,7 @@ impl Cas {
             .filter(|k| !approvers.contains(k))
             .map(|k| k.to_string())
             .collect();
-        if !silent.is_empty() && !self.config.governance.veto_window.is_zero() {
+        if !silent.is_empty() && !self.veto_window_of(policy).is_zero() {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
                 format!(
@@ -429,7 +436,7 @@ impl Cas {
                         "enough members rejected it that its rule can no longer be met".into(),
                     ));
                 } else if policy.is_met_with(&approvers, &members) {
-                    let window_passed = now - snapshot.created >= self.config.governance.veto_window;
+                    let window_passed = now - snapshot.created >= self.veto_window_of(policy);
                     if vetoes.is_subset(&approvers) || window_passed {
                         match cloister_cas_session::parse_session(&snapshot.yaml)
                             .map_err(CasError::from)
