@@ -935,3 +935,103 @@ async fn a_board_sets_its_own_veto_window() {
         .unwrap();
     assert_eq!(current(&cas, instant).await, written.hash);
 }
+
+/// Creating a session in a namespace with a board can go through a proposal, approved by the
+/// namespace board's members one by one: it applies with the approval that meets the rule,
+/// owned by its proposer. Strangers cannot propose or vote; a creation proposal is void once
+/// the name is taken; a namespace without a board takes no creation proposals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_board_approves_creation_proposals() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    let rule = serde_json::json!({"at_least": 2, "of": ["CREATOR", public(A), public(B)]});
+    cas.client(ADMIN)
+        .declare_governed_namespace("ward", &public(OWNER), Some(rule))
+        .await
+        .unwrap();
+    let yaml = session("ward/proposed", None, "one", "    - CREATOR\n");
+
+    // A stranger proposes nothing there (refused, audited).
+    refused(
+        cas.client(OUTSIDER).propose(&yaml).await,
+        403,
+        "only members of namespace \"ward\"'s board",
+    );
+    assert_eq!(cas.last("proposal-create-refused").await.actor, public(OUTSIDER));
+    // A creation names no predecessor.
+    refused(
+        cas.client(A)
+            .propose(&session(
+                "ward/proposed",
+                Some(&"0".repeat(64)),
+                "one",
+                "    - CREATOR\n",
+            ))
+            .await,
+        400,
+        "must be absent when creating",
+    );
+
+    // B proposes; A approves: pending (CREATOR, the namespace's owner, or B must add theirs).
+    let proposal = cas.client(B).propose(&yaml).await.unwrap();
+    assert_eq!(proposal.change.predecessor, None);
+    assert_eq!(proposal.state, "pending");
+    assert_eq!(approve(&cas, A, &proposal.id).await.unwrap().state, "pending");
+    // The stranger neither votes nor reads it.
+    let outsider_vote = key(OUTSIDER).sign_vote(&proposal.change, Vote::Approve).unwrap();
+    refused(
+        cas.client(OUTSIDER)
+            .vote(&proposal.id, Vote::Approve, outsider_vote)
+            .await,
+        403,
+        "not a member of the board deciding",
+    );
+    assert_eq!(cas.last("proposal-vote-refused").await.actor, public(OUTSIDER));
+    refused(
+        cas.client(OUTSIDER).proposal(&proposal.id).await,
+        403,
+        "not allowed to see",
+    );
+    assert!(cas.client(OUTSIDER).proposals("").await.unwrap().is_empty());
+    // The namespace's owner sees it and approves: created, owned by the proposer.
+    assert_eq!(cas.client(OWNER).proposals("ward/").await.unwrap().len(), 1);
+    let applied = approve(&cas, OWNER, &proposal.id).await.unwrap();
+    assert_eq!(applied.state, "applied");
+    let created = cas.client(B).get_session("ward/proposed").await.unwrap();
+    assert_eq!(
+        (created.hash.as_str(), created.creator.as_str()),
+        (proposal.change.hash.as_str(), public(B).as_str())
+    );
+    let entry = cas.last("session-create").await;
+    assert_eq!(entry.detail["proposal"], proposal.id.as_str());
+    assert_eq!(entry.detail["approvals"].as_array().unwrap().len(), 2);
+    let history = cas.client(B).history("ward/proposed").await.unwrap();
+    assert_eq!(history[0].approvals.len(), 2);
+
+    // A second creation proposal of the same name is void once the name is taken.
+    let rival = cas
+        .client(A)
+        .propose(&session("ward/rival", None, "one", "    - CREATOR\n"))
+        .await
+        .unwrap();
+    let sign = |n: u8| key(n).sign_vote(&rival.change, Vote::Approve).unwrap();
+    cas.client(A)
+        .update_signed(
+            &session("ward/rival", None, "one", "    - CREATOR\n"),
+            vec![sign(B)],
+        )
+        .await
+        .unwrap();
+    let shown = cas.client(A).proposal(&rival.id).await.unwrap();
+    assert_eq!(shown.state, "void", "{shown:?}");
+    assert!(shown.reason.unwrap().contains("created meanwhile"));
+
+    // A namespace without a board: create directly, no proposals.
+    refused(
+        cas.client(OWNER)
+            .propose(&session("free/new", None, "one", "    - CREATOR\n"))
+            .await,
+        404,
+        "its namespace has no board",
+    );
+}
