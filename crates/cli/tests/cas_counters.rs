@@ -168,6 +168,18 @@ async fn serve_refuses_a_restored_store_until_the_rollback_is_accepted() {
         audit.iter().any(|e| e["kind"] == "counter-rollback-accepted"),
         "the accepted rollback is in the log"
     );
+    // The refused start exited before its log could take it: journaled, audited now.
+    let refused_unseal = audit
+        .iter()
+        .find(|e| e["kind"] == "unseal-refused")
+        .expect("the refused unseal is in the log");
+    assert!(
+        refused_unseal["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("older copy"),
+        "{refused_unseal}"
+    );
     drop(cas);
     // Accepted once, the store is ordered again: a plain start works.
     let _cas = serve(&data, &admin, &[]).unwrap();
