@@ -53,7 +53,10 @@ pub struct Session {
 /// `services` increments it (`POST /v1/counters/increment` with the grant its attestation
 /// released) and gets the new value; readers of the session read it. The value belongs to the
 /// session's name and the counter's name, so it survives session updates; it never decreases,
-/// and `max` caps it.
+/// and `max` caps it. A confidential job's runtime (`cloister-runtime`) increments the counters
+/// its service's environment names in `CLOISTER_COUNTERS` (`"name,…"`) once per run, before
+/// the program starts, and gives the program the new values (`CLOISTER_COUNTER_<NAME>`); a
+/// counter at its `max` refuses the run.
 ///
 /// ```yaml
 /// counters:

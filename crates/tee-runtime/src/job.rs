@@ -835,7 +835,10 @@ mod tests {
                 format!("{} ", id.public()),
             ),
             (reserved::VOLUMES.to_owned(), "state, model".to_owned()),
-            (reserved::COUNTERS.to_owned(), "runs,, predictions, runs".to_owned()),
+            (
+                reserved::COUNTERS.to_owned(),
+                "runs,, predictions, runs".to_owned(),
+            ),
             (reserved::OUTPUTS.to_owned(), target.to_owned()),
             (reserved::INPUTS.to_owned(), target.replace("out", "in")),
             ("KEEP".to_owned(), "1".to_owned()),
