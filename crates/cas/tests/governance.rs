@@ -732,12 +732,13 @@ async fn only_an_attestation_of_the_named_service_binds_an_approver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_refused_proposals_by_strangers_adds_a_bounded_number_of_entries() {
     const FLOOD: usize = 2_000;
+    const OPEN_FLOOD: usize = 30;
     let dir = tempfile::tempdir().unwrap();
     let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
     let v1 = create(&cas, &session("flood/s", None, "one", &two_of_three())).await;
     let v2 = session("flood/s", Some(&v1), "two", &two_of_three());
-    let before = cas.audit().await.len();
 
+    let before = cas.audit().await.len();
     let pin = cloister_cas_client::pin::parse_pin(&cas.pin).unwrap();
     let http = reqwest::Client::builder()
         .use_preconfigured_tls(cloister_cas_client::pin::client_config(pin).unwrap())
@@ -747,6 +748,24 @@ async fn a_flood_of_refused_proposals_by_strangers_adds_a_bounded_number_of_entr
     let statuses = futures_statuses(&http, &url, &v2, FLOOD).await;
     drop(http);
     assert!(statuses.iter().all(|s| *s == 403), "{:?}", &statuses[..10]);
+
+    // A session anyone may read gives strangers no standing: their refusals are limited too.
+    let readable = |predecessor: Option<&str>, marker: &str| {
+        session("flood/open", predecessor, marker, &two_of_three()).replace("read: [CREATOR]", "read: [ANY]")
+    };
+    let open_v1 = create(&cas, &readable(None, "one")).await;
+    let open_v2 = readable(Some(&open_v1), "two");
+    for i in 0..OPEN_FLOOD {
+        let mut seed = [0xe2u8; 32];
+        seed[0] = i as u8;
+        refused(
+            cas.client_with(ClientIdentity::from_seed(&seed))
+                .propose(&open_v2)
+                .await,
+            403,
+            "only members",
+        );
+    }
 
     // A member's refusals are its own: each one is on record, past the strangers' limit.
     let stale = session("flood/s", Some(&"0".repeat(64)), "stale", &two_of_three());
@@ -786,9 +805,10 @@ async fn a_flood_of_refused_proposals_by_strangers_adds_a_bounded_number_of_entr
                 .unwrap_or(0)
         })
         .sum();
-    assert_eq!(counted, FLOOD as u64);
+    assert_eq!(counted, (FLOOD + OPEN_FLOOD) as u64);
+    // Besides: the open session's creation and the member's proposal.
     assert!(
-        added.len() <= strangers + members + summaries.len() + 1,
+        added.len() <= strangers + members + summaries.len() + 2,
         "{} entries for a flood of {FLOOD}: {:?}",
         added.len(),
         added.iter().map(|e| &e.kind).collect::<Vec<_>>()

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
-use cloister_cas_session::ClientKey;
+use cloister_cas_session::{ClientKey, Principal, UpdatePolicy};
 use cloister_cas_store::AuditRecord;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -108,26 +108,34 @@ impl Cas {
     }
 
     /// Whether `client` has standing on the session `name`: an administrator, an auditor, the
-    /// session's owner, reader or board member — or, for a session that does not exist, the
-    /// owner or a board member of its namespace.
+    /// session's owner, or named by its read list or its board — or, for a session that does
+    /// not exist, the owner or a board member of its namespace. `ANY` names nobody in
+    /// particular: it gives no standing.
     pub(super) fn has_standing(&self, client: &ClientKey, name: &str) -> bool {
         if self.is_admin(client) || self.is_auditor(client) {
             return true;
         }
+        let named = |list: &[Principal], creator: &ClientKey| {
+            list.iter().any(|p| match p {
+                Principal::Creator => client == creator,
+                Principal::Key(key) => key == client,
+                Principal::Any | Principal::Nobody => false,
+            })
+        };
+        let member = |policy: &UpdatePolicy, creator: &ClientKey| match policy {
+            UpdatePolicy::AnyOf(list) => named(list, creator),
+            board @ UpdatePolicy::Board(_) => self.is_board_member(board, client, creator),
+        };
         if let Ok(Some(current)) = self.load_session(name) {
             return current.stored.creator().is_ok_and(|creator| {
                 creator == *client
-                    || current.session.access_policy.may_read(client, &creator)
-                    || self.is_board_member(&current.session.access_policy.update, client, &creator)
+                    || named(&current.session.access_policy.read, &creator)
+                    || member(&current.session.access_policy.update, &creator)
             });
         }
         match namespace_record(&|t, k| self.vault.get(t, k), namespace_of(name)) {
             Ok(Some(record)) => record.owner.parse::<ClientKey>().is_ok_and(|owner| {
-                owner == *client
-                    || record
-                        .rule
-                        .as_ref()
-                        .is_some_and(|rule| self.is_board_member(rule, client, &owner))
+                owner == *client || record.rule.as_ref().is_some_and(|rule| member(rule, &owner))
             }),
             _ => false,
         }
