@@ -23,8 +23,11 @@
 //! approved, `all` when every member is met, `at_least: N` when N members are met, where
 //! members that are signers count once per distinct key (`CREATOR` and the creator's own key
 //! side by side are one approval). One group may not list the same member twice. `veto` lists
-//! signers whose rejection blocks the change whatever the approvals. `ANY` and `NONE` have no
-//! place in a board. The rules are part of the session and of its hash; a change is judged by
+//! signers whose rejection blocks the change whatever the approvals, and `veto_window` (next to
+//! `veto`, optional: `12h`, `2d`, `0s`… at most `365d`) how long they have to object: a change
+//! their silence would let through applies only once that long has passed since it was
+//! proposed, unless every veto holder approved it (the CAS's `--veto-window` when absent; `0s`:
+//! no wait). `ANY` and `NONE` have no place in a board. The rules are part of the session and of its hash; a change is judged by
 //! the rules of the session it replaces, never by its own.
 
 use std::collections::BTreeSet;
@@ -58,6 +61,56 @@ pub struct Board {
     pub rule: Rule,
     /// Signers whose rejection blocks a change.
     pub veto: Vec<Principal>,
+    /// How long veto holders have to object; the CAS's default when absent.
+    pub veto_window: Option<VetoWindow>,
+}
+
+/// How long veto holders have to object to a proposal: `0s` to `365d`, written like a
+/// [`crate::Lifetime`] (`12h`, `2d`, `1d12h`) and written back in its largest exact unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VetoWindow {
+    seconds: u64,
+}
+
+/// The longest veto window: a year.
+const MAX_VETO_WINDOW: u64 = 365 * crate::model::DAY;
+
+impl VetoWindow {
+    /// The window as a duration.
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.seconds)
+    }
+}
+
+impl std::str::FromStr for VetoWindow {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let seconds = crate::model::parse_duration(s)?;
+        if seconds > MAX_VETO_WINDOW {
+            return Err(format!("a veto window of '{}' is longer than 365d", s.trim()));
+        }
+        Ok(VetoWindow { seconds })
+    }
+}
+
+impl fmt::Display for VetoWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::model::format_duration(self.seconds, f)
+    }
+}
+
+impl Serialize for VetoWindow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for VetoWindow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
 }
 
 /// A rule over signers.
@@ -235,6 +288,14 @@ impl UpdatePolicy {
         }
     }
 
+    /// The board's own veto window, if it sets one (never in the list form).
+    pub fn veto_window(&self) -> Option<std::time::Duration> {
+        match self {
+            UpdatePolicy::AnyOf(_) => None,
+            UpdatePolicy::Board(board) => board.veto_window.map(VetoWindow::duration),
+        }
+    }
+
     /// The keys whose rejection blocks a change (none in the list form).
     pub fn veto_holders(&self, creator: &ClientKey) -> BTreeSet<ClientKey> {
         match self {
@@ -287,6 +348,12 @@ impl UpdatePolicy {
             UpdatePolicy::Board(board) => {
                 let mut count = 0;
                 validate_rule(&board.rule, field, 1, &mut count)?;
+                if board.veto_window.is_some() && board.veto.is_empty() {
+                    return Err(SessionError::invalid(
+                        format!("{field}.veto_window"),
+                        "a veto window needs a veto list",
+                    ));
+                }
                 let mut seen = BTreeSet::new();
                 for (i, p) in board.veto.iter().enumerate() {
                     let at = format!("{field}.veto[{i}]");
@@ -383,10 +450,14 @@ struct RawNode {
     of: Option<Vec<Rule>>,
     #[serde(default)]
     veto: Option<Vec<Principal>>,
+    #[serde(default)]
+    veto_window: Option<VetoWindow>,
 }
 
 impl RawNode {
-    fn into_rule<E: de::Error>(self) -> Result<(Rule, Option<Vec<Principal>>), E> {
+    /// The rule, and the veto list and window (allowed at the top only).
+    #[allow(clippy::type_complexity)]
+    fn into_rule<E: de::Error>(self) -> Result<(Rule, Option<Vec<Principal>>, Option<VetoWindow>), E> {
         let rule = match (self.all, self.at_least, self.of) {
             (Some(all), None, None) => Rule::All(all),
             (None, Some(at_least), Some(of)) => Rule::AtLeast { at_least, of },
@@ -397,7 +468,7 @@ impl RawNode {
             }
             _ => return Err(E::custom("a rule is either all or at_least/of, not both")),
         };
-        Ok((rule, self.veto))
+        Ok((rule, self.veto, self.veto_window))
     }
 }
 
@@ -426,9 +497,9 @@ impl<'de> Visitor<'de> for RuleVisitor {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Rule, A::Error> {
         let raw = RawNode::deserialize(de::value::MapAccessDeserializer::new(map))?;
         match raw.into_rule::<A::Error>()? {
-            (rule, None) => Ok(rule),
-            (_, Some(_)) => Err(de::Error::custom(
-                "veto is allowed only at the top of access_policy.update",
+            (rule, None, None) => Ok(rule),
+            _ => Err(de::Error::custom(
+                "veto is allowed only at the top of access_policy.update (so is veto_window)",
             )),
         }
     }
@@ -481,10 +552,11 @@ impl<'de> Visitor<'de> for PolicyVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<UpdatePolicy, A::Error> {
         let raw = RawNode::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        let (rule, veto) = raw.into_rule::<A::Error>()?;
+        let (rule, veto, veto_window) = raw.into_rule::<A::Error>()?;
         Ok(UpdatePolicy::Board(Board {
             rule,
             veto: veto.unwrap_or_default(),
+            veto_window,
         }))
     }
 }
@@ -520,6 +592,10 @@ impl Serialize for UpdatePolicy {
                     }
                 }
                 map.serialize_entry("veto", &board.veto)?;
+                // Left out when absent, so boards without one keep their canonical bytes.
+                if let Some(window) = &board.veto_window {
+                    map.serialize_entry("veto_window", window)?;
+                }
                 map.end()
             }
         }

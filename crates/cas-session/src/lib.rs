@@ -40,8 +40,10 @@
 //! ## Exports and namespaces
 //!
 //! A secret is shared by its exporter listing the importer — its session name **and its
-//! owner's key** — in `export` ([`ExportTarget`]), or `"*"` for everyone; the importer names
-//! the exporter in `import`. The import is checked when the importer is written, and the
+//! owner's key**, and optionally the importing versions' **hashes** — in `export`
+//! ([`ExportTarget`]), or `"*"` for everyone; the importer names the exporter in `import`.
+//! Pinned hashes make the exporter approve each version of the importer (every update of the
+//! importer needs the exporter to pin its new hash first). The import is checked when the importer is written, and the
 //! exporter's current state is checked again whenever the CAS loads the importer to attest
 //! it, so removing an entry from `export` revokes it at the importer's next write or
 //! attestation.
@@ -168,12 +170,12 @@ mod validate;
 
 pub use access::{AccessPolicy, ClientKey, Principal};
 pub use error::SessionError;
-pub use governance::{Board, Members, Rule, UpdatePolicy, parse_update_policy};
+pub use governance::{Board, Members, Rule, UpdatePolicy, VetoWindow, parse_update_policy};
 pub use matching::match_evidence;
 pub use model::{
     AttestationAlternative, AttestationMode, AttestationPolicy, CounterSpec, ExportTarget, FileSpec,
-    ImportSpec, KeyAlgorithm, Lifetime, SESSION_VERSION, SecretKind, SecretSpec, Security, ServiceSpec,
-    Session, SnpTcbFloor,
+    ImportSpec, Importer, KeyAlgorithm, Lifetime, SESSION_VERSION, SecretKind, SecretSpec, Security,
+    ServiceSpec, Session, SnpTcbFloor,
 };
 pub use render::{RenderedFile, ServiceConfig, render_service};
 pub use secrets::{

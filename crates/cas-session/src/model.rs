@@ -53,7 +53,10 @@ pub struct Session {
 /// `services` increments it (`POST /v1/counters/increment` with the grant its attestation
 /// released) and gets the new value; readers of the session read it. The value belongs to the
 /// session's name and the counter's name, so it survives session updates; it never decreases,
-/// and `max` caps it.
+/// and `max` caps it. A confidential job's runtime (`cloister-runtime`) increments the counters
+/// its service's environment names in `CLOISTER_COUNTERS` (`"name,…"`) once per run, before
+/// the program starts, and gives the program the new values (`CLOISTER_COUNTER_<NAME>`); a
+/// counter at its `max` refuses the run.
 ///
 /// ```yaml
 /// counters:
@@ -405,36 +408,72 @@ impl fmt::Debug for SecretSpec {
 /// Session names are first come, first served, so a name alone does not identify the party an
 /// exporter means to share with: anyone could create a session of that name. An export
 /// therefore names the importing session **and the key that owns it** (the key that created
-/// it, as the CAS records it):
+/// it, as the CAS records it), and may pin the importing session's **hashes**, the versions
+/// the exporter has read and approved:
 ///
 /// ```yaml
 /// export:
 /// - {session: team/consumer, owner: "ed25519:3b6a…(64 hex)"}
+/// - session: hospital/inference
+///   owner: "ed25519:9c41…(64 hex)"
+///   hashes: ["5d0f…(64 hex)"]   # only this version of hospital/inference
 /// - "*"            # every session, whoever owns it
 /// ```
 ///
+/// With `hashes`, the importer gets the secret only while its current version is one of them,
+/// at its write and at every attestation. A session's hash covers its services' measurements,
+/// its secrets and its `predecessor`, so **every update of the importer needs the exporter to
+/// pin the new hash first**: the exporter approves what code gets its secret, whoever governs
+/// the importer. To move the importer from version A to B, the exporter lists both (`[A, B]`),
+/// the importer's update to B is written, and the exporter drops A. The hash of a version to
+/// come is computed offline (`cloister cas session verify FILE`). Without `hashes`, any
+/// version of the named session and owner imports.
+///
 /// A bare session name is an error that says what to write. Keys are written in their
-/// canonical form ([`ClientKey`]); entries are ordered `"*"` first, then by session name, then
-/// by owner key.
+/// canonical form ([`ClientKey`]), hashes in lower-case hex, sorted; entries are ordered `"*"`
+/// first, then by session name, then by owner key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ExportTarget {
     /// `"*"`: every session, whoever owns it.
     Anyone,
-    /// The session called `session`, while the key that owns it is `owner`.
+    /// The session called `session`, while the key that owns it is `owner` (and, when
+    /// `hashes` is not empty, while its hash is one of them).
     Session {
         /// The importing session's name.
         session: String,
         /// The importing session's owner (its creator's key).
         owner: ClientKey,
+        /// The importing session's versions ([`Session::hash`]) that may import; empty: any.
+        hashes: Vec<String>,
     },
 }
 
+/// The importing side of an import, as the CAS knows it: the session's name, the key that
+/// owns it and the hash of the version that imports.
+#[derive(Debug, Clone, Copy)]
+pub struct Importer<'a> {
+    /// The importing session's name.
+    pub session: &'a str,
+    /// Its owner (creator's key).
+    pub owner: &'a ClientKey,
+    /// The hash of the importing version ([`Session::hash`]).
+    pub hash: &'a str,
+}
+
 impl ExportTarget {
-    /// Whether this entry lets `session`, owned by `owner`, import the secret.
-    pub fn admits(&self, session: &str, owner: &ClientKey) -> bool {
+    /// Whether this entry lets `importer` import the secret.
+    pub fn admits(&self, importer: &Importer<'_>) -> bool {
         match self {
             ExportTarget::Anyone => true,
-            ExportTarget::Session { session: s, owner: o } => s == session && o == owner,
+            ExportTarget::Session {
+                session,
+                owner,
+                hashes,
+            } => {
+                session == importer.session
+                    && owner == importer.owner
+                    && (hashes.is_empty() || hashes.iter().any(|h| h.eq_ignore_ascii_case(importer.hash)))
+            }
         }
     }
 }
@@ -445,15 +484,23 @@ impl ExportTarget {
 struct NamedExport {
     session: String,
     owner: ClientKey,
+    // Left out when empty, so that exports without pins keep their canonical bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    hashes: Vec<String>,
 }
 
 impl Serialize for ExportTarget {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             ExportTarget::Anyone => s.serialize_str("*"),
-            ExportTarget::Session { session, owner } => NamedExport {
+            ExportTarget::Session {
+                session,
+                owner,
+                hashes,
+            } => NamedExport {
                 session: session.clone(),
                 owner: owner.clone(),
+                hashes: hashes.clone(),
             }
             .serialize(s),
         }
@@ -468,7 +515,7 @@ impl<'de> Deserialize<'de> for ExportTarget {
             type Value = ExportTarget;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("\"*\" or {session: NAME, owner: KEY}")
+                f.write_str("\"*\" or {session: NAME, owner: KEY, hashes: [HASH…] (optional)}")
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ExportTarget, E> {
@@ -487,6 +534,7 @@ impl<'de> Deserialize<'de> for ExportTarget {
                 Ok(ExportTarget::Session {
                     session: named.session,
                     owner: named.owner,
+                    hashes: named.hashes,
                 })
             }
         }
@@ -535,7 +583,7 @@ pub struct Lifetime {
 
 const MINUTE: u64 = 60;
 const HOUR: u64 = 60 * MINUTE;
-const DAY: u64 = 24 * HOUR;
+pub(crate) const DAY: u64 = 24 * HOUR;
 const WEEK: u64 = 7 * DAY;
 const MAX_LIFETIME: u64 = 36_525 * DAY;
 
@@ -551,43 +599,64 @@ impl Lifetime {
     }
 }
 
+/// Parses `365d`, `12h`, `1d12h`… (units `w`, `d`, `h`, `m`, `s`) into seconds, unbounded.
+pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'w' => WEEK,
+            'd' => DAY,
+            'h' => HOUR,
+            'm' => MINUTE,
+            's' => 1,
+            _ => return Err(format!("invalid duration '{s}' (use e.g. 365d, 12h, 1d12h)")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("invalid duration '{s}' (a number must precede each unit)"))?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("duration '{s}' is too long"))?;
+    }
+    if !digits.is_empty() {
+        return Err(format!("invalid duration '{s}' (missing unit: w, d, h, m or s)"));
+    }
+    Ok(total)
+}
+
+/// Writes `seconds` in its largest exact unit among days, hours, minutes and seconds (`0s`
+/// for zero).
+pub(crate) fn format_duration(seconds: u64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    if seconds == 0 {
+        return f.write_str("0s");
+    }
+    // Weeks are not used on output so that `365d` stays `365d`.
+    for (unit, suffix) in [(DAY, "d"), (HOUR, "h"), (MINUTE, "m")] {
+        if seconds.is_multiple_of(unit) {
+            return write!(f, "{}{suffix}", seconds / unit);
+        }
+    }
+    write!(f, "{seconds}s")
+}
+
 impl FromStr for Lifetime {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("empty duration".into());
-        }
-        let mut total: u64 = 0;
-        let mut digits = String::new();
-        for c in s.chars() {
-            if c.is_ascii_digit() {
-                digits.push(c);
-                continue;
-            }
-            let unit = match c {
-                'w' => WEEK,
-                'd' => DAY,
-                'h' => HOUR,
-                'm' => MINUTE,
-                's' => 1,
-                _ => return Err(format!("invalid duration '{s}' (use e.g. 365d, 12h, 1d12h)")),
-            };
-            let n: u64 = digits
-                .parse()
-                .map_err(|_| format!("invalid duration '{s}' (a number must precede each unit)"))?;
-            digits.clear();
-            total = n
-                .checked_mul(unit)
-                .and_then(|v| total.checked_add(v))
-                .ok_or_else(|| format!("duration '{s}' is too long"))?;
-        }
-        if !digits.is_empty() {
-            return Err(format!("invalid duration '{s}' (missing unit: w, d, h, m or s)"));
-        }
+        let total = parse_duration(s)?;
         if !(MINUTE..=MAX_LIFETIME).contains(&total) {
-            return Err(format!("duration '{s}' must be between 1m and 36525d"));
+            return Err(format!("duration '{}' must be between 1m and 36525d", s.trim()));
         }
         Ok(Lifetime { seconds: total })
     }
@@ -595,14 +664,7 @@ impl FromStr for Lifetime {
 
 impl fmt::Display for Lifetime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.seconds;
-        // Weeks are not used on output so that `365d` stays `365d`.
-        for (unit, suffix) in [(DAY, "d"), (HOUR, "h"), (MINUTE, "m")] {
-            if s.is_multiple_of(unit) {
-                return write!(f, "{}{suffix}", s / unit);
-            }
-        }
-        write!(f, "{s}s")
+        format_duration(self.seconds, f)
     }
 }
 

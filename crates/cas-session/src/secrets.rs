@@ -10,10 +10,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::access::ClientKey;
 use crate::error::SessionError;
 use crate::keys;
-use crate::model::{KeyAlgorithm, SecretKind, SecretSpec, Session};
+use crate::model::{ExportTarget, Importer, KeyAlgorithm, SecretKind, SecretSpec, Session};
 use crate::placeholder::Format;
 use crate::validate::{self, DEFAULT_SECRET_SIZE};
 
@@ -107,29 +106,27 @@ impl fmt::Debug for Secrets {
 /// Fetches the value of a secret exported by another session.
 ///
 /// The CAS server implements it by loading `from_session`, calling [`check_export`] on it with
-/// the importing session's name **and its owner's key** (the importing session's creator, which
-/// the server records), and returning the secret's current value from that session's
-/// [`Secrets`].
+/// the importer — its name, **its owner's key** (the importing session's creator, which the
+/// server records) and the hash of the importing version — and returning the secret's current
+/// value from that session's [`Secrets`].
 pub trait ImportResolver {
-    /// The value of `secret` in session `from_session`, for `importing_session`.
+    /// The value of `secret` in session `from_session`, for the version of
+    /// `importing_session` whose hash is `importing_hash`.
     fn resolve(
         &self,
         from_session: &str,
         secret: &str,
         importing_session: &str,
+        importing_hash: &str,
     ) -> Result<SecretValue, SessionError>;
 }
 
-/// Checks that `exporting` lets `importing_session`, owned by `importing_owner`, import its
-/// secret `secret`: the secret must exist, must not itself be imported, and its `export` list
-/// must hold `"*"` or an entry naming both `importing_session` and `importing_owner` (see
-/// [`crate::ExportTarget`]). A session of the right name owned by another key gets nothing.
-pub fn check_export(
-    exporting: &Session,
-    secret: &str,
-    importing_session: &str,
-    importing_owner: &ClientKey,
-) -> Result<(), SessionError> {
+/// Checks that `exporting` lets `importer` import its secret `secret`: the secret must exist,
+/// must not itself be imported, and its `export` list must hold `"*"` or an entry naming
+/// the importer's session and owner and, if the entry pins hashes, the importing version's
+/// hash (see [`crate::ExportTarget`]). A session of the right name owned by another key, or a
+/// version the exporter has not pinned, gets nothing.
+pub fn check_export(exporting: &Session, secret: &str, importer: &Importer<'_>) -> Result<(), SessionError> {
     let refuse = |reason: &str| SessionError::ImportRefused {
         session: exporting.name.clone(),
         secret: secret.to_string(),
@@ -143,17 +140,25 @@ pub fn check_export(
     if spec.import.is_some() {
         return Err(refuse("the secret is itself imported and cannot be re-exported"));
     }
-    if spec
-        .export
-        .iter()
-        .any(|target| target.admits(importing_session, importing_owner))
-    {
-        Ok(())
-    } else {
-        Err(refuse(&format!(
-            "session '{importing_session}' owned by {importing_owner} is not in its export list"
-        )))
+    if spec.export.iter().any(|target| target.admits(importer)) {
+        return Ok(());
     }
+    let named = spec.export.iter().any(|target| {
+        matches!(target, ExportTarget::Session { session, owner, .. }
+            if session == importer.session && owner == importer.owner)
+    });
+    Err(refuse(&if named {
+        format!(
+            "the export to session '{}' pins other versions than {}: the exporter must pin this \
+             hash before this version can import",
+            importer.session, importer.hash
+        )
+    } else {
+        format!(
+            "session '{}' owned by {} is not in its export list",
+            importer.session, importer.owner
+        )
+    }))
 }
 
 /// Produces the values of all secrets of `session`.
@@ -204,6 +209,7 @@ pub fn materialize_secrets(
     });
     let mut m = Materializer {
         session_name: &current.name,
+        session_hash: session.hash(),
         specs: current.secrets.iter().map(|s| (s.name.as_str(), s)).collect(),
         previous: previous.as_ref().map(|(s, secrets)| Previous {
             specs: s.secrets.iter().map(|s| (s.name.as_str(), s)).collect(),
@@ -223,18 +229,21 @@ pub fn materialize_secrets(
 /// Re-resolves the imported secrets of `session` in `secrets` (its stored values), so that a
 /// session about to be released follows its exporters: a value the exporter rotated is
 /// replaced, and an import the exporter has since withdrawn (or whose owner no longer
-/// matches) is an error, [`SessionError::ImportRefused`] from `imports`. Generated and
+/// matches, or that pins other versions of the importer) is an error, [`SessionError::ImportRefused`] from `imports`. Generated and
 /// explicit secrets are left as they are.
 pub fn refresh_imports(
     session: &Session,
     secrets: &mut Secrets,
     imports: &dyn ImportResolver,
 ) -> Result<(), SessionError> {
+    // Hashed only when something is imported: the exporters may pin the importing version.
+    let mut hash = None;
     for spec in &session.secrets {
         let Some(import) = &spec.import else {
             continue;
         };
-        let value = imports.resolve(&import.session, &import.secret, &session.name)?;
+        let hash = hash.get_or_insert_with(|| session.hash());
+        let value = imports.resolve(&import.session, &import.secret, &session.name, hash)?;
         if value.kind != spec.kind {
             return Err(SessionError::secret(
                 &spec.name,
@@ -256,6 +265,8 @@ struct Previous<'a> {
 
 struct Materializer<'a> {
     session_name: &'a str,
+    /// The hash of the version being materialized, which exporters may pin.
+    session_hash: String,
     specs: BTreeMap<&'a str, &'a SecretSpec>,
     previous: Option<Previous<'a>>,
     imports: &'a dyn ImportResolver,
@@ -314,7 +325,12 @@ impl Materializer<'_> {
         if let Some(import) = &spec.import {
             let value = self
                 .imports
-                .resolve(&import.session, &import.secret, self.session_name)
+                .resolve(
+                    &import.session,
+                    &import.secret,
+                    self.session_name,
+                    &self.session_hash,
+                )
                 .map_err(Produce::Error)?;
             if value.kind != spec.kind {
                 return Err(Produce::Reason(format!(

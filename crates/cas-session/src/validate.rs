@@ -33,6 +33,8 @@ const MAX_SECRET_NAME: usize = 128;
 const MAX_FILE_CONTENT: usize = 1 << 20;
 const MAX_PATH: usize = 4096;
 const MAX_SANS: usize = 100;
+/// Importer versions one export entry may pin: enough for a transition or a few variants.
+const MAX_PINNED_HASHES: usize = 64;
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SessionError {
     SessionError::invalid(field, reason)
@@ -402,8 +404,24 @@ fn validate_secret(s: &Session, ctx: &Ctx<'_>, i: usize, spec: &SecretSpec) -> R
         }
     }
     for (j, target) in spec.export.iter().enumerate() {
-        if let ExportTarget::Session { session, .. } = target {
+        if let ExportTarget::Session { session, hashes, .. } = target {
             check_session_name(session).map_err(|r| invalid(f(&format!("export[{j}].session")), r))?;
+            if hashes.len() > MAX_PINNED_HASHES {
+                return Err(invalid(
+                    f(&format!("export[{j}].hashes")),
+                    format!("at most {MAX_PINNED_HASHES} hashes"),
+                ));
+            }
+            for (k, hash) in hashes.iter().enumerate() {
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        f(&format!("export[{j}].hashes[{k}]")),
+                        format!(
+                            "'{hash}' is not a session hash (64 hex digits, as `cloister cas session verify` prints)"
+                        ),
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -700,6 +718,15 @@ fn normalize_snp(alt: &mut AttestationAlternative) {
 }
 
 fn normalize_secret(spec: &mut SecretSpec) {
+    for target in &mut spec.export {
+        if let ExportTarget::Session { hashes, .. } = target {
+            for hash in hashes.iter_mut() {
+                hash.make_ascii_lowercase();
+            }
+            hashes.sort();
+            hashes.dedup();
+        }
+    }
     spec.export.sort();
     spec.export.dedup();
     if spec.import.is_some() {

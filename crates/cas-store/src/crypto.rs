@@ -90,6 +90,8 @@ pub(crate) enum Purpose {
     CounterState,
     /// A slot of the counter anchor file, outside the store.
     Anchor,
+    /// A refused unseal, journaled beside the anchor until the next unseal audits it.
+    UnsealRefusal,
 }
 
 impl Purpose {
@@ -101,6 +103,7 @@ impl Purpose {
             Purpose::Counter => b"counter",
             Purpose::CounterState => b"counter-state",
             Purpose::Anchor => b"counter-anchor",
+            Purpose::UnsealRefusal => b"unseal-refusal",
         }
     }
 }

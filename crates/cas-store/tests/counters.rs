@@ -87,6 +87,67 @@ fn an_older_copy_of_the_store_is_refused_at_unseal_and_accepted_only_when_told()
     assert_rollback(Vault::open(&dir, None), "an older copy of the store was put back");
 }
 
+/// A refused unseal cannot be written to the sealed store, and a CAS that unseals at start
+/// exits: the refusal is journaled beside the anchor, sealed under the data key, and the next
+/// unseal moves it into the audit log. Lines that do not authenticate are counted, not copied.
+#[test]
+fn refused_unseals_are_journaled_and_audited_at_the_next_unseal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cas");
+    let vault = key_file_vault(&dir);
+    vault.counter_increment("c").unwrap();
+    drop(vault);
+    let old = tmp.path().join("old.redb");
+    copy_store(&dir, &old);
+    let vault = Vault::open(&dir, None).unwrap();
+    vault.counter_increment("c").unwrap();
+    drop(vault);
+
+    put_back_store(&old, &dir);
+    for _ in 0..2 {
+        assert_rollback(Vault::open(&dir, None), "an older copy of the store was put back");
+    }
+    let journal = dir.join(format!("{ANCHOR_FILE}.refusals"));
+    let lines = std::fs::read_to_string(&journal).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    assert!(!lines.contains("older copy"), "the journal is sealed");
+    // The host adds a line of its own: it does not authenticate.
+    let mut forged = lines.lines().next().unwrap().to_owned();
+    forged.replace_range(40..42, if &forged[40..42] == "00" { "11" } else { "00" });
+    std::fs::write(&journal, format!("{lines}{forged}\nnot hex\n")).unwrap();
+
+    let vault = Vault::open_with(&dir, None, accepting()).unwrap();
+    let entries = vault.audit_entries(0, usize::MAX).unwrap();
+    let refused: Vec<_> = entries.iter().filter(|e| e.kind == "unseal-refused").collect();
+    assert_eq!(refused.len(), 2);
+    for entry in &refused {
+        assert_eq!(entry.detail["journaled"], true);
+        assert!(
+            entry.detail["reason"]
+                .as_str()
+                .unwrap()
+                .contains("an older copy of the store was put back")
+        );
+        assert!(!entry.detail["at"].as_str().unwrap().is_empty());
+    }
+    let unauthentic = entries
+        .iter()
+        .find(|e| e.kind == "unseal-refusal-journal-unauthentic")
+        .expect("the forged lines are counted");
+    assert_eq!(unauthentic.detail["lines"], 2);
+    // Audited once: the journal is empty now, and the next unseal adds nothing.
+    assert_eq!(std::fs::read(&journal).unwrap().len(), 0);
+    drop(vault);
+    let vault = Vault::open(&dir, None).unwrap();
+    let again = vault
+        .audit_entries(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == "unseal-refused")
+        .count();
+    assert_eq!(again, 2);
+}
+
 #[test]
 fn a_shamir_vault_stays_sealed_on_a_rollback_until_it_is_accepted() {
     let tmp = tempfile::tempdir().unwrap();

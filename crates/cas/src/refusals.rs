@@ -1,12 +1,15 @@
-//! The audit of refused attestations, bounded.
+//! The audit of refusals that anyone can cause, bounded.
 //!
-//! Anyone can send an attestation request, so an entry per refusal would let anyone grow the
-//! audit log (which is signed, hash-chained and never pruned) without bound. Refusals are
-//! counted in windows: within a window, the first few of each reason class and overall are
-//! recorded one by one (`attest-fail`), the rest only counted, and a window that left some
-//! out ends with one `attest-fail-summary` entry holding the counts per class. A flood of any
-//! size therefore costs at most `total + 1` entries per window, and nothing it sends is
-//! stored beyond a bounded prefix of the reason.
+//! Anyone can send an attestation request, and anyone can make a key and send signed
+//! requests (proposals, votes, updates, reads), so an entry per refusal would let anyone grow
+//! the audit log (which is signed, hash-chained and never pruned) without bound. Refusals are
+//! counted in windows, per family (attestations; requests by keys with no standing on what
+//! they ask about): within a window, the first few of each class and overall are recorded one
+//! by one (`attest-fail`, or the request's own `…-refused` kind), the rest only counted, and a
+//! window that left some out ends with one summary entry (`attest-fail-summary`,
+//! `request-refused-summary`) holding the counts per class. A flood of any size therefore
+//! costs at most `total + 1` entries per window and family, and nothing it sends is stored
+//! beyond a bounded prefix of each field.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -48,32 +51,22 @@ pub(crate) enum RefusalClass {
 }
 
 impl RefusalClass {
-    const ALL: [RefusalClass; 10] = [
-        Self::Nonce,
-        Self::Malformed,
-        Self::Endorsements,
-        Self::Evidence,
-        Self::Binding,
-        Self::Launch,
-        Self::Session,
-        Self::Policy,
-        Self::Release,
-        Self::Limit,
+    const NAMES: [&'static str; 10] = [
+        "nonce",
+        "malformed",
+        "endorsements",
+        "evidence",
+        "binding",
+        "launch",
+        "session",
+        "policy",
+        "release",
+        "limit",
     ];
 
+    /// The class's name in audit entries, in the order of the variants.
     fn as_str(self) -> &'static str {
-        match self {
-            Self::Nonce => "nonce",
-            Self::Malformed => "malformed",
-            Self::Endorsements => "endorsements",
-            Self::Evidence => "evidence",
-            Self::Binding => "binding",
-            Self::Launch => "launch",
-            Self::Session => "session",
-            Self::Policy => "policy",
-            Self::Release => "release",
-            Self::Limit => "limit",
-        }
+        Self::NAMES[self.index()]
     }
 
     fn index(self) -> usize {
@@ -114,42 +107,87 @@ pub(crate) struct Refusal<'a> {
     pub(crate) measurement: Option<&'a str>,
 }
 
-const CLASSES: usize = RefusalClass::ALL.len();
+/// What a family of refusals is called in the audit log.
+pub(crate) struct Family {
+    /// The kind of its summary entries.
+    pub(crate) summary_kind: &'static str,
+    /// The subject of its summary entries.
+    pub(crate) summary_subject: &'static str,
+    /// Its classes, by index.
+    pub(crate) classes: &'static [&'static str],
+}
+
+/// Refused attestations, by [`RefusalClass`].
+pub(crate) const ATTESTATIONS: Family = Family {
+    summary_kind: "attest-fail-summary",
+    summary_subject: "attestation",
+    classes: &RefusalClass::NAMES,
+};
+
+/// Refused signed requests by keys without standing, by their audit kind (`…-refused`).
+pub(crate) const REQUESTS: Family = Family {
+    summary_kind: "request-refused-summary",
+    summary_subject: "requests",
+    classes: &REQUEST_KINDS,
+};
+
+/// The kinds of [`REQUESTS`] entries; anything else counts as the last.
+const REQUEST_KINDS: [&str; 12] = [
+    "session-create-refused",
+    "session-update-refused",
+    "session-read-refused",
+    "secret-read-refused",
+    "history-read-refused",
+    "proposal-create-refused",
+    "proposal-vote-refused",
+    "proposal-read-refused",
+    "approver-bind-refused",
+    "namespace-declare-refused",
+    "platform-add-refused",
+    "other-refused",
+];
+
+/// The class of a [`REQUESTS`] refusal of audit kind `kind`.
+pub(crate) fn request_class(kind: &str) -> usize {
+    REQUEST_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(REQUEST_KINDS.len() - 1)
+}
 
 struct Window {
     started: Instant,
     started_at: OffsetDateTime,
-    refused: [u64; CLASSES],
-    recorded: [u32; CLASSES],
+    refused: Vec<u64>,
+    recorded: Vec<u32>,
     recorded_total: u32,
 }
 
 impl Window {
-    fn new(now: Instant, wall: OffsetDateTime) -> Self {
+    fn new(now: Instant, wall: OffsetDateTime, classes: usize) -> Self {
         Self {
             started: now,
             started_at: wall,
-            refused: [0; CLASSES],
-            recorded: [0; CLASSES],
+            refused: vec![0; classes],
+            recorded: vec![0; classes],
             recorded_total: 0,
         }
     }
 
     /// The summary of this window, if it left refusals out.
-    fn summary(&self, ended: Instant) -> Option<AuditRecord> {
-        let unrecorded: Vec<(RefusalClass, u64)> = RefusalClass::ALL
-            .iter()
-            .map(|&c| (c, self.refused[c.index()] - u64::from(self.recorded[c.index()])))
-            .filter(|&(_, n)| n > 0)
-            .collect();
-        if unrecorded.is_empty() {
+    fn summary(&self, family: &Family, ended: Instant) -> Option<AuditRecord> {
+        let unrecorded = |c: usize| self.refused[c] - u64::from(self.recorded[c]);
+        let unrecorded_total: u64 = (0..self.refused.len()).map(unrecorded).sum();
+        if unrecorded_total == 0 {
             return None;
         }
-        let counts = |pick: &dyn Fn(RefusalClass) -> u64| -> serde_json::Map<String, serde_json::Value> {
-            RefusalClass::ALL
+        let counts = |pick: &dyn Fn(usize) -> u64| -> serde_json::Map<String, serde_json::Value> {
+            family
+                .classes
                 .iter()
-                .filter(|&&c| self.refused[c.index()] > 0)
-                .map(|&c| (c.as_str().to_owned(), json!(pick(c))))
+                .enumerate()
+                .filter(|&(c, _)| self.refused[c] > 0)
+                .map(|(c, name)| ((*name).to_owned(), json!(pick(c))))
                 .collect()
         };
         let ended_at = self.started_at + ended.saturating_duration_since(self.started);
@@ -158,30 +196,32 @@ impl Window {
                 .unwrap_or_default()
         };
         Some(AuditRecord {
-            kind: "attest-fail-summary".into(),
+            kind: family.summary_kind.into(),
             actor: "cas".into(),
-            subject: "attestation".into(),
+            subject: family.summary_subject.into(),
             detail: json!({
                 "from": rfc3339(self.started_at),
                 "to": rfc3339(ended_at),
-                "refused": counts(&|c| self.refused[c.index()]),
-                "unrecorded": counts(&|c| self.refused[c.index()] - u64::from(self.recorded[c.index()])),
-                "unrecorded_total": unrecorded.iter().map(|(_, n)| n).sum::<u64>(),
+                "refused": counts(&|c| self.refused[c]),
+                "unrecorded": counts(&unrecorded),
+                "unrecorded_total": unrecorded_total,
             }),
         })
     }
 }
 
-/// Decides which refusals are audited one by one and sums up the rest (see the module
-/// documentation). It only decides: the caller writes the records it hands back.
+/// Decides which refusals of one family are audited one by one and sums up the rest (see the
+/// module documentation). It only decides: the caller writes the records it hands back.
 pub(crate) struct RefusalRecorder {
+    family: Family,
     limits: RefusalAuditLimits,
     window: Mutex<Option<Window>>,
 }
 
 impl RefusalRecorder {
-    pub(crate) fn new(limits: RefusalAuditLimits) -> Self {
+    pub(crate) fn new(family: Family, limits: RefusalAuditLimits) -> Self {
         Self {
+            family,
             limits: RefusalAuditLimits {
                 window: limits.window.max(MIN_WINDOW),
                 ..limits
@@ -196,25 +236,43 @@ impl RefusalRecorder {
         (self.limits.window / 4).min(Duration::from_secs(5))
     }
 
-    /// Counts a refusal at `now` and returns what to audit: the summary of the previous
-    /// window if it closed with refusals left out, then this refusal's entry unless a limit
-    /// of the current window is reached.
+    /// Counts a refused attestation at `now` and returns what to audit (see
+    /// [`RefusalRecorder::note_class`]).
     pub(crate) fn note(&self, refusal: &Refusal<'_>, now: Instant, wall: OffsetDateTime) -> Vec<AuditRecord> {
+        self.note_class(refusal.class.index(), || entry(refusal), now, wall)
+    }
+
+    /// Counts a refusal of class `class` at `now` and returns what to audit: the summary of
+    /// the previous window if it closed with refusals left out, then the refusal's own entry
+    /// (made by `record`) unless a limit of the current window is reached.
+    pub(crate) fn note_class(
+        &self,
+        class: usize,
+        record: impl FnOnce() -> AuditRecord,
+        now: Instant,
+        wall: OffsetDateTime,
+    ) -> Vec<AuditRecord> {
+        let classes = self.family.classes.len();
+        let class = class.min(classes - 1);
         let mut records = Vec::new();
         let mut guard = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         if guard
             .as_ref()
             .is_some_and(|w| now.saturating_duration_since(w.started) >= self.limits.window)
         {
-            records.extend(guard.take().and_then(|w| w.summary(now)));
+            records.extend(guard.take().and_then(|w| w.summary(&self.family, now)));
         }
-        let window = guard.get_or_insert_with(|| Window::new(now, wall));
-        let class = refusal.class.index();
+        let window = guard.get_or_insert_with(|| Window::new(now, wall, classes));
         window.refused[class] += 1;
-        if window.recorded[class] < self.limits.per_class && window.recorded_total < self.limits.total {
+        let admitted =
+            window.recorded[class] < self.limits.per_class && window.recorded_total < self.limits.total;
+        if admitted {
             window.recorded[class] += 1;
             window.recorded_total += 1;
-            records.push(entry(refusal));
+        }
+        drop(guard);
+        if admitted {
+            records.push(record());
         }
         records
     }
@@ -227,7 +285,7 @@ impl RefusalRecorder {
             .as_ref()
             .is_some_and(|w| closing || now.saturating_duration_since(w.started) >= self.limits.window);
         if over {
-            guard.take().and_then(|w| w.summary(now))
+            guard.take().and_then(|w| w.summary(&self.family, now))
         } else {
             None
         }
@@ -283,7 +341,7 @@ mod tests {
 
     #[test]
     fn limits_per_class_and_in_all_then_sums_up_when_the_window_closes() {
-        let recorder = RefusalRecorder::new(limits());
+        let recorder = RefusalRecorder::new(ATTESTATIONS, limits());
         let t0 = Instant::now();
         let wall = OffsetDateTime::now_utc();
         let mut written = 0;
@@ -322,7 +380,7 @@ mod tests {
 
     #[test]
     fn a_window_without_omissions_needs_no_summary() {
-        let recorder = RefusalRecorder::new(limits());
+        let recorder = RefusalRecorder::new(ATTESTATIONS, limits());
         let t0 = Instant::now();
         let wall = OffsetDateTime::now_utc();
         assert_eq!(
@@ -341,7 +399,7 @@ mod tests {
 
     #[test]
     fn the_ticker_and_shutdown_write_the_summary() {
-        let recorder = RefusalRecorder::new(limits());
+        let recorder = RefusalRecorder::new(ATTESTATIONS, limits());
         let t0 = Instant::now();
         let wall = OffsetDateTime::now_utc();
         for _ in 0..10 {
@@ -374,11 +432,14 @@ mod tests {
 
     #[test]
     fn a_zero_window_still_bounds_the_summaries() {
-        let recorder = RefusalRecorder::new(RefusalAuditLimits {
-            window: Duration::ZERO,
-            per_class: 0,
-            total: 0,
-        });
+        let recorder = RefusalRecorder::new(
+            ATTESTATIONS,
+            RefusalAuditLimits {
+                window: Duration::ZERO,
+                per_class: 0,
+                total: 0,
+            },
+        );
         let t0 = Instant::now();
         let wall = OffsetDateTime::now_utc();
         let written: usize = (0..1000)
@@ -396,8 +457,71 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_limited_by_their_kind_and_summed_up_by_kind() {
+        let recorder = RefusalRecorder::new(REQUESTS, limits());
+        let t0 = Instant::now();
+        let wall = OffsetDateTime::now_utc();
+        let record = |kind: &str| AuditRecord {
+            kind: kind.into(),
+            actor: "ed25519:…".into(),
+            subject: "a/b".into(),
+            detail: json!({}),
+        };
+        let mut written = Vec::new();
+        for kind in [
+            "proposal-create-refused",
+            "proposal-vote-refused",
+            "no-such-refused",
+        ] {
+            for _ in 0..100 {
+                written.extend(recorder.note_class(request_class(kind), || record(kind), t0, wall));
+            }
+        }
+        let kinds: Vec<&str> = written.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "proposal-create-refused",
+                "proposal-create-refused",
+                "proposal-create-refused",
+                "proposal-vote-refused",
+                "proposal-vote-refused"
+            ]
+        );
+        let summary = recorder.closed_summary(t0, true).unwrap();
+        assert_eq!(summary.kind, "request-refused-summary");
+        assert_eq!(
+            summary.detail["refused"],
+            json!({"proposal-create-refused": 100, "proposal-vote-refused": 100, "other-refused": 100})
+        );
+        assert_eq!(summary.detail["unrecorded_total"], json!(295));
+    }
+
+    #[test]
+    fn class_names_follow_the_variants() {
+        for (i, class) in [
+            RefusalClass::Nonce,
+            RefusalClass::Malformed,
+            RefusalClass::Endorsements,
+            RefusalClass::Evidence,
+            RefusalClass::Binding,
+            RefusalClass::Launch,
+            RefusalClass::Session,
+            RefusalClass::Policy,
+            RefusalClass::Release,
+            RefusalClass::Limit,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(class.index(), i);
+        }
+        assert_eq!(RefusalClass::Limit.as_str(), "limit");
+    }
+
+    #[test]
     fn recorded_fields_are_bounded() {
-        let recorder = RefusalRecorder::new(limits());
+        let recorder = RefusalRecorder::new(ATTESTATIONS, limits());
         let long = "é".repeat(100_000);
         let records = recorder.note(
             &Refusal {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use cloister_cas::server::{CasConfig, GovernanceConfig, RunningCas, serve};
 use cloister_cas_client::client::{CasClient, ClientError};
 use cloister_cas_client::governance::{Change, ProposalInfo, Vote};
+use cloister_cas_client::protocol::ErrorBody;
 use cloister_cas_client::sign::{ClientIdentity, KeyAlgorithm};
 use cloister_cas_store::{AuditEntry, SealingConfig, Vault};
 
@@ -31,7 +32,7 @@ fn public(n: u8) -> String {
 }
 
 struct Cas {
-    _running: RunningCas,
+    running: RunningCas,
     url: String,
     pin: String,
 }
@@ -62,10 +63,23 @@ impl Cas {
         let mut running = serve(config, Arc::new(vault)).await.unwrap();
         let addr = running.network_addr().await.unwrap();
         Cas {
-            _running: running,
+            running,
             url: format!("https://{addr}"),
             pin,
         }
+    }
+
+    /// Stops the server (writing the summaries of open refusal windows) and reads the whole
+    /// audit log from its vault.
+    async fn stop_and_read_log(self, dir: &Path) -> Vec<AuditEntry> {
+        self.running.shutdown().await;
+        for _ in 0..50 {
+            if let Ok(vault) = Vault::open(dir, None) {
+                return vault.audit_entries(1, usize::MAX).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot reopen the vault");
     }
 
     fn client(&self, n: u8) -> CasClient {
@@ -708,5 +722,336 @@ async fn only_an_attestation_of_the_named_service_binds_an_approver() {
             .await,
         403,
         "only members",
+    );
+}
+
+/// Anyone can make keys: 2,000 proposals refused to 2,000 keys without standing add a bounded
+/// number of entries to the audit log (the first few one by one, then one summary counting
+/// them all), while a member's refusals stay on record one by one and a member's proposal
+/// still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_proposals_by_strangers_adds_a_bounded_number_of_entries() {
+    const FLOOD: usize = 2_000;
+    const OPEN_FLOOD: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    let v1 = create(&cas, &session("flood/s", None, "one", &two_of_three())).await;
+    let v2 = session("flood/s", Some(&v1), "two", &two_of_three());
+
+    let before = cas.audit().await.len();
+    let pin = cloister_cas_client::pin::parse_pin(&cas.pin).unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(cloister_cas_client::pin::client_config(pin).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/proposals", cas.url);
+    let statuses = futures_statuses(&http, &url, &v2, FLOOD).await;
+    drop(http);
+    assert!(statuses.iter().all(|s| *s == 403), "{:?}", &statuses[..10]);
+
+    // A session anyone may read gives strangers no standing: their refusals are limited too.
+    let readable = |predecessor: Option<&str>, marker: &str| {
+        session("flood/open", predecessor, marker, &two_of_three()).replace("read: [CREATOR]", "read: [ANY]")
+    };
+    let open_v1 = create(&cas, &readable(None, "one")).await;
+    let open_v2 = readable(Some(&open_v1), "two");
+    for i in 0..OPEN_FLOOD {
+        let mut seed = [0xe2u8; 32];
+        seed[0] = i as u8;
+        refused(
+            cas.client_with(ClientIdentity::from_seed(&seed))
+                .propose(&open_v2)
+                .await,
+            403,
+            "only members",
+        );
+    }
+
+    // A member's refusals are its own: each one is on record, past the strangers' limit.
+    let stale = session("flood/s", Some(&"0".repeat(64)), "stale", &two_of_three());
+    for _ in 0..12 {
+        refused(cas.client(A).propose(&stale).await, 409, "predecessor");
+    }
+    let proposal = cas.client(A).propose(&v2).await.unwrap();
+    assert_eq!(proposal.state, "pending");
+
+    let log = cas.stop_and_read_log(dir.path()).await;
+    // Opening the vault to read the log recorded its unseal.
+    let added: Vec<AuditEntry> = log[before..]
+        .iter()
+        .filter(|e| e.kind != "unseal")
+        .cloned()
+        .collect();
+    let strangers = added
+        .iter()
+        .filter(|e| e.kind == "proposal-create-refused" && e.actor != public(A))
+        .count();
+    let members = added
+        .iter()
+        .filter(|e| e.kind == "proposal-create-refused" && e.actor == public(A))
+        .count();
+    assert_eq!(strangers, 10, "the default limit per kind and window");
+    assert_eq!(members, 12);
+    let summaries: Vec<&AuditEntry> = added
+        .iter()
+        .filter(|e| e.kind == "request-refused-summary")
+        .collect();
+    assert!(!summaries.is_empty() && summaries.len() <= 2, "{summaries:?}");
+    let counted: u64 = summaries
+        .iter()
+        .map(|e| {
+            e.detail["refused"]["proposal-create-refused"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(counted, (FLOOD + OPEN_FLOOD) as u64);
+    // Besides: the open session's creation and the member's proposal.
+    assert!(
+        added.len() <= strangers + members + summaries.len() + 2,
+        "{} entries for a flood of {FLOOD}: {:?}",
+        added.len(),
+        added.iter().map(|e| &e.kind).collect::<Vec<_>>()
+    );
+    assert!(added.iter().any(|e| e.kind == "proposal-create"));
+}
+
+/// Sends `count` proposals of `yaml`, each signed by a fresh key, 16 at a time; their statuses.
+async fn futures_statuses(http: &reqwest::Client, url: &str, yaml: &str, count: usize) -> Vec<u16> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (http, url, yaml, next, offset) = (
+            http.clone(),
+            url.to_owned(),
+            yaml.to_owned(),
+            next.clone(),
+            offset.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return statuses;
+                }
+                let mut seed = [0xf1u8; 32];
+                seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let stranger = ClientIdentity::from_seed(&seed);
+                let now = time::OffsetDateTime::now_utc().unix_timestamp()
+                    + offset.load(std::sync::atomic::Ordering::Relaxed);
+                let mut request = http.post(&url).body(yaml.clone());
+                for (name, value) in stranger.sign("POST", "/v1/proposals", now, yaml.as_bytes()) {
+                    request = request.header(name, value);
+                }
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                if status == 401 {
+                    // Too early for the CAS's clock: learn its time and send this one again.
+                    let body: ErrorBody = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+                    let not_before = body.not_before.unwrap().max(body.server_time.unwrap());
+                    offset.store(not_before - now, std::sync::atomic::Ordering::Relaxed);
+                    next.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                statuses.push(status);
+            }
+        }));
+    }
+    let mut statuses = Vec::new();
+    for worker in workers {
+        statuses.extend(worker.await.unwrap());
+    }
+    statuses
+}
+
+/// Two of A, B, C; HOSPITAL may veto within `window` (the CAS's window when `None`).
+fn vetoable(window: Option<&str>) -> String {
+    let window = window
+        .map(|w| format!("    veto_window: {w}\n"))
+        .unwrap_or_default();
+    format!("{}    veto: [{}]\n{window}", two_of_three(), public(HOSPITAL))
+}
+
+/// A board's own `veto_window` replaces the CAS's (24 h here): a short one lets a change its
+/// veto holder left silent apply once it passed, `0s` lets signatures given at once apply
+/// without the veto holder's, while a board without one still waits for the CAS's window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_sets_its_own_veto_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+
+    // One second to object: applied by the sweep once it passed, the veto holder silent.
+    let fast = "clinic/fast";
+    let v1 = create(&cas, &session(fast, None, "one", &vetoable(Some("1s")))).await;
+    let proposal = cas
+        .client(A)
+        .propose(&session(fast, Some(&v1), "two", &vetoable(Some("1s"))))
+        .await
+        .unwrap();
+    approve(&cas, A, &proposal.id).await.unwrap();
+    let after = approve(&cas, B, &proposal.id).await.unwrap();
+    assert_eq!(after.state, "pending", "the veto holder still has its second");
+    let mut state = String::new();
+    for _ in 0..50 {
+        state = cas.client(A).proposal(&proposal.id).await.unwrap().state;
+        if state == "applied" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "applied");
+
+    // Without its own window, the same board waits for the CAS's 24 h.
+    let slow = "clinic/slow";
+    let v1 = create(&cas, &session(slow, None, "one", &vetoable(None))).await;
+    let proposal = cas
+        .client(A)
+        .propose(&session(slow, Some(&v1), "two", &vetoable(None)))
+        .await
+        .unwrap();
+    approve(&cas, A, &proposal.id).await.unwrap();
+    approve(&cas, B, &proposal.id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        cas.client(A).proposal(&proposal.id).await.unwrap().state,
+        "pending"
+    );
+    // Nor do signatures given at once apply while the veto holder is silent: refused, audited.
+    let next = session(slow, Some(&v1), "three", &vetoable(None));
+    let change = |yaml: &str, predecessor: &str, name: &str| Change {
+        session: name.into(),
+        predecessor: Some(predecessor.into()),
+        hash: cloister_cas_session::parse_session(yaml).unwrap().hash(),
+    };
+    let signatures = |change: &Change| {
+        [A, B]
+            .map(|n| key(n).sign_vote(change, Vote::Approve).unwrap())
+            .to_vec()
+    };
+    refused(
+        cas.client(A)
+            .update_signed(&next, signatures(&change(&next, &v1, slow)))
+            .await,
+        403,
+        "veto holders who have not approved",
+    );
+    assert!(
+        cas.last("session-update-refused").await.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("veto holders")
+    );
+
+    // `0s`: no time to object, so signatures given at once suffice.
+    let instant = "clinic/instant";
+    let v1 = create(&cas, &session(instant, None, "one", &vetoable(Some("0s")))).await;
+    let next = session(instant, Some(&v1), "two", &vetoable(Some("0s")));
+    let written = cas
+        .client(A)
+        .update_signed(&next, signatures(&change(&next, &v1, instant)))
+        .await
+        .unwrap();
+    assert_eq!(current(&cas, instant).await, written.hash);
+}
+
+/// Creating a session in a namespace with a board can go through a proposal, approved by the
+/// namespace board's members one by one: it applies with the approval that meets the rule,
+/// owned by its proposer. Strangers cannot propose or vote; a creation proposal is void once
+/// the name is taken; a namespace without a board takes no creation proposals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_board_approves_creation_proposals() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    let rule = serde_json::json!({"at_least": 2, "of": ["CREATOR", public(A), public(B)]});
+    cas.client(ADMIN)
+        .declare_governed_namespace("ward", &public(OWNER), Some(rule))
+        .await
+        .unwrap();
+    let yaml = session("ward/proposed", None, "one", "    - CREATOR\n");
+
+    // A stranger proposes nothing there (refused, audited).
+    refused(
+        cas.client(OUTSIDER).propose(&yaml).await,
+        403,
+        "only members of namespace \"ward\"'s board",
+    );
+    assert_eq!(cas.last("proposal-create-refused").await.actor, public(OUTSIDER));
+    // A creation names no predecessor.
+    refused(
+        cas.client(A)
+            .propose(&session(
+                "ward/proposed",
+                Some(&"0".repeat(64)),
+                "one",
+                "    - CREATOR\n",
+            ))
+            .await,
+        400,
+        "must be absent when creating",
+    );
+
+    // B proposes; A approves: pending (CREATOR, the namespace's owner, or B must add theirs).
+    let proposal = cas.client(B).propose(&yaml).await.unwrap();
+    assert_eq!(proposal.change.predecessor, None);
+    assert_eq!(proposal.state, "pending");
+    assert_eq!(approve(&cas, A, &proposal.id).await.unwrap().state, "pending");
+    // The stranger neither votes nor reads it.
+    let outsider_vote = key(OUTSIDER).sign_vote(&proposal.change, Vote::Approve).unwrap();
+    refused(
+        cas.client(OUTSIDER)
+            .vote(&proposal.id, Vote::Approve, outsider_vote)
+            .await,
+        403,
+        "not a member of the board deciding",
+    );
+    assert_eq!(cas.last("proposal-vote-refused").await.actor, public(OUTSIDER));
+    refused(
+        cas.client(OUTSIDER).proposal(&proposal.id).await,
+        403,
+        "not allowed to see",
+    );
+    assert!(cas.client(OUTSIDER).proposals("").await.unwrap().is_empty());
+    // The namespace's owner sees it and approves: created, owned by the proposer.
+    assert_eq!(cas.client(OWNER).proposals("ward/").await.unwrap().len(), 1);
+    let applied = approve(&cas, OWNER, &proposal.id).await.unwrap();
+    assert_eq!(applied.state, "applied");
+    let created = cas.client(B).get_session("ward/proposed").await.unwrap();
+    assert_eq!(
+        (created.hash.as_str(), created.creator.as_str()),
+        (proposal.change.hash.as_str(), public(B).as_str())
+    );
+    let entry = cas.last("session-create").await;
+    assert_eq!(entry.detail["proposal"], proposal.id.as_str());
+    assert_eq!(entry.detail["approvals"].as_array().unwrap().len(), 2);
+    let history = cas.client(B).history("ward/proposed").await.unwrap();
+    assert_eq!(history[0].approvals.len(), 2);
+
+    // A second creation proposal of the same name is void once the name is taken.
+    let rival = cas
+        .client(A)
+        .propose(&session("ward/rival", None, "one", "    - CREATOR\n"))
+        .await
+        .unwrap();
+    let sign = |n: u8| key(n).sign_vote(&rival.change, Vote::Approve).unwrap();
+    cas.client(A)
+        .update_signed(
+            &session("ward/rival", None, "one", "    - CREATOR\n"),
+            vec![sign(B)],
+        )
+        .await
+        .unwrap();
+    let shown = cas.client(A).proposal(&rival.id).await.unwrap();
+    assert_eq!(shown.state, "void", "{shown:?}");
+    assert!(shown.reason.unwrap().contains("created meanwhile"));
+
+    // A namespace without a board: create directly, no proposals.
+    refused(
+        cas.client(OWNER)
+            .propose(&session("free/new", None, "one", "    - CREATOR\n"))
+            .await,
+        404,
+        "its namespace has no board",
     );
 }

@@ -485,6 +485,111 @@ async fn exports_go_to_the_named_owner_and_namespaces_to_their_owner() {
     cas.running.shutdown().await;
 }
 
+/// An export that pins the importer's hashes reaches only those versions: the importer's
+/// creation, its updates and its attestations are refused (with a reason and an audit entry)
+/// until the exporter pins the version.
+#[tokio::test(flavor = "multi_thread")]
+async fn exports_pinned_by_hash_reach_only_the_pinned_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path()).await;
+    register_platform(&cas).await;
+    let (exporter, consumer, squatter) = (cas.client(1), cas.client(2), cas.client(3));
+    let hash_of = |yaml: &str| cloister_cas_session::parse_session(yaml).unwrap().hash();
+    let provider = |predecessor: Option<&str>, hashes: &[&str]| {
+        let predecessor = predecessor
+            .map(|p| format!("predecessor: {p}\n"))
+            .unwrap_or_default();
+        format!(
+            "name: provider/pinned\n{predecessor}secrets:\n- name: model_key\n  kind: binary\n  \
+             export: [{{session: pinned/consumer, owner: \"{}\", hashes: [{}]}}]\n",
+            public(2),
+            hashes.join(", ")
+        )
+    };
+    let import =
+        "- name: imported\n  kind: binary\n  import: {session: provider/pinned, secret: model_key}\n";
+    let v1 = session("pinned/consumer", &[2; 32], None, import, &["imported"]);
+    let h1 = hash_of(&v1);
+    let unrelated = "ab".repeat(32);
+
+    // Pinned to another version: the consumer cannot even create v1.
+    let mut provider_hash = exporter
+        .create_session(&provider(None, &[&unrelated]))
+        .await
+        .unwrap()
+        .hash;
+    refused(consumer.create_session(&v1).await, 403, "pins other versions");
+    let last_refusal = |log: Vec<AuditEntry>, kind: &str| {
+        log.into_iter()
+            .rev()
+            .find(|e| e.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let entry = last_refusal(cas.audit().await, "session-create-refused");
+    assert_eq!(entry.subject, "pinned/consumer");
+    assert!(
+        entry.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pins other versions")
+    );
+
+    // The exporter pins v1: created, and its attested service gets the key.
+    provider_hash = exporter
+        .update_session("provider/pinned", &provider(Some(&provider_hash), &[&h1]))
+        .await
+        .unwrap()
+        .hash;
+    let created = consumer.create_session(&v1).await.unwrap();
+    assert_eq!(created.hash, h1);
+    attest(&cas, &consumer, "pinned/consumer", [2; 32]).await.unwrap();
+
+    // v2 runs other code: refused until the exporter pins it too.
+    let v2 = session("pinned/consumer", &[4; 32], Some(&h1), import, &["imported"]);
+    let h2 = hash_of(&v2);
+    refused(
+        consumer.update_session("pinned/consumer", &v2).await,
+        403,
+        "pins other versions",
+    );
+    let entry = last_refusal(cas.audit().await, "session-update-refused");
+    assert!(entry.detail["reason"].as_str().unwrap().contains(&h2));
+    provider_hash = exporter
+        .update_session("provider/pinned", &provider(Some(&provider_hash), &[&h1, &h2]))
+        .await
+        .unwrap()
+        .hash;
+    consumer.update_session("pinned/consumer", &v2).await.unwrap();
+    attest(&cas, &consumer, "pinned/consumer", [4; 32]).await.unwrap();
+
+    // The exporter drops v2's pin: the running version's next attestation is refused.
+    exporter
+        .update_session("provider/pinned", &provider(Some(&provider_hash), &[&h1]))
+        .await
+        .unwrap();
+    refused(
+        attest(&cas, &consumer, "pinned/consumer", [4; 32]).await,
+        403,
+        "pins other versions",
+    );
+    let entry = last_refusal(cas.audit().await, "attest-fail");
+    assert!(
+        entry.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pins other versions")
+    );
+
+    // The same text under another name and owner gets nothing.
+    let squat = v1.replace("pinned/consumer", "other/consumer");
+    refused(
+        squatter.create_session(&squat).await,
+        403,
+        "not in its export list",
+    );
+    cas.running.shutdown().await;
+}
+
 /// Updates race with a burst of attestations, which load the session into the cache. After
 /// each update returns, the measurement it replaced must never attest again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

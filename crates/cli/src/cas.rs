@@ -214,7 +214,8 @@ pub enum SessionCommand {
         connect: CasConnect,
     },
     /// Propose a new version to the session's board (the file names the current hash as
-    /// `predecessor`); it applies once the board's rule is met.
+    /// `predecessor`), or a new session to its namespace's board (no `predecessor`); it
+    /// applies once the board's rule is met.
     Propose {
         file: PathBuf,
         #[command(flatten)]

@@ -168,7 +168,132 @@ async fn serve_refuses_a_restored_store_until_the_rollback_is_accepted() {
         audit.iter().any(|e| e["kind"] == "counter-rollback-accepted"),
         "the accepted rollback is in the log"
     );
+    // The refused start exited before its log could take it: journaled, audited now.
+    let refused_unseal = audit
+        .iter()
+        .find(|e| e["kind"] == "unseal-refused")
+        .expect("the refused unseal is in the log");
+    assert!(
+        refused_unseal["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("older copy"),
+        "{refused_unseal}"
+    );
     drop(cas);
     // Accepted once, the store is ordered again: a plain start works.
     let _cas = serve(&data, &admin, &[]).unwrap();
+}
+
+/// `cloister-runtime` under the simulation TEE counts each run in the session's counters that
+/// its session names in `CLOISTER_COUNTERS`, with the grant of its attestation (which never
+/// leaves it), before the program starts: the program sees the new value, and a counter at
+/// its max refuses the run before the program, audited by the CAS.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runtime_counts_its_runs_in_the_sessions_counters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cas");
+    let key = tmp.path().join("admin.key");
+    let admin = ok(&cli(&["cas", "keygen", "--out", key.to_str().unwrap()]))
+        .trim()
+        .to_owned();
+    let init: Value = serde_json::from_str(&ok(&cli(&[
+        "cas",
+        "init",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--key-file",
+        data.join("master.key").to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    let pin = init["identity_pin"].as_str().unwrap().to_owned();
+    let cas = serve(&data, &admin, &[]).unwrap();
+    let client = CasClient::new(&cas.url, &pin, Some(ClientIdentity::load(&key).unwrap())).unwrap();
+    let platform_key = tmp.path().join("platform.key");
+    let platform = ok(&cli(&[
+        "cas",
+        "platform",
+        "keygen",
+        "--out",
+        platform_key.to_str().unwrap(),
+    ]));
+    client.add_platform(platform.trim(), "test").await.unwrap();
+    // The program exits with the value it was given: the job's exit code shows what it saw.
+    client
+        .create_session(&format!(
+            "name: cnt/job\nsecurity:\n  attestation:\n    tolerate: [simulation]\nservices:\n- name: worker\n  \
+             command: [/bin/sh, /cloister/script.sh]\n  environment: {{CLOISTER_COUNTERS: \"runs\"}}\n  \
+             attestation:\n  - tee: sim\n    measurement: {}\nfiles:\n- path: /cloister/script.sh\n  \
+             content: 'exit \"$CLOISTER_COUNTER_RUNS\"'\ncounters:\n- name: runs\n  max: 2\n",
+            hex::encode(cloister_tee_runtime::sim_measurement())
+        ))
+        .await
+        .unwrap();
+    let run = |n: usize| -> Value {
+        let dir = tmp.path().join(format!("job-{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let job = serde_json::json!({
+            "job_name": format!("counted-{n}"),
+            "job_uuid": format!("0193a5e2-7c4e-7b8a-9f00-aabbccddee{n:02}"),
+            "service": "counted",
+            "tee": "sim",
+            "cas": cas.url,
+            "cas_pin": pin,
+            "session": "cnt/job",
+            "cas_service": "worker",
+            "sim_platform_key": platform_key,
+            "event": "{}",
+            "event_time": "2026-11-29T00:00:00Z",
+            "timeout_secs": 30,
+            "log_limit": 65536,
+            "plain_root": tmp.path().join("plain"),
+            "volumes_dir": tmp.path().join("volumes"),
+        });
+        std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+        let out = Command::new(common::runtime_bin())
+            .arg("--job")
+            .arg(&dir)
+            .env_clear()
+            .output()
+            .unwrap();
+        let mut result: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+        result["stdout"] = String::from_utf8_lossy(&out.stdout).into();
+        result
+    };
+    for n in 1..=2 {
+        let result = run(n);
+        assert_eq!(result["exit_code"], n, "{result}");
+        assert!(
+            result["stdout"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("counter \"runs\" at {n}")),
+            "{result}"
+        );
+    }
+    // At its max: refused before the program runs, and the CAS audits the refusal.
+    let result = run(3);
+    assert!(result["exit_code"].is_null(), "{result}");
+    assert!(
+        result["reason"]
+            .as_str()
+            .unwrap()
+            .contains("counter \"runs\" not incremented"),
+        "{result}"
+    );
+    assert!(
+        result["reason"].as_str().unwrap().contains("at its max"),
+        "{result}"
+    );
+    let values = client.counters("cnt/job").await.unwrap();
+    assert_eq!(values.counters["runs"], 2);
+    assert_eq!(values.runs["worker"], 3, "three attestations, two counted runs");
+    let audit: Vec<Value> = client.audit(1).await.unwrap();
+    assert_eq!(
+        audit.iter().filter(|e| e["kind"] == "counter-increment").count(),
+        2
+    );
+    assert!(audit.iter().any(|e| e["kind"] == "counter-increment-refused"));
 }

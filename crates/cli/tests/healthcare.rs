@@ -85,8 +85,25 @@ fn the_healthcare_scenario_runs_as_the_readme_says() {
             .contains(&public("hospital"))
     );
     assert!(!of_kind("attest-fail").is_empty());
-    // The applied change, with the approvals of the provider and the hospital.
-    let applied = of_kind("session-update");
+    // The key holders pinned M3's version (one update each) before it was applied...
+    let updates_of = |subject: &str| {
+        log.iter()
+            .filter(|e| e["kind"] == "session-update" && e["subject"] == subject)
+            .count()
+    };
+    assert_eq!(updates_of("provider/model"), 1);
+    assert_eq!(updates_of("hospital/data"), 1);
+    let position = |kind: &str, subject: &str| {
+        log.iter()
+            .position(|e| e["kind"] == kind && e["subject"] == subject)
+            .unwrap()
+    };
+    assert!(position("session-update", "hospital/data") < position("session-update", "inference/triage"));
+    // ...and the applied change, with the approvals of the provider and the hospital.
+    let applied: Vec<&Value> = of_kind("session-update")
+        .into_iter()
+        .filter(|e| e["subject"] == "inference/triage")
+        .collect();
     assert_eq!(applied.len(), 1);
     let approvals: Vec<&str> = applied[0]["detail"]["approvals"]
         .as_array()

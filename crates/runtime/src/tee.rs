@@ -52,6 +52,11 @@ pub mod reserved {
     pub const VOLUME_KEY: &str = "CLOISTER_VOLUME_KEY";
     /// The service's volume names, comma separated.
     pub const VOLUMES: &str = "CLOISTER_VOLUMES";
+    /// Session counters (names, comma separated) the runtime increments once per run, with
+    /// the grant of its attestation, before the program starts; the program sees each new
+    /// value in `CLOISTER_COUNTER_<NAME>`. A refused increment (a counter at its `max`) fails
+    /// the job before the program runs.
+    pub const COUNTERS: &str = "CLOISTER_COUNTERS";
 
     /// Whether `name` is reserved.
     pub fn is_reserved(name: &str) -> bool {
@@ -63,6 +68,7 @@ pub mod reserved {
             OUTPUTS,
             VOLUME_KEY,
             VOLUMES,
+            COUNTERS,
         ]
         .contains(&name)
     }

@@ -88,6 +88,13 @@ pub(crate) enum JobFailure {
     /// A volume's new version could not be committed: the CAS stayed unreachable.
     #[error("volume {name:?} not committed: {source}")]
     VolumeCommitUnreachable { name: String, source: Unreachable },
+    /// A counter the session has the runtime increment per run was not incremented (at its
+    /// max, or not the session's): the program does not run.
+    #[error("counter {name:?} not incremented: {source}")]
+    CounterIncrement { name: String, source: ClientError },
+    /// A counter could not be incremented: the CAS stayed unreachable.
+    #[error("counter {name:?} not incremented: {source}")]
+    CounterIncrementUnreachable { name: String, source: Unreachable },
     /// The session gives the service nothing to run.
     #[error("the session names no command for this service: nothing to run")]
     NoCommand,
@@ -163,6 +170,9 @@ pub(crate) enum ReleasedProblem {
     /// A volume name is not one.
     #[error("{variable}: invalid volume name {0:?}", variable = reserved::VOLUMES)]
     VolumeName(String),
+    /// A counter name is not one.
+    #[error("{variable}: invalid counter name {0:?}", variable = reserved::COUNTERS)]
+    CounterName(String),
 }
 
 /// Why the input did not decrypt into the plaintext folder.

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use cloister_attestation::{EvidenceSource, GramineSource, SimPlatform, TsmProvider, TsmSource};
 use cloister_cas_client::client::CasClient;
-use cloister_cas_client::protocol::{InitData, ReleasedConfig, VolumeCommit, VolumeState, valid_volume_name};
+use cloister_cas_client::protocol::{
+    CounterIncrement, InitData, ReleasedConfig, VolumeCommit, VolumeState, valid_volume_name,
+};
 use cloister_crypt::{CryptError, EncryptOptions, Identity, ObjectBinding, Recipient, SymmetricKey};
 use cloister_runtime::plain::PlainRoot;
 use cloister_runtime::tee::{TeeJob, TeeOutput, TeeResult, render_log, sealed_log_binding};
@@ -276,6 +278,35 @@ async fn run(
         volume_dirs.push((name.clone(), state, dir));
     }
 
+    // The run counts before the program starts: a counter at its max refuses the run. The
+    // grant stays here; the program learns the values only.
+    let mut counted = Vec::new();
+    for name in &keys.counters {
+        let increment = CounterIncrement {
+            session: init.session.clone(),
+            service: init.service.clone(),
+            counter: name.clone(),
+            grant: volume_grant.clone(),
+        };
+        // An increment is not idempotent: sent again only when it cannot have arrived.
+        let value = cas_wait::with_retries(&job.cas, deadline, Repeat::UnlessSent, log, || {
+            client.increment_counter(&increment)
+        })
+        .await
+        .map_err(|failure| match failure {
+            WaitFailure::Answered(source) => JobFailure::CounterIncrement {
+                name: name.clone(),
+                source,
+            },
+            WaitFailure::Unreachable(source) => JobFailure::CounterIncrementUnreachable {
+                name: name.clone(),
+                source,
+            },
+        })?;
+        log(&format!("cloister: counter {name:?} at {}", value.value));
+        counted.push((name.clone(), value.value));
+    }
+
     // 3. Run the program the session names, with the released environment and arguments only.
     let (program, args) = resolve_command(&command, &staged_files)?;
     let workdir = match &pwd {
@@ -293,6 +324,7 @@ async fn run(
         environment,
         input_path.as_deref(),
         &volume_dirs,
+        &counted,
         !staged_files.is_empty(),
     );
     // The program runs under the job's limits, in the cgroup slot the executor prepared (or
@@ -489,6 +521,8 @@ struct Keys {
     outputs: Vec<OutputTarget>,
     volume: Option<SymmetricKey>,
     volumes: Vec<String>,
+    /// Counters to increment once per run, before the program starts.
+    counters: Vec<String>,
 }
 
 impl Keys {
@@ -530,21 +564,12 @@ impl Keys {
                 })
             })
             .transpose()?;
-        let mut volumes = Vec::new();
-        for name in environment
-            .remove(reserved::VOLUMES)
-            .unwrap_or_default()
-            .split(',')
-        {
-            let name = name.trim();
-            if name.is_empty() {
-                continue;
-            }
-            if !valid_volume_name(name) {
-                return Err(ReleasedProblem::VolumeName(name.to_owned()));
-            }
-            volumes.push(name.to_owned());
-        }
+        let volumes = names(environment.remove(reserved::VOLUMES), ReleasedProblem::VolumeName)?;
+        // Counter names have the shape of volume names.
+        let counters = names(
+            environment.remove(reserved::COUNTERS),
+            ReleasedProblem::CounterName,
+        )?;
         Ok(Keys {
             input,
             senders,
@@ -553,8 +578,45 @@ impl Keys {
             outputs,
             volume,
             volumes,
+            counters,
         })
     }
+}
+
+/// A comma-separated list of names (`[a-z0-9][a-z0-9-_.]*`, at most 64 characters), without
+/// duplicates; `invalid` names the problem with a bad one.
+fn names(
+    list: Option<String>,
+    invalid: fn(String) -> ReleasedProblem,
+) -> Result<Vec<String>, ReleasedProblem> {
+    let mut out: Vec<String> = Vec::new();
+    for name in list.unwrap_or_default().split(',') {
+        let name = name.trim();
+        if name.is_empty() || out.iter().any(|n| n == name) {
+            continue;
+        }
+        if !valid_volume_name(name) {
+            return Err(invalid(name.to_owned()));
+        }
+        out.push(name.to_owned());
+    }
+    Ok(out)
+}
+
+/// `CLOISTER_<KIND>_<NAME>`: `name` upper-cased, other characters than letters and digits as
+/// `_`.
+fn name_variable(kind: &str, name: &str) -> String {
+    let var: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("CLOISTER_{kind}_{var}")
 }
 
 fn parse_recipients(
@@ -607,6 +669,7 @@ fn script_environment(
     released: BTreeMap<String, String>,
     input: Option<&Path>,
     volumes: &[(String, VolumeState, PathBuf)],
+    counters: &[(String, u64)],
     has_files: bool,
 ) -> Vec<(String, String)> {
     let path = |p: &Path| p.display().to_string();
@@ -626,17 +689,10 @@ fn script_environment(
         env.push(("CLOISTER_FILES".into(), path(&plain.join("files"))));
     }
     for (name, _, dir) in volumes {
-        let var: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        env.push((format!("CLOISTER_VOLUME_{var}"), path(dir)));
+        env.push((name_variable("VOLUME", name), path(dir)));
+    }
+    for (name, value) in counters {
+        env.push((name_variable("COUNTER", name), value.to_string()));
     }
     // OSCAR's contract. The event, names and times are the host's description of the job:
     // information for the program, not instructions (the input itself is authenticated).
@@ -779,6 +835,10 @@ mod tests {
                 format!("{} ", id.public()),
             ),
             (reserved::VOLUMES.to_owned(), "state, model".to_owned()),
+            (
+                reserved::COUNTERS.to_owned(),
+                "runs,, predictions, runs".to_owned(),
+            ),
             (reserved::OUTPUTS.to_owned(), target.to_owned()),
             (reserved::INPUTS.to_owned(), target.replace("out", "in")),
             ("KEEP".to_owned(), "1".to_owned()),
@@ -789,6 +849,8 @@ mod tests {
         assert!(keys.input.is_some());
         assert_eq!(keys.recipients.len(), 1);
         assert_eq!(keys.volumes, ["state", "model"]);
+        assert_eq!(keys.counters, ["runs", "predictions"]);
+        assert_eq!(name_variable("COUNTER", "a-b.c"), "CLOISTER_COUNTER_A_B_C");
         assert_eq!(keys.outputs[0].folder, "out");
         assert!(keys.inputs[0].contains("b", "in/x.txt"));
         assert!(!keys.inputs[0].contains("b", "out/x.txt"));
@@ -796,6 +858,7 @@ mod tests {
         for (name, value) in [
             (reserved::INPUT_KEY, "zz"),
             (reserved::VOLUMES, "../x"),
+            (reserved::COUNTERS, "Runs"),
             (reserved::OUTPUTS, "{not json"),
             (reserved::OUTPUT_RECIPIENTS, "cloister1nope"),
         ] {

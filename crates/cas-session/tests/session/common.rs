@@ -168,7 +168,7 @@ pub fn edit(base: &str, from: &str, to: &str) -> String {
 pub struct NoImports;
 
 impl ImportResolver for NoImports {
-    fn resolve(&self, from: &str, secret: &str, _: &str) -> Result<SecretValue, SessionError> {
+    fn resolve(&self, from: &str, secret: &str, _: &str, _: &str) -> Result<SecretValue, SessionError> {
         Err(SessionError::ImportRefused {
             session: from.into(),
             secret: secret.into(),
@@ -199,7 +199,13 @@ impl Exporters {
 }
 
 impl ImportResolver for Exporters {
-    fn resolve(&self, from: &str, secret: &str, importing: &str) -> Result<SecretValue, SessionError> {
+    fn resolve(
+        &self,
+        from: &str,
+        secret: &str,
+        importing: &str,
+        importing_hash: &str,
+    ) -> Result<SecretValue, SessionError> {
         let (session, secrets) = self
             .exporters
             .iter()
@@ -209,7 +215,12 @@ impl ImportResolver for Exporters {
                 secret: secret.into(),
                 reason: "no such session".into(),
             })?;
-        cloister_cas_session::check_export(session, secret, importing, &self.importer_owner)?;
+        let importer = cloister_cas_session::Importer {
+            session: importing,
+            owner: &self.importer_owner,
+            hash: importing_hash,
+        };
+        cloister_cas_session::check_export(session, secret, &importer)?;
         secrets.get(secret).cloned().ok_or_else(|| SessionError::Secret {
             name: secret.into(),
             reason: "not materialized".into(),

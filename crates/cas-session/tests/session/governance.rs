@@ -335,3 +335,63 @@ fn attested_members_resolve_through_the_cas() {
         "attested:SESSION#SERVICE",
     );
 }
+
+#[test]
+fn a_board_carries_its_own_veto_window_in_its_hash() {
+    let (a, b, h) = (key(2), key(3), key(5));
+    let board = |window: &str| {
+        with_update(&format!(
+            "    at_least: 1\n    of: [{a}, {b}]\n    veto: [{h}]\n{window}"
+        ))
+    };
+    let none = parse(&board(""));
+    assert_eq!(none.access_policy.update.veto_window(), None);
+    assert!(
+        !String::from_utf8(none.canonical_bytes())
+            .unwrap()
+            .contains("veto_window")
+    );
+    let hours = parse(&board("    veto_window: 36h\n"));
+    assert_eq!(
+        hours.access_policy.update.veto_window(),
+        Some(std::time::Duration::from_secs(36 * 3600))
+    );
+    // Spelled another way, the same window and the same hash; another window, another hash.
+    assert_eq!(parse(&board("    veto_window: 1d12h\n")).hash(), hours.hash());
+    assert_ne!(hours.hash(), none.hash());
+    assert_ne!(parse(&board("    veto_window: 0s\n")).hash(), none.hash());
+    let json = String::from_utf8(hours.canonical_bytes()).unwrap();
+    assert!(json.contains("\"veto_window\":\"36h\""), "{json}");
+    assert_eq!(parse(&json).hash(), hours.hash());
+    assert_eq!(
+        parse(&board("    veto_window: 0s\n"))
+            .access_policy
+            .update
+            .veto_window(),
+        Some(std::time::Duration::ZERO)
+    );
+
+    for (window, reason) in [
+        ("366d", "longer than 365d"),
+        ("soon", "invalid duration"),
+        ("5", "missing unit"),
+    ] {
+        match parse_session(&board(&format!("    veto_window: {window}\n"))) {
+            Err(e) => assert!(e.to_string().contains(reason), "{window}: {e}"),
+            Ok(_) => panic!("veto_window {window} accepted"),
+        }
+    }
+    invalid(
+        &with_update(&format!(
+            "    at_least: 1\n    of: [{a}, {b}]\n    veto_window: 1h\n"
+        )),
+        "access_policy.update.veto_window",
+        "needs a veto list",
+    );
+    match parse_session(&with_update(&format!(
+        "    all:\n    - at_least: 1\n      of: [{a}, {b}]\n      veto_window: 1h\n    veto: [{h}]\n"
+    ))) {
+        Err(e) => assert!(e.to_string().contains("only at the top"), "{e}"),
+        Ok(_) => panic!("a nested veto window accepted"),
+    }
+}

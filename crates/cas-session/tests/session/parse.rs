@@ -90,7 +90,8 @@ fn full_example_parses_with_every_feature() {
         secret("server_cert").export,
         [ExportTarget::Session {
             session: "hospital/other".into(),
-            owner: other_owner()
+            owner: other_owner(),
+            hashes: Vec::new(),
         }]
     );
     assert_eq!(

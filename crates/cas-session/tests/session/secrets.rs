@@ -3,8 +3,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloister_cas_session::{
-    ClientKey, KeyAlgorithm, SecretKind, SecretValue, Secrets, Session, SessionError, check_export,
-    materialize_secrets, public_part, refresh_imports, secret_bytes,
+    ClientKey, ExportTarget, Importer, KeyAlgorithm, SecretKind, SecretValue, Secrets, Session, SessionError,
+    check_export, materialize_secrets, public_part, refresh_imports, secret_bytes,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
@@ -478,12 +478,22 @@ fn imported_ca_issues_certificates() {
 fn check_export_enforces_the_export_list() {
     let s = parse(&full_example());
     let other = other_owner();
-    check_export(&s, "server_cert", "hospital/other", &other).expect("listed");
-    let refused =
-        |secret: &str, importer: &str, owner: &ClientKey| match check_export(&s, secret, importer, owner) {
-            Err(SessionError::ImportRefused { reason, .. }) => reason,
-            result => panic!("{secret} to {importer}: {result:?}"),
-        };
+    fn importer<'a>(session: &'a str, owner: &'a ClientKey) -> Importer<'a> {
+        Importer {
+            session,
+            owner,
+            hash: HASH_A,
+        }
+    }
+    check_export(&s, "server_cert", &importer("hospital/other", &other)).expect("listed");
+    let refused = |secret: &str, session: &str, owner: &ClientKey| match check_export(
+        &s,
+        secret,
+        &importer(session, owner),
+    ) {
+        Err(SessionError::ImportRefused { reason, .. }) => reason,
+        result => panic!("{secret} to {session}: {result:?}"),
+    };
     assert!(refused("server_cert", "hospital/else", &other).contains("not in its export list"));
     // The listed name, owned by another key: whoever created it first gets nothing.
     assert!(refused("server_cert", "hospital/other", &key(9)).contains("not in its export list"));
@@ -491,7 +501,114 @@ fn check_export_enforces_the_export_list() {
     assert!(refused("missing", "hospital/other", &other).contains("no such secret"));
     assert!(refused("shared_key", "hospital/other", &other).contains("imported"));
     let star = parse("name: a/b\nsecrets:\n- {name: k, kind: ascii, export: [\"*\"]}\n");
-    check_export(&star, "k", "any/session", &key(9)).expect("* exports to all");
+    check_export(&star, "k", &importer("any/session", &key(9))).expect("* exports to all");
+}
+
+const HASH_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const HASH_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+#[test]
+fn an_export_pinned_by_hash_admits_only_those_versions_of_the_importer() {
+    let owner = other_owner();
+    let pinned = |hashes: &str| {
+        parse(&format!(
+            "name: a/b\nsecrets:\n- name: k\n  kind: ascii\n  export: [{{session: c/d, owner: \"{owner}\", \
+             hashes: [{hashes}]}}]\n"
+        ))
+    };
+    // Written in upper case, kept in lower case, sorted and without duplicates.
+    let s = pinned(&format!("{}, {HASH_A}, {HASH_A}", HASH_B.to_uppercase()));
+    match &s.secrets[0].export[0] {
+        ExportTarget::Session { hashes, .. } => assert_eq!(hashes, &[HASH_A, HASH_B]),
+        other => panic!("{other:?}"),
+    }
+    let version = |hash| Importer {
+        session: "c/d",
+        owner: &owner,
+        hash,
+    };
+    check_export(&s, "k", &version(HASH_A)).expect("pinned");
+    check_export(&s, "k", &version(HASH_B)).expect("pinned");
+    let other_version = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+    match check_export(&s, "k", &version(other_version)) {
+        Err(SessionError::ImportRefused { reason, .. }) => {
+            assert!(reason.contains("pins other versions"), "{reason}")
+        }
+        other => panic!("an unpinned version imported: {other:?}"),
+    }
+    // The right version under another owner is refused all the same.
+    let squatter = key(9);
+    match check_export(
+        &s,
+        "k",
+        &Importer {
+            owner: &squatter,
+            ..version(HASH_A)
+        },
+    ) {
+        Err(SessionError::ImportRefused { reason, .. }) => {
+            assert!(reason.contains("not in its export list"), "{reason}")
+        }
+        other => panic!("another owner imported: {other:?}"),
+    }
+    // Pins are part of the session's hash; an export without them keeps its old bytes.
+    assert_ne!(pinned(HASH_A).hash(), pinned(HASH_B).hash());
+    let unpinned = parse(&format!(
+        "name: a/b\nsecrets:\n- name: k\n  kind: ascii\n  export: [{{session: c/d, owner: \"{owner}\"}}]\n"
+    ));
+    assert!(
+        !String::from_utf8(unpinned.canonical_bytes())
+            .unwrap()
+            .contains("hashes")
+    );
+    for bad in ["abc", "zz", &"a".repeat(63)] {
+        let text = format!(
+            "name: a/b\nsecrets:\n- name: k\n  kind: ascii\n  export: [{{session: c/d, owner: \"{owner}\", \
+             hashes: [\"{bad}\"]}}]\n"
+        );
+        match cloister_cas_session::parse_session(&text) {
+            Err(e) => assert!(e.to_string().contains("export[0].hashes[0]"), "{e}"),
+            Ok(_) => panic!("{bad:?} accepted as a hash"),
+        }
+    }
+}
+
+#[test]
+fn materializing_and_refreshing_check_the_importing_versions_hash() {
+    let owner = inference_owner();
+    let importer = parse(
+        "name: hospital/inference\nsecrets:\n- name: shared_key\n  kind: binary\n  \
+         import: {session: provider/models, secret: model_key}\n",
+    );
+    let exporter = |hash: &str| {
+        let s = parse(&format!(
+            "name: provider/models\nsecrets:\n- name: model_key\n  kind: binary\n  \
+             export: [{{session: hospital/inference, owner: \"{owner}\", hashes: [{hash}]}}]\n"
+        ));
+        let secrets = materialize_secrets(&s, None, &NoImports, NOW).unwrap();
+        (s, secrets)
+    };
+    let mut secrets = materialize_secrets(
+        &importer,
+        None,
+        &Exporters::new(vec![exporter(&importer.hash())]),
+        NOW,
+    )
+    .expect("the pinned version imports");
+    match materialize_secrets(&importer, None, &Exporters::new(vec![exporter(HASH_A)]), NOW) {
+        Err(SessionError::ImportRefused { reason, .. }) => assert!(reason.contains("pins other versions")),
+        other => panic!("an unpinned version imported: {other:?}"),
+    }
+    refresh_imports(
+        &importer,
+        &mut secrets,
+        &Exporters::new(vec![exporter(&importer.hash())]),
+    )
+    .expect("refresh while pinned");
+    match refresh_imports(&importer, &mut secrets, &Exporters::new(vec![exporter(HASH_A)])) {
+        Err(SessionError::ImportRefused { reason, .. }) => assert!(reason.contains("pins other versions")),
+        other => panic!("a re-pinned export still refreshed: {other:?}"),
+    }
 }
 
 #[test]

@@ -30,6 +30,16 @@
 //! once both are written, so no value a client has seen can be taken back by restoring the
 //! store alone.
 //!
+//! A refused unseal leaves the vault sealed, and a CAS that unseals at start (key-file, TEE)
+//! exits: its audit log cannot take the refusal then. The refusal is **journaled** instead, in
+//! `<anchor>.refusals` beside the anchor (one line per refusal: the time, who unsealed and why,
+//! AES-GCM-sealed under the data key with the CAS identity in the AAD, so nobody without the
+//! key can forge one; the file is appended to with `fdatasync` and kept under 1 MiB). The next
+//! unseal moves every authentic line into the audit log (`unseal-refused`, with the time it
+//! happened) in its own transaction, counts lines that fail authentication
+//! (`unseal-refusal-journal-unauthentic`), and empties the journal once that committed. The
+//! host can delete the journal, as it can the anchor; it cannot make up a refusal.
+//!
 //! What the file anchor does not defend against: someone who restores an older copy of the
 //! store **and** of the anchor together (the host controls both disks). A file can only raise
 //! the bar to "restore two files that may live on different disks, under different owners";
@@ -70,6 +80,8 @@ pub fn anchor_beside(dir: &Path) -> PathBuf {
 }
 
 const M_COUNTER_STATE: &str = "counters.state";
+/// The refusal journal's size limit (bytes): refusals beyond it are not journaled.
+const MAX_JOURNAL: u64 = 1 << 20;
 const SLOT_SIZE: u64 = 4096;
 const SLOT_MAGIC: &[u8; 8] = b"CLCANCH1";
 
@@ -421,6 +433,89 @@ impl Anchor {
                 "new_generation": generation,
             })),
         })
+    }
+
+    /// The refusal journal: the anchor's path with `.refusals` added.
+    fn journal_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".refusals");
+        PathBuf::from(name)
+    }
+
+    /// Journals a refused unseal (see the module documentation), durably.
+    pub(super) fn journal_refusal(
+        &self,
+        keys: &Keys,
+        identity: &[u8; 32],
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let record = serde_json::to_vec(&json!({"at": at, "actor": actor, "reason": reason}))
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode a refusal: {e}")))?;
+        let blob = keys
+            .data
+            .seal(&aad(Purpose::UnsealRefusal, &[identity]), &record)?;
+        let path = self.journal_path();
+        let failed = |e| StoreError::io(format!("journaling a refused unseal in {}", path.display()), e);
+        let existed = path.exists();
+        let mut options = OpenOptions::new();
+        options.append(true).create(true);
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&path).map_err(failed)?;
+        if file.metadata().map_err(failed)?.len() >= MAX_JOURNAL {
+            return Err(failed(std::io::Error::other("the journal is full")));
+        }
+        use std::io::Write as _;
+        file.write_all(format!("{}\n", hex::encode(blob)).as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(failed)?;
+        if !existed {
+            sync_parent(&path)?;
+        }
+        Ok(())
+    }
+
+    /// The journaled refusals that authenticate, and how many lines do not.
+    pub(super) fn journaled_refusals(&self, keys: &Keys, identity: &[u8; 32]) -> (Vec<Value>, usize) {
+        let Ok(file) = File::open(self.journal_path()) else {
+            return (Vec::new(), 0);
+        };
+        let mut text = Vec::new();
+        if file.take(MAX_JOURNAL).read_to_end(&mut text).is_err() {
+            return (Vec::new(), 1);
+        }
+        let mut records = Vec::new();
+        let mut unauthentic = 0;
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let record = hex::decode(line)
+                .ok()
+                .and_then(|blob| keys.data.open(&aad(Purpose::UnsealRefusal, &[identity]), &blob))
+                .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok());
+            match record {
+                Some(record) => records.push(record),
+                None => unauthentic += 1,
+            }
+        }
+        (records, unauthentic)
+    }
+
+    /// Empties the journal once its refusals are in the audit log.
+    pub(super) fn clear_journal(&self) -> Result<(), StoreError> {
+        let path = self.journal_path();
+        match OpenOptions::new().write(true).open(&path) {
+            Ok(file) => file
+                .set_len(0)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| StoreError::io(format!("emptying {}", path.display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("emptying {}", path.display()), e)),
+        }
     }
 
     /// After the unseal committed: the anchor learns the store's generation (a crash between a

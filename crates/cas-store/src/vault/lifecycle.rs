@@ -453,6 +453,33 @@ impl Vault {
                 self.anchor
                     .settle(&keys, &self.identity_public, settled.generation)?;
             }
+            // Refusals journaled while the vault could not log them (see `counters`).
+            let (journaled, unauthentic) = self.anchor.journaled_refusals(&keys, &self.identity_public);
+            let journal_time = OffsetDateTime::now_utc();
+            for record in &journaled {
+                let text = |field: &str| record[field].as_str().unwrap_or_default().to_owned();
+                append_audit(
+                    &txn,
+                    &keys.signer,
+                    journal_time,
+                    "unseal-refused",
+                    &text("actor"),
+                    "cas",
+                    json!({"reason": text("reason"), "at": text("at"), "journaled": true}),
+                )?;
+            }
+            if unauthentic > 0 {
+                append_audit(
+                    &txn,
+                    &keys.signer,
+                    journal_time,
+                    "unseal-refusal-journal-unauthentic",
+                    "cas",
+                    "cas",
+                    json!({"lines": unauthentic}),
+                )?;
+            }
+            let journal_read = !journaled.is_empty() || unauthentic > 0;
             for p in &pending {
                 append_audit(
                     &txn,
@@ -489,6 +516,10 @@ impl Vault {
             }
             append_audit(&txn, &keys.signer, now, "unseal", actor, "cas", detail)?;
             txn.commit()?;
+            if journal_read && let Err(e) = self.anchor.clear_journal() {
+                // Left as it is, the journal is audited again at the next unseal.
+                tracing::error!(error = %e, "cannot empty the unseal refusal journal");
+            }
             Ok::<(u64, bool), StoreError>((settled.generation, moved_on))
         })();
         // An accepted rollback moved the generation above the anchor in this commit: only now
@@ -512,7 +543,15 @@ impl Vault {
                 st.pending.extend(newer);
                 st.dropped = st.dropped.saturating_add(dropped);
                 if let StoreError::Rollback(reason) = &e {
-                    st.queue("unseal-refused", actor, "cas", json!({"reason": reason}));
+                    // Durably beside the anchor, for a CAS that exits now; in memory only if
+                    // that fails (audited at a later unseal of this process).
+                    if let Err(journal) =
+                        self.anchor
+                            .journal_refusal(&keys, &self.identity_public, actor, reason)
+                    {
+                        tracing::error!(error = %journal, "cannot journal a refused unseal");
+                        st.queue("unseal-refused", actor, "cas", json!({"reason": reason}));
+                    }
                 }
                 Err(e)
             }

@@ -59,9 +59,9 @@ pub(super) async fn bind(
     }
     let subject = format!("{}#{}", request.session, request.service);
     let refuse = |reason: String| {
-        cas.audit(
+        cas.refuse_request(
             "approver-bind-refused",
-            &client.to_string(),
+            &client,
             &subject,
             json!({"reason": reason}),
         );

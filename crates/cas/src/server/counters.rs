@@ -135,9 +135,9 @@ pub(super) async fn read_counters(
         .ok_or_else(|| CasError::new(StatusCode::NOT_FOUND, format!("no session {name:?}")))?;
     let creator = parsed.stored.creator()?;
     if !parsed.session.access_policy.may_read(&client, &creator) {
-        cas.audit(
+        cas.refuse_request(
             "session-read-refused",
-            &client.to_string(),
+            &client,
             &name,
             json!({"what": "counters"}),
         );

@@ -30,6 +30,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 
 use super::error::{CasError, CasResult, bad, corrupt, forbidden, internal};
+use super::namespaces::{StoredNamespace, namespace_of, namespace_record};
 use super::sessions::{Approved, ParsedSession, Prepared, WriteRefused, commit_write, write_session};
 use super::signed::Signed;
 use super::{Cas, CasState, PROPOSALS, PROPOSALS_OPEN};
@@ -42,8 +43,9 @@ pub struct GovernanceConfig {
     pub auditors: Vec<String>,
     /// How long a proposal stays open.
     pub proposal_ttl: Duration,
-    /// How long veto holders have to object: a change under a board with a veto list applies
-    /// before this has passed since it was proposed only when every veto holder approved it.
+    /// How long veto holders have to object, unless their board sets its own `veto_window`: a
+    /// change under a board with a veto list applies before this has passed since it was
+    /// proposed only when every veto holder approved it.
     pub veto_window: Duration,
     /// How often open proposals are checked for expiry, voiding and a passed veto window.
     pub sweep_interval: Duration,
@@ -145,6 +147,12 @@ impl Cas {
             || self.is_admin(client)
     }
 
+    /// How long the veto holders of `policy` have to object: its board's own window, or the
+    /// CAS's.
+    fn veto_window_of(&self, policy: &UpdatePolicy) -> Duration {
+        policy.veto_window().unwrap_or(self.config.governance.veto_window)
+    }
+
     /// Whether `key` is a member of `policy` (attested members resolved to their bound keys).
     pub(super) fn is_board_member(
         &self,
@@ -175,9 +183,9 @@ impl Cas {
         let policy = &current.session.access_policy.update;
         let name = &session.name;
         let refuse = |status: StatusCode, reason: String| {
-            self.audit(
+            self.refuse_request(
                 "session-update-refused",
-                &client.to_string(),
+                client,
                 name,
                 json!({"reason": reason, "hash": session.hash()}),
             );
@@ -185,9 +193,9 @@ impl Cas {
         };
         if signatures.is_empty() && matches!(policy, UpdatePolicy::AnyOf(_)) {
             if !policy.is_met(&BTreeSet::from([client.clone()]), creator) {
-                self.audit(
+                self.refuse_request(
                     "session-update-refused",
-                    &client.to_string(),
+                    client,
                     name,
                     json!({"reason": "not allowed by the access policy"}),
                 );
@@ -225,9 +233,9 @@ impl Cas {
             hash: session.hash(),
         };
         let refuse = |status: StatusCode, reason: String| {
-            self.audit(
+            self.refuse_request(
                 "session-create-refused",
-                &client.to_string(),
+                client,
                 &session.name,
                 json!({"reason": reason, "hash": change.hash}),
             );
@@ -303,7 +311,7 @@ impl Cas {
             .filter(|k| !approvers.contains(k))
             .map(|k| k.to_string())
             .collect();
-        if !silent.is_empty() && !self.config.governance.veto_window.is_zero() {
+        if !silent.is_empty() && !self.veto_window_of(policy).is_zero() {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
                 format!(
@@ -314,6 +322,54 @@ impl Cas {
             ));
         }
         Ok(approvals)
+    }
+
+    /// The board of the namespace of session `name` and the namespace's owner (`CREATOR`), if
+    /// the namespace has one: it decides the creation of sessions in it.
+    fn namespace_board(&self, name: &str) -> CasResult<Option<(UpdatePolicy, ClientKey)>> {
+        let record = namespace_record(&|t, k| self.vault.get(t, k), namespace_of(name))?;
+        match record {
+            Some(StoredNamespace {
+                rule: Some(rule),
+                owner,
+                ..
+            }) => {
+                let owner = owner.parse().map_err(|_| internal("corrupt namespace owner"))?;
+                Ok(Some((rule, owner)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The board that decides `change` now and what `CREATOR` stands for in it: the board of
+    /// the session's current version for an update, the namespace's for a creation; `None`
+    /// when there is none any more (the proposal is settled as void).
+    fn board_in_force(&self, change: &Change) -> CasResult<Option<(UpdatePolicy, ClientKey)>> {
+        match (&change.predecessor, self.load_session(&change.session)?) {
+            (Some(_), Some(current)) => Ok(Some((
+                current.session.access_policy.update,
+                current.stored.creator()?,
+            ))),
+            (None, None) => self.namespace_board(&change.session),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether `client` may see the proposal of `change` (see [`Cas::may_oversee`]); for a
+    /// creation, also its namespace's board members and owner.
+    fn may_oversee_change(&self, change: &Change, client: &ClientKey) -> CasResult<bool> {
+        if self.is_auditor(client) || self.is_admin(client) {
+            return Ok(true);
+        }
+        if let Some(current) = self.load_session(&change.session)?
+            && self.may_oversee(&current.session, client, &current.stored.creator()?)
+        {
+            return Ok(true);
+        }
+        Ok(change.predecessor.is_none()
+            && self
+                .namespace_board(&change.session)?
+                .is_some_and(|(rule, owner)| owner == *client || self.is_board_member(&rule, client, &owner)))
     }
 
     fn load_proposal(&self, id: &str) -> CasResult<StoredProposal> {
@@ -396,12 +452,24 @@ impl Cas {
         // below re-checks what it relies on.
         let mut outcome: Option<(Stage, String)> = None;
         let mut prepared: Option<Prepared> = None;
-        match &current {
-            _ if now >= snapshot.expires => {
+        let mut namespace_rule: Option<UpdatePolicy> = None;
+        let target = match (&snapshot.change.predecessor, current) {
+            (_, _) if now >= snapshot.expires => {
                 outcome = Some((Stage::Expired, "its time ran out before its rule was met".into()));
+                None
             }
-            None => outcome = Some((Stage::Void, "the session no longer exists".into())),
-            Some(c) if Some(&c.stored.hash) != snapshot.change.predecessor.as_ref() => {
+            (Some(_), None) => {
+                outcome = Some((Stage::Void, "the session no longer exists".into()));
+                None
+            }
+            (None, Some(c)) => {
+                outcome = Some((
+                    Stage::Void,
+                    format!("the session was created meanwhile (at {})", c.stored.hash),
+                ));
+                None
+            }
+            (Some(predecessor), Some(c)) if *predecessor != c.stored.hash => {
                 outcome = Some((
                     Stage::Void,
                     format!(
@@ -409,36 +477,51 @@ impl Cas {
                         c.stored.hash
                     ),
                 ));
+                None
             }
-            Some(c) => {
+            (Some(_), Some(c)) => {
                 let creator = c.stored.creator()?;
-                let policy = &c.session.access_policy.update;
-                let approvers = keys_of(&prospect.approvals);
-                let rejecters = keys_of(&prospect.rejections);
-                let vetoes = policy.veto_holders(&creator);
-                let attested = |session: &str, service: &str| self.attested_keys(session, service);
-                let members = Members {
-                    creator: &creator,
-                    attested: &attested,
-                };
-                if let Some(veto) = rejecters.intersection(&vetoes).next() {
-                    outcome = Some((Stage::Vetoed, format!("vetoed by {veto}")));
-                } else if !policy.can_still_be_met_with(&rejecters, &members) {
-                    outcome = Some((
-                        Stage::Rejected,
-                        "enough members rejected it that its rule can no longer be met".into(),
-                    ));
-                } else if policy.is_met_with(&approvers, &members) {
-                    let window_passed = now - snapshot.created >= self.config.governance.veto_window;
-                    if vetoes.is_subset(&approvers) || window_passed {
-                        match cloister_cas_session::parse_session(&snapshot.yaml)
-                            .map_err(CasError::from)
-                            .and_then(|s| {
-                                self.prepare_write(&proposer, &snapshot.yaml, &s, Some(c), &creator)
-                            }) {
-                            Ok(p) => prepared = Some(p),
-                            Err(e) => outcome = Some((Stage::Failed, e.message)),
-                        }
+                Some((c.session.access_policy.update.clone(), creator, Some(c)))
+            }
+            (None, None) => match self.namespace_board(&snapshot.change.session)? {
+                Some((rule, owner)) => {
+                    namespace_rule = Some(rule.clone());
+                    Some((rule, owner, None))
+                }
+                None => {
+                    outcome = Some((Stage::Void, "the namespace no longer has a board".into()));
+                    None
+                }
+            },
+        };
+        if let Some((policy, creator, current)) = &target {
+            let approvers = keys_of(&prospect.approvals);
+            let rejecters = keys_of(&prospect.rejections);
+            let vetoes = policy.veto_holders(creator);
+            let attested = |session: &str, service: &str| self.attested_keys(session, service);
+            let members = Members {
+                creator,
+                attested: &attested,
+            };
+            if let Some(veto) = rejecters.intersection(&vetoes).next() {
+                outcome = Some((Stage::Vetoed, format!("vetoed by {veto}")));
+            } else if !policy.can_still_be_met_with(&rejecters, &members) {
+                outcome = Some((
+                    Stage::Rejected,
+                    "enough members rejected it that its rule can no longer be met".into(),
+                ));
+            } else if policy.is_met_with(&approvers, &members) {
+                let window_passed = now - snapshot.created >= self.veto_window_of(policy);
+                if vetoes.is_subset(&approvers) || window_passed {
+                    // A creation's owner is its proposer, as if it had submitted it whole.
+                    let owner = if current.is_some() { creator } else { &proposer };
+                    match cloister_cas_session::parse_session(&snapshot.yaml)
+                        .map_err(CasError::from)
+                        .and_then(|s| {
+                            self.prepare_write(&proposer, &snapshot.yaml, &s, current.as_ref(), owner)
+                        }) {
+                        Ok(p) => prepared = Some(p),
+                        Err(e) => outcome = Some((Stage::Failed, e.message)),
                     }
                 }
             }
@@ -486,7 +569,7 @@ impl Cas {
                 let approved = Approved {
                     by: &p.approvals,
                     proposal: Some(&p.id),
-                    namespace_rule: None,
+                    namespace_rule: namespace_rule.as_ref(),
                 };
                 match commit_write(txn, prepared, &proposer, &approved)? {
                     Ok(()) => closing = Some((Stage::Applied, format!("applied as {}", prepared.hash))),
@@ -527,9 +610,9 @@ impl Cas {
                 Ok(p)
             }
             Err(reason) => {
-                self.audit(
+                self.refuse_request(
                     "proposal-vote-refused",
-                    &actor_text,
+                    actor,
                     &snapshot.change.session,
                     json!({"proposal": id, "reason": reason}),
                 );
@@ -574,8 +657,9 @@ pub(super) async fn sweep_proposals(cas: Arc<Cas>, mut stop: watch::Receiver<boo
     }
 }
 
-/// `POST /v1/proposals`: proposes a new version of a session to its board. Only a member of
-/// the board in force proposes; the YAML must name the current version as its predecessor.
+/// `POST /v1/proposals`: proposes a new version of a session to its board, or a new session
+/// to its namespace's board. Only a member of the board in force proposes; the YAML must name
+/// the current version as its predecessor (none for a creation).
 pub(super) async fn propose(
     State(cas): CasState,
     Signed { client, body }: Signed,
@@ -583,34 +667,50 @@ pub(super) async fn propose(
     let text = std::str::from_utf8(&body).map_err(|_| bad("the session must be UTF-8 YAML"))?;
     let session = cloister_cas_session::parse_session(text)?;
     let name = session.name.clone();
-    let current = cas.load_session(&name)?.ok_or_else(|| {
-        CasError::new(
-            StatusCode::NOT_FOUND,
-            format!("no session {name:?}: create it first (proposals change existing sessions)"),
-        )
-    })?;
-    let creator = current.stored.creator()?;
+    let current = cas.load_session(&name)?;
     let refuse = |status: StatusCode, reason: String| {
-        cas.audit(
+        cas.refuse_request(
             "proposal-create-refused",
-            &client.to_string(),
+            &client,
             &name,
             json!({"reason": reason}),
         );
         CasError::new(status, reason)
     };
-    if !cas.is_board_member(&current.session.access_policy.update, &client, &creator) {
+    // An update is decided by the current version's board; a creation by its namespace's.
+    let (policy, creator) = match &current {
+        Some(current) => (
+            current.session.access_policy.update.clone(),
+            current.stored.creator()?,
+        ),
+        None => cas.namespace_board(&name)?.ok_or_else(|| {
+            CasError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no session {name:?}, and its namespace has no board: create it directly \
+                     (only namespaces with a board take creation proposals)"
+                ),
+            )
+        })?,
+    };
+    if !cas.is_board_member(&policy, &client, &creator) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
-            format!("only members of session {name:?}'s board propose changes to it"),
+            match &current {
+                Some(_) => format!("only members of session {name:?}'s board propose changes to it"),
+                None => format!(
+                    "only members of namespace {:?}'s board propose sessions in it",
+                    namespace_of(&name)
+                ),
+            },
         ));
     }
-    if let Err(e) = session.check_predecessor(Some(&current.session)) {
+    if let Err(e) = session.check_predecessor(current.as_ref().map(|c| &c.session)) {
         return Err(refuse(CasError::from(e.clone()).status, e.to_string()));
     }
     let change = Change {
         session: name.clone(),
-        predecessor: Some(current.stored.hash.clone()),
+        predecessor: current.as_ref().map(|c| c.stored.hash.clone()),
         hash: session.hash(),
     };
     for id in cas.vault.keys(PROPOSALS_OPEN, "")? {
@@ -681,9 +781,7 @@ pub(super) async fn list(
         if !p.change.session.starts_with(&query.prefix) {
             continue;
         }
-        if let Some(ParsedSession { session, stored }) = cas.load_session(&p.change.session)?
-            && cas.may_oversee(&session, &client, &stored.creator()?)
-        {
+        if cas.may_oversee_change(&p.change, &client)? {
             out.push(cas.info(&p, &client, false));
         }
     }
@@ -698,15 +796,10 @@ pub(super) async fn show(
     Signed { client, .. }: Signed,
 ) -> CasResult<impl IntoResponse> {
     let p = cas.load_proposal(&id)?;
-    let (session, creator) = cas
-        .load_session(&p.change.session)?
-        .map(|c| c.stored.creator().map(|k| (c.session, k)))
-        .transpose()?
-        .ok_or_else(|| CasError::new(StatusCode::NOT_FOUND, "the proposal's session is gone"))?;
-    if !cas.may_oversee(&session, &client, &creator) {
-        cas.audit(
+    if !cas.may_oversee_change(&p.change, &client)? {
+        cas.refuse_request(
             "proposal-read-refused",
-            &client.to_string(),
+            &client,
             &p.change.session,
             json!({"proposal": id}),
         );
@@ -738,9 +831,9 @@ pub(super) async fn vote(
         serde_json::from_slice(&body).map_err(|e| bad(format!("malformed vote: {e}")))?;
     let p = cas.settle(&id, None, &client)?;
     let refuse = |status: StatusCode, reason: String| {
-        cas.audit(
+        cas.refuse_request(
             "proposal-vote-refused",
-            &client.to_string(),
+            &client,
             &p.change.session,
             json!({"proposal": id, "vote": kind.as_str(), "voter": request.signature.key, "reason": reason}),
         );
@@ -758,15 +851,14 @@ pub(super) async fn vote(
     }
     let voter = verify_vote(&p.change, kind, &request.signature)
         .map_err(|reason| refuse(StatusCode::FORBIDDEN, reason))?;
-    let current = cas
-        .load_session(&p.change.session)?
-        .ok_or_else(|| internal("the proposal's session is gone"))?;
-    let creator = current.stored.creator()?;
-    if !cas.is_board_member(&current.session.access_policy.update, &voter, &creator) {
+    let (policy, creator) = cas
+        .board_in_force(&p.change)?
+        .ok_or_else(|| CasError::new(StatusCode::CONFLICT, "the board deciding this proposal is gone"))?;
+    if !cas.is_board_member(&policy, &voter, &creator) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             format!(
-                "{voter} is not a member of session {:?}'s board: its vote does not count",
+                "{voter} is not a member of the board deciding {:?}: its vote does not count",
                 p.change.session
             ),
         ));

@@ -104,7 +104,7 @@ pub(super) async fn history(
         .ok_or_else(|| CasError::new(StatusCode::NOT_FOUND, format!("no session {name:?}")))?;
     let creator = stored.creator()?;
     if !(cas.may_oversee(&session, &client, &creator)) {
-        cas.audit("history-read-refused", &client.to_string(), &name, json!({}));
+        cas.refuse_request("history-read-refused", &client, &name, json!({}));
         return Err(forbidden(format!(
             "not allowed to read the history of session {name:?}"
         )));

@@ -50,7 +50,7 @@ use tokio::sync::watch;
 use crate::auth::Authenticator;
 use crate::nonce::Nonces;
 pub use crate::refusals::RefusalAuditLimits;
-use crate::refusals::RefusalRecorder;
+use crate::refusals::{ATTESTATIONS, REQUESTS, RefusalRecorder};
 use body::{ATTEST_BODY, COUNTER_BODY, PLATFORM_BODY, SESSION_BODY, VOLUME_COMMIT_BODY, body_limit};
 use error::{CasError, CasResult, sealed_message};
 pub use governance::GovernanceConfig;
@@ -105,7 +105,8 @@ pub struct CasConfig {
     /// directory). Collateral in a request is used only when this is unset or has nothing for
     /// the platform (see `dcap_collateral`).
     pub collateral: Option<Arc<cloister_attestation::CollateralSource>>,
-    /// How many refused attestations are audited one by one (the rest are summed up).
+    /// How many refused attestations, and refused requests of keys without standing, are
+    /// audited one by one per window (the rest are summed up).
     pub refusal_audit: RefusalAuditLimits,
     /// Auditors, proposal lifetime and veto window.
     pub governance: GovernanceConfig,
@@ -156,6 +157,9 @@ struct Cas {
     auth: Authenticator,
     nonces: Nonces,
     refusals: RefusalRecorder,
+    /// Refused requests of keys without standing on what they asked about (see
+    /// [`Cas::refuse_request`]).
+    request_refusals: RefusalRecorder,
     dcap: DcapVerifier,
     dcap_collateral: crate::dcap_collateral::CollateralChoice,
     snp: SnpVerifier,
@@ -198,7 +202,8 @@ pub async fn serve(config: CasConfig, vault: Arc<Vault>) -> Result<RunningCas, S
         vault: vault.clone(),
         auth,
         nonces: Nonces::new(config.nonce_ttl),
-        refusals: RefusalRecorder::new(config.refusal_audit),
+        refusals: RefusalRecorder::new(ATTESTATIONS, config.refusal_audit),
+        request_refusals: RefusalRecorder::new(REQUESTS, config.refusal_audit),
         dcap: DcapVerifier::new(),
         dcap_collateral: Default::default(),
         snp: SnpVerifier::new(),

@@ -161,9 +161,9 @@ pub(super) async fn declare_namespace(
     Signed { client, body }: Signed,
 ) -> CasResult<impl IntoResponse> {
     if !cas.is_admin(&client) {
-        cas.audit(
+        cas.refuse_request(
             "namespace-declare-refused",
-            &client.to_string(),
+            &client,
             "namespaces",
             json!({"reason": "not an administrator"}),
         );

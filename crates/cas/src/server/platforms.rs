@@ -43,9 +43,9 @@ pub(super) async fn add_platform(
     Signed { client, body }: Signed,
 ) -> CasResult<impl IntoResponse> {
     if !cas.is_admin(&client) {
-        cas.audit(
+        cas.refuse_request(
             "platform-add-refused",
-            &client.to_string(),
+            &client,
             "platforms",
             json!({"reason": "not an administrator"}),
         );

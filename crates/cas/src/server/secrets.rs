@@ -34,9 +34,9 @@ pub(super) async fn read_secret(
     let ParsedSession { session, stored } = cas.load_session(&query.session)?.ok_or_else(no_session)?;
     let creator = stored.creator()?;
     let refuse = |reason: &str| {
-        cas.audit(
+        cas.refuse_request(
             "secret-read-refused",
-            &client.to_string(),
+            &client,
             &query.session,
             json!({"secret": query.name, "reason": reason}),
         );

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use cloister_cas_client::governance::{DetachedSignature, VoteRecord};
 use cloister_cas_client::protocol::{SessionRecord, SessionWritten};
 use cloister_cas_session::{
-    ClientKey, ImportResolver, SecretValue, Secrets, Session, SessionError, UpdatePolicy,
+    ClientKey, ImportResolver, Importer, SecretValue, Secrets, Session, SessionError, UpdatePolicy,
 };
 use cloister_cas_store::{StoreError, WriteTxn};
 use serde::{Deserialize, Serialize};
@@ -112,7 +112,8 @@ fn session_text(body: &[u8]) -> CasResult<&str> {
 }
 
 /// Resolves `import`s from other sessions' exported secrets, for an importing session owned
-/// by `owner`: an export names the importer's owner as well as its name.
+/// by `owner`: an export names the importer's owner as well as its name, and may pin the
+/// importing version's hash.
 struct Imports<'a> {
     cas: &'a Cas,
     owner: &'a ClientKey,
@@ -124,6 +125,7 @@ impl ImportResolver for Imports<'_> {
         from_session: &str,
         secret: &str,
         importing: &str,
+        importing_hash: &str,
     ) -> Result<SecretValue, SessionError> {
         let missing = || SessionError::ImportRefused {
             session: from_session.into(),
@@ -136,7 +138,12 @@ impl ImportResolver for Imports<'_> {
         else {
             return Err(missing());
         };
-        cloister_cas_session::check_export(&exporting, secret, importing, self.owner)?;
+        let importer = Importer {
+            session: importing,
+            owner: self.owner,
+            hash: importing_hash,
+        };
+        cloister_cas_session::check_export(&exporting, secret, &importer)?;
         let secrets = self.cas.load_secrets(from_session).map_err(|_| missing())?;
         secrets.get(secret).cloned().ok_or_else(missing)
     }
@@ -181,9 +188,9 @@ impl Cas {
         creator: &ClientKey,
     ) -> CasResult<Prepared> {
         if let Err(e) = session.check_predecessor(current.map(|c| &c.session)) {
-            self.audit(
+            self.refuse_request(
                 "session-update-refused",
-                &client.to_string(),
+                client,
                 &session.name,
                 json!({"reason": e.to_string()}),
             );
@@ -210,9 +217,9 @@ impl Cas {
         )
         .map_err(|e| {
             if matches!(e, SessionError::ImportRefused { .. }) {
-                self.audit(
+                self.refuse_request(
                     refused_kind,
-                    &client.to_string(),
+                    client,
                     &session.name,
                     json!({"reason": e.to_string()}),
                 );
@@ -392,12 +399,7 @@ pub(super) async fn write_session(
             format!("session {name:?} changed while this write was prepared; read it again and retry"),
         )),
         Err(WriteRefused::Namespace(reason)) => {
-            cas.audit(
-                "session-create-refused",
-                &client.to_string(),
-                &name,
-                json!({"reason": reason}),
-            );
+            cas.refuse_request("session-create-refused", client, &name, json!({"reason": reason}));
             Err(forbidden(reason))
         }
     }
@@ -439,7 +441,7 @@ pub(super) async fn get_session(
         && !cas.is_auditor(&client)
         && !cas.is_board_member(&session.access_policy.update, &client, &creator)
     {
-        cas.audit("session-read-refused", &client.to_string(), &name, json!({}));
+        cas.refuse_request("session-read-refused", &client, &name, json!({}));
         return Err(forbidden(format!("not allowed to read session {name:?}")));
     }
     let explicit: Vec<&str> = session
