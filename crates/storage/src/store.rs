@@ -430,6 +430,33 @@ fn was_replaced(e: &S3Error) -> bool {
     e.message() == Some(REPLACED)
 }
 
+/// Bytes read from a data file per piece of a streamed body.
+const PIECE: usize = 1 << 20;
+
+/// Idle read buffers a stream keeps for reuse.
+const POOLED_PIECES: usize = 8;
+
+/// A piece of a data file in a buffer that goes back to its stream's pool once the HTTP layer
+/// has sent it, so a large read neither zeroes nor faults in fresh memory for every piece.
+struct Piece {
+    buffer: Vec<u8>,
+    len: usize,
+    pool: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer[..self.len]
+    }
+}
+
+impl Drop for Piece {
+    fn drop(&mut self) {
+        // A full pool (or a stream already over) frees the buffer instead.
+        let _ = self.pool.try_send(std::mem::take(&mut self.buffer));
+    }
+}
+
 fn send_file(
     file: std::io::Result<std::fs::File>,
     from: u64,
@@ -444,11 +471,14 @@ fn send_file(
             return false;
         }
     };
+    let (pool, returned) = std::sync::mpsc::sync_channel::<Vec<u8>>(POOLED_PIECES);
     let mut at = from;
     while at < to {
-        let len = usize::try_from((to - at).min(1 << 20)).unwrap_or(1 << 20);
-        let mut buf = vec![0u8; len];
-        match file.read_at(&mut buf, at) {
+        let len = usize::try_from((to - at).min(PIECE as u64)).unwrap_or(PIECE);
+        // Never waits for a buffer to come back: the channel to the HTTP layer bounds how many
+        // are out, so allocating when none has returned yet stays bounded too.
+        let mut buffer = returned.try_recv().unwrap_or_else(|_| vec![0u8; PIECE]);
+        match file.read_at(&mut buffer[..len], at) {
             Ok(0) => {
                 let _ = tx.blocking_send(Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -457,9 +487,13 @@ fn send_file(
                 return false;
             }
             Ok(n) => {
-                buf.truncate(n);
                 at += n as u64;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                let piece = Piece {
+                    buffer,
+                    len: n,
+                    pool: pool.clone(),
+                };
+                if tx.blocking_send(Ok(Bytes::from_owner(piece))).is_err() {
                     return false;
                 }
             }
