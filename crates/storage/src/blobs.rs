@@ -16,8 +16,10 @@ use crate::index::{Blob, Checksums};
 /// Objects up to this size live in the index: one commit makes them durable.
 pub(crate) const INLINE_MAX: usize = 64 * 1024;
 
-/// Bytes the writer gathers before each write to a data file.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Bytes the writer gathers before each write to a data file: enough for few system calls, few
+/// enough that the bytes are still in the processor's cache when the kernel copies them (1 MiB
+/// cost the server ~15% more processor time per GiB PUT).
+const WRITE_BUFFER: usize = 256 << 10;
 
 /// Chunks the writer gathers at most before a write (well under the kernel's `IOV_MAX`), so a
 /// body sent in tiny pieces still makes bounded writes.
