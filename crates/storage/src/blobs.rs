@@ -317,17 +317,25 @@ fn write_file(
     std::thread::scope(|scope| {
         // The new name must be as durable as the bytes. It exists from now on, so its directory
         // is flushed while the body streams in rather than after, off the answer's path.
-        let directory_synced = scope.spawn(|| match path.parent() {
+        let sync_directory = || match path.parent() {
             Some(parent) => std::fs::File::open(parent)?.sync_all(),
             None => Ok(()),
-        });
+        };
+        // Without a thread (the system may refuse one) it is flushed after, as it must be.
+        let directory_synced = std::thread::Builder::new()
+            .name("cloister-s3-dirsync".into())
+            .spawn_scoped(scope, sync_directory)
+            .ok();
         let written = write_chunks(&mut file, blobs_dir, received).and_then(|n| {
             file.sync_all()?;
             Ok(n)
         });
-        let synced = directory_synced
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the directory flush panicked")));
+        let synced = match directory_synced {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the directory flush panicked"))),
+            None => sync_directory(),
+        };
         let written = written?;
         synced?;
         Ok(written)
