@@ -201,6 +201,14 @@ impl Client {
 
     /// An S3 client for one bucket, with the endpoint and keys from `/system/config`.
     pub async fn s3(&self, bucket: &str) -> anyhow::Result<AmazonS3> {
+        self.s3_builder(bucket)
+            .await?
+            .build()
+            .context("cannot configure the S3 client")
+    }
+
+    /// The configuration of [`Client::s3`], for a caller that changes more of it.
+    pub async fn s3_builder(&self, bucket: &str) -> anyhow::Result<AmazonS3Builder> {
         let config = self.get_json("/system/config/").await?;
         let provider = &config["minio_provider"];
         let field = |name: &str| {
@@ -215,15 +223,13 @@ impl Client {
             .as_str()
             .filter(|r| !r.is_empty())
             .unwrap_or("us-east-1");
-        AmazonS3Builder::new()
+        Ok(AmazonS3Builder::new()
             .with_endpoint(field("endpoint")?)
             .with_access_key_id(field("access_key")?)
             .with_secret_access_key(field("secret_key")?)
             .with_region(region)
             .with_bucket_name(bucket)
-            .with_allow_http(true)
-            .build()
-            .context("cannot configure the S3 client")
+            .with_allow_http(true))
     }
 }
 

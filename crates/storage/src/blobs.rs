@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use md5::Digest;
 use s3s::dto::{ChecksumAlgorithm, StreamingBlob};
 use s3s::{S3Error, S3Result, s3_error};
 
@@ -17,8 +16,14 @@ use crate::index::{Blob, Checksums};
 /// Objects up to this size live in the index: one commit makes them durable.
 pub(crate) const INLINE_MAX: usize = 64 * 1024;
 
-/// Bytes the writer gathers before each write to a data file.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Bytes the writer gathers before each write to a data file: enough for few system calls, few
+/// enough that the bytes are still in the processor's cache when the kernel copies them (1 MiB
+/// cost the server ~15% more processor time per GiB PUT).
+const WRITE_BUFFER: usize = 256 << 10;
+
+/// Chunks the writer gathers at most before a write (well under the kernel's `IOV_MAX`), so a
+/// body sent in tiny pieces still makes bounded writes.
+const MAX_GATHERED: usize = 64;
 
 /// Chunks in flight between the body and the writer (and the hasher) threads.
 const PIPELINE_DEPTH: usize = 16;
@@ -83,16 +88,16 @@ pub(crate) fn checksum_hasher(wanted: Wanted) -> s3s::checksum::ChecksumHasher {
 }
 
 struct Hasher {
-    md5: md5::Md5,
+    md5: crate::etag_md5::Md5,
     sums: s3s::checksum::ChecksumHasher,
 }
 
 impl Hasher {
-    fn new(wanted: Wanted) -> Self {
-        Self {
-            md5: md5::Md5::new(),
+    fn new(wanted: Wanted) -> S3Result<Self> {
+        Ok(Self {
+            md5: crate::etag_md5::Md5::new().ok_or_else(md5_failed)?,
             sums: checksum_hasher(wanted),
-        }
+        })
     }
 
     fn update(&mut self, data: &[u8]) {
@@ -100,10 +105,10 @@ impl Hasher {
         self.sums.update(data);
     }
 
-    fn finish(self) -> (String, Checksums) {
+    fn finish(self) -> S3Result<(String, Checksums)> {
         let sums = self.sums.finalize();
-        (
-            hex::encode(self.md5.finalize()),
+        Ok((
+            hex::encode(self.md5.finalize().ok_or_else(md5_failed)?),
             Checksums {
                 crc32: sums.checksum_crc32,
                 crc32c: sums.checksum_crc32c,
@@ -111,8 +116,13 @@ impl Hasher {
                 sha256: sums.checksum_sha256,
                 crc64nvme: sums.checksum_crc64nvme,
             },
-        )
+        ))
     }
+}
+
+fn md5_failed() -> S3Error {
+    tracing::error!("object store: the MD5 of a body could not be computed");
+    s3_error!(InternalError, "cannot compute the object's ETag")
 }
 
 /// A body as received: where it went, how big it was, and its digests.
@@ -218,9 +228,9 @@ impl Blobs {
         let Some(first_spilled) = spill else {
             let data = head.freeze();
             check_length(expected, data.len() as u64)?;
-            let mut hasher = Hasher::new(wanted);
+            let mut hasher = Hasher::new(wanted)?;
             hasher.update(&data);
-            let (md5, checksums) = hasher.finish();
+            let (md5, checksums) = hasher.finish()?;
             return Ok(Received {
                 blob: Blob::Inline(new_id()),
                 size: data.len() as u64,
@@ -229,6 +239,7 @@ impl Blobs {
                 checksums,
             });
         };
+        let mut hasher = Hasher::new(wanted)?;
         let id = new_id();
         let path = self.path(id);
         let (to_writer, mut writer_rx) = tokio::sync::mpsc::channel::<Bytes>(PIPELINE_DEPTH);
@@ -236,36 +247,9 @@ impl Blobs {
         let writer = tokio::task::spawn_blocking({
             let path = path.clone();
             let dir = self.dir.clone();
-            move || -> std::io::Result<u64> {
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)?;
-                // The body arrives in pieces of a few KiB; the disk wants fewer, larger writes.
-                let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-                let mut written = 0u64;
-                let mut next_check = crate::space::CHECK_EVERY;
-                while let Some(chunk) = writer_rx.blocking_recv() {
-                    out.write_all(&chunk)?;
-                    written += chunk.len() as u64;
-                    // A body of unknown length may eat the reserve the index commits need.
-                    if written >= next_check {
-                        next_check = written + crate::space::CHECK_EVERY;
-                        if crate::space::low(&dir) {
-                            return Err(std::io::ErrorKind::StorageFull.into());
-                        }
-                    }
-                }
-                let file = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
-                file.sync_all()?;
-                if let Some(parent) = path.parent() {
-                    std::fs::File::open(parent)?.sync_all()?;
-                }
-                Ok(written)
-            }
+            move || write_file(&path, &dir, &mut writer_rx)
         });
         let hasher = tokio::task::spawn_blocking(move || {
-            let mut hasher = Hasher::new(wanted);
             while let Some(chunk) = hasher_rx.blocking_recv() {
                 hasher.update(&chunk);
             }
@@ -304,7 +288,10 @@ impl Blobs {
             Ok(Err(e)) => return Err(cleanup(io_fault("cannot write a data file", &e))),
             Err(e) => return Err(cleanup(s3_error!(InternalError, "data writer failed: {e}"))),
         };
-        let (md5, checksums) = hashed.map_err(|e| cleanup(s3_error!(InternalError, "hasher failed: {e}")))?;
+        let (md5, checksums) = hashed
+            .map_err(|e| s3_error!(InternalError, "hasher failed: {e}"))
+            .and_then(|hashed| hashed)
+            .map_err(cleanup)?;
         check_length(expected, size).map_err(cleanup)?;
         Ok(Received {
             blob: Blob::File(id),
@@ -314,6 +301,91 @@ impl Blobs {
             checksums,
         })
     }
+}
+
+/// Writes the chunks `received` sends to a new file at `path` and fsyncs it with its directory;
+/// returns the number of bytes written.
+fn write_file(
+    path: &std::path::Path,
+    blobs_dir: &std::path::Path,
+    received: &mut tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<u64> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    std::thread::scope(|scope| {
+        // The new name must be as durable as the bytes. It exists from now on, so its directory
+        // is flushed while the body streams in rather than after, off the answer's path.
+        let sync_directory = || match path.parent() {
+            Some(parent) => std::fs::File::open(parent)?.sync_all(),
+            None => Ok(()),
+        };
+        // Without a thread (the system may refuse one) it is flushed after, as it must be.
+        let directory_synced = std::thread::Builder::new()
+            .name("cloister-s3-dirsync".into())
+            .spawn_scoped(scope, sync_directory)
+            .ok();
+        let written = write_chunks(&mut file, blobs_dir, received).and_then(|n| {
+            file.sync_all()?;
+            Ok(n)
+        });
+        let synced = match directory_synced {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the directory flush panicked"))),
+            None => sync_directory(),
+        };
+        let written = written?;
+        synced?;
+        Ok(written)
+    })
+}
+
+fn write_chunks(
+    file: &mut std::fs::File,
+    blobs_dir: &std::path::Path,
+    received: &mut tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<u64> {
+    // The body arrives in pieces of a few KiB to a few hundred; the disk wants fewer, larger
+    // writes. They are gathered and written with one writev, not copied into a buffer.
+    let mut gathered: Vec<Bytes> = Vec::with_capacity(MAX_GATHERED);
+    let mut gathered_len = 0;
+    let mut written = 0u64;
+    let mut next_check = crate::space::CHECK_EVERY;
+    while let Some(chunk) = received.blocking_recv() {
+        gathered_len += chunk.len();
+        gathered.push(chunk);
+        if gathered_len >= WRITE_BUFFER || gathered.len() >= MAX_GATHERED {
+            write_gathered(file, &gathered)?;
+            written += gathered_len as u64;
+            gathered.clear();
+            gathered_len = 0;
+            // A body of unknown length may eat the reserve the index commits need.
+            if written >= next_check {
+                next_check = written + crate::space::CHECK_EVERY;
+                if crate::space::low(blobs_dir) {
+                    return Err(std::io::ErrorKind::StorageFull.into());
+                }
+            }
+        }
+    }
+    write_gathered(file, &gathered)?;
+    Ok(written + gathered_len as u64)
+}
+
+fn write_gathered(file: &mut std::fs::File, chunks: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = chunks.iter().map(|c| std::io::IoSlice::new(c)).collect();
+    let mut slices = slices.as_mut_slice();
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn check_length(expected: Option<u64>, got: u64) -> S3Result<()> {

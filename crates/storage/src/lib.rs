@@ -13,6 +13,7 @@ mod blobs;
 mod conditions;
 mod credentials;
 mod embedded;
+mod etag_md5;
 pub mod events;
 mod index;
 pub mod listen;

@@ -390,6 +390,8 @@ impl Core {
         let blobs = self.blobs.clone();
         tokio::task::spawn_blocking(move || {
             let _pin = pin;
+            // One pool for the whole stream, so a multipart object's parts reuse its buffers.
+            let pool = Pool::new();
             for (blob, from, to) in pieces {
                 let sent = match blob {
                     Blob::Inline(id) => {
@@ -403,7 +405,7 @@ impl Core {
                             Some(file) => Ok(file),
                             None => std::fs::File::open(blobs.path(id)),
                         };
-                        send_file(file, from, to, &tx)
+                        send_file(file, from, to, &pool, &tx)
                     }
                 };
                 if !sent {
@@ -430,10 +432,57 @@ fn was_replaced(e: &S3Error) -> bool {
     e.message() == Some(REPLACED)
 }
 
+/// Bytes read from a data file per piece of a streamed body.
+const PIECE: usize = 1 << 20;
+
+/// Idle read buffers a stream keeps for reuse.
+const POOLED_PIECES: usize = 8;
+
+/// A piece of a data file in a buffer that goes back to its stream's pool once the HTTP layer
+/// has sent it, so a large read neither zeroes nor faults in fresh memory for every piece.
+struct Piece {
+    buffer: Vec<u8>,
+    len: usize,
+    pool: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer[..self.len]
+    }
+}
+
+impl Drop for Piece {
+    fn drop(&mut self) {
+        // A full pool (or a stream already over) frees the buffer instead.
+        let _ = self.pool.try_send(std::mem::take(&mut self.buffer));
+    }
+}
+
+/// The buffers of one stream: those the HTTP layer has sent come back here.
+struct Pool {
+    home: std::sync::mpsc::SyncSender<Vec<u8>>,
+    returned: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl Pool {
+    fn new() -> Self {
+        let (home, returned) = std::sync::mpsc::sync_channel(POOLED_PIECES);
+        Self { home, returned }
+    }
+
+    /// A returned buffer, or a new one. Never waits for one to come back: the channel to the
+    /// HTTP layer bounds how many are out, so allocating when none has returned stays bounded.
+    fn buffer(&self) -> Vec<u8> {
+        self.returned.try_recv().unwrap_or_else(|_| vec![0u8; PIECE])
+    }
+}
+
 fn send_file(
     file: std::io::Result<std::fs::File>,
     from: u64,
     to: u64,
+    pool: &Pool,
     tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) -> bool {
     use std::os::unix::fs::FileExt;
@@ -446,9 +495,9 @@ fn send_file(
     };
     let mut at = from;
     while at < to {
-        let len = usize::try_from((to - at).min(1 << 20)).unwrap_or(1 << 20);
-        let mut buf = vec![0u8; len];
-        match file.read_at(&mut buf, at) {
+        let len = usize::try_from((to - at).min(PIECE as u64)).unwrap_or(PIECE);
+        let mut buffer = pool.buffer();
+        match file.read_at(&mut buffer[..len], at) {
             Ok(0) => {
                 let _ = tx.blocking_send(Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -457,9 +506,13 @@ fn send_file(
                 return false;
             }
             Ok(n) => {
-                buf.truncate(n);
                 at += n as u64;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                let piece = Piece {
+                    buffer,
+                    len: n,
+                    pool: pool.home.clone(),
+                };
+                if tx.blocking_send(Ok(Bytes::from_owner(piece))).is_err() {
                     return false;
                 }
             }
@@ -691,5 +744,56 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         panic!("the aborted upload's part was not reclaimed");
+    }
+
+    /// Runs [`send_file`] over `from..to` of a file holding `data` and collects what it sends,
+    /// dropping each piece as the HTTP layer would.
+    fn streamed(data: &[u8], pieces: &[(u64, u64)]) -> (Vec<u8>, Option<std::io::Error>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, data).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let pieces = pieces.to_vec();
+        let sender = std::thread::spawn(move || {
+            let pool = Pool::new();
+            for (from, to) in pieces {
+                if !send_file(std::fs::File::open(&path), from, to, &pool, &tx) {
+                    return;
+                }
+            }
+        });
+        let (mut got, mut error) = (Vec::new(), None);
+        while let Some(piece) = rx.blocking_recv() {
+            match piece {
+                Ok(bytes) => got.extend_from_slice(&bytes),
+                Err(e) => error = Some(e),
+            }
+        }
+        sender.join().unwrap();
+        (got, error)
+    }
+
+    #[test]
+    fn pooled_pieces_carry_the_exact_bytes() {
+        let data: Vec<u8> = (0..3 * PIECE + 12_345).map(|i| (i % 251) as u8).collect();
+        let len = data.len() as u64;
+        let (got, error) = streamed(&data, &[(0, len)]);
+        assert!(error.is_none());
+        assert!(got == data, "the whole file, through reused buffers");
+        // Segments of one stream share the pool; a reused buffer longer than the piece it
+        // carries must not leak its old tail.
+        let (got, error) = streamed(&data, &[(5, len), (0, 100), (len - 7, len)]);
+        assert!(error.is_none());
+        let expected: Vec<u8> = [&data[5..], &data[..100], &data[data.len() - 7..]].concat();
+        assert!(got == expected, "ranges of several segments");
+    }
+
+    #[test]
+    fn a_data_file_shorter_than_its_record_is_an_error() {
+        let data = vec![7u8; 1000];
+        let (got, error) = streamed(&data, &[(0, 2000)]);
+        assert_eq!(got, data, "what the file holds is sent");
+        let error = error.expect("the missing bytes are an error, not a short body");
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }
