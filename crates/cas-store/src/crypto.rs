@@ -108,6 +108,19 @@ impl Purpose {
     }
 }
 
+/// A 32-byte key derived from the master key for one use, named by `info` (HKDF-SHA256).
+fn subkey(master: &MasterKey, info: &[u8]) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(master.as_bytes());
+    let info = [info];
+    let okm = prk
+        .expand(&info, hkdf::HKDF_SHA256)
+        .map_err(|_| StoreError::Crypto("HKDF expand failed"))?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    okm.fill(key.as_mut_slice())
+        .map_err(|_| StoreError::Crypto("HKDF expand failed"))?;
+    Ok(key)
+}
+
 const DIGEST_KEY_INFO: &[u8] = b"cloister-cas/v1/counter-digest/hmac-sha256";
 
 /// The HMAC-SHA256 key of the counters' digest (see `vault::counters`), derived from the
@@ -116,14 +129,7 @@ pub(crate) struct DigestKey(hmac::Key);
 
 impl DigestKey {
     pub(crate) fn derive(master: &MasterKey) -> Result<Self, StoreError> {
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(master.as_bytes());
-        let info = [DIGEST_KEY_INFO];
-        let okm = prk
-            .expand(&info, hkdf::HKDF_SHA256)
-            .map_err(|_| StoreError::Crypto("HKDF expand failed"))?;
-        let mut key = Zeroizing::new([0u8; 32]);
-        okm.fill(key.as_mut_slice())
-            .map_err(|_| StoreError::Crypto("HKDF expand failed"))?;
+        let key = subkey(master, DIGEST_KEY_INFO)?;
         Ok(DigestKey(hmac::Key::new(hmac::HMAC_SHA256, key.as_slice())))
     }
 
@@ -155,14 +161,7 @@ pub(crate) fn aad(purpose: Purpose, parts: &[&[u8]]) -> Vec<u8> {
 impl DataKey {
     /// Derives the data key from the master key.
     pub(crate) fn derive(master: &MasterKey) -> Result<Self, StoreError> {
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(master.as_bytes());
-        let info = [DATA_KEY_INFO];
-        let okm = prk
-            .expand(&info, hkdf::HKDF_SHA256)
-            .map_err(|_| StoreError::Crypto("HKDF expand failed"))?;
-        let mut key = Zeroizing::new([0u8; 32]);
-        okm.fill(key.as_mut_slice())
-            .map_err(|_| StoreError::Crypto("HKDF expand failed"))?;
+        let key = subkey(master, DATA_KEY_INFO)?;
         let aead = RandomizedNonceKey::new(&AES_256_GCM, key.as_slice())
             .map_err(|_| StoreError::Crypto("AES-256-GCM key setup failed"))?;
         Ok(DataKey(aead))

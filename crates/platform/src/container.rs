@@ -490,12 +490,15 @@ impl Containers {
     }
 
     async fn image_exists(&self, image: &str) -> bool {
+        self.inspect_image(image, "{{.Id}}").await.is_ok()
+    }
+
+    /// `image inspect --format FORMAT IMAGE`'s output.
+    async fn inspect_image(&self, image: &str, format: &str) -> Result<String, String> {
         let mut args = self.global.clone();
         args.extend(["image".to_owned(), "inspect".to_owned(), "--format".to_owned()]);
-        args.extend(["{{.Id}}".to_owned(), image.to_owned()]);
-        engine_output(&self.engine, &self.engine_env, &args, ENGINE_COMMAND_TIMEOUT)
-            .await
-            .is_ok()
+        args.extend([format.to_owned(), image.to_owned()]);
+        engine_output(&self.engine, &self.engine_env, &args, ENGINE_COMMAND_TIMEOUT).await
     }
 
     /// Pulls `image`, with each named credential in turn until one works (as Kubernetes tries
@@ -828,10 +831,8 @@ impl Containers {
         if let Some(env) = self.image_envs.lock().ok().and_then(|e| e.get(image).cloned()) {
             return Ok(env);
         }
-        let mut args = self.global.clone();
-        args.extend(["image".to_owned(), "inspect".to_owned(), "--format".to_owned()]);
-        args.extend(["{{json .Config.Env}}".to_owned(), image.to_owned()]);
-        let listed = engine_output(&self.engine, &self.engine_env, &args, ENGINE_COMMAND_TIMEOUT)
+        let listed = self
+            .inspect_image(image, "{{json .Config.Env}}")
             .await
             .map_err(|e| format!("cannot read the image's environment: {e}"))?;
         let mut env = parse_image_env(&listed)?;

@@ -232,25 +232,29 @@ impl ContainedResult {
 
     /// The outcome it reports.
     pub fn into_outcome(self) -> JobOutcome {
-        let now = OffsetDateTime::now_utc();
         JobOutcome {
             status: self.status,
             exit_code: self.exit_code,
             reason: self.reason,
-            log: self
-                .log
-                .into_iter()
-                .map(|(nanos, text)| LogLine {
-                    time: OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(now),
-                    text,
-                })
-                .collect(),
+            log: log_lines(self.log),
             stdout: Vec::new(),
             files: Vec::new(),
             uploaded: self.uploaded,
             sealed_log: None,
         }
     }
+}
+
+/// Log lines as they travel (unix time in nanoseconds, text) back into [`LogLine`]s; a time out
+/// of range becomes now.
+fn log_lines(log: Vec<(i128, String)>) -> Vec<LogLine> {
+    let now = OffsetDateTime::now_utc();
+    log.into_iter()
+        .map(|(nanos, text)| LogLine {
+            time: OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(now),
+            text,
+        })
+        .collect()
 }
 
 /// The socket in a warm container's control directory on which the platform waits for the
@@ -332,16 +336,8 @@ impl WarmReport {
     /// The run it reports, with `stdout`.
     pub fn into_run(self, stdout: Vec<u8>) -> crate::ScriptRun {
         use crate::RunFailure;
-        let now = OffsetDateTime::now_utc();
         crate::ScriptRun {
-            log: self
-                .log
-                .into_iter()
-                .map(|(nanos, text)| LogLine {
-                    time: OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(now),
-                    text,
-                })
-                .collect(),
+            log: log_lines(self.log),
             stdout,
             exit_code: self.exit_code,
             failure: self.failure.map(|failure| match failure {
