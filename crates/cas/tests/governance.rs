@@ -53,7 +53,12 @@ impl Cas {
             admins: vec![public(ADMIN)],
             nonce_ttl: Duration::from_secs(60),
             collateral: None,
-            refusal_audit: Default::default(),
+            // The default limits over a window long enough that a flood on a loaded machine
+            // still falls in one.
+            refusal_audit: cloister_cas::server::RefusalAuditLimits {
+                window: Duration::from_secs(600),
+                ..Default::default()
+            },
             governance: GovernanceConfig {
                 auditors: vec![public(AUDITOR)],
                 sweep_interval: Duration::from_millis(100),

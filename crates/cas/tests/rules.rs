@@ -1,6 +1,7 @@
 //! The CAS's access rules through the real server (TLS, signed requests, the vault): who reads
 //! what, exports bound to owner keys, namespaces, sessions that stay updated under concurrent
-//! attestations, and signed requests that cannot be replayed across a restart.
+//! attestations, signed requests that cannot be replayed across a restart, and the bounded
+//! budget of namespaces nobody declared.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cloister_attestation::SimPlatform;
-use cloister_cas::server::{CasConfig, RunningCas, serve};
+use cloister_cas::server::{CasConfig, GovernanceConfig, RunningCas, serve};
 use cloister_cas_client::client::{CasClient, ClientError};
 use cloister_cas_client::protocol::{ErrorBody, InitData};
 use cloister_cas_client::sign::ClientIdentity;
@@ -34,6 +35,11 @@ struct Cas {
 impl Cas {
     /// Starts a CAS on the vault in `dir` (a key-file vault, created if missing).
     async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, Default::default()).await
+    }
+
+    /// [`Cas::start`] with its governance settings.
+    async fn start_with(dir: &Path, governance: GovernanceConfig) -> Self {
         let vault = if Vault::exists(dir) {
             // The previous server's connections may still be closing, holding the database.
             let mut tries = 0;
@@ -64,7 +70,7 @@ impl Cas {
             nonce_ttl: Duration::from_secs(60),
             collateral: None,
             refusal_audit: Default::default(),
-            governance: Default::default(),
+            governance,
         };
         let mut running = serve(config, Arc::new(vault)).await.unwrap();
         let addr = running.network_addr().await.unwrap();
@@ -710,4 +716,136 @@ async fn a_request_captured_before_a_restart_is_refused_after_it() {
     // An honest client signs again with the CAS's time and goes on.
     assert!(cas.client(1).list_sessions("").await.unwrap().is_empty());
     cas.running.shutdown().await;
+}
+
+/// A stranger's session in a namespace it claims with `key`, about `size` bytes long.
+fn stranger_session(name: &str, size: usize) -> String {
+    format!(
+        "name: {name}\nsecrets:\n- name: note\n  kind: ascii\n  value: \"{}\"\n",
+        "x".repeat(size)
+    )
+}
+
+/// Anyone can claim an undeclared namespace with a fresh key, so what such namespaces hold is
+/// bounded in all (durably, across a restart); namespaces an administrator declared are not
+/// charged, and a budget of 0 leaves only declared namespaces.
+#[tokio::test(flavor = "multi_thread")]
+async fn undeclared_namespaces_share_a_bounded_budget_and_declared_ones_are_not_charged() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 16 * 1024;
+    let governance = || GovernanceConfig {
+        open_namespace_budget: budget,
+        ..Default::default()
+    };
+    let cas = Cas::start_with(dir.path(), governance()).await;
+
+    // Fresh keys, each claiming its own namespace, until the budget is spent.
+    let mut created = 0;
+    let mut refusal = None;
+    for n in 0..64u8 {
+        let stranger = cas.client(n);
+        match stranger
+            .create_session(&stranger_session(&format!("open{n}/s"), 1000))
+            .await
+        {
+            Ok(_) => created += 1,
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    // Each session costs its text twice (session and history), its secrets and the overhead.
+    assert!(
+        (3..16).contains(&created),
+        "{created} sessions fit in {budget} bytes"
+    );
+    refused(
+        Err::<(), _>(refusal.expect("the budget was never spent")),
+        403,
+        "budget for undeclared namespaces",
+    );
+    // Updates in a claimed namespace are charged too.
+    let first = cas.client(0);
+    let current = first.get_session("open0/s").await.unwrap().hash;
+    let update = format!("predecessor: {current}\n{}", stranger_session("open0/s", 1000));
+    refused(
+        first.update_session("open0/s", &update).await,
+        403,
+        "ask a CAS administrator",
+    );
+
+    // A declared namespace is not charged: its owner goes on creating sessions.
+    let tenant = cas.client(50);
+    cas.client(ADMIN)
+        .declare_namespace("tenant", &public(50))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        tenant
+            .create_session(&stranger_session(&format!("tenant/s{i}"), 1000))
+            .await
+            .unwrap();
+    }
+
+    // A flood of refused strangers adds a bounded number of audit entries.
+    for n in 0..40u8 {
+        let _ = cas
+            .client(n.wrapping_add(150))
+            .create_session(&stranger_session(&format!("flood{n}/s"), 10))
+            .await;
+    }
+    let refused_entries = cas
+        .audit()
+        .await
+        .iter()
+        .filter(|e| e.kind == "session-create-refused")
+        .count();
+    assert!(
+        refused_entries <= 10,
+        "{refused_entries} refusals audited one by one"
+    );
+
+    // The usage survives a restart: the budget stays spent. Open connections hold the vault.
+    drop((first, tenant));
+    cas.running.shutdown().await;
+    let cas = Cas::start_with(dir.path(), governance()).await;
+    refused(
+        cas.client(200)
+            .create_session(&stranger_session("late/s", 10))
+            .await,
+        403,
+        "budget for undeclared namespaces",
+    );
+    cas.running.shutdown().await;
+
+    // A budget of 0: only declared namespaces hold sessions.
+    let closed_dir = tempfile::tempdir().unwrap();
+    let closed = Cas::start_with(
+        closed_dir.path(),
+        GovernanceConfig {
+            open_namespace_budget: 0,
+            ..Default::default()
+        },
+    )
+    .await;
+    refused(
+        closed
+            .client(1)
+            .create_session(&stranger_session("mine/s", 10))
+            .await,
+        403,
+        "ask a CAS administrator to declare it",
+    );
+    closed
+        .client(ADMIN)
+        .declare_namespace("mine", &public(1))
+        .await
+        .unwrap();
+    closed
+        .client(1)
+        .create_session(&stranger_session("mine/s", 10))
+        .await
+        .unwrap();
+    closed.running.shutdown().await;
 }

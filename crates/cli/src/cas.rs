@@ -74,6 +74,12 @@ pub enum CasCommand {
         /// How long veto holders have to object to a proposal they have not approved.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         veto_window: Duration,
+        /// Bytes that sessions, their versions and proposals may take, in all, in namespaces no
+        /// administrator declared (anyone can claim one with a fresh key). 0: sessions live only
+        /// in namespaces declared with `cloister cas namespace add`.
+        #[arg(long, env = "CLOISTER_CAS_OPEN_NAMESPACE_BUDGET",
+              default_value_t = cloister_cas::server::DEFAULT_OPEN_NAMESPACE_BUDGET)]
+        open_namespace_budget: u64,
     },
     /// Status of the local CAS (operator socket).
     Status {
@@ -462,6 +468,7 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
             auditors,
             proposal_ttl,
             veto_window,
+            open_namespace_budget,
         } => {
             let collateral = match (pccs_url, collateral_dir) {
                 (Some(url), Some(dir)) => Some(cloister_attestation::CollateralSource::pccs(&url, &dir)),
@@ -484,6 +491,7 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
                 auditors,
                 proposal_ttl,
                 veto_window,
+                open_namespace_budget,
                 ..Default::default()
             };
             let config = cas_config(&data_dir, listen, admins, nonce_ttl, collateral, governance);

@@ -30,7 +30,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 
 use super::error::{CasError, CasResult, bad, corrupt, forbidden, internal};
-use super::namespaces::{StoredNamespace, namespace_of, namespace_record};
+use super::namespaces::{StoredNamespace, namespace_of, namespace_record, open_charge};
 use super::sessions::{Approved, ParsedSession, Prepared, WriteRefused, commit_write, write_session};
 use super::signed::Signed;
 use super::{Cas, CasState, PROPOSALS, PROPOSALS_OPEN};
@@ -49,7 +49,14 @@ pub struct GovernanceConfig {
     pub veto_window: Duration,
     /// How often open proposals are checked for expiry, voiding and a passed veto window.
     pub sweep_interval: Duration,
+    /// How many bytes sessions, their versions and proposals may take, in all, in namespaces
+    /// that no administrator declared (claimed by whoever created their first session, with
+    /// any key). 0 closes claiming: sessions then live only in declared namespaces.
+    pub open_namespace_budget: u64,
 }
+
+/// The default of [`GovernanceConfig::open_namespace_budget`]: 64 MiB, thousands of sessions.
+pub const DEFAULT_OPEN_NAMESPACE_BUDGET: u64 = 64 << 20;
 
 impl Default for GovernanceConfig {
     fn default() -> Self {
@@ -58,6 +65,7 @@ impl Default for GovernanceConfig {
             proposal_ttl: Duration::from_secs(7 * 24 * 3600),
             veto_window: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_secs(1),
+            open_namespace_budget: DEFAULT_OPEN_NAMESPACE_BUDGET,
         }
     }
 }
@@ -453,6 +461,7 @@ impl Cas {
         let mut outcome: Option<(Stage, String)> = None;
         let mut prepared: Option<Prepared> = None;
         let mut namespace_rule: Option<UpdatePolicy> = None;
+        let open_budget = self.config.governance.open_namespace_budget;
         let target = match (&snapshot.change.predecessor, current) {
             (_, _) if now >= snapshot.expires => {
                 outcome = Some((Stage::Expired, "its time ran out before its rule was met".into()));
@@ -571,12 +580,14 @@ impl Cas {
                     proposal: Some(&p.id),
                     namespace_rule: namespace_rule.as_ref(),
                 };
-                match commit_write(txn, prepared, &proposer, &approved)? {
+                match commit_write(txn, prepared, &proposer, &approved, open_budget)? {
                     Ok(()) => closing = Some((Stage::Applied, format!("applied as {}", prepared.hash))),
                     Err(WriteRefused::Changed) => {
                         closing = Some((Stage::Void, "its predecessor is no longer current".into()));
                     }
-                    Err(WriteRefused::Namespace(reason)) => closing = Some((Stage::Failed, reason)),
+                    Err(WriteRefused::Namespace(reason) | WriteRefused::Budget(reason)) => {
+                        closing = Some((Stage::Failed, reason))
+                    }
                 }
             }
             if let Some((state, reason)) = closing {
@@ -740,7 +751,17 @@ pub(super) async fn propose(
         rejections: Vec::new(),
     };
     let bytes = serde_json::to_vec(&proposal).map_err(|_| internal("encode"))?;
-    cas.vault.write(|txn| {
+    let charged = cas.vault.write(|txn| {
+        match open_charge(
+            txn,
+            &name,
+            bytes.len(),
+            cas.config.governance.open_namespace_budget,
+        )? {
+            Ok(Some(charge)) => charge.record(txn)?,
+            Ok(None) => {}
+            Err(reason) => return Ok(Err(reason)),
+        }
         txn.put(PROPOSALS, &proposal.id, &bytes)?;
         txn.put(PROPOSALS_OPEN, &proposal.id, name.as_bytes())?;
         txn.audit_append(
@@ -753,9 +774,12 @@ pub(super) async fn propose(
                 "hash": proposal.change.hash,
                 "expires": rfc3339(proposal.expires),
             }),
-        )
-        .map(|_| ())
+        )?;
+        Ok(Ok(()))
     })?;
+    if let Err(reason) = charged {
+        return Err(refuse(StatusCode::FORBIDDEN, reason));
+    }
     Ok((
         StatusCode::CREATED,
         axum::Json(cas.info(&proposal, &client, true)),

@@ -53,7 +53,7 @@ pub use crate::refusals::RefusalAuditLimits;
 use crate::refusals::{ATTESTATIONS, REQUESTS, RefusalRecorder};
 use body::{ATTEST_BODY, COUNTER_BODY, PLATFORM_BODY, SESSION_BODY, VOLUME_COMMIT_BODY, body_limit};
 use error::{CasError, CasResult, sealed_message};
-pub use governance::GovernanceConfig;
+pub use governance::{DEFAULT_OPEN_NAMESPACE_BUDGET, GovernanceConfig};
 use session_cache::{Loaded, SessionCache};
 
 mod accept;
@@ -86,6 +86,8 @@ const PROPOSALS: &str = "proposals";
 const APPROVERS: &str = "approvers";
 /// The ids of pending proposals, so that the sweep reads only those.
 const PROPOSALS_OPEN: &str = "proposals-open";
+/// What the open (undeclared) namespaces use of their budget.
+const QUOTAS: &str = "quotas";
 
 /// Settings of `cloister cas serve`.
 #[derive(Debug, Clone)]

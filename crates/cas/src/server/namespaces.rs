@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use cloister_cas_client::protocol::{NamespaceInfo, NamespaceRequest};
 use cloister_cas_session::{ClientKey, UpdatePolicy};
-use cloister_cas_store::StoreError;
+use cloister_cas_store::{StoreError, WriteTxn};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 use super::error::{CasResult, bad, corrupt, forbidden, internal};
 use super::sessions::StoredSession;
 use super::signed::Signed;
-use super::{CasState, NAMESPACES, SESSIONS};
+use super::{CasState, NAMESPACES, QUOTAS, SESSIONS};
 
 /// Who owns a namespace (the first segment of session names), and how it came to.
 #[derive(Serialize, Deserialize)]
@@ -153,6 +153,66 @@ pub(super) fn namespace_claim(
             creators.len()
         )),
     })
+}
+
+/// The record of [`QUOTAS`] holding what open namespaces use.
+const OPEN_USAGE: &str = "open-namespaces";
+
+/// What every record a write adds costs besides its bytes (keys, audit entry, history).
+const RECORD_OVERHEAD: u64 = 1024;
+
+/// Bytes stored for sessions (their versions and proposals) in namespaces no administrator
+/// declared, in all.
+#[derive(Default, Serialize, Deserialize)]
+struct OpenUsage {
+    bytes: u64,
+}
+
+/// What the open namespaces' usage becomes when the session `name` stores `bytes` more (plus a
+/// record's overhead), if `name` lives in a namespace no administrator declared: anyone may
+/// claim such a namespace with a fresh key, so what they store there, in all, is bounded by
+/// `budget`. Declared namespaces are not charged (`None`). Reads only: the caller writes the
+/// charge with [`OpenCharge::record`] together with what it pays for, after every other check,
+/// so that a refused write leaves nothing behind. `Ok(Err(reason))` refuses the write.
+pub(super) fn open_charge(
+    txn: &WriteTxn<'_>,
+    name: &str,
+    bytes: usize,
+    budget: u64,
+) -> Result<Result<Option<OpenCharge>, String>, StoreError> {
+    let namespace = namespace_of(name);
+    let declared = namespace_record(&|t, k| txn.get(t, k), namespace)?
+        .is_some_and(|record| record.how == NamespaceOrigin::Declared);
+    if declared {
+        return Ok(Ok(None));
+    }
+    let usage: OpenUsage = match txn.get(QUOTAS, OPEN_USAGE)? {
+        Some(raw) => serde_json::from_slice(&raw).map_err(|_| corrupt("open namespaces' usage"))?,
+        None => OpenUsage::default(),
+    };
+    let after = usage
+        .bytes
+        .saturating_add(bytes as u64)
+        .saturating_add(RECORD_OVERHEAD);
+    if after > budget {
+        return Ok(Err(format!(
+            "namespace {namespace:?} is not declared, and the CAS's budget for undeclared namespaces \
+             ({budget} bytes) is spent: ask a CAS administrator to declare it \
+             (cloister cas namespace add {namespace} --owner KEY)"
+        )));
+    }
+    Ok(Ok(Some(OpenCharge(OpenUsage { bytes: after }))))
+}
+
+/// The open namespaces' usage after a write that [`open_charge`] allowed.
+pub(super) struct OpenCharge(OpenUsage);
+
+impl OpenCharge {
+    /// Writes the new usage in the transaction that stores what it was charged for.
+    pub(super) fn record(&self, txn: &mut WriteTxn<'_>) -> Result<(), StoreError> {
+        let raw = serde_json::to_vec(&self.0).map_err(|_| corrupt("open namespaces' usage"))?;
+        txn.put(QUOTAS, OPEN_USAGE, &raw)
+    }
 }
 
 /// `POST /v1/namespaces`: an administrator declares (or re-assigns) a namespace's owner.

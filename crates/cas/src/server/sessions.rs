@@ -20,7 +20,9 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::error::{CasError, CasResult, bad, corrupt, forbidden, internal};
-use super::namespaces::{NamespaceClaim, StoredNamespace, namespace_claim, namespace_of, namespace_record};
+use super::namespaces::{
+    NamespaceClaim, StoredNamespace, namespace_claim, namespace_of, namespace_record, open_charge,
+};
 use super::session_cache::Loaded;
 use super::signed::Signed;
 use super::{Cas, CasState, NAMESPACES, SECRETS, SESSIONS};
@@ -155,6 +157,8 @@ pub(super) enum WriteRefused {
     Changed,
     /// The namespace belongs to someone else.
     Namespace(String),
+    /// The namespace is undeclared and the open namespaces' budget is spent.
+    Budget(String),
 }
 
 /// A session version checked and with its secrets materialized, ready to be committed.
@@ -247,12 +251,13 @@ impl Cas {
 /// Commits a prepared version inside `txn`: re-checks that the session did not change since
 /// it was read, claims the namespace when creating, stores the session, its secrets and the
 /// version (for the history) with its approvals, and appends the audit entry. `actor` is who
-/// submitted it.
+/// submitted it; `open_budget` bounds what undeclared namespaces store in all.
 pub(super) fn commit_write(
     txn: &mut WriteTxn<'_>,
     prepared: &Prepared,
     actor: &ClientKey,
     approved: &Approved<'_>,
+    open_budget: u64,
 ) -> Result<Result<(), WriteRefused>, StoreError> {
     let name = &prepared.name;
     let actor_text = actor.to_string();
@@ -263,35 +268,45 @@ pub(super) fn commit_write(
     if current.as_ref().map(|c| &c.hash) != prepared.predecessor.as_ref() {
         return Ok(Err(WriteRefused::Changed));
     }
-    if current.is_none() {
-        let namespace = namespace_of(name);
-        let claim = namespace_claim(
+    // Every refusal is decided before anything is written: `write` commits whatever the
+    // closure put once it returns `Ok`, refusals included.
+    let namespace = namespace_of(name);
+    let claim = match current {
+        Some(_) => NamespaceClaim::Owned,
+        None => match namespace_claim(
             namespace,
             actor,
             approved.namespace_rule,
             &|t, k| txn.get(t, k),
             &|t, p| txn.keys(t, p),
-        )?;
-        match claim {
+        )? {
+            Ok(claim) => claim,
             Err(reason) => return Ok(Err(WriteRefused::Namespace(reason))),
-            Ok(NamespaceClaim::Owned) => {}
-            Ok(NamespaceClaim::Record(how)) => {
-                let record = serde_json::to_vec(&StoredNamespace {
-                    owner: actor_text.clone(),
-                    how,
-                    since: OffsetDateTime::now_utc(),
-                    rule: None,
-                })
-                .map_err(|_| corrupt("namespace"))?;
-                txn.put(NAMESPACES, namespace, &record)?;
-                txn.audit_append(
-                    "namespace-claim",
-                    &actor_text,
-                    namespace,
-                    json!({"how": how.as_str(), "session": name}),
-                )?;
-            }
-        }
+        },
+    };
+    let stored_bytes = prepared.stored.len() + prepared.secrets.len() + prepared.yaml.len();
+    let charge = match open_charge(txn, name, stored_bytes, open_budget)? {
+        Ok(charge) => charge,
+        Err(reason) => return Ok(Err(WriteRefused::Budget(reason))),
+    };
+    if let NamespaceClaim::Record(how) = claim {
+        let record = serde_json::to_vec(&StoredNamespace {
+            owner: actor_text.clone(),
+            how,
+            since: OffsetDateTime::now_utc(),
+            rule: None,
+        })
+        .map_err(|_| corrupt("namespace"))?;
+        txn.put(NAMESPACES, namespace, &record)?;
+        txn.audit_append(
+            "namespace-claim",
+            &actor_text,
+            namespace,
+            json!({"how": how.as_str(), "session": name}),
+        )?;
+    }
+    if let Some(charge) = charge {
+        charge.record(txn)?;
     }
     txn.put(SESSIONS, name, &prepared.stored)?;
     txn.put(SECRETS, name, &prepared.secrets)?;
@@ -385,9 +400,15 @@ pub(super) async fn write_session(
     };
     // The checks above are repeated against the transaction's view, so that the decision, the
     // namespace claim, the session and its audit entry are one commit.
-    let committed = cas
-        .vault
-        .write(|txn| commit_write(txn, &prepared, client, &approved))?;
+    let committed = cas.vault.write(|txn| {
+        commit_write(
+            txn,
+            &prepared,
+            client,
+            &approved,
+            cas.config.governance.open_namespace_budget,
+        )
+    })?;
     let Prepared { name, hash, .. } = prepared;
     match committed {
         Ok(()) => {
@@ -400,6 +421,14 @@ pub(super) async fn write_session(
         )),
         Err(WriteRefused::Namespace(reason)) => {
             cas.refuse_request("session-create-refused", client, &name, json!({"reason": reason}));
+            Err(forbidden(reason))
+        }
+        Err(WriteRefused::Budget(reason)) => {
+            let kind = match current {
+                Some(_) => "session-update-refused",
+                None => "session-create-refused",
+            };
+            cas.refuse_request(kind, client, &name, json!({"reason": reason}));
             Err(forbidden(reason))
         }
     }
