@@ -6,7 +6,7 @@
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
+use hpke::{Deserializable, Kem, OpModeR, Serializable};
 use zeroize::Zeroizing;
 
 /// Domain tag at the start of every `info`.
@@ -70,8 +70,10 @@ impl WorkloadKey {
     }
 }
 
-/// Encrypts `plaintext` to `public_key`; returns (encapsulated key, ciphertext).
-pub fn seal(
+/// Encrypts `plaintext` to `public_key`; returns (encapsulated key, ciphertext). The CAS seals
+/// with AWS-LC's HPKE instead (`cloister-cas`'s `seal`); this one checks the open side here.
+#[cfg(test)]
+fn seal(
     public_key: &[u8],
     info: &[u8],
     aad: &[u8],
@@ -80,7 +82,7 @@ pub fn seal(
     let public =
         <X25519HkdfSha256 as Kem>::PublicKey::from_bytes(public_key).map_err(|_| SealError::BadPublicKey)?;
     let (encapped, ciphertext) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
-        &OpModeS::Base,
+        &hpke::OpModeS::Base,
         &public,
         info,
         plaintext,

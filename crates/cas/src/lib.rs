@@ -8,7 +8,8 @@
 //! - [`auth`]: verification of signed requests; [`tls`]: the CAS's TLS identity;
 //!   [`nonce`]: attestation nonces; [`volumes`]: volume records and grants; which DCAP
 //!   collateral an attestation is judged with is decided in `dcap_collateral`; how refused
-//!   attestations are audited without letting a flood grow the log, in `refusals`.
+//!   attestations are audited without letting a flood grow the log, in `refusals`; released
+//!   configurations are sealed with AWS-LC's HPKE in `seal`.
 
 pub mod auth;
 mod dcap_collateral;
@@ -16,6 +17,7 @@ pub mod embedded;
 mod names;
 pub mod nonce;
 mod refusals;
+mod seal;
 pub mod server;
 pub mod tls;
 pub mod volumes;

@@ -367,7 +367,7 @@ fn judge(
         )?)
         .map_err(|_| CasError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode"))?,
     );
-    let (enc, ciphertext) = cloister_cas_client::seal::seal(
+    let (enc, ciphertext) = crate::seal::seal(
         &public_key,
         &cloister_cas_client::seal::config_info(&hash),
         &nonce,
