@@ -208,6 +208,10 @@ pub fn service_session(service: &Service, input_identity: &Identity) -> Result<S
         environment.insert(reserved::VOLUMES.into(), c.volumes.join(","));
     }
 
+    if c.approver {
+        environment.insert(reserved::APPROVER.into(), "1".into());
+    }
+
     let mut command = vec!["/bin/sh".to_owned(), SCRIPT_PATH.to_owned()];
     command.extend(c.args.iter().cloned());
     let session = Session {
