@@ -91,7 +91,7 @@ impl Approver {
     ) -> Result<Self, JobFailure> {
         // The program runs as this process's user: a dumpable runtime would let it read the
         // key from /proc/<pid>/mem.
-        crate::contained::not_dumpable().map_err(JobFailure::ApproverSocket)?;
+        crate::contained::not_dumpable().map_err(JobFailure::NotDumpable)?;
         let identity = ClientIdentity::generate();
         let key = identity.public();
         let client = CasClient::new(cas, pin, Some(identity)).map_err(JobFailure::CasClient)?;

@@ -101,6 +101,9 @@ pub(crate) enum JobFailure {
     /// The approver key could not be bound: the CAS stayed unreachable.
     #[error("approver key not bound: {0}")]
     ApproverBindUnreachable(Unreachable),
+    /// The runtime could not close its memory to the program before making its approver key.
+    #[error("cannot make the runtime non-dumpable before its approver key exists: {0}")]
+    NotDumpable(std::io::Error),
     /// The approver socket could not be opened in the plaintext folder.
     #[error("approver socket: {0}")]
     ApproverSocket(std::io::Error),
