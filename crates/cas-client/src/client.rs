@@ -298,12 +298,19 @@ impl CasClient {
         id: &str,
         vote: crate::governance::Vote,
     ) -> Result<crate::governance::ProposalInfo, ClientError> {
-        let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
         let proposal = self.proposal(id).await?;
-        let signature = identity
-            .sign_vote(&proposal.change, vote)
-            .map_err(ClientError::Local)?;
+        let signature = self.sign_vote(&proposal.change, vote)?;
         self.vote(id, vote, signature).await
+    }
+
+    /// This client's vote on `change`, signed with its key (which never leaves it).
+    pub fn sign_vote(
+        &self,
+        change: &crate::governance::Change,
+        vote: crate::governance::Vote,
+    ) -> Result<crate::governance::DetachedSignature, ClientError> {
+        let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
+        identity.sign_vote(change, vote).map_err(ClientError::Local)
     }
 
     /// Replaces a session with detached approvals (`POST /v1/updates`).

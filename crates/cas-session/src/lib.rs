@@ -182,4 +182,4 @@ pub use secrets::{
     ImportResolver, SecretValue, Secrets, check_export, materialize_secrets, public_part, refresh_imports,
     secret_bytes,
 };
-pub use session::parse_session;
+pub use session::{parse_session, session_name};

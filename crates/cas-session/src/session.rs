@@ -39,6 +39,26 @@ pub fn parse_session(yaml: &str) -> Result<Session, SessionError> {
     Ok(session)
 }
 
+/// The `name` of a session text, read without building or validating the rest of the
+/// session: what the CAS needs to check a signer's standing on the session before it spends a
+/// full parse on the text. Errors never quote the text.
+pub fn session_name(yaml: &str) -> Result<String, SessionError> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+    }
+    if yaml.len() > MAX_SESSION_YAML {
+        return Err(SessionError::Syntax(format!(
+            "session text is larger than {MAX_SESSION_YAML} bytes"
+        )));
+    }
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    serde_saphyr::from_str_with_options::<Named>(yaml, options)
+        .map(|named| named.name)
+        .map_err(|e| yaml_error("", &e))
+}
+
 fn location_suffix(e: &YamlError) -> String {
     e.location()
         .map(|l| format!(" at line {}, column {}", l.line(), l.column()))

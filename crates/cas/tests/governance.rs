@@ -821,6 +821,62 @@ async fn a_flood_of_refused_proposals_by_strangers_adds_a_bounded_number_of_entr
     assert!(added.iter().any(|e| e.kind == "proposal-create"));
 }
 
+/// A stranger's proposal is refused on its session's name, before its text is parsed, and one
+/// whose name cannot be read is a refusal limited like any other stranger's; a member's
+/// malformed proposal is on record one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_proposals_are_refused_on_standing_before_they_are_parsed() {
+    const GARBAGE: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::start(dir.path(), GovernanceConfig::default()).await;
+    create(&cas, &session("junk/s", None, "one", &two_of_three())).await;
+    let before = cas.audit().await.len();
+
+    // Named, but nothing else of a session: a stranger hears that it is not a member (a full
+    // parse would have answered 400 about the model).
+    let named_garbage = "name: junk/s
+services: 12
+no_such_field: [1, 2]
+";
+    refused(
+        cas.client(OUTSIDER).propose(named_garbage).await,
+        403,
+        "only members",
+    );
+    // Nothing to name a session by: refused as malformed, through the strangers' limiter.
+    for i in 0..GARBAGE {
+        let mut seed = [0xd3u8; 32];
+        seed[0] = i as u8;
+        let stranger = cas.client_with(ClientIdentity::from_seed(&seed));
+        refused(stranger.propose("{not: [yaml").await, 400, "");
+    }
+    // A member's malformed proposal is its own: audited in full.
+    for _ in 0..12 {
+        refused(cas.client(A).propose(named_garbage).await, 400, "services");
+    }
+
+    let log = cas.stop_and_read_log(dir.path()).await;
+    let added: Vec<&AuditEntry> = log[before..].iter().filter(|e| e.kind != "unseal").collect();
+    let refusals = |member: bool| {
+        added
+            .iter()
+            .filter(|e| e.kind == "proposal-create-refused" && (e.actor == public(A)) == member)
+            .count()
+    };
+    assert_eq!(refusals(false), 10, "the default limit per kind and window");
+    assert_eq!(refusals(true), 12);
+    let counted: u64 = added
+        .iter()
+        .filter(|e| e.kind == "request-refused-summary")
+        .map(|e| {
+            e.detail["refused"]["proposal-create-refused"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(counted, (GARBAGE + 1) as u64);
+}
+
 /// Sends `count` proposals of `yaml`, each signed by a fresh key, 16 at a time; their statuses.
 async fn futures_statuses(http: &reqwest::Client, url: &str, yaml: &str, count: usize) -> Vec<u16> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -159,27 +159,6 @@ pub enum CasCommand {
         #[command(flatten)]
         connect: CasConnect,
     },
-    /// The example checker: attest as a service with the simulation TEE, bind a fresh key to
-    /// that attestation and approve the proposal only if it keeps every service's
-    /// measurements and the secret set (reject it otherwise).
-    Check {
-        /// The proposal.
-        id: String,
-        /// The checker's session.
-        #[arg(long)]
-        session: String,
-        /// The checker's service.
-        #[arg(long)]
-        service: String,
-        /// Simulation platform key file.
-        #[arg(long)]
-        platform: PathBuf,
-        /// Measurement to claim (64 hex).
-        #[arg(long)]
-        measurement: String,
-        #[command(flatten)]
-        connect: CasConnect,
-    },
     /// Attest with the simulation TEE and print the released configuration (development).
     Attest {
         #[arg(long)]
@@ -336,11 +315,6 @@ pub struct CasConnect {
 }
 
 impl CasConnect {
-    /// The CAS's URL and identity pin.
-    pub(crate) fn endpoint(&self) -> (&str, &str) {
-        (&self.cas, &self.pin)
-    }
-
     /// The client key file, if given.
     pub(crate) fn key_path(&self) -> Option<&Path> {
         self.key.as_deref()
@@ -682,17 +656,6 @@ pub async fn run(command: CasCommand, json: bool) -> anyhow::Result<()> {
         }
         CasCommand::Audit(AuditCommand::Verify { file, identity }) => audit_verify(&file, &identity, json),
         CasCommand::Proposals(command) => crate::cas_governance::proposals(command, json).await,
-        CasCommand::Check {
-            id,
-            session,
-            service,
-            platform,
-            measurement,
-            connect,
-        } => {
-            crate::cas_governance::check(&id, &session, &service, &platform, &measurement, &connect, json)
-                .await
-        }
         CasCommand::Approve { id, connect } => {
             crate::cas_governance::vote(&id, Vote::Approve, &connect, json).await
         }

@@ -208,6 +208,10 @@ pub fn service_session(service: &Service, input_identity: &Identity) -> Result<S
         environment.insert(reserved::VOLUMES.into(), c.volumes.join(","));
     }
 
+    if c.approver {
+        environment.insert(reserved::APPROVER.into(), "1".into());
+    }
+
     let mut command = vec!["/bin/sh".to_owned(), SCRIPT_PATH.to_owned()];
     command.extend(c.args.iter().cloned());
     let session = Session {
@@ -402,6 +406,27 @@ output:
                 .tolerate
                 .contains(&Tolerance::Simulation)
         );
+    }
+
+    #[test]
+    fn an_approver_is_marked_in_its_session_and_nowhere_else() {
+        let id = Identity::generate();
+        let plain = service_session(&service("  tee: sim"), &id).unwrap();
+        assert!(!plain.services[0].environment.contains_key(reserved::APPROVER));
+        let approver = service_session(&service("  tee: sim\n  approver: true"), &id).unwrap();
+        assert_eq!(approver.services[0].environment[reserved::APPROVER], "1");
+        // Part of the session, so of its hash: a session cannot become an approver unseen.
+        assert_ne!(plain.hash(), approver.hash());
+        // The FDL's own variables cannot switch it on.
+        let mut sneaky = service("  tee: sim");
+        sneaky
+            .environment
+            .variables
+            .insert(reserved::APPROVER.into(), "1".into());
+        assert!(matches!(
+            service_session(&sneaky, &id),
+            Err(CompileError::ReservedVariable { .. })
+        ));
     }
 
     #[test]

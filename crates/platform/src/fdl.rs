@@ -188,6 +188,12 @@ pub struct Confidential {
     /// input recipient can submit inputs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub input_senders: Vec<String>,
+    /// Whether the service is an attested approver (`attested:SESSION#SERVICE` on boards): its
+    /// runtime binds a key of its own to each attestation and lets the script ask for
+    /// proposals and vote on them through `$CLOISTER_APPROVER_SOCKET`; the key never leaves
+    /// the runtime. Part of the CAS session, so of its hash.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approver: bool,
     /// The service's input recipient, written by `cloister apply` for reference. Data owners
     /// should take it from `apply`'s output or the CAS, not from the platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -57,6 +57,11 @@ pub mod reserved {
     /// value in `CLOISTER_COUNTER_<NAME>`. A refused increment (a counter at its `max`) fails
     /// the job before the program runs.
     pub const COUNTERS: &str = "CLOISTER_COUNTERS";
+    /// `1` when the service is an attested approver: after attesting, the runtime generates an
+    /// Ed25519 key, binds it to its attestation at the CAS (`attested:SESSION#SERVICE` on
+    /// boards) and offers the program [`super::APPROVER_SOCKET_VARIABLE`]; the key never leaves
+    /// the runtime.
+    pub const APPROVER: &str = "CLOISTER_APPROVER";
 
     /// Whether `name` is reserved.
     pub fn is_reserved(name: &str) -> bool {
@@ -69,10 +74,17 @@ pub mod reserved {
             VOLUME_KEY,
             VOLUMES,
             COUNTERS,
+            APPROVER,
         ]
         .contains(&name)
     }
 }
+
+/// The variable that gives an approver service's program the path of its runtime's approver
+/// socket: one request per line, `show ID` (the proposal and the version it replaces, as one
+/// JSON line), `approve ID` or `reject ID` (of a proposal shown before on this run); every
+/// answer is one JSON line, `{"error": …}` when refused.
+pub const APPROVER_SOCKET_VARIABLE: &str = "CLOISTER_APPROVER_SOCKET";
 
 /// The bucket bound into every sealed log. It names no stored bucket: it keeps a sealed log
 /// and a stored object from ever sharing a binding.

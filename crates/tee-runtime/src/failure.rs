@@ -95,6 +95,18 @@ pub(crate) enum JobFailure {
     /// A counter could not be incremented: the CAS stayed unreachable.
     #[error("counter {name:?} not incremented: {source}")]
     CounterIncrementUnreachable { name: String, source: Unreachable },
+    /// The approver key could not be bound to this attestation: the program does not run.
+    #[error("approver key not bound: {0}")]
+    ApproverBind(ClientError),
+    /// The approver key could not be bound: the CAS stayed unreachable.
+    #[error("approver key not bound: {0}")]
+    ApproverBindUnreachable(Unreachable),
+    /// The runtime could not close its memory to the program before making its approver key.
+    #[error("cannot make the runtime non-dumpable before its approver key exists: {0}")]
+    NotDumpable(std::io::Error),
+    /// The approver socket could not be opened in the plaintext folder.
+    #[error("approver socket: {0}")]
+    ApproverSocket(std::io::Error),
     /// The session gives the service nothing to run.
     #[error("the session names no command for this service: nothing to run")]
     NoCommand,
@@ -173,6 +185,9 @@ pub(crate) enum ReleasedProblem {
     /// A counter name is not one.
     #[error("{variable}: invalid counter name {0:?}", variable = reserved::COUNTERS)]
     CounterName(String),
+    /// The approver switch is neither absent nor `1`.
+    #[error("{variable} must be \"1\" when present", variable = reserved::APPROVER)]
+    Approver,
 }
 
 /// Why the input did not decrypt into the plaintext folder.

@@ -17,6 +17,7 @@ use cloister_runtime::tee::{TeeJob, TeeOutput, TeeResult, render_log, sealed_log
 use cloister_runtime::{CgroupSupport, Limits, OutputTarget, Program, ProgramOptions, Status, Tee};
 use zeroize::Zeroizing;
 
+use crate::approver::{self, Approver};
 use crate::cas_wait::{self, Repeat, WaitFailure};
 use crate::failure::{FileCrypto, InputProblem, JobFailure, JobFileProblem, ReleasedProblem, exit_code_text};
 use crate::reserved;
@@ -307,6 +308,25 @@ async fn run(
         counted.push((name.clone(), value.value));
     }
 
+    // An approver's key is made and bound only now that everything else about the run is
+    // settled, and lives only in this process.
+    let approver = if keys.approver {
+        let approver = Approver::bind(
+            &job.cas,
+            &init.cas_pin,
+            &init.session,
+            &init.service,
+            &volume_grant,
+            deadline,
+            log,
+        )
+        .await?;
+        let (listener, path) = Approver::listen(plain)?;
+        Some((approver, listener, path))
+    } else {
+        None
+    };
+
     // 3. Run the program the session names, with the released environment and arguments only.
     let (program, args) = resolve_command(&command, &staged_files)?;
     let workdir = match &pwd {
@@ -318,7 +338,7 @@ async fn run(
             .unwrap_or_else(|| plain.to_owned()),
         None => plain.to_owned(),
     };
-    let env = script_environment(
+    let mut env = script_environment(
         job,
         plain,
         environment,
@@ -327,6 +347,12 @@ async fn run(
         &counted,
         !staged_files.is_empty(),
     );
+    if let Some((_, _, socket)) = &approver {
+        env.push((
+            approver::APPROVER_SOCKET_VARIABLE.into(),
+            socket.display().to_string(),
+        ));
+    }
     // The program runs under the job's limits, in the cgroup slot the executor prepared (or
     // under RLIMIT_AS without one); the runtime's own staging and crypto are not charged to
     // them, just as a plain job's staging and uploads are not.
@@ -353,7 +379,19 @@ async fn run(
         log_limit: job.log_limit.min(MAX_SEALED_LOG),
         keep_stdout: None,
     };
-    let run = cloister_runtime::run_program(options, std::future::pending(), || {}).await;
+    let program = cloister_runtime::run_program(options, std::future::pending(), || {});
+    let run = match approver {
+        // The socket is served while the program runs, and closed with it.
+        Some((approver, listener, socket)) => {
+            let run = tokio::select! {
+                run = program => run,
+                never = approver.serve(listener, log) => match never {},
+            };
+            let _ = std::fs::remove_file(socket);
+            run
+        }
+        None => program.await,
+    };
     let code = exit_code_text(run.exit_code);
     if keys.recipients.is_empty() {
         log(&format!(
@@ -523,6 +561,8 @@ struct Keys {
     volumes: Vec<String>,
     /// Counters to increment once per run, before the program starts.
     counters: Vec<String>,
+    /// Whether the service is an attested approver.
+    approver: bool,
 }
 
 impl Keys {
@@ -570,7 +610,13 @@ impl Keys {
             environment.remove(reserved::COUNTERS),
             ReleasedProblem::CounterName,
         )?;
+        let approver = match environment.remove(reserved::APPROVER).as_deref() {
+            None => false,
+            Some("1") => true,
+            Some(_) => return Err(ReleasedProblem::Approver),
+        };
         Ok(Keys {
+            approver,
             input,
             senders,
             recipients,
@@ -841,6 +887,7 @@ mod tests {
             ),
             (reserved::OUTPUTS.to_owned(), target.to_owned()),
             (reserved::INPUTS.to_owned(), target.replace("out", "in")),
+            (reserved::APPROVER.to_owned(), "1".to_owned()),
             ("KEEP".to_owned(), "1".to_owned()),
         ]
         .into_iter()
@@ -850,6 +897,7 @@ mod tests {
         assert_eq!(keys.recipients.len(), 1);
         assert_eq!(keys.volumes, ["state", "model"]);
         assert_eq!(keys.counters, ["runs", "predictions"]);
+        assert!(keys.approver);
         assert_eq!(name_variable("COUNTER", "a-b.c"), "CLOISTER_COUNTER_A_B_C");
         assert_eq!(keys.outputs[0].folder, "out");
         assert!(keys.inputs[0].contains("b", "in/x.txt"));
@@ -861,6 +909,7 @@ mod tests {
             (reserved::COUNTERS, "Runs"),
             (reserved::OUTPUTS, "{not json"),
             (reserved::OUTPUT_RECIPIENTS, "cloister1nope"),
+            (reserved::APPROVER, "yes"),
         ] {
             let mut bad = BTreeMap::from([(name.to_owned(), value.to_owned())]);
             assert!(Keys::take(&mut bad).is_err(), "{name}={value}");

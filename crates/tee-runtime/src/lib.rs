@@ -21,6 +21,7 @@
 //! ([`run_warm`]), where it runs a service's synchronous invocations one after another. In a
 //! container it is PID 1 and reaps the script's orphans ([`init`]).
 
+mod approver;
 mod cas_wait;
 mod contained;
 mod failure;

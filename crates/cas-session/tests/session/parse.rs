@@ -928,3 +928,22 @@ fn snp_rules_normalize_to_one_form() {
         "{text}"
     );
 }
+
+#[test]
+fn the_name_is_read_without_the_rest_of_the_session() {
+    use cloister_cas_session::session_name;
+    // The rest need not be a session: the CAS checks standing on the name before parsing it.
+    assert_eq!(
+        session_name("name: team/app\nservices: 12\nno_such_field: [1]\n").unwrap(),
+        "team/app"
+    );
+    assert!(parse_session("name: team/app\nservices: 12\n").is_err());
+    for bad in ["{not: [yaml", "services: []\n", "name: [a, b]\n", ""] {
+        assert!(session_name(bad).is_err(), "{bad:?}");
+    }
+    let huge = format!("name: team/app\nx: \"{}\"\n", "a".repeat(2 << 20));
+    assert!(session_name(&huge).is_err());
+    // Errors do not quote the text, which may hold explicit secret values.
+    let leaked = session_name("name: [s3cret-value-7f, 1]\n").unwrap_err();
+    assert!(!leaked.to_string().contains("s3cret-value-7f"), "{leaked}");
+}

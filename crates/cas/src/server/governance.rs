@@ -675,9 +675,17 @@ pub(super) async fn propose(
     State(cas): CasState,
     Signed { client, body }: Signed,
 ) -> CasResult<impl IntoResponse> {
-    let text = std::str::from_utf8(&body).map_err(|_| bad("the session must be UTF-8 YAML"))?;
-    let session = cloister_cas_session::parse_session(text)?;
-    let name = session.name.clone();
+    // Anyone can make keys: the signer's standing is checked on the session's name alone, so a
+    // stranger's text costs a scan for its name and a limited refusal, never a full parse.
+    let unreadable = |reason: String| {
+        cas.refuse_request("proposal-create-refused", &client, "", json!({"reason": reason}));
+        bad(reason)
+    };
+    let text = std::str::from_utf8(&body).map_err(|_| unreadable("the session must be UTF-8 YAML".into()))?;
+    let name = cloister_cas_session::session_name(text).map_err(|e| unreadable(e.to_string()))?;
+    if !crate::names::valid_session_name(&name) {
+        return Err(unreadable("invalid session name".into()));
+    }
     let current = cas.load_session(&name)?;
     let refuse = |status: StatusCode, reason: String| {
         cas.refuse_request(
@@ -714,6 +722,17 @@ pub(super) async fn propose(
                     namespace_of(&name)
                 ),
             },
+        ));
+    }
+    let session = cloister_cas_session::parse_session(text).map_err(|e| {
+        let error = CasError::from(e.clone());
+        refuse(error.status, e.to_string());
+        error
+    })?;
+    if session.name != name {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "the session names itself twice".into(),
         ));
     }
     if let Err(e) = session.check_predecessor(current.as_ref().map(|c| &c.session)) {
