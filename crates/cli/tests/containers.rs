@@ -750,6 +750,18 @@ async fn auto_picks_containers_where_an_engine_works_and_says_why_not_elsewhere(
     let auto = Server::start(&dir.path().join("auto"), &["--executor", "auto"]);
     let info = auto.get_json("/system/info").await;
     assert_eq!(info["serverless_backend"]["name"], "container", "{info}");
+    // And `auto` is what a server given no `--executor` runs with.
+    let help = Command::new(bin()).args(["server", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let executor = help.split("--executor <EXECUTOR>").nth(1).unwrap_or_default();
+    assert!(
+        executor
+            .split("--container-engine")
+            .next()
+            .unwrap_or_default()
+            .contains("[default: auto]"),
+        "{help}"
+    );
     drop((server, auto));
     // An engine that does not work: the host executor, and the log says why.
     let log = dir.path().join("broken.log");

@@ -811,6 +811,112 @@ impl Containers {
         failed_outcome(run)
     }
 
+    /// Runs a confidential job's `cloister-runtime --job` as the first program of a container
+    /// of the service's image (see [`crate::confidential`]): its job folder bound at
+    /// [`WORK_DIR`], its plaintext root a private tmpfs of the container
+    /// ([`CONFIDENTIAL_PLAIN_ROOT`], never on the host's disk), the input's ciphertext, the
+    /// service's volume folder at the paths `job.json` names,
+    /// no network (the CAS is reached through the relay socket in the job folder). The
+    /// runtime's standard output is the job's log.
+    pub(crate) async fn run_confidential(
+        &self,
+        spec: &JobSpec,
+        files: &ConfidentialFiles<'_>,
+        timeout: Duration,
+        cancel: futures::future::BoxFuture<'static, ()>,
+        on_start: Box<dyn FnOnce() + Send>,
+    ) -> ScriptRun {
+        let mut cancel: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = cancel;
+        if let Err((failure, reason)) = self.pull_for(spec, &mut cancel).await {
+            return not_run(failure, &reason);
+        }
+        let name = format!("cloister-{}", spec.job_uuid);
+        let unmountable = |path: &Path| {
+            let reason = format!("{} cannot be mounted into the job's container", path.display());
+            not_run(RunFailure::Container(reason.clone()), &reason)
+        };
+        let host_path = |path: &Path| mountable(path).map_err(|_| unmountable(path));
+        let job_dir = match host_path(files.job_dir) {
+            Ok(p) => p,
+            Err(run) => return run,
+        };
+        let volumes = match host_path(files.volumes) {
+            Ok(p) => p,
+            Err(run) => return run,
+        };
+        let input = match files.input.map(host_path).transpose() {
+            Ok(p) => p,
+            Err(run) => return run,
+        };
+        let mut mounts: Vec<(&str, &str, Mount)> = vec![
+            (job_dir.as_str(), WORK_DIR, Mount::Owned),
+            (volumes.as_str(), CONFIDENTIAL_VOLUMES, Mount::Owned),
+        ];
+        if let Some(input) = &input {
+            mounts.push((input.as_str(), CONFIDENTIAL_INPUT, Mount::ReadOnly));
+        }
+        mounts.extend(
+            self.runtime
+                .mounts
+                .iter()
+                .map(|(host, inside)| (host.as_str(), inside.as_str(), Mount::ReadOnly)),
+        );
+        // As for plain jobs: nothing of the image runs inside the runtime.
+        let empty = match self.empty_preload() {
+            Ok(empty) => empty,
+            Err(reason) => return not_run(RunFailure::Container(reason.clone()), &reason),
+        };
+        if self.runtime.through_loader() {
+            mounts.push((empty.as_str(), "/etc/ld.so.preload", Mount::ReadOnly));
+        }
+        let mut command = self.runtime.prefix.clone();
+        command.extend(["--job".into(), WORK_DIR.into()]);
+        let mut args = self.global.clone();
+        match self.run_args(spec, &name, &mounts, &self.runtime.entrypoint, &command, true) {
+            Ok(mut run) => {
+                // The plaintext root: memory of the container (charged to its limit), private
+                // to the image's user, gone with the container.
+                let mut tmpfs = format!("type=tmpfs,destination={CONFIDENTIAL_PLAIN_ROOT},tmpfs-mode=0700");
+                if let Some(bytes) = spec.limits.memory_bytes {
+                    tmpfs.push_str(&format!(",tmpfs-size={bytes}"));
+                }
+                if self.kind == EngineKind::Podman {
+                    tmpfs.push_str(",U=true");
+                }
+                run.splice(1..1, ["--mount".to_owned(), tmpfs]);
+                args.extend(run);
+            }
+            Err(reason) => return not_run(RunFailure::Container(reason.clone()), &reason),
+        }
+        let program = ProgramOptions {
+            program: Program::Direct(&self.engine),
+            args: &args,
+            work_dir: files.job_dir,
+            env: &self.engine_env,
+            limits: &Limits {
+                memory_bytes: None,
+                cpu_millis: None,
+                timeout,
+            },
+            cgroups: &CgroupSupport::None,
+            slot: "",
+            log_limit: spec.log_limit,
+            keep_stdout: None,
+        };
+        let mut run = cloister_runtime::run_program(program, cancel, on_start).await;
+        // Killing the CLI does not stop the container: the engine's monitor owns it.
+        if run.failure.is_some() || run.exit_code.is_none() {
+            self.remove(&[name]).await;
+        }
+        if run.failure.is_none() {
+            classify_exit(&mut run);
+        }
+        if matches!(run.failure, Some(RunFailure::Container(_))) {
+            self.forget_image(&spec.placement.image);
+        }
+        run
+    }
+
     /// Forgets that an image is present (it may have been removed behind our back).
     fn forget_image(&self, image: &str) {
         if let Ok(mut present) = self.present.lock() {
@@ -846,6 +952,87 @@ impl Containers {
         }
         Ok(env)
     }
+}
+
+/// Where a confidential job's plaintext root is inside its container (a tmpfs of its own).
+pub(crate) const CONFIDENTIAL_PLAIN_ROOT: &str = "/cloister/plain";
+/// Where a confidential job's service volume folder (ciphertext) is inside its container.
+pub(crate) const CONFIDENTIAL_VOLUMES: &str = "/cloister/volumes";
+/// Where a confidential job's input ciphertext is inside its container, when it is mounted.
+pub(crate) const CONFIDENTIAL_INPUT: &str = "/cloister/input";
+
+/// The host files a confidential job's container mounts.
+pub(crate) struct ConfidentialFiles<'a> {
+    /// The job folder (`job.json`, the CAS relay's socket; `result.json` and the sealed files
+    /// come back in it).
+    pub job_dir: &'a Path,
+    /// The input's ciphertext where the store keeps it (else it was fetched into the job folder).
+    pub input: Option<&'a Path>,
+    /// The service's volume folder (ciphertext).
+    pub volumes: &'a Path,
+}
+
+/// Most connections at once from one job's runtime to the CAS through its relay.
+const CAS_RELAY_CONNECTIONS: usize = 16;
+
+/// A relay from a Unix socket to the CAS's port, serving while it lives.
+pub(crate) struct CasRelay {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Binds `name` in `dir` and relays each connection made to it to the host and port of
+/// `cas_url` (`https://host[:port]`): a confidential job's container has no network, and its
+/// runtime's TLS session with the CAS (pinned) passes through this process as ciphertext.
+/// Only that one address is reachable through it.
+pub(crate) fn relay_to_cas(dir: &Path, name: &str, cas_url: &str) -> Result<CasRelay, String> {
+    let (host, port) = cas_address(cas_url)?;
+    let listener = bind_socket(dir, name)
+        .and_then(tokio::net::UnixListener::from_std)
+        .map_err(|e| format!("cannot bind the CAS relay's socket: {e}"))?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        // Dropped when the job ends: its connections go with it.
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => {
+                    let Ok((mut inside, _)) = accepted else { continue };
+                    if connections.len() >= CAS_RELAY_CONNECTIONS {
+                        continue;
+                    }
+                    let host = host.clone();
+                    connections.spawn(async move {
+                        let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+                        let Ok(Ok(mut cas)) = tokio::time::timeout(Duration::from_secs(30), connect).await else {
+                            return;
+                        };
+                        let _ = cas.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inside, &mut cas).await;
+                    });
+                }
+            }
+        }
+    });
+    Ok(CasRelay { _stop: stop })
+}
+
+/// The host and port of a CAS URL (`https://host[:port]`, port 443 by default).
+fn cas_address(url: &str) -> Result<(String, u16), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("the CAS URL {url:?} is invalid: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("the CAS URL {url:?} is not https://host[:port]"));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("the CAS URL {url:?} names no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((host, uri.port_u16().unwrap_or(443)))
 }
 
 /// Readies a contained job's folders: the work directory (its three empty folders), and a

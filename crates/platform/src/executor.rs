@@ -227,7 +227,13 @@ impl Executor for LocalExecutor {
                 cgroups: &self.cgroups,
                 name: options.slot,
             };
-            return crate::confidential::run(host, &spec, &self.io, slot, cancel, on_start).await;
+            // SGX runs the runtime under Gramine on this host; the simulation TEE's runtime runs
+            // in the service's image where containers are the executor.
+            let containers = self
+                .containers
+                .as_deref()
+                .filter(|_| spec.placement.tee == Some(Tee::Sim));
+            return crate::confidential::run(host, &spec, &self.io, slot, containers, cancel, on_start).await;
         }
         let options = self.options(&slot, false, 0);
         if let Some(containers) = &self.containers {
