@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloister_runtime::contained::{
-    CONTROL_DIR, ContainedJob, ContainedResult, INPUT_FILE, JOB_FILE, RUNTIME_DIR, SOCKET_FILE, WORK_DIR,
+    CONTROL_DIR, ContainedJob, ContainedResult, INPUT_FILE, JOB_FILE, RUNTIME_DIR, SOCKET_DIR, SOCKET_FILE,
+    WORK_DIR,
 };
 use cloister_runtime::{
     CgroupSupport, JobOutcome, JobSpec, Limits, LogLine, Placement, Program, ProgramOptions, PullPolicy,
@@ -645,8 +646,9 @@ impl Containers {
 
     /// Runs an asynchronous job in its container with `cloister-runtime` as the container's
     /// first program: `work` is the job's work directory (readied here), `control` a fresh
-    /// folder for its job file and S3 socket (removed at the end). `on_start` is called once the
-    /// container is being started.
+    /// folder for its job file, and beside it `<control>.sock` one for its S3 socket, mounted
+    /// read-only (both removed at the end). `on_start` is called once the container is being
+    /// started.
     pub async fn run_contained(
         &self,
         spec: &JobSpec,
@@ -664,13 +666,13 @@ impl Containers {
             Ok(env) => env,
             Err(reason) => return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason)),
         };
+        let sockets = socket_dir(control);
         let prepared = {
-            let (work, control) = (work.to_path_buf(), control.to_path_buf());
-            let job =
-                ContainedJob::new(spec, format!("unix://{CONTROL_DIR}/{SOCKET_FILE}")).map(|mut job| {
-                    job.image_env = Some(image_env.as_ref().clone());
-                    job
-                });
+            let (work, control, sockets) = (work.to_path_buf(), control.to_path_buf(), sockets.clone());
+            let job = ContainedJob::new(spec, format!("unix://{SOCKET_DIR}/{SOCKET_FILE}")).map(|mut job| {
+                job.image_env = Some(image_env.as_ref().clone());
+                job
+            });
             let inline = match &spec.input {
                 cloister_runtime::JobInput::Inline(bytes) => Some(bytes.clone()),
                 _ => None,
@@ -679,6 +681,7 @@ impl Containers {
                 prepare_contained(
                     &work,
                     &control,
+                    &sockets,
                     job.map_err(|e| e.to_string())?,
                     inline.as_deref(),
                 )
@@ -694,6 +697,7 @@ impl Containers {
             Err(reason) => {
                 let reason = format!("cannot prepare the job's container: {reason}");
                 remove_control(control).await;
+                remove_control(&sockets).await;
                 return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason));
             }
         };
@@ -707,10 +711,11 @@ impl Containers {
             },
         ));
         let run = self
-            .run_runtime(spec, &name, work, control, cancel, on_start)
+            .run_runtime(spec, &name, [work, control, &sockets], cancel, on_start)
             .await;
         drop(stop);
         remove_control(control).await;
+        remove_control(&sockets).await;
         let reset = {
             let work = work.to_path_buf();
             tokio::task::spawn_blocking(move || cloister_runtime::reset_work_dir(&work)).await
@@ -721,22 +726,28 @@ impl Containers {
         run
     }
 
+    /// `folders`: the job's work directory, control folder and socket folder.
     async fn run_runtime(
         &self,
         spec: &JobSpec,
         name: &str,
-        work: &Path,
-        control: &Path,
+        folders: [&Path; 3],
         cancel: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
         on_start: Box<dyn FnOnce() + Send>,
     ) -> JobOutcome {
-        let (Ok(work_host), Ok(control_host)) = (mountable(work), mountable(control)) else {
+        let [work, control, sockets] = folders;
+        let (Ok(work_host), Ok(control_host), Ok(sockets_host)) =
+            (mountable(work), mountable(control), mountable(sockets))
+        else {
             let reason = format!("the work directory {} cannot be mounted", work.display());
             return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason));
         };
         let mut mounts: Vec<(&str, &str, Mount)> = vec![
             (work_host.as_str(), WORK_DIR, Mount::Owned),
             (control_host.as_str(), CONTROL_DIR, Mount::Owned),
+            // The script may write to the control folder, never here: the socket stays this
+            // process's.
+            (sockets_host.as_str(), SOCKET_DIR, Mount::OwnedReadOnly),
         ];
         mounts.extend(
             self.runtime
@@ -1035,27 +1046,37 @@ fn cas_address(url: &str) -> Result<(String, u16), String> {
     Ok((host, uri.port_u16().unwrap_or(443)))
 }
 
-/// Readies a contained job's folders: the work directory (its three empty folders), and a
-/// fresh control folder (0700) with the job file (0600), an inline input's bytes, and the
-/// job's S3 socket, bound here.
+/// The folder beside a contained job's control folder that holds its S3 socket.
+fn socket_dir(control: &Path) -> PathBuf {
+    let mut name = control.as_os_str().to_owned();
+    name.push(".sock");
+    PathBuf::from(name)
+}
+
+/// Readies a contained job's folders: the work directory (its three empty folders), a fresh
+/// control folder (0700) with the job file (0600) and an inline input's bytes, and a fresh
+/// socket folder (0700) with the job's S3 socket, bound here.
 fn prepare_contained(
     work: &Path,
     control: &Path,
+    sockets: &Path,
     job: ContainedJob,
     inline: Option<&[u8]>,
 ) -> Result<std::os::unix::net::UnixListener, String> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     cloister_runtime::ready_work_dir(work).map_err(|e| format!("work directory: {e}"))?;
-    if let Err(e) = std::fs::remove_dir_all(control)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        return Err(format!("control folder: {e}"));
+    for folder in [control, sockets] {
+        if let Err(e) = std::fs::remove_dir_all(folder)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(format!("control folder: {e}"));
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(folder)
+            .map_err(|e| format!("control folder: {e}"))?;
     }
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(control)
-        .map_err(|e| format!("control folder: {e}"))?;
     let text = serde_json::to_vec(&job).map_err(|e| format!("job file: {e}"))?;
     let write = |name: &str, bytes: &[u8]| {
         std::fs::OpenOptions::new()
@@ -1070,7 +1091,7 @@ fn prepare_contained(
     if let Some(bytes) = inline {
         write(INPUT_FILE, bytes)?;
     }
-    bind_socket(control, SOCKET_FILE).map_err(|e| format!("S3 socket: {e}"))
+    bind_socket(sockets, SOCKET_FILE).map_err(|e| format!("S3 socket: {e}"))
 }
 
 /// Binds the socket `name` in `control` (non-blocking, for the runtime's reactor). A socket's
