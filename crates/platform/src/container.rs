@@ -1463,6 +1463,30 @@ fn classify_exit(run: &mut ScriptRun) {
 mod tests {
     use super::*;
 
+    /// The relay connects only where the CAS URL points; anything but `https://host[:port]` is
+    /// refused rather than guessed at.
+    #[test]
+    fn the_cas_relay_reaches_the_urls_host_and_port_only() {
+        assert_eq!(
+            cas_address("https://127.0.0.1:8081").unwrap(),
+            ("127.0.0.1".to_owned(), 8081)
+        );
+        assert_eq!(
+            cas_address("https://cas.example/").unwrap(),
+            ("cas.example".to_owned(), 443)
+        );
+        assert_eq!(cas_address("https://[::1]:9").unwrap(), ("::1".to_owned(), 9));
+        for bad in [
+            "http://127.0.0.1:8081",
+            "127.0.0.1:8081",
+            "unix:///x",
+            "https://",
+            "",
+        ] {
+            assert!(cas_address(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn an_images_environment_is_read_from_its_config() {
         assert_eq!(

@@ -74,7 +74,8 @@ pub trait Executor: Send + Sync + 'static {
 /// [`Self::with_containers`] a job runs in a container of the service's image instead, with
 /// `cloister-runtime` inside reaching the store over a socket of its own (a synchronous
 /// invocation: only the script, see [`crate::container`], in a warm container where the
-/// service keeps some); confidential jobs keep their path either way.
+/// service keeps some); a confidential job under the simulation TEE then runs its
+/// `cloister-runtime` in a container of the service's image too, an SGX job on the host.
 pub struct LocalExecutor {
     io: StoreIo,
     work_root: PathBuf,
