@@ -135,6 +135,10 @@ pub async fn start_server_with(
         None => Command::new(cloister),
     };
     log_stages(&mut command, launch.stage_log, "server")?;
+    // The benchmarks measure the host executor unless they ask for another (`--executor` wins
+    // over the variable); a variable rather than a flag, so that a baseline binary older than
+    // the flag starts too.
+    command.env("CLOISTER_EXECUTOR", "host");
     let mut server = ChildGuard(
         command
             .args([

@@ -1,7 +1,7 @@
 //! Clients of the CAS: the network client (pinned TLS, signed requests, the attestation flow)
 //! and the operator's client on the local socket.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -82,6 +82,15 @@ impl CasClient {
             identity,
             clock_offset: std::sync::atomic::AtomicI64::new(0),
         })
+    }
+
+    /// Carries this client's connections through the Unix socket at `path`, a relay to the
+    /// CAS's port, instead of connecting to the URL's host and port: the TLS session and its
+    /// pin are end to end, so the relay sees ciphertext only and cannot stand in for the CAS.
+    #[must_use]
+    pub fn through_socket(mut self, path: PathBuf) -> Self {
+        self.http.through(path);
+        self
     }
 
     /// Sends a request. A signed request that the CAS refuses for its time (401 with the CAS's

@@ -40,6 +40,10 @@ enum Endpoint {
     Tls {
         host: String,
         port: u16,
+        /// A Unix socket that carries the connection to `host:port` instead of TCP (a
+        /// container without network reaches the CAS through a relay); the TLS session, and
+        /// so the pin, is end to end either way.
+        via: Option<PathBuf>,
         server_name: ServerName<'static>,
         connector: TlsConnector,
     },
@@ -96,12 +100,23 @@ impl Transport {
             Endpoint::Tls {
                 host,
                 port,
+                via: None,
                 server_name,
                 connector: TlsConnector::from(std::sync::Arc::new(tls)),
             },
             authority.clone(),
             authority,
         ))
+    }
+
+    /// Carries the TLS connections through the Unix socket at `path` (a relay to the CAS's
+    /// port) instead of connecting to the URL's host and port. Does nothing to a transport
+    /// that is not TLS.
+    pub(crate) fn through(&mut self, path: PathBuf) {
+        if let Endpoint::Tls { via, .. } = &mut self.endpoint {
+            self.name = format!("{} (through {})", self.authority, path.display());
+            *via = Some(path);
+        }
     }
 
     /// The Unix socket at `path`.
@@ -214,28 +229,31 @@ impl Transport {
             Endpoint::Tls {
                 host,
                 port,
+                via,
                 server_name,
                 connector,
             } => {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(|e| unavailable(&format!("cannot connect to {name}"), &e, false))?;
-                // Requests are small and answered at once: waiting to fill segments only
-                // adds latency.
-                tcp.set_nodelay(true).map_err(|e| {
-                    unavailable(&format!("cannot set up the connection to {name}"), &e, false)
-                })?;
-                let tls = connector.connect(server_name.clone(), tcp).await.map_err(|e| {
-                    let context = format!("TLS handshake with {name} failed");
-                    // rustls reports its verdicts (a certificate that does not match the
-                    // pin) as invalid data; anything else is the connection failing.
-                    if e.kind() == std::io::ErrorKind::InvalidData {
-                        failure(&context, &e)
-                    } else {
-                        unavailable(&context, &e, false)
+                let cannot_connect =
+                    |e: std::io::Error| unavailable(&format!("cannot connect to {name}"), &e, false);
+                match via {
+                    Some(path) => {
+                        let stream = tokio::net::UnixStream::connect(path)
+                            .await
+                            .map_err(cannot_connect)?;
+                        tls_handshake(connector, server_name, stream, name).await
                     }
-                })?;
-                handshake(TokioIo::new(tls), name).await
+                    None => {
+                        let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+                            .await
+                            .map_err(cannot_connect)?;
+                        // Requests are small and answered at once: waiting to fill segments
+                        // only adds latency.
+                        tcp.set_nodelay(true).map_err(|e| {
+                            unavailable(&format!("cannot set up the connection to {name}"), &e, false)
+                        })?;
+                        tls_handshake(connector, server_name, tcp, name).await
+                    }
+                }
             }
             Endpoint::Unix(path) => {
                 let stream = tokio::net::UnixStream::connect(path)
@@ -245,6 +263,32 @@ impl Transport {
             }
         }
     }
+}
+
+/// The pinned TLS session over `stream`, then HTTP/1 in it.
+async fn tls_handshake<S>(
+    connector: &TlsConnector,
+    server_name: &ServerName<'static>,
+    stream: S,
+    name: &str,
+) -> Result<Connection, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = connector
+        .connect(server_name.clone(), stream)
+        .await
+        .map_err(|e| {
+            let context = format!("TLS handshake with {name} failed");
+            // rustls reports its verdicts (a certificate that does not match the pin) as invalid
+            // data; anything else is the connection failing.
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                failure(&context, &e)
+            } else {
+                unavailable(&context, &e, false)
+            }
+        })?;
+    handshake(TokioIo::new(tls), name).await
 }
 
 async fn handshake<T>(io: T, name: &str) -> Result<Connection, ClientError>

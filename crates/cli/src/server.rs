@@ -101,13 +101,13 @@ pub struct ServerArgs {
     /// are refused and `--executor container` does not start.
     #[arg(long, env = "CLOISTER_RUNTIME_BINARY")]
     pub runtime_binary: Option<PathBuf>,
-    /// Where plain jobs' scripts run: `host` (processes of this host; the service's image is
-    /// recorded only) or `container` (a container of the service's image per job, through
-    /// Podman, or Docker's CLI where a daemon runs, with `cloister-runtime` inside staging the
-    /// job's data over a socket of its own), or `auto` (`container` where Podman or Docker is
-    /// found and works, else `host`, saying why). Confidential jobs run in `cloister-runtime`
-    /// on the host either way.
-    #[arg(long, env = "CLOISTER_EXECUTOR", value_enum, default_value_t = Executor::Host)]
+    /// Where jobs run: `container` (a container of the service's image per job, through
+    /// Podman, or Docker's CLI where a daemon runs, with `cloister-runtime` inside: it stages
+    /// a plain job's data over a socket of its own, and runs a confidential job — simulation
+    /// TEE — with its plaintext in the container's memory), `host` (processes of this host, the
+    /// service's image recorded only; for development), or `auto`, the default: `container`
+    /// where Podman or Docker is found and works, else `host`, saying why at start.
+    #[arg(long, env = "CLOISTER_EXECUTOR", value_enum, default_value_t = Executor::Auto)]
     pub executor: Executor,
     /// The container engine's CLI for `--executor container` (default: `podman`, else
     /// `docker`, on PATH).

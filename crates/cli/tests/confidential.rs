@@ -136,6 +136,11 @@ impl World {
 
     /// [`Self::start`] in `dir`, with extra server flags.
     async fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> World {
+        Self::start_in(dir, extra, None).await
+    }
+
+    /// [`Self::start_with`], the example's services in `image` when given.
+    async fn start_in(dir: tempfile::TempDir, extra: &[&str], image: Option<&str>) -> World {
         let admin_key = dir.path().join("admin.key");
         let admin = ok(&cli(&["cas", "keygen", "--out", admin_key.to_str().unwrap()]))
             .trim()
@@ -163,7 +168,7 @@ impl World {
             admin_key.to_str().unwrap(),
         ]));
         let (url, pin) = (cas.url.clone(), cas.pin.clone());
-        Self::finish(dir, Some(cas), url, pin, server, admin_key)
+        Self::finish(dir, Some(cas), url, pin, server, admin_key, image)
     }
 
     /// One machine: `cloister server --with-cas` runs the CAS and registers itself.
@@ -197,7 +202,7 @@ impl World {
             found["pin"].as_str().unwrap().to_owned(),
         );
         let admin_key = PathBuf::from(found["admin_key"].as_str().unwrap());
-        Self::finish(dir, None, url, pin, server, admin_key)
+        Self::finish(dir, None, url, pin, server, admin_key, None)
     }
 
     fn finish(
@@ -207,6 +212,7 @@ impl World {
         cas_pin: String,
         server: Server,
         admin_key: PathBuf,
+        image: Option<&str>,
     ) -> World {
         // The data owner's key, and the FDL filled in on the trusted computer.
         let owner_key = dir.path().join("owner.key");
@@ -223,7 +229,11 @@ impl World {
             .unwrap()
             .replace("CAS_URL", &cas_url)
             .replace("CAS_PIN", &cas_pin)
-            .replace("OWNER_RECIPIENT", &owner);
+            .replace("OWNER_RECIPIENT", &owner)
+            .replace(
+                "image: docker.io/library/busybox:1.36",
+                &format!("image: {}", image.unwrap_or("docker.io/library/busybox:1.36")),
+            );
         let fdl_path = fdl_dir.join("fdl.yaml");
         std::fs::write(&fdl_path, fdl).unwrap();
         let mut world = World {
@@ -558,6 +568,8 @@ fn with_cas_defaults_beside_a_relative_data_dir() {
         .current_dir(dir.path())
         .args([
             "server",
+            "--executor",
+            "host",
             "--data-dir",
             "data",
             "--listen",
@@ -1120,4 +1132,279 @@ async fn a_full_store_fails_the_job_and_leaves_no_output() {
     world.server.stop();
     drop(plain_fs);
     drop(data_fs);
+}
+
+/// Podman as the container executor calls it (see `container.rs`).
+fn podman(args: &[&str]) -> std::process::Output {
+    let mut command = Command::new("podman");
+    if Command::new("sh")
+        .args(["-c", "command -v runc"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        command.args(["--runtime", "runc"]);
+    }
+    command
+        .args(["--cgroup-manager", "cgroupfs"])
+        .args(args)
+        .output()
+        .expect("run podman")
+}
+
+/// The container tests' images, built offline once per test process.
+fn container_images() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        ok(&Command::new(repo_root().join("scripts/container-test-images"))
+            .output()
+            .unwrap())
+        .clear()
+    });
+}
+
+fn rot13(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            'a'..='z' => (((c as u8 - b'a' + 13) % 26) + b'a') as char,
+            'A'..='Z' => (((c as u8 - b'A' + 13) % 26) + b'A') as char,
+            _ => c,
+        })
+        .collect()
+}
+
+/// The container executor runs a confidential job in its service's image with
+/// `cloister-runtime` inside: it attests through the relay socket (the container has no
+/// network), its plaintext lives in the container's own tmpfs, the program is the session's,
+/// and only ciphertext leaves. The canary scan finds nothing on the host: data and plaintext
+/// folders, the engine's storage, the API, processes' environments.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_confidential_job_runs_in_its_service_image_and_leaves_no_plaintext() {
+    const TOOLS: &str = "localhost/cloister-test/tools:1";
+    const HOSTILE_SCRIPT: &str = "localhost/cloister-test/hostile-script:1";
+    container_images();
+    let mut world = World::start_in(
+        tempfile::tempdir().unwrap(),
+        &["--executor", "container"],
+        Some(TOOLS),
+    )
+    .await;
+    let info = world.server.get_json("/system/info").await;
+    assert_eq!(info["serverless_backend"]["name"], "container", "{info}");
+    let server_id = info["simulation_platform_key"].as_str().unwrap()[..16].to_owned();
+    // The session's script needs a tool only the image has: it cannot have run on the host.
+    let rot = concat!(
+        "set -eu\nname=$(basename \"$INPUT_FILE_PATH\")\n",
+        "cloister-rot13 < \"$INPUT_FILE_PATH\" > \"$TMP_OUTPUT_DIR/$name\"\n",
+        "echo \"rot13 of $name: $(head -n 1 \"$INPUT_FILE_PATH\")\"\n"
+    );
+    world.add_services(
+        "rot",
+        &[
+            ("name: secure-upper", "name: secure-rot"),
+            ("session: examples/secure-upper", "session: examples/secure-rot"),
+            ("script: upper.sh", "script: rot.sh"),
+            ("path: secure/in", "path: rot/in"),
+            ("path: secure/out", "path: rot/out"),
+        ],
+        &[("rot.sh", rot.to_owned())],
+    );
+
+    let canary = format!("CANARY{}", uuid_like());
+    let input = format!("patient {canary} heart rate 72\nsecond line\n");
+    world.put_encrypted("secure-rot", input.as_bytes(), "rot/in/record.txt");
+    let (name, job, log) = world.job_for("secure-rot", 1, "rot/in/record.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert!(log.contains("attested to the CAS"), "{log}");
+    assert!(log.contains("authenticated from cloister1x25519:"), "{log}");
+    assert!(!log.contains(&canary), "{log}");
+    assert_eq!(
+        String::from_utf8(world.get_decrypted("rot/out/record.txt")).unwrap(),
+        rot13(&input)
+    );
+    let sealed = ok(&world.sealed_log("secure-rot", &name));
+    assert!(
+        sealed.contains(&format!("rot13 of record.txt: patient {canary}")),
+        "{sealed}"
+    );
+    assert!(
+        podman(&[
+            "ps",
+            "--all",
+            "--filter",
+            &format!("label=cloister.server={server_id}"),
+            "--format",
+            "{{.ID}}"
+        ])
+        .stdout
+        .is_empty(),
+        "the job's container stayed"
+    );
+
+    // Nothing on the host holds the plaintext, the script's output or the session's secret.
+    let info = ok(&podman(&[
+        "info",
+        "--format",
+        "{{.Store.GraphRoot}} {{.Store.RunRoot}}",
+    ]));
+    let plain = world.dir.path().join("plain");
+    let mut dirs = vec![world.server.dir.clone(), plain.clone()];
+    dirs.extend(info.split_whitespace().map(PathBuf::from));
+    for needle in [canary.clone(), rot13(&canary), "s3cr3t-stamp-0c5e".to_owned()] {
+        let mut args = vec![
+            "canary-scan",
+            "--canary",
+            &needle,
+            "--api",
+            "--processes",
+            "--json",
+        ];
+        for dir in &dirs {
+            args.extend(["--dir", dir.to_str().unwrap()]);
+        }
+        let scan = world.server.bench(&args);
+        assert_eq!(
+            scan.status.code(),
+            Some(0),
+            "{needle}: {}{}",
+            String::from_utf8_lossy(&scan.stdout),
+            String::from_utf8_lossy(&scan.stderr)
+        );
+    }
+    assert!(
+        common::files_under(&plain).is_empty(),
+        "{:?}",
+        common::files_under(&plain)
+    );
+
+    // An image whose user is not root: the plaintext tmpfs and the job folder are that user's.
+    let mut user = world.server.get_json("/system/services/secure-upper").await;
+    user["image"] = json!("localhost/cloister-test/user:1");
+    let put = world
+        .server
+        .http()
+        .put(world.server.url("/system/services"))
+        .basic_auth(common::USER, Some(common::PASSWORD))
+        .json(&user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    world.put_encrypted("secure-upper", b"as a user\n", "secure/in/user.txt");
+    let (_, job, log) = world.job_for("secure-upper", 1, "secure/in/user.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert!(
+        String::from_utf8(world.get_decrypted("secure/out/user.txt"))
+            .unwrap()
+            .starts_with("AS A USER\n")
+    );
+
+    // The image is the host's choice. One holding its own /cloister/script.sh (the path the
+    // session's command names), with the platform's copy of the script changed as well, still
+    // runs the session's script: the runtime runs the copy the CAS released.
+    let mut changed = world.server.get_json("/system/services/secure-rot").await;
+    changed["image"] = json!(HOSTILE_SCRIPT);
+    changed["script"] = json!("echo HOSTILE > \"$TMP_OUTPUT_DIR/$(basename \"$INPUT_FILE_PATH\")\"\n");
+    let put = world
+        .server
+        .http()
+        .put(world.server.url("/system/services"))
+        .basic_auth(common::USER, Some(common::PASSWORD))
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    world.put_encrypted("secure-rot", b"after the swap\n", "rot/in/swapped.txt");
+    let (_, job, log) = world.job_for("secure-rot", 2, "rot/in/swapped.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert_eq!(
+        String::from_utf8(world.get_decrypted("rot/out/swapped.txt")).unwrap(),
+        rot13("after the swap\n")
+    );
+}
+
+/// A runtime without network reaches the CAS through a relay socket of the host's: the TLS
+/// session and its pin are end to end, so a relay that leads to another CAS gets nothing
+/// released, and one that leads to the right CAS works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cas_relay_cannot_stand_in_for_the_cas() {
+    let world = World::start().await;
+    let other_dir = world.dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = start_cas(&other_dir, &world.cas.as_ref().unwrap().admin);
+    let relay = |name: &str, to: &str| {
+        let path = world.dir.path().join(format!("{name}.sock"));
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let to = to.trim_start_matches("https://").to_owned();
+        tokio::spawn(async move {
+            while let Ok((mut inside, _)) = listener.accept().await {
+                let to = to.clone();
+                tokio::spawn(async move {
+                    let mut cas = tokio::net::TcpStream::connect(to).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut inside, &mut cas).await;
+                });
+            }
+        });
+        path
+    };
+    let plain = world.dir.path().join("plain-relay");
+    let run = |name: &str, socket: &Path| -> (Option<i32>, Value, String) {
+        let dir = world.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let job = json!({
+            "job_name": "secure-upper-0193a5e27c4e7b8a9f00aabbccddeeff",
+            "job_uuid": "0193a5e2-7c4e-7b8a-9f00-aabbccddeeff",
+            "service": "secure-upper",
+            "tee": "sim",
+            "cas": world.cas_url,
+            "cas_pin": world.cas_pin,
+            "cas_socket": socket,
+            "session": "examples/secure-upper",
+            "cas_service": "secure-upper",
+            "sim_platform_key": world.server.dir.join("sim-platform.key"),
+            "event": "{}",
+            "event_time": "2026-11-29T00:00:00Z",
+            "timeout_secs": 3,
+            "log_limit": 65536,
+            "plain_root": plain,
+            "volumes_dir": world.dir.path().join("volumes"),
+        });
+        std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+        let out = Command::new(common::runtime_bin())
+            .arg("--job")
+            .arg(&dir)
+            .env_clear()
+            .output()
+            .unwrap();
+        let result: Value = serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+        (
+            out.status.code(),
+            result,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let released = || async {
+        let admin = ClientIdentity::load(&world.admin_key).unwrap();
+        let cas = CasClient::new(&world.cas_url, &world.cas_pin, Some(admin)).unwrap();
+        let entries: Vec<cloister_cas_store::AuditEntry> = cas.audit(0).await.unwrap();
+        entries.iter().filter(|e| e.kind == "secret-release").count()
+    };
+    let before = released().await;
+
+    let elsewhere = relay("elsewhere", &other.url);
+    let (code, result, stdout) = run("elsewhere", &elsewhere);
+    assert_eq!(code, Some(8), "{stdout}");
+    let reason = result["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("TLS handshake") || reason.contains("attestation refused"),
+        "{result}"
+    );
+    assert!(!stdout.contains("attested to the CAS"), "{stdout}");
+
+    let genuine = relay("genuine", &world.cas_url);
+    let (_, result, stdout) = run("genuine", &genuine);
+    assert!(stdout.contains("attested to the CAS"), "{result} {stdout}");
+    assert_eq!(released().await, before + 1);
+    assert!(common::files_under(&plain).is_empty());
 }

@@ -240,7 +240,12 @@ async fn an_upload_runs_under_the_runtime_in_its_container_over_its_own_socket()
     // The script looks at what started it, and for the credential where it was handed over.
     let script = concat!(
         "echo \"pid1=$(tr '\\000' ' ' < /proc/1/cmdline)\"; echo \"parent=$(tr '\\000' ' ' < /proc/$PPID/cmdline)\"; ",
-        "ls -a /cloister/ctl; test -e /cloister/ctl/job.json && echo job-file-visible; ",
+        "ls -a /cloister/ctl /cloister/sock; test -e /cloister/ctl/job.json && echo job-file-visible; ",
+        // The S3 socket is the runtime's way out: a script that could replace it could fake
+        // its job's uploads.
+        "for s in /cloister/ctl/s3.sock /cloister/sock/s3.sock; do if test -S \"$s\"; then ",
+        "rm -f \"$s\" 2> /dev/null; test -e \"$s\" || echo \"socket-gone=$s\"; fi; done; ",
+        "mkdir /cloister/sock/x 2> /dev/null && echo socket-folder-writable; ",
         "cat /proc/$PPID/environ > /dev/null 2>&1 && echo runtime-environ-readable; ",
         "echo forged 2> /dev/null > /proc/$PPID/fd/1 && echo runtime-stdout-writable; ",
         "echo forged 2> /dev/null > /proc/1/fd/1 && echo init-stdout-writable; ",
@@ -284,7 +289,10 @@ async fn an_upload_runs_under_the_runtime_in_its_container_over_its_own_socket()
         b"THROUGH THE SOCKET\n"
     );
     assert!(log.contains("cloister: uploaded 1 output object(s)"), "{log}");
-    // Only the socket is left in the control folder; the credential is nowhere the script
+    // The socket is where the runtime left it, in a folder the script cannot change.
+    assert!(!log.contains("socket-gone="), "{log}");
+    assert!(!log.contains("socket-folder-writable"), "{log}");
+    // Only the socket is left in the control folders; the credential is nowhere the script
     // could read it: not in a file, not in its environment, not in the runtime's /proc; nor can
     // it write to the runtime's standard output, where the result goes.
     assert!(log.contains("s3.sock"), "{log}");
@@ -750,6 +758,18 @@ async fn auto_picks_containers_where_an_engine_works_and_says_why_not_elsewhere(
     let auto = Server::start(&dir.path().join("auto"), &["--executor", "auto"]);
     let info = auto.get_json("/system/info").await;
     assert_eq!(info["serverless_backend"]["name"], "container", "{info}");
+    // And `auto` is what a server given no `--executor` runs with.
+    let help = Command::new(bin()).args(["server", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let executor = help.split("--executor <EXECUTOR>").nth(1).unwrap_or_default();
+    assert!(
+        executor
+            .split("--container-engine")
+            .next()
+            .unwrap_or_default()
+            .contains("[default: auto]"),
+        "{help}"
+    );
     drop((server, auto));
     // An engine that does not work: the host executor, and the log says why.
     let log = dir.path().join("broken.log");

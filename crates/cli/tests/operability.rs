@@ -242,6 +242,8 @@ fn a_second_server_on_the_same_data_dir_names_the_first() {
     let out = Command::new(bin())
         .args([
             "server",
+            "--executor",
+            "host",
             "--listen",
             "127.0.0.1:0",
             "--s3-listen",
@@ -277,6 +279,8 @@ fn spawn_server(data: &Path, password: Option<&str>) -> Child {
     command
         .args([
             "server",
+            "--executor",
+            "host",
             "--listen",
             "127.0.0.1:0",
             "--s3-listen",

@@ -1,7 +1,7 @@
 //! The README's walkthrough, run as written: every `sh` block from "## Walkthrough" to
 //! "## Command line", in order, in one bash session in a fresh directory laid out like the
-//! checkout (`target/release/` holding the built binaries, `examples/`, the attestation test
-//! data), so the README cannot drift from what the commands do.
+//! checkout (`target/release/` holding the built binaries, `examples/`, `scripts/`, the
+//! attestation test data), so the README cannot drift from what the commands do.
 //!
 //! The server runs in "another terminal": the harness starts it before the first block (the
 //! README's first command), and a README line that starts `target/release/cloister server`
@@ -153,6 +153,7 @@ fn the_readme_walkthrough_runs_as_written() {
     std::os::unix::fs::symlink(runtime_bin(), release.join("cloister-runtime")).unwrap();
     std::os::unix::fs::symlink(bench_bin(), release.join("cloister-bench")).unwrap();
     copy_dir(&root.join("examples"), &work.join("examples"));
+    std::os::unix::fs::symlink(root.join("scripts"), work.join("scripts")).unwrap();
     std::fs::create_dir_all(work.join("crates/attestation")).unwrap();
     std::os::unix::fs::symlink(
         root.join("crates/attestation/testdata"),

@@ -12,10 +12,12 @@ use std::time::Duration;
 use cloister_runtime::tee::{TeeInput, TeeJob, TeeResult};
 use cloister_runtime::{
     CgroupSupport, JobInput, JobIo, JobOutcome, JobSpec, Limits, LogLine, Program, ProgramOptions,
-    RunFailure, Status,
+    RunFailure, Status, Tee,
 };
 use futures::future::BoxFuture;
 use time::OffsetDateTime;
+
+use crate::container::Containers;
 
 /// What the local executor needs to run confidential jobs on this host.
 #[derive(Debug, Clone)]
@@ -62,11 +64,19 @@ pub(crate) struct Slot<'a> {
     pub name: String,
 }
 
+/// The socket in a contained job's folder through which its runtime reaches the CAS.
+const CAS_SOCKET: &str = "cas.sock";
+/// A contained job's copy of the simulated platform key, in its folder: handed to the image's
+/// user with the folder, where the server's own file (0600) would be unreadable to a non-root
+/// `USER`.
+const PLATFORM_KEY: &str = "platform.key";
+
 pub(crate) async fn run(
     host: &ConfidentialHost,
     spec: &JobSpec,
     io: &dyn JobIo,
     slot: Slot<'_>,
+    containers: Option<&Containers>,
     cancel: BoxFuture<'static, ()>,
     on_start: Box<dyn FnOnce() + Send>,
 ) -> JobOutcome {
@@ -97,18 +107,30 @@ pub(crate) async fn run(
             wiring.map_or("?", |w| w.service.as_str()),
         ),
     });
-    let procs = match slot.cgroups.prepare(&slot.name, &spec.limits) {
+    // In a container the engine holds the job to its limits.
+    let cgroups = if containers.is_some() {
+        &CgroupSupport::None
+    } else {
+        slot.cgroups
+    };
+    let procs = match cgroups.prepare(&slot.name, &spec.limits) {
         Ok(p) => p,
         Err(e) => {
             fail(&mut outcome, format!("cannot prepare the job's cgroup: {e}"));
             return outcome;
         }
     };
-    match prepare(host, spec, io, &work, procs.clone()).await {
-        Ok(()) => execute(host, spec, io, &work, cancel, on_start, &mut outcome).await,
+    match prepare(host, spec, io, &work, procs.clone(), containers.is_some()).await {
+        Ok(prepared) => {
+            let runner = match containers {
+                Some(containers) => Runner::Container(containers, &prepared),
+                None => Runner::Host,
+            };
+            execute(host, spec, io, &work, runner, cancel, on_start, &mut outcome).await;
+        }
         Err(reason) => fail(&mut outcome, reason),
     }
-    slot.cgroups.clear(&procs);
+    cgroups.clear(&procs);
     // A runtime killed mid-job (timeout, deletion, memory limit) cannot remove its plaintext.
     let plain = host.plain_root.join(format!("job-{}", spec.job_uuid));
     if tokio::fs::try_exists(&plain).await.unwrap_or(false) {
@@ -133,13 +155,31 @@ fn fail(outcome: &mut JobOutcome, reason: String) {
     outcome.reason.get_or_insert(reason);
 }
 
+/// What [`prepare`] readied beyond `job.json`: the host files a container mounts, and the
+/// CAS relay, serving until the job ends.
+struct Prepared {
+    input: Option<PathBuf>,
+    volumes: PathBuf,
+    _relay: Option<crate::container::CasRelay>,
+}
+
+/// Where the runtime runs.
+enum Runner<'a> {
+    /// A process of this host.
+    Host,
+    /// The first program of a container of the service's image.
+    Container(&'a Containers, &'a Prepared),
+}
+
 async fn prepare(
     host: &ConfidentialHost,
     spec: &JobSpec,
     io: &dyn JobIo,
     work: &Path,
     cgroup_procs: Vec<PathBuf>,
-) -> Result<(), String> {
+    contained: bool,
+) -> Result<Prepared, String> {
+    use crate::container::{CONFIDENTIAL_INPUT, CONFIDENTIAL_PLAIN_ROOT, CONFIDENTIAL_VOLUMES};
     let prepare_dir = || -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         if work.exists() {
@@ -149,17 +189,30 @@ async fn prepare(
         std::fs::DirBuilder::new().mode(0o700).create(work)
     };
     prepare_dir().map_err(|e| format!("cannot prepare the job's work directory: {e}"))?;
+    // The job folder as the runtime sees it: mounted at the work mount point in a container.
+    let inside = |name: &str| {
+        if contained {
+            Path::new(crate::container::MOUNT_POINT).join(name)
+        } else {
+            work.join(name)
+        }
+    };
+    let mut mounted_input = None;
     let input = match &spec.input {
         JobInput::Object { bucket, key } => {
             // The runtime reads the ciphertext where it is stored when storage is local.
             let file = match io.local_path(bucket, key).filter(|p| p.is_file()) {
+                Some(path) if contained => {
+                    mounted_input = Some(path);
+                    PathBuf::from(CONFIDENTIAL_INPUT)
+                }
                 Some(path) => path,
                 None => {
                     let dest = work.join("input.cvol");
                     io.fetch(bucket, key, &dest)
                         .await
                         .map_err(|e| format!("cannot fetch input {bucket}/{key}: {e}"))?;
-                    dest
+                    inside("input.cvol")
                 }
             };
             Some(TeeInput {
@@ -180,6 +233,18 @@ async fn prepare(
         .attestation
         .as_ref()
         .ok_or("the service's confidential block gives no CLOISTER_CAS")?;
+    let volumes = host.volumes_root.join(&spec.service);
+    let relay = if contained {
+        // A container's mount needs its source to exist.
+        std::fs::create_dir_all(&volumes).map_err(|e| format!("cannot create the volume folder: {e}"))?;
+        if tee == Tee::Sim {
+            copy_private(&host.sim_platform_key, &work.join(PLATFORM_KEY))
+                .map_err(|e| format!("cannot hand the simulated platform key to the job: {e}"))?;
+        }
+        Some(crate::container::relay_to_cas(work, CAS_SOCKET, &wiring.cas)?)
+    } else {
+        None
+    };
     let job = TeeJob {
         job_name: spec.job_name.clone(),
         job_uuid: spec.job_uuid.clone(),
@@ -187,31 +252,52 @@ async fn prepare(
         tee,
         cas: wiring.cas.clone(),
         cas_pin: wiring.cas_pin.clone(),
+        cas_socket: contained.then(|| inside(CAS_SOCKET)),
         session: wiring.session.clone(),
         cas_service: wiring.service.clone(),
-        sim_platform_key: Some(host.sim_platform_key.clone()),
+        sim_platform_key: Some(if contained {
+            inside(PLATFORM_KEY)
+        } else {
+            host.sim_platform_key.clone()
+        }),
         input,
         event: spec.event.clone(),
         event_time: spec
             .event_time
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
-        memory_bytes: spec.limits.memory_bytes,
+        // The container's memory limit is the engine's, and holds the runtime and its tmpfs.
+        memory_bytes: if contained { None } else { spec.limits.memory_bytes },
         timeout_secs: spec.limits.timeout.as_secs(),
         log_limit: spec.log_limit,
         cgroup_procs,
-        plain_root: host.plain_root.clone(),
-        volumes_dir: host.volumes_root.join(&spec.service),
+        plain_root: if contained {
+            PathBuf::from(CONFIDENTIAL_PLAIN_ROOT)
+        } else {
+            host.plain_root.clone()
+        },
+        volumes_dir: if contained {
+            PathBuf::from(CONFIDENTIAL_VOLUMES)
+        } else {
+            volumes.clone()
+        },
     };
     let bytes = serde_json::to_vec_pretty(&job).map_err(|e| format!("cannot describe the job: {e}"))?;
-    std::fs::write(work.join("job.json"), bytes).map_err(|e| format!("cannot describe the job: {e}"))
+    std::fs::write(work.join("job.json"), bytes).map_err(|e| format!("cannot describe the job: {e}"))?;
+    Ok(Prepared {
+        input: mounted_input,
+        volumes,
+        _relay: relay,
+    })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     host: &ConfidentialHost,
     spec: &JobSpec,
     io: &dyn JobIo,
     work: &Path,
+    runner: Runner<'_>,
     cancel: BoxFuture<'static, ()>,
     on_start: Box<dyn FnOnce() + Send>,
     outcome: &mut JobOutcome,
@@ -236,7 +322,19 @@ async fn execute(
         log_limit: spec.log_limit,
         keep_stdout: None,
     };
-    let run = cloister_runtime::run_program(options, cancel, on_start).await;
+    let run = match runner {
+        Runner::Host => cloister_runtime::run_program(options, cancel, on_start).await,
+        Runner::Container(containers, prepared) => {
+            let files = crate::container::ConfidentialFiles {
+                job_dir: work,
+                input: prepared.input.as_deref(),
+                volumes: &prepared.volumes,
+            };
+            containers
+                .run_confidential(spec, &files, limits.timeout, cancel, on_start)
+                .await
+        }
+    };
     outcome.log.extend(run.log);
     let signal = match run.failure {
         None => None,
@@ -325,6 +423,18 @@ async fn execute(
         });
     }
     outcome.status = Status::Succeeded;
+}
+
+/// Copies `from` to a new file `to` readable by its owner only.
+fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut source = std::fs::File::open(from)?;
+    let mut copy = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)?;
+    std::io::copy(&mut source, &mut copy).map(|_| ())
 }
 
 /// The runtime names sealed outputs by number and the sealed log `log`; anything else could

@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloister_runtime::contained::{
-    CONTROL_DIR, ContainedJob, ContainedResult, INPUT_FILE, JOB_FILE, RUNTIME_DIR, SOCKET_FILE, WORK_DIR,
+    CONTROL_DIR, ContainedJob, ContainedResult, INPUT_FILE, JOB_FILE, RUNTIME_DIR, SOCKET_DIR, SOCKET_FILE,
+    WORK_DIR,
 };
 use cloister_runtime::{
     CgroupSupport, JobOutcome, JobSpec, Limits, LogLine, Placement, Program, ProgramOptions, PullPolicy,
@@ -645,8 +646,9 @@ impl Containers {
 
     /// Runs an asynchronous job in its container with `cloister-runtime` as the container's
     /// first program: `work` is the job's work directory (readied here), `control` a fresh
-    /// folder for its job file and S3 socket (removed at the end). `on_start` is called once the
-    /// container is being started.
+    /// folder for its job file, and beside it `<control>.sock` one for its S3 socket, mounted
+    /// read-only (both removed at the end). `on_start` is called once the container is being
+    /// started.
     pub async fn run_contained(
         &self,
         spec: &JobSpec,
@@ -664,13 +666,13 @@ impl Containers {
             Ok(env) => env,
             Err(reason) => return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason)),
         };
+        let sockets = socket_dir(control);
         let prepared = {
-            let (work, control) = (work.to_path_buf(), control.to_path_buf());
-            let job =
-                ContainedJob::new(spec, format!("unix://{CONTROL_DIR}/{SOCKET_FILE}")).map(|mut job| {
-                    job.image_env = Some(image_env.as_ref().clone());
-                    job
-                });
+            let (work, control, sockets) = (work.to_path_buf(), control.to_path_buf(), sockets.clone());
+            let job = ContainedJob::new(spec, format!("unix://{SOCKET_DIR}/{SOCKET_FILE}")).map(|mut job| {
+                job.image_env = Some(image_env.as_ref().clone());
+                job
+            });
             let inline = match &spec.input {
                 cloister_runtime::JobInput::Inline(bytes) => Some(bytes.clone()),
                 _ => None,
@@ -679,6 +681,7 @@ impl Containers {
                 prepare_contained(
                     &work,
                     &control,
+                    &sockets,
                     job.map_err(|e| e.to_string())?,
                     inline.as_deref(),
                 )
@@ -694,6 +697,7 @@ impl Containers {
             Err(reason) => {
                 let reason = format!("cannot prepare the job's container: {reason}");
                 remove_control(control).await;
+                remove_control(&sockets).await;
                 return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason));
             }
         };
@@ -707,10 +711,11 @@ impl Containers {
             },
         ));
         let run = self
-            .run_runtime(spec, &name, work, control, cancel, on_start)
+            .run_runtime(spec, &name, [work, control, &sockets], cancel, on_start)
             .await;
         drop(stop);
         remove_control(control).await;
+        remove_control(&sockets).await;
         let reset = {
             let work = work.to_path_buf();
             tokio::task::spawn_blocking(move || cloister_runtime::reset_work_dir(&work)).await
@@ -721,22 +726,28 @@ impl Containers {
         run
     }
 
+    /// `folders`: the job's work directory, control folder and socket folder.
     async fn run_runtime(
         &self,
         spec: &JobSpec,
         name: &str,
-        work: &Path,
-        control: &Path,
+        folders: [&Path; 3],
         cancel: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
         on_start: Box<dyn FnOnce() + Send>,
     ) -> JobOutcome {
-        let (Ok(work_host), Ok(control_host)) = (mountable(work), mountable(control)) else {
+        let [work, control, sockets] = folders;
+        let (Ok(work_host), Ok(control_host), Ok(sockets_host)) =
+            (mountable(work), mountable(control), mountable(sockets))
+        else {
             let reason = format!("the work directory {} cannot be mounted", work.display());
             return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason));
         };
         let mut mounts: Vec<(&str, &str, Mount)> = vec![
             (work_host.as_str(), WORK_DIR, Mount::Owned),
             (control_host.as_str(), CONTROL_DIR, Mount::Owned),
+            // The script may write to the control folder, never here: the socket stays this
+            // process's.
+            (sockets_host.as_str(), SOCKET_DIR, Mount::OwnedReadOnly),
         ];
         mounts.extend(
             self.runtime
@@ -811,6 +822,112 @@ impl Containers {
         failed_outcome(run)
     }
 
+    /// Runs a confidential job's `cloister-runtime --job` as the first program of a container
+    /// of the service's image (see [`crate::confidential`]): its job folder bound at
+    /// [`WORK_DIR`], its plaintext root a private tmpfs of the container
+    /// ([`CONFIDENTIAL_PLAIN_ROOT`], never on the host's disk), the input's ciphertext, the
+    /// service's volume folder at the paths `job.json` names,
+    /// no network (the CAS is reached through the relay socket in the job folder). The
+    /// runtime's standard output is the job's log.
+    pub(crate) async fn run_confidential(
+        &self,
+        spec: &JobSpec,
+        files: &ConfidentialFiles<'_>,
+        timeout: Duration,
+        cancel: futures::future::BoxFuture<'static, ()>,
+        on_start: Box<dyn FnOnce() + Send>,
+    ) -> ScriptRun {
+        let mut cancel: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = cancel;
+        if let Err((failure, reason)) = self.pull_for(spec, &mut cancel).await {
+            return not_run(failure, &reason);
+        }
+        let name = format!("cloister-{}", spec.job_uuid);
+        let unmountable = |path: &Path| {
+            let reason = format!("{} cannot be mounted into the job's container", path.display());
+            not_run(RunFailure::Container(reason.clone()), &reason)
+        };
+        let host_path = |path: &Path| mountable(path).map_err(|_| unmountable(path));
+        let job_dir = match host_path(files.job_dir) {
+            Ok(p) => p,
+            Err(run) => return run,
+        };
+        let volumes = match host_path(files.volumes) {
+            Ok(p) => p,
+            Err(run) => return run,
+        };
+        let input = match files.input.map(host_path).transpose() {
+            Ok(p) => p,
+            Err(run) => return run,
+        };
+        let mut mounts: Vec<(&str, &str, Mount)> = vec![
+            (job_dir.as_str(), WORK_DIR, Mount::Owned),
+            (volumes.as_str(), CONFIDENTIAL_VOLUMES, Mount::Owned),
+        ];
+        if let Some(input) = &input {
+            mounts.push((input.as_str(), CONFIDENTIAL_INPUT, Mount::ReadOnly));
+        }
+        mounts.extend(
+            self.runtime
+                .mounts
+                .iter()
+                .map(|(host, inside)| (host.as_str(), inside.as_str(), Mount::ReadOnly)),
+        );
+        // As for plain jobs: nothing of the image runs inside the runtime.
+        let empty = match self.empty_preload() {
+            Ok(empty) => empty,
+            Err(reason) => return not_run(RunFailure::Container(reason.clone()), &reason),
+        };
+        if self.runtime.through_loader() {
+            mounts.push((empty.as_str(), "/etc/ld.so.preload", Mount::ReadOnly));
+        }
+        let mut command = self.runtime.prefix.clone();
+        command.extend(["--job".into(), WORK_DIR.into()]);
+        let mut args = self.global.clone();
+        match self.run_args(spec, &name, &mounts, &self.runtime.entrypoint, &command, true) {
+            Ok(mut run) => {
+                // The plaintext root: memory of the container (charged to its limit), private
+                // to the image's user, gone with the container.
+                let mut tmpfs = format!("type=tmpfs,destination={CONFIDENTIAL_PLAIN_ROOT},tmpfs-mode=0700");
+                if let Some(bytes) = spec.limits.memory_bytes {
+                    tmpfs.push_str(&format!(",tmpfs-size={bytes}"));
+                }
+                if self.kind == EngineKind::Podman {
+                    tmpfs.push_str(",U=true");
+                }
+                run.splice(1..1, ["--mount".to_owned(), tmpfs]);
+                args.extend(run);
+            }
+            Err(reason) => return not_run(RunFailure::Container(reason.clone()), &reason),
+        }
+        let program = ProgramOptions {
+            program: Program::Direct(&self.engine),
+            args: &args,
+            work_dir: files.job_dir,
+            env: &self.engine_env,
+            limits: &Limits {
+                memory_bytes: None,
+                cpu_millis: None,
+                timeout,
+            },
+            cgroups: &CgroupSupport::None,
+            slot: "",
+            log_limit: spec.log_limit,
+            keep_stdout: None,
+        };
+        let mut run = cloister_runtime::run_program(program, cancel, on_start).await;
+        // Killing the CLI does not stop the container: the engine's monitor owns it.
+        if run.failure.is_some() || run.exit_code.is_none() {
+            self.remove(&[name]).await;
+        }
+        if run.failure.is_none() {
+            classify_exit(&mut run);
+        }
+        if matches!(run.failure, Some(RunFailure::Container(_))) {
+            self.forget_image(&spec.placement.image);
+        }
+        run
+    }
+
     /// Forgets that an image is present (it may have been removed behind our back).
     fn forget_image(&self, image: &str) {
         if let Ok(mut present) = self.present.lock() {
@@ -848,27 +965,118 @@ impl Containers {
     }
 }
 
-/// Readies a contained job's folders: the work directory (its three empty folders), and a
-/// fresh control folder (0700) with the job file (0600), an inline input's bytes, and the
-/// job's S3 socket, bound here.
+/// Where a confidential job's plaintext root is inside its container (a tmpfs of its own).
+pub(crate) const CONFIDENTIAL_PLAIN_ROOT: &str = "/cloister/plain";
+/// Where a confidential job's service volume folder (ciphertext) is inside its container.
+pub(crate) const CONFIDENTIAL_VOLUMES: &str = "/cloister/volumes";
+/// Where a confidential job's input ciphertext is inside its container, when it is mounted.
+pub(crate) const CONFIDENTIAL_INPUT: &str = "/cloister/input";
+
+/// The host files a confidential job's container mounts.
+pub(crate) struct ConfidentialFiles<'a> {
+    /// The job folder (`job.json`, the CAS relay's socket; `result.json` and the sealed files
+    /// come back in it).
+    pub job_dir: &'a Path,
+    /// The input's ciphertext where the store keeps it (else it was fetched into the job folder).
+    pub input: Option<&'a Path>,
+    /// The service's volume folder (ciphertext).
+    pub volumes: &'a Path,
+}
+
+/// Most connections at once from one job's runtime to the CAS through its relay.
+const CAS_RELAY_CONNECTIONS: usize = 16;
+
+/// A relay from a Unix socket to the CAS's port, serving while it lives.
+pub(crate) struct CasRelay {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Binds `name` in `dir` and relays each connection made to it to the host and port of
+/// `cas_url` (`https://host[:port]`): a confidential job's container has no network, and its
+/// runtime's TLS session with the CAS (pinned) passes through this process as ciphertext.
+/// Only that one address is reachable through it.
+pub(crate) fn relay_to_cas(dir: &Path, name: &str, cas_url: &str) -> Result<CasRelay, String> {
+    let (host, port) = cas_address(cas_url)?;
+    let listener = bind_socket(dir, name)
+        .and_then(tokio::net::UnixListener::from_std)
+        .map_err(|e| format!("cannot bind the CAS relay's socket: {e}"))?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        // Dropped when the job ends: its connections go with it.
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => {
+                    let Ok((mut inside, _)) = accepted else { continue };
+                    if connections.len() >= CAS_RELAY_CONNECTIONS {
+                        continue;
+                    }
+                    let host = host.clone();
+                    connections.spawn(async move {
+                        let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+                        let Ok(Ok(mut cas)) = tokio::time::timeout(Duration::from_secs(30), connect).await else {
+                            return;
+                        };
+                        let _ = cas.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inside, &mut cas).await;
+                    });
+                }
+            }
+        }
+    });
+    Ok(CasRelay { _stop: stop })
+}
+
+/// The host and port of a CAS URL (`https://host[:port]`, port 443 by default).
+fn cas_address(url: &str) -> Result<(String, u16), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("the CAS URL {url:?} is invalid: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("the CAS URL {url:?} is not https://host[:port]"));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("the CAS URL {url:?} names no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((host, uri.port_u16().unwrap_or(443)))
+}
+
+/// The folder beside a contained job's control folder that holds its S3 socket.
+fn socket_dir(control: &Path) -> PathBuf {
+    let mut name = control.as_os_str().to_owned();
+    name.push(".sock");
+    PathBuf::from(name)
+}
+
+/// Readies a contained job's folders: the work directory (its three empty folders), a fresh
+/// control folder (0700) with the job file (0600) and an inline input's bytes, and a fresh
+/// socket folder (0700) with the job's S3 socket, bound here.
 fn prepare_contained(
     work: &Path,
     control: &Path,
+    sockets: &Path,
     job: ContainedJob,
     inline: Option<&[u8]>,
 ) -> Result<std::os::unix::net::UnixListener, String> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     cloister_runtime::ready_work_dir(work).map_err(|e| format!("work directory: {e}"))?;
-    if let Err(e) = std::fs::remove_dir_all(control)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        return Err(format!("control folder: {e}"));
+    for folder in [control, sockets] {
+        if let Err(e) = std::fs::remove_dir_all(folder)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(format!("control folder: {e}"));
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(folder)
+            .map_err(|e| format!("control folder: {e}"))?;
     }
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(control)
-        .map_err(|e| format!("control folder: {e}"))?;
     let text = serde_json::to_vec(&job).map_err(|e| format!("job file: {e}"))?;
     let write = |name: &str, bytes: &[u8]| {
         std::fs::OpenOptions::new()
@@ -883,7 +1091,7 @@ fn prepare_contained(
     if let Some(bytes) = inline {
         write(INPUT_FILE, bytes)?;
     }
-    bind_socket(control, SOCKET_FILE).map_err(|e| format!("S3 socket: {e}"))
+    bind_socket(sockets, SOCKET_FILE).map_err(|e| format!("S3 socket: {e}"))
 }
 
 /// Binds the socket `name` in `control` (non-blocking, for the runtime's reactor). A socket's
@@ -1254,6 +1462,30 @@ fn classify_exit(run: &mut ScriptRun) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The relay connects only where the CAS URL points; anything but `https://host[:port]` is
+    /// refused rather than guessed at.
+    #[test]
+    fn the_cas_relay_reaches_the_urls_host_and_port_only() {
+        assert_eq!(
+            cas_address("https://127.0.0.1:8081").unwrap(),
+            ("127.0.0.1".to_owned(), 8081)
+        );
+        assert_eq!(
+            cas_address("https://cas.example/").unwrap(),
+            ("cas.example".to_owned(), 443)
+        );
+        assert_eq!(cas_address("https://[::1]:9").unwrap(), ("::1".to_owned(), 9));
+        for bad in [
+            "http://127.0.0.1:8081",
+            "127.0.0.1:8081",
+            "unix:///x",
+            "https://",
+            "",
+        ] {
+            assert!(cas_address(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn an_images_environment_is_read_from_its_config() {

@@ -74,7 +74,8 @@ pub trait Executor: Send + Sync + 'static {
 /// [`Self::with_containers`] a job runs in a container of the service's image instead, with
 /// `cloister-runtime` inside reaching the store over a socket of its own (a synchronous
 /// invocation: only the script, see [`crate::container`], in a warm container where the
-/// service keeps some); confidential jobs keep their path either way.
+/// service keeps some); a confidential job under the simulation TEE then runs its
+/// `cloister-runtime` in a container of the service's image too, an SGX job on the host.
 pub struct LocalExecutor {
     io: StoreIo,
     work_root: PathBuf,
@@ -227,7 +228,13 @@ impl Executor for LocalExecutor {
                 cgroups: &self.cgroups,
                 name: options.slot,
             };
-            return crate::confidential::run(host, &spec, &self.io, slot, cancel, on_start).await;
+            // SGX runs the runtime under Gramine on this host; the simulation TEE's runtime runs
+            // in the service's image where containers are the executor.
+            let containers = self
+                .containers
+                .as_deref()
+                .filter(|_| spec.placement.tee == Some(Tee::Sim));
+            return crate::confidential::run(host, &spec, &self.io, slot, containers, cancel, on_start).await;
         }
         let options = self.options(&slot, false, 0);
         if let Some(containers) = &self.containers {

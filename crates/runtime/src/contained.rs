@@ -4,7 +4,10 @@
 //! The executor bind-mounts the job's work directory at [`WORK_DIR`] (holding only its three
 //! empty folders) and a control directory at [`CONTROL_DIR`], which holds [`JOB_FILE`] (a
 //! [`ContainedJob`], with the job's storage credential: mode 0600, read and removed by the
-//! runtime before the script starts) and the job's S3 socket [`SOCKET_FILE`]. The runtime runs
+//! runtime before the script starts), and a socket directory at [`SOCKET_DIR`], read-only
+//! inside, holding the job's S3 socket [`SOCKET_FILE`] and nothing else: the script runs as
+//! the runtime's user and may write to the control directory, so a socket there could be
+//! replaced by one of the script's (faking its own job's uploads). The runtime runs
 //! [`crate::run_job`] with a network [`crate::JobIo`] on that endpoint and writes one
 //! [`ContainedResult`] as JSON to its standard output when the job has ended; nothing else goes
 //! there (its own diagnostics go to standard error), and the script's output reaches it through
@@ -24,7 +27,9 @@ pub const WORK_DIR: &str = "/cloister/job";
 pub const CONTROL_DIR: &str = "/cloister/ctl";
 /// The job's description in the control directory.
 pub const JOB_FILE: &str = "job.json";
-/// The job's S3 endpoint (a Unix socket) in the control directory.
+/// Where the job's socket directory is mounted in the container, read-only.
+pub const SOCKET_DIR: &str = "/cloister/sock";
+/// The job's S3 endpoint (a Unix socket) in the socket directory.
 pub const SOCKET_FILE: &str = "s3.sock";
 /// An inline input's bytes (a `POST /job` body) in the control directory.
 pub const INPUT_FILE: &str = "input";

@@ -137,6 +137,11 @@ pub struct TeeJob {
     pub cas: String,
     /// Pin of the CAS identity (`sha256:<hex>`).
     pub cas_pin: String,
+    /// A Unix socket that relays connections to the CAS's port: a runtime in a container
+    /// without network reaches the CAS through it. TLS, and so the CAS's pin, is end to end:
+    /// the relay carries ciphertext and cannot answer for the CAS.
+    #[serde(default)]
+    pub cas_socket: Option<PathBuf>,
     /// CAS session name.
     pub session: String,
     /// Service name within the session.

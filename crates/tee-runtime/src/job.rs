@@ -157,7 +157,10 @@ async fn run(
     // 1. Attest: evidence over this runtime, launched for this CAS, session and service.
     let init = init_data(job)?;
     let source = evidence_source(job, &init)?;
-    let client = CasClient::new(&job.cas, &init.cas_pin, None).map_err(JobFailure::CasClient)?;
+    let mut client = CasClient::new(&job.cas, &init.cas_pin, None).map_err(JobFailure::CasClient)?;
+    if let Some(socket) = &job.cas_socket {
+        client = client.through_socket(socket.clone());
+    }
     let started = Instant::now();
     let released = cas_wait::with_retries(&job.cas, deadline, Repeat::Freely, log, || {
         client.attest(&init, source.as_ref(), |_| {})

@@ -31,45 +31,54 @@ Exit codes: 0 the job succeeded, 8 it failed (reason in DIR/result.json), 2 usag
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let job_dir = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["--job", dir] => PathBuf::from(dir),
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        // In a container the runtime is PID 1 and reaps the program's orphans; on the host
+        // it runs as it is.
+        ["--job", dir] => {
+            let dir = PathBuf::from(dir);
+            ExitCode::from(cloister_tee_runtime::init::run_as_init(|| tee_job(&dir)))
+        }
         ["--container-job", dir] => {
             let dir = PathBuf::from(dir);
-            return ExitCode::from(cloister_tee_runtime::init::run_as_init(|| container_job(&dir)));
+            ExitCode::from(cloister_tee_runtime::init::run_as_init(|| container_job(&dir)))
         }
         ["--warm", dir] => {
             let dir = PathBuf::from(dir);
-            return ExitCode::from(cloister_tee_runtime::init::run_as_init(|| warm(&dir)));
+            ExitCode::from(cloister_tee_runtime::init::run_as_init(|| warm(&dir)))
         }
         ["--measurement"] => {
             println!("{}", hex::encode(cloister_tee_runtime::sim_measurement()));
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         ["--version"] => {
             println!("{}", cloister_tee_runtime::RUNTIME_ID);
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         ["--help" | "-h"] => {
             println!("{USAGE}");
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         _ => {
             eprintln!("{USAGE}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
+    }
+}
+
+/// A confidential job: status lines on standard output, the result in `DIR/result.json`.
+fn tee_job(job_dir: &std::path::Path) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             println!("cloister: cannot start: {e}");
-            return ExitCode::from(8);
+            return 8;
         }
     };
     let mut print = |line: &str| println!("{line}");
-    let result = runtime.block_on(cloister_tee_runtime::run_job_dir(&job_dir, &mut print));
+    let result = runtime.block_on(cloister_tee_runtime::run_job_dir(job_dir, &mut print));
     match result.status {
-        cloister_runtime::Status::Succeeded => ExitCode::SUCCESS,
-        cloister_runtime::Status::Failed => ExitCode::from(8),
+        cloister_runtime::Status::Succeeded => 0,
+        cloister_runtime::Status::Failed => 8,
     }
 }
 

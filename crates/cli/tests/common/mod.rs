@@ -125,6 +125,13 @@ impl Server {
             .arg("--runtime-binary")
             .arg(runtime_bin())
             .args(&self.extra)
+            // The default executor is `auto` (containers where an engine works); tests that do
+            // not ask for one run their scripts on the host, as written.
+            .args(if self.extra.iter().any(|a| a == "--executor") {
+                &[][..]
+            } else {
+                &["--executor", "host"][..]
+            })
             .env("CLOISTER_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(match &self.log {
