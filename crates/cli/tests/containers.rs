@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
-use object_store::ObjectStoreExt;
+use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -966,4 +966,81 @@ async fn a_run_cannot_answer_with_host_files_through_a_linked_output_folder() {
             "{text}"
         );
     }
+}
+
+/// The examples of the README (uppercase, wordcount's suffix filter, the two-service pipeline)
+/// run in their image, `docker.io/library/busybox:1.36`, made present by
+/// `scripts/example-images` (pulled, or its offline stand-in).
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn the_examples_run_in_their_images() {
+    let out = Command::new(repo_root().join("scripts/example-images"))
+        .arg("podman")
+        .output()
+        .expect("run scripts/example-images");
+    assert!(
+        out.status.success(),
+        "cannot make the examples' image present: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    let id = server_id(&server).await;
+    for example in ["uppercase", "wordcount", "pipeline"] {
+        let fdl = repo_root().join(format!("examples/{example}/fdl.yaml"));
+        let applied = server.cli(&["apply", fdl.to_str().unwrap()]);
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+    let put = |bucket: &'static str, key: &'static str, body: &'static [u8]| {
+        let store = server.s3_client(bucket);
+        async move {
+            store
+                .put(
+                    &object_store::path::Path::from(key),
+                    PutPayload::from_static(body),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    put("uppercase", "in/note.txt", b"hello cloister\n").await;
+    put("wordcount", "in/skip.csv", b"a,b\n").await;
+    put("wordcount", "in/words.txt", b"the cat and the hat\n").await;
+    put("pipeline", "in/data.txt", b"some data to compress\n").await;
+    for service in ["uppercase", "wordcount", "compress", "checksum"] {
+        let jobs = server.wait_jobs(service, 1).await;
+        assert!(
+            jobs.values().all(|j| j["status"] == "Succeeded"),
+            "{service}: {jobs:?}"
+        );
+        // Each job ran in a container of the server, which is gone once it ended.
+        let log = server.get_json(&format!("/system/logs/{service}")).await;
+        assert_eq!(log["jobs"].as_object().unwrap().len(), 1, "{service}: {log}");
+    }
+    wait_for("the jobs' containers to be gone", async || {
+        containers_of(&id).is_empty()
+    })
+    .await;
+    assert_eq!(
+        read_object(&server, "uppercase", "out/note.txt").await,
+        b"HELLO CLOISTER\n"
+    );
+    assert_eq!(
+        String::from_utf8(read_object(&server, "wordcount", "out/words/counts.txt").await).unwrap(),
+        "lines 1\nwords 5\nbytes 20\n"
+    );
+    let digest = read_object(&server, "pipeline", "out/data.txt.gz.sha256").await;
+    let gz = read_object(&server, "pipeline", "stage/data.txt.gz").await;
+    let gz_file = dir.path().join("data.txt.gz");
+    std::fs::write(&gz_file, &gz).unwrap();
+    let sum = Command::new("sha256sum").arg(&gz_file).output().unwrap();
+    let expected = String::from_utf8(sum.stdout).unwrap();
+    assert_eq!(
+        String::from_utf8(digest).unwrap().trim(),
+        expected.split_whitespace().next().unwrap()
+    );
 }
