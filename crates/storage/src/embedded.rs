@@ -171,14 +171,16 @@ impl Store {
         Ok(crate::outbox::pending(&txn)?)
     }
 
-    /// Removes events from the outbox: call it once their consequences are durable.
+    /// Removes events from the outbox: call it once their consequences are durable. The removal
+    /// waits a little for another write to commit with (see `Index::write_patient`), and
+    /// returns once it is durable.
     pub async fn events_done(&self, ids: Vec<u64>) -> Result<(), StorageError> {
         if ids.is_empty() {
             return Ok(());
         }
         self.core()
             .index
-            .write(move |txn| Ok(crate::outbox::remove(txn, &ids)?))
+            .write_patient(move |txn| Ok(crate::outbox::remove(txn, &ids)?))
             .await
             .map_err(storage_error)
     }
