@@ -383,17 +383,21 @@ impl State {
 
     /// Removes the ids of [`Self::forgettable`] from the events' table in `write`.
     fn forget_in(&self, write: &mut Write) -> Result<(), StateError> {
-        let ids = self.forgettable.lock().map(|f| f.clone()).unwrap_or_default();
-        if ids.is_empty() {
+        if self.forgettable.lock().map_or(true, |f| f.is_empty()) {
             return Ok(());
         }
-        let mut done = write.open_table(EVENTS_DONE)?;
+        let forgotten = self.forget_from(&mut write.open_table(EVENTS_DONE)?)?;
+        write.forgotten = forgotten;
+        Ok(())
+    }
+
+    /// Removes the ids of [`Self::forgettable`] from `done`; how many, for [`Write::forgotten`].
+    fn forget_from(&self, done: &mut redb::Table<u64, ()>) -> Result<usize, StateError> {
+        let ids = self.forgettable.lock().map(|f| f.clone()).unwrap_or_default();
         for id in &ids {
             done.remove(*id)?;
         }
-        drop(done);
-        write.forgotten = ids.len();
-        Ok(())
+        Ok(ids.len())
     }
 
     // ---- services ----
@@ -527,15 +531,16 @@ impl State {
         before_commit: impl FnOnce(&[JobRecord]),
     ) -> Result<WriteMark, StateError> {
         let mut txn = self.write(false)?;
-        {
+        let forgotten = {
             let mut done = txn.open_table(EVENTS_DONE)?;
             if done.get(event)?.is_some() {
                 // Recorded by an earlier commit, which this one follows.
                 return Ok(txn.mark);
             }
             done.insert(event, ())?;
-        }
-        self.forget_in(&mut txn)?;
+            self.forget_from(&mut done)?
+        };
+        txn.forgotten = forgotten;
         let created = insert_jobs(&txn, jobs, None)?;
         before_commit(&created);
         self.commit(txn)
@@ -716,10 +721,15 @@ impl State {
             let mut tallies = txn.open_table(TALLIES)?;
             if !stored.status.is_final() {
                 txn.open_table(QUEUE)?.remove(update.queue_seq)?;
-                let payload = txn
-                    .open_table(PAYLOADS)?
-                    .remove(key)?
-                    .map_or(0, |p| p.value().len());
+                // Only `POST /job` bodies that are not object events have a payload; an upload's
+                // job leaves the table alone (opening a table costs a commit work too).
+                let payload = match update.source {
+                    JobSource::Payload => txn
+                        .open_table(PAYLOADS)?
+                        .remove(key)?
+                        .map_or(0, |p| p.value().len()),
+                    JobSource::Object { .. } => 0,
+                };
                 tally_sub(&mut tallies, QUEUED_BYTES, held_bytes(update, payload))?;
             }
             if stored.status == JobStatus::Pending {
@@ -873,7 +883,8 @@ fn insert_jobs(
     let mut counters = txn.open_table(COUNTERS)?;
     let mut table = txn.open_table(JOBS)?;
     let mut queue = txn.open_table(QUEUE)?;
-    let mut payloads = txn.open_table(PAYLOADS)?;
+    // Opened only for a job that has a payload: an upload's jobs have none.
+    let mut payloads = None;
     let mut tallies = txn.open_table(TALLIES)?;
     for NewJob { mut record, payload } in jobs {
         let held = held_bytes(&record, payload.as_ref().map_or(0, Vec::len));
@@ -901,6 +912,10 @@ fn insert_jobs(
         table.insert(key, serde_json::to_vec(&record)?.as_slice())?;
         queue.insert(record.queue_seq, key)?;
         if let Some(payload) = &payload {
+            let payloads = match &mut payloads {
+                Some(table) => table,
+                None => payloads.insert(txn.open_table(PAYLOADS)?),
+            };
             payloads.insert(key, payload.as_slice())?;
         }
         created.push(record);
