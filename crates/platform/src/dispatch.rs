@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use cloister_storage::{EventError, ObjectCreated, ObjectEvents, Store};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde_json::json;
+use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::UnboundedSender;
@@ -75,41 +75,137 @@ pub fn decode_event_key(key: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
-/// The MinIO-shaped `s3:ObjectCreated:Put` event OSCAR delivers to jobs.
-pub fn object_event(object: &ObjectCreated) -> serde_json::Value {
-    let time = object.time.format(&Rfc3339).unwrap_or_default();
-    json!({
-        "EventName": "s3:ObjectCreated:Put",
-        "Key": format!("{}/{}", object.bucket, object.key),
-        "Records": [{
-            "eventVersion": "2.0",
-            "eventSource": "minio:s3",
-            "awsRegion": "",
-            "eventTime": time,
-            "eventName": "s3:ObjectCreated:Put",
-            "userIdentity": {"principalId": object.principal},
-            "requestParameters": {"principalId": object.principal, "region": "", "sourceIPAddress": "127.0.0.1"},
-            "responseElements": {},
-            "s3": {
-                "s3SchemaVersion": "1.0",
-                "configurationId": "Config",
-                "bucket": {
-                    "name": object.bucket,
-                    "ownerIdentity": {"principalId": object.principal},
-                    "arn": format!("arn:aws:s3:::{}", object.bucket),
+/// The MinIO-shaped `s3:ObjectCreated:Put` event OSCAR delivers to jobs, as JSON text.
+///
+/// Written from typed fields rather than through a `serde_json::Value`: it is built on the
+/// index's commit thread just before each upload's commit, where a tree of maps and strings
+/// cost more than the rest of the job's preparation there.
+pub fn object_event(object: &ObjectCreated) -> String {
+    let principal = Principal {
+        principal_id: &object.principal,
+    };
+    let event = Event {
+        event_name: "s3:ObjectCreated:Put",
+        key: format!("{}/{}", object.bucket, object.key),
+        records: [EventRecord {
+            event_version: "2.0",
+            event_source: "minio:s3",
+            aws_region: "",
+            event_time: object.time.format(&Rfc3339).unwrap_or_default(),
+            event_name: "s3:ObjectCreated:Put",
+            user_identity: principal,
+            request_parameters: RequestParameters {
+                principal_id: &object.principal,
+                region: "",
+                source_ip_address: "127.0.0.1",
+            },
+            response_elements: Empty {},
+            s3: EventS3 {
+                s3_schema_version: "1.0",
+                configuration_id: "Config",
+                bucket: EventBucket {
+                    name: &object.bucket,
+                    owner_identity: principal,
+                    arn: format!("arn:aws:s3:::{}", object.bucket),
                 },
-                "object": {
-                    "key": encode_event_key(&object.key),
-                    "size": object.size,
-                    "eTag": object.etag,
-                    "contentType": "application/octet-stream",
-                    "userMetadata": {},
-                    "sequencer": format!("{:X}", object.time.unix_timestamp_nanos()),
+                object: EventObject {
+                    key: encode_event_key(&object.key),
+                    size: object.size,
+                    e_tag: &object.etag,
+                    content_type: "application/octet-stream",
+                    user_metadata: Empty {},
+                    sequencer: format!("{:X}", object.time.unix_timestamp_nanos()),
                 },
             },
-            "source": {"host": "127.0.0.1", "port": "", "userAgent": "cloister"},
+            source: EventSource {
+                host: "127.0.0.1",
+                port: "",
+                user_agent: "cloister",
+            },
         }],
-    })
+    };
+    // Strings and numbers only: serialising cannot fail.
+    serde_json::to_string(&event).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    #[serde(rename = "EventName")]
+    event_name: &'static str,
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "Records")]
+    records: [EventRecord<'a>; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventRecord<'a> {
+    event_version: &'static str,
+    event_source: &'static str,
+    aws_region: &'static str,
+    event_time: String,
+    event_name: &'static str,
+    user_identity: Principal<'a>,
+    request_parameters: RequestParameters<'a>,
+    response_elements: Empty,
+    s3: EventS3<'a>,
+    source: EventSource,
+}
+
+#[derive(Serialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+struct Principal<'a> {
+    principal_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestParameters<'a> {
+    principal_id: &'a str,
+    region: &'static str,
+    #[serde(rename = "sourceIPAddress")]
+    source_ip_address: &'static str,
+}
+
+/// `{}`.
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventS3<'a> {
+    s3_schema_version: &'static str,
+    configuration_id: &'static str,
+    bucket: EventBucket<'a>,
+    object: EventObject<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventBucket<'a> {
+    name: &'a str,
+    owner_identity: Principal<'a>,
+    arn: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventObject<'a> {
+    key: String,
+    size: u64,
+    e_tag: &'a str,
+    content_type: &'static str,
+    user_metadata: Empty,
+    sequencer: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventSource {
+    host: &'static str,
+    port: &'static str,
+    user_agent: &'static str,
 }
 
 /// A fresh Pending job record for `service`.
@@ -190,7 +286,7 @@ impl Dispatcher {
     }
 
     fn jobs_for(&self, event: &ObjectCreated) -> Vec<NewJob> {
-        let body = object_event(event).to_string();
+        let body = object_event(event);
         let services = self.services();
         event
             .subscribers
@@ -493,6 +589,59 @@ mod tests {
             "not exactly one job per acknowledged upload"
         );
         assert!(rx.try_recv().is_err(), "an upload's job was queued twice");
+    }
+
+    /// The event as it was built before, through a `serde_json::Value`.
+    fn object_event_as_value(object: &ObjectCreated) -> serde_json::Value {
+        let time = object.time.format(&Rfc3339).unwrap_or_default();
+        serde_json::json!({
+            "EventName": "s3:ObjectCreated:Put",
+            "Key": format!("{}/{}", object.bucket, object.key),
+            "Records": [{
+                "eventVersion": "2.0",
+                "eventSource": "minio:s3",
+                "awsRegion": "",
+                "eventTime": time,
+                "eventName": "s3:ObjectCreated:Put",
+                "userIdentity": {"principalId": object.principal},
+                "requestParameters": {"principalId": object.principal, "region": "", "sourceIPAddress": "127.0.0.1"},
+                "responseElements": {},
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": "Config",
+                    "bucket": {
+                        "name": object.bucket,
+                        "ownerIdentity": {"principalId": object.principal},
+                        "arn": format!("arn:aws:s3:::{}", object.bucket),
+                    },
+                    "object": {
+                        "key": encode_event_key(&object.key),
+                        "size": object.size,
+                        "eTag": object.etag,
+                        "contentType": "application/octet-stream",
+                        "userMetadata": {},
+                        "sequencer": format!("{:X}", object.time.unix_timestamp_nanos()),
+                    },
+                },
+                "source": {"host": "127.0.0.1", "port": "", "userAgent": "cloister"},
+            }],
+        })
+    }
+
+    /// Byte for byte what the `Value` gave: the text is what every job of an upload reads.
+    #[test]
+    fn object_events_are_written_as_before() {
+        let object = ObjectCreated {
+            id: 7,
+            bucket: "bucket".into(),
+            key: "in/a b+\"c\".png".into(),
+            size: 1234,
+            etag: "\"0123abcd\"".into(),
+            time: OffsetDateTime::from_unix_timestamp_nanos(1_764_500_000_123_456_789).unwrap(),
+            principal: "AKIA\\x".into(),
+            subscribers: vec!["svc".into()],
+        };
+        assert_eq!(object_event(&object), object_event_as_value(&object).to_string());
     }
 
     #[test]
