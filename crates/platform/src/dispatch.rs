@@ -23,14 +23,14 @@ use std::time::Duration;
 
 use cloister_storage::{EventError, ObjectCreated, ObjectEvents, Store};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde_json::json;
+use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::fdl::Service;
 use crate::gate::{GateOpener, Queued, new_gate};
-use crate::state::{JobRecord, JobSource, JobStatus, NewJob, QueueBounds, State, StateError};
+use crate::state::{JobRecord, JobSource, JobStatus, NewJob, QueueBounds, State, StateError, WriteMark};
 
 /// How long the settler waits between rounds: the bound on how long an upload's event stays
 /// in the outbox after its jobs are recorded, and on the extra commits it costs under load.
@@ -43,8 +43,9 @@ pub struct Dispatcher {
     queue: UnboundedSender<Queued>,
     /// Events whose commit is running, with the jobs queued behind their gate.
     committing: Mutex<HashMap<u64, (Vec<NewJob>, GateOpener)>>,
-    /// Events whose jobs are recorded, perhaps not yet durably; still in the outbox.
-    unsettled: Mutex<Vec<u64>>,
+    /// Events whose jobs are recorded, perhaps not yet durably, with the commit that recorded
+    /// them (or found them recorded); still in the outbox.
+    unsettled: Mutex<Vec<(u64, WriteMark)>>,
     /// A delivery failed: the settler takes the outbox's pending events again.
     redeliver: AtomicBool,
 }
@@ -74,41 +75,137 @@ pub fn decode_event_key(key: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
-/// The MinIO-shaped `s3:ObjectCreated:Put` event OSCAR delivers to jobs.
-pub fn object_event(object: &ObjectCreated) -> serde_json::Value {
-    let time = object.time.format(&Rfc3339).unwrap_or_default();
-    json!({
-        "EventName": "s3:ObjectCreated:Put",
-        "Key": format!("{}/{}", object.bucket, object.key),
-        "Records": [{
-            "eventVersion": "2.0",
-            "eventSource": "minio:s3",
-            "awsRegion": "",
-            "eventTime": time,
-            "eventName": "s3:ObjectCreated:Put",
-            "userIdentity": {"principalId": object.principal},
-            "requestParameters": {"principalId": object.principal, "region": "", "sourceIPAddress": "127.0.0.1"},
-            "responseElements": {},
-            "s3": {
-                "s3SchemaVersion": "1.0",
-                "configurationId": "Config",
-                "bucket": {
-                    "name": object.bucket,
-                    "ownerIdentity": {"principalId": object.principal},
-                    "arn": format!("arn:aws:s3:::{}", object.bucket),
+/// The MinIO-shaped `s3:ObjectCreated:Put` event OSCAR delivers to jobs, as JSON text.
+///
+/// Written from typed fields rather than through a `serde_json::Value`: it is built on the
+/// index's commit thread just before each upload's commit, where a tree of maps and strings
+/// cost more than the rest of the job's preparation there.
+pub fn object_event(object: &ObjectCreated) -> String {
+    let principal = Principal {
+        principal_id: &object.principal,
+    };
+    let event = Event {
+        event_name: "s3:ObjectCreated:Put",
+        key: format!("{}/{}", object.bucket, object.key),
+        records: [EventRecord {
+            event_version: "2.0",
+            event_source: "minio:s3",
+            aws_region: "",
+            event_time: object.time.format(&Rfc3339).unwrap_or_default(),
+            event_name: "s3:ObjectCreated:Put",
+            user_identity: principal,
+            request_parameters: RequestParameters {
+                principal_id: &object.principal,
+                region: "",
+                source_ip_address: "127.0.0.1",
+            },
+            response_elements: Empty {},
+            s3: EventS3 {
+                s3_schema_version: "1.0",
+                configuration_id: "Config",
+                bucket: EventBucket {
+                    name: &object.bucket,
+                    owner_identity: principal,
+                    arn: format!("arn:aws:s3:::{}", object.bucket),
                 },
-                "object": {
-                    "key": encode_event_key(&object.key),
-                    "size": object.size,
-                    "eTag": object.etag,
-                    "contentType": "application/octet-stream",
-                    "userMetadata": {},
-                    "sequencer": format!("{:X}", object.time.unix_timestamp_nanos()),
+                object: EventObject {
+                    key: encode_event_key(&object.key),
+                    size: object.size,
+                    e_tag: &object.etag,
+                    content_type: "application/octet-stream",
+                    user_metadata: Empty {},
+                    sequencer: format!("{:X}", object.time.unix_timestamp_nanos()),
                 },
             },
-            "source": {"host": "127.0.0.1", "port": "", "userAgent": "cloister"},
+            source: EventSource {
+                host: "127.0.0.1",
+                port: "",
+                user_agent: "cloister",
+            },
         }],
-    })
+    };
+    // Strings and numbers only: serialising cannot fail.
+    serde_json::to_string(&event).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    #[serde(rename = "EventName")]
+    event_name: &'static str,
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "Records")]
+    records: [EventRecord<'a>; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventRecord<'a> {
+    event_version: &'static str,
+    event_source: &'static str,
+    aws_region: &'static str,
+    event_time: String,
+    event_name: &'static str,
+    user_identity: Principal<'a>,
+    request_parameters: RequestParameters<'a>,
+    response_elements: Empty,
+    s3: EventS3<'a>,
+    source: EventSource,
+}
+
+#[derive(Serialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+struct Principal<'a> {
+    principal_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestParameters<'a> {
+    principal_id: &'a str,
+    region: &'static str,
+    #[serde(rename = "sourceIPAddress")]
+    source_ip_address: &'static str,
+}
+
+/// `{}`.
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventS3<'a> {
+    s3_schema_version: &'static str,
+    configuration_id: &'static str,
+    bucket: EventBucket<'a>,
+    object: EventObject<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventBucket<'a> {
+    name: &'a str,
+    owner_identity: Principal<'a>,
+    arn: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventObject<'a> {
+    key: String,
+    size: u64,
+    e_tag: &'a str,
+    content_type: &'static str,
+    user_metadata: Empty,
+    sequencer: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventSource {
+    host: &'static str,
+    port: &'static str,
+    user_agent: &'static str,
 }
 
 /// A fresh Pending job record for `service`.
@@ -189,7 +286,7 @@ impl Dispatcher {
     }
 
     fn jobs_for(&self, event: &ObjectCreated) -> Vec<NewJob> {
-        let body = object_event(event).to_string();
+        let body = object_event(event);
         let services = self.services();
         event
             .subscribers
@@ -213,15 +310,16 @@ impl Dispatcher {
     /// behind a gate when the event's commit began are recorded, and their gate opened, instead.
     fn record(&self, event: &ObjectCreated) -> Result<(), StateError> {
         let gated = self.committing.lock().ok().and_then(|mut c| c.remove(&event.id));
-        match gated {
+        let mark = match gated {
             Some((jobs, opener)) => {
                 let mut recorded = Vec::new();
                 match self.state.create_event_jobs(event.id, jobs, |created| {
                     recorded = created.to_vec();
                 }) {
-                    Ok(_) => {
+                    Ok(mark) => {
                         recorded.iter().for_each(log_created);
                         opener.open(recorded);
+                        mark
                     }
                     Err(e) => {
                         // Delivered again later, with new jobs; these never run.
@@ -230,46 +328,56 @@ impl Dispatcher {
                     }
                 }
             }
-            None => {
-                self.state
-                    .create_event_jobs(event.id, self.jobs_for(event), |created| {
-                        for record in created {
-                            // The receiver only goes away at shutdown; the job stays queued on disk.
-                            let _ = self.queue.send(record.clone().into());
-                            log_created(record);
-                        }
-                    })?;
-            }
-        }
+            None => self
+                .state
+                .create_event_jobs(event.id, self.jobs_for(event), |created| {
+                    for record in created {
+                        // The receiver only goes away at shutdown; the job stays queued on disk.
+                        let _ = self.queue.send(record.clone().into());
+                        log_created(record);
+                    }
+                })?,
+        };
         if let Ok(mut unsettled) = self.unsettled.lock() {
-            unsettled.push(event.id);
+            unsettled.push((event.id, mark));
         }
         Ok(())
     }
 
-    /// Makes the jobs recorded so far durable, then removes their events from the outbox.
+    /// Makes the jobs recorded so far durable (a durable commit since, such as a job's final
+    /// state, already did), then removes their events from the outbox. Jobs whose lazy commit
+    /// the state database lost (it was opened again after a failed write) are not settled:
+    /// their events stay and are delivered again.
     pub async fn settle(&self, store: &Store) -> anyhow::Result<()> {
-        let ids = self
+        let batch = self
             .unsettled
             .lock()
             .map(|mut u| std::mem::take(&mut *u))
             .unwrap_or_default();
-        if ids.is_empty() {
+        if batch.is_empty() {
             return Ok(());
         }
         let settled = async {
             let state = self.state.clone();
-            tokio::task::spawn_blocking(move || state.sync()).await??;
+            let marks: Vec<WriteMark> = batch.iter().map(|(_, mark)| *mark).collect();
+            if !tokio::task::spawn_blocking(move || state.make_durable(&marks)).await?? {
+                tracing::warn!(
+                    uploads = batch.len(),
+                    "the state database was opened again after a failed write: recording uploads' jobs again"
+                );
+                self.redeliver.store(true, Ordering::Release);
+                return anyhow::Ok(());
+            }
+            let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
             store.events_done(ids.clone()).await?;
-            let (state, done) = (self.state.clone(), ids.clone());
-            tokio::task::spawn_blocking(move || state.forget_events(Some(&done))).await??;
+            self.state.forget_events(Some(&ids))?;
             anyhow::Ok(())
         }
         .await;
         if settled.is_err()
             && let Ok(mut unsettled) = self.unsettled.lock()
         {
-            unsettled.extend(ids);
+            unsettled.extend(batch);
         }
         settled
     }
@@ -390,6 +498,151 @@ impl ObjectEvents for Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service() -> Service {
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "name": "svc", "script": "true",
+            "input": [{"storage_provider": "minio.default", "path": "bucket/in"}]
+        }))
+        .unwrap();
+        service.token = "t".repeat(64);
+        service
+    }
+
+    fn key_of(record: &JobRecord) -> String {
+        match &record.source {
+            JobSource::Object { key, .. } => key.clone(),
+            JobSource::Payload => panic!("not an upload's job: {record:?}"),
+        }
+    }
+
+    /// The record of an upload's jobs fails (twice in a row): each upload is still acknowledged
+    /// (its event is durable in the outbox), the gate of its readied job closes so that job
+    /// never runs, and the settler delivers the event again, which records exactly one job per
+    /// upload. An upload once writes work again gets its job at once, through its gate.
+    #[tokio::test]
+    async fn a_failed_jobs_record_closes_the_gate_and_the_event_is_delivered_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(State::open(&dir.path().join("state.redb")).unwrap());
+        assert!(state.put_service(&service(), true).unwrap());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let dispatcher = Arc::new(Dispatcher::new(state.clone(), tx).unwrap());
+        let store = Store::open(&dir.path().join("objects"), dispatcher.clone()).unwrap();
+        store.create_bucket("bucket", false).await.unwrap();
+
+        state.fail_writes.store(2, Ordering::Release);
+        for key in ["in/a", "in/b"] {
+            store.put_bytes("bucket", key, "x".into()).await.unwrap();
+            let queued = rx.try_recv().expect("the job was not queued before its commit");
+            let gate = queued.gate.expect("queued behind a gate");
+            assert!(
+                gate.wait_for_record(&queued.record.name).await.is_none(),
+                "a job whose record failed may run"
+            );
+        }
+        assert!(
+            state.jobs("svc", None, 10).unwrap().jobs.is_empty(),
+            "a record was left"
+        );
+        assert_eq!(
+            store.pending_events().unwrap().len(),
+            2,
+            "an acknowledged upload lost its event"
+        );
+
+        store.put_bytes("bucket", "in/c", "x".into()).await.unwrap();
+        let queued = rx.try_recv().unwrap();
+        let gate = queued.gate.expect("queued behind a gate");
+        assert!(gate.wait_for_record(&queued.record.name).await.is_some());
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let settler = tokio::spawn(dispatcher.clone().run_settler(store.clone(), stopped));
+        let mut redelivered = Vec::new();
+        for _ in 0..2 {
+            let queued = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the failed uploads' events were not delivered again")
+                .unwrap();
+            assert!(queued.gate.is_none(), "a redelivered job waits for no commit");
+            redelivered.push(key_of(&queued.record));
+        }
+        redelivered.sort();
+        assert_eq!(redelivered, ["in/a", "in/b"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !store.pending_events().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the settler did not settle");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).unwrap();
+        settler.await.unwrap();
+        let mut keys: Vec<String> = state
+            .jobs("svc", None, 10)
+            .unwrap()
+            .jobs
+            .iter()
+            .map(key_of)
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["in/a", "in/b", "in/c"],
+            "not exactly one job per acknowledged upload"
+        );
+        assert!(rx.try_recv().is_err(), "an upload's job was queued twice");
+    }
+
+    /// The event as it was built before, through a `serde_json::Value`.
+    fn object_event_as_value(object: &ObjectCreated) -> serde_json::Value {
+        let time = object.time.format(&Rfc3339).unwrap_or_default();
+        serde_json::json!({
+            "EventName": "s3:ObjectCreated:Put",
+            "Key": format!("{}/{}", object.bucket, object.key),
+            "Records": [{
+                "eventVersion": "2.0",
+                "eventSource": "minio:s3",
+                "awsRegion": "",
+                "eventTime": time,
+                "eventName": "s3:ObjectCreated:Put",
+                "userIdentity": {"principalId": object.principal},
+                "requestParameters": {"principalId": object.principal, "region": "", "sourceIPAddress": "127.0.0.1"},
+                "responseElements": {},
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": "Config",
+                    "bucket": {
+                        "name": object.bucket,
+                        "ownerIdentity": {"principalId": object.principal},
+                        "arn": format!("arn:aws:s3:::{}", object.bucket),
+                    },
+                    "object": {
+                        "key": encode_event_key(&object.key),
+                        "size": object.size,
+                        "eTag": object.etag,
+                        "contentType": "application/octet-stream",
+                        "userMetadata": {},
+                        "sequencer": format!("{:X}", object.time.unix_timestamp_nanos()),
+                    },
+                },
+                "source": {"host": "127.0.0.1", "port": "", "userAgent": "cloister"},
+            }],
+        })
+    }
+
+    /// Byte for byte what the `Value` gave: the text is what every job of an upload reads.
+    #[test]
+    fn object_events_are_written_as_before() {
+        let object = ObjectCreated {
+            id: 7,
+            bucket: "bucket".into(),
+            key: "in/a b+\"c\".png".into(),
+            size: 1234,
+            etag: "\"0123abcd\"".into(),
+            time: OffsetDateTime::from_unix_timestamp_nanos(1_764_500_000_123_456_789).unwrap(),
+            principal: "AKIA\\x".into(),
+            subscribers: vec!["svc".into()],
+        };
+        assert_eq!(object_event(&object), object_event_as_value(&object).to_string());
+    }
 
     #[test]
     fn event_keys_are_encoded_like_minio() {

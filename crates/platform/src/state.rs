@@ -14,6 +14,8 @@
 //! means the job runs again).
 
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -242,6 +244,51 @@ pub struct JobPage {
 /// The state store.
 pub struct State {
     db: cloister_storage::reopen::ReopeningDatabase,
+    /// Write transactions begun so far; each gets the next number. Writers take turns (redb
+    /// has one writer at a time), so the numbers follow the order of the commits.
+    writes: AtomicU64,
+    /// The number of the last write committed with `Durability::Immediate`: every commit up
+    /// to it is durable, if the database was not opened again since (see [`WriteMark`]).
+    durable: AtomicU64,
+    /// Event ids whose events the store no longer holds: the next write that touches the
+    /// events' table forgets them, instead of a commit of their own.
+    forgettable: Mutex<Vec<u64>>,
+    /// Unit tests: how many of the next writes fail before they begin.
+    #[cfg(test)]
+    pub(crate) fail_writes: std::sync::atomic::AtomicUsize,
+}
+
+/// Where a write stands in the state's history, to tell later whether it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteMark {
+    /// [`ReopeningDatabase::reopened`](cloister_storage::reopen::ReopeningDatabase::reopened)
+    /// when it was made: a reopen drops every commit not yet durable.
+    handle: u64,
+    /// Its number among the writes.
+    seq: u64,
+}
+
+/// A write transaction with its place in the history.
+struct Write {
+    txn: redb::WriteTransaction,
+    mark: WriteMark,
+    durable: bool,
+    /// How many ids at the front of [`State::forgettable`] this transaction forgets: taken off
+    /// the list once it commits (writers take turns, and ids are only added at the end).
+    forgotten: usize,
+}
+
+impl std::ops::Deref for Write {
+    type Target = redb::WriteTransaction;
+    fn deref(&self) -> &Self::Target {
+        &self.txn
+    }
+}
+
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.txn
+    }
 }
 
 fn next_counter(table: &mut redb::Table<&str, u64>, name: &str) -> Result<u64, StateError> {
@@ -276,17 +323,81 @@ impl State {
         let _ = txn.open_table(COUNTERS)?;
         recount_tallies(&txn)?;
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            writes: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            forgettable: Mutex::default(),
+            #[cfg(test)]
+            fail_writes: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
 
-    fn write(&self, durable: bool) -> Result<redb::WriteTransaction, StateError> {
+    fn write(&self, durable: bool) -> Result<Write, StateError> {
+        #[cfg(test)]
+        if self
+            .fail_writes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StateError::Db("injected write failure".to_owned()));
+        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
             Durability::None
         })?;
-        Ok(txn)
+        // Numbered once the write lock is held, so numbers follow the commits' order.
+        let mark = WriteMark {
+            handle: self.db.reopened(),
+            seq: self.writes.fetch_add(1, Ordering::AcqRel) + 1,
+        };
+        Ok(Write {
+            txn,
+            mark,
+            durable,
+            forgotten: 0,
+        })
+    }
+
+    fn commit(&self, write: Write) -> Result<WriteMark, StateError> {
+        let Write {
+            txn,
+            mark,
+            durable,
+            forgotten,
+        } = write;
+        txn.commit()?;
+        if forgotten > 0
+            && let Ok(mut forgettable) = self.forgettable.lock()
+        {
+            let forgotten = forgotten.min(forgettable.len());
+            forgettable.drain(..forgotten);
+        }
+        if durable {
+            self.durable.fetch_max(mark.seq, Ordering::AcqRel);
+        }
+        Ok(mark)
+    }
+
+    /// Removes the ids of [`Self::forgettable`] from the events' table in `write`.
+    fn forget_in(&self, write: &mut Write) -> Result<(), StateError> {
+        if self.forgettable.lock().map_or(true, |f| f.is_empty()) {
+            return Ok(());
+        }
+        let forgotten = self.forget_from(&mut write.open_table(EVENTS_DONE)?)?;
+        write.forgotten = forgotten;
+        Ok(())
+    }
+
+    /// Removes the ids of [`Self::forgettable`] from `done`; how many, for [`Write::forgotten`].
+    fn forget_from(&self, done: &mut redb::Table<u64, ()>) -> Result<usize, StateError> {
+        let ids = self.forgettable.lock().map(|f| f.clone()).unwrap_or_default();
+        for id in &ids {
+            done.remove(*id)?;
+        }
+        Ok(ids.len())
     }
 
     // ---- services ----
@@ -325,7 +436,7 @@ impl State {
             }
             table.insert(service.name.as_str(), serde_json::to_vec(service)?.as_slice())?;
         }
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(true)
     }
 
@@ -364,7 +475,7 @@ impl State {
             tallies.remove(pending_tally(name).as_str())?;
             tally_sub(&mut tallies, QUEUED_BYTES, released)?;
         }
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(true)
     }
 
@@ -385,7 +496,7 @@ impl State {
         let txn = self.write(true)?;
         txn.open_table(BUCKETS)?
             .insert(name, serde_json::to_vec(settings)?.as_slice())?;
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(())
     }
 
@@ -393,7 +504,7 @@ impl State {
     pub fn delete_bucket(&self, name: &str) -> Result<(), StateError> {
         let txn = self.write(true)?;
         txn.open_table(BUCKETS)?.remove(name)?;
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(())
     }
 
@@ -418,44 +529,62 @@ impl State {
         event: u64,
         jobs: Vec<NewJob>,
         before_commit: impl FnOnce(&[JobRecord]),
-    ) -> Result<bool, StateError> {
-        let txn = self.write(false)?;
-        {
+    ) -> Result<WriteMark, StateError> {
+        let mut txn = self.write(false)?;
+        let forgotten = {
             let mut done = txn.open_table(EVENTS_DONE)?;
             if done.get(event)?.is_some() {
-                return Ok(false);
+                // Recorded by an earlier commit, which this one follows.
+                return Ok(txn.mark);
             }
             done.insert(event, ())?;
-        }
+            self.forget_from(&mut done)?
+        };
+        txn.forgotten = forgotten;
         let created = insert_jobs(&txn, jobs, None)?;
         before_commit(&created);
-        txn.commit()?;
-        Ok(true)
+        self.commit(txn)
     }
 
-    /// Makes every earlier commit durable.
-    pub fn sync(&self) -> Result<(), StateError> {
-        self.write(true)?.commit()?;
-        Ok(())
+    /// Makes the commits marked `marks` durable, with a commit of its own only when no durable
+    /// commit followed them all (the final state of a job usually did). `false` when the
+    /// database was opened again since one of them (after a failed write): a commit not durable
+    /// by then is gone, and what it recorded must be recorded again.
+    pub fn make_durable(&self, marks: &[WriteMark]) -> Result<bool, StateError> {
+        let handle = self.db.reopened();
+        if marks.iter().any(|m| m.handle != handle) {
+            return Ok(false);
+        }
+        let last = marks.iter().map(|m| m.seq).max().unwrap_or(0);
+        if self.durable.load(Ordering::Acquire) >= last {
+            // Read after the durable number: a reopen before the commit it names shows here.
+            return Ok(self.db.reopened() == handle);
+        }
+        let mut txn = self.write(true)?;
+        self.forget_in(&mut txn)?;
+        let synced = self.commit(txn)?;
+        Ok(synced.handle == handle)
     }
 
-    /// Forgets handled events (once the store no longer has them, they cannot come again).
-    /// Without `ids`, forgets all: at start, after every pending event was handled.
+    /// Forgets handled events (once the store no longer has them, they cannot come again):
+    /// `Some(ids)` with the next write that touches the events' table, not a commit of their
+    /// own; `None` forgets all at once, at start, after every pending event was handled.
     pub fn forget_events(&self, ids: Option<&[u64]>) -> Result<(), StateError> {
-        let txn = self.write(false)?;
-        {
-            let mut done = txn.open_table(EVENTS_DONE)?;
-            match ids {
-                Some(ids) => {
-                    for id in ids {
-                        done.remove(*id)?;
-                    }
+        match ids {
+            Some(ids) => {
+                if let Ok(mut forgettable) = self.forgettable.lock() {
+                    forgettable.extend_from_slice(ids);
                 }
-                None => done.retain(|_, _| false)?,
+                Ok(())
+            }
+            None => {
+                let mut txn = self.write(false)?;
+                txn.open_table(EVENTS_DONE)?.retain(|_, _| false)?;
+                txn.forgotten = self.forgettable.lock().map_or(0, |f| f.len());
+                self.commit(txn)?;
+                Ok(())
             }
         }
-        txn.commit()?;
-        Ok(())
     }
 
     /// Takes the upload intents an earlier release left (it recorded one per upload in flight,
@@ -471,7 +600,7 @@ impl State {
             }
             table.retain(|_, _| false)?;
         }
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(out)
     }
 
@@ -481,7 +610,7 @@ impl State {
     pub fn create_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<JobRecord>, StateError> {
         let txn = self.write(true)?;
         let created = insert_jobs(&txn, jobs, None)?;
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(created)
     }
 
@@ -495,7 +624,7 @@ impl State {
         let txn = self.write(true)?;
         let mut created = insert_jobs(&txn, vec![job], Some(bounds))?;
         // Dropping the transaction on the refusals above aborts it: nothing half-applied.
-        txn.commit()?;
+        self.commit(txn)?;
         created
             .pop()
             .ok_or_else(|| StateError::Db("a created job went missing".to_owned()))
@@ -560,7 +689,7 @@ impl State {
             record.start_time = Some(at);
             table.insert((service, job), serde_json::to_vec(&record)?.as_slice())?;
         }
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(true)
     }
 
@@ -572,7 +701,8 @@ impl State {
         log: &[u8],
         sealed_log: Option<&[u8]>,
     ) -> Result<bool, StateError> {
-        let txn = self.write(true)?;
+        let mut txn = self.write(true)?;
+        self.forget_in(&mut txn)?;
         {
             let mut table = txn.open_table(JOBS)?;
             let key = (update.service.as_str(), update.name.as_str());
@@ -591,17 +721,22 @@ impl State {
             let mut tallies = txn.open_table(TALLIES)?;
             if !stored.status.is_final() {
                 txn.open_table(QUEUE)?.remove(update.queue_seq)?;
-                let payload = txn
-                    .open_table(PAYLOADS)?
-                    .remove(key)?
-                    .map_or(0, |p| p.value().len());
+                // Only `POST /job` bodies that are not object events have a payload; an upload's
+                // job leaves the table alone (opening a table costs a commit work too).
+                let payload = match update.source {
+                    JobSource::Payload => txn
+                        .open_table(PAYLOADS)?
+                        .remove(key)?
+                        .map_or(0, |p| p.value().len()),
+                    JobSource::Object { .. } => 0,
+                };
                 tally_sub(&mut tallies, QUEUED_BYTES, held_bytes(update, payload))?;
             }
             if stored.status == JobStatus::Pending {
                 tally_sub(&mut tallies, &pending_tally(&update.service), 1)?;
             }
         }
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(true)
     }
 
@@ -688,7 +823,7 @@ impl State {
                 deleted.push(record);
             }
         }
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(deleted)
     }
 
@@ -748,7 +883,8 @@ fn insert_jobs(
     let mut counters = txn.open_table(COUNTERS)?;
     let mut table = txn.open_table(JOBS)?;
     let mut queue = txn.open_table(QUEUE)?;
-    let mut payloads = txn.open_table(PAYLOADS)?;
+    // Opened only for a job that has a payload: an upload's jobs have none.
+    let mut payloads = None;
     let mut tallies = txn.open_table(TALLIES)?;
     for NewJob { mut record, payload } in jobs {
         let held = held_bytes(&record, payload.as_ref().map_or(0, Vec::len));
@@ -776,6 +912,10 @@ fn insert_jobs(
         table.insert(key, serde_json::to_vec(&record)?.as_slice())?;
         queue.insert(record.queue_seq, key)?;
         if let Some(payload) = &payload {
+            let payloads = match &mut payloads {
+                Some(table) => table,
+                None => payloads.insert(txn.open_table(PAYLOADS)?),
+            };
             payloads.insert(key, payload.as_slice())?;
         }
         created.push(record);
@@ -999,7 +1139,7 @@ mod tests {
         {
             let txn = state.write(true).unwrap();
             txn.open_table(TALLIES).unwrap().retain(|_, _| false).unwrap();
-            txn.commit().unwrap();
+            state.commit(txn).unwrap();
         }
         assert_eq!(state.queue_usage("a").unwrap(), QueueUsage::default());
         drop(state);

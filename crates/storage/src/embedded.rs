@@ -171,14 +171,16 @@ impl Store {
         Ok(crate::outbox::pending(&txn)?)
     }
 
-    /// Removes events from the outbox: call it once their consequences are durable.
+    /// Removes events from the outbox: call it once their consequences are durable. The removal
+    /// waits a little for another write to commit with (see `Index::write_patient`), and
+    /// returns once it is durable.
     pub async fn events_done(&self, ids: Vec<u64>) -> Result<(), StorageError> {
         if ids.is_empty() {
             return Ok(());
         }
         self.core()
             .index
-            .write(move |txn| Ok(crate::outbox::remove(txn, &ids)?))
+            .write_patient(move |txn| Ok(crate::outbox::remove(txn, &ids)?))
             .await
             .map_err(storage_error)
     }
@@ -315,10 +317,26 @@ impl Store {
         use tokio::io::AsyncWriteExt;
         validate_bucket_name(bucket)?;
         validate_object_key(key)?;
-        let (_, (), mut body) = self
+        let (record, (), mut body) = self
             .core()
             .read(bucket, key, |record| Ok(((), 0..record.size)))
             .map_err(storage_error)?;
+        if record.size <= crate::blobs::INLINE_MAX as u64 {
+            // A small object's data is in memory (inline in the index): gather it, then create
+            // and write the file in one blocking call, instead of a thread hand-off for each of
+            // tokio's file operations (a job's input is staged between its gate opening and its
+            // first line).
+            let mut data = Vec::with_capacity(usize::try_from(record.size).unwrap_or(0));
+            while let Some(chunk) = body.next().await {
+                data.extend_from_slice(&chunk.map_err(|e| StorageError::Backend(e.to_string()))?);
+            }
+            let dest = dest.to_path_buf();
+            let written = data.len() as u64;
+            tokio::task::spawn_blocking(move || std::fs::write(dest, data))
+                .await
+                .map_err(|e| StorageError::Backend(e.to_string()))??;
+            return Ok(written);
+        }
         let mut file = tokio::fs::File::create(dest).await?;
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {

@@ -263,10 +263,19 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, In
 type Finish = Box<dyn FnOnce(Option<&IndexError>) + Send>;
 type Op = Box<dyn FnOnce(&WriteTransaction) -> Finish + Send>;
 
+/// A write queued for the commit thread.
+struct Submitted {
+    op: Op,
+    /// Housekeeping no client waits for (removing settled events): held up to [`PATIENCE`]
+    /// for a write that is not, so that it rides on that write's commit instead of paying a
+    /// durable commit of its own.
+    patient: bool,
+}
+
 /// The index: reads go straight to redb; writes go through the commit thread.
 pub(crate) struct Index {
     pub db: Arc<crate::reopen::ReopeningDatabase>,
-    queue: Mutex<Option<std::sync::mpsc::Sender<Op>>>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<Submitted>>>,
     /// Data files being read (by GET streams); the reclaimer leaves them until released.
     pins: Mutex<HashMap<u128, usize>>,
     /// Woken after a commit that left garbage.
@@ -279,6 +288,10 @@ pub(crate) struct Index {
 
 /// Most operations a commit takes at once; bounds the latency of the first in a burst.
 const MAX_BATCH: usize = 512;
+
+/// How long a patient write waits for another to share its commit: under load (uploads every
+/// few milliseconds) it always finds one; when idle it commits alone after this.
+const PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Index {
     /// Opens (creating if needed) the index; redb keeps at most `cache_bytes` of it in memory.
@@ -295,7 +308,7 @@ impl Index {
             let _ = txn.open_table(crate::outbox::OUTBOX)?;
         }
         txn.commit()?;
-        let (tx, rx) = std::sync::mpsc::channel::<Op>();
+        let (tx, rx) = std::sync::mpsc::channel::<Submitted>();
         let (reclaim, reclaim_rx) = std::sync::mpsc::sync_channel(1);
         let wake_reclaimer = reclaim.clone();
         let committer_db = db.clone();
@@ -321,8 +334,9 @@ impl Index {
     fn submit<R: Send + 'static>(
         &self,
         op: impl FnOnce(&WriteTransaction) -> Result<R, crate::store::StoreError> + Send + 'static,
+        patient: bool,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<R, crate::store::StoreError>>, IndexError> {
-        self.submit_then(op, |result, failed| match failed {
+        self.submit_then(patient, op, |result, failed| match failed {
             Some(e) => Err(e.clone().into()),
             None => result,
         })
@@ -332,6 +346,7 @@ impl Index {
     /// commit's error if it failed, before the writer is answered.
     fn submit_then<R: Send + 'static, S: Send + 'static>(
         &self,
+        patient: bool,
         op: impl FnOnce(&WriteTransaction) -> Result<R, crate::store::StoreError> + Send + 'static,
         then: impl FnOnce(
             Result<R, crate::store::StoreError>,
@@ -351,7 +366,7 @@ impl Index {
         queue
             .as_ref()
             .ok_or(IndexError::Closed)?
-            .send(run)
+            .send(Submitted { op: run, patient })
             .map_err(|_| IndexError::Closed)?;
         Ok(rx)
     }
@@ -361,7 +376,16 @@ impl Index {
         &self,
         op: impl FnOnce(&WriteTransaction) -> Result<R, crate::store::StoreError> + Send + 'static,
     ) -> Result<R, crate::store::StoreError> {
-        self.submit(op)?.await.map_err(|_| IndexError::Closed)?
+        self.submit(op, false)?.await.map_err(|_| IndexError::Closed)?
+    }
+
+    /// As [`Self::write`], for housekeeping nobody waits for: the commit thread holds it up to
+    /// [`PATIENCE`] for another write to commit with. Durable like any other once it returns.
+    pub(crate) async fn write_patient<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&WriteTransaction) -> Result<R, crate::store::StoreError> + Send + 'static,
+    ) -> Result<R, crate::store::StoreError> {
+        self.submit(op, true)?.await.map_err(|_| IndexError::Closed)?
     }
 
     /// Runs a write that may raise an object-created event (see [`crate::events`]), on the
@@ -386,7 +410,7 @@ impl Index {
             }
             Ok((out, event))
         };
-        let rx = self.submit_then(op, move |result, failed| {
+        let rx = self.submit_then(false, op, move |result, failed| {
             let (out, event) = result?;
             match failed {
                 Some(e) => {
@@ -406,7 +430,9 @@ impl Index {
         &self,
         op: impl FnOnce(&WriteTransaction) -> Result<R, crate::store::StoreError> + Send + 'static,
     ) -> Result<R, crate::store::StoreError> {
-        self.submit(op)?.blocking_recv().map_err(|_| IndexError::Closed)?
+        self.submit(op, false)?
+            .blocking_recv()
+            .map_err(|_| IndexError::Closed)?
     }
 
     pub(crate) fn read(&self) -> Result<redb::ReadTransaction, IndexError> {
@@ -453,15 +479,34 @@ impl Drop for Index {
 
 fn commit_loop(
     db: &crate::reopen::ReopeningDatabase,
-    rx: &std::sync::mpsc::Receiver<Op>,
+    rx: &std::sync::mpsc::Receiver<Submitted>,
     reclaim: &std::sync::mpsc::SyncSender<()>,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+    let take_queued = |batch: &mut Vec<Submitted>| {
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
+            }
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        take_queued(&mut batch);
+        if batch.iter().all(|s| s.patient) {
+            let until = std::time::Instant::now() + PATIENCE;
+            while batch.len() < MAX_BATCH {
+                // Disconnected (the index is closing) or the wait is over: commit what is here.
+                let Ok(next) = rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now()))
+                else {
+                    break;
+                };
+                let eager = !next.patient;
+                batch.push(next);
+                if eager {
+                    take_queued(&mut batch);
+                    break;
+                }
             }
         }
         let txn = match db.begin_write() {
@@ -469,15 +514,15 @@ fn commit_loop(
             Err(e) => {
                 let e = IndexError::from(e);
                 tracing::error!(error = %e, "object index: cannot begin a transaction");
-                for op in batch {
+                for submitted in batch {
                     // Ops answer through their finish closure; without a transaction there is
                     // nothing to run them in, so each is failed unrun.
-                    drop(op);
+                    drop(submitted);
                 }
                 continue;
             }
         };
-        let finishes: Vec<Finish> = batch.into_iter().map(|op| op(&txn)).collect();
+        let finishes: Vec<Finish> = batch.into_iter().map(|s| (s.op)(&txn)).collect();
         let garbage = txn
             .open_table(GARBAGE)
             .ok()

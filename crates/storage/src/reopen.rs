@@ -6,6 +6,7 @@
 //! it names is written.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,10 @@ pub struct ReopeningDatabase {
     cache_bytes: usize,
     /// `None` only between closing a poisoned handle and opening its successor.
     current: RwLock<Option<Arc<Database>>>,
+    /// How many times the file was opened again. Commits with `Durability::None` live only in
+    /// the handle that made them: a reopen drops those not yet made durable, so a writer that
+    /// counts on a later durable commit to cover them must see that no reopen came between.
+    reopened: AtomicU64,
 }
 
 impl ReopeningDatabase {
@@ -36,6 +41,7 @@ impl ReopeningDatabase {
             path: path.to_path_buf(),
             cache_bytes,
             current: RwLock::new(Some(Arc::new(open(path, cache_bytes)?))),
+            reopened: AtomicU64::new(0),
         })
     }
 
@@ -66,6 +72,7 @@ impl ReopeningDatabase {
                     tracing::warn!(path = %self.path.display(), "database reopened after an I/O error");
                     let db = Arc::new(db);
                     *current = Some(db.clone());
+                    self.reopened.fetch_add(1, Ordering::AcqRel);
                     return Ok(db);
                 }
                 // Readers of the old handle still hold its file.
@@ -95,6 +102,12 @@ impl ReopeningDatabase {
             }
             other => other,
         }
+    }
+
+    /// How many times the file was opened again after an I/O error: a change says that
+    /// commits not made durable before it are gone.
+    pub fn reopened(&self) -> u64 {
+        self.reopened.load(Ordering::Acquire)
     }
 
     /// Begins a write transaction.
