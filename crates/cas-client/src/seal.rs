@@ -1,7 +1,9 @@
 //! Configuration released to a workload is encrypted to the fresh key the workload bound into
 //! its evidence, with HPKE (RFC 9180) in base mode: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
 //! ChaCha20-Poly1305. The `info` names the protocol and the session hash; the AAD is the nonce,
-//! so a released configuration opens only for the attestation it answered.
+//! so a released configuration opens only for the attestation it answered. The CAS seals with
+//! AWS-LC's implementation of the same suite (`cloister-cas`'s `seal`, whose tests open what it
+//! seals with [`WorkloadKey::open`]).
 
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
@@ -70,70 +72,10 @@ impl WorkloadKey {
     }
 }
 
-/// Encrypts `plaintext` to `public_key`; returns (encapsulated key, ciphertext). The CAS seals
-/// with AWS-LC's HPKE instead (`cloister-cas`'s `seal`); this one checks the open side here.
-#[cfg(test)]
-fn seal(
-    public_key: &[u8],
-    info: &[u8],
-    aad: &[u8],
-    plaintext: &[u8],
-) -> Result<(Vec<u8>, Vec<u8>), SealError> {
-    let public =
-        <X25519HkdfSha256 as Kem>::PublicKey::from_bytes(public_key).map_err(|_| SealError::BadPublicKey)?;
-    let (encapped, ciphertext) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
-        &hpke::OpModeS::Base,
-        &public,
-        info,
-        plaintext,
-        aad,
-    )
-    .map_err(|_| SealError::Seal)?;
-    Ok((encapped.to_bytes().to_vec(), ciphertext))
-}
-
 /// The `info` for a session: the domain tag and the session hash.
 pub fn config_info(session_hash: &str) -> Vec<u8> {
     let mut info = CONFIG_INFO.to_vec();
     info.push(0);
     info.extend_from_slice(session_hash.as_bytes());
     info
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trip_and_every_binding() {
-        let key = WorkloadKey::generate();
-        let info = config_info("abc");
-        let (enc, ct) = seal(&key.public_bytes(), &info, b"nonce", b"secret config").unwrap();
-        assert_eq!(
-            &key.open(&enc, &ct, &info, b"nonce").unwrap()[..],
-            b"secret config"
-        );
-        assert_eq!(
-            key.open(&enc, &ct, &config_info("abd"), b"nonce").err(),
-            Some(SealError::Open)
-        );
-        assert_eq!(
-            key.open(&enc, &ct, &info, b"other nonce").err(),
-            Some(SealError::Open)
-        );
-        let mut tampered = ct.clone();
-        tampered[0] ^= 1;
-        assert_eq!(
-            key.open(&enc, &tampered, &info, b"nonce").err(),
-            Some(SealError::Open)
-        );
-        assert_eq!(
-            WorkloadKey::generate().open(&enc, &ct, &info, b"nonce").err(),
-            Some(SealError::Open)
-        );
-        assert_eq!(
-            seal(b"short", &info, b"", b"x").err(),
-            Some(SealError::BadPublicKey)
-        );
-    }
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,32 +78,19 @@ fn start_sealed(dir: &Path, admin: &str) -> (Cas, Vec<String>) {
         collateral_dir.join(format!("{key}.json")),
     )
     .unwrap();
-    let mut child = Command::new(common::bin())
-        .args([
-            "cas",
-            "serve",
+    let (child, rx) = common::spawn_cas_serve(
+        [
             "--data-dir",
             dir.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
             "--admin",
             admin,
-        ])
-        .arg("--collateral-dir")
-        .arg(&collateral_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
+            "--collateral-dir",
+            collateral_dir.to_str().unwrap(),
+        ],
+        Stdio::inherit(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !dir.join("cas.sock").exists() {
         assert!(Instant::now() < deadline, "CAS did not start");

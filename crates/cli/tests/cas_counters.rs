@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -42,23 +41,15 @@ impl Drop for Serving {
 }
 
 fn serve(data: &Path, admin: &str, extra: &[&str]) -> Result<Serving, String> {
-    let mut child = Command::new(common::bin())
-        .args(["cas", "serve", "--data-dir", data.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0", "--admin", admin])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        admin,
+    ];
+    let (mut child, rx) = common::spawn_cas_serve(args.iter().chain(extra), Stdio::piped());
     match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(url) => Ok(Serving { child, url }),
         Err(_) => {

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -82,23 +81,9 @@ impl Env {
             "--json",
         ])))
         .unwrap();
-        let mut child = Command::new(common::bin())
-            .args(["cas", "serve", "--data-dir", data_s, "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let args = ["--data-dir", data_s, "--listen", "127.0.0.1:0"];
+        let (child, rx) = common::spawn_cas_serve(args.iter().chain(extra), Stdio::inherit());
         let serve = Serve(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
         Env {
             _serve: serve,
             url: rx.recv_timeout(Duration::from_secs(20)).unwrap(),

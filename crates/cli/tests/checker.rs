@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -55,23 +54,17 @@ fn start_cas(dir: &Path, admin: &str) -> (CasProcess, String, String) {
         "--json",
     ])))
     .unwrap();
-    let mut child = Command::new(common::bin())
-        .args(["cas", "serve", "--listen", "127.0.0.1:0", "--admin", admin])
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
+    let (child, rx) = common::spawn_cas_serve(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            admin,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        Stdio::inherit(),
+    );
     let url = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("CAS did not open its port");

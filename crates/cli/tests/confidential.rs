@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -92,23 +91,17 @@ fn start_cas(dir: &Path, admin: &str) -> Cas {
 
 /// `cloister cas serve` on `data`, listening on `listen`; returns the process and its URL.
 fn serve_cas(data: &Path, admin: &str, listen: &str) -> (Child, String) {
-    let mut child = Command::new(common::bin())
-        .args(["cas", "serve", "--listen", listen, "--admin", admin])
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
+    let (child, rx) = common::spawn_cas_serve(
+        [
+            "--listen",
+            listen,
+            "--admin",
+            admin,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        Stdio::inherit(),
+    );
     let url = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("CAS did not open its port");
@@ -1134,23 +1127,6 @@ async fn a_full_store_fails_the_job_and_leaves_no_output() {
     drop(data_fs);
 }
 
-/// Podman as the container executor calls it (see `container.rs`).
-fn podman(args: &[&str]) -> std::process::Output {
-    let mut command = Command::new("podman");
-    if Command::new("sh")
-        .args(["-c", "command -v runc"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        command.args(["--runtime", "runc"]);
-    }
-    command
-        .args(["--cgroup-manager", "cgroupfs"])
-        .args(args)
-        .output()
-        .expect("run podman")
-}
-
 /// The container tests' images, built offline once per test process.
 fn container_images() {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
@@ -1228,7 +1204,7 @@ async fn a_confidential_job_runs_in_its_service_image_and_leaves_no_plaintext() 
         "{sealed}"
     );
     assert!(
-        podman(&[
+        common::podman(&[
             "ps",
             "--all",
             "--filter",
@@ -1242,7 +1218,7 @@ async fn a_confidential_job_runs_in_its_service_image_and_leaves_no_plaintext() 
     );
 
     // Nothing on the host holds the plaintext, the script's output or the session's secret.
-    let info = ok(&podman(&[
+    let info = ok(&common::podman(&[
         "info",
         "--format",
         "{{.Store.GraphRoot}} {{.Store.RunRoot}}",

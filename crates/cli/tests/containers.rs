@@ -18,23 +18,6 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 const BUSYBOX: &str = "localhost/cloister-test/busybox:1";
 const TOOLS: &str = "localhost/cloister-test/tools:1";
 
-/// Podman as the server calls it (see `container.rs`).
-fn podman(args: &[&str]) -> std::process::Output {
-    let mut command = Command::new("podman");
-    if Command::new("sh")
-        .args(["-c", "command -v runc"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        command.args(["--runtime", "runc"]);
-    }
-    command
-        .args(["--cgroup-manager", "cgroupfs"])
-        .args(args)
-        .output()
-        .expect("run podman")
-}
-
 /// Builds the test images once per test process (cheap when they exist).
 fn images() {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();

@@ -422,3 +422,48 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// `cloister cas serve ARGS` with its stdout read on a thread: the process, and a receiver of
+/// the URL it prints once its network port is open (which needs the CAS unsealed).
+pub fn spawn_cas_serve<I, S>(args: I, stderr: Stdio) -> (Child, std::sync::mpsc::Receiver<String>)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .args(["cas", "serve"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start cloister cas serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("cloister cas: listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Podman as the container executor calls it (see `container.rs`): runc where it is installed,
+/// and the cgroupfs manager.
+pub fn podman(args: &[&str]) -> std::process::Output {
+    let mut command = Command::new("podman");
+    if Command::new("sh")
+        .args(["-c", "command -v runc"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        command.args(["--runtime", "runc"]);
+    }
+    command
+        .args(["--cgroup-manager", "cgroupfs"])
+        .args(args)
+        .output()
+        .expect("run podman")
+}
