@@ -749,25 +749,11 @@ impl Containers {
             // process's.
             (sockets_host.as_str(), SOCKET_DIR, Mount::OwnedReadOnly),
         ];
-        mounts.extend(
-            self.runtime
-                .mounts
-                .iter()
-                .map(|(host, inside)| (host.as_str(), inside.as_str(), Mount::ReadOnly)),
-        );
-        // The host's loader, when it starts the runtime, would preload what the image's
-        // `/etc/ld.so.preload` names, and the image's variables (`LD_PRELOAD`, `LD_AUDIT`,
-        // `GLIBC_TUNABLES`) would reach it too: an image could run its code inside the runtime
-        // before the runtime guards itself. The runtime starts without the image's variables
-        // (they reach the script through the job file) and, when dynamically linked, with an
-        // empty preload list.
         let empty = match self.empty_preload() {
             Ok(empty) => empty,
             Err(reason) => return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason)),
         };
-        if self.runtime.through_loader() {
-            mounts.push((empty.as_str(), "/etc/ld.so.preload", Mount::ReadOnly));
-        }
+        self.mount_runtime(&mut mounts, &empty);
         let mut command = self.runtime.prefix.clone();
         command.extend(["--container-job".into(), CONTROL_DIR.into()]);
         let args = match self.run_args(spec, name, &mounts, &self.runtime.entrypoint, &command, true) {
@@ -866,20 +852,11 @@ impl Containers {
         if let Some(input) = &input {
             mounts.push((input.as_str(), CONFIDENTIAL_INPUT, Mount::ReadOnly));
         }
-        mounts.extend(
-            self.runtime
-                .mounts
-                .iter()
-                .map(|(host, inside)| (host.as_str(), inside.as_str(), Mount::ReadOnly)),
-        );
-        // As for plain jobs: nothing of the image runs inside the runtime.
         let empty = match self.empty_preload() {
             Ok(empty) => empty,
             Err(reason) => return not_run(RunFailure::Container(reason.clone()), &reason),
         };
-        if self.runtime.through_loader() {
-            mounts.push((empty.as_str(), "/etc/ld.so.preload", Mount::ReadOnly));
-        }
+        self.mount_runtime(&mut mounts, &empty);
         let mut command = self.runtime.prefix.clone();
         command.extend(["--job".into(), WORK_DIR.into()]);
         let mut args = self.global.clone();
@@ -935,6 +912,24 @@ impl Containers {
         }
         if let Ok(mut envs) = self.image_envs.lock() {
             envs.remove(image);
+        }
+    }
+
+    /// Adds the runtime's read-only mounts and, when the host's loader starts it, `empty_preload`
+    /// over the image's `/etc/ld.so.preload`. The loader would otherwise preload what the image
+    /// lists there, and the image's variables (`LD_PRELOAD`, `LD_AUDIT`, `GLIBC_TUNABLES`) would
+    /// reach it too: an image could run its code inside the runtime before the runtime guards
+    /// itself. The runtime therefore starts without the image's variables (they reach the script
+    /// through the job file) and with an empty preload list.
+    fn mount_runtime<'a>(&'a self, mounts: &mut Vec<(&'a str, &'a str, Mount)>, empty_preload: &'a str) {
+        mounts.extend(
+            self.runtime
+                .mounts
+                .iter()
+                .map(|(host, inside)| (host.as_str(), inside.as_str(), Mount::ReadOnly)),
+        );
+        if self.runtime.through_loader() {
+            mounts.push((empty_preload, "/etc/ld.so.preload", Mount::ReadOnly));
         }
     }
 
