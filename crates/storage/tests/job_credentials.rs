@@ -489,7 +489,8 @@ async fn boto3_is_refused_everything_outside_the_scope() {
         .await
         .unwrap();
     store.revoke_job_credential(&revoked.access_key_id).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Expiry is rounded up to the second: a 1 s credential is valid for up to 2 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/s3_job_credentials.py");
     let out = tokio::process::Command::new("python3")
         .arg(&script)
