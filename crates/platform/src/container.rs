@@ -764,39 +764,23 @@ impl Containers {
             }
             Err(reason) => return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason)),
         };
-        let program = ProgramOptions {
-            program: Program::Direct(&self.engine),
+        let life = ContainerLife {
+            name,
             args: &args,
             work_dir: work,
-            env: &self.engine_env,
             // The engine holds the container to the job's limits, and the runtime the script to
             // its timeout; this one only ends a container that outlives both.
-            limits: &Limits {
-                memory_bytes: None,
-                cpu_millis: None,
-                timeout: spec.limits.timeout.saturating_add(CONTAINED_GRACE),
-            },
-            cgroups: &CgroupSupport::None,
-            slot: "",
+            timeout: spec.limits.timeout.saturating_add(CONTAINED_GRACE),
             log_limit: ENGINE_LOG_LIMIT,
             keep_stdout: Some(spec.log_limit.saturating_mul(16).saturating_add(1 << 20)),
         };
-        let mut run = cloister_runtime::run_program(program, cancel, on_start).await;
-        // Killing the CLI does not stop the container: the engine's monitor owns it.
-        if run.failure.is_some() || run.exit_code.is_none() {
-            self.remove(&[name.to_owned()]).await;
-        }
+        let mut run = self.run_container(life, cancel, on_start).await;
         if run.failure.is_none()
             && let Ok(result) = serde_json::from_slice::<ContainedResult>(&run.stdout)
         {
             return result.into_outcome();
         }
-        if run.failure.is_none() {
-            classify_exit(&mut run);
-        }
-        if matches!(run.failure, Some(RunFailure::Container(_))) {
-            self.forget_image(&spec.placement.image);
-        }
+        self.judge_exit(spec, &mut run);
         if run.failure.is_none() {
             let code = run.exit_code.map_or_else(|| "none".to_owned(), |c| c.to_string());
             run.failure = Some(RunFailure::Container(format!(
@@ -876,33 +860,60 @@ impl Containers {
             }
             Err(reason) => return not_run(RunFailure::Container(reason.clone()), &reason),
         }
-        let program = ProgramOptions {
-            program: Program::Direct(&self.engine),
+        let life = ContainerLife {
+            name: &name,
             args: &args,
             work_dir: files.job_dir,
-            env: &self.engine_env,
-            limits: &Limits {
-                memory_bytes: None,
-                cpu_millis: None,
-                timeout,
-            },
-            cgroups: &CgroupSupport::None,
-            slot: "",
+            timeout,
             log_limit: spec.log_limit,
             keep_stdout: None,
         };
-        let mut run = cloister_runtime::run_program(program, cancel, on_start).await;
-        // Killing the CLI does not stop the container: the engine's monitor owns it.
+        let mut run = self.run_container(life, cancel, on_start).await;
+        self.judge_exit(spec, &mut run);
+        run
+    }
+
+    /// Runs the engine for one container's whole life, as `life` describes it. Killing the
+    /// engine's CLI does not stop the container (the engine's monitor owns it), so a run that was
+    /// interrupted (timeout, cancel, a failure) removes it.
+    async fn run_container<'c>(
+        &self,
+        life: ContainerLife<'_>,
+        cancel: impl std::future::Future<Output = ()> + Send + 'c,
+        on_start: impl FnOnce() + Send + 'c,
+    ) -> ScriptRun {
+        let program = ProgramOptions {
+            program: Program::Direct(&self.engine),
+            args: life.args,
+            work_dir: life.work_dir,
+            env: &self.engine_env,
+            // The engine holds the container to the job's limits; the CLI process is not.
+            limits: &Limits {
+                memory_bytes: None,
+                cpu_millis: None,
+                timeout: life.timeout,
+            },
+            cgroups: &CgroupSupport::None,
+            slot: "",
+            log_limit: life.log_limit,
+            keep_stdout: life.keep_stdout,
+        };
+        let run = cloister_runtime::run_program(program, cancel, on_start).await;
         if run.failure.is_some() || run.exit_code.is_none() {
-            self.remove(&[name]).await;
+            self.remove(&[life.name.to_owned()]).await;
         }
+        run
+    }
+
+    /// Turns the engine's own exit codes into failures (see [`classify_exit`]) and forgets the
+    /// image of a container that could not run (it may have been removed behind our back).
+    fn judge_exit(&self, spec: &JobSpec, run: &mut ScriptRun) {
         if run.failure.is_none() {
-            classify_exit(&mut run);
+            classify_exit(run);
         }
         if matches!(run.failure, Some(RunFailure::Container(_))) {
             self.forget_image(&spec.placement.image);
         }
-        run
     }
 
     /// Forgets that an image is present (it may have been removed behind our back).
@@ -958,6 +969,22 @@ impl Containers {
         }
         Ok(env)
     }
+}
+
+/// One container's life as the engine's CLI runs it (see `Containers::run_container`).
+struct ContainerLife<'a> {
+    /// The container's name.
+    name: &'a str,
+    /// The engine's arguments (global ones and `run …`).
+    args: &'a [String],
+    /// Where the CLI process runs.
+    work_dir: &'a Path,
+    /// When the CLI process (and so the container) is ended.
+    timeout: Duration,
+    /// How much of the CLI's output (the container's, attached) is kept as the log.
+    log_limit: usize,
+    /// How much standard output is kept apart from the log, if any.
+    keep_stdout: Option<usize>,
 }
 
 /// Where a confidential job's plaintext root is inside its container (a tmpfs of its own).
@@ -1396,34 +1423,16 @@ impl cloister_runtime::ScriptRunner for Containers {
                 return not_run(RunFailure::Container(reason.clone()), &reason);
             }
         }
-        let program = ProgramOptions {
-            program: Program::Direct(&self.engine),
+        let life = ContainerLife {
+            name: &name,
             args: &args,
             work_dir: job.work_dir,
-            env: &self.engine_env,
-            // The engine holds the container to the job's limits; the CLI process is not.
-            limits: &Limits {
-                memory_bytes: None,
-                cpu_millis: None,
-                timeout: spec.limits.timeout,
-            },
-            cgroups: &CgroupSupport::None,
-            slot: "",
+            timeout: spec.limits.timeout,
             log_limit: spec.log_limit,
             keep_stdout: job.keep_stdout,
         };
-        let mut run = cloister_runtime::run_program(program, cancel, on_start).await;
-        // Killing the CLI does not stop the container: the engine's monitor owns it.
-        let interrupted = run.failure.is_some() || run.exit_code.is_none();
-        if interrupted {
-            self.remove(std::slice::from_ref(&name)).await;
-        }
-        if run.failure.is_none() {
-            classify_exit(&mut run);
-        }
-        if matches!(run.failure, Some(RunFailure::Container(_))) {
-            self.forget_image(&spec.placement.image);
-        }
+        let mut run = self.run_container(life, cancel, on_start).await;
+        self.judge_exit(spec, &mut run);
         run
     }
 }
