@@ -272,3 +272,31 @@ fn a_board_governs_a_session_through_the_command_line() {
         .contains("intact")
     );
 }
+
+/// `cas serve --open-namespace-budget 0`: nobody claims a namespace by creating its first
+/// session; a namespace an administrator declares takes its owner's sessions.
+#[test]
+fn a_closed_cas_takes_sessions_only_in_declared_namespaces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (admin, admin_pub) = keygen(dir, "admin");
+    let (owner, owner_pub) = keygen(dir, "owner");
+    let env = Env::start(dir, &["--admin", &admin_pub, "--open-namespace-budget", "0"]);
+    let file = write(
+        dir,
+        "s.yaml",
+        "name: ward/notes\nsecrets:\n- name: key\n  kind: ascii\n",
+    );
+    let refusal = env.run(&owner, &["cas", "session", "create", &file]);
+    assert!(!refusal.status.success());
+    let stderr = String::from_utf8_lossy(&refusal.stderr);
+    assert!(
+        stderr.contains("ask a CAS administrator to declare it"),
+        "{stderr}"
+    );
+    ok(&env.run(
+        &admin,
+        &["cas", "namespace", "add", "ward", "--owner", &owner_pub],
+    ));
+    ok(&env.run(&owner, &["cas", "session", "create", &file]));
+}

@@ -77,6 +77,22 @@ async fn create(server: &Server, service: Value) {
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
 }
 
+/// Deletes `service` (and with it its warm containers).
+async fn delete_service(server: &Server, service: &str) {
+    let response = server
+        .http()
+        .delete(server.url(&format!("/system/services/{service}")))
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "delete {service}: {}",
+        response.status()
+    );
+}
+
 /// Starts a job of `service` with `body` as its input file.
 async fn submit(server: &Server, service: &str, body: &str) {
     let token = server.token(service).await;
@@ -564,14 +580,7 @@ async fn a_warm_container_answers_run_and_keeps_invocations_apart() {
 
     // Deleting a service removes its containers.
     for service in ["warm", "failing"] {
-        let response = server
-            .http()
-            .delete(server.url(&format!("/system/services/{service}")))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
+        delete_service(&server, service).await;
     }
     wait_for("the warm containers' removal", async || {
         containers_of(&id).is_empty()
@@ -900,19 +909,11 @@ async fn an_image_cannot_load_its_code_into_the_runtime() {
         if name == "preload-env" {
             assert!(answer.contains("image-var=[from-image]"), "{answer}");
         }
-        let response = server
-            .http()
-            .delete(server.url(&format!("/system/services/{warm}")))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
+        delete_service(&server, &warm).await;
         wait_for("the warm container's removal", async || {
             warm_containers_of(&id).is_empty()
         })
         .await;
-        if name == "preload-env" {}
     }
 }
 
