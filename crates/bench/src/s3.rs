@@ -273,6 +273,8 @@ pub async fn run(args: S3Args, json: bool) -> anyhow::Result<()> {
                 args.big_mib,
                 put_rss,
             );
+            let md5_cpu = md5_seconds(&part, size) / gib;
+            record_put_budget(&mut metrics, md5_cpu, tcp_write_cpu / gib, tcp_write.mib_per_s());
             record_cpu(
                 &mut metrics,
                 ["big_get_server_cpu_s_per_gib", "big_get_client_cpu_s_per_gib"],
@@ -521,6 +523,59 @@ fn record_rss(metrics: &mut Metrics, keys: [&'static str; 3], phase: &str, rss: 
         format!("  server RSS {phase}: after"),
         "MiB",
         mib(rss.after_kib),
+    );
+}
+
+/// Processor time one core spends on the MD5 of `total` bytes (`data` over and over): S3's ETag
+/// of a PUT, which the store must compute over every byte it receives.
+fn md5_seconds(data: &[u8], total: usize) -> f64 {
+    // SAFETY: the context lives on this stack frame for the three calls; every pointer passed
+    // is to a live buffer of the stated length.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut context = std::mem::MaybeUninit::<aws_lc_sys::MD5_CTX>::uninit();
+        let mut digest = [0u8; 16];
+        let started = cpu_time_of_thread();
+        aws_lc_sys::MD5_Init(context.as_mut_ptr());
+        let mut left = total;
+        while left > 0 {
+            let piece = &data[..left.min(data.len())];
+            aws_lc_sys::MD5_Update(context.as_mut_ptr(), piece.as_ptr().cast(), piece.len());
+            left -= piece.len();
+        }
+        aws_lc_sys::MD5_Final(digest.as_mut_ptr(), context.as_mut_ptr());
+        std::hint::black_box(digest);
+        cpu_time_of_thread() - started
+    }
+}
+
+/// This thread's processor time, in seconds.
+fn cpu_time_of_thread() -> f64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the live value it is given.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    if ok { now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9 } else { 0.0 }
+}
+
+/// What 80 % of the loopback floor leaves for everything a store does beyond the floor and the
+/// MD5, on all of this machine's cores at once: when it is near zero, the PUT target is out of
+/// reach for any store that computes S3's ETag, however lean its HTTP.
+fn record_put_budget(metrics: &mut Metrics, md5_cpu_per_gib: f64, floor_cpu_per_gib: f64, floor_mib_s: f64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    metrics.record_floor(
+        "md5_cpu_s_per_gib",
+        "  MD5 (the ETag) per GiB, one core",
+        "s",
+        md5_cpu_per_gib,
+    );
+    // At 80 % of the floor a GiB takes 1024 / (0.8 × floor) seconds, on `cpus` cores.
+    let budget = cpus * 1024.0 / (0.8 * floor_mib_s.max(1e-9));
+    metrics.record_floor(
+        "put_cpu_budget_left_s_per_gib",
+        "  CPU per GiB left at 80% after floor + MD5",
+        "s",
+        budget - floor_cpu_per_gib - md5_cpu_per_gib,
     );
 }
 
