@@ -378,6 +378,44 @@ async fn the_root_is_read_only_and_the_network_is_off_unless_asked() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// The host ids a job's container ids 0–65535 map to, from the `uid_map` or `gid_map` line its
+/// script printed after `label`.
+fn mapped_ids(log: &str, label: &str) -> (u64, u64, u64) {
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once(label).map(|(_, rest)| rest.to_owned()))
+        .unwrap_or_else(|| panic!("no {label} line in {log}"));
+    let numbers: Vec<u64> = line.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    (numbers[0], numbers[1], numbers[2])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
+async fn a_containers_root_is_an_unprivileged_host_id_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = container_server(dir.path(), &[]);
+    // Root inside, writing its mounted folders (the work directory, the output upload).
+    let script = "echo \"uid_map: $(cat /proc/self/uid_map)\"; echo \"gid_map: $(cat /proc/self/gid_map)\"; \
+                  echo \"id: $(id -u)\"; echo done > \"$TMP_OUTPUT_DIR/done\"";
+    create(&server, service("mapped", BUSYBOX, script)).await;
+    let mut firsts = Vec::new();
+    for _ in 0..2 {
+        let (status, reason, log) = run_one(&server, "mapped", "x").await;
+        assert_eq!(status, "Succeeded", "{reason}\n{log}");
+        assert!(log.contains("id: 0"), "{log}");
+        for label in ["uid_map: ", "gid_map: "] {
+            // Unmapped, root's line is `0 0 4294967295`: the host's root on every mount.
+            let (inside, host, count) = mapped_ids(&log, label);
+            assert_eq!((inside, count), (0, 65536), "{log}");
+            assert!((0x1000_0000..0x8000_0000).contains(&host), "{log}");
+        }
+        firsts.push(mapped_ids(&log, "uid_map: ").1);
+    }
+    // Each container gets ids of its own (two of 24,576 blocks drawn at random).
+    assert_ne!(firsts[0], firsts[1]);
+    assert_eq!(read_object(&server, "mapped", "out/done").await, b"done\n");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(has_podman), ignore = "podman or busybox-static is not installed")]
 async fn the_memory_limit_is_the_containers() {

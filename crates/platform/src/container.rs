@@ -90,6 +90,13 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Most processes (and threads) of one job's container.
 const PIDS_LIMIT: u32 = 4096;
 
+/// The host ids a rootful Podman maps a container's ids 0–65535 to: a block of [`ID_BLOCK`]
+/// ids picked at random per container among [`ID_BLOCKS`], from [`FIRST_MAPPED_ID`] up —
+/// above the ids of host accounts (and of systemd's dynamic users), below 2³¹.
+const FIRST_MAPPED_ID: u32 = 0x1000_0000;
+const ID_BLOCK: u32 = 0x1_0000;
+const ID_BLOCKS: u32 = 0x6000;
+
 /// The file in the private folder mounted over `/etc/ld.so.preload` (empty).
 const EMPTY_FILE: &str = "empty";
 
@@ -165,6 +172,9 @@ pub struct Containers {
     /// `--ulimit` values at this process's hard limits (raising one needs a capability the
     /// engine may not have).
     ulimits: Vec<String>,
+    /// Whether each container gets user and group ids of its own on the host (a rootful
+    /// Podman: see [`Containers::run_args`]).
+    map_ids: bool,
     /// The engine's environment (see [`ENGINE_ENVIRONMENT`]).
     engine_env: Vec<(String, String)>,
     /// Images known to be present (pulled or found by this process).
@@ -400,6 +410,11 @@ impl Containers {
             server_id: server_id.to_owned(),
             auth_dir: auth_dir.to_path_buf(),
             ulimits: ulimits(),
+            // A rootless engine's containers already run as this unprivileged user; Docker maps
+            // ids for the whole daemon (`userns-remap`), not per container.
+            // SAFETY: geteuid reads this process's effective user id; it cannot fail.
+            #[allow(unsafe_code)]
+            map_ids: kind == EngineKind::Podman && unsafe { libc::geteuid() } == 0,
             engine_env,
             present: Mutex::default(),
             image_envs: Mutex::default(),
@@ -609,6 +624,15 @@ impl Containers {
         }
         // `nproc` does not hold a root user; the cgroup's pid limit holds every user.
         args.extend(["--pids-limit".into(), PIDS_LIMIT.to_string()]);
+        if self.map_ids {
+            // Under a rootful engine the container's root would be the host's root on every
+            // mounted folder (and after any escape from the container). Mapped, it is an
+            // unprivileged host id of its own, another for each container, so one job's
+            // processes own nothing of another's; `U` mounts are handed to the mapped ids.
+            let first = FIRST_MAPPED_ID + ID_BLOCK * rand::random_range(0..ID_BLOCKS);
+            let map = format!("0:{first}:{ID_BLOCK}");
+            args.extend(["--uidmap".into(), map.clone(), "--gidmap".into(), map]);
+        }
         if without_image_env {
             match self.kind {
                 EngineKind::Podman => args.push("--unsetenv-all".into()),
