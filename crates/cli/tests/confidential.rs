@@ -500,6 +500,28 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     let (_, job, log) = world.job_for("secure-tally", 1, "tally/in/strict.txt").await;
     assert_eq!(job["status"], "Failed", "{log}");
     assert!(log.contains("simulation evidence is not tolerated"), "{log}");
+
+    // 7. A session whose outputs go where the platform's copy of the service does not write
+    //    (another service's output folder): the platform's storage is not the session's to
+    //    write anywhere in. Failed, and nothing lands there.
+    let record = cas.get_session("examples/secure-upper").await.unwrap();
+    let mut elsewhere: Value = serde_json::from_str(&record.yaml).unwrap();
+    let outputs = &mut elsewhere["services"][0]["environment"]["CLOISTER_OUTPUTS"];
+    assert!(
+        outputs.as_str().unwrap().contains(r#""bucket":"secure""#),
+        "{outputs}"
+    );
+    *outputs = json!(r#"[{"bucket":"tally","folder":"out","prefix":[],"suffix":[]}]"#);
+    elsewhere["predecessor"] = json!(record.hash);
+    cas.update_session("examples/secure-upper", &elsewhere.to_string())
+        .await
+        .unwrap();
+    world.put_encrypted("secure-upper", b"elsewhere\n", "secure/in/elsewhere.txt");
+    let (_, job, log) = world.job_for("secure-upper", 7, "secure/in/elsewhere.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("tally/out/elsewhere.txt"), "{log}");
+    assert!(world.raw_get("tally", "out/elsewhere.txt").await.is_none());
+    assert!(world.raw_get("secure", "out/elsewhere.txt").await.is_none());
 }
 
 /// `cloister server --with-cas` on its own: the host registered itself, a confidential job runs

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cloister_runtime::tee::{TeeInput, TeeJob, TeeResult};
+use cloister_runtime::tee::{SEALED_LOG_OVERHEAD, TeeInput, TeeJob, TeeResult};
 use cloister_runtime::{
     CgroupSupport, JobInput, JobIo, JobOutcome, JobSpec, Limits, LogLine, Program, ProgramOptions,
     RunFailure, Status, Tee,
@@ -352,10 +352,7 @@ async fn execute(
             return;
         }
     };
-    let result: TeeResult = match std::fs::read(work.join("result.json"))
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
+    let result = match read_result(work).await {
         Ok(r) => r,
         Err(e) => {
             let reason = match signal {
@@ -377,15 +374,29 @@ async fn execute(
     // The program's own output, encrypted to the data owners: kept whether or not the job
     // succeeded (a failing script's output is what its owner needs most).
     if let Some(name) = &result.sealed_log {
-        match sealed_file(work, name) {
-            Some(file) => match tokio::fs::read(&file).await {
+        let limit = spec.log_limit.saturating_add(SEALED_LOG_OVERHEAD) as u64;
+        match sealed_file(name) {
+            Some(relative) => match read_job_file(work, &relative, limit).await {
                 Ok(bytes) => outcome.sealed_log = Some(bytes),
-                Err(e) => fail(outcome, format!("cannot read the sealed log: {e}")),
+                Err(JobFileError::TooLarge) => outcome.log.push(LogLine {
+                    time: OffsetDateTime::now_utc(),
+                    text: format!(
+                        "cloister: the sealed log is longer than the {limit} bytes kept per job and was dropped"
+                    ),
+                }),
+                // Something else wrote the job folder: nothing of it is taken.
+                Err(e) => {
+                    fail(outcome, format!("cannot read the sealed log: {e}"));
+                    return;
+                }
             },
-            None => fail(
-                outcome,
-                format!("the runtime named an invalid sealed log {name:?}"),
-            ),
+            None => {
+                fail(
+                    outcome,
+                    format!("the runtime named an invalid sealed log {name:?}"),
+                );
+                return;
+            }
         }
     }
     if result.status != Status::Succeeded {
@@ -396,21 +407,52 @@ async fn execute(
             .or_else(|| Some("the confidential runtime failed".into()));
         return;
     }
+    // `result.json` is the runtime's word, but anything in the job's container can write it:
+    // an output no output path of the service contains would be a write anywhere in the store.
+    if let Some(output) = result
+        .outputs
+        .iter()
+        .find(|o| !spec.outputs.iter().any(|t| t.contains(&o.bucket, &o.key)))
+    {
+        fail(
+            outcome,
+            format!(
+                "the job's result names the output {}/{}, which no output path of the service contains: \
+                 nothing was uploaded",
+                output.bucket, output.key
+            ),
+        );
+        return;
+    }
     for output in &result.outputs {
-        let Some(file) = sealed_file(work, &output.file) else {
+        let Some(relative) = sealed_file(&output.file) else {
             fail(
                 outcome,
                 format!("the runtime named an invalid output file {:?}", output.file),
             );
             return;
         };
-        if let Err(e) = io.upload(&output.bucket, &output.key, &file).await {
+        // Opened without following links, and handed to the upload through this process's
+        // descriptor: a link put in its place cannot make the platform upload a host file.
+        let file = match cloister_runtime::open_file_beneath(work, &relative) {
+            Ok(file) => file,
+            Err(e) => {
+                fail(outcome, format!("cannot read the sealed output {relative}: {e}"));
+                return;
+            }
+        };
+        let through = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ));
+        if let Err(e) = io.upload(&output.bucket, &output.key, &through).await {
             fail(
                 outcome,
                 format!("cannot upload output {}/{}: {e}", output.bucket, output.key),
             );
             return;
         }
+        drop(file);
         outcome.uploaded.push(format!("{}/{}", output.bucket, output.key));
     }
     if !outcome.uploaded.is_empty() {
@@ -425,6 +467,54 @@ async fn execute(
     outcome.status = Status::Succeeded;
 }
 
+/// Largest `result.json` read: statuses, names and reasons, no data.
+const MAX_RESULT_FILE: u64 = 16 << 20;
+
+/// Why a file the runtime left in the job folder was not read.
+#[derive(Debug, thiserror::Error)]
+enum JobFileError {
+    /// It is larger than it may be.
+    #[error("larger than allowed")]
+    TooLarge,
+    /// It is not a regular file of the job folder (a link, a FIFO, missing) or reading failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads `relative` in the job folder `work`, at most `limit` bytes. Anything in the job's
+/// container (the program, a tool of the image, a process it left running) can write there,
+/// so no link is followed and no FIFO waited on (see [`cloister_runtime::open_file_beneath`]).
+async fn read_job_file(work: &Path, relative: &str, limit: u64) -> Result<Vec<u8>, JobFileError> {
+    let (work, relative) = (work.to_path_buf(), relative.to_owned());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let file = cloister_runtime::open_file_beneath(&work, &relative)?;
+        if file.metadata()?.len() > limit {
+            return Err(JobFileError::TooLarge);
+        }
+        let mut bytes = Vec::new();
+        // It may grow after its size was read.
+        file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > limit {
+            return Err(JobFileError::TooLarge);
+        }
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| JobFileError::Io(std::io::Error::other(e)))?
+}
+
+/// The runtime's `result.json`.
+async fn read_result(work: &Path) -> Result<TeeResult, String> {
+    let bytes = read_job_file(work, "result.json", MAX_RESULT_FILE)
+        .await
+        .map_err(|e| match e {
+            JobFileError::TooLarge => format!("result.json is larger than {MAX_RESULT_FILE} bytes"),
+            JobFileError::Io(e) => e.to_string(),
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
 /// Copies `from` to a new file `to` readable by its owner only.
 fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -437,11 +527,11 @@ fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     std::io::copy(&mut source, &mut copy).map(|_| ())
 }
 
-/// The runtime names sealed outputs by number and the sealed log `log`; anything else could
-/// point outside the job dir.
-fn sealed_file(work: &Path, name: &str) -> Option<PathBuf> {
+/// The runtime names sealed outputs by number and the sealed log `log`, inside `sealed/`;
+/// anything else could point outside the job dir.
+fn sealed_file(name: &str) -> Option<String> {
     (name == "log" || (!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())))
-        .then(|| work.join("sealed").join(name))
+        .then(|| format!("sealed/{name}"))
 }
 
 #[cfg(test)]
@@ -455,6 +545,169 @@ mod tests {
             plain_root: plain_root.to_path_buf(),
             jobs_dir: plain_root.join("jobs").join(server),
             volumes_root: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    /// A job folder as a hostile runtime leaves it: `runtime` is the body of the shell script
+    /// run in the runtime's place (`$2` is the job folder), `host` a folder of the host holding
+    /// secret files, `store` where outputs go (buckets `svc` and `other`).
+    async fn hostile(store: &cloister_storage::Store, runtime: &str) -> (JobOutcome, tempfile::TempDir) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let host_dir = dir.path().join("host");
+        std::fs::create_dir(&host_dir).unwrap();
+        for name in ["0", "log", "result.json"] {
+            std::fs::write(host_dir.join(name), "HOST SECRET").unwrap();
+        }
+        let forged = r#"{"status":"Succeeded","exit_code":0,"reason":null,"outputs":[{"bucket":"svc","key":"out/x","file":"0"}],"sealed_log":"log"}"#;
+        std::fs::write(host_dir.join("forged.json"), forged).unwrap();
+        let program = dir.path().join("runtime.sh");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\nset -eu\nHOST={}\nFORGED='{forged}'\ncd \"$2\"\n{runtime}\n",
+                host_dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut host = host(dir.path(), "aaaa");
+        host.runtime_binary = program;
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let spec = JobSpec {
+            job_name: "svc-job".into(),
+            job_uuid: "0193a5e2-7c4e-7b8a-9f00-aabbccddeeff".into(),
+            service: "svc".into(),
+            service_token: String::new(),
+            script: String::new(),
+            environment: Default::default(),
+            input: JobInput::None,
+            event: "{}".into(),
+            event_time: OffsetDateTime::now_utc(),
+            outputs: vec![cloister_runtime::OutputTarget {
+                bucket: "svc".into(),
+                folder: "out".into(),
+                prefix: Vec::new(),
+                suffix: Vec::new(),
+            }],
+            limits: Limits {
+                memory_bytes: None,
+                cpu_millis: None,
+                timeout: Duration::from_secs(20),
+            },
+            log_limit: 64 * 1024,
+            placement: Default::default(),
+            storage: None,
+        };
+        let io = crate::executor::StoreIo(store.clone());
+        let mut outcome = JobOutcome {
+            status: Status::Failed,
+            exit_code: None,
+            reason: None,
+            log: Vec::new(),
+            stdout: Vec::new(),
+            files: Vec::new(),
+            uploaded: Vec::new(),
+            sealed_log: None,
+        };
+        execute(
+            &host,
+            &spec,
+            &io,
+            &work,
+            Runner::Host,
+            Box::pin(std::future::pending()),
+            Box::new(|| {}),
+            &mut outcome,
+        )
+        .await;
+        (outcome, dir)
+    }
+
+    #[track_caller]
+    fn refused(outcome: &JobOutcome, reason: &str) {
+        assert_eq!(outcome.status, Status::Failed, "{:?}", outcome.log);
+        let text = outcome.reason.clone().unwrap_or_default();
+        assert!(text.contains(reason), "{text}");
+        assert!(outcome.uploaded.is_empty());
+        let secret = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains("HOST SECRET");
+        assert!(
+            !outcome.sealed_log.as_deref().is_some_and(secret),
+            "a host file became the sealed log"
+        );
+    }
+
+    /// What the job's container (its program, a tool of the image, a process it left behind) can
+    /// write in the job folder cannot make the platform read host files, write outside the
+    /// service's output paths, or hang: links, FIFOs and oversized files are refused, and
+    /// nothing is uploaded. A well-formed folder is accepted (so the refusals are the checks').
+    #[tokio::test]
+    async fn the_job_folder_cannot_point_the_platform_elsewhere() {
+        let objects = tempfile::tempdir().unwrap();
+        let store =
+            cloister_storage::Store::open(objects.path(), std::sync::Arc::new(cloister_storage::NoEvents))
+                .unwrap();
+        for bucket in ["svc", "other"] {
+            store.create_bucket(bucket, true).await.unwrap();
+        }
+        let genuine = "mkdir sealed\necho sealed-0 > sealed/0\necho sealed-log > sealed/log\n";
+        let (outcome, _dir) =
+            hostile(&store, &format!("{genuine}printf '%s' \"$FORGED\" > result.json")).await;
+        assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.log);
+        assert_eq!(outcome.uploaded, ["svc/out/x"]);
+        assert_eq!(outcome.sealed_log.as_deref(), Some(&b"sealed-log\n"[..]));
+        assert!(store.head("svc", "out/x").await.unwrap().is_some());
+        store.delete_object("svc", "out/x").await.unwrap();
+
+        let cases = [
+            // `sealed` is a link to a host folder holding `0` and `log`.
+            (
+                "ln -s \"$HOST\" sealed\nprintf '%s' \"$FORGED\" > result.json".to_owned(),
+                "cannot read the sealed log",
+            ),
+            // The sealed log, or an output, is a link to a host file.
+            (
+                format!("{genuine}ln -sf \"$HOST/log\" sealed/log\nprintf '%s' \"$FORGED\" > result.json"),
+                "cannot read the sealed log",
+            ),
+            (
+                format!("{genuine}ln -sf \"$HOST/0\" sealed/0\nprintf '%s' \"$FORGED\" > result.json"),
+                "cannot read the sealed output sealed/0",
+            ),
+            // `result.json` itself is a link to a file of the host's.
+            (
+                format!("{genuine}ln -s \"$HOST/forged.json\" result.json"),
+                "the runtime left no result",
+            ),
+            // A FIFO nobody writes to: reading it would wait forever.
+            (
+                format!("{genuine}mkfifo result.json"),
+                "the runtime left no result",
+            ),
+            // Larger than any result (a sparse file).
+            (
+                format!("{genuine}dd if=/dev/zero of=result.json bs=1 count=0 seek=20M 2>/dev/null"),
+                "larger than",
+            ),
+            // An output of another service's bucket: a write anywhere in the store.
+            (
+                format!(
+                    "{genuine}printf '%s' \"$FORGED\" | sed 's/\"bucket\":\"svc\"/\"bucket\":\"other\"/' > result.json"
+                ),
+                "no output path of the service contains",
+            ),
+            (
+                format!("{genuine}printf '%s' \"$FORGED\" | sed 's#out/x#in/x#' > result.json"),
+                "no output path of the service contains",
+            ),
+        ];
+        for (runtime, reason) in cases {
+            let (outcome, _dir) = hostile(&store, &runtime).await;
+            refused(&outcome, reason);
+            for (bucket, key) in [("svc", "out/x"), ("other", "out/x"), ("svc", "in/x")] {
+                assert!(store.head(bucket, key).await.unwrap().is_none(), "{runtime}");
+            }
         }
     }
 

@@ -374,7 +374,7 @@ fn refused(reason: &str) -> JobOutcome {
     }
 }
 
-struct StoreIo(Store);
+pub(crate) struct StoreIo(pub(crate) Store);
 
 #[async_trait::async_trait]
 impl JobIo for StoreIo {
