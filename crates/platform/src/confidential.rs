@@ -2,14 +2,17 @@
 //! process (the code that would run inside the TEE) and only ever touches ciphertext.
 //!
 //! The contract is [`cloister_runtime::tee`]: a job directory with `job.json` (no script: the
-//! program comes from the CAS session); the runtime's standard output is the job's log (status
-//! lines, no content); `result.json` lists the sealed outputs, which this side uploads, and the
-//! sealed log of the program.
+//! program comes from the CAS session) and the job's storage credential; the runtime's standard
+//! output is the job's log (status lines, no content); the runtime stores the outputs itself,
+//! encrypted, over S3 with that credential (scoped to the service's output folders), and
+//! `result.json` lists them beside the sealed log of the program. The job directory is
+//! writable by the program, so this side reads it without following links, bounded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cloister_runtime::tee::{SEALED_LOG_OVERHEAD, TeeInput, TeeJob, TeeResult};
+use cloister_runtime::contained::{ContainedStorage, SOCKET_DIR, SOCKET_FILE};
+use cloister_runtime::tee::{SEALED_LOG_OVERHEAD, STORAGE_FILE, TeeInput, TeeJob, TeeResult};
 use cloister_runtime::{
     CgroupSupport, JobInput, JobIo, JobOutcome, JobSpec, Limits, LogLine, Program, ProgramOptions,
     RunFailure, Status, Tee,
@@ -120,13 +123,13 @@ pub(crate) async fn run(
             return outcome;
         }
     };
-    match prepare(host, spec, io, &work, procs.clone(), containers.is_some()).await {
+    match prepare(host, spec, io, &work, procs.clone(), containers).await {
         Ok(prepared) => {
             let runner = match containers {
                 Some(containers) => Runner::Container(containers, &prepared),
                 None => Runner::Host,
             };
-            execute(host, spec, io, &work, runner, cancel, on_start, &mut outcome).await;
+            execute(host, spec, &work, runner, cancel, on_start, &mut outcome).await;
         }
         Err(reason) => fail(&mut outcome, reason),
     }
@@ -156,11 +159,12 @@ fn fail(outcome: &mut JobOutcome, reason: String) {
 }
 
 /// What [`prepare`] readied beyond `job.json`: the host files a container mounts, and the
-/// CAS relay, serving until the job ends.
+/// CAS relay and the job's S3 socket, serving until the job ends.
 struct Prepared {
     input: Option<PathBuf>,
     volumes: PathBuf,
     _relay: Option<crate::container::CasRelay>,
+    s3_socket: Option<crate::container::JobSocket>,
 }
 
 /// Where the runtime runs.
@@ -177,8 +181,9 @@ async fn prepare(
     io: &dyn JobIo,
     work: &Path,
     cgroup_procs: Vec<PathBuf>,
-    contained: bool,
+    containers: Option<&Containers>,
 ) -> Result<Prepared, String> {
+    let contained = containers.is_some();
     use crate::container::{CONFIDENTIAL_INPUT, CONFIDENTIAL_PLAIN_ROOT, CONFIDENTIAL_VOLUMES};
     let prepare_dir = || -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
@@ -234,17 +239,36 @@ async fn prepare(
         .as_ref()
         .ok_or("the service's confidential block gives no CLOISTER_CAS")?;
     let volumes = host.volumes_root.join(&spec.service);
-    let relay = if contained {
-        // A container's mount needs its source to exist.
-        std::fs::create_dir_all(&volumes).map_err(|e| format!("cannot create the volume folder: {e}"))?;
-        if tee == Tee::Sim {
-            copy_private(&host.sim_platform_key, &work.join(PLATFORM_KEY))
-                .map_err(|e| format!("cannot hand the simulated platform key to the job: {e}"))?;
+    let access = spec
+        .storage
+        .as_ref()
+        .ok_or("the job has no storage credential for its outputs (the platform could not issue one)")?;
+    let (relay, s3_socket) = match containers {
+        Some(containers) => {
+            // A container's mount needs its source to exist.
+            std::fs::create_dir_all(&volumes).map_err(|e| format!("cannot create the volume folder: {e}"))?;
+            if tee == Tee::Sim {
+                copy_private(&host.sim_platform_key, &work.join(PLATFORM_KEY))
+                    .map_err(|e| format!("cannot hand the simulated platform key to the job: {e}"))?;
+            }
+            (
+                Some(crate::container::relay_to_cas(work, CAS_SOCKET, &wiring.cas)?),
+                Some(containers.confidential_socket(work)?),
+            )
         }
-        Some(crate::container::relay_to_cas(work, CAS_SOCKET, &wiring.cas)?)
-    } else {
-        None
+        None => (None, None),
     };
+    // The runtime reads and removes it before the program starts; a container reaches the
+    // store through its socket, a runtime on this host through the S3 port.
+    let endpoint = if contained {
+        format!("unix://{SOCKET_DIR}/{SOCKET_FILE}")
+    } else {
+        access.endpoint.clone()
+    };
+    let credential = serde_json::to_vec(&ContainedStorage::new(access, endpoint))
+        .map_err(|e| format!("cannot hand the storage credential to the job: {e}"))?;
+    write_private(&work.join(STORAGE_FILE), &credential)
+        .map_err(|e| format!("cannot hand the storage credential to the job: {e}"))?;
     let job = TeeJob {
         job_name: spec.job_name.clone(),
         job_uuid: spec.job_uuid.clone(),
@@ -288,6 +312,7 @@ async fn prepare(
         input: mounted_input,
         volumes,
         _relay: relay,
+        s3_socket,
     })
 }
 
@@ -295,7 +320,6 @@ async fn prepare(
 async fn execute(
     host: &ConfidentialHost,
     spec: &JobSpec,
-    io: &dyn JobIo,
     work: &Path,
     runner: Runner<'_>,
     cancel: BoxFuture<'static, ()>,
@@ -325,10 +349,15 @@ async fn execute(
     let run = match runner {
         Runner::Host => cloister_runtime::run_program(options, cancel, on_start).await,
         Runner::Container(containers, prepared) => {
+            let Some(s3_socket) = &prepared.s3_socket else {
+                fail(outcome, "the job's container has no S3 socket".into());
+                return;
+            };
             let files = crate::container::ConfidentialFiles {
                 job_dir: work,
                 input: prepared.input.as_deref(),
                 volumes: &prepared.volumes,
+                sockets: s3_socket.folder(),
             };
             containers
                 .run_confidential(spec, &files, limits.timeout, cancel, on_start)
@@ -399,16 +428,10 @@ async fn execute(
             }
         }
     }
-    if result.status != Status::Succeeded {
-        // The runtime already logged its reason.
-        outcome.status = Status::Failed;
-        outcome.reason = result
-            .reason
-            .or_else(|| Some("the confidential runtime failed".into()));
-        return;
-    }
-    // `result.json` is the runtime's word, but anything in the job's container can write it:
-    // an output no output path of the service contains would be a write anywhere in the store.
+    // The runtime stored the outputs with the job's credential, which writes nowhere but under
+    // the service's output folders; the list is for the job's record (a failed job lists what
+    // it stored before it failed). Anything in the job's container can write `result.json`: a
+    // list naming another place is not the runtime's.
     if let Some(output) = result
         .outputs
         .iter()
@@ -417,52 +440,24 @@ async fn execute(
         fail(
             outcome,
             format!(
-                "the job's result names the output {}/{}, which no output path of the service contains: \
-                 nothing was uploaded",
+                "the job's result names the output {}/{}, which no output path of the service contains",
                 output.bucket, output.key
             ),
         );
         return;
     }
-    for output in &result.outputs {
-        let Some(relative) = sealed_file(&output.file) else {
-            fail(
-                outcome,
-                format!("the runtime named an invalid output file {:?}", output.file),
-            );
-            return;
-        };
-        // Opened without following links, and handed to the upload through this process's
-        // descriptor: a link put in its place cannot make the platform upload a host file.
-        let file = match cloister_runtime::open_file_beneath(work, &relative) {
-            Ok(file) => file,
-            Err(e) => {
-                fail(outcome, format!("cannot read the sealed output {relative}: {e}"));
-                return;
-            }
-        };
-        let through = PathBuf::from(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&file)
-        ));
-        if let Err(e) = io.upload(&output.bucket, &output.key, &through).await {
-            fail(
-                outcome,
-                format!("cannot upload output {}/{}: {e}", output.bucket, output.key),
-            );
-            return;
-        }
-        drop(file);
-        outcome.uploaded.push(format!("{}/{}", output.bucket, output.key));
-    }
-    if !outcome.uploaded.is_empty() {
-        outcome.log.push(LogLine {
-            time: OffsetDateTime::now_utc(),
-            text: format!(
-                "cloister: uploaded {} encrypted output object(s)",
-                outcome.uploaded.len()
-            ),
-        });
+    outcome.uploaded = result
+        .outputs
+        .iter()
+        .map(|o| format!("{}/{}", o.bucket, o.key))
+        .collect();
+    if result.status != Status::Succeeded {
+        // The runtime already logged its reason.
+        outcome.status = Status::Failed;
+        outcome.reason = result
+            .reason
+            .or_else(|| Some("the confidential runtime failed".into()));
+        return;
     }
     outcome.status = Status::Succeeded;
 }
@@ -515,6 +510,18 @@ async fn read_result(work: &Path) -> Result<TeeResult, String> {
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
+/// Writes a new file `path` readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
 /// Copies `from` to a new file `to` readable by its owner only.
 fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -527,11 +534,10 @@ fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     std::io::copy(&mut source, &mut copy).map(|_| ())
 }
 
-/// The runtime names sealed outputs by number and the sealed log `log`, inside `sealed/`;
-/// anything else could point outside the job dir.
+/// The runtime names the sealed log `log`, inside `sealed/`; anything else could point outside
+/// the job dir.
 fn sealed_file(name: &str) -> Option<String> {
-    (name == "log" || (!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())))
-        .then(|| format!("sealed/{name}"))
+    (name == "log").then(|| format!("sealed/{name}"))
 }
 
 #[cfg(test)]
@@ -549,17 +555,17 @@ mod tests {
     }
 
     /// A job folder as a hostile runtime leaves it: `runtime` is the body of the shell script
-    /// run in the runtime's place (`$2` is the job folder), `host` a folder of the host holding
-    /// secret files, `store` where outputs go (buckets `svc` and `other`).
-    async fn hostile(store: &cloister_storage::Store, runtime: &str) -> (JobOutcome, tempfile::TempDir) {
+    /// run in the runtime's place (`$2` is the job folder, `$HOST` a folder of the host holding
+    /// secret files, `$FORGED` a result naming an output and the sealed log).
+    async fn hostile(runtime: &str) -> (JobOutcome, tempfile::TempDir) {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let host_dir = dir.path().join("host");
         std::fs::create_dir(&host_dir).unwrap();
-        for name in ["0", "log", "result.json"] {
+        for name in ["log", "result.json"] {
             std::fs::write(host_dir.join(name), "HOST SECRET").unwrap();
         }
-        let forged = r#"{"status":"Succeeded","exit_code":0,"reason":null,"outputs":[{"bucket":"svc","key":"out/x","file":"0"}],"sealed_log":"log"}"#;
+        let forged = r#"{"status":"Succeeded","exit_code":0,"reason":null,"outputs":[{"bucket":"svc","key":"out/x"}],"sealed_log":"log"}"#;
         std::fs::write(host_dir.join("forged.json"), forged).unwrap();
         let program = dir.path().join("runtime.sh");
         std::fs::write(
@@ -600,7 +606,6 @@ mod tests {
             placement: Default::default(),
             storage: None,
         };
-        let io = crate::executor::StoreIo(store.clone());
         let mut outcome = JobOutcome {
             status: Status::Failed,
             exit_code: None,
@@ -614,7 +619,6 @@ mod tests {
         execute(
             &host,
             &spec,
-            &io,
             &work,
             Runner::Host,
             Box::pin(std::future::pending()),
@@ -625,55 +629,28 @@ mod tests {
         (outcome, dir)
     }
 
-    #[track_caller]
-    fn refused(outcome: &JobOutcome, reason: &str) {
-        assert_eq!(outcome.status, Status::Failed, "{:?}", outcome.log);
-        let text = outcome.reason.clone().unwrap_or_default();
-        assert!(text.contains(reason), "{text}");
-        assert!(outcome.uploaded.is_empty());
-        let secret = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains("HOST SECRET");
-        assert!(
-            !outcome.sealed_log.as_deref().is_some_and(secret),
-            "a host file became the sealed log"
-        );
-    }
-
     /// What the job's container (its program, a tool of the image, a process it left behind) can
-    /// write in the job folder cannot make the platform read host files, write outside the
-    /// service's output paths, or hang: links, FIFOs and oversized files are refused, and
-    /// nothing is uploaded. A well-formed folder is accepted (so the refusals are the checks').
+    /// write in the job folder cannot make the platform read host files, record outputs outside
+    /// the service's output paths, or hang: links, FIFOs and oversized files are refused. A
+    /// well-formed folder is accepted (so the refusals are the checks').
     #[tokio::test]
     async fn the_job_folder_cannot_point_the_platform_elsewhere() {
-        let objects = tempfile::tempdir().unwrap();
-        let store =
-            cloister_storage::Store::open(objects.path(), std::sync::Arc::new(cloister_storage::NoEvents))
-                .unwrap();
-        for bucket in ["svc", "other"] {
-            store.create_bucket(bucket, true).await.unwrap();
-        }
-        let genuine = "mkdir sealed\necho sealed-0 > sealed/0\necho sealed-log > sealed/log\n";
-        let (outcome, _dir) =
-            hostile(&store, &format!("{genuine}printf '%s' \"$FORGED\" > result.json")).await;
+        let genuine = "mkdir sealed\necho sealed-log > sealed/log\n";
+        let (outcome, _dir) = hostile(&format!("{genuine}printf '%s' \"$FORGED\" > result.json")).await;
         assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.log);
         assert_eq!(outcome.uploaded, ["svc/out/x"]);
         assert_eq!(outcome.sealed_log.as_deref(), Some(&b"sealed-log\n"[..]));
-        assert!(store.head("svc", "out/x").await.unwrap().is_some());
-        store.delete_object("svc", "out/x").await.unwrap();
 
         let cases = [
-            // `sealed` is a link to a host folder holding `0` and `log`.
+            // `sealed` is a link to a host folder holding a `log`.
             (
                 "ln -s \"$HOST\" sealed\nprintf '%s' \"$FORGED\" > result.json".to_owned(),
                 "cannot read the sealed log",
             ),
-            // The sealed log, or an output, is a link to a host file.
+            // The sealed log is a link to a host file.
             (
                 format!("{genuine}ln -sf \"$HOST/log\" sealed/log\nprintf '%s' \"$FORGED\" > result.json"),
                 "cannot read the sealed log",
-            ),
-            (
-                format!("{genuine}ln -sf \"$HOST/0\" sealed/0\nprintf '%s' \"$FORGED\" > result.json"),
-                "cannot read the sealed output sealed/0",
             ),
             // `result.json` itself is a link to a file of the host's.
             (
@@ -690,7 +667,7 @@ mod tests {
                 format!("{genuine}dd if=/dev/zero of=result.json bs=1 count=0 seek=20M 2>/dev/null"),
                 "larger than",
             ),
-            // An output of another service's bucket: a write anywhere in the store.
+            // Outputs of another service's bucket, or outside the output folder.
             (
                 format!(
                     "{genuine}printf '%s' \"$FORGED\" | sed 's/\"bucket\":\"svc\"/\"bucket\":\"other\"/' > result.json"
@@ -703,11 +680,13 @@ mod tests {
             ),
         ];
         for (runtime, reason) in cases {
-            let (outcome, _dir) = hostile(&store, &runtime).await;
-            refused(&outcome, reason);
-            for (bucket, key) in [("svc", "out/x"), ("other", "out/x"), ("svc", "in/x")] {
-                assert!(store.head(bucket, key).await.unwrap().is_none(), "{runtime}");
-            }
+            let (outcome, _dir) = hostile(&runtime).await;
+            assert_eq!(outcome.status, Status::Failed, "{runtime}: {:?}", outcome.log);
+            let text = outcome.reason.clone().unwrap_or_default();
+            assert!(text.contains(reason), "{runtime}: {text}");
+            assert!(outcome.uploaded.is_empty(), "{runtime}");
+            let leaked = |log: &[u8]| String::from_utf8_lossy(log).contains("HOST SECRET");
+            assert!(!outcome.sealed_log.as_deref().is_some_and(leaked), "{runtime}");
         }
     }
 

@@ -1081,9 +1081,9 @@ fn read_outputs(
     Ok(contents)
 }
 
-/// Opens the regular file `relative` (`/`-separated) beneath the folder `dir` as
-/// [`read_outputs`] does: no component a link (nor `dir`'s last), no `..`, and a FIFO refused
-/// rather than waited on. For what the platform reads from a folder a job's processes could
+/// Opens the regular file `relative` (`/`-separated) beneath the folder `dir` as a synchronous
+/// invocation's outputs are read: no component a link (nor `dir`'s last), no `..`, and a FIFO
+/// refused rather than waited on. For what the platform reads from a folder a job's processes could
 /// write to (a confidential job's `result.json` and sealed log), so that a link planted there
 /// cannot make it read a file of the host.
 pub fn open_file_beneath(dir: &Path, relative: &str) -> std::io::Result<std::fs::File> {
