@@ -18,11 +18,12 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cloister_crypt::{EncryptOptions, Encryptor, ObjectBinding, Recipient};
+use cloister_crypt::{EncryptOptions, ObjectBinding, Recipient};
 use cloister_runtime::{IoError, JobIo, StorageAccess};
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;
@@ -397,93 +398,122 @@ enum Sealing {
 /// Seals exactly `plain_len` bytes of `plain` into frames of at most one chunk each; on a
 /// failure the body gets an error frame, which cuts the request.
 fn seal_into(
-    mut plain: std::fs::File,
+    plain: std::fs::File,
     plain_len: u64,
     recipients: &[Recipient],
     binding: &ObjectBinding,
     frames: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) -> Result<(), Sealing> {
-    let result = seal_frames(&mut plain, plain_len, recipients, binding, &frames);
+    let sink = FrameSink {
+        frames: &frames,
+        pool: Arc::default(),
+    };
+    let options = EncryptOptions {
+        chunk_size: SEALED_CHUNK,
+    };
+    let plain = ExactLen {
+        file: plain,
+        left: plain_len,
+    };
+    // The plaintext is read straight into the sealer's chunk buffer.
+    let result = match cloister_crypt::encrypt(plain, sink, recipients, binding, &options) {
+        Ok(_) => Ok(()),
+        Err(cloister_crypt::CryptError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(Sealing::Stopped)
+        }
+        Err(cloister_crypt::CryptError::Io(e)) => Err(Sealing::Failed(PutSealedError::Read(e))),
+        Err(e) => Err(Sealing::Failed(e.into())),
+    };
     if let Err(Sealing::Failed(failure)) = &result {
         let _ = frames.blocking_send(Err(std::io::Error::other(failure.to_string())));
     }
     result
 }
 
-fn seal_frames(
-    plain: &mut std::fs::File,
-    plain_len: u64,
-    recipients: &[Recipient],
-    binding: &ObjectBinding,
-    frames: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
-) -> Result<(), Sealing> {
-    use std::io::{Read as _, Write as _};
-    let failed = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            Sealing::Stopped
-        } else {
-            Sealing::Failed(PutSealedError::Read(e))
-        }
-    };
-    let options = EncryptOptions {
-        chunk_size: SEALED_CHUNK,
-    };
-    let mut sealer =
-        Encryptor::new(FrameSink(frames), recipients, binding, &options).map_err(|e| match e {
-            cloister_crypt::CryptError::Io(e) => failed(e),
-            e => Sealing::Failed(e.into()),
-        })?;
-    // Read in pieces that stay in cache on their way into the sealer's chunk.
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = plain_len;
-    while left > 0 {
-        let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
-        let piece = buf.get_mut(..want).unwrap_or_default();
-        let n = match plain.read(piece) {
-            Ok(0) => {
-                return Err(Sealing::Failed(PutSealedError::Read(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file shrank while it was encrypted",
-                ))));
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Sealing::Failed(PutSealedError::Read(e))),
-        };
-        sealer
-            .write_all(piece.get(..n).unwrap_or_default())
-            .map_err(failed)?;
-        left -= n as u64;
-    }
-    // What was announced is what is sent: a file that grew meanwhile is refused rather than cut.
-    if plain
-        .read(&mut [0u8; 1])
-        .map_err(|e| Sealing::Failed(PutSealedError::Read(e)))?
-        != 0
-    {
-        return Err(Sealing::Failed(PutSealedError::Read(std::io::Error::other(
-            "the file grew while it was encrypted",
-        ))));
-    }
-    sealer.finish().map(|_| ()).map_err(|e| match e {
-        cloister_crypt::CryptError::Io(e) => failed(e),
-        e => Sealing::Failed(e.into()),
-    })
+/// A file read as exactly `left` more bytes: one that shrank or grew meanwhile is an error
+/// before its last chunk is sealed (the sealer looks for the end before it seals it), so what
+/// was announced is what is sent, or nothing is stored.
+struct ExactLen {
+    file: std::fs::File,
+    left: u64,
 }
 
-/// The sealer's output, one frame per write (the header, then each sealed chunk).
-struct FrameSink<'a>(&'a tokio::sync::mpsc::Sender<std::io::Result<Bytes>>);
+impl std::io::Read for ExactLen {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            return match self.file.read(&mut [0u8; 1])? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::other("the file grew while it was encrypted")),
+            };
+        }
+        let want = usize::try_from(self.left).map_or(buf.len(), |left| left.min(buf.len()));
+        let n = self.file.read(buf.get_mut(..want).unwrap_or_default())?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was encrypted",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The sealer's output, one frame per write (the header, then each sealed chunk), in buffers
+/// that come back to `pool` once sent: a few chunks' worth of memory is reused for the whole
+/// object instead of a fresh allocation per chunk.
+struct FrameSink<'a> {
+    frames: &'a tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
 
 impl std::io::Write for FrameSink<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Ok(Bytes::copy_from_slice(data)))
+        let mut buf = self
+            .pool
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        let frame = Bytes::from_owner(Pooled {
+            buf,
+            pool: self.pool.clone(),
+        });
+        self.frames
+            .blocking_send(Ok(frame))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload ended"))?;
         Ok(data.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// A frame's buffer, back to its pool when the frame has been sent.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.lock()
+            && pool.len() <= SEALED_AHEAD
+        {
+            pool.push(std::mem::take(&mut self.buf));
+        }
     }
 }
 
@@ -873,6 +903,29 @@ mod tests {
              Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
         );
         assert_eq!(amz_date(time), "20130524T000000Z");
+    }
+
+    /// An output that changes while it is sealed fails before its last chunk: what was
+    /// announced as the body's length is what is sent, or nothing is.
+    #[test]
+    fn a_file_that_grew_or_shrank_is_not_read_as_its_length() {
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let read = |left: u64| {
+            let mut exact = ExactLen {
+                file: std::fs::File::open(&path).unwrap(),
+                left,
+            };
+            let mut got = Vec::new();
+            exact.read_to_end(&mut got).map(|_| got)
+        };
+        assert_eq!(read(10).unwrap(), b"0123456789");
+        let grew = read(8).unwrap_err().to_string();
+        assert!(grew.contains("grew"), "{grew}");
+        let shrank = read(12).unwrap_err().to_string();
+        assert!(shrank.contains("shrank"), "{shrank}");
     }
 
     #[test]
