@@ -373,6 +373,26 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     );
     assert!(!service.to_string().contains("s3cr3t-stamp-0c5e"));
 
+    // A plain service chained on the confidential service's output folder: the runtime's own
+    // uploads raise the store's events as any upload does.
+    let chained = world.dir.path().join("chained");
+    std::fs::create_dir(&chained).unwrap();
+    std::fs::write(
+        chained.join("size.sh"),
+        "wc -c < \"$INPUT_FILE_PATH\" | tr -d ' ' > \"$TMP_OUTPUT_DIR/$(basename \"$INPUT_FILE_PATH\").size\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        chained.join("fdl.yaml"),
+        "functions:\n  oscar:\n    - local:\n        name: chained-size\n        image: busybox\n        \
+         script: size.sh\n        input:\n          - storage_provider: minio\n            path: secure/out\n        \
+         output:\n          - storage_provider: minio\n            path: chained/out\n",
+    )
+    .unwrap();
+    ok(&world
+        .server
+        .cli(&["apply", chained.join("fdl.yaml").to_str().unwrap()]));
+
     // 1. A job on encrypted input gives encrypted output the owner decrypts.
     let input = format!("patient {canary} heart rate 72\nsecond line\n");
     world.put_encrypted("secure-upper", input.as_bytes(), "secure/in/record.txt");
@@ -398,6 +418,13 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     // The stored output is ciphertext: without the owner's key it is noise.
     let stored = world.raw_get("secure", "out/record.txt").await.unwrap();
     assert!(!String::from_utf8_lossy(&stored).contains(&canary.to_uppercase()));
+    // Its upload started the chained service's job, which saw the ciphertext.
+    let jobs = world.server.wait_jobs("chained-size", 1).await;
+    assert!(jobs.values().all(|j| j["status"] == "Succeeded"), "{jobs:?}");
+    assert_eq!(
+        world.raw_get("chained", "out/record.txt.size").await.unwrap(),
+        format!("{}\n", stored.len()).into_bytes()
+    );
 
     // 2. Nothing on the platform side holds the canary or the secret, in any encoding.
     for needle in [canary.as_str(), &canary.to_uppercase(), "s3cr3t-stamp-0c5e"] {
@@ -500,6 +527,28 @@ async fn confidential_jobs_end_to_end_with_every_refusal() {
     let (_, job, log) = world.job_for("secure-tally", 1, "tally/in/strict.txt").await;
     assert_eq!(job["status"], "Failed", "{log}");
     assert!(log.contains("simulation evidence is not tolerated"), "{log}");
+
+    // 7. A session whose outputs go where the platform's copy of the service does not write
+    //    (another service's output folder): the platform's storage is not the session's to
+    //    write anywhere in. Failed, and nothing lands there.
+    let record = cas.get_session("examples/secure-upper").await.unwrap();
+    let mut elsewhere: Value = serde_json::from_str(&record.yaml).unwrap();
+    let outputs = &mut elsewhere["services"][0]["environment"]["CLOISTER_OUTPUTS"];
+    assert!(
+        outputs.as_str().unwrap().contains(r#""bucket":"secure""#),
+        "{outputs}"
+    );
+    *outputs = json!(r#"[{"bucket":"tally","folder":"out","prefix":[],"suffix":[]}]"#);
+    elsewhere["predecessor"] = json!(record.hash);
+    cas.update_session("examples/secure-upper", &elsewhere.to_string())
+        .await
+        .unwrap();
+    world.put_encrypted("secure-upper", b"elsewhere\n", "secure/in/elsewhere.txt");
+    let (_, job, log) = world.job_for("secure-upper", 7, "secure/in/elsewhere.txt").await;
+    assert_eq!(job["status"], "Failed", "{log}");
+    assert!(log.contains("tally/out/elsewhere.txt"), "{log}");
+    assert!(world.raw_get("tally", "out/elsewhere.txt").await.is_none());
+    assert!(world.raw_get("secure", "out/elsewhere.txt").await.is_none());
 }
 
 /// `cloister server --with-cas` on its own: the host registered itself, a confidential job runs
@@ -1051,9 +1100,11 @@ async fn a_cas_restarted_mid_job_does_not_lose_the_job() {
     assert_eq!(world.get_decrypted("waitt/out/b.txt.tally"), b"jobs=1 lines=2\n");
 }
 
-/// No room left while a confidential job's outputs are encrypted (the memory-backed folder
-/// where the runtime seals them) or stored (the data directory): the job fails with a reason
-/// that says so, and no output object, whole or partial, is visible.
+/// No room left while a confidential job's outputs are stored (the data directory): the job
+/// fails with a reason that says so (the store's own answer: the runtime's upload waits for its
+/// `100 Continue`), and no output object, whole or partial, is visible. An output is encrypted
+/// as it is stored, so the memory-backed plaintext folder holds its plaintext only, never a
+/// sealed copy beside it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_store_fails_the_job_and_leaves_no_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -1065,8 +1116,6 @@ async fn a_full_store_fails_the_job_and_leaves_no_output() {
         return;
     };
     let mut world = World::start_with(dir, &[]).await;
-    // 6 MiB of output: its plaintext fits in the plaintext folder, plaintext and ciphertext
-    // do not.
     let big = "set -eu\nhead -c $(cat \"$INPUT_FILE_PATH\") /dev/urandom > \"$TMP_OUTPUT_DIR/big.bin\"\n";
     world.add_services(
         "full",
@@ -1081,17 +1130,9 @@ async fn a_full_store_fails_the_job_and_leaves_no_output() {
         &[("big.sh", big.to_owned())],
     );
 
-    // 1. The plaintext folder fills up while the output is encrypted.
-    world.put_encrypted("full-out", b"6291456", "full/in/sealing.txt");
-    let (_, job, log) = world.job_for("full-out", 1, "full/in/sealing.txt").await;
-    assert_eq!(job["status"], "Failed", "{log}");
-    assert!(log.contains("cannot encrypt output big.bin"), "{log}");
-    assert!(log.contains("No space left on device"), "{log}");
-    assert!(world.raw_get("full", "out/big.bin").await.is_none());
-
-    // 2. The data directory fills up while the sealed output is stored: fill it but for the
-    //    store's reserve (a sixteenth of this 64 MiB file system) and 2 MiB, so the small input
-    //    is taken, then make 4 MiB of output.
+    // 1. The data directory fills up while the output is stored: fill it but for the store's
+    //    reserve (a sixteenth of this 64 MiB file system) and 2 MiB, so the small input is
+    //    taken, then make 4 MiB of output.
     let available = |path: &Path| {
         let out = Command::new("df")
             .args(["-B1", "--output=avail"])
@@ -1110,7 +1151,7 @@ async fn a_full_store_fails_the_job_and_leaves_no_output() {
     let fill = available(&data_fs.path).saturating_sub((64 << 20) / 16 + (2 << 20));
     std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
     world.put_encrypted("full-out", b"4194304", "full/in/storing.txt");
-    let (_, job, log) = world.job_for("full-out", 2, "full/in/storing.txt").await;
+    let (_, job, log) = world.job_for("full-out", 1, "full/in/storing.txt").await;
     assert_eq!(job["status"], "Failed", "{log}");
     assert!(log.contains("cannot upload output full/out/big.bin"), "{log}");
     assert!(log.contains("disk is full"), "{log}");
@@ -1119,9 +1160,16 @@ async fn a_full_store_fails_the_job_and_leaves_no_output() {
 
     // With room again, the same job succeeds: nothing was left half-done.
     world.put_encrypted("full-out", b"4194304", "full/in/room.txt");
-    let (_, job, log) = world.job_for("full-out", 3, "full/in/room.txt").await;
+    let (_, job, log) = world.job_for("full-out", 2, "full/in/room.txt").await;
     assert_eq!(job["status"], "Succeeded", "{log}");
     assert_eq!(world.get_decrypted("full/out/big.bin").len(), 4 << 20);
+
+    // 2. 8 MiB of output in the 12 MiB plaintext folder, which could not hold it and a sealed
+    //    copy at once (a job like it failed there while outputs were sealed to files first).
+    world.put_encrypted("full-out", b"8388608", "full/in/streamed.txt");
+    let (_, job, log) = world.job_for("full-out", 3, "full/in/streamed.txt").await;
+    assert_eq!(job["status"], "Succeeded", "{log}");
+    assert_eq!(world.get_decrypted("full/out/big.bin").len(), 8 << 20);
     world.server.stop();
     drop(plain_fs);
     drop(data_fs);

@@ -2,14 +2,17 @@
 //! process (the code that would run inside the TEE) and only ever touches ciphertext.
 //!
 //! The contract is [`cloister_runtime::tee`]: a job directory with `job.json` (no script: the
-//! program comes from the CAS session); the runtime's standard output is the job's log (status
-//! lines, no content); `result.json` lists the sealed outputs, which this side uploads, and the
-//! sealed log of the program.
+//! program comes from the CAS session) and the job's storage credential; the runtime's standard
+//! output is the job's log (status lines, no content); the runtime stores the outputs itself,
+//! encrypted, over S3 with that credential (scoped to the service's output folders), and
+//! `result.json` lists them beside the sealed log of the program. The job directory is
+//! writable by the program, so this side reads it without following links, bounded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cloister_runtime::tee::{TeeInput, TeeJob, TeeResult};
+use cloister_runtime::contained::{ContainedStorage, SOCKET_DIR, SOCKET_FILE};
+use cloister_runtime::tee::{SEALED_LOG_OVERHEAD, STORAGE_FILE, TeeInput, TeeJob, TeeResult};
 use cloister_runtime::{
     CgroupSupport, JobInput, JobIo, JobOutcome, JobSpec, Limits, LogLine, Program, ProgramOptions,
     RunFailure, Status, Tee,
@@ -120,13 +123,13 @@ pub(crate) async fn run(
             return outcome;
         }
     };
-    match prepare(host, spec, io, &work, procs.clone(), containers.is_some()).await {
+    match prepare(host, spec, io, &work, procs.clone(), containers).await {
         Ok(prepared) => {
             let runner = match containers {
                 Some(containers) => Runner::Container(containers, &prepared),
                 None => Runner::Host,
             };
-            execute(host, spec, io, &work, runner, cancel, on_start, &mut outcome).await;
+            execute(host, spec, &work, runner, cancel, on_start, &mut outcome).await;
         }
         Err(reason) => fail(&mut outcome, reason),
     }
@@ -156,11 +159,12 @@ fn fail(outcome: &mut JobOutcome, reason: String) {
 }
 
 /// What [`prepare`] readied beyond `job.json`: the host files a container mounts, and the
-/// CAS relay, serving until the job ends.
+/// CAS relay and the job's S3 socket, serving until the job ends.
 struct Prepared {
     input: Option<PathBuf>,
     volumes: PathBuf,
     _relay: Option<crate::container::CasRelay>,
+    s3_socket: Option<crate::container::JobSocket>,
 }
 
 /// Where the runtime runs.
@@ -177,8 +181,9 @@ async fn prepare(
     io: &dyn JobIo,
     work: &Path,
     cgroup_procs: Vec<PathBuf>,
-    contained: bool,
+    containers: Option<&Containers>,
 ) -> Result<Prepared, String> {
+    let contained = containers.is_some();
     use crate::container::{CONFIDENTIAL_INPUT, CONFIDENTIAL_PLAIN_ROOT, CONFIDENTIAL_VOLUMES};
     let prepare_dir = || -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
@@ -234,17 +239,36 @@ async fn prepare(
         .as_ref()
         .ok_or("the service's confidential block gives no CLOISTER_CAS")?;
     let volumes = host.volumes_root.join(&spec.service);
-    let relay = if contained {
-        // A container's mount needs its source to exist.
-        std::fs::create_dir_all(&volumes).map_err(|e| format!("cannot create the volume folder: {e}"))?;
-        if tee == Tee::Sim {
-            copy_private(&host.sim_platform_key, &work.join(PLATFORM_KEY))
-                .map_err(|e| format!("cannot hand the simulated platform key to the job: {e}"))?;
+    let access = spec
+        .storage
+        .as_ref()
+        .ok_or("the job has no storage credential for its outputs (the platform could not issue one)")?;
+    let (relay, s3_socket) = match containers {
+        Some(containers) => {
+            // A container's mount needs its source to exist.
+            std::fs::create_dir_all(&volumes).map_err(|e| format!("cannot create the volume folder: {e}"))?;
+            if tee == Tee::Sim {
+                copy_private(&host.sim_platform_key, &work.join(PLATFORM_KEY))
+                    .map_err(|e| format!("cannot hand the simulated platform key to the job: {e}"))?;
+            }
+            (
+                Some(crate::container::relay_to_cas(work, CAS_SOCKET, &wiring.cas)?),
+                Some(containers.confidential_socket(work)?),
+            )
         }
-        Some(crate::container::relay_to_cas(work, CAS_SOCKET, &wiring.cas)?)
-    } else {
-        None
+        None => (None, None),
     };
+    // The runtime reads and removes it before the program starts; a container reaches the
+    // store through its socket, a runtime on this host through the S3 port.
+    let endpoint = if contained {
+        format!("unix://{SOCKET_DIR}/{SOCKET_FILE}")
+    } else {
+        access.endpoint.clone()
+    };
+    let credential = serde_json::to_vec(&ContainedStorage::new(access, endpoint))
+        .map_err(|e| format!("cannot hand the storage credential to the job: {e}"))?;
+    write_private(&work.join(STORAGE_FILE), &credential)
+        .map_err(|e| format!("cannot hand the storage credential to the job: {e}"))?;
     let job = TeeJob {
         job_name: spec.job_name.clone(),
         job_uuid: spec.job_uuid.clone(),
@@ -288,6 +312,7 @@ async fn prepare(
         input: mounted_input,
         volumes,
         _relay: relay,
+        s3_socket,
     })
 }
 
@@ -295,7 +320,6 @@ async fn prepare(
 async fn execute(
     host: &ConfidentialHost,
     spec: &JobSpec,
-    io: &dyn JobIo,
     work: &Path,
     runner: Runner<'_>,
     cancel: BoxFuture<'static, ()>,
@@ -325,10 +349,15 @@ async fn execute(
     let run = match runner {
         Runner::Host => cloister_runtime::run_program(options, cancel, on_start).await,
         Runner::Container(containers, prepared) => {
+            let Some(s3_socket) = &prepared.s3_socket else {
+                fail(outcome, "the job's container has no S3 socket".into());
+                return;
+            };
             let files = crate::container::ConfidentialFiles {
                 job_dir: work,
                 input: prepared.input.as_deref(),
                 volumes: &prepared.volumes,
+                sockets: s3_socket.folder(),
             };
             containers
                 .run_confidential(spec, &files, limits.timeout, cancel, on_start)
@@ -352,10 +381,7 @@ async fn execute(
             return;
         }
     };
-    let result: TeeResult = match std::fs::read(work.join("result.json"))
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
+    let result = match read_result(work).await {
         Ok(r) => r,
         Err(e) => {
             let reason = match signal {
@@ -377,17 +403,54 @@ async fn execute(
     // The program's own output, encrypted to the data owners: kept whether or not the job
     // succeeded (a failing script's output is what its owner needs most).
     if let Some(name) = &result.sealed_log {
-        match sealed_file(work, name) {
-            Some(file) => match tokio::fs::read(&file).await {
+        let limit = spec.log_limit.saturating_add(SEALED_LOG_OVERHEAD) as u64;
+        match sealed_file(name) {
+            Some(relative) => match read_job_file(work, &relative, limit).await {
                 Ok(bytes) => outcome.sealed_log = Some(bytes),
-                Err(e) => fail(outcome, format!("cannot read the sealed log: {e}")),
+                Err(JobFileError::TooLarge) => outcome.log.push(LogLine {
+                    time: OffsetDateTime::now_utc(),
+                    text: format!(
+                        "cloister: the sealed log is longer than the {limit} bytes kept per job and was dropped"
+                    ),
+                }),
+                // Something else wrote the job folder: nothing of it is taken.
+                Err(e) => {
+                    fail(outcome, format!("cannot read the sealed log: {e}"));
+                    return;
+                }
             },
-            None => fail(
-                outcome,
-                format!("the runtime named an invalid sealed log {name:?}"),
-            ),
+            None => {
+                fail(
+                    outcome,
+                    format!("the runtime named an invalid sealed log {name:?}"),
+                );
+                return;
+            }
         }
     }
+    // The runtime stored the outputs with the job's credential, which writes nowhere but under
+    // the service's output folders; the list is for the job's record (a failed job lists what
+    // it stored before it failed). Anything in the job's container can write `result.json`: a
+    // list naming another place is not the runtime's.
+    if let Some(output) = result
+        .outputs
+        .iter()
+        .find(|o| !spec.outputs.iter().any(|t| t.contains(&o.bucket, &o.key)))
+    {
+        fail(
+            outcome,
+            format!(
+                "the job's result names the output {}/{}, which no output path of the service contains",
+                output.bucket, output.key
+            ),
+        );
+        return;
+    }
+    outcome.uploaded = result
+        .outputs
+        .iter()
+        .map(|o| format!("{}/{}", o.bucket, o.key))
+        .collect();
     if result.status != Status::Succeeded {
         // The runtime already logged its reason.
         outcome.status = Status::Failed;
@@ -396,33 +459,67 @@ async fn execute(
             .or_else(|| Some("the confidential runtime failed".into()));
         return;
     }
-    for output in &result.outputs {
-        let Some(file) = sealed_file(work, &output.file) else {
-            fail(
-                outcome,
-                format!("the runtime named an invalid output file {:?}", output.file),
-            );
-            return;
-        };
-        if let Err(e) = io.upload(&output.bucket, &output.key, &file).await {
-            fail(
-                outcome,
-                format!("cannot upload output {}/{}: {e}", output.bucket, output.key),
-            );
-            return;
-        }
-        outcome.uploaded.push(format!("{}/{}", output.bucket, output.key));
-    }
-    if !outcome.uploaded.is_empty() {
-        outcome.log.push(LogLine {
-            time: OffsetDateTime::now_utc(),
-            text: format!(
-                "cloister: uploaded {} encrypted output object(s)",
-                outcome.uploaded.len()
-            ),
-        });
-    }
     outcome.status = Status::Succeeded;
+}
+
+/// Largest `result.json` read: statuses, names and reasons, no data.
+const MAX_RESULT_FILE: u64 = 16 << 20;
+
+/// Why a file the runtime left in the job folder was not read.
+#[derive(Debug, thiserror::Error)]
+enum JobFileError {
+    /// It is larger than it may be.
+    #[error("larger than allowed")]
+    TooLarge,
+    /// It is not a regular file of the job folder (a link, a FIFO, missing) or reading failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads `relative` in the job folder `work`, at most `limit` bytes. Anything in the job's
+/// container (the program, a tool of the image, a process it left running) can write there,
+/// so no link is followed and no FIFO waited on (see [`cloister_runtime::open_file_beneath`]).
+async fn read_job_file(work: &Path, relative: &str, limit: u64) -> Result<Vec<u8>, JobFileError> {
+    let (work, relative) = (work.to_path_buf(), relative.to_owned());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let file = cloister_runtime::open_file_beneath(&work, &relative)?;
+        if file.metadata()?.len() > limit {
+            return Err(JobFileError::TooLarge);
+        }
+        let mut bytes = Vec::new();
+        // It may grow after its size was read.
+        file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > limit {
+            return Err(JobFileError::TooLarge);
+        }
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| JobFileError::Io(std::io::Error::other(e)))?
+}
+
+/// The runtime's `result.json`.
+async fn read_result(work: &Path) -> Result<TeeResult, String> {
+    let bytes = read_job_file(work, "result.json", MAX_RESULT_FILE)
+        .await
+        .map_err(|e| match e {
+            JobFileError::TooLarge => format!("result.json is larger than {MAX_RESULT_FILE} bytes"),
+            JobFileError::Io(e) => e.to_string(),
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// Writes a new file `path` readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// Copies `from` to a new file `to` readable by its owner only.
@@ -437,11 +534,10 @@ fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     std::io::copy(&mut source, &mut copy).map(|_| ())
 }
 
-/// The runtime names sealed outputs by number and the sealed log `log`; anything else could
-/// point outside the job dir.
-fn sealed_file(work: &Path, name: &str) -> Option<PathBuf> {
-    (name == "log" || (!name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())))
-        .then(|| work.join("sealed").join(name))
+/// The runtime names the sealed log `log`, inside `sealed/`; anything else could point outside
+/// the job dir.
+fn sealed_file(name: &str) -> Option<String> {
+    (name == "log").then(|| format!("sealed/{name}"))
 }
 
 #[cfg(test)]
@@ -455,6 +551,142 @@ mod tests {
             plain_root: plain_root.to_path_buf(),
             jobs_dir: plain_root.join("jobs").join(server),
             volumes_root: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    /// A job folder as a hostile runtime leaves it: `runtime` is the body of the shell script
+    /// run in the runtime's place (`$2` is the job folder, `$HOST` a folder of the host holding
+    /// secret files, `$FORGED` a result naming an output and the sealed log).
+    async fn hostile(runtime: &str) -> (JobOutcome, tempfile::TempDir) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let host_dir = dir.path().join("host");
+        std::fs::create_dir(&host_dir).unwrap();
+        for name in ["log", "result.json"] {
+            std::fs::write(host_dir.join(name), "HOST SECRET").unwrap();
+        }
+        let forged = r#"{"status":"Succeeded","exit_code":0,"reason":null,"outputs":[{"bucket":"svc","key":"out/x"}],"sealed_log":"log"}"#;
+        std::fs::write(host_dir.join("forged.json"), forged).unwrap();
+        let program = dir.path().join("runtime.sh");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\nset -eu\nHOST={}\nFORGED='{forged}'\ncd \"$2\"\n{runtime}\n",
+                host_dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut host = host(dir.path(), "aaaa");
+        host.runtime_binary = program;
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let spec = JobSpec {
+            job_name: "svc-job".into(),
+            job_uuid: "0193a5e2-7c4e-7b8a-9f00-aabbccddeeff".into(),
+            service: "svc".into(),
+            service_token: String::new(),
+            script: String::new(),
+            environment: Default::default(),
+            input: JobInput::None,
+            event: "{}".into(),
+            event_time: OffsetDateTime::now_utc(),
+            outputs: vec![cloister_runtime::OutputTarget {
+                bucket: "svc".into(),
+                folder: "out".into(),
+                prefix: Vec::new(),
+                suffix: Vec::new(),
+            }],
+            limits: Limits {
+                memory_bytes: None,
+                cpu_millis: None,
+                timeout: Duration::from_secs(20),
+            },
+            log_limit: 64 * 1024,
+            placement: Default::default(),
+            storage: None,
+        };
+        let mut outcome = JobOutcome {
+            status: Status::Failed,
+            exit_code: None,
+            reason: None,
+            log: Vec::new(),
+            stdout: Vec::new(),
+            files: Vec::new(),
+            uploaded: Vec::new(),
+            sealed_log: None,
+        };
+        execute(
+            &host,
+            &spec,
+            &work,
+            Runner::Host,
+            Box::pin(std::future::pending()),
+            Box::new(|| {}),
+            &mut outcome,
+        )
+        .await;
+        (outcome, dir)
+    }
+
+    /// What the job's container (its program, a tool of the image, a process it left behind) can
+    /// write in the job folder cannot make the platform read host files, record outputs outside
+    /// the service's output paths, or hang: links, FIFOs and oversized files are refused. A
+    /// well-formed folder is accepted (so the refusals are the checks').
+    #[tokio::test]
+    async fn the_job_folder_cannot_point_the_platform_elsewhere() {
+        let genuine = "mkdir sealed\necho sealed-log > sealed/log\n";
+        let (outcome, _dir) = hostile(&format!("{genuine}printf '%s' \"$FORGED\" > result.json")).await;
+        assert_eq!(outcome.status, Status::Succeeded, "{:?}", outcome.log);
+        assert_eq!(outcome.uploaded, ["svc/out/x"]);
+        assert_eq!(outcome.sealed_log.as_deref(), Some(&b"sealed-log\n"[..]));
+
+        let cases = [
+            // `sealed` is a link to a host folder holding a `log`.
+            (
+                "ln -s \"$HOST\" sealed\nprintf '%s' \"$FORGED\" > result.json".to_owned(),
+                "cannot read the sealed log",
+            ),
+            // The sealed log is a link to a host file.
+            (
+                format!("{genuine}ln -sf \"$HOST/log\" sealed/log\nprintf '%s' \"$FORGED\" > result.json"),
+                "cannot read the sealed log",
+            ),
+            // `result.json` itself is a link to a file of the host's.
+            (
+                format!("{genuine}ln -s \"$HOST/forged.json\" result.json"),
+                "the runtime left no result",
+            ),
+            // A FIFO nobody writes to: reading it would wait forever.
+            (
+                format!("{genuine}mkfifo result.json"),
+                "the runtime left no result",
+            ),
+            // Larger than any result (a sparse file).
+            (
+                format!("{genuine}dd if=/dev/zero of=result.json bs=1 count=0 seek=20M 2>/dev/null"),
+                "larger than",
+            ),
+            // Outputs of another service's bucket, or outside the output folder.
+            (
+                format!(
+                    "{genuine}printf '%s' \"$FORGED\" | sed 's/\"bucket\":\"svc\"/\"bucket\":\"other\"/' > result.json"
+                ),
+                "no output path of the service contains",
+            ),
+            (
+                format!("{genuine}printf '%s' \"$FORGED\" | sed 's#out/x#in/x#' > result.json"),
+                "no output path of the service contains",
+            ),
+        ];
+        for (runtime, reason) in cases {
+            let (outcome, _dir) = hostile(&runtime).await;
+            assert_eq!(outcome.status, Status::Failed, "{runtime}: {:?}", outcome.log);
+            let text = outcome.reason.clone().unwrap_or_default();
+            assert!(text.contains(reason), "{runtime}: {text}");
+            assert!(outcome.uploaded.is_empty(), "{runtime}");
+            let leaked = |log: &[u8]| String::from_utf8_lossy(log).contains("HOST SECRET");
+            assert!(!outcome.sealed_log.as_deref().is_some_and(leaked), "{runtime}");
         }
     }
 

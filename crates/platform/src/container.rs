@@ -725,15 +725,7 @@ impl Containers {
                 return failed_outcome(not_run(RunFailure::Container(reason.clone()), &reason));
             }
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(cloister_storage::serve(
-            listener,
-            self.s3.clone(),
-            JOB_SOCKET_LIMITS,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let stop = self.serve_s3(listener);
         let run = self
             .run_runtime(spec, &name, [work, control, &sockets], cancel, on_start)
             .await;
@@ -748,6 +740,45 @@ impl Containers {
             tracing::warn!(job = %spec.job_name, error = %e, "cannot reset the job's work directory");
         }
         run
+    }
+
+    /// Serves the store's S3 service on a job's own socket until the returned sender is dropped.
+    fn serve_s3(&self, listener: tokio::net::UnixListener) -> tokio::sync::oneshot::Sender<()> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(cloister_storage::serve(
+            listener,
+            self.s3.clone(),
+            JOB_SOCKET_LIMITS,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        stop
+    }
+
+    /// A confidential job's own S3 socket, through which its runtime stores the outputs: as a
+    /// plain job's ([`Self::run_contained`]), [`SOCKET_FILE`] in a fresh folder (0700) beside
+    /// the job folder `job_dir`, mounted read-only at [`SOCKET_DIR`] — the program, which may
+    /// write to the job folder, cannot put a socket of its own in its place (and so receive
+    /// the runtime's signed requests). Served, and the folder kept, until it is dropped.
+    pub(crate) fn confidential_socket(&self, job_dir: &Path) -> Result<JobSocket, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let folder = socket_dir(job_dir);
+        if let Err(e) = std::fs::remove_dir_all(&folder)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(format!("cannot prepare the job's S3 socket: {e}"));
+        }
+        let listener = std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&folder)
+            .and_then(|()| bind_socket(&folder, SOCKET_FILE))
+            .and_then(tokio::net::UnixListener::from_std)
+            .map_err(|e| format!("cannot prepare the job's S3 socket: {e}"))?;
+        Ok(JobSocket {
+            _stop: self.serve_s3(listener),
+            folder,
+        })
     }
 
     /// `folders`: the job's work directory, control folder and socket folder.
@@ -820,9 +851,10 @@ impl Containers {
     /// of the service's image (see [`crate::confidential`]): its job folder bound at
     /// [`WORK_DIR`], its plaintext root a private tmpfs of the container
     /// ([`CONFIDENTIAL_PLAIN_ROOT`], never on the host's disk), the input's ciphertext, the
-    /// service's volume folder at the paths `job.json` names,
-    /// no network (the CAS is reached through the relay socket in the job folder). The
-    /// runtime's standard output is the job's log.
+    /// service's volume folder at the paths `job.json` names, its S3 socket's folder read-only
+    /// at [`SOCKET_DIR`], no network (the CAS is reached through the relay socket in the job
+    /// folder, the store through the S3 socket). The runtime's standard output is the job's
+    /// log.
     pub(crate) async fn run_confidential(
         &self,
         spec: &JobSpec,
@@ -853,9 +885,16 @@ impl Containers {
             Ok(p) => p,
             Err(run) => return run,
         };
+        let sockets = match host_path(files.sockets) {
+            Ok(p) => p,
+            Err(run) => return run,
+        };
         let mut mounts: Vec<(&str, &str, Mount)> = vec![
             (job_dir.as_str(), WORK_DIR, Mount::Owned),
             (volumes.as_str(), CONFIDENTIAL_VOLUMES, Mount::Owned),
+            // The program may write to the job folder, never here: the socket stays this
+            // process's.
+            (sockets.as_str(), SOCKET_DIR, Mount::OwnedReadOnly),
         ];
         if let Some(input) = &input {
             mounts.push((input.as_str(), CONFIDENTIAL_INPUT, Mount::ReadOnly));
@@ -1020,13 +1059,38 @@ pub(crate) const CONFIDENTIAL_INPUT: &str = "/cloister/input";
 
 /// The host files a confidential job's container mounts.
 pub(crate) struct ConfidentialFiles<'a> {
-    /// The job folder (`job.json`, the CAS relay's socket; `result.json` and the sealed files
-    /// come back in it).
+    /// The job folder (`job.json`, the storage credential, the CAS relay's socket;
+    /// `result.json` and the sealed log come back in it).
     pub job_dir: &'a Path,
     /// The input's ciphertext where the store keeps it (else it was fetched into the job folder).
     pub input: Option<&'a Path>,
     /// The service's volume folder (ciphertext).
     pub volumes: &'a Path,
+    /// The folder of the job's S3 socket ([`Containers::confidential_socket`]).
+    pub sockets: &'a Path,
+}
+
+/// A confidential job's S3 socket, served while it lives; its folder goes with it.
+pub(crate) struct JobSocket {
+    _stop: tokio::sync::oneshot::Sender<()>,
+    folder: PathBuf,
+}
+
+impl JobSocket {
+    /// The socket's folder.
+    pub(crate) fn folder(&self) -> &Path {
+        &self.folder
+    }
+}
+
+impl Drop for JobSocket {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.folder)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, "cannot remove a job's S3 socket folder");
+        }
+    }
 }
 
 /// Most connections at once from one job's runtime to the CAS through its relay.

@@ -247,8 +247,11 @@ impl Executor for LocalExecutor {
         cloister_runtime::run_job(&spec, &self.io, &options, cancel, on_start).await
     }
 
+    /// Plain jobs in containers reach the store over their socket; confidential jobs' runtimes
+    /// always do (over the S3 port from this host, their socket from a container), storing
+    /// their outputs while they encrypt them.
     fn needs_storage_access(&self, spec: &JobSpec) -> bool {
-        self.containers.is_some() && spec.placement.tee.is_none()
+        self.containers.is_some() || spec.placement.tee.is_some()
     }
 
     async fn run_gated(

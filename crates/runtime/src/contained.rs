@@ -122,6 +122,30 @@ impl std::fmt::Debug for ContainedStorage {
     }
 }
 
+impl ContainedStorage {
+    /// `access` as a runtime reaches it at `endpoint`.
+    pub fn new(access: &StorageAccess, endpoint: String) -> Self {
+        Self {
+            endpoint,
+            region: access.region.clone(),
+            access_key_id: access.access_key_id.clone(),
+            secret_access_key: access.secret_access_key.clone(),
+            expires: access.expires,
+        }
+    }
+
+    /// The access it carries.
+    pub fn into_access(self) -> StorageAccess {
+        StorageAccess {
+            endpoint: self.endpoint,
+            region: self.region,
+            access_key_id: self.access_key_id,
+            secret_access_key: self.secret_access_key,
+            expires: self.expires,
+        }
+    }
+}
+
 /// Why a job cannot be handed to a runtime in a container.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainedError {
@@ -156,13 +180,7 @@ impl ContainedJob {
             outputs: spec.outputs.clone(),
             timeout_secs: spec.limits.timeout.as_secs().max(1),
             log_limit: spec.log_limit,
-            storage: ContainedStorage {
-                endpoint,
-                region: access.region.clone(),
-                access_key_id: access.access_key_id.clone(),
-                secret_access_key: access.secret_access_key.clone(),
-                expires: access.expires,
-            },
+            storage: ContainedStorage::new(access, endpoint),
             image_env: None,
         })
     }
@@ -192,13 +210,7 @@ impl ContainedJob {
             },
             log_limit: self.log_limit,
             placement: Placement::default(),
-            storage: Some(StorageAccess {
-                endpoint: self.storage.endpoint,
-                region: self.storage.region,
-                access_key_id: self.storage.access_key_id,
-                secret_access_key: self.storage.secret_access_key,
-                expires: self.storage.expires,
-            }),
+            storage: Some(self.storage.into_access()),
         }
     }
 }

@@ -1081,6 +1081,16 @@ fn read_outputs(
     Ok(contents)
 }
 
+/// Opens the regular file `relative` (`/`-separated) beneath the folder `dir` as a synchronous
+/// invocation's outputs are read: no component a link (nor `dir`'s last), no `..`, and a FIFO
+/// refused rather than waited on. For what the platform reads from a folder a job's processes could
+/// write to (a confidential job's `result.json` and sealed log), so that a link planted there
+/// cannot make it read a file of the host.
+pub fn open_file_beneath(dir: &Path, relative: &str) -> std::io::Result<std::fs::File> {
+    let root = open_folder(rustix::fs::CWD, dir)?;
+    open_beneath(&root, relative)
+}
+
 fn open_folder(at: impl rustix::fd::AsFd, name: impl rustix::path::Arg) -> std::io::Result<std::fs::File> {
     use rustix::fs::{Mode, OFlags};
     let fd = rustix::fs::openat(

@@ -2,10 +2,17 @@
 //! TEE: with the executor that starts it, and with the CAS session that configures it.
 //!
 //! The executor (untrusted) prepares a job directory holding only ciphertext and public facts:
-//! `job.json` ([`TeeJob`]). It starts `cloister-runtime --job <dir>`, reads the runtime's
-//! standard output as the job's log (status lines, never content), and after it exits reads
-//! `result.json` ([`TeeResult`]) and uploads the ciphertexts it lists. The program the job runs
-//! is not in the job directory: it comes from the CAS session, released after attestation.
+//! `job.json` ([`TeeJob`]), and the job's storage credential in [`STORAGE_FILE`]. It starts
+//! `cloister-runtime --job <dir>`, reads the runtime's standard output as the job's log (status
+//! lines, never content), and after it exits reads `result.json` ([`TeeResult`]), which lists
+//! the ciphertexts the runtime stored. The program the job runs is not in the job directory: it
+//! comes from the CAS session, released after attestation.
+//!
+//! The runtime stores each output itself, encrypting it while it is sent, over S3 with the
+//! job's own credential, which may write only under the service's output folders. The program
+//! runs as the runtime's user and can reach the job directory, so the runtime reads and removes
+//! the credential before the program starts; anything in the job directory may also have been
+//! written by the program, so the executor reads it without following links.
 //!
 //! The program's own output is the data owner's: the runtime hands it to the platform only
 //! encrypted (a *sealed log*, [`crate::JobOutcome::sealed_log`]), bound with
@@ -85,6 +92,12 @@ pub mod reserved {
 /// JSON line), `approve ID` or `reject ID` (of a proposal shown before on this run); every
 /// answer is one JSON line, `{"error": …}` when refused.
 pub const APPROVER_SOCKET_VARIABLE: &str = "CLOISTER_APPROVER_SOCKET";
+
+/// The job's storage credential in the job directory: a [`crate::contained::ContainedStorage`]
+/// (mode 0600), whose endpoint is where the runtime reaches the platform's S3 service (a Unix
+/// socket in a container, which has no network). The runtime removes it before the program
+/// starts.
+pub const STORAGE_FILE: &str = "storage.json";
 
 /// The bucket bound into every sealed log. It names no stored bucket: it keeps a sealed log
 /// and a stored object from ever sharing a binding.
@@ -199,7 +212,7 @@ pub struct TeeResult {
     pub exit_code: Option<i32>,
     /// Why the job failed.
     pub reason: Option<String>,
-    /// Encrypted outputs to upload, in order.
+    /// The encrypted outputs the runtime stored, in order.
     pub outputs: Vec<TeeOutput>,
     /// File name, inside `sealed/`, of the program's output encrypted to the data owners
     /// (binding: [`sealed_log_binding`]).
@@ -207,14 +220,12 @@ pub struct TeeResult {
     pub sealed_log: Option<String>,
 }
 
-/// One encrypted output, bound to where it must be stored.
+/// One encrypted output the runtime stored (bound to where it is stored).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeeOutput {
-    /// Target bucket.
+    /// Bucket.
     pub bucket: String,
-    /// Target key.
+    /// Key.
     pub key: String,
-    /// File name of the ciphertext inside the job directory's `sealed/` folder.
-    pub file: String,
 }

@@ -72,7 +72,7 @@ pub async fn run_container_job(control: &Path) -> ContainedResult {
 /// Reads a file of the control folder, of at most `limit` bytes, and removes it: the script
 /// never finds the job's credential there. (An inline input is bounded by the platform's body
 /// limit before it gets here.)
-fn read_and_remove(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn read_and_remove(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
     let unreadable = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     let mut bytes = Vec::new();

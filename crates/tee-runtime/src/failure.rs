@@ -101,9 +101,16 @@ pub(crate) enum JobFailure {
     /// The approver key could not be bound: the CAS stayed unreachable.
     #[error("approver key not bound: {0}")]
     ApproverBindUnreachable(Unreachable),
-    /// The runtime could not close its memory to the program before making its approver key.
-    #[error("cannot make the runtime non-dumpable before its approver key exists: {0}")]
+    /// The runtime could not close its memory to the program (which would then reach the job's
+    /// storage credential and keys).
+    #[error("cannot make the runtime non-dumpable: {0}")]
     NotDumpable(std::io::Error),
+    /// The job's storage credential file is unusable.
+    #[error("{0}")]
+    Storage(String),
+    /// The job has outputs to store but the executor gave it no storage credential.
+    #[error("the job has outputs to store but no storage credential (the platform gave it none)")]
+    NoStorageAccess,
     /// The approver socket could not be opened in the plaintext folder.
     #[error("approver socket: {0}")]
     ApproverSocket(std::io::Error),
@@ -128,9 +135,19 @@ pub(crate) enum JobFailure {
     /// The program made outputs the session lets no one read.
     #[error("the session names no output recipient (CLOISTER_OUTPUT_RECIPIENTS): outputs cannot leave")]
     NoOutputRecipient,
-    /// An output could not be sealed.
+    /// An output could not be read or sealed.
     #[error("cannot encrypt output {relative}: {source}")]
-    SealOutput { relative: String, source: FileCrypto },
+    SealOutput {
+        relative: String,
+        source: crate::s3::PutSealedError,
+    },
+    /// An output was not stored.
+    #[error("cannot upload output {bucket}/{key}: {source}")]
+    UploadOutput {
+        bucket: String,
+        key: String,
+        source: crate::s3::S3Error,
+    },
 }
 
 /// An exit code as logs show it: the number, or `none` for a process that did not exit.
@@ -392,9 +409,22 @@ mod tests {
             (
                 JobFailure::SealOutput {
                     relative: "a/b.txt".into(),
-                    source: FileCrypto::Crypt(CryptError::Truncated),
+                    source: crate::s3::PutSealedError::Crypt(CryptError::Truncated),
                 },
                 "cannot encrypt output a/b.txt: truncated: the last chunk is missing",
+            ),
+            (
+                JobFailure::UploadOutput {
+                    bucket: "b".into(),
+                    key: "out/x".into(),
+                    source: crate::s3::S3Error::Refused {
+                        status: 507,
+                        code: "InsufficientStorage".into(),
+                        message: "The server's disk is full".into(),
+                    },
+                },
+                "cannot upload output b/out/x: the storage endpoint refused it: 507 InsufficientStorage \
+                 (The server's disk is full)",
             ),
         ];
         for (failure, reason) in cases {

@@ -12,8 +12,9 @@ use cloister_cas_client::protocol::{
     CounterIncrement, InitData, ReleasedConfig, VolumeCommit, VolumeState, valid_volume_name,
 };
 use cloister_crypt::{CryptError, EncryptOptions, Identity, ObjectBinding, Recipient, SymmetricKey};
+use cloister_runtime::contained::ContainedStorage;
 use cloister_runtime::plain::PlainRoot;
-use cloister_runtime::tee::{TeeJob, TeeOutput, TeeResult, render_log, sealed_log_binding};
+use cloister_runtime::tee::{STORAGE_FILE, TeeJob, TeeOutput, TeeResult, render_log, sealed_log_binding};
 use cloister_runtime::{CgroupSupport, Limits, OutputTarget, Program, ProgramOptions, Status, Tee};
 use zeroize::Zeroizing;
 
@@ -21,10 +22,13 @@ use crate::approver::{self, Approver};
 use crate::cas_wait::{self, Repeat, WaitFailure};
 use crate::failure::{FileCrypto, InputProblem, JobFailure, JobFileProblem, ReleasedProblem, exit_code_text};
 use crate::reserved;
+use crate::s3::{PutSealedError, S3Io};
 use crate::volumes::{self, VolumeContext};
 
 /// Largest `job.json` accepted (it holds names and paths, not data).
 const MAX_JOB_FILE: u64 = 1024 * 1024;
+/// Largest storage credential file accepted.
+const MAX_STORAGE_FILE: u64 = 64 * 1024;
 /// Largest event handed to the program (`EVENT`): what a plain job gets inline.
 const MAX_EVENT: usize = cloister_runtime::EVENT_INLINE_MAX;
 /// The file in the plaintext folder that holds the event (`EVENT_FILE`).
@@ -45,26 +49,36 @@ pub async fn run_job_dir(job_dir: &Path, log: &mut (dyn FnMut(&str) + Send)) -> 
         outputs: Vec::new(),
         sealed_log: None,
     };
-    let prepared = load_job(job_dir).and_then(|job| {
-        // Hardware TEEs keep plaintext in their own memory; a disk-backed folder in a
-        // confidential VM may be storage the host reads.
-        let root = PlainRoot::open(&job.plain_root, job.tee != Tee::Sim).map_err(JobFailure::Plaintext)?;
-        let swept = root.sweep();
-        if swept > 0 {
-            log(&format!(
-                "cloister: removed {swept} plaintext folder(s) left by runtimes that did not finish"
-            ));
-        }
-        let plain = root
-            .create_job_dir(&job.job_uuid)
-            .map_err(JobFailure::Plaintext)?;
-        Ok((job, plain))
-    });
+    // First of all, before anything of the job runs: this process's memory, descriptors and
+    // environment are closed to the program, which runs as the same user without
+    // CAP_SYS_PTRACE (they hold the storage credential, the session's keys, an approver's
+    // key), and the storage credential leaves the job folder, which the program can reach.
+    let storage = crate::contained::not_dumpable()
+        .map_err(JobFailure::NotDumpable)
+        .and_then(|()| take_storage(job_dir));
+    let prepared = storage
+        .and_then(|storage| load_job(job_dir).map(|job| (job, storage)))
+        .and_then(|(job, storage)| {
+            // Hardware TEEs keep plaintext in their own memory; a disk-backed folder in a
+            // confidential VM may be storage the host reads.
+            let root =
+                PlainRoot::open(&job.plain_root, job.tee != Tee::Sim).map_err(JobFailure::Plaintext)?;
+            let swept = root.sweep();
+            if swept > 0 {
+                log(&format!(
+                    "cloister: removed {swept} plaintext folder(s) left by runtimes that did not finish"
+                ));
+            }
+            let plain = root
+                .create_job_dir(&job.job_uuid)
+                .map_err(JobFailure::Plaintext)?;
+            Ok((job, plain, storage))
+        });
     match prepared {
-        Ok((job, plain)) => {
-            if let Err(failure) = run(&job, job_dir, plain.path(), log, &mut result).await {
+        Ok((job, plain, storage)) => {
+            if let Err(failure) = run(&job, job_dir, plain.path(), storage.as_ref(), log, &mut result).await {
+                // Outputs stored before the failure stay listed: they are in storage.
                 result.status = Status::Failed;
-                result.outputs.clear();
                 result.reason = Some(failure.to_string());
             }
             plain.wipe();
@@ -81,6 +95,30 @@ pub async fn run_job_dir(job_dir: &Path, log: &mut (dyn FnMut(&str) + Send)) -> 
         log(&format!("cloister: cannot write result.json: {e}"));
     }
     result
+}
+
+/// The job's storage credential ([`STORAGE_FILE`]), read and removed; `None` when the
+/// executor gave none (the job then cannot store outputs). Its content never appears in a
+/// reason: a malformed file is reported by position only.
+fn take_storage(job_dir: &Path) -> Result<Option<S3Io>, JobFailure> {
+    let path = job_dir.join(STORAGE_FILE);
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        _ => {}
+    }
+    let bytes = Zeroizing::new(
+        crate::contained::read_and_remove(&path, MAX_STORAGE_FILE).map_err(JobFailure::Storage)?,
+    );
+    let storage: ContainedStorage = serde_json::from_slice(&bytes).map_err(|e| {
+        JobFailure::Storage(format!(
+            "{STORAGE_FILE} is not a storage credential (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    S3Io::new(&storage.into_access())
+        .map(Some)
+        .map_err(|e| JobFailure::Storage(e.to_string()))
 }
 
 fn load_job(job_dir: &Path) -> Result<TeeJob, JobFailure> {
@@ -148,6 +186,7 @@ async fn run(
     job: &TeeJob,
     job_dir: &Path,
     plain: &Path,
+    storage: Option<&S3Io>,
     log: &mut (dyn FnMut(&str) + Send),
     result: &mut TeeResult,
 ) -> Result<(), JobFailure> {
@@ -404,8 +443,9 @@ async fn run(
     } else {
         let started = Instant::now();
         let (bucket, key) = sealed_log_binding(&job.service, &job.job_name);
+        // Made here, never found: a folder or link something else put there is refused.
         let sealed = job_dir.join("sealed");
-        std::fs::create_dir_all(&sealed).map_err(|source| JobFailure::CreateDir {
+        std::fs::create_dir(&sealed).map_err(|source| JobFailure::CreateDir {
             path: sealed.clone(),
             source,
         })?;
@@ -436,54 +476,26 @@ async fn run(
         return Err(JobFailure::ProgramExit(run.exit_code));
     }
 
-    // 4. Seal: every output for every target the session names, then the volumes. Plaintext
-    //    is dropped as soon as nothing needs it: the input now, each output once sealed. It
-    //    lives in memory charged to the job, so a large input, its output and the sealed copy
-    //    at once pushed a job against its memory limit (reclaim stalls of hundreds of ms).
+    // 4. The volumes are sealed and committed, then every output is stored for every target
+    //    the session names: outputs appear (and may start other services' jobs) only once
+    //    nothing but their own upload can fail the job. Plaintext is dropped as soon as
+    //    nothing needs it: the input now, each output once stored. It lives in memory charged
+    //    to the job, and no sealed copy is kept (each output is encrypted as it is sent).
     let _ = std::fs::remove_dir_all(plain.join("input"));
     let outputs = cloister_runtime::collect_outputs(&plain.join("output"))
         .await
         .map_err(JobFailure::OutputDir)?;
-    if !outputs.is_empty() && !keys.outputs.is_empty() && keys.recipients.is_empty() {
+    let any_upload = outputs
+        .iter()
+        .any(|(relative, _)| targets_of(&keys.outputs, relative).next().is_some());
+    if any_upload && keys.recipients.is_empty() {
         return Err(JobFailure::NoOutputRecipient);
     }
-    let sealed_dir = job_dir.join("sealed");
-    std::fs::create_dir_all(&sealed_dir).map_err(|source| JobFailure::CreateDir {
-        path: sealed_dir.clone(),
-        source,
-    })?;
-    let started = Instant::now();
-    for (relative, path) in &outputs {
-        let name = relative.rsplit('/').next().unwrap_or(relative);
-        for target in keys.outputs.iter().filter(|t| t.accepts(name)) {
-            let key = target.key_for(relative);
-            let file = format!("{}", result.outputs.len());
-            encrypt_file(
-                path,
-                &sealed_dir.join(&file),
-                &keys.recipients,
-                &ObjectBinding::new(&target.bucket, &key),
-            )
-            .map_err(|source| JobFailure::SealOutput {
-                relative: relative.clone(),
-                source,
-            })?;
-            result.outputs.push(TeeOutput {
-                bucket: target.bucket.clone(),
-                key,
-                file,
-            });
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    if !result.outputs.is_empty() {
-        log(&format!(
-            "cloister: {} output object(s) encrypted to {} recipient(s) in {:.1} ms",
-            result.outputs.len(),
-            keys.recipients.len(),
-            started.elapsed().as_secs_f64() * 1000.0
-        ));
-    }
+    let storage = match storage {
+        Some(storage) => Some(storage),
+        None if any_upload => return Err(JobFailure::NoStorageAccess),
+        None => None,
+    };
     if let Some(ctx) = &volume_ctx {
         for (name, state, dir) in &volume_dirs {
             let (tag, stored) = volumes::seal(ctx, name, state.version, dir).map_err(JobFailure::Volume)?;
@@ -527,8 +539,50 @@ async fn run(
             }
         }
     }
+    if let Some(storage) = storage {
+        let started = Instant::now();
+        let mut stored = 0u64;
+        for (relative, path) in &outputs {
+            for target in targets_of(&keys.outputs, relative) {
+                let key = target.key_for(relative);
+                stored += storage
+                    .put_sealed(path, &target.bucket, &key, &keys.recipients)
+                    .await
+                    .map_err(|source| match source {
+                        PutSealedError::Upload(source) => JobFailure::UploadOutput {
+                            bucket: target.bucket.clone(),
+                            key: key.clone(),
+                            source,
+                        },
+                        source => JobFailure::SealOutput {
+                            relative: relative.clone(),
+                            source,
+                        },
+                    })?;
+                result.outputs.push(TeeOutput {
+                    bucket: target.bucket.clone(),
+                    key,
+                });
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        if !result.outputs.is_empty() {
+            log(&format!(
+                "cloister: {} output object(s) encrypted to {} recipient(s) and stored ({stored} bytes) in {:.1} ms",
+                result.outputs.len(),
+                keys.recipients.len(),
+                started.elapsed().as_secs_f64() * 1000.0
+            ));
+        }
+    }
     result.status = Status::Succeeded;
     Ok(())
+}
+
+/// The session's output targets that take the output at `relative` (by its file name).
+fn targets_of<'a>(targets: &'a [OutputTarget], relative: &'a str) -> impl Iterator<Item = &'a OutputTarget> {
+    let name = relative.rsplit('/').next().unwrap_or(relative);
+    targets.iter().filter(move |t| t.accepts(name))
 }
 
 fn short(hash: &str) -> &str {
@@ -797,28 +851,18 @@ fn decrypt_file(
     )
 }
 
-fn encrypt_file(
-    src: &Path,
-    dest: &Path,
-    recipients: &[Recipient],
-    binding: &ObjectBinding,
-) -> Result<u64, FileCrypto> {
-    let input = File::open(src)?;
-    let output = File::create(dest)?;
-    let options = EncryptOptions { chunk_size: 1 << 20 };
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    Ok(cloister_crypt::encrypt_file(
-        &input, &output, recipients, binding, &options, threads,
-    )?)
-}
-
 fn encrypt_bytes(
     plain: &[u8],
     dest: &Path,
     recipients: &[Recipient],
     binding: &ObjectBinding,
 ) -> Result<(), FileCrypto> {
-    let mut output = std::io::BufWriter::new(File::create(dest)?);
+    // A new file: nothing that was there is written through.
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)?;
+    let mut output = std::io::BufWriter::new(created);
     cloister_crypt::encrypt(
         plain,
         &mut output,
@@ -844,7 +888,17 @@ fn write_private(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> 
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let temp = path.with_extension("tmp");
-    std::fs::write(&temp, bytes)?;
+    // Whatever is at the temporary name (a link the program left) is replaced, not written
+    // through.
+    match std::fs::remove_file(&temp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)?
+        .write_all(bytes)?;
     std::fs::rename(temp, path)
 }
 

@@ -7,8 +7,9 @@
 //! records — and then does everything that touches plaintext itself: decrypting the input,
 //! unpacking encrypted volumes, running the program the session names (the service's script,
 //! injected by the session, never a file the host wrote), encrypting every output and the
-//! program's own output to the recipients the CAS named, and committing volume versions to the
-//! CAS. Plaintext lives only in a checked, memory-backed folder and is removed at the end; what
+//! program's own output to the recipients the CAS named, committing volume versions to the
+//! CAS, and storing the outputs over S3 while they are encrypted, with the job's own credential
+//! ([`s3::S3Io::put_sealed`]). Plaintext lives only in a checked, memory-backed folder and is removed at the end; what
 //! it reports to the platform (its standard output and `result.json`) carries status, never
 //! content.
 //!

@@ -6,15 +6,24 @@
 //! Two requests are all it needs — `GetObject` into a file, `PutObject` from a file — so it is
 //! hyper's bare HTTP/1 client (already here for the CAS client) and a SigV4 signer of a few
 //! lines, not an SDK: `aws-sigv4` would bring the smithy runtime crates into the TEE's tree,
-//! and general-purpose clients are kept out of it (see `tests/tcb.rs`). Uploads sign the
-//! payload's SHA-256 (no `UNSIGNED-PAYLOAD`), so a body changed on its way is refused.
+//! and general-purpose clients are kept out of it (see `tests/tcb.rs`). A plain job's uploads
+//! sign the payload's SHA-256 (no `UNSIGNED-PAYLOAD`), so a body changed on its way is refused.
+//!
+//! A confidential job's outputs ([`S3Io::put_sealed`]) are encrypted while they are sent: one
+//! thread seals the plaintext chunk by chunk a few chunks ahead of the body, so the encryption
+//! overlaps the endpoint's ingest instead of preceding it, and no sealed copy is ever written.
+//! Their body is `UNSIGNED-PAYLOAD` (hashing it first would read it twice): the ciphertext is
+//! authenticated end to end by its AEAD and bound to its bucket and key, so a body changed on
+//! its way is refused by the recipient who decrypts it, as one changed in storage would be.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cloister_crypt::{EncryptOptions, ObjectBinding, Recipient};
 use cloister_runtime::{IoError, JobIo, StorageAccess};
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;
@@ -31,6 +40,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ERROR_BODY: usize = 16 * 1024;
 /// The SHA-256 of an empty payload.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+/// The payload hash SigV4 signs for a body it does not cover.
+const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+/// How long a streamed upload waits for the endpoint's `100 Continue` before it sends its body
+/// anyway (RFC 9110 §10.1.1: a server may not send one). The wait is what lets a refusal
+/// (scope, signature, a full disk) reach the client as an answer: a refusal to a body already
+/// on its way is often lost when the endpoint closes under it.
+const CONTINUE_WAIT: Duration = Duration::from_secs(2);
+/// Plaintext bytes per chunk of a sealed output (the chunk buffer stays in cache).
+const SEALED_CHUNK: u32 = 1 << 20;
+/// Chunks the sealing thread may be ahead of the body.
+const SEALED_AHEAD: usize = 4;
 
 /// Why a request to the job's S3 endpoint failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +92,20 @@ pub enum S3Error {
     /// Reading or writing the local file failed.
     #[error("{0}")]
     File(#[from] std::io::Error),
+}
+
+/// Why a sealed upload ([`S3Io::put_sealed`]) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PutSealedError {
+    /// The plaintext could not be read, or changed while it was sealed.
+    #[error("{0}")]
+    Read(std::io::Error),
+    /// The encryption itself failed.
+    #[error(transparent)]
+    Crypt(#[from] cloister_crypt::CryptError),
+    /// The endpoint did not store the object.
+    #[error(transparent)]
+    Upload(#[from] S3Error),
 }
 
 fn parenthesised(message: &str) -> String {
@@ -153,16 +187,17 @@ impl S3Io {
         })
     }
 
-    /// Sends one signed request with `body` (whose SHA-256 is `payload_hash`) on a fresh
-    /// connection.
-    async fn send(
+    /// One request of `length` bytes of `body` (whose SHA-256 is `payload_hash`, or
+    /// [`UNSIGNED_PAYLOAD`]), signed.
+    fn signed<B>(
         &self,
         method: http::Method,
         bucket: &str,
         key: &str,
-        body: FileBody,
+        body: B,
+        length: u64,
         payload_hash: &str,
-    ) -> Result<http::Response<hyper::body::Incoming>, S3Error> {
+    ) -> Result<http::Request<B>, S3Error> {
         let path = object_path(bucket, key);
         let now = OffsetDateTime::now_utc();
         let amz_date = amz_date(now);
@@ -186,16 +221,43 @@ impl S3Io {
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let length = body.remaining;
-        let request = request
+        Ok(request
             .header(http::header::AUTHORIZATION, authorization)
             .header(http::header::CONTENT_LENGTH, length)
-            .body(body)?;
-        let mut sender = self.connect().await?;
+            .body(body)?)
+    }
+
+    /// Sends one signed request with `body` (whose SHA-256 is `payload_hash`) on a fresh
+    /// connection.
+    async fn send(
+        &self,
+        method: http::Method,
+        bucket: &str,
+        key: &str,
+        body: FileBody,
+        payload_hash: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>, S3Error> {
+        let length = body.remaining;
+        let request = self.signed(method, bucket, key, body, length, payload_hash)?;
+        // The connection serves until the answer's body has been read, then ends.
+        let (mut sender, _connection) = self.connect().await?;
         Ok(sender.send_request(request).await?)
     }
 
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<FileBody>, S3Error> {
+    async fn connect<B>(
+        &self,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<B>,
+            tokio::task::JoinHandle<()>,
+        ),
+        S3Error,
+    >
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let unreachable = |source| S3Error::Connect {
             endpoint: self.endpoint_text.clone(),
             source,
@@ -215,24 +277,267 @@ impl S3Io {
         })
         .await;
         match connected {
-            Ok(Ok(sender)) => Ok(sender),
+            Ok(Ok(connected)) => Ok(connected),
             Ok(Err(e)) => Err(unreachable(e)),
             Err(_) => Err(unreachable(std::io::ErrorKind::TimedOut.into())),
         }
     }
+
+    /// Encrypts the regular file `src` to `recipients`, bound to `bucket/key`, and stores it
+    /// there with one `PutObject`, while it is encrypted: a thread seals chunk after chunk a
+    /// few chunks ahead of the body (see the module docs for why the body is unsigned). The
+    /// object's length is known before it is sealed ([`cloister_crypt::encrypted_len`]), so it
+    /// goes with its `Content-Length`; a body that ends short of it, or a failure of the
+    /// sealing thread, cuts the request, and the endpoint stores nothing. Returns the
+    /// ciphertext's length.
+    pub async fn put_sealed(
+        &self,
+        src: &Path,
+        bucket: &str,
+        key: &str,
+        recipients: &[Recipient],
+    ) -> Result<u64, PutSealedError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // A link or FIFO put in an output's place since the outputs were listed is refused,
+        // not followed or waited on.
+        let plain = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(src)
+            .map_err(PutSealedError::Read)?;
+        let metadata = plain.metadata().map_err(PutSealedError::Read)?;
+        if !metadata.is_file() {
+            return Err(PutSealedError::Read(std::io::Error::other("not a regular file")));
+        }
+        let length = cloister_crypt::encrypted_len(metadata.len(), recipients, SEALED_CHUNK);
+        let (frames, body) = tokio::sync::mpsc::channel(SEALED_AHEAD);
+        let sealing = {
+            let (recipients, binding) = (recipients.to_vec(), ObjectBinding::new(bucket, key));
+            let plain_len = metadata.len();
+            tokio::task::spawn_blocking(move || seal_into(plain, plain_len, &recipients, &binding, frames))
+        };
+        let stored = self.put_stream(bucket, key, length, body).await;
+        // The body's end (sent, or dropped with the connection) ends the thread.
+        let sealed = sealing
+            .await
+            .map_err(|e| PutSealedError::Read(std::io::Error::other(e)))?;
+        match (sealed, stored) {
+            // The sealing thread stopped because the upload had ended: the upload says why.
+            (Err(Sealing::Stopped), stored) => Err(stored
+                .err()
+                .unwrap_or_else(|| S3Error::File(std::io::Error::other("the body was not sent whole")))
+                .into()),
+            (Err(Sealing::Failed(failure)), _) => Err(failure),
+            (Ok(()), Err(e)) => Err(e.into()),
+            (Ok(()), Ok(())) => Ok(length),
+        }
+    }
+
+    /// `PutObject` of exactly `length` bytes that `frames` brings (an `Err` frame cuts the
+    /// request), unsigned, sent once the endpoint asked for it (`Expect: 100-continue`).
+    pub async fn put_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        length: u64,
+        frames: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    ) -> Result<(), S3Error> {
+        let (continued, go_ahead) = tokio::sync::oneshot::channel::<()>();
+        let body = ChannelBody {
+            frames,
+            remaining: length,
+            go_ahead: Some(Box::pin(async move {
+                let _ = tokio::time::timeout(CONTINUE_WAIT, go_ahead).await;
+            })),
+        };
+        let mut request = self.signed(http::Method::PUT, bucket, key, body, length, UNSIGNED_PAYLOAD)?;
+        request.headers_mut().insert(
+            http::header::EXPECT,
+            http::HeaderValue::from_static("100-continue"),
+        );
+        let continued = std::sync::Mutex::new(Some(continued));
+        hyper::ext::on_informational(&mut request, move |answer| {
+            if answer.status() == http::StatusCode::CONTINUE
+                && let Some(continued) = continued.lock().ok().and_then(|mut c| c.take())
+            {
+                let _ = continued.send(());
+            }
+        });
+        let (mut sender, connection) = self.connect().await?;
+        // Whatever the answer, the connection (and with it the body, which would otherwise
+        // keep the sealing thread waiting) ends here.
+        let _connection = AbortOnDrop(connection);
+        let response = match sender.send_request(request).await {
+            Err(e) => return Err(S3Error::Interrupted(e)),
+            Ok(response) => response,
+        };
+        if !response.status().is_success() {
+            return Err(refusal(response).await);
+        }
+        Ok(())
+    }
 }
 
-async fn handshake<T>(io: T) -> std::io::Result<hyper::client::conn::http1::SendRequest<FileBody>>
+/// Ends a connection's task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why the sealing thread stopped early.
+enum Sealing {
+    /// The body is no longer read: the upload ended (refused, cut); it says why.
+    Stopped,
+    /// Reading or sealing the plaintext failed.
+    Failed(PutSealedError),
+}
+
+/// Seals exactly `plain_len` bytes of `plain` into frames of at most one chunk each; on a
+/// failure the body gets an error frame, which cuts the request.
+fn seal_into(
+    plain: std::fs::File,
+    plain_len: u64,
+    recipients: &[Recipient],
+    binding: &ObjectBinding,
+    frames: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) -> Result<(), Sealing> {
+    let sink = FrameSink {
+        frames: &frames,
+        pool: Arc::default(),
+    };
+    let options = EncryptOptions {
+        chunk_size: SEALED_CHUNK,
+    };
+    let plain = ExactLen {
+        file: plain,
+        left: plain_len,
+    };
+    // The plaintext is read straight into the sealer's chunk buffer.
+    let result = match cloister_crypt::encrypt(plain, sink, recipients, binding, &options) {
+        Ok(_) => Ok(()),
+        Err(cloister_crypt::CryptError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(Sealing::Stopped)
+        }
+        Err(cloister_crypt::CryptError::Io(e)) => Err(Sealing::Failed(PutSealedError::Read(e))),
+        Err(e) => Err(Sealing::Failed(e.into())),
+    };
+    if let Err(Sealing::Failed(failure)) = &result {
+        let _ = frames.blocking_send(Err(std::io::Error::other(failure.to_string())));
+    }
+    result
+}
+
+/// A file read as exactly `left` more bytes: one that shrank or grew meanwhile is an error
+/// before its last chunk is sealed (the sealer looks for the end before it seals it), so what
+/// was announced is what is sent, or nothing is stored.
+struct ExactLen {
+    file: std::fs::File,
+    left: u64,
+}
+
+impl std::io::Read for ExactLen {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            return match self.file.read(&mut [0u8; 1])? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::other("the file grew while it was encrypted")),
+            };
+        }
+        let want = usize::try_from(self.left).map_or(buf.len(), |left| left.min(buf.len()));
+        let n = self.file.read(buf.get_mut(..want).unwrap_or_default())?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was encrypted",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The sealer's output, one frame per write (the header, then each sealed chunk), in buffers
+/// that come back to `pool` once sent: a few chunks' worth of memory is reused for the whole
+/// object instead of a fresh allocation per chunk.
+struct FrameSink<'a> {
+    frames: &'a tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl std::io::Write for FrameSink<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buf = self
+            .pool
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        let frame = Bytes::from_owner(Pooled {
+            buf,
+            pool: self.pool.clone(),
+        });
+        self.frames
+            .blocking_send(Ok(frame))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload ended"))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A frame's buffer, back to its pool when the frame has been sent.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.lock()
+            && pool.len() <= SEALED_AHEAD
+        {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// A connection's request sender and the task that drives it (dropping the handle leaves the
+/// task to end with the connection).
+async fn handshake<T, B>(
+    io: T,
+) -> std::io::Result<(
+    hyper::client::conn::http1::SendRequest<B>,
+    tokio::task::JoinHandle<()>,
+)>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = connection.await;
     });
-    Ok(sender)
+    Ok((sender, task))
 }
 
 /// An error answer as an [`S3Error::Refused`], with S3's code and message when the body has them.
@@ -255,7 +560,7 @@ async fn refusal(response: http::Response<hyper::body::Incoming>) -> S3Error {
         let open = format!("<{name}>");
         text.split_once(open.as_str())
             .and_then(|(_, rest)| rest.split_once(&format!("</{name}>")))
-            .map(|(value, _)| value.chars().take(500).collect::<String>())
+            .map(|(value, _)| xml_text(value).chars().take(500).collect::<String>())
             .unwrap_or_default()
     };
     S3Error::Refused {
@@ -263,6 +568,17 @@ async fn refusal(response: http::Response<hyper::body::Incoming>) -> S3Error {
         code: element("Code"),
         message: element("Message"),
     }
+}
+
+/// The text of an XML element's content: the five predefined entities replaced (S3's messages
+/// hold no other markup).
+fn xml_text(escaped: &str) -> String {
+    escaped
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 #[async_trait::async_trait]
@@ -407,6 +723,60 @@ impl hyper::body::Body for FileBody {
     }
 }
 
+/// A request body of exactly `remaining` bytes received from a producer, held back until
+/// `go_ahead` resolves (the endpoint's `100 Continue`, or the wait for it ran out).
+struct ChannelBody {
+    frames: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    remaining: u64,
+    go_ahead: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        if let Some(go_ahead) = this.go_ahead.as_mut() {
+            if go_ahead.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.go_ahead = None;
+        }
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        match this.frames.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(data))) => match this.remaining.checked_sub(data.len() as u64) {
+                Some(remaining) => {
+                    this.remaining = remaining;
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                None => Poll::Ready(Some(Err(std::io::Error::other(
+                    "the body is longer than its Content-Length",
+                )))),
+            },
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the body ended before its Content-Length",
+            )))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
 /// The path-style URI of an object, each byte outside RFC 3986's unreserved set percent-encoded
 /// (a key's `/` kept), as SigV4 wants S3's canonical URI: encoded once, never normalised.
 fn object_path(bucket: &str, key: &str) -> String {
@@ -533,6 +903,37 @@ mod tests {
              Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
         );
         assert_eq!(amz_date(time), "20130524T000000Z");
+    }
+
+    /// An output that changes while it is sealed fails before its last chunk: what was
+    /// announced as the body's length is what is sent, or nothing is.
+    #[test]
+    fn a_file_that_grew_or_shrank_is_not_read_as_its_length() {
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let read = |left: u64| {
+            let mut exact = ExactLen {
+                file: std::fs::File::open(&path).unwrap(),
+                left,
+            };
+            let mut got = Vec::new();
+            exact.read_to_end(&mut got).map(|_| got)
+        };
+        assert_eq!(read(10).unwrap(), b"0123456789");
+        let grew = read(8).unwrap_err().to_string();
+        assert!(grew.contains("grew"), "{grew}");
+        let shrank = read(12).unwrap_err().to_string();
+        assert!(shrank.contains("shrank"), "{shrank}");
+    }
+
+    #[test]
+    fn error_messages_are_unescaped_once() {
+        assert_eq!(
+            xml_text("The server&apos;s disk &lt;is&gt; &quot;full&quot; &amp;amp;"),
+            "The server's disk <is> \"full\" &amp;"
+        );
     }
 
     #[test]

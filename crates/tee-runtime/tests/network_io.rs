@@ -134,6 +134,66 @@ async fn exercise(io: &S3Io, store: &Store, dir: &Path) {
     assert!(!dir.join("s").exists() && !dir.join("o").exists());
 }
 
+/// A confidential job's outputs, encrypted while they are sent: stored whole, opening for
+/// their recipient at their own binding only; refused outside the scope with the endpoint's
+/// own answer (the body waits for its `100 Continue`); and a body cut short, by a failing
+/// producer or one that ends early, leaves nothing stored.
+async fn exercise_sealed(io: &S3Io, store: &Store, dir: &Path) {
+    use cloister_crypt::{Identity, ObjectBinding};
+    let owner = Identity::generate();
+    // Several chunks of the sealed format and a partial last one; and an empty output.
+    for (name, len) in [("big", (3 << 20) + 5), ("empty", 0)] {
+        let plain = dir.join(name);
+        let content: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&plain, &content).unwrap();
+        let key = format!("out/{name}.sealed");
+        let sent = io
+            .put_sealed(&plain, "svc", &key, &[owner.public()])
+            .await
+            .unwrap();
+        let stored = dir.join(format!("{name}.stored"));
+        store.get_to_file("svc", &key, &stored).await.unwrap();
+        let sealed = std::fs::read(&stored).unwrap();
+        assert_eq!(sealed.len() as u64, sent);
+        let mut opened = Vec::new();
+        cloister_crypt::decrypt(&sealed[..], &mut opened, &owner, &ObjectBinding::new("svc", &key)).unwrap();
+        assert_eq!(opened, content);
+        let moved = ObjectBinding::new("svc", "out/elsewhere");
+        assert!(cloister_crypt::decrypt(&sealed[..], &mut Vec::new(), &owner, &moved).is_err());
+    }
+
+    // Outside the scope: the endpoint's answer itself, never a connection closed under a body.
+    let error = io
+        .put_sealed(&dir.join("big"), "svc", "outside.bin", &[owner.public()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("403 AccessDenied"), "{error}");
+    assert!(store.head("svc", "outside.bin").await.unwrap().is_none());
+
+    // A producer that fails after a first frame, and one that ends short of the length.
+    for fails in [true, false] {
+        let (frames, body) = tokio::sync::mpsc::channel(4);
+        let producer = tokio::spawn(async move {
+            frames
+                .send(Ok(bytes::Bytes::from(vec![7u8; 1 << 20])))
+                .await
+                .unwrap();
+            if fails {
+                frames
+                    .send(Err(std::io::Error::other("the disk went away")))
+                    .await
+                    .unwrap();
+            }
+        });
+        let key = format!("out/cut-{fails}");
+        let result = io.put_stream("svc", &key, 2 << 20, body).await;
+        producer.await.unwrap();
+        assert!(result.is_err(), "{fails}");
+        assert!(store.head("svc", &key).await.unwrap().is_none(), "{fails}");
+    }
+}
+
 #[tokio::test]
 async fn over_a_unix_socket_the_job_reaches_its_input_and_outputs_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,6 +208,7 @@ async fn over_a_unix_socket_the_job_reaches_its_input_and_outputs_only() {
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     exercise(&io, &store, &work).await;
+    exercise_sealed(&io, &store, &work).await;
 
     // A wrong secret is not accepted.
     let mut forged = access(format!("unix://{}", socket.display()), &credential);
@@ -188,6 +249,7 @@ async fn over_tcp_the_same_client_works_as_in_a_pod() {
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     exercise(&io, &store, &work).await;
+    exercise_sealed(&io, &store, &work).await;
 }
 
 #[tokio::test]
