@@ -288,9 +288,11 @@ struct Stages {
     commit: Option<f64>,
     /// The jobs' (lazy) commit.
     jobs: Option<f64>,
-    /// `job started`: the work directory readied and the input staged.
+    /// `job started`: the job readied — its work directory, its input when the upload's bytes
+    /// came with it, and (for an upload's job, on the same thread) its held script's process.
     prepare: Option<f64>,
-    /// Readied → the script's process exists.
+    /// Readied → started: for an upload's job, mostly the wait for its upload's commit and
+    /// record (its gate), which releases the script.
     spawn: Option<f64>,
 }
 
@@ -343,7 +345,7 @@ fn record_stages(metrics: &mut Metrics, log: &str, rounds: usize) -> anyhow::Res
         ("stage_jobs_p50_ms", "  stage: job commit p50", |s| s.jobs),
         (
             "stage_prepare_p50_ms",
-            "  stage: work directory + input p50",
+            "  stage: job readied (dir, input, process) p50",
             |s| s.prepare,
         ),
         ("stage_spawn_p50_ms", "  stage: readied → started p50", |s| {

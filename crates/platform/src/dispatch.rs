@@ -470,12 +470,12 @@ impl ObjectEvents for Dispatcher {
         })
     }
 
-    fn object_committing(&self, event: &ObjectCreated) {
+    fn object_committing(&self, event: &ObjectCreated, content: Option<&[u8]>) {
         let jobs = self.jobs_for(event);
         if jobs.is_empty() {
             return;
         }
-        let (opener, gate) = new_gate();
+        let (opener, gate) = new_gate(content.map(Arc::from));
         for job in &jobs {
             let _ = self.queue.send(Queued {
                 record: job.record.clone(),

@@ -351,7 +351,7 @@ async fn pass_gate(
     cancel: &mut BoxFuture<'static, ()>,
 ) -> Result<(), JobOutcome> {
     let opened = tokio::select! {
-        opened = gate => opened,
+        opened = gate.decision => opened,
         () = cancel => return Err(refused("cancelled before it started")),
     };
     if opened {

@@ -361,6 +361,12 @@ impl State {
         })
     }
 
+    /// Unit tests: how many write transactions were begun so far.
+    #[cfg(test)]
+    pub(crate) fn writes_begun(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
+    }
+
     fn commit(&self, write: Write) -> Result<WriteMark, StateError> {
         let Write {
             txn,

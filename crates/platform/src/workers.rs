@@ -70,6 +70,9 @@ pub(crate) fn requeue_unfinished(platform: &Platform) -> Result<(), StateError> 
     Ok(())
 }
 
+/// How long a job runs before it is recorded Running.
+const RUNNING_AFTER: Duration = Duration::from_millis(20);
+
 /// Takes jobs off the queue and runs them until shutdown.
 pub(crate) async fn run(
     platform: Arc<Platform>,
@@ -331,28 +334,46 @@ async fn execute(platform: &Arc<Platform>, queued: Queued) -> Result<(), StateEr
         spec.storage = issue_storage_access(platform, &spec).await;
     }
     let credential = spec.storage.as_ref().map(|access| access.access_key_id.clone());
-    // When the script's process existed, kept here rather than read back from the state: a
-    // job is queued before its record's commit ends (`State::create_event_jobs`), and only a
-    // write transaction is sure to wait for that commit.
+    // When the script was released, kept here rather than read back from the state: a job is
+    // queued before its record's commit ends (`State::create_event_jobs`), and only a write
+    // transaction is sure to wait for that commit. A gate that releases the script sets it.
     let started = Arc::new(std::sync::OnceLock::new());
+    let (started_tx, started_rx) = oneshot::channel();
     let on_start = {
-        let state = state.clone();
         let started = started.clone();
         let (service, job) = (record.service.clone(), record.name.clone());
         Box::new(move || {
             let at = *started.get_or_init(OffsetDateTime::now_utc);
             tracing::info!(%service, %job, "job started");
-            if let Err(e) = state.mark_running(&service, &job, at) {
-                tracing::warn!(error = %e, "cannot mark a job running");
-            }
+            let _ = started_tx.send(at);
         })
     };
-    let mut outcome = match &gate {
-        Some(gate) => {
-            let gate = gate.clone().for_runtime(record.name.clone());
-            platform.executor.run_gated(spec, gate, cancel, on_start).await
+    let run = async {
+        match &gate {
+            Some(gate) => {
+                let gate = gate.clone().for_runtime(record.name.clone(), started.clone());
+                platform.executor.run_gated(spec, gate, cancel, on_start).await
+            }
+            None => platform.executor.run(spec, cancel, on_start).await,
         }
-        None => platform.executor.run(spec, cancel, on_start).await,
+    };
+    // A job still running a moment after its start is recorded Running; one that ends before
+    // is not: its final state, start time included, is its next write. Most jobs of a busy
+    // service are short, and that commit was a sixth of the work of an upload's job.
+    let mark_running = async {
+        if let Ok(at) = started_rx.await {
+            tokio::time::sleep(RUNNING_AFTER).await;
+            if let Err(e) = state.mark_running(&record.service, &record.name, at) {
+                tracing::warn!(error = %e, "cannot mark a job running");
+            }
+        }
+    };
+    let mut outcome = {
+        tokio::pin!(run);
+        tokio::select! {
+            outcome = &mut run => outcome,
+            () = mark_running => run.await,
+        }
     };
     platform.workers.release(&record.service, &record.name);
     if let Some(gate) = gate {
@@ -498,11 +519,24 @@ mod tests {
         executor: Arc<dyn Executor>,
         s3_endpoint: &str,
     ) -> (Arc<Platform>, mpsc::UnboundedReceiver<Queued>) {
+        test_platform_with(dir, service, |_| executor, |dispatcher| dispatcher, s3_endpoint)
+    }
+
+    /// As [`test_platform`], with the executor made for the platform's store and the store's
+    /// event sink made around its dispatcher.
+    fn test_platform_with(
+        dir: &std::path::Path,
+        service: &Service,
+        executor: impl FnOnce(&cloister_storage::Store) -> Arc<dyn Executor>,
+        sink: impl FnOnce(Arc<Dispatcher>) -> Arc<dyn cloister_storage::ObjectEvents>,
+        s3_endpoint: &str,
+    ) -> (Arc<Platform>, mpsc::UnboundedReceiver<Queued>) {
         let state = Arc::new(State::open(&dir.join("state.redb")).unwrap());
         assert!(state.put_service(service, true).unwrap());
         let (tx, rx) = mpsc::unbounded_channel();
         let dispatcher = Arc::new(Dispatcher::new(state.clone(), tx).unwrap());
-        let store = cloister_storage::Store::open(&dir.join("objects"), dispatcher.clone()).unwrap();
+        let store = cloister_storage::Store::open(&dir.join("objects"), sink(dispatcher.clone())).unwrap();
+        let executor = executor(&store);
         let config = crate::Config {
             data_dir: dir.to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -599,6 +633,300 @@ mod tests {
                 "sealed log (66537 bytes) is longer than the 66536 bytes kept per job and was dropped"
             ),
             "{log}"
+        );
+    }
+
+    /// The store's sink, holding each upload's commit until the upload's job has staged its
+    /// input (its release is handed to the gate right after), and noting when each upload's
+    /// jobs were recorded.
+    struct HeldCommit {
+        dispatcher: Arc<Dispatcher>,
+        work_root: std::path::PathBuf,
+        recorded: Mutex<HashMap<String, OffsetDateTime>>,
+    }
+
+    impl cloister_storage::ObjectEvents for HeldCommit {
+        fn subscribers(&self, bucket: &str, key: &str) -> Vec<String> {
+            self.dispatcher.subscribers(bucket, key)
+        }
+        fn object_created(
+            &self,
+            event: &cloister_storage::ObjectCreated,
+        ) -> Result<(), cloister_storage::EventError> {
+            let created = self.dispatcher.object_created(event);
+            self.recorded
+                .lock()
+                .unwrap()
+                .insert(event.key.clone(), OffsetDateTime::now_utc());
+            created
+        }
+        fn object_committing(&self, event: &cloister_storage::ObjectCreated, content: Option<&[u8]>) {
+            self.dispatcher.object_committing(event, content);
+            let name = event.key.rsplit('/').next().unwrap().to_owned();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                let staged = std::fs::read_dir(&self.work_root)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|slot| slot.path().join("input").join(&name).exists());
+                if staged {
+                    std::thread::sleep(Duration::from_millis(100));
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        fn object_abandoned(&self, event: &cloister_storage::ObjectCreated) {
+            self.dispatcher.object_abandoned(event);
+        }
+    }
+
+    /// Stands in for an executor whose job runs for a while after its start.
+    struct RunsFor(Duration);
+
+    #[async_trait::async_trait]
+    impl Executor for RunsFor {
+        fn name(&self) -> &'static str {
+            "runs-for"
+        }
+
+        async fn run(
+            &self,
+            _spec: JobSpec,
+            _cancel: futures::future::BoxFuture<'static, ()>,
+            on_start: Box<dyn FnOnce() + Send>,
+        ) -> JobOutcome {
+            on_start();
+            tokio::time::sleep(self.0).await;
+            JobOutcome {
+                status: Status::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+                log: Vec::new(),
+                stdout: Vec::new(),
+                files: Vec::new(),
+                uploaded: Vec::new(),
+                sealed_log: None,
+            }
+        }
+
+        async fn run_sync(&self, _spec: JobSpec, _max_output: u64) -> JobOutcome {
+            unreachable!("not used")
+        }
+    }
+
+    /// A job that ends right after its start costs one write, its final state (with its start
+    /// time); one still running a while after its start is recorded Running meanwhile.
+    #[tokio::test]
+    async fn only_jobs_still_running_after_a_while_are_recorded_running() {
+        for runs_for in [Duration::ZERO, RUNNING_AFTER * 10] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut service = Service::from_json(br#"{"name":"svc","script":"true"}"#).unwrap();
+            service.token = "t".repeat(64);
+            let (platform, mut rx) = test_platform(
+                dir.path(),
+                &service,
+                Arc::new(RunsFor(runs_for)),
+                "http://127.0.0.1:1",
+            );
+            let job = NewJob {
+                record: crate::dispatch::new_job(&service, JobSource::Payload, "{}".into()),
+                payload: Some(b"{}".to_vec()),
+            };
+            platform
+                .dispatcher
+                .submit_bounded(job, platform.queue_bounds())
+                .unwrap();
+            let queued = rx.recv().await.unwrap();
+            let name = queued.record.name.clone();
+            let writes = platform.state.writes_begun();
+            let running = async {
+                let deadline = std::time::Instant::now() + runs_for;
+                let mut seen = None;
+                while std::time::Instant::now() < deadline {
+                    let record = platform.state.job("svc", &name).unwrap().unwrap();
+                    if record.status == JobStatus::Running {
+                        seen = record.start_time;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                seen
+            };
+            let (executed, running) = tokio::join!(execute(&platform, queued), running);
+            executed.unwrap();
+            let record = platform.state.job("svc", &name).unwrap().unwrap();
+            assert_eq!(record.status, JobStatus::Succeeded);
+            let started = record.start_time.expect("no start time recorded");
+            if runs_for.is_zero() {
+                assert_eq!(
+                    platform.state.writes_begun() - writes,
+                    1,
+                    "a job that ended at once was recorded more than once"
+                );
+            } else {
+                assert_eq!(
+                    running,
+                    Some(started),
+                    "a long job was not recorded Running with its start"
+                );
+            }
+        }
+    }
+
+    /// The host executor, hearing its gates' decisions late: a job that waits for the decision
+    /// to release its script starts well after its record.
+    struct HearsLate(crate::executor::LocalExecutor);
+
+    #[async_trait::async_trait]
+    impl Executor for HearsLate {
+        fn name(&self) -> &'static str {
+            "hears-late"
+        }
+
+        async fn run(
+            &self,
+            spec: JobSpec,
+            cancel: futures::future::BoxFuture<'static, ()>,
+            on_start: Box<dyn FnOnce() + Send>,
+        ) -> JobOutcome {
+            self.0.run(spec, cancel, on_start).await
+        }
+
+        async fn run_gated(
+            &self,
+            spec: JobSpec,
+            mut gate: cloister_runtime::Gate,
+            cancel: futures::future::BoxFuture<'static, ()>,
+            on_start: Box<dyn FnOnce() + Send>,
+        ) -> JobOutcome {
+            let decision = gate.decision;
+            gate.decision = Box::pin(async move {
+                let decided = decision.await;
+                tokio::time::sleep(HEARD_AFTER).await;
+                decided
+            });
+            self.0.run_gated(spec, gate, cancel, on_start).await
+        }
+
+        async fn run_sync(&self, spec: JobSpec, max_output: u64) -> JobOutcome {
+            self.0.run_sync(spec, max_output).await
+        }
+    }
+
+    const HEARD_AFTER: Duration = Duration::from_millis(500);
+
+    /// An upload's job is readied during the upload's commit with the upload's bytes as its
+    /// input (the object is not visible yet) and its script held; the thread that records the
+    /// job releases the script and records its start (not the job's task, which hears of the
+    /// decision later), and a job whose record fails is never released: its script never runs.
+    #[tokio::test]
+    async fn an_uploads_job_is_released_by_its_record_with_the_bytes_it_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ran, ran_at) = (dir.path().join("ran"), dir.path().join("ran_at"));
+        let mut service = Service::from_json(
+            format!(
+                r#"{{"name":"svc","script":"cat \"$INPUT_FILE_PATH\" >> {}; date +%s%N > {}","input":[{{"path":"svc/in"}}]}}"#,
+                ran.display(),
+                ran_at.display()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        service.validate().unwrap();
+        service.normalize();
+        service.token = "t".repeat(64);
+        let work_root = dir.path().join("work");
+        let sink = std::sync::OnceLock::new();
+        let (platform, rx) = test_platform_with(
+            dir.path(),
+            &service,
+            |store| {
+                Arc::new(HearsLate(crate::executor::LocalExecutor::new(
+                    store.clone(),
+                    &work_root,
+                )))
+            },
+            |dispatcher| {
+                let held = Arc::new(HeldCommit {
+                    dispatcher,
+                    work_root: work_root.clone(),
+                    recorded: Mutex::default(),
+                });
+                let _ = sink.set(held.clone());
+                held
+            },
+            "http://127.0.0.1:1",
+        );
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(run(platform.clone(), rx, stopped));
+        platform.store.create_bucket("svc", false).await.unwrap();
+        let finished = |key: &'static str| {
+            let state = platform.state.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let jobs = state.jobs("svc", None, 10).unwrap().jobs;
+                    let job = jobs
+                        .into_iter()
+                        .find(|j| matches!(&j.source, JobSource::Object { key: k, .. } if k == key));
+                    if let Some(job) = job.filter(|j| j.status.is_final()) {
+                        return job;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the job of {key} did not finish"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+
+        platform
+            .store
+            .put_bytes("svc", "in/first", "the first upload\n".into())
+            .await
+            .unwrap();
+        let job = finished("in/first").await;
+        assert_eq!(job.status, JobStatus::Succeeded);
+        assert_eq!(std::fs::read_to_string(&ran).unwrap(), "the first upload\n");
+        let recorded = sink.get().unwrap().recorded.lock().unwrap()["in/first"];
+        let started = job.start_time.unwrap();
+        assert!(
+            started <= recorded,
+            "the script was not released by the thread that recorded its job ({started} > {recorded})"
+        );
+        let ran_at: i128 = std::fs::read_to_string(&ran_at).unwrap().trim().parse().unwrap();
+        let ran_at = OffsetDateTime::from_unix_timestamp_nanos(ran_at).unwrap();
+        assert!(
+            ran_at >= started && ran_at - started < HEARD_AFTER / 2,
+            "the script did not run at its release ({started}) but at {ran_at}"
+        );
+
+        platform
+            .state
+            .fail_writes
+            .store(1, std::sync::atomic::Ordering::Release);
+        platform
+            .store
+            .put_bytes("svc", "in/second", "the second upload\n".into())
+            .await
+            .unwrap();
+        tokio::time::sleep(HEARD_AFTER * 2).await;
+        assert_eq!(
+            std::fs::read_to_string(&ran).unwrap(),
+            "the first upload\n",
+            "the script of a job whose record failed ran"
+        );
+        assert!(
+            platform
+                .state
+                .jobs("svc", None, 10)
+                .unwrap()
+                .jobs
+                .iter()
+                .all(|j| matches!(&j.source, JobSource::Object { key, .. } if key == "in/first")),
+            "a record was left"
         );
     }
 

@@ -169,8 +169,8 @@ impl ObjectEvents for DiskFillsDuringCommit {
     fn object_created(&self, event: &ObjectCreated) -> Result<(), EventError> {
         self.dispatcher.object_created(event)
     }
-    fn object_committing(&self, event: &ObjectCreated) {
-        self.dispatcher.object_committing(event);
+    fn object_committing(&self, event: &ObjectCreated, content: Option<&[u8]>) {
+        self.dispatcher.object_committing(event, content);
         if event.key.starts_with("in/doomed") {
             let mut filler = std::fs::File::create(self.disk.join("filler")).unwrap();
             let chunk = vec![1u8; 64 << 10];

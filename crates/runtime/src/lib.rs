@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub use sandbox::{
-    CgroupSupport, Limits, Program, ProgramOptions, RunFailure, ScriptRun, run_program, run_program_held,
+    CgroupSupport, HandOver, Hold, Limits, Program, ProgramOptions, RunFailure, ScriptRun, Setup,
+    run_program, run_program_held,
 };
 
 /// Runs a job's script somewhere other than a process of this host (a container), seeing the
@@ -410,9 +411,30 @@ pub struct RunOptions {
     pub base_env: Option<Vec<(String, String)>>,
 }
 
-/// Resolves `true` once a job may start, `false` when it must never run (see
-/// [`run_job_gated`]).
-pub type Gate = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+/// What a job made before the write it depends on waits at (see [`run_job_gated`]).
+pub struct Gate {
+    /// Resolves `true` once the job may start, `false` when it must never run.
+    pub decision: std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
+    /// The input object's bytes as the write commits them, when whoever decides holds them (a
+    /// small upload's): the input is then staged while the gate is shut, so that nothing is
+    /// left between the decision and the script's first line but the release.
+    pub input: Option<std::sync::Arc<[u8]>>,
+    /// Takes the held script's release once nothing else is left to do before it (the input
+    /// staged), so that whoever decides releases the script at once.
+    pub hand_over: Option<HandOver>,
+}
+
+impl Gate {
+    /// A gate that only decides: the input is staged, and the script released, once `decision`
+    /// resolves `true`.
+    pub fn new(decision: impl std::future::Future<Output = bool> + Send + 'static) -> Self {
+        Self {
+            decision: Box::pin(decision),
+            input: None,
+            hand_over: None,
+        }
+    }
+}
 
 /// Why a gated job never ran: its gate said no.
 pub const GATE_CLOSED: &str = "the job's upload was not committed; it never ran";
@@ -433,9 +455,9 @@ pub async fn run_job(
 
 /// As [`run_job`], for a job made before the write it depends on is known to have happened
 /// (its upload's commit is still running): the work directory is readied and a script's
-/// process started meanwhile, but its input is staged and its first line runs only once `gate`
-/// resolves `true`. When it resolves `false`, nothing of the job ran and the outcome (Failed,
-/// [`GATE_CLOSED`]) is to be discarded.
+/// process started meanwhile, but its first line runs only once `gate` decides `true`, and its
+/// input is staged only then unless the gate gave its bytes. When it decides `false`, nothing
+/// of the job ran and the outcome (Failed, [`GATE_CLOSED`]) is to be discarded.
 pub async fn run_job_gated(
     spec: &JobSpec,
     io: &dyn JobIo,
@@ -460,57 +482,106 @@ pub async fn run_job_gated(
     } else {
         options.work_root.join(&options.slot)
     };
-    // A gated job's object may not be visible yet: it is staged once the gate opens.
+    let (decision, gate_input, hand_over) = match gate {
+        Some(gate) => (Some(gate.decision), gate.input, gate.hand_over),
+        None => (None, None, None),
+    };
+    // A gated job's object may not be visible yet: it is staged from the bytes the gate gave, or
+    // once the gate opens.
     let local_input = match &spec.input {
-        JobInput::Object { bucket, key } if gate.is_none() => {
-            io.local_path(bucket, key).map(|path| (path, input_name(key)))
+        JobInput::Object { bucket, key } => match (&decision, gate_input) {
+            (None, _) => io.local_path(bucket, key).map(InputSource::File),
+            (Some(_), bytes) => bytes.map(InputSource::Bytes),
         }
+        .map(|source| (source, input_name(key))),
         _ => None,
     };
+    let staged_input = local_input
+        .as_ref()
+        .map(|(_, name)| work.join("input").join(name));
+    let input_is_a_file = matches!(local_input, Some((InputSource::File(_), _)));
+    let not_prepared = {
+        let missing = input_is_a_file.then(|| input_missing(&spec.input));
+        move |e: std::io::Error| match (e.kind(), &missing) {
+            (std::io::ErrorKind::NotFound, Some(missing)) => missing.clone(),
+            _ => format!("cannot prepare the job's work directory: {e}"),
+        }
+    };
     let began = std::time::Instant::now();
-    let prepared = {
-        let (work, script, event, local_input) = (
+    // When the files were in place: the end of the job's preparation, for its stages.
+    let readied = std::sync::Arc::new(std::sync::OnceLock::new());
+    let write_files = {
+        let (work, script, event, readied) = (
             work.clone(),
             spec.script.clone(),
             spec.event.clone(),
-            local_input.clone(),
+            readied.clone(),
         );
-        tokio::task::spawn_blocking(move || prepare_work_dir(&work, &script, &event, local_input.as_ref()))
-            .await
-    };
-    match prepared {
-        Ok(Ok(())) => {
-            let ready = std::time::Instant::now();
-            let prepared = Prepared {
-                staged_input: local_input.map(|(_, name)| work.join("input").join(name)),
-                dir: work.clone(),
-            };
-            // The stages of a job's start, for `cloister-bench jobs --stages`.
-            let on_start = || {
-                let input = match &spec.input {
-                    JobInput::Object { key, .. } => key.as_str(),
-                    _ => "",
-                };
-                tracing::debug!(
-                    target: "cloister::stages",
-                    job = %spec.job_name,
-                    input,
-                    prepare_us = micros(ready.duration_since(began)),
-                    spawn_us = micros(ready.elapsed()),
-                    "job started"
-                );
-                on_start();
-            };
-            run_in(spec, io, options, &prepared, gate, cancel, on_start, &mut outcome).await;
+        move || {
+            let written = write_job_files(&work, &script, &event, local_input.as_ref());
+            let _ = readied.set(std::time::Instant::now());
+            written
         }
-        Ok(Err(e)) => match e.kind() {
-            std::io::ErrorKind::NotFound if local_input.is_some() => {
-                outcome.fail(input_missing(&spec.input));
+    };
+    let run = async {
+        // A held script of this host is started by the thread that readies its work directory,
+        // and its files are written while its process starts: one hand-off to that thread
+        // instead of two, and the files' cost overlaps the process's own start.
+        let setup = if decision.is_some() && options.runner.is_none() {
+            let (dir, after_failed) = (work.clone(), not_prepared.clone());
+            Some(Setup {
+                before: Box::new(move || ready_work_dir(&dir).map_err(not_prepared)),
+                after: Box::new(move || write_files().map_err(after_failed)),
+            })
+        } else {
+            let dir = work.clone();
+            let prepared = tokio::task::spawn_blocking(move || {
+                ready_work_dir(&dir)?;
+                write_files()
+            })
+            .await;
+            match prepared {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => return outcome.fail(not_prepared(e)),
+                Err(e) => return outcome.fail(format!("cannot prepare the job's work directory: {e}")),
             }
-            _ => outcome.fail(format!("cannot prepare the job's work directory: {e}")),
-        },
-        Err(e) => outcome.fail(format!("cannot prepare the job's work directory: {e}")),
-    }
+        };
+        let prepared = Prepared {
+            staged_input,
+            dir: work.clone(),
+        };
+        // The stages of a job's start, for `cloister-bench jobs --stages`.
+        let on_start = || {
+            let input = match &spec.input {
+                JobInput::Object { key, .. } => key.as_str(),
+                _ => "",
+            };
+            let ready = readied.get().copied().unwrap_or(began);
+            tracing::debug!(
+                target: "cloister::stages",
+                job = %spec.job_name,
+                input,
+                prepare_us = micros(ready.duration_since(began)),
+                spawn_us = micros(ready.elapsed()),
+                "job started"
+            );
+            on_start();
+        };
+        let gate = decision.map(|decision| (decision, hand_over));
+        run_in(
+            spec,
+            io,
+            options,
+            &prepared,
+            gate,
+            setup,
+            cancel,
+            on_start,
+            &mut outcome,
+        )
+        .await;
+    };
+    run.await;
     let reset = tokio::task::spawn_blocking(move || reset_work_dir(&work)).await;
     if let Ok(Err(e)) = reset {
         tracing::warn!(job = %spec.job_name, error = %e, "cannot reset the job's work directory");
@@ -538,6 +609,14 @@ impl JobOutcome {
     }
 }
 
+/// Where an input staged while the work directory is readied comes from.
+enum InputSource {
+    /// A local file holding the object (the store's data file).
+    File(PathBuf),
+    /// The object's bytes.
+    Bytes(std::sync::Arc<[u8]>),
+}
+
 /// A job's work directory, ready for the script.
 struct Prepared {
     dir: PathBuf,
@@ -548,19 +627,15 @@ struct Prepared {
 /// The folders of a work directory, kept between the jobs of a slot.
 const WORK_FOLDERS: [&str; 3] = ["input", "output", "tmp"];
 
-/// Readies `work` (private to the job: the slot's directory, reused from its previous job when
-/// that left it clean) with its input, output and tmp folders, the script, the event file and
-/// the input, in one blocking call: this is on the path between an upload and its job's start,
-/// and on a busy journal every directory created costs.
-fn prepare_work_dir(
+/// Writes the script, the event file and the input into `work`, readied (private to the job:
+/// the slot's directory, reused from its previous job when that left it clean, see
+/// [`ready_work_dir`]).
+fn write_job_files(
     work: &Path,
     script: &str,
     event: &str,
-    input: Option<&(PathBuf, String)>,
+    input: Option<&(InputSource, String)>,
 ) -> std::io::Result<()> {
-    if !work_dir_is_clean(work) {
-        create_work_dir(work)?;
-    }
     // Files are created, never opened if present, so nothing left in the folder is written
     // through (a symbolic or hard link).
     let create = |path: PathBuf| {
@@ -571,8 +646,12 @@ fn prepare_work_dir(
     };
     std::io::Write::write_all(&mut create(work.join("script.sh"))?, script.as_bytes())?;
     std::io::Write::write_all(&mut create(work.join(EVENT_FILE_NAME))?, event.as_bytes())?;
-    if let Some((source, name)) = input {
-        copy_input(source, &work.join("input").join(name))?;
+    match input {
+        Some((InputSource::File(source), name)) => copy_input(source, &work.join("input").join(name))?,
+        Some((InputSource::Bytes(bytes), name)) => {
+            std::io::Write::write_all(&mut create(work.join("input").join(name))?, bytes)?;
+        }
+        None => {}
     }
     Ok(())
 }
@@ -736,7 +815,8 @@ async fn run_in(
     io: &dyn JobIo,
     options: &RunOptions,
     prepared: &Prepared,
-    gate: Option<Gate>,
+    gate: Option<(Decision, Option<HandOver>)>,
+    setup: Option<Setup>,
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
     outcome: &mut JobOutcome,
@@ -747,22 +827,32 @@ async fn run_in(
     let tmp_dir = work.join("tmp");
     let script_path = work.join("script.sh");
 
-    // Behind a gate, the input is staged when the gate opens (the script waits for it).
-    type Hold<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
-    let (input_path, hold): (_, Option<Hold<'_>>) = match (prepared.staged_input.clone(), gate) {
+    // Behind a gate, an input not staged yet is staged when the gate opens (the script waits for
+    // it); when nothing is left to do but the release, the release is handed to the gate.
+    type Until<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    let (input_path, hold): (_, Option<Hold<Until<'_>>>) = match (prepared.staged_input.clone(), gate) {
         (Some(path), gate) => {
-            let hold: Option<Hold<'_>> = match gate {
-                Some(gate) => Some(Box::pin(open_or_close(gate))),
-                None => None,
-            };
+            let hold = gate.map(|(decision, hand_over)| {
+                let until: Until<'_> = Box::pin(open_or_close(decision));
+                Hold {
+                    until,
+                    hand_over,
+                    setup,
+                }
+            });
             (Some(path), hold)
         }
-        (None, Some(gate)) => {
+        (None, Some((decision, _))) => {
             let staged_in = input_dir.clone();
-            let hold: Hold<'_> = Box::pin(async move {
-                open_or_close(gate).await?;
+            let until: Until<'_> = Box::pin(async move {
+                open_or_close(decision).await?;
                 stage_input(spec, io, &staged_in).await.map(|_| ())
             });
+            let hold = Hold {
+                until,
+                hand_over: None,
+                setup,
+            };
             (input_file(spec, &input_dir), Some(hold))
         }
         (None, None) => match stage_input(spec, io, &input_dir).await {
@@ -855,7 +945,7 @@ async fn run_in(
                 keep_stdout,
             };
             if let Some(hold) = hold
-                && let Err(reason) = hold.await
+                && let Err(reason) = hold.until.await
             {
                 outcome.fail(reason);
                 return;
@@ -945,8 +1035,11 @@ async fn run_in(
     outcome.status = Status::Succeeded;
 }
 
-async fn open_or_close(gate: Gate) -> Result<(), String> {
-    if gate.await {
+/// A gate's decision: `true` once the job may start.
+type Decision = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+async fn open_or_close(decision: Decision) -> Result<(), String> {
+    if decision.await {
         Ok(())
     } else {
         Err(GATE_CLOSED.to_owned())

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::LogLine;
@@ -431,31 +431,85 @@ pub async fn run_program(
 ) -> ScriptRun {
     run_program_held(
         options,
-        None::<std::future::Ready<Result<(), String>>>,
+        None::<Hold<std::future::Ready<Result<(), String>>>>,
         cancel,
         on_start,
     )
     .await
 }
 
+/// What a held script waits for before its first line (see [`run_program_held`]).
+pub struct Hold<F> {
+    /// Resolves `Ok` once the script may run, `Err(reason)` when it must not.
+    pub until: F,
+    /// Takes the script's release as soon as its process is ready (see [`HandOver`]); without
+    /// it, or when it gives the pipe back, the release is written here once `until` resolves.
+    pub hand_over: Option<HandOver>,
+    /// Work done by the thread that starts the script, around its start.
+    pub setup: Option<Setup>,
+}
+
+/// What the thread that starts a held script does around its start (see [`Hold::setup`]): the
+/// work directory and the files the script reads are readied there rather than in a hand-off
+/// of their own, those files while the new process starts (on another CPU), not before it.
+/// An `Err(reason)` fails the run unreleased ([`RunFailure::NotReleased`]).
+pub struct Setup {
+    /// Before the process starts: its working directory must exist.
+    pub before: Box<dyn FnOnce() -> Result<(), String> + Send>,
+    /// Once it exists, before its release may be handed over or written.
+    pub after: Box<dyn FnOnce() -> Result<(), String> + Send>,
+}
+
+/// A held script's release, once its process exists.
+enum Release {
+    /// Taken by the hand-over: whoever took it writes it.
+    HandedOver,
+    /// Written here when the hold ends (`None`: the process has no stdin to write to).
+    Kept(Option<std::os::fd::OwnedFd>),
+}
+
+/// Why a process was not started.
+enum NotStarted {
+    /// Its setup failed first.
+    Setup(String),
+    /// Starting it failed.
+    Start(std::io::Error),
+}
+
+/// Takes a held script's release: the write end of its standard input, on which one line lets
+/// its first line run (closed unwritten, the script exits unrun). `Ok` when it was taken: the
+/// taker writes the line when, and only when, the script may run, before the hold's `until`
+/// resolves `Ok` (it resolves `Err` otherwise). `Err` gives the pipe back, and the release is
+/// written by the runtime as without a hand-over. Handing the release to whoever decides lets
+/// that thread start the script the moment it decides, rather than waking the job's task to do
+/// it: on a busy machine that wake-up was a large part of a job's start.
+pub type HandOver = Box<dyn FnOnce(std::os::fd::OwnedFd) -> Result<(), std::os::fd::OwnedFd> + Send>;
+
+/// Writes a held script's release line (an empty pipe takes one byte without blocking) and
+/// closes the pipe.
+fn release_script(pipe: std::os::fd::OwnedFd) -> Result<(), String> {
+    std::io::Write::write_all(&mut std::fs::File::from(pipe), b"\n")
+        .map_err(|e| format!("cannot release the script: {e}"))
+}
+
 /// As [`run_program`]; with `hold`, a [`Program::Script`] is started (its shell forked and
-/// exec'd, its cgroup joined, its limits applied) but waits before its first line until `hold`
-/// resolves: `Ok` lets it run (and `on_start` is called then), `Err(reason)` kills it unrun
-/// ([`RunFailure::NotReleased`]). Starting the process is most of a short job's start; this lets
-/// it overlap whatever the job must wait for. The timeout counts from the release. Other
-/// programs wait for `hold` before they are started.
+/// exec'd, its cgroup joined, its limits applied) but waits before its first line until
+/// `hold.until` resolves: `Ok` lets it run (and `on_start` is called then), `Err(reason)` kills
+/// it unrun ([`RunFailure::NotReleased`]). Starting the process is most of a short job's start;
+/// this lets it overlap whatever the job must wait for. The timeout counts from the release.
+/// Other programs wait for `hold.until` before they are started.
 pub async fn run_program_held(
     options: ProgramOptions<'_>,
-    hold: Option<impl std::future::Future<Output = Result<(), String>> + Send>,
+    hold: Option<Hold<impl std::future::Future<Output = Result<(), String>> + Send>>,
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
 ) -> ScriptRun {
     let held_script = hold.is_some() && matches!(options.program, Program::Script(_));
     tokio::pin!(cancel);
-    let mut hold = hold.map(Box::pin);
-    if !held_script && let Some(hold) = hold.take() {
+    let mut hold = hold.map(|hold| (Box::pin(hold.until), hold.hand_over, hold.setup));
+    if !held_script && let Some((until, ..)) = hold.take() {
         let released = tokio::select! {
-            released = hold => released,
+            released = until => released,
             () = &mut cancel => Err(RunFailure::Cancelled.to_string()),
         };
         if let Err(reason) = released {
@@ -541,16 +595,44 @@ pub async fn run_program_held(
     // Started from a blocking-pool thread: the vfork parent must run again as soon as the child
     // has exec'd, and a busy async worker thread was often not scheduled until the script had
     // finished, because the new process ran on its CPU first (seen with `perf sched`).
-    let mut child = match tokio::task::spawn_blocking(move || {
+    // The release is handed over by the thread that started the script, as soon as nothing is
+    // left before it: coming back to this task first would cost a wake-up.
+    let (setup, hand_over) = match hold.as_mut() {
+        Some((_, hand_over, setup)) => (setup.take(), hand_over.take()),
+        None => (None, None),
+    };
+    let spawned = tokio::task::spawn_blocking(move || {
         prefer_low_latency();
-        command.spawn()
+        let (before, after) = match setup {
+            Some(Setup { before, after }) => (Some(before), Some(after)),
+            None => (None, None),
+        };
+        if let Some(before) = before {
+            before().map_err(NotStarted::Setup)?;
+        }
+        let mut child = command.spawn().map_err(NotStarted::Start)?;
+        let ready = after.map_or(Ok(()), |after| after());
+        let mut release = Release::Kept(child.stdin.take().and_then(|stdin| stdin.into_owned_fd().ok()));
+        // Not ready: the release is neither handed over nor written.
+        if let (Ok(()), Some(hand_over), Release::Kept(pipe)) = (&ready, hand_over, &mut release)
+            && let Some(pipe) = pipe.take()
+        {
+            release = match hand_over(pipe) {
+                Ok(()) => Release::HandedOver,
+                Err(pipe) => Release::Kept(Some(pipe)),
+            };
+        }
+        Ok((child, ready, release))
     })
     .await
-    .map_err(std::io::Error::other)
-    .and_then(|spawned| spawned)
-    {
-        Ok(c) => c,
-        Err(source) => {
+    .unwrap_or_else(|e| Err(NotStarted::Start(std::io::Error::other(e))));
+    let (mut child, ready, release) = match spawned {
+        Ok(spawned) => spawned,
+        Err(NotStarted::Setup(reason)) => {
+            run.failure = Some(RunFailure::NotReleased(reason));
+            return run;
+        }
+        Err(NotStarted::Start(source)) => {
             run.failure = Some(RunFailure::Start {
                 program: started,
                 source,
@@ -559,21 +641,21 @@ pub async fn run_program_held(
         }
     };
     let pgid = child.id().and_then(|id| i32::try_from(id).ok());
-    if let Some(hold) = hold.take() {
-        let mut go = child.stdin.take();
-        let released = tokio::select! {
-            released = hold => released,
-            () = &mut cancel => Err(RunFailure::Cancelled.to_string()),
+    if let Some((until, ..)) = hold.take() {
+        let released = match ready {
+            Ok(()) => tokio::select! {
+                released = until => released,
+                () = &mut cancel => Err(RunFailure::Cancelled.to_string()),
+            },
+            Err(reason) => Err(reason),
         };
-        let released = match (released, go.as_mut()) {
-            (Ok(()), Some(go)) => go
-                .write_all(b"\n")
-                .await
-                .map_err(|e| format!("cannot release the script: {e}")),
-            (Ok(()), None) => Err("cannot release the script: no stdin".to_owned()),
+        let released = match (released, release) {
+            (Ok(()), Release::HandedOver) => Ok(()),
+            (Ok(()), Release::Kept(Some(pipe))) => release_script(pipe),
+            (Ok(()), Release::Kept(None)) => Err("cannot release the script: no stdin".to_owned()),
+            // Closing the pipe unwritten ends the script unrun.
             (Err(reason), _) => Err(reason),
         };
-        drop(go);
         if let Err(reason) = released {
             if let Some(pgid) = pgid {
                 // SAFETY: kill(2) with a negative pid signals a process group; no memory is

@@ -1048,7 +1048,7 @@ async fn gated_scripts_run_only_once_their_gate_opens() {
         let object = io.0.root.join("in/file.txt");
         let _ = std::fs::remove_file(&object);
         let (open, gate) = tokio::sync::oneshot::channel::<bool>();
-        let gate: Gate = Box::pin(async move { gate.await.unwrap_or(false) });
+        let gate = Gate::new(async move { gate.await.unwrap_or(false) });
         let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let on_start = {
             let started = started.clone();
@@ -1098,6 +1098,136 @@ async fn gated_scripts_run_only_once_their_gate_opens() {
             assert!(!marker.exists(), "a job whose gate closed ran");
             assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
         }
+    }
+}
+
+/// How a gate that holds the upload's bytes and takes the release behaves.
+#[derive(Clone, Copy, Debug)]
+enum Decider {
+    /// Takes the release, writes it, then decides `true`.
+    Releases,
+    /// Takes the release, closes it unwritten, then decides `false`.
+    Closes,
+    /// Gives the release back (decided meanwhile), then decides `true`: the runtime writes it.
+    GivesBack,
+}
+
+/// A gated job stages the input the gate gave while the gate is shut, so the object need not
+/// be visible; it hands the held script's release to the gate once nothing else is left to do,
+/// and the script runs only once that release is written. A release closed unwritten ends the
+/// script unrun; a release given back is written by the runtime once the gate opens.
+#[tokio::test]
+async fn gated_scripts_are_released_by_their_gate_with_the_input_it_gave() {
+    let dir = tempfile::tempdir().unwrap();
+    // No object anywhere: the input can only come from the gate.
+    let io = DirIo {
+        root: dir.path().join("s3"),
+        uploads: Mutex::new(Vec::new()),
+    };
+    let marker = dir.path().join("ran");
+    let mut spec = spec(&format!(
+        "cat \"$INPUT_FILE_PATH\"; read -r line || echo 'stdin is empty'; date +%s%N > {}",
+        marker.display()
+    ));
+    spec.input = JobInput::Object {
+        bucket: "in".into(),
+        key: "photo.txt".into(),
+    };
+    let options = options(dir.path(), CgroupSupport::None);
+    let staged = options.work_root.join(&options.slot).join("input/photo.txt");
+
+    for decider in [Decider::Releases, Decider::Closes, Decider::GivesBack] {
+        let _ = std::fs::remove_file(&marker);
+        let (decide, decision) = tokio::sync::oneshot::channel::<bool>();
+        let (handed, pipes) = std::sync::mpsc::channel();
+        let gate = Gate {
+            decision: Box::pin(async move { decision.await.unwrap_or(false) }),
+            input: Some(std::sync::Arc::from(&b"the upload's bytes"[..])),
+            hand_over: Some(Box::new(move |pipe| match decider {
+                Decider::GivesBack => {
+                    handed.send(None).unwrap();
+                    Err(pipe)
+                }
+                _ => {
+                    handed.send(Some(pipe)).unwrap();
+                    Ok(())
+                }
+            })),
+        };
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let on_start = {
+            let started = started.clone();
+            move || started.store(true, std::sync::atomic::Ordering::SeqCst)
+        };
+        let job = run_job_gated(&spec, &io, &options, Some(gate), std::future::pending(), on_start);
+        let decide = async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let pipe = loop {
+                if let Ok(pipe) = pipes.try_recv() {
+                    break pipe;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the release was never handed over"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            assert_eq!(
+                std::fs::read(&staged).unwrap(),
+                b"the upload's bytes",
+                "the input was not staged before the release was handed over"
+            );
+            // Time for a script that was not held to run.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!marker.exists(), "the script ran before its release");
+            assert!(
+                !started.load(std::sync::atomic::Ordering::SeqCst),
+                "on_start before the gate"
+            );
+            let released = std::time::SystemTime::now();
+            match (decider, pipe) {
+                (Decider::Releases, Some(pipe)) => {
+                    std::io::Write::write_all(&mut std::fs::File::from(pipe), b"\n").unwrap();
+                    decide.send(true).unwrap();
+                }
+                (Decider::Closes, Some(pipe)) => {
+                    drop(pipe);
+                    // The script ends unrun before anyone decides.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    decide.send(false).unwrap();
+                }
+                (Decider::GivesBack, None) => decide.send(true).unwrap(),
+                (decider, pipe) => panic!("{decider:?} with {pipe:?}"),
+            }
+            released
+        };
+        let (outcome, released) = tokio::join!(job, decide);
+        if matches!(decider, Decider::Closes) {
+            assert_eq!(outcome.status, Status::Failed);
+            assert_eq!(outcome.reason.as_deref(), Some(GATE_CLOSED));
+            assert!(!marker.exists(), "a script whose release was closed ran");
+            assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
+            continue;
+        }
+        assert_eq!(
+            outcome.status,
+            Status::Succeeded,
+            "{decider:?}: {}",
+            log_text(&outcome)
+        );
+        assert!(started.load(std::sync::atomic::Ordering::SeqCst));
+        let text = log_text(&outcome);
+        assert!(text.contains("the upload's bytes"), "{text}");
+        assert!(
+            text.contains("stdin is empty"),
+            "the script saw the release: {text}"
+        );
+        let ran_at: u128 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        let released = released.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        assert!(
+            ran_at >= released,
+            "{decider:?}: the script ran before its release"
+        );
     }
 }
 

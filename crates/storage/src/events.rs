@@ -57,7 +57,9 @@ pub trait ObjectEvents: Send + Sync + 'static {
     /// for the same event. A sink may ready the event's consequences here, so that they
     /// overlap the commit's flush to disk, but nothing of them may take effect (a job's first
     /// line, an answer to anyone) before `object_created`: the write may still fail.
-    fn object_committing(&self, _event: &ObjectCreated) {}
+    /// `content` is the object's bytes when the store holds them in memory (an object small
+    /// enough to live in the index): the object itself is not visible before the commit.
+    fn object_committing(&self, _event: &ObjectCreated, _content: Option<&[u8]>) {}
 
     /// The commit that held an event announced by [`Self::object_committing`] failed: the
     /// write did not happen, and the event will never be delivered.
@@ -93,8 +95,11 @@ pub(crate) fn deliver(events: &dyn ObjectEvents, event: ObjectCreated) -> Raised
 
 /// Tells `events` a write's commit is about to run (a panicking sink is logged, not fatal to
 /// the commit thread).
-pub(crate) fn announce(events: &dyn ObjectEvents, event: &ObjectCreated) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| events.object_committing(event))).is_err() {
+pub(crate) fn announce(events: &dyn ObjectEvents, event: &ObjectCreated, content: Option<&[u8]>) {
+    let announced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        events.object_committing(event, content)
+    }));
+    if announced.is_err() {
         tracing::error!(event = event.id, "the event sink panicked before a commit");
     }
 }

@@ -394,10 +394,12 @@ impl Index {
     /// so it can ready the event's jobs while the commit is flushed, and gets it once the
     /// commit is durable, before the writer is answered (or hears that it was abandoned).
     /// Delivering it there rather than from the writer's task also saves the two thread
-    /// hand-offs that stood between an upload's commit and its jobs.
+    /// hand-offs that stood between an upload's commit and its jobs. `content` is the object's
+    /// bytes when they are in memory, for the sink (see `ObjectEvents::object_committing`).
     pub(crate) async fn write_raising<R: Send + 'static>(
         &self,
         events: Arc<dyn crate::events::ObjectEvents>,
+        content: Option<bytes::Bytes>,
         op: impl FnOnce(&WriteTransaction) -> Result<(R, Option<ObjectCreated>), crate::store::StoreError>
         + Send
         + 'static,
@@ -406,7 +408,7 @@ impl Index {
         let op = move |txn: &WriteTransaction| {
             let (out, event) = op(txn)?;
             if let Some(event) = &event {
-                crate::events::announce(&*announce, event);
+                crate::events::announce(&*announce, event, content.as_deref());
             }
             Ok((out, event))
         };

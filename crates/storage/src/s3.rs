@@ -449,10 +449,14 @@ impl EmbeddedS3 {
         let committed = record.clone();
         let inline = received.inline.clone();
         let blob = received.blob;
+        let content = match blob {
+            Blob::Inline(_) => inline.clone(),
+            Blob::File(_) => None,
+        };
         let result = self
             .0
             .index
-            .write_raising(self.0.events.clone(), move |txn| {
+            .write_raising(self.0.events.clone(), content, move |txn| {
                 require_bucket(txn, &b)?;
                 let existing = current(txn, &b, &k)?;
                 conditions::check_write(existing.as_ref(), if_match.as_ref(), if_none_match.as_ref(), &k)?;
@@ -1768,7 +1772,7 @@ impl S3 for EmbeddedS3 {
                 move |event, ()| async move {
                     this.0
                         .index
-                        .write_raising(this.0.events.clone(), move |txn| {
+                        .write_raising(this.0.events.clone(), None, move |txn| {
                             crate::multipart::complete(
                                 txn,
                                 &b,
