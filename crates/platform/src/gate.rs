@@ -29,10 +29,11 @@ enum Verdict {
     Closed,
 }
 
-/// What the jobs behind an undecided gate hand it, and what they may take from it.
+/// What the jobs behind a gate hand it, and what they may take from it.
 #[derive(Default)]
 struct Undecided {
-    decided: bool,
+    /// The verdict, once decided.
+    decided: Option<Verdict>,
     /// The upload's bytes, when the store held them: jobs readied before the decision stage
     /// their input from them. Dropped at the decision, so memory holds only the bytes of
     /// uploads being committed.
@@ -48,6 +49,22 @@ struct Release {
     pipe: OwnedFd,
     /// Where the job's start is recorded: the moment of the release.
     started: Arc<OnceLock<OffsetDateTime>>,
+}
+
+impl Release {
+    /// Lets the script run if `verdict` recorded its job (its start is recorded as now); else
+    /// closes the release unwritten, and the script ends unrun.
+    fn decide(self, verdict: &Verdict) {
+        let Verdict::Committed(records) = verdict else {
+            return;
+        };
+        if records.iter().any(|r| r.name == self.job) {
+            self.started.get_or_init(OffsetDateTime::now_utc);
+            // A script that cannot be released has ended already (its shell failed before the
+            // line, and its job reports why); the pipe closes either way.
+            let _ = std::io::Write::write_all(&mut std::fs::File::from(self.pipe), b"\n");
+        }
+    }
 }
 
 /// Decides a gate: held by the dispatcher until the commit's outcome is known. Dropped
@@ -95,39 +112,40 @@ impl GateOpener {
     /// The jobs are recorded, as `records`: the scripts handed over are released (their start
     /// recorded as now), then the gates open.
     pub(crate) fn open(self, records: Vec<JobRecord>) {
-        for release in self.decide() {
-            if records.iter().any(|r| r.name == release.job) {
-                release.started.get_or_init(OffsetDateTime::now_utc);
-                // A script that cannot be released has ended already (its shell failed before
-                // the line, and its job reports why); the pipe closes either way.
-                let _ = std::io::Write::write_all(&mut std::fs::File::from(release.pipe), b"\n");
-            }
-        }
-        let _ = self.verdict.send(Some(Verdict::Committed(Arc::new(records))));
+        self.decide(Verdict::Committed(Arc::new(records)));
     }
 
-    /// The jobs must never run.
+    /// The jobs must never run: the releases handed over close unwritten.
     pub(crate) fn close(self) {
-        // The releases' pipes close unwritten: their scripts end unrun.
-        drop(self.decide());
-        let _ = self.verdict.send(Some(Verdict::Closed));
+        self.decide(Verdict::Closed);
     }
 
-    /// Marks the gate decided: no more input is given or release taken; the releases taken.
-    fn decide(&self) -> Vec<Release> {
-        let Ok(mut undecided) = self.undecided.lock() else {
-            return Vec::new();
+    /// Records the verdict, so that no more input is given and a release handed over from now
+    /// on is decided at once; decides the releases handed over so far; then tells the jobs.
+    fn decide(&self, verdict: Verdict) {
+        let releases = match self.undecided.lock() {
+            Ok(mut undecided) => {
+                if undecided.decided.is_some() {
+                    return;
+                }
+                undecided.decided = Some(verdict.clone());
+                undecided.input = None;
+                std::mem::take(&mut undecided.releases)
+            }
+            // Poisoned: the releases stay with their jobs, which run only if told so below.
+            Err(_) => Vec::new(),
         };
-        undecided.decided = true;
-        undecided.input = None;
-        std::mem::take(&mut undecided.releases)
+        for release in releases {
+            release.decide(&verdict);
+        }
+        let _ = self.verdict.send(Some(verdict));
     }
 }
 
 impl Drop for GateOpener {
     fn drop(&mut self) {
-        // Undecided: closed. The releases' pipes close unwritten.
-        drop(self.decide());
+        // Undecided: closed.
+        self.decide(Verdict::Closed);
     }
 }
 
@@ -152,8 +170,9 @@ impl JobGate {
     }
 
     /// The gate as the runtime takes it, for `job`: the decision (`true` once it may run), the
-    /// upload's bytes while the gate is undecided, and the hand-over of its release, which the
-    /// opener writes recording the start in `started`.
+    /// upload's bytes while the gate is undecided, and the hand-over of its release: the opener
+    /// writes it, recording the start in `started`, or — handed over once the gate is decided —
+    /// the hand-over itself does, so the job's task never stands between the two.
     pub(crate) fn for_runtime(
         self,
         job: String,
@@ -171,10 +190,14 @@ impl JobGate {
                 let Ok(mut undecided) = undecided.lock() else {
                     return Err(pipe);
                 };
-                if undecided.decided {
-                    return Err(pipe);
+                let release = Release { job, pipe, started };
+                match undecided.decided.clone() {
+                    None => undecided.releases.push(release),
+                    Some(verdict) => {
+                        drop(undecided);
+                        release.decide(&verdict);
+                    }
                 }
-                undecided.releases.push(Release { job, pipe, started });
                 Ok(())
             })
         };
@@ -288,16 +311,33 @@ mod tests {
         assert!(started_z.get().is_none());
         assert!(!runtime_z.decision.await);
 
-        // Decided: no bytes are given any more, and a release is given back to its job.
-        let late = gate.for_runtime("a".into(), Arc::default());
+        // Decided: no bytes are given any more, and a release handed over now is decided at
+        // once: written for a recorded job, closed unwritten for another.
+        let started = Arc::new(OnceLock::new());
+        let late = gate.clone().for_runtime("a".into(), started.clone());
         assert!(late.input.is_none(), "the bytes outlived the decision");
-        let (_read, release) = pipe();
-        assert!((late.hand_over.unwrap())(release).is_err());
+        let (read, release) = pipe();
+        assert!((late.hand_over.unwrap())(release).is_ok());
+        assert_eq!(
+            written(read),
+            b"\n",
+            "a release handed over after the opening was not written"
+        );
+        assert!(started.get().is_some());
         assert!(late.decision.await);
+        let late = gate.for_runtime("z".into(), Arc::default());
+        let (read, release) = pipe();
+        assert!((late.hand_over.unwrap())(release).is_ok());
+        assert_eq!(
+            written(read),
+            b"",
+            "a job the commit did not record was released late"
+        );
     }
 
     /// A gate that closes, or whose opener is dropped undecided (the commit's thread gone),
-    /// closes the releases handed to it unwritten: their scripts end without running.
+    /// closes the releases handed to it, before or after, unwritten: their scripts end without
+    /// running.
     #[tokio::test]
     async fn a_closed_or_dropped_gate_closes_the_releases_unwritten() {
         for close in [true, false] {
@@ -316,6 +356,14 @@ mod tests {
                 "a release was written on a gate that did not open"
             );
             assert!(!runtime.decision.await);
+            let late = gate.for_runtime("a".into(), Arc::default());
+            let (read, release) = pipe();
+            assert!((late.hand_over.unwrap())(release).is_ok());
+            assert_eq!(
+                written(read),
+                b"",
+                "a release handed to a closed gate was written"
+            );
         }
     }
 }
