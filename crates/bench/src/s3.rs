@@ -551,11 +551,18 @@ fn md5_seconds(data: &[u8], total: usize) -> f64 {
 
 /// This thread's processor time, in seconds.
 fn cpu_time_of_thread() -> f64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec into the live value it is given.
     #[allow(unsafe_code)]
     let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
-    if ok { now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9 } else { 0.0 }
+    if ok {
+        now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
+    } else {
+        0.0
+    }
 }
 
 /// What 80 % of the loopback floor leaves for everything a store does beyond the floor and the
