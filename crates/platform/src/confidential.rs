@@ -83,16 +83,7 @@ pub(crate) async fn run(
     cancel: BoxFuture<'static, ()>,
     on_start: Box<dyn FnOnce() + Send>,
 ) -> JobOutcome {
-    let mut outcome = JobOutcome {
-        status: Status::Failed,
-        exit_code: None,
-        reason: None,
-        log: Vec::new(),
-        stdout: Vec::new(),
-        files: Vec::new(),
-        uploaded: Vec::new(),
-        sealed_log: None,
-    };
+    let mut outcome = JobOutcome::new(Status::Failed);
     // The job directory holds only ciphertext and public facts, so it may live anywhere; in
     // the memory-backed folder the sealed outputs cost no disk write before their upload.
     let work = host.jobs_dir.join(format!("job-{}", spec.job_uuid));
@@ -606,16 +597,7 @@ mod tests {
             placement: Default::default(),
             storage: None,
         };
-        let mut outcome = JobOutcome {
-            status: Status::Failed,
-            exit_code: None,
-            reason: None,
-            log: Vec::new(),
-            stdout: Vec::new(),
-            files: Vec::new(),
-            uploaded: Vec::new(),
-            sealed_log: None,
-        };
+        let mut outcome = JobOutcome::new(Status::Failed);
         execute(
             &host,
             &spec,

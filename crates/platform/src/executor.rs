@@ -363,17 +363,12 @@ async fn pass_gate(
 
 fn refused(reason: &str) -> JobOutcome {
     JobOutcome {
-        status: cloister_runtime::Status::Failed,
-        exit_code: None,
         reason: Some(reason.to_owned()),
         log: vec![cloister_runtime::LogLine {
             time: time::OffsetDateTime::now_utc(),
             text: format!("cloister: {reason}"),
         }],
-        stdout: Vec::new(),
-        files: Vec::new(),
-        uploaded: Vec::new(),
-        sealed_log: None,
+        ..JobOutcome::new(cloister_runtime::Status::Failed)
     }
 }
 

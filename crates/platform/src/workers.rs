@@ -496,14 +496,8 @@ mod tests {
 
         async fn run_sync(&self, _spec: JobSpec, _max_output: u64) -> JobOutcome {
             JobOutcome {
-                status: Status::Failed,
-                exit_code: None,
                 reason: Some("not used".to_owned()),
-                log: Vec::new(),
-                stdout: Vec::new(),
-                files: Vec::new(),
-                uploaded: Vec::new(),
-                sealed_log: None,
+                ..JobOutcome::new(Status::Failed)
             }
         }
     }
@@ -700,14 +694,8 @@ mod tests {
             on_start();
             tokio::time::sleep(self.0).await;
             JobOutcome {
-                status: Status::Succeeded,
                 exit_code: Some(0),
-                reason: None,
-                log: Vec::new(),
-                stdout: Vec::new(),
-                files: Vec::new(),
-                uploaded: Vec::new(),
-                sealed_log: None,
+                ..JobOutcome::new(Status::Succeeded)
             }
         }
 
@@ -992,14 +980,8 @@ mod tests {
             *self.seen.lock().unwrap() = seen;
             *self.access.lock().unwrap() = Some(access);
             JobOutcome {
-                status: Status::Succeeded,
                 exit_code: Some(0),
-                reason: None,
-                log: Vec::new(),
-                stdout: Vec::new(),
-                files: Vec::new(),
-                uploaded: Vec::new(),
-                sealed_log: None,
+                ..JobOutcome::new(Status::Succeeded)
             }
         }
 

@@ -466,16 +466,7 @@ pub async fn run_job_gated(
     cancel: impl std::future::Future<Output = ()> + Send,
     on_start: impl FnOnce() + Send,
 ) -> JobOutcome {
-    let mut outcome = JobOutcome {
-        status: Status::Failed,
-        exit_code: None,
-        reason: None,
-        log: Vec::new(),
-        stdout: Vec::new(),
-        files: Vec::new(),
-        uploaded: Vec::new(),
-        sealed_log: None,
-    };
+    let mut outcome = JobOutcome::new(Status::Failed);
     // A slot runs one job at a time, so its directory is the job's own while it runs.
     let work = if options.slot.is_empty() {
         options.work_root.join(format!("job-{}", spec.job_uuid))
@@ -595,6 +586,21 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl JobOutcome {
+    /// An outcome with `status` and nothing else yet: no exit code, reason, log, output or
+    /// upload.
+    pub fn new(status: Status) -> Self {
+        Self {
+            status,
+            exit_code: None,
+            reason: None,
+            log: Vec::new(),
+            stdout: Vec::new(),
+            files: Vec::new(),
+            uploaded: Vec::new(),
+            sealed_log: None,
+        }
+    }
+
     fn fail(&mut self, reason: String) {
         self.note(format!("cloister: {reason}"));
         self.status = Status::Failed;
