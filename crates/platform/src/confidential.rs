@@ -504,24 +504,13 @@ async fn read_result(work: &Path) -> Result<TeeResult, String> {
 /// Writes a new file `path` readable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?
-        .write_all(bytes)
+    crate::create_private(path)?.write_all(bytes)
 }
 
 /// Copies `from` to a new file `to` readable by its owner only.
 fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let mut source = std::fs::File::open(from)?;
-    let mut copy = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(to)?;
+    let mut copy = crate::create_private(to)?;
     std::io::copy(&mut source, &mut copy).map(|_| ())
 }
 

@@ -1174,7 +1174,7 @@ fn prepare_contained(
     inline: Option<&[u8]>,
 ) -> Result<std::os::unix::net::UnixListener, String> {
     use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     cloister_runtime::ready_work_dir(work).map_err(|e| format!("work directory: {e}"))?;
     for folder in [control, sockets] {
         if let Err(e) = std::fs::remove_dir_all(folder)
@@ -1189,11 +1189,7 @@ fn prepare_contained(
     }
     let text = serde_json::to_vec(&job).map_err(|e| format!("job file: {e}"))?;
     let write = |name: &str, bytes: &[u8]| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(control.join(name))
+        crate::create_private(&control.join(name))
             .and_then(|mut file| file.write_all(bytes))
             .map_err(|e| format!("{name}: {e}"))
     };
@@ -1372,7 +1368,6 @@ fn shell_quote(value: &str) -> String {
 /// readable by its owner only).
 fn write_env_file(work: &Path, env: &[(String, String)]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut text = String::new();
     for (name, value) in env {
         // Names were checked when the service was accepted; values cannot hold NUL.
@@ -1390,12 +1385,7 @@ fn write_env_file(work: &Path, env: &[(String, String)]) -> std::io::Result<()> 
         text.push_str(&shell_quote(value));
         text.push('\n');
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(work.join(ENV_FILE))?;
-    file.write_all(text.as_bytes())
+    crate::create_private(&work.join(ENV_FILE))?.write_all(text.as_bytes())
 }
 
 /// Runs an engine command to its end (bounded); its stdout, or its last error line.

@@ -349,3 +349,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         tasks,
     })
 }
+
+/// Creates the new file `path` (never an existing one, nor through a link left in its place)
+/// readable and writable by its owner only: job files, credentials and keys handed to a job.
+pub(crate) fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
